@@ -1,0 +1,891 @@
+/* PacketBatch: a caller-owned, reusable burst of datagrams.
+ *
+ * Memory is allocated once, when the batch is made: an mmap'd arena of
+ * `slots` x `slot_size` bytes for payloads and one block holding every
+ * per-entry array (metadata exposed through the buffer protocol, plus the
+ * msghdr/iovec/cmsg scratch the syscalls use). Nothing is allocated per
+ * datagram afterwards; entries point into the arena (or, for zero-copy
+ * sends, into one external buffer) by offset.
+ */
+#include "burstio.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define BIO_CAPACITY_MAX (1 << 20)
+#define BIO_SLOT_SIZE_MAX (16 << 20)
+#define BIO_ARENA_MAX ((size_t)1 << 34)
+
+/* ---- array exporter: one metadata array seen through the buffer protocol */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* keeps the batch (and so the memory) alive */
+    void *buf;
+    const char *format;
+    Py_ssize_t itemsize;
+    int ndim;
+    Py_ssize_t shape[2];
+} BioArray;
+
+static int
+bio_array_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    BioArray *a = (BioArray *)self;
+    Py_ssize_t n = a->shape[0] * (a->ndim == 2 ? a->shape[1] : 1);
+
+    view->obj = Py_NewRef(self);
+    view->buf = a->buf;
+    view->len = n * a->itemsize;
+    view->readonly = 0;
+    view->itemsize = a->itemsize;
+    view->format = (flags & PyBUF_FORMAT) ? (char *)a->format : NULL;
+    view->ndim = a->ndim;
+    view->shape = (flags & PyBUF_ND) ? a->shape : NULL;
+    view->strides = NULL; /* C-contiguous */
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    return 0;
+}
+
+static void
+bio_array_dealloc(PyObject *self)
+{
+    Py_XDECREF(((BioArray *)self)->owner);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyBufferProcs bio_array_as_buffer = {bio_array_getbuffer, NULL};
+
+PyTypeObject BioArray_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "burstio._native._Array",
+    .tp_basicsize = sizeof(BioArray),
+    .tp_dealloc = bio_array_dealloc,
+    .tp_as_buffer = &bio_array_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Exporter of one PacketBatch metadata array (internal).",
+};
+
+/* Return a memoryview over one of the batch's arrays. */
+static PyObject *
+bio_array_view(BioBatch *b, void *buf, const char *format, Py_ssize_t itemsize,
+               Py_ssize_t cols)
+{
+    BioArray *a = PyObject_New(BioArray, &BioArray_Type);
+    if (a == NULL)
+        return NULL;
+    a->owner = Py_NewRef((PyObject *)b);
+    a->buf = buf;
+    a->format = format;
+    a->itemsize = itemsize;
+    a->ndim = cols ? 2 : 1;
+    a->shape[0] = b->capacity;
+    a->shape[1] = cols;
+    PyObject *mv = PyMemoryView_FromObject((PyObject *)a);
+    Py_DECREF(a);
+    return mv;
+}
+
+/* ---- allocation -------------------------------------------------------- */
+
+static size_t
+align8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+/* Carve every per-entry array out of one zeroed block. Returns 0 or -1. */
+static int
+bio_batch_alloc_meta(BioBatch *b)
+{
+    size_t c = (size_t)b->capacity;
+    size_t sizes[] = {
+        c * sizeof(uint64_t), c * sizeof(uint32_t), c * sizeof(uint32_t),
+        c * sizeof(uint32_t), c * sizeof(int64_t),  c * sizeof(int32_t),
+        c * sizeof(int32_t),  c * sizeof(struct sockaddr_in6),
+        c * sizeof(struct mmsghdr), c * sizeof(struct iovec),
+        c * sizeof(Py_ssize_t), c * BIO_CMSG_SIZE,
+    };
+    void **dest[] = {
+        (void **)&b->offsets,   (void **)&b->lengths,    (void **)&b->flags,
+        (void **)&b->segment_sizes, (void **)&b->timestamps,
+        (void **)&b->sockets,   (void **)&b->errnos,     (void **)&b->names,
+        (void **)&b->msgs,      (void **)&b->iov,        (void **)&b->msg_entry,
+        (void **)&b->cmsg,
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        total += align8(sizes[i]);
+    unsigned char *p = PyMem_RawCalloc(1, total);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->meta_block = p;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        *dest[i] = p;
+        p += align8(sizes[i]);
+    }
+    return 0;
+}
+
+static int
+bio_batch_check_size(const char *what, Py_ssize_t v, Py_ssize_t lo,
+                     Py_ssize_t hi)
+{
+    if (v < lo || v > hi) {
+        PyErr_Format(PyExc_ValueError, "%s must be between %zd and %zd, got %zd",
+                     what, lo, hi, v);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+bio_batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"capacity", "slot_size", "slots", NULL};
+    Py_ssize_t capacity = 64, slot_size = 2048, slots = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn$n:PacketBatch", kwlist,
+                                     &capacity, &slot_size, &slots))
+        return NULL;
+    if (bio_batch_check_size("capacity", capacity, 1, BIO_CAPACITY_MAX) < 0 ||
+        bio_batch_check_size("slot_size", slot_size, 1, BIO_SLOT_SIZE_MAX) < 0)
+        return NULL;
+    if (slots == -1)
+        slots = capacity;
+    if (bio_batch_check_size("slots", slots, 1, capacity) < 0)
+        return NULL;
+    size_t arena_size = (size_t)slots * (size_t)slot_size;
+    if (arena_size > BIO_ARENA_MAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "slots x slot_size is %zu bytes; the limit is %zu",
+                     arena_size, (size_t)BIO_ARENA_MAX);
+        return NULL;
+    }
+
+    BioBatch *b = (BioBatch *)type->tp_alloc(type, 0);
+    if (b == NULL)
+        return NULL;
+    b->capacity = capacity;
+    b->slots = slots;
+    b->slot_size = slot_size;
+    if (bio_batch_alloc_meta(b) < 0) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    void *arena = mmap(NULL, arena_size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (arena == MAP_FAILED) {
+        Py_DECREF(b);
+        return bio_raise_errno(-errno);
+    }
+    b->arena = arena;
+    b->arena_size = arena_size;
+    b->data = b->arena;
+    b->arena_view = PyMemoryView_FromObject((PyObject *)b);
+    if (b->arena_view == NULL) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return (PyObject *)b;
+}
+
+static int
+bio_batch_traverse(BioBatch *b, visitproc visit, void *arg)
+{
+    Py_VISIT(b->arena_view);
+    Py_VISIT(b->ext_view);
+    Py_VISIT(b->ext_source);
+    return 0;
+}
+
+static int
+bio_batch_clear_refs(BioBatch *b)
+{
+    Py_CLEAR(b->arena_view);
+    Py_CLEAR(b->ext_view);
+    Py_CLEAR(b->ext_source);
+    return 0;
+}
+
+static void
+bio_batch_dealloc(BioBatch *b)
+{
+    PyObject_GC_UnTrack(b);
+    bio_batch_clear_refs(b);
+    if (b->arena != NULL)
+        munmap(b->arena, b->arena_size);
+    PyMem_RawFree(b->meta_block);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+/* The batch itself exports its arena: memoryview(batch) is every slot. */
+static int
+bio_batch_getbuffer(BioBatch *b, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)b, b->arena,
+                             (Py_ssize_t)b->arena_size, 0, flags);
+}
+
+static PyBufferProcs bio_batch_as_buffer = {
+    (getbufferproc)bio_batch_getbuffer, NULL};
+
+/* ---- state helpers ----------------------------------------------------- */
+
+int
+bio_batch_check_idle(BioBatch *b)
+{
+    if (b->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "PacketBatch is in use by another call "
+                        "(a send or receive in another thread)");
+        return -1;
+    }
+    return 0;
+}
+
+void
+bio_batch_reset(BioBatch *b)
+{
+    b->count = 0;
+    b->appended = 0;
+    b->data = b->arena;
+    Py_CLEAR(b->ext_view);
+    Py_CLEAR(b->ext_source);
+}
+
+/* Write entry i's metadata (payload already in place). */
+static void
+bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
+{
+    b->offsets[i] = offset;
+    b->lengths[i] = len;
+    b->flags[i] = 0;
+    b->segment_sizes[i] = 0;
+    b->timestamps[i] = 0;
+    b->sockets[i] = 0;
+    b->errnos[i] = 0;
+}
+
+/* Parse an optional destination into entry i (None clears it). */
+static int
+bio_batch_set_name(BioBatch *b, Py_ssize_t i, PyObject *addr)
+{
+    if (addr == NULL || addr == Py_None) {
+        memset(&b->names[i], 0, sizeof(b->names[i]));
+        return 0;
+    }
+    return bio_addr_parse(addr, &b->names[i]);
+}
+
+static Py_ssize_t
+bio_batch_index(BioBatch *b, Py_ssize_t i)
+{
+    if (i < 0)
+        i += b->count;
+    if (i < 0 || i >= b->count) {
+        PyErr_Format(PyExc_IndexError,
+                     "batch index out of range (the batch holds %zd datagrams)",
+                     b->count);
+        return -1;
+    }
+    return i;
+}
+
+/* ---- sequence protocol: batch[i] is a memoryview of payload i ----------- */
+
+static Py_ssize_t
+bio_batch_len(BioBatch *b)
+{
+    return b->count;
+}
+
+static PyObject *
+bio_batch_item(BioBatch *b, Py_ssize_t i)
+{
+    if (i < 0 || i >= b->count) {
+        PyErr_SetString(PyExc_IndexError, "batch index out of range");
+        return NULL;
+    }
+    PyObject *base = b->ext_view != NULL ? b->ext_view : b->arena_view;
+    Py_ssize_t off = (Py_ssize_t)b->offsets[i];
+    return PySequence_GetSlice(base, off, off + (Py_ssize_t)b->lengths[i]);
+}
+
+static PyObject *
+bio_batch_subscript(BioBatch *b, PyObject *key)
+{
+    Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (i < 0)
+        i += b->count;
+    return bio_batch_item(b, i);
+}
+
+static PySequenceMethods bio_batch_as_sequence = {
+    .sq_length = (lenfunc)bio_batch_len,
+    .sq_item = (ssizeargfunc)bio_batch_item,
+};
+
+static PyMappingMethods bio_batch_as_mapping = {
+    .mp_length = (lenfunc)bio_batch_len,
+    .mp_subscript = (binaryfunc)bio_batch_subscript,
+};
+
+/* ---- building a batch to send ------------------------------------------ */
+
+static int
+bio_batch_check_appendable(BioBatch *b)
+{
+    if (bio_batch_check_idle(b) < 0)
+        return -1;
+    if (b->ext_view != NULL) {
+        PyErr_SetString(PyExc_ValueError,
+                        "batch points into an external buffer (add_slices); "
+                        "call clear() before append()");
+        return -1;
+    }
+    if (b->count >= b->capacity) {
+        PyErr_Format(PyExc_ValueError, "batch is full: capacity is %zd datagrams",
+                     b->capacity);
+        return -1;
+    }
+    if (b->appended >= b->slots || b->count >= b->slots) {
+        PyErr_Format(PyExc_ValueError, "batch is full: all %zd slots are used",
+                     b->slots);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(bio_batch_append_doc,
+"append(payload, addr=None) -> int\n\n"
+"Copy payload (any bytes-like object) into the next free slot and return\n"
+"its index. addr is the destination, (host, port) or (host, port, flowinfo,\n"
+"scope_id) with a numeric host; None sends to the connected peer.");
+
+static PyObject *
+bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"payload", "addr", NULL};
+    PyObject *payload, *addr = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:append", kwlist, &payload,
+                                     &addr))
+        return NULL;
+    if (bio_batch_check_appendable(b) < 0)
+        return NULL;
+    Py_buffer pb;
+    if (PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "payload must be a bytes-like object, got %.100s",
+                     Py_TYPE(payload)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t i = b->count;
+    if (pb.len > b->slot_size) {
+        PyErr_Format(PyExc_ValueError,
+                     "payload of %zd bytes does not fit a %zd-byte slot",
+                     pb.len, b->slot_size);
+        PyBuffer_Release(&pb);
+        return NULL;
+    }
+    if (bio_batch_set_name(b, i, addr) < 0) {
+        PyBuffer_Release(&pb);
+        return NULL;
+    }
+    uint64_t off = (uint64_t)b->appended * (uint64_t)b->slot_size;
+    memcpy(b->arena + off, pb.buf, (size_t)pb.len);
+    PyBuffer_Release(&pb);
+    bio_batch_set_entry(b, i, off, (uint32_t)pb.len);
+    b->appended++;
+    b->count++;
+    return PyLong_FromSsize_t(i);
+}
+
+/* Attach `buffer` as the batch's data source (or check it is the one). */
+static int
+bio_batch_attach(BioBatch *b, PyObject *buffer)
+{
+    if (b->ext_view == NULL && b->count > 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "batch holds appended datagrams; call clear() before "
+                        "add_slices()");
+        return -1;
+    }
+    if (b->ext_view != NULL) {
+        if (b->ext_source == buffer)
+            return 0;
+        PyErr_SetString(PyExc_ValueError,
+                        "batch already points into another buffer; call "
+                        "clear() first");
+        return -1;
+    }
+    PyObject *mv = PyMemoryView_FromObject(buffer);
+    if (mv == NULL) {
+        PyErr_Format(PyExc_TypeError,
+                     "buffer must be a bytes-like object, got %.100s",
+                     Py_TYPE(buffer)->tp_name);
+        return -1;
+    }
+    Py_buffer *v = PyMemoryView_GET_BUFFER(mv);
+    if (!PyBuffer_IsContiguous(v, 'C')) {
+        Py_DECREF(mv);
+        PyErr_SetString(PyExc_ValueError, "buffer must be C-contiguous");
+        return -1;
+    }
+    if (v->ndim != 1 || v->itemsize != 1) {
+        PyObject *flat = PyObject_CallMethod(mv, "cast", "s", "B");
+        Py_DECREF(mv);
+        if (flat == NULL)
+            return -1;
+        mv = flat;
+    }
+    b->ext_view = mv;
+    b->ext_source = Py_NewRef(buffer);
+    b->data = PyMemoryView_GET_BUFFER(mv)->buf;
+    return 0;
+}
+
+/* Fill `lens` (n items) from either segment_size or a lengths sequence. */
+static Py_ssize_t
+bio_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen)
+{
+    if ((seg_obj == Py_None) == (lengths == Py_None)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "add_slices() needs exactly one of segment_size or "
+                        "lengths");
+        return -1;
+    }
+    if (lengths != Py_None) {
+        Py_ssize_t n = PyObject_Length(lengths);
+        if (n < 0)
+            PyErr_SetString(PyExc_TypeError,
+                            "lengths must be a sequence of integers");
+        return n;
+    }
+    Py_ssize_t seg = PyNumber_AsSsize_t(seg_obj, PyExc_OverflowError);
+    if (seg == -1 && PyErr_Occurred())
+        return -1;
+    if (seg < 1 || seg > BIO_MAX_UDP_PAYLOAD) {
+        PyErr_Format(PyExc_ValueError,
+                     "segment_size must be between 1 and %d, got %zd",
+                     BIO_MAX_UDP_PAYLOAD, seg);
+        return -1;
+    }
+    return (buflen + seg - 1) / seg;
+}
+
+PyDoc_STRVAR(bio_batch_add_slices_doc,
+"add_slices(buffer, segment_size=None, *, lengths=None, addr=None) -> int\n\n"
+"Zero copy: add entries that point at consecutive slices of one bytes-like\n"
+"buffer, either every segment_size bytes (the last may be shorter) or of the\n"
+"given lengths. The batch keeps the buffer alive until clear(). Returns the\n"
+"number of entries added.");
+
+static PyObject *
+bio_batch_add_slices(BioBatch *b, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "segment_size", "lengths", "addr", NULL};
+    PyObject *buffer, *seg_obj = Py_None, *lengths = Py_None, *addr = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$OO:add_slices", kwlist,
+                                     &buffer, &seg_obj, &lengths, &addr))
+        return NULL;
+    if (bio_batch_check_idle(b) < 0 || bio_batch_attach(b, buffer) < 0)
+        return NULL;
+    Py_ssize_t buflen = PyMemoryView_GET_BUFFER(b->ext_view)->len;
+    Py_ssize_t n = bio_slices_count(seg_obj, lengths, buflen);
+    if (n < 0)
+        goto fail;
+    if (n > b->capacity - b->count) {
+        PyErr_Format(PyExc_ValueError,
+                     "batch is full: %zd slices do not fit the %zd free "
+                     "entries of a %zd-entry batch",
+                     n, b->capacity - b->count, b->capacity);
+        goto fail;
+    }
+    struct sockaddr_in6 name;
+    memset(&name, 0, sizeof(name));
+    if (addr != Py_None && bio_addr_parse(addr, &name) < 0)
+        goto fail;
+    Py_ssize_t seg = seg_obj == Py_None ? 0 : PyNumber_AsSsize_t(seg_obj, NULL);
+    Py_ssize_t base = b->count, off = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t len = seg;
+        if (seg == 0) {
+            PyObject *item = PySequence_GetItem(lengths, k);
+            len = item ? PyNumber_AsSsize_t(item, PyExc_OverflowError) : -1;
+            Py_XDECREF(item);
+            if (len == -1 && PyErr_Occurred())
+                goto fail;
+            if (len < 0 || len > BIO_MAX_UDP_PAYLOAD) {
+                PyErr_Format(PyExc_ValueError,
+                             "lengths[%zd] must be between 0 and %d, got %zd",
+                             k, BIO_MAX_UDP_PAYLOAD, len);
+                goto fail;
+            }
+        }
+        if (off + len > buflen) {
+            if (seg == 0) {
+                PyErr_Format(PyExc_ValueError,
+                             "lengths run past the end of the %zd-byte buffer "
+                             "at lengths[%zd]",
+                             buflen, k);
+                goto fail;
+            }
+            len = buflen - off;
+        }
+        bio_batch_set_entry(b, base + k, (uint64_t)off, (uint32_t)len);
+        b->names[base + k] = name;
+        off += len;
+    }
+    b->count = base + n;
+    return PyLong_FromSsize_t(n);
+fail:
+    if (b->count == 0)
+        bio_batch_reset(b);
+    return NULL;
+}
+
+PyDoc_STRVAR(bio_batch_clear_doc,
+"clear()\n\nForget every entry (and any external buffer); keeps the memory.");
+
+static PyObject *
+bio_batch_clear(BioBatch *b, PyObject *Py_UNUSED(ignored))
+{
+    if (bio_batch_check_idle(b) < 0)
+        return NULL;
+    bio_batch_reset(b);
+    Py_RETURN_NONE;
+}
+
+/* ---- addresses --------------------------------------------------------- */
+
+PyDoc_STRVAR(bio_batch_addr_doc,
+"addr(i) -> tuple or None\n\nPeer of entry i as the socket module spells it: "
+"(host, port) for IPv4,\n(host, port, flowinfo, scope_id) for IPv6; None if "
+"it has none.");
+
+static PyObject *
+bio_batch_addr(BioBatch *b, PyObject *arg)
+{
+    Py_ssize_t i = PyNumber_AsSsize_t(arg, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if ((i = bio_batch_index(b, i)) < 0)
+        return NULL;
+    return bio_addr_build(&b->names[i]);
+}
+
+PyDoc_STRVAR(bio_batch_addresses_doc,
+"addresses() -> list\n\nThe peer of every entry, as addr(i) gives it.");
+
+static PyObject *
+bio_batch_addresses(BioBatch *b, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *list = PyList_New(b->count);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < b->count; i++) {
+        PyObject *t = bio_addr_build(&b->names[i]);
+        if (t == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+PyDoc_STRVAR(bio_batch_set_addr_doc,
+"set_addr(i, addr)\n\nSet the destination of entry i (None: the connected "
+"peer).");
+
+static PyObject *
+bio_batch_set_addr(BioBatch *b, PyObject *args)
+{
+    Py_ssize_t i;
+    PyObject *addr;
+    if (!PyArg_ParseTuple(args, "nO:set_addr", &i, &addr))
+        return NULL;
+    if (bio_batch_check_idle(b) < 0 || (i = bio_batch_index(b, i)) < 0)
+        return NULL;
+    if (bio_batch_set_name(b, i, addr) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(bio_batch_send_errors_doc,
+"send_errors() -> list of (index, errno)\n\nEntries whose last send failed "
+"(send_batch(..., on_error='skip')).");
+
+static PyObject *
+bio_batch_send_errors(BioBatch *b, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *list = PyList_New(0);
+    for (Py_ssize_t i = 0; list != NULL && i < b->count; i++) {
+        if (!(b->flags[i] & BIO_FLAG_SEND_ERROR))
+            continue;
+        PyObject *t = Py_BuildValue("(ni)", i, (int)b->errnos[i]);
+        if (t == NULL || PyList_Append(list, t) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(t);
+    }
+    return list;
+}
+
+/* Move entry i's metadata to entry j (payloads stay where they are). */
+static void
+bio_batch_move_entry(BioBatch *b, Py_ssize_t j, Py_ssize_t i)
+{
+    b->offsets[j] = b->offsets[i];
+    b->lengths[j] = b->lengths[i];
+    b->flags[j] = b->flags[i];
+    b->segment_sizes[j] = b->segment_sizes[i];
+    b->timestamps[j] = b->timestamps[i];
+    b->sockets[j] = b->sockets[i];
+    b->errnos[j] = b->errnos[i];
+    b->names[j] = b->names[i];
+}
+
+PyDoc_STRVAR(bio_batch_keep_doc,
+"keep(mask) -> int\n\n"
+"Keep the entries whose mask byte is non-zero, in order, and drop the rest;\n"
+"return the new length. mask is any bytes-like object (bytearray, numpy\n"
+"bool or uint8 array) with at least len(batch) items. Payloads do not move.");
+
+static PyObject *
+bio_batch_keep(BioBatch *b, PyObject *arg)
+{
+    Py_buffer m;
+    if (bio_batch_check_idle(b) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(arg, &m, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "mask must be a bytes-like object, got %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (m.len < b->count) {
+        PyErr_Format(PyExc_ValueError,
+                     "mask has %zd items but the batch holds %zd datagrams",
+                     m.len, b->count);
+        PyBuffer_Release(&m);
+        return NULL;
+    }
+    const unsigned char *keep = m.buf;
+    Py_ssize_t j = 0;
+    for (Py_ssize_t i = 0; i < b->count; i++) {
+        if (!keep[i])
+            continue;
+        if (i != j)
+            bio_batch_move_entry(b, j, i);
+        j++;
+    }
+    PyBuffer_Release(&m);
+    b->count = j;
+    return PyLong_FromSsize_t(j);
+}
+
+/* ---- internal hooks for the portable (pure Python) backend ------------- */
+
+static PyObject *
+bio_batch_store(BioBatch *b, PyObject *args)
+{
+    Py_ssize_t i;
+    unsigned long long offset;
+    unsigned int length, flags, seg;
+    long long ts;
+    PyObject *addr;
+    if (!PyArg_ParseTuple(args, "nKIIILO:_store", &i, &offset, &length, &flags,
+                          &seg, &ts, &addr))
+        return NULL;
+    if (i < 0 || i >= b->capacity || offset + length > b->arena_size) {
+        PyErr_SetString(PyExc_IndexError, "_store outside the batch");
+        return NULL;
+    }
+    if (bio_batch_set_name(b, i, addr) < 0)
+        return NULL;
+    bio_batch_set_entry(b, i, offset, length);
+    b->flags[i] = flags;
+    b->segment_sizes[i] = seg;
+    b->timestamps[i] = ts;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bio_batch_set_count(BioBatch *b, PyObject *arg)
+{
+    Py_ssize_t n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > b->capacity) {
+        PyErr_SetString(PyExc_ValueError, "_set_count outside the batch");
+        return NULL;
+    }
+    bio_batch_reset(b);
+    b->count = n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bio_batch_mark_error(BioBatch *b, PyObject *args)
+{
+    Py_ssize_t i;
+    int err;
+    if (!PyArg_ParseTuple(args, "ni:_mark_error", &i, &err))
+        return NULL;
+    if ((i = bio_batch_index(b, i)) < 0)
+        return NULL;
+    if (err) {
+        b->flags[i] |= BIO_FLAG_SEND_ERROR;
+        b->errnos[i] = err;
+    } else {
+        b->flags[i] &= ~BIO_FLAG_SEND_ERROR;
+        b->errnos[i] = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bio_batch_repr(BioBatch *b)
+{
+    return PyUnicode_FromFormat("<PacketBatch %zd/%zd datagrams, %zd slots x %zd B>",
+                                b->count, b->capacity, b->slots, b->slot_size);
+}
+
+static PyMethodDef bio_batch_methods[] = {
+    {"append", (PyCFunction)(void (*)(void))bio_batch_append,
+     METH_VARARGS | METH_KEYWORDS, bio_batch_append_doc},
+    {"add_slices", (PyCFunction)(void (*)(void))bio_batch_add_slices,
+     METH_VARARGS | METH_KEYWORDS, bio_batch_add_slices_doc},
+    {"clear", (PyCFunction)bio_batch_clear, METH_NOARGS, bio_batch_clear_doc},
+    {"addr", (PyCFunction)bio_batch_addr, METH_O, bio_batch_addr_doc},
+    {"addresses", (PyCFunction)bio_batch_addresses, METH_NOARGS,
+     bio_batch_addresses_doc},
+    {"set_addr", (PyCFunction)bio_batch_set_addr, METH_VARARGS,
+     bio_batch_set_addr_doc},
+    {"keep", (PyCFunction)bio_batch_keep, METH_O, bio_batch_keep_doc},
+    {"send_errors", (PyCFunction)bio_batch_send_errors, METH_NOARGS,
+     bio_batch_send_errors_doc},
+    {"_store", (PyCFunction)bio_batch_store, METH_VARARGS, NULL},
+    {"_set_count", (PyCFunction)bio_batch_set_count, METH_O, NULL},
+    {"_mark_error", (PyCFunction)bio_batch_mark_error, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---- attributes -------------------------------------------------------- */
+
+#define BIO_ARRAY_GETTER(field, fmt)                                          \
+    static PyObject *bio_batch_get_##field(BioBatch *b, void *c)              \
+    {                                                                         \
+        return bio_array_view(b, b->field, fmt, sizeof(*b->field), 0);        \
+    }
+
+BIO_ARRAY_GETTER(offsets, "Q")
+BIO_ARRAY_GETTER(lengths, "I")
+BIO_ARRAY_GETTER(flags, "I")
+BIO_ARRAY_GETTER(segment_sizes, "I")
+BIO_ARRAY_GETTER(timestamps, "q")
+BIO_ARRAY_GETTER(sockets, "i")
+BIO_ARRAY_GETTER(errnos, "i")
+
+static PyObject *
+bio_batch_get_names(BioBatch *b, void *c)
+{
+    return bio_array_view(b, b->names, "B", 1, sizeof(struct sockaddr_in6));
+}
+
+static PyObject *
+bio_batch_get_arena(BioBatch *b, void *c)
+{
+    return Py_NewRef(b->arena_view);
+}
+
+static PyObject *
+bio_batch_get_ssize(BioBatch *b, void *c)
+{
+    return PyLong_FromSsize_t(*(Py_ssize_t *)((char *)b + (size_t)c));
+}
+
+#define BIO_DOC_ARRAY(what) \
+    "memoryview over all `capacity` entries (" what "); slice it with [:len(batch)]"
+
+static PyGetSetDef bio_batch_getset[] = {
+    {"capacity", (getter)bio_batch_get_ssize, NULL, "entries the batch can hold",
+     (void *)offsetof(BioBatch, capacity)},
+    {"slots", (getter)bio_batch_get_ssize, NULL, "receive slots in the arena",
+     (void *)offsetof(BioBatch, slots)},
+    {"slot_size", (getter)bio_batch_get_ssize, NULL, "bytes per slot",
+     (void *)offsetof(BioBatch, slot_size)},
+    {"offsets", (getter)bio_batch_get_offsets, NULL,
+     BIO_DOC_ARRAY("uint64 offset of each payload in its buffer"), NULL},
+    {"lengths", (getter)bio_batch_get_lengths, NULL,
+     BIO_DOC_ARRAY("uint32 payload length"), NULL},
+    {"flags", (getter)bio_batch_get_flags, NULL,
+     BIO_DOC_ARRAY("uint32 FLAG_* bits"), NULL},
+    {"segment_sizes", (getter)bio_batch_get_segment_sizes, NULL,
+     BIO_DOC_ARRAY("uint32 GRO segment size, 0 if not coalesced"), NULL},
+    {"timestamps", (getter)bio_batch_get_timestamps, NULL,
+     BIO_DOC_ARRAY("int64 kernel receive time, ns since the epoch, 0 if off"),
+     NULL},
+    {"sockets", (getter)bio_batch_get_sockets, NULL,
+     BIO_DOC_ARRAY("int32 index of the receiving socket"), NULL},
+    {"errnos", (getter)bio_batch_get_errnos, NULL,
+     BIO_DOC_ARRAY("int32 errno of a failed send, 0 if none"), NULL},
+    {"names", (getter)bio_batch_get_names, NULL,
+     "memoryview (capacity x 28 bytes): raw sockaddr_in/sockaddr_in6 per entry",
+     NULL},
+    {"arena", (getter)bio_batch_get_arena, NULL,
+     "writable memoryview over every slot (slots x slot_size bytes)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(bio_batch_doc,
+"PacketBatch(capacity=64, slot_size=2048, *, slots=capacity)\n\n"
+"A reusable burst of up to `capacity` datagrams. Payloads live in one arena\n"
+"of `slots` x `slot_size` bytes allocated once; batch[i] is a memoryview of\n"
+"payload i (no copy), valid until the batch is next filled. Metadata are\n"
+"parallel arrays exposed through the buffer protocol, e.g.\n"
+"numpy.asarray(batch.lengths)[:len(batch)] is a zero-copy view.\n\n"
+"For UDP GRO receive use slot_size >= 65535 and fewer slots than capacity:\n"
+"each slot may hold a coalesced run that is split into many entries.");
+
+PyTypeObject BioBatch_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "burstio.PacketBatch",
+    .tp_basicsize = sizeof(BioBatch),
+    .tp_dealloc = (destructor)bio_batch_dealloc,
+    .tp_repr = (reprfunc)bio_batch_repr,
+    .tp_as_sequence = &bio_batch_as_sequence,
+    .tp_as_mapping = &bio_batch_as_mapping,
+    .tp_as_buffer = &bio_batch_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = bio_batch_doc,
+    .tp_traverse = (traverseproc)bio_batch_traverse,
+    .tp_clear = (inquiry)bio_batch_clear_refs,
+    .tp_methods = bio_batch_methods,
+    .tp_getset = bio_batch_getset,
+    .tp_new = bio_batch_new,
+};
+
+int
+bio_batch_init_type(PyObject *module)
+{
+    if (PyType_Ready(&BioArray_Type) < 0 || PyType_Ready(&BioBatch_Type) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "PacketBatch", (PyObject *)&BioBatch_Type) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "FLAG_TRUNCATED", BIO_FLAG_TRUNCATED) < 0 ||
+        PyModule_AddIntConstant(module, "FLAG_GRO", BIO_FLAG_GRO) < 0 ||
+        PyModule_AddIntConstant(module, "FLAG_COALESCED", BIO_FLAG_COALESCED) < 0 ||
+        PyModule_AddIntConstant(module, "FLAG_SEND_ERROR", BIO_FLAG_SEND_ERROR) < 0 ||
+        PyModule_AddIntConstant(module, "GRO_SLOT_MIN", BIO_GRO_SLOT_MIN) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_UDP_PAYLOAD", BIO_MAX_UDP_PAYLOAD) < 0)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,173 @@
+/* burstio._native — internal header shared by the extension's C files.
+ *
+ * Conventions (see STYLE.md):
+ *  - functions named bio_<area>_<action>; internal ones return 0/count or -errno;
+ *  - functions whose name ends in _nogil run with the GIL released and never
+ *    touch Python objects;
+ *  - OSError is raised only at the Python boundary (bio_raise_errno).
+ */
+#ifndef BURSTIO_H
+#define BURSTIO_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SO_RXQ_OVFL
+#define SO_RXQ_OVFL 40
+#endif
+
+/* Largest UDP payload that fits one IPv4 datagram; also the cap we put on a
+ * whole GSO send so that it is valid for IPv4 and IPv6 alike. */
+#define BIO_MAX_UDP_PAYLOAD 65507
+/* A UDP GRO receive buffer must hold any coalesced skb (< 64 KiB). */
+#define BIO_GRO_SLOT_MIN 65535
+/* Bytes of control buffer per receive slot: UDP_GRO + SO_RXQ_OVFL +
+ * SCM_TIMESTAMPNS fit with room to spare. */
+#define BIO_CMSG_SIZE 128
+/* Per-call message limit of sendmmsg/recvmmsg (UIO_MAXIOV). */
+#define BIO_MMSG_MAX 1024
+
+/* Entry flags (batch.flags). */
+#define BIO_FLAG_TRUNCATED 0x1u  /* longer than its slot; length = stored part */
+#define BIO_FLAG_GRO 0x2u        /* arrived coalesced by UDP GRO, split here */
+#define BIO_FLAG_COALESCED 0x4u  /* still several datagrams of segment_size */
+#define BIO_FLAG_SEND_ERROR 0x8u /* last send failed; errnos[i] says why */
+
+/* ---- PacketBatch (batch.c) ------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t capacity;  /* entries */
+    Py_ssize_t slots;     /* receive slots in the arena */
+    Py_ssize_t slot_size; /* bytes per slot */
+    Py_ssize_t count;     /* valid entries */
+    Py_ssize_t appended;  /* slots consumed by append() since clear() */
+    unsigned char *arena; /* slots * slot_size bytes, mmap'd once */
+    size_t arena_size;
+    const unsigned char *data; /* base of offsets: arena or external buffer */
+    /* per-entry metadata, parallel arrays of `capacity` items */
+    uint64_t *offsets;
+    uint32_t *lengths;
+    uint32_t *flags;
+    uint32_t *segment_sizes;
+    int64_t *timestamps;
+    int32_t *sockets;
+    int32_t *errnos;
+    struct sockaddr_in6 *names; /* family 0: no address */
+    /* syscall scratch, also `capacity` items */
+    struct mmsghdr *msgs;
+    struct iovec *iov;
+    Py_ssize_t *msg_entry; /* first entry of each outgoing message */
+    unsigned char *cmsg;   /* capacity * BIO_CMSG_SIZE */
+    void *meta_block;      /* one allocation holding all arrays above */
+    PyObject *arena_view;  /* cached memoryview over the arena */
+    PyObject *ext_view;    /* memoryview of an external buffer, or NULL */
+    PyObject *ext_source;  /* the object add_slices() was given */
+    int busy;              /* a syscall is using the batch (GIL released) */
+} BioBatch;
+
+extern PyTypeObject BioBatch_Type;
+extern PyTypeObject BioArray_Type;
+
+int bio_batch_init_type(PyObject *module);
+/* Raise RuntimeError and return -1 if another call holds the batch. */
+int bio_batch_check_idle(BioBatch *b);
+/* Reset entries to empty; drops an attached external buffer. */
+void bio_batch_reset(BioBatch *b);
+
+/* ---- addresses (addr.c) ---------------------------------------------- */
+
+/* Parse (host, port) or (host, port, flowinfo, scope_id) with a numeric
+ * host into *out. Returns 0, or -1 with TypeError/ValueError set. */
+int bio_addr_parse(PyObject *addr, struct sockaddr_in6 *out);
+/* Build the socket-module style tuple for a stored address; None if the
+ * family is 0. New reference or NULL. */
+PyObject *bio_addr_build(const struct sockaddr_in6 *sa);
+socklen_t bio_addr_len(const struct sockaddr_in6 *sa);
+
+/* ---- waiting and errors (wait.c) ------------------------------------- */
+
+int64_t bio_now_ns(void);
+/* Poll fd for `events` until deadline_ns (-1: forever). GIL released by
+ * caller. Returns 1 ready, 0 timed out, -errno (EINTR included). */
+int bio_poll_nogil(int fd, short events, int64_t deadline_ns);
+/* Convert a timeout in seconds (None: forever) to ns, -1 meaning forever.
+ * Returns 0, or -1 with TypeError/ValueError set. */
+int bio_timeout_parse(PyObject *timeout, int64_t *ns);
+/* Raise OSError for -err (err < 0) and return NULL. */
+PyObject *bio_raise_errno(int err);
+/* Handle an EINTR seen with the GIL released: run signal handlers (PEP 475).
+ * Returns 0 to retry, -1 if a handler raised. */
+int bio_eintr_check(void);
+
+/* ---- UDP I/O (udp.c, udp_send.c) ------------------------------------- */
+
+enum bio_counter {
+    BIO_C_RX_DATAGRAMS,
+    BIO_C_RX_BYTES,
+    BIO_C_RX_BATCHES,
+    BIO_C_RX_SYSCALLS,
+    BIO_C_RX_TRUNCATED,
+    BIO_C_RX_GRO_MESSAGES,
+    BIO_C_RX_GRO_DATAGRAMS,
+    BIO_C_KERNEL_DROPS,
+    BIO_C_TX_DATAGRAMS,
+    BIO_C_TX_BYTES,
+    BIO_C_TX_BATCHES,
+    BIO_C_TX_SYSCALLS,
+    BIO_C_TX_GSO_MESSAGES,
+    BIO_C_TX_GSO_DATAGRAMS,
+    BIO_C_TX_ERRORS,
+    BIO_C_GSO_DOWNGRADES,
+    BIO_NCOUNTERS
+};
+
+extern const char *const bio_counter_names[BIO_NCOUNTERS];
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int recv_mmsg;        /* recvmmsg, else one recvmsg per datagram */
+    int send_mmsg;        /* sendmmsg, else one sendmsg per message */
+    int gso;              /* coalesce same-size runs into UDP_SEGMENT sends */
+    int gso_max_segments; /* segments per GSO send we build (<= kernel's) */
+    int gro_max_segments; /* most segments one GRO receive can carry */
+    int gro;              /* UDP_GRO is on: split coalesced receives */
+    int socket_index;     /* written to batch.sockets for received entries */
+    int pending_errno;    /* error seen after a partial receive, raised next */
+    int last_errno;       /* why the last send stopped early (0: it did not) */
+    Py_ssize_t last_error_index; /* entry (or segment) that failed */
+    int last_error_gso;   /* the failing message was a GSO send */
+    uint64_t counters[BIO_NCOUNTERS];
+} BioUdp;
+
+extern PyTypeObject BioUdp_Type;
+int bio_udp_init_type(PyObject *module);
+
+/* Build the outgoing messages for entries [start, end) of b; returns the
+ * number of messages. GIL may be released (touches only b's arrays). */
+Py_ssize_t bio_send_prepare_nogil(BioUdp *u, BioBatch *b, Py_ssize_t start,
+                                  Py_ssize_t end);
+PyObject *bio_udp_send_batch(BioUdp *u, PyObject *args, PyObject *kwds);
+PyObject *bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds);
+
+/* ---- probes (probe.c, uring.c) --------------------------------------- */
+
+PyObject *bio_probe_mmsg(PyObject *self, PyObject *args);
+PyObject *bio_probe_uring(PyObject *self, PyObject *args);
+
+#endif /* BURSTIO_H */

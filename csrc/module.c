@@ -1,0 +1,39 @@
+/* burstio._native: module definition. One file per subsystem:
+ *   batch.c      PacketBatch (arena + metadata arrays)
+ *   addr.c       address tuples <-> sockaddr
+ *   wait.c       GIL release, poll, EINTR, OSError
+ *   udp.c        UdpIo type and the receive path (recvmmsg, GRO split)
+ *   udp_send.c   the send path (sendmmsg, GSO)
+ *   probe.c      capability probes for mmsg syscalls
+ *   uring.c      io_uring (liburing)
+ */
+#include "burstio.h"
+
+static PyMethodDef bio_module_methods[] = {
+    {"probe_mmsg", bio_probe_mmsg, METH_NOARGS,
+     "probe_mmsg() -> dict: try sendmmsg and recvmmsg on loopback"},
+    {"probe_uring", bio_probe_uring, METH_NOARGS,
+     "probe_uring() -> dict: try io_uring setup flags, opcodes, buffer rings"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef bio_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "burstio._native",
+    .m_doc = "burstio's C core: syscalls and memory. Private; use burstio.",
+    .m_size = -1,
+    .m_methods = bio_module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    PyObject *m = PyModule_Create(&bio_module);
+    if (m == NULL)
+        return NULL;
+    if (bio_batch_init_type(m) < 0 || bio_udp_init_type(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,399 @@
+/* UdpIo: the syscall side of a BurstSocket — receive path and the type.
+ *
+ * A datagram's way in: recv() -> bio_recv_wait_nogil (recvmmsg, or one
+ * recvmsg per datagram when recvmmsg is off; poll() when nothing is ready)
+ * -> bio_recv_finish_nogil (lengths, flags, cmsgs, GRO split) -> entries of
+ * the caller's PacketBatch. Policy (timeouts, GRO on/off, fallbacks) is the
+ * Python BurstSocket's; this file only moves bytes and counts.
+ */
+#include "burstio.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+#include <time.h>
+
+const char *const bio_counter_names[BIO_NCOUNTERS] = {
+    "rx_datagrams",    "rx_bytes",         "rx_batches",  "rx_syscalls",
+    "rx_truncated",    "rx_gro_messages",  "rx_gro_datagrams",
+    "kernel_drops",    "tx_datagrams",     "tx_bytes",    "tx_batches",
+    "tx_syscalls",     "tx_gso_messages",  "tx_gso_datagrams",
+    "tx_errors",       "gso_downgrades",
+};
+
+#define BIO_COUNT(u, c, n) \
+    __atomic_fetch_add(&(u)->counters[(c)], (uint64_t)(n), __ATOMIC_RELAXED)
+
+/* ---- receive ----------------------------------------------------------- */
+
+/* Messages to ask for: every slot, unless GRO could split them into more
+ * entries than the batch holds. */
+static int
+bio_recv_vlen(const BioUdp *u, const BioBatch *b)
+{
+    Py_ssize_t v = b->slots;
+    if (u->gro) {
+        Py_ssize_t fit = b->capacity / (u->gro_max_segments > 0 ? u->gro_max_segments : 64);
+        v = fit < 1 ? 1 : (fit < v ? fit : v);
+    }
+    return (int)(v > BIO_MMSG_MAX ? BIO_MMSG_MAX : v);
+}
+
+static void
+bio_recv_prepare(BioBatch *b, int vlen)
+{
+    for (int k = 0; k < vlen; k++) {
+        struct msghdr *h = &b->msgs[k].msg_hdr;
+        b->iov[k].iov_base = b->arena + (size_t)k * (size_t)b->slot_size;
+        b->iov[k].iov_len = (size_t)b->slot_size;
+        h->msg_name = &b->names[k];
+        h->msg_namelen = sizeof(struct sockaddr_in6);
+        h->msg_iov = &b->iov[k];
+        h->msg_iovlen = 1;
+        h->msg_control = b->cmsg + (size_t)k * BIO_CMSG_SIZE;
+        h->msg_controllen = BIO_CMSG_SIZE;
+        h->msg_flags = 0;
+    }
+}
+
+/* One receive syscall round. Returns datagrams (>= 1) or -errno. nogil. */
+static int
+bio_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
+{
+    flags |= MSG_TRUNC; /* msg_len is then the datagram's real length */
+    if (u->recv_mmsg) {
+        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        int r = recvmmsg(u->fd, b->msgs, (unsigned int)vlen, flags | MSG_WAITFORONE, NULL);
+        return r < 0 ? -errno : r;
+    }
+    int n = 0;
+    for (; n < vlen; n++) {
+        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        ssize_t r = recvmsg(u->fd, &b->msgs[n].msg_hdr, flags | (n ? MSG_DONTWAIT : 0));
+        if (r < 0) {
+            int e = errno;
+            if (n == 0)
+                return -e;
+            /* keep the error for the next call, as recvmmsg does */
+            if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR)
+                u->pending_errno = e;
+            break;
+        }
+        b->msgs[n].msg_len = (unsigned int)r;
+    }
+    return n;
+}
+
+/* Receive, waiting in poll() until deadline_ns (-1: forever). Returns
+ * datagrams, 0 on timeout, or -errno. nogil. */
+static int
+bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
+                    int64_t deadline_ns)
+{
+    for (;;) {
+        bio_recv_prepare(b, vlen);
+        int r = bio_recv_once_nogil(u, b, vlen, flags);
+        if (r != -EAGAIN && r != -EWOULDBLOCK)
+            return r;
+        if (deadline_ns >= 0 && bio_now_ns() >= deadline_ns)
+            return 0;
+        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        int p = bio_poll_nogil(u->fd, POLLIN, deadline_ns);
+        if (p <= 0)
+            return p;
+    }
+}
+
+/* Read the control messages of message k into entry k's arrays. */
+static void
+bio_recv_cmsgs(BioUdp *u, BioBatch *b, int k)
+{
+    struct msghdr *h = &b->msgs[k].msg_hdr;
+    b->segment_sizes[k] = 0;
+    b->timestamps[k] = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+            int seg;
+            memcpy(&seg, CMSG_DATA(c), sizeof(seg));
+            b->segment_sizes[k] = seg > 0 ? (uint32_t)seg : 0;
+        } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+            uint32_t drops;
+            memcpy(&drops, CMSG_DATA(c), sizeof(drops));
+            if (drops > u->counters[BIO_C_KERNEL_DROPS])
+                u->counters[BIO_C_KERNEL_DROPS] = drops;
+        } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+            b->timestamps[k] = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+        }
+    }
+}
+
+static uint32_t
+bio_stored_len(const BioBatch *b, int k)
+{
+    unsigned int len = b->msgs[k].msg_len;
+    return len > (size_t)b->slot_size ? (uint32_t)b->slot_size : len;
+}
+
+/* Segments message k splits into (1 if not coalesced). */
+static Py_ssize_t
+bio_recv_segments(const BioBatch *b, int k)
+{
+    uint32_t seg = b->segment_sizes[k], stored = bio_stored_len(b, k);
+    if (seg == 0 || stored <= seg)
+        return 1;
+    return (stored + seg - 1) / seg;
+}
+
+/* Write the entries of message k, starting at entry `first`, `cnt` of them.
+ * Entries >= k only: called from the last message to the first, so no
+ * message's own data is overwritten before it is read. */
+static void
+bio_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t cnt)
+{
+    const struct sockaddr_in6 name = b->names[k];
+    const int64_t ts = b->timestamps[k];
+    const uint32_t seg = b->segment_sizes[k], stored = bio_stored_len(b, k);
+    const int trunc = (b->msgs[k].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+    const uint64_t base = (uint64_t)k * (uint64_t)b->slot_size;
+    const Py_ssize_t want = bio_recv_segments(b, k);
+    uint64_t datagrams = 0;
+
+    for (Py_ssize_t s = cnt - 1; s >= 0; s--) {
+        Py_ssize_t j = first + s;
+        uint32_t off = (uint32_t)s * (want > 1 ? seg : 0);
+        uint32_t len = stored - off;
+        uint32_t fl = 0, sz = 0;
+        if (want > 1) {
+            fl = BIO_FLAG_GRO;
+            sz = seg;
+            if (s == cnt - 1 && cnt < want)
+                fl |= BIO_FLAG_COALESCED; /* the batch ran out of entries */
+            else if (len > seg)
+                len = seg;
+        }
+        if (trunc && s == cnt - 1)
+            fl |= BIO_FLAG_TRUNCATED;
+        b->offsets[j] = base + off;
+        b->lengths[j] = len;
+        b->flags[j] = fl;
+        b->segment_sizes[j] = sz;
+        b->timestamps[j] = ts;
+        b->sockets[j] = u->socket_index;
+        b->errnos[j] = 0;
+        b->names[j] = name;
+        datagrams += (fl & BIO_FLAG_COALESCED) ? (len + seg - 1) / seg : 1;
+    }
+    BIO_COUNT(u, BIO_C_RX_DATAGRAMS, datagrams);
+    BIO_COUNT(u, BIO_C_RX_BYTES, stored);
+    if (want > 1) {
+        BIO_COUNT(u, BIO_C_RX_GRO_MESSAGES, 1);
+        BIO_COUNT(u, BIO_C_RX_GRO_DATAGRAMS, datagrams);
+    }
+    if (trunc) {
+        /* count the cut datagram and any whole segments that did not fit */
+        unsigned int len = b->msgs[k].msg_len;
+        uint64_t lost = seg ? (len + seg - 1) / seg - (stored + seg - 1) / seg : 0;
+        BIO_COUNT(u, BIO_C_RX_TRUNCATED, 1 + lost);
+    }
+}
+
+/* Turn n received messages into entries; returns the entry count. nogil. */
+static Py_ssize_t
+bio_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
+{
+    Py_ssize_t total = 0;
+    for (int k = 0; k < n; k++) {
+        bio_recv_cmsgs(u, b, k);
+        Py_ssize_t want = bio_recv_segments(b, k);
+        /* leave at least one entry for every later message */
+        Py_ssize_t room = b->capacity - total - (n - k - 1);
+        b->msg_entry[k] = total;
+        total += want < room ? want : room;
+    }
+    for (int k = n - 1; k >= 0; k--) {
+        Py_ssize_t next = k == n - 1 ? total : b->msg_entry[k + 1];
+        bio_recv_expand(u, b, k, b->msg_entry[k], next - b->msg_entry[k]);
+    }
+    BIO_COUNT(u, BIO_C_RX_BATCHES, 1);
+    return total;
+}
+
+PyDoc_STRVAR(bio_udp_recv_batch_doc,
+"recv_batch(batch, timeout=None) -> int\n\n"
+"Fill batch with the datagrams ready now, waiting up to timeout seconds\n"
+"(None: forever) for the first. Returns the entry count, 0 on timeout.");
+
+static PyObject *
+bio_udp_recv_batch(BioUdp *u, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"batch", "timeout", NULL};
+    BioBatch *b;
+    PyObject *timeout = Py_None;
+    int64_t timeout_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|O:recv_batch", kwlist,
+                                     &BioBatch_Type, &b, &timeout))
+        return NULL;
+    if (bio_timeout_parse(timeout, &timeout_ns) < 0 || bio_batch_check_idle(b) < 0)
+        return NULL;
+    if (u->fd < 0)
+        return bio_raise_errno(-EBADF);
+    if (u->gro && b->slot_size < BIO_GRO_SLOT_MIN) {
+        PyErr_Format(PyExc_ValueError,
+                     "UDP GRO is on and a coalesced receive can reach 64 KiB: "
+                     "the batch needs slot_size >= %d, got %zd "
+                     "(e.g. PacketBatch(1024, %d, slots=16))",
+                     BIO_GRO_SLOT_MIN, b->slot_size, BIO_GRO_SLOT_MIN);
+        return NULL;
+    }
+    if (u->pending_errno) {
+        int e = u->pending_errno;
+        u->pending_errno = 0;
+        return bio_raise_errno(-e);
+    }
+    bio_batch_reset(b);
+    int vlen = bio_recv_vlen(u, b);
+    int64_t deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns;
+    int flags = timeout_ns < 0 ? 0 : MSG_DONTWAIT;
+    Py_ssize_t entries = 0;
+    int r;
+    b->busy = 1;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = bio_recv_wait_nogil(u, b, vlen, flags, deadline);
+        if (r > 0)
+            entries = bio_recv_finish_nogil(u, b, r);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
+        if (bio_eintr_check() < 0) {
+            b->busy = 0;
+            return NULL;
+        }
+    }
+    b->busy = 0;
+    if (r < 0)
+        return bio_raise_errno(r);
+    b->count = entries;
+    return PyLong_FromSsize_t(entries);
+}
+
+/* ---- the type ---------------------------------------------------------- */
+
+static PyObject *
+bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fd", NULL};
+    int fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i:UdpIo", kwlist, &fd))
+        return NULL;
+    BioUdp *u = (BioUdp *)type->tp_alloc(type, 0);
+    if (u == NULL)
+        return NULL;
+    u->fd = fd;
+    u->recv_mmsg = 1;
+    u->send_mmsg = 1;
+    u->gso_max_segments = 64;
+    u->gro_max_segments = 64;
+    return (PyObject *)u;
+}
+
+static PyObject *
+bio_udp_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; d != NULL && i < BIO_NCOUNTERS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(
+            __atomic_load_n(&u->counters[i], __ATOMIC_RELAXED));
+        if (v == NULL || PyDict_SetItemString(d, bio_counter_names[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+static PyObject *
+bio_udp_count(BioUdp *u, PyObject *args)
+{
+    const char *name;
+    unsigned long long n;
+    if (!PyArg_ParseTuple(args, "sK:count", &name, &n))
+        return NULL;
+    for (int i = 0; i < BIO_NCOUNTERS; i++) {
+        if (strcmp(name, bio_counter_names[i]) == 0) {
+            BIO_COUNT(u, i, n);
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_KeyError, "no counter named %s", name);
+    return NULL;
+}
+
+static PyObject *
+bio_udp_reset_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
+{
+    memset(u->counters, 0, sizeof(u->counters));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef bio_udp_methods[] = {
+    {"recv_batch", (PyCFunction)(void (*)(void))bio_udp_recv_batch,
+     METH_VARARGS | METH_KEYWORDS, bio_udp_recv_batch_doc},
+    {"send_batch", (PyCFunction)(void (*)(void))bio_udp_send_batch,
+     METH_VARARGS | METH_KEYWORDS,
+     "send_batch(batch, start=0, count=None, skip_errors=False) -> int"},
+    {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"counters", (PyCFunction)bio_udp_counters, METH_NOARGS,
+     "counters() -> dict of every counter"},
+    {"count", (PyCFunction)bio_udp_count, METH_VARARGS,
+     "count(name, n): add n to a counter (for policy code in Python)"},
+    {"reset_counters", (PyCFunction)bio_udp_reset_counters, METH_NOARGS,
+     "reset_counters(): set every counter to 0"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef bio_udp_members[] = {
+    {"fd", T_INT, offsetof(BioUdp, fd), 0, "socket descriptor (-1: closed)"},
+    {"recv_mmsg", T_INT, offsetof(BioUdp, recv_mmsg), 0,
+     "1: recvmmsg; 0: one recvmsg per datagram"},
+    {"send_mmsg", T_INT, offsetof(BioUdp, send_mmsg), 0,
+     "1: sendmmsg; 0: one sendmsg per message"},
+    {"gso", T_INT, offsetof(BioUdp, gso), 0, "1: coalesce runs into UDP_SEGMENT sends"},
+    {"gso_max_segments", T_INT, offsetof(BioUdp, gso_max_segments), 0,
+     "segments per GSO send to build"},
+    {"gro_max_segments", T_INT, offsetof(BioUdp, gro_max_segments), 0,
+     "most segments one GRO receive can carry (sizes receive calls)"},
+    {"gro", T_INT, offsetof(BioUdp, gro), 0, "1: UDP_GRO is on, split receives"},
+    {"socket_index", T_INT, offsetof(BioUdp, socket_index), 0,
+     "value written to batch.sockets on receive"},
+    {"last_errno", T_INT, offsetof(BioUdp, last_errno), READONLY,
+     "errno that stopped the last send early, 0 if none"},
+    {"last_error_index", T_PYSSIZET, offsetof(BioUdp, last_error_index), READONLY,
+     "entry (send) or segment (send_segments) that failed"},
+    {"last_error_gso", T_INT, offsetof(BioUdp, last_error_gso), READONLY,
+     "1 if the failed message was a GSO send"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyTypeObject BioUdp_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "burstio._native.UdpIo",
+    .tp_basicsize = sizeof(BioUdp),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "UdpIo(fd): batched UDP syscalls on one socket (internal).",
+    .tp_methods = bio_udp_methods,
+    .tp_members = bio_udp_members,
+    .tp_new = bio_udp_new,
+};
+
+int
+bio_udp_init_type(PyObject *module)
+{
+    if (PyType_Ready(&BioUdp_Type) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "UdpIo", (PyObject *)&BioUdp_Type);
+}

@@ -1,0 +1,77 @@
+/* Waiting, deadlines and errors: the one place that knows how a blocking
+ * call meets the GIL, signals (PEP 475) and OSError. */
+#include "burstio.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <time.h>
+
+int64_t
+bio_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int
+bio_poll_nogil(int fd, short events, int64_t deadline_ns)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    int timeout_ms = -1;
+    if (deadline_ns >= 0) {
+        int64_t left = deadline_ns - bio_now_ns();
+        if (left <= 0)
+            return 0;
+        /* round up so that we never wake before the deadline */
+        int64_t ms = (left + 999999) / 1000000;
+        timeout_ms = ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+    }
+    int r = poll(&p, 1, timeout_ms);
+    if (r < 0)
+        return -errno;
+    if (r > 0 && (p.revents & POLLNVAL))
+        return -EBADF;
+    return r > 0 ? 1 : 0;
+}
+
+int
+bio_timeout_parse(PyObject *timeout, int64_t *ns)
+{
+    if (timeout == Py_None) {
+        *ns = -1;
+        return 0;
+    }
+    if (PyBool_Check(timeout) || !(PyLong_Check(timeout) || PyFloat_Check(timeout))) {
+        PyErr_Format(PyExc_TypeError,
+                     "timeout must be a number of seconds or None, got %.100s",
+                     Py_TYPE(timeout)->tp_name);
+        return -1;
+    }
+    double v = PyFloat_AsDouble(timeout);
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(v >= 0)) { /* also NaN */
+        PyErr_Format(PyExc_ValueError, "timeout must be >= 0 or None, got %R", timeout);
+        return -1;
+    }
+    if (isinf(v) || v > 4e9) /* ~126 years: forever */
+        *ns = -1;
+    else
+        *ns = (int64_t)(v * 1e9);
+    return 0;
+}
+
+PyObject *
+bio_raise_errno(int err)
+{
+    errno = -err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+int
+bio_eintr_check(void)
+{
+    return PyErr_CheckSignals() < 0 ? -1 : 0;
+}

@@ -1,0 +1,308 @@
+"""The portable backend: the same contract as ``_native.UdpIo``, written with
+nothing but the socket module (recvmsg_into / sendmsg, one datagram each).
+
+It is the fallback of last resort and, above all, the tests' oracle: the C
+backends must behave exactly like this independent implementation.
+"""
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import time
+
+from . import _native
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_RXQ_OVFL = 40
+SCM_TIMESTAMPNS = 35
+MAX_UDP_PAYLOAD = _native.MAX_UDP_PAYLOAD
+_ANC_SIZE = 128
+_COUNTERS = tuple(_native.UdpIo(-1).counters())
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def _timeout_ns(timeout) -> int:
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout >= 0:  # NaN too
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    return -1 if timeout > 4e9 else int(timeout * 1e9)
+
+
+def _send_range(n: int, start, count) -> tuple[int, int]:
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise TypeError(f"start must be int, got {type(start).__name__}")
+    if not 0 <= start <= n:
+        raise ValueError(f"start {start} is outside the batch's {n} datagrams")
+    if count is None:
+        return start, n
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"count must be int or None, got {type(count).__name__}")
+    if not 0 <= count <= n - start:
+        raise ValueError(f"count {count} from start {start} runs past the batch's {n} datagrams")
+    return start, start + count
+
+
+def _strip_scope(addr: tuple) -> tuple:
+    if len(addr) == 4 and "%" in addr[0]:
+        return (addr[0].split("%", 1)[0],) + tuple(addr[1:])
+    return addr
+
+
+class PortableIo:
+    """Pure-Python twin of ``_native.UdpIo`` (see that type for the contract)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.recv_mmsg = 0
+        self.send_mmsg = 0
+        self.gso = 0
+        self.gso_max_segments = 64
+        self.gro = 0
+        self.gro_max_segments = 64
+        self.socket_index = 0
+        self.last_errno = 0
+        self.last_error_index = -1
+        self.last_error_gso = 0
+        self._pending = 0
+        self._c = dict.fromkeys(_COUNTERS, 0)
+
+    # ---- counters ------------------------------------------------------
+    def counters(self) -> dict:
+        return dict(self._c)
+
+    def count(self, name: str, n: int) -> None:
+        if name not in self._c:
+            raise KeyError(f"no counter named {name}")
+        self._c[name] += n
+
+    def reset_counters(self) -> None:
+        self._c = dict.fromkeys(_COUNTERS, 0)
+
+    # ---- receive -------------------------------------------------------
+    def recv_batch(self, batch: _native.PacketBatch, timeout=None) -> int:
+        if not isinstance(batch, _native.PacketBatch):
+            raise TypeError(f"recv_batch() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
+        timeout_ns = _timeout_ns(timeout)
+        if self.fd < 0:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if self.gro and batch.slot_size < _native.GRO_SLOT_MIN:
+            raise ValueError(
+                "UDP GRO is on and a coalesced receive can reach 64 KiB: the batch needs "
+                f"slot_size >= {_native.GRO_SLOT_MIN}, got {batch.slot_size} "
+                f"(e.g. PacketBatch(1024, {_native.GRO_SLOT_MIN}, slots=16))")
+        if self._pending:
+            e, self._pending = self._pending, 0
+            raise OSError(e, f"{errno.errorcode.get(e, e)}")
+        batch._set_count(0)
+        vlen = batch.slots
+        if self.gro:
+            vlen = max(1, min(vlen, batch.capacity // self.gro_max_segments))
+        msgs = self._recv_messages(batch, min(vlen, 1024), timeout_ns)
+        n = self._store(batch, msgs)
+        batch._set_count(n)
+        if msgs:
+            self._c["rx_batches"] += 1
+        return n
+
+    def _recv_one(self, batch, k: int, flags: int):
+        self._c["rx_syscalls"] += 1
+        slot = batch.arena[k * batch.slot_size:(k + 1) * batch.slot_size]
+        return self.sock.recvmsg_into([slot], _ANC_SIZE, flags | socket.MSG_TRUNC)
+
+    def _recv_messages(self, batch, vlen: int, timeout_ns: int) -> list:
+        deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
+        while True:
+            try:
+                first = self._recv_one(batch, 0, socket.MSG_DONTWAIT)
+                break
+            except BlockingIOError:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return []
+                self._c["rx_syscalls"] += 1
+                if not select.select([self.sock], [], [], left)[0]:
+                    return []
+        msgs = [first]
+        for k in range(1, vlen):
+            try:
+                msgs.append(self._recv_one(batch, k, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
+            except OSError as e:  # report on the next call, after these
+                self._pending = e.errno
+                break
+        return msgs
+
+    def _store(self, batch, msgs: list) -> int:
+        """Split and record the received messages; returns the entry count."""
+        total = 0
+        slot = batch.slot_size
+        for k, (nbytes, anc, msg_flags, addr) in enumerate(msgs):
+            seg, ts = self._ancillary(anc)
+            stored = min(nbytes, slot)
+            trunc = bool(msg_flags & socket.MSG_TRUNC)
+            want = 1 if seg == 0 or stored <= seg else -(-stored // seg)
+            room = batch.capacity - total - (len(msgs) - k - 1)
+            cnt = min(want, room)
+            addr = _strip_scope(addr) if addr else None
+            datagrams = 0
+            for s in range(cnt):
+                off = s * seg if want > 1 else 0
+                length = stored - off
+                flags = size = 0
+                if want > 1:
+                    flags, size = _native.FLAG_GRO, seg
+                    if s == cnt - 1 and cnt < want:
+                        flags |= _native.FLAG_COALESCED
+                    else:
+                        length = min(length, seg)
+                if trunc and s == cnt - 1:
+                    flags |= _native.FLAG_TRUNCATED
+                batch._store(total + s, k * slot + off, length, flags, size, ts, addr)
+                datagrams += -(-length // seg) if flags & _native.FLAG_COALESCED else 1
+            total += cnt
+            self._c["rx_datagrams"] += datagrams
+            self._c["rx_bytes"] += stored
+            if want > 1:
+                self._c["rx_gro_messages"] += 1
+                self._c["rx_gro_datagrams"] += datagrams
+            if trunc:
+                lost = (-(-nbytes // seg) - -(-stored // seg)) if seg else 0
+                self._c["rx_truncated"] += 1 + lost
+        return total
+
+    def _ancillary(self, anc: list) -> tuple[int, int]:
+        seg = ts = 0
+        for level, kind, data in anc:
+            if (level, kind) == (SOL_UDP, UDP_GRO):
+                seg = max(0, struct.unpack("i", data[:4])[0])
+            elif (level, kind) == (socket.SOL_SOCKET, SO_RXQ_OVFL):
+                drops = struct.unpack("I", data[:4])[0]
+                self._c["kernel_drops"] = max(self._c["kernel_drops"], drops)
+            elif (level, kind) == (socket.SOL_SOCKET, SCM_TIMESTAMPNS):
+                sec, nsec = struct.unpack("qq", data[:16])
+                ts = sec * 1_000_000_000 + nsec
+        return seg, ts
+
+    # ---- send ----------------------------------------------------------
+    def _runs(self, batch, start: int, end: int):
+        """Yield (first entry, run length): what one message carries."""
+        lengths, names = batch.lengths, batch.names
+        j = start
+        while j < end:
+            run, seg = 1, lengths[j]
+            if self.gso and seg:
+                total = seg
+                while j + run < end and run < self.gso_max_segments:
+                    n = lengths[j + run]
+                    if (not n or n > seg or total + n > MAX_UDP_PAYLOAD
+                            or batch.addr(j) != batch.addr(j + run)):
+                        break
+                    total += n
+                    run += 1
+                    if n < seg:
+                        break
+            yield j, run
+            j += run
+
+    def _kernel_addr(self, addr):
+        """The address as the kernel would take it from a sockaddr: IPv4 on
+        an IPv6 socket goes out over IPv4 (dual stack); IPv6 on an IPv4
+        socket is EAFNOSUPPORT."""
+        if addr is None:
+            return None
+        if self.sock.family == socket.AF_INET and len(addr) == 4:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        if self.sock.family == socket.AF_INET6 and ":" not in addr[0]:
+            return ("::ffff:" + addr[0], addr[1], 0, 0)
+        return addr
+
+    def _send_msg(self, buffers: list, seg: int, addr) -> None:
+        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))] if len(buffers) > 1 else []
+        self._c["tx_syscalls"] += 1
+        addr = self._kernel_addr(addr)
+        if addr is None:
+            self.sock.sendmsg(buffers, anc)
+        else:
+            self.sock.sendmsg(buffers, anc, 0, addr)
+
+    def send_batch(self, batch, start=0, count=None, skip_errors: bool = False) -> int:
+        if not isinstance(batch, _native.PacketBatch):
+            raise TypeError(f"send_batch() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
+        start, end = _send_range(len(batch), start, count)
+        if self.fd < 0:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
+        self._c["tx_batches"] += 1
+        for j in range(start, end):
+            batch._mark_error(j, 0)
+        for j, run in self._runs(batch, start, end):
+            views = [batch[j + r] for r in range(run)]
+            try:
+                self._send_msg(views, len(views[0]), batch.addr(j))
+            except OSError as e:
+                gso = run > 1
+                if e.errno in _AGAIN or (gso and e.errno in (errno.EIO, errno.EINVAL)) or not skip_errors:
+                    self.last_errno, self.last_error_index, self.last_error_gso = e.errno, j, int(gso)
+                    return j - start
+                for r in range(run):
+                    batch._mark_error(j + r, e.errno)
+                self._c["tx_errors"] += run
+                continue
+            self._c["tx_datagrams"] += run
+            self._c["tx_bytes"] += sum(len(v) for v in views)
+            if run > 1:
+                self._c["tx_gso_messages"] += 1
+                self._c["tx_gso_datagrams"] += run
+        return end - start
+
+    def send_segments(self, buffer, segment_size: int, addr=None, first: int = 0) -> int:
+        if not 1 <= segment_size <= MAX_UDP_PAYLOAD:
+            raise ValueError(f"segment_size must be between 1 and {MAX_UDP_PAYLOAD}, got {segment_size}")
+        view = memoryview(buffer).cast("B")
+        if addr is not None:
+            scratch = _native.PacketBatch(1, 1)  # reuse the C parser: same errors as the C path
+            scratch.append(b"", addr)
+        if self.fd < 0:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
+        per_msg = 1
+        if self.gso:
+            per_msg = max(1, min(self.gso_max_segments, MAX_UDP_PAYLOAD // segment_size))
+        sent = first
+        self._c["tx_batches"] += 1
+        while sent * segment_size < len(view):
+            chunk = view[sent * segment_size:(sent + per_msg) * segment_size]
+            n = -(-len(chunk) // segment_size)
+            try:
+                if n == 1:
+                    self._send_msg([chunk], segment_size, addr)
+                else:
+                    self._send_gso(chunk, segment_size, addr)
+            except OSError as e:
+                self.last_errno, self.last_error_index, self.last_error_gso = e.errno, sent, int(n > 1)
+                break
+            self._c["tx_datagrams"] += n
+            self._c["tx_bytes"] += len(chunk)
+            if n > 1:
+                self._c["tx_gso_messages"] += 1
+                self._c["tx_gso_datagrams"] += n
+            sent += n
+        return sent - first
+
+    def _send_gso(self, chunk, seg: int, addr) -> None:
+        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))]
+        self._c["tx_syscalls"] += 1
+        addr = self._kernel_addr(addr)
+        if addr is None:
+            self.sock.sendmsg([chunk], anc)
+        else:
+            self.sock.sendmsg([chunk], anc, 0, addr)

@@ -1,0 +1,47 @@
+"""``burstio bench``: side-by-side benchmarks on loopback.
+
+Each scenario runs its variants alternately in one process tree and reports
+rates, syscalls per datagram (perf tracepoint), CPU per datagram, ratios to
+its baselines, and whether the project's targets hold. Not tests: nothing
+here asserts.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .common import Options
+from .core import Progress, ScenarioResult, format_result, plot, write_json
+from .latency import latency
+from .rx import rx_gro, rx_many_flow
+from .tx import tx_gso, tx_many
+
+SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
+    "rx-many-flow": rx_many_flow,
+    "rx-gro": rx_gro,
+    "tx-many": tx_many,
+    "tx-gso": tx_gso,
+    "latency": latency,
+}
+
+__all__ = ["SCENARIOS", "Options", "run"]
+
+
+def run(names: list[str], opts: Options, *, as_json: bool = False, plot_path: str | None = None,
+        progress: bool = True) -> list[ScenarioResult]:
+    prog = Progress(progress)
+    results = []
+    for name in names:
+        prog.show(f"{name}: starting", force=True)
+        res = SCENARIOS[name](opts, prog)
+        prog.done()
+        results.append(res)
+        if not as_json:
+            print(format_result(res), flush=True)
+            print(flush=True)
+    if as_json:
+        write_json(results)
+    if plot_path:
+        plot(results, plot_path)
+        if not as_json:
+            print(f"plot written to {plot_path}")
+    return results

@@ -1,0 +1,80 @@
+"""Helpers shared by the scenarios: options, CPU pinning, timed calls,
+syscall counting with a fallback, and round scheduling."""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .perfcount import SyscallCounter, perf_available
+
+
+@dataclass
+class Options:
+    seconds: float = 3.0  # wall-clock budget per scenario (timed rounds)
+    size: int = 64  # datagram payload bytes
+    batch: int = 64  # datagrams per burstio call
+    queue: int = 50_000  # datagrams pre-filled per receive round
+    cpu: int | None = None  # pin the measuring process here (None: last CPU)
+    min_rounds: int = 3
+    max_rounds: int = 200
+
+
+@contextlib.contextmanager
+def pinned(cpu: int | None) -> Iterator[int | None]:
+    """Run the block on one CPU (the last one by default); restore after."""
+    try:
+        before = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        yield None
+        return
+    target = cpu if cpu is not None else max(before)
+    os.sched_setaffinity(0, {target})
+    try:
+        yield target
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
+    """Run fn; return (its result, wall seconds, process CPU seconds)."""
+    c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+    n = fn()
+    t1, c1 = time.perf_counter_ns(), time.process_time_ns()
+    return n, (t1 - t0) / 1e9, (c1 - c0) / 1e9
+
+
+def rounds(opts: Options, names: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """Yield (round, variant order) until the time budget is spent; the
+    order rotates so that no variant always runs first."""
+    deadline = time.monotonic() + opts.seconds
+    r = 0
+    while r < opts.max_rounds and (r < opts.min_rounds or time.monotonic() < deadline):
+        k = r % len(names)
+        yield r, names[k:] + names[:k]
+        r += 1
+
+
+def count_syscalls(pid: int, work: Callable[[], int], start: Callable[[], None] | None = None) -> int | None:
+    """Syscalls made by ``pid`` while ``work`` runs (perf tracepoint), or
+    None if perf cannot count here. ``start`` runs just after enabling."""
+    ok, _why = perf_available()
+    if not ok:
+        return None
+    counter = SyscallCounter(pid)
+    try:
+        counter.enable()
+        if start:
+            start()
+        work()
+        counter.disable()
+    finally:
+        count = counter.close()
+    return count
+
+
+def syscall_source() -> str:
+    ok, why = perf_available()
+    return why if ok else f"socket counters ({why})"

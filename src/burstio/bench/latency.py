@@ -1,0 +1,131 @@
+"""Latency: the real sockperf client, ping-pong, against two servers.
+
+``sockperf sr`` (sockperf's own C++ server) and ``burstio serve sockperf``
+run side by side on one CPU, the client on another; rounds alternate
+between them, and every sample of every round (sockperf --full-log) is
+pooled per server before percentiles are taken.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from .common import Options, rounds
+from .core import Progress, ScenarioResult, Target, Variant
+
+ROUND_SECONDS = 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Send sockperf pong requests until the server answers."""
+    probe = struct.pack("!QHI", 0, 1 | 2, 14)
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before answering")
+            s.sendto(probe, ("127.0.0.1", port))
+            try:
+                s.recv(64)
+                return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"no sockperf answer on port {port} after {timeout:.0f}s")
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_full_log(path: str) -> list[float]:
+    """Latencies (us) from sockperf --full-log: 'packet, txTime, rxTime, latency'."""
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) == 4 and row[0].strip().isdigit():
+                out.append(float(row[3]))
+    return out
+
+
+def _cpus() -> tuple[str, str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    return (str(cpus[0]), str(cpus[-1])) if len(cpus) > 1 else (str(cpus[0]), str(cpus[0]))
+
+
+def latency(opts: Options, progress: Progress) -> ScenarioResult:
+    names = ["sockperf-server", "burstio"]
+    size = max(opts.size, 14)
+    res = ScenarioResult(
+        "latency", {"size": size, "mode": "ping-pong", "round_s": ROUND_SECONDS},
+        {n: Variant(n) for n in names},
+        targets=[Target("burstio", "p50_us", "sockperf-server", 1.1, False),
+                 Target("burstio", "p99_us", "sockperf-server", 1.1, False)],
+        baselines=("sockperf-server",))
+    sockperf = shutil.which("sockperf")
+    if sockperf is None:
+        res.skipped = "sockperf is not installed (Debian: apt install sockperf)"
+        return res
+    client_cpu, server_cpu = _cpus()
+    ports = {n: _free_port() for n in names}
+    cmds = {
+        "sockperf-server": [sockperf, "sr", "-i", "127.0.0.1", "-p", str(ports["sockperf-server"])],
+        "burstio": [sys.executable, "-m", "burstio", "serve", "sockperf", "--host", "127.0.0.1",
+                    "--port", str(ports["burstio"]), "--quiet"],
+    }
+    res.params.update(client_cpu=client_cpu, server_cpu=server_cpu)
+    procs: dict[str, subprocess.Popen] = {}
+    with tempfile.TemporaryDirectory(prefix="burstio-lat-") as tmp:
+        try:
+            for n in names:
+                procs[n] = subprocess.Popen(["taskset", "-c", server_cpu, *cmds[n]],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for n in names:
+                _wait_ready(ports[n], procs[n])
+            for r, order in rounds(opts, names):
+                for n in order:
+                    progress.show(f"latency: round {r + 1}, {n}")
+                    _one_round(res.variants[n], sockperf, client_cpu, ports[n], size, procs[n],
+                               os.path.join(tmp, f"{n}-{r}.csv"))
+        finally:
+            for p in procs.values():
+                p.terminate()
+            for p in procs.values():
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    for v in res.variants.values():
+        if v.samples_us:
+            v.extra["cpu_us_per_request"] = v.cpu_s * 1e6 / len(v.samples_us)
+    return res
+
+
+def _one_round(variant: Variant, sockperf: str, cpu: str, port: int, size: int,
+               server: subprocess.Popen, log: str) -> None:
+    cpu0 = _cpu_seconds(server.pid)
+    t0 = time.perf_counter()
+    r = subprocess.run(["taskset", "-c", cpu, sockperf, "pp", "-i", "127.0.0.1", "-p", str(port),
+                        "-t", str(ROUND_SECONDS), "-m", str(size), "--full-log", log],
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"sockperf pp failed ({r.returncode}): {r.stderr.strip()[-300:]}")
+    samples = _read_full_log(log)
+    variant.samples_us.extend(samples)
+    variant.add(len(samples), wall, _cpu_seconds(server.pid) - cpu0)

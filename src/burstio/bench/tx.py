@@ -1,0 +1,130 @@
+"""Send scenarios: a sender on loopback, its receivers drained between rounds.
+
+Sending over loopback includes delivering to the receiving socket (the
+kernel does it in the sender's context), so these are end-to-end costs of
+getting a datagram into a peer's queue. Receivers have room for a whole
+round, so no datagram is dropped (checked after every round).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import ExitStack
+
+from .. import _native
+from ..caps import capabilities
+from ..udp import BurstSocket
+from .common import Options, count_syscalls, pinned, rounds, syscall_source, timed
+from .core import Progress, ScenarioResult, Target, Variant
+from .rx import RCVBUF_PER_DATAGRAM
+
+DESTINATIONS = 64
+
+
+def _drain_all(receivers: list[BurstSocket], batch: _native.PacketBatch) -> int:
+    total = 0
+    for r in receivers:
+        while k := r.recv_batch(batch, 0):
+            total += k
+    return total
+
+
+def _sendto_loop(sock: socket.socket, pairs: list[tuple[bytes, tuple]], reps: int):
+    def run() -> int:
+        sendto = sock.sendto
+        for _ in range(reps):
+            for payload, addr in pairs:
+                sendto(payload, addr)
+        return reps * len(pairs)
+    return run
+
+
+def _send_batch_loop(sock: BurstSocket, batch: _native.PacketBatch, reps: int):
+    def run() -> int:
+        send = sock.send_batch
+        n = 0
+        for _ in range(reps):
+            n += send(batch)
+        return n
+    return run
+
+
+def _measure(res: ScenarioResult, opts: Options, progress: Progress, runs: dict, settle,
+             tx: BurstSocket) -> None:
+    """Alternate the variants' timed runs; then count syscalls of each
+    (perf; without it, the socket's own counter, or one per sendto)."""
+    names = list(runs)
+    for r, order in rounds(opts, names):
+        for name in order:
+            progress.show(f"{res.scenario}: round {r + 1}, {name}")
+            sent, wall, cpu = timed(runs[name])
+            res.variants[name].add(sent, wall, cpu)
+            got = settle()
+            if got != sent and not res.variants[name].extra.get("lost"):
+                res.variants[name].extra["lost"] = True
+                res.notes.append(f"{name}: receivers got {got} of {sent} datagrams in a round")
+    progress.show(f"{res.scenario}: counting syscalls")
+    for name in names:
+        box: list[int] = []
+        before = tx.counters["tx_syscalls"]
+        calls = count_syscalls(os.getpid(), lambda: box.append(runs[name]()) or 0)
+        if calls is None:
+            calls = box[0] if name == "stdlib" else tx.counters["tx_syscalls"] - before
+        settle()
+        res.variants[name].syscalls = calls
+        res.variants[name].syscall_datagrams = box[0]
+
+
+def tx_many(opts: Options, progress: Progress) -> ScenarioResult:
+    reps = 16384 // DESTINATIONS
+    res = ScenarioResult(
+        "tx-many", {"size": opts.size, "destinations": DESTINATIONS, "per_round": reps * DESTINATIONS},
+        {n: Variant(n) for n in ("stdlib", "burstio")},
+        targets=[Target("burstio", "datagrams_per_s", "stdlib", 1.2, True),
+                 Target("burstio", "syscalls_per_datagram", None, 1 / 32, False)],
+        syscall_source=syscall_source())
+    with ExitStack() as stack, pinned(opts.cpu):
+        receivers = [stack.enter_context(BurstSocket.bind(("127.0.0.1", 0), rcvbuf=reps * RCVBUF_PER_DATAGRAM))
+                     for _ in range(DESTINATIONS)]
+        tx = stack.enter_context(BurstSocket.bind(("127.0.0.1", 0)))
+        payload = bytes(opts.size)
+        pairs = [(payload, r.getsockname()) for r in receivers]
+        batch = _native.PacketBatch(DESTINATIONS, max(1, opts.size))
+        for p, a in pairs:  # one datagram per destination, round-robin
+            batch.append(p, a)
+        sink = _native.PacketBatch(1024, 2048)
+        runs = {"stdlib": _sendto_loop(tx.sock, pairs, reps), "burstio": _send_batch_loop(tx, batch, reps)}
+        _measure(res, opts, progress, runs, lambda: _drain_all(receivers, sink), tx)
+    return res
+
+
+def tx_gso(opts: Options, progress: Progress) -> ScenarioResult:
+    caps = capabilities()
+    per_batch = 1024
+    res = ScenarioResult(
+        "tx-gso", {"size": opts.size, "destinations": 1, "segments_per_send": 64},
+        {n: Variant(n) for n in ("stdlib", "burstio-gso")},
+        targets=[Target("burstio-gso", "datagrams_per_s", "stdlib", 20.0, True)],
+        syscall_source=syscall_source())
+    if not caps.udp_segment:
+        res.notes.append(f"UDP GSO unavailable ({caps['udp_segment'].detail}): burstio-gso sends without it")
+    std_round, gso_round = 16384, 16 * 16384
+    with ExitStack() as stack, pinned(opts.cpu):
+        # the receiver coalesces (GRO), as a bulk receiver would
+        rx = stack.enter_context(BurstSocket.bind(("127.0.0.1", 0), gro=True,
+                                                  rcvbuf=gso_round * RCVBUF_PER_DATAGRAM // 16))
+        tx = stack.enter_context(BurstSocket.bind(("127.0.0.1", 0)))
+        dest = rx.getsockname()
+        payload = bytes(opts.size)
+        batch = _native.PacketBatch(per_batch, max(1, opts.size))
+        for _ in range(per_batch):
+            batch.append(payload, dest)
+        sink = _native.PacketBatch(4096, _native.GRO_SLOT_MIN, slots=32)
+        runs = {"stdlib": _sendto_loop(tx.sock, [(payload, dest)], std_round),
+                "burstio-gso": _send_batch_loop(tx, batch, gso_round // per_batch)}
+        _measure(res, opts, progress, runs, lambda: _drain_all([rx], sink), tx)
+        c = tx.counters
+        res.variants["burstio-gso"].extra.update(
+            gso=tx.gso, datagrams_per_gso_send=round(c["tx_gso_datagrams"] / max(1, c["tx_gso_messages"]), 1),
+            gso_downgrades=c["gso_downgrades"])
+    return res

@@ -1,0 +1,104 @@
+"""The ``burstio`` command (also ``python -m burstio``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+
+
+def _cmd_caps(args: argparse.Namespace) -> int:
+    from .caps import capabilities
+
+    caps = capabilities()
+    if args.json:
+        json.dump(caps.as_dict(), sys.stdout, indent=2)
+        print()
+        return 0
+    width = max(map(len, caps))
+    for name, c in caps.items():
+        state = "yes" if c.available else ("off" if c.forced_off else "no")
+        print(f"{name.ljust(width)}  {state:3}  {c.detail}")
+    print(f"{'gso_max_segments'.ljust(width)}  {caps.gso_max_segments}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    names = args.scenario or list(bench.SCENARIOS)
+    unknown = [n for n in names if n not in bench.SCENARIOS]
+    if unknown:
+        print(f"burstio bench: unknown scenario {', '.join(unknown)}; "
+              f"choose from {', '.join(bench.SCENARIOS)}", file=sys.stderr)
+        return 2
+    seconds = args.seconds if args.seconds is not None else (3.0 if args.scenario else 2.0)
+    opts = bench.Options(seconds=seconds, size=args.size, batch=args.batch, queue=args.queue, cpu=args.cpu)
+    bench.run(names, opts, as_json=args.json, plot_path=args.plot, progress=not args.quiet)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import sockperf
+
+    return sockperf.main(args.host, args.port, batch=args.batch, backend=args.backend, quiet=args.quiet)
+
+
+def _positive(kind):
+    def parse(text: str):
+        v = kind(text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="burstio", description="Batched, offloaded UDP I/O for Python on Linux.")
+    p.add_argument("--version", action="version", version=f"burstio {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("caps", help="probe and list what this kernel offers",
+                       description="Probe each capability by trying it; BURSTIO_DISABLE=a,b forces some off.")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=_cmd_caps)
+
+    from .bench import SCENARIOS
+
+    b = sub.add_parser("bench", help="side-by-side benchmarks on loopback",
+                       description="Scenarios: " + ", ".join(SCENARIOS) + ". None given: all, briefly.")
+    b.add_argument("scenario", nargs="*", help="scenario(s) to run (default: all)")
+    b.add_argument("--seconds", type=_positive(float), help="time budget per scenario (default 3; 2 for all)")
+    b.add_argument("--size", type=int, default=64, help="datagram payload bytes (default 64)")
+    b.add_argument("--batch", type=_positive(int), default=64, help="datagrams per receive call (default 64)")
+    b.add_argument("--queue", type=_positive(int), default=50_000,
+                   help="datagrams pre-filled per receive round (default 50000)")
+    b.add_argument("--cpu", type=int, help="CPU to pin the measuring process to (default: the last)")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    b.add_argument("--plot", metavar="FILE.png", help="also draw the results (needs matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress display")
+    b.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("serve", help="run a server built on burstio")
+    ss = s.add_subparsers(dest="server", required=True, metavar="SERVER")
+    sp = ss.add_parser("sockperf", help="answer the sockperf 3.x UDP protocol (ping-pong, under-load)")
+    sp.add_argument("--port", type=int, default=11111, help="UDP port (default 11111)")
+    sp.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    sp.add_argument("--batch", type=_positive(int), default=64, help="datagrams per receive call")
+    sp.add_argument("--backend", default="auto", choices=["auto", "mmsg", "msg", "portable"])
+    sp.add_argument("--quiet", action="store_true", help="no start/stop lines")
+    sp.set_defaults(func=_cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

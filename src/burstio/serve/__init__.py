@@ -1,0 +1,1 @@
+"""Servers built on BurstSocket (``burstio serve ...``)."""

@@ -1,0 +1,320 @@
+"""BurstSocket: a UDP socket that moves datagrams a batch at a time.
+
+Where a datagram goes: ``recv_batch`` -> ``_native.UdpIo.recv`` (recvmmsg,
+GRO split, in C with the GIL released) -> the caller's ``PacketBatch``.
+``send_batch`` -> ``_native.UdpIo.send`` (runs of equal datagrams to one
+destination become one UDP_SEGMENT send, the rest go through sendmmsg).
+
+This module is policy: which mechanism to use (from the capability probe),
+timeouts, what to do when the kernel refuses GSO, and error wording. The C
+side does the syscalls and the memory.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+from . import _native
+from ._errors import SendError
+from ._portable import PortableIo
+from .caps import SO_RXQ_OVFL, SO_TIMESTAMPNS, SOL_UDP, UDP_GRO, Capabilities, capabilities
+
+__all__ = ["BurstSocket", "BACKENDS"]
+
+log = logging.getLogger("burstio")
+
+BACKENDS = ("auto", "mmsg", "msg", "portable")
+#: at most this many datagrams go in one GSO send (the kernel may take more)
+GSO_SEGMENTS = 64
+_GSO_REFUSALS = (errno.EIO, errno.EINVAL)
+
+
+def _check_socket(sock: Any) -> None:
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a socket.socket, got {type(sock).__name__}")
+    if sock.fileno() == -1:
+        raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(f"BurstSocket needs an AF_INET or AF_INET6 socket, got {sock.family!r}")
+    if sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"BurstSocket needs a UDP socket (SOCK_DGRAM), got {sock.type.name}")
+    proto = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+    if proto != socket.IPPROTO_UDP:
+        raise ValueError(f"BurstSocket needs a UDP socket (IPPROTO_UDP), got protocol {proto}")
+
+
+class BurstSocket:
+    """A UDP socket (IPv4 or IPv6) with batched receive and send.
+
+    ``BurstSocket(sock=None, *, family=AF_INET, gso=True, gro=False,
+    timestamps=False, backend="auto", rcvbuf=None, sndbuf=None)``
+
+    Wraps ``sock`` (and takes ownership: closing the BurstSocket closes it)
+    or makes a new UDP socket. ``gso``/``gro`` ask for UDP segmentation
+    offload on send / receive coalescing; each is used only where the
+    capability probe found it works, and GSO is switched off for this socket
+    if the kernel later refuses it. ``backend`` picks the syscalls: "auto"
+    (recvmmsg/sendmmsg where available), "mmsg" (require them), "msg" (one
+    recvmsg/sendmsg per datagram) or "portable" (pure Python, the oracle).
+    """
+
+    def __init__(self, sock: socket.socket | None = None, *, family: int = socket.AF_INET,
+                 gso: bool = True, gro: bool = False, timestamps: bool = False,
+                 backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        if sock is None:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
+            sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        else:
+            _check_socket(sock)
+        self._sock = sock
+        caps = capabilities()
+        self._io = self._make_io(sock, backend, caps)
+        self._backend = "portable" if backend == "portable" else ("mmsg" if self._io.recv_mmsg else "msg")
+        self._io.gso = int(bool(gso) and caps.udp_segment)
+        self._io.gso_max_segments = max(1, min(GSO_SEGMENTS, caps.gso_max_segments))
+        self._io.gro_max_segments = max(64, caps.gso_max_segments)
+        if gro and caps.udp_gro:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            self._io.gro = 1
+        if caps.so_rxq_ovfl:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        self._timestamps = bool(timestamps) and caps.so_timestampns
+        if self._timestamps:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if rcvbuf is not None:
+            set_buffer_size(sock, socket.SO_RCVBUF, rcvbuf)
+        if sndbuf is not None:
+            set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
+        self._gso_warned = False
+        # The hot paths are bound straight to the backend: no Python frame
+        # between the caller and the C receive (see recv_batch below).
+        self.recv_batch = self._io.recv_batch
+        self._send = self._io.send_batch
+
+    @staticmethod
+    def _make_io(sock: socket.socket, backend: str, caps: Capabilities):
+        if backend == "portable":
+            return PortableIo(sock)
+        if backend == "mmsg" and not (caps.recvmmsg and caps.sendmmsg):
+            why = caps["recvmmsg"].detail if not caps.recvmmsg else caps["sendmmsg"].detail
+            raise OSError(errno.EOPNOTSUPP, f"backend 'mmsg' needs recvmmsg and sendmmsg: {why}")
+        io = _native.UdpIo(sock.fileno())
+        io.recv_mmsg = int(backend != "msg" and caps.recvmmsg)
+        io.send_mmsg = int(backend != "msg" and caps.sendmmsg)
+        return io
+
+    @classmethod
+    def bind(cls, addr: tuple, **kwargs: Any) -> BurstSocket:
+        """Make a socket of the address's family, bound to ``addr``."""
+        family = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
+        self = cls(family=kwargs.pop("family", family), **kwargs)
+        try:
+            self._sock.bind(addr)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    # ---- the batch paths ------------------------------------------------
+
+    def recv_batch(self, batch: _native.PacketBatch, timeout: float | None = None) -> int:
+        """Fill ``batch`` with the datagrams ready now; return how many.
+
+        Waits up to ``timeout`` seconds (None: forever, 0: not at all) for the
+        first datagram, then takes what else is queued without waiting
+        (MSG_WAITFORONE). Returns 0 on timeout. The batch's previous contents
+        are replaced. With GRO on, coalesced datagrams come back as separate
+        entries pointing into their slot.
+
+        (Each instance binds this name to its backend's ``recv_batch``,
+        which has exactly this contract; this method documents it.)
+        """
+        return self._io.recv_batch(batch, timeout)
+
+    def send_batch(self, batch: _native.PacketBatch, start: int = 0, count: int | None = None,
+                   *, on_error: str = "raise") -> int:
+        """Send entries ``[start, start + count)`` of ``batch``; return how many went.
+
+        Each entry goes to its own address (None: the connected peer). Runs
+        of equal-size datagrams to one destination are sent with UDP GSO.
+        A datagram the kernel refuses raises ``SendError`` (with ``index`` and
+        ``sent``; nothing after it was attempted) or, with
+        ``on_error="skip"``, is flagged in the batch (``batch.send_errors()``)
+        and the rest are sent. A non-blocking socket with a full buffer
+        returns the count sent so far, or raises BlockingIOError if none.
+        """
+        if on_error == "raise":
+            skip = False
+        elif on_error == "skip":
+            skip = True
+        else:
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        sent = self._send(batch, start, count, skip)
+        if not self._io.last_errno:
+            return sent
+        end = len(batch) if count is None else start + count
+        return self._send_recover(batch, start, start + sent, end, skip)
+
+    def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
+                      skip: bool) -> int:
+        """The send stopped at entry ``done``: downgrade GSO and go on, or report."""
+        while True:
+            err = self._io.last_errno
+            if not err:
+                return done - start
+            if not (self._io.last_error_gso and err in _GSO_REFUSALS):
+                return self._send_stopped(batch, err, start, done)
+            self._gso_refused(err)
+            done += self._send(batch, done, end - done, skip)
+
+    def send_segments(self, buffer: Any, segment_size: int, addr: tuple | None = None) -> int:
+        """Send ``buffer`` cut into datagrams of ``segment_size`` bytes (the
+        last may be shorter) to ``addr``; return the datagram count.
+
+        Uses UDP GSO (one syscall per up to 64 segments) where available.
+        """
+        if isinstance(segment_size, bool) or not isinstance(segment_size, int):
+            raise TypeError(f"segment_size must be int, got {type(segment_size).__name__}")
+        sent = 0
+        while True:
+            sent += self._io.send_segments(buffer, segment_size, addr, sent)
+            err = self._io.last_errno
+            if not err:
+                return sent
+            if self._io.last_error_gso and err in _GSO_REFUSALS:
+                self._gso_refused(err)
+                continue
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK) and sent:
+                return sent
+            raise SendError(err, sent, sent, f"segment {sent}")
+
+    def _gso_refused(self, err: int) -> None:
+        """The kernel refused a GSO send: stop using GSO on this socket."""
+        self._io.gso = 0
+        self._io.count("gso_downgrades", 1)
+        if not self._gso_warned:
+            self._gso_warned = True
+            log.warning("UDP GSO refused on fd %d (%s); sending without it from now on",
+                        self.fileno(), errno.errorcode.get(err, err))
+
+    def _send_stopped(self, batch: _native.PacketBatch, err: int, start: int, done: int) -> int:
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+            if done > start:
+                return done - start
+            raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
+        index = self._io.last_error_index
+        raise SendError(err, index, done - start, self._describe_failure(batch, err, index))
+
+    def _describe_failure(self, batch: _native.PacketBatch, err: int, index: int) -> str:
+        addr = batch.addr(index)
+        what = f"datagram {index}"
+        if addr is None:
+            return f"{what}, to the connected peer"
+        v6 = len(addr) == 4
+        if err == errno.EAFNOSUPPORT or (v6 and self.family == socket.AF_INET):
+            fam = "an IPv6" if v6 else "an IPv4"
+            return f"{what} is addressed to {addr}, {fam} address, but the socket is {self.family.name}"
+        return f"{what}, to {addr}"
+
+    # ---- plain socket business ------------------------------------------
+
+    @property
+    def sock(self) -> socket.socket:
+        """The wrapped socket.socket (owned by this BurstSocket)."""
+        return self._sock
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return self._sock.family
+
+    @property
+    def backend(self) -> str:
+        """'mmsg', 'msg' or 'portable': which syscalls move the datagrams."""
+        return self._backend
+
+    @property
+    def gso(self) -> bool:
+        """Whether sends use UDP GSO now (False after a downgrade)."""
+        return bool(self._io.gso)
+
+    @property
+    def gro(self) -> bool:
+        """Whether UDP GRO is on for receives."""
+        return bool(self._io.gro)
+
+    @property
+    def timestamps(self) -> bool:
+        """Whether kernel receive timestamps fill batch.timestamps."""
+        return self._timestamps
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Snapshot of this socket's counters (see README for each name)."""
+        return self._io.counters()
+
+    def reset_counters(self) -> None:
+        self._io.reset_counters()
+
+    def describe(self) -> str:
+        """One line saying which mechanisms this socket uses."""
+        io = self._io
+        rx = "recvmmsg" if io.recv_mmsg else "recvmsg"
+        tx = "sendmmsg" if io.send_mmsg else "sendmsg"
+        if self._backend == "portable":
+            rx, tx = "socket.recvmsg_into", "socket.sendmsg"
+        gso = f"GSO on ({io.gso_max_segments} segments)" if io.gso else "GSO off"
+        return f"{rx} + {tx}, {gso}, GRO {'on' if io.gro else 'off'}"
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def getsockname(self):
+        return self._sock.getsockname()
+
+    def getpeername(self):
+        return self._sock.getpeername()
+
+    def connect(self, addr: tuple) -> None:
+        self._sock.connect(addr)
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def close(self) -> None:
+        self._io.fd = -1
+        self._sock.close()
+
+    def __enter__(self) -> BurstSocket:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        try:
+            name = self._sock.getsockname() if self._sock.fileno() != -1 else "closed"
+        except OSError:
+            name = "?"
+        return f"<BurstSocket {name} {self.describe()}>"
+
+
+def set_buffer_size(sock: socket.socket, option: int, size: int) -> int:
+    """Set SO_RCVBUF/SO_SNDBUF to ``size`` bytes; past the sysctl limit use
+    the *FORCE variant when privileged. Returns what the kernel granted."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"buffer size must be a positive int, got {size!r}")
+    sock.setsockopt(socket.SOL_SOCKET, option, size)
+    granted = sock.getsockopt(socket.SOL_SOCKET, option)
+    if granted < size:  # the kernel doubles what it grants; below size means capped
+        force = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}[option]  # SO_*BUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            granted = sock.getsockopt(socket.SOL_SOCKET, option)
+        except PermissionError:
+            pass
+    return granted
