@@ -275,11 +275,12 @@ bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
 static int
 bio_batch_set_name(BioBatch *b, Py_ssize_t i, PyObject *addr)
 {
-    if (addr == NULL || addr == Py_None) {
-        memset(&b->names[i], 0, sizeof(b->names[i]));
-        return 0;
-    }
-    return bio_addr_parse(addr, &b->names[i]);
+    struct sockaddr_in6 name;
+    memset(&name, 0, sizeof(name));
+    if (addr != NULL && addr != Py_None && bio_addr_parse(addr, &name) < 0)
+        return -1;
+    b->names[i] = name;
+    return 0;
 }
 
 static Py_ssize_t
@@ -355,7 +356,7 @@ bio_batch_check_appendable(BioBatch *b)
                      b->capacity);
         return -1;
     }
-    if (b->appended >= b->slots || b->count >= b->slots) {
+    if (b->appended >= b->slots) {
         PyErr_Format(PyExc_ValueError, "batch is full: all %zd slots are used",
                      b->slots);
         return -1;
@@ -405,6 +406,22 @@ bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
     b->appended++;
     b->count++;
     return PyLong_FromSsize_t(i);
+}
+
+int
+bio_get_contiguous(PyObject *obj, Py_buffer *view)
+{
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError, "buffer must be a bytes-like object, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "buffer must be C-contiguous");
+        return -1;
+    }
+    return 0;
 }
 
 /* Attach `buffer` as the batch's data source (or check it is the one). */
@@ -480,6 +497,43 @@ bio_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen)
     return (buflen + seg - 1) / seg;
 }
 
+/* Write n slice entries after the current ones: every `seg` bytes, or (seg
+ * 0) of the sizes in `lengths`. Returns 0, or -1 with ValueError set. */
+static int
+bio_slices_fill(BioBatch *b, PyObject *lengths, Py_ssize_t seg, Py_ssize_t n,
+                Py_ssize_t buflen, const struct sockaddr_in6 *name)
+{
+    Py_ssize_t base = b->count, off = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t len = seg;
+        if (seg == 0) {
+            PyObject *item = PySequence_GetItem(lengths, k);
+            len = item ? PyNumber_AsSsize_t(item, PyExc_OverflowError) : -1;
+            Py_XDECREF(item);
+            if (len == -1 && PyErr_Occurred())
+                return -1;
+            if (len < 0 || len > BIO_MAX_UDP_PAYLOAD) {
+                PyErr_Format(PyExc_ValueError,
+                             "lengths[%zd] must be between 0 and %d, got %zd",
+                             k, BIO_MAX_UDP_PAYLOAD, len);
+                return -1;
+            }
+            if (off + len > buflen) {
+                PyErr_Format(PyExc_ValueError,
+                             "lengths run past the end of the %zd-byte buffer "
+                             "at lengths[%zd]", buflen, k);
+                return -1;
+            }
+        } else if (off + len > buflen) {
+            len = buflen - off; /* the last segment may be shorter */
+        }
+        bio_batch_set_entry(b, base + k, (uint64_t)off, (uint32_t)len);
+        b->names[base + k] = *name;
+        off += len;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(bio_batch_add_slices_doc,
 "add_slices(buffer, segment_size=None, *, lengths=None, addr=None) -> int\n\n"
 "Zero copy: add entries that point at consecutive slices of one bytes-like\n"
@@ -513,37 +567,11 @@ bio_batch_add_slices(BioBatch *b, PyObject *args, PyObject *kwds)
     if (addr != Py_None && bio_addr_parse(addr, &name) < 0)
         goto fail;
     Py_ssize_t seg = seg_obj == Py_None ? 0 : PyNumber_AsSsize_t(seg_obj, NULL);
-    Py_ssize_t base = b->count, off = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t len = seg;
-        if (seg == 0) {
-            PyObject *item = PySequence_GetItem(lengths, k);
-            len = item ? PyNumber_AsSsize_t(item, PyExc_OverflowError) : -1;
-            Py_XDECREF(item);
-            if (len == -1 && PyErr_Occurred())
-                goto fail;
-            if (len < 0 || len > BIO_MAX_UDP_PAYLOAD) {
-                PyErr_Format(PyExc_ValueError,
-                             "lengths[%zd] must be between 0 and %d, got %zd",
-                             k, BIO_MAX_UDP_PAYLOAD, len);
-                goto fail;
-            }
-        }
-        if (off + len > buflen) {
-            if (seg == 0) {
-                PyErr_Format(PyExc_ValueError,
-                             "lengths run past the end of the %zd-byte buffer "
-                             "at lengths[%zd]",
-                             buflen, k);
-                goto fail;
-            }
-            len = buflen - off;
-        }
-        bio_batch_set_entry(b, base + k, (uint64_t)off, (uint32_t)len);
-        b->names[base + k] = name;
-        off += len;
-    }
-    b->count = base + n;
+    if (bio_slices_fill(b, lengths, seg, n, buflen, &name) < 0)
+        goto fail;
+    b->count += n;
+    if (b->count == 0)
+        bio_batch_reset(b); /* nothing points into the buffer */
     return PyLong_FromSsize_t(n);
 fail:
     if (b->count == 0)
@@ -664,10 +692,22 @@ bio_batch_keep(BioBatch *b, PyObject *arg)
     Py_buffer m;
     if (bio_batch_check_idle(b) < 0)
         return NULL;
-    if (PyObject_GetBuffer(arg, &m, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError,
-                     "mask must be a bytes-like object, got %.100s",
+    if (!PyObject_CheckBuffer(arg)) {
+        PyErr_Format(PyExc_TypeError, "mask must be a bytes-like object, got %.100s",
                      Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &m, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "mask must be C-contiguous");
+        return NULL;
+    }
+    if (m.itemsize != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "mask items must be 1 byte (bool or uint8), got %zd-byte "
+                     "items (format %s)",
+                     m.itemsize, m.format ? m.format : "?");
+        PyBuffer_Release(&m);
         return NULL;
     }
     if (m.len < b->count) {
@@ -718,17 +758,30 @@ bio_batch_store(BioBatch *b, PyObject *args)
 }
 
 static PyObject *
-bio_batch_set_count(BioBatch *b, PyObject *arg)
+bio_batch_set_count(BioBatch *b, PyObject *args)
 {
-    Py_ssize_t n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
-    if (n == -1 && PyErr_Occurred())
+    Py_ssize_t n, used = 0;
+    if (!PyArg_ParseTuple(args, "n|n:_set_count", &n, &used))
         return NULL;
-    if (n < 0 || n > b->capacity) {
+    if (n < 0 || n > b->capacity || used < 0 || used > b->slots) {
         PyErr_SetString(PyExc_ValueError, "_set_count outside the batch");
         return NULL;
     }
     bio_batch_reset(b);
     b->count = n;
+    b->appended = used;
+    Py_RETURN_NONE;
+}
+
+/* Mark the batch in use (1) or free (0) around a call that releases the
+ * GIL outside C (the portable backend). */
+static PyObject *
+bio_batch_set_busy(BioBatch *b, PyObject *arg)
+{
+    int busy = PyObject_IsTrue(arg);
+    if (busy < 0 || (busy && bio_batch_check_idle(b) < 0))
+        return NULL;
+    b->busy = busy;
     Py_RETURN_NONE;
 }
 
@@ -773,7 +826,8 @@ static PyMethodDef bio_batch_methods[] = {
     {"send_errors", (PyCFunction)bio_batch_send_errors, METH_NOARGS,
      bio_batch_send_errors_doc},
     {"_store", (PyCFunction)bio_batch_store, METH_VARARGS, NULL},
-    {"_set_count", (PyCFunction)bio_batch_set_count, METH_O, NULL},
+    {"_set_count", (PyCFunction)bio_batch_set_count, METH_VARARGS, NULL},
+    {"_set_busy", (PyCFunction)bio_batch_set_busy, METH_O, NULL},
     {"_mark_error", (PyCFunction)bio_batch_mark_error, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

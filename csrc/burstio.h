@@ -86,6 +86,9 @@ extern PyTypeObject BioArray_Type;
 int bio_batch_init_type(PyObject *module);
 /* Raise RuntimeError and return -1 if another call holds the batch. */
 int bio_batch_check_idle(BioBatch *b);
+/* Get a C-contiguous buffer of obj; TypeError (not bytes-like) or
+ * ValueError (not contiguous) otherwise. Release with PyBuffer_Release. */
+int bio_get_contiguous(PyObject *obj, Py_buffer *view);
 /* Reset entries to empty; drops an attached external buffer. */
 void bio_batch_reset(BioBatch *b);
 
@@ -132,6 +135,7 @@ enum bio_counter {
     BIO_C_TX_GSO_MESSAGES,
     BIO_C_TX_GSO_DATAGRAMS,
     BIO_C_TX_ERRORS,
+    BIO_C_TX_UNREPORTED_ERRORS,
     BIO_C_GSO_DOWNGRADES,
     BIO_NCOUNTERS
 };

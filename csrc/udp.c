@@ -20,7 +20,7 @@ const char *const bio_counter_names[BIO_NCOUNTERS] = {
     "rx_truncated",    "rx_gro_messages",  "rx_gro_datagrams",
     "kernel_drops",    "tx_datagrams",     "tx_bytes",    "tx_batches",
     "tx_syscalls",     "tx_gso_messages",  "tx_gso_datagrams",
-    "tx_errors",       "gso_downgrades",
+    "tx_errors",       "tx_unreported_errors", "gso_downgrades",
 };
 
 #define BIO_COUNT(u, c, n) \
@@ -278,6 +278,7 @@ bio_udp_recv_batch(BioUdp *u, PyObject *args, PyObject *kwds)
     if (r < 0)
         return bio_raise_errno(r);
     b->count = entries;
+    b->appended = r; /* slots 0..r-1 hold what arrived; append() goes after */
     return PyLong_FromSsize_t(entries);
 }
 

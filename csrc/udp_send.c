@@ -89,18 +89,29 @@ bio_send_prepare_nogil(BioUdp *u, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
 }
 
 /* Send msgs[*done, m), advancing *done. Returns 0 when all went, else the
- * -errno of message *done. nogil. */
+ * -errno of message *done. nogil.
+ *
+ * sendmmsg returns a short count when a message after the first fails, and
+ * discards that error. A retry reproduces a lasting error; if the retry of
+ * that message succeeds instead, the error was a one-shot pending socket
+ * error (typically ECONNREFUSED for an earlier datagram on a connected
+ * socket) that the kernel consumed: count it, it cannot be reported. */
 static int
 bio_send_msgs_nogil(BioUdp *u, struct mmsghdr *msgs, Py_ssize_t m, Py_ssize_t *done)
 {
+    int short_return = 0;
     while (*done < m) {
         BIO_COUNT(u, BIO_C_TX_SYSCALLS, 1);
         if (u->send_mmsg) {
             Py_ssize_t want = m - *done;
-            int r = sendmmsg(u->fd, msgs + *done,
-                             (unsigned int)(want > BIO_MMSG_MAX ? BIO_MMSG_MAX : want), 0);
+            if (want > BIO_MMSG_MAX)
+                want = BIO_MMSG_MAX;
+            int r = sendmmsg(u->fd, msgs + *done, (unsigned int)want, 0);
             if (r < 0)
                 return -errno;
+            if (short_return)
+                BIO_COUNT(u, BIO_C_TX_UNREPORTED_ERRORS, 1);
+            short_return = r < want;
             *done += r;
         } else {
             if (sendmsg(u->fd, &msgs[*done].msg_hdr, 0) < 0)
@@ -354,9 +365,11 @@ bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"buffer", "segment_size", "addr", "first", NULL};
     Py_buffer pb;
     Py_ssize_t seg, first = 0;
-    PyObject *addr = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*n|On:send_segments", kwlist,
-                                     &pb, &seg, &addr, &first))
+    PyObject *buffer, *addr = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On|On:send_segments", kwlist,
+                                     &buffer, &seg, &addr, &first))
+        return NULL;
+    if (bio_get_contiguous(buffer, &pb) < 0)
         return NULL;
     struct sockaddr_in6 name;
     memset(&name, 0, sizeof(name));

@@ -105,9 +105,13 @@ class PortableIo:
         vlen = batch.slots
         if self.gro:
             vlen = max(1, min(vlen, batch.capacity // self.gro_max_segments))
-        msgs = self._recv_messages(batch, min(vlen, 1024), timeout_ns)
-        n = self._store(batch, msgs)
-        batch._set_count(n)
+        batch._set_busy(True)
+        try:
+            msgs = self._recv_messages(batch, min(vlen, 1024), timeout_ns)
+            n = self._store(batch, msgs)
+        finally:
+            batch._set_busy(False)
+        batch._set_count(n, len(msgs))
         if msgs:
             self._c["rx_batches"] += 1
         return n
@@ -244,6 +248,13 @@ class PortableIo:
         self._c["tx_batches"] += 1
         for j in range(start, end):
             batch._mark_error(j, 0)
+        batch._set_busy(True)
+        try:
+            return self._send_runs(batch, start, end, skip_errors)
+        finally:
+            batch._set_busy(False)
+
+    def _send_runs(self, batch, start: int, end: int, skip_errors: bool) -> int:
         for j, run in self._runs(batch, start, end):
             views = [batch[j + r] for r in range(run)]
             try:
@@ -267,7 +278,13 @@ class PortableIo:
     def send_segments(self, buffer, segment_size: int, addr=None, first: int = 0) -> int:
         if not 1 <= segment_size <= MAX_UDP_PAYLOAD:
             raise ValueError(f"segment_size must be between 1 and {MAX_UDP_PAYLOAD}, got {segment_size}")
-        view = memoryview(buffer).cast("B")
+        try:
+            view = memoryview(buffer)
+        except TypeError:
+            raise TypeError(f"buffer must be a bytes-like object, got {type(buffer).__name__}") from None
+        if not view.c_contiguous:
+            raise ValueError("buffer must be C-contiguous")
+        view = view.cast("B")
         if addr is not None:
             scratch = _native.PacketBatch(1, 1)  # reuse the C parser: same errors as the C path
             scratch.append(b"", addr)

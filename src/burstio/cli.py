@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .caps import disabled_by_env
+
+    try:
+        disabled_by_env()
+    except ValueError as e:
+        print(f"burstio: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -162,14 +162,28 @@ class BurstSocket:
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
                       skip: bool) -> int:
-        """The send stopped at entry ``done``: downgrade GSO and go on, or report."""
+        """The send stopped at entry ``done``: sort out a GSO refusal, or report."""
+        io = self._io
         while True:
-            err = self._io.last_errno
+            err = io.last_errno
             if not err:
                 return done - start
-            if not (self._io.last_error_gso and err in _GSO_REFUSALS):
+            if not (io.last_error_gso and err in _GSO_REFUSALS):
                 return self._send_stopped(batch, err, start, done)
-            self._gso_refused(err)
+            # EIO/EINVAL on a GSO send: GSO refused here, or a bad datagram?
+            # Send the run's first datagram alone to tell which.
+            io.gso = 0
+            alone = self._send(batch, done, 1, False)
+            if alone == 1:
+                self._gso_refused(err)  # stays off for this socket
+            else:
+                io.gso = 1
+                err = io.last_errno
+                if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return self._send_stopped(batch, err, start, done)
+                batch._mark_error(done, err)
+                io.count("tx_errors", 1)
+            done += 1
             done += self._send(batch, done, end - done, skip)
 
     def send_segments(self, buffer: Any, segment_size: int, addr: tuple | None = None) -> int:
@@ -180,21 +194,30 @@ class BurstSocket:
         """
         if isinstance(segment_size, bool) or not isinstance(segment_size, int):
             raise TypeError(f"segment_size must be int, got {type(segment_size).__name__}")
+        io = self._io
         sent = 0
         while True:
-            sent += self._io.send_segments(buffer, segment_size, addr, sent)
-            err = self._io.last_errno
+            sent += io.send_segments(buffer, segment_size, addr, sent)
+            err = io.last_errno
             if not err:
                 return sent
-            if self._io.last_error_gso and err in _GSO_REFUSALS:
-                self._gso_refused(err)
-                continue
+            if io.last_error_gso and err in _GSO_REFUSALS:
+                # GSO refused, or a destination the kernel refuses anyway?
+                io.gso = 0
+                one = memoryview(buffer).cast("B")[sent * segment_size:(sent + 1) * segment_size]
+                if io.send_segments(one, segment_size, addr) == 1:
+                    self._gso_refused(err)
+                    sent += 1
+                    continue
+                io.gso = 1
+                err = io.last_errno
             if err in (errno.EAGAIN, errno.EWOULDBLOCK) and sent:
                 return sent
             raise SendError(err, sent, sent, f"segment {sent}")
 
     def _gso_refused(self, err: int) -> None:
-        """The kernel refused a GSO send: stop using GSO on this socket."""
+        """The kernel refused a GSO send that it takes without GSO: stop
+        using GSO on this socket."""
         self._io.gso = 0
         self._io.count("gso_downgrades", 1)
         if not self._gso_warned:

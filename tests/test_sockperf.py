@@ -1,0 +1,192 @@
+"""The sockperf-compatible server: the real sockperf client, and serve_once by hand."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from burstio.serve.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, FLAG_WARMUP, HEADER, SockperfServer
+from conftest import ROOT, V4, free_udp_port, subprocess_env
+
+SOCKPERF = shutil.which("sockperf") or shutil.which("sockperf", path="/usr/bin")
+
+
+def message(seq: int, flags: int, size: int = 64) -> bytes:
+    head = HEADER.pack(seq, flags, size)
+    return head + bytes((seq + i) & 0xFF for i in range(size - len(head)))
+
+
+def test_header_layout():
+    assert HEADER.format == "!QHI" and HEADER.size == 14
+    assert (FLAG_CLIENT, FLAG_PONG_REQUEST, FLAG_WARMUP) == (1, 2, 4)
+    assert message(1, 3)[8:10] == b"\x00\x03"
+
+
+# ---- in process -------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(variant):
+    """The server on each backend variant (conftest's matrix)."""
+    s = SockperfServer(V4, 0, batch=16, backend=variant.backend)
+    assert s.sock.backend == variant.expect_backend
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client():
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.bind((V4, 0))
+    c.settimeout(2.0)
+    yield c
+    c.close()
+
+
+def replies(c: socket.socket, expect: int) -> list[bytes]:
+    got = []
+    c.settimeout(2.0)
+    for _ in range(expect):
+        got.append(c.recv(70000))
+    c.settimeout(0.05)
+    try:
+        got.append(c.recv(70000))  # nothing more may come
+    except TimeoutError:
+        pass
+    return got
+
+
+def cleared(msg: bytes) -> bytes:
+    seq, flags, size = HEADER.unpack_from(msg)
+    return HEADER.pack(seq, flags & ~FLAG_CLIENT, size) + msg[HEADER.size:]
+
+
+def test_single_pong_request_answered(server, client):
+    req = message(7, FLAG_CLIENT | FLAG_PONG_REQUEST)
+    client.sendto(req, server.address)
+    assert server.serve_once(2.0) == 1
+    got = replies(client, 1)
+    assert got == [cleared(req)]
+    assert HEADER.unpack_from(got[0]) == (7, FLAG_PONG_REQUEST, 64)
+    assert (server.requests, server.replies) == (1, 1)
+
+
+@pytest.mark.parametrize("msg", [
+    message(1, FLAG_CLIENT),                    # not a pong request
+    message(2, FLAG_CLIENT | FLAG_WARMUP),      # warm-up without pong request
+    message(3, FLAG_CLIENT | FLAG_PONG_REQUEST)[:13],  # shorter than the header
+    b"\x02" * 10,                               # short, "flag" byte set
+    b"",
+], ids=["no-request", "warmup-no-request", "13-bytes", "10-bytes", "empty"])
+def test_single_message_not_answered(server, client, msg):
+    client.sendto(msg, server.address)
+    assert server.serve_once(2.0) == 1
+    assert replies(client, 0) == []
+    assert (server.requests, server.replies) == (1, 0)
+
+
+def test_burst_answers_only_pong_requests_in_order(server, client):
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind((V4, 0))
+    other.settimeout(2.0)
+    try:
+        sent = [
+            (client, message(1, FLAG_CLIENT | FLAG_PONG_REQUEST)),
+            (client, message(2, FLAG_CLIENT)),
+            (client, message(3, FLAG_CLIENT | FLAG_PONG_REQUEST)[:10]),
+            (other, message(4, FLAG_CLIENT | FLAG_PONG_REQUEST | FLAG_WARMUP, 100)),
+            (client, message(5, FLAG_CLIENT | FLAG_PONG_REQUEST | FLAG_WARMUP)),
+            (client, message(6, FLAG_CLIENT | FLAG_PONG_REQUEST, 14)),
+            (other, message(7, FLAG_CLIENT)),
+        ]
+        for sock, msg in sent:
+            sock.sendto(msg, server.address)
+        assert server.serve_once(2.0) == len(sent)
+        assert replies(client, 3) == [cleared(sent[0][1]), cleared(sent[4][1]), cleared(sent[5][1])]
+        assert replies(other, 1) == [cleared(sent[3][1])]
+        assert HEADER.unpack_from(cleared(sent[3][1]))[1] == FLAG_PONG_REQUEST | FLAG_WARMUP
+        assert (server.requests, server.replies) == (7, 4)
+    finally:
+        other.close()
+
+
+def test_serve_once_timeout(server):
+    assert server.serve_once(0.01) == 0
+    assert (server.requests, server.replies) == (0, 0)
+
+
+# ---- the real sockperf client against `burstio serve sockperf` -----------------------------
+
+
+@pytest.fixture(scope="module")
+def server_process():
+    if SOCKPERF is None:
+        pytest.skip("sockperf is not installed (Debian: apt-get install sockperf)")
+    port = free_udp_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "burstio", "serve", "sockperf", "--host", V4, "--port", str(port), "--quiet"],
+        env=subprocess_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = ""
+    try:
+        wait_until_answering(proc, port)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, f"server did not stop cleanly on SIGTERM: {err}"
+
+
+def wait_until_answering(proc: subprocess.Popen, port: int) -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.settimeout(0.1)
+    try:
+        for seq in range(300):  # up to ~30 s for the server to start
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early: {proc.communicate()[1]}")
+            probe.sendto(message(seq, FLAG_CLIENT | FLAG_PONG_REQUEST), (V4, port))
+            try:
+                probe.recv(100)
+                return
+            except TimeoutError:
+                time.sleep(0.01)
+        raise RuntimeError("server never answered")
+    finally:
+        probe.close()
+
+
+def run_sockperf(*args: str) -> str:
+    r = subprocess.run([SOCKPERF, *args], capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    return re.sub(r"\x1b\[[0-9;]*m", "", out)  # drop colour codes
+
+
+def valid_duration(out: str) -> tuple[int, int]:
+    m = re.search(r"\[Valid Duration\].*SentMessages=(\d+); ReceivedMessages=(\d+)", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_sockperf_ping_pong(server_process):
+    out = run_sockperf("pp", "-i", V4, "-p", str(server_process), "-t", "1", "-m", "64")
+    sent, received = valid_duration(out)
+    assert sent > 0 and received >= sent - 1, out  # every ping got its pong (the last may be in flight)
+    assert re.search(r"# dropped messages = 0;", out), out
+    assert re.search(r"percentile 50\.000 =\s+[\d.]+", out), out
+
+
+def test_sockperf_under_load(server_process):
+    out = run_sockperf("ul", "-i", V4, "-p", str(server_process), "-t", "1", "-m", "64", "--mps", "2000")
+    sent, received = valid_duration(out)
+    assert sent > 0 and received > 0, out  # under load only some messages ask for a reply
+    assert re.search(r"# dropped messages = 0;", out), out

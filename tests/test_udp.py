@@ -1,0 +1,1052 @@
+"""BurstSocket: one contract, run against every backend variant.
+
+``BackendContract`` holds the tests; each ``Test*`` class at the bottom runs
+them with one backend (the pure-Python "portable" backend is the oracle) or
+one forced fallback (BURSTIO_DISABLE set before the socket is made).
+"""
+from __future__ import annotations
+
+import errno
+import math
+import re
+import select
+import signal
+import socket
+import time
+
+import numpy as np
+import pytest
+
+import burstio
+from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_SEND_ERROR, FLAG_TRUNCATED, PacketBatch, SendError
+from burstio.caps import ENV_DISABLE
+from conftest import (
+    FAMILIES,
+    HOSTS,
+    SO_NO_CHECK,
+    VARIANTS,
+    V4,
+    V6,
+    Helper,
+    Sockets,
+    entries,
+    gso_sendmsg,
+    kernel_caps,
+    kernel_refuses_gso_without_checksum,
+    main_thread_blocked_in_syscall,
+    pattern,
+    payloads,
+    recv_all,
+    recv_plain,
+    require_kernel,
+    require_syscall_introspection,
+    rescue,
+    skip_unless_runnable,
+    wait_for,
+)
+
+COUNTER_NAMES = {
+    "rx_datagrams", "rx_bytes", "rx_batches", "rx_syscalls", "rx_truncated", "rx_gro_messages",
+    "rx_gro_datagrams", "kernel_drops", "tx_datagrams", "tx_bytes", "tx_batches", "tx_syscalls",
+    "tx_gso_messages", "tx_gso_datagrams", "tx_errors", "tx_unreported_errors", "gso_downgrades",
+}
+
+
+def closed_port(family: int = socket.AF_INET) -> tuple:
+    """An address on loopback where nothing listens (bound once, then closed)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((HOSTS[family], 0))
+        return s.getsockname()
+
+
+def error_pending(sock) -> bool:
+    """Whether the socket has an asynchronous error queued (POLLERR), without consuming it."""
+    p = select.poll()
+    p.register(sock.fileno(), 0)
+    return any(ev & select.POLLERR for _fd, ev in p.poll(2000))
+
+
+class BackendContract:
+    """What every BurstSocket backend must do. Subclasses set ``variant``."""
+
+    variant = None  # a conftest.Variant
+
+    @pytest.fixture(autouse=True)
+    def _backend(self, monkeypatch):
+        v = self.variant
+        if v.disable:
+            monkeypatch.setenv(ENV_DISABLE, v.disable)
+        else:
+            monkeypatch.delenv(ENV_DISABLE, raising=False)
+        self.caps = burstio.capabilities()
+        skip_unless_runnable(v, self.caps)
+        self.sockets = Sockets(v.backend)
+        yield
+        self.sockets.close_all()
+
+    # ---- helpers -----------------------------------------------------------
+
+    def make_socket(self, family: int = socket.AF_INET, **kw) -> burstio.BurstSocket:
+        """A BurstSocket of this variant, bound to an ephemeral loopback port."""
+        return self.sockets.burst(family, **kw)
+
+    def make_pair(self, family: int = socket.AF_INET, *, rx: dict | None = None, tx: dict | None = None):
+        """(receiver, sender), both of this variant."""
+        return self.sockets.pair(family, rx=rx, tx=tx)
+
+    def plain(self, family: int = socket.AF_INET, **kw) -> socket.socket:
+        return self.sockets.plain(family, **kw)
+
+    def batch_of(self, items, capacity: int | None = None, slot_size: int = 2048) -> PacketBatch:
+        items = list(items)
+        b = PacketBatch(capacity or max(1, len(items)), slot_size)
+        for payload, addr in items:
+            b.append(payload, addr)
+        return b
+
+    @property
+    def gso(self) -> bool:
+        return self.caps.udp_segment
+
+    # ---- identity ------------------------------------------------------------
+
+    def test_backend_and_describe(self):
+        s = self.make_socket(gro=True)
+        v = self.variant
+        assert s.backend == v.expect_backend
+        d = s.describe()
+        assert d.startswith(f"{v.rx_syscall} + {v.tx_syscall}, "), d
+        assert s.gso == self.gso
+        assert ("GSO on" in d) == self.gso, d
+        assert s.gro == self.caps.udp_gro
+        assert d.endswith("GRO on" if self.caps.udp_gro else "GRO off"), d
+        for name in filter(None, v.disable.split(",")):
+            assert self.caps[name].forced_off and not self.caps[name].available
+        assert repr(s).startswith("<BurstSocket ")
+
+    def test_forced_off_fallback_matches_kernel(self):
+        """A variant only differs from the kernel's offer in what it forces off."""
+        kernel = kernel_caps()
+        forced = set(filter(None, self.variant.disable.split(",")))
+        for name in ("recvmmsg", "sendmmsg", "udp_segment", "udp_gro"):
+            assert self.caps[name].available == (kernel[name].available and name not in forced)
+
+    # ---- round trips -----------------------------------------------------------
+
+    @FAMILIES
+    def test_round_trip(self, family):
+        rx, tx = self.make_pair(family)
+        dest = rx.getsockname()
+        sizes = [1, 100, 100, 1472, 7, 0, 512, 512, 300, 2000, 9]
+        sent = [pattern(n, seed=i) for i, n in enumerate(sizes)]
+        out = self.batch_of((p, dest) for p in sent)
+        assert tx.send_batch(out) == len(sent)
+
+        batch = PacketBatch(16, 2048)
+        n = rx.recv_batch(batch, 2.0)
+        assert n == len(sent) == len(batch)
+        assert [bytes(batch[i]) for i in range(n)] == sent
+        assert memoryview(batch.lengths)[:n].tolist() == sizes
+        src = tx.getsockname()
+        assert batch.addresses() == [src] * n
+        assert all(batch.addr(i) == src for i in range(n))
+        assert batch.addr(-1) == src
+        assert memoryview(batch.sockets)[:n].tolist() == [0] * n
+        assert memoryview(batch.flags)[:n].tolist() == [0] * n
+        assert memoryview(batch.segment_sizes)[:n].tolist() == [0] * n
+
+    def test_lengths_numpy_view_is_zero_copy(self):
+        rx, tx = self.make_pair()
+        batch = PacketBatch(8, 256)
+        lengths = np.asarray(batch.lengths)
+        assert lengths.dtype == np.uint32 and lengths.shape == (8,)
+        for round_ in range(2):
+            sent = [pattern(10 + 20 * i + round_, seed=i) for i in range(4 + round_)]
+            tx.send_batch(self.batch_of((p, rx.getsockname()) for p in sent))
+            n = rx.recv_batch(batch, 2.0)
+            assert n == len(sent)
+            # the array made before any receive sees every later receive
+            assert lengths[:n].tolist() == [len(p) for p in sent]
+        assert np.asarray(batch.lengths).ctypes.data == lengths.ctypes.data
+        lengths[0] = 3  # and writes through it reach the batch
+        assert bytes(batch[0]) == sent[0][:3]
+
+    def test_ipv4_destination_from_ipv6_socket(self):
+        """Dual stack: an IPv6 socket sends to an IPv4 address over IPv4."""
+        rx = self.sockets.receiver(socket.AF_INET)
+        tx = self.sockets.track(burstio.BurstSocket(family=socket.AF_INET6, backend=self.variant.backend))
+        tx.sock.bind(("::", 0))  # a [::1]-bound socket could not reach 127.0.0.1
+        assert tx.send_batch(self.batch_of([(b"via v4", rx.getsockname())])) == 1
+        got = recv_all(rx, PacketBatch(4, 64), 1)
+        assert payloads(got) == [b"via v4"]
+        assert got[0][1] == (V4, tx.getsockname()[1])
+
+    def test_zero_length_datagrams(self):
+        rx, tx = self.make_pair()
+        sent = [b"", b"", b"x", b"", b""]
+        assert tx.send_batch(self.batch_of((p, rx.getsockname()) for p in sent)) == 5
+        got = recv_all(rx, PacketBatch(8, 64), 5)
+        assert payloads(got) == sent
+        assert rx.counters["rx_datagrams"] == 5
+        assert rx.counters["rx_bytes"] == 1
+
+    def test_largest_datagrams(self):
+        m = burstio.MAX_UDP_PAYLOAD
+        assert m == 65507
+        rx, tx = self.make_pair()
+        sent = [pattern(m, seed=1), pattern(m, seed=2), pattern(m - 1, seed=3)]
+        out = PacketBatch(3, m)
+        for p in sent:
+            out.append(p, rx.getsockname())
+        assert tx.send_batch(out) == 3
+        got = recv_all(rx, PacketBatch(4, m), 3)
+        assert payloads(got) == sent
+        assert [g[2] for g in got] == [0, 0, 0]  # not truncated
+
+    def test_too_large_datagram_is_emsgsize(self):
+        rx, tx = self.make_pair()
+        dest = rx.getsockname()
+        out = PacketBatch(3, 70000)
+        out.append(b"before", dest)
+        out.append(bytes(65508), dest)
+        out.append(b"after", dest)
+        with pytest.raises(SendError) as ei:
+            tx.send_batch(out)
+        assert (ei.value.errno, ei.value.index, ei.value.sent) == (errno.EMSGSIZE, 1, 1)
+        assert payloads(recv_all(rx, PacketBatch(4, 64), 1)) == [b"before"]
+
+    # ---- truncation ------------------------------------------------------------
+
+    def test_datagram_larger_than_slot_is_truncated_never_overflows(self):
+        rx, tx = self.make_pair()
+        dest = rx.getsockname()
+        sent = [pattern(300, 1), pattern(50, 2), pattern(100, 3), pattern(101, 4)]
+        tx.send_batch(self.batch_of((p, dest) for p in sent))
+        batch = PacketBatch(4, 100)
+        arena = memoryview(batch)
+        assert len(arena) == 400
+        got = recv_all(rx, batch, 4)
+        assert payloads(got) == [sent[0][:100], sent[1], sent[2], sent[3][:100]]
+        assert [bool(g[2] & FLAG_TRUNCATED) for g in got] == [True, False, False, True]
+        # each datagram stayed in its own slot: the 300-byte one did not spill
+        assert bytes(arena[100:150]) == sent[1]
+        assert bytes(arena[200:300]) == sent[2]
+        c = rx.counters
+        assert c["rx_truncated"] == 2
+        assert c["rx_datagrams"] == 4
+        assert c["rx_bytes"] == 100 + 50 + 100 + 100
+
+    # ---- waiting -----------------------------------------------------------------
+
+    @pytest.mark.parametrize("timeout", [0, 0.0, 0.05])
+    def test_timeout_returns_zero(self, timeout):
+        rx = self.make_socket()
+        batch = PacketBatch(4, 64)
+        batch.append(b"stale")
+        assert rx.recv_batch(batch, timeout) == 0
+        assert len(batch) == 0  # previous contents replaced
+        assert rx.counters["rx_batches"] == 0
+        assert rx.recv_batch(batch, timeout=timeout) == 0
+
+    def test_several_queued_datagrams_come_back_in_one_call(self):
+        rx, _tx = self.make_pair()
+        sender = self.plain()
+        sent = [b"one", b"two", b"three", b"four", b"five"]
+        for p in sent:
+            sender.sendto(p, rx.getsockname())
+        batch = PacketBatch(64, 64)
+        with rescue(rx.getsockname()):
+            n = rx.recv_batch(batch)  # timeout None: blocks for the first only
+        assert n == 5
+        assert [bytes(batch[i]) for i in range(n)] == sent
+
+    def test_small_batch_takes_the_queue_in_order(self):
+        rx = self.make_socket()
+        sender = self.plain()
+        for i in range(5):
+            sender.sendto(bytes([i]), rx.getsockname())
+        batch = PacketBatch(2, 16)
+        seen = []
+        for expect in (2, 2, 1, 0):
+            assert rx.recv_batch(batch, 0.5 if expect else 0.02) == expect
+            seen += [bytes(batch[i]) for i in range(len(batch))]
+        assert seen == [bytes([i]) for i in range(5)]
+
+    def test_blocking_recv_returns_when_first_datagram_arrives(self):
+        require_syscall_introspection()
+        rx = self.make_socket()
+        sender = self.plain()
+
+        def later():
+            assert wait_for(main_thread_blocked_in_syscall)
+            sender.sendto(b"late", rx.getsockname())
+
+        batch = PacketBatch(64, 64)
+        t = Helper(later)
+        with rescue(rx.getsockname()):
+            t.start()
+            n = rx.recv_batch(batch, None)
+        t.join()
+        assert n == 1
+        assert bytes(batch[0]) == b"late"
+        assert batch.addr(0) == sender.getsockname()
+
+    def test_gil_released_while_waiting(self):
+        """Another Python thread runs while recv_batch waits: it is the one
+        that sends the datagram the wait ends with."""
+        require_syscall_introspection()
+        rx = self.make_socket()
+        sender = self.plain()
+        progress = []
+
+        def other():
+            assert wait_for(main_thread_blocked_in_syscall)
+            for i in range(1000):  # Python bytecode: needs the GIL
+                progress.append(i)
+            sender.sendto(b"from the other thread", rx.getsockname())
+
+        batch = PacketBatch(8, 64)
+        t = Helper(other)
+        with rescue(rx.getsockname()):
+            t.start()
+            n = rx.recv_batch(batch, 60.0)
+        t.join()
+        assert len(progress) == 1000
+        assert n == 1 and bytes(batch[0]) == b"from the other thread"
+
+    @pytest.mark.parametrize("timeout", [None, 60.0], ids=["forever", "deadline"])
+    def test_eintr_with_quiet_handler_continues(self, timeout):
+        """PEP 475: a signal whose handler returns does not end the wait."""
+        require_syscall_introspection()
+        rx = self.make_socket()
+        sender = self.plain()
+        calls = []
+
+        def interrupt_then_send():
+            assert wait_for(main_thread_blocked_in_syscall)
+            signal.setitimer(signal.ITIMER_REAL, 0.001)  # SIGALRM lands on the main thread
+            assert wait_for(lambda: calls)
+            assert wait_for(main_thread_blocked_in_syscall)  # waiting again
+            sender.sendto(b"after the signal", rx.getsockname())
+
+        old = signal.signal(signal.SIGALRM, lambda signum, frame: calls.append(signum))
+        batch = PacketBatch(8, 64)
+        try:
+            t = Helper(interrupt_then_send)
+            with rescue(rx.getsockname()):
+                t.start()
+                n = rx.recv_batch(batch, timeout)
+            t.join()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert calls == [signal.SIGALRM]
+        assert n == 1
+        assert bytes(batch[0]) == b"after the signal"
+
+    @pytest.mark.parametrize("timeout", [None, 60.0], ids=["forever", "deadline"])
+    def test_eintr_with_raising_handler_propagates(self, timeout):
+        require_syscall_introspection()
+        rx = self.make_socket()
+
+        class Interrupted(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Interrupted("from the handler")
+
+        def interrupt():
+            assert wait_for(main_thread_blocked_in_syscall)
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+
+        old = signal.signal(signal.SIGALRM, handler)
+        batch = PacketBatch(8, 64)
+        try:
+            t = Helper(interrupt)
+            with rescue(rx.getsockname()), pytest.raises(Interrupted, match="from the handler"):
+                t.start()
+                rx.recv_batch(batch, timeout)
+            t.join()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        # the socket and the batch are usable afterwards
+        assert rx.recv_batch(batch, 0) == 0
+        self.plain().sendto(b"next", rx.getsockname())
+        assert payloads(recv_all(rx, batch, 1)) == [b"next"]
+
+    # ---- send errors -------------------------------------------------------------
+
+    def _port0_batch(self, dest) -> PacketBatch:
+        bad = (dest[0], 0) + tuple(dest[2:])
+        return self.batch_of([(b"d0-ok", dest), (b"d1-ok", dest), (b"d2-port0", bad), (b"d3-ok", dest)], capacity=8)
+
+    @FAMILIES
+    def test_send_error_raises_with_index(self, family):
+        rx, tx = self.make_pair(family)
+        out = self._port0_batch(rx.getsockname())
+        with pytest.raises(SendError) as ei:
+            tx.send_batch(out)
+        e = ei.value
+        assert isinstance(e, OSError)
+        assert (e.errno, e.index, e.sent) == (errno.EINVAL, 2, 2)
+        assert "datagram 2" in str(e)
+        assert tx.counters["tx_datagrams"] == 2
+        assert payloads(recv_all(rx, PacketBatch(8, 64), 2)) == [b"d0-ok", b"d1-ok"]
+        # resume after the failing datagram, as SendError documents
+        assert tx.send_batch(out, e.index + 1) == 1
+        assert payloads(recv_all(rx, PacketBatch(8, 64), 1)) == [b"d3-ok"]
+
+    @FAMILIES
+    def test_send_error_skip(self, family):
+        rx, tx = self.make_pair(family)
+        out = self._port0_batch(rx.getsockname())
+        assert tx.send_batch(out, on_error="skip") == 4
+        assert out.send_errors() == [(2, errno.EINVAL)]
+        assert out.flags[2] & FLAG_SEND_ERROR
+        assert out.errnos[2] == errno.EINVAL
+        assert not any(out.flags[i] & FLAG_SEND_ERROR for i in (0, 1, 3))
+        assert payloads(recv_all(rx, PacketBatch(8, 64), 3)) == [b"d0-ok", b"d1-ok", b"d3-ok"]
+        c = tx.counters
+        assert c["tx_errors"] == 1
+        assert c["tx_datagrams"] == 3
+        # fixed and sent again: the error marks go
+        out.set_addr(2, rx.getsockname())
+        assert tx.send_batch(out, on_error="skip") == 4
+        assert out.send_errors() == []
+        assert payloads(recv_all(rx, PacketBatch(8, 64), 4)) == [b"d0-ok", b"d1-ok", b"d2-port0", b"d3-ok"]
+
+    def test_gso_run_to_a_refused_destination_is_an_error_not_a_downgrade(self):
+        """EINVAL on a GSO send can mean "bad destination" (port 0) as well as
+        "no GSO here": the datagrams' own error is reported, GSO stays on."""
+        rx, tx = self.make_pair()
+        dest = rx.getsockname()
+        bad = (V4, 0)
+        items = [(b"ok-0", dest), (b"ok-1", dest)] + [(b"bad-%d" % i, bad) for i in range(2, 5)] + [(b"ok-5", dest)]
+        out = self.batch_of(items, capacity=8)
+        with pytest.raises(SendError) as ei:
+            tx.send_batch(out)
+        assert (ei.value.errno, ei.value.index, ei.value.sent) == (errno.EINVAL, 2, 2)
+        assert payloads(recv_all(rx, PacketBatch(8, 64), 2)) == [b"ok-0", b"ok-1"]
+        assert tx.gso == self.gso
+        assert tx.counters["gso_downgrades"] == 0
+
+        assert tx.send_batch(out, on_error="skip") == 6
+        assert out.send_errors() == [(2, errno.EINVAL), (3, errno.EINVAL), (4, errno.EINVAL)]
+        assert payloads(recv_all(rx, PacketBatch(8, 64), 3)) == [b"ok-0", b"ok-1", b"ok-5"]
+        assert tx.gso == self.gso
+        c = tx.counters
+        assert c["gso_downgrades"] == 0
+        assert c["tx_errors"] == 3
+
+        with pytest.raises(SendError) as ei:
+            tx.send_segments(b"x" * 300, 100, bad)
+        assert (ei.value.errno, ei.value.index, ei.value.sent) == (errno.EINVAL, 0, 0)
+        assert tx.gso == self.gso
+        assert tx.counters["gso_downgrades"] == 0
+
+    def test_econnrefused_on_connected_socket_is_reported(self):
+        tx = self.make_socket()
+        tx.connect(closed_port())
+        tx.sock.send(b"trigger")  # the port-unreachable reply sets the socket error
+        assert error_pending(tx)
+        out = self.batch_of([(b"a", None), (b"bb", None), (b"ccc", None)], capacity=4)
+        with pytest.raises(SendError) as ei:
+            tx.send_batch(out, 1)
+        e = ei.value
+        assert (e.errno, e.index, e.sent) == (errno.ECONNREFUSED, 1, 0)
+        assert "to the connected peer" in str(e)
+
+    def test_econnrefused_in_mid_batch_is_reported_or_counted(self):
+        """The port-unreachable reply to datagram 0 makes the kernel refuse
+        datagram 1. One datagram per syscall (the oracle, msg) sees that error
+        and reports it: SendError index 1, datagram 1 not sent. sendmmsg
+        discards an error after its first message; burstio retries the message
+        (it goes out) and counts the report it could not make. Either way no
+        datagram is dropped without the caller being told."""
+        tx = self.make_socket()
+        tx.connect(closed_port())
+        out = self.batch_of([(b"a", None), (b"bb", None), (b"ccc", None)], capacity=4)
+        if self.variant.tx_syscall != "sendmmsg":
+            with pytest.raises(SendError) as ei:
+                tx.send_batch(out)
+            e = ei.value
+            assert (e.errno, e.index, e.sent) == (errno.ECONNREFUSED, 1, 1)
+            assert tx.counters["tx_unreported_errors"] == 0
+        else:
+            assert tx.send_batch(out) == 3
+            # the replies to datagrams 0 and 1 were each consumed by the next send
+            assert tx.counters["tx_unreported_errors"] == 2
+            assert tx.counters["tx_datagrams"] == 3
+
+    def test_ipv6_destination_on_ipv4_socket(self):
+        rx, tx = self.make_pair(socket.AF_INET)
+        v6 = (V6, 9, 0, 0)
+        out = self.batch_of([(b"fine", rx.getsockname()), (b"wrong family", v6)], capacity=4)
+        with pytest.raises(SendError, match=re.escape(str(v6)) + r".*IPv6 address.*AF_INET") as ei:
+            tx.send_batch(out)
+        e = ei.value
+        assert (e.errno, e.index, e.sent) == (errno.EAFNOSUPPORT, 1, 1)
+        assert payloads(recv_all(rx, PacketBatch(4, 64), 1)) == [b"fine"]
+
+    def test_send_range_validation(self):
+        rx, tx = self.make_pair()
+        out = self.batch_of([(b"x", rx.getsockname())] * 3, capacity=8)
+        cases = [
+            ({"start": "1"}, TypeError, "start must be int, got str"),
+            ({"start": True}, TypeError, "start must be int, got bool"),
+            ({"start": -1}, ValueError, "start -1 is outside the batch's 3 datagrams"),
+            ({"start": 4}, ValueError, "start 4 is outside the batch's 3 datagrams"),
+            ({"count": 1.0}, TypeError, "count must be int or None, got float"),
+            ({"count": -1}, ValueError, "count -1 from start 0 runs past the batch's 3 datagrams"),
+            ({"start": 2, "count": 2}, ValueError, "count 2 from start 2 runs past the batch's 3 datagrams"),
+            ({"on_error": "ignore"}, ValueError, "on_error must be 'raise' or 'skip', got 'ignore'"),
+        ]
+        for kwargs, exc, msg in cases:
+            with pytest.raises(exc, match=re.escape(msg)):
+                tx.send_batch(out, **kwargs)
+        with pytest.raises(TypeError, match=re.escape("send_batch() argument 1 must be burstio.PacketBatch, not list")):
+            tx.send_batch([b"x"])
+        assert tx.counters["tx_datagrams"] == 0
+        assert recv_all(rx, PacketBatch(4, 64), 0) == []
+
+    def test_send_range_subset(self):
+        rx, tx = self.make_pair()
+        dest = rx.getsockname()
+        out = self.batch_of([(bytes([i]) * 5, dest) for i in range(5)])
+        assert tx.send_batch(out, 1, 2) == 2
+        assert tx.send_batch(out, 3, 0) == 0
+        assert tx.send_batch(out, 5) == 0
+        assert tx.send_batch(out, start=4) == 1
+        assert payloads(recv_all(rx, PacketBatch(8, 64), 3)) == [b"\1" * 5, b"\2" * 5, b"\4" * 5]
+
+    def test_empty_batch_sends_nothing(self):
+        _rx, tx = self.make_pair()
+        assert tx.send_batch(PacketBatch(4, 64)) == 0
+        assert tx.counters["tx_datagrams"] == 0
+
+    # ---- GSO -----------------------------------------------------------------------
+
+    @FAMILIES
+    def test_gso_run_arrives_as_separate_datagrams(self, family):
+        rx, tx = self.make_pair(family)
+        dest = rx.getsockname()
+        sent = [pattern(100, seed=i) for i in range(20)] + [pattern(40, seed=99)]
+        out = self.batch_of(((p, dest) for p in sent), capacity=32)
+        assert tx.send_batch(out) == 21
+        got = recv_all(rx, PacketBatch(64, 2048), 21)
+        assert payloads(got) == sent
+        assert all(g[1] == tx.getsockname() for g in got)
+        c = tx.counters
+        assert c["tx_datagrams"] == 21 and c["tx_bytes"] == 20 * 100 + 40
+        if self.gso:
+            assert (c["tx_gso_messages"], c["tx_gso_datagrams"]) == (1, 21)
+            assert c["tx_syscalls"] == 1
+        else:
+            assert (c["tx_gso_messages"], c["tx_gso_datagrams"]) == (0, 0)
+
+    def test_gso_runs_are_cut_at_segment_limit_size_and_destination(self):
+        rx1, tx = self.make_pair()
+        rx2 = self.sockets.receiver()
+        d1, d2 = rx1.getsockname(), rx2.getsockname()
+        items = [(pattern(10, i), d1) for i in range(150)]          # > 64 segments: 3 runs
+        items += [(pattern(1000, i), d2) for i in range(70)]       # > 64 KiB: 2 runs
+        items += [(pattern(30, 1), d1), (pattern(30, 2), d2), (pattern(30, 3), d1)]  # alternating: 3 sends
+        out = self.batch_of(items, capacity=len(items))
+        assert tx.send_batch(out) == len(items)
+        want1 = [p for p, d in items if d == d1]
+        want2 = [p for p, d in items if d == d2]
+        assert payloads(recv_all(rx1, PacketBatch(256, 2048), len(want1))) == want1
+        assert payloads(recv_all(rx2, PacketBatch(256, 2048), len(want2))) == want2
+        c = tx.counters
+        assert c["tx_datagrams"] == len(items)
+        if self.gso:
+            # 64+64+22 small ones, 65 (=65507 // 1000) + 5 big ones
+            assert c["tx_gso_messages"] == 5
+            assert c["tx_gso_datagrams"] == 220
+        else:
+            assert c["tx_gso_messages"] == 0
+
+    @FAMILIES
+    @pytest.mark.parametrize("size,seg", [(1000, 300), (900, 300), (1, 300), (300, 1), (65507 * 2 + 5, 1400)])
+    def test_send_segments(self, family, size, seg):
+        rx, tx = self.make_pair(family)
+        data = pattern(size, seed=size)
+        n = tx.send_segments(data, seg, rx.getsockname())
+        assert n == math.ceil(size / seg)
+        want = [data[i:i + seg] for i in range(0, size, seg)]
+        got = recv_all(rx, PacketBatch(1024, 2048), n)
+        assert payloads(got) == want
+        assert all(g[1] == tx.getsockname() for g in got)
+        c = tx.counters
+        assert c["tx_datagrams"] == n and c["tx_bytes"] == size
+        if self.gso and n > 1:
+            assert c["tx_gso_datagrams"] == n
+            assert c["tx_gso_messages"] >= 1
+        else:
+            assert c["tx_gso_datagrams"] == 0
+
+    def test_send_segments_to_connected_peer_and_edge_cases(self):
+        rx, tx = self.make_pair()
+        tx.connect(rx.getsockname())
+        assert tx.send_segments(bytearray(b"abcdefg"), 2) == 4
+        assert tx.send_segments(b"", 10, rx.getsockname()) == 0
+        assert tx.send_segments(memoryview(b"xyz"), 3, None) == 1
+        assert payloads(recv_all(rx, PacketBatch(16, 64), 5)) == [b"ab", b"cd", b"ef", b"g", b"xyz"]
+        with pytest.raises(ValueError, match=re.escape("segment_size must be between 1 and 65507, got 0")):
+            tx.send_segments(b"abc", 0)
+        with pytest.raises(ValueError, match=re.escape("segment_size must be between 1 and 65507, got 65508")):
+            tx.send_segments(b"abc", 65508)
+        with pytest.raises(TypeError, match=re.escape("segment_size must be int, got bool")):
+            tx.send_segments(b"abc", True)
+        with pytest.raises(TypeError, match=re.escape("segment_size must be int, got float")):
+            tx.send_segments(b"abc", 1.5)
+        with pytest.raises(ValueError, match=re.escape("address port must be 0-65535, got 70000")):
+            tx.send_segments(b"abc", 1, (V4, 70000))
+
+    def test_send_segments_error(self):
+        _rx, tx = self.make_pair()
+        with pytest.raises(SendError) as ei:
+            tx.send_segments(b"abcdef", 2, (V6, 5, 0, 0))
+        assert (ei.value.errno, ei.value.index, ei.value.sent) == (errno.EAFNOSUPPORT, 0, 0)
+        assert "segment 0" in str(ei.value)
+
+    def _no_checksum_sender(self):
+        if not kernel_refuses_gso_without_checksum():
+            pytest.skip("this kernel does not refuse UDP GSO on a SO_NO_CHECK socket, "
+                        "so the downgrade cannot be provoked")
+        rx, tx = self.make_pair()
+        tx.sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        return rx, tx
+
+    def test_gso_refused_downgrades_and_delivers_everything(self):
+        rx, tx = self._no_checksum_sender()
+        dest = rx.getsockname()
+        sent = [b"single"] + [pattern(100, seed=i) for i in range(10)] + [b"tail"]
+        out = self.batch_of(((p, dest) for p in sent), capacity=16)
+        assert tx.send_batch(out) == len(sent)
+        assert payloads(recv_all(rx, PacketBatch(32, 2048), len(sent))) == sent
+        assert tx.gso is False
+        assert "GSO off" in tx.describe()
+        c = tx.counters
+        assert c["gso_downgrades"] == (1 if self.gso else 0)
+        assert c["tx_datagrams"] == len(sent)
+        assert c["tx_gso_datagrams"] == 0
+        # later sends go without GSO and do not downgrade again
+        assert tx.send_batch(out) == len(sent)
+        assert payloads(recv_all(rx, PacketBatch(32, 2048), len(sent))) == sent
+        assert tx.counters["gso_downgrades"] == (1 if self.gso else 0)
+
+    def test_gso_refused_downgrades_send_segments(self):
+        rx, tx = self._no_checksum_sender()
+        data = pattern(2500, seed=5)
+        assert tx.send_segments(data, 100, rx.getsockname()) == 25
+        assert payloads(recv_all(rx, PacketBatch(64, 2048), 25)) == [data[i:i + 100] for i in range(0, 2500, 100)]
+        assert tx.gso is False
+        c = tx.counters
+        assert c["gso_downgrades"] == (1 if self.gso else 0)
+        assert c["tx_datagrams"] == 25
+
+    # ---- GRO -----------------------------------------------------------------------
+
+    @FAMILIES
+    def test_gro_receive_splits_coalesced_datagrams(self, family):
+        require_kernel("udp_segment")
+        rx = self.sockets.receiver(family, gro=True)
+        assert rx.gro == self.caps.udp_gro
+        sender = self.plain(family)
+        data = pattern(500 * 10 + 123, seed=7)
+        gso_sendmsg(sender, data, 500, rx.getsockname())  # the kernel's GSO: one skb of 11 segments
+        sender.sendto(b"alone", rx.getsockname())
+        want = [data[i:i + 500] for i in range(0, len(data), 500)] + [b"alone"]
+        got = recv_all(rx, PacketBatch(1024, burstio.GRO_SLOT_MIN, slots=8), len(want))
+        assert payloads(got) == want
+        assert all(g[1] == sender.getsockname() for g in got)
+        c = rx.counters
+        assert c["rx_datagrams"] == 12
+        if rx.gro:
+            assert [g[2] for g in got] == [FLAG_GRO] * 11 + [0]
+            assert [g[3] for g in got] == [500] * 11 + [0]
+            assert (c["rx_gro_messages"], c["rx_gro_datagrams"]) == (1, 11)
+        else:
+            assert [g[2] for g in got] == [0] * 12
+            assert c["rx_gro_messages"] == 0
+
+    def test_gro_entries_point_into_their_slot(self):
+        require_kernel("udp_segment")
+        rx = self.sockets.receiver(gro=True)
+        if not rx.gro:
+            pytest.skip(f"UDP GRO is off here: {self.caps['udp_gro'].detail}")
+        sender = self.plain()
+        data = pattern(64 * 4, seed=3)
+        gso_sendmsg(sender, data, 64, rx.getsockname())
+        batch = PacketBatch(256, burstio.GRO_SLOT_MIN, slots=2)
+        assert rx.recv_batch(batch, 2.0) == 4
+        assert memoryview(batch.offsets)[:4].tolist() == [0, 64, 128, 192]  # no copy: one slot
+        assert bytes(memoryview(batch)[:256]) == data
+
+    def test_gro_batch_out_of_entries_keeps_the_rest_coalesced(self):
+        require_kernel("udp_segment")
+        rx = self.sockets.receiver(gro=True)
+        if not rx.gro:
+            pytest.skip(f"UDP GRO is off here: {self.caps['udp_gro'].detail}")
+        sender = self.plain()
+        data = pattern(10 * 50, seed=4)
+        gso_sendmsg(sender, data, 50, rx.getsockname())
+        batch = PacketBatch(4, burstio.GRO_SLOT_MIN, slots=1)
+        assert rx.recv_batch(batch, 2.0) == 4
+        got = entries(batch)
+        assert payloads(got) == [data[:50], data[50:100], data[100:150], data[150:]]
+        assert [g[2] for g in got] == [FLAG_GRO] * 3 + [FLAG_GRO | FLAG_COALESCED]
+        assert [g[3] for g in got] == [50] * 4
+        assert rx.counters["rx_datagrams"] == 10  # the coalesced entry counts its 7
+
+    def test_gro_needs_big_slots(self):
+        rx = self.make_socket(gro=True)
+        if not rx.gro:
+            pytest.skip(f"UDP GRO is off here ({self.caps['udp_gro'].detail}): no slot size check")
+        msg = ("UDP GRO is on and a coalesced receive can reach 64 KiB: the batch needs slot_size >= 65535, "
+               "got 2048 (e.g. PacketBatch(1024, 65535, slots=16))")
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            rx.recv_batch(PacketBatch(64, 2048), 0)
+
+    def test_gro_off_by_default(self):
+        rx = self.make_socket()
+        assert rx.gro is False
+        assert rx.recv_batch(PacketBatch(4, 16), 0) == 0  # small slots are fine without GRO
+
+    # ---- counters ---------------------------------------------------------------------
+
+    def test_counters_consistent_with_traffic(self):
+        rx, tx = self.make_pair()
+        dest = rx.getsockname()
+        sizes = [10, 20, 30, 30, 30, 5, 0, 700]
+        out = self.batch_of((pattern(n, seed=n), dest) for n in sizes)
+        assert set(tx.counters) == COUNTER_NAMES
+        assert all(v == 0 for v in tx.counters.values())
+        assert tx.send_batch(out) == len(sizes)
+        assert tx.send_segments(pattern(250), 100, dest) == 3
+        batch = PacketBatch(4, 2048)
+        got, calls = [], 0
+        while len(got) < len(sizes) + 3:
+            n = rx.recv_batch(batch, 2.0)
+            assert n > 0
+            calls += 1
+            got += entries(batch)
+        assert rx.recv_batch(batch, 0) == 0
+        t, r = tx.counters, rx.counters
+        assert (t["tx_datagrams"], t["tx_bytes"], t["tx_batches"]) == (len(sizes) + 3, sum(sizes) + 250, 2)
+        assert t["tx_syscalls"] >= 2 and t["tx_errors"] == 0 and t["gso_downgrades"] == 0
+        assert (r["rx_datagrams"], r["rx_bytes"], r["rx_batches"]) == (len(sizes) + 3, sum(sizes) + 250, calls)
+        assert r["rx_syscalls"] >= calls
+        assert r["rx_truncated"] == r["kernel_drops"] == 0
+        assert all(v == 0 for k, v in r.items() if k.startswith("tx_"))
+        assert all(v == 0 for k, v in t.items() if k.startswith("rx_"))
+        rx.reset_counters()
+        assert all(v == 0 for v in rx.counters.values())
+        if self.variant.expect_backend == "mmsg":
+            assert r["rx_syscalls"] <= 2 * calls + 1  # one recvmmsg per call (+ a poll when waiting)
+
+    def test_kernel_drops_counted(self):
+        rx = self.make_socket(rcvbuf=2048)
+        sender = self.plain()
+        sent = 200
+        for i in range(sent):
+            sender.sendto(pattern(500, i), rx.getsockname())
+        batch = PacketBatch(64, 1024)
+        received = 0
+        while n := rx.recv_batch(batch, 0.05):
+            received += n
+        assert received < sent  # the tiny buffer overflowed
+        # the drop count rides on the next datagram queued after the drops
+        sender.sendto(b"marker", rx.getsockname())
+        got = recv_all(rx, batch, 1)
+        assert payloads(got) == [b"marker"]
+        c = rx.counters
+        assert c["kernel_drops"] > 0
+        # nothing lost silently: every datagram was received or counted as dropped
+        assert c["rx_datagrams"] + c["kernel_drops"] == sent + 1
+
+    def test_timestamps(self):
+        rx, tx = self.make_pair(rx={"timestamps": True})
+        assert rx.timestamps == self.caps.so_timestampns
+        if not rx.timestamps:
+            pytest.skip(f"kernel lacks SO_TIMESTAMPNS: {self.caps['so_timestampns'].detail}")
+        batch = PacketBatch(4, 64)
+        before = time.time_ns()
+        tx.send_batch(self.batch_of([(b"c", rx.getsockname())]))
+        after = time.time_ns()
+        assert rx.recv_batch(batch, 2.0) == 1
+        ts = batch.timestamps[0]
+        # ns since the epoch, taken by the kernel around when we sent (a
+        # generous window: this checks the unit and the clock, not timing)
+        assert before - 5_000_000_000 <= ts <= after + 5_000_000_000
+        # and without timestamps=True they stay 0
+        plain_rx, tx2 = self.make_pair()
+        assert plain_rx.timestamps is False
+        tx2.send_batch(self.batch_of([(b"d", plain_rx.getsockname())]))
+        assert plain_rx.recv_batch(batch, 2.0) == 1
+        assert batch.timestamps[0] == 0
+
+    def test_timestamps_every_entry(self):
+        rx, tx = self.make_pair(rx={"timestamps": True})
+        if not rx.timestamps:
+            pytest.skip(f"kernel lacks SO_TIMESTAMPNS: {self.caps['so_timestampns'].detail}")
+        before = time.time_ns()
+        tx.send_batch(self.batch_of([(bytes([i]), rx.getsockname()) for i in range(5)]))
+        after = time.time_ns()
+        batch = PacketBatch(8, 64)
+        assert rx.recv_batch(batch, 2.0) == 5
+        ts = np.asarray(batch.timestamps)[:5]
+        assert ts.dtype == np.int64
+        assert np.all(ts >= before - 5_000_000_000) and np.all(ts <= after + 5_000_000_000)
+
+    # ---- batches across calls ---------------------------------------------------------
+
+    def test_echo_received_batch_back_to_senders(self):
+        """The package docstring's echo: recv_batch, then send_batch the same batch."""
+        rx = self.sockets.receiver()
+        a, b = self.plain(), self.plain()
+        for i in range(4):
+            a.sendto(b"a%d" % i, rx.getsockname())
+            b.sendto(b"b%d" % i, rx.getsockname())
+        batch = PacketBatch(16, 64)
+        assert rx.recv_batch(batch, 2.0) == 8
+        assert rx.send_batch(batch) == 8
+        assert [d for d, _ in recv_plain(a, 4)] == [b"a%d" % i for i in range(4)]
+        assert [d for d, _ in recv_plain(b, 4)] == [b"b%d" % i for i in range(4)]
+
+    def test_echo_gro_entries_back(self):
+        require_kernel("udp_segment")
+        rx = self.sockets.receiver(gro=True)
+        peer = self.plain()
+        data = pattern(40 * 30 + 7, seed=8)
+        gso_sendmsg(peer, data, 40, rx.getsockname())
+        batch = PacketBatch(256, burstio.GRO_SLOT_MIN, slots=32)  # 32 slots: enough without GRO too
+        assert rx.recv_batch(batch, 2.0) == 31
+        assert rx.send_batch(batch) == 31
+        want = [data[i:i + 40] for i in range(0, len(data), 40)]
+        assert [d for d, _ in recv_plain(peer, 31)] == want
+        if rx.gro and self.gso:
+            assert rx.counters["tx_gso_datagrams"] == 31
+
+    def test_append_after_receive_keeps_received_payloads(self):
+        """append() copies into "the next free slot": after a receive the
+        received datagrams' slots are not free."""
+        rx = self.sockets.receiver()
+        sender = self.plain()
+        for p in (b"first", b"second"):
+            sender.sendto(p, rx.getsockname())
+        batch = PacketBatch(8, 64)
+        assert rx.recv_batch(batch, 2.0) == 2
+        try:
+            i = batch.append(b"NEW", (V4, 9))
+        except ValueError:
+            pass  # refusing is fine too
+        else:
+            assert i == 2 and bytes(batch[2]) == b"NEW"
+        assert bytes(batch[0]) == b"first"
+        assert bytes(batch[1]) == b"second"
+
+    def test_recv_replaces_slices_of_an_external_buffer(self):
+        rx = self.sockets.receiver()
+        batch = PacketBatch(8, 64)
+        external = bytearray(b"0123456789")
+        batch.add_slices(external, 5)
+        self.plain().sendto(b"fresh", rx.getsockname())
+        assert rx.recv_batch(batch, 2.0) == 1
+        assert bytes(batch[0]) == b"fresh"
+        assert external == bytearray(b"0123456789")
+        batch.clear()
+        assert batch.append(b"ok") == 0
+
+    def test_batch_in_use_by_a_waiting_receive_is_refused(self):
+        """While recv_batch waits on a batch (GIL released), another thread
+        may not change that batch."""
+        require_syscall_introspection()
+        rx = self.sockets.receiver()
+        sender = self.plain()
+        batch = PacketBatch(8, 64)
+        outcome = []
+
+        def meddle():
+            assert wait_for(main_thread_blocked_in_syscall)
+            try:
+                batch.append(b"meddling")
+                outcome.append("appended")
+            except RuntimeError as e:
+                outcome.append(str(e))
+            sender.sendto(b"real", rx.getsockname())
+
+        t = Helper(meddle)
+        with rescue(rx.getsockname()):
+            t.start()
+            n = rx.recv_batch(batch, 60.0)
+        t.join()
+        assert outcome == ["PacketBatch is in use by another call (a send or receive in another thread)"]
+        assert n == 1 and bytes(batch[0]) == b"real"
+
+    def test_unconnected_send_without_address(self):
+        rx, tx = self.make_pair()
+        out = self.batch_of([(b"to", rx.getsockname()), (b"nowhere", None)], capacity=4)
+        with pytest.raises(SendError) as ei:
+            tx.send_batch(out)
+        assert (ei.value.errno, ei.value.index, ei.value.sent) == (errno.EDESTADDRREQ, 1, 1)
+
+    def test_gso_downgrade_then_a_later_error(self):
+        """Downgraded in the middle of a batch, the resend still reports a
+        later datagram's own error with its index."""
+        rx, tx = self._no_checksum_sender()
+        dest = rx.getsockname()
+        items = [(pattern(100, i), dest) for i in range(6)] + [(b"port 0", (V4, 0)), (b"last", dest)]
+        out = self.batch_of(items, capacity=8)
+        with pytest.raises(SendError) as ei:
+            tx.send_batch(out)
+        assert (ei.value.errno, ei.value.index, ei.value.sent) == (errno.EINVAL, 6, 6)
+        assert payloads(recv_all(rx, PacketBatch(16, 2048), 6)) == [p for p, _ in items[:6]]
+        assert tx.counters["gso_downgrades"] == (1 if self.gso else 0)
+
+    def test_send_segments_needs_a_contiguous_buffer(self):
+        _rx, tx = self.make_pair()
+        strided = memoryview(bytearray(20))[::2]
+        with pytest.raises((TypeError, ValueError)):
+            tx.send_segments(strided, 2, (V4, 9))
+        with pytest.raises(TypeError):
+            tx.send_segments("text", 2, (V4, 9))
+        assert tx.counters["tx_datagrams"] == 0
+
+    def test_bind_to_a_port_in_use(self):
+        s = self.make_socket()
+        with pytest.raises(OSError) as ei:
+            burstio.BurstSocket.bind(s.getsockname(), backend=self.variant.backend)
+        assert ei.value.errno == errno.EADDRINUSE
+
+    # ---- wrapping sockets and bad input ---------------------------------------------
+
+    def test_wraps_an_existing_socket_and_owns_it(self):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.bind((V4, 0))
+        s = self.sockets.track(burstio.BurstSocket(raw, backend=self.variant.backend))
+        assert s.sock is raw and s.fileno() == raw.fileno()
+        assert s.getsockname() == raw.getsockname()
+        self.plain().sendto(b"hi", raw.getsockname())
+        assert payloads(recv_all(s, PacketBatch(4, 64), 1)) == [b"hi"]
+        with s:
+            pass
+        assert raw.fileno() == -1
+
+    def test_rejects_tcp_socket(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            with pytest.raises(ValueError, match=re.escape("BurstSocket needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM")):
+                burstio.BurstSocket(tcp, backend=self.variant.backend)
+
+    def test_rejects_unix_socket(self):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
+            with pytest.raises(ValueError, match="BurstSocket needs an AF_INET or AF_INET6 socket, got "):
+                burstio.BurstSocket(unix, backend=self.variant.backend)
+
+    def test_rejects_closed_socket(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.close()
+        with pytest.raises(OSError) as ei:
+            burstio.BurstSocket(s, backend=self.variant.backend)
+        assert ei.value.errno == errno.EBADF
+
+    @pytest.mark.parametrize("thing", [3, "udp", object()])
+    def test_rejects_non_socket(self, thing):
+        with pytest.raises(TypeError, match=re.escape(f"sock must be a socket.socket, got {type(thing).__name__}")):
+            burstio.BurstSocket(thing, backend=self.variant.backend)
+
+    def test_rejects_unknown_backend_and_family(self):
+        with pytest.raises(ValueError, match=re.escape(
+                "backend must be one of 'auto', 'mmsg', 'msg', 'portable', got 'fast'")):
+            burstio.BurstSocket(backend="fast")
+        with pytest.raises(ValueError, match="family must be AF_INET or AF_INET6, got "):
+            burstio.BurstSocket(family=socket.AF_UNIX, backend=self.variant.backend)
+
+    def test_operations_after_close_are_ebadf(self):
+        s = self.make_socket()
+        out = self.batch_of([(b"x", (V4, 9))])
+        s.close()
+        s.close()  # closing twice is fine
+        for op in (lambda: s.recv_batch(PacketBatch(4, 64), 0),
+                   lambda: s.recv_batch(PacketBatch(4, 64)),
+                   lambda: s.send_batch(out),
+                   lambda: s.send_segments(b"abc", 1, (V4, 9))):
+            with pytest.raises(OSError) as ei:
+                op()
+            assert ei.value.errno == errno.EBADF
+        assert "closed" in repr(s)
+
+    @pytest.mark.parametrize("timeout,exc,msg", [
+        ("1", TypeError, "timeout must be a number of seconds or None, got str"),
+        (True, TypeError, "timeout must be a number of seconds or None, got bool"),
+        (-1, ValueError, "timeout must be >= 0 or None, got -1"),
+        (-0.5, ValueError, "timeout must be >= 0 or None, got -0.5"),
+        (float("nan"), ValueError, "timeout must be >= 0 or None, got nan"),
+    ])
+    def test_recv_timeout_validation(self, timeout, exc, msg):
+        rx = self.make_socket()
+        with pytest.raises(exc, match=re.escape(msg)):
+            rx.recv_batch(PacketBatch(4, 64), timeout)
+
+    def test_recv_needs_a_batch(self):
+        rx = self.make_socket()
+        with pytest.raises(TypeError, match=re.escape("recv_batch() argument 1 must be burstio.PacketBatch, not bytearray")):
+            rx.recv_batch(bytearray(64), 0)
+
+    def test_infinite_timeout_means_forever(self):
+        rx = self.make_socket()
+        self.plain().sendto(b"inf", rx.getsockname())
+        batch = PacketBatch(4, 64)
+        assert rx.recv_batch(batch, float("inf")) == 1
+        assert bytes(batch[0]) == b"inf"
+
+
+# ---- one class per backend variant ------------------------------------------------
+
+
+class TestPortable(BackendContract):
+    variant = VARIANTS["portable"]
+
+
+class TestMsg(BackendContract):
+    variant = VARIANTS["msg"]
+
+
+class TestMmsg(BackendContract):
+    variant = VARIANTS["mmsg"]
+
+
+class TestAutoWithoutGso(BackendContract):
+    variant = VARIANTS["auto-no-gso"]
+
+
+class TestAutoWithoutGro(BackendContract):
+    variant = VARIANTS["auto-no-gro"]
+
+
+class TestAutoWithoutMmsg(BackendContract):
+    variant = VARIANTS["auto-no-mmsg"]
+
+
+# ---- not per backend ----------------------------------------------------------------
+
+
+def test_mmsg_backend_refused_when_recvmmsg_forced_off(monkeypatch):
+    monkeypatch.setenv(ENV_DISABLE, "recvmmsg")
+    with pytest.raises(OSError, match="backend 'mmsg' needs recvmmsg and sendmmsg: disabled by BURSTIO_DISABLE") as ei:
+        burstio.BurstSocket(backend="mmsg")
+    assert ei.value.errno == errno.EOPNOTSUPP
+
+
+def test_auto_without_mmsg_falls_back_to_msg(monkeypatch):
+    monkeypatch.setenv(ENV_DISABLE, "recvmmsg,sendmmsg")
+    with burstio.BurstSocket.bind((V4, 0)) as s:
+        assert s.backend == "msg"
+        assert s.describe().startswith("recvmsg + sendmsg, ")
+
+
+def test_every_variant_covered():
+    classes = [TestPortable, TestMsg, TestMmsg, TestAutoWithoutGso, TestAutoWithoutGro, TestAutoWithoutMmsg]
+    assert sorted(c.variant.name for c in classes) == sorted(VARIANTS)
