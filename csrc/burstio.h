@@ -102,6 +102,18 @@ int bio_addr_parse(PyObject *addr, struct sockaddr_in6 *out);
 PyObject *bio_addr_build(const struct sockaddr_in6 *sa);
 socklen_t bio_addr_len(const struct sockaddr_in6 *sa);
 
+/* ---- argument parsing (args.c) --------------------------------------- */
+
+/* Map METH_FASTCALL|METH_KEYWORDS arguments onto out[] (borrowed; NULL when
+ * absent) by the NULL-terminated `names`: the first max_pos may come by
+ * position, the first `required` must come. Returns 0, or -1 with
+ * TypeError set in the wording CPython uses. */
+int bio_args_parse(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames, const char *const *names, int max_pos,
+                   int required, PyObject **out);
+/* TypeError unless obj is a PacketBatch ("fname() argument 1 must be ..."). */
+int bio_args_batch(const char *fname, PyObject *obj);
+
 /* ---- waiting and errors (wait.c) ------------------------------------- */
 
 int64_t bio_now_ns(void);
@@ -152,11 +164,13 @@ typedef struct {
     int gro_max_segments; /* most segments one GRO receive can carry */
     int gro;              /* UDP_GRO is on: split coalesced receives */
     int socket_index;     /* written to batch.sockets for received entries */
+    int rx_singles;       /* receive calls in a row that found one datagram */
     int pending_errno;    /* error seen after a partial receive, raised next */
     int last_errno;       /* why the last send stopped early (0: it did not) */
     Py_ssize_t last_error_index; /* entry (or segment) that failed */
     int last_error_gso;   /* the failing message was a GSO send */
     uint64_t counters[BIO_NCOUNTERS];
+    PyObject *recover;    /* policy called when a send stops early, or NULL */
 } BioUdp;
 
 extern PyTypeObject BioUdp_Type;
@@ -166,7 +180,10 @@ int bio_udp_init_type(PyObject *module);
  * number of messages. GIL may be released (touches only b's arrays). */
 Py_ssize_t bio_send_prepare_nogil(BioUdp *u, BioBatch *b, Py_ssize_t start,
                                   Py_ssize_t end);
-PyObject *bio_udp_send_batch(BioUdp *u, PyObject *args, PyObject *kwds);
+PyObject *bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames);
+PyObject *bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames);
 PyObject *bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds);
 
 /* ---- probes (probe.c, uring.c) --------------------------------------- */

@@ -28,8 +28,15 @@ const char *const bio_counter_names[BIO_NCOUNTERS] = {
 
 /* ---- receive ----------------------------------------------------------- */
 
+/* After this many receive calls in a row that found a single datagram (a
+ * request/response peer), ask for one message at a time: recvmmsg then
+ * skips a second receive attempt that would find nothing, on the latency
+ * path. Every BIO_RX_SINGLES-th call still asks for the full window, and
+ * leaves single mode as soon as it finds more than one datagram. */
+#define BIO_RX_SINGLES 16
+
 /* Messages to ask for: every slot, unless GRO could split them into more
- * entries than the batch holds. */
+ * entries than the batch holds, or single mode (above) is on. */
 static int
 bio_recv_vlen(const BioUdp *u, const BioBatch *b)
 {
@@ -38,7 +45,19 @@ bio_recv_vlen(const BioUdp *u, const BioBatch *b)
         Py_ssize_t fit = b->capacity / (u->gro_max_segments > 0 ? u->gro_max_segments : 64);
         v = fit < 1 ? 1 : (fit < v ? fit : v);
     }
+    if (u->rx_singles >= BIO_RX_SINGLES && u->rx_singles % BIO_RX_SINGLES != 0)
+        v = 1;
     return (int)(v > BIO_MMSG_MAX ? BIO_MMSG_MAX : v);
+}
+
+/* Learn from a receive that got `got` messages (see BIO_RX_SINGLES). */
+static void
+bio_recv_learn(BioUdp *u, int got)
+{
+    if (got > 1)
+        u->rx_singles = 0;
+    else if (got == 1 && ++u->rx_singles >= 2 * BIO_RX_SINGLES)
+        u->rx_singles -= BIO_RX_SINGLES;
 }
 
 static void
@@ -228,19 +247,18 @@ PyDoc_STRVAR(bio_udp_recv_batch_doc,
 "(None: forever) for the first. Returns the entry count, 0 on timeout.");
 
 static PyObject *
-bio_udp_recv_batch(BioUdp *u, PyObject *args, PyObject *kwds)
+bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static char *kwlist[] = {"batch", "timeout", NULL};
-    BioBatch *b;
-    PyObject *timeout = Py_None;
+    static const char *const names[] = {"batch", "timeout", NULL};
+    PyObject *a[2];
     int64_t timeout_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|O:recv_batch", kwlist,
-                                     &BioBatch_Type, &b, &timeout))
+    if (bio_args_parse("recv_batch", args, nargs, kwnames, names, 2, 1, a) < 0 ||
+        bio_args_batch("recv_batch", a[0]) < 0 ||
+        bio_timeout_parse(a[1] ? a[1] : Py_None, &timeout_ns) < 0)
         return NULL;
-    if (bio_timeout_parse(timeout, &timeout_ns) < 0 || bio_batch_check_idle(b) < 0)
+    BioBatch *b = (BioBatch *)a[0];
+    if (bio_batch_check_idle(b) < 0)
         return NULL;
-    if (u->fd < 0)
-        return bio_raise_errno(-EBADF);
     if (u->gro && b->slot_size < BIO_GRO_SLOT_MIN) {
         PyErr_Format(PyExc_ValueError,
                      "UDP GRO is on and a coalesced receive can reach 64 KiB: "
@@ -279,6 +297,7 @@ bio_udp_recv_batch(BioUdp *u, PyObject *args, PyObject *kwds)
         return bio_raise_errno(r);
     b->count = entries;
     b->appended = r; /* slots 0..r-1 hold what arrived; append() goes after */
+    bio_recv_learn(u, r);
     return PyLong_FromSsize_t(entries);
 }
 
@@ -342,10 +361,16 @@ bio_udp_reset_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef bio_udp_methods[] = {
     {"recv_batch", (PyCFunction)(void (*)(void))bio_udp_recv_batch,
-     METH_VARARGS | METH_KEYWORDS, bio_udp_recv_batch_doc},
+     METH_FASTCALL | METH_KEYWORDS, bio_udp_recv_batch_doc},
     {"send_batch", (PyCFunction)(void (*)(void))bio_udp_send_batch,
-     METH_VARARGS | METH_KEYWORDS,
-     "send_batch(batch, start=0, count=None, skip_errors=False) -> int"},
+     METH_FASTCALL | METH_KEYWORDS,
+     "send_batch(batch, start=0, count=None, *, on_error='raise') -> int\n\n"
+     "Send entries [start, start+count). If the send stops early and a\n"
+     "`recover` policy is set, its result is returned (see BurstSocket)."},
+    {"send_raw", (PyCFunction)(void (*)(void))bio_udp_send_raw,
+     METH_FASTCALL | METH_KEYWORDS,
+     "send_raw(batch, start=0, count=None, *, on_error='raise') -> int\n\n"
+     "send_batch without the recover policy: stops early with last_errno set."},
     {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"counters", (PyCFunction)bio_udp_counters, METH_NOARGS,
@@ -371,6 +396,9 @@ static PyMemberDef bio_udp_members[] = {
     {"gro", T_INT, offsetof(BioUdp, gro), 0, "1: UDP_GRO is on, split receives"},
     {"socket_index", T_INT, offsetof(BioUdp, socket_index), 0,
      "value written to batch.sockets on receive"},
+    {"recover", T_OBJECT, offsetof(BioUdp, recover), 0,
+     "recover(batch, start, done, end, skip) -> int: called when send_batch "
+     "stops early (error or GSO refusal); its result is returned"},
     {"last_errno", T_INT, offsetof(BioUdp, last_errno), READONLY,
      "errno that stopped the last send early, 0 if none"},
     {"last_error_index", T_PYSSIZET, offsetof(BioUdp, last_error_index), READONLY,
@@ -380,11 +408,36 @@ static PyMemberDef bio_udp_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static int
+bio_udp_traverse(BioUdp *u, visitproc visit, void *arg)
+{
+    Py_VISIT(u->recover);
+    return 0;
+}
+
+static int
+bio_udp_clear(BioUdp *u)
+{
+    Py_CLEAR(u->recover);
+    return 0;
+}
+
+static void
+bio_udp_dealloc(BioUdp *u)
+{
+    PyObject_GC_UnTrack(u);
+    bio_udp_clear(u);
+    Py_TYPE(u)->tp_free((PyObject *)u);
+}
+
 PyTypeObject BioUdp_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "burstio._native.UdpIo",
     .tp_basicsize = sizeof(BioUdp),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)bio_udp_dealloc,
+    .tp_traverse = (traverseproc)bio_udp_traverse,
+    .tp_clear = (inquiry)bio_udp_clear,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "UdpIo(fd): batched UDP syscalls on one socket (internal).",
     .tp_methods = bio_udp_methods,
     .tp_members = bio_udp_members,

@@ -248,18 +248,38 @@ bio_send_loop(BioUdp *u, BioBatch *b, Py_ssize_t start, Py_ssize_t end, int skip
     return 0;
 }
 
-PyObject *
-bio_udp_send_batch(BioUdp *u, PyObject *args, PyObject *kwds)
+/* on_error: NULL or "raise" -> 0, "skip" -> 1, else -1 with ValueError. */
+static int
+bio_send_on_error(PyObject *on_error)
 {
-    static char *kwlist[] = {"batch", "start", "count", "skip_errors", NULL};
-    BioBatch *b;
-    PyObject *start_obj = NULL, *count_obj = Py_None;
+    if (on_error == NULL)
+        return 0;
+    if (PyUnicode_Check(on_error)) {
+        if (PyUnicode_CompareWithASCIIString(on_error, "raise") == 0)
+            return 0;
+        if (PyUnicode_CompareWithASCIIString(on_error, "skip") == 0)
+            return 1;
+    }
+    PyErr_Format(PyExc_ValueError, "on_error must be 'raise' or 'skip', got %R", on_error);
+    return -1;
+}
+
+/* send_batch / send_raw: returns the entries sent from start; when the send
+ * stops early and `use_policy`, hands over to u->recover. */
+static PyObject *
+bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames, const char *fname, int use_policy)
+{
+    static const char *const names[] = {"batch", "start", "count", "on_error", NULL};
+    PyObject *a[4];
     Py_ssize_t start = 0, end, m = 0, done = 0;
-    int skip = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|OOp:send_batch", kwlist,
-                                     &BioBatch_Type, &b, &start_obj, &count_obj, &skip))
+    int skip;
+    if (bio_args_parse(fname, args, nargs, kwnames, names, 3, 1, a) < 0 ||
+        bio_args_batch(fname, a[0]) < 0 || (skip = bio_send_on_error(a[3])) < 0)
         return NULL;
-    if (bio_batch_check_idle(b) < 0 || bio_send_range(b, start_obj, count_obj, &start, &end) < 0)
+    BioBatch *b = (BioBatch *)a[0];
+    if (bio_batch_check_idle(b) < 0 ||
+        bio_send_range(b, a[1], a[2] ? a[2] : Py_None, &start, &end) < 0)
         return NULL;
     if (u->fd < 0)
         return bio_raise_errno(-EBADF);
@@ -272,7 +292,22 @@ bio_udp_send_batch(BioUdp *u, PyObject *args, PyObject *kwds)
     bio_send_account(u, b, done);
     if (err == -EINTR)
         return NULL;
-    return PyLong_FromSsize_t((done == m ? end : b->msg_entry[done]) - start);
+    Py_ssize_t stop = done == m ? end : b->msg_entry[done];
+    if (err == 0 || !use_policy || u->recover == NULL)
+        return PyLong_FromSsize_t(stop - start);
+    return PyObject_CallFunction(u->recover, "Onnni", (PyObject *)b, start, stop, end, skip);
+}
+
+PyObject *
+bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return bio_udp_send_common(u, args, nargs, kwnames, "send_batch", 1);
+}
+
+PyObject *
+bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return bio_udp_send_common(u, args, nargs, kwnames, "send_raw", 0);
 }
 
 /* ---- send_segments: one buffer cut into equal datagrams --------------- */

@@ -260,6 +260,32 @@ class BackendContract:
         assert n == 5
         assert [bytes(batch[i]) for i in range(n)] == sent
 
+    def test_request_response_mode_still_delivers_bursts(self):
+        """After a run of one-datagram receives (a ping-pong peer) the C
+        backends ask for one message at a time, probing with the full batch
+        every 16th call. A burst that then arrives is delivered whole and in
+        order, and the next burst comes back in one call again."""
+        rx = self.make_socket()
+        sender = self.plain()
+        batch = PacketBatch(64, 64)
+        for i in range(40):  # request/response traffic
+            sender.sendto(b"ping", rx.getsockname())
+            assert rx.recv_batch(batch, 1.0) == 1
+        burst = [b"b%d" % i for i in range(8)]
+        for p in burst:
+            sender.sendto(p, rx.getsockname())
+        seen, calls = [], 0
+        while len(seen) < len(burst) and calls < 20:
+            calls += 1
+            assert rx.recv_batch(batch, 1.0) >= 1
+            seen += [bytes(batch[i]) for i in range(len(batch))]
+        assert seen == burst
+        assert calls <= 16  # the probing call took what was left
+        for p in burst:
+            sender.sendto(p, rx.getsockname())
+        assert rx.recv_batch(batch, 1.0) == len(burst)
+        assert rx.counters["rx_datagrams"] == 40 + 2 * len(burst)
+
     def test_small_batch_takes_the_queue_in_order(self):
         rx = self.make_socket()
         sender = self.plain()

@@ -68,6 +68,7 @@ class PortableIo:
         self.gro = 0
         self.gro_max_segments = 64
         self.socket_index = 0
+        self.recover = None  # policy for a send that stops early (BurstSocket sets it)
         self.last_errno = 0
         self.last_error_index = -1
         self.last_error_gso = 0
@@ -238,9 +239,24 @@ class PortableIo:
         else:
             self.sock.sendmsg(buffers, anc, 0, addr)
 
-    def send_batch(self, batch, start=0, count=None, skip_errors: bool = False) -> int:
+    def send_batch(self, batch, start=0, count=None, *, on_error="raise") -> int:
+        """Send entries [start, start+count); when the send stops early and a
+        recover policy is set, return what it returns."""
+        sent, stop, end, skip = self._send_checked("send_batch", batch, start, count, on_error)
+        if self.last_errno and self.recover is not None:
+            return self.recover(batch, start, stop, end, skip)
+        return sent
+
+    def send_raw(self, batch, start=0, count=None, *, on_error="raise") -> int:
+        """send_batch without the recover policy."""
+        return self._send_checked("send_raw", batch, start, count, on_error)[0]
+
+    def _send_checked(self, fname: str, batch, start, count, on_error):
         if not isinstance(batch, _native.PacketBatch):
-            raise TypeError(f"send_batch() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
+            raise TypeError(f"{fname}() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        skip = on_error == "skip"
         start, end = _send_range(len(batch), start, count)
         if self.fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor")
@@ -250,9 +266,10 @@ class PortableIo:
             batch._mark_error(j, 0)
         batch._set_busy(True)
         try:
-            return self._send_runs(batch, start, end, skip_errors)
+            sent = self._send_runs(batch, start, end, skip)
         finally:
             batch._set_busy(False)
+        return sent, start + sent, end, skip
 
     def _send_runs(self, batch, start: int, end: int, skip_errors: bool) -> int:
         for j, run in self._runs(batch, start, end):

@@ -92,9 +92,12 @@ class BurstSocket:
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
         self._gso_warned = False
         # The hot paths are bound straight to the backend: no Python frame
-        # between the caller and the C receive (see recv_batch below).
+        # between the caller and the C calls (see recv_batch/send_batch
+        # below). The backend calls _send_recover only when a send stops early.
         self.recv_batch = self._io.recv_batch
-        self._send = self._io.send_batch
+        self.send_batch = self._io.send_batch
+        self._send = self._io.send_raw
+        self._io.recover = self._send_recover
 
     @staticmethod
     def _make_io(sock: socket.socket, backend: str, caps: Capabilities):
@@ -147,18 +150,11 @@ class BurstSocket:
         ``on_error="skip"``, is flagged in the batch (``batch.send_errors()``)
         and the rest are sent. A non-blocking socket with a full buffer
         returns the count sent so far, or raises BlockingIOError if none.
+
+        (Each instance binds this name to its backend's ``send_batch``, which
+        calls ``_send_recover`` below when a send stops early.)
         """
-        if on_error == "raise":
-            skip = False
-        elif on_error == "skip":
-            skip = True
-        else:
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        sent = self._send(batch, start, count, skip)
-        if not self._io.last_errno:
-            return sent
-        end = len(batch) if count is None else start + count
-        return self._send_recover(batch, start, start + sent, end, skip)
+        return self._io.send_batch(batch, start, count, on_error=on_error)
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
                       skip: bool) -> int:
@@ -173,7 +169,7 @@ class BurstSocket:
             # EIO/EINVAL on a GSO send: GSO refused here, or a bad datagram?
             # Send the run's first datagram alone to tell which.
             io.gso = 0
-            alone = self._send(batch, done, 1, False)
+            alone = self._send(batch, done, 1)
             if alone == 1:
                 self._gso_refused(err)  # stays off for this socket
             else:
@@ -184,7 +180,7 @@ class BurstSocket:
                 batch._mark_error(done, err)
                 io.count("tx_errors", 1)
             done += 1
-            done += self._send(batch, done, end - done, skip)
+            done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
 
     def send_segments(self, buffer: Any, segment_size: int, addr: tuple | None = None) -> int:
         """Send ``buffer`` cut into datagrams of ``segment_size`` bytes (the
