@@ -8,6 +8,7 @@ pooled per server before percentiles are taken.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import socket
@@ -21,6 +22,9 @@ from .common import Options, rounds
 from .core import Progress, ScenarioResult, Target, Variant
 
 ROUND_SECONDS = 1
+# Tail percentiles need samples from several rounds to settle; a brief run
+# still alternates the servers at least this many times each.
+MIN_ROUNDS = 5
 
 
 def _free_port() -> int:
@@ -69,6 +73,7 @@ def _cpus() -> tuple[str, str]:
 
 
 def latency(opts: Options, progress: Progress) -> ScenarioResult:
+    opts = dataclasses.replace(opts, min_rounds=max(opts.min_rounds, MIN_ROUNDS))
     names = ["sockperf-server", "burstio"]
     size = max(opts.size, 14)
     res = ScenarioResult(
