@@ -92,7 +92,7 @@ bio_array_view(BioBatch *b, void *buf, const char *format, Py_ssize_t itemsize,
 /* ---- allocation -------------------------------------------------------- */
 
 static size_t
-align8(size_t n)
+bio_align8(size_t n)
 {
     return (n + 7) & ~(size_t)7;
 }
@@ -118,7 +118,7 @@ bio_batch_alloc_meta(BioBatch *b)
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
-        total += align8(sizes[i]);
+        total += bio_align8(sizes[i]);
     unsigned char *p = PyMem_RawCalloc(1, total);
     if (p == NULL) {
         PyErr_NoMemory();
@@ -127,7 +127,7 @@ bio_batch_alloc_meta(BioBatch *b)
     b->meta_block = p;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         *dest[i] = p;
-        p += align8(sizes[i]);
+        p += bio_align8(sizes[i]);
     }
     return 0;
 }
@@ -177,16 +177,16 @@ bio_batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(b);
         return NULL;
     }
-    void *arena = mmap(NULL, arena_size, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (arena == MAP_FAILED) {
+    b->arena_mem = bio_memory_new(arena_size);
+    if (b->arena_mem == NULL) {
         Py_DECREF(b);
-        return bio_raise_errno(-errno);
+        return NULL;
     }
-    b->arena = arena;
+    b->arena = b->arena_mem->ptr;
     b->arena_size = arena_size;
     b->data = b->arena;
-    b->arena_view = PyMemoryView_FromObject((PyObject *)b);
+    b->data_len = arena_size;
+    b->arena_view = PyMemoryView_FromObject((PyObject *)b->arena_mem);
     if (b->arena_view == NULL) {
         Py_DECREF(b);
         return NULL;
@@ -216,19 +216,19 @@ static void
 bio_batch_dealloc(BioBatch *b)
 {
     PyObject_GC_UnTrack(b);
+    if (b->weakrefs != NULL)
+        PyObject_ClearWeakRefs((PyObject *)b);
     bio_batch_clear_refs(b);
-    if (b->arena != NULL)
-        munmap(b->arena, b->arena_size);
+    Py_XDECREF(b->arena_mem);
     PyMem_RawFree(b->meta_block);
     Py_TYPE(b)->tp_free((PyObject *)b);
 }
 
-/* The batch itself exports its arena: memoryview(batch) is every slot. */
+/* The batch exports its arena too: memoryview(batch) is every slot. */
 static int
 bio_batch_getbuffer(BioBatch *b, Py_buffer *view, int flags)
 {
-    return PyBuffer_FillInfo(view, (PyObject *)b, b->arena,
-                             (Py_ssize_t)b->arena_size, 0, flags);
+    return PyObject_GetBuffer((PyObject *)b->arena_mem, view, flags);
 }
 
 static PyBufferProcs bio_batch_as_buffer = {
@@ -254,6 +254,7 @@ bio_batch_reset(BioBatch *b)
     b->count = 0;
     b->appended = 0;
     b->data = b->arena;
+    b->data_len = b->arena_size;
     Py_CLEAR(b->ext_view);
     Py_CLEAR(b->ext_source);
 }
@@ -465,6 +466,7 @@ bio_batch_attach(BioBatch *b, PyObject *buffer)
     b->ext_view = mv;
     b->ext_source = Py_NewRef(buffer);
     b->data = PyMemoryView_GET_BUFFER(mv)->buf;
+    b->data_len = (size_t)PyMemoryView_GET_BUFFER(mv)->len;
     return 0;
 }
 
@@ -534,6 +536,9 @@ bio_slices_fill(BioBatch *b, PyObject *lengths, Py_ssize_t seg, Py_ssize_t n,
     return 0;
 }
 
+static PyObject *bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj,
+                                           PyObject *lengths, PyObject *addr);
+
 PyDoc_STRVAR(bio_batch_add_slices_doc,
 "add_slices(buffer, segment_size=None, *, lengths=None, addr=None) -> int\n\n"
 "Zero copy: add entries that point at consecutive slices of one bytes-like\n"
@@ -551,6 +556,15 @@ bio_batch_add_slices(BioBatch *b, PyObject *args, PyObject *kwds)
         return NULL;
     if (bio_batch_check_idle(b) < 0 || bio_batch_attach(b, buffer) < 0)
         return NULL;
+    b->busy = 1; /* reading `lengths` may run Python code: no re-entry */
+    PyObject *r = bio_batch_add_slices_busy(b, seg_obj, lengths, addr);
+    b->busy = 0;
+    return r;
+}
+
+static PyObject *
+bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj, PyObject *lengths, PyObject *addr)
+{
     Py_ssize_t buflen = PyMemoryView_GET_BUFFER(b->ext_view)->len;
     Py_ssize_t n = bio_slices_count(seg_obj, lengths, buflen);
     if (n < 0)
@@ -666,6 +680,22 @@ bio_batch_send_errors(BioBatch *b, PyObject *Py_UNUSED(ignored))
     return list;
 }
 
+int
+bio_batch_check_entries(BioBatch *b, Py_ssize_t start, Py_ssize_t end)
+{
+    for (Py_ssize_t j = start; j < end; j++) {
+        uint64_t off = b->offsets[j];
+        if (off > b->data_len || b->lengths[j] > b->data_len - off) {
+            PyErr_Format(PyExc_ValueError,
+                         "datagram %zd: offset %llu + length %u runs past the "
+                         "%zu-byte buffer it points into",
+                         j, (unsigned long long)off, (unsigned)b->lengths[j], b->data_len);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Move entry i's metadata to entry j (payloads stay where they are). */
 static void
 bio_batch_move_entry(BioBatch *b, Py_ssize_t j, Py_ssize_t i)
@@ -744,7 +774,7 @@ bio_batch_store(BioBatch *b, PyObject *args)
     if (!PyArg_ParseTuple(args, "nKIIILO:_store", &i, &offset, &length, &flags,
                           &seg, &ts, &addr))
         return NULL;
-    if (i < 0 || i >= b->capacity || offset + length > b->arena_size) {
+    if (i < 0 || i >= b->capacity || offset > b->arena_size || length > b->arena_size - offset) {
         PyErr_SetString(PyExc_IndexError, "_store outside the batch");
         return NULL;
     }
@@ -805,6 +835,21 @@ bio_batch_mark_error(BioBatch *b, PyObject *args)
 }
 
 static PyObject *
+bio_batch_check_entries_py(BioBatch *b, PyObject *args)
+{
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "nn:_check_entries", &start, &end))
+        return NULL;
+    if (start < 0 || end > b->count || start > end) {
+        PyErr_SetString(PyExc_IndexError, "_check_entries outside the batch");
+        return NULL;
+    }
+    if (bio_batch_check_entries(b, start, end) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 bio_batch_repr(BioBatch *b)
 {
     return PyUnicode_FromFormat("<PacketBatch %zd/%zd datagrams, %zd slots x %zd B>",
@@ -828,6 +873,7 @@ static PyMethodDef bio_batch_methods[] = {
     {"_store", (PyCFunction)bio_batch_store, METH_VARARGS, NULL},
     {"_set_count", (PyCFunction)bio_batch_set_count, METH_VARARGS, NULL},
     {"_set_busy", (PyCFunction)bio_batch_set_busy, METH_O, NULL},
+    {"_check_entries", (PyCFunction)bio_batch_check_entries_py, METH_VARARGS, NULL},
     {"_mark_error", (PyCFunction)bio_batch_mark_error, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -857,7 +903,7 @@ bio_batch_get_names(BioBatch *b, void *c)
 static PyObject *
 bio_batch_get_arena(BioBatch *b, void *c)
 {
-    return Py_NewRef(b->arena_view);
+    return PyMemoryView_FromObject((PyObject *)b->arena_mem); /* the caller's own */
 }
 
 static PyObject *
@@ -922,6 +968,7 @@ PyTypeObject BioBatch_Type = {
     .tp_doc = bio_batch_doc,
     .tp_traverse = (traverseproc)bio_batch_traverse,
     .tp_clear = (inquiry)bio_batch_clear_refs,
+    .tp_weaklistoffset = offsetof(BioBatch, weakrefs),
     .tp_methods = bio_batch_methods,
     .tp_getset = bio_batch_getset,
     .tp_new = bio_batch_new,

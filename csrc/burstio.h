@@ -47,6 +47,19 @@
 #define BIO_FLAG_COALESCED 0x4u  /* still several datagrams of segment_size */
 #define BIO_FLAG_SEND_ERROR 0x8u /* last send failed; errnos[i] says why */
 
+/* ---- Memory (memory.c) ----------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    unsigned char *ptr;
+    size_t size;
+} BioMemory;
+
+extern PyTypeObject BioMemory_Type;
+/* mmap `size` zeroed, pre-faulted bytes; NULL with OSError set. */
+BioMemory *bio_memory_new(size_t size);
+int bio_memory_init_type(PyObject *module);
+
 /* ---- PacketBatch (batch.c) ------------------------------------------- */
 
 typedef struct {
@@ -56,9 +69,11 @@ typedef struct {
     Py_ssize_t slot_size; /* bytes per slot */
     Py_ssize_t count;     /* valid entries */
     Py_ssize_t appended;  /* slots consumed by append() since clear() */
+    BioMemory *arena_mem; /* owns the arena */
     unsigned char *arena; /* slots * slot_size bytes, mmap'd once */
     size_t arena_size;
     const unsigned char *data; /* base of offsets: arena or external buffer */
+    size_t data_len;           /* bytes at data */
     /* per-entry metadata, parallel arrays of `capacity` items */
     uint64_t *offsets;
     uint32_t *lengths;
@@ -74,10 +89,11 @@ typedef struct {
     Py_ssize_t *msg_entry; /* first entry of each outgoing message */
     unsigned char *cmsg;   /* capacity * BIO_CMSG_SIZE */
     void *meta_block;      /* one allocation holding all arrays above */
-    PyObject *arena_view;  /* cached memoryview over the arena */
+    PyObject *arena_view;  /* memoryview over arena_mem, for batch[i] */
     PyObject *ext_view;    /* memoryview of an external buffer, or NULL */
     PyObject *ext_source;  /* the object add_slices() was given */
     int busy;              /* a syscall is using the batch (GIL released) */
+    PyObject *weakrefs;
 } BioBatch;
 
 extern PyTypeObject BioBatch_Type;
@@ -89,6 +105,9 @@ int bio_batch_check_idle(BioBatch *b);
 /* Get a C-contiguous buffer of obj; TypeError (not bytes-like) or
  * ValueError (not contiguous) otherwise. Release with PyBuffer_Release. */
 int bio_get_contiguous(PyObject *obj, Py_buffer *view);
+/* ValueError unless entries [start, end) lie inside the batch's data
+ * (offsets and lengths are writable from Python). 0 or -1. */
+int bio_batch_check_entries(BioBatch *b, Py_ssize_t start, Py_ssize_t end);
 /* Reset entries to empty; drops an attached external buffer. */
 void bio_batch_reset(BioBatch *b);
 
@@ -125,9 +144,15 @@ int bio_poll_nogil(int fd, short events, int64_t deadline_ns);
 int bio_timeout_parse(PyObject *timeout, int64_t *ns);
 /* Raise OSError for -err (err < 0) and return NULL. */
 PyObject *bio_raise_errno(int err);
-/* Handle an EINTR seen with the GIL released: run signal handlers (PEP 475).
- * Returns 0 to retry, -1 if a handler raised. */
-int bio_eintr_check(void);
+/* The one place that drops the GIL for a blocking call: run fn(ctx)
+ * without the GIL until it returns something other than -EINTR; on -EINTR
+ * run the signal handlers (PEP 475) and call it again, or return -EINTR
+ * with the handler's exception set. fn must resume where it stopped (its
+ * progress lives in ctx). Called with the GIL. */
+int bio_nogil_retry(int (*fn)(void *ctx), void *ctx);
+/* Set `sent` on the pending exception (a signal handler raised part way
+ * through a send): the caller can tell how far the send got. */
+void bio_exc_note_sent(Py_ssize_t sent);
 
 /* ---- UDP I/O (udp.c, udp_send.c) ------------------------------------- */
 
@@ -165,6 +190,7 @@ typedef struct {
     int gro;              /* UDP_GRO is on: split coalesced receives */
     int socket_index;     /* written to batch.sockets for received entries */
     int rx_singles;       /* receive calls in a row that found one datagram */
+    int single_after;     /* that many in a row: ask for one (0: never) */
     int pending_errno;    /* error seen after a partial receive, raised next */
     int last_errno;       /* why the last send stopped early (0: it did not) */
     Py_ssize_t last_error_index; /* entry (or segment) that failed */
@@ -185,6 +211,7 @@ PyObject *bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
 PyObject *bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames);
 PyObject *bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds);
+extern const char bio_udp_send_segments_doc[];
 
 /* ---- probes (probe.c, uring.c) --------------------------------------- */
 

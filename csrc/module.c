@@ -1,5 +1,7 @@
 /* burstio._native: module definition. One file per subsystem:
+ *   memory.c     Memory: an mmap'd region exported as a buffer
  *   batch.c      PacketBatch (arena + metadata arrays)
+ *   args.c       fast argument parsing for the hot entry points
  *   addr.c       address tuples <-> sockaddr
  *   wait.c       GIL release, poll, EINTR, OSError
  *   udp.c        UdpIo type and the receive path (recvmmsg, GRO split)
@@ -31,7 +33,8 @@ PyInit__native(void)
     PyObject *m = PyModule_Create(&bio_module);
     if (m == NULL)
         return NULL;
-    if (bio_batch_init_type(m) < 0 || bio_udp_init_type(m) < 0) {
+    if (bio_memory_init_type(m) < 0 || bio_batch_init_type(m) < 0 ||
+        bio_udp_init_type(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

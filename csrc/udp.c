@@ -28,15 +28,24 @@ const char *const bio_counter_names[BIO_NCOUNTERS] = {
 
 /* ---- receive ----------------------------------------------------------- */
 
-/* After this many receive calls in a row that found a single datagram (a
- * request/response peer), ask for one message at a time: recvmmsg then
- * skips a second receive attempt that would find nothing, on the latency
- * path. Every BIO_RX_SINGLES-th call still asks for the full window, and
- * leaves single mode as soon as it finds more than one datagram. */
-#define BIO_RX_SINGLES 16
+/* Receive window. After u->single_after receive calls in a row that each
+ * found a single datagram (a request/response peer), ask for one message at
+ * a time: recvmmsg then skips a second receive attempt, which would find
+ * nothing, on the latency path. The mode ends when a call finds more than
+ * one datagram or returns without having had to wait for its datagram (it
+ * was already queued: a burst is arriving); every single_after-th call in
+ * the mode also asks for the full window. */
+#define BIO_RX_WAITED_NS 5000 /* a receive that took longer had to wait */
+
+static int
+bio_recv_single_mode(const BioUdp *u)
+{
+    int t = u->single_after;
+    return t > 0 && u->rx_singles >= t && (u->rx_singles - t + 1) % t != 0;
+}
 
 /* Messages to ask for: every slot, unless GRO could split them into more
- * entries than the batch holds, or single mode (above) is on. */
+ * entries than the batch holds, or single mode is on. */
 static int
 bio_recv_vlen(const BioUdp *u, const BioBatch *b)
 {
@@ -45,19 +54,21 @@ bio_recv_vlen(const BioUdp *u, const BioBatch *b)
         Py_ssize_t fit = b->capacity / (u->gro_max_segments > 0 ? u->gro_max_segments : 64);
         v = fit < 1 ? 1 : (fit < v ? fit : v);
     }
-    if (u->rx_singles >= BIO_RX_SINGLES && u->rx_singles % BIO_RX_SINGLES != 0)
+    if (bio_recv_single_mode(u))
         v = 1;
     return (int)(v > BIO_MMSG_MAX ? BIO_MMSG_MAX : v);
 }
 
-/* Learn from a receive that got `got` messages (see BIO_RX_SINGLES). */
+/* Learn from a receive that produced `entries` datagrams; `waited`: the
+ * call had to wait for its first one. */
 static void
-bio_recv_learn(BioUdp *u, int got)
+bio_recv_learn(BioUdp *u, Py_ssize_t entries, int waited)
 {
-    if (got > 1)
+    int t = u->single_after;
+    if (entries > 1 || (entries == 1 && !waited && bio_recv_single_mode(u)))
         u->rx_singles = 0;
-    else if (got == 1 && ++u->rx_singles >= 2 * BIO_RX_SINGLES)
-        u->rx_singles -= BIO_RX_SINGLES;
+    else if (entries == 1 && ++u->rx_singles >= 3 * t && t > 0)
+        u->rx_singles -= t; /* keep the count bounded, same phase */
 }
 
 static void
@@ -125,9 +136,10 @@ bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
     }
 }
 
-/* Read the control messages of message k into entry k's arrays. */
+/* Read the control messages of message k (GRO segment size, receive
+ * timestamp) into entry k's arrays. */
 static void
-bio_recv_cmsgs(BioUdp *u, BioBatch *b, int k)
+bio_recv_cmsgs(BioBatch *b, int k)
 {
     struct msghdr *h = &b->msgs[k].msg_hdr;
     b->segment_sizes[k] = 0;
@@ -137,11 +149,6 @@ bio_recv_cmsgs(BioUdp *u, BioBatch *b, int k)
             int seg;
             memcpy(&seg, CMSG_DATA(c), sizeof(seg));
             b->segment_sizes[k] = seg > 0 ? (uint32_t)seg : 0;
-        } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
-            uint32_t drops;
-            memcpy(&drops, CMSG_DATA(c), sizeof(drops));
-            if (drops > u->counters[BIO_C_KERNEL_DROPS])
-                u->counters[BIO_C_KERNEL_DROPS] = drops;
         } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
             struct timespec ts;
             memcpy(&ts, CMSG_DATA(c), sizeof(ts));
@@ -226,7 +233,7 @@ bio_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
 {
     Py_ssize_t total = 0;
     for (int k = 0; k < n; k++) {
-        bio_recv_cmsgs(u, b, k);
+        bio_recv_cmsgs(b, k);
         Py_ssize_t want = bio_recv_segments(b, k);
         /* leave at least one entry for every later message */
         Py_ssize_t room = b->capacity - total - (n - k - 1);
@@ -239,6 +246,28 @@ bio_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
     }
     BIO_COUNT(u, BIO_C_RX_BATCHES, 1);
     return total;
+}
+
+typedef struct {
+    BioUdp *u;
+    BioBatch *b;
+    int vlen, flags, waited;
+    int64_t deadline;
+    Py_ssize_t entries;
+} BioRecvCtx;
+
+/* Wait, receive, turn messages into entries; messages, 0 on timeout, or
+ * -errno. nogil. */
+static int
+bio_recv_run_nogil(void *arg)
+{
+    BioRecvCtx *c = arg;
+    int64_t t0 = c->vlen == 1 ? bio_now_ns() : 0; /* single mode: did we wait? */
+    int r = bio_recv_wait_nogil(c->u, c->b, c->vlen, c->flags, c->deadline);
+    c->waited = c->vlen != 1 || bio_now_ns() - t0 > BIO_RX_WAITED_NS;
+    if (r > 0)
+        c->entries = bio_recv_finish_nogil(c->u, c->b, r);
+    return r;
 }
 
 PyDoc_STRVAR(bio_udp_recv_batch_doc,
@@ -259,6 +288,8 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
     BioBatch *b = (BioBatch *)a[0];
     if (bio_batch_check_idle(b) < 0)
         return NULL;
+    if (u->fd < 0)
+        return bio_raise_errno(-EBADF);
     if (u->gro && b->slot_size < BIO_GRO_SLOT_MIN) {
         PyErr_Format(PyExc_ValueError,
                      "UDP GRO is on and a coalesced receive can reach 64 KiB: "
@@ -273,32 +304,20 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return bio_raise_errno(-e);
     }
     bio_batch_reset(b);
-    int vlen = bio_recv_vlen(u, b);
-    int64_t deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns;
-    int flags = timeout_ns < 0 ? 0 : MSG_DONTWAIT;
-    Py_ssize_t entries = 0;
-    int r;
+    BioRecvCtx c = {.u = u, .b = b, .vlen = bio_recv_vlen(u, b),
+                    .flags = timeout_ns < 0 ? 0 : MSG_DONTWAIT,
+                    .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
     b->busy = 1;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        r = bio_recv_wait_nogil(u, b, vlen, flags, deadline);
-        if (r > 0)
-            entries = bio_recv_finish_nogil(u, b, r);
-        Py_END_ALLOW_THREADS
-        if (r != -EINTR)
-            break;
-        if (bio_eintr_check() < 0) {
-            b->busy = 0;
-            return NULL;
-        }
-    }
+    int r = bio_nogil_retry(bio_recv_run_nogil, &c);
     b->busy = 0;
+    if (r == -EINTR)
+        return NULL;
     if (r < 0)
         return bio_raise_errno(r);
-    b->count = entries;
+    b->count = c.entries;
     b->appended = r; /* slots 0..r-1 hold what arrived; append() goes after */
-    bio_recv_learn(u, r);
-    return PyLong_FromSsize_t(entries);
+    bio_recv_learn(u, c.entries, c.waited);
+    return PyLong_FromSsize_t(c.entries);
 }
 
 /* ---- the type ---------------------------------------------------------- */
@@ -372,7 +391,7 @@ static PyMethodDef bio_udp_methods[] = {
      "send_raw(batch, start=0, count=None, *, on_error='raise') -> int\n\n"
      "send_batch without the recover policy: stops early with last_errno set."},
     {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
-     METH_VARARGS | METH_KEYWORDS, NULL},
+     METH_VARARGS | METH_KEYWORDS, bio_udp_send_segments_doc},
     {"counters", (PyCFunction)bio_udp_counters, METH_NOARGS,
      "counters() -> dict of every counter"},
     {"count", (PyCFunction)bio_udp_count, METH_VARARGS,
@@ -396,6 +415,9 @@ static PyMemberDef bio_udp_members[] = {
     {"gro", T_INT, offsetof(BioUdp, gro), 0, "1: UDP_GRO is on, split receives"},
     {"socket_index", T_INT, offsetof(BioUdp, socket_index), 0,
      "value written to batch.sockets on receive"},
+    {"single_after", T_INT, offsetof(BioUdp, single_after), 0,
+     "after this many one-datagram receives in a row, ask for one message at a "
+     "time, probing with the full window every as many calls (0: never)"},
     {"recover", T_OBJECT, offsetof(BioUdp, recover), 0,
      "recover(batch, start, done, end, skip) -> int: called when send_batch "
      "stops early (error or GSO refusal); its result is returned"},

@@ -101,11 +101,11 @@ bio_probe_uring(PyObject *self, PyObject *args)
     int r = io_uring_queue_init(4, &ring, 0);
     snprintf(detail, sizeof(detail), "io_uring_setup: %s",
              r == 0 ? "works" : strerror(-r));
-    if (bio_uring_put(d, "io_uring", r == 0, detail) < 0)
-        goto fail;
     if (r < 0)
-        return d;
-    int pr = bio_uring_probe_ring(d, &ring);
+        return bio_uring_put(d, "io_uring", 0, detail) < 0 ? (Py_DECREF(d), NULL) : d;
+    int pr = bio_uring_put(d, "io_uring", 1, detail);
+    if (pr == 0)
+        pr = bio_uring_probe_ring(d, &ring);
     io_uring_queue_exit(&ring);
     if (pr < 0)
         goto fail;

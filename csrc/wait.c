@@ -71,7 +71,29 @@ bio_raise_errno(int err)
 }
 
 int
-bio_eintr_check(void)
+bio_nogil_retry(int (*fn)(void *ctx), void *ctx)
 {
-    return PyErr_CheckSignals() < 0 ? -1 : 0;
+    for (;;) {
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = fn(ctx);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            return r;
+        if (PyErr_CheckSignals() < 0)
+            return -EINTR;
+    }
+}
+
+void
+bio_exc_note_sent(Py_ssize_t sent)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *n = PyLong_FromSsize_t(sent);
+    if (value != NULL && n != NULL && PyObject_SetAttrString(value, "sent", n) < 0)
+        PyErr_Clear(); /* an exception without attributes: nothing to add */
+    Py_XDECREF(n);
+    PyErr_Restore(type, value, tb);
 }

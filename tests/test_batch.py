@@ -484,3 +484,47 @@ def test_address_round_trip(addr):
     assert ipaddress.ip_address(got[0]) == ipaddress.ip_address(addr[0])
     assert got[1:] == (addr[1:] + (0, 0) if len(addr) == 2 and ":" in addr[0] else addr[1:])
     assert len(got) == (4 if ":" in addr[0] else 2)
+
+
+# ---- memory ownership and re-entrancy (regressions) --------------------------
+
+
+def test_batch_is_freed_without_the_gc():
+    import weakref
+    gc.disable()
+    try:
+        b = PacketBatch(8, 1 << 16)
+        b.append(b"x")
+        view = b[0]
+        ref = weakref.ref(b)
+        del b
+        assert ref() is None  # the arena views do not keep a cycle alive
+        assert bytes(view) == b"x"  # and the memory lives as long as a view does
+    finally:
+        gc.enable()
+
+
+def test_releasing_arena_view_does_not_break_the_batch():
+    b = PacketBatch(4, 16)
+    b.append(b"abc")
+    with b.arena as a:
+        a[0] = ord("A")
+    assert bytes(b[0]) == b"Abc"
+    assert b.arena[1] == ord("b")
+
+
+def test_add_slices_cannot_be_reentered():
+    b = PacketBatch(4, 16)
+    data = bytearray(64)
+
+    class Sneaky:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            b.add_slices(data, 1)  # mutating the batch mid-call
+            return 4
+
+    with pytest.raises(RuntimeError, match="PacketBatch is in use by another call"):
+        b.add_slices(data, lengths=Sneaky())
+    assert len(b) <= b.capacity

@@ -17,7 +17,6 @@ from . import _native
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
-SO_RXQ_OVFL = 40
 SCM_TIMESTAMPNS = 35
 MAX_UDP_PAYLOAD = _native.MAX_UDP_PAYLOAD
 _ANC_SIZE = 128
@@ -69,6 +68,7 @@ class PortableIo:
         self.gro_max_segments = 64
         self.socket_index = 0
         self.recover = None  # policy for a send that stops early (BurstSocket sets it)
+        self.single_after = 0  # the C backends' receive window; no syscall to save here
         self.last_errno = 0
         self.last_error_index = -1
         self.last_error_gso = 0
@@ -102,17 +102,17 @@ class PortableIo:
         if self._pending:
             e, self._pending = self._pending, 0
             raise OSError(e, f"{errno.errorcode.get(e, e)}")
-        batch._set_count(0)
         vlen = batch.slots
         if self.gro:
             vlen = max(1, min(vlen, batch.capacity // self.gro_max_segments))
-        batch._set_busy(True)
+        batch._set_busy(True)  # first: nothing else may touch the batch now
         try:
+            batch._set_count(0)
             msgs = self._recv_messages(batch, min(vlen, 1024), timeout_ns)
             n = self._store(batch, msgs)
+            batch._set_count(n, len(msgs))
         finally:
             batch._set_busy(False)
-        batch._set_count(n, len(msgs))
         if msgs:
             self._c["rx_batches"] += 1
         return n
@@ -189,9 +189,6 @@ class PortableIo:
         for level, kind, data in anc:
             if (level, kind) == (SOL_UDP, UDP_GRO):
                 seg = max(0, struct.unpack("i", data[:4])[0])
-            elif (level, kind) == (socket.SOL_SOCKET, SO_RXQ_OVFL):
-                drops = struct.unpack("I", data[:4])[0]
-                self._c["kernel_drops"] = max(self._c["kernel_drops"], drops)
             elif (level, kind) == (socket.SOL_SOCKET, SCM_TIMESTAMPNS):
                 sec, nsec = struct.unpack("qq", data[:16])
                 ts = sec * 1_000_000_000 + nsec
@@ -242,6 +239,7 @@ class PortableIo:
     def send_batch(self, batch, start=0, count=None, *, on_error="raise") -> int:
         """Send entries [start, start+count); when the send stops early and a
         recover policy is set, return what it returns."""
+        self._c["tx_batches"] += 1
         sent, stop, end, skip = self._send_checked("send_batch", batch, start, count, on_error)
         if self.last_errno and self.recover is not None:
             return self.recover(batch, start, stop, end, skip)
@@ -260,8 +258,8 @@ class PortableIo:
         start, end = _send_range(len(batch), start, count)
         if self.fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor")
+        batch._check_entries(start, end)
         self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
-        self._c["tx_batches"] += 1
         for j in range(start, end):
             batch._mark_error(j, 0)
         batch._set_busy(True)

@@ -31,6 +31,7 @@ UDP_SEGMENT = 103
 UDP_GRO = 104
 SO_TIMESTAMPNS = 35
 SO_RXQ_OVFL = 40
+SO_MEMINFO = 55
 SO_BUSY_POLL = 46
 SO_INCOMING_NAPI_ID = 56
 SO_ZEROCOPY = 60
@@ -133,6 +134,15 @@ def _probe_sockopt(label: str, level: int, opt: int, value: int,
     return probe
 
 
+def _probe_meminfo() -> tuple[bool, str]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            raw = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)
+        except OSError as e:
+            return False, f"getsockopt(SO_MEMINFO): {e}"
+    return len(raw) >= 36, f"getsockopt(SO_MEMINFO) gives {len(raw) // 4} counters (drops is the 9th)"
+
+
 def _probe_napi_id() -> tuple[bool, str]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
@@ -213,6 +223,7 @@ _PROBES: dict[str, Probe] = {
     "udp_gro": _probe_udp_gro,
     "so_timestampns": _probe_sockopt("SO_TIMESTAMPNS", socket.SOL_SOCKET, SO_TIMESTAMPNS, 1),
     "so_rxq_ovfl": _probe_sockopt("SO_RXQ_OVFL", socket.SOL_SOCKET, SO_RXQ_OVFL, 1),
+    "so_meminfo": _probe_meminfo,
     "ipv6": _probe_ipv6,
     "io_uring": _from(_URING, _uring_fill, "io_uring"),
     "io_uring_recvmsg": _from(_URING, _uring_fill, "io_uring_recvmsg"),

@@ -1,9 +1,11 @@
 """BurstSocket: a UDP socket that moves datagrams a batch at a time.
 
-Where a datagram goes: ``recv_batch`` -> ``_native.UdpIo.recv`` (recvmmsg,
-GRO split, in C with the GIL released) -> the caller's ``PacketBatch``.
-``send_batch`` -> ``_native.UdpIo.send`` (runs of equal datagrams to one
-destination become one UDP_SEGMENT send, the rest go through sendmmsg).
+Where a datagram goes: ``recv_batch`` -> ``_native.UdpIo.recv_batch``
+(recvmmsg, GRO split, in C with the GIL released) -> the caller's
+``PacketBatch``. ``send_batch`` -> ``_native.UdpIo.send_batch`` (runs of equal
+datagrams to one destination become one UDP_SEGMENT send, the rest go
+through sendmmsg); only when a send stops early does it come back here
+(``_send_recover``) for a decision.
 
 This module is policy: which mechanism to use (from the capability probe),
 timeouts, what to do when the kernel refuses GSO, and error wording. The C
@@ -14,18 +16,24 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
+import weakref
 from typing import Any
 
 from . import _native
 from ._errors import SendError
 from ._portable import PortableIo
-from .caps import SO_RXQ_OVFL, SO_TIMESTAMPNS, SOL_UDP, UDP_GRO, Capabilities, capabilities
+from .caps import SO_MEMINFO, SO_TIMESTAMPNS, SOL_UDP, UDP_GRO, Capabilities, capabilities
 
 __all__ = ["BurstSocket", "BACKENDS"]
 
 log = logging.getLogger("burstio")
 
 BACKENDS = ("auto", "mmsg", "msg", "portable")
+#: one-datagram receives in a row after which recv asks for one at a time
+SINGLE_AFTER = 16
+_SK_MEMINFO_DROPS = 8  # index in the u32 array SO_MEMINFO returns
+_SK_MEMINFO_VARS = 9
 #: at most this many datagrams go in one GSO send (the kernel may take more)
 GSO_SEGMENTS = 64
 _GSO_REFUSALS = (errno.EIO, errno.EINVAL)
@@ -81,8 +89,8 @@ class BurstSocket:
         if gro and caps.udp_gro:
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
             self._io.gro = 1
-        if caps.so_rxq_ovfl:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        self._io.single_after = SINGLE_AFTER
+        self._drops_base = self._kernel_drops()
         self._timestamps = bool(timestamps) and caps.so_timestampns
         if self._timestamps:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -97,7 +105,7 @@ class BurstSocket:
         self.recv_batch = self._io.recv_batch
         self.send_batch = self._io.send_batch
         self._send = self._io.send_raw
-        self._io.recover = self._send_recover
+        self._io.recover = _recover_hook(weakref.ref(self))
 
     @staticmethod
     def _make_io(sock: socket.socket, backend: str, caps: Capabilities):
@@ -169,18 +177,24 @@ class BurstSocket:
             # EIO/EINVAL on a GSO send: GSO refused here, or a bad datagram?
             # Send the run's first datagram alone to tell which.
             io.gso = 0
-            alone = self._send(batch, done, 1)
-            if alone == 1:
-                self._gso_refused(err)  # stays off for this socket
-            else:
+            if self._send(batch, done, 1) == 1:
+                self._gso_refused(err)  # GSO stays off for this socket
+                done += 1
+                done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+                continue
+            err = io.last_errno
+            if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
                 io.gso = 1
-                err = io.last_errno
-                if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    return self._send_stopped(batch, err, start, done)
-                batch._mark_error(done, err)
-                io.count("tx_errors", 1)
+                return self._send_stopped(batch, err, start, done)
+            # a bad datagram, and more may follow: flag them all in one walk
+            # without GSO for the rest of this call, then GSO again
+            batch._mark_error(done, err)
+            io.count("tx_errors", 1)
             done += 1
-            done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+            try:
+                done += self._send(batch, done, end - done, on_error="skip")
+            finally:
+                io.gso = 1
 
     def send_segments(self, buffer: Any, segment_size: int, addr: tuple | None = None) -> int:
         """Send ``buffer`` cut into datagrams of ``segment_size`` bytes (the
@@ -207,8 +221,10 @@ class BurstSocket:
                     continue
                 io.gso = 1
                 err = io.last_errno
-            if err in (errno.EAGAIN, errno.EWOULDBLOCK) and sent:
-                return sent
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+                if sent:
+                    return sent
+                raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
             raise SendError(err, sent, sent, f"segment {sent}")
 
     def _gso_refused(self, err: int) -> None:
@@ -274,10 +290,25 @@ class BurstSocket:
     @property
     def counters(self) -> dict[str, int]:
         """Snapshot of this socket's counters (see README for each name)."""
-        return self._io.counters()
+        c = self._io.counters()
+        c["kernel_drops"] = max(0, self._kernel_drops() - self._drops_base)
+        return c
 
     def reset_counters(self) -> None:
         self._io.reset_counters()
+        self._drops_base = self._kernel_drops()
+
+    def _kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for this socket, ever (SO_MEMINFO):
+        exact at the moment of asking, unlike SO_RXQ_OVFL, which reports
+        drops only with the next datagram that does get queued."""
+        if self._sock.fileno() == -1:
+            return self._drops_base if hasattr(self, "_drops_base") else 0
+        try:
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
+        except OSError:
+            return 0
+        return struct.unpack(f"{len(raw) // 4}I", raw)[_SK_MEMINFO_DROPS]
 
     def describe(self) -> str:
         """One line saying which mechanisms this socket uses."""
@@ -320,6 +351,17 @@ class BurstSocket:
         except OSError:
             name = "?"
         return f"<BurstSocket {name} {self.describe()}>"
+
+
+def _recover_hook(ref: weakref.ref):
+    """The send policy as the backend calls it, holding the BurstSocket only
+    weakly (the socket owns the backend: no reference cycle)."""
+    def recover(batch, start: int, done: int, end: int, skip: bool) -> int:
+        sock = ref()
+        if sock is None:
+            raise OSError(errno.EBADF, "Bad file descriptor (the BurstSocket is gone)")
+        return sock._send_recover(batch, start, done, end, skip)
+    return recover
 
 
 def set_buffer_size(sock: socket.socket, option: int, size: int) -> int:

@@ -54,10 +54,11 @@ class Variant:
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
+    """Nearest-rank percentile of already sorted values (exact integer rank:
+    p is taken to 1/100 of a percent)."""
     if not sorted_values:
         return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    rank = max(1, -(-round(p * 100) * len(sorted_values) // 10000))
     return sorted_values[rank - 1]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import struct
@@ -116,8 +117,8 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
                 except subprocess.TimeoutExpired:
                     p.kill()
     for v in res.variants.values():
-        if v.samples_us:
-            v.extra["cpu_us_per_request"] = v.cpu_s * 1e6 / len(v.samples_us)
+        if v.extra.get("requests"):
+            v.extra["cpu_us_per_request"] = v.cpu_s * 1e6 / v.extra["requests"]
     return res
 
 
@@ -134,3 +135,6 @@ def _one_round(variant: Variant, sockperf: str, cpu: str, port: int, size: int,
     samples = _read_full_log(log)
     variant.samples_us.extend(samples)
     variant.add(len(samples), wall, _cpu_seconds(server.pid) - cpu0)
+    # the server's CPU covers every message of the round, warm-up included
+    total = re.search(r"\[Total Run\].*?ReceivedMessages=(\d+)", r.stdout + r.stderr)
+    variant.extra["requests"] = variant.extra.get("requests", 0) + (int(total.group(1)) if total else len(samples))

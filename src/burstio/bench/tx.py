@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from contextlib import ExitStack
 
 from .. import _native
-from ..caps import capabilities
+from ..caps import SOL_UDP, UDP_SEGMENT, capabilities
 from ..udp import BurstSocket
 from .common import Options, count_syscalls, pinned, rounds, syscall_source, timed
 from .core import Progress, ScenarioResult, Target, Variant
@@ -98,33 +99,63 @@ def tx_many(opts: Options, progress: Progress) -> ScenarioResult:
     return res
 
 
+def _sendmsg_gso_loop(sock: socket.socket, buf: bytes, seg: int, addr: tuple, reps: int):
+    """What a stdlib user who knows GSO can write: sendmsg with UDP_SEGMENT,
+    one call per 64 datagrams."""
+    anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))]
+    per_call = -(-len(buf) // seg)
+
+    def run() -> int:
+        sendmsg = sock.sendmsg
+        for _ in range(reps):
+            sendmsg([buf], anc, 0, addr)
+        return reps * per_call
+    return run
+
+
 def tx_gso(opts: Options, progress: Progress) -> ScenarioResult:
+    """One destination. The usual receiver has GRO on, so a GSO send is
+    queued to it whole; on a real link the NIC (or the device layer) would
+    segment it and the peer's CPU would receive it. `burstio-gso-rx-split`
+    sends to a receiver without GRO: on loopback the kernel then splits every
+    GSO send into datagrams in the sender's context, which is the upper bound
+    of what segmentation costs the sender."""
     caps = capabilities()
     per_batch = 1024
+    names = ["stdlib", "stdlib-gso", "burstio-gso", "burstio-gso-rx-split"]
     res = ScenarioResult(
-        "tx-gso", {"size": opts.size, "destinations": 1, "segments_per_send": 64},
-        {n: Variant(n) for n in ("stdlib", "burstio-gso")},
+        "tx-gso", {"size": opts.size, "destinations": 1, "segments_per_send": 64, "receiver": "gro"},
+        {n: Variant(n) for n in names},
         targets=[Target("burstio-gso", "datagrams_per_s", "stdlib", 20.0, True)],
         syscall_source=syscall_source())
     if not caps.udp_segment:
-        res.notes.append(f"UDP GSO unavailable ({caps['udp_segment'].detail}): burstio-gso sends without it")
-    std_round, gso_round = 16384, 16 * 16384
+        res.notes.append(f"UDP GSO unavailable ({caps['udp_segment'].detail}): the GSO variants send without it")
+    rounds_of = {"stdlib": 16384, "stdlib-gso": 16 * 16384, "burstio-gso": 16 * 16384,
+                 "burstio-gso-rx-split": 32768}
     with ExitStack() as stack, pinned(opts.cpu):
-        # the receiver coalesces (GRO), as a bulk receiver would
         rx = stack.enter_context(BurstSocket.bind(("127.0.0.1", 0), gro=True,
-                                                  rcvbuf=gso_round * RCVBUF_PER_DATAGRAM // 16))
+                                                  rcvbuf=16 * 16384 * RCVBUF_PER_DATAGRAM // 16))
+        split = stack.enter_context(BurstSocket.bind(("127.0.0.1", 0),
+                                                     rcvbuf=32768 * RCVBUF_PER_DATAGRAM))
         tx = stack.enter_context(BurstSocket.bind(("127.0.0.1", 0)))
-        dest = rx.getsockname()
+        dest, split_dest = rx.getsockname(), split.getsockname()
         payload = bytes(opts.size)
         batch = _native.PacketBatch(per_batch, max(1, opts.size))
+        split_batch = _native.PacketBatch(per_batch, max(1, opts.size))
         for _ in range(per_batch):
             batch.append(payload, dest)
+            split_batch.append(payload, split_dest)
         sink = _native.PacketBatch(4096, _native.GRO_SLOT_MIN, slots=32)
-        runs = {"stdlib": _sendto_loop(tx.sock, [(payload, dest)], std_round),
-                "burstio-gso": _send_batch_loop(tx, batch, gso_round // per_batch)}
-        _measure(res, opts, progress, runs, lambda: _drain_all([rx], sink), tx)
+        runs = {"stdlib": _sendto_loop(tx.sock, [(payload, dest)], rounds_of["stdlib"]),
+                "stdlib-gso": _sendmsg_gso_loop(tx.sock, payload * 64, max(1, opts.size), dest,
+                                                rounds_of["stdlib-gso"] // 64),
+                "burstio-gso": _send_batch_loop(tx, batch, rounds_of["burstio-gso"] // per_batch),
+                "burstio-gso-rx-split": _send_batch_loop(tx, split_batch,
+                                                         rounds_of["burstio-gso-rx-split"] // per_batch)}
+        _measure(res, opts, progress, runs, lambda: _drain_all([rx, split], sink), tx)
         c = tx.counters
         res.variants["burstio-gso"].extra.update(
             gso=tx.gso, datagrams_per_gso_send=round(c["tx_gso_datagrams"] / max(1, c["tx_gso_messages"]), 1),
             gso_downgrades=c["gso_downgrades"])
+    res.baselines = ("stdlib", "stdlib-gso")
     return res

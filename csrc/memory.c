@@ -1,0 +1,61 @@
+/* Memory: one mmap'd region that Python sees through the buffer protocol.
+ *
+ * A PacketBatch keeps its arena in a Memory object rather than in itself, so
+ * that the memoryviews it hands out (batch[i], batch.arena) keep the memory
+ * alive without referring back to the batch: no reference cycle, and the
+ * region is unmapped as soon as the last user lets go. */
+#include "burstio.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+
+static void
+bio_memory_dealloc(BioMemory *m)
+{
+    if (m->ptr != NULL)
+        munmap(m->ptr, m->size);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static int
+bio_memory_getbuffer(BioMemory *m, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)m, m->ptr, (Py_ssize_t)m->size, 0, flags);
+}
+
+static PyBufferProcs bio_memory_as_buffer = {(getbufferproc)bio_memory_getbuffer, NULL};
+
+PyTypeObject BioMemory_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "burstio._native.Memory",
+    .tp_basicsize = sizeof(BioMemory),
+    .tp_dealloc = (destructor)bio_memory_dealloc,
+    .tp_as_buffer = &bio_memory_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "An mmap'd memory region (internal); see PacketBatch.arena.",
+};
+
+BioMemory *
+bio_memory_new(size_t size)
+{
+    BioMemory *m = PyObject_New(BioMemory, &BioMemory_Type);
+    if (m == NULL)
+        return NULL;
+    m->size = size;
+    m->ptr = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (m->ptr == MAP_FAILED) {
+        int e = errno;
+        m->ptr = NULL;
+        Py_DECREF(m);
+        bio_raise_errno(-e);
+        return NULL;
+    }
+    return m;
+}
+
+int
+bio_memory_init_type(PyObject *module)
+{
+    return PyType_Ready(&BioMemory_Type);
+}
