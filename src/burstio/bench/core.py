@@ -255,9 +255,16 @@ def plot(results: list[ScenarioResult], path: str) -> None:
             ax.set_ylabel("latency (us)")
             ax.legend()
         else:
-            ax.bar(names, [metrics[n].get("datagrams_per_s", 0) for n in names],
-                   color=["#999999" if n in res.baselines else "#1f77b4" for n in names])
-            ax.set_yscale("log")
+            rates = [metrics[n].get("datagrams_per_s", 0) for n in names]
+            bars = ax.bar(names, rates, color=["#999999" if n in res.baselines else "#1f77b4" for n in names])
+            base = metrics.get(res.baselines[0], {}).get("datagrams_per_s")
+            if base:
+                ax.bar_label(bars, [f"{r / base:.2f}x" for r in rates], fontsize=8)
+            positive = [r for r in rates if r > 0]
+            if positive and max(positive) / min(positive) > 20:
+                ax.set_yscale("log")  # ratios this large need it; labels give the factors
+            else:
+                ax.set_ylim(bottom=0)  # a linear axis from zero: bar heights are the ratios
             ax.set_ylabel("datagrams/s")
         ax.set_title(f"{res.scenario} ({', '.join(f'{k}={v}' for k, v in res.params.items())})", fontsize=9)
     fig.tight_layout()
