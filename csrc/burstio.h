@@ -202,16 +202,116 @@ typedef struct {
 extern PyTypeObject BioUdp_Type;
 int bio_udp_init_type(PyObject *module);
 
-/* Build the outgoing messages for entries [start, end) of b; returns the
- * number of messages. GIL may be released (touches only b's arrays). */
-Py_ssize_t bio_send_prepare_nogil(BioUdp *u, BioBatch *b, Py_ssize_t start,
+/* How entries become messages: GSO runs (gso, at most gso_max_segments),
+ * split where batch.sockets changes when by_socket. */
+typedef struct {
+    int gso, gso_max_segments, by_socket;
+} BioSendOpts;
+
+/* Build the outgoing messages for entries [start, end) of b into b->msgs;
+ * returns the number of messages. nogil (touches only b's arrays). */
+Py_ssize_t bio_send_prepare_nogil(const BioSendOpts *o, BioBatch *b, Py_ssize_t start,
                                   Py_ssize_t end);
+/* Parse send_batch's start/count against b; 0 or -1 with an error set. */
+int bio_send_range(BioBatch *b, PyObject *start_obj, PyObject *count_obj,
+                   Py_ssize_t *start, Py_ssize_t *end);
 PyObject *bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames);
 PyObject *bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames);
 PyObject *bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds);
 extern const char bio_udp_send_segments_doc[];
+
+/* ---- multi-socket rings (ringbase.c; ring.c: io_uring; drain.c: epoll) - */
+
+enum bio_ring_counter {
+    BIO_R_RX_DATAGRAMS,
+    BIO_R_RX_BYTES,
+    BIO_R_RX_BATCHES,
+    BIO_R_RX_TRUNCATED,
+    BIO_R_RX_ERRORS,
+    BIO_R_RX_REARMS,
+    BIO_R_RX_ENOBUFS,
+    BIO_R_TX_DATAGRAMS,
+    BIO_R_TX_BYTES,
+    BIO_R_TX_BATCHES,
+    BIO_R_TX_ERRORS,
+    BIO_R_TX_GSO_MESSAGES,
+    BIO_R_SYSCALLS,
+    BIO_R_ERRORS_DROPPED,
+    BIO_R_NCOUNTERS
+};
+
+/* IDLE: to be armed for receive; ARMED: receiving; DEAD: gone (not
+ * re-armed); STREAM: a stream socket, for recv_stream only. */
+enum bio_sock_state { BIO_SOCK_FREE, BIO_SOCK_IDLE, BIO_SOCK_ARMED, BIO_SOCK_DEAD, BIO_SOCK_STREAM };
+
+typedef struct BioRingBase BioRingBase;
+
+/* A receive in progress (both backends). */
+typedef struct {
+    BioRingBase *r;
+    BioBatch *b;
+    Py_ssize_t n, want; /* entries filled; the watermark */
+    int errors0;        /* errors already queued when the call began */
+    int64_t first_deadline, watermark_deadline; /* ns, -1: none */
+} BioRingRecv;
+
+/* A send in progress: messages [0, m) of b, each on its entries' socket or,
+ * with group_fds, all of them on each of the ngroups sockets. results[k*m+i]
+ * gets message i's errno on socket k (0: sent). */
+typedef struct {
+    BioRingBase *r;
+    BioBatch *b;
+    Py_ssize_t m, queued, total, ngroups;
+    const int *group_fds;
+    int32_t *results;
+} BioRingSend;
+
+/* What both ring backends share: the socket table, the per-socket errors
+ * waiting to be taken, counters, send options; and the backend's hooks. */
+struct BioRingBase {
+    PyObject_HEAD
+    int cap, count;       /* socket slots, sockets in use */
+    int *fds;
+    uint8_t *state;       /* enum bio_sock_state */
+    uint32_t *gen;        /* bumped when a slot is reused */
+    int32_t *err_sock, *err_no;
+    int nerr, err_cap;
+    int gso, gso_max_segments;
+    uint64_t counters[BIO_R_NCOUNTERS];
+    int (*check)(BioRingBase *r);    /* GIL: raise unless usable now */
+    int (*recv_nogil)(void *recv);   /* BioRingRecv: 0 or -errno */
+    int (*send_nogil)(void *send);   /* BioRingSend: 0 or -errno */
+};
+
+extern PyTypeObject BioRingBase_Type;
+
+#define BIO_RCOUNT(r, c, n) \
+    __atomic_fetch_add(&((BioRingBase *)(r))->counters[(c)], (uint64_t)(n), __ATOMIC_RELAXED)
+
+/* Allocate the tables for `cap` sockets; 0 or -1 with MemoryError. */
+int bio_ringbase_alloc(BioRingBase *r, int cap);
+/* Take a free slot for fd; its index, or -1 with OSError(ENOSPC) set. */
+int bio_ringbase_take_slot(BioRingBase *r, int fd);
+/* Parse add()'s (sock, stream=False): fd and flag; 0 or -1. */
+int bio_ringbase_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream);
+/* Free slot idx (the backend has stopped using it). */
+void bio_ringbase_free_slot(BioRingBase *r, int idx);
+/* Parse a socket index argument: 0, or -1 with ValueError/TypeError set. */
+int bio_ringbase_index(BioRingBase *r, PyObject *obj, int *idx);
+/* Queue (idx, err) for take_errors(); counts it if the queue is full. nogil. */
+void bio_ringbase_error_nogil(BioRingBase *r, int idx, int err);
+/* Write received datagram j of a batch: payload already at slot j. nogil. */
+void bio_ring_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated, int sock);
+/* Entries a receive may fill: min(capacity, slots). */
+Py_ssize_t bio_ring_room(const BioBatch *b);
+int bio_ring_init_types(PyObject *module);
+int bio_drain_init_type(PyObject *module);
+
+/* ---- zero-copy send (zerocopy.c) ------------------------------------- */
+
+int bio_zerocopy_init_types(PyObject *module);
 
 /* ---- probes (probe.c, uring.c) --------------------------------------- */
 

@@ -6,6 +6,9 @@
  *   wait.c       GIL release, poll, EINTR, OSError
  *   udp.c        UdpIo type and the receive path (recvmmsg, GRO split)
  *   udp_send.c   the send path (sendmmsg, GSO)
+ *   ring.c       Ring on io_uring: many sockets, one call
+ *   drain.c      the same Ring contract on epoll + recvmmsg
+ *   zerocopy.c   zero-copy send: buffer pool, SEND_ZC, MSG_ZEROCOPY
  *   probe.c      capability probes for mmsg syscalls
  *   uring.c      io_uring (liburing)
  */
@@ -34,7 +37,8 @@ PyInit__native(void)
     if (m == NULL)
         return NULL;
     if (bio_memory_init_type(m) < 0 || bio_batch_init_type(m) < 0 ||
-        bio_udp_init_type(m) < 0) {
+        bio_udp_init_type(m) < 0 || bio_ring_init_types(m) < 0 ||
+        bio_zerocopy_init_types(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

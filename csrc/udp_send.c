@@ -25,17 +25,18 @@ bio_same_dest(const struct sockaddr_in6 *a, const struct sockaddr_in6 *b)
 
 /* Length of the GSO run starting at entry j (1: send it alone). */
 static Py_ssize_t
-bio_gso_run(const BioUdp *u, const BioBatch *b, Py_ssize_t j, Py_ssize_t end)
+bio_gso_run(const BioSendOpts *o, const BioBatch *b, Py_ssize_t j, Py_ssize_t end)
 {
     const uint32_t seg = b->lengths[j];
     if (seg == 0)
         return 1;
     size_t total = seg;
     Py_ssize_t run = 1;
-    while (j + run < end && run < u->gso_max_segments) {
+    while (j + run < end && run < o->gso_max_segments) {
         uint32_t len = b->lengths[j + run];
         if (len == 0 || len > seg || total + len > BIO_MAX_UDP_PAYLOAD ||
-            !bio_same_dest(&b->names[j], &b->names[j + run]))
+            !bio_same_dest(&b->names[j], &b->names[j + run]) ||
+            (o->by_socket && b->sockets[j + run] != b->sockets[j]))
             break;
         total += len;
         run++;
@@ -79,11 +80,11 @@ bio_send_fill_msg(BioBatch *b, Py_ssize_t m, Py_ssize_t j, Py_ssize_t run)
 }
 
 Py_ssize_t
-bio_send_prepare_nogil(BioUdp *u, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
+bio_send_prepare_nogil(const BioSendOpts *o, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
 {
     Py_ssize_t m = 0;
     for (Py_ssize_t j = start; j < end; m++) {
-        Py_ssize_t run = u->gso ? bio_gso_run(u, b, j, end) : 1;
+        Py_ssize_t run = o->gso ? bio_gso_run(o, b, j, end) : 1;
         bio_send_fill_msg(b, m, j, run);
         j += run;
     }
@@ -176,8 +177,7 @@ bio_send_must_stop(const BioBatch *b, Py_ssize_t m, int err, int skip)
     return !skip;
 }
 
-/* Check start/count against the batch; sets *start and *end. 0 or -1. */
-static int
+int
 bio_send_range(BioBatch *b, PyObject *start_obj, PyObject *count_obj,
                Py_ssize_t *start, Py_ssize_t *end)
 {
@@ -231,7 +231,8 @@ bio_send_run_nogil(void *arg)
 {
     BioSendCtx *c = arg;
     if (!c->prepared) {
-        c->m = bio_send_prepare_nogil(c->u, c->b, c->start, c->end);
+        BioSendOpts o = {c->u->gso, c->u->gso_max_segments, 0};
+        c->m = bio_send_prepare_nogil(&o, c->b, c->start, c->end);
         c->prepared = 1;
     }
     for (;;) {

@@ -15,8 +15,9 @@ case "$purpose" in
 esac
 
 # build: compiler, Python headers and venv, the system's liburing;
-# run: sockperf (latency peer), perf (syscall counts), taskset (util-linux).
-packages=(build-essential python3-dev python3-venv liburing-dev sockperf linux-perf util-linux)
+# run: sockperf (latency peer), perf (syscall counts), taskset (util-linux),
+# ip (iproute2: the bench's own network namespaces).
+packages=(build-essential python3-dev python3-venv liburing-dev sockperf linux-perf util-linux iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

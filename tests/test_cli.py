@@ -12,7 +12,8 @@ from burstio import bench
 from burstio.cli import build_parser, main
 from conftest import ROOT, subprocess_env
 
-SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency")
+SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
+             "tx-zerocopy")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -21,12 +21,16 @@ from ._native import (
 from ._errors import SendError
 from .caps import Capabilities, Capability, capabilities
 from .udp import BurstSocket
+from .zerocopy import ZeroCopyBuffer, ZeroCopyPool, ZeroCopySender  # zero-copy send
+from .ring import RedundantResult, Ring
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PacketBatch",
     "BurstSocket",
+    "Ring",
+    "RedundantResult",
     "SendError",
     "capabilities",
     "Capabilities",
@@ -37,4 +41,8 @@ __all__ = [
     "FLAG_SEND_ERROR",
     "GRO_SLOT_MIN",
     "MAX_UDP_PAYLOAD",
+    # zero-copy send (zerocopy.py)
+    "ZeroCopySender",
+    "ZeroCopyPool",
+    "ZeroCopyBuffer",
 ]

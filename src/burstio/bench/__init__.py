@@ -12,6 +12,8 @@ from collections.abc import Callable
 from .common import Options
 from .core import Progress, ScenarioResult, format_result, plot, write_json
 from .latency import latency
+from .many import rx_many_sockets, tx_redundant
+from .zerocopy import tx_zerocopy
 from .rx import rx_gro, rx_many_flow
 from .tx import tx_gso, tx_many
 
@@ -21,6 +23,9 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "tx-many": tx_many,
     "tx-gso": tx_gso,
     "latency": latency,
+    "rx-many-sockets": rx_many_sockets,
+    "tx-redundant": tx_redundant,
+    "tx-zerocopy": tx_zerocopy,
 }
 
 __all__ = ["SCENARIOS", "Options", "run"]

@@ -1,0 +1,481 @@
+/* RingBase: what the two multi-socket backends share (io_uring in ring.c,
+ * epoll in drain.c): a table of sockets by index, the per-socket errors
+ * waiting for take_errors(), counters and send options. */
+#include "burstio.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+
+const char *const bio_ring_counter_names[BIO_R_NCOUNTERS] = {
+    "rx_datagrams", "rx_bytes",     "rx_batches",  "rx_truncated", "rx_errors",
+    "rx_rearms",    "rx_enobufs",   "tx_datagrams", "tx_bytes",    "tx_batches",
+    "tx_errors",    "tx_gso_messages", "syscalls",  "errors_dropped",
+};
+
+int
+bio_ringbase_alloc(BioRingBase *r, int cap)
+{
+    r->cap = cap;
+    r->err_cap = 4 * cap + 64;
+    r->fds = PyMem_Calloc((size_t)cap, sizeof(int));
+    r->state = PyMem_Calloc((size_t)cap, 1);
+    r->gen = PyMem_Calloc((size_t)cap, sizeof(uint32_t));
+    r->err_sock = PyMem_Calloc((size_t)r->err_cap, sizeof(int32_t));
+    r->err_no = PyMem_Calloc((size_t)r->err_cap, sizeof(int32_t));
+    if (!r->fds || !r->state || !r->gen || !r->err_sock || !r->err_no) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < cap; i++)
+        r->fds[i] = -1;
+    r->gso_max_segments = 64;
+    return 0;
+}
+
+int
+bio_ringbase_take_slot(BioRingBase *r, int fd)
+{
+    for (int i = 0; i < r->cap; i++) {
+        if (r->state[i] != BIO_SOCK_FREE)
+            continue;
+        r->fds[i] = fd;
+        r->state[i] = BIO_SOCK_IDLE;
+        r->gen[i]++;
+        r->count++;
+        return i;
+    }
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", ENOSPC, "");
+    if (exc != NULL) {
+        PyObject *msg = PyUnicode_FromFormat("the ring holds its maximum of %d sockets", r->cap);
+        if (msg != NULL)
+            PyObject_SetAttrString(exc, "strerror", msg);
+        Py_XDECREF(msg);
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return -1;
+}
+
+int
+bio_ringbase_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream)
+{
+    static char *kwlist[] = {"sock", "stream", NULL};
+    PyObject *sock;
+    *stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:add", kwlist, &sock, stream))
+        return -1;
+    *fd = PyObject_AsFileDescriptor(sock);
+    return *fd < 0 ? -1 : 0;
+}
+
+void
+bio_ringbase_free_slot(BioRingBase *r, int idx)
+{
+    r->fds[idx] = -1;
+    r->state[idx] = BIO_SOCK_FREE;
+    r->gen[idx]++;
+    r->count--;
+}
+
+int
+bio_ringbase_index(BioRingBase *r, PyObject *obj, int *idx)
+{
+    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "socket index must be int, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v >= r->cap || r->state[v] == BIO_SOCK_FREE) {
+        PyErr_Format(PyExc_ValueError, "no socket at index %ld in this ring", v);
+        return -1;
+    }
+    *idx = (int)v;
+    return 0;
+}
+
+void
+bio_ringbase_error_nogil(BioRingBase *r, int idx, int err)
+{
+    BIO_RCOUNT(r, BIO_R_RX_ERRORS, 1);
+    if (r->nerr >= r->err_cap) {
+        BIO_RCOUNT(r, BIO_R_ERRORS_DROPPED, 1);
+        return;
+    }
+    r->err_sock[r->nerr] = idx;
+    r->err_no[r->nerr] = err;
+    r->nerr++;
+}
+
+void
+bio_ring_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated, int sock)
+{
+    b->offsets[j] = (uint64_t)j * (uint64_t)b->slot_size;
+    b->lengths[j] = stored;
+    b->flags[j] = truncated ? BIO_FLAG_TRUNCATED : 0;
+    b->segment_sizes[j] = 0;
+    b->timestamps[j] = 0;
+    b->sockets[j] = sock;
+    b->errnos[j] = 0;
+}
+
+Py_ssize_t
+bio_ring_room(const BioBatch *b)
+{
+    return b->slots < b->capacity ? b->slots : b->capacity;
+}
+
+/* ---- receive (both backends; the waiting is the backend's) ------------- */
+
+PyDoc_STRVAR(bio_ringbase_recv_batch_doc,
+"recv_batch(batch, timeout=None, *, min_datagrams=1, max_wait=None) -> int\n\n"
+"Fill batch from any socket of the ring (batch.sockets says which). Returns\n"
+"when min_datagrams are ready (or a socket reported an error) or max_wait\n"
+"seconds have passed, whichever comes first; if none came by then, waits for\n"
+"one up to timeout (None: forever). Errors: take_errors().");
+
+static PyObject *
+bio_ringbase_recv_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    static const char *const names[] = {"batch", "timeout", "min_datagrams", "max_wait", NULL};
+    PyObject *a[4];
+    int64_t timeout_ns, max_wait_ns;
+    if (bio_args_parse("recv_batch", args, nargs, kwnames, names, 2, 1, a) < 0 ||
+        bio_args_batch("recv_batch", a[0]) < 0 || r->check(r) < 0 ||
+        bio_timeout_parse(a[1] ? a[1] : Py_None, &timeout_ns) < 0 ||
+        bio_timeout_parse(a[3] ? a[3] : Py_None, &max_wait_ns) < 0)
+        return NULL;
+    Py_ssize_t want = a[2] ? PyNumber_AsSsize_t(a[2], PyExc_OverflowError) : 1;
+    if (want == -1 && PyErr_Occurred())
+        return NULL;
+    if (want < 1) {
+        PyErr_Format(PyExc_ValueError, "min_datagrams must be >= 1, got %zd", want);
+        return NULL;
+    }
+    BioBatch *b = (BioBatch *)a[0];
+    if (bio_batch_check_idle(b) < 0)
+        return NULL;
+    bio_batch_reset(b);
+    int64_t now = bio_now_ns();
+    BioRingRecv c = {.r = r, .b = b, .errors0 = r->nerr};
+    c.want = want < bio_ring_room(b) ? want : bio_ring_room(b);
+    c.first_deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
+    c.watermark_deadline = max_wait_ns < 0 ? c.first_deadline : now + max_wait_ns;
+    if (c.first_deadline >= 0 && (c.watermark_deadline < 0 || c.watermark_deadline > c.first_deadline))
+        c.watermark_deadline = c.first_deadline;
+    b->busy = 1;
+    int err = bio_nogil_retry(r->recv_nogil, &c);
+    b->busy = 0;
+    b->count = c.n;
+    b->appended = c.n;
+    if (c.n)
+        BIO_RCOUNT(r, BIO_R_RX_BATCHES, 1);
+    if (err == -EINTR)
+        return NULL;
+    if (err < 0)
+        return bio_raise_errno(err);
+    return PyLong_FromSsize_t(c.n);
+}
+
+/* ---- send (both backends; the syscalls are the backend's) -------------- */
+
+/* Account message results and flag failed entries (flag_entries). Returns
+ * the datagrams sent. */
+static Py_ssize_t
+bio_ring_send_results(BioRingBase *r, BioBatch *b, const int32_t *res, Py_ssize_t m,
+                      int flag_entries)
+{
+    Py_ssize_t sent = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        struct msghdr *h = &b->msgs[i].msg_hdr;
+        Py_ssize_t j = b->msg_entry[i];
+        for (size_t k = 0; k < h->msg_iovlen; k++) {
+            if (res[i] && flag_entries) {
+                b->flags[j + k] |= BIO_FLAG_SEND_ERROR;
+                b->errnos[j + k] = res[i];
+            }
+            if (!res[i])
+                BIO_RCOUNT(r, BIO_R_TX_BYTES, h->msg_iov[k].iov_len);
+        }
+        if (res[i]) {
+            BIO_RCOUNT(r, BIO_R_TX_ERRORS, h->msg_iovlen);
+            continue;
+        }
+        sent += (Py_ssize_t)h->msg_iovlen;
+        if (h->msg_iovlen > 1)
+            BIO_RCOUNT(r, BIO_R_TX_GSO_MESSAGES, 1);
+    }
+    BIO_RCOUNT(r, BIO_R_TX_DATAGRAMS, sent);
+    return sent;
+}
+
+/* ValueError unless every entry in [start, end) names a socket of the ring. */
+static int
+bio_ring_check_sockets(BioRingBase *r, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
+{
+    for (Py_ssize_t j = start; j < end; j++) {
+        int32_t s = b->sockets[j];
+        if (s < 0 || s >= r->cap || r->state[s] == BIO_SOCK_FREE) {
+            PyErr_Format(PyExc_ValueError, "datagram %zd: no socket at index %d in this ring",
+                         j, (int)s);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Check (batch, start, count) and build the messages into c; 0 or -1.
+ * by_socket: split runs where batch.sockets changes. */
+static int
+bio_ring_send_setup(BioRingBase *r, const char *fname, PyObject *const *a, int by_socket,
+                    BioRingSend *c)
+{
+    Py_ssize_t start, end;
+    if (bio_args_batch(fname, a[0]) < 0 || r->check(r) < 0)
+        return -1;
+    c->r = r;
+    c->b = (BioBatch *)a[0];
+    if (bio_batch_check_idle(c->b) < 0 || bio_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
+        bio_batch_check_entries(c->b, start, end) < 0 ||
+        (by_socket && bio_ring_check_sockets(r, c->b, start, end) < 0))
+        return -1;
+    BioSendOpts o = {r->gso, r->gso_max_segments, by_socket};
+    c->m = bio_send_prepare_nogil(&o, c->b, start, end);
+    c->results = PyMem_Calloc((size_t)c->m * (size_t)(c->ngroups ? c->ngroups : 1) + 1,
+                              sizeof(int32_t));
+    if (c->results == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->total = c->m * (c->ngroups ? c->ngroups : 1);
+    BIO_RCOUNT(r, BIO_R_TX_BATCHES, 1);
+    return 0;
+}
+
+/* Run the backend's sends (GIL held on entry): 0, or -1 with an error set. */
+static int
+bio_ring_send_run(BioRingSend *c)
+{
+    if (c->m == 0)
+        return 0;
+    c->b->busy = 1;
+    int err = bio_nogil_retry(c->r->send_nogil, c);
+    c->b->busy = 0;
+    if (err == 0)
+        return 0;
+    if (err != -EINTR)
+        bio_raise_errno(err);
+    return -1;
+}
+
+PyDoc_STRVAR(bio_ringbase_send_batch_doc,
+"send_batch(batch, start=0, count=None) -> int\n\n"
+"Send datagram i on socket batch.sockets[i], all at once. Returns the\n"
+"datagrams sent; failures are flagged in the batch (batch.send_errors()).");
+
+static PyObject *
+bio_ringbase_send_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    static const char *const names[] = {"batch", "start", "count", NULL};
+    PyObject *a[3], *ret = NULL;
+    BioRingSend c = {0};
+    if (bio_args_parse("send_batch", args, nargs, kwnames, names, 3, 1, a) < 0 ||
+        bio_ring_send_setup(r, "send_batch", a, 1, &c) < 0 || bio_ring_send_run(&c) < 0)
+        goto out;
+    ret = PyLong_FromSsize_t(bio_ring_send_results(r, c.b, c.results, c.m, 1));
+out:
+    PyMem_Free(c.results);
+    return ret;
+}
+
+/* Failures of a redundant send: [(entry, socket index, errno), ...]. */
+static PyObject *
+bio_ring_failures(BioRingSend *c, const int *group)
+{
+    PyObject *list = PyList_New(0);
+    for (Py_ssize_t k = 0; list != NULL && k < c->ngroups; k++) {
+        for (Py_ssize_t i = 0; list != NULL && i < c->m; i++) {
+            int32_t e = c->results[k * c->m + i];
+            size_t runs = c->b->msgs[i].msg_hdr.msg_iovlen;
+            for (size_t d = 0; e && list != NULL && d < runs; d++) {
+                PyObject *t = Py_BuildValue("(nii)", c->b->msg_entry[i] + (Py_ssize_t)d,
+                                            group[k], (int)e);
+                if (t == NULL || PyList_Append(list, t) < 0)
+                    Py_CLEAR(list);
+                Py_XDECREF(t);
+            }
+        }
+    }
+    return list;
+}
+
+/* Read a sequence of socket indices into idx[] and their fds into fds[];
+ * returns the count, or -1 with an error set. */
+static Py_ssize_t
+bio_ring_group(BioRingBase *r, PyObject *group, int **idx, int **fds)
+{
+    PyObject *seq = PySequence_Fast(group, "group must be a sequence of socket indices");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    *idx = PyMem_Calloc((size_t)n + 1, sizeof(int));
+    *fds = PyMem_Calloc((size_t)n + 1, sizeof(int));
+    if (*idx == NULL || *fds == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (bio_ringbase_index(r, PySequence_Fast_GET_ITEM(seq, k), &(*idx)[k]) < 0) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        (*fds)[k] = r->fds[(*idx)[k]];
+    }
+    Py_DECREF(seq);
+    if (n == 0)
+        PyErr_SetString(PyExc_ValueError, "group is empty");
+    return n == 0 ? -1 : n;
+}
+
+PyDoc_STRVAR(bio_ringbase_send_redundant_doc,
+"send_redundant(batch, group, start=0, count=None) -> (sent, failures)\n\n"
+"Send every datagram of the batch on every socket of `group` (socket\n"
+"indices) at once; runs to one destination go as UDP GSO. Returns how\n"
+"many datagram-sends went and the failures as [(entry, socket index,\n"
+"errno), ...]: together they account for every (datagram, socket) pair.");
+
+static PyObject *
+bio_ringbase_send_redundant(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    static const char *const names[] = {"batch", "group", "start", "count", NULL};
+    PyObject *a[4], *ret = NULL;
+    int *group = NULL, *fds = NULL;
+    BioRingSend c = {0};
+    if (bio_args_parse("send_redundant", args, nargs, kwnames, names, 4, 2, a) < 0)
+        return NULL;
+    PyObject *sa[3] = {a[0], a[2], a[3]};
+    c.ngroups = bio_ring_group(r, a[1], &group, &fds);
+    c.group_fds = fds;
+    if (c.ngroups < 0 || bio_ring_send_setup(r, "send_redundant", sa, 0, &c) < 0 ||
+        bio_ring_send_run(&c) < 0)
+        goto out;
+    Py_ssize_t sent = 0;
+    for (Py_ssize_t k = 0; k < c.ngroups; k++)
+        sent += bio_ring_send_results(r, c.b, c.results + k * c.m, c.m, 0);
+    PyObject *fail = bio_ring_failures(&c, group);
+    if (fail != NULL)
+        ret = Py_BuildValue("(nN)", sent, fail);
+out:
+    PyMem_Free(c.results);
+    PyMem_Free(group);
+    PyMem_Free(fds);
+    return ret;
+}
+
+/* ---- Python methods ---------------------------------------------------- */
+
+PyDoc_STRVAR(bio_ringbase_take_errors_doc,
+"take_errors() -> list of (socket index, errno)\n\n"
+"Per-socket errors seen since the last call (receive side), oldest first.");
+
+static PyObject *
+bio_ringbase_take_errors(BioRingBase *r, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *list = PyList_New(r->nerr);
+    for (int i = 0; list != NULL && i < r->nerr; i++) {
+        PyObject *t = Py_BuildValue("(ii)", r->err_sock[i], r->err_no[i]);
+        if (t == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, t);
+    }
+    if (list != NULL)
+        r->nerr = 0;
+    return list;
+}
+
+static PyObject *
+bio_ringbase_counters(BioRingBase *r, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; d != NULL && i < BIO_R_NCOUNTERS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(
+            __atomic_load_n(&r->counters[i], __ATOMIC_RELAXED));
+        if (v == NULL || PyDict_SetItemString(d, bio_ring_counter_names[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+static PyObject *
+bio_ringbase_reset_counters(BioRingBase *r, PyObject *Py_UNUSED(ignored))
+{
+    memset(r->counters, 0, sizeof(r->counters));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bio_ringbase_fd(BioRingBase *r, PyObject *arg)
+{
+    int idx;
+    if (bio_ringbase_index(r, arg, &idx) < 0)
+        return NULL;
+    return PyLong_FromLong(r->fds[idx]);
+}
+
+static void
+bio_ringbase_dealloc(BioRingBase *r)
+{
+    PyMem_Free(r->fds);
+    PyMem_Free(r->state);
+    PyMem_Free(r->gen);
+    PyMem_Free(r->err_sock);
+    PyMem_Free(r->err_no);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyMethodDef bio_ringbase_methods[] = {
+    {"recv_batch", (PyCFunction)(void (*)(void))bio_ringbase_recv_batch,
+     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_recv_batch_doc},
+    {"send_batch", (PyCFunction)(void (*)(void))bio_ringbase_send_batch,
+     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_send_batch_doc},
+    {"send_redundant", (PyCFunction)(void (*)(void))bio_ringbase_send_redundant,
+     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_send_redundant_doc},
+    {"take_errors", (PyCFunction)bio_ringbase_take_errors, METH_NOARGS,
+     bio_ringbase_take_errors_doc},
+    {"counters", (PyCFunction)bio_ringbase_counters, METH_NOARGS,
+     "counters() -> dict of every counter"},
+    {"reset_counters", (PyCFunction)bio_ringbase_reset_counters, METH_NOARGS,
+     "reset_counters(): set every counter to 0"},
+    {"fd", (PyCFunction)bio_ringbase_fd, METH_O, "fd(index) -> the socket's descriptor"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef bio_ringbase_members[] = {
+    {"capacity", T_INT, offsetof(BioRingBase, cap), READONLY, "socket slots"},
+    {"count", T_INT, offsetof(BioRingBase, count), READONLY, "sockets in the ring"},
+    {"gso", T_INT, offsetof(BioRingBase, gso), 0, "1: send equal runs with UDP GSO"},
+    {"gso_max_segments", T_INT, offsetof(BioRingBase, gso_max_segments), 0,
+     "segments per GSO send to build"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyTypeObject BioRingBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "burstio._native.RingBase",
+    .tp_basicsize = sizeof(BioRingBase),
+    .tp_dealloc = (destructor)bio_ringbase_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "What the multi-socket ring backends share (internal).",
+    .tp_methods = bio_ringbase_methods,
+    .tp_members = bio_ringbase_members,
+};

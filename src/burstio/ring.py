@@ -1,0 +1,185 @@
+"""Ring: many UDP sockets, one call.
+
+A server with hundreds of connected UDP sockets (one per game session,
+several paths per client) gains little from recvmmsg: each socket has one
+to four datagrams ready, so it still pays a syscall per socket. A Ring
+receives from all of them at once and sends across them at once:
+
+- backend "uring": io_uring. Every socket has a multishot RECVMSG drawing
+  from one shared provided-buffer ring; one io_uring_enter per call, and a
+  low watermark (``min_datagrams`` with ``max_wait``) that wakes once.
+- backend "epoll": the same contract without io_uring: epoll_wait and one
+  recvmmsg per ready socket, inside one C call.
+
+This module is policy: which backend (from the capability probe), which
+sockets may join, what the results mean. The C side (csrc/ring.c,
+csrc/drain.c, csrc/ringbase.c) does the syscalls and the memory.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, NamedTuple
+
+from . import _native
+from .caps import capabilities
+from .udp import GSO_SEGMENTS, BurstSocket
+
+__all__ = ["Ring", "RedundantResult", "RING_BACKENDS"]
+
+RING_BACKENDS = ("auto", "uring", "epoll")
+_URING_NEEDS = ("io_uring", "io_uring_recvmsg", "io_uring_sendmsg", "io_uring_buf_ring")
+
+
+class RedundantResult(NamedTuple):
+    """What send_redundant did: ``sent`` datagram-sends went out; each
+    failure is (entry, socket index, errno). Together they account for
+    every (datagram, socket) pair."""
+
+    sent: int
+    failures: list
+
+
+def _raw_socket(sock: Any) -> socket.socket:
+    if isinstance(sock, BurstSocket):
+        return sock.sock
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a socket.socket or BurstSocket, got {type(sock).__name__}")
+    if sock.fileno() == -1:
+        raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
+    return sock
+
+
+class Ring:
+    """Receive from and send on many sockets with one call each.
+
+    ``Ring(*, backend="auto", max_sockets=1024, buffers=4096,
+    buffer_size=2048, sqpoll=False, gso=True)``
+
+    ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
+    backend (a datagram, its address and a 16-byte header must fit a
+    buffer; larger datagrams are truncated and flagged). ``sqpoll`` asks
+    for a kernel submission thread. A Ring is used from the thread that
+    made it (io_uring SINGLE_ISSUER).
+    """
+
+    def __init__(self, *, backend: str = "auto", max_sockets: int = 1024, buffers: int = 4096,
+                 buffer_size: int = 2048, sqpoll: bool = False, gso: bool = True):
+        if backend not in RING_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, RING_BACKENDS))}, got {backend!r}")
+        caps = capabilities()
+        missing = [n for n in _URING_NEEDS if not caps[n].available]
+        if backend == "uring" and missing:
+            raise OSError(errno.EOPNOTSUPP,
+                          f"backend 'uring' needs {', '.join(missing)}: {caps[missing[0]].detail}")
+        if sqpoll and not caps.io_uring_sqpoll:
+            raise OSError(errno.EOPNOTSUPP, f"sqpoll needs io_uring_sqpoll: {caps['io_uring_sqpoll'].detail}")
+        if backend == "epoll" or (backend == "auto" and missing):
+            self._io = _native.EpollRing(max_sockets)
+            self.backend = "epoll"
+        else:
+            self._io = _native.UringRing(max_sockets, buffers, buffer_size, bool(sqpoll))
+            self.backend = "uring"
+        self._io.gso = int(bool(gso) and caps.udp_segment)
+        self._io.gso_max_segments = max(1, min(GSO_SEGMENTS, caps.gso_max_segments))
+        self._socks: dict[int, socket.socket] = {}
+        # hot paths straight to C (their docstrings are below)
+        self.recv_batch = self._io.recv_batch
+        self.send_batch = self._io.send_batch
+        self.take_errors = self._io.take_errors
+
+    # ---- sockets -------------------------------------------------------
+
+    def add(self, sock: Any, *, stream: bool = False) -> int:
+        """Add a UDP socket (socket.socket or BurstSocket) and return its
+        index, which batch.sockets uses. ``stream=True`` adds a stream (TCP)
+        socket for recv_stream() only. The ring keeps the socket alive until
+        remove(); remove() before closing it."""
+        raw = _raw_socket(sock)
+        kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
+        if raw.type != kind:
+            want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
+            raise ValueError(f"Ring.add needs {want}, got {raw.type.name}")
+        index = self._io.add(raw, stream)
+        self._socks[index] = raw
+        return index
+
+    def remove(self, index: int) -> socket.socket:
+        """Stop using the socket at ``index``; returns it (still open)."""
+        self._io.remove(index)
+        return self._socks.pop(index)
+
+    def socket(self, index: int) -> socket.socket:
+        """The socket at ``index``."""
+        try:
+            return self._socks[index]
+        except KeyError:
+            raise ValueError(f"no socket at index {index} in this ring") from None
+
+    def __len__(self) -> int:
+        return len(self._socks)
+
+    # ---- the batch paths (documentation; instances bind the C methods) --
+
+    def recv_batch(self, batch: _native.PacketBatch, timeout: float | None = None, *,
+                   min_datagrams: int = 1, max_wait: float | None = None) -> int:
+        """Fill ``batch`` from any socket; ``batch.sockets[i]`` says which.
+
+        Returns when ``min_datagrams`` are ready (or a socket reported an
+        error) or ``max_wait`` seconds have passed, whichever is first; if
+        none came by then, waits for one up to ``timeout`` (None: forever).
+        Per-socket errors (ECONNREFUSED, ENOBUFS when the receive pool ran
+        out, a socket closed behind the ring's back) go to take_errors(); the
+        others' data is untouched, and receiving resumes by itself.
+        """
+        return self._io.recv_batch(batch, timeout, min_datagrams=min_datagrams, max_wait=max_wait)
+
+    def send_batch(self, batch: _native.PacketBatch, start: int = 0, count: int | None = None) -> int:
+        """Send datagram i on socket ``batch.sockets[i]``, all at once (runs to
+        one destination on one socket as UDP GSO). Returns the datagrams
+        sent; failures are flagged in the batch (``batch.send_errors()``)."""
+        return self._io.send_batch(batch, start, count)
+
+    def send_redundant(self, batch: _native.PacketBatch, group: list[int], start: int = 0,
+                       count: int | None = None) -> RedundantResult:
+        """Send every datagram of ``batch`` on every socket of ``group`` (the
+        redundant scheduler of multipath UDP) in one submission."""
+        sent, failures = self._io.send_redundant(batch, group, start, count)
+        return RedundantResult(sent, failures)
+
+    def take_errors(self) -> list[tuple[int, int]]:
+        """Per-socket receive errors since the last call: [(index, errno)]."""
+        return self._io.take_errors()
+
+    def recv_stream(self, index: int, buffer: Any, min_bytes: int, timeout: float | None = None) -> int:
+        """Stream socket ``index`` (added with stream=True): wait until
+        ``min_bytes`` have arrived or ``timeout`` seconds have passed, with
+        one wake-up either way, and read up to ``min_bytes`` into ``buffer``.
+        Returns the bytes read (0: nothing in time, or end of stream)."""
+        return self._io.recv_stream(index, buffer, min_bytes, timeout)
+
+    # ---- the rest ------------------------------------------------------
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self._io.counters()
+
+    def reset_counters(self) -> None:
+        self._io.reset_counters()
+
+    def describe(self) -> str:
+        return self._io.describe()
+
+    def close(self) -> None:
+        """Tear the ring down; the sockets stay open (they are the caller's)."""
+        self._io.close()
+        self._socks.clear()
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Ring {len(self._socks)} sockets: {self.describe()}>"

@@ -1,0 +1,498 @@
+"""burstio.Ring: one contract, run against every backend (io_uring with and
+without SQPOLL, epoll, and io_uring forced off so "auto" falls back)."""
+from __future__ import annotations
+
+import errno
+import re
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import burstio
+from burstio import PacketBatch, Ring
+from burstio.caps import ENV_DISABLE
+from conftest import rescue
+
+BACKENDS = {
+    "uring": dict(backend="uring"),
+    "uring-sqpoll": dict(backend="uring", sqpoll=True),
+    "epoll": dict(backend="epoll"),
+    "auto-no-uring": dict(backend="auto"),  # with io_uring forced off
+}
+
+
+def udp(stack: list, connect_to=None) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stack.append(s)
+    s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: room for a test's traffic
+    s.bind(("127.0.0.1", 0))
+    if connect_to is not None:
+        s.connect(connect_to)
+    return s
+
+
+def closed_port() -> tuple:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()
+
+
+def take(ring: Ring, batch: PacketBatch, expect: int, timeout: float = 2.0) -> list[tuple]:
+    """Receive until `expect` datagrams came: [(socket index, payload, source)]."""
+    got: list[tuple] = []
+    while len(got) < expect:
+        n = ring.recv_batch(batch, timeout)
+        if n == 0 and not ring.take_errors():
+            break
+        socks = np.asarray(batch.sockets)
+        got += [(int(socks[i]), bytes(batch[i]), batch.addr(i)) for i in range(n)]
+    return got
+
+
+class RingContract:
+    kind: str = ""
+
+    @pytest.fixture(autouse=True)
+    def _setup(self, monkeypatch):
+        caps = burstio.capabilities()
+        if self.kind.startswith("uring") and not (caps.io_uring and caps.io_uring_buf_ring):
+            pytest.skip(f"io_uring unavailable: {caps['io_uring'].detail}")
+        if self.kind == "uring-sqpoll" and not caps.io_uring_sqpoll:
+            pytest.skip(f"SQPOLL unavailable: {caps['io_uring_sqpoll'].detail}")
+        if self.kind == "auto-no-uring":
+            monkeypatch.setenv(ENV_DISABLE, "io_uring")
+        self.socks: list = []
+        self.rings: list = []
+        yield
+        for r in self.rings:
+            r.close()
+        for s in self.socks:
+            s.close()
+
+    def ring(self, **kw) -> Ring:
+        r = Ring(**{**BACKENDS[self.kind], **kw})
+        self.rings.append(r)
+        return r
+
+    @property
+    def uring(self) -> bool:
+        return self.kind.startswith("uring")
+
+    # ---- receive -------------------------------------------------------
+
+    def test_backend_is_what_was_asked(self):
+        r = self.ring()
+        assert r.backend == ("uring" if self.uring else "epoll")
+        assert ("io_uring" in r.describe()) == self.uring
+        if self.kind == "uring-sqpoll":
+            assert "SQPOLL" in r.describe()
+
+    def test_receives_from_every_socket_with_its_index(self):
+        r = self.ring()
+        rx = [udp(self.socks) for _ in range(16)]
+        idx = [r.add(s) for s in rx]
+        assert idx == list(range(16)) and len(r) == 16
+        batch = PacketBatch(256)
+        assert r.recv_batch(batch, 0) == 0  # nothing yet (and the receives are armed)
+        tx = udp(self.socks)
+        sent = []
+        for i, s in enumerate(rx):
+            for k in range(i % 4 + 1):
+                payload = b"%d:%d" % (i, k)
+                tx.sendto(payload, s.getsockname())
+                sent.append((i, payload, tx.getsockname()))
+        got = take(r, batch, len(sent))
+        assert sorted(got) == sorted(sent)
+        for i in range(16):  # each socket's datagrams in order
+            assert [p for s, p, _ in got if s == i] == [p for s, p, _ in sent if s == i]
+        c = r.counters
+        assert c["rx_datagrams"] == len(sent) and c["rx_bytes"] == sum(len(p) for _, p, _ in sent)
+
+    def test_small_batch_takes_the_rest_next_time(self):
+        r = self.ring()
+        rx = udp(self.socks)
+        i = r.add(rx)
+        tx = udp(self.socks)
+        for k in range(10):
+            tx.sendto(bytes([k]), rx.getsockname())
+        time.sleep(0.05)
+        batch = PacketBatch(4)
+        seen = []
+        while len(seen) < 10:
+            n = r.recv_batch(batch, 1.0)
+            assert 1 <= n <= 4
+            seen += [bytes(batch[j]) for j in range(n)]
+            assert list(np.asarray(batch.sockets)[:n]) == [i] * n
+        assert seen == [bytes([k]) for k in range(10)]
+        assert r.recv_batch(batch, 0) == 0
+
+    def test_timeout_returns_zero(self):
+        r = self.ring()
+        r.add(udp(self.socks))
+        batch = PacketBatch(8)
+        assert r.recv_batch(batch, 0) == 0
+        assert r.recv_batch(batch, 0.05) == 0
+        assert r.take_errors() == []
+
+    def test_blocking_receive_returns_when_data_comes(self):
+        r = self.ring()
+        rx = udp(self.socks)
+        r.add(rx)
+        tx = udp(self.socks)
+        threading.Timer(0.1, lambda: tx.sendto(b"late", rx.getsockname())).start()
+        batch = PacketBatch(8)
+        with rescue(rx.getsockname()):
+            assert r.recv_batch(batch) == 1
+        assert bytes(batch[0]) == b"late"
+
+    def test_watermark_waits_for_min_datagrams(self):
+        r = self.ring()
+        rx = udp(self.socks)
+        r.add(rx)
+        tx = udp(self.socks)
+
+        def trickle():
+            for k in range(5):
+                time.sleep(0.02)
+                tx.sendto(b"%d" % k, rx.getsockname())
+        threading.Thread(target=trickle).start()
+        batch = PacketBatch(16)
+        with rescue(rx.getsockname()):
+            n = r.recv_batch(batch, None, min_datagrams=5)
+        assert n == 5
+        assert [bytes(batch[i]) for i in range(n)] == [b"%d" % k for k in range(5)]
+
+    def test_watermark_gives_up_at_max_wait(self):
+        """2 of the 5 asked for come: max_wait ends the wait with those 2
+        (no timeout at all would otherwise wait for ever)."""
+        r = self.ring()
+        rx = udp(self.socks)
+        r.add(rx)
+        tx = udp(self.socks)
+        for k in range(2):
+            tx.sendto(b"w%d" % k, rx.getsockname())
+        batch = PacketBatch(16)
+        with rescue(rx.getsockname(), after=10):
+            n = r.recv_batch(batch, None, min_datagrams=5, max_wait=0.1)
+        assert n == 2
+
+    def test_max_wait_then_timeout_for_the_first(self):
+        """Nothing by max_wait: the call goes on waiting for one datagram."""
+        r = self.ring()
+        rx = udp(self.socks)
+        r.add(rx)
+        tx = udp(self.socks)
+        threading.Timer(0.3, lambda: tx.sendto(b"first", rx.getsockname())).start()
+        batch = PacketBatch(16)
+        with rescue(rx.getsockname()):
+            n = r.recv_batch(batch, None, min_datagrams=8, max_wait=0.05)
+        assert n >= 1 and bytes(batch[0]) in (b"first", b"rescue")
+        assert bytes(batch[0]) == b"first"
+
+    def test_econnrefused_is_reported_for_its_socket_only(self):
+        r = self.ring()
+        dead = udp(self.socks, connect_to=closed_port())
+        ok = udp(self.socks)
+        i_dead, i_ok = r.add(dead), r.add(ok)
+        batch = PacketBatch(16)
+        r.recv_batch(batch, 0)
+        dead.send(b"to nobody")  # the port-unreachable reply sets the socket's error
+        tx = udp(self.socks)
+        tx.sendto(b"hello", ok.getsockname())
+        got = []
+        errors = []
+        deadline = time.monotonic() + 2
+        while (not got or not errors) and time.monotonic() < deadline:
+            n = r.recv_batch(batch, 0.2)
+            got += [bytes(batch[i]) for i in range(n)]
+            errors += r.take_errors()
+        assert got == [b"hello"]
+        assert errors == [(i_dead, errno.ECONNREFUSED)]
+        tx.sendto(b"again", ok.getsockname())  # receiving goes on, on both
+        assert take(r, batch, 1) == [(i_ok, b"again", tx.getsockname())]
+
+    def test_closed_socket(self):
+        r = self.ring()
+        s = udp(self.socks)
+        i = r.add(s)
+        batch = PacketBatch(8)
+        r.recv_batch(batch, 0)
+        s.close()
+        r.recv_batch(batch, 0.1)
+        errors = r.take_errors()
+        if self.uring:  # a receive re-armed on a closed descriptor fails: EBADF, once
+            r.recv_batch(batch, 0.05)
+            errors += r.take_errors()
+            assert errors in ([], [(i, errno.EBADF)])
+        else:  # epoll forgets a closed descriptor by itself
+            assert errors == []
+        r.remove(i)
+        assert len(r) == 0
+
+    def test_buffer_exhaustion_is_reported_and_rearmed(self):
+        if not self.uring:
+            pytest.skip("only the io_uring backend has a shared receive pool")
+        r = self.ring(buffers=8)
+        rx = udp(self.socks)
+        i = r.add(rx)
+        batch = PacketBatch(4)
+        r.recv_batch(batch, 0)
+        tx = udp(self.socks)
+        for k in range(40):
+            tx.sendto(b"z%d" % k, rx.getsockname())
+        got = [p for _, p, _ in take(r, batch, 40)]
+        assert got == [b"z%d" % k for k in range(40)]  # nothing lost
+        assert r.counters["rx_enobufs"] >= 1
+        assert all(e == (i, errno.ENOBUFS) for e in r.take_errors())
+
+    def test_truncated_datagram_is_flagged(self):
+        r = self.ring(buffer_size=256) if self.uring else self.ring()
+        rx = udp(self.socks)
+        r.add(rx)
+        tx = udp(self.socks)
+        tx.sendto(b"x" * 1000, rx.getsockname())
+        batch = PacketBatch(4, 128)
+        assert r.recv_batch(batch, 1.0) == 1
+        assert batch.flags[0] & burstio.FLAG_TRUNCATED
+        assert len(batch[0]) <= 128
+        assert r.counters["rx_truncated"] == 1
+
+    def test_remove_stops_receiving(self):
+        r = self.ring()
+        a, b = udp(self.socks), udp(self.socks)
+        ia, ib = r.add(a), r.add(b)
+        batch = PacketBatch(8)
+        r.recv_batch(batch, 0)
+        assert r.remove(ia) is a
+        tx = udp(self.socks)
+        tx.sendto(b"to a", a.getsockname())
+        tx.sendto(b"to b", b.getsockname())
+        assert take(r, batch, 1) == [(ib, b"to b", tx.getsockname())]
+        assert r.recv_batch(batch, 0.05) == 0
+        assert a.recv(100) == b"to a"  # still queued on the removed socket
+        assert r.add(udp(self.socks)) == ia  # the index is reused
+
+    # ---- send ----------------------------------------------------------
+
+    def test_send_batch_uses_each_entrys_socket(self):
+        r = self.ring()
+        paths = [udp(self.socks) for _ in range(3)]
+        idx = [r.add(p) for p in paths]
+        peers = [udp(self.socks) for _ in range(2)]
+        out = PacketBatch(8)
+        plan = [(0, 0), (1, 1), (2, 0), (0, 1), (2, 1)]  # (socket, peer)
+        for k, (s, p) in enumerate(plan):
+            out.append(b"m%d" % k, peers[p].getsockname())
+        np.asarray(out.sockets)[:len(plan)] = [idx[s] for s, _ in plan]
+        assert r.send_batch(out) == len(plan)
+        assert out.send_errors() == []
+        for pi, peer in enumerate(peers):
+            peer.settimeout(1)
+            expect = [(b"m%d" % k, paths[s].getsockname()) for k, (s, p) in enumerate(plan) if p == pi]
+            assert [peer.recvfrom(100) for _ in expect] == expect
+        assert r.counters["tx_datagrams"] == len(plan)
+
+    def test_send_batch_failures_are_flagged(self):
+        r = self.ring()
+        i = r.add(udp(self.socks))
+        peer = udp(self.socks)
+        out = PacketBatch(4)
+        out.append(b"ok", peer.getsockname())
+        out.append(b"bad", ("127.0.0.1", 0))  # port 0: EINVAL
+        out.append(b"ok2", peer.getsockname())
+        np.asarray(out.sockets)[:3] = i
+        assert r.send_batch(out) == 2
+        assert out.send_errors() == [(1, errno.EINVAL)]
+        peer.settimeout(1)
+        assert [peer.recv(10) for _ in range(2)] == [b"ok", b"ok2"]
+        assert r.counters["tx_errors"] == 1
+
+    def test_send_batch_needs_valid_socket_indices(self):
+        r = self.ring()
+        r.add(udp(self.socks))
+        out = PacketBatch(4)
+        out.append(b"x", ("127.0.0.1", 9))
+        np.asarray(out.sockets)[0] = 7
+        with pytest.raises(ValueError, match=re.escape("datagram 0: no socket at index 7 in this ring")):
+            r.send_batch(out)
+
+    def test_send_redundant_sends_everything_on_every_path(self):
+        r = self.ring()
+        peers = [udp(self.socks) for _ in range(4)]
+        paths = [udp(self.socks, connect_to=p.getsockname()) for p in peers]
+        group = [r.add(p) for p in paths]
+        out = PacketBatch(32)
+        payloads = [bytes([k]) * 100 for k in range(20)]
+        for p in payloads:
+            out.append(p)  # no address: each path's connected peer
+        res = r.send_redundant(out, group)
+        assert res == (20 * 4, []) and isinstance(res, burstio.RedundantResult)
+        for peer in peers:
+            peer.settimeout(1)
+            assert [peer.recv(200) for _ in payloads] == payloads
+        if r._io.gso:
+            assert r.counters["tx_gso_messages"] == 4  # one GSO send per path
+
+    def test_send_redundant_reports_each_failing_pair(self):
+        r = self.ring()
+        good = udp(self.socks)
+        paths = [udp(self.socks, connect_to=good.getsockname()), udp(self.socks)]  # 2nd: not connected
+        group = [r.add(p) for p in paths]
+        out = PacketBatch(4)
+        for k in range(3):
+            out.append(b"p%d" % k)
+        sent, failures = r.send_redundant(out, group)
+        assert sent == 3
+        assert sorted(failures) == [(k, group[1], errno.EDESTADDRREQ) for k in range(3)]
+        assert sent + len(failures) == 3 * len(group)
+
+    def test_send_redundant_argument_errors(self):
+        r = self.ring()
+        r.add(udp(self.socks))
+        out = PacketBatch(4)
+        out.append(b"x")
+        with pytest.raises(ValueError, match="group is empty"):
+            r.send_redundant(out, [])
+        with pytest.raises(ValueError, match=re.escape("no socket at index 3 in this ring")):
+            r.send_redundant(out, [0, 3])
+        with pytest.raises(TypeError, match="group must be a sequence of socket indices"):
+            r.send_redundant(out, 5)
+
+    # ---- stream sockets ------------------------------------------------
+
+    def test_recv_stream_byte_watermark(self):
+        r = self.ring()
+        srv = socket.socket()
+        self.socks.append(srv)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        cl = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        self.socks += [cl, conn]
+        i = r.add(conn, stream=True)
+        buf = bytearray(64)
+        cl.send(b"abc")
+        assert r.recv_stream(i, buf, 10, 0.1) == 3  # the time ran out: what came
+        assert bytes(buf[:3]) == b"abc"
+        threading.Timer(0.05, lambda: cl.send(b"0123456789XYZ")).start()
+        assert r.recv_stream(i, buf, 10, 2.0) == 10  # the watermark, at once
+        assert bytes(buf[:10]) == b"0123456789"
+        cl.close()
+        assert r.recv_stream(i, buf, 3, 1.0) == 3  # what was left
+        assert r.recv_stream(i, buf, 3, 1.0) == 0  # end of stream
+        with pytest.raises(ValueError, match=re.escape("min_bytes must be between 1 and len(buffer) = 64, got 65")):
+            r.recv_stream(i, buf, 65)
+
+    # ---- bad input -----------------------------------------------------
+
+    def test_bad_input(self):
+        r = self.ring()
+        with pytest.raises(TypeError, match="sock must be a socket.socket or BurstSocket, got int"):
+            r.add(5)
+        tcp = socket.socket()
+        self.socks.append(tcp)
+        with pytest.raises(ValueError, match=re.escape("Ring.add needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM")):
+            r.add(tcp)
+        with pytest.raises(ValueError, match=re.escape("Ring.add needs a stream socket (stream=True), got SOCK_DGRAM")):
+            r.add(udp(self.socks), stream=True)
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.close()
+        with pytest.raises(OSError) as ei:
+            r.add(closed)
+        assert ei.value.errno == errno.EBADF
+        with pytest.raises(ValueError, match="no socket at index 4 in this ring"):
+            r.remove(4)
+        batch = PacketBatch(4)
+        with pytest.raises(ValueError, match=re.escape("min_datagrams must be >= 1, got 0")):
+            r.recv_batch(batch, 0, min_datagrams=0)
+        with pytest.raises(TypeError, match=re.escape("recv_batch() argument 1 must be burstio.PacketBatch, not list")):
+            r.recv_batch([], 0)
+        with pytest.raises(ValueError, match=re.escape("timeout must be >= 0 or None, got -1")):
+            r.recv_batch(batch, -1)
+        with pytest.raises(ValueError, match="backend must be one of"):
+            Ring(backend="fast")
+
+    def test_full_ring(self):
+        r = self.ring(max_sockets=2)
+        r.add(udp(self.socks))
+        r.add(udp(self.socks))
+        with pytest.raises(OSError, match="the ring holds its maximum of 2 sockets") as ei:
+            r.add(udp(self.socks))
+        assert ei.value.errno == errno.ENOSPC
+
+    def test_closed_ring(self):
+        r = self.ring()
+        r.add(udp(self.socks))
+        r.close()
+        with pytest.raises(ValueError, match="the ring is closed"):
+            r.recv_batch(PacketBatch(4), 0)
+
+class TestUring(RingContract):
+    kind = "uring"
+
+    def test_other_thread_is_refused(self):
+        r = self.ring()
+        if "SINGLE_ISSUER" not in r.describe():
+            pytest.skip("the ring is not SINGLE_ISSUER here")
+        out = []
+        t = threading.Thread(target=lambda: out.append(pytest.raises(RuntimeError, r.recv_batch, PacketBatch(4), 0)))
+        t.start()
+        t.join()
+        assert "made in another thread" in str(out[0].value)
+
+
+class TestUringSqpoll(RingContract):
+    kind = "uring-sqpoll"
+
+
+class TestEpoll(RingContract):
+    kind = "epoll"
+
+
+class TestAutoWithoutUring(RingContract):
+    kind = "auto-no-uring"
+
+    def test_uring_asked_for_is_refused(self):
+        with pytest.raises(OSError, match="backend 'uring' needs io_uring") as ei:
+            Ring(backend="uring")
+        assert ei.value.errno == errno.EOPNOTSUPP
+
+
+# ---- property: every datagram exactly once, each socket in order -------------
+
+
+@pytest.mark.parametrize("kind", ["uring", "epoll"])
+@settings(max_examples=25, deadline=None)
+@given(counts=st.lists(st.integers(0, 6), min_size=1, max_size=12), capacity=st.integers(1, 40))
+def test_every_datagram_exactly_once(kind, counts, capacity):
+    caps = burstio.capabilities()
+    if kind == "uring" and not (caps.io_uring and caps.io_uring_buf_ring):
+        pytest.skip(f"io_uring unavailable: {caps['io_uring'].detail}")
+    r = Ring(**BACKENDS[kind])
+    socks: list = []
+    try:
+        rx = [udp(socks) for _ in counts]
+        idx = [r.add(s) for s in rx]
+        batch = PacketBatch(capacity, 64)
+        r.recv_batch(batch, 0)
+        tx = udp(socks)
+        sent = []
+        for i, (s, c) in enumerate(zip(rx, counts)):
+            for k in range(c):
+                p = b"%d.%d" % (i, k)
+                tx.sendto(p, s.getsockname())
+                sent.append((idx[i], p))
+        got = [(s, p) for s, p, _ in take(r, batch, len(sent), timeout=1.0)]
+        assert sorted(got) == sorted(sent)
+        for i in idx:
+            assert [p for s, p in got if s == i] == [p for s, p in sent if s == i]
+        assert r.recv_batch(batch, 0) == 0
+    finally:
+        r.close()
+        for s in socks:
+            s.close()

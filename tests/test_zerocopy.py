@@ -1,0 +1,877 @@
+"""Zero-copy send: buffer lifetimes, every backend, errors, adaptive mode.
+
+Each behaviour test runs against every backend (STYLE rule 7): "uring"
+(io_uring SEND_ZC), "msg_zerocopy" (MSG_ZEROCOPY + error queue), "copy" (the
+fallback, and the oracle), and "auto" with capabilities forced off by
+BURSTIO_DISABLE, so that each fallback is what "auto" picks. Loopback
+traffic is always copied by the kernel (it says so), which the adaptive
+tests rely on; the ifb-sink test (root) shows the opposite.
+
+Nothing here measures time: timeouts only bound how long a broken library
+can make a test wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import burstio
+from burstio.bench import zerocopy as zcbench
+from burstio.caps import ENV_DISABLE
+from burstio.zerocopy import COPIED_STREAK, Completion
+
+from conftest import HOSTS, V4, pattern, require_kernel, subprocess_env, wait_for
+
+
+# ---- the backend matrix ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    backend: str      # ZeroCopySender(backend=...)
+    disable: str      # BURSTIO_DISABLE
+    expect: str       # sender.backend then
+    needs: tuple[str, ...]
+
+    @property
+    def zerocopy(self) -> bool:
+        return self.expect != "copy"
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("uring", "uring", "", "uring", ("io_uring_send_zc",)),
+    Backend("msg_zerocopy", "msg_zerocopy", "", "msg_zerocopy", ("so_zerocopy",)),
+    Backend("copy", "copy", "", "copy", ()),
+    Backend("auto", "auto", "", "uring", ("io_uring_send_zc",)),
+    Backend("auto-no-uring", "auto", "io_uring_send_zc", "msg_zerocopy", ("so_zerocopy",)),
+    Backend("auto-no-zerocopy", "auto", "io_uring_send_zc,so_zerocopy", "copy", ()),
+)}
+ZC_BACKENDS = [n for n, b in BACKENDS.items() if b.zerocopy and b.backend != "auto"]
+
+
+@pytest.fixture(params=list(BACKENDS), ids=list(BACKENDS))
+def backend(request, monkeypatch) -> Backend:
+    return _use(BACKENDS[request.param], monkeypatch)
+
+
+@pytest.fixture(params=ZC_BACKENDS, ids=ZC_BACKENDS)
+def zc_backend(request, monkeypatch) -> Backend:
+    return _use(BACKENDS[request.param], monkeypatch)
+
+
+def _use(b: Backend, monkeypatch) -> Backend:
+    for name in b.needs:
+        require_kernel(name)
+    if b.disable:
+        monkeypatch.setenv(ENV_DISABLE, b.disable)
+    else:
+        monkeypatch.delenv(ENV_DISABLE, raising=False)
+    return b
+
+
+# ---- sockets ----------------------------------------------------------------------
+
+@pytest.fixture
+def closing():
+    """Register things to close at the end of the test (senders first)."""
+    things: list = []
+    yield things.append
+    for t in reversed(things):
+        try:
+            t.close()
+        except OSError:
+            pass
+
+
+def udp_receiver(closing, family=socket.AF_INET) -> socket.socket:
+    if family == socket.AF_INET6:
+        require_kernel("ipv6")
+    rx = socket.socket(family, socket.SOCK_DGRAM)
+    closing(rx)
+    rx.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: we are root in CI
+    rx.bind((HOSTS[family], 0))
+    rx.settimeout(2.0)
+    return rx
+
+
+def udp_sender_socket(closing, family=socket.AF_INET) -> socket.socket:
+    tx = socket.socket(family, socket.SOCK_DGRAM)
+    closing(tx)
+    return tx
+
+
+def tcp_pair(closing, rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """(client, server side) of a loopback TCP connection."""
+    lsn = socket.socket()
+    closing(lsn)
+    if rcvbuf:
+        lsn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    lsn.bind((V4, 0))
+    lsn.listen(1)
+    cli = socket.create_connection(lsn.getsockname())
+    closing(cli)
+    srv, _ = lsn.accept()
+    closing(srv)
+    return cli, srv
+
+
+def sender(closing, sock, backend: Backend, **kw) -> burstio.ZeroCopySender:
+    kw.setdefault("mode", "always")
+    s = burstio.ZeroCopySender(sock, kw.pop("pool", None) or burstio.ZeroCopyPool(8, 65536),
+                               backend=backend.backend, **kw)
+    closing(s)
+    assert s.backend == backend.expect
+    return s
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    sock.settimeout(5.0)
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+# ---- every backend: data, counters, buffer states ----------------------------------
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_udp_sends_arrive_as_written(backend, closing, family):
+    rx = udp_receiver(closing, family)
+    zs = sender(closing, udp_sender_socket(closing, family), backend)
+    sent = []
+    for i in range(6):
+        buf = zs.acquire()
+        payload = pattern(1000 + 3000 * i, seed=i)
+        n = buf.write(payload)
+        c = zs.send(buf, n, rx.getsockname())
+        assert isinstance(c, Completion)
+        sent.append((c, payload))
+    for c, payload in sent:
+        assert c.wait(2.0) == len(payload)
+        assert c.result == len(payload)
+        assert rx.recv(70000) == payload
+    assert zs.pool.free == zs.pool.buffers  # every buffer came back
+    k = zs.counters
+    assert k["sends"] == 6 and k["errors"] == 0
+    assert k["bytes"] == sum(len(p) for _, p in sent)
+    if backend.zerocopy:
+        assert k["zerocopy_sends"] == k["notifications"] == 6 and k["copy_sends"] == 0
+        assert k["copied_notifications"] == 6  # loopback: the kernel copies, and says so
+        assert all(c.zerocopy and c.copied for c, _ in sent)
+    else:
+        assert k["copy_sends"] == 6 and k["zerocopy_sends"] == k["notifications"] == 0
+        assert not any(c.zerocopy or c.copied for c, _ in sent)
+
+
+def test_tcp_stream_arrives_in_order(backend, closing):
+    cli, srv = tcp_pair(closing)
+    zs = sender(closing, cli, backend, pool=burstio.ZeroCopyPool(4, 65536))
+    payloads = [pattern(65536 if i % 3 else 17000, seed=i) for i in range(10)]
+    total = sum(map(len, payloads))
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(recv_exactly(srv, total)), daemon=True)
+    reader.start()
+    completions = []
+    for p in payloads:
+        buf = zs.acquire(5.0)  # four buffers: later ones wait for the kernel to give one back
+        completions.append(zs.send(buf, buf.write(p)))
+    assert [c.wait(5.0) for c in completions] == [len(p) for p in payloads]
+    reader.join(10)
+    assert got == [b"".join(payloads)]
+    assert zs.pool.free == 4
+    k = zs.counters
+    assert k["bytes"] == total and k["errors"] == 0
+    assert k["zerocopy_sends" if backend.zerocopy else "copy_sends"] == 10
+
+
+def test_send_and_wait_returns_bytes_and_the_buffer(backend, closing):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend)
+    buf = zs.acquire()
+    n = buf.write(b"hello zero copy")
+    assert zs.send_and_wait(buf, n, rx.getsockname(), timeout=2.0) == n
+    assert rx.recv(100) == b"hello zero copy"
+    assert buf.state == "returned" and zs.in_flight == 0 and zs.pool.free == zs.pool.buffers
+
+
+def test_buffer_lifecycle_owned_in_flight_returned(backend, closing):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend)
+    buf = zs.acquire()
+    assert buf.state == "owned" and zs.pool.owned == 1
+    with memoryview(buf) as mv:
+        assert len(mv) == 65536 and not mv.readonly
+        mv[:4] = b"abcd"
+    c = zs.send(buf, 4, rx.getsockname())
+    if backend.zerocopy:
+        # nothing processed the notification yet: the kernel may still read it
+        assert buf.state == "in_flight" and zs.pool.in_flight == 1
+        with pytest.raises(BufferError, match=r"^buffer \d+ is in flight: the kernel may still read it; "
+                                              r"wait for its completion$"):
+            memoryview(buf)
+        with pytest.raises(BufferError, match="in flight"):
+            buf.write(b"x")
+        # (send() first takes what the kernel has reported: maybe this one)
+        with pytest.raises(BufferError, match="in flight|returned to the pool"):
+            zs.send(buf, 4, rx.getsockname())
+    assert c.wait(2.0) == 4
+    assert buf.state == "returned"
+    with pytest.raises(BufferError, match=r"^buffer \d+ was returned to the pool; acquire\(\) another$"):
+        memoryview(buf)
+    with pytest.raises(BufferError, match="returned to the pool"):
+        bytes(buf)
+    assert rx.recv(10) == b"abcd"
+
+
+def test_dropping_an_unsent_buffer_returns_it(backend, closing):
+    zs = sender(closing, udp_sender_socket(closing), backend, pool=burstio.ZeroCopyPool(2, 4096))
+    a = zs.acquire()
+    b = zs.acquire()
+    assert zs.pool.free == 0
+    with pytest.raises(BufferError, match=r"none of the pool's 2 buffers is free or in flight"):
+        zs.acquire(0.1)
+    del a
+    assert zs.pool.free == 1
+    assert zs.acquire().state == "owned"
+    del b
+
+
+def test_send_refuses_a_buffer_with_open_views(backend, closing):
+    np = pytest.importorskip("numpy")
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend)
+    buf = zs.acquire()
+    mv = memoryview(buf)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    arr2 = arr[:10]  # shares arr's export
+    assert buf.views == 2
+    with pytest.raises(BufferError, match=r"^buffer \d+ has 2 views still open \(memoryview, array\): "
+                                          r"release them before send\(\)$"):
+        zs.send(buf, 10, rx.getsockname())
+    mv.release()
+    with pytest.raises(BufferError, match=r"has 1 view still open .*release it before send"):
+        zs.send(buf, 10, rx.getsockname())
+    arr2[:] = 7
+    del arr, arr2
+    assert buf.views == 0
+    assert zs.send_and_wait(buf, 10, rx.getsockname(), timeout=2.0) == 10
+    assert rx.recv(100) == b"\x07" * 10
+
+
+# ---- a buffer the kernel really holds ------------------------------------------------
+
+def test_buffer_stays_out_of_the_pool_until_the_kernel_is_done(zc_backend, closing):
+    """TCP to a peer that does not read: the data cannot be acknowledged,
+    so the kernel keeps the buffers and acquire() must not return them."""
+    cli, srv = tcp_pair(closing, rcvbuf=4096)
+    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE: room to queue both sends
+    zs = sender(closing, cli, zc_backend, pool=burstio.ZeroCopyPool(2, 65536))
+    data = [pattern(65536, seed=s) for s in (1, 2)]
+    completions = []
+    for p in data:
+        buf = zs.acquire()
+        completions.append(zs.send(buf, buf.write(p)))
+    with pytest.raises(TimeoutError, match=r"no buffer came back from the kernel within 0.2 s \(2 in flight\)"):
+        zs.acquire(0.2)
+    assert zs.pool.in_flight == 2 and not completions[1].done()
+    with pytest.raises(TimeoutError, match="still in flight"):
+        completions[1].wait(0.05)
+    got = recv_exactly(srv, 2 * 65536)  # now the peer reads: ACKs free the data
+    assert got == b"".join(data)
+    assert [c.wait(5.0) for c in completions] == [65536, 65536]
+    assert zs.acquire(5.0).state == "owned"
+
+
+def test_await_does_not_block_the_event_loop(zc_backend, closing):
+    cli, srv = tcp_pair(closing, rcvbuf=4096)
+    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)
+    srv.setblocking(False)
+    zs = sender(closing, cli, zc_backend, pool=burstio.ZeroCopyPool(3, 65536))
+    data = [pattern(65536, seed=s) for s in (3, 4, 5)]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        completions = []
+        for p in data:
+            buf = zs.acquire()
+            completions.append(zs.send(buf, buf.write(p)))
+        waiting = asyncio.gather(*completions)  # several awaits on one sender
+        got = bytearray()
+        while len(got) < 3 * 65536:  # the loop keeps running: the peer reads here
+            got += await asyncio.wait_for(loop.sock_recv(srv, 65536), 5)
+        return await asyncio.wait_for(waiting, 5), bytes(got)
+
+    results, got = asyncio.run(main())
+    assert results == [65536] * 3 and got == b"".join(data)
+
+
+def test_await_a_finished_completion(backend, closing):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend)
+    buf = zs.acquire()
+    c = zs.send(buf, buf.write(b"x" * 20000), rx.getsockname())
+    assert asyncio.run(asyncio.wait_for(c, 5)) == 20000
+    assert asyncio.run(asyncio.wait_for(c, 5)) == 20000  # awaiting again gives the same
+
+
+# ---- signals and threads while waiting ------------------------------------------------
+
+def _stuck_send(closing, zc_backend):
+    """A sender whose only buffer the kernel keeps (the TCP peer does not read)."""
+    cli, srv = tcp_pair(closing, rcvbuf=4096)
+    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)
+    zs = sender(closing, cli, zc_backend, pool=burstio.ZeroCopyPool(1, 65536))
+    buf = zs.acquire()
+    return zs, zs.send(buf, buf.write(pattern(65536))), srv
+
+
+def test_a_signal_handler_runs_during_a_wait_and_may_raise(zc_backend, closing):
+    import signal
+    zs, c, srv = _stuck_send(closing, zc_backend)
+    calls = []
+
+    def handler(signum, frame):
+        calls.append(signum)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("from the handler")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="from the handler"):
+            c.wait()  # handlers that return let the wait go on (PEP 475)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(calls) == 3 and not c.done()
+    recv_exactly(srv, 65536)
+    assert c.wait(5.0) == 65536  # the sender is still usable
+
+
+def test_a_second_thread_is_told_the_sender_is_busy(zc_backend, closing):
+    zs, c, srv = _stuck_send(closing, zc_backend)
+    errors = []
+    waiter = threading.Thread(target=lambda: errors.append(_wait_or_error(c)), daemon=True)
+    waiter.start()
+    assert wait_for(lambda: _busy(zs), 5.0)  # the waiter is in the kernel
+    with pytest.raises(RuntimeError, match=r"^ZeroCopySender is in use by another call"):
+        zs.poll()
+    recv_exactly(srv, 65536)
+    waiter.join(5)
+    assert errors == [65536]
+
+
+def _wait_or_error(c):
+    try:
+        return c.wait(5.0)
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return e
+
+
+def _busy(zs) -> bool:
+    try:
+        zs.poll()
+    except RuntimeError:
+        return True
+    return False
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+def test_send_to_a_closed_tcp_peer_fails_through_the_completion(backend, closing):
+    cli, srv = tcp_pair(closing)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    srv.close()  # RST
+    zs = sender(closing, cli, backend, pool=burstio.ZeroCopyPool(2, 65536))
+    err = None
+    for _ in range(20):
+        buf = zs.acquire(2.0)
+        c = zs.send(buf, buf.write(b"y" * 30000))
+        try:
+            c.wait(2.0)
+        except OSError as e:
+            err = e
+            break
+    assert err is not None and err.errno in (errno.EPIPE, errno.ECONNRESET), err
+    assert c.result == -err.errno and c.done()
+    assert zs.counters["errors"] >= 1
+    held = [zs.acquire(2.0) for _ in range(2)]  # a failed send gives its buffer back too
+    assert len(held) == 2
+
+
+def test_udp_datagram_too_long_fails_through_the_completion(backend, closing):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend)
+    buf = zs.acquire()
+    c = zs.send(buf, 65536, rx.getsockname())  # > 65507: no UDP datagram that long
+    with pytest.raises(OSError) as e:
+        c.wait(2.0)
+    assert e.value.errno == errno.EMSGSIZE
+    assert c.result == -errno.EMSGSIZE and not c.copied
+    assert zs.counters["errors"] == 1 and zs.counters["copied_notifications"] == 0
+    assert zs.pool.free == zs.pool.buffers
+
+
+def test_argument_errors(backend, closing):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend, pool=burstio.ZeroCopyPool(2, 1024))
+    buf = zs.acquire()
+    with pytest.raises(TypeError, match=r"^send\(\) argument 'buf' must be burstio.ZeroCopyBuffer, not bytes$"):
+        zs.send(b"data")
+    with pytest.raises(ValueError, match=r"^length must be between 0 and the buffer's 1024 bytes, got 2000$"):
+        zs.send(buf, 2000, rx.getsockname())
+    with pytest.raises(ValueError, match=r"got -1$"):
+        zs.send(buf, -1, rx.getsockname())
+    with pytest.raises(TypeError, match=r"^length must be int or None, got str$"):
+        zs.send(buf, "10")
+    with pytest.raises(TypeError, match=r"^send\(\) missing required argument 'buf' \(pos 1\)$"):
+        zs.send()
+    with pytest.raises(TypeError, match=r"^send\(\) got an unexpected keyword argument 'size'$"):
+        zs.send(buf, size=3)
+    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds or None, got str$"):
+        zs.acquire("soon")
+    with pytest.raises(ValueError, match=r"^timeout must be >= 0 or None, got -1$"):
+        zs.acquire(-1)
+    with pytest.raises(ValueError, match=r"^1500 bytes at offset 0 do not fit the buffer's 1024 bytes$"):
+        buf.write(b"z" * 1500)
+    with pytest.raises(ValueError, match=r"^10 bytes at offset 1020 do not fit"):
+        buf.write(b"z" * 10, 1020)
+    with pytest.raises(TypeError):
+        buf.write(12)
+    other = burstio.ZeroCopyPool(1, 1024)
+    with pytest.raises(TypeError, match="cannot create"):
+        burstio.ZeroCopyBuffer()
+    other_sender = burstio.ZeroCopySender(udp_sender_socket(closing), other, backend="copy")
+    closing(other_sender)
+    with pytest.raises(ValueError, match=r"^the buffer belongs to another pool than this sender's$"):
+        zs.send(other_sender.acquire(), 1, rx.getsockname())
+    assert buf.state == "owned"  # refused sends leave it as it was
+    assert zs.send_and_wait(buf, 3, rx.getsockname(), timeout=2) == 3
+
+
+def test_constructor_errors(closing, monkeypatch):
+    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    udp = udp_sender_socket(closing)
+    with pytest.raises(TypeError, match=r"^sock must be a socket.socket or BurstSocket, got int$"):
+        burstio.ZeroCopySender(3)
+    with pytest.raises(ValueError, match=r"^mode must be one of 'adaptive', 'always', 'never', got 'fast'$"):
+        burstio.ZeroCopySender(udp, mode="fast")
+    with pytest.raises(ValueError, match=r"^backend must be one of 'auto', 'uring', 'msg_zerocopy', 'copy', "
+                                         r"got 'dpdk'$"):
+        burstio.ZeroCopySender(udp, backend="dpdk")
+    with pytest.raises(TypeError, match=r"^pool must be a burstio.ZeroCopyPool, got bytearray$"):
+        burstio.ZeroCopySender(udp, bytearray(10))
+    with pytest.raises(TypeError, match=r"^min_size must be int, got float$"):
+        burstio.ZeroCopySender(udp, min_size=1.5)
+    with pytest.raises(ValueError, match=r"^segment_size must be between 1 and 65507, got 0$"):
+        burstio.ZeroCopySender(udp, segment_size=0)
+    cli, _srv = tcp_pair(closing)
+    with pytest.raises(ValueError, match=r"^segment_size is for UDP sockets"):
+        burstio.ZeroCopySender(cli, segment_size=1400)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    closing(unix)
+    with pytest.raises(ValueError, match=r"needs an AF_INET or AF_INET6 socket"):
+        burstio.ZeroCopySender(unix)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.close()
+    with pytest.raises(OSError) as e:
+        burstio.ZeroCopySender(closed)
+    assert e.value.errno == errno.EBADF
+    pool = burstio.ZeroCopyPool(1, 1024)
+    first = burstio.ZeroCopySender(udp, pool, backend="copy")
+    with pytest.raises(ValueError, match=r"^this ZeroCopyPool is used by another open ZeroCopySender"):
+        burstio.ZeroCopySender(udp, pool, backend="copy")
+    first.close()
+    burstio.ZeroCopySender(udp, pool, backend="copy").close()  # free again once closed
+    with pytest.raises(ValueError, match=r"^buffers must be between 1 and 16384, got 0$"):
+        burstio.ZeroCopyPool(0)
+    with pytest.raises(ValueError, match=r"^buffer_size must be between 1 and 1073741824, got 0$"):
+        burstio.ZeroCopyPool(4, 0)
+
+
+def test_addr_on_tcp_is_refused(backend, closing):
+    cli, _srv = tcp_pair(closing)
+    zs = sender(closing, cli, backend)
+    buf = zs.acquire()
+    with pytest.raises(ValueError, match=r"^addr is for UDP sockets; a TCP socket sends to its connected peer$"):
+        zs.send(buf, 1, (V4, 9))
+    assert buf.state == "owned"
+
+
+@pytest.mark.parametrize("disable, backend_name, why", [
+    ("io_uring_send_zc", "uring", "backend 'uring' needs io_uring SEND_ZC: disabled by BURSTIO_DISABLE"),
+    ("so_zerocopy", "msg_zerocopy", "backend 'msg_zerocopy' needs SO_ZEROCOPY: disabled by BURSTIO_DISABLE"),
+])
+def test_a_requested_backend_that_is_off_is_refused(closing, monkeypatch, disable, backend_name, why):
+    monkeypatch.setenv(ENV_DISABLE, disable)
+    with pytest.raises(OSError) as e:
+        burstio.ZeroCopySender(udp_sender_socket(closing), backend=backend_name)
+    assert e.value.errno == errno.EOPNOTSUPP and e.value.strerror == why
+
+
+def test_closed_sender(backend, closing):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend)
+    buf = zs.acquire()
+    zs.close()
+    zs.close()  # twice is fine
+    assert zs.closed and not zs.pool.in_use
+    for call in (zs.acquire, zs.poll, lambda: zs.send(buf, 1, rx.getsockname())):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EBADF and e.value.strerror == "the ZeroCopySender is closed"
+
+
+def test_closing_with_buffers_in_flight_cancels_them(zc_backend, closing):
+    cli, srv = tcp_pair(closing, rcvbuf=4096)
+    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)
+    pool = burstio.ZeroCopyPool(2, 65536)
+    zs = sender(closing, cli, zc_backend, pool=pool)
+    buf = zs.acquire()
+    c = zs.send(buf, buf.write(pattern(65536)))
+    zs.close(timeout=0.1)  # the peer does not read: still in flight
+    assert c.done() and c.cancelled
+    with pytest.raises(OSError) as e:
+        c.wait()
+    assert e.value.errno == errno.ECANCELED
+    assert pool.lost == 1 and pool.free == 1  # never reused: the kernel may still read it
+    with pytest.raises(BufferError, match="in flight"):
+        memoryview(buf)
+    recv_exactly(srv, 65536)
+
+
+def test_a_burstsocket_is_accepted(closing, monkeypatch):
+    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    rx = udp_receiver(closing)
+    bs = burstio.BurstSocket.bind((V4, 0))
+    closing(bs)
+    zs = burstio.ZeroCopySender(bs, mode="never")
+    closing(zs)
+    buf = zs.acquire()
+    assert zs.send_and_wait(buf, buf.write(b"via BurstSocket"), rx.getsockname()) == 15
+    assert rx.recvfrom(100) == (b"via BurstSocket", bs.getsockname())
+
+
+def test_the_sender_keeps_its_own_descriptor(closing, monkeypatch):
+    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    rx = udp_receiver(closing)
+    tx = udp_sender_socket(closing)
+    zs = sender(closing, tx, BACKENDS["copy"])
+    tx.close()  # the caller's descriptor: the sender's dup still works
+    buf = zs.acquire()
+    assert zs.send_and_wait(buf, buf.write(b"still here"), rx.getsockname()) == 10
+
+
+# ---- policy: adaptive, always, never ---------------------------------------------------
+
+def test_adaptive_switches_off_when_the_kernel_keeps_copying(zc_backend, closing, caplog):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), zc_backend, mode="adaptive")
+    assert zs.zerocopy
+    caplog.set_level(logging.WARNING, logger="burstio")
+    results = []
+    for i in range(COPIED_STREAK + 5):
+        buf = zs.acquire()
+        c = zs.send(buf, buf.write(pattern(20000, seed=i)), rx.getsockname())
+        c.wait(2.0)
+        results.append(c)
+    k = zs.counters
+    assert k["zerocopy_disabled"] == 1 and not zs.zerocopy
+    assert k["zerocopy_sends"] == k["copied_notifications"] == COPIED_STREAK
+    assert k["copy_sends"] == 5
+    assert [c.zerocopy for c in results] == [True] * COPIED_STREAK + [False] * 5
+    warnings = [r for r in caplog.records if r.name == "burstio"]
+    assert len(warnings) == 1 and "zero copy switched off" in warnings[0].getMessage()
+    assert "switched off" in zs.describe()
+    for _ in range(COPIED_STREAK + 5):
+        assert rx.recv(70000)
+
+
+def test_adaptive_copies_small_sends(zc_backend, closing):
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), zc_backend, mode="adaptive", min_size=4096)
+    small, big = zs.acquire(), zs.acquire()
+    c_small = zs.send(small, 4095, rx.getsockname())
+    c_big = zs.send(big, 4096, rx.getsockname())
+    assert (c_small.wait(2), c_big.wait(2)) == (4095, 4096)
+    assert not c_small.zerocopy and c_big.zerocopy
+    assert zs.counters["copy_sends"] == 1 and zs.counters["zerocopy_sends"] == 1
+
+
+def test_always_keeps_zero_copy_and_never_copies(zc_backend, closing):
+    rx = udp_receiver(closing)
+    always = sender(closing, udp_sender_socket(closing), zc_backend, mode="always")
+    never = sender(closing, udp_sender_socket(closing), zc_backend, mode="never")
+    for _ in range(COPIED_STREAK + 2):
+        for zs in (always, never):
+            buf = zs.acquire()
+            zs.send(buf, 100, rx.getsockname()).wait(2)
+    assert always.counters["zerocopy_sends"] == always.counters["copied_notifications"] == COPIED_STREAK + 2
+    assert always.counters["zerocopy_disabled"] == 0 and always.zerocopy
+    assert never.counters["copy_sends"] == COPIED_STREAK + 2 and never.counters["zerocopy_sends"] == 0
+
+
+def test_successive_msg_zerocopy_senders_on_one_socket(closing, monkeypatch):
+    """MSG_ZEROCOPY ids count per socket: a second sender continues them."""
+    require_kernel("so_zerocopy")
+    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    rx = udp_receiver(closing)
+    tx = udp_sender_socket(closing)
+    for round_ in range(3):
+        zs = sender(closing, tx, BACKENDS["msg_zerocopy"])
+        for i in range(3):
+            buf = zs.acquire()
+            assert zs.send_and_wait(buf, 100, rx.getsockname(), timeout=2) == 100
+        assert zs.counters["unmatched_notifications"] == 0
+        assert zs.counters["notifications"] == 3
+        zs.close()
+
+
+def test_udp_segment_size_sends_gso_datagrams(backend, closing):
+    require_kernel("udp_segment")
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), backend, segment_size=1000)
+    buf = zs.acquire()
+    data = pattern(4500)
+    assert zs.send_and_wait(buf, buf.write(data), rx.getsockname(), timeout=2) == 4500
+    got = [rx.recv(70000) for _ in range(5)]
+    assert [len(g) for g in got] == [1000, 1000, 1000, 1000, 500] and b"".join(got) == data
+
+
+# ---- the kernel does not copy into a transmit sink (root) ------------------------------
+
+@pytest.fixture
+def sink_namespace(request):
+    why = zcbench.sink_unavailable()
+    if why:
+        pytest.skip(f"ifb sink: {why}")
+    ns = f"burstio-zc-test-{id(request)}"
+    cm = zcbench.ifb_sink_namespace(ns)
+    name = cm.__enter__()
+    request.addfinalizer(lambda: cm.__exit__(None, None, None))
+    return name
+
+
+@pytest.mark.parametrize("variant, need", [("uring-send-zc", "io_uring_send_zc"),
+                                           ("msg-zerocopy", "so_zerocopy")])
+def test_no_copied_notifications_on_an_ifb_sink(sink_namespace, variant, need):
+    require_kernel(need)
+    r = subprocess.run(["ip", "netns", "exec", sink_namespace, sys.executable, "-m",
+                        "burstio.bench.zcworker", variant, "0.05"],
+                       capture_output=True, text=True, timeout=60, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    k = out["counters"]
+    assert k["notifications"] > 0 and k["errors"] == 0
+    assert k["zerocopy_sends"] == k["notifications"]
+    assert k["copied_notifications"] == 0
+
+
+def test_the_sink_namespace_is_deleted_even_on_failure():
+    why = zcbench.sink_unavailable()
+    if why:
+        pytest.skip(f"ifb sink: {why}")
+    ns = "burstio-zc-test-failure"
+    with pytest.raises(RuntimeError, match="boom"):
+        with zcbench.ifb_sink_namespace(ns):
+            assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            raise RuntimeError("boom")
+    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+# ---- interleavings: a buffer is never writable in flight, never reused early ----------
+
+class BufferLifetimes(RuleBasedStateMachine):
+    """Random interleavings of acquire / write / view / send / poll / wait /
+    drop / try-to-write-in-flight against one sender and a loopback receiver.
+
+    The model knows what each pool buffer holds (written only while owned);
+    the receiver must get, in order, exactly the bytes that were in the
+    buffer when it was sent."""
+
+    BUFFERS = 3
+    SIZE = 2048
+
+    def __init__(self):
+        super().__init__()
+        self.zs = None
+
+    @initialize(backend=st.sampled_from(["uring", "msg_zerocopy", "copy"]))
+    def start(self, backend):
+        b = BACKENDS[backend]
+        caps = burstio.capabilities()
+        if not all(caps[n].available for n in b.needs):
+            b = BACKENDS["copy"]
+        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.setsockopt(socket.SOL_SOCKET, 33, 1 << 20)
+        self.rx.bind((V4, 0))
+        self.rx.settimeout(2.0)
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tx.connect(self.rx.getsockname())
+        self.zs = burstio.ZeroCopySender(self.tx, burstio.ZeroCopyPool(self.BUFFERS, self.SIZE),
+                                         backend=b.backend, mode="always")
+        self.content = [bytearray(self.SIZE) for _ in range(self.BUFFERS)]  # what each buffer holds
+        self.owned: list = []      # buffers acquired, not sent
+        self.views: list = []      # (buffer, memoryview) open
+        self.sent: list = []       # (buffer, completion)
+        self.expected: list[bytes] = []
+        self.received = 0
+
+    def teardown(self):
+        if self.zs is None:
+            return
+        for _, mv in self.views:
+            mv.release()
+        for _, c in self.sent:
+            c.wait(2.0)
+        while self.received < len(self.expected):
+            assert self.rx.recv(4096) == self.expected[self.received]
+            self.received += 1
+        self.zs.close()
+        self.tx.close()
+        self.rx.close()
+
+    @rule()
+    def acquire(self):
+        before = self.zs.pool.free
+        in_flight = self.zs.in_flight
+        try:
+            buf = self.zs.acquire(2.0)
+        except BufferError:
+            assert before == 0 and in_flight == 0  # every buffer held by Python
+            return
+        assert buf.state == "owned" and buf.views == 0
+        self.owned.append(buf)
+
+    # Indices, not objects, are drawn: hypothesis must hold no buffer.
+    def _pick(self, data, items):
+        return items[data.draw(st.integers(0, len(items) - 1))]
+
+    @precondition(lambda self: self.owned)
+    @rule(data=st.data(), payload=st.binary(min_size=1, max_size=64), via_view=st.booleans())
+    def write(self, data, payload, via_view):
+        buf = self._pick(data, self.owned)
+        offset = data.draw(st.integers(0, self.SIZE - len(payload)))
+        if via_view:
+            with memoryview(buf) as mv:
+                mv[offset:offset + len(payload)] = payload
+        else:
+            assert buf.write(payload, offset) == offset + len(payload)
+        self.content[buf.index][offset:offset + len(payload)] = payload
+
+    @precondition(lambda self: self.owned)
+    @rule(data=st.data())
+    def open_view(self, data):
+        buf = self._pick(data, self.owned)
+        self.views.append((buf, memoryview(buf)))
+
+    @precondition(lambda self: self.views)
+    @rule(data=st.data())
+    def close_view(self, data):
+        i = data.draw(st.integers(0, len(self.views) - 1))
+        self.views.pop(i)[1].release()
+
+    @precondition(lambda self: self.owned)
+    @rule(data=st.data(), length=st.integers(1, 300))
+    def send(self, data, length):
+        buf = self._pick(data, self.owned)
+        open_views = sum(1 for b, _ in self.views if b is buf)
+        if open_views:
+            try:
+                self.zs.send(buf, length)
+            except BufferError as e:
+                assert f"has {open_views} view" in str(e)
+                assert buf.state == "owned"
+                return
+            raise AssertionError("send() took a buffer with open views")
+        c = self.zs.send(buf, length)
+        self.owned.remove(buf)
+        self.sent.append((buf, c))
+        self.expected.append(bytes(self.content[buf.index][:length]))
+        assert buf.state in ("in_flight", "returned")
+
+    @precondition(lambda self: self.owned)
+    @rule(data=st.data())
+    def drop(self, data):
+        buf = self._pick(data, self.owned)
+        if any(b is buf for b, _ in self.views):
+            return
+        free = self.zs.pool.free
+        self.owned.remove(buf)
+        del buf
+        assert self.zs.pool.free == free + 1
+
+    @rule()
+    def poll(self):
+        assert self.zs.poll() >= 0
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def wait(self, data):
+        buf, c = self._pick(data, self.sent)
+        assert c.wait(2.0) == c.length
+        assert buf.state == "returned"
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data())
+    def try_to_write_in_flight(self, data):
+        buf, _c = self._pick(data, self.sent)
+        state = buf.state
+        word = {"in_flight": "in flight", "returned": "returned to the pool"}[state]
+        for attempt in (lambda: memoryview(buf), lambda: buf.write(b"!"), lambda: bytearray(buf)):
+            try:
+                attempt()
+            except BufferError as e:
+                assert word in str(e)
+            else:
+                raise AssertionError(f"a {state} buffer was writable")
+
+    @precondition(lambda self: len(self.expected) > self.received)
+    @rule()
+    def receive(self):
+        assert self.rx.recv(4096) == self.expected[self.received]
+        self.received += 1
+
+    @invariant()
+    def buffers_accounted_for(self):
+        if self.zs is None:
+            return
+        p = self.zs.pool
+        assert p.free + p.owned + p.in_flight == self.BUFFERS and p.lost == 0
+        assert p.owned == len(self.owned)
+        for buf, c in self.sent:
+            # back in the pool exactly when its completion is done (looked at
+            # without processing anything: `sender` is dropped when done)
+            assert buf.state != "owned"
+            assert (buf.state == "returned") == (c.sender is None)
+
+    @invariant()
+    def counters_consistent(self):
+        if self.zs is None:
+            return
+        k = self.zs.counters
+        assert k["sends"] == len(self.sent) == k["zerocopy_sends"] + k["copy_sends"]
+        assert k["notifications"] <= k["zerocopy_sends"] and k["errors"] == 0
+        done = [c for _, c in self.sent if c.sender is None]
+        assert k["bytes"] >= sum(c.result for c in done)
+
+
+TestBufferLifetimes = BufferLifetimes.TestCase
+TestBufferLifetimes.settings = settings(max_examples=30, stateful_step_count=25, deadline=None,
+                                        suppress_health_check=[HealthCheck.too_slow])
