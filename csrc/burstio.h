@@ -136,6 +136,10 @@ int bio_args_batch(const char *fname, PyObject *obj);
 /* ---- waiting and errors (wait.c) ------------------------------------- */
 
 int64_t bio_now_ns(void);
+/* Milliseconds from now until deadline_ns, rounded up so a wait never ends
+ * early: -1 for no deadline (deadline_ns < 0), 0 once it has passed, at most
+ * INT_MAX. The timeout for poll(2) and epoll_wait(2). */
+int bio_deadline_ms(int64_t deadline_ns);
 /* Poll fd for `events` until deadline_ns (-1: forever). GIL released by
  * caller. Returns 1 ready, 0 timed out, -errno (EINTR included). */
 int bio_poll_nogil(int fd, short events, int64_t deadline_ns);
@@ -192,6 +196,9 @@ typedef struct {
     int rx_singles;       /* receive calls in a row that found one datagram */
     int single_after;     /* that many in a row: ask for one (0: never) */
     int pending_errno;    /* error seen after a partial receive, raised next */
+    int wait_fd;          /* epoll instance to wait in (busy polls), -1: poll() */
+    int spin_us;          /* before poll(): retry the receive this long (busy
+                           * polls once per try with SO_BUSY_POLL) */
     int last_errno;       /* why the last send stopped early (0: it did not) */
     Py_ssize_t last_error_index; /* entry (or segment) that failed */
     int last_error_gso;   /* the failing message was a GSO send */
@@ -237,14 +244,16 @@ enum bio_ring_counter {
     BIO_R_TX_BATCHES,
     BIO_R_TX_ERRORS,
     BIO_R_TX_GSO_MESSAGES,
+    BIO_R_TX_UNREPORTED_ERRORS,
     BIO_R_SYSCALLS,
     BIO_R_ERRORS_DROPPED,
     BIO_R_NCOUNTERS
 };
 
-/* IDLE: to be armed for receive; ARMED: receiving; DEAD: gone (not
- * re-armed); STREAM: a stream socket, for recv_stream only. */
-enum bio_sock_state { BIO_SOCK_FREE, BIO_SOCK_IDLE, BIO_SOCK_ARMED, BIO_SOCK_DEAD, BIO_SOCK_STREAM };
+/* IDLE: to be armed for receive; ARMED: receiving; STREAM: a stream socket,
+ * for recv_stream only; REMOVING: its receive is being cancelled. */
+enum bio_sock_state { BIO_SOCK_FREE, BIO_SOCK_IDLE, BIO_SOCK_ARMED, BIO_SOCK_STREAM,
+                      BIO_SOCK_REMOVING };
 
 typedef struct BioRingBase BioRingBase;
 
@@ -259,30 +268,49 @@ typedef struct {
 
 /* A send in progress: messages [0, m) of b, each on its entries' socket or,
  * with group_fds, all of them on each of the ngroups sockets. results[k*m+i]
- * gets message i's errno on socket k (0: sent). */
+ * gets message i's errno on socket k (0: sent). done counts the (socket,
+ * message) pairs finished; `stopping`: queue nothing more, only finish what
+ * the kernel holds (a signal handler raised). */
 typedef struct {
     BioRingBase *r;
     BioBatch *b;
-    Py_ssize_t m, queued, total, ngroups;
+    Py_ssize_t m, done, queued, total, ngroups;
     const int *group_fds;
     int32_t *results;
+    int stopping;
 } BioRingSend;
 
-/* What both ring backends share: the socket table, the per-socket errors
- * waiting to be taken, counters, send options; and the backend's hooks. */
+/* A stream receive with a byte low watermark in progress. */
+typedef struct {
+    BioRingBase *r;
+    int fd;
+    void *buf;
+    size_t want;
+    int64_t timeout_ns, deadline;
+    long got;           /* bytes, or -errno */
+    int queued, result_seen, timeout_seen;
+} BioRingStream;
+
+/* What both ring backends share: the socket table (the ring's own dup of
+ * each descriptor), the per-socket errors waiting to be taken, counters,
+ * send options; and the backend's hooks. */
 struct BioRingBase {
     PyObject_HEAD
     int cap, count;       /* socket slots, sockets in use */
-    int *fds;
+    int *fds;             /* our dup of each socket's descriptor, -1: free */
     uint8_t *state;       /* enum bio_sock_state */
-    uint32_t *gen;        /* bumped when a slot is reused */
+    uint32_t *gen;        /* bumped when a slot is taken or freed */
     int32_t *err_sock, *err_no;
     int nerr, err_cap;
     int gso, gso_max_segments;
+    int busy;             /* a call is using the ring (GIL released) */
+    uint32_t call_gen;    /* bumped per send/stream call (stale completions) */
     uint64_t counters[BIO_R_NCOUNTERS];
-    int (*check)(BioRingBase *r);    /* GIL: raise unless usable now */
-    int (*recv_nogil)(void *recv);   /* BioRingRecv: 0 or -errno */
-    int (*send_nogil)(void *send);   /* BioRingSend: 0 or -errno */
+    int (*check)(BioRingBase *r);      /* GIL: raise unless usable now */
+    int (*recv_nogil)(void *recv);     /* BioRingRecv: 0 or -errno */
+    int (*send_nogil)(void *send);     /* BioRingSend: 0 or -errno */
+    int (*stream_nogil)(void *stream); /* BioRingStream: 0 or -errno */
+    void (*stream_abort_nogil)(void *stream); /* stop a queued stream receive */
 };
 
 extern PyTypeObject BioRingBase_Type;
@@ -292,14 +320,18 @@ extern PyTypeObject BioRingBase_Type;
 
 /* Allocate the tables for `cap` sockets; 0 or -1 with MemoryError. */
 int bio_ringbase_alloc(BioRingBase *r, int cap);
-/* Take a free slot for fd; its index, or -1 with OSError(ENOSPC) set. */
+/* Take a free slot for a dup of fd; its index, or -1 with OSError set. */
 int bio_ringbase_take_slot(BioRingBase *r, int fd);
-/* Parse add()'s (sock, stream=False): fd and flag; 0 or -1. */
-int bio_ringbase_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream);
-/* Free slot idx (the backend has stopped using it). */
+/* Free slot idx: close our descriptor, drop its queued errors. */
 void bio_ringbase_free_slot(BioRingBase *r, int idx);
+/* Close every socket of the ring (the backend has stopped using them). */
+void bio_ringbase_free_all(BioRingBase *r);
 /* Parse a socket index argument: 0, or -1 with ValueError/TypeError set. */
 int bio_ringbase_index(BioRingBase *r, PyObject *obj, int *idx);
+/* Parse add()'s (sock, stream=False): fd and flag; 0 or -1. */
+int bio_ringbase_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream);
+/* RuntimeError if a call is using the ring, else the backend's check. */
+int bio_ringbase_usable(BioRingBase *r);
 /* Queue (idx, err) for take_errors(); counts it if the queue is full. nogil. */
 void bio_ringbase_error_nogil(BioRingBase *r, int idx, int err);
 /* Write received datagram j of a batch: payload already at slot j. nogil. */
@@ -311,7 +343,63 @@ int bio_drain_init_type(PyObject *module);
 
 /* ---- zero-copy send (zerocopy.c) ------------------------------------- */
 
+/* The pool and its buffers (zcpool.c); the sender, SEND_ZC and MSG_ZEROCOPY
+ * (zerocopy.c) move buffers between the states. LOST: still in flight when
+ * its sender closed, so never reused (the kernel may still read it). */
+enum bio_zc_state { BIO_ZC_FREE, BIO_ZC_OWNED, BIO_ZC_IN_FLIGHT, BIO_ZC_LOST };
+
+typedef struct {
+    PyObject_HEAD
+    BioMemory *mem;     /* nbuf * stride bytes, mmap'd once */
+    size_t buf_size;    /* bytes a buffer exposes */
+    size_t stride;      /* buf_size rounded up to whole pages */
+    uint32_t nbuf;
+    uint32_t nfree;
+    uint8_t *state;     /* enum bio_zc_state, per buffer */
+    uint32_t *gen;      /* bumped when a buffer returns: old objects are spent */
+    uint32_t *free_stack;
+    int attached;       /* an open sender uses the pool */
+} BioZcPool;
+
+typedef struct {
+    PyObject_HEAD
+    BioZcPool *pool;
+    uint32_t index;
+    uint32_t gen;       /* pool->gen[index] when acquired */
+    Py_ssize_t exports; /* live buffer-protocol exports */
+} BioZcBuffer;
+
+extern PyTypeObject BioZcPool_Type;
+extern PyTypeObject BioZcBuffer_Type;
+
+/* Take a FREE buffer (the caller checked nfree > 0); it becomes OWNED. */
+uint32_t bio_zcpool_take(BioZcPool *p);
+/* Give buffer i back: FREE, and every object naming it is spent. */
+void bio_zcpool_put(BioZcPool *p, uint32_t i);
+static inline unsigned char *
+bio_zcpool_ptr(const BioZcPool *p, uint32_t i)
+{
+    return p->mem->ptr + (size_t)i * p->stride;
+}
+/* A new ZeroCopyBuffer naming buffer `index` (just taken). New ref or NULL. */
+PyObject *bio_zcbuf_new(BioZcPool *p, uint32_t index);
+/* 0 if b is current and OWNED; else -1 with BufferError saying why. */
+int bio_zcbuf_check(BioZcBuffer *b);
+int bio_zcpool_init_types(PyObject *module);
+/* Both files' types (calls bio_zcpool_init_types). */
 int bio_zerocopy_init_types(PyObject *module);
+
+/* ---- shared-memory packet rings between processes (shmring.c) -------- */
+
+int bio_shmring_init_types(PyObject *module);
+
+/* ---- busy polling and NAPI (napi.c) ------------------------------------ */
+
+int bio_napi_init(PyObject *module);
+/* epoll_wait(epfd) for one event until deadline_ns (-1: forever): 1 ready,
+ * 0 timeout, -errno. The epoll instance's own busy-poll parameters make
+ * the wait busy poll. nogil. */
+int bio_epoll_wait_nogil(int epfd, int64_t deadline_ns);
 
 /* ---- probes (probe.c, uring.c) --------------------------------------- */
 

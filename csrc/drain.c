@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <structmember.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -26,6 +27,8 @@ static PyTypeObject BioDrain_Type;
 static int bio_drain_check(BioRingBase *base);
 static int bio_drain_recv_nogil(void *arg);
 static int bio_drain_send_nogil(void *arg);
+static int bio_drain_stream_nogil(void *arg);
+static void bio_drain_stream_abort_nogil(void *arg);
 
 static PyObject *
 bio_drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -61,6 +64,8 @@ bio_drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     d->base.check = bio_drain_check;
     d->base.recv_nogil = bio_drain_recv_nogil;
     d->base.send_nogil = bio_drain_send_nogil;
+    d->base.stream_nogil = bio_drain_stream_nogil;
+    d->base.stream_abort_nogil = bio_drain_stream_abort_nogil;
     return (PyObject *)d;
 }
 
@@ -128,10 +133,6 @@ bio_drain_socket_once(BioDrain *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize
         int e = errno;
         if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
             return 0;
-        if (e == EBADF || e == ENOTSOCK) {
-            d->base.state[idx] = BIO_SOCK_DEAD;
-            epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->base.fds[idx], NULL);
-        }
         bio_ringbase_error_nogil(&d->base, idx, e);
         return 0;
     }
@@ -202,48 +203,63 @@ bio_drain_recv_nogil(void *arg)
 
 /* ---- send -------------------------------------------------------------- */
 
-/* sendmmsg messages [i, end) on fd, recording each message's errno in
- * res[] (0: sent) and going on past failures. nogil. */
-static void
-bio_drain_sendmmsg_nogil(BioDrain *d, int fd, struct mmsghdr *msgs, Py_ssize_t i,
-                         Py_ssize_t end, int32_t *res)
+/* sendmmsg pairs [c->done, end) of group k (messages i..) on fd, recording
+ * each message's errno (0: sent) and going on past failures; a full socket
+ * fails at once with EAGAIN (MSG_DONTWAIT). 0 or -EINTR (resumable: c->done
+ * says how far it got). A short count whose failing message then goes
+ * through on the retry lost its error (see udp_send.c): counted. nogil. */
+static int
+bio_drain_sendmmsg_nogil(BioDrain *d, int fd, BioRingSend *c, Py_ssize_t end)
 {
-    while (i < end) {
-        Py_ssize_t want = end - i > BIO_MMSG_MAX ? BIO_MMSG_MAX : end - i;
+    int short_return = 0;
+    while (c->done < end) {
+        Py_ssize_t i = c->done % c->m, want = end - c->done;
+        if (want > BIO_MMSG_MAX)
+            want = BIO_MMSG_MAX;
         BIO_RCOUNT(d, BIO_R_SYSCALLS, 1);
-        int r = sendmmsg(fd, msgs + i, (unsigned)want, 0);
+        int r = sendmmsg(fd, c->b->msgs + i, (unsigned)want, MSG_DONTWAIT);
+        if (r < 0 && errno == EINTR)
+            return -EINTR;
         if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            res[i++] = errno; /* this one failed: go on with the next */
+            c->results[c->done++] = errno; /* this one failed: go on */
+            short_return = 0;
             continue;
         }
+        if (short_return && c->b->msgs[i].msg_hdr.msg_name == NULL)
+            BIO_RCOUNT(d, BIO_R_TX_UNREPORTED_ERRORS, 1);
+        short_return = r < want;
         for (int k = 0; k < r; k++)
-            res[i + k] = 0;
-        i += r;
+            c->results[c->done + k] = 0;
+        c->done += r;
     }
+    return 0;
 }
 
 /* Each run of messages for one socket (or all messages on each socket of
- * the group) through sendmmsg. Always 0. nogil. */
+ * the group) through sendmmsg. 0 or -EINTR (resumable). nogil. */
 static int
 bio_drain_send_nogil(void *arg)
 {
     BioRingSend *c = arg;
     BioDrain *d = (BioDrain *)c->r;
     BioBatch *b = c->b;
-    if (c->group_fds != NULL) {
-        for (Py_ssize_t k = 0; k < c->ngroups; k++)
-            bio_drain_sendmmsg_nogil(d, c->group_fds[k], b->msgs, 0, c->m, c->results + k * c->m);
+    if (c->stopping) /* nothing is left in the kernel: a sendmmsg is over when it returns */
         return 0;
-    }
-    for (Py_ssize_t i = 0; i < c->m;) {
-        int32_t s = b->sockets[b->msg_entry[i]];
-        Py_ssize_t end = i + 1;
-        while (end < c->m && b->sockets[b->msg_entry[end]] == s)
-            end++;
-        bio_drain_sendmmsg_nogil(d, d->base.fds[s], b->msgs, i, end, c->results);
-        i = end;
+    while (c->done < c->total) {
+        Py_ssize_t k = c->done / c->m, i = c->done % c->m, end;
+        int fd;
+        if (c->group_fds != NULL) {
+            fd = c->group_fds[k];
+            end = (k + 1) * c->m;
+        } else {
+            int32_t s = b->sockets[b->msg_entry[i]];
+            for (end = c->done + 1; end < c->m && b->sockets[b->msg_entry[end]] == s;)
+                end++;
+            fd = d->base.fds[s];
+        }
+        int err = bio_drain_sendmmsg_nogil(d, fd, c, end);
+        if (err < 0)
+            return err;
     }
     return 0;
 }
@@ -254,7 +270,7 @@ static PyObject *
 bio_drain_add(BioDrain *d, PyObject *args, PyObject *kwds)
 {
     int fd, stream;
-    if (bio_ringbase_add_args(args, kwds, &fd, &stream) < 0 || bio_drain_check(&d->base) < 0)
+    if (bio_ringbase_add_args(args, kwds, &fd, &stream) < 0 || bio_ringbase_usable(&d->base) < 0)
         return NULL;
     int idx = bio_ringbase_take_slot(&d->base, fd);
     if (idx < 0)
@@ -264,7 +280,7 @@ bio_drain_add(BioDrain *d, PyObject *args, PyObject *kwds)
         return PyLong_FromLong(idx);
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)idx};
-    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->base.fds[idx], &ev) < 0) {
         int e = errno;
         bio_ringbase_free_slot(&d->base, idx);
         return bio_raise_errno(-e);
@@ -277,10 +293,10 @@ static PyObject *
 bio_drain_remove(BioDrain *d, PyObject *arg)
 {
     int idx;
-    if (bio_drain_check(&d->base) < 0 || bio_ringbase_index(&d->base, arg, &idx) < 0)
+    if (bio_ringbase_usable(&d->base) < 0 || bio_ringbase_index(&d->base, arg, &idx) < 0)
         return NULL;
     if (d->base.state[idx] == BIO_SOCK_ARMED)
-        epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->base.fds[idx], NULL); /* fd may be gone: fine */
+        epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->base.fds[idx], NULL);
     bio_ringbase_free_slot(&d->base, idx);
     Py_RETURN_NONE;
 }
@@ -288,6 +304,11 @@ bio_drain_remove(BioDrain *d, PyObject *arg)
 static PyObject *
 bio_drain_close(BioDrain *d, PyObject *Py_UNUSED(ignored))
 {
+    if (d->base.busy) {
+        bio_ringbase_usable(&d->base); /* sets the RuntimeError */
+        return NULL;
+    }
+    bio_ringbase_free_all(&d->base);
     if (d->epfd >= 0) {
         close(d->epfd);
         d->epfd = -1;
@@ -303,83 +324,46 @@ bio_drain_describe(BioDrain *d, PyObject *Py_UNUSED(ignored))
 
 /* ---- stream receive with a byte low watermark --------------------------- */
 
-typedef struct {
-    int fd;
-    void *buf;
-    size_t want;
-    int64_t deadline;
-    ssize_t got;
-} BioDrainStream;
-
 /* SO_RCVLOWAT makes poll() wake once `want` bytes are there (or at the
- * deadline, or on EOF/error); then take them. 0 or -errno. nogil. */
+ * deadline, or on EOF/error); then take up to `want`. The watermark is set
+ * and put back around it. 0 or -errno (EINTR: resumable). nogil. */
 static int
 bio_drain_stream_nogil(void *arg)
 {
-    BioDrainStream *c = arg;
+    BioRingStream *c = arg;
+    int lowat = (int)c->want, one = 1;
+    if (!c->queued) {
+        BIO_RCOUNT(c->r, BIO_R_SYSCALLS, 1);
+        if (setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) < 0)
+            return -errno;
+        c->queued = 1;
+    }
+    BIO_RCOUNT(c->r, BIO_R_SYSCALLS, 3);
     int p = bio_poll_nogil(c->fd, POLLIN, c->deadline);
+    if (p == -EINTR)
+        return p;
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+    c->queued = 0;
     if (p < 0)
         return p;
-    c->got = recv(c->fd, c->buf, c->want, MSG_DONTWAIT);
-    if (c->got < 0) {
-        c->got = 0;
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
-    }
+    ssize_t got = recv(c->fd, c->buf, c->want, MSG_DONTWAIT);
+    c->got = got >= 0 ? (long)got : (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     return 0;
 }
 
-PyDoc_STRVAR(bio_drain_recv_stream_doc,
-"recv_stream(index, buffer, min_bytes, timeout=None) -> int\n\n"
-"Stream socket: wait until min_bytes have arrived or timeout seconds have\n"
-"passed (one wake-up: SO_RCVLOWAT), then read up to min_bytes into buffer.\n"
-"Returns the bytes read (0 at end of stream or if none came in time).");
-
-static PyObject *
-bio_drain_recv_stream(BioDrain *d, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* After an interrupt: nothing is in the kernel's hands; put the watermark
+ * back. */
+static void
+bio_drain_stream_abort_nogil(void *arg)
 {
-    static const char *const names[] = {"index", "buffer", "min_bytes", "timeout", NULL};
-    PyObject *a[4];
-    int idx;
-    int64_t timeout_ns;
-    Py_buffer pb;
-    if (bio_args_parse("recv_stream", args, nargs, kwnames, names, 4, 3, a) < 0 ||
-        bio_drain_check(&d->base) < 0 || bio_ringbase_index(&d->base, a[0], &idx) < 0 ||
-        bio_timeout_parse(a[3] ? a[3] : Py_None, &timeout_ns) < 0)
-        return NULL;
-    Py_ssize_t want = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
-    if ((want == -1 && PyErr_Occurred()) ||
-        PyObject_GetBuffer(a[1], &pb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    PyObject *ret = NULL;
-    if (want < 1 || want > pb.len || want > 0x7fffffff) {
-        PyErr_Format(PyExc_ValueError, "min_bytes must be between 1 and len(buffer) = %zd, got %zd",
-                     pb.len, want);
-        goto out;
-    }
-    BioDrainStream c = {.fd = d->base.fds[idx], .buf = pb.buf, .want = (size_t)want,
-                        .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
-    int lowat = (int)want, one = 1;
-    if (setsockopt(c.fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) < 0) {
-        bio_raise_errno(-errno);
-        goto out;
-    }
-    BIO_RCOUNT(d, BIO_R_SYSCALLS, 4);
-    int err = bio_nogil_retry(bio_drain_stream_nogil, &c);
-    setsockopt(c.fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
-    if (err == 0)
-        ret = PyLong_FromSsize_t(c.got);
-    else if (err != -EINTR)
-        bio_raise_errno(err);
-out:
-    PyBuffer_Release(&pb);
-    return ret;
+    BioRingStream *c = arg;
+    int one = 1;
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 }
 
 /* ---- the type ---------------------------------------------------------- */
 
 static PyMethodDef bio_drain_methods[] = {
-    {"recv_stream", (PyCFunction)(void (*)(void))bio_drain_recv_stream,
-     METH_FASTCALL | METH_KEYWORDS, bio_drain_recv_stream_doc},
     {"add", (PyCFunction)(void (*)(void))bio_drain_add, METH_VARARGS | METH_KEYWORDS,
      "add(sock, stream=False) -> index (stream: for recv_stream only)"},
     {"remove", (PyCFunction)bio_drain_remove, METH_O,
@@ -387,6 +371,12 @@ static PyMethodDef bio_drain_methods[] = {
     {"close", (PyCFunction)bio_drain_close, METH_NOARGS, "close(): release the epoll fd"},
     {"describe", (PyCFunction)bio_drain_describe, METH_NOARGS, "describe() -> str"},
     {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef bio_drain_members[] = {
+    {"epoll_fd", T_INT, offsetof(BioDrain, epfd), READONLY,
+     "the epoll descriptor (for its busy-poll parameters, burstio.busypoll)"},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject BioDrain_Type = {
@@ -398,6 +388,7 @@ static PyTypeObject BioDrain_Type = {
     .tp_doc = "EpollRing(max_sockets=1024): the Ring contract on epoll + recvmmsg "
               "(internal; see burstio.Ring).",
     .tp_methods = bio_drain_methods,
+    .tp_members = bio_drain_members,
     .tp_new = bio_drain_new,
 };
 

@@ -9,6 +9,8 @@
  *   ring.c       Ring on io_uring: many sockets, one call
  *   drain.c      the same Ring contract on epoll + recvmmsg
  *   zerocopy.c   zero-copy send: buffer pool, SEND_ZC, MSG_ZEROCOPY
+ *   shmring.c    netmap-style packet rings in shared memory between processes
+ *   napi.c       busy polling and NAPI: epoll params, reuseport BPF, io_uring NAPI
  *   probe.c      capability probes for mmsg syscalls
  *   uring.c      io_uring (liburing)
  */
@@ -38,7 +40,8 @@ PyInit__native(void)
         return NULL;
     if (bio_memory_init_type(m) < 0 || bio_batch_init_type(m) < 0 ||
         bio_udp_init_type(m) < 0 || bio_ring_init_types(m) < 0 ||
-        bio_zerocopy_init_types(m) < 0) {
+        bio_zerocopy_init_types(m) < 0 || bio_shmring_init_types(m) < 0 ||
+        bio_napi_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

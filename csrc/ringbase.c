@@ -1,17 +1,23 @@
 /* RingBase: what the two multi-socket backends share (io_uring in ring.c,
- * epoll in drain.c): a table of sockets by index, the per-socket errors
- * waiting for take_errors(), counters and send options. */
+ * epoll in drain.c): a table of sockets by index (the ring's own dup of each
+ * descriptor, so a socket closed elsewhere, or a reused descriptor number,
+ * cannot confuse it), the per-socket errors waiting for take_errors(),
+ * counters, send options, and the Python entry points. The backends supply
+ * the waiting and the syscalls through hooks. */
 #include "burstio.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <string.h>
 #include <structmember.h>
+#include <unistd.h>
 
 const char *const bio_ring_counter_names[BIO_R_NCOUNTERS] = {
-    "rx_datagrams", "rx_bytes",     "rx_batches",  "rx_truncated", "rx_errors",
-    "rx_rearms",    "rx_enobufs",   "tx_datagrams", "tx_bytes",    "tx_batches",
-    "tx_errors",    "tx_gso_messages", "syscalls",  "errors_dropped",
+    "rx_datagrams", "rx_bytes",        "rx_batches",      "rx_truncated",
+    "rx_errors",    "rx_rearms",       "rx_enobufs",      "tx_datagrams",
+    "tx_bytes",     "tx_batches",      "tx_errors",       "tx_gso_messages",
+    "tx_unreported_errors", "syscalls", "errors_dropped",
 };
 
 int
@@ -34,28 +40,66 @@ bio_ringbase_alloc(BioRingBase *r, int cap)
     return 0;
 }
 
+static void
+bio_ringbase_raise_full(BioRingBase *r)
+{
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", ENOSPC, "");
+    if (exc == NULL)
+        return;
+    PyObject *msg = PyUnicode_FromFormat("the ring holds its maximum of %d sockets", r->cap);
+    if (msg != NULL)
+        PyObject_SetAttrString(exc, "strerror", msg);
+    Py_XDECREF(msg);
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+}
+
 int
 bio_ringbase_take_slot(BioRingBase *r, int fd)
 {
-    for (int i = 0; i < r->cap; i++) {
-        if (r->state[i] != BIO_SOCK_FREE)
+    int i = 0;
+    while (i < r->cap && r->state[i] != BIO_SOCK_FREE)
+        i++;
+    if (i == r->cap) {
+        bio_ringbase_raise_full(r);
+        return -1;
+    }
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (own < 0) {
+        bio_raise_errno(-errno);
+        return -1;
+    }
+    r->fds[i] = own;
+    r->state[i] = BIO_SOCK_IDLE;
+    r->gen[i]++;
+    r->count++;
+    return i;
+}
+
+void
+bio_ringbase_free_slot(BioRingBase *r, int idx)
+{
+    close(r->fds[idx]);
+    r->fds[idx] = -1;
+    r->state[idx] = BIO_SOCK_FREE;
+    r->gen[idx]++;
+    r->count--;
+    int k = 0; /* its queued errors must not be blamed on the next socket */
+    for (int j = 0; j < r->nerr; j++) {
+        if (r->err_sock[j] == idx)
             continue;
-        r->fds[i] = fd;
-        r->state[i] = BIO_SOCK_IDLE;
-        r->gen[i]++;
-        r->count++;
-        return i;
+        r->err_sock[k] = r->err_sock[j];
+        r->err_no[k++] = r->err_no[j];
     }
-    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", ENOSPC, "");
-    if (exc != NULL) {
-        PyObject *msg = PyUnicode_FromFormat("the ring holds its maximum of %d sockets", r->cap);
-        if (msg != NULL)
-            PyObject_SetAttrString(exc, "strerror", msg);
-        Py_XDECREF(msg);
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-    }
-    return -1;
+    r->nerr = k;
+}
+
+void
+bio_ringbase_free_all(BioRingBase *r)
+{
+    for (int i = 0; r->fds != NULL && i < r->cap; i++)
+        if (r->state[i] != BIO_SOCK_FREE)
+            bio_ringbase_free_slot(r, i);
 }
 
 int
@@ -68,15 +112,6 @@ bio_ringbase_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream)
         return -1;
     *fd = PyObject_AsFileDescriptor(sock);
     return *fd < 0 ? -1 : 0;
-}
-
-void
-bio_ringbase_free_slot(BioRingBase *r, int idx)
-{
-    r->fds[idx] = -1;
-    r->state[idx] = BIO_SOCK_FREE;
-    r->gen[idx]++;
-    r->count--;
 }
 
 int
@@ -96,6 +131,18 @@ bio_ringbase_index(BioRingBase *r, PyObject *obj, int *idx)
     }
     *idx = (int)v;
     return 0;
+}
+
+int
+bio_ringbase_usable(BioRingBase *r)
+{
+    if (r->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the Ring is in use by another call (another thread, or a "
+                        "signal handler interrupting one)");
+        return -1;
+    }
+    return r->check(r);
 }
 
 void
@@ -129,6 +176,21 @@ bio_ring_room(const BioBatch *b)
     return b->slots < b->capacity ? b->slots : b->capacity;
 }
 
+/* Run fn(ctx) without the GIL while the ring is marked busy: 0/-errno as
+ * bio_nogil_retry, with the batch (if any) busy too. */
+static int
+bio_ring_run(BioRingBase *r, BioBatch *b, int (*fn)(void *), void *ctx)
+{
+    r->busy = 1;
+    if (b != NULL)
+        b->busy = 1;
+    int err = bio_nogil_retry(fn, ctx);
+    if (b != NULL)
+        b->busy = 0;
+    r->busy = 0;
+    return err;
+}
+
 /* ---- receive (both backends; the waiting is the backend's) ------------- */
 
 PyDoc_STRVAR(bio_ringbase_recv_batch_doc,
@@ -138,17 +200,32 @@ PyDoc_STRVAR(bio_ringbase_recv_batch_doc,
 "seconds have passed, whichever comes first; if none came by then, waits for\n"
 "one up to timeout (None: forever). Errors: take_errors().");
 
+/* Deadlines of a receive from its timeout/max_wait arguments; 0 or -1. */
+static int
+bio_ring_recv_deadlines(BioRingRecv *c, PyObject *timeout, PyObject *max_wait)
+{
+    int64_t timeout_ns, max_wait_ns, now = bio_now_ns();
+    if (bio_timeout_parse(timeout ? timeout : Py_None, &timeout_ns) < 0 ||
+        bio_timeout_parse(max_wait ? max_wait : Py_None, &max_wait_ns) < 0)
+        return -1;
+    c->first_deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
+    c->watermark_deadline = max_wait_ns < 0 ? c->first_deadline : now + max_wait_ns;
+    if (c->first_deadline >= 0 &&
+        (c->watermark_deadline < 0 || c->watermark_deadline > c->first_deadline))
+        c->watermark_deadline = c->first_deadline;
+    return 0;
+}
+
 static PyObject *
 bio_ringbase_recv_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "timeout", "min_datagrams", "max_wait", NULL};
     PyObject *a[4];
-    int64_t timeout_ns, max_wait_ns;
+    BioRingRecv c = {.r = r};
     if (bio_args_parse("recv_batch", args, nargs, kwnames, names, 2, 1, a) < 0 ||
-        bio_args_batch("recv_batch", a[0]) < 0 || r->check(r) < 0 ||
-        bio_timeout_parse(a[1] ? a[1] : Py_None, &timeout_ns) < 0 ||
-        bio_timeout_parse(a[3] ? a[3] : Py_None, &max_wait_ns) < 0)
+        bio_args_batch("recv_batch", a[0]) < 0 || bio_ringbase_usable(r) < 0 ||
+        bio_ring_recv_deadlines(&c, a[1], a[3]) < 0)
         return NULL;
     Py_ssize_t want = a[2] ? PyNumber_AsSsize_t(a[2], PyExc_OverflowError) : 1;
     if (want == -1 && PyErr_Occurred())
@@ -157,22 +234,15 @@ bio_ringbase_recv_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
         PyErr_Format(PyExc_ValueError, "min_datagrams must be >= 1, got %zd", want);
         return NULL;
     }
-    BioBatch *b = (BioBatch *)a[0];
-    if (bio_batch_check_idle(b) < 0)
+    c.b = (BioBatch *)a[0];
+    if (bio_batch_check_idle(c.b) < 0)
         return NULL;
-    bio_batch_reset(b);
-    int64_t now = bio_now_ns();
-    BioRingRecv c = {.r = r, .b = b, .errors0 = r->nerr};
-    c.want = want < bio_ring_room(b) ? want : bio_ring_room(b);
-    c.first_deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
-    c.watermark_deadline = max_wait_ns < 0 ? c.first_deadline : now + max_wait_ns;
-    if (c.first_deadline >= 0 && (c.watermark_deadline < 0 || c.watermark_deadline > c.first_deadline))
-        c.watermark_deadline = c.first_deadline;
-    b->busy = 1;
-    int err = bio_nogil_retry(r->recv_nogil, &c);
-    b->busy = 0;
-    b->count = c.n;
-    b->appended = c.n;
+    bio_batch_reset(c.b);
+    c.errors0 = r->nerr;
+    c.want = want < bio_ring_room(c.b) ? want : bio_ring_room(c.b);
+    int err = bio_ring_run(r, c.b, r->recv_nogil, &c);
+    c.b->count = c.n;
+    c.b->appended = c.n;
     if (c.n)
         BIO_RCOUNT(r, BIO_R_RX_BATCHES, 1);
     if (err == -EINTR)
@@ -236,7 +306,7 @@ bio_ring_send_setup(BioRingBase *r, const char *fname, PyObject *const *a, int b
                     BioRingSend *c)
 {
     Py_ssize_t start, end;
-    if (bio_args_batch(fname, a[0]) < 0 || r->check(r) < 0)
+    if (bio_args_batch(fname, a[0]) < 0 || bio_ringbase_usable(r) < 0)
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
@@ -246,31 +316,50 @@ bio_ring_send_setup(BioRingBase *r, const char *fname, PyObject *const *a, int b
         return -1;
     BioSendOpts o = {r->gso, r->gso_max_segments, by_socket};
     c->m = bio_send_prepare_nogil(&o, c->b, start, end);
-    c->results = PyMem_Calloc((size_t)c->m * (size_t)(c->ngroups ? c->ngroups : 1) + 1,
-                              sizeof(int32_t));
+    Py_ssize_t groups = c->ngroups ? c->ngroups : 1;
+    if (c->m > 0 && groups > (Py_ssize_t)(UINT32_MAX / 2) / c->m) {
+        PyErr_SetString(PyExc_ValueError, "too many (datagram, socket) pairs in one call");
+        return -1;
+    }
+    c->total = c->m * groups;
+    c->results = PyMem_Calloc((size_t)c->total + 1, sizeof(int32_t));
     if (c->results == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    c->total = c->m * (c->ngroups ? c->ngroups : 1);
+    r->call_gen++;
     BIO_RCOUNT(r, BIO_R_TX_BATCHES, 1);
     return 0;
 }
 
-/* Run the backend's sends (GIL held on entry): 0, or -1 with an error set. */
+/* Run the backend's sends (GIL held on entry). If a signal handler raises,
+ * what the kernel already holds is finished first (the batch's memory must
+ * not be left in use) and the exception then propagates. 0, or -1 with an
+ * error set. */
 static int
 bio_ring_send_run(BioRingSend *c)
 {
     if (c->m == 0)
         return 0;
-    c->b->busy = 1;
-    int err = bio_nogil_retry(c->r->send_nogil, c);
-    c->b->busy = 0;
-    if (err == 0)
-        return 0;
-    if (err != -EINTR)
+    int err = bio_ring_run(c->r, c->b, c->r->send_nogil, c);
+    if (err == -EINTR) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        c->stopping = 1;
+        c->r->busy = c->b->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        while (c->r->send_nogil(c) == -EINTR)
+            ;
+        Py_END_ALLOW_THREADS
+        c->r->busy = c->b->busy = 0;
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    if (err < 0) {
         bio_raise_errno(err);
-    return -1;
+        return -1;
+    }
+    return 0;
 }
 
 PyDoc_STRVAR(bio_ringbase_send_batch_doc,
@@ -380,6 +469,61 @@ out:
     return ret;
 }
 
+/* ---- stream receive with a byte low watermark ---------------------------- */
+
+PyDoc_STRVAR(bio_ringbase_recv_stream_doc,
+"recv_stream(index, buffer, min_bytes, timeout=None) -> int\n\n"
+"Stream socket: wait until min_bytes have arrived or timeout seconds have\n"
+"passed (one wake-up either way), then read up to min_bytes into buffer.\n"
+"Returns the bytes read (0: none in time, or end of stream).");
+
+static PyObject *
+bio_ringbase_recv_stream(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames)
+{
+    static const char *const names[] = {"index", "buffer", "min_bytes", "timeout", NULL};
+    PyObject *a[4], *ret = NULL;
+    int idx;
+    Py_buffer pb;
+    BioRingStream c = {.r = r};
+    if (bio_args_parse("recv_stream", args, nargs, kwnames, names, 4, 3, a) < 0 ||
+        bio_ringbase_usable(r) < 0 || bio_ringbase_index(r, a[0], &idx) < 0 ||
+        bio_timeout_parse(a[3] ? a[3] : Py_None, &c.timeout_ns) < 0)
+        return NULL;
+    Py_ssize_t want = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
+    if ((want == -1 && PyErr_Occurred()) ||
+        PyObject_GetBuffer(a[1], &pb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (want < 1 || want > pb.len || want > 0x7fffffff) {
+        PyErr_Format(PyExc_ValueError, "min_bytes must be between 1 and len(buffer) = %zd, got %zd",
+                     pb.len, want);
+        goto out;
+    }
+    c.fd = r->fds[idx];
+    c.buf = pb.buf;
+    c.want = (size_t)want;
+    c.deadline = c.timeout_ns < 0 ? -1 : bio_now_ns() + c.timeout_ns;
+    r->call_gen++;
+    int err = bio_ring_run(r, NULL, r->stream_nogil, &c);
+    if (err == -EINTR && c.queued) {
+        /* a handler raised: the kernel must stop writing the buffer first */
+        r->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        r->stream_abort_nogil(&c);
+        Py_END_ALLOW_THREADS
+        r->busy = 0;
+    }
+    if (err == 0 && c.got < 0)
+        err = (int)c.got;
+    if (err == 0)
+        ret = PyLong_FromLong(c.got);
+    else if (err != -EINTR)
+        bio_raise_errno(err);
+out:
+    PyBuffer_Release(&pb);
+    return ret;
+}
+
 /* ---- Python methods ---------------------------------------------------- */
 
 PyDoc_STRVAR(bio_ringbase_take_errors_doc,
@@ -435,6 +579,7 @@ bio_ringbase_fd(BioRingBase *r, PyObject *arg)
 static void
 bio_ringbase_dealloc(BioRingBase *r)
 {
+    bio_ringbase_free_all(r);
     PyMem_Free(r->fds);
     PyMem_Free(r->state);
     PyMem_Free(r->gen);
@@ -450,13 +595,16 @@ static PyMethodDef bio_ringbase_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, bio_ringbase_send_batch_doc},
     {"send_redundant", (PyCFunction)(void (*)(void))bio_ringbase_send_redundant,
      METH_FASTCALL | METH_KEYWORDS, bio_ringbase_send_redundant_doc},
+    {"recv_stream", (PyCFunction)(void (*)(void))bio_ringbase_recv_stream,
+     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_recv_stream_doc},
     {"take_errors", (PyCFunction)bio_ringbase_take_errors, METH_NOARGS,
      bio_ringbase_take_errors_doc},
     {"counters", (PyCFunction)bio_ringbase_counters, METH_NOARGS,
      "counters() -> dict of every counter"},
     {"reset_counters", (PyCFunction)bio_ringbase_reset_counters, METH_NOARGS,
      "reset_counters(): set every counter to 0"},
-    {"fd", (PyCFunction)bio_ringbase_fd, METH_O, "fd(index) -> the socket's descriptor"},
+    {"fd", (PyCFunction)bio_ringbase_fd, METH_O,
+     "fd(index) -> the ring's own descriptor for that socket"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -122,15 +122,27 @@ static int
 bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
                     int64_t deadline_ns)
 {
+    int64_t spin_end = -1;
     for (;;) {
         bio_recv_prepare(b, vlen);
         int r = bio_recv_once_nogil(u, b, vlen, flags);
         if (r != -EAGAIN && r != -EWOULDBLOCK)
             return r;
-        if (deadline_ns >= 0 && bio_now_ns() >= deadline_ns)
+        int64_t now = bio_now_ns();
+        if (deadline_ns >= 0 && now >= deadline_ns)
             return 0;
+        int spin = __atomic_load_n(&u->spin_us, __ATOMIC_RELAXED);
+        if (spin > 0 && spin_end < 0)
+            spin_end = now + (int64_t)spin * 1000;
+        if (now < spin_end)
+            continue; /* busy poll from here: each receive polls the device once */
         BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
-        int p = bio_poll_nogil(u->fd, POLLIN, deadline_ns);
+        int wfd = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
+        int p = wfd >= 0 ? bio_epoll_wait_nogil(wfd, deadline_ns)
+                         : bio_poll_nogil(u->fd, POLLIN, deadline_ns);
+        if ((p == -EBADF || p == -EINVAL) && wfd >= 0 &&
+            wfd != __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED))
+            continue; /* the epoll instance was swapped out under us */
         if (p <= 0)
             return p;
     }
@@ -305,7 +317,9 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
     }
     bio_batch_reset(b);
     BioRecvCtx c = {.u = u, .b = b, .vlen = bio_recv_vlen(u, b),
-                    .flags = timeout_ns < 0 ? 0 : MSG_DONTWAIT,
+                    /* a blocking receive sleeps in recvmmsg itself, unless
+                     * busy polling wants the wait done here */
+                    .flags = timeout_ns < 0 && u->wait_fd < 0 && u->spin_us <= 0 ? 0 : MSG_DONTWAIT,
                     .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
     b->busy = 1;
     int r = bio_nogil_retry(bio_recv_run_nogil, &c);
@@ -333,6 +347,7 @@ bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (u == NULL)
         return NULL;
     u->fd = fd;
+    u->wait_fd = -1;
     u->recv_mmsg = 1;
     u->send_mmsg = 1;
     u->gso_max_segments = 64;
@@ -408,6 +423,12 @@ static PyMemberDef bio_udp_members[] = {
     {"send_mmsg", T_INT, offsetof(BioUdp, send_mmsg), 0,
      "1: sendmmsg; 0: one sendmsg per message"},
     {"gso", T_INT, offsetof(BioUdp, gso), 0, "1: coalesce runs into UDP_SEGMENT sends"},
+    {"wait_fd", T_INT, offsetof(BioUdp, wait_fd), 0,
+     "epoll instance (holding this socket) that receives wait in, so its "
+     "busy-poll parameters apply; -1: poll() the socket"},
+    {"spin_us", T_INT, offsetof(BioUdp, spin_us), 0,
+     "microseconds a receive keeps retrying before it sleeps in poll() "
+     "(with SO_BUSY_POLL each try busy polls the device once); 0: none"},
     {"gso_max_segments", T_INT, offsetof(BioUdp, gso_max_segments), 0,
      "segments per GSO send to build"},
     {"gro_max_segments", T_INT, offsetof(BioUdp, gro_max_segments), 0,

@@ -16,18 +16,25 @@ bio_now_ns(void)
 }
 
 int
+bio_deadline_ms(int64_t deadline_ns)
+{
+    if (deadline_ns < 0)
+        return -1;
+    int64_t left = deadline_ns - bio_now_ns();
+    if (left <= 0)
+        return 0;
+    /* round up so that we never wake before the deadline */
+    int64_t ms = (left + 999999) / 1000000;
+    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+}
+
+int
 bio_poll_nogil(int fd, short events, int64_t deadline_ns)
 {
     struct pollfd p = {.fd = fd, .events = events};
-    int timeout_ms = -1;
-    if (deadline_ns >= 0) {
-        int64_t left = deadline_ns - bio_now_ns();
-        if (left <= 0)
-            return 0;
-        /* round up so that we never wake before the deadline */
-        int64_t ms = (left + 999999) / 1000000;
-        timeout_ms = ms > 0x7fffffff ? 0x7fffffff : (int)ms;
-    }
+    int timeout_ms = bio_deadline_ms(deadline_ns);
+    if (timeout_ms == 0)
+        return 0;
     int r = poll(&p, 1, timeout_ms);
     if (r < 0)
         return -errno;

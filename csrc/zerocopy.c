@@ -1,12 +1,6 @@
-/* Zero-copy send: a buffer pool whose buffers the kernel may still read
- * after send() returns, io_uring SEND_ZC, MSG_ZEROCOPY, and plain copies.
- *
- * A buffer's life: FREE in the pool -> acquire() -> OWNED (Python may
- * write it through the buffer protocol) -> send() -> IN_FLIGHT (no buffer
- * protocol: the kernel may still read it) -> the kernel's notification ->
- * FREE again, and the Python object that named it is spent (a generation
- * number tells). send() refuses a buffer with a live export (memoryview,
- * numpy array), so no Python code can write a buffer in flight.
+/* Zero-copy send: the sender. io_uring SEND_ZC, sendmsg(MSG_ZEROCOPY) and
+ * plain copies from the buffers of a pool (zcpool.c), and the Completions
+ * that say when the kernel is done with a buffer.
  *
  * How "the kernel is done" arrives, per backend:
  *  - io_uring: a result CQE (bytes or -errno; IORING_CQE_F_MORE if a
@@ -16,6 +10,18 @@
  *    carries ranges [ee_info, ee_data] of per-socket send ids
  *    (SO_EE_ORIGIN_ZEROCOPY; SO_EE_CODE_ZEROCOPY_COPIED if copied);
  *  - copy: sendmsg returns, and the kernel has its own copy.
+ *
+ * Order. A send is *resolved* once the kernel has taken all of it, or it
+ * failed; its buffer returns once it is resolved and every notification
+ * has come. The sends of a sender are resolved one at a time, in send()
+ * order: a send issued while an earlier one is unresolved waits in a queue
+ * (its buffer already in flight) and goes when the completions are
+ * processed. On a stream socket a send goes in pieces, never blocking:
+ * sendmsg(MSG_DONTWAIT) until EAGAIN, then EPOLLOUT on the sender's epoll
+ * set says when to go on; io_uring takes one piece at a time and waits for
+ * room itself. A piece that fails resolves its send with the errno and the
+ * bytes taken so far, and no later send on the stream is made (they fail
+ * with ECANCELED): the byte stream never has a gap.
  *
  * Policy (which backend, thresholds, switching zero copy off when the kernel
  * keeps copying, wording) is burstio/zerocopy.py's. This file does the
@@ -52,12 +58,10 @@
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
 #endif
 
-#define BIO_ZC_MAX_BUFFERS 16384          /* io_uring's fixed-buffer limit */
-#define BIO_ZC_MAX_BUFFER_SIZE (1 << 30)  /* io_uring's per-buffer limit */
-#define BIO_ZC_PAGE 4096
-#define BIO_ZC_RANGES 64                  /* notification ranges per drain */
+#define BIO_ZC_RANGES 64          /* notification ranges per drain */
+#define BIO_ZC_MAX_IDS (1u << 24) /* MSG_ZEROCOPY ids awaited at most */
+#define BIO_ZC_NO_SLOT UINT32_MAX
 
-enum { BIO_ZC_FREE, BIO_ZC_OWNED, BIO_ZC_IN_FLIGHT, BIO_ZC_LOST };
 enum { BIO_ZC_COPY, BIO_ZC_MSG, BIO_ZC_URING };
 
 enum bio_zc_counter {
@@ -77,44 +81,34 @@ static const char *const bio_zc_counter_names[BIO_ZC_NCOUNTERS] = {
 
 typedef struct {
     PyObject_HEAD
-    BioMemory *mem;     /* nbuf * stride bytes, mmap'd once */
-    size_t buf_size;    /* bytes a buffer exposes */
-    size_t stride;      /* buf_size rounded up to whole pages */
-    uint32_t nbuf;
-    uint32_t nfree;
-    uint8_t *state;     /* BIO_ZC_FREE ... per buffer */
-    uint32_t *gen;      /* bumped when a buffer returns: old objects are spent */
-    uint32_t *free_stack;
-    int attached;       /* an open sender uses the pool */
-} BioZcPool;
-
-typedef struct {
-    PyObject_HEAD
-    BioZcPool *pool;
-    uint32_t index;
-    uint32_t gen;       /* pool->gen[index] when acquired */
-    Py_ssize_t exports; /* live buffer-protocol exports */
-} BioZcBuffer;
-
-typedef struct {
-    PyObject_HEAD
     PyObject *sender;   /* the BioZcSender while pending; NULL once done */
-    int64_t result;     /* bytes sent or -errno, once has_result */
+    int64_t result;     /* bytes sent, or -errno if none were; once has_result */
     uint32_t index;     /* the buffer sent */
     uint32_t length;
-    char done, has_result, copied, zerocopy, cancelled;
+    int error;          /* errno of a failed send (0: it did not fail) */
+    char done, has_result, copied, zerocopy, cancelled, skipped;
 } BioZcCompletion;
 
 typedef struct {
     PyObject *completion; /* the Completion to fill, or NULL */
-    int32_t result;
-    uint32_t zc_id;       /* MSG_ZEROCOPY id of this send */
-    uint8_t busy;         /* sent on this sender, not yet back in the pool */
-    uint8_t has_result;
-    uint8_t want_notif;   /* a notification is still to come */
-    uint8_t zerocopy;     /* sent with zero copy */
+    int32_t result;       /* once has_result: bytes sent, or -errno if none were */
+    int32_t error;        /* errno of a failed send (0: none) */
+    uint32_t length;      /* bytes to send */
+    uint32_t sent;        /* bytes the kernel has taken so far */
+    uint32_t notifs;      /* zero-copy notifications still to come */
+    uint8_t busy;         /* handed to send(), not yet back in the pool */
+    uint8_t has_result;   /* resolved: taken whole, or failed; no more pieces */
+    uint8_t submitted;    /* io_uring: a request for it awaits its result CQE */
+    uint8_t zc;           /* zero copy asked for (the policy, at send()) */
+    uint8_t zc_used;      /* some of it went by zero copy */
     uint8_t copied;       /* the kernel said it copied */
+    uint8_t skipped;      /* never sent: an earlier send on the stream failed */
 } BioZcSlot;
+
+typedef struct {
+    uint32_t id;          /* a MSG_ZEROCOPY id whose notification is due */
+    uint32_t idx;         /* its buffer; BIO_ZC_NO_SLOT: the entry is empty */
+} BioZcIdEntry;
 
 typedef struct {
     PyObject_HEAD
@@ -131,371 +125,64 @@ typedef struct {
     BioZcPool *pool;
     BioZcSlot *slots;     /* per pool buffer */
     struct sockaddr_in6 *names; /* per pool buffer: destination */
+    uint32_t *queue;      /* unresolved sends in send() order: a ring of nbuf */
+    uint32_t q_head, q_len;
+    int broken;           /* stream: errno of the send that failed; no more are made */
+    int out_blocked;      /* stream: sendmsg said EAGAIN; go on after EPOLLOUT */
     uint32_t inflight;    /* slots busy */
-    uint32_t zc_pending;  /* slots waiting for a notification */
-    uint32_t pending_results; /* io_uring sends without their result CQE */
+    uint32_t zc_pending;  /* notifications still to come, all slots */
     uint64_t returned;    /* buffers given back to the pool, ever */
-    /* io_uring */
+    /* io_uring: one request at a time */
     struct io_uring ring;
     int ring_ok;
     int fixed;            /* the pool is registered as fixed buffers */
     int fixed_errno;      /* why registration failed */
-    /* MSG_ZEROCOPY */
-    int epfd;             /* edge-triggered EPOLLERR on fd */
+    struct msghdr umsg;   /* the IORING_OP_SENDMSG in flight */
+    struct iovec uiov;
+    /* sendmsg backends */
+    int epfd;             /* edge-triggered: EPOLLERR (error queue), EPOLLOUT (stream) */
     uint32_t next_id;     /* id the kernel gives our next zero-copy send */
-    uint32_t id_mask;     /* id_slot has id_mask + 1 entries */
-    uint32_t *id_slot;    /* id & id_mask -> buffer index */
+    uint32_t id_mask;     /* ids has id_mask + 1 entries */
+    BioZcIdEntry *ids;    /* id & id_mask -> buffer, for ids awaiting notification */
     uint64_t counters[BIO_ZC_NCOUNTERS];
     PyObject *completion_type; /* class of the Completions we make */
     PyObject *policy;     /* policy(streak): the kernel keeps copying */
     PyObject *waiters;    /* asyncio helper (Python's), or None */
 } BioZcSender;
 
-static PyTypeObject BioZcPool_Type, BioZcBuffer_Type, BioZcCompletion_Type, BioZcSender_Type;
+static PyTypeObject BioZcCompletion_Type, BioZcSender_Type;
 
 #define BIO_ZC_COUNT(s, c, n) ((s)->counters[(c)] += (uint64_t)(n))
 
-/* Raise OSError(err, "<strerror>: <what>") and return NULL. */
-static PyObject *
-bio_zc_oserror(int err, const char *what)
-{
-    PyObject *v = Py_BuildValue("(is)", err, what);
-    if (v != NULL)
-        PyErr_SetObject(PyExc_OSError, v);
-    Py_XDECREF(v);
-    return NULL;
-}
-
-/* ---- pool -------------------------------------------------------------- */
-
-/* Take a FREE buffer (the caller checked nfree > 0); it becomes OWNED. */
-static uint32_t
-bio_zcpool_take(BioZcPool *p)
-{
-    uint32_t i = p->free_stack[--p->nfree];
-    p->state[i] = BIO_ZC_OWNED;
-    return i;
-}
-
-/* Give buffer i back: FREE, and every object naming it is spent. */
-static void
-bio_zcpool_put(BioZcPool *p, uint32_t i)
-{
-    p->state[i] = BIO_ZC_FREE;
-    p->gen[i]++;
-    p->free_stack[p->nfree++] = i;
-}
-
-static unsigned char *
-bio_zcpool_ptr(BioZcPool *p, uint32_t i)
-{
-    return p->mem->ptr + (size_t)i * p->stride;
-}
-
-/* Allocate the per-buffer arrays; 0 or -1 with MemoryError. */
-static int
-bio_zcpool_alloc(BioZcPool *p)
-{
-    p->state = PyMem_Calloc(p->nbuf, 1);
-    p->gen = PyMem_Calloc(p->nbuf, sizeof(uint32_t));
-    p->free_stack = PyMem_Calloc(p->nbuf, sizeof(uint32_t));
-    if (p->state == NULL || p->gen == NULL || p->free_stack == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (uint32_t i = 0; i < p->nbuf; i++) /* buffer 0 is taken first */
-        p->free_stack[i] = p->nbuf - 1 - i;
-    p->nfree = p->nbuf;
-    return 0;
-}
-
-static PyObject *
-bio_zcpool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"buffers", "buffer_size", NULL};
-    Py_ssize_t n = 64, size = 65536;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn:ZeroCopyPool", kwlist, &n, &size))
-        return NULL;
-    if (n < 1 || n > BIO_ZC_MAX_BUFFERS) {
-        PyErr_Format(PyExc_ValueError, "buffers must be between 1 and %d, got %zd",
-                     BIO_ZC_MAX_BUFFERS, n);
-        return NULL;
-    }
-    if (size < 1 || size > BIO_ZC_MAX_BUFFER_SIZE) {
-        PyErr_Format(PyExc_ValueError, "buffer_size must be between 1 and %d, got %zd",
-                     BIO_ZC_MAX_BUFFER_SIZE, size);
-        return NULL;
-    }
-    BioZcPool *p = (BioZcPool *)type->tp_alloc(type, 0);
-    if (p == NULL)
-        return NULL;
-    p->nbuf = (uint32_t)n;
-    p->buf_size = (size_t)size;
-    p->stride = ((size_t)size + BIO_ZC_PAGE - 1) & ~(size_t)(BIO_ZC_PAGE - 1);
-    if (bio_zcpool_alloc(p) < 0 || (p->mem = bio_memory_new(p->stride * p->nbuf)) == NULL) {
-        Py_DECREF(p);
-        return NULL;
-    }
-    return (PyObject *)p;
-}
-
-static void
-bio_zcpool_dealloc(BioZcPool *p)
-{
-    Py_XDECREF(p->mem); /* the kernel holds its own page references */
-    PyMem_Free(p->state);
-    PyMem_Free(p->gen);
-    PyMem_Free(p->free_stack);
-    Py_TYPE(p)->tp_free((PyObject *)p);
-}
-
-static Py_ssize_t
-bio_zcpool_count(BioZcPool *p, int state)
-{
-    Py_ssize_t n = 0;
-    for (uint32_t i = 0; i < p->nbuf; i++)
-        n += p->state[i] == state;
-    return n;
-}
-
-static PyObject *
-bio_zcpool_get_count(BioZcPool *p, void *state)
-{
-    return PyLong_FromSsize_t(bio_zcpool_count(p, (int)(intptr_t)state));
-}
-
-static PyObject *
-bio_zcpool_get_buffers(BioZcPool *p, void *c)
-{
-    return PyLong_FromUnsignedLong(p->nbuf);
-}
-
-static PyObject *
-bio_zcpool_get_buffer_size(BioZcPool *p, void *c)
-{
-    return PyLong_FromSize_t(p->buf_size);
-}
-
-static PyObject *
-bio_zcpool_get_in_use(BioZcPool *p, void *c)
-{
-    return PyBool_FromLong(p->attached);
-}
-
-static PyObject *
-bio_zcpool_repr(BioZcPool *p)
-{
-    return PyUnicode_FromFormat("<ZeroCopyPool %u x %zu bytes: %zd free, %zd owned, %zd in flight>",
-                                p->nbuf, p->buf_size, bio_zcpool_count(p, BIO_ZC_FREE),
-                                bio_zcpool_count(p, BIO_ZC_OWNED),
-                                bio_zcpool_count(p, BIO_ZC_IN_FLIGHT) +
-                                    bio_zcpool_count(p, BIO_ZC_LOST));
-}
-
-static PyGetSetDef bio_zcpool_getset[] = {
-    {"buffers", (getter)bio_zcpool_get_buffers, NULL, "number of buffers", NULL},
-    {"buffer_size", (getter)bio_zcpool_get_buffer_size, NULL, "bytes per buffer", NULL},
-    {"free", (getter)bio_zcpool_get_count, NULL, "buffers in the pool, ready to acquire()",
-     (void *)(intptr_t)BIO_ZC_FREE},
-    {"owned", (getter)bio_zcpool_get_count, NULL, "buffers acquired and not yet sent",
-     (void *)(intptr_t)BIO_ZC_OWNED},
-    {"in_flight", (getter)bio_zcpool_get_count, NULL,
-     "buffers sent whose notification has not come yet", (void *)(intptr_t)BIO_ZC_IN_FLIGHT},
-    {"lost", (getter)bio_zcpool_get_count, NULL,
-     "buffers still in flight when their sender closed: never reused",
-     (void *)(intptr_t)BIO_ZC_LOST},
-    {"in_use", (getter)bio_zcpool_get_in_use, NULL, "an open ZeroCopySender uses the pool", NULL},
-    {NULL},
-};
-
-static PyTypeObject BioZcPool_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio.ZeroCopyPool",
-    .tp_basicsize = sizeof(BioZcPool),
-    .tp_dealloc = (destructor)bio_zcpool_dealloc,
-    .tp_repr = (reprfunc)bio_zcpool_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ZeroCopyPool(buffers=64, buffer_size=65536)\n\n"
-              "Buffers for zero-copy sends, cut from one mmap'd region (each starts on a\n"
-              "page). A ZeroCopySender registers them with the kernel and hands them out\n"
-              "with acquire(); one open sender uses a pool at a time.",
-    .tp_getset = bio_zcpool_getset,
-    .tp_new = bio_zcpool_new,
-};
-
-/* ---- buffer ------------------------------------------------------------ */
-
-/* 0 if b's acquire is current and the buffer is OWNED (writable, sendable);
- * else -1 with BufferError saying why. */
-static int
-bio_zcbuf_check(BioZcBuffer *b)
-{
-    BioZcPool *p = b->pool;
-    if (p->gen[b->index] != b->gen) {
-        PyErr_Format(PyExc_BufferError,
-                     "buffer %u was returned to the pool; acquire() another", b->index);
-        return -1;
-    }
-    if (p->state[b->index] != BIO_ZC_OWNED) {
-        PyErr_Format(PyExc_BufferError,
-                     "buffer %u is in flight: the kernel may still read it; "
-                     "wait for its completion", b->index);
-        return -1;
-    }
-    return 0;
-}
-
-static PyObject *
-bio_zcbuf_new(BioZcPool *p, uint32_t index)
-{
-    BioZcBuffer *b = PyObject_New(BioZcBuffer, &BioZcBuffer_Type);
-    if (b == NULL)
-        return NULL;
-    b->pool = (BioZcPool *)Py_NewRef((PyObject *)p);
-    b->index = index;
-    b->gen = p->gen[index];
-    b->exports = 0;
-    return (PyObject *)b;
-}
-
-/* An OWNED buffer dropped without being sent goes back to the pool. */
-static void
-bio_zcbuf_dealloc(BioZcBuffer *b)
-{
-    BioZcPool *p = b->pool;
-    if (p->gen[b->index] == b->gen && p->state[b->index] == BIO_ZC_OWNED)
-        bio_zcpool_put(p, b->index);
-    Py_DECREF(p);
-    Py_TYPE(b)->tp_free((PyObject *)b);
-}
-
-static int
-bio_zcbuf_getbuffer(BioZcBuffer *b, Py_buffer *view, int flags)
-{
-    if (bio_zcbuf_check(b) < 0) {
-        view->obj = NULL;
-        return -1;
-    }
-    unsigned char *ptr = bio_zcpool_ptr(b->pool, b->index);
-    if (PyBuffer_FillInfo(view, (PyObject *)b, ptr, (Py_ssize_t)b->pool->buf_size, 0, flags) < 0)
-        return -1;
-    b->exports++;
-    return 0;
-}
-
-static void
-bio_zcbuf_releasebuffer(BioZcBuffer *b, Py_buffer *view)
-{
-    b->exports--;
-}
-
-static PyBufferProcs bio_zcbuf_as_buffer = {(getbufferproc)bio_zcbuf_getbuffer,
-                                            (releasebufferproc)bio_zcbuf_releasebuffer};
-
-/* write(data, offset=0) -> end offset: copy data into the buffer. */
-static PyObject *
-bio_zcbuf_write(BioZcBuffer *b, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"data", "offset", NULL};
-    PyObject *data;
-    Py_ssize_t off = 0;
-    Py_buffer pb;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:write", kwlist, &data, &off) ||
-        bio_zcbuf_check(b) < 0 || bio_get_contiguous(data, &pb) < 0)
-        return NULL;
-    size_t size = b->pool->buf_size;
-    if (off < 0 || (size_t)off > size || (size_t)pb.len > size - (size_t)off) {
-        PyErr_Format(PyExc_ValueError, "%zd bytes at offset %zd do not fit the buffer's %zu bytes",
-                     pb.len, off, size);
-        PyBuffer_Release(&pb);
-        return NULL;
-    }
-    memmove(bio_zcpool_ptr(b->pool, b->index) + off, pb.buf, (size_t)pb.len);
-    Py_ssize_t end = off + pb.len;
-    PyBuffer_Release(&pb);
-    return PyLong_FromSsize_t(end);
-}
-
-static const char *
-bio_zcbuf_state_name(BioZcBuffer *b)
-{
-    BioZcPool *p = b->pool;
-    if (p->gen[b->index] != b->gen)
-        return "returned";
-    return p->state[b->index] == BIO_ZC_OWNED ? "owned" : "in_flight";
-}
-
-static PyObject *
-bio_zcbuf_get_state(BioZcBuffer *b, void *c)
-{
-    return PyUnicode_FromString(bio_zcbuf_state_name(b));
-}
-
-static PyObject *
-bio_zcbuf_get_size(BioZcBuffer *b, void *c)
-{
-    return PyLong_FromSize_t(b->pool->buf_size);
-}
-
-static PyObject *
-bio_zcbuf_repr(BioZcBuffer *b)
-{
-    return PyUnicode_FromFormat("<ZeroCopyBuffer %u of %zu bytes, %s, %zd views open>", b->index,
-                                b->pool->buf_size, bio_zcbuf_state_name(b), b->exports);
-}
-
-static PyMethodDef bio_zcbuf_methods[] = {
-    {"write", (PyCFunction)(void (*)(void))bio_zcbuf_write, METH_VARARGS | METH_KEYWORDS,
-     "write(data, offset=0) -> int\n\nCopy data into the buffer at offset; return the offset\n"
-     "just past it (the length to send when offset is 0). BufferError once sent."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef bio_zcbuf_getset[] = {
-    {"state", (getter)bio_zcbuf_get_state, NULL,
-     "'owned' (writable), 'in_flight' (the kernel may read it) or 'returned' (spent)", NULL},
-    {"size", (getter)bio_zcbuf_get_size, NULL, "bytes in the buffer", NULL},
-    {NULL},
-};
-
-static PyMemberDef bio_zcbuf_members[] = {
-    {"index", T_UINT, offsetof(BioZcBuffer, index), READONLY, "buffer number in its pool"},
-    {"views", T_PYSSIZET, offsetof(BioZcBuffer, exports), READONLY,
-     "buffer-protocol exports (memoryviews, arrays) still open"},
-    {"pool", T_OBJECT, offsetof(BioZcBuffer, pool), READONLY, "the ZeroCopyPool"},
-    {NULL},
-};
-
-static PyTypeObject BioZcBuffer_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio.ZeroCopyBuffer",
-    .tp_basicsize = sizeof(BioZcBuffer),
-    .tp_dealloc = (destructor)bio_zcbuf_dealloc,
-    .tp_repr = (reprfunc)bio_zcbuf_repr,
-    .tp_as_buffer = &bio_zcbuf_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One buffer of a ZeroCopyPool, from ZeroCopySender.acquire().\n\n"
-              "Writable through the buffer protocol (memoryview, numpy) or write() until\n"
-              "it is sent; then it is in flight and refuses every access; when the kernel\n"
-              "is done it returns to the pool and this object is spent. send() refuses it\n"
-              "while a memoryview of it is open.",
-    .tp_methods = bio_zcbuf_methods,
-    .tp_getset = bio_zcbuf_getset,
-    .tp_members = bio_zcbuf_members,
-};
-
 /* ---- completion -------------------------------------------------------- */
 
-/* Record the outcome of slot sl in c; c no longer needs its sender. */
+/* Record the outcome of slot sl in c (cancelled: the sender closed first);
+ * c no longer needs its sender. */
 static void
 bio_zcc_fill(BioZcCompletion *c, const BioZcSlot *sl, int cancelled)
 {
-    c->has_result = sl->has_result;
-    c->result = sl->result;
+    c->has_result = sl->has_result || (cancelled && sl->sent > 0);
+    c->result = sl->has_result ? sl->result : (int64_t)sl->sent;
+    c->error = sl->error;
     c->copied = sl->copied;
+    c->zerocopy = sl->zc_used;
+    c->skipped = sl->skipped;
     c->cancelled = (char)cancelled;
     c->done = 1;
     Py_CLEAR(c->sender);
+}
+
+/* Raise OSError(err, what or strerror(err)) with `sent` set to the bytes
+ * the kernel took; return NULL. */
+static PyObject *
+bio_zcc_raise(BioZcCompletion *c, int err, const char *what)
+{
+    PyObject *v = Py_BuildValue("(is)", err, what != NULL ? what : strerror(err));
+    if (v != NULL)
+        PyErr_SetObject(PyExc_OSError, v);
+    Py_XDECREF(v);
+    bio_exc_note_sent(c->has_result && c->result > 0 ? (Py_ssize_t)c->result : 0);
+    return NULL;
 }
 
 /* The completed outcome: bytes sent, or OSError; TimeoutError if pending. */
@@ -507,13 +194,14 @@ bio_zcc_outcome(BioZcCompletion *c)
                      "the kernel has not released buffer %u yet (send still in flight)", c->index);
         return NULL;
     }
-    if (c->has_result && c->result < 0)
-        return bio_raise_errno((int)c->result);
+    if (c->skipped)
+        return bio_zcc_raise(c, ECANCELED, "not sent: an earlier send on this stream failed, "
+                             "and sending more would leave a gap in it");
+    if (c->error)
+        return bio_zcc_raise(c, c->error, NULL);
     if (c->cancelled)
-        return bio_zc_oserror(ECANCELED, "the ZeroCopySender was closed before the kernel "
-                              "released the buffer (it stays out of the pool)");
-    if (c->result < 0)
-        return bio_raise_errno((int)c->result);
+        return bio_zcc_raise(c, ECANCELED, "the ZeroCopySender was closed before the send "
+                             "was done (a buffer the kernel may still read stays out of the pool)");
     return PyLong_FromLongLong(c->result);
 }
 
@@ -539,6 +227,7 @@ bio_zcc_dealloc(BioZcCompletion *c)
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
+/* result: None until the kernel said. */
 static PyObject *
 bio_zcc_get_result(BioZcCompletion *c, void *x)
 {
@@ -555,18 +244,23 @@ bio_zcc_repr(BioZcCompletion *c)
     if (!c->done)
         return PyUnicode_FromFormat("<Completion buffer %u, %u bytes%s: pending>", c->index,
                                     c->length, how);
-    if (c->cancelled && !c->has_result)
+    if (c->skipped)
+        return PyUnicode_FromFormat("<Completion buffer %u: not sent, the stream broke before it>",
+                                    c->index);
+    if (c->error)
+        return PyUnicode_FromFormat("<Completion buffer %u%s: failed after %lld of %u bytes, %s>",
+                                    c->index, how, (long long)(c->result > 0 ? c->result : 0),
+                                    c->length, strerror(c->error));
+    if (c->cancelled)
         return PyUnicode_FromFormat("<Completion buffer %u: cancelled>", c->index);
-    if (c->result < 0)
-        return PyUnicode_FromFormat("<Completion buffer %u%s: failed, %s>", c->index, how,
-                                    strerror((int)-c->result));
     return PyUnicode_FromFormat("<Completion buffer %u%s: %lld bytes sent>", c->index, how,
                                 (long long)c->result);
 }
 
 static PyGetSetDef bio_zcc_getset[] = {
     {"result", (getter)bio_zcc_get_result, NULL,
-     "bytes sent (>= 0) or -errno once the kernel said; None before", NULL},
+     "bytes sent (>= 0; fewer than length if a stream send failed part way), or -errno "
+     "if nothing was sent; None before the kernel said", NULL},
     {NULL},
 };
 
@@ -574,9 +268,11 @@ static PyMemberDef bio_zcc_members[] = {
     {"copied", T_BOOL, offsetof(BioZcCompletion, copied), READONLY,
      "the kernel reported that it copied the data after all"},
     {"zerocopy", T_BOOL, offsetof(BioZcCompletion, zerocopy), READONLY,
-     "sent with zero copy (False: a plain copy)"},
+     "zero copy asked for (pending), then: used for the data sent (False: plain copies)"},
     {"cancelled", T_BOOL, offsetof(BioZcCompletion, cancelled), READONLY,
-     "the sender closed before the kernel's notification came"},
+     "the sender closed before the send was done"},
+    {"error", T_INT, offsetof(BioZcCompletion, error), READONLY,
+     "errno of a failed send (0: it did not fail)"},
     {"buffer_index", T_UINT, offsetof(BioZcCompletion, index), READONLY, "the buffer sent"},
     {"length", T_UINT, offsetof(BioZcCompletion, length), READONLY, "bytes asked to send"},
     {"sender", T_OBJECT, offsetof(BioZcCompletion, sender), READONLY,
@@ -584,17 +280,17 @@ static PyMemberDef bio_zcc_members[] = {
     {NULL},
 };
 
-/* ---- sender: completions ------------------------------------------------ */
+/* ---- sender: the bookkeeping of a send ---------------------------------- */
 
-/* The kernel is done with slot idx: count, give the buffer back, fill the
- * Completion. GIL held. */
+/* The send in slot idx is over for the kernel: count it, give the buffer
+ * back, fill the Completion. GIL held. */
 static void
 bio_zc_finish(BioZcSender *s, uint32_t idx)
 {
     BioZcSlot *sl = &s->slots[idx];
-    if (sl->result <= 0) /* nothing sent: nothing copied (io_uring flags it anyway) */
+    if (sl->sent == 0) /* nothing sent: nothing copied (io_uring flags it anyway) */
         sl->copied = 0;
-    if (sl->zerocopy && sl->result > 0) {
+    if (sl->zc_used && sl->sent > 0) {
         BIO_ZC_COUNT(s, BIO_ZC_NOTIFICATIONS, 1);
         if (sl->copied) {
             BIO_ZC_COUNT(s, BIO_ZC_COPIED, 1);
@@ -614,64 +310,126 @@ bio_zc_finish(BioZcSender *s, uint32_t idx)
     }
 }
 
-/* The send in slot idx has its result (bytes or -errno). */
+/* Finish slot idx if it is resolved and the kernel owes it nothing more. */
 static void
-bio_zc_set_result(BioZcSender *s, uint32_t idx, int32_t res)
+bio_zc_try_finish(BioZcSender *s, uint32_t idx)
 {
     BioZcSlot *sl = &s->slots[idx];
-    sl->result = res;
-    sl->has_result = 1;
-    if (res >= 0)
-        BIO_ZC_COUNT(s, BIO_ZC_BYTES, res);
-    else
-        BIO_ZC_COUNT(s, BIO_ZC_ERRORS, 1);
-}
-
-/* No notification will come (any more) for slot idx. */
-static void
-bio_zc_notified(BioZcSender *s, uint32_t idx, int copied)
-{
-    BioZcSlot *sl = &s->slots[idx];
-    sl->copied |= (uint8_t)(copied != 0);
-    sl->want_notif = 0;
-    s->zc_pending--;
-}
-
-/* Apply one io_uring CQE (user_data = buffer index). */
-static void
-bio_zc_uring_cqe(BioZcSender *s, const struct io_uring_cqe *cqe)
-{
-    uint32_t idx = (uint32_t)cqe->user_data;
-    if (idx >= s->pool->nbuf || !s->slots[idx].busy) {
-        BIO_ZC_COUNT(s, BIO_ZC_UNMATCHED, 1);
-        return;
-    }
-    BioZcSlot *sl = &s->slots[idx];
-    if (cqe->flags & IORING_CQE_F_NOTIF) {
-        if (sl->want_notif)
-            bio_zc_notified(s, idx, ((uint32_t)cqe->res & IORING_NOTIF_USAGE_ZC_COPIED) != 0);
-    } else if (!sl->has_result) {
-        bio_zc_set_result(s, idx, cqe->res);
-        s->pending_results--;
-        if (!(cqe->flags & IORING_CQE_F_MORE) && sl->want_notif)
-            bio_zc_notified(s, idx, 0);
-    }
-    if (sl->has_result && !sl->want_notif)
+    if (sl->busy && sl->has_result && sl->notifs == 0 && !sl->submitted)
         bio_zc_finish(s, idx);
 }
 
-/* Take every CQE posted so far (shared memory, no syscall). */
-static void
-bio_zc_uring_reap(BioZcSender *s)
+static uint32_t
+bio_zc_q_head(const BioZcSender *s)
 {
-    struct io_uring_cqe *cqe;
-    unsigned head, n = 0;
-    io_uring_for_each_cqe(&s->ring, head, cqe)
-    {
-        bio_zc_uring_cqe(s, cqe);
-        n++;
+    return s->queue[s->q_head];
+}
+
+static void
+bio_zc_q_push(BioZcSender *s, uint32_t idx)
+{
+    s->queue[(s->q_head + s->q_len++) % s->pool->nbuf] = idx;
+}
+
+/* Slot idx's send is over: taken whole (err 0) or failed with err. It
+ * leaves the queue; on a stream a failure stops every send behind it. */
+static void
+bio_zc_resolve(BioZcSender *s, uint32_t idx, int err)
+{
+    BioZcSlot *sl = &s->slots[idx];
+    sl->has_result = 1;
+    sl->error = err;
+    sl->result = err && sl->sent == 0 ? -err : (int32_t)sl->sent;
+    if (err) {
+        BIO_ZC_COUNT(s, BIO_ZC_ERRORS, 1);
+        if (s->stream && !s->broken)
+            s->broken = err;
     }
-    io_uring_cq_advance(&s->ring, n);
+    if (s->q_len > 0 && bio_zc_q_head(s) == idx) {
+        s->q_head = (s->q_head + 1) % s->pool->nbuf;
+        s->q_len--;
+    }
+    bio_zc_try_finish(s, idx);
+}
+
+/* The kernel took r bytes of a piece of slot idx's send (r < 0: -errno).
+ * A datagram, a whole stream send or a failure resolves it; EAGAIN on a
+ * stream leaves it for when the socket is writable again. */
+static void
+bio_zc_piece_done(BioZcSender *s, uint32_t idx, int r)
+{
+    BioZcSlot *sl = &s->slots[idx];
+    if (r > 0) {
+        sl->sent += (uint32_t)r;
+        BIO_ZC_COUNT(s, BIO_ZC_BYTES, r);
+    }
+    if (r == -EAGAIN && s->stream && s->backend != BIO_ZC_URING) {
+        s->out_blocked = 1;
+        return;
+    }
+    if (r == 0 && s->stream && sl->sent < sl->length)
+        r = -EPIPE; /* a stream taking nothing without an error: never seen, never loop */
+    if (r < 0)
+        bio_zc_resolve(s, idx, -r);
+    else if (!s->stream || sl->sent >= sl->length)
+        bio_zc_resolve(s, idx, 0);
+}
+
+/* Resolve the queue's head idx without a syscall where none is needed: the
+ * stream broke before it (skipped), or nothing of it is left. 1 if so. */
+static int
+bio_zc_settle_head(BioZcSender *s, uint32_t idx)
+{
+    BioZcSlot *sl = &s->slots[idx];
+    if (s->broken) {
+        sl->skipped = 1;
+        bio_zc_resolve(s, idx, ECANCELED);
+        return 1;
+    }
+    if (s->stream && sl->sent >= sl->length) {
+        bio_zc_resolve(s, idx, 0);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- MSG_ZEROCOPY: ids and the error queue ------------------------------- */
+
+/* Make room in the id table for s->next_id, the id the kernel gives our
+ * next zero-copy sendmsg (doubling the table while that entry is held).
+ * 0, or -1 with MemoryError. */
+static int
+bio_zc_ids_room(BioZcSender *s)
+{
+    while (s->ids[s->next_id & s->id_mask].idx != BIO_ZC_NO_SLOT) {
+        uint32_t n = (s->id_mask + 1) * 2;
+        BioZcIdEntry *t = n <= BIO_ZC_MAX_IDS ? PyMem_Malloc(n * sizeof(*t)) : NULL;
+        if (t == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(t, 0xff, n * sizeof(*t));
+        for (uint32_t i = 0; i <= s->id_mask; i++) /* distinct mod n/2: distinct mod n */
+            if (s->ids[i].idx != BIO_ZC_NO_SLOT)
+                t[s->ids[i].id & (n - 1)] = s->ids[i];
+        PyMem_Free(s->ids);
+        s->ids = t;
+        s->id_mask = n - 1;
+    }
+    return 0;
+}
+
+/* The notification for the id in table entry e has come. */
+static void
+bio_zc_msg_notified(BioZcSender *s, BioZcIdEntry *e, int copied)
+{
+    uint32_t idx = e->idx;
+    BioZcSlot *sl = &s->slots[idx];
+    e->idx = BIO_ZC_NO_SLOT;
+    sl->copied |= (uint8_t)(copied != 0);
+    sl->notifs--;
+    s->zc_pending--;
+    bio_zc_try_finish(s, idx);
 }
 
 typedef struct {
@@ -680,12 +438,36 @@ typedef struct {
 } BioZcRange;
 
 typedef struct {
-    int fd, epfd;
+    int fd, epfd;      /* epfd -1: the epoll edge is already taken */
+    int drain;         /* read the error queue (notifications are due) */
     int n;             /* ranges found */
     int full;          /* ranges[] filled up: drain again */
+    uint32_t events;   /* what the epoll set said */
     uint64_t syscalls, other;
     BioZcRange r[BIO_ZC_RANGES];
 } BioZcErrq;
+
+/* Apply notification range r of MSG_ZEROCOPY ids (wrapping). A range wider
+ * than the table holds ids that are not ours: then look at every entry. */
+static void
+bio_zc_msg_range(BioZcSender *s, const BioZcRange *r)
+{
+    uint32_t span = r->hi - r->lo;
+    if (span > s->id_mask) {
+        for (uint32_t i = 0; i <= s->id_mask; i++)
+            if (s->ids[i].idx != BIO_ZC_NO_SLOT && s->ids[i].id - r->lo <= span)
+                bio_zc_msg_notified(s, &s->ids[i], r->copied);
+        return;
+    }
+    for (uint32_t k = 0; k <= span; k++) {
+        BioZcIdEntry *e = &s->ids[(r->lo + k) & s->id_mask];
+        if (e->idx == BIO_ZC_NO_SLOT || e->id != r->lo + k) {
+            BIO_ZC_COUNT(s, BIO_ZC_UNMATCHED, 1);
+            continue;
+        }
+        bio_zc_msg_notified(s, e, r->copied);
+    }
+}
 
 /* Record the zero-copy range in one error-queue message's cmsgs. */
 static void
@@ -709,19 +491,22 @@ bio_zc_errq_parse(BioZcErrq *q, struct msghdr *h)
     }
 }
 
-/* Consume the epoll edge, then read the error queue until it is empty or
- * r[] is full. 0 or -errno. nogil; never blocks. */
+/* Take the epoll edge (noting its events), then, if asked, read the error
+ * queue until it is empty or r[] is full. 0 or -errno. nogil; never blocks. */
 static int
 bio_zc_errq_drain_nogil(void *arg)
 {
     BioZcErrq *q = arg;
     if (q->epfd >= 0) {
         struct epoll_event ev;
-        epoll_wait(q->epfd, &ev, 1, 0); /* re-arms the edge for what comes next */
-        q->epfd = -1;
         q->syscalls++;
+        int n = epoll_wait(q->epfd, &ev, 1, 0); /* what comes after this wakes again */
+        if (n < 0)
+            return -errno;
+        q->events |= n > 0 ? ev.events : 0;
+        q->epfd = -1;
     }
-    while (q->n < BIO_ZC_RANGES) {
+    while (q->drain && q->n < BIO_ZC_RANGES) {
         union { char buf[256]; struct cmsghdr align; } control;
         struct msghdr h;
         memset(&h, 0, sizeof(h));
@@ -732,58 +517,18 @@ bio_zc_errq_drain_nogil(void *arg)
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         bio_zc_errq_parse(q, &h);
     }
-    q->full = 1;
+    q->full = q->drain;
     return 0;
 }
 
-/* A range wider than the id table (not all ours): look at every slot. */
-static void
-bio_zc_msg_wide_range(BioZcSender *s, const BioZcRange *r)
-{
-    for (uint32_t idx = 0; idx < s->pool->nbuf; idx++) {
-        BioZcSlot *sl = &s->slots[idx];
-        if (!sl->busy || !sl->want_notif || sl->zc_id - r->lo > r->hi - r->lo)
-            continue;
-        s->id_slot[sl->zc_id & s->id_mask] = UINT32_MAX;
-        bio_zc_notified(s, idx, r->copied);
-        if (sl->has_result)
-            bio_zc_finish(s, idx);
-    }
-}
-
-/* Apply notification range [lo, hi] of MSG_ZEROCOPY ids (wrapping). */
-static void
-bio_zc_msg_range(BioZcSender *s, const BioZcRange *r)
-{
-    uint32_t span = r->hi - r->lo;
-    if (span > s->id_mask) {
-        bio_zc_msg_wide_range(s, r);
-        return;
-    }
-    for (uint32_t k = 0; k <= span; k++) {
-        uint32_t id = r->lo + k;
-        uint32_t idx = s->id_slot[id & s->id_mask];
-        BioZcSlot *sl = idx < s->pool->nbuf ? &s->slots[idx] : NULL;
-        if (sl == NULL || !sl->busy || !sl->want_notif || sl->zc_id != id) {
-            BIO_ZC_COUNT(s, BIO_ZC_UNMATCHED, 1);
-            continue;
-        }
-        s->id_slot[id & s->id_mask] = UINT32_MAX;
-        bio_zc_notified(s, idx, r->copied);
-        if (sl->has_result)
-            bio_zc_finish(s, idx);
-    }
-}
-
-/* Read the error queue and apply what it says. 0 or -1 with OSError. */
+/* sendmsg backends: take what the epoll set and the error queue say and
+ * apply it. 0, or -1 with an exception set. */
 static int
-bio_zc_msg_reap(BioZcSender *s)
+bio_zc_epoll_reap(BioZcSender *s)
 {
-    BioZcErrq q;
-    int epfd = s->epfd;
+    BioZcErrq q = {.fd = s->fd, .epfd = s->epfd};
     do {
-        q.fd = s->fd;
-        q.epfd = epfd;
+        q.drain = s->zc_pending > 0;
         q.n = q.full = 0;
         q.syscalls = q.other = 0;
         s->busy = 1;
@@ -793,14 +538,229 @@ bio_zc_msg_reap(BioZcSender *s)
         BIO_ZC_COUNT(s, BIO_ZC_OTHER_ERRQUEUE, q.other);
         for (int i = 0; i < q.n; i++)
             bio_zc_msg_range(s, &q.r[i]);
+        if (q.events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+            s->out_blocked = 0; /* writable, or an error the next sendmsg reports */
         if (r < 0) {
             if (r != -EINTR)
                 bio_raise_errno(r);
             return -1;
         }
-        epfd = -1;
     } while (q.full);
     return 0;
+}
+
+/* ---- sendmsg backends: pieces ------------------------------------------- */
+
+typedef struct {
+    int fd, flags;
+    const void *buf;
+    size_t len;
+    const struct sockaddr_in6 *name;
+} BioZcSendCtx;
+
+/* One sendmsg. Bytes sent or -errno. nogil. */
+static int
+bio_zc_sendmsg_nogil(void *arg)
+{
+    BioZcSendCtx *c = arg;
+    struct iovec iov = {(void *)c->buf, c->len};
+    struct msghdr h;
+    memset(&h, 0, sizeof(h));
+    socklen_t namelen = bio_addr_len(c->name);
+    h.msg_name = namelen ? (void *)c->name : NULL;
+    h.msg_namelen = namelen;
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    ssize_t r = sendmsg(c->fd, &h, c->flags);
+    return r < 0 ? -errno : (int)r;
+}
+
+/* One sendmsg of what is left of slot idx's send, MSG_ZEROCOPY if zc; on a
+ * stream it never blocks. Bytes taken or -errno (-EINTR with an exception
+ * set: a signal handler raised). */
+static int
+bio_zc_sendmsg(BioZcSender *s, uint32_t idx, int zc)
+{
+    BioZcSlot *sl = &s->slots[idx];
+    BioZcSendCtx c = {.fd = s->fd, .buf = bio_zcpool_ptr(s->pool, idx) + sl->sent,
+                      .len = sl->length - sl->sent, .name = &s->names[idx],
+                      .flags = (zc ? MSG_ZEROCOPY : 0) |
+                               (s->stream ? MSG_DONTWAIT | MSG_NOSIGNAL : 0)};
+    BIO_ZC_COUNT(s, BIO_ZC_SYSCALLS, 1);
+    s->busy = 1;
+    int r = bio_nogil_retry(bio_zc_sendmsg_nogil, &c);
+    s->busy = 0;
+    return r;
+}
+
+/* Send the next piece of slot idx by sendmsg: MSG_ZEROCOPY if asked for
+ * (by copy if the kernel has no memory for the notification, ENOBUFS, or
+ * we have none to track its id), and apply the result. 0, or -1 when a
+ * signal handler raised (this piece took nothing). */
+static int
+bio_zc_sync_piece(BioZcSender *s, uint32_t idx)
+{
+    BioZcSlot *sl = &s->slots[idx];
+    int zc = sl->zc;
+    if (zc && bio_zc_ids_room(s) < 0) {
+        PyErr_Clear();
+        zc = 0;
+    }
+    int r = zc ? bio_zc_sendmsg(s, idx, 1) : 0;
+    if (zc && r == -ENOBUFS) {
+        BIO_ZC_COUNT(s, BIO_ZC_ENOBUFS, 1);
+        zc = 0;
+    }
+    if (!zc && !(r == -EINTR && PyErr_Occurred()))
+        r = bio_zc_sendmsg(s, idx, 0);
+    if (r == -EINTR && PyErr_Occurred())
+        return -1;
+    if (zc && r > 0) { /* the kernel numbers each zero-copy sendmsg that takes bytes */
+        s->ids[s->next_id & s->id_mask] = (BioZcIdEntry){s->next_id, idx};
+        s->next_id++;
+        sl->notifs++;
+        sl->zc_used = 1;
+        s->zc_pending++;
+    }
+    bio_zc_piece_done(s, idx, r);
+    return 0;
+}
+
+/* sendmsg backends: send from the queue's head while the socket takes it.
+ * 0, or -1 when a signal handler raised. */
+static int
+bio_zc_sync_push(BioZcSender *s)
+{
+    while (s->q_len > 0 && !s->out_blocked) {
+        uint32_t idx = bio_zc_q_head(s);
+        if (!bio_zc_settle_head(s, idx) && bio_zc_sync_piece(s, idx) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- io_uring: pieces ---------------------------------------------------- */
+
+/* Apply one CQE (user_data = buffer index): a piece's result, or a
+ * notification that the kernel is done with a piece's pages. */
+static void
+bio_zc_uring_cqe(BioZcSender *s, const struct io_uring_cqe *cqe)
+{
+    uint32_t idx = (uint32_t)cqe->user_data;
+    BioZcSlot *sl = idx < s->pool->nbuf ? &s->slots[idx] : NULL;
+    int notif = (cqe->flags & IORING_CQE_F_NOTIF) != 0;
+    if (sl == NULL || !sl->busy || (notif ? sl->notifs == 0 : !sl->submitted)) {
+        BIO_ZC_COUNT(s, BIO_ZC_UNMATCHED, 1);
+        return;
+    }
+    if (notif) {
+        sl->copied |= ((uint32_t)cqe->res & IORING_NOTIF_USAGE_ZC_COPIED) != 0;
+        sl->notifs--;
+        s->zc_pending--;
+    } else {
+        sl->submitted = 0;
+        if (cqe->flags & IORING_CQE_F_MORE) {
+            sl->notifs++;
+            s->zc_pending++;
+        }
+        sl->zc_used |= sl->zc && cqe->res > 0;
+        bio_zc_piece_done(s, idx, cqe->res);
+    }
+    bio_zc_try_finish(s, idx);
+}
+
+/* Take every CQE posted so far (shared memory, no syscall). */
+static void
+bio_zc_uring_reap(BioZcSender *s)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&s->ring, head, cqe)
+    {
+        bio_zc_uring_cqe(s, cqe);
+        n++;
+    }
+    io_uring_cq_advance(&s->ring, n);
+}
+
+/* Put the next piece of slot idx in sqe: SEND_ZC (from the fixed buffers)
+ * if zero copy is asked for, else SENDMSG through s->umsg. No MSG_WAITALL:
+ * a short piece comes back and the next one follows it. */
+static void
+bio_zc_uring_prep(BioZcSender *s, uint32_t idx, struct io_uring_sqe *sqe)
+{
+    BioZcSlot *sl = &s->slots[idx];
+    unsigned char *ptr = bio_zcpool_ptr(s->pool, idx) + sl->sent;
+    size_t len = sl->length - sl->sent;
+    socklen_t namelen = bio_addr_len(&s->names[idx]);
+    if (sl->zc) {
+        if (s->fixed)
+            io_uring_prep_send_zc_fixed(sqe, s->fd, ptr, len, MSG_NOSIGNAL,
+                                        IORING_SEND_ZC_REPORT_USAGE, idx);
+        else
+            io_uring_prep_send_zc(sqe, s->fd, ptr, len, MSG_NOSIGNAL, IORING_SEND_ZC_REPORT_USAGE);
+        if (namelen)
+            io_uring_prep_send_set_addr(sqe, (const struct sockaddr *)&s->names[idx], namelen);
+    } else {
+        s->uiov = (struct iovec){ptr, len};
+        memset(&s->umsg, 0, sizeof(s->umsg));
+        s->umsg.msg_name = namelen ? &s->names[idx] : NULL;
+        s->umsg.msg_namelen = namelen;
+        s->umsg.msg_iov = &s->uiov;
+        s->umsg.msg_iovlen = 1;
+        io_uring_prep_sendmsg(sqe, s->fd, &s->umsg, MSG_NOSIGNAL);
+    }
+    io_uring_sqe_set_data64(sqe, idx);
+    sl->submitted = 1;
+}
+
+static int
+bio_zc_submit_nogil(void *arg)
+{
+    return io_uring_submit((struct io_uring *)arg);
+}
+
+/* io_uring: take the CQEs posted, and whenever no request is in flight put
+ * the next piece of the queue's head on the ring (one at a time keeps the
+ * order; io_uring itself waits for room in the socket). 0, or -1 with
+ * OSError if io_uring_enter failed: the request stays in the SQ ring and
+ * goes with the next call. */
+static int
+bio_zc_uring_push(BioZcSender *s)
+{
+    for (;;) {
+        bio_zc_uring_reap(s);
+        if (io_uring_sq_ready(&s->ring) == 0) {
+            if (s->q_len == 0 || s->slots[bio_zc_q_head(s)].submitted)
+                return 0;
+            uint32_t idx = bio_zc_q_head(s);
+            if (bio_zc_settle_head(s, idx))
+                continue;
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+            if (sqe == NULL) { /* cannot happen: one request at a time */
+                bio_raise_errno(-EBUSY);
+                return -1;
+            }
+            bio_zc_uring_prep(s, idx, sqe);
+        }
+        BIO_ZC_COUNT(s, BIO_ZC_SYSCALLS, 1);
+        s->busy = 1;
+        int r = bio_nogil_retry(bio_zc_submit_nogil, &s->ring);
+        s->busy = 0;
+        if (r < 0 && r != -EINTR)
+            bio_raise_errno(r);
+        if (r <= 0) /* 0: nothing taken; try again on the next call */
+            return r < 0 ? -1 : 0;
+    }
+}
+
+/* ---- processing --------------------------------------------------------- */
+
+/* Move the queue on as far as the kernel takes it, without waiting. */
+static int
+bio_zc_push(BioZcSender *s)
+{
+    return s->backend == BIO_ZC_URING ? bio_zc_uring_push(s) : bio_zc_sync_push(s);
 }
 
 /* Call the policy once the kernel copied switch_after sends in a row. */
@@ -815,26 +775,30 @@ bio_zc_run_policy(BioZcSender *s)
     return r == NULL ? -1 : 0;
 }
 
-/* Process every completion available now, without waiting. GIL held.
- * 0, or -1 with an exception set. */
+/* Process every completion available now and move the queue on, without
+ * waiting. GIL held. 0, or -1 with an exception set. */
 static int
 bio_zc_process(BioZcSender *s)
 {
-    if (s->backend == BIO_ZC_URING && s->ring_ok)
-        bio_zc_uring_reap(s);
-    else if (s->backend == BIO_ZC_MSG && s->zc_pending > 0 && bio_zc_msg_reap(s) < 0)
+    if (s->backend != BIO_ZC_URING && s->epfd >= 0 && s->inflight > 0 && bio_zc_epoll_reap(s) < 0)
+        return -1;
+    if (bio_zc_push(s) < 0)
         return -1;
     return s->switch_pending ? bio_zc_run_policy(s) : 0;
 }
 
+/* ---- waiting ------------------------------------------------------------ */
+
 typedef struct {
-    BioZcSender *s;
+    BioZcSender *s;    /* only its ring and epfd are used */
     int64_t deadline;
+    uint32_t events;   /* what epoll said */
     uint64_t syscalls;
 } BioZcWaitCtx;
 
-/* Sleep until a completion may be ready or the deadline (-1: none).
- * 1 woken, 0 deadline passed, -errno. nogil. */
+/* Sleep until a completion may be ready (or, on a stream, the socket
+ * writable) or the deadline (-1: none). 1 woken, 0 deadline passed,
+ * -errno. nogil. */
 static int
 bio_zc_wait_nogil(void *arg)
 {
@@ -851,15 +815,16 @@ bio_zc_wait_nogil(void *arg)
         return r == 0 ? 1 : (r == -ETIME ? 0 : r);
     }
     struct epoll_event ev;
-    int ms = left < 0 ? -1 : (int)((left + 999999) / 1000000 > 0x7fffffff ? 0x7fffffff
-                                                                         : (left + 999999) / 1000000);
-    int r = epoll_wait(w->s->epfd, &ev, 1, ms);
+    int r = epoll_wait(w->s->epfd, &ev, 1, bio_deadline_ms(w->deadline));
+    if (r > 0)
+        w->events |= ev.events;
     return r < 0 ? -errno : (r > 0);
 }
 
 /* Process completions until ready(s, arg) holds or the deadline passes
- * (-1: never). 1 ready, 0 timed out (or nothing in flight to wait for),
- * -1 with an exception set. GIL held. */
+ * (-1: never); processes once even if the deadline has passed. 1 ready,
+ * 0 timed out (or nothing in flight to wait for), -1 with an exception
+ * set. GIL held. */
 static int
 bio_zc_wait_until(BioZcSender *s, int (*ready)(BioZcSender *, void *), void *arg,
                   int64_t deadline)
@@ -869,7 +834,7 @@ bio_zc_wait_until(BioZcSender *s, int (*ready)(BioZcSender *, void *), void *arg
             return -1;
         if (ready(s, arg))
             return 1;
-        if (s->inflight == 0 || s->backend == BIO_ZC_COPY || s->fd < 0)
+        if (s->inflight == 0 || s->fd < 0 || (s->backend != BIO_ZC_URING && s->epfd < 0))
             return 0;
         if (deadline >= 0 && bio_now_ns() >= deadline)
             return 0;
@@ -878,6 +843,8 @@ bio_zc_wait_until(BioZcSender *s, int (*ready)(BioZcSender *, void *), void *arg
         int r = bio_nogil_retry(bio_zc_wait_nogil, &w);
         s->busy = 0;
         BIO_ZC_COUNT(s, BIO_ZC_SYSCALLS, w.syscalls);
+        if (w.events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+            s->out_blocked = 0;
         if (r < 0) {
             if (r != -EINTR)
                 bio_raise_errno(r);
@@ -899,12 +866,6 @@ bio_zc_ready_free(BioZcSender *s, void *x)
 }
 
 static int
-bio_zc_ready_ordered(BioZcSender *s, void *x)
-{
-    return s->pending_results == 0;
-}
-
-static int
 bio_zc_ready_idle(BioZcSender *s, void *x)
 {
     return s->inflight == 0;
@@ -920,7 +881,10 @@ bio_zc_check_usable(BioZcSender *s)
         return -1;
     }
     if (s->fd < 0) {
-        bio_zc_oserror(EBADF, "the ZeroCopySender is closed");
+        PyObject *v = Py_BuildValue("(is)", EBADF, "the ZeroCopySender is closed");
+        if (v != NULL)
+            PyErr_SetObject(PyExc_OSError, v);
+        Py_XDECREF(v);
         return -1;
     }
     return 0;
@@ -971,8 +935,9 @@ static PyMethodDef bio_zcc_methods[] = {
      "done() -> bool: the kernel is done with the buffer (processes completions first)"},
     {"wait", (PyCFunction)(void (*)(void))bio_zcc_wait, METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None) -> int\n\nBlock until the kernel is done with the buffer; return the\n"
-     "bytes sent. OSError with the kernel's errno if the send failed; TimeoutError\n"
-     "if it is still in flight after timeout seconds."},
+     "bytes sent. OSError with the kernel's errno if the send failed (its `sent`\n"
+     "attribute: the bytes taken before); TimeoutError if it is still in flight\n"
+     "after timeout seconds."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -990,131 +955,6 @@ static PyTypeObject BioZcCompletion_Type = {
     .tp_members = bio_zcc_members,
     .tp_getset = bio_zcc_getset,
 };
-
-/* ---- sender: issuing sends --------------------------------------------- */
-
-typedef struct {
-    int fd, flags;
-    const void *buf;
-    size_t len;
-    const struct sockaddr_in6 *name;
-} BioZcSendCtx;
-
-/* One sendmsg. Bytes sent or -errno. nogil. */
-static int
-bio_zc_sendmsg_nogil(void *arg)
-{
-    BioZcSendCtx *c = arg;
-    struct iovec iov = {(void *)c->buf, c->len};
-    struct msghdr h;
-    memset(&h, 0, sizeof(h));
-    socklen_t namelen = bio_addr_len(c->name);
-    h.msg_name = namelen ? (void *)c->name : NULL;
-    h.msg_namelen = namelen;
-    h.msg_iov = &iov;
-    h.msg_iovlen = 1;
-    ssize_t r = sendmsg(c->fd, &h, c->flags);
-    return r < 0 ? -errno : (int)r;
-}
-
-static int
-bio_zc_submit_nogil(void *arg)
-{
-    return io_uring_submit((struct io_uring *)arg);
-}
-
-/* Undo the bookkeeping of a send that never reached the kernel. */
-static void
-bio_zc_unsend(BioZcSender *s, uint32_t idx)
-{
-    BioZcSlot *sl = &s->slots[idx];
-    sl->busy = 0;
-    s->inflight--;
-    s->pool->state[idx] = BIO_ZC_OWNED;
-    Py_CLEAR(sl->completion);
-}
-
-/* One sendmsg of slot idx without the GIL. Bytes sent or -errno. */
-static int
-bio_zc_sendmsg(BioZcSender *s, uint32_t idx, uint32_t len, int flags)
-{
-    BioZcSendCtx c = {.fd = s->fd, .buf = bio_zcpool_ptr(s->pool, idx), .len = len,
-                      .name = &s->names[idx], .flags = flags | (s->stream ? MSG_NOSIGNAL : 0)};
-    BIO_ZC_COUNT(s, BIO_ZC_SYSCALLS, 1);
-    s->busy = 1;
-    int r = bio_nogil_retry(bio_zc_sendmsg_nogil, &c);
-    s->busy = 0;
-    return r;
-}
-
-/* Send slot idx with sendmsg, MSG_ZEROCOPY when zc (a zero-copy send then
- * waits for its notification; if the kernel has no memory for one, ENOBUFS,
- * the data goes by plain copy). 0, or -1 when a signal handler raised:
- * nothing was sent and the buffer is OWNED again. */
-static int
-bio_zc_issue_sync(BioZcSender *s, uint32_t idx, uint32_t len, int zc)
-{
-    int r = zc ? bio_zc_sendmsg(s, idx, len, MSG_ZEROCOPY) : 0;
-    if (zc && r == -ENOBUFS) {
-        BIO_ZC_COUNT(s, BIO_ZC_ENOBUFS, 1);
-        zc = 0;
-    }
-    if (!zc && !(r == -EINTR && PyErr_Occurred()))
-        r = bio_zc_sendmsg(s, idx, len, 0);
-    if (r == -EINTR && PyErr_Occurred()) {
-        bio_zc_unsend(s, idx);
-        return -1;
-    }
-    BioZcSlot *sl = &s->slots[idx];
-    BIO_ZC_COUNT(s, zc ? BIO_ZC_ZEROCOPY_SENDS : BIO_ZC_COPY_SENDS, 1);
-    sl->zerocopy = (uint8_t)(zc && r >= 0);
-    bio_zc_set_result(s, idx, r);
-    if (!sl->zerocopy) {
-        bio_zc_finish(s, idx);
-        return 0;
-    }
-    sl->zc_id = s->next_id++; /* the kernel numbers each accepted zero-copy send */
-    sl->want_notif = 1;
-    s->zc_pending++;
-    s->id_slot[sl->zc_id & s->id_mask] = idx;
-    return 0;
-}
-
-/* Queue slot idx as an io_uring SEND_ZC and submit it. 0, or -1 with
- * OSError (the request stays queued; its CQEs will free the buffer). */
-static int
-bio_zc_issue_uring(BioZcSender *s, uint32_t idx, uint32_t len)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
-    if (sqe == NULL) { /* cannot happen: one SQE per buffer fits */
-        bio_zc_unsend(s, idx);
-        bio_raise_errno(-EBUSY);
-        return -1;
-    }
-    int flags = MSG_NOSIGNAL | (s->stream ? MSG_WAITALL : 0);
-    void *ptr = bio_zcpool_ptr(s->pool, idx);
-    if (s->fixed)
-        io_uring_prep_send_zc_fixed(sqe, s->fd, ptr, len, flags, IORING_SEND_ZC_REPORT_USAGE, idx);
-    else
-        io_uring_prep_send_zc(sqe, s->fd, ptr, len, flags, IORING_SEND_ZC_REPORT_USAGE);
-    socklen_t namelen = bio_addr_len(&s->names[idx]);
-    if (namelen)
-        io_uring_prep_send_set_addr(sqe, (const struct sockaddr *)&s->names[idx], namelen);
-    io_uring_sqe_set_data64(sqe, idx);
-    BioZcSlot *sl = &s->slots[idx];
-    sl->zerocopy = 1;
-    sl->want_notif = 1;
-    s->zc_pending++;
-    s->pending_results++;
-    BIO_ZC_COUNT(s, BIO_ZC_ZEROCOPY_SENDS, 1);
-    BIO_ZC_COUNT(s, BIO_ZC_SYSCALLS, 1);
-    s->busy = 1;
-    int r = bio_nogil_retry(bio_zc_submit_nogil, &s->ring);
-    s->busy = 0;
-    if (r < 0 && r != -EINTR)
-        bio_raise_errno(r);
-    return r < 0 ? -1 : 0;
-}
 
 /* ---- sender: the send call --------------------------------------------- */
 
@@ -1190,7 +1030,42 @@ bio_zc_completion_new(BioZcSender *s, uint32_t idx, uint32_t len)
     return c;
 }
 
-/* Send buffer bufobj; returns its Completion (new reference) or NULL. */
+/* Buffer idx is in flight from now on: slot set up (zero copy as the policy
+ * says), at the tail of the queue. */
+static void
+bio_zc_slot_start(BioZcSender *s, uint32_t idx, uint32_t len, BioZcCompletion *c)
+{
+    int zc = s->zerocopy && s->backend != BIO_ZC_COPY && len > 0 && len >= (uint32_t)s->min_size;
+    BioZcSlot *sl = &s->slots[idx];
+    memset(sl, 0, sizeof(*sl));
+    sl->busy = 1;
+    sl->length = len;
+    sl->zc = (uint8_t)zc;
+    sl->completion = Py_NewRef((PyObject *)c);
+    c->zerocopy = (char)zc;
+    s->pool->state[idx] = BIO_ZC_IN_FLIGHT;
+    s->inflight++;
+    bio_zc_q_push(s, idx);
+}
+
+/* Take back the send at the queue's tail, idx, if the kernel has seen none
+ * of it (a signal handler raised before): its buffer is OWNED again. */
+static void
+bio_zc_unsend(BioZcSender *s, uint32_t idx)
+{
+    BioZcSlot *sl = &s->slots[idx];
+    if (!sl->busy || sl->submitted || sl->sent > 0 || sl->has_result || sl->notifs > 0)
+        return;
+    sl->busy = 0;
+    s->q_len--;
+    s->inflight--;
+    s->pool->state[idx] = BIO_ZC_OWNED;
+    Py_CLEAR(sl->completion);
+}
+
+/* Send buffer bufobj; its Completion (new reference), or NULL with the
+ * buffer untouched (but for io_uring_enter failing after the request was
+ * queued: it goes with the next call). Never waits for the kernel. */
 static PyObject *
 bio_zc_send_common(BioZcSender *s, PyObject *bufobj, PyObject *lenobj, PyObject *addr)
 {
@@ -1198,8 +1073,8 @@ bio_zc_send_common(BioZcSender *s, PyObject *bufobj, PyObject *lenobj, PyObject 
     uint32_t len;
     if (bio_zc_check_usable(s) < 0)
         return NULL;
-    /* an io_uring send still without its result must not be overtaken */
-    if (s->pending_results && bio_zc_wait_until(s, bio_zc_ready_ordered, NULL, -1) < 0)
+    /* io_uring: what the ring holds costs no syscall; it moves the queue on */
+    if (s->backend == BIO_ZC_URING && bio_zc_process(s) < 0)
         return NULL;
     if (bio_zc_send_args(s, bufobj, lenobj, &b, &len) < 0 || bio_zc_send_addr(s, b->index, addr) < 0)
         return NULL;
@@ -1207,19 +1082,11 @@ bio_zc_send_common(BioZcSender *s, PyObject *bufobj, PyObject *lenobj, PyObject 
     BioZcCompletion *c = bio_zc_completion_new(s, idx, len);
     if (c == NULL)
         return NULL;
-    int zc = s->zerocopy && s->backend != BIO_ZC_COPY && len > 0 && len >= (uint32_t)s->min_size;
-    BioZcSlot *sl = &s->slots[idx];
-    memset(sl, 0, sizeof(*sl));
-    sl->busy = 1;
-    sl->completion = Py_NewRef((PyObject *)c);
-    c->zerocopy = (char)zc;
-    s->pool->state[idx] = BIO_ZC_IN_FLIGHT;
-    s->inflight++;
+    bio_zc_slot_start(s, idx, len, c);
     BIO_ZC_COUNT(s, BIO_ZC_SENDS, 1);
-    int r = zc && s->backend == BIO_ZC_URING ? bio_zc_issue_uring(s, idx, len)
-                                              : bio_zc_issue_sync(s, idx, len, zc);
-    c->zerocopy = (char)sl->zerocopy;
-    if (r < 0) {
+    BIO_ZC_COUNT(s, c->zerocopy ? BIO_ZC_ZEROCOPY_SENDS : BIO_ZC_COPY_SENDS, 1);
+    if (s->q_len == 1 && bio_zc_push(s) < 0) { /* else it waits for the ones before it */
+        bio_zc_unsend(s, idx);
         Py_DECREF(c);
         return NULL;
     }
@@ -1301,8 +1168,10 @@ bio_zcs_poll(BioZcSender *s, PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLongLong(s->returned - before);
 }
 
-/* Give up on what is still in flight: those buffers are LOST (never reused:
- * the kernel may still read them) and their Completions cancelled. */
+/* Give up on what is still in flight; the Completions are cancelled. A
+ * buffer the kernel may still read (a request on the ring, a notification
+ * due) is LOST, never reused; one it never saw, or only copied from, goes
+ * back to the pool. */
 static void
 bio_zc_abandon(BioZcSender *s)
 {
@@ -1311,13 +1180,16 @@ bio_zc_abandon(BioZcSender *s)
         if (!sl->busy)
             continue;
         sl->busy = 0;
-        s->pool->state[i] = BIO_ZC_LOST;
+        if (sl->submitted || sl->notifs > 0)
+            s->pool->state[i] = BIO_ZC_LOST;
+        else
+            bio_zcpool_put(s->pool, i);
         if (sl->completion != NULL) {
             bio_zcc_fill((BioZcCompletion *)sl->completion, sl, 1);
             Py_CLEAR(sl->completion);
         }
     }
-    s->inflight = s->zc_pending = s->pending_results = 0;
+    s->inflight = s->zc_pending = s->q_len = 0;
 }
 
 /* Close the descriptors and let the pool go to another sender. */
@@ -1339,6 +1211,15 @@ bio_zc_release(BioZcSender *s)
     s->attached = 0;
 }
 
+static int
+bio_zc_get_events_nogil(void *ring)
+{
+    return io_uring_get_events((struct io_uring *)ring);
+}
+
+/* close(timeout=None): process what the kernel has released (always, also
+ * with timeout 0: a send that completed is never reported cancelled), wait
+ * up to timeout for the rest, then give it up and close. */
 static PyObject *
 bio_zcs_close(BioZcSender *s, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1352,7 +1233,16 @@ bio_zcs_close(BioZcSender *s, PyObject *const *args, Py_ssize_t nargs, PyObject 
         Py_RETURN_NONE;
     if (bio_zc_check_usable(s) < 0)
         return NULL;
-    if (ns != 0 && bio_zc_wait_until(s, bio_zc_ready_idle, NULL, ns < 0 ? -1 : bio_now_ns() + ns) < 0)
+    int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
+    if (s->backend == BIO_ZC_URING && s->inflight > 0) { /* post what the kernel finished */
+        BIO_ZC_COUNT(s, BIO_ZC_SYSCALLS, 1);
+        s->busy = 1;
+        int r = bio_nogil_retry(bio_zc_get_events_nogil, &s->ring);
+        s->busy = 0;
+        if (r == -EINTR)
+            return NULL;
+    }
+    if (bio_zc_wait_until(s, bio_zc_ready_idle, NULL, deadline) < 0)
         return NULL;
     bio_zc_release(s);
     Py_RETURN_NONE;
@@ -1399,9 +1289,8 @@ bio_zcs_reset_counters(BioZcSender *s, PyObject *Py_UNUSED(ignored))
 
 /* ---- sender: setup ----------------------------------------------------- */
 
-/* io_uring with one SQE per buffer (so the SQ never fills, nor the CQ:
- * at most two CQEs per buffer), the pool registered as fixed buffers where
- * the kernel lets us. 0 or -errno. */
+/* io_uring, the pool registered as fixed buffers where the kernel lets us.
+ * 0 or -errno. */
 static int
 bio_zc_uring_setup(BioZcSender *s)
 {
@@ -1426,23 +1315,26 @@ bio_zc_uring_setup(BioZcSender *s)
     return 0;
 }
 
-/* MSG_ZEROCOPY: an epoll set telling (edge-triggered) when the socket's
- * error queue gets something, and the id -> buffer table. 0 or -errno. */
+/* sendmsg backends: an epoll set telling (edge-triggered) when the error
+ * queue gets something (MSG_ZEROCOPY) and when a stream socket has room
+ * again; MSG_ZEROCOPY also gets the id table. 0 or -errno. */
 static int
-bio_zc_msg_setup(BioZcSender *s)
+bio_zc_epoll_setup(BioZcSender *s)
 {
-    uint32_t n = 8;
-    while (n < 2 * s->pool->nbuf)
-        n <<= 1;
-    s->id_slot = PyMem_Malloc(n * sizeof(uint32_t));
-    if (s->id_slot == NULL)
-        return -ENOMEM;
-    memset(s->id_slot, 0xff, n * sizeof(uint32_t));
-    s->id_mask = n - 1;
+    if (s->backend == BIO_ZC_MSG) {
+        uint32_t n = 8;
+        while (n < 2 * s->pool->nbuf)
+            n <<= 1;
+        if ((s->ids = PyMem_Malloc(n * sizeof(*s->ids))) == NULL)
+            return -ENOMEM;
+        memset(s->ids, 0xff, n * sizeof(*s->ids));
+        s->id_mask = n - 1;
+    }
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s->epfd < 0)
         return -errno;
-    struct epoll_event ev = {.events = EPOLLERR | EPOLLET, .data.fd = s->fd};
+    struct epoll_event ev = {.events = EPOLLERR | EPOLLET | (s->stream ? EPOLLOUT : 0),
+                             .data.fd = s->fd};
     return epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0 ? -errno : 0;
 }
 
@@ -1487,6 +1379,22 @@ bio_zc_new_args(PyObject *pool, int backend, PyObject *ctype)
     return 0;
 }
 
+/* The descriptors and tables of a new sender s. 0 or -errno. */
+static int
+bio_zc_setup(BioZcSender *s, int fd)
+{
+    uint32_t n = s->pool->nbuf;
+    s->slots = PyMem_Calloc(n, sizeof(BioZcSlot));
+    s->names = PyMem_Calloc(n, sizeof(struct sockaddr_in6));
+    s->queue = PyMem_Calloc(n, sizeof(uint32_t));
+    int r = s->slots && s->names && s->queue ? bio_zc_fd_setup(s, fd) : -ENOMEM;
+    if (r == 0 && s->backend == BIO_ZC_URING)
+        r = bio_zc_uring_setup(s);
+    if (r == 0 && (s->backend == BIO_ZC_MSG || (s->backend == BIO_ZC_COPY && s->stream)))
+        r = bio_zc_epoll_setup(s);
+    return r;
+}
+
 static PyObject *
 bio_zcs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -1506,13 +1414,7 @@ bio_zcs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s->pool = (BioZcPool *)Py_NewRef(pool);
     s->completion_type = Py_NewRef(ctype);
     s->next_id = first_id;
-    s->slots = PyMem_Calloc(s->pool->nbuf, sizeof(BioZcSlot));
-    s->names = PyMem_Calloc(s->pool->nbuf, sizeof(struct sockaddr_in6));
-    int r = s->slots && s->names ? bio_zc_fd_setup(s, fd) : -ENOMEM;
-    if (r == 0 && backend == BIO_ZC_URING)
-        r = bio_zc_uring_setup(s);
-    if (r == 0 && backend == BIO_ZC_MSG)
-        r = bio_zc_msg_setup(s);
+    int r = bio_zc_setup(s, fd);
     if (r < 0) {
         bio_raise_errno(r);
         Py_DECREF(s);
@@ -1553,14 +1455,16 @@ bio_zcs_dealloc(BioZcSender *s)
     Py_CLEAR(s->pool);
     PyMem_Free(s->slots);
     PyMem_Free(s->names);
-    PyMem_Free(s->id_slot);
+    PyMem_Free(s->queue);
+    PyMem_Free(s->ids);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
+/* completion_fd: readable when completions may be ready (-1: none needed). */
 static PyObject *
 bio_zcs_get_completion_fd(BioZcSender *s, void *c)
 {
-    if (s->fd < 0 || s->backend == BIO_ZC_COPY)
+    if (s->fd < 0)
         return PyLong_FromLong(-1);
     return PyLong_FromLong(s->backend == BIO_ZC_URING ? s->ring.ring_fd : s->epfd);
 }
@@ -1569,14 +1473,15 @@ static PyMethodDef bio_zcs_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))bio_zcs_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(timeout=None) -> ZeroCopyBuffer: a free buffer, waiting for one to come back"},
     {"send", (PyCFunction)(void (*)(void))bio_zcs_send, METH_FASTCALL | METH_KEYWORDS,
-     "send(buf, length=None, addr=None) -> Completion"},
+     "send(buf, length=None, addr=None) -> Completion (never waits for the kernel)"},
     {"send_and_wait", (PyCFunction)(void (*)(void))bio_zcs_send_and_wait,
      METH_FASTCALL | METH_KEYWORDS,
      "send_and_wait(buf, length=None, addr=None, timeout=None) -> int: bytes sent"},
     {"poll", (PyCFunction)bio_zcs_poll, METH_NOARGS,
-     "poll() -> int: process completions without waiting; buffers returned to the pool"},
+     "poll() -> int: process completions and move queued sends on, without waiting; "
+     "buffers returned to the pool"},
     {"close", (PyCFunction)(void (*)(void))bio_zcs_close, METH_FASTCALL | METH_KEYWORDS,
-     "close(timeout=None): wait up to timeout for buffers in flight, then close"},
+     "close(timeout=None): process completions, wait up to timeout for the rest, then close"},
     {"counters", (PyCFunction)bio_zcs_counters, METH_NOARGS, "counters() -> dict"},
     {"count", (PyCFunction)bio_zcs_count, METH_VARARGS,
      "count(name, n): add n to a counter (for policy code in Python)"},
@@ -1589,6 +1494,10 @@ static PyMemberDef bio_zcs_members[] = {
     {"fd", T_INT, offsetof(BioZcSender, fd), READONLY, "our descriptor of the socket (-1: closed)"},
     {"backend", T_INT, offsetof(BioZcSender, backend), READONLY, "0 copy, 1 msg, 2 uring"},
     {"stream", T_INT, offsetof(BioZcSender, stream), READONLY, "1: a TCP socket"},
+    {"broken", T_INT, offsetof(BioZcSender, broken), READONLY,
+     "stream: errno of the send that failed, after which no send is made (0: none failed)"},
+    {"queued", T_UINT, offsetof(BioZcSender, q_len), READONLY,
+     "sends not resolved yet (the first may be part way), in send() order"},
     {"fixed_buffers", T_INT, offsetof(BioZcSender, fixed), READONLY,
      "1: the pool is registered with io_uring as fixed buffers"},
     {"fixed_errno", T_INT, offsetof(BioZcSender, fixed_errno), READONLY,
@@ -1633,12 +1542,10 @@ static PyTypeObject BioZcSender_Type = {
 int
 bio_zerocopy_init_types(PyObject *module)
 {
-    if (PyType_Ready(&BioZcPool_Type) < 0 || PyType_Ready(&BioZcBuffer_Type) < 0 ||
-        PyType_Ready(&BioZcCompletion_Type) < 0 || PyType_Ready(&BioZcSender_Type) < 0)
+    if (bio_zcpool_init_types(module) < 0 || PyType_Ready(&BioZcCompletion_Type) < 0 ||
+        PyType_Ready(&BioZcSender_Type) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "ZeroCopyPool", (PyObject *)&BioZcPool_Type) < 0 ||
-        PyModule_AddObjectRef(module, "ZeroCopyBuffer", (PyObject *)&BioZcBuffer_Type) < 0 ||
-        PyModule_AddObjectRef(module, "ZcCompletion", (PyObject *)&BioZcCompletion_Type) < 0 ||
+    if (PyModule_AddObjectRef(module, "ZcCompletion", (PyObject *)&BioZcCompletion_Type) < 0 ||
         PyModule_AddObjectRef(module, "ZcSender", (PyObject *)&BioZcSender_Type) < 0)
         return -1;
     return 0;

@@ -16,8 +16,10 @@ esac
 
 # build: compiler, Python headers and venv, the system's liburing;
 # run: sockperf (latency peer), perf (syscall counts), taskset (util-linux),
-# ip (iproute2: the bench's own network namespaces).
-packages=(build-essential python3-dev python3-venv liburing-dev sockperf linux-perf util-linux iproute2)
+# ip and tc (iproute2: the bench's and tests' own network namespaces),
+# ethtool (the lab turns GRO on for NAPI), dnsperf (the dns bench's client).
+packages=(build-essential python3-dev python3-venv liburing-dev sockperf linux-perf util-linux iproute2
+          ethtool dnsperf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -29,6 +29,8 @@ import pytest
 import burstio
 from burstio.caps import ENV_DISABLE
 
+pytest_plugins = ["burstio.testing"]  # the burstio_lab fixture
+
 ROOT = Path(__file__).resolve().parent.parent
 
 V4 = "127.0.0.1"

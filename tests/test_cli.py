@@ -13,7 +13,7 @@ from burstio.cli import build_parser, main
 from conftest import ROOT, subprocess_env
 
 SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
-             "tx-zerocopy")
+             "tx-zerocopy", "latency-lab", "rings", "dns", "quic")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -25,7 +25,7 @@ def test_help():
     r = run("--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: burstio ")
-    for command in ("caps", "bench", "serve"):
+    for command in ("caps", "bench", "serve", "lab", "doctor"):
         assert command in r.stdout
 
 

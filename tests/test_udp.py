@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import re
 import select
 import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -1076,6 +1078,69 @@ class BackendContract:
         batch = PacketBatch(4, 64)
         assert rx.recv_batch(batch, float("inf")) == 1
         assert bytes(batch[0]) == b"inf"
+
+
+    # ---- busy polling (each mechanism, on every backend) ----------------------
+
+    def busy_poll_mechanism(self, monkeypatch, mech: str) -> None:
+        """Force the busy-poll mechanism: "socket" turns the per-epoll one off."""
+        if mech == "socket":
+            off = ",".join(filter(None, [self.variant.disable, "epoll_busy_poll"]))
+            monkeypatch.setenv(ENV_DISABLE, off)
+            if not burstio.capabilities().so_busy_poll:
+                pytest.skip(f"kernel lacks SO_BUSY_POLL: {burstio.capabilities()['so_busy_poll'].detail}")
+        elif not self.caps.epoll_busy_poll:
+            pytest.skip(f"kernel lacks per-epoll busy poll: {self.caps['epoll_busy_poll'].detail}")
+
+    @pytest.mark.parametrize("mech", ["epoll", "socket"])
+    def test_busy_poll_receives_everything_and_times_out(self, monkeypatch, mech):
+        self.busy_poll_mechanism(monkeypatch, mech)
+        rx, tx = self.make_pair()
+        assert rx.busy_polling == "off"
+        assert rx.busy_poll(30, 8) == mech
+        assert rx.busy_polling == mech
+        b = PacketBatch(64, 2048)
+        assert rx.recv_batch(b, 0.02) == 0  # nothing there: waits (polling), then times out
+        payloads = [bytes([i]) * (i + 1) for i in range(40)]
+        tx.send_batch(self.batch_of((p, rx.getsockname()) for p in payloads))
+        got = [g[0] for g in recv_all(rx, b, len(payloads))]
+        assert got == payloads
+        # a receive that must wait for its datagram (blocking socket, no timeout)
+        plain = self.plain()
+        threading.Timer(0.05, plain.sendto, (b"late", rx.getsockname())).start()
+        assert rx.recv_batch(b) == 1 and bytes(b[0]) == b"late"
+
+    @pytest.mark.parametrize("mech", ["epoll", "socket"])
+    def test_busy_poll_off_and_close_release_everything(self, monkeypatch, mech):
+        self.busy_poll_mechanism(monkeypatch, mech)
+        rx, tx = self.make_pair()
+        fds = len(os.listdir("/proc/self/fd"))
+        rx.busy_poll(10)
+        if mech == "epoll":
+            assert len(os.listdir("/proc/self/fd")) > fds  # its epoll instance
+        assert rx.busy_poll(0) == "off" and rx.busy_polling == "off"
+        assert len(os.listdir("/proc/self/fd")) == fds
+        if mech == "socket":
+            assert rx.sock.getsockopt(socket.SOL_SOCKET, burstio.caps.SO_BUSY_POLL) == 0
+        tx.send_batch(self.batch_of([(b"after", rx.getsockname())]))
+        b = PacketBatch(4, 2048)
+        assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"after"
+        rx.busy_poll(10)
+        rx.close()
+        assert len(os.listdir("/proc/self/fd")) == fds - 1  # the socket and its epoll are gone
+        with pytest.raises(OSError) as ei:
+            rx.busy_poll(10)
+        assert ei.value.errno == errno.EBADF
+
+    def test_busy_poll_bad_arguments(self):
+        s = self.make_socket()
+        with pytest.raises(TypeError, match="usecs must be int, got float"):
+            s.busy_poll(1.5)
+        with pytest.raises(ValueError, match="usecs must be between 0 and 2147483647, got -1"):
+            s.busy_poll(-1)
+        with pytest.raises(ValueError, match="budget must be between 0 and 65535, got 70000"):
+            s.busy_poll(10, 70000)
+        assert s.busy_polling == "off"
 
 
 # ---- one class per backend variant ------------------------------------------------

@@ -23,6 +23,7 @@ from .caps import Capabilities, Capability, capabilities
 from .udp import BurstSocket
 from .zerocopy import ZeroCopyBuffer, ZeroCopyPool, ZeroCopySender  # zero-copy send
 from .ring import RedundantResult, Ring
+from . import rings  # packet rings between processes: pipes, switch (rings.py)
 
 __version__ = "0.1.0"
 
@@ -45,4 +46,6 @@ __all__ = [
     "ZeroCopySender",
     "ZeroCopyPool",
     "ZeroCopyBuffer",
+    # packet rings between processes (rings.py)
+    "rings",
 ]

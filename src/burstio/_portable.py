@@ -7,6 +7,7 @@ backends must behave exactly like this independent implementation.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -69,11 +70,32 @@ class PortableIo:
         self.socket_index = 0
         self.recover = None  # policy for a send that stops early (BurstSocket sets it)
         self.single_after = 0  # the C backends' receive window; no syscall to save here
+        self.spin_us = 0  # retry the receive this long before sleeping (busy poll)
+        self._wait_fd, self._waiter = -1, None
         self.last_errno = 0
         self.last_error_index = -1
         self.last_error_gso = 0
         self._pending = 0
         self._c = dict.fromkeys(_COUNTERS, 0)
+
+    @property
+    def wait_fd(self) -> int:
+        """An epoll instance holding the socket to wait in (-1: select)."""
+        return self._wait_fd
+
+    @wait_fd.setter
+    def wait_fd(self, fd: int) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+        # a duplicate descriptor is the same epoll instance, busy-poll
+        # parameters included
+        self._waiter = select.epoll.fromfd(os.dup(fd)) if fd >= 0 else None
+        self._wait_fd = fd
+
+    def _wait(self, left: float | None) -> bool:
+        if self._waiter is not None:
+            return bool(self._waiter.poll(-1 if left is None else left, 1))
+        return bool(select.select([self.sock], [], [], left)[0])
 
     # ---- counters ------------------------------------------------------
     def counters(self) -> dict:
@@ -124,16 +146,22 @@ class PortableIo:
 
     def _recv_messages(self, batch, vlen: int, timeout_ns: int) -> list:
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
+        spin_end = None
         while True:
             try:
                 first = self._recv_one(batch, 0, socket.MSG_DONTWAIT)
                 break
             except BlockingIOError:
-                left = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                left = None if deadline is None else deadline - now
                 if left is not None and left <= 0:
                     return []
+                if self.spin_us > 0 and spin_end is None:
+                    spin_end = now + self.spin_us / 1e6
+                if spin_end is not None and now < spin_end:
+                    continue
                 self._c["rx_syscalls"] += 1
-                if not select.select([self.sock], [], [], left)[0]:
+                if not self._wait(left):
                     return []
         msgs = [first]
         for k in range(1, vlen):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from . import _native
 
-__all__ = ["Capability", "Capabilities", "capabilities", "ENV_DISABLE", "CAPABILITY_NAMES"]
+__all__ = ["Capability", "Capabilities", "capabilities", "ENV_DISABLE", "CAPABILITY_NAMES", "LATE_CAPABILITIES"]
 
 ENV_DISABLE = "BURSTIO_DISABLE"
 
@@ -244,6 +244,11 @@ _PROBES: dict[str, Probe] = {
 }
 
 CAPABILITY_NAMES: tuple[str, ...] = tuple(_PROBES)
+#: capabilities probed where they are used, not here (their probe needs a
+#: netlink library): BURSTIO_DISABLE may name them too
+LATE_CAPABILITIES: dict[str, str] = {
+    "netdev_napi_set": "per-NAPI settings over netdev netlink, Linux >= 6.13 (burstio.netdev.configure_napi)",
+}
 
 # A capability is off when the one it rests on is off.
 _REQUIRES = {name: "io_uring" for name in CAPABILITY_NAMES if name.startswith("io_uring_")}
@@ -286,10 +291,11 @@ def disabled_by_env(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     """Names listed in BURSTIO_DISABLE; ValueError names an unknown one."""
     raw = (os.environ if environ is None else environ).get(ENV_DISABLE, "")
     names = {n.strip() for n in raw.split(",") if n.strip()}
-    unknown = sorted(names - set(CAPABILITY_NAMES))
+    unknown = sorted(names - set(CAPABILITY_NAMES) - set(LATE_CAPABILITIES))
     if unknown:
         raise ValueError(
-            f"{ENV_DISABLE} names unknown capabilities {unknown}; known: {', '.join(CAPABILITY_NAMES)}"
+            f"{ENV_DISABLE} names unknown capabilities {unknown}; known: "
+            f"{', '.join((*CAPABILITY_NAMES, *LATE_CAPABILITIES))}"
         )
     return frozenset(names)
 

@@ -24,8 +24,18 @@ def _cmd_caps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import signal
+
     from . import bench
+
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: every scenario's
+    # finally blocks run, so namespaces and servers it made are removed
+    signal.signal(signal.SIGTERM, _interrupt)
 
     names = args.scenario or list(bench.SCENARIOS)
     unknown = [n for n in names if n not in bench.SCENARIOS]
@@ -39,10 +49,60 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _napi_settings(text: str) -> dict:
+    from .netdev import NAPI_KNOBS
+
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in NAPI_KNOBS or not value.isdigit():
+            raise argparse.ArgumentTypeError(f"expected K=V with K one of {', '.join(NAPI_KNOBS)} and V a "
+                                             f"non-negative integer, got {item!r}")
+        out[key] = int(value)
+    return out
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import sockperf
 
-    return sockperf.main(args.host, args.port, batch=args.batch, backend=args.backend, quiet=args.quiet)
+    return sockperf.main(args.host, args.port, batch=args.batch, backend=args.backend, quiet=args.quiet,
+                         mode=args.mode, busy_poll_usecs=args.busy_poll_usecs,
+                         busy_poll_budget=args.busy_poll_budget, napi_settings=args.napi_settings)
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import Lab, LabError, leftover_namespaces
+
+    try:
+        if args.action == "up":
+            lab = Lab(args.name, queues=args.queues, ifb=args.ifb).up(persist=True)
+            print(json.dumps(lab.status(), indent=2))
+        elif args.action == "down":
+            names = [args.name] if not args.all else sorted({ns.rsplit("-", 1)[0] for ns in leftover_namespaces("")
+                                                             if ns.endswith(("-a", "-b"))})
+            for name in names:
+                try:
+                    Lab.load(name).down()
+                except LabError:
+                    Lab(name).down()  # no state file: delete what the names say
+                print(f"lab {name}: down")
+        else:
+            print(json.dumps(Lab.load(args.name).status(), indent=2))
+    except (LabError, PermissionError, ValueError) as e:
+        print(f"burstio lab: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    from .netdev import NetdevError
+
+    try:
+        return doctor.main(args.dev, as_json=args.json, do_apply=args.apply)
+    except (NetdevError, PermissionError) as e:
+        print(f"burstio doctor: {e}", file=sys.stderr)
+        return 1
 
 
 def _positive(kind):
@@ -88,7 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch", type=_positive(int), default=64, help="datagrams per receive call")
     sp.add_argument("--backend", default="auto", choices=["auto", "mmsg", "msg", "portable"])
     sp.add_argument("--quiet", action="store_true", help="no start/stop lines")
+    sp.add_argument("--mode", default="blocking", choices=["blocking", "busy-poll", "busy-poll-suspend"],
+                    help="how to wait for requests (default blocking)")
+    sp.add_argument("--busy-poll-usecs", type=_positive(int), default=50, help="busy-poll modes: usecs per poll")
+    sp.add_argument("--busy-poll-budget", type=_positive(int), default=8, help="busy-poll modes: packets per poll")
+    sp.add_argument("--napi", dest="napi_settings", type=_napi_settings, default=None, metavar="K=V,...",
+                    help="busy-poll-suspend: settings for the traffic's NAPI instance (default "
+                         "defer_hard_irqs=2,gro_flush_timeout=200000,irq_suspend_timeout=20000000; ns)")
     sp.set_defaults(func=_cmd_serve)
+
+    la = sub.add_parser("lab", help="network namespaces joined by a NAPI veth pair (needs root)",
+                        description="up: make namespaces <name>-a/<name>-b joined by veth with N queues and NAPI on; "
+                                    "down: remove them; status: what is there.")
+    la.add_argument("action", choices=["up", "down", "status"])
+    la.add_argument("--name", default="burstio", help="lab name (default burstio)")
+    la.add_argument("--queues", type=_positive(int), default=2, help="rx/tx queues per veth (default 2)")
+    la.add_argument("--ifb", action="store_true", help="also an ifb transmit sink in namespace b")
+    la.add_argument("--all", action="store_true", help="down: every lab left on this host")
+    la.set_defaults(func=_cmd_lab)
+
+    d = sub.add_parser("doctor", help="read busy-poll/NAPI settings; say what the recipe would change",
+                       description="Reads sysctls, queues, coalescing, NAPI settings and IRQ affinity; "
+                                   "changes nothing unless --apply (per-NAPI settings only).")
+    d.add_argument("--dev", help="only this device")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.add_argument("--apply", action="store_true", help="make the per-NAPI changes of the recipe")
+    d.set_defaults(func=_cmd_doctor)
     return p
 
 

@@ -59,12 +59,19 @@ class Ring:
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
     backend (a datagram, its address and a 16-byte header must fit a
     buffer; larger datagrams are truncated and flagged). ``sqpoll`` asks
-    for a kernel submission thread. A Ring is used from the thread that
-    made it (io_uring SINGLE_ISSUER).
+    for a kernel submission thread. The default io_uring ring is set up
+    SINGLE_ISSUER|DEFER_TASKRUN: the kernel does receive work only inside
+    your calls, but a ``min_datagrams`` wait then enters the kernel once per
+    arrival burst; ``single_wakeup=True`` sets it up COOP_TASKRUN instead,
+    so the kernel counts the datagrams and such a wait returns after one
+    entry. A Ring is used from the thread that made it, one call at a time
+    (RuntimeError otherwise). It keeps its own descriptor of every socket
+    until remove() or close().
     """
 
     def __init__(self, *, backend: str = "auto", max_sockets: int = 1024, buffers: int = 4096,
-                 buffer_size: int = 2048, sqpoll: bool = False, gso: bool = True):
+                 buffer_size: int = 2048, sqpoll: bool = False, single_wakeup: bool = False,
+                 gso: bool = True):
         if backend not in RING_BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, RING_BACKENDS))}, got {backend!r}")
         caps = capabilities()
@@ -78,7 +85,7 @@ class Ring:
             self._io = _native.EpollRing(max_sockets)
             self.backend = "epoll"
         else:
-            self._io = _native.UringRing(max_sockets, buffers, buffer_size, bool(sqpoll))
+            self._io = _native.UringRing(max_sockets, buffers, buffer_size, bool(sqpoll), bool(single_wakeup))
             self.backend = "uring"
         self._io.gso = int(bool(gso) and caps.udp_segment)
         self._io.gso_max_segments = max(1, min(GSO_SEGMENTS, caps.gso_max_segments))
@@ -93,13 +100,17 @@ class Ring:
     def add(self, sock: Any, *, stream: bool = False) -> int:
         """Add a UDP socket (socket.socket or BurstSocket) and return its
         index, which batch.sockets uses. ``stream=True`` adds a stream (TCP)
-        socket for recv_stream() only. The ring keeps the socket alive until
-        remove(); remove() before closing it."""
+        socket for recv_stream() only. The ring works on its own duplicate
+        of the descriptor: closing your socket does not take it out of the
+        ring (it keeps receiving there, and the port stays bound) until
+        remove()."""
         raw = _raw_socket(sock)
         kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
         if raw.type != kind:
             want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
             raise ValueError(f"Ring.add needs {want}, got {raw.type.name}")
+        if raw.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"Ring.add needs an AF_INET or AF_INET6 socket, got {raw.family!r}")
         index = self._io.add(raw, stream)
         self._socks[index] = raw
         return index
@@ -158,6 +169,30 @@ class Ring:
         Returns the bytes read (0: nothing in time, or end of stream)."""
         return self._io.recv_stream(index, buffer, min_bytes, timeout)
 
+    # ---- busy polling -------------------------------------------------
+
+    def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
+        """While a receive waits, busy poll the NAPI instances of the ring's
+        sockets for up to ``usecs`` (0: stop). Returns the mechanism:
+        "io_uring" (IORING_REGISTER_NAPI, Linux >= 6.9; io_uring takes no
+        budget) or "epoll" (the epoll backend's own busy-poll parameters,
+        EPIOCSPARAMS, Linux >= 6.9), "off" after busy_poll(0). On a kernel
+        without them, OSError names what is missing."""
+        from .busypoll import _check_int, _kernel_too_old, register_uring_napi
+
+        _check_int("usecs", usecs, 0, 2**31 - 1)
+        _check_int("budget", budget, 0, 65535)
+        fd = getattr(self._io, "epoll_fd", None)
+        if fd is None:
+            register_uring_napi(self, usecs, prefer)
+            return "io_uring" if usecs else "off"
+        if fd < 0:
+            raise OSError(errno.EBADF, "Bad file descriptor (the ring is closed)")
+        from .busypoll import BusyPollEpoll
+
+        BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
+        return "epoll" if usecs else "off"
+
     # ---- the rest ------------------------------------------------------
 
     @property
@@ -171,7 +206,8 @@ class Ring:
         return self._io.describe()
 
     def close(self) -> None:
-        """Tear the ring down; the sockets stay open (they are the caller's)."""
+        """Tear the ring down and close its own descriptors; your sockets
+        stay open."""
         self._io.close()
         self._socks.clear()
 

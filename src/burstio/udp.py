@@ -23,7 +23,8 @@ from typing import Any
 from . import _native
 from ._errors import SendError
 from ._portable import PortableIo
-from .caps import SO_MEMINFO, SO_TIMESTAMPNS, SOL_UDP, UDP_GRO, Capabilities, capabilities
+from .caps import (SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_MEMINFO, SO_PREFER_BUSY_POLL, SO_TIMESTAMPNS, SOL_UDP,
+                   UDP_GRO, Capabilities, capabilities)
 
 __all__ = ["BurstSocket", "BACKENDS"]
 
@@ -99,6 +100,7 @@ class BurstSocket:
         if sndbuf is not None:
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
         self._gso_warned = False
+        self._busy_poll: Any = None  # (mechanism, BusyPollEpoll or None) while busy polling
         # The hot paths are bound straight to the backend: no Python frame
         # between the caller and the C calls (see recv_batch/send_batch
         # below). The backend calls _send_recover only when a send stops early.
@@ -320,6 +322,74 @@ class BurstSocket:
         gso = f"GSO on ({io.gso_max_segments} segments)" if io.gso else "GSO off"
         return f"{rx} + {tx}, {gso}, GRO {'on' if io.gro else 'off'}"
 
+    # ---- busy polling --------------------------------------------------
+
+    def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
+        """Make receives busy poll the device for up to ``usecs`` before they
+        sleep (0: stop). Returns the mechanism used:
+
+        - "epoll": recv_batch waits in an epoll instance of this socket's own
+          with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9);
+        - "socket": where that is missing, SO_BUSY_POLL (and, where present,
+          SO_PREFER_BUSY_POLL/SO_BUSY_POLL_BUDGET) on the socket, and
+          recv_batch retries the receive for ``usecs`` before it sleeps;
+        - "off": after busy_poll(0).
+
+        Busy polling only has a device to poll once the socket's traffic
+        came through NAPI (see burstio.busypoll.napi_id); over loopback it
+        costs CPU and changes nothing else. A budget over 64 needs
+        CAP_NET_ADMIN.
+        """
+        from .busypoll import BusyPollEpoll, _check_int, set_busy_poll
+
+        _check_int("usecs", usecs, 0, 2**31 - 1)
+        _check_int("budget", budget, 0, 65535)
+        if self._sock.fileno() == -1:
+            raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
+        caps = capabilities()
+        self._stop_busy_poll()
+        if usecs == 0:
+            return "off"
+        if caps.epoll_busy_poll:
+            ep = BusyPollEpoll(usecs, budget, prefer)
+            try:
+                ep.register(self._sock.fileno())
+            except BaseException:
+                ep.close()
+                raise
+            self._busy_poll = ("epoll", ep)
+            self._io.wait_fd = ep.fileno()
+            return "epoll"
+        if not caps.so_busy_poll:
+            raise OSError(errno.EOPNOTSUPP, "busy polling needs EPIOCSPARAMS (Linux >= 6.9) or SO_BUSY_POLL: "
+                                            f"{caps['epoll_busy_poll'].detail}; {caps['so_busy_poll'].detail}")
+        if caps.so_busy_poll_budget and budget:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, budget)
+        if caps.so_prefer_busy_poll:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, int(bool(prefer)))
+        set_busy_poll(self._sock, usecs)
+        self._busy_poll = ("socket", None)
+        self._io.spin_us = usecs
+        return "socket"
+
+    @property
+    def busy_polling(self) -> str:
+        """How receives busy poll: "epoll", "socket" or "off" (see busy_poll)."""
+        return self._busy_poll[0] if self._busy_poll else "off"
+
+    def _stop_busy_poll(self) -> None:
+        state, self._busy_poll = getattr(self, "_busy_poll", None), None
+        if state is None:
+            return
+        mech, ep = state
+        if mech == "epoll":
+            self._io.wait_fd = -1
+            ep.close()
+        else:
+            self._io.spin_us = 0
+            if self._sock.fileno() != -1:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, 0)
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
@@ -336,6 +406,7 @@ class BurstSocket:
         self._sock.setblocking(flag)
 
     def close(self) -> None:
+        self._stop_busy_poll()
         self._io.fd = -1
         self._sock.close()
 

@@ -11,8 +11,12 @@ from collections.abc import Callable
 
 from .common import Options
 from .core import Progress, ScenarioResult, format_result, plot, write_json
+from .dns import dns
+from .lablatency import latency_lab
 from .latency import latency
 from .many import rx_many_sockets, tx_redundant
+from .quic import quic
+from .rings import rings
 from .zerocopy import tx_zerocopy
 from .rx import rx_gro, rx_many_flow
 from .tx import tx_gso, tx_many
@@ -26,6 +30,10 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "rx-many-sockets": rx_many_sockets,
     "tx-redundant": tx_redundant,
     "tx-zerocopy": tx_zerocopy,
+    "latency-lab": latency_lab,
+    "rings": rings,
+    "dns": dns,
+    "quic": quic,
 }
 
 __all__ = ["SCENARIOS", "Options", "run"]

@@ -196,16 +196,21 @@ def _rate_table(metrics: dict, baselines: tuple[str, ...]) -> str:
 
 
 def _latency_table(metrics: dict, baselines: tuple[str, ...]) -> str:
-    base = next((b for b in baselines if b in metrics and metrics[b].get("p50_us")), None)
+    bases = [b for b in baselines if b in metrics and metrics[b].get("p50_us")]
     keys = ["p50_us", "p99_us", "p99_9_us", "p99_99_us"]
     headers = ["variant", "p50 us", "p99 us", "p99.9 us", "p99.99 us", "samples", "CPU us/req"]
-    if base:
+    irqs = any("irqs_per_request" in m for m in metrics.values())
+    if irqs:
+        headers.append("IRQs/req")
+    for base in bases:
         headers += [f"p50 x {base}", f"p99 x {base}"]
     rows = []
     for name, m in metrics.items():
         row = [name] + [_fmt(m.get(k)) for k in keys] + [str(m.get("samples", "-")),
                                                           _fmt(m.get("cpu_us_per_request"))]
-        if base:
+        if irqs:
+            row.append(_fmt(m.get("irqs_per_request")))
+        for base in bases:
             for k in ("p50_us", "p99_us"):
                 v, b = m.get(k), metrics[base].get(k)
                 row.append("-" if v is None or not b else f"{v / b:.2f}x")

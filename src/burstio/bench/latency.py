@@ -21,6 +21,7 @@ import time
 
 from .common import Options, rounds
 from .core import Progress, ScenarioResult, Target, Variant
+from .procs import client_and_server_cpus, cpu_seconds, free_port
 
 ROUND_SECONDS = 1
 # Tail percentiles need samples from several rounds to settle; a brief run
@@ -28,13 +29,9 @@ ROUND_SECONDS = 1
 MIN_ROUNDS = 5
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     """Send sockperf pong requests until the server answers."""
     probe = struct.pack("!QHI", 0, 1 | 2, 14)
     deadline = time.monotonic() + timeout
@@ -43,7 +40,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> Non
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode} before answering")
-            s.sendto(probe, ("127.0.0.1", port))
+            s.sendto(probe, (host, port))
             try:
                 s.recv(64)
                 return
@@ -52,10 +49,6 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> Non
     raise RuntimeError(f"no sockperf answer on port {port} after {timeout:.0f}s")
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _read_full_log(path: str) -> list[float]:
@@ -68,9 +61,6 @@ def _read_full_log(path: str) -> list[float]:
     return out
 
 
-def _cpus() -> tuple[str, str]:
-    cpus = sorted(os.sched_getaffinity(0))
-    return (str(cpus[0]), str(cpus[-1])) if len(cpus) > 1 else (str(cpus[0]), str(cpus[0]))
 
 
 def latency(opts: Options, progress: Progress) -> ScenarioResult:
@@ -87,8 +77,8 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
     if sockperf is None:
         res.skipped = "sockperf is not installed (Debian: apt install sockperf)"
         return res
-    client_cpu, server_cpu = _cpus()
-    ports = {n: _free_port() for n in names}
+    client_cpu, server_cpu = client_and_server_cpus()
+    ports = {n: free_port() for n in names}
     cmds = {
         "sockperf-server": [sockperf, "sr", "-i", "127.0.0.1", "-p", str(ports["sockperf-server"])],
         "burstio": [sys.executable, "-m", "burstio", "serve", "sockperf", "--host", "127.0.0.1",
@@ -124,7 +114,7 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
 
 def _one_round(variant: Variant, sockperf: str, cpu: str, port: int, size: int,
                server: subprocess.Popen, log: str) -> None:
-    cpu0 = _cpu_seconds(server.pid)
+    cpu0 = cpu_seconds(server.pid)
     t0 = time.perf_counter()
     r = subprocess.run(["taskset", "-c", cpu, sockperf, "pp", "-i", "127.0.0.1", "-p", str(port),
                         "-t", str(ROUND_SECONDS), "-m", str(size), "--full-log", log],
@@ -134,7 +124,7 @@ def _one_round(variant: Variant, sockperf: str, cpu: str, port: int, size: int,
         raise RuntimeError(f"sockperf pp failed ({r.returncode}): {r.stderr.strip()[-300:]}")
     samples = _read_full_log(log)
     variant.samples_us.extend(samples)
-    variant.add(len(samples), wall, _cpu_seconds(server.pid) - cpu0)
+    variant.add(len(samples), wall, cpu_seconds(server.pid) - cpu0)
     # the server's CPU covers every message of the round, warm-up included
     total = re.search(r"\[Total Run\].*?ReceivedMessages=(\d+)", r.stdout + r.stderr)
     variant.extra["requests"] = variant.extra.get("requests", 0) + (int(total.group(1)) if total else len(samples))

@@ -5,15 +5,34 @@ u64 sequence number, u16 flags, u32 length. The client sets FLAG_CLIENT on
 everything it sends and FLAG_PONG_REQUEST on the messages it wants back;
 the server echoes exactly those, with FLAG_CLIENT cleared, to their sender.
 Warm-up messages (FLAG_WARMUP) follow the same rule.
+
+Modes: "blocking" (recv_batch sleeps until a datagram comes), "busy-poll"
+(BurstSocket.busy_poll: recv_batch waits in an epoll instance with its own
+busy-poll parameters, EPIOCSPARAMS, so while nothing is there it polls the
+NIC queue instead of sleeping), and
+"busy-poll-suspend" (busy-poll with prefer_busy_poll, and on the NAPI
+instance the traffic comes through: defer_hard_irqs, gro_flush_timeout and
+irq_suspend_timeout, so interrupts stay off while the server keeps finding
+work; the NAPI settings are put back on exit).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
 import signal
 import struct
 import threading
 
 from .. import _native
+from ..busypoll import napi_id
 from ..udp import BurstSocket
+
+log = logging.getLogger("burstio")
+MODES = ("blocking", "busy-poll", "busy-poll-suspend")
+#: per-NAPI settings of busy-poll-suspend (ns); see burstio.doctor.RECIPE
+SUSPEND_NAPI = {"defer_hard_irqs": 2, "gro_flush_timeout": 200_000, "irq_suspend_timeout": 20_000_000}
 
 HEADER = struct.Struct("!QHI")  # sequence, flags, length
 FLAG_CLIENT = 1
@@ -31,7 +50,13 @@ class SockperfServer:
     """
 
     def __init__(self, host: str = "0.0.0.0", port: int = 11111, *, batch: int = 64,
-                 max_message: int = 65507, backend: str = "auto", gso: bool = True):
+                 max_message: int = 65507, backend: str = "auto", gso: bool = True,
+                 mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
+                 napi_settings: dict | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode, self.busy_poll_usecs, self.busy_poll_budget = mode, busy_poll_usecs, busy_poll_budget
+        self.napi_settings = dict(SUSPEND_NAPI if napi_settings is None else napi_settings)
         self.sock = BurstSocket.bind((host, port), backend=backend, gso=gso)
         self.batch = _native.PacketBatch(batch, max_message)
         self._mask = bytearray(batch)
@@ -84,9 +109,55 @@ class SockperfServer:
 
     def serve_forever(self, poll_interval: float | None = None) -> None:
         """Serve until stop() (checked every poll_interval seconds) or a signal."""
+        if self.mode != "blocking":
+            return self._serve_busy_poll(poll_interval)
         serve_once, stopped = self.serve_once, self._stop.is_set
         while not stopped():
             serve_once(poll_interval)
+
+    def _serve_busy_poll(self, poll_interval: float | None) -> None:
+        suspend = self.mode == "busy-poll-suspend"
+        how = self.sock.busy_poll(self.busy_poll_usecs, self.busy_poll_budget, prefer=suspend)
+        log.info("busy polling through %s: %d us, budget %d%s", how, self.busy_poll_usecs,
+                 self.busy_poll_budget, ", preferred" if suspend else "")
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.sock.busy_poll, 0)
+            serve_once, stopped = self.serve_once, self._stop.is_set
+            tuned = not suspend
+            while not stopped():
+                if serve_once(poll_interval) and not tuned:
+                    tuned = True  # the traffic's NAPI instance is known now
+                    stack.callback(self._tune_napi(napi_id(self.sock), self.napi_settings))
+
+    def _tune_napi(self, nid: int, settings: dict):
+        """Apply `settings` to NAPI `nid` (in the socket's namespace);
+        returns the undo."""
+        from .. import netdev
+
+        if not nid:
+            log.warning("busy-poll-suspend: the traffic does not come through NAPI; nothing to tune")
+            return lambda: None
+        with netdev.netns_of(self.sock):
+            before = netdev.napi_settings(nid)
+            try:
+                how = netdev.configure_napi(nid, **settings)
+            except netdev.NetdevError as e:
+                if e.errno != errno.EOPNOTSUPP or "irq_suspend_timeout" not in settings:
+                    raise
+                log.warning("busy-poll-suspend: %s; going on without it", e.strerror)
+                settings = {k: v for k, v in settings.items() if k != "irq_suspend_timeout"}
+                how = netdev.configure_napi(nid, **settings)
+        log.info("busy-poll-suspend: NAPI %d set to %s (%s)", nid, settings, how)
+        keep = {k: v for k, v in before.items() if k in settings}
+        fd = os.dup(self.sock.fileno())  # the namespace stays known after close()
+
+        def undo() -> None:
+            try:
+                with netdev.netns_of(fd):
+                    netdev.configure_napi(nid, **keep)
+            finally:
+                os.close(fd)
+        return undo
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,11 +170,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(host: str, port: int, batch: int = 64, backend: str = "auto", quiet: bool = False) -> int:
-    server = SockperfServer(host, port, batch=batch, backend=backend)
+def main(host: str, port: int, batch: int = 64, backend: str = "auto", quiet: bool = False,
+         mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
+         napi_settings: dict | None = None) -> int:
+    server = SockperfServer(host, port, batch=batch, backend=backend, mode=mode,
+                            busy_poll_usecs=busy_poll_usecs, busy_poll_budget=busy_poll_budget,
+                            napi_settings=napi_settings)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the server like Ctrl-C
     if not quiet:
-        print(f"burstio sockperf server on {server.address} ({server.sock.describe()})", flush=True)
+        print(f"burstio sockperf server on {server.address} ({server.sock.describe()}; {mode})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,0 +1,628 @@
+"""The burstio datagram transport for asyncio (implementation; use ``burstio.aio``).
+
+Where a datagram goes:
+
+- In: the loop sees the socket readable -> ``_read_ready`` -> one
+  ``recv_batch`` (recvmmsg, GRO split; up to ``rx_slots`` datagrams) ->
+  ``protocol.datagrams_received(batch)`` for a batch protocol, else
+  ``protocol.datagram_received(bytes, addr)`` for each entry.
+- Out: ``sendto`` -> ``PacketBatch.append`` (one copy into the batch) ->
+  one ``send_batch`` (sendmmsg; equal runs to one destination as one UDP
+  GSO send) at the end of the receive callback that produced the datagram,
+  or once per loop iteration (``call_soon``) for datagrams sent elsewhere.
+  Only what the kernel refuses (EAGAIN) waits for the socket to become
+  writable: that, as in asyncio, is what ``get_write_buffer_size()`` counts
+  and what ``pause_writing()``/``resume_writing()`` are about.
+
+Why defer a send at all: the stdlib pays one ``sendto`` system call per
+datagram. A protocol answering a burst of requests, or aioquic transmitting
+a congestion window, calls ``sendto`` many times in one callback; holding
+those datagrams until the callback returns lets one ``sendmmsg`` carry them
+all, and lets runs to one peer leave as one GSO send. The held datagrams are
+bounded by the batch capacity: a full batch is sent there and then.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import logging
+import os
+import socket
+import sys
+import warnings
+from asyncio import trsock
+from typing import Any
+
+from . import _native
+from .caps import capabilities
+from .udp import BurstSocket
+
+__all__ = ["BurstDatagramTransport"]
+
+log = logging.getLogger("burstio")
+
+#: receive slots are this large, so any UDP datagram arrives whole (asyncio's contract)
+RX_SLOT = _native.GRO_SLOT_MIN
+#: send slots; a larger datagram travels in a batch of its own
+TX_SLOT = 2048
+BIG_SLOT = 65535
+#: entries one GRO receive slot may split into (at least)
+GRO_ENTRIES_PER_SLOT = 64
+#: asyncio warns after this many writes to a lost connection (asyncio.constants)
+LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
+#: Python 3.13 sends empty datagrams and counts 8 bytes of header per buffered
+#: datagram (cpython gh-113812); earlier versions drop empty ones. Follow the
+#: stdlib of the running interpreter, which the tests use as the oracle.
+SEND_EMPTY = sys.version_info >= (3, 13)
+DATAGRAM_OVERHEAD = getattr(asyncio.selector_events._SelectorDatagramTransport, "_header_size", 0)
+_AGAIN = (BlockingIOError, InterruptedError)
+
+
+def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
+    if not fut.cancelled():
+        fut.set_result(result)
+
+
+class BurstDatagramTransport(asyncio.DatagramTransport):
+    """An ``asyncio.DatagramTransport`` that moves datagrams a batch at a time.
+
+    Made by ``burstio.aio.create_datagram_endpoint``; the contract is
+    asyncio's (see ``burstio.aio`` for the differences, which are few).
+    """
+
+    _sock = None  # set once the socket is ours (__del__ may meet a half-made transport)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol: asyncio.BaseProtocol, address: tuple | None = None,
+                 waiter: asyncio.Future | None = None, extra: dict | None = None, *,
+                 gro: bool = False, backend: str = "auto", rx_slots: int = 16,
+                 tx_batch: int = 128):
+        super().__init__(extra)
+        for name, value in (("rx_slots", rx_slots), ("tx_batch", tx_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        sock.setblocking(False)
+        self._bsock = BurstSocket(sock, gro=gro, backend=backend)  # owns sock from now on
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._loop = loop
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        self._extra["burst_socket"] = self._bsock
+        for key, get in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+            if key not in self._extra:
+                try:
+                    self._extra[key] = get()
+                except OSError:
+                    self._extra[key] = None
+        self._address = address
+        # a connected socket sends to its peer whatever address sendto names (as asyncio)
+        self._to_peer = address is not None or self._extra["peername"] is not None
+        self._protocol: Any = None
+        self._batch_protocol = False
+        self.set_protocol(protocol)
+        # receive side
+        # with GRO, one slot may split into as many datagrams as the kernel coalesces
+        per_slot = max(GRO_ENTRIES_PER_SLOT, capabilities().gso_max_segments) if self._bsock.gro else 1
+        self._rx = _native.PacketBatch(rx_slots * per_slot, RX_SLOT, slots=rx_slots)
+        self._recv = self._bsock.recv_batch
+        self._rest: tuple[int, int] | None = None  # (next, end) of a batch cut short by pause_reading
+        self._delivering = False
+        self._hold = False  # stop delivering the current batch (pause, close, new protocol)
+        # send side: batches in order; _out takes appends; _head entries of the first are sent
+        self._tx_batch = tx_batch
+        self._send = self._bsock.send_batch
+        self._out = _native.PacketBatch(self._tx_batch, TX_SLOT)
+        self._queue: collections.deque = collections.deque()
+        self._spares: list = []
+        self._probe = _native.PacketBatch(1, 1)  # tells an address problem from a full batch
+        self._head = 0
+        self._queued_bytes = 0
+        self._blocked = False  # the kernel said EAGAIN: waiting for writability
+        self._flushing = False
+        self._flush_handle: asyncio.Handle | None = None
+        # state, as asyncio's _SelectorTransport
+        self._closing = False
+        self._conn_lost = 0
+        self._paused = False
+        self._protocol_paused = False
+        self._high_water = 64 * 1024
+        self._low_water = 16 * 1024
+        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(self._start_reading)  # only after connection_made
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    # ---- asyncio.BaseTransport -------------------------------------------
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            info.append("read=" + ("idle" if self._paused or self._closing else "polling"))
+            info.append(f"write=<{'polling' if self._blocked else 'idle'}, "
+                        f"bufsize={self.get_write_buffer_size()}>")
+        return f"<{' '.join(info)}>"
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._batch_protocol = callable(getattr(protocol, "datagrams_received", None))
+        if getattr(self, "_delivering", False):
+            self._hold = True  # the rest of the burst goes to the new protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def pause_reading(self) -> None:
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._loop.remove_reader(self._sock_fd)
+        if self._delivering:
+            self._hold = True
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._rest is not None:
+            self._loop.call_soon(self._deliver_rest)  # then reads again
+        else:
+            self._loop.add_reader(self._sock_fd, self._read_ready)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._blocked and not self._flushing and self._has_queued():
+            self._flush_now()  # what was sent before close() goes out
+        if not self._has_queued() and not self._conn_lost and not self._flushing:
+            self._conn_lost += 1
+            self._stop_writing()
+            self._loop.call_soon(self._call_connection_lost, None)
+        # else: the flush under way, or the writer, finishes and then loses the connection
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._bsock.close()
+            self._sock = None
+
+    # ---- flow control (asyncio's _FlowControlMixin, same numbers) ----------
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes the kernel has refused for now (EAGAIN) and the transport
+        holds until the socket is writable. Datagrams held only until the
+        end of the current loop iteration are not counted."""
+        return self._queued_bytes if self._blocked else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, name: str) -> None:
+        try:
+            getattr(self._protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": f"protocol.{name}() failed", "exception": exc,
+                "transport": self, "protocol": self._protocol})
+
+    # ---- receive ----------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        if not self._closing and not self._paused:
+            self._loop.add_reader(self._sock_fd, self._read_ready)
+
+    def _stop_reading(self) -> None:
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock_fd)
+        if self._delivering:
+            self._hold = True
+        self._rest = None
+
+    def _read_ready(self) -> None:
+        if self._conn_lost:
+            return
+        try:
+            n = self._recv(self._rx, 0)
+        except _AGAIN:
+            return
+        except OSError as exc:
+            self._protocol.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        if n:
+            self._deliver(0, n)
+
+    def _deliver(self, start: int, end: int) -> None:
+        """Hand entries [start, end) of the receive batch to the protocol,
+        then send what it answered in one go."""
+        batch = self._rx
+        self._delivering = True
+        self._hold = False
+        try:
+            if self._batch_protocol and start == 0:
+                try:
+                    self._protocol.datagrams_received(batch)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._callback_failed(exc, "datagrams_received")
+                return
+            addrs = batch.addresses()
+            received = self._protocol.datagram_received
+            for i in range(start, end):
+                if self._hold:
+                    self._cut_short(i, end)
+                    return
+                try:
+                    received(bytes(batch[i]), addrs[i])
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # the next datagram still goes (as in asyncio)
+                    self._callback_failed(exc, "datagram_received")
+        finally:
+            self._delivering = False
+            if not (self._blocked or self._conn_lost or self._flushing) and self._has_queued():
+                self._flush_now()
+
+    def _cut_short(self, i: int, end: int) -> None:
+        """Delivery stopped at entry i (pause_reading, close, set_protocol).
+        The rest of the burst goes before anything read later."""
+        if self._closing:
+            return  # asyncio would not have read these: they are dropped with the socket
+        self._rest = (i, end)
+        if not self._paused:  # a new protocol: it takes the rest on the next iteration
+            self._loop.remove_reader(self._sock_fd)
+            self._loop.call_soon(self._deliver_rest)
+
+    def _deliver_rest(self) -> None:
+        if self._rest is None or self._closing or self._paused:
+            return
+        rest, self._rest = self._rest, None
+        self._deliver(*rest)
+        if self._rest is None and not self._closing and not self._paused:
+            self._loop.add_reader(self._sock_fd, self._read_ready)
+
+    def _callback_failed(self, exc: BaseException, name: str) -> None:
+        self._loop.call_exception_handler({
+            "message": f"Exception in {name}() of {self._protocol!r}", "exception": exc,
+            "transport": self, "protocol": self._protocol})
+
+    # ---- send -------------------------------------------------------------
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if not data and not SEND_EMPTY:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = None
+        elif self._to_peer:
+            addr = None
+        if self._conn_lost:
+            self._write_after_loss()
+            return
+        try:
+            self._out.append(data, addr)
+        except ValueError:
+            if not self._append_slow(data, addr):
+                return
+        self._queued_bytes += len(data) + DATAGRAM_OVERHEAD
+        if self._blocked:
+            self._maybe_pause_protocol()
+        elif self._flush_handle is None and not self._delivering:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def sendto_many(self, datagrams: Any, addr: Any = None) -> None:
+        """Send several datagrams with as few system calls as possible.
+
+        ``datagrams`` is a ``PacketBatch`` (each entry goes to its own
+        address; ``addr`` must be None) or an iterable of bytes-like objects
+        (all to ``addr``). A batch is sent before this returns, straight from
+        its memory (what the kernel refuses for now is copied and sent when
+        the socket is writable), so it may be the batch just received: change
+        entries in place and send them back. Errors go to error_received().
+        """
+        if not isinstance(datagrams, _native.PacketBatch):
+            for data in datagrams:
+                self.sendto(data, addr)
+            return
+        if addr is not None:
+            raise ValueError("sendto_many(batch): the batch entries carry their addresses; "
+                             "addr must be None")
+        n = len(datagrams)
+        if not n:
+            return
+        if self._address is not None or self._to_peer:
+            self._check_peer_entries(datagrams)
+        if self._conn_lost:
+            self._write_after_loss()
+            return
+        if self._has_queued() and not self._blocked and not self._flushing:
+            self._flush_now()  # in order: what sendto() queued goes first
+        sent = 0
+        if not self._has_queued() and not self._flushing and not self._conn_lost:
+            sent = self._send_now(datagrams, n)
+            if sent < n and not self._conn_lost:
+                self._block()  # the kernel refused the rest for now
+        for i in range(sent, n):  # copy what waits: the caller may reuse its batch
+            self.sendto(datagrams[i], datagrams.addr(i))
+        if self._closing and not self._blocked:
+            self._lose_connection_after_writes()
+
+    def _check_peer_entries(self, batch: _native.PacketBatch) -> None:
+        peer = self._address or self._extra["peername"]
+        for a in batch.addresses():
+            if a is not None and a != peer:
+                raise ValueError(f"Invalid address {a}: the transport is connected to {peer}; "
+                                 f"entries must carry None or that address")
+
+    def _send_now(self, batch: _native.PacketBatch, n: int) -> int:
+        """Send a caller's batch directly; returns how many entries are done."""
+        self._flushing = True
+        try:
+            k = self._send_guarded(batch, 0, n)
+        finally:
+            self._flushing = False
+        if k:
+            self._report_send_errors(batch, 0, k)
+        return k
+
+    def _append_slow(self, data: Any, addr: Any) -> bool:
+        """append() refused: the batch is full, the datagram is large, or
+        the address needs resolving. Returns True once the datagram is queued."""
+        size = memoryview(data).nbytes
+        if addr is not None:
+            addr = self._resolve(addr)
+            if addr is None:
+                return False
+        if size > TX_SLOT:
+            return self._queue_big(data, addr, size)
+        if len(self._out) >= self._tx_batch:
+            self._rotate()
+        self._out.append(data, addr)
+        return True
+
+    def _resolve(self, addr: Any) -> tuple | None:
+        """A numeric address for ``addr`` (asyncio resolves names in
+        sock.sendto the same blocking way); None after reporting an error."""
+        probe = self._probe
+        try:
+            probe.append(b"", addr)
+            return addr
+        except ValueError as exc:
+            if not (isinstance(addr, tuple) and len(addr) in (2, 4) and isinstance(addr[0], str)
+                    and "numeric" in str(exc)):
+                raise
+        finally:
+            probe.clear()
+        try:
+            infos = socket.getaddrinfo(addr[0], addr[1], self._sock.family, socket.SOCK_DGRAM)
+        except OSError as exc:  # socket.gaierror: what asyncio's sendto reports
+            self._protocol.error_received(exc)
+            return None
+        resolved = infos[0][4]
+        return resolved if len(addr) == 2 else (resolved[0], resolved[1], *addr[2:])
+
+    def _queue_big(self, data: Any, addr: Any, size: int) -> bool:
+        if size > BIG_SLOT:
+            err = errno.EMSGSIZE
+            self._protocol.error_received(OSError(err, os.strerror(err)))
+            return False
+        big = _native.PacketBatch(1, size)
+        big.append(data, addr)
+        if len(self._out) > (self._head if not self._queue else 0):
+            self._queue.append(self._out)
+            self._out = self._spare()
+        elif not self._queue:
+            self._out.clear()
+            self._head = 0
+        self._queue.append(big)
+        return True
+
+    def _rotate(self) -> None:
+        """_out is full: send what is queued now, else queue _out behind it."""
+        if not self._blocked and not self._flushing:
+            self._flush_now()
+        if len(self._out) >= self._tx_batch:
+            self._queue.append(self._out)
+            self._out = self._spare()
+
+    def _spare(self) -> _native.PacketBatch:
+        return self._spares.pop() if self._spares else _native.PacketBatch(self._tx_batch, TX_SLOT)
+
+    def _has_queued(self) -> bool:
+        return bool(self._queue) or len(self._out) > self._head
+
+    def _write_after_loss(self) -> None:
+        if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            log.warning("socket.send() raised exception.")
+        self._conn_lost += 1
+
+    def _flush(self) -> None:
+        """The once-per-iteration flush (call_soon)."""
+        self._flush_handle = None
+        if not self._blocked and not self._conn_lost and not self._flushing:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        self._flushing = True
+        try:
+            done = self._send_queued()
+        finally:
+            self._flushing = False
+        if self._conn_lost:
+            return
+        if not done:
+            self._block()
+        elif self._closing:
+            self._lose_connection_after_writes()
+
+    def _send_queued(self) -> bool:
+        """Send the queued datagrams in order until all went (True) or the
+        kernel refused (EAGAIN; False). Errors go to error_received()."""
+        while True:
+            batch = self._queue[0] if self._queue else self._out
+            start, end = self._head, len(batch)
+            if start < end:
+                k = self._send_guarded(batch, start, end - start)
+                self._head = start + k
+                if k:
+                    self._report_send_errors(batch, start, start + k)
+                    if self._conn_lost:  # error_received() aborted the transport
+                        return True
+                if self._head < len(batch) and not k:
+                    self._queued_bytes = self._count_queued()
+                    return False
+                if self._head < len(batch):
+                    continue  # appended meanwhile (by error_received), or a partial send
+            if batch is self._out:
+                batch.clear()
+                self._head = 0
+                self._queued_bytes = 0
+                return True
+            self._queue.popleft()
+            self._head = 0
+            if batch.slot_size == TX_SLOT and len(self._spares) < 2:
+                batch.clear()
+                self._spares.append(batch)
+
+    def _send_guarded(self, batch: _native.PacketBatch, start: int, count: int) -> int:
+        """send_batch, errors flagged per datagram; 0 when the socket is full."""
+        try:
+            return self._send(batch, start, count, on_error="skip")
+        except _AGAIN:
+            return 0
+        except OSError as exc:  # not about one datagram (the socket itself): drop these
+            self._protocol.error_received(exc)
+            return count
+
+    def _report_send_errors(self, batch: _native.PacketBatch, start: int, end: int) -> None:
+        for i, err in batch.send_errors():
+            if start <= i < end and not self._conn_lost:
+                self._protocol.error_received(OSError(err, os.strerror(err)))
+
+    def _count_queued(self) -> int:
+        total, first = 0, True
+        for b in (*self._queue, self._out):
+            s = self._head if first else 0
+            first = False
+            n = len(b)
+            if n > s:
+                total += sum(b.lengths[s:n]) + (n - s) * DATAGRAM_OVERHEAD
+        return total
+
+    def _block(self) -> None:
+        if not self._blocked:
+            self._blocked = True
+            self._loop.add_writer(self._sock_fd, self._write_ready)
+        self._maybe_pause_protocol()
+
+    def _stop_writing(self) -> None:
+        if self._blocked:
+            self._blocked = False
+            if self._sock is not None:
+                self._loop.remove_writer(self._sock_fd)
+
+    def _write_ready(self) -> None:
+        if self._conn_lost:
+            return
+        self._flushing = True
+        try:
+            done = self._send_queued()
+        finally:
+            self._flushing = False
+        if self._conn_lost:
+            return
+        if done:
+            self._stop_writing()
+        self._maybe_resume_protocol()  # may queue more
+        if done and self._has_queued() and not self._blocked:
+            self._flush_now()
+        elif done and self._closing:
+            self._lose_connection_after_writes()
+
+    def _lose_connection_after_writes(self) -> None:
+        if not self._conn_lost and not self._has_queued():
+            self._conn_lost += 1
+            self._stop_writing()
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    # ---- endings ----------------------------------------------------------
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if not isinstance(exc, OSError):
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self, "protocol": self._protocol})
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        self._queue.clear()
+        self._out.clear()
+        self._head = 0
+        self._queued_bytes = 0
+        self._stop_writing()
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            self._bsock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop = None

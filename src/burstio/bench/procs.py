@@ -1,0 +1,40 @@
+"""What the application benches (``dns``, ``quic``) share: server processes
+pinned to a CPU, their CPU time, free ports."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+
+def free_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing holds right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_and_server_cpus() -> tuple[str, str]:
+    """Two CPUs of this process's set (the same one twice on a single CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return str(cpus[0]), str(cpus[-1])
+
+
+def stop(procs) -> None:
+    """SIGTERM each process, then SIGKILL what has not exited after 10 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,610 @@
+"""Packet rings between processes, netmap style: pipes and a switch.
+
+Where a packet goes: the producer writes it into a free slot of its port's
+TX ring (``tx.put``, ``tx.put_batch``, ``tx.claim``, or ``tx.recv_from`` a
+socket) and advances ``head``; ``tx.sync()`` publishes the batch with one
+release store (csrc/shmring.c). The consumer's ``rx.wait()`` / ``rx.sync()``
+sees the new ``tail`` and owns packets ``head..tail`` in shared memory
+(``rx[i]``, ``rx.peek(batch)``, numpy over the region); ``advance`` hands the
+slots back. Through a ``pipe()`` both ends map the same buffers, so nothing is
+copied; through a ``Switch`` each client has a region of its own and the
+switch copies every packet into the destination's ring (isolation).
+
+Notifications are suppressed: a side that waits spins ``linger`` seconds on
+the other side's position, then raises its "sleeping" flag (with the position
+it waits for) and sleeps on an eventfd; the other side kicks that eventfd only
+when the flag is up and the position reached. Under sustained load nobody
+sleeps and nothing is kicked; a consumer-bound producer is woken once per
+batch (``wait(n)`` waits for n free slots).
+
+Each port records the pid of the process holding it; a waiting side watches
+the peer with a pidfd, so the peer's death raises ``ConnectionResetError``
+instead of hanging, and ``close()`` raises ``BrokenPipeError`` on the other
+side (once everything sent has been read).
+
+This module is policy: sizes and defaults, creating and passing the
+descriptors (inheritance, pickling for multiprocessing, SCM_RIGHTS, a name),
+the switch's thread, wording of argument errors. The C side does the shared
+memory, the atomics and the syscalls.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from . import _native
+from ._native import PacketBatch
+
+__all__ = [
+    "Port", "TxRing", "RxRing", "Switch", "pipe", "send_port", "recv_port", "publish", "attach",
+    "BROADCAST", "LINGER", "SLOTS", "SLOT_SIZE",
+]
+
+#: destination key that a switch delivers to every other port
+BROADCAST = _native.SHM_BROADCAST
+#: default time a waiting side spins before it sleeps (seconds)
+LINGER = 50e-6
+SLOTS = 1024
+SLOT_SIZE = 2048
+_SLOTS_MAX = _native.SHM_SLOTS_MAX
+_SLOT_SIZE_MAX = _native.SHM_SLOT_SIZE_MAX
+_EFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
+_NAME_PREFIX = "burstio-rings:"  # abstract Unix socket namespace
+_KIND = {0: "pipe", 1: "switch port"}
+_ARRAYS = ("idx", "len", "flags", "dst", "src")
+
+
+# ---- argument policy ----------------------------------------------------------
+
+def _int_arg(name: str, value: Any, lo: int, hi: int, *, power_of_two: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi or (power_of_two and value & (value - 1)):
+        kind = "a power of two" if power_of_two else "an int"
+        raise ValueError(f"{name} must be {kind} between {lo} and {hi}, got {value}")
+    return value
+
+
+def _linger_ns(linger: Any) -> int:
+    if isinstance(linger, bool) or not isinstance(linger, (int, float)):
+        raise TypeError(f"linger must be a number of seconds, got {type(linger).__name__}")
+    if not 0 <= linger <= 1:
+        raise ValueError(f"linger must be between 0 and 1 second, got {linger!r}")
+    return int(linger * 1e9)
+
+
+def _new_region(slots: int, slot_size: int, kind: int, efds: list[int] | None = None):
+    """A fresh sealed memfd region and its eventfds (owned by the region)."""
+    slots = _int_arg("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
+    slot_size = _int_arg("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
+    fds = [os.memfd_create(f"burstio-{_KIND[kind].replace(' ', '-')}",
+                           os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)]
+    try:
+        if efds is None:
+            efds = [os.eventfd(0, _EFD_FLAGS) for _ in range(4)]
+        fds += efds
+        return _native.ShmRegion(fds[0], fds[1:], slots, slot_size, kind)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _check_eventfds(efds) -> None:
+    for i, fd in enumerate(efds):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # no /proc: the region still checks the memfd itself
+        if target != "anon_inode:[eventfd]":
+            raise ValueError(f"eventfd {i} of a ring port (of 4) is not an eventfd: {target}")
+
+
+def _attach_region(memfd: int, efds) -> Any:
+    """Map a region received from elsewhere; on success it owns the fds."""
+    _check_eventfds(efds)
+    return _native.ShmRegion(memfd, list(efds))
+
+
+# ---- rings ----------------------------------------------------------------------
+
+class _Arrays:
+    """Memoryviews (uint32) over a ring's slot arrays, indexed by ring index."""
+
+    def _array(self, key: str) -> memoryview:
+        cache = self.__dict__.setdefault("_views", {})
+        if key not in cache:
+            reg = self.port.region
+            lay = reg.layout()
+            off = lay[key][self.ring]
+            cache[key] = reg.memory[off:off + 4 * lay["slots"]].cast("I")
+        return cache[key]
+
+    @property
+    def indices(self) -> memoryview:
+        """Buffer index of every slot (``memory[bufs + index * stride]``)."""
+        return self._array("idx")
+
+    @property
+    def lengths(self) -> memoryview:
+        return self._array("len")
+
+    @property
+    def flag_bits(self) -> memoryview:
+        return self._array("flags")
+
+    @property
+    def dsts(self) -> memoryview:
+        return self._array("dst")
+
+    @property
+    def srcs(self) -> memoryview:
+        return self._array("src")
+
+
+class TxRing(_native.ShmTx, _Arrays):
+    """The producing side of a port: ``len(tx)`` free slots from ``head``.
+
+    ``put``/``claim``/``put_batch``/``recv_from`` fill slots at ``head`` and
+    advance it; ``sync()`` publishes them (one release store; a kick only if
+    the consumer sleeps); ``wait(n)`` waits for n free slots. See the C
+    docstrings for each method.
+    """
+
+    def recv_from(self, sock: Any, timeout: float | None = None, *, dst: int = 0,
+                  src: int = 0) -> int:
+        """Receive datagrams from a UDP socket (BurstSocket or socket.socket)
+        straight into the free slots, with recvmmsg: no copy through Python.
+        Waits up to ``timeout`` for the first; returns how many arrived (0 on
+        timeout). Each keeps its sender's address (``rx.addr(i)``, and
+        ``rx.send_to`` replies to it); ``dst``/``src`` tag them all. Publish
+        with ``sync()``. A BurstSocket's counters count them."""
+        io = getattr(sock, "_io", None)
+        if getattr(io, "gro", 0):
+            raise ValueError("recv_from() does not split UDP GRO receives; use a socket with gro=False")
+        n, nbytes, truncated, calls = _native.ShmTx.recv_from(self, sock.fileno(), timeout, dst, src)
+        if io is not None and hasattr(io, "count"):
+            for name, v in (("rx_datagrams", n), ("rx_bytes", nbytes), ("rx_syscalls", calls),
+                            ("rx_truncated", truncated), ("rx_batches", 1 if n else 0)):
+                if v:
+                    io.count(name, v)
+        return n
+
+
+class RxRing(_native.ShmRx, _Arrays):
+    """The consuming side of a port: ``len(rx)`` packets from ``head``.
+
+    ``rx[i]`` is packet i (a memoryview into shared memory, no copy),
+    ``rx.dst(i)``/``src(i)``/``addr(i)`` its metadata; ``peek(batch)`` makes
+    a PacketBatch point at them; ``advance(n)`` frees them at the next sync
+    or wait; ``forward(tx)`` moves them to a TX ring of the same region by
+    swapping buffer indices.
+    """
+
+    def send_to(self, sock: Any, batch: PacketBatch | None = None, count: int | None = None) -> int:
+        """Send owned packets to their addresses through a BurstSocket,
+        straight from the ring (the batch's entries point into it: sendmmsg,
+        UDP GSO for equal runs, no copy), and advance past those sent.
+        Returns how many went. On a SendError the packets before the failing
+        one are advanced past; the failing one stays at head."""
+        if batch is None:
+            batch = self.__dict__.get("_send_batch")
+            if batch is None:
+                batch = self.__dict__["_send_batch"] = PacketBatch(min(self.capacity, 1024), 1)
+        if not self.peek(batch, count):
+            return 0
+        try:
+            sent = sock.send_batch(batch)
+        except OSError as e:
+            self.advance(getattr(e, "sent", 0) or 0)
+            raise
+        finally:
+            batch.clear()
+        self.advance(sent)
+        return sent
+
+    def packets(self, timeout: float | None = None):
+        """Yield every packet (a memoryview, valid until the next one is
+        asked for) until the peer closes its port; the slots are freed as
+        the loop goes. TimeoutError if nothing comes for ``timeout`` seconds;
+        ConnectionResetError if the peer's process dies."""
+        while True:
+            try:
+                n = self.wait(1, timeout)
+            except BrokenPipeError:
+                return
+            if n == 0:
+                raise TimeoutError(f"no packet for {timeout} s on port {self.port.party}")
+            for i in range(n):
+                yield self[i]
+            self.advance(n)
+
+
+# ---- ports ----------------------------------------------------------------------
+
+class Port:
+    """One end of a ring region: ``tx`` (TxRing), ``rx`` (RxRing) and the
+    region's buffer pool.
+
+    Made by ``pipe()`` or ``Switch.add_port()``. A port belongs to one process
+    at a time: the first use in a process claims it (a forked child or a
+    process that received it takes it over, and an older handle then raises
+    RuntimeError). Hand it to another process by inheritance (fork), as an
+    argument or message of ``multiprocessing`` (it pickles its descriptors),
+    over a Unix socket (``send_port``/``recv_port``) or by name
+    (``publish``/``attach``). ``close()`` (or ``with port:``) tells the peer.
+    """
+
+    def __init__(self, region: Any, party: int, *, linger: float = LINGER):
+        self._port = _native.ShmPort(region, party)
+        self.tx = TxRing(self._port)
+        self.rx = RxRing(self._port)
+        self.linger = linger
+        self.key: int | None = None  # the switch's static route to this port, if any
+
+    @property
+    def linger(self) -> float:
+        """Seconds a wait spins on the peer's position before sleeping."""
+        return self.tx.linger_ns / 1e9
+
+    @linger.setter
+    def linger(self, seconds: float) -> None:
+        self.tx.linger_ns = self.rx.linger_ns = _linger_ns(seconds)
+
+    @property
+    def region(self) -> Any:
+        return self._port.region
+
+    @property
+    def party(self) -> int:
+        """0 or 1: which port of its region this is (a switch is party 0)."""
+        return self._port.party
+
+    @property
+    def slots(self) -> int:
+        return self._port.region.slots
+
+    @property
+    def slot_size(self) -> int:
+        return self._port.region.slot_size
+
+    @property
+    def memory(self) -> memoryview:
+        """The whole region, writable: ``rx.peek`` offsets and ``indices``
+        (``bufs + index * stride``, see ``region.layout()``) point into it."""
+        return self._port.region.memory
+
+    @property
+    def peer_pid(self) -> int:
+        """Pid of the process holding the other port (0: none yet)."""
+        return self.rx.peer_pid
+
+    @property
+    def counters(self) -> dict[str, dict[str, int]]:
+        """This port's side of both rings: {"tx": {...}, "rx": {...}} with
+        syncs, kicks (sent), sleeps, wakeups, linger_hits, timeouts."""
+        return {"tx": self.tx.counters(), "rx": self.rx.counters()}
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._port.closed)
+
+    def claim(self) -> Port:
+        """Hold the port in this process now (any use does it too). Do it
+        first thing in a process that takes a port over: from then on the
+        peer watches this process, and a peer that never holds its port
+        cannot be told apart from a slow one (only a timeout ends a wait
+        for it)."""
+        self._port.claim()
+        return self
+
+    @property
+    def held(self) -> bool:
+        """Whether this handle holds the port now."""
+        return bool(self._port.holds)
+
+    def close(self) -> None:
+        """Give the port up. If this handle holds it, the peer sees it
+        closed: its waits raise BrokenPipeError (an RX ring once it has read
+        everything sent). A handle that never held it just lets go (as a
+        parent closing its copy of a child's end should)."""
+        self._port.close()
+
+    def __enter__(self) -> Port:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __reduce__(self):
+        # multiprocessing duplicates the descriptors for the receiving process
+        # (while spawning, or through its resource sharer for a Queue/Pipe)
+        from multiprocessing.reduction import DupFd
+        memfd, efds = self._port.region.fds()
+        if memfd < 0:
+            raise ValueError("cannot send a port whose region is closed")
+        return (_rebuild_port, (DupFd(memfd), tuple(DupFd(e) for e in efds), self.party,
+                                self.tx.linger_ns, self.key))
+
+    def __repr__(self) -> str:
+        reg = self._port.region
+        state = "closed" if self.closed else ("held" if self._port.holds else "not held here")
+        return (f"<Port {self.party} of a {_KIND.get(reg.kind, '?')}: {reg.slots} slots x "
+                f"{reg.slot_size} B, {state}, peer pid {self.peer_pid or '-'}>")
+
+
+def _rebuild_port(memfd_dup, efd_dups, party: int, linger_ns: int, key: int | None) -> Port:
+    fds = [memfd_dup.detach()] + [d.detach() for d in efd_dups]
+    return _port_from_fds(fds, party, linger_ns / 1e9, key)
+
+
+def _port_from_fds(fds: list[int], party: int, linger: float, key: int | None = None) -> Port:
+    try:
+        region = _attach_region(fds[0], fds[1:])
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    port = Port(region, party, linger=linger)
+    port.key = key
+    return port
+
+
+def pipe(*, slots: int = SLOTS, slot_size: int = SLOT_SIZE, linger: float = LINGER) -> tuple[Port, Port]:
+    """Two ports joined by a pair of rings in one shared region: what one
+    puts on its ``tx`` arrives on the other's ``rx``, zero copy (both map
+    the same buffers; for trusted peers). ``slots`` per ring (a power of
+    two; ``slots - 1`` can be in flight), ``slot_size`` bytes each."""
+    linger_ns = _linger_ns(linger)
+    region = _new_region(slots, slot_size, 0)
+    return Port(region, 0, linger=linger_ns / 1e9), Port(region, 1, linger=linger_ns / 1e9)
+
+
+# ---- passing ports between processes --------------------------------------------
+
+def send_port(sock: socket.socket, port: Port) -> None:
+    """Send a port over a connected Unix socket (SCM_RIGHTS: the region's
+    memfd and its 4 eventfds). The receiver calls ``recv_port``."""
+    memfd, efds = port.region.fds()
+    if memfd < 0:
+        raise ValueError("cannot send a port whose region is closed")
+    meta = json.dumps({"burstio_port": 1, "party": port.party, "linger_ns": port.tx.linger_ns,
+                       "key": port.key}).encode()
+    socket.send_fds(sock, [meta], [memfd, *efds])
+
+
+def recv_port(sock: socket.socket) -> Port:
+    """Receive a port sent with ``send_port`` (validated: magic, version,
+    size, seals; ValueError if it is not a ring region)."""
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 5)
+    try:
+        if not msg:
+            raise EOFError("the sender closed the socket before sending a port")
+        meta = json.loads(msg)
+        if not isinstance(meta, dict) or meta.get("burstio_port") != 1:
+            raise ValueError(f"not a burstio port message: {msg[:60]!r}")
+        if len(fds) != 5:
+            raise ValueError(f"a port comes with 5 descriptors (memfd and 4 eventfds), got {len(fds)}")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return _port_from_fds(list(fds), int(meta["party"]), meta["linger_ns"] / 1e9, meta.get("key"))
+
+
+def _address(name: str) -> str:
+    if not isinstance(name, str) or not name or "\0" in name or len(name) > 90:
+        raise ValueError(f"name must be a non-empty string of at most 90 characters, got {name!r}")
+    return "\0" + _NAME_PREFIX + name
+
+
+def publish(port: Port, name: str, *, timeout: float | None = None) -> threading.Thread:
+    """Offer ``port`` under ``name`` (an abstract Unix socket of this network
+    namespace) to the first process that calls ``attach(name)``; a daemon
+    thread hands it over once, then the name is free again. The returned
+    thread ends after the handover (or ``timeout``)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(_address(name))
+    except OSError as e:
+        listener.close()
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"a ring port is already published as {name!r}") from None
+        raise
+    listener.listen(1)
+    listener.settimeout(timeout)
+
+    def serve() -> None:
+        with listener:
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                return
+            with conn:
+                send_port(conn, port)
+                conn.recv(1)  # the receiver closes once it holds the fds
+
+    t = threading.Thread(target=serve, name=f"burstio-publish-{name}", daemon=True)
+    t.start()
+    return t
+
+
+def attach(name: str, *, timeout: float = 5.0) -> Port:
+    """The port published under ``name``, waiting up to ``timeout`` seconds
+    for it to appear (FileNotFoundError after that)."""
+    addr = _address(name)
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            s.connect(addr)
+            return recv_port(s)
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                raise FileNotFoundError(errno.ENOENT, f"no ring port published as {name!r}") from None
+            time.sleep(0.01)
+        finally:
+            s.close()
+
+
+# ---- the switch -----------------------------------------------------------------
+
+_UNKNOWN = ("flood", "drop")
+_ON_FULL = ("wait", "drop")
+_GONE = {0: "live", -errno.EPIPE: "closed", -errno.ECONNRESET: "exited", -errno.EBADMSG: "corrupt"}
+
+
+class Switch:
+    """Joins N ports by copying: each client gets a region of its own (it
+    shares no memory with the other clients) and the switch copies every
+    packet into the RX ring of the port its ``dst`` key names.
+
+    ``Switch(*, slots=1024, slot_size=2048, max_ports=64, learning=True,
+    unknown="flood", on_full="wait", linger=LINGER, table_size=4096)``
+
+    Routing: ``add_port(key=K)`` installs a static route K -> that port;
+    with ``learning`` the switch also learns every packet's ``src`` key
+    (0 means none). ``dst=BROADCAST`` goes to every other port; an unknown
+    ``dst`` is flooded (``unknown="flood"``) or dropped and counted
+    (``"drop"``). A full destination ring makes the packet wait
+    (``on_full="wait"``: lossless; a stuck receiver holds up its senders) or
+    drops it (``"drop"``: a slow receiver cannot hold anyone up). Packets to
+    a port whose client closed or exited are dropped (``gone_drops``).
+
+    The switch runs ``run()`` wherever you call it: ``start()`` runs it on a
+    thread of this process (forwarding releases the GIL), or call ``run()``
+    in a process of its own (e.g. a ``multiprocessing.Process`` forked after
+    the ports are added) for the best throughput.
+    """
+
+    def __init__(self, *, slots: int = SLOTS, slot_size: int = SLOT_SIZE, max_ports: int = 64,
+                 learning: bool = True, unknown: str = "flood", on_full: str = "wait",
+                 linger: float = LINGER, table_size: int = 4096):
+        if unknown not in _UNKNOWN:
+            raise ValueError(f"unknown must be 'flood' or 'drop', got {unknown!r}")
+        if on_full not in _ON_FULL:
+            raise ValueError(f"on_full must be 'wait' or 'drop', got {on_full!r}")
+        self._slots = _int_arg("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
+        self._slot_size = _int_arg("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
+        _int_arg("max_ports", max_ports, 1, 4096)
+        _int_arg("table_size", table_size, 16, 1 << 24, power_of_two=True)
+        self._linger = linger
+        efd = os.eventfd(0, _EFD_FLAGS)
+        try:
+            self._native = _native.ShmSwitch(efd, max_ports, table_size)
+        except BaseException:
+            os.close(efd)
+            raise
+        self._efd = efd  # owned by the native switch
+        self._native.learning = int(bool(learning))
+        self._native.flood_unknown = int(unknown == "flood")
+        self._native.wait_full = int(on_full == "wait")
+        self._native.linger_ns = _linger_ns(linger)
+        self._sides: list[Port] = []  # the switch's own side of every region
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def add_port(self, key: int | None = None, *, linger: float | None = None) -> Port:
+        """A new port for a client (hand it to the client's process). With
+        ``key``, packets whose ``dst`` is key are routed to it."""
+        if key is not None:
+            _int_arg("key", key, 1, BROADCAST - 1)
+        own = [os.dup(self._efd), os.dup(self._efd)]
+        try:
+            efds = own + [os.eventfd(0, _EFD_FLAGS), os.eventfd(0, _EFD_FLAGS)]
+        except BaseException:
+            for fd in own:
+                os.close(fd)
+            raise
+        region = _new_region(self._slots, self._slot_size, 1, efds)
+        side = Port(region, 0, linger=0)
+        index = self._native.add(side.rx, side.tx)
+        self._sides.append(side)
+        client = Port(region, 1, linger=self._linger if linger is None else linger)
+        if key is not None:
+            self._native.route(key, index)
+            client.key = key
+        client.switch_index = index
+        return client
+
+    def _index(self, port: Port | int) -> int:
+        if isinstance(port, Port):
+            index = getattr(port, "switch_index", None)
+            if index is None or index >= len(self._sides) or self._sides[index].region is not port.region:
+                raise ValueError("that port does not belong to this switch")
+            return index
+        return _int_arg("port", port, 0, len(self._sides) - 1)
+
+    def route(self, key: int, port: Port | int | None) -> None:
+        """Static route: ``dst == key`` goes to ``port`` (a Port from
+        ``add_port`` or its index); None removes the key."""
+        _int_arg("key", key, 1, BROADCAST - 1)
+        self._native.route(key, None if port is None else self._index(port))
+
+    @property
+    def routes(self) -> dict[int, tuple[int, bool]]:
+        """{key: (port index, static)} for every known destination."""
+        return self._native.routes()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """forwarded flooded unknown_drops full_drops gone_drops filtered
+        bad_slots learned table_full passes sleeps wakeups ports_gone.
+        Counted in the process that runs the switch."""
+        return self._native.counters()
+
+    def port_state(self, port: Port | int) -> str:
+        """'live', or why the switch stopped serving it: 'closed', 'exited', 'corrupt'."""
+        return _GONE.get(self._native.port_state(self._index(port)), "gone")
+
+    def forward(self, timeout: float | None = 0) -> int:
+        """Forward for up to ``timeout`` seconds (0: what is there now;
+        None: until ``stop()``). Returns the packets taken from clients."""
+        return self._native.forward(timeout)
+
+    def run(self) -> None:
+        """Forward until ``stop()`` (from another thread) or a signal."""
+        while not self._stopping:
+            self._native.forward(None)
+            if self._native.stopping:
+                break
+
+    def start(self) -> Switch:
+        """Run the switch on a daemon thread of this process."""
+        if self._thread is not None:
+            raise RuntimeError("the switch is already running")
+        self._stopping = False
+        self._native.stopping = 0
+        self._thread = threading.Thread(target=self.run, name="burstio-switch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Make ``run()`` return (and join the thread ``start()`` made)."""
+        self._stopping = True
+        self._native.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop, and close the switch's side of every port: clients' waits
+        raise BrokenPipeError."""
+        self.stop()
+        for side in self._sides:
+            side.close()
+
+    def __enter__(self) -> Switch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Switch {len(self._sides)} ports, {self._slots} slots x {self._slot_size} B>"

@@ -1,0 +1,1144 @@
+"""burstio.aio: asyncio's datagram transport contract, one mixin, every implementation.
+
+``DatagramContract`` holds scenarios in the style of CPython's own datagram
+transport tests (test_events / test_selector_events / test_base_events):
+echo round trips, endpoints from a given socket, argument errors,
+error_received, close/abort/connection_lost, pause_reading, write flow
+control. Each ``Test*`` class at the bottom runs them on one implementation:
+asyncio's own transport (the oracle), burstio's on asyncio's loop, burstio's
+with its fallbacks forced (BURSTIO_DISABLE), burstio's through
+``install(loop)``, and burstio's on uvloop (skipped, saying why, when uvloop
+is not installed).
+
+Where the oracle can tell what should happen, a test runs the same scenario
+on asyncio's transport too and compares the two traces (addresses replaced
+by names, so runs compare); explicit expectations are added where they are
+the point. Nothing measures time: timeouts only bound how long a broken
+implementation can make a test wait.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+import burstio
+import burstio.aio
+from burstio import PacketBatch
+from burstio.aio_transport import TX_SLOT, BurstDatagramTransport
+from burstio.caps import ENV_DISABLE
+from conftest import require_kernel
+
+try:
+    import uvloop
+except ImportError:  # the uvloop classes skip, saying so
+    uvloop = None
+
+V4, V6 = "127.0.0.1", "::1"
+TIMEOUT = 10.0  # bounds a hung scenario; never a measurement
+
+
+# ---- implementations ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One datagram transport implementation on one event loop."""
+
+    name: str
+    loop: str       # "asyncio" or "uvloop"
+    endpoint: str   # "stdlib" (the loop's own), "burstio" (burstio.aio.create_datagram_endpoint), "installed"
+    disable: str = ""  # BURSTIO_DISABLE while the endpoints are made
+
+    @property
+    def is_burstio(self) -> bool:
+        return self.endpoint != "stdlib"
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop == "uvloop":
+            if uvloop is None:
+                pytest.skip("uvloop is not installed (pip install uvloop)")
+            return uvloop.new_event_loop()
+        return asyncio.new_event_loop()
+
+    async def create(self, factory, local_addr=None, remote_addr=None, **kw):
+        loop = asyncio.get_running_loop()
+        if self.endpoint == "burstio":
+            return await burstio.aio.create_datagram_endpoint(loop, factory, local_addr, remote_addr, **kw)
+        if self.endpoint == "installed":
+            burstio.aio.install(loop)
+        return await loop.create_datagram_endpoint(factory, local_addr, remote_addr, **kw)
+
+
+IMPLS = {i.name: i for i in (
+    Impl("stdlib", "asyncio", "stdlib"),
+    Impl("burstio", "asyncio", "burstio"),
+    Impl("burstio-fallback", "asyncio", "burstio", "recvmmsg,sendmmsg,udp_segment,udp_gro"),
+    Impl("burstio-installed", "asyncio", "installed"),
+    Impl("burstio-uvloop", "uvloop", "burstio"),
+)}
+ORACLE = IMPLS["stdlib"]
+
+
+@contextlib.contextmanager
+def disabled(names: str):
+    old = os.environ.get(ENV_DISABLE)
+    if names:
+        os.environ[ENV_DISABLE] = names
+    else:
+        os.environ.pop(ENV_DISABLE, None)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_DISABLE, None)
+        else:
+            os.environ[ENV_DISABLE] = old
+
+
+def run_on(impl: Impl, scenario, *args):
+    """Run ``scenario(impl, *args)`` on a fresh loop of ``impl``; its result."""
+    loop = impl.new_loop()
+    try:
+        with disabled(impl.disable):
+            return loop.run_until_complete(asyncio.wait_for(scenario(impl, *args), TIMEOUT))
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+
+# ---- a protocol that records everything ------------------------------------------
+
+
+class Recorder(asyncio.DatagramProtocol):
+    """Records every callback; ``wait(pred)`` until the record satisfies pred."""
+
+    def __init__(self, names: dict | None = None):
+        self.events: list[tuple] = []
+        self.transport = None
+        self.names = names if names is not None else {}
+        self._changed = asyncio.Event()
+        self.paused = False
+        self.resumed = asyncio.Event()
+
+    def name(self, addr) -> str:
+        """A stable name for a peer address (ports differ between runs)."""
+        if addr is None:
+            return "none"
+        key = (addr[0], addr[1])
+        return self.names.setdefault(key, f"peer{len(self.names)}")
+
+    def _note(self, event: tuple) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._note(("made",))
+
+    def datagram_received(self, data, addr):
+        self._note(("data", data, self.name(addr)))
+
+    def error_received(self, exc):
+        self._note(("error", type(exc).__name__, exc.errno))
+
+    def connection_lost(self, exc):
+        self._note(("lost", repr(exc)))
+
+    def pause_writing(self):
+        self.paused = True
+        self.resumed.clear()
+        self._note(("pause", self.transport.get_write_buffer_size() > self.transport.get_write_buffer_limits()[1]))
+
+    def resume_writing(self):
+        self.paused = False
+        self.resumed.set()
+        self._note(("resume", self.transport.get_write_buffer_size() <= self.transport.get_write_buffer_limits()[0]))
+
+    def data(self) -> list[bytes]:
+        return [e[1] for e in self.events if e[0] == "data"]
+
+    def kinds(self, *kinds: str) -> list[tuple]:
+        return [e for e in self.events if e[0] in kinds]
+
+    async def wait(self, pred, what: str = "", limit: float = 5.0) -> None:
+        async def until():
+            while not pred(self.events):
+                self._changed.clear()
+                await self._changed.wait()
+        try:
+            await asyncio.wait_for(until(), limit)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"gave up waiting for {what or pred}: events {self.events[-10:]}") from None
+
+    async def wait_data(self, n: int) -> None:
+        await self.wait(lambda ev: sum(e[0] == "data" for e in ev) >= n, f"{n} datagrams")
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let the loop run a few iterations (deferred sends, call_soon callbacks)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def plain(family: int = socket.AF_INET) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((V4 if family == socket.AF_INET else V6, 0))
+    s.setblocking(False)
+    return s
+
+
+async def drain_plain(sock: socket.socket, n: int, limit: float = 5.0) -> list[bytes]:
+    loop = asyncio.get_running_loop()
+    got = []
+    async def until():
+        while len(got) < n:
+            got.append(await loop.sock_recv(sock, 70000))
+    try:
+        await asyncio.wait_for(until(), limit)
+    except asyncio.TimeoutError:
+        pass
+    return got
+
+
+def closed_port(family: int = socket.AF_INET) -> tuple:
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((V4 if family == socket.AF_INET else V6, 0))
+        return s.getsockname()
+
+
+# ---- the contract ----------------------------------------------------------------------
+
+
+class DatagramContract:
+    """What every datagram transport implementation must do, asyncio's way."""
+
+    impl: Impl = ORACLE
+
+    def run(self, scenario, *args):
+        return run_on(self.impl, scenario, *args)
+
+    def check(self, scenario, *args):
+        """Run the scenario here and, unless this is the oracle, on the
+        oracle too; the traces must be equal. Returns the trace."""
+        trace = self.run(scenario, *args)
+        if self.impl != ORACLE:
+            assert trace == run_on(ORACLE, scenario, *args), f"{self.impl.name} differs from asyncio"
+        return trace
+
+    # ---- endpoints and round trips (test_events: test_create_datagram_endpoint*) ----
+
+    @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+    def test_echo_round_trip(self, family):
+        if family == socket.AF_INET6:
+            require_kernel("ipv6")
+        host = V4 if family == socket.AF_INET else V6
+
+        async def scenario(impl):
+            names: dict = {}
+            server_t, server = await impl.create(lambda: Recorder(names), local_addr=(host, 0))
+            assert isinstance(server_t, BurstDatagramTransport) == impl.is_burstio
+            addr = server_t.get_extra_info("sockname")
+            client_t, client = await impl.create(lambda: Recorder(names), remote_addr=addr[:2])
+            assert client_t.get_extra_info("peername") == addr
+            assert server_t.get_extra_info("peername") is None
+            sock = client_t.get_extra_info("socket")
+            assert sock.family == family and sock.type == socket.SOCK_DGRAM
+            assert sock.getsockname() == client_t.get_extra_info("sockname")
+            assert client.events == [("made",)]
+            for i in range(20):
+                client_t.sendto(b"req %d" % i)
+            await server.wait_data(20)
+            for data in server.data():
+                server_t.sendto(b"resp:" + data, client_t.get_extra_info("sockname"))
+            await client.wait_data(20)
+            client_t.close()
+            server_t.close()
+            assert client_t.is_closing() and server_t.is_closing()
+            await client.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            await server.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            return server.events, client.events
+
+        server_events, client_events = self.check(scenario)
+        assert server_events[1:-1] == [("data", b"req %d" % i, "peer0") for i in range(20)]
+        assert client_events == [("made",), *[("data", b"resp:req %d" % i, "peer1") for i in range(20)],
+                                 ("lost", "None")]
+
+    def test_endpoint_from_a_given_socket(self):
+        """sock=: unconnected and connected sockets (test_create_datagram_endpoint_sock)."""
+        async def scenario(impl):
+            names: dict = {}
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((V4, 0))
+            t1, p1 = await impl.create(lambda: Recorder(names), sock=s)
+            assert t1.get_extra_info("sockname") == s.getsockname()
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            c.connect(t1.get_extra_info("sockname"))
+            t2, p2 = await impl.create(lambda: Recorder(names), sock=c)
+            assert t2.get_extra_info("peername") == t1.get_extra_info("sockname")
+            t2.sendto(b"via connected")
+            t2.sendto(b"addr ignored", ("127.0.0.9", 9))  # a connected socket sends to its peer
+            await p1.wait_data(2)
+            t1.sendto(b"back", t2.get_extra_info("sockname"))
+            await p2.wait_data(1)
+            t1.close()
+            t2.close()
+            await settle()
+            return p1.events, p2.events
+
+        p1, p2 = self.check(scenario)
+        assert p1 == [("made",), ("data", b"via connected", "peer0"), ("data", b"addr ignored", "peer0"),
+                      ("lost", "None")]
+        assert p2 == [("made",), ("data", b"back", "peer1"), ("lost", "None")]
+
+    def test_many_peers_each_in_order(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            dest = t.get_extra_info("sockname")
+            peers = [plain() for _ in range(4)]
+            for i in range(40):
+                peers[i % 4].sendto(b"%d" % i, dest)
+            await p.wait_data(40)
+            by_peer = {}
+            for _, data, name in p.kinds("data"):
+                by_peer.setdefault(name, []).append(data)
+            t.close()
+            for s in peers:
+                s.close()
+            await settle()
+            return sorted(by_peer.values())
+
+        trace = self.check(scenario)
+        assert trace == sorted([[b"%d" % i for i in range(k, 40, 4)] for k in range(4)])
+
+    def test_largest_and_empty_datagrams_arrive_whole(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            big = bytes(range(256)) * 255 + bytes(227)  # 65507 bytes: the IPv4 maximum
+            s.sendto(big, t.get_extra_info("sockname"))
+            s.sendto(b"", t.get_extra_info("sockname"))
+            s.sendto(b"after", t.get_extra_info("sockname"))
+            await p.wait_data(3)
+            got = p.data()
+            t.close()
+            s.close()
+            return [len(g) for g in got], got[0] == big
+
+        assert self.check(scenario) == ([65507, 0, 5], True)
+
+    def test_sendto_empty_datagram_as_the_stdlib_does(self):
+        """Python < 3.13 drops empty datagrams in sendto, 3.13 sends them: the oracle says."""
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            t.sendto(b"", s.getsockname())
+            t.sendto(b"x", s.getsockname())
+            got = await drain_plain(s, 2, limit=0.5)
+            t.close()
+            s.close()
+            return got
+
+        assert self.check(scenario)[-1] == b"x"
+
+    def test_sendto_from_a_task_and_from_a_timer(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            dest = s.getsockname()
+            t.sendto(b"task", dest)
+            asyncio.get_running_loop().call_later(0.01, t.sendto, b"timer", dest)
+            got = await drain_plain(s, 2)
+            t.close()
+            s.close()
+            return got
+
+        assert self.check(scenario) == [b"task", b"timer"]
+
+    # ---- argument errors (test_base_events) ----------------------------------------
+
+    def test_endpoint_argument_errors(self):
+        async def scenario(impl):
+            out = []
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            for call in (
+                lambda: impl.create(Recorder),  # no address, no family
+                lambda: impl.create(Recorder, local_addr=(V4, 0), sock=s),
+                lambda: impl.create(Recorder, sock=s),
+                lambda: impl.create(Recorder, local_addr=(V4, 0, 0)),
+                lambda: impl.create(Recorder, local_addr="x"),
+            ):
+                try:
+                    await call()
+                    out.append("ok")
+                except (ValueError, TypeError) as e:
+                    out.append((type(e).__name__, str(e).replace(repr(s), "<sock>")))
+            s.close()
+            return out
+
+        trace = self.check(scenario)
+        assert trace[0] == ("ValueError", "unexpected address family")
+        assert trace[3] == ("TypeError", "2-tuple is expected")
+
+    def test_address_in_use_and_reuse_port(self):
+        async def scenario(impl):
+            t1, _ = await impl.create(Recorder, local_addr=(V4, 0))
+            addr = t1.get_extra_info("sockname")
+            try:
+                await impl.create(Recorder, local_addr=addr)
+                taken = None
+            except OSError as e:
+                taken = e.errno
+            t1.close()
+            t2, _ = await impl.create(Recorder, local_addr=(V4, 0), reuse_port=True)
+            t3, _ = await impl.create(Recorder, local_addr=t2.get_extra_info("sockname"), reuse_port=True)
+            shared = t3.get_extra_info("sockname") == t2.get_extra_info("sockname")
+            t2.close()
+            t3.close()
+            await settle()
+            return taken, shared
+
+        assert self.check(scenario) == (errno.EADDRINUSE, True)
+
+    def test_sendto_argument_errors(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            c, _ = await impl.create(Recorder, remote_addr=t.get_extra_info("sockname"))
+            out = []
+            for call in (lambda: t.sendto("text", ("127.0.0.1", 9)),
+                         lambda: t.sendto(12, ("127.0.0.1", 9)),
+                         lambda: c.sendto(b"x", ("127.0.0.1", 9))):
+                try:
+                    call()
+                    out.append("ok")
+                except (TypeError, ValueError) as e:
+                    out.append((type(e).__name__, str(e).replace(str(t.get_extra_info("sockname")), "<peer>")))
+            c.sendto(b"named peer", t.get_extra_info("sockname"))  # its own peer: fine
+            await p.wait_data(1)
+            t.close()
+            c.close()
+            await settle()
+            return out, p.data()
+
+        out, data = self.check(scenario)
+        assert out[0] == ("TypeError", "data argument must be a bytes-like object, not 'str'")
+        assert out[2] == ("ValueError", "Invalid address: must be None or <peer>")
+        assert data == [b"named peer"]
+
+    def test_sendto_resolves_a_host_name(self):
+        async def scenario(impl):
+            t, _ = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            t.sendto(b"by name", ("localhost", s.getsockname()[1]))
+            got = await drain_plain(s, 1)
+            t.close()
+            s.close()
+            return got
+
+        if socket.getaddrinfo("localhost", 0, socket.AF_INET)[0][4][0] != V4:
+            pytest.skip("localhost does not resolve to 127.0.0.1 here")
+        assert self.check(scenario) == [b"by name"]
+
+    # ---- errors are datagram errors: error_received, transport stays ------------------
+
+    def test_icmp_refusal_goes_to_error_received(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, remote_addr=closed_port())
+            t.sendto(b"nobody there")
+            await p.wait(lambda ev: any(e[0] == "error" for e in ev), "error_received")
+            alive = not t.is_closing()
+            t.sendto(b"again")  # the transport still works
+            await settle()
+            t.close()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            return p.kinds("error", "lost")[:1] + p.kinds("lost"), alive
+
+        (first, lost), alive = self.check(scenario)
+        assert first == ("error", "ConnectionRefusedError", errno.ECONNREFUSED)
+        assert lost == ("lost", "None") and alive
+
+    def test_oversized_datagrams_go_to_error_received(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            t.sendto(b"x" * 65508, s.getsockname())  # one byte over the IPv4 limit
+            t.sendto(b"y" * 70000, s.getsockname())  # over any UDP limit
+            t.sendto(b"fine", s.getsockname())
+            await p.wait(lambda ev: len(p.kinds("error")) >= 2, "two errors")
+            got = await drain_plain(s, 1)
+            t.close()
+            s.close()
+            await settle()
+            return p.kinds("error"), got, t.is_closing()
+
+        errors, got, _ = self.check(scenario)
+        assert errors == [("error", "OSError", errno.EMSGSIZE)] * 2
+        assert got == [b"fine"]
+
+    def test_exception_in_datagram_received_is_reported_and_reading_goes_on(self):
+        class Fussy(Recorder):
+            def datagram_received(self, data, addr):
+                super().datagram_received(data, addr)
+                if data.startswith(b"bad"):
+                    raise RuntimeError(data.decode())
+
+        async def scenario(impl):
+            loop = asyncio.get_running_loop()
+            reported = []
+            loop.set_exception_handler(lambda lp, ctx: reported.append(str(ctx.get("exception"))))
+            t, p = await impl.create(Fussy, local_addr=(V4, 0))
+            s = plain()
+            for m in (b"one", b"bad 1", b"two", b"bad 2", b"three"):
+                s.sendto(m, t.get_extra_info("sockname"))
+            await p.wait_data(5)
+            t.close()
+            s.close()
+            await settle()
+            return p.data(), reported
+
+        data, reported = self.check(scenario)
+        assert data == [b"one", b"bad 1", b"two", b"bad 2", b"three"]
+        assert reported == ["bad 1", "bad 2"]
+
+    # ---- close, abort, connection_lost --------------------------------------------
+
+    def test_close_calls_connection_lost_once_from_the_loop(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            t.close()
+            during = list(p.events)
+            t.close()  # twice: no effect
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            await settle()
+            return during, p.events, t.is_closing(), t.get_extra_info("sockname") is not None
+
+        during, events, closing, name = self.check(scenario)
+        assert during == [("made",)] and events == [("made",), ("lost", "None")]
+        assert closing and name
+
+    def test_sends_made_before_close_are_delivered(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            for i in range(30):
+                t.sendto(b"%d" % i, s.getsockname())
+            t.close()
+            got = await drain_plain(s, 30)
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            s.close()
+            return got
+
+        assert self.check(scenario) == [b"%d" % i for i in range(30)]
+
+    def test_sendto_after_close_is_dropped_and_counted(self, caplog):
+        async def scenario(impl):
+            peer = plain()
+            t, p = await impl.create(Recorder, remote_addr=peer.getsockname())
+            peer.close()
+            t.close()
+            with caplog.at_level(logging.WARNING):
+                caplog.clear()
+                for _ in range(8):
+                    t.sendto(b"late")
+                warnings = len([r for r in caplog.records if "socket.send() raised exception" in r.message])
+            await settle()
+            return warnings, p.kinds("error", "lost")
+
+        warnings, events = self.check(scenario)
+        assert warnings > 0 and events == [("lost", "None")]
+
+    def test_abort(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            t.abort()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            return p.events, t.is_closing()
+
+        assert self.check(scenario) == ([("made",), ("lost", "None")], True)
+
+    def test_close_from_datagram_received_stops_delivery(self):
+        class Closer(Recorder):
+            def datagram_received(self, data, addr):
+                super().datagram_received(data, addr)
+                if data == b"stop":
+                    self.transport.close()
+
+        async def scenario(impl):
+            t, p = await impl.create(Closer, local_addr=(V4, 0))
+            s = plain()
+            for m in (b"a", b"stop", b"b", b"c"):
+                s.sendto(m, t.get_extra_info("sockname"))
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            s.close()
+            return p.events
+
+        assert self.check(scenario) == [("made",), ("data", b"a", "peer0"), ("data", b"stop", "peer0"),
+                                        ("lost", "None")]
+
+    def test_set_protocol_moves_delivery(self):
+        class Handover(Recorder):
+            def __init__(self, other):
+                super().__init__()
+                self.other = other
+
+            def datagram_received(self, data, addr):
+                super().datagram_received(data, addr)
+                if data == b"switch":
+                    self.transport.set_protocol(self.other)
+
+        async def scenario(impl):
+            second = Recorder()
+            t, first = await impl.create(lambda: Handover(second), local_addr=(V4, 0))
+            second.transport = t
+            s = plain()
+            for m in (b"1", b"switch", b"2", b"3"):
+                s.sendto(m, t.get_extra_info("sockname"))
+            await second.wait_data(2)
+            assert t.get_protocol() is second
+            t.close()
+            await second.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            s.close()
+            return first.data(), second.events
+
+        first, second = self.check(scenario)
+        assert first == [b"1", b"switch"]
+        assert second == [("data", b"2", "peer0"), ("data", b"3", "peer0"), ("lost", "None")]
+
+    # ---- reading: pause and resume -------------------------------------------------
+
+    def test_pause_reading_holds_datagrams_until_resumed(self):
+        class Pauser(Recorder):
+            def datagram_received(self, data, addr):
+                super().datagram_received(data, addr)
+                if data == b"pause":
+                    self.transport.pause_reading()
+
+        async def scenario(impl):
+            t, p = await impl.create(Pauser, local_addr=(V4, 0))
+            s = plain()
+            for m in [b"a", b"pause", *[b"%d" % i for i in range(20)]]:
+                s.sendto(m, t.get_extra_info("sockname"))
+            await p.wait_data(2)
+            await asyncio.sleep(0.05)
+            held = (len(p.data()), t.is_reading())
+            t.resume_reading()
+            await p.wait_data(22)
+            t.close()
+            s.close()
+            await settle()
+            return held, p.data(), t.is_reading()
+
+        held, data, reading = self.check(scenario)
+        assert held == (2, False)
+        assert data == [b"a", b"pause", *[b"%d" % i for i in range(20)]] and not reading
+
+    # ---- write flow control -------------------------------------------------------
+
+    def test_write_buffer_limits(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            out = [t.get_write_buffer_limits(), t.get_write_buffer_size()]
+            t.set_write_buffer_limits(high=1000)
+            out.append(t.get_write_buffer_limits())
+            t.set_write_buffer_limits(low=100)
+            out.append(t.get_write_buffer_limits())
+            t.set_write_buffer_limits(high=0)  # nothing buffered: no pause
+            out.append(t.get_write_buffer_limits())
+            try:
+                t.set_write_buffer_limits(high=1, low=2)
+            except ValueError as e:
+                out.append(str(e))
+            for _ in range(20):
+                t.sendto(b"x" * 1000, t.get_extra_info("sockname"))  # loopback takes it all
+            await settle()
+            out.append(t.get_write_buffer_size())
+            t.close()
+            await settle()
+            return out, p.kinds("pause", "resume")
+
+        out, flow = self.check(scenario)
+        assert out[:2] == [(16384, 65536), 0]
+        assert out[-1] == 0 and flow == []
+
+
+# ---- flow control against a real full socket: a netns whose lo is rate-limited ------------
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def _netns_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (ip netns, tc)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: iproute2)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slow_netns():
+    """A network namespace whose loopback drains through tbf at 2 Mbit/s: a
+    sender with a small SO_SNDBUF there gets EAGAIN (asyncio buffers, pauses
+    the protocol), and the queue drains by itself."""
+    why = _netns_unavailable()
+    if why:
+        pytest.skip(f"flow control needs a rate-limited netns: {why}")
+    ns = f"burstio-aio-test-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"ip netns add failed: {r.stderr.strip()}")
+    try:
+        for cmd in (["ip", "-n", ns, "link", "set", "lo", "up"],
+                    ["tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "2mbit",
+                     "burst", "4000", "limit", "1000000"]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                pytest.skip(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def socket_in(ns: str, sndbuf: int | None = None) -> socket.socket:
+    """A UDP socket bound to 127.0.0.1 inside ``ns`` (made on a thread that
+    entered the namespace: sockets keep the namespace they were made in)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    out: dict = {}
+
+    def make():
+        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                out["error"] = OSError(ctypes.get_errno(), "setns failed")
+                return
+        finally:
+            os.close(fd)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if sndbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        s.bind((V4, 0))
+        out["sock"] = s
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["sock"]
+
+
+def datagram(i: int) -> bytes:
+    """About 1000 bytes, numbered; neighbours differ in size, so burstio's
+    sends make no GSO runs here (a GSO send is one skb, which the kernel
+    takes whole even past SO_SNDBUF: see test_a_gso_run_is_taken_whole)."""
+    return b"%04d" % i + bytes(996 - i % 2)
+
+
+class FlowControlContract:
+    """Write flow control when the kernel refuses (EAGAIN): the same
+    sequence rules as asyncio's _FlowControlMixin, compared with the oracle."""
+
+    impl: Impl = ORACLE
+    run = DatagramContract.run
+
+    def check_flow(self, scenario, *args):
+        trace = self.run(scenario, *args)
+        if self.impl != ORACLE:
+            oracle = run_on(ORACLE, scenario, *args)
+            assert trace[0] == oracle[0], "what arrived differs from asyncio"
+            assert trace[1] == oracle[1], "the flow-control story differs from asyncio"
+        return trace
+
+    @staticmethod
+    def story(events: list[tuple]) -> list:
+        """pause/resume alternate, each at the right side of its water mark:
+        the sequence, with repeats of pause-resume pairs folded."""
+        flow = [e for e in events if e[0] in ("pause", "resume")]
+        folded: list = []
+        for e in flow:
+            if folded[-2:] != [("pause", True), ("resume", True)] or e != ("pause", True):
+                folded.append(e)
+            else:
+                folded.pop()
+        return folded
+
+    @pytest.mark.parametrize("yielding", [False, True], ids=["burst", "yield-each"])
+    def test_pause_and_resume_writing(self, slow_netns, yielding):
+        async def scenario(impl, yielding):
+            rx = socket_in(slow_netns)
+            rx.setblocking(False)
+            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            t.set_write_buffer_limits(high=6000, low=2000)
+            for i in range(60):
+                t.sendto(datagram(i), rx.getsockname())
+                if p.paused:
+                    await p.resumed.wait()
+                elif yielding:
+                    await asyncio.sleep(0)
+            await p.wait(lambda ev: p.kinds("pause") and not p.paused, "resume_writing", limit=8)
+            got = await drain_plain(rx, 60, limit=8)
+            size = t.get_write_buffer_size()
+            t.close()
+            rx.close()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            return [g[:4] for g in got], self.story(p.events), size
+
+        got, story, size = self.check_flow(scenario, yielding)
+        assert got == [b"%04d" % i for i in range(60)]
+        assert story == [("pause", True), ("resume", True)]
+        assert size == 0
+
+    def test_close_waits_for_the_buffer_to_drain(self, slow_netns):
+        async def scenario(impl):
+            rx = socket_in(slow_netns)
+            rx.setblocking(False)
+            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            for i in range(30):
+                t.sendto(datagram(i), rx.getsockname())
+            await settle()
+            buffered = t.get_write_buffer_size() > 0
+            t.close()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost", limit=8)
+            got = await drain_plain(rx, 30, limit=8)
+            rx.close()
+            return [g[:4] for g in got], buffered
+
+        got, buffered = self.check_flow(scenario)
+        assert got == [b"%04d" % i for i in range(30)] and buffered
+
+    def test_abort_discards_the_buffer(self, slow_netns):
+        async def scenario(impl):
+            rx = socket_in(slow_netns)
+            rx.setblocking(False)
+            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            for i in range(30):
+                t.sendto(datagram(i), rx.getsockname())
+            await settle()
+            t.abort()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            got = await drain_plain(rx, 30, limit=1.0)
+            rx.close()
+            return len(got) < 30, p.kinds("lost")
+
+        assert self.check_flow(scenario) == (True, [("lost", "None")])
+
+
+# ---- burstio only: batches, sendto_many, install, what the batching does -----------------
+
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class BatchRecorder(burstio.aio.BatchDatagramProtocol, Recorder):
+    def __init__(self):
+        Recorder.__init__(self)
+        self.bursts: list[int] = []
+
+    def datagrams_received(self, batch):
+        self.bursts.append(len(batch))
+        super().datagrams_received(batch)
+
+
+class BurstioContract:
+    impl: Impl = IMPLS["burstio"]
+    run = DatagramContract.run
+
+    def test_batch_protocol_gets_bursts(self):
+        async def scenario(impl):
+            t, p = await impl.create(BatchRecorder, local_addr=(V4, 0))
+            s = plain()
+            for i in range(40):
+                s.sendto(b"%d" % i, t.get_extra_info("sockname"))
+            await p.wait_data(40)
+            t.close()
+            s.close()
+            await settle()
+            return p.data(), p.bursts
+
+        data, bursts = self.run(scenario)
+        assert data == [b"%d" % i for i in range(40)]
+        assert sum(bursts) == 40 and len(bursts) < 40  # several datagrams per call
+
+    def test_batch_protocol_on_the_stdlib_transport_gets_datagram_received(self):
+        async def scenario(impl):
+            t, p = await ORACLE.create(BatchRecorder, local_addr=(V4, 0))
+            s = plain()
+            for i in range(10):
+                s.sendto(b"%d" % i, t.get_extra_info("sockname"))
+            await p.wait_data(10)
+            t.close()
+            s.close()
+            return p.data(), p.bursts
+
+        assert self.run(scenario) == ([b"%d" % i for i in range(10)], [])
+
+    def test_echo_in_place_with_sendto_many(self):
+        class InPlace(burstio.aio.BatchDatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagrams_received(self, batch):
+                arena, offsets = batch.arena, batch.offsets
+                for i in range(len(batch)):
+                    arena[offsets[i]] = ord("R")  # answer in place
+                self.transport.sendto_many(batch)  # back to each sender, from the batch
+
+        async def scenario(impl):
+            t, _ = await impl.create(InPlace, local_addr=(V4, 0))
+            clients = [plain() for _ in range(3)]
+            for i in range(30):
+                clients[i % 3].sendto(b"q%d" % i, t.get_extra_info("sockname"))
+            got = [await drain_plain(c, 10) for c in clients]
+            t.close()
+            for c in clients:
+                c.close()
+            return got
+
+        got = self.run(scenario)
+        assert got == [[b"R%d" % i for i in range(k, 30, 3)] for k in range(3)]
+
+    def test_sendto_many_iterable_and_batch_keep_order_with_sendto(self):
+        async def scenario(impl):
+            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            dest = s.getsockname()
+            t.sendto(b"first", dest)
+            t.sendto_many([b"a", bytearray(b"b"), memoryview(b"c")], dest)
+            batch = PacketBatch(4, 64)
+            batch.append(b"from batch", dest)
+            t.sendto_many(batch)
+            batch.clear()  # the caller may reuse its batch at once
+            t.sendto(b"last", dest)
+            got = await drain_plain(s, 6)
+            with pytest.raises(ValueError, match="addr must be None"):
+                t.sendto_many(PacketBatch(1, 8), dest)
+            t.close()
+            s.close()
+            return got
+
+        assert self.run(scenario) == [b"first", b"a", b"b", b"c", b"from batch", b"last"]
+
+    def test_replies_from_one_burst_leave_in_one_send_call(self):
+        class Burst(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                if data == b"go":
+                    for i in range(50):
+                        self.transport.sendto(b"%d" % i, addr)
+
+        async def scenario(impl):
+            t, _ = await impl.create(Burst, local_addr=(V4, 0), tx_batch=128)
+            s = plain()
+            s.sendto(b"go", t.get_extra_info("sockname"))
+            got = await drain_plain(s, 50)
+            c = t.get_extra_info("burst_socket").counters
+            t.close()
+            s.close()
+            return got, c["tx_batches"], c["tx_datagrams"]
+
+        got, batches, datagrams = self.run(scenario)
+        assert got == [b"%d" % i for i in range(50)]
+        assert (batches, datagrams) == (1, 50)
+
+    def test_a_full_send_batch_goes_at_once_and_order_holds(self):
+        async def scenario(impl):
+            t, _ = await impl.create(Recorder, local_addr=(V4, 0), tx_batch=4)
+            s = plain()
+            dest = s.getsockname()
+            for i in range(10):
+                t.sendto(b"%d" % i, dest)
+            sent_already = t.get_extra_info("burst_socket").counters["tx_datagrams"]
+            got = await drain_plain(s, 10)
+            t.close()
+            s.close()
+            return got, sent_already
+
+        got, sent_already = self.run(scenario)
+        assert got == [b"%d" % i for i in range(10)] and sent_already == 8
+
+    def test_large_datagrams_keep_their_place(self):
+        async def scenario(impl):
+            t, _ = await impl.create(Recorder, local_addr=(V4, 0))
+            s = plain()
+            msgs = [b"small 1", b"L" * (TX_SLOT + 1), b"small 2", b"M" * 60000, b"small 3"]
+            for m in msgs:
+                t.sendto(m, s.getsockname())
+            got = await drain_plain(s, 5)
+            t.close()
+            s.close()
+            return got == msgs
+
+        assert self.run(scenario)
+
+    def test_gro_endpoint_splits_coalesced_bursts(self):
+        require_kernel("udp_gro")
+
+        async def scenario(impl):
+            t, p = await impl.create(BatchRecorder, local_addr=(V4, 0), gro=True)
+            sender = burstio.BurstSocket.bind((V4, 0))
+            data = b"".join(b"%03d" % i + bytes(97) for i in range(64))
+            sender.send_segments(data, 100, t.get_extra_info("sockname"))
+            await p.wait_data(64)
+            sender.close()
+            c = t.get_extra_info("burst_socket").counters
+            t.close()
+            await settle()
+            return [d[:3] for d in p.data()], c["rx_datagrams"]
+
+        got, rx = self.run(scenario)
+        assert got == [b"%03d" % i for i in range(64)] and rx == 64
+
+    def test_install_routes_the_loop_and_uninstall_restores(self, tmp_path):
+        async def scenario(impl):
+            loop = asyncio.get_running_loop()
+            assert not burstio.aio.installed(loop)
+            assert burstio.aio.install(loop, rx_slots=4) is loop and burstio.aio.installed(loop)
+            t, _ = await loop.create_datagram_endpoint(Echo, local_addr=(V4, 0))
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            unix.bind(str(tmp_path / "dgram"))
+            u, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=unix)
+            kinds = [isinstance(t, BurstDatagramTransport), isinstance(u, BurstDatagramTransport)]
+            burstio.aio.uninstall(loop)
+            v, _ = await loop.create_datagram_endpoint(Echo, local_addr=(V4, 0))
+            kinds.append(isinstance(v, BurstDatagramTransport))
+            for x in (t, u, v):
+                x.close()
+            with pytest.raises(TypeError, match="unexpected option"):
+                burstio.aio.install(loop, rx_batch=3)
+            await settle()
+            return kinds
+
+        assert self.run(scenario) == [True, False, False]
+
+    def test_burstio_refuses_what_it_cannot_carry(self):
+        async def scenario(impl):
+            loop = asyncio.get_running_loop()
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            with pytest.raises(ValueError, match="IPv4 or IPv6 UDP"):
+                await burstio.aio.create_datagram_endpoint(loop, Echo, sock=s)
+            s.close()
+            with pytest.raises(ValueError, match="IPv4 or IPv6 UDP"):
+                await burstio.aio.create_datagram_endpoint(loop, Echo, family=socket.AF_UNIX,
+                                                           local_addr=("x", 0))
+            for bad in ({"rx_slots": 0}, {"tx_batch": True}, {"backend": "fast"}):
+                with pytest.raises(ValueError, match="rx_slots must be a positive int, got 0|"
+                                   "tx_batch must be a positive int, got True|backend must be one of"):
+                    await burstio.aio.create_datagram_endpoint(None, Echo, local_addr=(V4, 0), **bad)
+            t, _ = await burstio.aio.create_datagram_endpoint(None, Echo, local_addr=(V4, 0))
+            with pytest.raises(TypeError, match="address must be a tuple"):
+                t.sendto(b"x", "127.0.0.1:9")
+            t.close()
+            await settle()
+            return True
+
+        assert self.run(scenario)
+
+    def test_a_gso_run_is_taken_whole(self, slow_netns):
+        """Equal datagrams to one peer leave as one GSO send: one skb, which
+        the kernel takes whole while the socket has any room, so nothing
+        waits and the protocol is not paused (asyncio would pause here)."""
+        require_kernel("udp_segment")
+        if self.impl.disable:
+            pytest.skip("GSO forced off in this variant")
+
+        async def scenario(impl):
+            rx = socket_in(slow_netns)
+            rx.setblocking(False)
+            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            t.set_write_buffer_limits(high=6000, low=2000)
+            for i in range(40):
+                t.sendto(b"%04d" % i + bytes(996), rx.getsockname())
+            await settle()
+            got = await drain_plain(rx, 40, limit=8)
+            c = t.get_extra_info("burst_socket").counters
+            t.close()
+            rx.close()
+            await settle()
+            return [g[:4] for g in got], p.kinds("pause", "resume"), c["tx_gso_messages"] > 0
+
+        got, flow, gso = self.run(scenario)
+        assert got == [b"%04d" % i for i in range(40)] and flow == [] and gso
+
+    def test_unclosed_transport_warns(self):
+        async def scenario(impl):
+            t, _ = await impl.create(Echo, local_addr=(V4, 0))
+            await settle()
+            t.pause_reading()  # the loop lets go of the descriptor first
+            with pytest.warns(ResourceWarning, match="unclosed transport"):
+                t.__del__()
+            return t.get_extra_info("socket").fileno()
+
+        assert self.run(scenario) == -1
+
+
+# ---- one class per implementation ------------------------------------------------------------
+
+
+class TestStdlib(DatagramContract):
+    """The oracle itself: the scenarios must hold on asyncio's own transport."""
+    impl = IMPLS["stdlib"]
+
+
+class TestBurstio(DatagramContract):
+    impl = IMPLS["burstio"]
+
+
+class TestBurstioFallback(DatagramContract):
+    impl = IMPLS["burstio-fallback"]
+
+
+class TestBurstioInstalled(DatagramContract):
+    impl = IMPLS["burstio-installed"]
+
+
+class TestBurstioUvloop(DatagramContract):
+    impl = IMPLS["burstio-uvloop"]
+
+
+class TestFlowStdlib(FlowControlContract):
+    impl = IMPLS["stdlib"]
+
+
+class TestFlowBurstio(FlowControlContract):
+    impl = IMPLS["burstio"]
+
+
+class TestFlowBurstioUvloop(FlowControlContract):
+    impl = IMPLS["burstio-uvloop"]
+
+
+class TestBurstioOnly(BurstioContract):
+    impl = IMPLS["burstio"]
+
+
+class TestBurstioOnlyFallback(BurstioContract):
+    impl = IMPLS["burstio-fallback"]
+
+
+class TestBurstioOnlyUvloop(BurstioContract):
+    impl = IMPLS["burstio-uvloop"]
+
+
+def test_every_implementation_covered():
+    classes = [TestStdlib, TestBurstio, TestBurstioFallback, TestBurstioInstalled, TestBurstioUvloop]
+    assert sorted(c.impl.name for c in classes) == sorted(IMPLS)

@@ -1,0 +1,120 @@
+"""aioquic (from PyPI, unmodified) over burstio's transport: HTTP/3 round trips.
+
+Server and client run in this process on one loop, each end over asyncio's
+transport or burstio's (``burstio.aio.install``), on asyncio's loop and on
+uvloop. Downloads are checked byte for byte. Skipped, saying why, without
+aioquic.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+pytest.importorskip("aioquic", reason="aioquic is not installed (pip install aioquic)")
+
+import burstio.aio  # noqa: E402
+from burstio.aio_transport import BurstDatagramTransport  # noqa: E402
+from burstio.apps import quic  # noqa: E402
+
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+V4 = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    return quic.self_signed_certificate(str(tmp_path_factory.mktemp("quic-cert")))
+
+
+def _counting(base):
+    """The client protocol, counting the bursts it is given."""
+    class Counting(base):
+        bursts = 0
+
+        def datagrams_received(self, batch):
+            self.bursts += 1
+            super().datagrams_received(batch)
+    if not hasattr(base, "datagrams_received"):
+        del Counting.datagrams_received
+    return Counting
+
+
+def run(loop_kind: str, coro_fn):
+    if loop_kind == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed (pip install uvloop)")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 60))
+    finally:
+        loop.close()
+
+
+async def _download(certificate, server_transport, client_transport, client_base, sizes):
+    config = quic.server_configuration(*certificate)
+    server = await quic.serve_h3(V4, 0, config, server_transport)
+    port = server._transport.get_extra_info("sockname")[1]
+    server_kind = type(server._transport)
+    burstio.aio.uninstall()  # the client decides for itself
+    results = []
+    async with quic.connect_h3(V4, port, transport=client_transport, protocol=_counting(client_base),
+                               gro=True) as client:
+        client_kind = type(client._transport)
+        digests: dict = {}
+        client.on_data = lambda stream, data: digests.setdefault(stream, hashlib.sha256()).update(data)
+        for size in sizes:
+            stream = client._quic.get_next_available_stream_id()
+            status, got = await client.get(V4, f"/bytes/{size}")
+            digest = digests.get(stream, hashlib.sha256()).hexdigest()
+            results.append((status, got, digest == hashlib.sha256(quic.body(size)).hexdigest()))
+        status, _ = await client.get(V4, "/nothing")
+        bursts = client.bursts
+        received = client.datagrams
+    server.close()
+    return results, status, server_kind, client_kind, bursts, received
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("server_transport, client_transport", [
+    ("burstio", "burstio"), ("asyncio", "burstio"), ("burstio", "asyncio")])
+def test_http3_download_over_burstio(certificate, loop_kind, server_transport, client_transport):
+    sizes = [0, 1, 100_000, 3_000_000]
+    out = run(loop_kind, lambda: _download(certificate, server_transport, client_transport,
+                                           quic.H3Client, sizes))
+    results, status404, server_kind, client_kind, bursts, received = out
+    assert results == [(200, n, True) for n in sizes]
+    assert status404 == 404
+    assert (server_kind is BurstDatagramTransport) == (server_transport == "burstio")
+    assert (client_kind is BurstDatagramTransport) == (client_transport == "burstio")
+    assert received > 3_000_000 // 1500
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_burst_client_takes_bursts(certificate, loop_kind):
+    sizes = [2_000_000, 10]
+    out = run(loop_kind, lambda: _download(certificate, "burstio", "burstio", quic.BurstH3Client, sizes))
+    results, status404, _, client_kind, bursts, received = out
+    assert results == [(200, n, True) for n in sizes] and status404 == 404
+    assert client_kind is BurstDatagramTransport
+    assert 0 < bursts < received  # several datagrams per call
+
+
+def test_burst_client_on_the_asyncio_transport_works_per_datagram(certificate):
+    out = run("asyncio", lambda: _download(certificate, "asyncio", "asyncio", quic.BurstH3Client, [500_000]))
+    results, _, _, client_kind, bursts, received = out
+    assert results == [(200, 500_000, True)]
+    assert client_kind is not BurstDatagramTransport and bursts == 0 and received > 0
+
+
+def test_use_transport_refuses_unknown_names():
+    async def go():
+        with pytest.raises(ValueError, match="transport must be one of"):
+            quic.use_transport("tcp")
+    run("asyncio", go)
