@@ -159,18 +159,6 @@ bio_drain_socket_nogil(BioDrain *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssiz
         ;
 }
 
-static int
-bio_drain_ms(int64_t deadline_ns)
-{
-    if (deadline_ns < 0)
-        return -1;
-    int64_t left = deadline_ns - bio_now_ns();
-    if (left <= 0)
-        return 0;
-    int64_t ms = (left + 999999) / 1000000;
-    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
-}
-
 /* epoll_wait, then drain every ready socket, until the watermark is met
  * (or an error arrives) or its deadline passes; if nothing came by then,
  * wait for one until the timeout. 0 or -errno (EINTR: resumable). nogil. */
@@ -187,7 +175,7 @@ bio_drain_recv_nogil(void *arg)
         if (have >= c->want || c->n >= room || (late && have > 0))
             return 0;
         /* past the watermark's deadline with nothing: wait for one */
-        int ms = bio_drain_ms(late ? c->first_deadline : c->watermark_deadline);
+        int ms = bio_deadline_ms(late ? c->first_deadline : c->watermark_deadline);
         BIO_RCOUNT(d, BIO_R_SYSCALLS, 1);
         int r = epoll_wait(d->epfd, d->events, d->maxevents, ms);
         if (r < 0)

@@ -364,3 +364,22 @@ def subprocess_env(**extra: str) -> dict:
     env.pop(ENV_DISABLE, None)
     env.update(extra)
     return env
+
+
+def run_on_loop(loop_kind: str, coro_fn, timeout: float):
+    """Run coro_fn() to completion on a fresh event loop of kind "asyncio" or
+    "uvloop" (skipped, saying why, when uvloop is not installed)."""
+    import asyncio
+
+    if loop_kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pytest.skip("uvloop is not installed (pip install uvloop)")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro_fn(), timeout))
+    finally:
+        loop.close()

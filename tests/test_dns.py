@@ -24,12 +24,7 @@ import dns.rdatatype  # noqa: E402
 
 from burstio.apps.dns import TRANSPORTS, Answers, answer, serve  # noqa: E402
 from burstio.aio_transport import BurstDatagramTransport  # noqa: E402
-from conftest import free_udp_port, subprocess_env  # noqa: E402
-
-try:
-    import uvloop
-except ImportError:
-    uvloop = None
+from conftest import free_udp_port, run_on_loop, subprocess_env  # noqa: E402
 
 V4 = "127.0.0.1"
 
@@ -115,16 +110,7 @@ def test_any_question_is_echoed_and_answered(labels, rdtype, rd, qid):
 
 
 def _run(loop_kind: str, coro_fn):
-    if loop_kind == "uvloop":
-        if uvloop is None:
-            pytest.skip("uvloop is not installed (pip install uvloop)")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 20))
-    finally:
-        loop.close()
+    return run_on_loop(loop_kind, coro_fn, 20)
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])

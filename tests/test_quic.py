@@ -7,7 +7,6 @@ aioquic.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 import pytest
@@ -17,11 +16,7 @@ pytest.importorskip("aioquic", reason="aioquic is not installed (pip install aio
 import burstio.aio  # noqa: E402
 from burstio.aio_transport import BurstDatagramTransport  # noqa: E402
 from burstio.apps import quic  # noqa: E402
-
-try:
-    import uvloop
-except ImportError:
-    uvloop = None
+from conftest import run_on_loop  # noqa: E402
 
 V4 = "127.0.0.1"
 
@@ -45,16 +40,7 @@ def _counting(base):
 
 
 def run(loop_kind: str, coro_fn):
-    if loop_kind == "uvloop":
-        if uvloop is None:
-            pytest.skip("uvloop is not installed (pip install uvloop)")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 60))
-    finally:
-        loop.close()
+    return run_on_loop(loop_kind, coro_fn, 60)
 
 
 async def _download(certificate, server_transport, client_transport, client_base, sizes):

@@ -225,7 +225,7 @@ class PortableIo:
     # ---- send ----------------------------------------------------------
     def _runs(self, batch, start: int, end: int):
         """Yield (first entry, run length): what one message carries."""
-        lengths, names = batch.lengths, batch.names
+        lengths = batch.lengths
         j = start
         while j < end:
             run, seg = 1, lengths[j]

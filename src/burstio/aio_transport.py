@@ -490,13 +490,19 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         if not self._blocked and not self._conn_lost and not self._flushing:
             self._flush_now()
 
-    def _flush_now(self) -> None:
+    def _flush_queued(self) -> bool | None:
+        """Send what is queued (not re-entrantly); True when all went, None
+        when the connection was lost meanwhile."""
         self._flushing = True
         try:
             done = self._send_queued()
         finally:
             self._flushing = False
-        if self._conn_lost:
+        return None if self._conn_lost else done
+
+    def _flush_now(self) -> None:
+        done = self._flush_queued()
+        if done is None:
             return
         if not done:
             self._block()
@@ -572,12 +578,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     def _write_ready(self) -> None:
         if self._conn_lost:
             return
-        self._flushing = True
-        try:
-            done = self._send_queued()
-        finally:
-            self._flushing = False
-        if self._conn_lost:
+        done = self._flush_queued()
+        if done is None:
             return
         if done:
             self._stop_writing()

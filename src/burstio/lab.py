@@ -34,11 +34,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import _native
 
 __all__ = ["Lab", "LabError", "require_privileges", "leftover_namespaces"]
 
-CLONE_NEWNET = 0x40000000
 STATE_DIR = Path("/run/burstio")
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
@@ -213,17 +211,10 @@ class Lab:
     def inside(self, side: str) -> Iterator[None]:
         """Run the block (this thread) in namespace a or b: sockets made in
         it belong to that namespace and stay there."""
-        target = os.open(f"/run/netns/{self.ns[self._side(side)]}", os.O_RDONLY)
-        home = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            _native.setns(target, CLONE_NEWNET)
-            try:
-                yield
-            finally:
-                _native.setns(home, CLONE_NEWNET)
-        finally:
-            os.close(target)
-            os.close(home)
+        from .netdev import entered_netns
+
+        with entered_netns(os.open(f"/run/netns/{self.ns[self._side(side)]}", os.O_RDONLY)):
+            yield
 
     def command(self, side: str, argv: list[str]) -> list[str]:
         """argv, run in namespace `side` (for subprocess)."""

@@ -371,8 +371,19 @@ def netns_of(sock: Any) -> Iterator[None]:
     """Run the block (this thread) in the network namespace `sock` belongs
     to, where its device and NAPI instances are visible over netlink."""
     fd = sock if isinstance(sock, int) else sock.fileno()
-    target = fcntl.ioctl(fd, SIOCGSKNS)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    with entered_netns(fcntl.ioctl(fd, SIOCGSKNS)):
+        yield
+
+
+@contextlib.contextmanager
+def entered_netns(target: int) -> Iterator[None]:
+    """Run the block (this thread) in the network namespace open as
+    descriptor ``target`` (closed afterwards), then come back."""
+    try:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    except BaseException:
+        os.close(target)
+        raise
     try:
         _native.setns(target, CLONE_NEWNET)
         try:

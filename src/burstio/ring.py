@@ -178,7 +178,7 @@ class Ring:
         budget) or "epoll" (the epoll backend's own busy-poll parameters,
         EPIOCSPARAMS, Linux >= 6.9), "off" after busy_poll(0). On a kernel
         without them, OSError names what is missing."""
-        from .busypoll import _check_int, _kernel_too_old, register_uring_napi
+        from .busypoll import _check_int, register_uring_napi
 
         _check_int("usecs", usecs, 0, 2**31 - 1)
         _check_int("budget", budget, 0, 65535)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import signal
 import struct
 import sys
 
 from .. import aio
+from . import until_signalled
 
 __all__ = ["Answers", "answer", "AsyncioResponder", "BurstResponder", "serve", "main"]
 
@@ -85,8 +85,8 @@ def _question_end(query: bytes) -> int:
     return -1
 
 
-class AsyncioResponder(asyncio.DatagramProtocol):
-    """One query per ``datagram_received``, one ``sendto`` per answer."""
+class _Answering:
+    """What both responders hold: the answers, the transport, a query count."""
 
     def __init__(self, answers: Answers = DEFAULT):
         self.answers = answers
@@ -95,6 +95,10 @@ class AsyncioResponder(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+
+class AsyncioResponder(_Answering, asyncio.DatagramProtocol):
+    """One query per ``datagram_received``, one ``sendto`` per answer."""
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.queries += 1
@@ -103,17 +107,9 @@ class AsyncioResponder(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
-class BurstResponder(aio.BatchDatagramProtocol):
+class BurstResponder(_Answering, aio.BatchDatagramProtocol):
     """The same answers, a burst at a time (burstio transports; on others
     it falls back to one query per call)."""
-
-    def __init__(self, answers: Answers = DEFAULT):
-        self.answers = answers
-        self.transport: asyncio.DatagramTransport | None = None
-        self.queries = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def datagrams_received(self, batch) -> None:
         n = len(batch)
@@ -156,11 +152,8 @@ async def _run(args: argparse.Namespace) -> None:
     if not args.quiet:
         print(f"DNS responder ({args.transport}, {type(asyncio.get_running_loop()).__name__}) "
               f"on {t.get_extra_info('sockname')}", flush=True)
-    stop = asyncio.get_running_loop().create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     try:
-        await stop
+        await until_signalled()
     finally:
         t.close()
         if not args.quiet:

@@ -23,7 +23,6 @@ import contextlib
 import datetime
 import ipaddress
 import os
-import signal
 import ssl
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ProtocolNegotiated, QuicEvent
 
 from .. import aio
+from . import until_signalled
 
 __all__ = ["H3Server", "H3Client", "BurstQuicProtocol", "BurstH3Client", "serve_h3", "connect_h3",
            "server_configuration", "client_configuration", "self_signed_certificate", "body",
@@ -237,11 +237,8 @@ async def _serve_main(args: argparse.Namespace) -> None:
         server = await serve_h3(args.host, args.port, server_configuration(certfile, keyfile),
                                 args.transport)
     print(f"HTTP/3 on {args.host}:{args.port} over {args.transport}", flush=True)
-    stop = asyncio.get_running_loop().create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     try:
-        await stop
+        await until_signalled()
     finally:
         server.close()
 

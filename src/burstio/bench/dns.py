@@ -22,16 +22,14 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 
 from .common import Options, rounds
 from .core import Progress, ScenarioResult, Target, Variant
-from .procs import client_and_server_cpus, cpu_seconds, free_port, stop
+from .procs import client_and_server_cpus, cpu_seconds, free_port, stop, wait_answering
 from .perfcount import SyscallCounter, perf_available
 
 ROUND_SECONDS = 1
@@ -56,22 +54,10 @@ def _write_queries(path: str) -> None:
             f.write(f"host{i}.example.com {'AAAA' if i % 3 == 0 else 'A'}\n")
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen) -> None:
     """Ask an A query until the responder answers."""
     query = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x05ready\x00\x00\x01\x00\x01"
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"DNS responder exited with {proc.returncode}: {proc.stderr.read()[-300:]}")
-            s.sendto(query, ("127.0.0.1", port))
-            try:
-                if s.recv(512)[:2] == b"\x42\x42":
-                    return
-            except TimeoutError:
-                continue
-    raise RuntimeError(f"no DNS answer on port {port} after {timeout:.0f}s")
+    wait_answering(port, proc, query, lambda reply: reply[:2] == b"\x42\x42", "the DNS responder")
 
 
 def _dnsperf(cpu: str, port: int, queries: str, seconds: float) -> dict[str, float]:

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 
 from .common import Options, rounds
 from .core import Progress, ScenarioResult, Target, Variant
-from .procs import client_and_server_cpus, cpu_seconds, free_port
+from .procs import client_and_server_cpus, cpu_seconds, free_port, wait_answering
 
 ROUND_SECONDS = 1
 # Tail percentiles need samples from several rounds to settle; a brief run
@@ -31,22 +30,10 @@ MIN_ROUNDS = 5
 
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+def _wait_ready(port: int, proc: subprocess.Popen, host: str = "127.0.0.1") -> None:
     """Send sockperf pong requests until the server answers."""
     probe = struct.pack("!QHI", 0, 1 | 2, 14)
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} before answering")
-            s.sendto(probe, (host, port))
-            try:
-                s.recv(64)
-                return
-            except TimeoutError:
-                continue
-    raise RuntimeError(f"no sockperf answer on port {port} after {timeout:.0f}s")
+    wait_answering(port, proc, probe, lambda reply: True, "the sockperf server", host=host)
 
 
 

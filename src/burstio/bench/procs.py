@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 
 
 def free_port() -> int:
@@ -38,3 +39,23 @@ def stop(procs) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def wait_answering(port: int, proc: subprocess.Popen, probe: bytes, answered, what: str,
+                   timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    """Send ``probe`` to a UDP server until ``answered(reply)`` is true;
+    RuntimeError naming ``what`` when it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = proc.stderr.read()[-300:] if proc.stderr else ""
+                raise RuntimeError(f"{what} exited with {proc.returncode} before answering {tail}".rstrip())
+            s.sendto(probe, (host, port))
+            try:
+                if answered(s.recv(512)):
+                    return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"no answer from {what} on port {port} after {timeout:.0f}s")
