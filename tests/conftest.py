@@ -383,3 +383,15 @@ def run_on_loop(loop_kind: str, coro_fn, timeout: float):
         return loop.run_until_complete(asyncio.wait_for(coro_fn(), timeout))
     finally:
         loop.close()
+
+
+def open_fds() -> set[int]:
+    """This process's open descriptors (not counting the one listing them)."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the listing's own descriptor, closed by now
+            continue
+        out.add(int(name))
+    return out
