@@ -38,14 +38,9 @@ struct bio_uring_napi {
 int
 bio_epoll_wait_nogil(int epfd, int64_t deadline_ns)
 {
-    int timeout_ms = -1;
-    if (deadline_ns >= 0) {
-        int64_t left = deadline_ns - bio_now_ns();
-        if (left <= 0)
-            return 0;
-        int64_t ms = (left + 999999) / 1000000; /* never wake before the deadline */
-        timeout_ms = ms > 0x7fffffff ? 0x7fffffff : (int)ms;
-    }
+    int timeout_ms = bio_deadline_ms(deadline_ns);
+    if (timeout_ms == 0)
+        return 0;
     struct epoll_event ev;
     int r = epoll_wait(epfd, &ev, 1, timeout_ms);
     return r < 0 ? -errno : r;

@@ -123,9 +123,28 @@ bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
                     int64_t deadline_ns)
 {
     int64_t spin_end = -1;
+    int first = 1, waited = 0;
+    int wfd0 = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
+    if (wfd0 >= 0 && u->wait_first) {
+        /* Request/response traffic under busy polling: the socket was empty
+         * last time, so wait (polling the device) before the receive that
+         * would fail. epoll_wait returns at once if a datagram is there. */
+        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        int p = bio_epoll_wait_nogil(wfd0, deadline_ns);
+        if (p < 0 && p != -EBADF && p != -EINVAL)
+            return p;
+        waited = 1;
+    }
     for (;;) {
         bio_recv_prepare(b, vlen);
         int r = bio_recv_once_nogil(u, b, vlen, flags);
+        if (first) {
+            /* wait first next time while receives drain the socket; a full
+             * batch (not the one-slot window) means more is waiting:
+             * receive first then */
+            u->wait_first = waited ? !(vlen > 1 && r >= vlen) : (r == -EAGAIN || r == -EWOULDBLOCK);
+            first = 0;
+        }
         if (r != -EAGAIN && r != -EWOULDBLOCK)
             return r;
         int64_t now = bio_now_ns();

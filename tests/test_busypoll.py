@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,47 @@ def test_epoll_busy_poll_still_delivers_events():
         assert ep.poll(0.01) == []
         tx.sendto(b"x", rx.getsockname())
         assert ep.poll(5) == [(rx.fileno(), select.EPOLLIN)]
+
+
+def test_busy_poll_receive_waits_first_for_request_response_traffic():
+    """Under epoll busy polling, a receive that found the socket empty makes
+    the next one wait before receiving (epoll_wait + recvmmsg, not a third
+    call), and a full batch makes the next one receive first again."""
+    need("epoll_busy_poll")
+    rx = burstio.BurstSocket.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        assert rx.busy_poll(10) == "epoll"
+        batch = burstio.PacketBatch(4)
+
+        def calls(receive) -> int:
+            before = rx.counters["rx_syscalls"]
+            receive()
+            return rx.counters["rx_syscalls"] - before
+
+        def late(payload: bytes = b"x") -> None:
+            threading.Timer(0.02, tx.sendto, (payload, rx.getsockname())).start()
+            assert rx.recv_batch(batch, 5.0) == 1 and bytes(batch[0]) == payload
+
+        def ready(k: int) -> None:
+            assert rx.recv_batch(batch, 5.0) == k
+
+        def sequence() -> list[int]:
+            seen = [calls(late) for _ in range(3)]
+            for _ in range(5):
+                tx.sendto(b"ready", rx.getsockname())
+            time.sleep(0.05)
+            seen += [calls(lambda: ready(4)), calls(lambda: ready(1)), calls(late), calls(late)]
+            return seen
+
+        # the probe's io_uring instances close in the background, and their
+        # teardown may interrupt a wait (EINTR, retried: one call more)
+        gc.collect()
+        want = [2, 2,  # wait, receive (after a first receive that found it empty)
+                2, 1,  # waited first (returned at once): a full batch, so receive first (finds one)
+                3, 2]  # receive (empty), wait, receive; then wait, receive
+        seen = [sequence() for _ in range(3)]
+        assert want in [s[1:] for s in seen], seen
 
 
 def test_socket_options_round_trip():

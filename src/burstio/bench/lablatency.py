@@ -7,7 +7,9 @@ NAPI on, so busy polling and the per-NAPI settings take effect as on a NIC:
 - sockperf-server: `sockperf sr`; sockperf-server-lls: with its --lls busy
   poll (SO_BUSY_POLL);
 - blocking, busy-poll, busy-poll-suspend: `burstio serve sockperf` in its
-  three modes (see burstio.serve.sockperf).
+  three modes (see burstio.serve.sockperf); busy-poll-socket: its busy-poll
+  mode with per-epoll parameters forced off, so it busy polls through the
+  socket (SO_BUSY_POLL) like sockperf --lls.
 
 Rounds alternate the servers; all samples of a server are pooled. A veth has
 no hardware interrupt: its "interrupt" is the NET_RX softirq the sender
@@ -23,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..caps import ENV_DISABLE
 from .common import Options, rounds
 from .core import Progress, ScenarioResult, Target, Variant
 from .latency import ROUND_SECONDS, _read_full_log, _wait_ready
@@ -35,6 +38,10 @@ SERVERS = {
     "blocking": lambda sp, host: _burstio(host, "blocking"),
     "busy-poll": lambda sp, host: _burstio(host, "busy-poll"),
     "busy-poll-suspend": lambda sp, host: _burstio(host, "busy-poll-suspend"),
+    # the same server busy polling through its socket (SO_BUSY_POLL), as
+    # sockperf --lls does: shows what the per-epoll path's extra system call
+    # (epoll_wait, then recvmmsg) costs
+    "busy-poll-socket": lambda sp, host: ["env", f"{ENV_DISABLE}=epoll_busy_poll", *_burstio(host, "busy-poll")],
 }
 
 
