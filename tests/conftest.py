@@ -25,11 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import burstio
 from burstio.caps import ENV_DISABLE
 
 pytest_plugins = ["burstio.testing"]  # the burstio_lab fixture
+
+# Property tests search new examples on every run, except in CI
+# (HYPOTHESIS_PROFILE=ci), which replays the same ones so that a landing
+# never hinges on a lucky draw. A failure prints its example to reproduce.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 
