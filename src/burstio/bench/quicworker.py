@@ -9,7 +9,8 @@ one JSON command per stdin line and answers each with one JSON line:
 
     {"cmd": "connect", "name": N, "transport": T, "port": P, "bursts": B}
         open connection N (over T; B: the client takes bursts,
-        ``BurstH3Client``, else ``H3Client``) and download once to warm up:
+        ``BurstH3Client``, else ``H3Client``), closing an earlier one of
+        that name, and download once to warm up:
         {"status", "bytes", "kernel_drops"}
     {"cmd": "get", "name": N, "size": S}
         download S bytes on connection N:
@@ -22,7 +23,6 @@ client's socket (its receive buffer was full).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import socket
@@ -62,15 +62,19 @@ async def _client() -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     clients: dict = {}
-    async with contextlib.AsyncExitStack() as stack:
+    opened: dict = {}  # name: the connect() context holding that connection
+    try:
         while line := await reader.readline():
             cmd = json.loads(line)
             if cmd["cmd"] == "connect":
+                if cmd["name"] in opened:
+                    await opened.pop(cmd["name"]).__aexit__(None, None, None)
                 quic.use_transport(cmd["transport"], gro=True)
                 proto = quic.BurstH3Client if cmd.get("bursts") else quic.H3Client
-                client = await stack.enter_async_context(connect(
-                    "127.0.0.1", cmd["port"], create_protocol=proto,
-                    configuration=quic.client_configuration(idle_timeout=IDLE_TIMEOUT)))
+                context = connect("127.0.0.1", cmd["port"], create_protocol=proto,
+                                  configuration=quic.client_configuration(idle_timeout=IDLE_TIMEOUT))
+                client = await context.__aenter__()
+                opened[cmd["name"]] = context
                 clients[cmd["name"]] = client
                 status, got = await client.get("127.0.0.1", f"/bytes/{WARMUP_BYTES}")
                 reply = {"status": status, "bytes": got,
@@ -84,6 +88,9 @@ async def _client() -> None:
                          "datagrams": client.datagrams - d0,
                          "kernel_drops": _kernel_drops(client._transport.get_extra_info("socket"))}
             print(json.dumps(reply), flush=True)
+    finally:
+        for context in opened.values():
+            await context.__aexit__(None, None, None)
 
 
 def main(argv: list[str]) -> int:
