@@ -54,3 +54,27 @@ bio_args_batch(const char *fname, PyObject *obj)
                  fname, Py_TYPE(obj)->tp_name);
     return -1;
 }
+
+PyObject *
+bio_counters_dict(const void *counters, const char *const *names, int n)
+{
+    const uint64_t *c = counters;
+    PyObject *d = PyDict_New();
+    for (int i = 0; d != NULL && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(__atomic_load_n(&c[i], __ATOMIC_RELAXED));
+        if (v == NULL || PyDict_SetItemString(d, names[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+int
+bio_counter_find(const char *const *names, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(name, names[i]) == 0)
+            return i;
+    PyErr_Format(PyExc_KeyError, "no counter named %s", name);
+    return -1;
+}

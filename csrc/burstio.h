@@ -133,6 +133,12 @@ int bio_args_parse(const char *fname, PyObject *const *args, Py_ssize_t nargs,
 /* TypeError unless obj is a PacketBatch ("fname() argument 1 must be ..."). */
 int bio_args_batch(const char *fname, PyObject *obj);
 
+/* A dict {name: value} of n counters (each read with a relaxed atomic
+ * load, so another thread's updates are never torn), or NULL with an error. */
+PyObject *bio_counters_dict(const void *counters, const char *const *names, int n);
+/* The index of counter `name`, or -1 with KeyError set. */
+int bio_counter_find(const char *const *names, int n, const char *name);
+
 /* ---- waiting and errors (wait.c) ------------------------------------- */
 
 int64_t bio_now_ns(void);

@@ -549,15 +549,7 @@ bio_ringbase_take_errors(BioRingBase *r, PyObject *Py_UNUSED(ignored))
 static PyObject *
 bio_ringbase_counters(BioRingBase *r, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *d = PyDict_New();
-    for (int i = 0; d != NULL && i < BIO_R_NCOUNTERS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(
-            __atomic_load_n(&r->counters[i], __ATOMIC_RELAXED));
-        if (v == NULL || PyDict_SetItemString(d, bio_ring_counter_names[i], v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
+    return bio_counters_dict(r->counters, bio_ring_counter_names, BIO_R_NCOUNTERS);
 }
 
 static PyObject *

@@ -1312,15 +1312,7 @@ bio_shmring_advance(BioShmRing *g, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 bio_shm_side_counters(BioShmSide *side)
 {
-    PyObject *d = PyDict_New();
-    for (int i = 0; d != NULL && i < BIO_SHM_NCOUNTERS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(
-            atomic_load_explicit(&side->counters[i], memory_order_relaxed));
-        if (v == NULL || PyDict_SetItemString(d, bio_shm_counter_names[i], v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
+    return bio_counters_dict((const void *)side->counters, bio_shm_counter_names, BIO_SHM_NCOUNTERS);
 }
 
 static PyObject *
@@ -2702,14 +2694,7 @@ bio_sw_stop(BioShmSwitch *sw, PyObject *Py_UNUSED(ignored))
 static PyObject *
 bio_sw_counters(BioShmSwitch *sw, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *d = PyDict_New();
-    for (int i = 0; d != NULL && i < BIO_SW_NCOUNTERS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(sw->counters[i]);
-        if (v == NULL || PyDict_SetItemString(d, bio_sw_counter_names[i], v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
+    return bio_counters_dict(sw->counters, bio_sw_counter_names, BIO_SW_NCOUNTERS);
 }
 
 /* port_state(i) -> 0 live, or -errno why it is gone */

@@ -377,15 +377,7 @@ bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *
 bio_udp_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *d = PyDict_New();
-    for (int i = 0; d != NULL && i < BIO_NCOUNTERS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(
-            __atomic_load_n(&u->counters[i], __ATOMIC_RELAXED));
-        if (v == NULL || PyDict_SetItemString(d, bio_counter_names[i], v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
+    return bio_counters_dict(u->counters, bio_counter_names, BIO_NCOUNTERS);
 }
 
 static PyObject *
@@ -395,14 +387,11 @@ bio_udp_count(BioUdp *u, PyObject *args)
     unsigned long long n;
     if (!PyArg_ParseTuple(args, "sK:count", &name, &n))
         return NULL;
-    for (int i = 0; i < BIO_NCOUNTERS; i++) {
-        if (strcmp(name, bio_counter_names[i]) == 0) {
-            BIO_COUNT(u, i, n);
-            Py_RETURN_NONE;
-        }
-    }
-    PyErr_Format(PyExc_KeyError, "no counter named %s", name);
-    return NULL;
+    int i = bio_counter_find(bio_counter_names, BIO_NCOUNTERS, name);
+    if (i < 0)
+        return NULL;
+    BIO_COUNT(u, i, n);
+    Py_RETURN_NONE;
 }
 
 static PyObject *

@@ -1251,14 +1251,7 @@ bio_zcs_close(BioZcSender *s, PyObject *const *args, Py_ssize_t nargs, PyObject 
 static PyObject *
 bio_zcs_counters(BioZcSender *s, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *d = PyDict_New();
-    for (int i = 0; d != NULL && i < BIO_ZC_NCOUNTERS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(s->counters[i]);
-        if (v == NULL || PyDict_SetItemString(d, bio_zc_counter_names[i], v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
+    return bio_counters_dict(s->counters, bio_zc_counter_names, BIO_ZC_NCOUNTERS);
 }
 
 static PyObject *
@@ -1268,14 +1261,11 @@ bio_zcs_count(BioZcSender *s, PyObject *args)
     unsigned long long n;
     if (!PyArg_ParseTuple(args, "sK:count", &name, &n))
         return NULL;
-    for (int i = 0; i < BIO_ZC_NCOUNTERS; i++) {
-        if (strcmp(name, bio_zc_counter_names[i]) == 0) {
-            BIO_ZC_COUNT(s, i, n);
-            Py_RETURN_NONE;
-        }
-    }
-    PyErr_Format(PyExc_KeyError, "no counter named %s", name);
-    return NULL;
+    int i = bio_counter_find(bio_zc_counter_names, BIO_ZC_NCOUNTERS, name);
+    if (i < 0)
+        return NULL;
+    BIO_ZC_COUNT(s, i, n);
+    Py_RETURN_NONE;
 }
 
 static PyObject *

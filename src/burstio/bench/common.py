@@ -78,3 +78,33 @@ def count_syscalls(pid: int, work: Callable[[], int], start: Callable[[], None] 
 def syscall_source() -> str:
     ok, why = perf_available()
     return why if ok else f"socket counters ({why})"
+
+
+def measure_sends(res, opts: Options, progress, runs: dict[str, Callable[[], int]], settle: Callable[[], int],
+                  own_syscalls: Callable[[], int] | None = None) -> None:
+    """Send scenarios: alternate the variants' timed runs (each returns the
+    datagrams it sent; ``settle`` drains the receivers and returns how many
+    arrived, a shortfall is noted once per variant), then run each once more
+    to count its syscalls with perf. Without perf, ``own_syscalls`` (the
+    sending socket's counter) stands in, and the stdlib loop counts one per
+    datagram; without either the count stays unknown."""
+    names = list(runs)
+    for r, order in rounds(opts, names):
+        for name in order:
+            progress.show(f"{res.scenario}: round {r + 1}, {name}")
+            sent, wall, cpu = timed(runs[name])
+            res.variants[name].add(sent, wall, cpu)
+            got = settle()
+            if got != sent and not res.variants[name].extra.get("lost"):
+                res.variants[name].extra["lost"] = True
+                res.notes.append(f"{name}: receivers got {got} of {sent} datagrams in a round")
+    progress.show(f"{res.scenario}: counting syscalls")
+    for name in names:
+        box: list[int] = []
+        before = own_syscalls() if own_syscalls else 0
+        calls = count_syscalls(os.getpid(), lambda: box.append(runs[name]()) or 0)
+        if calls is None and own_syscalls is not None:
+            calls = box[0] if name == "stdlib" else own_syscalls() - before
+        settle()
+        res.variants[name].syscalls = calls
+        res.variants[name].syscall_datagrams = box[0]

@@ -24,7 +24,7 @@ from .. import _native
 from ..caps import capabilities
 from ..ring import Ring
 from ..udp import BurstSocket
-from .common import Options, count_syscalls, pinned, rounds, syscall_source, timed
+from .common import Options, count_syscalls, measure_sends, pinned, rounds, syscall_source, timed
 from .core import Progress, ScenarioResult, Target, Variant
 
 PAIRS = 512
@@ -237,19 +237,5 @@ def tx_redundant(opts: Options, progress: Progress) -> ScenarioResult:
                     total += k
             return total
 
-        for r, order in rounds(opts, names):
-            for name in order:
-                progress.show(f"tx-redundant: round {r + 1}, {name}")
-                sent, wall, cpu = timed(runs[name])
-                res.variants[name].add(sent, wall, cpu)
-                got = settle()
-                if got != sent and not res.variants[name].extra.get("lost"):
-                    res.variants[name].extra["lost"] = True
-                    res.notes.append(f"{name}: receivers got {got} of {sent} datagrams in a round")
-        progress.show("tx-redundant: counting syscalls")
-        for name in names:
-            box: list[int] = []
-            calls = count_syscalls(os.getpid(), lambda: box.append(runs[name]()) or 0)
-            settle()
-            res.variants[name].syscalls, res.variants[name].syscall_datagrams = calls, box[0]
+        measure_sends(res, opts, progress, runs, settle)
     return res

@@ -7,7 +7,6 @@ round, so no datagram is dropped (checked after every round).
 """
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from contextlib import ExitStack
@@ -15,7 +14,7 @@ from contextlib import ExitStack
 from .. import _native
 from ..caps import SOL_UDP, UDP_SEGMENT, capabilities
 from ..udp import BurstSocket
-from .common import Options, count_syscalls, pinned, rounds, syscall_source, timed
+from .common import Options, measure_sends, pinned, syscall_source
 from .core import Progress, ScenarioResult, Target, Variant
 from .rx import RCVBUF_PER_DATAGRAM
 
@@ -50,32 +49,6 @@ def _send_batch_loop(sock: BurstSocket, batch: _native.PacketBatch, reps: int):
     return run
 
 
-def _measure(res: ScenarioResult, opts: Options, progress: Progress, runs: dict, settle,
-             tx: BurstSocket) -> None:
-    """Alternate the variants' timed runs; then count syscalls of each
-    (perf; without it, the socket's own counter, or one per sendto)."""
-    names = list(runs)
-    for r, order in rounds(opts, names):
-        for name in order:
-            progress.show(f"{res.scenario}: round {r + 1}, {name}")
-            sent, wall, cpu = timed(runs[name])
-            res.variants[name].add(sent, wall, cpu)
-            got = settle()
-            if got != sent and not res.variants[name].extra.get("lost"):
-                res.variants[name].extra["lost"] = True
-                res.notes.append(f"{name}: receivers got {got} of {sent} datagrams in a round")
-    progress.show(f"{res.scenario}: counting syscalls")
-    for name in names:
-        box: list[int] = []
-        before = tx.counters["tx_syscalls"]
-        calls = count_syscalls(os.getpid(), lambda: box.append(runs[name]()) or 0)
-        if calls is None:
-            calls = box[0] if name == "stdlib" else tx.counters["tx_syscalls"] - before
-        settle()
-        res.variants[name].syscalls = calls
-        res.variants[name].syscall_datagrams = box[0]
-
-
 def tx_many(opts: Options, progress: Progress) -> ScenarioResult:
     reps = 16384 // DESTINATIONS
     res = ScenarioResult(
@@ -95,7 +68,8 @@ def tx_many(opts: Options, progress: Progress) -> ScenarioResult:
             batch.append(p, a)
         sink = _native.PacketBatch(1024, 2048)
         runs = {"stdlib": _sendto_loop(tx.sock, pairs, reps), "burstio": _send_batch_loop(tx, batch, reps)}
-        _measure(res, opts, progress, runs, lambda: _drain_all(receivers, sink), tx)
+        measure_sends(res, opts, progress, runs, lambda: _drain_all(receivers, sink),
+                      lambda: tx.counters["tx_syscalls"])
     return res
 
 
@@ -152,7 +126,8 @@ def tx_gso(opts: Options, progress: Progress) -> ScenarioResult:
                 "burstio-gso": _send_batch_loop(tx, batch, rounds_of["burstio-gso"] // per_batch),
                 "burstio-gso-rx-split": _send_batch_loop(tx, split_batch,
                                                          rounds_of["burstio-gso-rx-split"] // per_batch)}
-        _measure(res, opts, progress, runs, lambda: _drain_all([rx, split], sink), tx)
+        measure_sends(res, opts, progress, runs, lambda: _drain_all([rx, split], sink),
+                      lambda: tx.counters["tx_syscalls"])
         c = tx.counters
         res.variants["burstio-gso"].extra.update(
             gso=tx.gso, datagrams_per_gso_send=round(c["tx_gso_datagrams"] / max(1, c["tx_gso_messages"]), 1),
