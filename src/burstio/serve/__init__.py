@@ -1,1 +1,0 @@
-"""Servers built on BurstSocket (``burstio serve ...``)."""
