@@ -1,4 +1,4 @@
-/* EpollRing: the Ring contract without io_uring.
+/* EpollSocketSet: the SocketSet contract without io_uring.
  *
  * One C call does what a Python loop over select.epoll would: epoll_wait
  * on every registered socket, then one recvmmsg per ready socket straight
@@ -35,7 +35,7 @@ bio_drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"max_sockets", NULL};
     int max_sockets = 1024;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i:EpollRing", kwlist, &max_sockets))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i:EpollSocketSet", kwlist, &max_sockets))
         return NULL;
     if (max_sockets < 1 || max_sockets > (1 << 20)) {
         PyErr_Format(PyExc_ValueError, "need 1 <= max_sockets <= 1048576, got %d", max_sockets);
@@ -83,7 +83,7 @@ bio_drain_check(BioRingBase *base)
 {
     BioDrain *d = (BioDrain *)base;
     if (d->epfd < 0) {
-        PyErr_SetString(PyExc_ValueError, "the ring is closed");
+        PyErr_SetString(PyExc_ValueError, "the socket set is closed");
         return -1;
     }
     return 0;
@@ -363,18 +363,18 @@ static PyMethodDef bio_drain_methods[] = {
 
 static PyMemberDef bio_drain_members[] = {
     {"epoll_fd", T_INT, offsetof(BioDrain, epfd), READONLY,
-     "the epoll descriptor (for its busy-poll parameters, burstio.busypoll)"},
+     "the epoll descriptor (for its busy-poll parameters, burstio.napi.busypoll)"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject BioDrain_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.EpollRing",
+    .tp_name = "burstio._native.EpollSocketSet",
     .tp_basicsize = sizeof(BioDrain),
     .tp_dealloc = (destructor)bio_drain_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "EpollRing(max_sockets=1024): the Ring contract on epoll + recvmmsg "
-              "(internal; see burstio.Ring).",
+    .tp_doc = "EpollSocketSet(max_sockets=1024): the SocketSet contract on epoll + recvmmsg "
+              "(internal; see burstio.SocketSet).",
     .tp_methods = bio_drain_methods,
     .tp_members = bio_drain_members,
     .tp_new = bio_drain_new,
@@ -386,5 +386,5 @@ bio_drain_init_type(PyObject *module)
     BioDrain_Type.tp_base = &BioRingBase_Type;
     if (PyType_Ready(&BioDrain_Type) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "EpollRing", (PyObject *)&BioDrain_Type);
+    return PyModule_AddObjectRef(module, "EpollSocketSet", (PyObject *)&BioDrain_Type);
 }

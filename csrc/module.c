@@ -6,8 +6,8 @@
  *   wait.c       GIL release, poll, EINTR, OSError
  *   udp.c        UdpIo type and the receive path (recvmmsg, GRO split)
  *   udp_send.c   the send path (sendmmsg, GSO)
- *   ring.c       Ring on io_uring: many sockets, one call
- *   drain.c      the same Ring contract on epoll + recvmmsg
+ *   ring.c       SocketSet on io_uring: many sockets, one call
+ *   drain.c      the same SocketSet contract on epoll + recvmmsg
  *   zerocopy.c   zero-copy send: buffer pool, SEND_ZC, MSG_ZEROCOPY
  *   shmring.c    netmap-style packet rings in shared memory between processes
  *   napi.c       busy polling and NAPI: epoll params, reuseport BPF, io_uring NAPI

@@ -6,7 +6,7 @@
  *   register_uring_napi(ring_fd, ...)   IORING_REGISTER_NAPI: io_uring busy
  *                                       polls the NAPI of the sockets it waits on
  *
- * Python (burstio.busypoll) writes the programs and decides the settings.
+ * Python (burstio.napi.busypoll) writes the programs and decides the settings.
  */
 #include "burstio.h"
 

@@ -1,4 +1,4 @@
-/* UringRing: receive from, and send on, many UDP sockets with io_uring.
+/* UringSocketSet: receive from, and send on, many UDP sockets with io_uring.
  *
  * Receive: every socket has one multishot RECVMSG armed, all drawing from
  * one provided-buffer ring. A datagram on any socket becomes a completion
@@ -49,7 +49,7 @@ typedef struct {
     BioRingBase base;
     struct io_uring ring;
     int ready;
-    int ring_fd;      /* for IORING_REGISTER_NAPI (burstio.busypoll) */
+    int ring_fd;      /* for IORING_REGISTER_NAPI (burstio.napi.busypoll) */
     unsigned flags;   /* setup flags in effect */
     pid_t owner;      /* SINGLE_ISSUER: the thread that may use the ring */
     struct io_uring_buf_ring *br;
@@ -162,7 +162,7 @@ bio_uring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"max_sockets", "buffers", "buffer_size", "sqpoll", "single_wakeup", NULL};
     int max_sockets = 1024, nbufs = 4096, buf_size = 2048, sqpoll = 0, single = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|iiipp:UringRing", kwlist, &max_sockets,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|iiipp:UringSocketSet", kwlist, &max_sockets,
                                      &nbufs, &buf_size, &sqpoll, &single) ||
         bio_uring_check_args(max_sockets, nbufs, buf_size) < 0)
         return NULL;
@@ -219,13 +219,13 @@ bio_uring_check(BioRingBase *base)
 {
     BioUring *r = (BioUring *)base;
     if (!r->ready) {
-        PyErr_SetString(PyExc_ValueError, "the ring is closed");
+        PyErr_SetString(PyExc_ValueError, "the socket set is closed");
         return -1;
     }
     if ((r->flags & IORING_SETUP_SINGLE_ISSUER) && (pid_t)syscall(SYS_gettid) != r->owner) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "this Ring was made in another thread; an io_uring SINGLE_ISSUER "
-                        "ring is used from the thread that made it");
+                        "this SocketSet was made in another thread; its SINGLE_ISSUER io_uring "
+                        "is used from the thread that made it");
         return -1;
     }
     return 0;
@@ -758,13 +758,13 @@ static PyMemberDef bio_uring_members[] = {
 
 static PyTypeObject BioUring_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.UringRing",
+    .tp_name = "burstio._native.UringSocketSet",
     .tp_basicsize = sizeof(BioUring),
     .tp_dealloc = (destructor)bio_uring_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "UringRing(max_sockets=1024, buffers=4096, buffer_size=2048, sqpoll=False,\n"
+    .tp_doc = "UringSocketSet(max_sockets=1024, buffers=4096, buffer_size=2048, sqpoll=False,\n"
               "single_wakeup=False): many UDP sockets through one io_uring (internal;\n"
-              "see burstio.Ring).",
+              "see burstio.SocketSet).",
     .tp_methods = bio_uring_methods,
     .tp_members = bio_uring_members,
     .tp_new = bio_uring_new,
@@ -776,7 +776,7 @@ bio_ring_init_types(PyObject *module)
     BioUring_Type.tp_base = &BioRingBase_Type;
     if (PyType_Ready(&BioRingBase_Type) < 0 || PyType_Ready(&BioUring_Type) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "UringRing", (PyObject *)&BioUring_Type) < 0)
+    if (PyModule_AddObjectRef(module, "UringSocketSet", (PyObject *)&BioUring_Type) < 0)
         return -1;
     return bio_drain_init_type(module);
 }

@@ -1,4 +1,4 @@
-/* RingBase: what the two multi-socket backends share (io_uring in ring.c,
+/* SocketSetBase: what the two multi-socket backends share (io_uring in ring.c,
  * epoll in drain.c): a table of sockets by index (the ring's own dup of each
  * descriptor, so a socket closed elsewhere, or a reused descriptor number,
  * cannot confuse it), the per-socket errors waiting for take_errors(),
@@ -46,7 +46,7 @@ bio_ringbase_raise_full(BioRingBase *r)
     PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", ENOSPC, "");
     if (exc == NULL)
         return;
-    PyObject *msg = PyUnicode_FromFormat("the ring holds its maximum of %d sockets", r->cap);
+    PyObject *msg = PyUnicode_FromFormat("the socket set holds its maximum of %d sockets", r->cap);
     if (msg != NULL)
         PyObject_SetAttrString(exc, "strerror", msg);
     Py_XDECREF(msg);
@@ -126,7 +126,7 @@ bio_ringbase_index(BioRingBase *r, PyObject *obj, int *idx)
     if (v == -1 && PyErr_Occurred())
         return -1;
     if (v < 0 || v >= r->cap || r->state[v] == BIO_SOCK_FREE) {
-        PyErr_Format(PyExc_ValueError, "no socket at index %ld in this ring", v);
+        PyErr_Format(PyExc_ValueError, "no socket at index %ld in this socket set", v);
         return -1;
     }
     *idx = (int)v;
@@ -138,7 +138,7 @@ bio_ringbase_usable(BioRingBase *r)
 {
     if (r->busy) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "the Ring is in use by another call (another thread, or a "
+                        "the SocketSet is in use by another call (another thread, or a "
                         "signal handler interrupting one)");
         return -1;
     }
@@ -291,7 +291,7 @@ bio_ring_check_sockets(BioRingBase *r, BioBatch *b, Py_ssize_t start, Py_ssize_t
     for (Py_ssize_t j = start; j < end; j++) {
         int32_t s = b->sockets[j];
         if (s < 0 || s >= r->cap || r->state[s] == BIO_SOCK_FREE) {
-            PyErr_Format(PyExc_ValueError, "datagram %zd: no socket at index %d in this ring",
+            PyErr_Format(PyExc_ValueError, "datagram %zd: no socket at index %d in this socket set",
                          j, (int)s);
             return -1;
         }
@@ -611,7 +611,7 @@ static PyMemberDef bio_ringbase_members[] = {
 
 PyTypeObject BioRingBase_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.RingBase",
+    .tp_name = "burstio._native.SocketSetBase",
     .tp_basicsize = sizeof(BioRingBase),
     .tp_dealloc = (destructor)bio_ringbase_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,

@@ -2,7 +2,7 @@
  *
  * A region (one sealed memfd, mapped MAP_SHARED by two parties) holds a
  * header, two rings of `nslots` slots and a pool of 2 x nslots buffers.
- * Ring r carries party r's packets to party 1-r: a port of party k
+ * SocketSet r carries party r's packets to party 1-r: a port of party k
  * produces into ring k (its TX) and consumes ring 1-k (its RX). Every slot
  * names one buffer by index (idx[]), with its length, flags, a destination
  * and a source key and an optional socket address, in parallel arrays.
@@ -32,7 +32,7 @@
  * pidfd turning readable means the peer exited: ECONNRESET instead of a
  * hang. A clean close() marks the party CLOSED and kicks: EPIPE.
  *
- * The switch (ShmSwitch) is party 0 of one region per port: it copies each
+ * The switch (SwitchCore) is party 0 of one region per port: it copies each
  * slot a client publishes into the RX ring of the port its destination key
  * names (static routes, learning from source keys), so clients share no
  * memory with each other.
@@ -527,7 +527,7 @@ bio_shmregion_parse_efds(BioShmRegion *g, PyObject *efds)
     return ok ? 0 : -1;
 }
 
-/* ShmRegion(memfd, efds, slots=0, ...): create (slots > 0) or attach. The
+/* PortRegion(memfd, efds, slots=0, ...): create (slots > 0) or attach. The
  * region owns the descriptors only if this succeeds. */
 static PyObject *
 bio_shmregion_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -536,7 +536,7 @@ bio_shmregion_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     int memfd;
     unsigned int nslots = 0, slot_size = 0, kind = 0;
     PyObject *efds;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|III:ShmRegion", kwlist, &memfd, &efds,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|III:PortRegion", kwlist, &memfd, &efds,
                                      &nslots, &slot_size, &kind))
         return NULL;
     BioShmRegion *g = (BioShmRegion *)type->tp_alloc(type, 0);
@@ -638,11 +638,11 @@ static PyGetSetDef bio_shmregion_getset[] = {
 
 static PyTypeObject BioShmRegion_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.ShmRegion",
+    .tp_name = "burstio._native.PortRegion",
     .tp_basicsize = sizeof(BioShmRegion),
     .tp_dealloc = (destructor)bio_shmregion_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ShmRegion(memfd, efds, slots=0, slot_size=0, kind=0): a ring region "
+    .tp_doc = "PortRegion(memfd, efds, slots=0, slot_size=0, kind=0): a ring region "
               "(internal). slots=0 attaches to an existing one.",
     .tp_methods = bio_shmregion_methods,
     .tp_members = bio_shmregion_members,
@@ -738,14 +738,14 @@ bio_shmport_release(BioShmPort *p)
     p->closed = 1;
 }
 
-/* ShmPort(region, party): a handle; nothing is claimed until first use. */
+/* PortClaim(region, party): a handle; nothing is claimed until first use. */
 static PyObject *
 bio_shmport_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"region", "party", NULL};
     BioShmRegion *reg;
     int party;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!i:ShmPort", kwlist, &BioShmRegion_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!i:PortClaim", kwlist, &BioShmRegion_Type,
                                      &reg, &party))
         return NULL;
     if (party != 0 && party != 1) {
@@ -799,7 +799,7 @@ static PyMethodDef bio_shmport_methods[] = {
 
 static PyMemberDef bio_shmport_members[] = {
     {"party", T_INT, offsetof(BioShmPort, party), READONLY, "0 or 1: which port of the region"},
-    {"region", T_OBJECT, offsetof(BioShmPort, reg), READONLY, "the ShmRegion"},
+    {"region", T_OBJECT, offsetof(BioShmPort, reg), READONLY, "the PortRegion"},
     {"closed", T_INT, offsetof(BioShmPort, closed), READONLY, "1 once closed"},
     {NULL, 0, 0, 0, NULL},
 };
@@ -812,11 +812,11 @@ static PyGetSetDef bio_shmport_getset[] = {
 
 static PyTypeObject BioShmPort_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.ShmPort",
+    .tp_name = "burstio._native.PortClaim",
     .tp_basicsize = sizeof(BioShmPort),
     .tp_dealloc = (destructor)bio_shmport_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ShmPort(region, party): one party's hold on a ring region (internal).",
+    .tp_doc = "PortClaim(region, party): one party's hold on a ring region (internal).",
     .tp_methods = bio_shmport_methods,
     .tp_members = bio_shmport_members,
     .tp_getset = bio_shmport_getset,
@@ -1137,7 +1137,7 @@ bio_shmring_bad_slot(BioShmRing *g, uint32_t pos, uint32_t idx)
                            g->reg->nbufs);
 }
 
-/* ShmTx(port) / ShmRx(port): the producing side of ring `party` or the
+/* PortTx(port) / PortRx(port): the producing side of ring `party` or the
  * consuming side of ring 1 - party; head/cur/tail are set up on first use. */
 static PyObject *
 bio_shmring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -1372,7 +1372,7 @@ bio_shm_key(const char *what, PyObject *obj, uint32_t *out)
     if (obj == NULL || obj == Py_None)
         return 0;
     if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, got %.100s", what,
+        PyErr_Format(PyExc_TypeError, "%s must be int, got %.100s", what,
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
@@ -1989,7 +1989,7 @@ static PyMemberDef bio_shmring_members[] = {
     {"capacity", T_UINT, offsetof(BioShmRing, cap), READONLY,
      "slots that can be in flight (slots - 1, as in netmap)"},
     {"ring", T_INT, offsetof(BioShmRing, r), READONLY, "index of the ring in its region"},
-    {"port", T_OBJECT, offsetof(BioShmRing, port), READONLY, "the ShmPort"},
+    {"port", T_OBJECT, offsetof(BioShmRing, port), READONLY, "the PortClaim"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -2012,13 +2012,13 @@ static PySequenceMethods bio_shmrx_as_sequence = {
 
 static PyTypeObject BioShmTx_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.ShmTx",
+    .tp_name = "burstio._native.PortTx",
     .tp_basicsize = sizeof(BioShmRing),
     .tp_dealloc = (destructor)bio_shmring_dealloc,
     .tp_as_sequence = &bio_shmtx_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "ShmTx(port): the producing side of a port's TX ring (internal base of "
-              "burstio.rings.TxRing). len() is the free slots owned.",
+    .tp_doc = "PortTx(port): the producing side of a port's TX ring (internal base of "
+              "burstio.ports.PortTx). len() is the free slots owned.",
     .tp_weaklistoffset = offsetof(BioShmRing, weakrefs),
     .tp_methods = bio_shmtx_methods,
     .tp_members = bio_shmring_members,
@@ -2028,13 +2028,13 @@ static PyTypeObject BioShmTx_Type = {
 
 static PyTypeObject BioShmRx_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.ShmRx",
+    .tp_name = "burstio._native.PortRx",
     .tp_basicsize = sizeof(BioShmRing),
     .tp_dealloc = (destructor)bio_shmring_dealloc,
     .tp_as_sequence = &bio_shmrx_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "ShmRx(port): the consuming side of a port's RX ring (internal base of "
-              "burstio.rings.RxRing). len() is the packets owned; rx[i] packet i.",
+    .tp_doc = "PortRx(port): the consuming side of a port's RX ring (internal base of "
+              "burstio.ports.PortRx). len() is the packets owned; rx[i] packet i.",
     .tp_weaklistoffset = offsetof(BioShmRing, weakrefs),
     .tp_methods = bio_shmrx_methods,
     .tp_members = bio_shmring_members,
@@ -2500,13 +2500,13 @@ bio_sw_run_nogil(void *arg)
 
 /* ---- switch: Python entry points ------------------------------------------ */
 
-/* ShmSwitch(efd, max_ports=64, table_size=4096): owns efd on success. */
+/* SwitchCore(efd, max_ports=64, table_size=4096): owns efd on success. */
 static PyObject *
 bio_sw_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"efd", "max_ports", "table_size", NULL};
     int efd, max_ports = 64, table = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|ii:ShmSwitch", kwlist, &efd, &max_ports,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|ii:SwitchCore", kwlist, &efd, &max_ports,
                                      &table))
         return NULL;
     if (max_ports < 1 || max_ports > 4096 || table < 16 || table > (1 << 24) ||
@@ -2743,12 +2743,12 @@ static PyMemberDef bio_sw_members[] = {
 
 static PyTypeObject BioShmSwitch_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.ShmSwitch",
+    .tp_name = "burstio._native.SwitchCore",
     .tp_basicsize = sizeof(BioShmSwitch),
     .tp_dealloc = (destructor)bio_sw_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ShmSwitch(efd, max_ports=64, table_size=4096): copies packets between ring "
-              "ports by destination key (internal; see burstio.rings.Switch).",
+    .tp_doc = "SwitchCore(efd, max_ports=64, table_size=4096): copies packets between ring "
+              "ports by destination key (internal; see burstio.ports.Switch).",
     .tp_methods = bio_sw_methods,
     .tp_members = bio_sw_members,
     .tp_new = bio_sw_new,
@@ -2765,15 +2765,15 @@ bio_shmring_init_types(PyObject *module)
     atfork_done = 1;
     PyTypeObject *types[] = {&BioShmRegion_Type, &BioShmPort_Type, &BioShmTx_Type,
                              &BioShmRx_Type, &BioShmSwitch_Type};
-    const char *names[] = {"ShmRegion", "ShmPort", "ShmTx", "ShmRx", "ShmSwitch"};
+    const char *names[] = {"PortRegion", "PortClaim", "PortTx", "PortRx", "SwitchCore"};
     for (int i = 0; i < 5; i++)
         if (PyType_Ready(types[i]) < 0 ||
             PyModule_AddObjectRef(module, names[i], (PyObject *)types[i]) < 0)
             return -1;
-    if (PyModule_AddIntConstant(module, "SHM_BROADCAST", (long)BIO_SHM_BROADCAST) < 0 ||
-        PyModule_AddIntConstant(module, "SHM_VERSION", BIO_SHM_VERSION) < 0 ||
-        PyModule_AddIntConstant(module, "SHM_SLOTS_MAX", BIO_SHM_SLOTS_MAX) < 0 ||
-        PyModule_AddIntConstant(module, "SHM_SLOT_SIZE_MAX", BIO_SHM_SLOT_SIZE_MAX) < 0)
+    if (PyModule_AddIntConstant(module, "PORT_BROADCAST", (long)BIO_SHM_BROADCAST) < 0 ||
+        PyModule_AddIntConstant(module, "PORT_LAYOUT_VERSION", BIO_SHM_VERSION) < 0 ||
+        PyModule_AddIntConstant(module, "PORT_SLOTS_MAX", BIO_SHM_SLOTS_MAX) < 0 ||
+        PyModule_AddIntConstant(module, "PORT_SLOT_SIZE_MAX", BIO_SHM_SLOT_SIZE_MAX) < 0)
         return -1;
     return 0;
 }

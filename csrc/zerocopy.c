@@ -943,12 +943,12 @@ static PyMethodDef bio_zcc_methods[] = {
 
 static PyTypeObject BioZcCompletion_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.ZcCompletion",
+    .tp_name = "burstio._native.ZeroCopyCompletion",
     .tp_basicsize = sizeof(BioZcCompletion),
     .tp_dealloc = (destructor)bio_zcc_dealloc,
     .tp_repr = (reprfunc)bio_zcc_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "The outcome of one zero-copy send (base of burstio.zerocopy.Completion).",
+    .tp_doc = "The outcome of one zero-copy send (base of burstio._zerocopy.Completion).",
     .tp_traverse = (traverseproc)bio_zcc_traverse,
     .tp_clear = (inquiry)bio_zcc_clear,
     .tp_methods = bio_zcc_methods,
@@ -1343,7 +1343,7 @@ bio_zc_fd_setup(BioZcSender *s, int fd)
     return 0;
 }
 
-/* Check ZcSender()'s arguments; 0 or -1 with TypeError/ValueError. */
+/* Check ZeroCopyIo()'s arguments; 0 or -1 with TypeError/ValueError. */
 static int
 bio_zc_new_args(PyObject *pool, int backend, PyObject *ctype)
 {
@@ -1363,7 +1363,7 @@ bio_zc_new_args(PyObject *pool, int backend, PyObject *ctype)
         return -1;
     }
     if (!PyType_Check(ctype) || !PyType_IsSubtype((PyTypeObject *)ctype, &BioZcCompletion_Type)) {
-        PyErr_SetString(PyExc_TypeError, "completion_type must be a subclass of ZcCompletion");
+        PyErr_SetString(PyExc_TypeError, "completion_type must be a subclass of ZeroCopyCompletion");
         return -1;
     }
     return 0;
@@ -1392,7 +1392,7 @@ bio_zcs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     int fd, backend;
     unsigned int first_id = 0;
     PyObject *pool, *ctype;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOiO|I:ZcSender", kwlist, &fd, &pool, &backend,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOiO|I:ZeroCopyIo", kwlist, &fd, &pool, &backend,
                                      &ctype, &first_id) ||
         bio_zc_new_args(pool, backend, ctype) < 0)
         return NULL;
@@ -1515,11 +1515,11 @@ static PyGetSetDef bio_zcs_getset[] = {
 
 static PyTypeObject BioZcSender_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.ZcSender",
+    .tp_name = "burstio._native.ZeroCopyIo",
     .tp_basicsize = sizeof(BioZcSender),
     .tp_dealloc = (destructor)bio_zcs_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "ZcSender(fd, pool, backend, completion_type, first_id=0): zero-copy sends "
+    .tp_doc = "ZeroCopyIo(fd, pool, backend, completion_type, first_id=0): zero-copy sends "
               "(internal; see burstio.ZeroCopySender).",
     .tp_traverse = (traverseproc)bio_zcs_traverse,
     .tp_clear = (inquiry)bio_zcs_clear,
@@ -1535,8 +1535,8 @@ bio_zerocopy_init_types(PyObject *module)
     if (bio_zcpool_init_types(module) < 0 || PyType_Ready(&BioZcCompletion_Type) < 0 ||
         PyType_Ready(&BioZcSender_Type) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "ZcCompletion", (PyObject *)&BioZcCompletion_Type) < 0 ||
-        PyModule_AddObjectRef(module, "ZcSender", (PyObject *)&BioZcSender_Type) < 0)
+    if (PyModule_AddObjectRef(module, "ZeroCopyCompletion", (PyObject *)&BioZcCompletion_Type) < 0 ||
+        PyModule_AddObjectRef(module, "ZeroCopyIo", (PyObject *)&BioZcSender_Type) < 0)
         return -1;
     return 0;
 }

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import settings
 
 import burstio
-from burstio.caps import ENV_DISABLE
+from burstio._caps import ENV_DISABLE
 
 pytest_plugins = ["burstio.testing"]  # the burstio_lab fixture
 

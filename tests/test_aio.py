@@ -35,8 +35,8 @@ import pytest
 import burstio
 import burstio.aio
 from burstio import PacketBatch
-from burstio.aio_transport import TX_SLOT, BurstDatagramTransport
-from burstio.caps import ENV_DISABLE
+from burstio.aio._transport import TX_SLOT, BurstDatagramTransport
+from burstio._caps import ENV_DISABLE
 from conftest import require_kernel
 
 try:
@@ -1040,9 +1040,10 @@ class BurstioContract:
             with pytest.raises(ValueError, match="IPv4 or IPv6 UDP"):
                 await burstio.aio.create_datagram_endpoint(loop, Echo, family=socket.AF_UNIX,
                                                            local_addr=("x", 0))
-            for bad in ({"rx_slots": 0}, {"tx_batch": True}, {"backend": "fast"}):
-                with pytest.raises(ValueError, match="rx_slots must be a positive int, got 0|"
-                                   "tx_batch must be a positive int, got True|backend must be one of"):
+            for bad, exc, msg in (({"rx_slots": 0}, ValueError, "rx_slots must be between 1 and 1048576, got 0"),
+                                  ({"tx_batch": True}, TypeError, "tx_batch must be int, got bool"),
+                                  ({"backend": "fast"}, ValueError, "backend must be one of")):
+                with pytest.raises(exc, match=msg):
                     await burstio.aio.create_datagram_endpoint(None, Echo, local_addr=(V4, 0), **bad)
             t, _ = await burstio.aio.create_datagram_endpoint(None, Echo, local_addr=(V4, 0))
             with pytest.raises(TypeError, match="address must be a tuple"):

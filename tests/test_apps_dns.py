@@ -23,7 +23,7 @@ import dns.rcode  # noqa: E402
 import dns.rdatatype  # noqa: E402
 
 from burstio.apps.dns import TRANSPORTS, Answers, answer, serve  # noqa: E402
-from burstio.aio_transport import BurstDatagramTransport  # noqa: E402
+from burstio.aio._transport import BurstDatagramTransport  # noqa: E402
 from conftest import free_udp_port, run_on_loop, subprocess_env  # noqa: E402
 
 V4 = "127.0.0.1"

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("aioquic", reason="aioquic is not installed (pip install aioquic)")
 
 import burstio.aio  # noqa: E402
-from burstio.aio_transport import BurstDatagramTransport  # noqa: E402
+from burstio.aio._transport import BurstDatagramTransport  # noqa: E402
 from burstio.apps import quic  # noqa: E402
 from conftest import run_on_loop  # noqa: E402
 

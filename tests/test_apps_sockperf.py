@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from burstio.serve.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, FLAG_WARMUP, HEADER, SockperfServer
+from burstio.apps.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, FLAG_WARMUP, HEADER, SockperfServer
 from conftest import ROOT, V4, free_udp_port, subprocess_env
 
 SOCKPERF = shutil.which("sockperf") or shutil.which("sockperf", path="/usr/bin")

@@ -28,12 +28,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import burstio
-from burstio import busypoll, doctor, netdev
-from burstio.busypoll import BusyPollEpoll, EpollParams, napi_id
-from burstio.caps import ENV_DISABLE, EPIOCGPARAMS
-from burstio.lab import STATE_DIR, Lab, leftover_namespaces
-from burstio.reuseport import ReusePortGroup, Worker, queue_steering_program
-from burstio.serve.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, HEADER, SUSPEND_NAPI, SockperfServer
+from burstio.napi import busypoll, doctor, netdev
+from burstio.napi.busypoll import BusyPollEpoll, EpollParams, napi_id
+from burstio._caps import ENV_DISABLE, EPIOCGPARAMS
+from burstio.napi.lab import STATE_DIR, Lab, leftover_namespaces
+from burstio.napi.reuseport import ReusePortGroup, Worker, queue_steering_program
+from burstio.apps.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, HEADER, SUSPEND_NAPI, SockperfServer
 from burstio.testing import lab_or_skip
 from conftest import ROOT, subprocess_env
 
@@ -136,10 +136,10 @@ def test_socket_options_round_trip():
     need("so_busy_poll")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         busypoll.set_busy_poll(s, 40)
-        assert s.getsockopt(socket.SOL_SOCKET, burstio.caps.SO_BUSY_POLL) == 40
+        assert s.getsockopt(socket.SOL_SOCKET, burstio._caps.SO_BUSY_POLL) == 40
         if burstio.capabilities().so_prefer_busy_poll:
             busypoll.set_prefer_busy_poll(s, True)
-            assert s.getsockopt(socket.SOL_SOCKET, burstio.caps.SO_PREFER_BUSY_POLL) == 1
+            assert s.getsockopt(socket.SOL_SOCKET, burstio._caps.SO_PREFER_BUSY_POLL) == 1
         if burstio.capabilities().so_busy_poll_budget:
             busypoll.set_busy_poll_budget(s, 16)  # (the kernel has no getsockopt for it)
         with pytest.raises(ValueError, match="usecs must be between 0 and 2147483647, got -5"):
@@ -176,7 +176,7 @@ def test_ring_busy_poll(backend):
     need("epoll_busy_poll")
     if backend == "uring":
         need("io_uring")
-    with burstio.Ring(backend=backend) as ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, \
+    with burstio.SocketSet(backend=backend) as ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
         s.bind(("127.0.0.1", 0))
         ring.add(s)
@@ -193,7 +193,7 @@ def test_ring_busy_poll(backend):
         tx.sendto(b"ring", s.getsockname())
         assert ring.recv_batch(b, 5) == 1 and bytes(b[0]) == b"ring"
         assert ring.busy_poll(0) == "off"
-    with pytest.raises(TypeError, match="register_uring_napi needs an io_uring Ring"):
+    with pytest.raises(TypeError, match="register_uring_napi needs an io_uring SocketSet"):
         busypoll.register_uring_napi(object(), 10)
 
 
@@ -205,8 +205,11 @@ def test_queue_steering_program():
     insns = [struct.unpack_from("HBBI", prog, 8 * i) for i in range(len(prog) // 8)]
     # A = queue_mapping (ancillary load); A %= 3; return A
     assert insns == [(0x20, 0, 0, (-0x1000 + 24) & 0xFFFFFFFF), (0x94, 0, 0, 3), (0x16, 0, 0, 0)]
-    for bad in (0, -1, True, 1.0):
-        with pytest.raises(ValueError, match="workers must be an int >= 1"):
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"workers must be between 1 and 4096, got {bad}"):
+            queue_steering_program(bad)
+    for bad in (True, 1.0):
+        with pytest.raises(TypeError, match=f"workers must be int, got {type(bad).__name__}"):
             queue_steering_program(bad)
 
 
@@ -289,19 +292,19 @@ def test_qstats_match_the_device_counters():
 
 
 def test_serve_napi_settings_argument(capsys):
-    from burstio.cli import _napi_settings
+    from burstio._cli import _napi_settings
 
     assert _napi_settings("defer_hard_irqs=2,gro_flush_timeout=20000") == {"defer_hard_irqs": 2,
                                                                             "gro_flush_timeout": 20000}
     with pytest.raises(SystemExit):
-        burstio.cli.main(["serve", "sockperf", "--napi", "defer_hard_irqs=x"])
+        burstio._cli.main(["serve", "sockperf", "--napi", "defer_hard_irqs=x"])
     err = capsys.readouterr().err
     assert "expected K=V with K one of defer_hard_irqs, gro_flush_timeout, irq_suspend_timeout" in err
     assert "'defer_hard_irqs=x'" in err
 
 
 def test_netdev_argument_errors():
-    with pytest.raises(ValueError, match="napi_id must be > 0, got 0"):
+    with pytest.raises(ValueError, match="napi_id must be between 1 and 4294967295, got 0"):
         netdev.napi_get(0)
     with pytest.raises(TypeError, match="napi_id must be int, got bool"):
         netdev.napi_set(True, defer_hard_irqs=1)
@@ -436,7 +439,7 @@ def in_lab(lab: Lab, side: str, code: str, **env: str) -> dict:
 
 FALLBACK = """
 import json, errno
-from burstio import netdev
+from burstio.napi import netdev
 nid, dev = {nid}, {dev!r}
 out = {{"how": netdev.configure_napi(nid, defer_hard_irqs=4, gro_flush_timeout=50000),
         "device": netdev.device_settings(dev), "read_back": netdev.napi_settings(nid),
@@ -631,7 +634,7 @@ def test_lab_removed_when_the_block_fails():
 def test_lab_removed_when_the_process_is_interrupted():
     lab = lab_or_skip(queues=1)
     code = ("import time\n"
-            "from burstio.lab import Lab\n"
+            "from burstio.napi.lab import Lab\n"
             "Lab(%r, queues=1, subnet=%r).up()\n"
             "print('up', flush=True)\n"
             "time.sleep(60)\n") % (lab.name, lab.subnet)

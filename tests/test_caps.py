@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import burstio
-from burstio import caps as caps_mod
-from burstio.caps import CAPABILITY_NAMES, ENV_DISABLE, disabled_by_env
+from burstio import _caps as caps_mod
+from burstio._caps import CAPABILITY_NAMES, ENV_DISABLE, disabled_by_env
 from conftest import ROOT, subprocess_env
 
 DOCUMENTED = (

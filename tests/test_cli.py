@@ -9,11 +9,11 @@ import pytest
 
 import burstio
 from burstio import bench
-from burstio.cli import build_parser, main
+from burstio._cli import build_parser, main
 from conftest import ROOT, subprocess_env
 
 SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
-             "tx-zerocopy", "latency-lab", "rings", "dns", "quic")
+             "tx-zerocopy", "latency-lab", "pipes", "dns", "quic")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""Packet rings between processes (burstio.rings): pipes, the switch,
+"""Packet rings between processes (burstio.ports): pipes, the switch,
 notification suppression, liveness, bad input, BurstSocket integration.
 
 Child processes are forked (multiprocessing "fork" context, ports travel by
@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import burstio
-from burstio import rings
+from burstio import ports
 from conftest import Sockets, open_fds, recv_plain, wait_for
 
 FORK = multiprocessing.get_context("fork")
@@ -78,7 +78,7 @@ def hold(port, go=None):
 
 
 def test_put_sync_wait_advance_positions():
-    a, b = rings.pipe(slots=8, slot_size=64)
+    a, b = ports.pipe(slots=8, slot_size=64)
     assert (a.tx.head, a.tx.cur, a.tx.tail) == (0, 0, 0)
     assert a.tx.sync() == 7 == a.tx.capacity  # netmap keeps one slot empty
     assert a.tx.put(b"one", dst=5, src=6) == 6
@@ -100,14 +100,14 @@ def test_put_sync_wait_advance_positions():
 
 
 def test_ring_full_and_slot_too_small_and_bad_arguments():
-    a, b = rings.pipe(slots=4, slot_size=16)
+    a, b = ports.pipe(slots=4, slot_size=16)
     with pytest.raises(ValueError, match=full("payload of 17 bytes does not fit a 16-byte slot")):
         a.tx.put(bytes(17))
     with pytest.raises(TypeError, match=full("payload must be a bytes-like object, got int")):
         a.tx.put(5)
     with pytest.raises(ValueError, match=full("dst must be between 0 and 4294967295, got -1")):
         a.tx.put(b"x", dst=-1)
-    with pytest.raises(TypeError, match=full("src must be an int, got str")):
+    with pytest.raises(TypeError, match=full("src must be int, got str")):
         a.tx.put(b"x", src="a")
     for _ in range(3):
         a.tx.put(b"x")
@@ -129,21 +129,21 @@ def test_ring_full_and_slot_too_small_and_bad_arguments():
 
 def test_pipe_argument_policy():
     with pytest.raises(ValueError, match=full("slots must be a power of two between 2 and 65536, got 1000")):
-        rings.pipe(slots=1000)
-    with pytest.raises(TypeError, match=full("slots must be an int, got str")):
-        rings.pipe(slots="8")
-    with pytest.raises(ValueError, match=full(f"slot_size must be an int between 1 and {16 << 20}, got 0")):
-        rings.pipe(slot_size=0)
-    with pytest.raises(ValueError, match=full("linger must be between 0 and 1 second, got 5")):
-        rings.pipe(linger=5)
+        ports.pipe(slots=1000)
+    with pytest.raises(TypeError, match=full("slots must be int, got str")):
+        ports.pipe(slots="8")
+    with pytest.raises(ValueError, match=full(f"slot_size must be between 1 and {16 << 20}, got 0")):
+        ports.pipe(slot_size=0)
+    with pytest.raises(ValueError, match=full("linger must be between 0 and 1 seconds, got 5")):
+        ports.pipe(linger=5)
     with pytest.raises(ValueError, match=full("unknown must be 'flood' or 'drop', got 'x'")):
-        rings.Switch(unknown="x")
+        ports.Switch(unknown="x")
     with pytest.raises(ValueError, match=full("on_full must be 'wait' or 'drop', got 'block'")):
-        rings.Switch(on_full="block")
+        ports.Switch(on_full="block")
 
 
 def test_put_batch_claim_peek_and_numpy_views():
-    a, b = rings.pipe(slots=16, slot_size=64)
+    a, b = ports.pipe(slots=16, slot_size=64)
     batch = burstio.PacketBatch(8, 128)
     batch.append(b"a" * 10, ("127.0.0.1", 9))
     batch.append(bytes(100))
@@ -167,7 +167,7 @@ def test_put_batch_claim_peek_and_numpy_views():
 
 
 def test_zero_copy_write_through_arrays_then_advance():
-    a, b = rings.pipe(slots=8, slot_size=32)
+    a, b = ports.pipe(slots=8, slot_size=32)
     lay = a.region.layout()
     mem = np.frombuffer(a.memory, np.uint8)
     n = a.tx.sync()
@@ -183,7 +183,7 @@ def test_zero_copy_write_through_arrays_then_advance():
 
 
 def test_cur_holds_packets_while_waiting_for_more():
-    a, b = rings.pipe(slots=8, slot_size=16)
+    a, b = ports.pipe(slots=8, slot_size=16)
     a.tx.put(b"1")
     a.tx.sync()
     assert b.rx.wait(1, timeout=0) == 1
@@ -196,7 +196,7 @@ def test_cur_holds_packets_while_waiting_for_more():
 
 
 def test_forward_swaps_buffer_indices_zero_copy_echo():
-    a, b = rings.pipe(slots=8, slot_size=16)
+    a, b = ports.pipe(slots=8, slot_size=16)
     for i in range(3):
         a.tx.put(b"msg%d" % i, dst=i)
     a.tx.sync()
@@ -210,7 +210,7 @@ def test_forward_swaps_buffer_indices_zero_copy_echo():
     b.rx.sync()
     assert a.rx.wait(3, timeout=0) == 3
     assert [(bytes(a.rx[i]), a.rx.dst(i)) for i in range(3)] == [(b"msg%d" % i, i) for i in range(3)]
-    other, _ = rings.pipe(slots=8, slot_size=16)
+    other, _ = ports.pipe(slots=8, slot_size=16)
     with pytest.raises(ValueError, match="both rings must belong to one region"):
         b.rx.forward(other.tx)
 
@@ -252,7 +252,7 @@ def consume(port, count: int, batch: int) -> list[int]:
        linger=st.sampled_from([0.0, 20e-6]))
 def test_two_processes_hammer_ring_in_order_exactly_once(slots, producer_batch, consumer_batch,
                                                           count, linger):
-    a, b = rings.pipe(slots=slots, slot_size=48, linger=linger)
+    a, b = ports.pipe(slots=slots, slot_size=48, linger=linger)
     with child(produce, b, count, producer_batch) as p:
         seen = consume(a, count, consumer_batch)
         assert finished(p) == 0
@@ -267,7 +267,7 @@ def test_two_processes_hammer_ring_in_order_exactly_once(slots, producer_batch, 
 
 
 def test_producer_death_is_an_error_after_its_data():
-    a, b = rings.pipe(slots=8, slot_size=32)
+    a, b = ports.pipe(slots=8, slot_size=32)
 
     def body(port, go):
         for i in range(3):
@@ -290,7 +290,7 @@ def test_producer_death_is_an_error_after_its_data():
 
 
 def test_consumer_death_wakes_a_producer_waiting_for_room():
-    a, b = rings.pipe(slots=4, slot_size=32)
+    a, b = ports.pipe(slots=4, slot_size=32)
     go = FORK.Event()
     with child(hold, b, go) as p:
         assert go.wait(LIMIT)
@@ -303,7 +303,7 @@ def test_consumer_death_wakes_a_producer_waiting_for_room():
 
 
 def test_unreaped_child_counts_as_dead():
-    a, b = rings.pipe(slots=4, slot_size=32)
+    a, b = ports.pipe(slots=4, slot_size=32)
     go = FORK.Event()
     pid = os.fork()
     if pid == 0:  # a bare fork: exits at once, stays a zombie until reaped
@@ -320,7 +320,7 @@ def test_unreaped_child_counts_as_dead():
 
 
 def test_clean_close_is_broken_pipe_for_both_directions():
-    a, b = rings.pipe(slots=8, slot_size=32)
+    a, b = ports.pipe(slots=8, slot_size=32)
     with child(produce, b, 5, 5) as p:
         assert consume(a, 5, 8) == list(range(5))  # then BrokenPipeError, checked inside
         assert finished(p) == 0
@@ -334,22 +334,22 @@ def test_clean_close_is_broken_pipe_for_both_directions():
 
 
 def test_stale_handle_after_takeover_and_no_reclaim_after_close():
-    a, b = rings.pipe(slots=8, slot_size=32)
+    a, b = ports.pipe(slots=8, slot_size=32)
     b.tx.put(b"x")  # this handle holds port 1 now
     s1, s2 = socket.socketpair()
     with s1, s2:
-        rings.send_port(s1, b)
-        b2 = rings.recv_port(s2)
+        ports.send_port(s1, b)
+        b2 = ports.recv_port(s2)
         b2.tx.sync()  # another handle (as another process would) takes it over
         with pytest.raises(RuntimeError, match=full(
                 f"port 1 was taken over by process {os.getpid()}: this handle is stale "
                 "(one process holds a port at a time)")):
             b.tx.sync()
         b2.close()
-        rings.send_port(s1, a)
-        rings.send_port(s1, b)
-        rings.recv_port(s2)
-        b3 = rings.recv_port(s2)
+        ports.send_port(s1, a)
+        ports.send_port(s1, b)
+        ports.recv_port(s2)
+        b3 = ports.recv_port(s2)
     with pytest.raises(ValueError, match=full(
             f"port 1 of this region was closed by its owner (process {os.getpid()})")):
         b3.rx.sync()
@@ -373,11 +373,11 @@ def echo_received(conn) -> None:
 
 
 def echo_by_name(name: str) -> None:
-    echo_one(rings.attach(name, timeout=LIMIT))
+    echo_one(ports.attach(name, timeout=LIMIT))
 
 
 def echo_over_socket(sock) -> None:
-    echo_one(rings.recv_port(sock))
+    echo_one(ports.recv_port(sock))
 
 
 def roundtrip(a) -> bytes:
@@ -390,28 +390,28 @@ def roundtrip(a) -> bytes:
 @pytest.mark.parametrize("how", ["inherit", "pickle", "scm_rights", "name"])
 def test_port_reaches_another_process(how, request):
     if how == "inherit":
-        a, b = rings.pipe(slots=8, slot_size=32)
+        a, b = ports.pipe(slots=8, slot_size=32)
         with child(echo_one, b) as p:
             assert roundtrip(a) == b"ping" and finished(p) == 0
         return
     if how == "pickle":
         parent, conn = FORK.Pipe()
         with child(echo_received, conn) as p:  # forked before the pipe exists
-            a, b = rings.pipe(slots=8, slot_size=32)
+            a, b = ports.pipe(slots=8, slot_size=32)
             parent.send(b)
             assert roundtrip(a) == b"ping" and finished(p) == 0
         return
     if how == "scm_rights":
         s1, s2 = socket.socketpair()
         with s1, s2, child(echo_over_socket, s2) as p:
-            a, b = rings.pipe(slots=8, slot_size=32)
-            rings.send_port(s1, b)
+            a, b = ports.pipe(slots=8, slot_size=32)
+            ports.send_port(s1, b)
             assert roundtrip(a) == b"ping" and finished(p) == 0
         return
     name = f"test-{os.getpid()}-{request.node.name}"
     with child(echo_by_name, name) as p:
-        a, b = rings.pipe(slots=8, slot_size=32)
-        rings.publish(b, name, timeout=LIMIT)
+        a, b = ports.pipe(slots=8, slot_size=32)
+        ports.publish(b, name, timeout=LIMIT)
         assert roundtrip(a) == b"ping" and finished(p) == 0
 
 
@@ -420,7 +420,7 @@ def spawned_echo(port) -> None:  # module level: importable by a spawned child
 
 
 def test_spawned_process_gets_the_port_pickled():
-    a, b = rings.pipe(slots=8, slot_size=32)
+    a, b = ports.pipe(slots=8, slot_size=32)
     p = multiprocessing.get_context("spawn").Process(target=spawned_echo, args=(b,), daemon=True)
     p.start()
     try:
@@ -451,7 +451,7 @@ def attach_fds(memfd: int, efds=None):
         socket.send_fds(s1, [b'{"burstio_port": 1, "party": 1, "linger_ns": 0}'], [memfd, *efds])
         for fd in [memfd, *efds]:
             os.close(fd)
-        return rings.recv_port(s2)
+        return ports.recv_port(s2)
 
 
 def header_of(region, nbytes: int = 4096) -> bytearray:
@@ -464,7 +464,7 @@ def test_attach_refuses_wrong_memory():
     with pytest.raises(ValueError, match=full(
             "not a burstio ring region (magic 0x0000000000000000, expected 0x31474e4952534942)")):
         attach_fds(sealed_memfd(bytes(8192)))
-    a, _ = rings.pipe(slots=8, slot_size=64)
+    a, _ = ports.pipe(slots=8, slot_size=64)
     size = a.region.layout()["size"]
     hdr = header_of(a.region)
     struct.pack_into("<I", hdr, 8, 2)  # version
@@ -492,7 +492,7 @@ def test_attach_refuses_wrong_memory():
 
 
 def test_corrupt_positions_and_indices_are_errors_not_crashes():
-    a, b = rings.pipe(slots=8, slot_size=32)
+    a, b = ports.pipe(slots=8, slot_size=32)
     a.tx.put(b"x")
     a.tx.sync()
     b.rx.sync()
@@ -519,7 +519,7 @@ def waiter(ring, n: int, results: list) -> threading.Thread:
 
 
 def test_no_kicks_while_the_consumer_is_awake():
-    a, b = rings.pipe(slots=64, slot_size=16, linger=0)
+    a, b = ports.pipe(slots=64, slot_size=16, linger=0)
     for _ in range(10):
         for _ in range(5):
             a.tx.put(b"x")
@@ -532,7 +532,7 @@ def test_no_kicks_while_the_consumer_is_awake():
 
 
 def test_sleeping_consumer_is_kicked_once_when_its_threshold_is_reached():
-    a, b = rings.pipe(slots=64, slot_size=16, linger=0)
+    a, b = ports.pipe(slots=64, slot_size=16, linger=0)
     got: list = []
     t = waiter(b.rx, 8, got)  # wake me when 8 packets are there
     assert wait_for(lambda: b.rx.counters()["sleeps"] == 1)
@@ -547,7 +547,7 @@ def test_sleeping_consumer_is_kicked_once_when_its_threshold_is_reached():
 
 
 def test_producer_waiting_for_room_is_woken_once_per_batch():
-    a, b = rings.pipe(slots=16, slot_size=16, linger=0)
+    a, b = ports.pipe(slots=16, slot_size=16, linger=0)
     for _ in range(15):
         a.tx.put(b"x")
     a.tx.sync()
@@ -565,7 +565,7 @@ def test_producer_waiting_for_room_is_woken_once_per_batch():
 
 
 def test_lingering_consumer_catches_data_without_sleeping():
-    a, b = rings.pipe(slots=16, slot_size=16, linger=1.0)
+    a, b = ports.pipe(slots=16, slot_size=16, linger=1.0)
     got: list = []
     t = waiter(b.rx, 1, got)
     time.sleep(0.01)  # not a measurement: lets the waiter start spinning
@@ -578,7 +578,7 @@ def test_lingering_consumer_catches_data_without_sleeping():
 
 
 def test_timeout_is_counted_and_returns_what_is_owned():
-    a, b = rings.pipe(slots=8, slot_size=16, linger=0)
+    a, b = ports.pipe(slots=8, slot_size=16, linger=0)
     a.tx.put(b"x")
     a.tx.sync()
     assert b.rx.wait(2, timeout=0.01) == 1
@@ -615,14 +615,14 @@ def send(port, payload: bytes, dst: int, src: int = 0) -> None:
 
 
 def test_switch_static_routes_learning_broadcast_and_isolation():
-    with running(rings.Switch(slots=16, slot_size=64)) as sw:
+    with running(ports.Switch(slots=16, slot_size=64)) as sw:
         p1, p2, p3 = sw.add_port(key=1), sw.add_port(key=2), sw.add_port()
         send(p1, b"SECRET for 2", dst=2, src=11)
         assert receive(p2, 1) == [b"SECRET for 2"]
         assert sw.routes[11] == (0, False)  # learned from the source key
         send(p3, b"to eleven", dst=11, src=33)
         assert receive(p1, 1) == [b"to eleven"]
-        send(p2, b"to all", dst=rings.BROADCAST)
+        send(p2, b"to all", dst=ports.BROADCAST)
         assert receive(p1, 1) == [b"to all"] and receive(p3, 1) == [b"to all"]
         send(p3, b"claims key 1", dst=2, src=1)  # a static route is not relearned
         assert receive(p2, 1) == [b"claims key 1"]
@@ -638,10 +638,10 @@ def test_switch_static_routes_learning_broadcast_and_isolation():
 
 @pytest.mark.parametrize("unknown", ["flood", "drop"])
 def test_switch_unknown_destination(unknown):
-    with running(rings.Switch(slots=16, slot_size=64, unknown=unknown, learning=False)) as sw:
+    with running(ports.Switch(slots=16, slot_size=64, unknown=unknown, learning=False)) as sw:
         p1, p2, p3 = sw.add_port(), sw.add_port(), sw.add_port()
         send(p1, b"who?", dst=999)
-        send(p1, b"marker", dst=rings.BROADCAST)
+        send(p1, b"marker", dst=ports.BROADCAST)
         if unknown == "flood":
             assert receive(p2, 2) == [b"who?", b"marker"] and receive(p3, 2) == [b"who?", b"marker"]
             assert sw.counters["flooded"] == 2 and sw.counters["unknown_drops"] == 0
@@ -653,7 +653,7 @@ def test_switch_unknown_destination(unknown):
 
 @pytest.mark.parametrize("on_full", ["wait", "drop"])
 def test_switch_full_destination(on_full):
-    with running(rings.Switch(slots=8, slot_size=16, on_full=on_full)) as sw:
+    with running(ports.Switch(slots=8, slot_size=16, on_full=on_full)) as sw:
         src, dst = sw.add_port(key=1), sw.add_port(key=2)
         for i in range(7):
             src.tx.put(b"%d" % i, dst=2)
@@ -671,7 +671,7 @@ def test_switch_full_destination(on_full):
 
 
 def test_switch_drops_for_closed_and_dead_clients_and_serves_the_rest():
-    with running(rings.Switch(slots=16, slot_size=64)) as sw:
+    with running(ports.Switch(slots=16, slot_size=64)) as sw:
         p1, p2, p3 = sw.add_port(key=1), sw.add_port(key=2), sw.add_port(key=3)
         p2.rx.sync()
         p2.close()
@@ -692,14 +692,14 @@ def test_switch_drops_for_closed_and_dead_clients_and_serves_the_rest():
         assert sw.routes[2] == (1, True) and sw.routes[3] == (2, True)  # static: kept
         send(p1, b"to closed", dst=2)
         send(p1, b"to dead", dst=3)  # dropped, not flooded to the others
-        send(p1, b"to all", dst=rings.BROADCAST)  # nobody left but the sender
+        send(p1, b"to all", dst=ports.BROADCAST)  # nobody left but the sender
         assert wait_for(lambda: sw.counters["flooded"] == 1)
         assert sw.counters["gone_drops"] == 2
         assert sw.counters["ports_gone"] == 2 and sw.port_state(p1) == "live"
 
 
 def test_switch_process_death_is_an_error_for_its_clients():
-    sw = rings.Switch(slots=16, slot_size=64)
+    sw = ports.Switch(slots=16, slot_size=64)
     p1 = sw.add_port(key=1)
     with child(sw.run) as p:  # the switch in a process of its own
         send(p1, b"echo me", dst=1)  # routed back to its sender: filtered
@@ -711,7 +711,7 @@ def test_switch_process_death_is_an_error_for_its_clients():
 
 
 def test_switch_refuses_corrupt_client_and_serves_the_rest():
-    with running(rings.Switch(slots=16, slot_size=64)) as sw:
+    with running(ports.Switch(slots=16, slot_size=64)) as sw:
         p1, p2, p3 = sw.add_port(key=1), sw.add_port(key=2), sw.add_port(key=3)
         p1.tx.put(b"bad index", dst=2)
         p1.tx.indices[0] = 10**6  # a malicious client names a buffer outside its pool
@@ -728,7 +728,7 @@ def test_receive_from_socket_into_ring_and_send_back_from_it():
     with Sockets() as socks:
         srv = socks.receiver()
         client = socks.plain()
-        a, b = rings.pipe(slots=32, slot_size=64)
+        a, b = ports.pipe(slots=32, slot_size=64)
         for i in range(10):
             client.sendto(b"request %d" % i, srv.getsockname())
         client.sendto(b"x" * 100, srv.getsockname())  # longer than a slot
@@ -762,13 +762,13 @@ def test_recv_from_refuses_gro_socket():
         pytest.skip("kernel lacks UDP GRO")
     with Sockets() as socks:
         s = socks.burst(gro=True)
-        a, _ = rings.pipe(slots=8, slot_size=64)
+        a, _ = ports.pipe(slots=8, slot_size=64)
         with pytest.raises(ValueError, match="does not split UDP GRO receives"):
             a.tx.recv_from(s, timeout=0)
 
 
 def test_packets_iterator_ends_when_the_peer_closes():
-    a, b = rings.pipe(slots=8, slot_size=48)
+    a, b = ports.pipe(slots=8, slot_size=48)
     with child(produce, b, 20, 3) as p:
         seen = [struct.unpack_from("<Q", m)[0] for m in a.rx.packets(timeout=LIMIT)]
         assert finished(p) == 0

@@ -1,4 +1,4 @@
-"""burstio.Ring: one contract, run against every backend (io_uring with and
+"""burstio.SocketSet: one contract, run against every backend (io_uring with and
 without SQPOLL, epoll, and io_uring forced off so "auto" falls back)."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import burstio
-from burstio import PacketBatch, Ring
-from burstio.caps import ENV_DISABLE
+from burstio import PacketBatch, SocketSet
+from burstio._caps import ENV_DISABLE
 from conftest import rescue
 
 BACKENDS = {
@@ -43,7 +43,7 @@ def closed_port() -> tuple:
         return s.getsockname()
 
 
-def take(ring: Ring, batch: PacketBatch, expect: int, timeout: float = 2.0) -> list[tuple]:
+def take(ring: SocketSet, batch: PacketBatch, expect: int, timeout: float = 2.0) -> list[tuple]:
     """Receive until `expect` datagrams came: [(socket index, payload, source)]."""
     got: list[tuple] = []
     while len(got) < expect:
@@ -75,8 +75,8 @@ class RingContract:
         for s in self.socks:
             s.close()
 
-    def ring(self, **kw) -> Ring:
-        r = Ring(**{**BACKENDS[self.kind], **kw})
+    def ring(self, **kw) -> SocketSet:
+        r = SocketSet(**{**BACKENDS[self.kind], **kw})
         self.rings.append(r)
         return r
 
@@ -401,7 +401,7 @@ class RingContract:
         out = PacketBatch(4)
         out.append(b"x", ("127.0.0.1", 9))
         np.asarray(out.sockets)[0] = 7
-        with pytest.raises(ValueError, match=re.escape("datagram 0: no socket at index 7 in this ring")):
+        with pytest.raises(ValueError, match=re.escape("datagram 0: no socket at index 7 in this socket set")):
             r.send_batch(out)
 
     def test_send_redundant_sends_everything_on_every_path(self):
@@ -441,7 +441,7 @@ class RingContract:
         out.append(b"x")
         with pytest.raises(ValueError, match="group is empty"):
             r.send_redundant(out, [])
-        with pytest.raises(ValueError, match=re.escape("no socket at index 3 in this ring")):
+        with pytest.raises(ValueError, match=re.escape("no socket at index 3 in this socket set")):
             r.send_redundant(out, [0, 3])
         with pytest.raises(TypeError, match="group must be a sequence of socket indices"):
             r.send_redundant(out, 5)
@@ -479,16 +479,16 @@ class RingContract:
             r.add(5)
         tcp = socket.socket()
         self.socks.append(tcp)
-        with pytest.raises(ValueError, match=re.escape("Ring.add needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM")):
+        with pytest.raises(ValueError, match=re.escape("SocketSet.add needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM")):
             r.add(tcp)
-        with pytest.raises(ValueError, match=re.escape("Ring.add needs a stream socket (stream=True), got SOCK_DGRAM")):
+        with pytest.raises(ValueError, match=re.escape("SocketSet.add needs a stream socket (stream=True), got SOCK_DGRAM")):
             r.add(udp(self.socks), stream=True)
         closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         closed.close()
         with pytest.raises(OSError) as ei:
             r.add(closed)
         assert ei.value.errno == errno.EBADF
-        with pytest.raises(ValueError, match="no socket at index 4 in this ring"):
+        with pytest.raises(ValueError, match="no socket at index 4 in this socket set"):
             r.remove(4)
         batch = PacketBatch(4)
         with pytest.raises(ValueError, match=re.escape("min_datagrams must be >= 1, got 0")):
@@ -498,13 +498,13 @@ class RingContract:
         with pytest.raises(ValueError, match=re.escape("timeout must be >= 0 or None, got -1")):
             r.recv_batch(batch, -1)
         with pytest.raises(ValueError, match="backend must be one of"):
-            Ring(backend="fast")
+            SocketSet(backend="fast")
 
     def test_full_ring(self):
         r = self.ring(max_sockets=2)
         r.add(udp(self.socks))
         r.add(udp(self.socks))
-        with pytest.raises(OSError, match="the ring holds its maximum of 2 sockets") as ei:
+        with pytest.raises(OSError, match="the socket set holds its maximum of 2 sockets") as ei:
             r.add(udp(self.socks))
         assert ei.value.errno == errno.ENOSPC
 
@@ -512,7 +512,7 @@ class RingContract:
         r = self.ring()
         r.add(udp(self.socks))
         r.close()
-        with pytest.raises(ValueError, match="the ring is closed"):
+        with pytest.raises(ValueError, match="the socket set is closed"):
             r.recv_batch(PacketBatch(4), 0)
 
 class TestUring(RingContract):
@@ -567,7 +567,7 @@ class TestAutoWithoutUring(RingContract):
 
     def test_uring_asked_for_is_refused(self):
         with pytest.raises(OSError, match="backend 'uring' needs io_uring") as ei:
-            Ring(backend="uring")
+            SocketSet(backend="uring")
         assert ei.value.errno == errno.EOPNOTSUPP
 
 
@@ -581,7 +581,7 @@ def test_every_datagram_exactly_once(kind, counts, capacity):
     caps = burstio.capabilities()
     if kind == "uring" and not (caps.io_uring and caps.io_uring_buf_ring):
         pytest.skip(f"io_uring unavailable: {caps['io_uring'].detail}")
-    r = Ring(**BACKENDS[kind])
+    r = SocketSet(**BACKENDS[kind])
     socks: list = []
     try:
         rx = [udp(socks) for _ in counts]

@@ -21,7 +21,7 @@ import pytest
 
 import burstio
 from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_SEND_ERROR, FLAG_TRUNCATED, PacketBatch, SendError
-from burstio.caps import ENV_DISABLE
+from burstio._caps import ENV_DISABLE
 from conftest import (
     open_fds,
     FAMILIES,
@@ -1123,7 +1123,7 @@ class BackendContract:
         assert rx.busy_poll(0) == "off" and rx.busy_polling == "off"
         assert open_fds() - fds == set()
         if mech == "socket":
-            assert rx.sock.getsockopt(socket.SOL_SOCKET, burstio.caps.SO_BUSY_POLL) == 0
+            assert rx.sock.getsockopt(socket.SOL_SOCKET, burstio._caps.SO_BUSY_POLL) == 0
         tx.send_batch(self.batch_of([(b"after", rx.getsockname())]))
         b = PacketBatch(4, 2048)
         assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"after"

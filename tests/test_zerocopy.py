@@ -35,9 +35,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import burstio
-from burstio.bench import zerocopy as zcbench
-from burstio.caps import ENV_DISABLE
-from burstio.zerocopy import COPIED_STREAK, Completion
+from burstio.bench.scenarios import zerocopy as zcbench
+from burstio._caps import ENV_DISABLE
+from burstio._zerocopy import COPIED_STREAK, Completion
 
 from conftest import HOSTS, V4, pattern, require_kernel, subprocess_env, wait_for
 
@@ -853,7 +853,7 @@ def sink_namespace(request):
 def test_no_copied_notifications_on_an_ifb_sink(sink_namespace, variant, need):
     require_kernel(need)
     r = subprocess.run(["ip", "netns", "exec", sink_namespace, sys.executable, "-m",
-                        "burstio.bench.zcworker", variant, "0.05"],
+                        "burstio.bench.workers.zerocopy", variant, "0.05"],
                        capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

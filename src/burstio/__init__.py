@@ -7,7 +7,12 @@
             print(batch.addr(i), bytes(batch[i]))
         s.send_batch(batch)                    # echo back: sendmmsg + GSO
 
-See README.md; ``burstio caps`` shows what this kernel offers.
+Public submodules, imported on first use: ``burstio.aio`` (asyncio and
+uvloop), ``burstio.ports`` (netmap-style ports between processes: pipes and a
+switch), ``burstio.napi`` (busy polling, NAPI steering, the lab, the doctor),
+``burstio.apps`` (DNS, HTTP/3 and sockperf servers), ``burstio.bench`` and
+``burstio.testing`` (a pytest plugin). docs/ARCHITECTURE.md is the map;
+``burstio caps`` shows what this kernel offers.
 """
 from ._native import (
     FLAG_COALESCED,
@@ -19,18 +24,17 @@ from ._native import (
     PacketBatch,
 )
 from ._errors import SendError
-from .caps import Capabilities, Capability, capabilities
-from .udp import BurstSocket
-from .zerocopy import ZeroCopyBuffer, ZeroCopyPool, ZeroCopySender  # zero-copy send
-from .ring import RedundantResult, Ring
-from . import rings  # packet rings between processes: pipes, switch (rings.py)
+from ._caps import Capabilities, Capability, capabilities
+from ._udp import BurstSocket
+from ._socketset import RedundantResult, SocketSet
+from ._zerocopy import Completion, ZeroCopyBuffer, ZeroCopyPool, ZeroCopySender
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PacketBatch",
     "BurstSocket",
-    "Ring",
+    "SocketSet",
     "RedundantResult",
     "SendError",
     "capabilities",
@@ -42,10 +46,20 @@ __all__ = [
     "FLAG_SEND_ERROR",
     "GRO_SLOT_MIN",
     "MAX_UDP_PAYLOAD",
-    # zero-copy send (zerocopy.py)
     "ZeroCopySender",
     "ZeroCopyPool",
     "ZeroCopyBuffer",
-    # packet rings between processes (rings.py)
-    "rings",
+    "Completion",
 ]
+
+#: The public submodules (imported on first use: ``import burstio.aio``).
+SUBMODULES = ("aio", "ports", "napi", "apps", "bench", "testing")
+
+
+
+def __getattr__(name: str) -> object:
+    # PEP 562: ``burstio.ports`` and friends work after a plain ``import burstio``
+    if name in SUBMODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -247,7 +247,7 @@ CAPABILITY_NAMES: tuple[str, ...] = tuple(_PROBES)
 #: capabilities probed where they are used, not here (their probe needs a
 #: netlink library): BURSTIO_DISABLE may name them too
 LATE_CAPABILITIES: dict[str, str] = {
-    "netdev_napi_set": "per-NAPI settings over netdev netlink, Linux >= 6.13 (burstio.netdev.configure_napi)",
+    "netdev_napi_set": "per-NAPI settings over netdev netlink, Linux >= 6.13 (burstio.napi.netdev.configure_napi)",
 }
 
 # A capability is off when the one it rests on is off.

@@ -9,7 +9,7 @@ from . import __version__
 
 
 def _cmd_caps(args: argparse.Namespace) -> int:
-    from .caps import capabilities
+    from ._caps import capabilities
 
     caps = capabilities()
     if args.json:
@@ -50,7 +50,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _napi_settings(text: str) -> dict:
-    from .netdev import NAPI_KNOBS
+    from .napi.netdev import NAPI_KNOBS
 
     out = {}
     for item in filter(None, text.split(",")):
@@ -63,7 +63,7 @@ def _napi_settings(text: str) -> dict:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import sockperf
+    from .apps import sockperf
 
     return sockperf.main(args.host, args.port, batch=args.batch, backend=args.backend, quiet=args.quiet,
                          mode=args.mode, busy_poll_usecs=args.busy_poll_usecs,
@@ -71,7 +71,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from .lab import Lab, LabError, leftover_namespaces
+    from .napi.lab import Lab, LabError, leftover_namespaces
 
     try:
         if args.action == "up":
@@ -95,8 +95,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
-    from .netdev import NetdevError
+    from .napi import doctor
+    from .napi.netdev import NetdevError
 
     try:
         return doctor.main(args.dev, as_json=args.json, do_apply=args.apply)
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .caps import disabled_by_env
+    from ._caps import disabled_by_env
 
     try:
         disabled_by_env()

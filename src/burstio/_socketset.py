@@ -1,8 +1,8 @@
-"""Ring: many UDP sockets, one call.
+"""SocketSet: many UDP sockets, one call.
 
 A server with hundreds of connected UDP sockets (one per game session,
 several paths per client) gains little from recvmmsg: each socket has one
-to four datagrams ready, so it still pays a syscall per socket. A Ring
+to four datagrams ready, so it still pays a syscall per socket. A SocketSet
 receives from all of them at once and sends across them at once:
 
 - backend "uring": io_uring. Every socket has a multishot RECVMSG drawing
@@ -22,12 +22,13 @@ import socket
 from typing import Any, NamedTuple
 
 from . import _native
-from .caps import capabilities
-from .udp import GSO_SEGMENTS, BurstSocket
+from ._checks import UDP_OR_TCP, check_int, check_socket
+from ._caps import capabilities
+from ._udp import GSO_SEGMENTS, BurstSocket
 
-__all__ = ["Ring", "RedundantResult", "RING_BACKENDS"]
+__all__ = ["SocketSet", "RedundantResult", "BACKENDS"]
 
-RING_BACKENDS = ("auto", "uring", "epoll")
+BACKENDS = ("auto", "uring", "epoll")
 _URING_NEEDS = ("io_uring", "io_uring_recvmsg", "io_uring_sendmsg", "io_uring_buf_ring")
 
 
@@ -40,20 +41,10 @@ class RedundantResult(NamedTuple):
     failures: list
 
 
-def _raw_socket(sock: Any) -> socket.socket:
-    if isinstance(sock, BurstSocket):
-        return sock.sock
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"sock must be a socket.socket or BurstSocket, got {type(sock).__name__}")
-    if sock.fileno() == -1:
-        raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
-    return sock
-
-
-class Ring:
+class SocketSet:
     """Receive from and send on many sockets with one call each.
 
-    ``Ring(*, backend="auto", max_sockets=1024, buffers=4096,
+    ``SocketSet(*, backend="auto", max_sockets=1024, buffers=4096,
     buffer_size=2048, sqpoll=False, gso=True)``
 
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
@@ -64,7 +55,7 @@ class Ring:
     your calls, but a ``min_datagrams`` wait then enters the kernel once per
     arrival burst; ``single_wakeup=True`` sets it up COOP_TASKRUN instead,
     so the kernel counts the datagrams and such a wait returns after one
-    entry. A Ring is used from the thread that made it, one call at a time
+    entry. A SocketSet is used from the thread that made it, one call at a time
     (RuntimeError otherwise). It keeps its own descriptor of every socket
     until remove() or close().
     """
@@ -72,8 +63,8 @@ class Ring:
     def __init__(self, *, backend: str = "auto", max_sockets: int = 1024, buffers: int = 4096,
                  buffer_size: int = 2048, sqpoll: bool = False, single_wakeup: bool = False,
                  gso: bool = True):
-        if backend not in RING_BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(map(repr, RING_BACKENDS))}, got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         caps = capabilities()
         missing = [n for n in _URING_NEEDS if not caps[n].available]
         if backend == "uring" and missing:
@@ -82,10 +73,10 @@ class Ring:
         if sqpoll and not caps.io_uring_sqpoll:
             raise OSError(errno.EOPNOTSUPP, f"sqpoll needs io_uring_sqpoll: {caps['io_uring_sqpoll'].detail}")
         if backend == "epoll" or (backend == "auto" and missing):
-            self._io = _native.EpollRing(max_sockets)
+            self._io = _native.EpollSocketSet(max_sockets)
             self.backend = "epoll"
         else:
-            self._io = _native.UringRing(max_sockets, buffers, buffer_size, bool(sqpoll), bool(single_wakeup))
+            self._io = _native.UringSocketSet(max_sockets, buffers, buffer_size, bool(sqpoll), bool(single_wakeup))
             self.backend = "uring"
         self._io.gso = int(bool(gso) and caps.udp_segment)
         self._io.gso_max_segments = max(1, min(GSO_SEGMENTS, caps.gso_max_segments))
@@ -100,17 +91,15 @@ class Ring:
     def add(self, sock: Any, *, stream: bool = False) -> int:
         """Add a UDP socket (socket.socket or BurstSocket) and return its
         index, which batch.sockets uses. ``stream=True`` adds a stream (TCP)
-        socket for recv_stream() only. The ring works on its own duplicate
+        socket for recv_stream() only. The set works on its own duplicate
         of the descriptor: closing your socket does not take it out of the
-        ring (it keeps receiving there, and the port stays bound) until
+        set (it keeps receiving there, and the port stays bound) until
         remove()."""
-        raw = _raw_socket(sock)
+        raw = check_socket(sock, "SocketSet.add", kinds=UDP_OR_TCP, burst_socket=True)
         kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
         if raw.type != kind:
             want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
-            raise ValueError(f"Ring.add needs {want}, got {raw.type.name}")
-        if raw.family not in (socket.AF_INET, socket.AF_INET6):
-            raise ValueError(f"Ring.add needs an AF_INET or AF_INET6 socket, got {raw.family!r}")
+            raise ValueError(f"SocketSet.add needs {want}, got {raw.type.name}")
         index = self._io.add(raw, stream)
         self._socks[index] = raw
         return index
@@ -125,7 +114,7 @@ class Ring:
         try:
             return self._socks[index]
         except KeyError:
-            raise ValueError(f"no socket at index {index} in this ring") from None
+            raise ValueError(f"no socket at index {index} in this socket set") from None
 
     def __len__(self) -> int:
         return len(self._socks)
@@ -140,7 +129,7 @@ class Ring:
         error) or ``max_wait`` seconds have passed, whichever is first; if
         none came by then, waits for one up to ``timeout`` (None: forever).
         Per-socket errors (ECONNREFUSED, ENOBUFS when the receive pool ran
-        out, a socket closed behind the ring's back) go to take_errors(); the
+        out, a socket closed behind the set's back) go to take_errors(); the
         others' data is untouched, and receiving resumes by itself.
         """
         return self._io.recv_batch(batch, timeout, min_datagrams=min_datagrams, max_wait=max_wait)
@@ -172,23 +161,23 @@ class Ring:
     # ---- busy polling -------------------------------------------------
 
     def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
-        """While a receive waits, busy poll the NAPI instances of the ring's
+        """While a receive waits, busy poll the NAPI instances of the set's
         sockets for up to ``usecs`` (0: stop). Returns the mechanism:
         "io_uring" (IORING_REGISTER_NAPI, Linux >= 6.9; io_uring takes no
         budget) or "epoll" (the epoll backend's own busy-poll parameters,
         EPIOCSPARAMS, Linux >= 6.9), "off" after busy_poll(0). On a kernel
         without them, OSError names what is missing."""
-        from .busypoll import _check_int, register_uring_napi
+        from .napi.busypoll import register_uring_napi
 
-        _check_int("usecs", usecs, 0, 2**31 - 1)
-        _check_int("budget", budget, 0, 65535)
+        check_int("usecs", usecs, 0, 2**31 - 1)
+        check_int("budget", budget, 0, 65535)
         fd = getattr(self._io, "epoll_fd", None)
         if fd is None:
             register_uring_napi(self, usecs, prefer)
             return "io_uring" if usecs else "off"
         if fd < 0:
-            raise OSError(errno.EBADF, "Bad file descriptor (the ring is closed)")
-        from .busypoll import BusyPollEpoll
+            raise OSError(errno.EBADF, "Bad file descriptor (the socket set is closed)")
+        from .napi.busypoll import BusyPollEpoll
 
         BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
         return "epoll" if usecs else "off"
@@ -206,16 +195,16 @@ class Ring:
         return self._io.describe()
 
     def close(self) -> None:
-        """Tear the ring down and close its own descriptors; your sockets
+        """Tear the set down and close its own descriptors; your sockets
         stay open."""
         self._io.close()
         self._socks.clear()
 
-    def __enter__(self) -> Ring:
+    def __enter__(self) -> SocketSet:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Ring {len(self._socks)} sockets: {self.describe()}>"
+        return f"<SocketSet {len(self._socks)} sockets: {self.describe()}>"

@@ -21,9 +21,10 @@ import weakref
 from typing import Any
 
 from . import _native
+from ._checks import check_int, check_socket, closed_socket_error
 from ._errors import SendError
 from ._portable import PortableIo
-from .caps import (SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_MEMINFO, SO_PREFER_BUSY_POLL, SO_TIMESTAMPNS, SOL_UDP,
+from ._caps import (SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_MEMINFO, SO_PREFER_BUSY_POLL, SO_TIMESTAMPNS, SOL_UDP,
                    UDP_GRO, Capabilities, capabilities)
 
 __all__ = ["BurstSocket", "BACKENDS"]
@@ -38,20 +39,6 @@ _SK_MEMINFO_VARS = 9
 #: at most this many datagrams go in one GSO send (the kernel may take more)
 GSO_SEGMENTS = 64
 _GSO_REFUSALS = (errno.EIO, errno.EINVAL)
-
-
-def _check_socket(sock: Any) -> None:
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"sock must be a socket.socket, got {type(sock).__name__}")
-    if sock.fileno() == -1:
-        raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"BurstSocket needs an AF_INET or AF_INET6 socket, got {sock.family!r}")
-    if sock.type != socket.SOCK_DGRAM:
-        raise ValueError(f"BurstSocket needs a UDP socket (SOCK_DGRAM), got {sock.type.name}")
-    proto = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
-    if proto != socket.IPPROTO_UDP:
-        raise ValueError(f"BurstSocket needs a UDP socket (IPPROTO_UDP), got protocol {proto}")
 
 
 class BurstSocket:
@@ -79,7 +66,7 @@ class BurstSocket:
                 raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
             sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         else:
-            _check_socket(sock)
+            check_socket(sock, "BurstSocket")
         self._sock = sock
         caps = capabilities()
         self._io = self._make_io(sock, backend, caps)
@@ -205,7 +192,7 @@ class BurstSocket:
         Uses UDP GSO (one syscall per up to 64 segments) where available.
         """
         if isinstance(segment_size, bool) or not isinstance(segment_size, int):
-            raise TypeError(f"segment_size must be int, got {type(segment_size).__name__}")
+            check_int("segment_size", segment_size, 1, _native.MAX_UDP_PAYLOAD)  # raises the TypeError
         io = self._io
         sent = 0
         while True:
@@ -336,16 +323,16 @@ class BurstSocket:
         - "off": after busy_poll(0).
 
         Busy polling only has a device to poll once the socket's traffic
-        came through NAPI (see burstio.busypoll.napi_id); over loopback it
+        came through NAPI (see burstio.napi.busypoll.napi_id); over loopback it
         costs CPU and changes nothing else. A budget over 64 needs
         CAP_NET_ADMIN.
         """
-        from .busypoll import BusyPollEpoll, _check_int, set_busy_poll
+        from .napi.busypoll import BusyPollEpoll, set_busy_poll
 
-        _check_int("usecs", usecs, 0, 2**31 - 1)
-        _check_int("budget", budget, 0, 65535)
+        check_int("usecs", usecs, 0, 2**31 - 1)
+        check_int("budget", budget, 0, 65535)
         if self._sock.fileno() == -1:
-            raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
+            raise closed_socket_error()
         caps = capabilities()
         self._stop_busy_poll()
         if usecs == 0:
@@ -438,8 +425,7 @@ def _recover_hook(ref: weakref.ref):
 def set_buffer_size(sock: socket.socket, option: int, size: int) -> int:
     """Set SO_RCVBUF/SO_SNDBUF to ``size`` bytes; past the sysctl limit use
     the *FORCE variant when privileged. Returns what the kernel granted."""
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"buffer size must be a positive int, got {size!r}")
+    check_int("buffer size", size, 1, 2**31 - 1)
     sock.setsockopt(socket.SOL_SOCKET, option, size)
     granted = sock.getsockopt(socket.SOL_SOCKET, option)
     if granted < size:  # the kernel doubles what it grants; below size means capped

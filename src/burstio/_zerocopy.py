@@ -2,7 +2,7 @@
 
 Where a send goes: ``acquire()`` takes a buffer of the sender's
 ``ZeroCopyPool`` (OWNED: write it through a memoryview, numpy or
-``buf.write``); ``send(buf, n)`` -> ``_native.ZcSender.send`` (C) hands it to
+``buf.write``); ``send(buf, n)`` -> ``_native.ZeroCopyIo.send`` (C) hands it to
 the kernel with io_uring SEND_ZC (the pool registered as fixed buffers),
 ``sendmsg(MSG_ZEROCOPY)``, or a plain ``sendmsg`` copy, and the buffer is IN
 FLIGHT: every access to it raises BufferError. The kernel's notification
@@ -28,8 +28,9 @@ import weakref
 from typing import Any
 
 from . import _native
+from ._checks import UDP_OR_TCP, check_int, check_socket
 from ._native import ZeroCopyBuffer, ZeroCopyPool
-from .caps import SO_ZEROCOPY, SOL_UDP, UDP_SEGMENT, Capabilities, capabilities
+from ._caps import SO_ZEROCOPY, SOL_UDP, UDP_SEGMENT, Capabilities, capabilities
 
 __all__ = ["ZeroCopySender", "ZeroCopyPool", "ZeroCopyBuffer", "Completion", "MODES", "BACKENDS"]
 
@@ -58,7 +59,7 @@ _MSG_IDS: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDic
 _MSG_IDS_KEEP = 4096
 
 
-class Completion(_native.ZcCompletion):
+class Completion(_native.ZeroCopyCompletion):
     """The outcome of one send: ``done()``, ``wait(timeout=None)``, ``await``.
 
     ``wait()`` returns the bytes sent once the kernel is done with the
@@ -133,32 +134,6 @@ class _Waiters:
                 f.set_result(None)
 
 
-def _socket_of(sock: Any) -> socket.socket:
-    """The socket.socket to send on (a BurstSocket gives its own); checked."""
-    from .udp import BurstSocket
-    if isinstance(sock, BurstSocket):
-        sock = sock.sock
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"sock must be a socket.socket or BurstSocket, got {type(sock).__name__}")
-    if sock.fileno() == -1:
-        raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"ZeroCopySender needs an AF_INET or AF_INET6 socket, got {sock.family!r}")
-    kind = sock.type
-    proto = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
-    if (kind, proto) not in ((socket.SOCK_DGRAM, socket.IPPROTO_UDP), (socket.SOCK_STREAM, socket.IPPROTO_TCP)):
-        raise ValueError(f"ZeroCopySender needs a UDP or TCP socket, got {kind.name} protocol {proto}")
-    return sock
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
 class ZeroCopySender:
     """Zero-copy sends on one UDP or TCP socket, from a pool of buffers.
 
@@ -189,12 +164,12 @@ class ZeroCopySender:
 
     def __init__(self, sock: Any, pool: ZeroCopyPool | None = None, *, mode: str = "adaptive",
                  backend: str = "auto", min_size: int = MIN_SIZE, segment_size: int | None = None):
-        sock = _socket_of(sock)
+        sock = check_socket(sock, "ZeroCopySender", kinds=UDP_OR_TCP, burst_socket=True)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-        _check_int("min_size", min_size, 0, 1 << 30)
+        check_int("min_size", min_size, 0, 1 << 30)
         if pool is None:
             pool = ZeroCopyPool()
         elif not isinstance(pool, ZeroCopyPool):
@@ -208,7 +183,7 @@ class ZeroCopySender:
         self._backend = _choose_backend(sock, backend, mode, caps)
         self._key = _socket_key(sock) if self._backend == "msg_zerocopy" else None
         first_id = _MSG_IDS.pop(self._key, 0) if self._key else 0
-        io = _native.ZcSender(sock.fileno(), pool, _NATIVE[self._backend], Completion, first_id)
+        io = _native.ZeroCopyIo(sock.fileno(), pool, _NATIVE[self._backend], Completion, first_id)
         self._io = io
         self._pool = pool
         io.zerocopy = int(mode != "never")
@@ -393,7 +368,7 @@ def _enable_so_zerocopy(sock: socket.socket) -> str | None:
 def _set_segment_size(sock: socket.socket, stream: bool, segment_size: Any, caps: Capabilities) -> None:
     if stream:
         raise ValueError("segment_size is for UDP sockets (GSO); TCP segments by itself")
-    _check_int("segment_size", segment_size, 1, 65507)
+    check_int("segment_size", segment_size, 1, 65507)
     if not caps.udp_segment:
         raise OSError(errno.EOPNOTSUPP, f"segment_size needs UDP GSO: {caps['udp_segment'].detail}")
     sock.setsockopt(SOL_UDP, UDP_SEGMENT, segment_size)
@@ -413,7 +388,7 @@ def _policy_hook(ref: weakref.ref):
     return on_copied
 
 
-def _close_native(io: _native.ZcSender, key: tuple[int, int] | None, timeout: float | None) -> None:
+def _close_native(io: _native.ZeroCopyIo, key: tuple[int, int] | None, timeout: float | None) -> None:
     """Close the native sender; remember where the socket's MSG_ZEROCOPY ids
     stand for the next sender on it."""
     try:

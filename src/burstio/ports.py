@@ -38,21 +38,22 @@ import time
 from typing import Any
 
 from . import _native
+from ._checks import check_choice, check_int, check_seconds
 from ._native import PacketBatch
 
 __all__ = [
-    "Port", "TxRing", "RxRing", "Switch", "pipe", "send_port", "recv_port", "publish", "attach",
+    "Port", "PortTx", "PortRx", "Switch", "pipe", "send_port", "recv_port", "publish", "attach",
     "BROADCAST", "LINGER", "SLOTS", "SLOT_SIZE",
 ]
 
 #: destination key that a switch delivers to every other port
-BROADCAST = _native.SHM_BROADCAST
+BROADCAST = _native.PORT_BROADCAST
 #: default time a waiting side spins before it sleeps (seconds)
 LINGER = 50e-6
 SLOTS = 1024
 SLOT_SIZE = 2048
-_SLOTS_MAX = _native.SHM_SLOTS_MAX
-_SLOT_SIZE_MAX = _native.SHM_SLOT_SIZE_MAX
+_SLOTS_MAX = _native.PORT_SLOTS_MAX
+_SLOT_SIZE_MAX = _native.PORT_SLOT_SIZE_MAX
 _EFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
 _NAME_PREFIX = "burstio-rings:"  # abstract Unix socket namespace
 _KIND = {0: "pipe", 1: "switch port"}
@@ -61,34 +62,21 @@ _ARRAYS = ("idx", "len", "flags", "dst", "src")
 
 # ---- argument policy ----------------------------------------------------------
 
-def _int_arg(name: str, value: Any, lo: int, hi: int, *, power_of_two: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not lo <= value <= hi or (power_of_two and value & (value - 1)):
-        kind = "a power of two" if power_of_two else "an int"
-        raise ValueError(f"{name} must be {kind} between {lo} and {hi}, got {value}")
-    return value
-
-
 def _linger_ns(linger: Any) -> int:
-    if isinstance(linger, bool) or not isinstance(linger, (int, float)):
-        raise TypeError(f"linger must be a number of seconds, got {type(linger).__name__}")
-    if not 0 <= linger <= 1:
-        raise ValueError(f"linger must be between 0 and 1 second, got {linger!r}")
-    return int(linger * 1e9)
+    return int(check_seconds("linger", linger, 0, 1) * 1e9)
 
 
 def _new_region(slots: int, slot_size: int, kind: int, efds: list[int] | None = None):
     """A fresh sealed memfd region and its eventfds (owned by the region)."""
-    slots = _int_arg("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
-    slot_size = _int_arg("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
+    slots = check_int("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
+    slot_size = check_int("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
     fds = [os.memfd_create(f"burstio-{_KIND[kind].replace(' ', '-')}",
                            os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)]
     try:
         if efds is None:
             efds = [os.eventfd(0, _EFD_FLAGS) for _ in range(4)]
         fds += efds
-        return _native.ShmRegion(fds[0], fds[1:], slots, slot_size, kind)
+        return _native.PortRegion(fds[0], fds[1:], slots, slot_size, kind)
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -108,7 +96,7 @@ def _check_eventfds(efds) -> None:
 def _attach_region(memfd: int, efds) -> Any:
     """Map a region received from elsewhere; on success it owns the fds."""
     _check_eventfds(efds)
-    return _native.ShmRegion(memfd, list(efds))
+    return _native.PortRegion(memfd, list(efds))
 
 
 # ---- rings ----------------------------------------------------------------------
@@ -147,7 +135,7 @@ class _Arrays:
         return self._array("src")
 
 
-class TxRing(_native.ShmTx, _Arrays):
+class PortTx(_native.PortTx, _Arrays):
     """The producing side of a port: ``len(tx)`` free slots from ``head``.
 
     ``put``/``claim``/``put_batch``/``recv_from`` fill slots at ``head`` and
@@ -167,7 +155,7 @@ class TxRing(_native.ShmTx, _Arrays):
         io = getattr(sock, "_io", None)
         if getattr(io, "gro", 0):
             raise ValueError("recv_from() does not split UDP GRO receives; use a socket with gro=False")
-        n, nbytes, truncated, calls = _native.ShmTx.recv_from(self, sock.fileno(), timeout, dst, src)
+        n, nbytes, truncated, calls = _native.PortTx.recv_from(self, sock.fileno(), timeout, dst, src)
         if io is not None and hasattr(io, "count"):
             for name, v in (("rx_datagrams", n), ("rx_bytes", nbytes), ("rx_syscalls", calls),
                             ("rx_truncated", truncated), ("rx_batches", 1 if n else 0)):
@@ -176,7 +164,7 @@ class TxRing(_native.ShmTx, _Arrays):
         return n
 
 
-class RxRing(_native.ShmRx, _Arrays):
+class PortRx(_native.PortRx, _Arrays):
     """The consuming side of a port: ``len(rx)`` packets from ``head``.
 
     ``rx[i]`` is packet i (a memoryview into shared memory, no copy),
@@ -228,7 +216,7 @@ class RxRing(_native.ShmRx, _Arrays):
 # ---- ports ----------------------------------------------------------------------
 
 class Port:
-    """One end of a ring region: ``tx`` (TxRing), ``rx`` (RxRing) and the
+    """One end of a ring region: ``tx`` (PortTx), ``rx`` (PortRx) and the
     region's buffer pool.
 
     Made by ``pipe()`` or ``Switch.add_port()``. A port belongs to one process
@@ -241,9 +229,9 @@ class Port:
     """
 
     def __init__(self, region: Any, party: int, *, linger: float = LINGER):
-        self._port = _native.ShmPort(region, party)
-        self.tx = TxRing(self._port)
-        self.rx = RxRing(self._port)
+        self._port = _native.PortClaim(region, party)
+        self.tx = PortTx(self._port)
+        self.rx = PortRx(self._port)
         self.linger = linger
         self.key: int | None = None  # the switch's static route to this port, if any
 
@@ -486,18 +474,16 @@ class Switch:
     def __init__(self, *, slots: int = SLOTS, slot_size: int = SLOT_SIZE, max_ports: int = 64,
                  learning: bool = True, unknown: str = "flood", on_full: str = "wait",
                  linger: float = LINGER, table_size: int = 4096):
-        if unknown not in _UNKNOWN:
-            raise ValueError(f"unknown must be 'flood' or 'drop', got {unknown!r}")
-        if on_full not in _ON_FULL:
-            raise ValueError(f"on_full must be 'wait' or 'drop', got {on_full!r}")
-        self._slots = _int_arg("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
-        self._slot_size = _int_arg("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
-        _int_arg("max_ports", max_ports, 1, 4096)
-        _int_arg("table_size", table_size, 16, 1 << 24, power_of_two=True)
+        check_choice("unknown", unknown, _UNKNOWN)
+        check_choice("on_full", on_full, _ON_FULL)
+        self._slots = check_int("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
+        self._slot_size = check_int("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
+        check_int("max_ports", max_ports, 1, 4096)
+        check_int("table_size", table_size, 16, 1 << 24, power_of_two=True)
         self._linger = linger
         efd = os.eventfd(0, _EFD_FLAGS)
         try:
-            self._native = _native.ShmSwitch(efd, max_ports, table_size)
+            self._native = _native.SwitchCore(efd, max_ports, table_size)
         except BaseException:
             os.close(efd)
             raise
@@ -514,7 +500,7 @@ class Switch:
         """A new port for a client (hand it to the client's process). With
         ``key``, packets whose ``dst`` is key are routed to it."""
         if key is not None:
-            _int_arg("key", key, 1, BROADCAST - 1)
+            check_int("key", key, 1, BROADCAST - 1)
         own = [os.dup(self._efd), os.dup(self._efd)]
         try:
             efds = own + [os.eventfd(0, _EFD_FLAGS), os.eventfd(0, _EFD_FLAGS)]
@@ -539,12 +525,12 @@ class Switch:
             if index is None or index >= len(self._sides) or self._sides[index].region is not port.region:
                 raise ValueError("that port does not belong to this switch")
             return index
-        return _int_arg("port", port, 0, len(self._sides) - 1)
+        return check_int("port", port, 0, len(self._sides) - 1)
 
     def route(self, key: int, port: Port | int | None) -> None:
         """Static route: ``dst == key`` goes to ``port`` (a Port from
         ``add_port`` or its index); None removes the key."""
-        _int_arg("key", key, 1, BROADCAST - 1)
+        check_int("key", key, 1, BROADCAST - 1)
         self._native.route(key, None if port is None else self._index(port))
 
     @property

@@ -6,7 +6,7 @@ Load it from a conftest.py::
 
 Fixtures:
 
-- ``burstio_lab``: a fresh ``burstio.lab.Lab`` for one test (namespaces
+- ``burstio_lab``: a fresh ``burstio.napi.lab.Lab`` for one test (namespaces
   joined by a veth pair with NAPI on), removed after the test whether it
   passed, failed or was interrupted (and at interpreter exit, should the
   fixture's teardown not run). Skips, saying why, without root or without
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .lab import Lab, LabError, require_privileges
+from .napi.lab import Lab, LabError, require_privileges
 
 __all__ = ["burstio_lab", "lab_or_skip"]
 

@@ -10,7 +10,7 @@ addr)``, ``error_received(exc)``, ``connection_lost(exc)``,
 ``get_write_buffer_size()`` and the high/low water marks). Underneath, a
 readiness event drains the socket with one ``recvmmsg`` and the datagrams a
 callback sends leave together, in one ``sendmmsg`` with UDP GSO for runs to
-one peer (see ``burstio.aio_transport`` for the path of a datagram).
+one peer (see ``burstio.aio._transport`` for the path of a datagram).
 
 Two additions for code that wants bursts: a protocol with a
 ``datagrams_received(batch)`` method (``BatchDatagramProtocol``) gets each
@@ -34,8 +34,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from . import _native
-from .aio_transport import BurstDatagramTransport
+from .. import _native
+from ._transport import BurstDatagramTransport
 
 __all__ = [
     "create_datagram_endpoint",

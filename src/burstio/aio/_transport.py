@@ -34,9 +34,10 @@ import warnings
 from asyncio import trsock
 from typing import Any
 
-from . import _native
-from .caps import capabilities
-from .udp import BurstSocket
+from .. import _native
+from .._checks import check_int
+from .._caps import capabilities
+from .._udp import BurstSocket
 
 __all__ = ["BurstDatagramTransport"]
 
@@ -79,9 +80,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
                  gro: bool = False, backend: str = "auto", rx_slots: int = 16,
                  tx_batch: int = 128):
         super().__init__(extra)
-        for name, value in (("rx_slots", rx_slots), ("tx_batch", tx_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("rx_slots", rx_slots, 1, 1 << 20)
+        check_int("tx_batch", tx_batch, 1, 1 << 20)
         sock.setblocking(False)
         self._bsock = BurstSocket(sock, gro=gro, backend=backend)  # owns sock from now on
         self._sock = sock

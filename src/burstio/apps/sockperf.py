@@ -26,12 +26,12 @@ import struct
 import threading
 
 from .. import _native
-from ..busypoll import napi_id
-from ..udp import BurstSocket
+from ..napi.busypoll import napi_id
+from .._udp import BurstSocket
 
 log = logging.getLogger("burstio")
 MODES = ("blocking", "busy-poll", "busy-poll-suspend")
-#: per-NAPI settings of busy-poll-suspend (ns); see burstio.doctor.RECIPE
+#: per-NAPI settings of busy-poll-suspend (ns); see burstio.napi.doctor.RECIPE
 SUSPEND_NAPI = {"defer_hard_irqs": 2, "gro_flush_timeout": 200_000, "irq_suspend_timeout": 20_000_000}
 
 HEADER = struct.Struct("!QHI")  # sequence, flags, length
@@ -132,7 +132,7 @@ class SockperfServer:
     def _tune_napi(self, nid: int, settings: dict):
         """Apply `settings` to NAPI `nid` (in the socket's namespace);
         returns the undo."""
-        from .. import netdev
+        from ..napi import netdev
 
         if not nid:
             log.warning("busy-poll-suspend: the traffic does not come through NAPI; nothing to tune")

@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .common import Options
-from .core import Progress, ScenarioResult, format_result, plot, write_json
-from .dns import dns
-from .lablatency import latency_lab
-from .latency import latency
-from .many import rx_many_sockets, tx_redundant
-from .quic import quic
-from .rings import rings
-from .zerocopy import tx_zerocopy
-from .rx import rx_gro, rx_many_flow
-from .tx import tx_gso, tx_many
+from .report import Progress, ScenarioResult, format_result, plot, write_json
+from .scenarios.dns import dns
+from .scenarios.latency import latency
+from .scenarios.latency_lab import latency_lab
+from .scenarios.pipes import pipes
+from .scenarios.quic import quic
+from .scenarios.rx import rx_gro, rx_many_flow
+from .scenarios.socketset import rx_many_sockets, tx_redundant
+from .scenarios.tx import tx_gso, tx_many
+from .scenarios.zerocopy import tx_zerocopy
 
 SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "rx-many-flow": rx_many_flow,
@@ -31,7 +31,7 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "tx-redundant": tx_redundant,
     "tx-zerocopy": tx_zerocopy,
     "latency-lab": latency_lab,
-    "rings": rings,
+    "pipes": pipes,
     "dns": dns,
     "quic": quic,
 }

@@ -11,7 +11,7 @@ from (0 until a packet has arrived through NAPI).
   net.core.busy_poll sysctl.
 - ``set_busy_poll``, ``set_prefer_busy_poll``, ``set_busy_poll_budget``:
   the per-socket options (a blocking receive busy polls before sleeping).
-- ``register_uring_napi``: io_uring's own NAPI busy polling for a Ring.
+- ``register_uring_napi``: io_uring's own NAPI busy polling for a SocketSet.
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from . import _native
-from .caps import (EPIOCGPARAMS, EPIOCSPARAMS, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_INCOMING_NAPI_ID,
+from .. import _native
+from .._checks import check_int, fileno_of
+from .._caps import (EPIOCGPARAMS, EPIOCSPARAMS, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_INCOMING_NAPI_ID,
                    SO_PREFER_BUSY_POLL)
 
 __all__ = ["BusyPollEpoll", "EpollParams", "napi_id", "set_busy_poll", "set_prefer_busy_poll",
@@ -44,23 +45,6 @@ class EpollParams:
     prefer_busy_poll: bool
 
 
-def _fd(sock: Any) -> int:
-    fd = sock if isinstance(sock, int) else getattr(sock, "fileno", lambda: None)()
-    if fd is None or isinstance(fd, bool):
-        raise TypeError(f"need a socket or a file descriptor, got {type(sock).__name__}")
-    if fd < 0:
-        raise OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
-    return fd
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be int, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
-
-
 def _kernel_too_old(what: str, version: str, err: OSError) -> OSError:
     if err.errno in (errno.ENOTTY, errno.EINVAL, errno.ENOPROTOOPT):
         return OSError(err.errno, f"{what} needs Linux >= {version}; this kernel is {os.uname().release} "
@@ -75,7 +59,7 @@ def napi_id(sock: Any) -> int:
     sock = getattr(sock, "sock", sock)  # a BurstSocket
     if isinstance(sock, socket.socket):
         return sock.getsockopt(socket.SOL_SOCKET, SO_INCOMING_NAPI_ID)
-    dup = socket.socket(fileno=os.dup(_fd(sock)))
+    dup = socket.socket(fileno=os.dup(fileno_of(sock)))
     try:
         return dup.getsockopt(socket.SOL_SOCKET, SO_INCOMING_NAPI_ID)
     finally:
@@ -85,7 +69,7 @@ def napi_id(sock: Any) -> int:
 def set_busy_poll(sock: socket.socket, usecs: int) -> None:
     """SO_BUSY_POLL: a blocking receive busy polls up to `usecs` before
     sleeping (more than net.core.busy_read needs CAP_NET_ADMIN)."""
-    sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, _check_int("usecs", usecs, 0, 2**31 - 1))
+    sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, check_int("usecs", usecs, 0, 2**31 - 1))
 
 
 def set_prefer_busy_poll(sock: socket.socket, prefer: bool = True) -> None:
@@ -101,21 +85,21 @@ def set_busy_poll_budget(sock: socket.socket, budget: int) -> None:
     """SO_BUSY_POLL_BUDGET: packets per busy-poll round (over 64 needs
     CAP_NET_ADMIN)."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, _check_int("budget", budget, 0, 65535))
+        sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, check_int("budget", budget, 0, 65535))
     except OSError as e:
         raise _kernel_too_old("SO_BUSY_POLL_BUDGET", "5.11", e) from None
 
 
 def register_uring_napi(ring: Any, busy_poll_usecs: int, prefer_busy_poll: bool = False) -> None:
-    """Make an io_uring Ring busy poll the NAPI instances of its sockets for
+    """Make an io_uring SocketSet busy poll the NAPI instances of its sockets for
     up to `busy_poll_usecs` while it waits (IORING_REGISTER_NAPI, Linux >=
     6.9); 0 turns it off."""
     io = getattr(ring, "_io", ring)
     fd = getattr(io, "ring_fd", None)
     if fd is None:
-        raise TypeError("register_uring_napi needs an io_uring Ring (Ring(backend='uring'))")
+        raise TypeError("register_uring_napi needs an io_uring SocketSet (SocketSet(backend='uring'))")
     try:
-        _native.register_uring_napi(fd, _check_int("busy_poll_usecs", busy_poll_usecs, 0, 2**32 - 1),
+        _native.register_uring_napi(fd, check_int("busy_poll_usecs", busy_poll_usecs, 0, 2**32 - 1),
                                     bool(prefer_busy_poll))
     except OSError as e:
         raise _kernel_too_old("IORING_REGISTER_NAPI", "6.9", e) from None
@@ -145,8 +129,8 @@ class BusyPollEpoll:
 
     @staticmethod
     def _set_params_fd(fd: int, busy_poll_usecs: int, busy_poll_budget: int, prefer_busy_poll: bool) -> None:
-        raw = _EPOLL_PARAMS.pack(_check_int("busy_poll_usecs", busy_poll_usecs, 0, 2**31 - 1),
-                                 _check_int("busy_poll_budget", busy_poll_budget, 0, 65535),
+        raw = _EPOLL_PARAMS.pack(check_int("busy_poll_usecs", busy_poll_usecs, 0, 2**31 - 1),
+                                 check_int("busy_poll_budget", busy_poll_budget, 0, 65535),
                                  int(bool(prefer_busy_poll)), 0)
         try:
             fcntl.ioctl(fd, EPIOCSPARAMS, raw)

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from . import netdev
-from .caps import disabled_by_env
+from .._caps import disabled_by_env
 
 __all__ = ["examine", "recipe", "apply", "report", "RECIPE"]
 
 #: per-NAPI settings of the recipe
 RECIPE = {"defer_hard_irqs": 2, "gro_flush_timeout": 200_000, "irq_suspend_timeout": 20_000_000}
-#: the per-epoll parameters the recipe pairs with them (burstio.busypoll.BusyPollEpoll)
+#: the per-epoll parameters the recipe pairs with them (burstio.napi.busypoll.BusyPollEpoll)
 EPOLL_RECIPE = {"busy_poll_usecs": 64, "busy_poll_budget": 64, "prefer_busy_poll": True}
 SYSCTLS = ("busy_poll", "busy_read", "netdev_budget", "netdev_budget_usecs", "dev_weight")
 

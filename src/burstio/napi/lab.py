@@ -1,7 +1,7 @@
 """A network lab: two network namespaces joined by a multi-queue veth pair
 with NAPI on, for busy polling, NAPI steering and latency work.
 
-    with burstio.lab.Lab(queues=2) as lab:
+    with burstio.napi.lab.Lab(queues=2) as lab:
         with lab.inside("b"):                     # sockets made here live in ns b
             server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             server.bind((lab.addr("b"), 9000))
@@ -33,6 +33,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .._checks import check_int
 
 
 __all__ = ["Lab", "LabError", "require_privileges", "leftover_namespaces"]
@@ -93,8 +95,7 @@ class Lab:
                  ifb: bool = False, mtu: int = 1500):
         if not _NAME.match(name):
             raise ValueError(f"lab name must be 1-10 lowercase letters/digits starting with a letter, got {name!r}")
-        if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= 64:
-            raise ValueError(f"queues must be between 1 and 64, got {queues!r}")
+        check_int("queues", queues, 1, 64)
         if not re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}", subnet):
             raise ValueError(f"subnet must be three octets like '10.99.0', got {subnet!r}")
         self.name, self.queues, self.subnet, self.ifb, self.mtu = name, queues, subnet, ifb, mtu

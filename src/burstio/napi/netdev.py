@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _native
+from .. import _native
+from .._checks import check_int
 
 __all__ = ["Device", "Napi", "Queue", "NetdevError", "device_list", "napi_list", "queue_list", "qstats",
            "napi_get", "napi_set", "configure_napi", "device_settings", "set_device_settings", "irq_counts", "netns_of",
@@ -253,10 +254,7 @@ def napi_get(napi_id: int) -> Napi:
 
 
 def _check_id(napi_id: int) -> None:
-    if isinstance(napi_id, bool) or not isinstance(napi_id, int):
-        raise TypeError(f"napi_id must be int, got {type(napi_id).__name__}")
-    if napi_id <= 0:
-        raise ValueError(f"napi_id must be > 0, got {napi_id}")
+    check_int("napi_id", napi_id, 1, 2**32 - 1)
 
 
 def napi_set(napi_id: int, **knobs: int) -> Napi:
@@ -270,10 +268,7 @@ def napi_set(napi_id: int, **knobs: int) -> Napi:
         if name not in NAPI_KNOBS:
             raise TypeError(f"napi_set() got an unknown setting {name!r}; known: {', '.join(NAPI_KNOBS)}")
         lo, hi = NAPI_KNOBS[name]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be int, got {type(value).__name__}")
-        if not lo <= value <= hi:
-            raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+        check_int(name, value, lo, hi)
         attrs.append(("NETDEV_A_NAPI_" + name.upper(), value if name == "defer_hard_irqs" else _encode_uint(value)))
     _request(NETDEV_CMD_NAPI_SET, 0, attrs, dump=False)
     return napi_get(napi_id)
@@ -302,7 +297,7 @@ def configure_napi(napi_id: int, **knobs: int) -> str:
 
 def settings_mechanism(napi: Napi) -> str:
     """How configure_napi() will set this instance: "napi" or "device"."""
-    from .caps import disabled_by_env
+    from .._caps import disabled_by_env
 
     if napi.defer_hard_irqs is not None and "netdev_napi_set" not in disabled_by_env():
         return "napi"
@@ -420,8 +415,7 @@ def set_device_settings(dev: str, **knobs: int) -> dict[str, int]:
         if name not in files:
             raise TypeError(f"set_device_settings() got {name!r}; the device-wide files are "
                             f"{', '.join(files)} (irq_suspend_timeout is per NAPI only)")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_int(name, value, 0, 2**32 - 1)
         (_SYSFS / dev / files[name]).write_text(str(value))
     return device_settings(dev)
 

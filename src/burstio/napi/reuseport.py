@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _native
+from .. import _native
+from .._checks import check_int
 from .busypoll import napi_id
 
 __all__ = ["ReusePortGroup", "Worker", "WorkerStats", "queue_steering_program"]
@@ -47,8 +48,7 @@ _STATS = ("datagrams", "flows", "mismatched_flows", "socket_napi_id", "connectio
 
 def queue_steering_program(workers: int) -> bytes:
     """The cBPF program: return (receive queue of the packet) % workers."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    check_int("workers", workers, 1, 4096)
     return b"".join((_INSN.pack(_BPF_LD_W_ABS, 0, 0, _SKF_AD_QUEUE & 0xFFFFFFFF),
                      _INSN.pack(_BPF_ALU_MOD_K, 0, 0, workers),
                      _INSN.pack(_BPF_RET_A, 0, 0, 0)))
@@ -198,7 +198,7 @@ class ReusePortGroup:
             pass
 
     def _udp_loop(self, i: int, handler: Callable) -> None:
-        from .udp import BurstSocket
+        from .._udp import BurstSocket
 
         sock = BurstSocket(self.sockets[i])
         batch = _native.PacketBatch(64, 2048)

@@ -27,10 +27,10 @@ import subprocess
 import sys
 import tempfile
 
-from .common import Options, rounds
-from .core import Progress, ScenarioResult, Target, Variant
-from .procs import client_and_server_cpus, cpu_seconds, free_port, stop, wait_answering
-from .perfcount import SyscallCounter, perf_available
+from ..common import Options, rounds
+from ..report import Progress, ScenarioResult, Target, Variant
+from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop, wait_answering
+from ..perfcount import SyscallCounter, perf_available
 
 ROUND_SECONDS = 1
 COUNT_SECONDS = 1

@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 
-from .common import Options, rounds
-from .core import Progress, ScenarioResult, Target, Variant
-from .procs import client_and_server_cpus, cpu_seconds, free_port, wait_answering
+from ..common import Options, rounds
+from ..report import Progress, ScenarioResult, Target, Variant
+from ..procs import client_and_server_cpus, cpu_seconds, free_port, wait_answering
 
 ROUND_SECONDS = 1
 # Tail percentiles need samples from several rounds to settle; a brief run

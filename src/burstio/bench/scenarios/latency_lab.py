@@ -7,7 +7,7 @@ NAPI on, so busy polling and the per-NAPI settings take effect as on a NIC:
 - sockperf-server: `sockperf sr`; sockperf-server-lls: with its --lls busy
   poll (SO_BUSY_POLL);
 - blocking, busy-poll, busy-poll-suspend: `burstio serve sockperf` in its
-  three modes (see burstio.serve.sockperf); busy-poll-socket: its busy-poll
+  three modes (see burstio.apps.sockperf); busy-poll-socket: its busy-poll
   mode with per-epoll parameters forced off, so it busy polls through the
   socket (SO_BUSY_POLL) like sockperf --lls.
 
@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..caps import ENV_DISABLE
-from .common import Options, rounds
-from .core import Progress, ScenarioResult, Target, Variant
+from ..._caps import ENV_DISABLE
+from ..common import Options, rounds
+from ..report import Progress, ScenarioResult, Target, Variant
 from .latency import ROUND_SECONDS, _read_full_log, _wait_ready
-from .procs import client_and_server_cpus, cpu_seconds
+from ..procs import client_and_server_cpus, cpu_seconds
 
 PORT = 11111
 SERVERS = {
@@ -60,7 +60,7 @@ def _net_rx_softirqs() -> int:
 
 
 def latency_lab(opts: Options, progress: Progress) -> ScenarioResult:
-    from ..lab import Lab, require_privileges
+    from ...napi.lab import Lab, require_privileges
 
     names = list(SERVERS)
     res = ScenarioResult(

@@ -1,4 +1,4 @@
-"""``rings``: messages between two processes, side by side.
+"""``pipes``: messages between two processes, side by side.
 
 A producer process (forked once per variant, driven over a control pipe)
 sends numbered messages; this process consumes them, checking every
@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import rings as R
-from . import ringworker as W
-from .common import Options, rounds
-from .core import Progress, ScenarioResult, Target, Variant
+from ... import ports as R
+from ..workers import pipes as W
+from ..common import Options, rounds
+from ..report import Progress, ScenarioResult, Target, Variant
 
 SWEEP = (1, 4, 16, 64, 256, 1024)
 BIG = 1500
@@ -175,11 +175,11 @@ def _switch_main(sw: R.Switch) -> None:
 
 
 def _pct(values: list[float], p: float) -> float:
-    from .core import percentile
+    from ..report import percentile
     return percentile(sorted(values), p)
 
 
-def rings(opts: Options, progress: Progress) -> ScenarioResult:
+def pipes(opts: Options, progress: Progress) -> ScenarioResult:
     batch = max(1, min(opts.batch, 1024))
     small = max(8, opts.size)
     sizes = [small] + ([BIG] if small != BIG else [])
@@ -189,7 +189,7 @@ def rings(opts: Options, progress: Progress) -> ScenarioResult:
     sweep = [f"burstio-pipe-b{b}-nolinger" for b in SWEEP]
     names += sweep
     res = ScenarioResult(
-        "rings", {"size": small, "big": BIG, "batch": batch, "linger_us": R.LINGER * 1e6,
+        "pipes", {"size": small, "big": BIG, "batch": batch, "linger_us": R.LINGER * 1e6,
                   "latency_gap_us": LATENCY_GAP_S * 1e6},
         {n: Variant(n) for n in names},
         targets=[Target("burstio-pipe", "datagrams_per_s", "mp-queue", 20.0, True),
@@ -207,7 +207,7 @@ def rings(opts: Options, progress: Progress) -> ScenarioResult:
     bench.round_s = min(1.0, max(0.04, opts.seconds / (len(names) * max(2, opts.min_rounds))))
     res.params["round_s"] = round(bench.round_s, 3)
     try:
-        progress.show("rings: starting the producers")
+        progress.show("pipes: starting the producers")
         for s in sizes:
             sfx = "" if s == small else f"-{s}"
             bench.add_queue("mp-queue" + sfx, s)
@@ -228,16 +228,16 @@ def rings(opts: Options, progress: Progress) -> ScenarioResult:
 def _measure(bench: _Bench, res: ScenarioResult, names: list[str], opts: Options,
              progress: Progress) -> None:
     for name in names:
-        progress.show(f"rings: calibrating {name}")
+        progress.show(f"pipes: calibrating {name}")
         bench.round(bench.setups[name], None)
     for r, order in rounds(dataclasses.replace(opts, min_rounds=max(2, opts.min_rounds)), names):
         for name in order:
-            progress.show(f"rings: round {r + 1}, {name}")
+            progress.show(f"pipes: round {r + 1}, {name}")
             bench.round(bench.setups[name], res.variants[name])
     lat = [n for n in ("mp-queue", "mp-pipe", "burstio-pipe", "burstio-switch") if n in names]
     for r in range(2):
         for name in lat[r:] + lat[:r]:
-            progress.show(f"rings: latency, {name}")
+            progress.show(f"pipes: latency, {name}")
             res.variants[name].extra.setdefault("_lat", []).extend(
                 bench.latency(bench.setups[name], LATENCY_MESSAGES // 2))
 

@@ -31,10 +31,10 @@ import subprocess
 import sys
 import tempfile
 
-from .common import Options, rounds
-from .core import Progress, ScenarioResult, Target, Variant
-from .procs import client_and_server_cpus, cpu_seconds, free_port, stop
-from .perfcount import SyscallCounter, perf_available
+from ..common import Options, rounds
+from ..report import Progress, ScenarioResult, Target, Variant
+from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop
+from ..perfcount import SyscallCounter, perf_available
 
 DOWNLOAD_BYTES = 16 << 20
 COUNT_BYTES = 4 << 20  # the separate download whose syscalls perf counts
@@ -56,7 +56,7 @@ class _Client:
     """The client worker: one JSON command, one JSON answer."""
 
     def __init__(self, cpu: str):
-        self.proc = subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "burstio.bench.quicworker",
+        self.proc = subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "burstio.bench.workers.quic",
                                       "client"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
 
@@ -79,7 +79,7 @@ class _Client:
 
 
 def _start_server(transport: str, cpu: str, port: int, cert: str, key: str) -> subprocess.Popen:
-    p = subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "burstio.bench.quicworker", "server",
+    p = subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "burstio.bench.workers.quic", "server",
                           transport, str(port), cert, key], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     if p.stdout.readline().strip() != "ready":
@@ -100,7 +100,7 @@ def quic(opts: Options, progress: Progress) -> ScenarioResult:
     if why:
         res.skipped = why
         return res
-    from ..apps.quic import self_signed_certificate
+    from ...apps.quic import self_signed_certificate
 
     client_cpu, server_cpu = client_and_server_cpus()
     res.params.update(client_cpu=client_cpu, server_cpu=server_cpu)

@@ -12,12 +12,12 @@ import socket
 import subprocess
 from contextlib import ExitStack
 
-from .. import _native
-from ..caps import capabilities
-from ..udp import BurstSocket
-from . import cref
-from .common import Options, count_syscalls, pinned, rounds, syscall_source, timed
-from .core import Progress, ScenarioResult, Target, Variant
+from ... import _native
+from ..._caps import capabilities
+from ..._udp import BurstSocket
+from .. import cref
+from ..common import Options, count_syscalls, pinned, rounds, syscall_source, timed
+from ..report import Progress, ScenarioResult, Target, Variant
 
 FLOWS = 64  # distinct source ports in rx-many-flow
 RCVBUF_PER_DATAGRAM = 4096  # generous: a 64-byte datagram's skb truesize is ~1 KiB

@@ -20,12 +20,12 @@ import selectors
 import socket
 from contextlib import ExitStack
 
-from .. import _native
-from ..caps import capabilities
-from ..ring import Ring
-from ..udp import BurstSocket
-from .common import Options, count_syscalls, measure_sends, pinned, rounds, syscall_source, timed
-from .core import Progress, ScenarioResult, Target, Variant
+from ... import _native
+from ..._caps import capabilities
+from ..._socketset import SocketSet
+from ..._udp import BurstSocket
+from ..common import Options, count_syscalls, measure_sends, pinned, rounds, syscall_source, timed
+from ..report import Progress, ScenarioResult, Target, Variant
 
 PAIRS = 512
 PATHS = 4
@@ -103,10 +103,10 @@ class _EpollRecvmmsg:
 
 
 class _RingDrain:
-    """burstio.Ring.recv_batch: one C call for every socket."""
+    """burstio.SocketSet.recv_batch: one C call for every socket."""
 
     def __init__(self, rx: list[socket.socket], backend: str):
-        self.ring = Ring(backend=backend, max_sockets=len(rx))
+        self.ring = SocketSet(backend=backend, max_sockets=len(rx))
         for r in rx:
             self.ring.add(r)
         self.batch = _native.PacketBatch(4096, 2048)
@@ -130,7 +130,7 @@ def _fill(senders: list[socket.socket], counts: list[int], payload: bytes) -> in
 
 
 def rx_many_sockets(opts: Options, progress: Progress) -> ScenarioResult:
-    names = ["stdlib", "epoll-recvmmsg", "burstio-drain", "burstio-uring"]
+    names = ["stdlib", "epoll-recvmmsg", "burstio-epoll", "burstio-uring"]
     caps = capabilities()
     res = ScenarioResult(
         "rx-many-sockets", {"sockets": PAIRS, "datagrams_per_socket": "1-4", "size": opts.size},
@@ -150,11 +150,11 @@ def rx_many_sockets(opts: Options, progress: Progress) -> ScenarioResult:
         sets = {n: _pairs(stack, PAIRS) for n in names}
         drains = {"stdlib": _Stdlib(sets["stdlib"][0], stack),
                   "epoll-recvmmsg": _EpollRecvmmsg(sets["epoll-recvmmsg"][0], stack),
-                  "burstio-drain": _RingDrain(sets["burstio-drain"][0], "epoll")}
+                  "burstio-epoll": _RingDrain(sets["burstio-epoll"][0], "epoll")}
         if "burstio-uring" in names:
             drains["burstio-uring"] = _RingDrain(sets["burstio-uring"][0], "uring")
             res.params["ring"] = drains["burstio-uring"].ring.describe().split(",")[0]
-        for rd in ("burstio-drain", "burstio-uring"):
+        for rd in ("burstio-epoll", "burstio-uring"):
             if rd in drains:
                 stack.callback(drains[rd].ring.close)
 
@@ -202,7 +202,7 @@ def tx_redundant(opts: Options, progress: Progress) -> ScenarioResult:
         for name, backend, gso in (("burstio-uring", "uring", True), ("burstio-uring-nogso", "uring", False),
                                    ("burstio-epoll", "epoll", True)):
             if name in names:
-                ring = Ring(backend=backend, gso=gso)
+                ring = SocketSet(backend=backend, gso=gso)
                 stack.callback(ring.close)
                 group = [ring.add(p) for p in paths]
                 rings[name] = (ring, group)

@@ -11,11 +11,11 @@ import socket
 import struct
 from contextlib import ExitStack
 
-from .. import _native
-from ..caps import SOL_UDP, UDP_SEGMENT, capabilities
-from ..udp import BurstSocket
-from .common import Options, measure_sends, pinned, syscall_source
-from .core import Progress, ScenarioResult, Target, Variant
+from ... import _native
+from ..._caps import SOL_UDP, UDP_SEGMENT, capabilities
+from ..._udp import BurstSocket
+from ..common import Options, measure_sends, pinned, syscall_source
+from ..report import Progress, ScenarioResult, Target, Variant
 from .rx import RCVBUF_PER_DATAGRAM
 
 DESTINATIONS = 64

@@ -5,7 +5,7 @@ The sink is an ``ifb`` device in a network namespace the bench makes for
 itself (``burstio-zc-<pid>``): ifb is NOARP and drops what it is given to
 transmit, so a zero-copy send there is really not copied, and no receiver's
 cost is mixed in. The sends are timed in a worker process inside the
-namespace (``burstio.bench.zcworker``), which reports its own CPU time; the
+namespace (``burstio.bench.workers.zerocopy``), which reports its own CPU time; the
 variants alternate round by round. The loopback part sends to a local
 receiver, where the kernel must copy: there the adaptive mode sees
 "copied" notifications and switches zero copy off.
@@ -25,10 +25,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..caps import capabilities
-from . import zcworker
-from .common import Options, rounds
-from .core import Progress, ScenarioResult, Target, Variant
+from ..._caps import capabilities
+from ..workers import zerocopy as zcworker
+from ..common import Options, rounds
+from ..report import Progress, ScenarioResult, Target, Variant
 
 SINK_VARIANTS = ["copy", "msg-zerocopy", "uring-send-zc"]
 LOOPBACK_VARIANTS = ["copy-loopback", "msg-zerocopy-loopback", "uring-send-zc-loopback"]
@@ -95,7 +95,7 @@ class Worker:
 
     def __init__(self, ns: str | None, cpu: int | None):
         # -c, not -m: the package already imports zcworker (for its constants)
-        cmd = [sys.executable, "-c", "import sys; from burstio.bench.zcworker import main; "
+        cmd = [sys.executable, "-c", "import sys; from burstio.bench.workers.zerocopy import main; "
                "sys.exit(main(sys.argv[1:]))", "--serve"]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]

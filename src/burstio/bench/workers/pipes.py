@@ -17,7 +17,7 @@ import struct
 import time
 from typing import Any
 
-from .. import _native
+from ... import _native
 
 _SEQ = struct.Struct("<Q")
 

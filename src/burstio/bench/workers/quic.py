@@ -1,7 +1,7 @@
 """The two sides of the ``quic`` bench, each in its own process.
 
-    python -m burstio.bench.quicworker server TRANSPORT PORT CERT KEY
-    python -m burstio.bench.quicworker client
+    python -m burstio.bench.workers.quic server TRANSPORT PORT CERT KEY
+    python -m burstio.bench.workers.quic client
 
 The server (aioquic's ``serve()`` with ``H3Server`` over TRANSPORT, "asyncio"
 or "burstio") prints ``ready`` and serves until SIGTERM. The client reads
@@ -32,8 +32,8 @@ import time
 
 from aioquic.asyncio import connect
 
-from ..apps import quic
-from ..caps import SO_MEMINFO
+from ...apps import quic
+from ..._caps import SO_MEMINFO
 
 IDLE_TIMEOUT = 600.0  # connections wait between rounds
 WARMUP_BYTES = 4 << 20

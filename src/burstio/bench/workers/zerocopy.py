@@ -2,8 +2,8 @@
 ZeroCopySender, timed in this process (run inside the bench's network
 namespace for the ifb sink, or anywhere for loopback).
 
-    python -m burstio.bench.zcworker VARIANT SECONDS [--cpu N]   # one run, one JSON line
-    python -m burstio.bench.zcworker --serve [--cpu N]           # "VARIANT SECONDS" per stdin line
+    python -m burstio.bench.workers.zerocopy VARIANT SECONDS [--cpu N]   # one run, one JSON line
+    python -m burstio.bench.workers.zerocopy --serve [--cpu N]           # "VARIANT SECONDS" per stdin line
 
 A variant name is ``copy``, ``msg-zerocopy`` or ``uring-send-zc``, with
 ``-loopback`` appended to send to a receiver on 127.0.0.1 (where the kernel
@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-from ..zerocopy import ZeroCopyPool, ZeroCopySender
+from ..._zerocopy import ZeroCopyPool, ZeroCopySender
 
 SINK_ADDR = ("10.77.0.2", 9)  # routed to ifb0 (10.77.0.1/24), which drops at transmit
 SEGMENT = 1472                # 1500-byte MTU - IPv4 - UDP headers
