@@ -1,14 +1,13 @@
 """burstio.aio: asyncio's datagram transport contract, one mixin, every implementation.
 
-``DatagramContract`` holds scenarios in the style of CPython's own datagram
-transport tests (test_events / test_selector_events / test_base_events):
-echo round trips, endpoints from a given socket, argument errors,
-error_received, close/abort/connection_lost, pause_reading, write flow
-control. Each ``Test*`` class at the bottom runs them on one implementation:
-asyncio's own transport (the oracle), burstio's on asyncio's loop, burstio's
-with its fallbacks forced (BURSTIO_DISABLE), burstio's through
-``install(loop)``, and burstio's on uvloop (skipped, saying why, when uvloop
-is not installed).
+``DatagramContract`` holds scenarios like those asyncio's own test suite
+runs on datagram transports: echo round trips, endpoints from a given
+socket, argument errors, error_received, close/abort/connection_lost,
+pause_reading, write flow control. Each ``Test*`` class at the bottom runs
+them with one variant of ``support.variants.AIO``: asyncio's own transport
+(the oracle), burstio's on asyncio's loop, burstio's with its fallbacks
+forced (BURSTIO_DISABLE), burstio's through ``install(loop)``, and burstio's
+on uvloop (skipped, saying why, when uvloop is not installed).
 
 Where the oracle can tell what should happen, a test runs the same scenario
 on asyncio's transport too and compares the two traces (addresses replaced
@@ -19,7 +18,6 @@ implementation can make a test wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import errno
 import logging
@@ -28,90 +26,48 @@ import shutil
 import socket
 import subprocess
 import threading
-from dataclasses import dataclass
 
 import pytest
+from support.kernel import CLONE_NEWNET, require_kernel
+from support.loops import new_loop
+from support.net import HOSTS, V4, closed_port
+from support.variants import AIO, Variant, variant_env
 
 import burstio
 import burstio.aio
 from burstio import PacketBatch
 from burstio.aio._transport import TX_SLOT, BurstDatagramTransport
-from burstio._caps import ENV_DISABLE
-from conftest import require_kernel
 
-try:
-    import uvloop
-except ImportError:  # the uvloop classes skip, saying so
-    uvloop = None
-
-V4, V6 = "127.0.0.1", "::1"
 TIMEOUT = 10.0  # bounds a hung scenario; never a measurement
+ORACLE = AIO["stdlib"]
 
 
-# ---- implementations ----------------------------------------------------------------
+# ---- making endpoints -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Impl:
-    """One datagram transport implementation on one event loop."""
-
-    name: str
-    loop: str       # "asyncio" or "uvloop"
-    endpoint: str   # "stdlib" (the loop's own), "burstio" (burstio.aio.create_datagram_endpoint), "installed"
-    disable: str = ""  # BURSTIO_DISABLE while the endpoints are made
-
-    @property
-    def is_burstio(self) -> bool:
-        return self.endpoint != "stdlib"
-
-    def new_loop(self) -> asyncio.AbstractEventLoop:
-        if self.loop == "uvloop":
-            if uvloop is None:
-                pytest.skip("uvloop is not installed (pip install uvloop)")
-            return uvloop.new_event_loop()
-        return asyncio.new_event_loop()
-
-    async def create(self, factory, local_addr=None, remote_addr=None, **kw):
-        loop = asyncio.get_running_loop()
-        if self.endpoint == "burstio":
-            return await burstio.aio.create_datagram_endpoint(loop, factory, local_addr, remote_addr, **kw)
-        if self.endpoint == "installed":
-            burstio.aio.install(loop)
-        return await loop.create_datagram_endpoint(factory, local_addr, remote_addr, **kw)
+async def create(variant: Variant, factory, local_addr=None, remote_addr=None, **kw):
+    """A datagram endpoint made the variant's way (on the running loop)."""
+    loop = asyncio.get_running_loop()
+    how = variant.extras["endpoint"]
+    if how == "burstio":
+        return await burstio.aio.create_datagram_endpoint(loop, factory, local_addr, remote_addr, **kw)
+    if how == "installed":
+        burstio.aio.install(loop)
+    return await loop.create_datagram_endpoint(factory, local_addr, remote_addr, **kw)
 
 
-IMPLS = {i.name: i for i in (
-    Impl("stdlib", "asyncio", "stdlib"),
-    Impl("burstio", "asyncio", "burstio"),
-    Impl("burstio-fallback", "asyncio", "burstio", "recvmmsg,sendmmsg,udp_segment,udp_gro"),
-    Impl("burstio-installed", "asyncio", "installed"),
-    Impl("burstio-uvloop", "uvloop", "burstio"),
-)}
-ORACLE = IMPLS["stdlib"]
+def is_burstio(variant: Variant) -> bool:
+    """Whether the variant's endpoints are burstio's transport."""
+    return variant.expect == "burstio"
 
 
-@contextlib.contextmanager
-def disabled(names: str):
-    old = os.environ.get(ENV_DISABLE)
-    if names:
-        os.environ[ENV_DISABLE] = names
-    else:
-        os.environ.pop(ENV_DISABLE, None)
+def run_on(variant: Variant, scenario, *args):
+    """Run ``scenario(variant, *args)`` on a fresh loop of the variant's kind,
+    with the variant applied; its result."""
+    loop = new_loop(variant.extras["loop"])
     try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ENV_DISABLE, None)
-        else:
-            os.environ[ENV_DISABLE] = old
-
-
-def run_on(impl: Impl, scenario, *args):
-    """Run ``scenario(impl, *args)`` on a fresh loop of ``impl``; its result."""
-    loop = impl.new_loop()
-    try:
-        with disabled(impl.disable):
-            return loop.run_until_complete(asyncio.wait_for(scenario(impl, *args), TIMEOUT))
+        with variant_env(variant):
+            return loop.run_until_complete(asyncio.wait_for(scenario(variant, *args), TIMEOUT))
     finally:
         for task in asyncio.all_tasks(loop):
             task.cancel()
@@ -180,7 +136,7 @@ class Recorder(asyncio.DatagramProtocol):
                 await self._changed.wait()
         try:
             await asyncio.wait_for(until(), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"gave up waiting for {what or pred}: events {self.events[-10:]}") from None
 
     async def wait_data(self, n: int) -> None:
@@ -194,8 +150,9 @@ async def settle(rounds: int = 20) -> None:
 
 
 def plain(family: int = socket.AF_INET) -> socket.socket:
+    """A non-blocking stdlib UDP socket bound to loopback."""
     s = socket.socket(family, socket.SOCK_DGRAM)
-    s.bind((V4 if family == socket.AF_INET else V6, 0))
+    s.bind((HOSTS[family], 0))
     s.setblocking(False)
     return s
 
@@ -208,15 +165,9 @@ async def drain_plain(sock: socket.socket, n: int, limit: float = 5.0) -> list[b
             got.append(await loop.sock_recv(sock, 70000))
     try:
         await asyncio.wait_for(until(), limit)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     return got
-
-
-def closed_port(family: int = socket.AF_INET) -> tuple:
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.bind((V4 if family == socket.AF_INET else V6, 0))
-        return s.getsockname()
 
 
 # ---- the contract ----------------------------------------------------------------------
@@ -225,33 +176,33 @@ def closed_port(family: int = socket.AF_INET) -> tuple:
 class DatagramContract:
     """What every datagram transport implementation must do, asyncio's way."""
 
-    impl: Impl = ORACLE
+    variant: Variant = ORACLE
 
     def run(self, scenario, *args):
-        return run_on(self.impl, scenario, *args)
+        return run_on(self.variant, scenario, *args)
 
     def check(self, scenario, *args):
         """Run the scenario here and, unless this is the oracle, on the
         oracle too; the traces must be equal. Returns the trace."""
         trace = self.run(scenario, *args)
-        if self.impl != ORACLE:
-            assert trace == run_on(ORACLE, scenario, *args), f"{self.impl.name} differs from asyncio"
+        if self.variant != ORACLE:
+            assert trace == run_on(ORACLE, scenario, *args), f"{self.variant.name} differs from asyncio"
         return trace
 
-    # ---- endpoints and round trips (test_events: test_create_datagram_endpoint*) ----
+    # ---- endpoints and round trips -----------------------------------------------
 
     @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
     def test_echo_round_trip(self, family):
         if family == socket.AF_INET6:
             require_kernel("ipv6")
-        host = V4 if family == socket.AF_INET else V6
+        host = HOSTS[family]
 
-        async def scenario(impl):
+        async def scenario(variant):
             names: dict = {}
-            server_t, server = await impl.create(lambda: Recorder(names), local_addr=(host, 0))
-            assert isinstance(server_t, BurstDatagramTransport) == impl.is_burstio
+            server_t, server = await create(variant, lambda: Recorder(names), local_addr=(host, 0))
+            assert isinstance(server_t, BurstDatagramTransport) == is_burstio(variant)
             addr = server_t.get_extra_info("sockname")
-            client_t, client = await impl.create(lambda: Recorder(names), remote_addr=addr[:2])
+            client_t, client = await create(variant, lambda: Recorder(names), remote_addr=addr[:2])
             assert client_t.get_extra_info("peername") == addr
             assert server_t.get_extra_info("peername") is None
             sock = client_t.get_extra_info("socket")
@@ -277,16 +228,16 @@ class DatagramContract:
                                  ("lost", "None")]
 
     def test_endpoint_from_a_given_socket(self):
-        """sock=: unconnected and connected sockets (test_create_datagram_endpoint_sock)."""
-        async def scenario(impl):
+        """sock=: unconnected and connected sockets."""
+        async def scenario(variant):
             names: dict = {}
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((V4, 0))
-            t1, p1 = await impl.create(lambda: Recorder(names), sock=s)
+            t1, p1 = await create(variant, lambda: Recorder(names), sock=s)
             assert t1.get_extra_info("sockname") == s.getsockname()
             c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             c.connect(t1.get_extra_info("sockname"))
-            t2, p2 = await impl.create(lambda: Recorder(names), sock=c)
+            t2, p2 = await create(variant, lambda: Recorder(names), sock=c)
             assert t2.get_extra_info("peername") == t1.get_extra_info("sockname")
             t2.sendto(b"via connected")
             t2.sendto(b"addr ignored", ("127.0.0.9", 9))  # a connected socket sends to its peer
@@ -304,8 +255,8 @@ class DatagramContract:
         assert p2 == [("made",), ("data", b"back", "peer1"), ("lost", "None")]
 
     def test_many_peers_each_in_order(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             dest = t.get_extra_info("sockname")
             peers = [plain() for _ in range(4)]
             for i in range(40):
@@ -324,8 +275,8 @@ class DatagramContract:
         assert trace == sorted([[b"%d" % i for i in range(k, 40, 4)] for k in range(4)])
 
     def test_largest_and_empty_datagrams_arrive_whole(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             big = bytes(range(256)) * 255 + bytes(227)  # 65507 bytes: the IPv4 maximum
             s.sendto(big, t.get_extra_info("sockname"))
@@ -341,8 +292,8 @@ class DatagramContract:
 
     def test_sendto_empty_datagram_as_the_stdlib_does(self):
         """Python < 3.13 drops empty datagrams in sendto, 3.13 sends them: the oracle says."""
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             t.sendto(b"", s.getsockname())
             t.sendto(b"x", s.getsockname())
@@ -354,8 +305,8 @@ class DatagramContract:
         assert self.check(scenario)[-1] == b"x"
 
     def test_sendto_from_a_task_and_from_a_timer(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             dest = s.getsockname()
             t.sendto(b"task", dest)
@@ -367,18 +318,18 @@ class DatagramContract:
 
         assert self.check(scenario) == [b"task", b"timer"]
 
-    # ---- argument errors (test_base_events) ----------------------------------------
+    # ---- argument errors ------------------------------------------------------------
 
     def test_endpoint_argument_errors(self):
-        async def scenario(impl):
+        async def scenario(variant):
             out = []
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             for call in (
-                lambda: impl.create(Recorder),  # no address, no family
-                lambda: impl.create(Recorder, local_addr=(V4, 0), sock=s),
-                lambda: impl.create(Recorder, sock=s),
-                lambda: impl.create(Recorder, local_addr=(V4, 0, 0)),
-                lambda: impl.create(Recorder, local_addr="x"),
+                lambda: create(variant, Recorder),  # no address, no family
+                lambda: create(variant, Recorder, local_addr=(V4, 0), sock=s),
+                lambda: create(variant, Recorder, sock=s),
+                lambda: create(variant, Recorder, local_addr=(V4, 0, 0)),
+                lambda: create(variant, Recorder, local_addr="x"),
             ):
                 try:
                     await call()
@@ -393,17 +344,17 @@ class DatagramContract:
         assert trace[3] == ("TypeError", "2-tuple is expected")
 
     def test_address_in_use_and_reuse_port(self):
-        async def scenario(impl):
-            t1, _ = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t1, _ = await create(variant, Recorder, local_addr=(V4, 0))
             addr = t1.get_extra_info("sockname")
             try:
-                await impl.create(Recorder, local_addr=addr)
+                await create(variant, Recorder, local_addr=addr)
                 taken = None
             except OSError as e:
                 taken = e.errno
             t1.close()
-            t2, _ = await impl.create(Recorder, local_addr=(V4, 0), reuse_port=True)
-            t3, _ = await impl.create(Recorder, local_addr=t2.get_extra_info("sockname"), reuse_port=True)
+            t2, _ = await create(variant, Recorder, local_addr=(V4, 0), reuse_port=True)
+            t3, _ = await create(variant, Recorder, local_addr=t2.get_extra_info("sockname"), reuse_port=True)
             shared = t3.get_extra_info("sockname") == t2.get_extra_info("sockname")
             t2.close()
             t3.close()
@@ -413,9 +364,9 @@ class DatagramContract:
         assert self.check(scenario) == (errno.EADDRINUSE, True)
 
     def test_sendto_argument_errors(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
-            c, _ = await impl.create(Recorder, remote_addr=t.get_extra_info("sockname"))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
+            c, _ = await create(variant, Recorder, remote_addr=t.get_extra_info("sockname"))
             out = []
             for call in (lambda: t.sendto("text", ("127.0.0.1", 9)),
                          lambda: t.sendto(12, ("127.0.0.1", 9)),
@@ -438,8 +389,8 @@ class DatagramContract:
         assert data == [b"named peer"]
 
     def test_sendto_resolves_a_host_name(self):
-        async def scenario(impl):
-            t, _ = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, _ = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             t.sendto(b"by name", ("localhost", s.getsockname()[1]))
             got = await drain_plain(s, 1)
@@ -454,8 +405,8 @@ class DatagramContract:
     # ---- errors are datagram errors: error_received, transport stays ------------------
 
     def test_icmp_refusal_goes_to_error_received(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, remote_addr=closed_port())
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, remote_addr=closed_port())
             t.sendto(b"nobody there")
             await p.wait(lambda ev: any(e[0] == "error" for e in ev), "error_received")
             alive = not t.is_closing()
@@ -470,8 +421,8 @@ class DatagramContract:
         assert lost == ("lost", "None") and alive
 
     def test_oversized_datagrams_go_to_error_received(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             t.sendto(b"x" * 65508, s.getsockname())  # one byte over the IPv4 limit
             t.sendto(b"y" * 70000, s.getsockname())  # over any UDP limit
@@ -494,11 +445,11 @@ class DatagramContract:
                 if data.startswith(b"bad"):
                     raise RuntimeError(data.decode())
 
-        async def scenario(impl):
+        async def scenario(variant):
             loop = asyncio.get_running_loop()
             reported = []
             loop.set_exception_handler(lambda lp, ctx: reported.append(str(ctx.get("exception"))))
-            t, p = await impl.create(Fussy, local_addr=(V4, 0))
+            t, p = await create(variant, Fussy, local_addr=(V4, 0))
             s = plain()
             for m in (b"one", b"bad 1", b"two", b"bad 2", b"three"):
                 s.sendto(m, t.get_extra_info("sockname"))
@@ -515,8 +466,8 @@ class DatagramContract:
     # ---- close, abort, connection_lost --------------------------------------------
 
     def test_close_calls_connection_lost_once_from_the_loop(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             t.close()
             during = list(p.events)
             t.close()  # twice: no effect
@@ -529,8 +480,8 @@ class DatagramContract:
         assert closing and name
 
     def test_sends_made_before_close_are_delivered(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             for i in range(30):
                 t.sendto(b"%d" % i, s.getsockname())
@@ -543,9 +494,9 @@ class DatagramContract:
         assert self.check(scenario) == [b"%d" % i for i in range(30)]
 
     def test_sendto_after_close_is_dropped_and_counted(self, caplog):
-        async def scenario(impl):
+        async def scenario(variant):
             peer = plain()
-            t, p = await impl.create(Recorder, remote_addr=peer.getsockname())
+            t, p = await create(variant, Recorder, remote_addr=peer.getsockname())
             peer.close()
             t.close()
             with caplog.at_level(logging.WARNING):
@@ -560,8 +511,8 @@ class DatagramContract:
         assert warnings > 0 and events == [("lost", "None")]
 
     def test_abort(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             t.abort()
             await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
             return p.events, t.is_closing()
@@ -575,8 +526,8 @@ class DatagramContract:
                 if data == b"stop":
                     self.transport.close()
 
-        async def scenario(impl):
-            t, p = await impl.create(Closer, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Closer, local_addr=(V4, 0))
             s = plain()
             for m in (b"a", b"stop", b"b", b"c"):
                 s.sendto(m, t.get_extra_info("sockname"))
@@ -598,9 +549,9 @@ class DatagramContract:
                 if data == b"switch":
                     self.transport.set_protocol(self.other)
 
-        async def scenario(impl):
+        async def scenario(variant):
             second = Recorder()
-            t, first = await impl.create(lambda: Handover(second), local_addr=(V4, 0))
+            t, first = await create(variant, lambda: Handover(second), local_addr=(V4, 0))
             second.transport = t
             s = plain()
             for m in (b"1", b"switch", b"2", b"3"):
@@ -625,8 +576,8 @@ class DatagramContract:
                 if data == b"pause":
                     self.transport.pause_reading()
 
-        async def scenario(impl):
-            t, p = await impl.create(Pauser, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Pauser, local_addr=(V4, 0))
             s = plain()
             for m in [b"a", b"pause", *[b"%d" % i for i in range(20)]]:
                 s.sendto(m, t.get_extra_info("sockname"))
@@ -647,8 +598,8 @@ class DatagramContract:
     # ---- write flow control -------------------------------------------------------
 
     def test_write_buffer_limits(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             out = [t.get_write_buffer_limits(), t.get_write_buffer_size()]
             t.set_write_buffer_limits(high=1000)
             out.append(t.get_write_buffer_limits())
@@ -674,9 +625,6 @@ class DatagramContract:
 
 
 # ---- flow control against a real full socket: a netns whose lo is rate-limited ------------
-
-
-CLONE_NEWNET = 0x40000000
 
 
 def _netns_unavailable() -> str | None:
@@ -748,15 +696,16 @@ def datagram(i: int) -> bytes:
 
 
 class FlowControlContract:
-    """Write flow control when the kernel refuses (EAGAIN): the same
-    sequence rules as asyncio's _FlowControlMixin, compared with the oracle."""
+    """Write flow control when the kernel refuses (EAGAIN): pause_writing above
+    the high-water mark, resume_writing below the low one, as asyncio's own
+    transports do, compared with the oracle."""
 
-    impl: Impl = ORACLE
+    variant: Variant = ORACLE
     run = DatagramContract.run
 
     def check_flow(self, scenario, *args):
         trace = self.run(scenario, *args)
-        if self.impl != ORACLE:
+        if self.variant != ORACLE:
             oracle = run_on(ORACLE, scenario, *args)
             assert trace[0] == oracle[0], "what arrived differs from asyncio"
             assert trace[1] == oracle[1], "the flow-control story differs from asyncio"
@@ -777,10 +726,10 @@ class FlowControlContract:
 
     @pytest.mark.parametrize("yielding", [False, True], ids=["burst", "yield-each"])
     def test_pause_and_resume_writing(self, slow_netns, yielding):
-        async def scenario(impl, yielding):
+        async def scenario(variant, yielding):
             rx = socket_in(slow_netns)
             rx.setblocking(False)
-            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            t, p = await create(variant, Recorder, sock=socket_in(slow_netns, sndbuf=4096))
             t.set_write_buffer_limits(high=6000, low=2000)
             for i in range(60):
                 t.sendto(datagram(i), rx.getsockname())
@@ -802,10 +751,10 @@ class FlowControlContract:
         assert size == 0
 
     def test_close_waits_for_the_buffer_to_drain(self, slow_netns):
-        async def scenario(impl):
+        async def scenario(variant):
             rx = socket_in(slow_netns)
             rx.setblocking(False)
-            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            t, p = await create(variant, Recorder, sock=socket_in(slow_netns, sndbuf=4096))
             for i in range(30):
                 t.sendto(datagram(i), rx.getsockname())
             await settle()
@@ -820,10 +769,10 @@ class FlowControlContract:
         assert got == [b"%04d" % i for i in range(30)] and buffered
 
     def test_abort_discards_the_buffer(self, slow_netns):
-        async def scenario(impl):
+        async def scenario(variant):
             rx = socket_in(slow_netns)
             rx.setblocking(False)
-            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            t, p = await create(variant, Recorder, sock=socket_in(slow_netns, sndbuf=4096))
             for i in range(30):
                 t.sendto(datagram(i), rx.getsockname())
             await settle()
@@ -858,12 +807,14 @@ class BatchRecorder(burstio.aio.BatchDatagramProtocol, Recorder):
 
 
 class BurstioContract:
-    impl: Impl = IMPLS["burstio"]
+    """What only burstio's transport does: batches, sendto_many, install."""
+
+    variant: Variant = AIO["burstio"]
     run = DatagramContract.run
 
     def test_batch_protocol_gets_bursts(self):
-        async def scenario(impl):
-            t, p = await impl.create(BatchRecorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, BatchRecorder, local_addr=(V4, 0))
             s = plain()
             for i in range(40):
                 s.sendto(b"%d" % i, t.get_extra_info("sockname"))
@@ -878,8 +829,8 @@ class BurstioContract:
         assert sum(bursts) == 40 and len(bursts) < 40  # several datagrams per call
 
     def test_batch_protocol_on_the_stdlib_transport_gets_datagram_received(self):
-        async def scenario(impl):
-            t, p = await ORACLE.create(BatchRecorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(ORACLE, BatchRecorder, local_addr=(V4, 0))
             s = plain()
             for i in range(10):
                 s.sendto(b"%d" % i, t.get_extra_info("sockname"))
@@ -901,8 +852,8 @@ class BurstioContract:
                     arena[offsets[i]] = ord("R")  # answer in place
                 self.transport.sendto_many(batch)  # back to each sender, from the batch
 
-        async def scenario(impl):
-            t, _ = await impl.create(InPlace, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, _ = await create(variant, InPlace, local_addr=(V4, 0))
             clients = [plain() for _ in range(3)]
             for i in range(30):
                 clients[i % 3].sendto(b"q%d" % i, t.get_extra_info("sockname"))
@@ -916,8 +867,8 @@ class BurstioContract:
         assert got == [[b"R%d" % i for i in range(k, 30, 3)] for k in range(3)]
 
     def test_sendto_many_iterable_and_batch_keep_order_with_sendto(self):
-        async def scenario(impl):
-            t, p = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             dest = s.getsockname()
             t.sendto(b"first", dest)
@@ -946,8 +897,8 @@ class BurstioContract:
                     for i in range(50):
                         self.transport.sendto(b"%d" % i, addr)
 
-        async def scenario(impl):
-            t, _ = await impl.create(Burst, local_addr=(V4, 0), tx_batch=128)
+        async def scenario(variant):
+            t, _ = await create(variant, Burst, local_addr=(V4, 0), tx_batch=128)
             s = plain()
             s.sendto(b"go", t.get_extra_info("sockname"))
             got = await drain_plain(s, 50)
@@ -961,8 +912,8 @@ class BurstioContract:
         assert (batches, datagrams) == (1, 50)
 
     def test_a_full_send_batch_goes_at_once_and_order_holds(self):
-        async def scenario(impl):
-            t, _ = await impl.create(Recorder, local_addr=(V4, 0), tx_batch=4)
+        async def scenario(variant):
+            t, _ = await create(variant, Recorder, local_addr=(V4, 0), tx_batch=4)
             s = plain()
             dest = s.getsockname()
             for i in range(10):
@@ -977,8 +928,8 @@ class BurstioContract:
         assert got == [b"%d" % i for i in range(10)] and sent_already == 8
 
     def test_large_datagrams_keep_their_place(self):
-        async def scenario(impl):
-            t, _ = await impl.create(Recorder, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, _ = await create(variant, Recorder, local_addr=(V4, 0))
             s = plain()
             msgs = [b"small 1", b"L" * (TX_SLOT + 1), b"small 2", b"M" * 60000, b"small 3"]
             for m in msgs:
@@ -993,8 +944,8 @@ class BurstioContract:
     def test_gro_endpoint_splits_coalesced_bursts(self):
         require_kernel("udp_gro")
 
-        async def scenario(impl):
-            t, p = await impl.create(BatchRecorder, local_addr=(V4, 0), gro=True)
+        async def scenario(variant):
+            t, p = await create(variant, BatchRecorder, local_addr=(V4, 0), gro=True)
             sender = burstio.BurstSocket.bind((V4, 0))
             data = b"".join(b"%03d" % i + bytes(97) for i in range(64))
             sender.send_segments(data, 100, t.get_extra_info("sockname"))
@@ -1009,7 +960,7 @@ class BurstioContract:
         assert got == [b"%03d" % i for i in range(64)] and rx == 64
 
     def test_install_routes_the_loop_and_uninstall_restores(self, tmp_path):
-        async def scenario(impl):
+        async def scenario(variant):
             loop = asyncio.get_running_loop()
             assert not burstio.aio.installed(loop)
             assert burstio.aio.install(loop, rx_slots=4) is loop and burstio.aio.installed(loop)
@@ -1031,7 +982,7 @@ class BurstioContract:
         assert self.run(scenario) == [True, False, False]
 
     def test_burstio_refuses_what_it_cannot_carry(self):
-        async def scenario(impl):
+        async def scenario(variant):
             loop = asyncio.get_running_loop()
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             with pytest.raises(ValueError, match="IPv4 or IPv6 UDP"):
@@ -1059,13 +1010,13 @@ class BurstioContract:
         the kernel takes whole while the socket has any room, so nothing
         waits and the protocol is not paused (asyncio would pause here)."""
         require_kernel("udp_segment")
-        if self.impl.disable:
+        if "udp_segment" in self.variant.forced_off:
             pytest.skip("GSO forced off in this variant")
 
-        async def scenario(impl):
+        async def scenario(variant):
             rx = socket_in(slow_netns)
             rx.setblocking(False)
-            t, p = await impl.create(Recorder, sock=socket_in(slow_netns, sndbuf=4096))
+            t, p = await create(variant, Recorder, sock=socket_in(slow_netns, sndbuf=4096))
             t.set_write_buffer_limits(high=6000, low=2000)
             for i in range(40):
                 t.sendto(b"%04d" % i + bytes(996), rx.getsockname())
@@ -1081,8 +1032,8 @@ class BurstioContract:
         assert got == [b"%04d" % i for i in range(40)] and flow == [] and gso
 
     def test_unclosed_transport_warns(self):
-        async def scenario(impl):
-            t, _ = await impl.create(Echo, local_addr=(V4, 0))
+        async def scenario(variant):
+            t, _ = await create(variant, Echo, local_addr=(V4, 0))
             await settle()
             t.pause_reading()  # the loop lets go of the descriptor first
             with pytest.warns(ResourceWarning, match="unclosed transport"):
@@ -1097,49 +1048,49 @@ class BurstioContract:
 
 class TestStdlib(DatagramContract):
     """The oracle itself: the scenarios must hold on asyncio's own transport."""
-    impl = IMPLS["stdlib"]
+    variant = AIO["stdlib"]
 
 
 class TestBurstio(DatagramContract):
-    impl = IMPLS["burstio"]
+    variant = AIO["burstio"]
 
 
 class TestBurstioFallback(DatagramContract):
-    impl = IMPLS["burstio-fallback"]
+    variant = AIO["burstio-fallback"]
 
 
 class TestBurstioInstalled(DatagramContract):
-    impl = IMPLS["burstio-installed"]
+    variant = AIO["burstio-installed"]
 
 
 class TestBurstioUvloop(DatagramContract):
-    impl = IMPLS["burstio-uvloop"]
+    variant = AIO["burstio-uvloop"]
 
 
 class TestFlowStdlib(FlowControlContract):
-    impl = IMPLS["stdlib"]
+    variant = AIO["stdlib"]
 
 
 class TestFlowBurstio(FlowControlContract):
-    impl = IMPLS["burstio"]
+    variant = AIO["burstio"]
 
 
 class TestFlowBurstioUvloop(FlowControlContract):
-    impl = IMPLS["burstio-uvloop"]
+    variant = AIO["burstio-uvloop"]
 
 
 class TestBurstioOnly(BurstioContract):
-    impl = IMPLS["burstio"]
+    variant = AIO["burstio"]
 
 
 class TestBurstioOnlyFallback(BurstioContract):
-    impl = IMPLS["burstio-fallback"]
+    variant = AIO["burstio-fallback"]
 
 
 class TestBurstioOnlyUvloop(BurstioContract):
-    impl = IMPLS["burstio-uvloop"]
+    variant = AIO["burstio-uvloop"]
 
 
 def test_every_implementation_covered():
     classes = [TestStdlib, TestBurstio, TestBurstioFallback, TestBurstioInstalled, TestBurstioUvloop]
-    assert sorted(c.impl.name for c in classes) == sorted(IMPLS)
+    assert sorted(c.variant.name for c in classes) == sorted(AIO)

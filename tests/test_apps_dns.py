@@ -14,19 +14,22 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.loops import run_on_loop
+from support.net import V4, free_udp_port
+from support.proc import subprocess_env
 
-dns = pytest.importorskip("dns", reason="dnspython is not installed (pip install dnspython)")
-import dns.flags  # noqa: E402
-import dns.message  # noqa: E402
-import dns.opcode  # noqa: E402
-import dns.rcode  # noqa: E402
-import dns.rdatatype  # noqa: E402
+from burstio.aio._transport import BurstDatagramTransport
+from burstio.apps.dns import TRANSPORTS, Answers, answer, serve
 
-from burstio.apps.dns import TRANSPORTS, Answers, answer, serve  # noqa: E402
-from burstio.aio._transport import BurstDatagramTransport  # noqa: E402
-from conftest import free_udp_port, run_on_loop, subprocess_env  # noqa: E402
-
-V4 = "127.0.0.1"
+try:
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.opcode
+    import dns.rcode
+    import dns.rdatatype
+except ImportError:
+    pytest.skip("dnspython is not installed (pip install dnspython)", allow_module_level=True)
 
 
 def ask(qname: str, rdtype: str, **kw) -> tuple[dns.message.Message, dns.message.Message]:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from support.loops import run_on_loop
+from support.net import V4
 
-pytest.importorskip("aioquic", reason="aioquic is not installed (pip install aioquic)")
+import burstio.aio
+from burstio.aio._transport import BurstDatagramTransport
 
-import burstio.aio  # noqa: E402
-from burstio.aio._transport import BurstDatagramTransport  # noqa: E402
-from burstio.apps import quic  # noqa: E402
-from conftest import run_on_loop  # noqa: E402
+try:
+    import aioquic  # noqa: F401 - imported only to learn whether it is installed
+except ImportError:
+    pytest.skip("aioquic is not installed (pip install aioquic)", allow_module_level=True)
 
-V4 = "127.0.0.1"
+from burstio.apps import quic
 
 
 @pytest.fixture(scope="module")

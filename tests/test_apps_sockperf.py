@@ -1,4 +1,6 @@
-"""The sockperf-compatible server: the real sockperf client, and serve_once by hand."""
+"""The sockperf-compatible server (burstio.apps.sockperf): serve_once by hand on
+every BurstSocket variant, the real sockperf client, and the busy-poll-suspend
+mode in a burstio lab (root)."""
 from __future__ import annotations
 
 import re
@@ -7,12 +9,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+from support.kernel import require_kernel
+from support.net import V4, free_udp_port, recv_one
+from support.paths import ROOT
+from support.proc import subprocess_env
 
-from burstio.apps.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, FLAG_WARMUP, HEADER, SockperfServer
-from conftest import ROOT, V4, free_udp_port, subprocess_env
+from burstio.apps.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, FLAG_WARMUP, HEADER, SUSPEND_NAPI, SockperfServer
+from burstio.napi import netdev
+from burstio.napi.busypoll import napi_id
 
 SOCKPERF = shutil.which("sockperf") or shutil.which("sockperf", path="/usr/bin")
 
@@ -32,10 +40,10 @@ def test_header_layout():
 
 
 @pytest.fixture
-def server(variant):
-    """The server on each backend variant (conftest's matrix)."""
-    s = SockperfServer(V4, 0, batch=16, backend=variant.backend)
-    assert s.sock.backend == variant.expect_backend
+def server(udp_variant):
+    """The server on each BurstSocket variant (support.variants.UDP)."""
+    s = SockperfServer(V4, 0, batch=16, **udp_variant.kwargs)
+    assert s.sock.backend == udp_variant.expect
     yield s
     s.close()
 
@@ -190,3 +198,40 @@ def test_sockperf_under_load(server_process):
     sent, received = valid_duration(out)
     assert sent > 0 and received > 0, out  # under load only some messages ask for a reply
     assert re.search(r"# dropped messages = 0;", out), out
+
+
+# ---- busy polling with NAPI suspension, in a lab -------------------------------------
+
+
+def test_sockperf_server_busy_poll_suspend_tunes_and_restores(burstio_lab):
+    require_kernel("epoll_busy_poll")
+    lab = burstio_lab
+    with lab.inside("b"):
+        server = SockperfServer(lab.addr("b"), 0, mode="busy-poll-suspend", busy_poll_usecs=20)
+        before = {n.id: n for n in netdev.napi_list(lab.dev["b"])}
+    if next(iter(before.values())).defer_hard_irqs is None:
+        server.close()
+        pytest.skip("no per-NAPI settings (Linux >= 6.13)")
+    with lab.inside("a"):
+        cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    t = threading.Thread(target=server.serve_forever, args=(0.05,))
+    t.start()
+    try:
+        with cli:
+            for seq in range(50):
+                cli.sendto(HEADER.pack(seq, FLAG_CLIENT | FLAG_PONG_REQUEST, 64) + bytes(50), server.address)
+                reply = recv_one(cli)
+                assert HEADER.unpack_from(reply) == (seq, FLAG_PONG_REQUEST, 64)
+            assert server.sock.busy_polling == "epoll"
+            nid = napi_id(server.sock)
+            assert nid in before
+            with lab.inside("b"):
+                now = netdev.napi_get(nid)
+            assert {k: getattr(now, k) for k in SUSPEND_NAPI} == SUSPEND_NAPI
+    finally:
+        server.stop()
+        t.join(10)
+    with lab.inside("b"):
+        assert {n.id: n for n in netdev.napi_list(lab.dev["b"])} == before  # put back
+    assert server.sock.busy_polling == "off"
+    server.close()

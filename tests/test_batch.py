@@ -213,7 +213,7 @@ def test_add_slices_and_append_do_not_mix():
 def _five() -> PacketBatch:
     b = PacketBatch(8, 8)
     for i in range(5):
-        b.append(bytes([65 + i]), ("10.0.0.%d" % i, 1000 + i))
+        b.append(bytes([65 + i]), (f"10.0.0.{i}", 1000 + i))
     return b
 
 
@@ -345,8 +345,8 @@ def test_address_parsing_errors(entry, addr, exc, msg):
 
 
 @pytest.mark.parametrize("addr,exc,msg", BAD_ADDRESSES[:8], ids=[repr(a[0]) for a in BAD_ADDRESSES[:8]])
-def test_send_segments_address_errors_match_across_backends(variant, addr, exc, msg):
-    with burstio.BurstSocket(backend=variant.backend) as s:
+def test_send_segments_address_errors_match_across_backends(udp_variant, addr, exc, msg):
+    with burstio.BurstSocket(**udp_variant.kwargs) as s:
         with pytest.raises(exc, match=re.escape(msg)):
             s.send_segments(b"abc", 1, addr)
         assert s.counters["tx_datagrams"] == 0
@@ -460,11 +460,11 @@ def test_add_slices_segment_round_trip(data, seg):
 def test_keep_is_a_filter(items):
     b = PacketBatch(max(1, len(items)), 20)
     for i, (p, _) in enumerate(items):
-        b.append(p, ("10.%d.%d.1" % (i // 256, i % 256), 1000 + i))
+        b.append(p, (f"10.{i // 256}.{i % 256}.1", 1000 + i))
     mask = np.array([k for _, k in items], dtype=bool)
-    want = [(p, ("10.%d.%d.1" % (i // 256, i % 256), 1000 + i)) for i, (p, k) in enumerate(items) if k]
+    want = [(p, (f"10.{i // 256}.{i % 256}.1", 1000 + i)) for i, (p, k) in enumerate(items) if k]
     assert b.keep(mask) == len(want)
-    assert list(zip(contents(b), b.addresses())) == want
+    assert list(zip(contents(b), b.addresses(), strict=True)) == want
 
 
 ipv4 = st.ip_addresses(v=4).map(str)

@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 import burstio
 from burstio import _caps as caps_mod
 from burstio._caps import CAPABILITY_NAMES, ENV_DISABLE, disabled_by_env
-from conftest import ROOT, subprocess_env
 
 DOCUMENTED = (
     "recvmmsg", "sendmmsg", "udp_segment", "udp_gro", "so_timestampns", "so_rxq_ovfl", "so_meminfo", "ipv6",
@@ -50,7 +51,7 @@ def test_names_and_shape(clean_env):
 
 def test_unknown_attribute(clean_env):
     with pytest.raises(AttributeError, match=re.escape("no capability named 'warp_drive'")):
-        burstio.capabilities().warp_drive
+        burstio.capabilities().warp_drive  # noqa: B018 - the attribute access is what must raise
     with pytest.raises(KeyError):
         burstio.capabilities()["warp_drive"]
 
@@ -106,7 +107,8 @@ def test_disabling_one_dependent_leaves_the_others(clean_env):
 
 def test_unknown_name_raises(clean_env):
     clean_env.setenv(ENV_DISABLE, "udp_gro,warp_drive")
-    with pytest.raises(ValueError, match=re.escape(f"{ENV_DISABLE} names unknown capabilities ['warp_drive']; known: ")):
+    msg = f"{ENV_DISABLE} names unknown capabilities ['warp_drive']; known: "
+    with pytest.raises(ValueError, match=re.escape(msg)):
         burstio.capabilities()
     with pytest.raises(ValueError, match="warp_drive"):
         disabled_by_env({ENV_DISABLE: "warp_drive"})

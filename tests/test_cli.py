@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 import burstio
 from burstio import bench
-from burstio._cli import build_parser, main
-from conftest import ROOT, subprocess_env
+from burstio._cli import _napi_settings, build_parser, main
 
 SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
              "tx-zerocopy", "latency-lab", "pipes", "dns", "quic")
@@ -90,3 +91,13 @@ def test_unknown_capability_in_env_is_a_clear_error():
     assert r.returncode == 2
     assert r.stderr.startswith("burstio: BURSTIO_DISABLE names unknown capabilities ['warp']; known: recvmmsg")
     assert "Traceback" not in r.stderr
+
+
+def test_serve_napi_settings_argument(capsys):
+    assert _napi_settings("defer_hard_irqs=2,gro_flush_timeout=20000") == {"defer_hard_irqs": 2,
+                                                                            "gro_flush_timeout": 20000}
+    with pytest.raises(SystemExit):
+        main(["serve", "sockperf", "--napi", "defer_hard_irqs=x"])
+    err = capsys.readouterr().err
+    assert "expected K=V with K one of defer_hard_irqs, gro_flush_timeout, irq_suspend_timeout" in err
+    assert "'defer_hard_irqs=x'" in err

@@ -1,4 +1,4 @@
-"""Packet rings between processes (burstio.ports): pipes, the switch,
+"""Ports between processes (burstio.ports): pipes, the switch,
 notification suppression, liveness, bad input, BurstSocket integration.
 
 Child processes are forked (multiprocessing "fork" context, ports travel by
@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.kernel import require_kernel
+from support.net import Sockets, recv_plain
+from support.proc import open_fds, wait_for
 
 import burstio
 from burstio import ports
-from conftest import Sockets, open_fds, recv_plain, wait_for
 
 FORK = multiprocessing.get_context("fork")
 LIMIT = 10.0  # seconds a correct wait never needs; a broken one fails after it
@@ -758,8 +760,7 @@ def test_receive_from_socket_into_ring_and_send_back_from_it():
 
 
 def test_recv_from_refuses_gro_socket():
-    if not burstio.capabilities().udp_gro:
-        pytest.skip("kernel lacks UDP GRO")
+    require_kernel("udp_gro")
     with Sockets() as socks:
         s = socks.burst(gro=True)
         a, _ = ports.pipe(slots=8, slot_size=64)

@@ -1,12 +1,12 @@
 """The README's Python examples run as written."""
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+from support.paths import ROOT
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 

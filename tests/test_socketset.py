@@ -1,9 +1,11 @@
-"""burstio.SocketSet: one contract, run against every backend (io_uring with and
-without SQPOLL, epoll, and io_uring forced off so "auto" falls back)."""
+"""burstio.SocketSet: one contract, run against every variant of
+``support.variants.SOCKETSET`` (io_uring with and without SQPOLL or single
+wakeups, epoll, and io_uring forced off so that "auto" falls back)."""
 from __future__ import annotations
 
 import errno
 import re
+import signal
 import socket
 import threading
 import time
@@ -12,94 +14,79 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.net import V4, closed_port, force_rcvbuf
+from support.proc import rescue
+from support.variants import SOCKETSET, Variant, use_variant, variant_env
 
 import burstio
 from burstio import PacketBatch, SocketSet
-from burstio._caps import ENV_DISABLE
-from conftest import rescue
-
-BACKENDS = {
-    "uring": dict(backend="uring"),
-    "uring-sqpoll": dict(backend="uring", sqpoll=True),
-    "uring-single": dict(backend="uring", single_wakeup=True),
-    "epoll": dict(backend="epoll"),
-    "auto-no-uring": dict(backend="auto"),  # with io_uring forced off
-}
 
 
 def udp(stack: list, connect_to=None) -> socket.socket:
+    """A UDP socket bound to loopback (room for a test's traffic), kept in ``stack`` to close."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stack.append(s)
-    s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: room for a test's traffic
-    s.bind(("127.0.0.1", 0))
+    force_rcvbuf(s)
+    s.bind((V4, 0))
     if connect_to is not None:
         s.connect(connect_to)
     return s
 
 
-def closed_port() -> tuple:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()
-
-
-def take(ring: SocketSet, batch: PacketBatch, expect: int, timeout: float = 2.0) -> list[tuple]:
+def take(sset: SocketSet, batch: PacketBatch, expect: int, timeout: float = 2.0) -> list[tuple]:
     """Receive until `expect` datagrams came: [(socket index, payload, source)]."""
     got: list[tuple] = []
     while len(got) < expect:
-        n = ring.recv_batch(batch, timeout)
-        if n == 0 and not ring.take_errors():
+        n = sset.recv_batch(batch, timeout)
+        if n == 0 and not sset.take_errors():
             break
         socks = np.asarray(batch.sockets)
         got += [(int(socks[i]), bytes(batch[i]), batch.addr(i)) for i in range(n)]
     return got
 
 
-class RingContract:
-    kind: str = ""
+class SocketSetContract:
+    """What every SocketSet backend must do. Subclasses set ``variant``."""
+
+    variant: Variant  # one of support.variants.SOCKETSET
 
     @pytest.fixture(autouse=True)
     def _setup(self, monkeypatch):
-        caps = burstio.capabilities()
-        if self.kind.startswith("uring") and not (caps.io_uring and caps.io_uring_buf_ring):
-            pytest.skip(f"io_uring unavailable: {caps['io_uring'].detail}")
-        if self.kind.startswith("uring-sqpoll") and not caps.io_uring_sqpoll:
-            pytest.skip(f"SQPOLL unavailable: {caps['io_uring_sqpoll'].detail}")
-        if self.kind == "auto-no-uring":
-            monkeypatch.setenv(ENV_DISABLE, "io_uring")
+        use_variant(self.variant, monkeypatch)
         self.socks: list = []
-        self.rings: list = []
+        self.ssets: list = []
         yield
-        for r in self.rings:
-            r.close()
+        for sset in self.ssets:
+            sset.close()
         for s in self.socks:
             s.close()
 
-    def ring(self, **kw) -> SocketSet:
-        r = SocketSet(**{**BACKENDS[self.kind], **kw})
-        self.rings.append(r)
-        return r
+    def socket_set(self, **kw) -> SocketSet:
+        """A SocketSet of this variant (closed after the test)."""
+        sset = SocketSet(**{**self.variant.kwargs, **kw})
+        self.ssets.append(sset)
+        return sset
 
     @property
     def uring(self) -> bool:
-        return self.kind.startswith("uring")
+        return self.variant.expect == "uring"
 
     # ---- receive -------------------------------------------------------
 
     def test_backend_is_what_was_asked(self):
-        r = self.ring()
-        assert r.backend == ("uring" if self.uring else "epoll")
-        assert ("io_uring" in r.describe()) == self.uring
-        if self.kind == "uring-sqpoll":
-            assert "SQPOLL" in r.describe()
+        sset = self.socket_set()
+        assert sset.backend == self.variant.expect
+        assert ("io_uring" in sset.describe()) == self.uring
+        if self.variant.kwargs.get("sqpoll"):
+            assert "SQPOLL" in sset.describe()
 
     def test_receives_from_every_socket_with_its_index(self):
-        r = self.ring()
+        sset = self.socket_set()
         rx = [udp(self.socks) for _ in range(16)]
-        idx = [r.add(s) for s in rx]
-        assert idx == list(range(16)) and len(r) == 16
+        idx = [sset.add(s) for s in rx]
+        assert idx == list(range(16)) and len(sset) == 16
         batch = PacketBatch(256)
-        assert r.recv_batch(batch, 0) == 0  # nothing yet (and the receives are armed)
+        assert sset.recv_batch(batch, 0) == 0  # nothing yet (and the receives are armed)
         tx = udp(self.socks)
         sent = []
         for i, s in enumerate(rx):
@@ -107,17 +94,17 @@ class RingContract:
                 payload = b"%d:%d" % (i, k)
                 tx.sendto(payload, s.getsockname())
                 sent.append((i, payload, tx.getsockname()))
-        got = take(r, batch, len(sent))
+        got = take(sset, batch, len(sent))
         assert sorted(got) == sorted(sent)
         for i in range(16):  # each socket's datagrams in order
             assert [p for s, p, _ in got if s == i] == [p for s, p, _ in sent if s == i]
-        c = r.counters
+        c = sset.counters
         assert c["rx_datagrams"] == len(sent) and c["rx_bytes"] == sum(len(p) for _, p, _ in sent)
 
     def test_small_batch_takes_the_rest_next_time(self):
-        r = self.ring()
+        sset = self.socket_set()
         rx = udp(self.socks)
-        i = r.add(rx)
+        i = sset.add(rx)
         tx = udp(self.socks)
         for k in range(10):
             tx.sendto(bytes([k]), rx.getsockname())
@@ -125,36 +112,36 @@ class RingContract:
         batch = PacketBatch(4)
         seen = []
         while len(seen) < 10:
-            n = r.recv_batch(batch, 1.0)
+            n = sset.recv_batch(batch, 1.0)
             assert 1 <= n <= 4
             seen += [bytes(batch[j]) for j in range(n)]
             assert list(np.asarray(batch.sockets)[:n]) == [i] * n
         assert seen == [bytes([k]) for k in range(10)]
-        assert r.recv_batch(batch, 0) == 0
+        assert sset.recv_batch(batch, 0) == 0
 
     def test_timeout_returns_zero(self):
-        r = self.ring()
-        r.add(udp(self.socks))
+        sset = self.socket_set()
+        sset.add(udp(self.socks))
         batch = PacketBatch(8)
-        assert r.recv_batch(batch, 0) == 0
-        assert r.recv_batch(batch, 0.05) == 0
-        assert r.take_errors() == []
+        assert sset.recv_batch(batch, 0) == 0
+        assert sset.recv_batch(batch, 0.05) == 0
+        assert sset.take_errors() == []
 
     def test_blocking_receive_returns_when_data_comes(self):
-        r = self.ring()
+        sset = self.socket_set()
         rx = udp(self.socks)
-        r.add(rx)
+        sset.add(rx)
         tx = udp(self.socks)
         threading.Timer(0.1, lambda: tx.sendto(b"late", rx.getsockname())).start()
         batch = PacketBatch(8)
         with rescue(rx.getsockname()):
-            assert r.recv_batch(batch) == 1
+            assert sset.recv_batch(batch) == 1
         assert bytes(batch[0]) == b"late"
 
     def test_watermark_waits_for_min_datagrams(self):
-        r = self.ring()
+        sset = self.socket_set()
         rx = udp(self.socks)
-        r.add(rx)
+        sset.add(rx)
         tx = udp(self.socks)
 
         def trickle():
@@ -164,44 +151,44 @@ class RingContract:
         threading.Thread(target=trickle).start()
         batch = PacketBatch(16)
         with rescue(rx.getsockname()):
-            n = r.recv_batch(batch, None, min_datagrams=5)
+            n = sset.recv_batch(batch, None, min_datagrams=5)
         assert n == 5
         assert [bytes(batch[i]) for i in range(n)] == [b"%d" % k for k in range(5)]
 
     def test_watermark_gives_up_at_max_wait(self):
         """2 of the 5 asked for come: max_wait ends the wait with those 2
         (no timeout at all would otherwise wait for ever)."""
-        r = self.ring()
+        sset = self.socket_set()
         rx = udp(self.socks)
-        r.add(rx)
+        sset.add(rx)
         tx = udp(self.socks)
         for k in range(2):
             tx.sendto(b"w%d" % k, rx.getsockname())
         batch = PacketBatch(16)
         with rescue(rx.getsockname(), after=10):
-            n = r.recv_batch(batch, None, min_datagrams=5, max_wait=0.1)
+            n = sset.recv_batch(batch, None, min_datagrams=5, max_wait=0.1)
         assert n == 2
 
     def test_max_wait_then_timeout_for_the_first(self):
         """Nothing by max_wait: the call goes on waiting for one datagram."""
-        r = self.ring()
+        sset = self.socket_set()
         rx = udp(self.socks)
-        r.add(rx)
+        sset.add(rx)
         tx = udp(self.socks)
         threading.Timer(0.3, lambda: tx.sendto(b"first", rx.getsockname())).start()
         batch = PacketBatch(16)
         with rescue(rx.getsockname()):
-            n = r.recv_batch(batch, None, min_datagrams=8, max_wait=0.05)
+            n = sset.recv_batch(batch, None, min_datagrams=8, max_wait=0.05)
         assert n >= 1 and bytes(batch[0]) in (b"first", b"rescue")
         assert bytes(batch[0]) == b"first"
 
     def test_econnrefused_is_reported_for_its_socket_only(self):
-        r = self.ring()
+        sset = self.socket_set()
         dead = udp(self.socks, connect_to=closed_port())
         ok = udp(self.socks)
-        i_dead, i_ok = r.add(dead), r.add(ok)
+        i_dead, i_ok = sset.add(dead), sset.add(ok)
         batch = PacketBatch(16)
-        r.recv_batch(batch, 0)
+        sset.recv_batch(batch, 0)
         dead.send(b"to nobody")  # the port-unreachable reply sets the socket's error
         tx = udp(self.socks)
         tx.sendto(b"hello", ok.getsockname())
@@ -209,101 +196,99 @@ class RingContract:
         errors = []
         deadline = time.monotonic() + 2
         while (not got or not errors) and time.monotonic() < deadline:
-            n = r.recv_batch(batch, 0.2)
+            n = sset.recv_batch(batch, 0.2)
             got += [bytes(batch[i]) for i in range(n)]
-            errors += r.take_errors()
+            errors += sset.take_errors()
         assert got == [b"hello"]
         assert errors == [(i_dead, errno.ECONNREFUSED)]
         tx.sendto(b"again", ok.getsockname())  # receiving goes on, on both
-        assert take(r, batch, 1) == [(i_ok, b"again", tx.getsockname())]
+        assert take(sset, batch, 1) == [(i_ok, b"again", tx.getsockname())]
 
-    def test_ring_keeps_its_own_descriptor(self):
-        """Closing your socket does not take it out of the ring: the ring
+    def test_socket_set_keeps_its_own_descriptor(self):
+        """Closing your socket does not take it out of the socket set: the set
         holds its own descriptor (a reused descriptor number can never be
         confused with it) until remove()."""
-        r = self.ring()
+        sset = self.socket_set()
         s = udp(self.socks)
         addr = s.getsockname()
-        i = r.add(s)
+        i = sset.add(s)
         batch = PacketBatch(8)
-        r.recv_batch(batch, 0)
+        sset.recv_batch(batch, 0)
         s.close()
         tx = udp(self.socks)
         tx.sendto(b"after close", addr)
-        assert take(r, batch, 1) == [(i, b"after close", tx.getsockname())]
+        assert take(sset, batch, 1) == [(i, b"after close", tx.getsockname())]
         other = udp(self.socks)  # likely gets the closed descriptor's number
         tx.sendto(b"for someone else", other.getsockname())
-        assert r.recv_batch(batch, 0.05) == 0
+        assert sset.recv_batch(batch, 0.05) == 0
         assert other.recv(100) == b"for someone else"
-        r.remove(i)
+        sset.remove(i)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
-            again.bind(addr)  # the ring let go of the port
-        assert r.take_errors() == []
+            again.bind(addr)  # the socket set let go of the port
+        assert sset.take_errors() == []
 
     def test_errors_of_a_removed_socket_are_dropped(self):
-        r = self.ring()
+        sset = self.socket_set()
         dead = udp(self.socks, connect_to=closed_port())
-        i = r.add(dead)
+        i = sset.add(dead)
         batch = PacketBatch(8)
-        r.recv_batch(batch, 0)
+        sset.recv_batch(batch, 0)
         dead.send(b"to nobody")
         time.sleep(0.05)
-        r.recv_batch(batch, 0.05)  # the error is queued now (not taken)
-        r.remove(i)
-        assert r.add(udp(self.socks)) == i  # a new socket, same index
-        assert r.take_errors() == []  # not blamed for the old one's error
+        sset.recv_batch(batch, 0.05)  # the error is queued now (not taken)
+        sset.remove(i)
+        assert sset.add(udp(self.socks)) == i  # a new socket, same index
+        assert sset.take_errors() == []  # not blamed for the old one's error
 
     def test_receive_traffic_while_sending_a_lot(self):
         """Sends larger than the completion queue, to a socket of the same
-        ring: the receive completions met while sending are kept, not lost,
-        and the socket keeps receiving."""
-        r = self.ring(buffers=64, max_sockets=2, gso=False) if self.uring else self.ring(gso=False)
+        socket set: the receive completions met while sending are kept, not
+        lost, and the socket keeps receiving."""
+        sset = self.socket_set(buffers=64, max_sockets=2, gso=False) if self.uring else self.socket_set(gso=False)
         rx, tx = udp(self.socks), udp(self.socks)
-        i_rx, i_tx = r.add(rx), r.add(tx)
+        i_rx, i_tx = sset.add(rx), sset.add(tx)
         batch = PacketBatch(1024, 64)
-        r.recv_batch(batch, 0)
+        sset.recv_batch(batch, 0)
         out = PacketBatch(600, 16)
         for k in range(600):
             out.append(b"%d" % k, rx.getsockname())
         np.asarray(out.sockets)[:600] = i_tx
-        sent = r.send_batch(out)
-        got = [p for _, p, _ in take(r, batch, sent, timeout=1.0)]
+        sent = sset.send_batch(out)
+        got = [p for _, p, _ in take(sset, batch, sent, timeout=1.0)]
         errors = [e for e in out.send_errors()]
         assert sent + len(errors) == 600
         assert got == [b"%d" % k for k in range(600) if (k, errno.EAGAIN) not in errors]
         assert all(e == errno.EAGAIN for _, e in errors)  # only a full buffer may refuse
         tx.sendto(b"still here", rx.getsockname())
-        assert take(r, batch, 1) == [(i_rx, b"still here", tx.getsockname())]
+        assert take(sset, batch, 1) == [(i_rx, b"still here", tx.getsockname())]
 
     def test_close_during_a_call_is_refused(self):
-        """A signal handler that closes the ring while recv_batch waits gets
-        RuntimeError (the call is using the ring), not a crash."""
-        import signal
-        r = self.ring()
+        """A signal handler that closes the socket set while recv_batch waits
+        gets RuntimeError (the call is using the set), not a crash."""
+        sset = self.socket_set()
         rx = udp(self.socks)
-        r.add(rx)
+        sset.add(rx)
         seen = []
 
         def handler(signum, frame):
             try:
-                r.close()
+                sset.close()
             except RuntimeError as e:
                 seen.append(str(e))
         old = signal.signal(signal.SIGALRM, handler)
         try:
             signal.setitimer(signal.ITIMER_REAL, 0.05)
-            assert r.recv_batch(PacketBatch(4), 0.3) == 0
+            assert sset.recv_batch(PacketBatch(4), 0.3) == 0
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
         assert seen and "in use by another call" in seen[0]
-        r.close()  # now it may
+        sset.close()  # now it may
 
     def test_signal_interrupts_a_blocking_wait(self):
         """PEP 475: a handler that raises ends a blocking recv_batch."""
-        import signal
-        r = self.ring()
-        r.add(udp(self.socks))
+        sset = self.socket_set()
+        sset.add(udp(self.socks))
 
         def handler(signum, frame):
             raise KeyboardInterrupt
@@ -311,240 +296,243 @@ class RingContract:
         try:
             signal.setitimer(signal.ITIMER_REAL, 0.05)
             with pytest.raises(KeyboardInterrupt):
-                r.recv_batch(PacketBatch(4), 20.0)
+                sset.recv_batch(PacketBatch(4), 20.0)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
-        assert r.recv_batch(PacketBatch(4), 0) == 0  # still usable
+        assert sset.recv_batch(PacketBatch(4), 0) == 0  # still usable
 
     def test_buffer_exhaustion_is_reported_and_rearmed(self):
         if not self.uring:
             pytest.skip("only the io_uring backend has a shared receive pool")
-        r = self.ring(buffers=8)
+        sset = self.socket_set(buffers=8)
         rx = udp(self.socks)
-        i = r.add(rx)
+        i = sset.add(rx)
         batch = PacketBatch(4)
-        r.recv_batch(batch, 0)
+        sset.recv_batch(batch, 0)
         tx = udp(self.socks)
         for k in range(40):
             tx.sendto(b"z%d" % k, rx.getsockname())
-        got = [p for _, p, _ in take(r, batch, 40)]
+        got = [p for _, p, _ in take(sset, batch, 40)]
         assert got == [b"z%d" % k for k in range(40)]  # nothing lost
-        assert r.counters["rx_enobufs"] >= 1
-        assert all(e == (i, errno.ENOBUFS) for e in r.take_errors())
+        assert sset.counters["rx_enobufs"] >= 1
+        assert all(e == (i, errno.ENOBUFS) for e in sset.take_errors())
 
     def test_truncated_datagram_is_flagged(self):
-        r = self.ring(buffer_size=256) if self.uring else self.ring()
+        sset = self.socket_set(buffer_size=256) if self.uring else self.socket_set()
         rx = udp(self.socks)
-        r.add(rx)
+        sset.add(rx)
         tx = udp(self.socks)
         tx.sendto(b"x" * 1000, rx.getsockname())
         batch = PacketBatch(4, 128)
-        assert r.recv_batch(batch, 1.0) == 1
+        assert sset.recv_batch(batch, 1.0) == 1
         assert batch.flags[0] & burstio.FLAG_TRUNCATED
         assert len(batch[0]) <= 128
-        assert r.counters["rx_truncated"] == 1
+        assert sset.counters["rx_truncated"] == 1
 
     def test_remove_stops_receiving(self):
-        r = self.ring()
+        sset = self.socket_set()
         a, b = udp(self.socks), udp(self.socks)
-        ia, ib = r.add(a), r.add(b)
+        ia, ib = sset.add(a), sset.add(b)
         batch = PacketBatch(8)
-        r.recv_batch(batch, 0)
-        assert r.remove(ia) is a
+        sset.recv_batch(batch, 0)
+        assert sset.remove(ia) is a
         tx = udp(self.socks)
         tx.sendto(b"to a", a.getsockname())
         tx.sendto(b"to b", b.getsockname())
-        assert take(r, batch, 1) == [(ib, b"to b", tx.getsockname())]
-        assert r.recv_batch(batch, 0.05) == 0
+        assert take(sset, batch, 1) == [(ib, b"to b", tx.getsockname())]
+        assert sset.recv_batch(batch, 0.05) == 0
         assert a.recv(100) == b"to a"  # still queued on the removed socket
-        assert r.add(udp(self.socks)) == ia  # the index is reused
+        assert sset.add(udp(self.socks)) == ia  # the index is reused
 
     # ---- send ----------------------------------------------------------
 
     def test_send_batch_uses_each_entrys_socket(self):
-        r = self.ring()
+        sset = self.socket_set()
         paths = [udp(self.socks) for _ in range(3)]
-        idx = [r.add(p) for p in paths]
+        idx = [sset.add(p) for p in paths]
         peers = [udp(self.socks) for _ in range(2)]
         out = PacketBatch(8)
         plan = [(0, 0), (1, 1), (2, 0), (0, 1), (2, 1)]  # (socket, peer)
-        for k, (s, p) in enumerate(plan):
+        for k, (_, p) in enumerate(plan):
             out.append(b"m%d" % k, peers[p].getsockname())
         np.asarray(out.sockets)[:len(plan)] = [idx[s] for s, _ in plan]
-        assert r.send_batch(out) == len(plan)
+        assert sset.send_batch(out) == len(plan)
         assert out.send_errors() == []
         for pi, peer in enumerate(peers):
             peer.settimeout(1)
             expect = [(b"m%d" % k, paths[s].getsockname()) for k, (s, p) in enumerate(plan) if p == pi]
             assert [peer.recvfrom(100) for _ in expect] == expect
-        assert r.counters["tx_datagrams"] == len(plan)
+        assert sset.counters["tx_datagrams"] == len(plan)
 
     def test_send_batch_failures_are_flagged(self):
-        r = self.ring()
-        i = r.add(udp(self.socks))
+        sset = self.socket_set()
+        i = sset.add(udp(self.socks))
         peer = udp(self.socks)
         out = PacketBatch(4)
         out.append(b"ok", peer.getsockname())
-        out.append(b"bad", ("127.0.0.1", 0))  # port 0: EINVAL
+        out.append(b"bad", (V4, 0))  # port 0: EINVAL
         out.append(b"ok2", peer.getsockname())
         np.asarray(out.sockets)[:3] = i
-        assert r.send_batch(out) == 2
+        assert sset.send_batch(out) == 2
         assert out.send_errors() == [(1, errno.EINVAL)]
         peer.settimeout(1)
         assert [peer.recv(10) for _ in range(2)] == [b"ok", b"ok2"]
-        assert r.counters["tx_errors"] == 1
+        assert sset.counters["tx_errors"] == 1
 
     def test_send_batch_needs_valid_socket_indices(self):
-        r = self.ring()
-        r.add(udp(self.socks))
+        sset = self.socket_set()
+        sset.add(udp(self.socks))
         out = PacketBatch(4)
-        out.append(b"x", ("127.0.0.1", 9))
+        out.append(b"x", (V4, 9))
         np.asarray(out.sockets)[0] = 7
         with pytest.raises(ValueError, match=re.escape("datagram 0: no socket at index 7 in this socket set")):
-            r.send_batch(out)
+            sset.send_batch(out)
 
     def test_send_redundant_sends_everything_on_every_path(self):
-        r = self.ring()
+        sset = self.socket_set()
         peers = [udp(self.socks) for _ in range(4)]
         paths = [udp(self.socks, connect_to=p.getsockname()) for p in peers]
-        group = [r.add(p) for p in paths]
+        group = [sset.add(p) for p in paths]
         out = PacketBatch(32)
         payloads = [bytes([k]) * 100 for k in range(20)]
         for p in payloads:
             out.append(p)  # no address: each path's connected peer
-        res = r.send_redundant(out, group)
+        res = sset.send_redundant(out, group)
         assert res == (20 * 4, []) and isinstance(res, burstio.RedundantResult)
         for peer in peers:
             peer.settimeout(1)
             assert [peer.recv(200) for _ in payloads] == payloads
-        if r._io.gso:
-            assert r.counters["tx_gso_messages"] == 4  # one GSO send per path
+        if sset._io.gso:
+            assert sset.counters["tx_gso_messages"] == 4  # one GSO send per path
 
     def test_send_redundant_reports_each_failing_pair(self):
-        r = self.ring()
+        sset = self.socket_set()
         good = udp(self.socks)
         paths = [udp(self.socks, connect_to=good.getsockname()), udp(self.socks)]  # 2nd: not connected
-        group = [r.add(p) for p in paths]
+        group = [sset.add(p) for p in paths]
         out = PacketBatch(4)
         for k in range(3):
             out.append(b"p%d" % k)
-        sent, failures = r.send_redundant(out, group)
+        sent, failures = sset.send_redundant(out, group)
         assert sent == 3
         assert sorted(failures) == [(k, group[1], errno.EDESTADDRREQ) for k in range(3)]
         assert sent + len(failures) == 3 * len(group)
 
     def test_send_redundant_argument_errors(self):
-        r = self.ring()
-        r.add(udp(self.socks))
+        sset = self.socket_set()
+        sset.add(udp(self.socks))
         out = PacketBatch(4)
         out.append(b"x")
         with pytest.raises(ValueError, match="group is empty"):
-            r.send_redundant(out, [])
+            sset.send_redundant(out, [])
         with pytest.raises(ValueError, match=re.escape("no socket at index 3 in this socket set")):
-            r.send_redundant(out, [0, 3])
+            sset.send_redundant(out, [0, 3])
         with pytest.raises(TypeError, match="group must be a sequence of socket indices"):
-            r.send_redundant(out, 5)
+            sset.send_redundant(out, 5)
 
     # ---- stream sockets ------------------------------------------------
 
     def test_recv_stream_byte_watermark(self):
-        r = self.ring()
+        sset = self.socket_set()
         srv = socket.socket()
         self.socks.append(srv)
-        srv.bind(("127.0.0.1", 0))
+        srv.bind((V4, 0))
         srv.listen()
         cl = socket.create_connection(srv.getsockname())
         conn, _ = srv.accept()
         self.socks += [cl, conn]
-        i = r.add(conn, stream=True)
+        i = sset.add(conn, stream=True)
         buf = bytearray(64)
         cl.send(b"abc")
-        assert r.recv_stream(i, buf, 10, 0.1) == 3  # the time ran out: what came
+        assert sset.recv_stream(i, buf, 10, 0.1) == 3  # the time ran out: what came
         assert bytes(buf[:3]) == b"abc"
         threading.Timer(0.05, lambda: cl.send(b"0123456789XYZ")).start()
-        assert r.recv_stream(i, buf, 10, 2.0) == 10  # the watermark, at once
+        assert sset.recv_stream(i, buf, 10, 2.0) == 10  # the watermark, at once
         assert bytes(buf[:10]) == b"0123456789"
         cl.close()
-        assert r.recv_stream(i, buf, 3, 1.0) == 3  # what was left
-        assert r.recv_stream(i, buf, 3, 1.0) == 0  # end of stream
+        assert sset.recv_stream(i, buf, 3, 1.0) == 3  # what was left
+        assert sset.recv_stream(i, buf, 3, 1.0) == 0  # end of stream
         with pytest.raises(ValueError, match=re.escape("min_bytes must be between 1 and len(buffer) = 64, got 65")):
-            r.recv_stream(i, buf, 65)
+            sset.recv_stream(i, buf, 65)
 
     # ---- bad input -----------------------------------------------------
 
     def test_bad_input(self):
-        r = self.ring()
+        sset = self.socket_set()
         with pytest.raises(TypeError, match="sock must be a socket.socket or BurstSocket, got int"):
-            r.add(5)
+            sset.add(5)
         tcp = socket.socket()
         self.socks.append(tcp)
-        with pytest.raises(ValueError, match=re.escape("SocketSet.add needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM")):
-            r.add(tcp)
-        with pytest.raises(ValueError, match=re.escape("SocketSet.add needs a stream socket (stream=True), got SOCK_DGRAM")):
-            r.add(udp(self.socks), stream=True)
+        msg = "SocketSet.add needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            sset.add(tcp)
+        msg = "SocketSet.add needs a stream socket (stream=True), got SOCK_DGRAM"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            sset.add(udp(self.socks), stream=True)
         closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         closed.close()
         with pytest.raises(OSError) as ei:
-            r.add(closed)
+            sset.add(closed)
         assert ei.value.errno == errno.EBADF
         with pytest.raises(ValueError, match="no socket at index 4 in this socket set"):
-            r.remove(4)
+            sset.remove(4)
         batch = PacketBatch(4)
         with pytest.raises(ValueError, match=re.escape("min_datagrams must be >= 1, got 0")):
-            r.recv_batch(batch, 0, min_datagrams=0)
+            sset.recv_batch(batch, 0, min_datagrams=0)
         with pytest.raises(TypeError, match=re.escape("recv_batch() argument 1 must be burstio.PacketBatch, not list")):
-            r.recv_batch([], 0)
+            sset.recv_batch([], 0)
         with pytest.raises(ValueError, match=re.escape("timeout must be >= 0 or None, got -1")):
-            r.recv_batch(batch, -1)
+            sset.recv_batch(batch, -1)
         with pytest.raises(ValueError, match="backend must be one of"):
             SocketSet(backend="fast")
 
-    def test_full_ring(self):
-        r = self.ring(max_sockets=2)
-        r.add(udp(self.socks))
-        r.add(udp(self.socks))
+    def test_full_socket_set(self):
+        sset = self.socket_set(max_sockets=2)
+        sset.add(udp(self.socks))
+        sset.add(udp(self.socks))
         with pytest.raises(OSError, match="the socket set holds its maximum of 2 sockets") as ei:
-            r.add(udp(self.socks))
+            sset.add(udp(self.socks))
         assert ei.value.errno == errno.ENOSPC
 
-    def test_closed_ring(self):
-        r = self.ring()
-        r.add(udp(self.socks))
-        r.close()
+    def test_closed_socket_set(self):
+        sset = self.socket_set()
+        sset.add(udp(self.socks))
+        sset.close()
         with pytest.raises(ValueError, match="the socket set is closed"):
-            r.recv_batch(PacketBatch(4), 0)
+            sset.recv_batch(PacketBatch(4), 0)
 
-class TestUring(RingContract):
-    kind = "uring"
+
+class TestUring(SocketSetContract):
+    variant = SOCKETSET["uring"]
 
     def test_other_thread_is_refused(self):
-        r = self.ring()
-        if "SINGLE_ISSUER" not in r.describe():
-            pytest.skip("the ring is not SINGLE_ISSUER here")
+        sset = self.socket_set()
+        if "SINGLE_ISSUER" not in sset.describe():
+            pytest.skip("the io_uring ring is not SINGLE_ISSUER here")
         out = []
-        t = threading.Thread(target=lambda: out.append(pytest.raises(RuntimeError, r.recv_batch, PacketBatch(4), 0)))
+        t = threading.Thread(target=lambda: out.append(pytest.raises(RuntimeError, sset.recv_batch, PacketBatch(4), 0)))
         t.start()
         t.join()
         assert "made in another thread" in str(out[0].value)
 
 
-class TestUringSqpoll(RingContract):
-    kind = "uring-sqpoll"
+class TestUringSqpoll(SocketSetContract):
+    variant = SOCKETSET["uring-sqpoll"]
 
 
-class TestUringSingleWakeup(RingContract):
-    kind = "uring-single"
+class TestUringSingleWakeup(SocketSetContract):
+    variant = SOCKETSET["uring-single"]
 
     def test_watermark_wait_is_one_kernel_entry(self):
         """single_wakeup: the kernel counts the datagrams of a min_datagrams
         wait, so datagrams arriving one by one end it in one entry."""
-        r = self.ring()
-        assert "COOP_TASKRUN" in r.describe()
+        sset = self.socket_set()
+        assert "COOP_TASKRUN" in sset.describe()
         rx = udp(self.socks)
-        r.add(rx)
+        sset.add(rx)
         batch = PacketBatch(16)
-        r.recv_batch(batch, 0)  # arm
+        sset.recv_batch(batch, 0)  # arm
         tx = udp(self.socks)
 
         def trickle():
@@ -552,18 +540,18 @@ class TestUringSingleWakeup(RingContract):
                 time.sleep(0.02)
                 tx.sendto(b"%d" % k, rx.getsockname())
         threading.Thread(target=trickle).start()
-        before = r.counters["syscalls"]
+        before = sset.counters["syscalls"]
         with rescue(rx.getsockname()):
-            assert r.recv_batch(batch, None, min_datagrams=6) == 6
-        assert r.counters["syscalls"] - before <= 2  # the wait (and at most one flush)
+            assert sset.recv_batch(batch, None, min_datagrams=6) == 6
+        assert sset.counters["syscalls"] - before <= 2  # the wait (and at most one flush)
 
 
-class TestEpoll(RingContract):
-    kind = "epoll"
+class TestEpoll(SocketSetContract):
+    variant = SOCKETSET["epoll"]
 
 
-class TestAutoWithoutUring(RingContract):
-    kind = "auto-no-uring"
+class TestAutoWithoutUring(SocketSetContract):
+    variant = SOCKETSET["auto-no-uring"]
 
     def test_uring_asked_for_is_refused(self):
         with pytest.raises(OSError, match="backend 'uring' needs io_uring") as ei:
@@ -571,36 +559,39 @@ class TestAutoWithoutUring(RingContract):
         assert ei.value.errno == errno.EOPNOTSUPP
 
 
+def test_every_variant_covered():
+    classes = [TestUring, TestUringSqpoll, TestUringSingleWakeup, TestEpoll, TestAutoWithoutUring]
+    assert sorted(c.variant.name for c in classes) == sorted(SOCKETSET)
+
+
 # ---- property: every datagram exactly once, each socket in order -------------
 
 
-@pytest.mark.parametrize("kind", ["uring", "epoll"])
+@pytest.mark.parametrize("variant", [SOCKETSET["uring"], SOCKETSET["epoll"]], ids=["uring", "epoll"])
 @settings(max_examples=25, deadline=None)
 @given(counts=st.lists(st.integers(0, 6), min_size=1, max_size=12), capacity=st.integers(1, 40))
-def test_every_datagram_exactly_once(kind, counts, capacity):
-    caps = burstio.capabilities()
-    if kind == "uring" and not (caps.io_uring and caps.io_uring_buf_ring):
-        pytest.skip(f"io_uring unavailable: {caps['io_uring'].detail}")
-    r = SocketSet(**BACKENDS[kind])
-    socks: list = []
-    try:
-        rx = [udp(socks) for _ in counts]
-        idx = [r.add(s) for s in rx]
-        batch = PacketBatch(capacity, 64)
-        r.recv_batch(batch, 0)
-        tx = udp(socks)
-        sent = []
-        for i, (s, c) in enumerate(zip(rx, counts)):
-            for k in range(c):
-                p = b"%d.%d" % (i, k)
-                tx.sendto(p, s.getsockname())
-                sent.append((idx[i], p))
-        got = [(s, p) for s, p, _ in take(r, batch, len(sent), timeout=1.0)]
-        assert sorted(got) == sorted(sent)
-        for i in idx:
-            assert [p for s, p in got if s == i] == [p for s, p in sent if s == i]
-        assert r.recv_batch(batch, 0) == 0
-    finally:
-        r.close()
-        for s in socks:
-            s.close()
+def test_every_datagram_exactly_once(variant, counts, capacity):
+    with variant_env(variant):
+        sset = SocketSet(**variant.kwargs)
+        socks: list = []
+        try:
+            rx = [udp(socks) for _ in counts]
+            idx = [sset.add(s) for s in rx]
+            batch = PacketBatch(capacity, 64)
+            sset.recv_batch(batch, 0)
+            tx = udp(socks)
+            sent = []
+            for i, (s, c) in enumerate(zip(rx, counts, strict=True)):
+                for k in range(c):
+                    p = b"%d.%d" % (i, k)
+                    tx.sendto(p, s.getsockname())
+                    sent.append((idx[i], p))
+            got = [(s, p) for s, p, _ in take(sset, batch, len(sent), timeout=1.0)]
+            assert sorted(got) == sorted(sent)
+            for i in idx:
+                assert [p for s, p in got if s == i] == [p for s, p in sent if s == i]
+            assert sset.recv_batch(batch, 0) == 0
+        finally:
+            sset.close()
+            for s in socks:
+                s.close()

@@ -1,8 +1,12 @@
-"""BurstSocket: one contract, run against every backend variant.
+"""BurstSocket (burstio._udp): one contract, run against every backend variant,
+and differential tests against the portable oracle.
 
-``BackendContract`` holds the tests; each ``Test*`` class at the bottom runs
-them with one backend (the pure-Python "portable" backend is the oracle) or
-one forced fallback (BURSTIO_DISABLE set before the socket is made).
+``BackendContract`` holds the tests; each ``Test*`` class runs them with one
+variant of ``support.variants.UDP``: a backend (the pure-Python "portable"
+backend is the oracle) or one forced fallback (BURSTIO_DISABLE set before
+the socket is made). The property tests at the end send random buffers and
+batches with every variant and compare what arrives with the bytes sent and
+with what the oracle receives; that includes splitting GRO receives.
 """
 from __future__ import annotations
 
@@ -15,51 +19,45 @@ import signal
 import socket
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
-
-import burstio
-from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_SEND_ERROR, FLAG_TRUNCATED, PacketBatch, SendError
-from burstio._caps import ENV_DISABLE
-from conftest import (
-    open_fds,
-    FAMILIES,
-    HOSTS,
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.kernel import (
+    SO_BUSY_POLL,
     SO_NO_CHECK,
-    VARIANTS,
-    V4,
-    V6,
-    Helper,
-    Sockets,
-    entries,
     gso_sendmsg,
     kernel_caps,
     kernel_refuses_gso_without_checksum,
     main_thread_blocked_in_syscall,
+    require_kernel,
+    require_syscall_introspection,
+)
+from support.net import (
+    FAMILIES,
+    V4,
+    V6,
+    Sockets,
+    closed_port,
+    entries,
     pattern,
     payloads,
     recv_all,
     recv_plain,
-    require_kernel,
-    require_syscall_introspection,
-    rescue,
-    skip_unless_runnable,
-    wait_for,
 )
+from support.proc import Helper, open_fds, rescue, wait_for
+from support.variants import UDP, Variant, runnable, set_disable, use_variant, variant_env
+
+import burstio
+from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_SEND_ERROR, FLAG_TRUNCATED, PacketBatch, SendError
 
 COUNTER_NAMES = {
     "rx_datagrams", "rx_bytes", "rx_batches", "rx_syscalls", "rx_truncated", "rx_gro_messages",
     "rx_gro_datagrams", "kernel_drops", "tx_datagrams", "tx_bytes", "tx_batches", "tx_syscalls",
     "tx_gso_messages", "tx_gso_datagrams", "tx_errors", "tx_unreported_errors", "gso_downgrades",
 }
-
-
-def closed_port(family: int = socket.AF_INET) -> tuple:
-    """An address on loopback where nothing listens (bound once, then closed)."""
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.bind((HOSTS[family], 0))
-        return s.getsockname()
 
 
 def error_pending(sock) -> bool:
@@ -72,18 +70,12 @@ def error_pending(sock) -> bool:
 class BackendContract:
     """What every BurstSocket backend must do. Subclasses set ``variant``."""
 
-    variant = None  # a conftest.Variant
+    variant: Variant  # one of support.variants.UDP
 
     @pytest.fixture(autouse=True)
     def _backend(self, monkeypatch):
-        v = self.variant
-        if v.disable:
-            monkeypatch.setenv(ENV_DISABLE, v.disable)
-        else:
-            monkeypatch.delenv(ENV_DISABLE, raising=False)
-        self.caps = burstio.capabilities()
-        skip_unless_runnable(v, self.caps)
-        self.sockets = Sockets(v.backend)
+        self.caps = use_variant(self.variant, monkeypatch)
+        self.sockets = Sockets(**self.variant.kwargs)
         yield
         self.sockets.close_all()
 
@@ -116,21 +108,21 @@ class BackendContract:
     def test_backend_and_describe(self):
         s = self.make_socket(gro=True)
         v = self.variant
-        assert s.backend == v.expect_backend
+        assert s.backend == v.expect
         d = s.describe()
-        assert d.startswith(f"{v.rx_syscall} + {v.tx_syscall}, "), d
+        assert d.startswith(f"{v.extras['rx_syscall']} + {v.extras['tx_syscall']}, "), d
         assert s.gso == self.gso
         assert ("GSO on" in d) == self.gso, d
         assert s.gro == self.caps.udp_gro
         assert d.endswith("GRO on" if self.caps.udp_gro else "GRO off"), d
-        for name in filter(None, v.disable.split(",")):
+        for name in v.forced_off:
             assert self.caps[name].forced_off and not self.caps[name].available
         assert repr(s).startswith("<BurstSocket ")
 
     def test_forced_off_fallback_matches_kernel(self):
         """A variant only differs from the kernel's offer in what it forces off."""
         kernel = kernel_caps()
-        forced = set(filter(None, self.variant.disable.split(",")))
+        forced = self.variant.forced_off
         for name in ("recvmmsg", "sendmmsg", "udp_segment", "udp_gro"):
             assert self.caps[name].available == (kernel[name].available and name not in forced)
 
@@ -177,7 +169,7 @@ class BackendContract:
     def test_ipv4_destination_from_ipv6_socket(self):
         """Dual stack: an IPv6 socket sends to an IPv4 address over IPv4."""
         rx = self.sockets.receiver(socket.AF_INET)
-        tx = self.sockets.track(burstio.BurstSocket(family=socket.AF_INET6, backend=self.variant.backend))
+        tx = self.sockets.track(burstio.BurstSocket(family=socket.AF_INET6, **self.variant.kwargs))
         tx.sock.bind(("::", 0))  # a [::1]-bound socket could not reach 127.0.0.1
         assert tx.send_batch(self.batch_of([(b"via v4", rx.getsockname())])) == 1
         got = recv_all(rx, PacketBatch(4, 64), 1)
@@ -271,7 +263,7 @@ class BackendContract:
         rx = self.make_socket()
         sender = self.plain()
         batch = PacketBatch(64, 64)
-        for i in range(40):  # request/response traffic
+        for _ in range(40):  # request/response traffic
             sender.sendto(b"ping", rx.getsockname())
             assert rx.recv_batch(batch, 1.0) == 1
         burst = [b"b%d" % i for i in range(8)]
@@ -496,7 +488,7 @@ class BackendContract:
         tx = self.make_socket()
         tx.connect(closed_port())
         out = self.batch_of([(b"a", None), (b"bb", None), (b"ccc", None)], capacity=4)
-        if self.variant.tx_syscall != "sendmmsg":
+        if self.variant.extras["tx_syscall"] != "sendmmsg":
             with pytest.raises(SendError) as ei:
                 tx.send_batch(out)
             e = ei.value
@@ -773,7 +765,7 @@ class BackendContract:
         assert all(v == 0 for k, v in t.items() if k.startswith("rx_"))
         rx.reset_counters()
         assert all(v == 0 for v in rx.counters.values())
-        if self.variant.expect_backend == "mmsg":
+        if self.variant.expect == "mmsg":
             assert r["rx_syscalls"] <= 2 * calls + 1  # one recvmmsg per call (+ a poll when waiting)
 
     def test_kernel_drops_counted(self):
@@ -830,8 +822,6 @@ class BackendContract:
         assert payloads(recv_all(rx, PacketBatch(16, 64), 8)) == [b"g" * 20] * 8
 
     def test_socket_without_close_is_freed_without_the_gc(self):
-        import gc
-        import weakref
         gc.disable()
         try:
             s = self.make_socket()
@@ -996,7 +986,7 @@ class BackendContract:
     def test_bind_to_a_port_in_use(self):
         s = self.make_socket()
         with pytest.raises(OSError) as ei:
-            burstio.BurstSocket.bind(s.getsockname(), backend=self.variant.backend)
+            burstio.BurstSocket.bind(s.getsockname(), **self.variant.kwargs)
         assert ei.value.errno == errno.EADDRINUSE
 
     # ---- wrapping sockets and bad input ---------------------------------------------
@@ -1004,7 +994,7 @@ class BackendContract:
     def test_wraps_an_existing_socket_and_owns_it(self):
         raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         raw.bind((V4, 0))
-        s = self.sockets.track(burstio.BurstSocket(raw, backend=self.variant.backend))
+        s = self.sockets.track(burstio.BurstSocket(raw, **self.variant.kwargs))
         assert s.sock is raw and s.fileno() == raw.fileno()
         assert s.getsockname() == raw.getsockname()
         self.plain().sendto(b"hi", raw.getsockname())
@@ -1015,32 +1005,33 @@ class BackendContract:
 
     def test_rejects_tcp_socket(self):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            with pytest.raises(ValueError, match=re.escape("BurstSocket needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM")):
-                burstio.BurstSocket(tcp, backend=self.variant.backend)
+            msg = "BurstSocket needs a UDP socket (SOCK_DGRAM), got SOCK_STREAM"
+            with pytest.raises(ValueError, match=re.escape(msg)):
+                burstio.BurstSocket(tcp, **self.variant.kwargs)
 
     def test_rejects_unix_socket(self):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
             with pytest.raises(ValueError, match="BurstSocket needs an AF_INET or AF_INET6 socket, got "):
-                burstio.BurstSocket(unix, backend=self.variant.backend)
+                burstio.BurstSocket(unix, **self.variant.kwargs)
 
     def test_rejects_closed_socket(self):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.close()
         with pytest.raises(OSError) as ei:
-            burstio.BurstSocket(s, backend=self.variant.backend)
+            burstio.BurstSocket(s, **self.variant.kwargs)
         assert ei.value.errno == errno.EBADF
 
     @pytest.mark.parametrize("thing", [3, "udp", object()])
     def test_rejects_non_socket(self, thing):
         with pytest.raises(TypeError, match=re.escape(f"sock must be a socket.socket, got {type(thing).__name__}")):
-            burstio.BurstSocket(thing, backend=self.variant.backend)
+            burstio.BurstSocket(thing, **self.variant.kwargs)
 
     def test_rejects_unknown_backend_and_family(self):
         with pytest.raises(ValueError, match=re.escape(
                 "backend must be one of 'auto', 'mmsg', 'msg', 'portable', got 'fast'")):
             burstio.BurstSocket(backend="fast")
         with pytest.raises(ValueError, match="family must be AF_INET or AF_INET6, got "):
-            burstio.BurstSocket(family=socket.AF_UNIX, backend=self.variant.backend)
+            burstio.BurstSocket(family=socket.AF_UNIX, **self.variant.kwargs)
 
     def test_operations_after_close_are_ebadf(self):
         s = self.make_socket()
@@ -1070,7 +1061,8 @@ class BackendContract:
 
     def test_recv_needs_a_batch(self):
         rx = self.make_socket()
-        with pytest.raises(TypeError, match=re.escape("recv_batch() argument 1 must be burstio.PacketBatch, not bytearray")):
+        msg = "recv_batch() argument 1 must be burstio.PacketBatch, not bytearray"
+        with pytest.raises(TypeError, match=re.escape(msg)):
             rx.recv_batch(bytearray(64), 0)
 
     def test_infinite_timeout_means_forever(self):
@@ -1080,18 +1072,15 @@ class BackendContract:
         assert rx.recv_batch(batch, float("inf")) == 1
         assert bytes(batch[0]) == b"inf"
 
-
     # ---- busy polling (each mechanism, on every backend) ----------------------
 
     def busy_poll_mechanism(self, monkeypatch, mech: str) -> None:
-        """Force the busy-poll mechanism: "socket" turns the per-epoll one off."""
+        """Force the busy-poll mechanism: "socket" turns the per-epoll one off
+        (skipped, saying why, where the kernel lacks the mechanism)."""
         if mech == "socket":
-            off = ",".join(filter(None, [self.variant.disable, "epoll_busy_poll"]))
-            monkeypatch.setenv(ENV_DISABLE, off)
-            if not burstio.capabilities().so_busy_poll:
-                pytest.skip(f"kernel lacks SO_BUSY_POLL: {burstio.capabilities()['so_busy_poll'].detail}")
-        elif not self.caps.epoll_busy_poll:
-            pytest.skip(f"kernel lacks per-epoll busy poll: {self.caps['epoll_busy_poll'].detail}")
+            use_variant(self.variant.extended(off=["epoll_busy_poll"], needs=["so_busy_poll"]), monkeypatch)
+        else:
+            use_variant(self.variant.extended(needs=["epoll_busy_poll"]), monkeypatch)
 
     @pytest.mark.parametrize("mech", ["epoll", "socket"])
     def test_busy_poll_receives_everything_and_times_out(self, monkeypatch, mech):
@@ -1123,7 +1112,7 @@ class BackendContract:
         assert rx.busy_poll(0) == "off" and rx.busy_polling == "off"
         assert open_fds() - fds == set()
         if mech == "socket":
-            assert rx.sock.getsockopt(socket.SOL_SOCKET, burstio._caps.SO_BUSY_POLL) == 0
+            assert rx.sock.getsockopt(socket.SOL_SOCKET, SO_BUSY_POLL) == 0
         tx.send_batch(self.batch_of([(b"after", rx.getsockname())]))
         b = PacketBatch(4, 2048)
         assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"after"
@@ -1151,41 +1140,41 @@ class BackendContract:
 
 
 class TestPortable(BackendContract):
-    variant = VARIANTS["portable"]
+    variant = UDP["portable"]
 
 
 class TestMsg(BackendContract):
-    variant = VARIANTS["msg"]
+    variant = UDP["msg"]
 
 
 class TestMmsg(BackendContract):
-    variant = VARIANTS["mmsg"]
+    variant = UDP["mmsg"]
 
 
 class TestAutoWithoutGso(BackendContract):
-    variant = VARIANTS["auto-no-gso"]
+    variant = UDP["auto-no-gso"]
 
 
 class TestAutoWithoutGro(BackendContract):
-    variant = VARIANTS["auto-no-gro"]
+    variant = UDP["auto-no-gro"]
 
 
 class TestAutoWithoutMmsg(BackendContract):
-    variant = VARIANTS["auto-no-mmsg"]
+    variant = UDP["auto-no-mmsg"]
 
 
 # ---- not per backend ----------------------------------------------------------------
 
 
 def test_mmsg_backend_refused_when_recvmmsg_forced_off(monkeypatch):
-    monkeypatch.setenv(ENV_DISABLE, "recvmmsg")
+    set_disable(monkeypatch, "recvmmsg")
     with pytest.raises(OSError, match="backend 'mmsg' needs recvmmsg and sendmmsg: disabled by BURSTIO_DISABLE") as ei:
         burstio.BurstSocket(backend="mmsg")
     assert ei.value.errno == errno.EOPNOTSUPP
 
 
 def test_auto_without_mmsg_falls_back_to_msg(monkeypatch):
-    monkeypatch.setenv(ENV_DISABLE, "recvmmsg,sendmmsg")
+    use_variant(UDP["auto-no-mmsg"], monkeypatch)
     with burstio.BurstSocket.bind((V4, 0)) as s:
         assert s.backend == "msg"
         assert s.describe().startswith("recvmsg + sendmsg, ")
@@ -1193,4 +1182,118 @@ def test_auto_without_mmsg_falls_back_to_msg(monkeypatch):
 
 def test_every_variant_covered():
     classes = [TestPortable, TestMsg, TestMmsg, TestAutoWithoutGso, TestAutoWithoutGro, TestAutoWithoutMmsg]
-    assert sorted(c.variant.name for c in classes) == sorted(VARIANTS)
+    assert sorted(c.variant.name for c in classes) == sorted(UDP)
+
+
+# ---- differential: every variant against the portable oracle and the bytes sent ----------
+#
+# GRO splitting: a buffer sent with send_segments to a gro=True receiver must
+# come back as exactly the datagrams sent, with the same entries (bytes,
+# order, source, flags, segment sizes) as the portable backend returns.
+# GSO coalescing: random batches sent with send_batch by each variant must
+# arrive identically (received with the portable backend).
+
+ORACLE = UDP["portable"]
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAMILY = st.sampled_from([socket.AF_INET, socket.AF_INET6])
+
+
+def gro_round(variant: Variant, family: int, data: bytes, seg: int) -> tuple[list[tuple], int, bool]:
+    """send_segments(data, seg) from a ``variant`` sender to a ``variant``
+    receiver with gro=True. Returns (entries as (bytes, source is sender,
+    flags, segment_size), send_segments' return, whether the datagrams could
+    arrive coalesced: GSO on the sender and GRO on the receiver)."""
+    want = -(-len(data) // seg)
+    with variant_env(variant), Sockets(**variant.kwargs) as socks:
+        rx = socks.receiver(family, gro=True)
+        tx = socks.burst(family)
+        n = tx.send_segments(data, seg, rx.getsockname())
+        got = recv_all(rx, PacketBatch(1024, burstio.GRO_SLOT_MIN, slots=8), want, timeout=2.0, settle=0)
+        src = tx.getsockname()
+        return [(p, addr == src, flags, size) for p, addr, flags, size in got], n, rx.gro and tx.gso
+
+
+def gro_marks(seg: int, count: int, max_segments: int) -> list[tuple[int, int]]:
+    """(flags, segment size) of each datagram of a send_segments: it sends
+    as many segments per message as fit in one UDP datagram (and the
+    kernel's GSO limit); a message of two or more arrives GRO-marked, a
+    message of one arrives as a plain datagram."""
+    per = min(burstio.MAX_UDP_PAYLOAD // seg, max_segments)
+    out = []
+    for first in range(0, count, per):
+        k = min(per, count - first)
+        out += [(FLAG_GRO, seg) if k > 1 else (0, 0)] * k
+    return out
+
+
+@SETTINGS
+@given(family=FAMILY, seg=st.integers(1, 1500), count=st.integers(1, 64), short=st.integers(0, 1499))
+def test_gro_split_matches_oracle_and_bytes_sent(family, seg, count, short):
+    require_kernel("udp_segment")
+    caps = kernel_caps()
+    last = seg - (short % seg)  # the last segment may be shorter (1..seg bytes)
+    data = pattern(seg * (count - 1) + last, seed=seg + count)
+    sent = [data[i:i + seg] for i in range(0, len(data), seg)]
+    assert len(sent) == count
+
+    oracle, n, oracle_gro = gro_round(ORACLE, family, data, seg)
+    assert n == count
+    assert [e[0] for e in oracle] == sent
+    assert all(e[1] for e in oracle)
+    if oracle_gro:
+        assert [(e[2], e[3]) for e in oracle] == gro_marks(seg, count, caps.gso_max_segments)
+
+    for v in runnable(UDP):
+        if v is ORACLE:
+            continue
+        got, n, gro = gro_round(v, family, data, seg)
+        assert n == count, v.name
+        assert [e[0] for e in got] == sent, v.name
+        assert all(e[1] for e in got), v.name
+        if gro == oracle_gro:
+            assert got == oracle, v.name
+        else:  # GSO or GRO forced off: the same datagrams, without GRO marks
+            assert [(e[2], e[3]) for e in got] == [(0, 0)] * count, v.name
+
+
+# A batch to send: runs of (destination index, size, run length).
+RUNS = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 2000), st.integers(1, 12), st.integers(0, 2000)),
+    min_size=1, max_size=10,
+)
+
+
+def build_items(runs, ndest: int) -> list[tuple[int, bytes]]:
+    """Flatten runs into [(destination, payload)]; a run's last datagram may
+    be shorter, which GSO allows."""
+    items: list[tuple[int, bytes]] = []
+    for dest, size, length, tail in runs:
+        for k in range(length):
+            n = min(size, tail) if k == length - 1 else size
+            items.append((dest % ndest, pattern(n, seed=len(items))))
+    return items[:64]
+
+
+@SETTINGS
+@given(family=FAMILY, ndest=st.integers(1, 3), runs=RUNS)
+def test_send_batch_arrives_identically_from_every_backend(family, ndest, runs):
+    items = build_items(runs, ndest)
+    want = [[p for d, p in items if d == k] for k in range(ndest)]
+    for v in runnable(UDP):
+        with variant_env(v), Sockets(**v.kwargs) as socks:
+            receivers = [socks.receiver(family, backend="portable") for _ in range(ndest)]
+            tx = socks.burst(family)
+            out = PacketBatch(64, 2000)
+            for d, p in items:
+                out.append(p, receivers[d].getsockname())
+            assert tx.send_batch(out) == len(items), v.name
+            src = tx.getsockname()
+            for k, rx in enumerate(receivers):
+                got = recv_all(rx, PacketBatch(64, 2048), len(want[k]), timeout=2.0, settle=0)
+                assert [p for p, *_ in got] == want[k], (v.name, k)
+                assert all(addr == src for _, addr, *_ in got), v.name
+            c = tx.counters
+            assert c["tx_datagrams"] == len(items), v.name
+            assert c["tx_bytes"] == sum(len(p) for _, p in items), v.name
+            if not tx.gso:
+                assert c["tx_gso_datagrams"] == 0, v.name

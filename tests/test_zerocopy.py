@@ -1,9 +1,10 @@
-"""Zero-copy send: buffer lifetimes, every backend, errors, adaptive mode.
+"""Zero-copy send (burstio._zerocopy): buffer lifetimes, every backend, errors,
+adaptive mode.
 
-Each behaviour test runs against every backend (STYLE rule 7): "uring"
-(io_uring SEND_ZC), "msg_zerocopy" (MSG_ZEROCOPY + error queue), "copy" (the
-fallback, and the oracle), and "auto" with capabilities forced off by
-BURSTIO_DISABLE, so that each fallback is what "auto" picks. Loopback
+Each behaviour test runs against every variant of ``support.variants.ZEROCOPY``:
+"uring" (io_uring SEND_ZC), "msg_zerocopy" (MSG_ZEROCOPY + error queue),
+"copy" (the fallback, and the oracle), and "auto" with capabilities forced
+off by BURSTIO_DISABLE, so that each fallback is what "auto" picks. Loopback
 traffic is always copied by the kernel (it says so), which the adaptive
 tests rely on; the ifb-sink test (root) shows the opposite.
 
@@ -27,65 +28,32 @@ import struct
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from support.kernel import SIOCINQ, SIOCOUTQ, SO_SNDBUFFORCE, require_kernel
+from support.net import HOSTS, V4, force_rcvbuf, pattern, recv_exactly
+from support.proc import subprocess_env, wait_for
+from support.variants import ZEROCOPY, Variant, set_disable, unmet_need, use_variant, variant_fixture
 
 import burstio
-from burstio.bench.scenarios import zerocopy as zcbench
-from burstio._caps import ENV_DISABLE
 from burstio._zerocopy import COPIED_STREAK, Completion
+from burstio.bench.scenarios import zerocopy as zcbench
 
-from conftest import HOSTS, V4, pattern, require_kernel, subprocess_env, wait_for
+# ---- the variants -----------------------------------------------------------------
 
+#: the variants that send with zero copy (each mechanism asked for by name)
+ZEROCOPY_ONLY = {n: v for n, v in ZEROCOPY.items() if v.expect != "copy" and v.backend != "auto"}
 
-# ---- the backend matrix ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    backend: str      # ZeroCopySender(backend=...)
-    disable: str      # BURSTIO_DISABLE
-    expect: str       # sender.backend then
-    needs: tuple[str, ...]
-
-    @property
-    def zerocopy(self) -> bool:
-        return self.expect != "copy"
+variant = variant_fixture(ZEROCOPY)
+zc_variant = variant_fixture(ZEROCOPY_ONLY)
 
 
-BACKENDS = {b.name: b for b in (
-    Backend("uring", "uring", "", "uring", ("io_uring_send_zc",)),
-    Backend("msg_zerocopy", "msg_zerocopy", "", "msg_zerocopy", ("so_zerocopy",)),
-    Backend("copy", "copy", "", "copy", ()),
-    Backend("auto", "auto", "", "uring", ("io_uring_send_zc",)),
-    Backend("auto-no-uring", "auto", "io_uring_send_zc", "msg_zerocopy", ("so_zerocopy",)),
-    Backend("auto-no-zerocopy", "auto", "io_uring_send_zc,so_zerocopy", "copy", ()),
-)}
-ZC_BACKENDS = [n for n, b in BACKENDS.items() if b.zerocopy and b.backend != "auto"]
-
-
-@pytest.fixture(params=list(BACKENDS), ids=list(BACKENDS))
-def backend(request, monkeypatch) -> Backend:
-    return _use(BACKENDS[request.param], monkeypatch)
-
-
-@pytest.fixture(params=ZC_BACKENDS, ids=ZC_BACKENDS)
-def zc_backend(request, monkeypatch) -> Backend:
-    return _use(BACKENDS[request.param], monkeypatch)
-
-
-def _use(b: Backend, monkeypatch) -> Backend:
-    for name in b.needs:
-        require_kernel(name)
-    if b.disable:
-        monkeypatch.setenv(ENV_DISABLE, b.disable)
-    else:
-        monkeypatch.delenv(ENV_DISABLE, raising=False)
-    return b
+def is_zerocopy(v: Variant) -> bool:
+    """Whether the variant's sender sends with zero copy."""
+    return v.expect != "copy"
 
 
 # ---- sockets ----------------------------------------------------------------------
@@ -107,7 +75,7 @@ def udp_receiver(closing, family=socket.AF_INET) -> socket.socket:
         require_kernel("ipv6")
     rx = socket.socket(family, socket.SOCK_DGRAM)
     closing(rx)
-    rx.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: we are root in CI
+    force_rcvbuf(rx)
     rx.bind((HOSTS[family], 0))
     rx.settimeout(2.0)
     return rx
@@ -143,32 +111,22 @@ def stalled_tcp_pair(closing, blocking: bool = False) -> tuple[socket.socket, so
     return cli, srv
 
 
-def sender(closing, sock, backend: Backend, **kw) -> burstio.ZeroCopySender:
+def sender(closing, sock, variant: Variant, **kw) -> burstio.ZeroCopySender:
+    """A ZeroCopySender of ``variant`` (mode "always" unless said), closed after the test."""
     kw.setdefault("mode", "always")
     s = burstio.ZeroCopySender(sock, kw.pop("pool", None) or burstio.ZeroCopyPool(8, 65536),
-                               backend=backend.backend, **kw)
+                               **variant.kwargs, **kw)
     closing(s)
-    assert s.backend == backend.expect
+    assert s.backend == variant.expect
     return s
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    sock.settimeout(5.0)
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
 
 
 # ---- every backend: data, counters, buffer states ----------------------------------
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
-def test_udp_sends_arrive_as_written(backend, closing, family):
+def test_udp_sends_arrive_as_written(variant, closing, family):
     rx = udp_receiver(closing, family)
-    zs = sender(closing, udp_sender_socket(closing, family), backend)
+    zs = sender(closing, udp_sender_socket(closing, family), variant)
     sent = []
     for i in range(6):
         buf = zs.acquire()
@@ -185,7 +143,7 @@ def test_udp_sends_arrive_as_written(backend, closing, family):
     k = zs.counters
     assert k["sends"] == 6 and k["errors"] == 0
     assert k["bytes"] == sum(len(p) for _, p in sent)
-    if backend.zerocopy:
+    if is_zerocopy(variant):
         assert k["zerocopy_sends"] == k["notifications"] == 6 and k["copy_sends"] == 0
         assert k["copied_notifications"] == 6  # loopback: the kernel copies, and says so
         assert all(c.zerocopy and c.copied for c, _ in sent)
@@ -194,9 +152,9 @@ def test_udp_sends_arrive_as_written(backend, closing, family):
         assert not any(c.zerocopy or c.copied for c, _ in sent)
 
 
-def test_tcp_stream_arrives_in_order(backend, closing):
+def test_tcp_stream_arrives_in_order(variant, closing):
     cli, srv = tcp_pair(closing)
-    zs = sender(closing, cli, backend, pool=burstio.ZeroCopyPool(4, 65536))
+    zs = sender(closing, cli, variant, pool=burstio.ZeroCopyPool(4, 65536))
     payloads = [pattern(65536 if i % 3 else 17000, seed=i) for i in range(10)]
     total = sum(map(len, payloads))
     got: list[bytes] = []
@@ -212,12 +170,12 @@ def test_tcp_stream_arrives_in_order(backend, closing):
     assert zs.pool.free == 4
     k = zs.counters
     assert k["bytes"] == total and k["errors"] == 0
-    assert k["zerocopy_sends" if backend.zerocopy else "copy_sends"] == 10
+    assert k["zerocopy_sends" if is_zerocopy(variant) else "copy_sends"] == 10
 
 
-def test_send_and_wait_returns_bytes_and_the_buffer(backend, closing):
+def test_send_and_wait_returns_bytes_and_the_buffer(variant, closing):
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), backend)
+    zs = sender(closing, udp_sender_socket(closing), variant)
     buf = zs.acquire()
     n = buf.write(b"hello zero copy")
     assert zs.send_and_wait(buf, n, rx.getsockname(), timeout=2.0) == n
@@ -225,12 +183,12 @@ def test_send_and_wait_returns_bytes_and_the_buffer(backend, closing):
     assert buf.state == "returned" and zs.in_flight == 0 and zs.pool.free == zs.pool.buffers
 
 
-def test_buffer_lifecycle_owned_in_flight_returned(backend, closing):
+def test_buffer_lifecycle_owned_in_flight_returned(variant, closing):
     """A TCP peer that does not read keeps the send unfinished on every
     backend (zero copy: the kernel holds the pages; copy: it has not taken
     all the bytes), so the in-flight state lasts until the peer reads."""
     cli, srv = stalled_tcp_pair(closing)
-    zs = sender(closing, cli, backend)
+    zs = sender(closing, cli, variant)
     buf = zs.acquire()
     assert buf.state == "owned" and zs.pool.owned == 1
     with memoryview(buf) as mv:
@@ -258,8 +216,8 @@ def test_buffer_lifecycle_owned_in_flight_returned(backend, closing):
         bytes(buf)
 
 
-def test_dropping_an_unsent_buffer_returns_it(backend, closing):
-    zs = sender(closing, udp_sender_socket(closing), backend, pool=burstio.ZeroCopyPool(2, 4096))
+def test_dropping_an_unsent_buffer_returns_it(variant, closing):
+    zs = sender(closing, udp_sender_socket(closing), variant, pool=burstio.ZeroCopyPool(2, 4096))
     a = zs.acquire()
     b = zs.acquire()
     assert zs.pool.free == 0
@@ -271,10 +229,10 @@ def test_dropping_an_unsent_buffer_returns_it(backend, closing):
     del b
 
 
-def test_send_refuses_a_buffer_with_open_views(backend, closing):
+def test_send_refuses_a_buffer_with_open_views(variant, closing):
     np = pytest.importorskip("numpy")
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), backend)
+    zs = sender(closing, udp_sender_socket(closing), variant)
     buf = zs.acquire()
     mv = memoryview(buf)
     arr = np.frombuffer(buf, dtype=np.uint8)
@@ -295,12 +253,12 @@ def test_send_refuses_a_buffer_with_open_views(backend, closing):
 
 # ---- a buffer the kernel really holds ------------------------------------------------
 
-def test_buffer_stays_out_of_the_pool_until_the_kernel_is_done(zc_backend, closing):
+def test_buffer_stays_out_of_the_pool_until_the_kernel_is_done(zc_variant, closing):
     """TCP to a peer that does not read: the data cannot be acknowledged,
     so the kernel keeps the buffers and acquire() must not return them."""
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE: room to queue both sends
-    zs = sender(closing, cli, zc_backend, pool=burstio.ZeroCopyPool(2, 65536))
+    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)  # room to queue both sends
+    zs = sender(closing, cli, zc_variant, pool=burstio.ZeroCopyPool(2, 65536))
     data = [pattern(65536, seed=s) for s in (1, 2)]
     completions = []
     for p in data:
@@ -317,11 +275,11 @@ def test_buffer_stays_out_of_the_pool_until_the_kernel_is_done(zc_backend, closi
     assert zs.acquire(5.0).state == "owned"
 
 
-def test_await_does_not_block_the_event_loop(zc_backend, closing):
+def test_await_does_not_block_the_event_loop(zc_variant, closing):
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)
+    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)
     srv.setblocking(False)
-    zs = sender(closing, cli, zc_backend, pool=burstio.ZeroCopyPool(3, 65536))
+    zs = sender(closing, cli, zc_variant, pool=burstio.ZeroCopyPool(3, 65536))
     data = [pattern(65536, seed=s) for s in (3, 4, 5)]
 
     async def main():
@@ -340,9 +298,9 @@ def test_await_does_not_block_the_event_loop(zc_backend, closing):
     assert results == [65536] * 3 and got == b"".join(data)
 
 
-def test_await_a_finished_completion(backend, closing):
+def test_await_a_finished_completion(variant, closing):
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), backend)
+    zs = sender(closing, udp_sender_socket(closing), variant)
     buf = zs.acquire()
     c = zs.send(buf, buf.write(b"x" * 20000), rx.getsockname())
     assert asyncio.run(asyncio.wait_for(c, 5)) == 20000
@@ -350,10 +308,6 @@ def test_await_a_finished_completion(backend, closing):
 
 
 # ---- TCP: send() never blocks, the byte stream never has a gap ------------------------
-
-SIOCINQ = 0x541B   # FIONREAD: bytes received, not yet read
-SIOCOUTQ = 0x5411  # TIOCOUTQ: bytes the kernel took and the peer has not acknowledged
-
 
 @contextlib.contextmanager
 def must_not_block(what: str, limit: float = 5.0):
@@ -373,7 +327,7 @@ def must_not_block(what: str, limit: float = 5.0):
 def send_all(zs, payloads) -> list:
     bufs = [zs.acquire() for _ in payloads]
     with must_not_block("send()"):
-        return [zs.send(b, b.write(p)) for b, p in zip(bufs, payloads)]
+        return [zs.send(b, b.write(p)) for b, p in zip(bufs, payloads, strict=True)]
 
 
 def ioctl_int(sock: socket.socket, request: int) -> int:
@@ -381,9 +335,9 @@ def ioctl_int(sock: socket.socket, request: int) -> int:
 
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["nonblocking", "blocking"])
-def test_stream_sends_never_block_and_leave_no_gap(backend, closing, blocking):
+def test_stream_sends_never_block_and_leave_no_gap(variant, closing, blocking):
     cli, srv = stalled_tcp_pair(closing, blocking)
-    zs = sender(closing, cli, backend, pool=burstio.ZeroCopyPool(4, 65536))
+    zs = sender(closing, cli, variant, pool=burstio.ZeroCopyPool(4, 65536))
     payloads = [pattern(65536, seed=i) for i in range(4)]
     completions = send_all(zs, payloads)
     # the peer reads nothing: no send can be complete, none is short
@@ -402,13 +356,13 @@ def test_stream_sends_never_block_and_leave_no_gap(backend, closing, blocking):
     assert zs.pool.free == 4 and zs.in_flight == 0
 
 
-def test_stream_sends_under_asyncio(backend, closing):
+def test_stream_sends_under_asyncio(variant, closing):
     """The repro: a non-blocking socket as asyncio has it, a peer that
     reads only when the loop runs. Every backend must go on by itself as
     the peer reads (the completion descriptor wakes the loop)."""
     cli, srv = stalled_tcp_pair(closing)
     srv.setblocking(False)
-    zs = sender(closing, cli, backend, pool=burstio.ZeroCopyPool(4, 65536))
+    zs = sender(closing, cli, variant, pool=burstio.ZeroCopyPool(4, 65536))
     payloads = [pattern(65536, seed=10 + i) for i in range(4)]
 
     async def main():
@@ -424,12 +378,12 @@ def test_stream_sends_under_asyncio(backend, closing):
     assert results == [65536] * 4 and got == b"".join(payloads)
 
 
-def test_a_stream_that_fails_part_way(backend, closing):
+def test_a_stream_that_fails_part_way(variant, closing):
     """The peer resets the connection while the first send is part way:
     that send reports the errno and how far it got, the sends queued
     behind it are not made, and neither is any later one."""
     cli, srv = stalled_tcp_pair(closing)
-    zs = sender(closing, cli, backend, pool=burstio.ZeroCopyPool(4, 65536))
+    zs = sender(closing, cli, variant, pool=burstio.ZeroCopyPool(4, 65536))
     first, *queued = send_all(zs, [pattern(65536, seed=20 + i) for i in range(3)])
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     srv.close()  # RST
@@ -453,13 +407,13 @@ def test_a_stream_that_fails_part_way(backend, closing):
     assert zs.pool.lost == 0
 
 
-def test_closing_returns_sends_the_kernel_never_saw(backend, closing):
+def test_closing_returns_sends_the_kernel_never_saw(variant, closing):
     """close(0) on a stalled stream: the send part way may still be read
     by the kernel (lost, if zero copy); the ones queued behind it never
     reached it, so their buffers go back to the pool."""
     cli, srv = stalled_tcp_pair(closing)
     pool = burstio.ZeroCopyPool(4, 65536)
-    zs = sender(closing, cli, backend, pool=pool)
+    zs = sender(closing, cli, variant, pool=pool)
     first, *queued = send_all(zs, [pattern(65536, seed=30 + i) for i in range(4)])
     zs.close(timeout=0)
     assert all(c.done() and c.cancelled for c in [first, *queued])
@@ -467,24 +421,24 @@ def test_closing_returns_sends_the_kernel_never_saw(backend, closing):
     with pytest.raises(OSError) as e:
         first.wait()
     assert e.value.errno == errno.ECANCELED and e.value.sent == first.result
-    assert pool.lost == (1 if backend.zerocopy else 0)
+    assert pool.lost == (1 if is_zerocopy(variant) else 0)
     assert pool.free == 4 - pool.lost
 
 
 # ---- signals and threads while waiting ------------------------------------------------
 
-def _stuck_send(closing, zc_backend):
+def _stuck_send(closing, zc_variant):
     """A sender whose only buffer the kernel keeps (the TCP peer does not read)."""
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)
-    zs = sender(closing, cli, zc_backend, pool=burstio.ZeroCopyPool(1, 65536))
+    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)
+    zs = sender(closing, cli, zc_variant, pool=burstio.ZeroCopyPool(1, 65536))
     buf = zs.acquire()
     return zs, zs.send(buf, buf.write(pattern(65536))), srv
 
 
-def test_a_signal_handler_runs_during_a_wait_and_may_raise(zc_backend, closing):
+def test_a_signal_handler_runs_during_a_wait_and_may_raise(zc_variant, closing):
     import signal
-    zs, c, srv = _stuck_send(closing, zc_backend)
+    zs, c, srv = _stuck_send(closing, zc_variant)
     calls = []
 
     def handler(signum, frame):
@@ -505,8 +459,8 @@ def test_a_signal_handler_runs_during_a_wait_and_may_raise(zc_backend, closing):
     assert c.wait(5.0) == 65536  # the sender is still usable
 
 
-def test_a_second_thread_is_told_the_sender_is_busy(zc_backend, closing):
-    zs, c, srv = _stuck_send(closing, zc_backend)
+def test_a_second_thread_is_told_the_sender_is_busy(zc_variant, closing):
+    zs, c, srv = _stuck_send(closing, zc_variant)
     errors = []
     waiter = threading.Thread(target=lambda: errors.append(_wait_or_error(c)), daemon=True)
     waiter.start()
@@ -535,11 +489,11 @@ def _busy(zs) -> bool:
 
 # ---- errors ---------------------------------------------------------------------------
 
-def test_send_to_a_closed_tcp_peer_fails_through_the_completion(backend, closing):
+def test_send_to_a_closed_tcp_peer_fails_through_the_completion(variant, closing):
     cli, srv = tcp_pair(closing)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     srv.close()  # RST
-    zs = sender(closing, cli, backend, pool=burstio.ZeroCopyPool(2, 65536))
+    zs = sender(closing, cli, variant, pool=burstio.ZeroCopyPool(2, 65536))
     err = None
     for _ in range(20):
         buf = zs.acquire(2.0)
@@ -556,9 +510,9 @@ def test_send_to_a_closed_tcp_peer_fails_through_the_completion(backend, closing
     assert len(held) == 2
 
 
-def test_udp_datagram_too_long_fails_through_the_completion(backend, closing):
+def test_udp_datagram_too_long_fails_through_the_completion(variant, closing):
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), backend)
+    zs = sender(closing, udp_sender_socket(closing), variant)
     buf = zs.acquire()
     c = zs.send(buf, 65536, rx.getsockname())  # > 65507: no UDP datagram that long
     with pytest.raises(OSError) as e:
@@ -569,9 +523,9 @@ def test_udp_datagram_too_long_fails_through_the_completion(backend, closing):
     assert zs.pool.free == zs.pool.buffers
 
 
-def test_argument_errors(backend, closing):
+def test_argument_errors(variant, closing):
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), backend, pool=burstio.ZeroCopyPool(2, 1024))
+    zs = sender(closing, udp_sender_socket(closing), variant, pool=burstio.ZeroCopyPool(2, 1024))
     buf = zs.acquire()
     with pytest.raises(TypeError, match=r"^send\(\) argument 'buf' must be burstio.ZeroCopyBuffer, not bytes$"):
         zs.send(b"data")
@@ -607,7 +561,7 @@ def test_argument_errors(backend, closing):
 
 
 def test_constructor_errors(closing, monkeypatch):
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    set_disable(monkeypatch, "")
     udp = udp_sender_socket(closing)
     with pytest.raises(TypeError, match=r"^sock must be a socket.socket or BurstSocket, got int$"):
         burstio.ZeroCopySender(3)
@@ -646,9 +600,9 @@ def test_constructor_errors(closing, monkeypatch):
         burstio.ZeroCopyPool(4, 0)
 
 
-def test_addr_on_tcp_is_refused(backend, closing):
+def test_addr_on_tcp_is_refused(variant, closing):
     cli, _srv = tcp_pair(closing)
-    zs = sender(closing, cli, backend)
+    zs = sender(closing, cli, variant)
     buf = zs.acquire()
     with pytest.raises(ValueError, match=r"^addr is for UDP sockets; a TCP socket sends to its connected peer$"):
         zs.send(buf, 1, (V4, 9))
@@ -660,15 +614,15 @@ def test_addr_on_tcp_is_refused(backend, closing):
     ("so_zerocopy", "msg_zerocopy", "backend 'msg_zerocopy' needs SO_ZEROCOPY: disabled by BURSTIO_DISABLE"),
 ])
 def test_a_requested_backend_that_is_off_is_refused(closing, monkeypatch, disable, backend_name, why):
-    monkeypatch.setenv(ENV_DISABLE, disable)
+    set_disable(monkeypatch, disable)
     with pytest.raises(OSError) as e:
         burstio.ZeroCopySender(udp_sender_socket(closing), backend=backend_name)
     assert e.value.errno == errno.EOPNOTSUPP and e.value.strerror == why
 
 
-def test_closed_sender(backend, closing):
+def test_closed_sender(variant, closing):
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), backend)
+    zs = sender(closing, udp_sender_socket(closing), variant)
     buf = zs.acquire()
     zs.close()
     zs.close()  # twice is fine
@@ -679,11 +633,11 @@ def test_closed_sender(backend, closing):
         assert e.value.errno == errno.EBADF and e.value.strerror == "the ZeroCopySender is closed"
 
 
-def test_closing_with_buffers_in_flight_cancels_them(zc_backend, closing):
+def test_closing_with_buffers_in_flight_cancels_them(zc_variant, closing):
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)
+    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)
     pool = burstio.ZeroCopyPool(2, 65536)
-    zs = sender(closing, cli, zc_backend, pool=pool)
+    zs = sender(closing, cli, zc_variant, pool=pool)
     buf = zs.acquire()
     c = zs.send(buf, buf.write(pattern(65536)))
     zs.close(timeout=0.1)  # the peer does not read: still in flight
@@ -697,17 +651,17 @@ def test_closing_with_buffers_in_flight_cancels_them(zc_backend, closing):
     recv_exactly(srv, 65536)
 
 
-def _released_but_not_processed(closing, zc_backend):
+def _released_but_not_processed(closing, zc_variant):
     """A sender with one zero-copy send that the kernel has released, with
     nothing having processed that yet. The peer's window is full when the
     send is made, so the kernel keeps its pages; then the peer reads it all
     and acknowledges, and the completion descriptor becomes readable. (Not
     registered with `closing`: the caller closes the sender, or drops it.)"""
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE: the kernel takes it all
+    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)  # the kernel takes it all
     cli.sendall(pattern(65536, seed=1))  # fills the peer's window; the rest waits in the kernel
     pool = burstio.ZeroCopyPool(2, 65536)
-    zs = burstio.ZeroCopySender(cli, pool, backend=zc_backend.backend, mode="always")
+    zs = burstio.ZeroCopySender(cli, pool, **zc_variant.kwargs, mode="always")
     buf = zs.acquire()
     c = zs.send(buf, buf.write(pattern(20000)))
     assert recv_exactly(srv, 65536 + 20000) == pattern(65536, seed=1) + pattern(20000)
@@ -723,21 +677,21 @@ def _assert_completed_not_cancelled(c, pool):
     assert pool.lost == 0 and pool.free == pool.buffers and not pool.in_use
 
 
-def test_close_without_waiting_keeps_what_the_kernel_released(zc_backend, closing):
-    zs, c, pool = _released_but_not_processed(closing, zc_backend)
+def test_close_without_waiting_keeps_what_the_kernel_released(zc_variant, closing):
+    zs, c, pool = _released_but_not_processed(closing, zc_variant)
     zs.close(timeout=0)
     _assert_completed_not_cancelled(c, pool)
 
 
-def test_a_garbage_collected_sender_keeps_what_the_kernel_released(zc_backend, closing):
-    zs, c, pool = _released_but_not_processed(closing, zc_backend)
+def test_a_garbage_collected_sender_keeps_what_the_kernel_released(zc_variant, closing):
+    zs, c, pool = _released_but_not_processed(closing, zc_variant)
     del zs
     gc.collect()
     _assert_completed_not_cancelled(c, pool)
 
 
 def test_a_burstsocket_is_accepted(closing, monkeypatch):
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    set_disable(monkeypatch, "")
     rx = udp_receiver(closing)
     bs = burstio.BurstSocket.bind((V4, 0))
     closing(bs)
@@ -749,10 +703,10 @@ def test_a_burstsocket_is_accepted(closing, monkeypatch):
 
 
 def test_the_sender_keeps_its_own_descriptor(closing, monkeypatch):
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    use_variant(ZEROCOPY["copy"], monkeypatch)
     rx = udp_receiver(closing)
     tx = udp_sender_socket(closing)
-    zs = sender(closing, tx, BACKENDS["copy"])
+    zs = sender(closing, tx, ZEROCOPY["copy"])
     tx.close()  # the caller's descriptor: the sender's dup still works
     buf = zs.acquire()
     assert zs.send_and_wait(buf, buf.write(b"still here"), rx.getsockname()) == 10
@@ -760,9 +714,9 @@ def test_the_sender_keeps_its_own_descriptor(closing, monkeypatch):
 
 # ---- policy: adaptive, always, never ---------------------------------------------------
 
-def test_adaptive_switches_off_when_the_kernel_keeps_copying(zc_backend, closing, caplog):
+def test_adaptive_switches_off_when_the_kernel_keeps_copying(zc_variant, closing, caplog):
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), zc_backend, mode="adaptive")
+    zs = sender(closing, udp_sender_socket(closing), zc_variant, mode="adaptive")
     assert zs.zerocopy
     caplog.set_level(logging.WARNING, logger="burstio")
     results = []
@@ -783,9 +737,9 @@ def test_adaptive_switches_off_when_the_kernel_keeps_copying(zc_backend, closing
         assert rx.recv(70000)
 
 
-def test_adaptive_copies_small_sends(zc_backend, closing):
+def test_adaptive_copies_small_sends(zc_variant, closing):
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), zc_backend, mode="adaptive", min_size=4096)
+    zs = sender(closing, udp_sender_socket(closing), zc_variant, mode="adaptive", min_size=4096)
     small, big = zs.acquire(), zs.acquire()
     c_small = zs.send(small, 4095, rx.getsockname())
     c_big = zs.send(big, 4096, rx.getsockname())
@@ -794,10 +748,10 @@ def test_adaptive_copies_small_sends(zc_backend, closing):
     assert zs.counters["copy_sends"] == 1 and zs.counters["zerocopy_sends"] == 1
 
 
-def test_always_keeps_zero_copy_and_never_copies(zc_backend, closing):
+def test_always_keeps_zero_copy_and_never_copies(zc_variant, closing):
     rx = udp_receiver(closing)
-    always = sender(closing, udp_sender_socket(closing), zc_backend, mode="always")
-    never = sender(closing, udp_sender_socket(closing), zc_backend, mode="never")
+    always = sender(closing, udp_sender_socket(closing), zc_variant, mode="always")
+    never = sender(closing, udp_sender_socket(closing), zc_variant, mode="never")
     for _ in range(COPIED_STREAK + 2):
         for zs in (always, never):
             buf = zs.acquire()
@@ -809,13 +763,12 @@ def test_always_keeps_zero_copy_and_never_copies(zc_backend, closing):
 
 def test_successive_msg_zerocopy_senders_on_one_socket(closing, monkeypatch):
     """MSG_ZEROCOPY ids count per socket: a second sender continues them."""
-    require_kernel("so_zerocopy")
-    monkeypatch.delenv(ENV_DISABLE, raising=False)
+    use_variant(ZEROCOPY["msg_zerocopy"], monkeypatch)
     rx = udp_receiver(closing)
     tx = udp_sender_socket(closing)
-    for round_ in range(3):
-        zs = sender(closing, tx, BACKENDS["msg_zerocopy"])
-        for i in range(3):
+    for _ in range(3):
+        zs = sender(closing, tx, ZEROCOPY["msg_zerocopy"])
+        for _ in range(3):
             buf = zs.acquire()
             assert zs.send_and_wait(buf, 100, rx.getsockname(), timeout=2) == 100
         assert zs.counters["unmatched_notifications"] == 0
@@ -823,10 +776,10 @@ def test_successive_msg_zerocopy_senders_on_one_socket(closing, monkeypatch):
         zs.close()
 
 
-def test_udp_segment_size_sends_gso_datagrams(backend, closing):
+def test_udp_segment_size_sends_gso_datagrams(variant, closing):
     require_kernel("udp_segment")
     rx = udp_receiver(closing)
-    zs = sender(closing, udp_sender_socket(closing), backend, segment_size=1000)
+    zs = sender(closing, udp_sender_socket(closing), variant, segment_size=1000)
     buf = zs.acquire()
     data = pattern(4500)
     assert zs.send_and_wait(buf, buf.write(data), rx.getsockname(), timeout=2) == 4500
@@ -848,12 +801,13 @@ def sink_namespace(request):
     return name
 
 
-@pytest.mark.parametrize("variant, need", [("uring-send-zc", "io_uring_send_zc"),
-                                           ("msg-zerocopy", "so_zerocopy")])
-def test_no_copied_notifications_on_an_ifb_sink(sink_namespace, variant, need):
+@pytest.mark.parametrize("worker_variant, need", [("uring-send-zc", "io_uring_send_zc"),
+                                                  ("msg-zerocopy", "so_zerocopy")])
+def test_no_copied_notifications_on_an_ifb_sink(sink_namespace, worker_variant, need):
+    """The bench worker's zero-copy variants, sending into an ifb sink."""
     require_kernel(need)
     r = subprocess.run(["ip", "netns", "exec", sink_namespace, sys.executable, "-m",
-                        "burstio.bench.workers.zerocopy", variant, "0.05"],
+                        "burstio.bench.workers.zerocopy", worker_variant, "0.05"],
                        capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -898,14 +852,13 @@ class _Lifetimes(RuleBasedStateMachine):
         self.zs = None
 
     def _start(self, backend: str, tx: socket.socket) -> None:
-        b = BACKENDS[backend]
-        caps = burstio.capabilities()
-        if not all(caps[n].available for n in b.needs):
-            b = BACKENDS["copy"]
-        self.backend = b.backend
+        v = ZEROCOPY[backend]
+        if unmet_need(v, burstio.capabilities()):
+            v = ZEROCOPY["copy"]  # what can run here
+        self.backend = v.backend
         self.tx = tx
         self.zs = burstio.ZeroCopySender(tx, burstio.ZeroCopyPool(self.BUFFERS, self.SIZE),
-                                         backend=b.backend, mode="always")
+                                         **v.kwargs, mode="always")
         self.content = [bytearray(self.SIZE) for _ in range(self.BUFFERS)]  # what each buffer holds
         self.owned: list = []      # buffers acquired, not sent
         self.views: list = []      # (buffer, memoryview) open
@@ -1053,7 +1006,7 @@ class BufferLifetimes(_Lifetimes):
     @initialize(backend=st.sampled_from(["uring", "msg_zerocopy", "copy"]))
     def start(self, backend):
         self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rx.setsockopt(socket.SOL_SOCKET, 33, 1 << 20)
+        force_rcvbuf(self.rx, 1 << 20)
         self.rx.bind((V4, 0))
         self.rx.settimeout(2.0)
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

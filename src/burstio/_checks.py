@@ -29,7 +29,7 @@ def check_int(name: str, value: Any, lo: int, hi: int, *, power_of_two: bool = F
     """``value`` if it is an int in [lo, hi] (and a power of two, when asked)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be int, got {type(value).__name__}")
-    if not lo <= value <= hi or (power_of_two and value & (value - 1)):
+    if not lo <= value <= hi or (power_of_two and (value <= 0 or value & (value - 1))):
         kind = "a power of two " if power_of_two else ""
         raise ValueError(f"{name} must be {kind}between {lo} and {hi}, got {value}")
     return value
