@@ -4,6 +4,8 @@ aioquic's HTTP/3 over burstio (``burstio.apps.quic``)."""
 import asyncio
 import signal
 
+__all__ = ["until_signalled"]
+
 
 async def until_signalled() -> None:
     """Return once the process gets SIGTERM or SIGINT (the servers' main loop)."""

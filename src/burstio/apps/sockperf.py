@@ -31,6 +31,9 @@ from .._types import Address
 from .._udp import BurstSocket
 from ..napi.busypoll import napi_id
 
+__all__ = ["SockperfServer", "main", "MODES", "SUSPEND_NAPI", "HEADER", "FLAG_CLIENT", "FLAG_PONG_REQUEST",
+           "FLAG_WARMUP"]
+
 log = logging.getLogger("burstio")
 MODES = ("blocking", "busy-poll", "busy-poll-suspend")
 #: per-NAPI settings of busy-poll-suspend (ns); see burstio.napi.doctor.RECIPE

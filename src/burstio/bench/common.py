@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from .perfcount import SyscallCounter, perf_available
 
+__all__ = ["Options", "pinned", "timed", "rounds", "count_syscalls", "syscall_source", "measure_sends"]
+
 if TYPE_CHECKING:
     from .report import Progress, ScenarioResult
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+__all__ = ["Variant", "Target", "ScenarioResult", "Progress", "percentile", "format_result", "write_json", "plot"]
+
 
 @dataclass
 class Variant:
