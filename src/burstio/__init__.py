@@ -14,6 +14,8 @@ switch), ``burstio.napi`` (busy polling, NAPI steering, the lab, the doctor),
 ``burstio.testing`` (a pytest plugin). docs/ARCHITECTURE.md is the map;
 ``burstio caps`` shows what this kernel offers.
 """
+from ._caps import Capabilities, Capability, capabilities
+from ._errors import SendError
 from ._native import (
     FLAG_COALESCED,
     FLAG_GRO,
@@ -23,10 +25,8 @@ from ._native import (
     MAX_UDP_PAYLOAD,
     PacketBatch,
 )
-from ._errors import SendError
-from ._caps import Capabilities, Capability, capabilities
-from ._udp import BurstSocket
 from ._socketset import RedundantResult, SocketSet
+from ._udp import BurstSocket
 from ._zerocopy import Completion, ZeroCopyBuffer, ZeroCopyPool, ZeroCopySender
 
 __version__ = "0.1.0"

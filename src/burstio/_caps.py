@@ -19,8 +19,10 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 
 from . import _native
+from ._types import Address
 
 __all__ = ["Capability", "Capabilities", "capabilities", "ENV_DISABLE", "CAPABILITY_NAMES", "LATE_CAPABILITIES"]
 
@@ -68,7 +70,7 @@ def _udp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socke
     return rx, tx
 
 
-def _gso_send(tx: socket.socket, dest, seg: int, total: int) -> None:
+def _gso_send(tx: socket.socket, dest: Address, seg: int, total: int) -> None:
     tx.sendmsg([b"x" * total], [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))], 0, dest)
 
 
@@ -121,7 +123,8 @@ def _probe_udp_gro() -> tuple[bool, str]:
 
 
 def _probe_sockopt(label: str, level: int, opt: int, value: int,
-                   kinds=((socket.AF_INET, socket.SOCK_DGRAM),)) -> Probe:
+                   kinds: tuple[tuple[socket.AddressFamily, socket.SocketKind], ...] = (
+                       (socket.AF_INET, socket.SOCK_DGRAM),)) -> Probe:
     def probe() -> tuple[bool, str]:
         for family, kind in kinds:
             with socket.socket(family, kind) as s:
@@ -198,7 +201,8 @@ _FOUND: dict[str, int] = {}  # values a probe measured on the way
 _URING: dict[str, tuple[bool, str]] = {}
 
 
-def _from(table: dict, fill: Callable[[], dict], name: str) -> Probe:
+def _from(table: dict[str, tuple[bool, str]], fill: Callable[[], dict[str, tuple[bool, str]]],
+          name: str) -> Probe:
     def probe() -> tuple[bool, str]:
         if not table:
             table.update(fill())
@@ -206,7 +210,7 @@ def _from(table: dict, fill: Callable[[], dict], name: str) -> Probe:
     return probe
 
 
-def _uring_fill() -> dict:
+def _uring_fill() -> dict[str, tuple[bool, str]]:
     why = _uring_disabled()
     if why:
         return {"io_uring": (False, why)}
@@ -254,6 +258,21 @@ LATE_CAPABILITIES: dict[str, str] = {
 _REQUIRES = {name: "io_uring" for name in CAPABILITY_NAMES if name.startswith("io_uring_")}
 
 
+class CapabilityInfo(TypedDict):
+    """One capability in ``Capabilities.as_dict()``."""
+
+    available: bool
+    detail: str
+    forced_off: bool
+
+
+class CapabilitiesInfo(TypedDict):
+    """``Capabilities.as_dict()``: what ``burstio caps --json`` prints."""
+
+    capabilities: dict[str, CapabilityInfo]
+    gso_max_segments: int
+
+
 class Capabilities(Mapping[str, Capability]):
     """Read-only mapping name -> Capability; ``caps.udp_gro`` is a bool."""
 
@@ -277,9 +296,10 @@ class Capabilities(Mapping[str, Capability]):
         except KeyError:
             raise AttributeError(f"no capability named {name!r}") from None
 
-    def as_dict(self) -> dict:
-        out = {n: {"available": c.available, "detail": c.detail, "forced_off": c.forced_off}
-               for n, c in self._items.items()}
+    def as_dict(self) -> CapabilitiesInfo:
+        out: dict[str, CapabilityInfo] = {
+            n: {"available": c.available, "detail": c.detail, "forced_off": c.forced_off}
+            for n, c in self._items.items()}
         return {"capabilities": out, "gso_max_segments": self.gso_max_segments}
 
     def __repr__(self) -> str:

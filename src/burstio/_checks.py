@@ -15,7 +15,6 @@ import errno
 import math
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 __all__ = ["check_int", "check_optional_int", "check_seconds", "check_timeout", "check_choice", "check_socket",
            "fileno_of", "closed_socket_error", "UDP", "UDP_OR_TCP"]
@@ -25,7 +24,7 @@ UDP = ((socket.SOCK_DGRAM, socket.IPPROTO_UDP),)
 UDP_OR_TCP = ((socket.SOCK_DGRAM, socket.IPPROTO_UDP), (socket.SOCK_STREAM, socket.IPPROTO_TCP))
 
 
-def check_int(name: str, value: Any, lo: int, hi: int, *, power_of_two: bool = False) -> int:
+def check_int(name: str, value: object, lo: int, hi: int, *, power_of_two: bool = False) -> int:
     """``value`` if it is an int in [lo, hi] (and a power of two, when asked)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be int, got {type(value).__name__}")
@@ -35,7 +34,7 @@ def check_int(name: str, value: Any, lo: int, hi: int, *, power_of_two: bool = F
     return value
 
 
-def check_optional_int(name: str, value: Any, lo: int, hi: int) -> int | None:
+def check_optional_int(name: str, value: object, lo: int, hi: int) -> int | None:
     """``value`` if it is None or an int in [lo, hi]."""
     if value is None:
         return None
@@ -44,7 +43,7 @@ def check_optional_int(name: str, value: Any, lo: int, hi: int) -> int | None:
     return check_int(name, value, lo, hi)
 
 
-def check_seconds(name: str, value: Any, lo: float, hi: float) -> float:
+def check_seconds(name: str, value: object, lo: float, hi: float) -> float:
     """``value`` as float if it is a number of seconds in [lo, hi] (NaN is not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
@@ -53,7 +52,7 @@ def check_seconds(name: str, value: Any, lo: float, hi: float) -> float:
     return float(value)
 
 
-def check_timeout(value: Any, name: str = "timeout") -> float | None:
+def check_timeout(value: object, name: str = "timeout") -> float | None:
     """None (wait forever) or a number of seconds >= 0 (NaN is not)."""
     if value is None:
         return None
@@ -64,7 +63,7 @@ def check_timeout(value: Any, name: str = "timeout") -> float | None:
     return float(value)
 
 
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``."""
     if value not in choices:
         names = [repr(c) for c in choices]
@@ -78,7 +77,7 @@ def closed_socket_error() -> OSError:
     return OSError(errno.EBADF, "Bad file descriptor (the socket is closed)")
 
 
-def check_socket(sock: Any, owner: str, *, kinds: tuple[tuple[int, int], ...] = UDP,
+def check_socket(sock: object, owner: str, *, kinds: tuple[tuple[int, int], ...] = UDP,
                  burst_socket: bool = False) -> socket.socket:
     """The open IPv4/IPv6 ``socket.socket`` of ``sock``, of one of ``kinds``.
 
@@ -106,7 +105,7 @@ def check_socket(sock: Any, owner: str, *, kinds: tuple[tuple[int, int], ...] = 
     return sock
 
 
-def fileno_of(sock: Any) -> int:
+def fileno_of(sock: object) -> int:
     """The descriptor of a socket-like object or an int; EBADF if closed."""
     fd = sock if isinstance(sock, int) else getattr(sock, "fileno", lambda: None)()
     if fd is None or isinstance(fd, bool):

@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import __version__
+
+_Number = TypeVar("_Number", int, float)
 
 
 def _cmd_caps(args: argparse.Namespace) -> int:
@@ -49,7 +53,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _napi_settings(text: str) -> dict:
+def _napi_settings(text: str) -> dict[str, int]:
     from .napi.netdev import NAPI_KNOBS
 
     out = {}
@@ -105,8 +109,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         return 1
 
 
-def _positive(kind):
-    def parse(text: str):
+def _positive(kind: Callable[[str], _Number]) -> Callable[[str], _Number]:
+    def parse(text: str) -> _Number:
         v = kind(text)
         if v <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"burstio: {e}", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except KeyboardInterrupt:
         return 130
 

@@ -12,8 +12,15 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from . import _native
+from ._native import PacketBatch
+from ._types import Address, OnError, RecoverPolicy
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -23,9 +30,11 @@ MAX_UDP_PAYLOAD = _native.MAX_UDP_PAYLOAD
 _ANC_SIZE = 128
 _COUNTERS = tuple(_native.UdpIo(-1).counters())
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+#: what socket.recvmsg_into returns: (nbytes, ancillary data, msg_flags, address)
+_Message: TypeAlias = tuple[int, list[tuple[int, int, bytes]], int, Any]
 
 
-def _timeout_ns(timeout) -> int:
+def _timeout_ns(timeout: object) -> int:
     if timeout is None:
         return -1
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -35,7 +44,7 @@ def _timeout_ns(timeout) -> int:
     return -1 if timeout > 4e9 else int(timeout * 1e9)
 
 
-def _send_range(n: int, start, count) -> tuple[int, int]:
+def _send_range(n: int, start: object, count: object) -> tuple[int, int]:
     if isinstance(start, bool) or not isinstance(start, int):
         raise TypeError(f"start must be int, got {type(start).__name__}")
     if not 0 <= start <= n:
@@ -49,9 +58,9 @@ def _send_range(n: int, start, count) -> tuple[int, int]:
     return start, start + count
 
 
-def _strip_scope(addr: tuple) -> tuple:
+def _strip_scope(addr: Address) -> Address:
     if len(addr) == 4 and "%" in addr[0]:
-        return (addr[0].split("%", 1)[0],) + tuple(addr[1:])
+        return (addr[0].split("%", 1)[0], addr[1], addr[2], addr[3])
     return addr
 
 
@@ -68,10 +77,11 @@ class PortableIo:
         self.gro = 0
         self.gro_max_segments = 64
         self.socket_index = 0
-        self.recover = None  # policy for a send that stops early (BurstSocket sets it)
+        self.recover: RecoverPolicy | None = None  # policy for a send that stops early (BurstSocket sets it)
         self.single_after = 0  # the C backends' receive window; no syscall to save here
         self.spin_us = 0  # retry the receive this long before sleeping (busy poll)
-        self._wait_fd, self._waiter = -1, None
+        self._wait_fd = -1
+        self._waiter: select.epoll | None = None
         self.last_errno = 0
         self.last_error_index = -1
         self.last_error_gso = 0
@@ -98,7 +108,7 @@ class PortableIo:
         return bool(select.select([self.sock], [], [], left)[0])
 
     # ---- counters ------------------------------------------------------
-    def counters(self) -> dict:
+    def counters(self) -> dict[str, int]:
         return dict(self._c)
 
     def count(self, name: str, n: int) -> None:
@@ -110,7 +120,7 @@ class PortableIo:
         self._c = dict.fromkeys(_COUNTERS, 0)
 
     # ---- receive -------------------------------------------------------
-    def recv_batch(self, batch: _native.PacketBatch, timeout=None) -> int:
+    def recv_batch(self, batch: PacketBatch, timeout: float | None = None) -> int:
         if not isinstance(batch, _native.PacketBatch):
             raise TypeError(f"recv_batch() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
         timeout_ns = _timeout_ns(timeout)
@@ -139,12 +149,12 @@ class PortableIo:
             self._c["rx_batches"] += 1
         return n
 
-    def _recv_one(self, batch, k: int, flags: int):
+    def _recv_one(self, batch: PacketBatch, k: int, flags: int) -> _Message:
         self._c["rx_syscalls"] += 1
         slot = batch.arena[k * batch.slot_size:(k + 1) * batch.slot_size]
         return self.sock.recvmsg_into([slot], _ANC_SIZE, flags | socket.MSG_TRUNC)
 
-    def _recv_messages(self, batch, vlen: int, timeout_ns: int) -> list:
+    def _recv_messages(self, batch: PacketBatch, vlen: int, timeout_ns: int) -> list[_Message]:
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
         spin_end = None
         while True:
@@ -170,11 +180,11 @@ class PortableIo:
             except BlockingIOError:
                 break
             except OSError as e:  # report on the next call, after these
-                self._pending = e.errno
+                self._pending = cast(int, e.errno)  # a failed syscall's OSError has an errno
                 break
         return msgs
 
-    def _store(self, batch, msgs: list) -> int:
+    def _store(self, batch: PacketBatch, msgs: list[_Message]) -> int:
         """Split and record the received messages; returns the entry count."""
         total = 0
         slot = batch.slot_size
@@ -185,7 +195,7 @@ class PortableIo:
             want = 1 if seg == 0 or stored <= seg else -(-stored // seg)
             room = batch.capacity - total - (len(msgs) - k - 1)
             cnt = min(want, room)
-            addr = _strip_scope(addr) if addr else None
+            peer = _strip_scope(addr) if addr else None
             datagrams = 0
             for s in range(cnt):
                 off = s * seg if want > 1 else 0
@@ -199,7 +209,7 @@ class PortableIo:
                         length = min(length, seg)
                 if trunc and s == cnt - 1:
                     flags |= _native.FLAG_TRUNCATED
-                batch._store(total + s, k * slot + off, length, flags, size, ts, addr)
+                batch._store(total + s, k * slot + off, length, flags, size, ts, peer)
                 datagrams += -(-length // seg) if flags & _native.FLAG_COALESCED else 1
             total += cnt
             self._c["rx_datagrams"] += datagrams
@@ -212,7 +222,7 @@ class PortableIo:
                 self._c["rx_truncated"] += 1 + lost
         return total
 
-    def _ancillary(self, anc: list) -> tuple[int, int]:
+    def _ancillary(self, anc: list[tuple[int, int, bytes]]) -> tuple[int, int]:
         seg = ts = 0
         for level, kind, data in anc:
             if (level, kind) == (SOL_UDP, UDP_GRO):
@@ -223,7 +233,7 @@ class PortableIo:
         return seg, ts
 
     # ---- send ----------------------------------------------------------
-    def _runs(self, batch, start: int, end: int):
+    def _runs(self, batch: PacketBatch, start: int, end: int) -> Iterator[tuple[int, int]]:
         """Yield (first entry, run length): what one message carries."""
         lengths = batch.lengths
         j = start
@@ -243,7 +253,7 @@ class PortableIo:
             yield j, run
             j += run
 
-    def _kernel_addr(self, addr):
+    def _kernel_addr(self, addr: Address | None) -> Address | None:
         """The address as the kernel would take it from a sockaddr: IPv4 on
         an IPv6 socket goes out over IPv4 (dual stack); IPv6 on an IPv4
         socket is EAFNOSUPPORT."""
@@ -255,7 +265,7 @@ class PortableIo:
             return ("::ffff:" + addr[0], addr[1], 0, 0)
         return addr
 
-    def _send_msg(self, buffers: list, seg: int, addr) -> None:
+    def _send_msg(self, buffers: list[memoryview], seg: int, addr: Address | None) -> None:
         anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))] if len(buffers) > 1 else []
         self._c["tx_syscalls"] += 1
         addr = self._kernel_addr(addr)
@@ -264,7 +274,8 @@ class PortableIo:
         else:
             self.sock.sendmsg(buffers, anc, 0, addr)
 
-    def send_batch(self, batch, start=0, count=None, *, on_error="raise") -> int:
+    def send_batch(self, batch: PacketBatch, start: int = 0, count: int | None = None, *,
+                   on_error: OnError = "raise") -> int:
         """Send entries [start, start+count); when the send stops early and a
         recover policy is set, return what it returns."""
         self._c["tx_batches"] += 1
@@ -273,11 +284,13 @@ class PortableIo:
             return self.recover(batch, start, stop, end, skip)
         return sent
 
-    def send_raw(self, batch, start=0, count=None, *, on_error="raise") -> int:
+    def send_raw(self, batch: PacketBatch, start: int = 0, count: int | None = None, *,
+                 on_error: OnError = "raise") -> int:
         """send_batch without the recover policy."""
         return self._send_checked("send_raw", batch, start, count, on_error)[0]
 
-    def _send_checked(self, fname: str, batch, start, count, on_error):
+    def _send_checked(self, fname: str, batch: PacketBatch, start: int, count: int | None,
+                      on_error: OnError) -> tuple[int, int, int, bool]:
         if not isinstance(batch, _native.PacketBatch):
             raise TypeError(f"{fname}() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
         if on_error not in ("raise", "skip"):
@@ -297,18 +310,19 @@ class PortableIo:
             batch._set_busy(False)
         return sent, start + sent, end, skip
 
-    def _send_runs(self, batch, start: int, end: int, skip_errors: bool) -> int:
+    def _send_runs(self, batch: PacketBatch, start: int, end: int, skip_errors: bool) -> int:
         for j, run in self._runs(batch, start, end):
             views = [batch[j + r] for r in range(run)]
             try:
                 self._send_msg(views, len(views[0]), batch.addr(j))
             except OSError as e:
                 gso = run > 1
-                if e.errno in _AGAIN or (gso and e.errno in (errno.EIO, errno.EINVAL)) or not skip_errors:
-                    self.last_errno, self.last_error_index, self.last_error_gso = e.errno, j, int(gso)
+                err = cast(int, e.errno)  # a failed syscall's OSError has an errno
+                if err in _AGAIN or (gso and err in (errno.EIO, errno.EINVAL)) or not skip_errors:
+                    self.last_errno, self.last_error_index, self.last_error_gso = err, j, int(gso)
                     return j - start
                 for r in range(run):
-                    batch._mark_error(j + r, e.errno)
+                    batch._mark_error(j + r, err)
                 self._c["tx_errors"] += run
                 continue
             self._c["tx_datagrams"] += run
@@ -318,7 +332,8 @@ class PortableIo:
                 self._c["tx_gso_datagrams"] += run
         return end - start
 
-    def send_segments(self, buffer, segment_size: int, addr=None, first: int = 0) -> int:
+    def send_segments(self, buffer: ReadableBuffer, segment_size: int, addr: Address | None = None,
+                      first: int = 0) -> int:
         if not 1 <= segment_size <= MAX_UDP_PAYLOAD:
             raise ValueError(f"segment_size must be between 1 and {MAX_UDP_PAYLOAD}, got {segment_size}")
         try:
@@ -348,7 +363,8 @@ class PortableIo:
                 else:
                     self._send_gso(chunk, segment_size, addr)
             except OSError as e:
-                self.last_errno, self.last_error_index, self.last_error_gso = e.errno, sent, int(n > 1)
+                err = cast(int, e.errno)  # a failed syscall's OSError has an errno
+                self.last_errno, self.last_error_index, self.last_error_gso = err, sent, int(n > 1)
                 break
             self._c["tx_datagrams"] += n
             self._c["tx_bytes"] += len(chunk)
@@ -358,7 +374,7 @@ class PortableIo:
             sent += n
         return sent - first
 
-    def _send_gso(self, chunk, seg: int, addr) -> None:
+    def _send_gso(self, chunk: memoryview, seg: int, addr: Address | None) -> None:
         anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))]
         self._c["tx_syscalls"] += 1
         addr = self._kernel_addr(addr)

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _native
-from ._checks import UDP_OR_TCP, check_int, check_socket
 from ._caps import capabilities
+from ._checks import UDP_OR_TCP, check_int, check_socket
 from ._udp import GSO_SEGMENTS, BurstSocket
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["SocketSet", "RedundantResult", "BACKENDS"]
 
@@ -38,7 +41,7 @@ class RedundantResult(NamedTuple):
     every (datagram, socket) pair."""
 
     sent: int
-    failures: list
+    failures: list[tuple[int, int, int]]
 
 
 class SocketSet:
@@ -72,6 +75,7 @@ class SocketSet:
                           f"backend 'uring' needs {', '.join(missing)}: {caps[missing[0]].detail}")
         if sqpoll and not caps.io_uring_sqpoll:
             raise OSError(errno.EOPNOTSUPP, f"sqpoll needs io_uring_sqpoll: {caps['io_uring_sqpoll'].detail}")
+        self._io: _native.EpollSocketSet | _native.UringSocketSet
         if backend == "epoll" or (backend == "auto" and missing):
             self._io = _native.EpollSocketSet(max_sockets)
             self.backend = "epoll"
@@ -82,13 +86,13 @@ class SocketSet:
         self._io.gso_max_segments = max(1, min(GSO_SEGMENTS, caps.gso_max_segments))
         self._socks: dict[int, socket.socket] = {}
         # hot paths straight to C (their docstrings are below)
-        self.recv_batch = self._io.recv_batch
-        self.send_batch = self._io.send_batch
-        self.take_errors = self._io.take_errors
+        self.recv_batch = self._io.recv_batch  # type: ignore[method-assign]  # the C method, no Python frame
+        self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
+        self.take_errors = self._io.take_errors  # type: ignore[method-assign]  # the C method, no Python frame
 
     # ---- sockets -------------------------------------------------------
 
-    def add(self, sock: Any, *, stream: bool = False) -> int:
+    def add(self, sock: socket.socket | BurstSocket, *, stream: bool = False) -> int:
         """Add a UDP socket (socket.socket or BurstSocket) and return its
         index, which batch.sockets uses. ``stream=True`` adds a stream (TCP)
         socket for recv_stream() only. The set works on its own duplicate
@@ -151,7 +155,7 @@ class SocketSet:
         """Per-socket receive errors since the last call: [(index, errno)]."""
         return self._io.take_errors()
 
-    def recv_stream(self, index: int, buffer: Any, min_bytes: int, timeout: float | None = None) -> int:
+    def recv_stream(self, index: int, buffer: WriteableBuffer, min_bytes: int, timeout: float | None = None) -> int:
         """Stream socket ``index`` (added with stream=True): wait until
         ``min_bytes`` have arrived or ``timeout`` seconds have passed, with
         one wake-up either way, and read up to ``min_bytes`` into ``buffer``.

@@ -18,14 +18,29 @@ import logging
 import socket
 import struct
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
+from ._caps import (
+    SO_BUSY_POLL,
+    SO_BUSY_POLL_BUDGET,
+    SO_MEMINFO,
+    SO_PREFER_BUSY_POLL,
+    SO_TIMESTAMPNS,
+    SOL_UDP,
+    UDP_GRO,
+    Capabilities,
+    capabilities,
+)
 from ._checks import check_int, check_socket, closed_socket_error
 from ._errors import SendError
 from ._portable import PortableIo
-from ._caps import (SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_MEMINFO, SO_PREFER_BUSY_POLL, SO_TIMESTAMPNS, SOL_UDP,
-                   UDP_GRO, Capabilities, capabilities)
+from ._types import Address, OnError, RecoverPolicy
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+    from .napi.busypoll import BusyPollEpoll
 
 __all__ = ["BurstSocket", "BACKENDS"]
 
@@ -87,17 +102,17 @@ class BurstSocket:
         if sndbuf is not None:
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
         self._gso_warned = False
-        self._busy_poll: Any = None  # (mechanism, BusyPollEpoll or None) while busy polling
+        self._busy_poll: tuple[str, BusyPollEpoll | None] | None = None  # (mechanism, epoll) while busy polling
         # The hot paths are bound straight to the backend: no Python frame
         # between the caller and the C calls (see recv_batch/send_batch
         # below). The backend calls _send_recover only when a send stops early.
-        self.recv_batch = self._io.recv_batch
-        self.send_batch = self._io.send_batch
+        self.recv_batch = self._io.recv_batch  # type: ignore[method-assign]  # the C method, no Python frame
+        self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self._send = self._io.send_raw
         self._io.recover = _recover_hook(weakref.ref(self))
 
     @staticmethod
-    def _make_io(sock: socket.socket, backend: str, caps: Capabilities):
+    def _make_io(sock: socket.socket, backend: str, caps: Capabilities) -> _native.UdpIo | PortableIo:
         if backend == "portable":
             return PortableIo(sock)
         if backend == "mmsg" and not (caps.recvmmsg and caps.sendmmsg):
@@ -109,7 +124,7 @@ class BurstSocket:
         return io
 
     @classmethod
-    def bind(cls, addr: tuple, **kwargs: Any) -> BurstSocket:
+    def bind(cls, addr: Address, **kwargs: Any) -> BurstSocket:
         """Make a socket of the address's family, bound to ``addr``."""
         family = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
         self = cls(family=kwargs.pop("family", family), **kwargs)
@@ -137,7 +152,7 @@ class BurstSocket:
         return self._io.recv_batch(batch, timeout)
 
     def send_batch(self, batch: _native.PacketBatch, start: int = 0, count: int | None = None,
-                   *, on_error: str = "raise") -> int:
+                   *, on_error: OnError = "raise") -> int:
         """Send entries ``[start, start + count)`` of ``batch``; return how many went.
 
         Each entry goes to its own address (None: the connected peer). Runs
@@ -154,7 +169,7 @@ class BurstSocket:
         return self._io.send_batch(batch, start, count, on_error=on_error)
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
-                      skip: bool) -> int:
+                      skip: int) -> int:
         """The send stopped at entry ``done``: sort out a GSO refusal, or report."""
         io = self._io
         while True:
@@ -185,7 +200,7 @@ class BurstSocket:
             finally:
                 io.gso = 1
 
-    def send_segments(self, buffer: Any, segment_size: int, addr: tuple | None = None) -> int:
+    def send_segments(self, buffer: ReadableBuffer, segment_size: int, addr: Address | None = None) -> int:
         """Send ``buffer`` cut into datagrams of ``segment_size`` bytes (the
         last may be shorter) to ``addr``; return the datagram count.
 
@@ -297,7 +312,8 @@ class BurstSocket:
             raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
         except OSError:
             return 0
-        return struct.unpack(f"{len(raw) // 4}I", raw)[_SK_MEMINFO_DROPS]
+        drops: int = struct.unpack(f"{len(raw) // 4}I", raw)[_SK_MEMINFO_DROPS]
+        return drops
 
     def describe(self) -> str:
         """One line saying which mechanisms this socket uses."""
@@ -380,13 +396,15 @@ class BurstSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def getsockname(self):
-        return self._sock.getsockname()
+    def getsockname(self) -> Address:
+        addr: Address = self._sock.getsockname()
+        return addr
 
-    def getpeername(self):
-        return self._sock.getpeername()
+    def getpeername(self) -> Address:
+        addr: Address = self._sock.getpeername()
+        return addr
 
-    def connect(self, addr: tuple) -> None:
+    def connect(self, addr: Address) -> None:
         self._sock.connect(addr)
 
     def setblocking(self, flag: bool) -> None:
@@ -411,10 +429,10 @@ class BurstSocket:
         return f"<BurstSocket {name} {self.describe()}>"
 
 
-def _recover_hook(ref: weakref.ref):
+def _recover_hook(ref: weakref.ref[BurstSocket]) -> RecoverPolicy:
     """The send policy as the backend calls it, holding the BurstSocket only
     weakly (the socket owns the backend: no reference cycle)."""
-    def recover(batch, start: int, done: int, end: int, skip: bool) -> int:
+    def recover(batch: _native.PacketBatch, start: int, done: int, end: int, skip: int) -> int:
         sock = ref()
         if sock is None:
             raise OSError(errno.EBADF, "Bad file descriptor (the BurstSocket is gone)")

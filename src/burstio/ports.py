@@ -35,11 +35,20 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from . import _native
 from ._checks import check_choice, check_int, check_seconds
 from ._native import PacketBatch
+
+if TYPE_CHECKING:
+    from ._udp import BurstSocket
+
+    class _FdDup(Protocol):
+        """multiprocessing.reduction.DupFd(fd) as the receiving process sees it."""
+
+        def detach(self) -> int: ...
 
 __all__ = [
     "Port", "PortTx", "PortRx", "Switch", "pipe", "send_port", "recv_port", "publish", "attach",
@@ -58,15 +67,16 @@ _EFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
 _NAME_PREFIX = "burstio-rings:"  # abstract Unix socket namespace
 _KIND = {0: "pipe", 1: "switch port"}
 _ARRAYS = ("idx", "len", "flags", "dst", "src")
+_ArrayKey: TypeAlias = Literal["idx", "len", "flags", "dst", "src"]
 
 
 # ---- argument policy ----------------------------------------------------------
 
-def _linger_ns(linger: Any) -> int:
+def _linger_ns(linger: object) -> int:
     return int(check_seconds("linger", linger, 0, 1) * 1e9)
 
 
-def _new_region(slots: int, slot_size: int, kind: int, efds: list[int] | None = None):
+def _new_region(slots: int, slot_size: int, kind: int, efds: list[int] | None = None) -> _native.PortRegion:
     """A fresh sealed memfd region and its eventfds (owned by the region)."""
     slots = check_int("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
     slot_size = check_int("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
@@ -83,7 +93,7 @@ def _new_region(slots: int, slot_size: int, kind: int, efds: list[int] | None = 
         raise
 
 
-def _check_eventfds(efds) -> None:
+def _check_eventfds(efds: Sequence[int]) -> None:
     for i, fd in enumerate(efds):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
@@ -93,7 +103,7 @@ def _check_eventfds(efds) -> None:
             raise ValueError(f"eventfd {i} of a ring port (of 4) is not an eventfd: {target}")
 
 
-def _attach_region(memfd: int, efds) -> Any:
+def _attach_region(memfd: int, efds: Sequence[int]) -> _native.PortRegion:
     """Map a region received from elsewhere; on success it owns the fds."""
     _check_eventfds(efds)
     return _native.PortRegion(memfd, list(efds))
@@ -104,8 +114,14 @@ def _attach_region(memfd: int, efds) -> Any:
 class _Arrays:
     """Memoryviews (uint32) over a ring's slot arrays, indexed by ring index."""
 
-    def _array(self, key: str) -> memoryview:
-        cache = self.__dict__.setdefault("_views", {})
+    if TYPE_CHECKING:  # what the ring types it is mixed into provide
+        @property
+        def port(self) -> _native.PortClaim: ...
+        @property
+        def ring(self) -> int: ...
+
+    def _array(self, key: _ArrayKey) -> memoryview:
+        cache: dict[str, memoryview] = self.__dict__.setdefault("_views", {})
         if key not in cache:
             reg = self.port.region
             lay = reg.layout()
@@ -144,8 +160,9 @@ class PortTx(_native.PortTx, _Arrays):
     docstrings for each method.
     """
 
-    def recv_from(self, sock: Any, timeout: float | None = None, *, dst: int = 0,
-                  src: int = 0) -> int:
+    def recv_from(  # type: ignore[override]  # takes a socket object and returns the datagram count
+            self, sock: socket.socket | BurstSocket, timeout: float | None = None, *, dst: int = 0,
+            src: int = 0) -> int:
         """Receive datagrams from a UDP socket (BurstSocket or socket.socket)
         straight into the free slots, with recvmmsg: no copy through Python.
         Waits up to ``timeout`` for the first; returns how many arrived (0 on
@@ -174,7 +191,7 @@ class PortRx(_native.PortRx, _Arrays):
     swapping buffer indices.
     """
 
-    def send_to(self, sock: Any, batch: PacketBatch | None = None, count: int | None = None) -> int:
+    def send_to(self, sock: BurstSocket, batch: PacketBatch | None = None, count: int | None = None) -> int:
         """Send owned packets to their addresses through a BurstSocket,
         straight from the ring (the batch's entries point into it: sendmmsg,
         UDP GSO for equal runs, no copy), and advance past those sent.
@@ -196,7 +213,7 @@ class PortRx(_native.PortRx, _Arrays):
         self.advance(sent)
         return sent
 
-    def packets(self, timeout: float | None = None):
+    def packets(self, timeout: float | None = None) -> Iterator[memoryview]:
         """Yield every packet (a memoryview, valid until the next one is
         asked for) until the peer closes its port; the slots are freed as
         the loop goes. TimeoutError if nothing comes for ``timeout`` seconds;
@@ -228,7 +245,10 @@ class Port:
     (``publish``/``attach``). ``close()`` (or ``with port:``) tells the peer.
     """
 
-    def __init__(self, region: Any, party: int, *, linger: float = LINGER):
+    #: the index of a port that Switch.add_port made, in its switch (set there)
+    switch_index: int
+
+    def __init__(self, region: _native.PortRegion, party: int, *, linger: float = LINGER):
         self._port = _native.PortClaim(region, party)
         self.tx = PortTx(self._port)
         self.rx = PortRx(self._port)
@@ -245,7 +265,7 @@ class Port:
         self.tx.linger_ns = self.rx.linger_ns = _linger_ns(seconds)
 
     @property
-    def region(self) -> Any:
+    def region(self) -> _native.PortRegion:
         return self._port.region
 
     @property
@@ -309,7 +329,7 @@ class Port:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., Port], tuple[Any, ...]]:
         # multiprocessing duplicates the descriptors for the receiving process
         # (while spawning, or through its resource sharer for a Queue/Pipe)
         from multiprocessing.reduction import DupFd
@@ -326,7 +346,8 @@ class Port:
                 f"{reg.slot_size} B, {state}, peer pid {self.peer_pid or '-'}>")
 
 
-def _rebuild_port(memfd_dup, efd_dups, party: int, linger_ns: int, key: int | None) -> Port:
+def _rebuild_port(memfd_dup: _FdDup, efd_dups: tuple[_FdDup, ...], party: int, linger_ns: int,
+                  key: int | None) -> Port:
     fds = [memfd_dup.detach()] + [d.detach() for d in efd_dups]
     return _port_from_fds(fds, party, linger_ns / 1e9, key)
 
@@ -503,7 +524,7 @@ class Switch:
             check_int("key", key, 1, BROADCAST - 1)
         own = [os.dup(self._efd), os.dup(self._efd)]
         try:
-            efds = own + [os.eventfd(0, _EFD_FLAGS), os.eventfd(0, _EFD_FLAGS)]
+            efds = [*own, os.eventfd(0, _EFD_FLAGS), os.eventfd(0, _EFD_FLAGS)]
         except BaseException:
             for fd in own:
                 os.close(fd)
@@ -521,7 +542,7 @@ class Switch:
 
     def _index(self, port: Port | int) -> int:
         if isinstance(port, Port):
-            index = getattr(port, "switch_index", None)
+            index: int | None = getattr(port, "switch_index", None)
             if index is None or index >= len(self._sides) or self._sides[index].region is not port.region:
                 raise ValueError("that port does not belong to this switch")
             return index

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "burstio_lab(**kwargs): keyword arguments of the burstio_lab fixture's Lab")
 
 
-def lab_or_skip(**kwargs) -> Lab:
+def lab_or_skip(**kwargs: Any) -> Lab:
     """A Lab with a name and subnet no other lab of this process or of a
     concurrent test run uses (not yet up); pytest.skip without privileges."""
     try:

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias, TypeVar, cast
 
 from .. import _native
+from .._types import Address
 from ._transport import BurstDatagramTransport
 
 __all__ = [
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 _ENDPOINT_OPTIONS = ("gro", "backend", "rx_slots", "tx_batch")
+_ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
+#: one getaddrinfo() result: (family, type, proto, canonname, sockaddr)
+_AddrInfo: TypeAlias = tuple[int, int, int, str, Any]
 
 
 class BatchDatagramProtocol(asyncio.DatagramProtocol):
@@ -65,18 +69,18 @@ class BatchDatagramProtocol(asyncio.DatagramProtocol):
     """
 
     def datagrams_received(self, batch: _native.PacketBatch) -> None:
-        addrs = batch.addresses()
+        addrs = cast("list[Address]", batch.addresses())  # every received datagram has its sender's
         for i in range(len(batch)):
             self.datagram_received(bytes(batch[i]), addrs[i])
 
 
 async def create_datagram_endpoint(
-        loop: asyncio.AbstractEventLoop | None, protocol_factory: Callable[[], asyncio.BaseProtocol],
-        local_addr: tuple | None = None, remote_addr: tuple | None = None, *,
+        loop: asyncio.AbstractEventLoop | None, protocol_factory: Callable[[], _ProtocolT],
+        local_addr: tuple[str, int] | None = None, remote_addr: tuple[str, int] | None = None, *,
         family: int = 0, proto: int = 0, flags: int = 0, reuse_port: bool | None = None,
         allow_broadcast: bool | None = None, sock: socket.socket | None = None,
         gro: bool = False, backend: str = "auto", rx_slots: int = 16,
-        tx_batch: int = 128) -> tuple[BurstDatagramTransport, asyncio.BaseProtocol]:
+        tx_batch: int = 128) -> tuple[BurstDatagramTransport, _ProtocolT]:
     """Make a UDP endpoint like ``loop.create_datagram_endpoint``, with a
     burstio transport. ``loop`` None means the running loop.
 
@@ -127,7 +131,7 @@ def _check_given_socket(sock: Any, **modifiers: Any) -> None:
 
 
 async def _resolve(loop: asyncio.AbstractEventLoop, addr: Any, family: int, proto: int,
-                   flags: int) -> list:
+                   flags: int) -> Sequence[_AddrInfo]:
     if not (isinstance(addr, tuple) and len(addr) == 2):
         raise TypeError("2-tuple is expected")
     host, port = addr
@@ -143,17 +147,18 @@ async def _resolve(loop: asyncio.AbstractEventLoop, addr: Any, family: int, prot
     return infos
 
 
-async def _open_socket(loop, local_addr, remote_addr, family, proto, flags, reuse_port,
-                       allow_broadcast) -> tuple[socket.socket, tuple | None]:
+async def _open_socket(loop: asyncio.AbstractEventLoop, local_addr: tuple[str, int] | None,
+                       remote_addr: tuple[str, int] | None, family: int, proto: int, flags: int,
+                       reuse_port: bool | None, allow_broadcast: bool | None) -> tuple[socket.socket, Address | None]:
     """asyncio's way of making a datagram socket (base_events), for IPv4/IPv6."""
     if family not in (0, socket.AF_INET, socket.AF_INET6):
         raise ValueError(f"burstio endpoints are IPv4 or IPv6 UDP; got family {family!r}")
     if not (local_addr or remote_addr):
         if family == 0:
             raise ValueError("unexpected address family")
-        pairs = [((family, proto), (None, None))]
+        pairs: list[tuple[tuple[int, int], Any]] = [((family, proto), (None, None))]
     else:
-        by_family: dict = {}
+        by_family: dict[tuple[int, int], list[Address | None]] = {}
         for idx, addr in ((0, local_addr), (1, remote_addr)):
             if addr is not None:
                 for fam, _, pro, _, address in await _resolve(loop, addr, family, proto, flags):
@@ -210,7 +215,8 @@ def install(loop: asyncio.AbstractEventLoop | None = None, **options: Any) -> as
     current = loop.create_datagram_endpoint
     original = getattr(current, "burstio_original", current)
 
-    async def create(protocol_factory, local_addr=None, remote_addr=None, **kwargs):
+    async def create(protocol_factory: Callable[[], _ProtocolT], local_addr: Any = None, remote_addr: Any = None,
+                     **kwargs: Any) -> tuple[asyncio.DatagramTransport, _ProtocolT]:
         sock = kwargs.get("sock")
         if kwargs.get("family") == getattr(socket, "AF_UNIX", None) or (
                 isinstance(sock, socket.socket) and sock.family not in (socket.AF_INET, socket.AF_INET6)):
@@ -218,9 +224,10 @@ def install(loop: asyncio.AbstractEventLoop | None = None, **options: Any) -> as
         return await create_datagram_endpoint(loop, protocol_factory, local_addr, remote_addr,
                                               **{**options, **kwargs})
 
-    create.burstio_original = original  # type: ignore[attr-defined]
-    create.burstio_options = dict(options)  # type: ignore[attr-defined]
-    loop.create_datagram_endpoint = create  # type: ignore[method-assign]
+    # the loop's own method is kept on the function that replaces it (what uninstall undoes)
+    create.burstio_original = original  # type: ignore[attr-defined]  # a function attribute
+    create.burstio_options = dict(options)  # type: ignore[attr-defined]  # a function attribute
+    loop.create_datagram_endpoint = create  # type: ignore[method-assign]  # this loop's, not the class's
     return loop
 
 

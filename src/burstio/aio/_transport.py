@@ -32,11 +32,13 @@ import socket
 import sys
 import warnings
 from asyncio import trsock
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from .. import _native
-from .._checks import check_int
 from .._caps import capabilities
+from .._checks import check_int
+from .._types import Address
 from .._udp import BurstSocket
 
 __all__ = ["BurstDatagramTransport"]
@@ -56,11 +58,12 @@ LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 #: datagram (cpython gh-113812); earlier versions drop empty ones. Follow the
 #: stdlib of the running interpreter, which the tests use as the oracle.
 SEND_EMPTY = sys.version_info >= (3, 13)
-DATAGRAM_OVERHEAD = getattr(asyncio.selector_events._SelectorDatagramTransport, "_header_size", 0)
+DATAGRAM_OVERHEAD = getattr(asyncio.selector_events._SelectorDatagramTransport,  # type: ignore[attr-defined]
+                            "_header_size", 0)  # (private, so not in typeshed's stubs)
 _AGAIN = (BlockingIOError, InterruptedError)
 
 
-def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
+def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
     if not fut.cancelled():
         fut.set_result(result)
 
@@ -72,11 +75,13 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     asyncio's (see ``burstio.aio`` for the differences, which are few).
     """
 
-    _sock = None  # set once the socket is ours (__del__ may meet a half-made transport)
+    _sock: socket.socket | None = None  # set once the socket is ours (__del__ may meet a half-made transport)
+    _protocol: Any = None  # set_protocol() sets it: any asyncio protocol, duck-typed
+    _extra: dict[str, Any]  # asyncio.BaseTransport's (not in typeshed's stubs)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol: asyncio.BaseProtocol, address: tuple | None = None,
-                 waiter: asyncio.Future | None = None, extra: dict | None = None, *,
+                 protocol: asyncio.BaseProtocol, address: Address | None = None,
+                 waiter: asyncio.Future[None] | None = None, extra: dict[str, Any] | None = None, *,
                  gro: bool = False, backend: str = "auto", rx_slots: int = 16,
                  tx_batch: int = 128):
         super().__init__(extra)
@@ -98,7 +103,6 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._address = address
         # a connected socket sends to its peer whatever address sendto names (as asyncio)
         self._to_peer = address is not None or self._extra["peername"] is not None
-        self._protocol: Any = None
         self._batch_protocol = False
         self.set_protocol(protocol)
         # receive side
@@ -113,8 +117,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._tx_batch = tx_batch
         self._send = self._bsock.send_batch
         self._out = _native.PacketBatch(self._tx_batch, TX_SLOT)
-        self._queue: collections.deque = collections.deque()
-        self._spares: list = []
+        self._queue: collections.deque[_native.PacketBatch] = collections.deque()
+        self._spares: list[_native.PacketBatch] = []
         self._probe = _native.PacketBatch(1, 1)  # tells an address problem from a full batch
         self._head = 0
         self._queued_bytes = 0
@@ -155,7 +159,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._hold = True  # the rest of the burst goes to the new protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
+        protocol: asyncio.BaseProtocol = self._protocol
+        return protocol
 
     def is_closing(self) -> bool:
         return self._closing
@@ -196,7 +201,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     def abort(self) -> None:
         self._force_close(None)
 
-    def __del__(self, _warn=warnings.warn) -> None:
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._bsock.close()
@@ -428,13 +433,14 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._out.append(data, addr)
         return True
 
-    def _resolve(self, addr: Any) -> tuple | None:
+    def _resolve(self, addr: Any) -> Address | None:
         """A numeric address for ``addr`` (asyncio resolves names in
         sock.sendto the same blocking way); None after reporting an error."""
         probe = self._probe
         try:
             probe.append(b"", addr)
-            return addr
+            numeric: Address = addr  # the C parser took it
+            return numeric
         except ValueError as exc:
             if not (isinstance(addr, tuple) and len(addr) in (2, 4) and isinstance(addr[0], str)
                     and "numeric" in str(exc)):
@@ -442,7 +448,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         finally:
             probe.clear()
         try:
-            infos = socket.getaddrinfo(addr[0], addr[1], self._sock.family, socket.SOCK_DGRAM)
+            infos = socket.getaddrinfo(addr[0], addr[1], cast(socket.socket, self._sock).family, socket.SOCK_DGRAM)
         except OSError as exc:  # socket.gaierror: what asyncio's sendto reports
             self._protocol.error_received(exc)
             return None
@@ -627,4 +633,4 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._bsock.close()
             self._sock = None
             self._protocol = None
-            self._loop = None
+            self._loop = None  # type: ignore[assignment]  # dropped with the connection (as asyncio does)

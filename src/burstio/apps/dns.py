@@ -23,8 +23,11 @@ import asyncio
 import ipaddress
 import struct
 import sys
+from typing import Any, cast
 
 from .. import aio
+from .._native import PacketBatch
+from .._types import Address
 from . import until_signalled
 
 __all__ = ["Answers", "answer", "AsyncioResponder", "BurstResponder", "serve", "main"]
@@ -90,17 +93,17 @@ class _Answering:
 
     def __init__(self, answers: Answers = DEFAULT):
         self.answers = answers
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: asyncio.DatagramTransport = None  # type: ignore[assignment]  # until connection_made()
         self.queries = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
 
 
 class AsyncioResponder(_Answering, asyncio.DatagramProtocol):
     """One query per ``datagram_received``, one ``sendto`` per answer."""
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.queries += 1
         reply = answer(data, self.answers)
         if reply is not None:
@@ -111,7 +114,7 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
     """The same answers, a burst at a time (burstio transports; on others
     it falls back to one query per call)."""
 
-    def datagrams_received(self, batch) -> None:
+    def datagrams_received(self, batch: PacketBatch) -> None:
         n = len(batch)
         self.queries += n
         addrs = batch.addresses()
@@ -121,7 +124,7 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
             if reply is not None:
                 sendto(reply, addrs[i])
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.queries += 1
         reply = answer(data, self.answers)
         if reply is not None:
@@ -132,7 +135,7 @@ TRANSPORTS = ("asyncio", "burstio-compat", "burstio")
 
 
 async def serve(host: str, port: int, transport: str = "burstio", answers: Answers = DEFAULT,
-                **options):
+                **options: Any) -> tuple[asyncio.DatagramTransport, AsyncioResponder | BurstResponder]:
     """Start a responder; returns (transport, protocol). ``transport``:
     "asyncio" (the loop's own, AsyncioResponder), "burstio-compat"
     (AsyncioResponder over burstio), "burstio" (BurstResponder over burstio)."""

@@ -27,16 +27,20 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 from urllib.parse import urlparse
 
-from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer, serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ProtocolNegotiated, QuicEvent
 
 from .. import aio
+from .._native import PacketBatch
 from . import until_signalled
 
 __all__ = ["H3Server", "H3Client", "BurstQuicProtocol", "BurstH3Client", "serve_h3", "connect_h3",
@@ -52,7 +56,7 @@ def body(size: int) -> bytes:
     return (_CHUNK * (size // len(_CHUNK) + 1))[:size]
 
 
-def use_transport(transport: str, loop: asyncio.AbstractEventLoop | None = None, **options) -> None:
+def use_transport(transport: str, loop: asyncio.AbstractEventLoop | None = None, **options: Any) -> None:
     """Make the (running) loop's datagram endpoints "asyncio" (its own) or
     "burstio" (``burstio.aio.install`` with ``options``)."""
     loop = loop or asyncio.get_running_loop()
@@ -67,7 +71,7 @@ def use_transport(transport: str, loop: asyncio.AbstractEventLoop | None = None,
 class H3Server(QuicConnectionProtocol):
     """HTTP/3: ``GET /bytes/N`` -> 200 with N bytes (``body(N)``); else 404."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._http: H3Connection | None = None
 
@@ -81,18 +85,18 @@ class H3Server(QuicConnectionProtocol):
     def _h3_event(self, event: H3Event) -> None:
         if not isinstance(event, HeadersReceived):
             return
+        http = cast(H3Connection, self._http)  # made before any HTTP/3 event
         headers = dict(event.headers)
         path = headers.get(b":path", b"/").decode()
         size = _requested_size(path) if headers.get(b":method") == b"GET" else None
         if size is None:
-            self._http.send_headers(event.stream_id, [(b":status", b"404")], end_stream=True)
+            http.send_headers(event.stream_id, [(b":status", b"404")], end_stream=True)
         else:
-            self._http.send_headers(event.stream_id, [(b":status", b"200"),
-                                                      (b"content-length", str(size).encode())])
+            http.send_headers(event.stream_id, [(b":status", b"200"), (b"content-length", str(size).encode())])
             while size > len(_CHUNK):
-                self._http.send_data(event.stream_id, _CHUNK, end_stream=False)
+                http.send_data(event.stream_id, _CHUNK, end_stream=False)
                 size -= len(_CHUNK)
-            self._http.send_data(event.stream_id, _CHUNK[:size], end_stream=True)
+            http.send_data(event.stream_id, _CHUNK[:size], end_stream=True)
         self.transmit()
 
 
@@ -112,7 +116,7 @@ class BurstQuicProtocol(QuicConnectionProtocol):
     TCP receiver do). On other transports, ``datagram_received`` works as
     aioquic wrote it."""
 
-    def datagrams_received(self, batch) -> None:
+    def datagrams_received(self, batch: PacketBatch) -> None:
         self.datagrams = getattr(self, "datagrams", 0) + len(batch)
         now = self._loop.time()
         receive = self._quic.receive_datagram
@@ -127,20 +131,20 @@ class H3Client(QuicConnectionProtocol):
     """``await client.get(authority, path)`` -> (status, body bytes received).
     Set ``on_data(stream_id, data)`` to see the body as it arrives."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._http = H3Connection(self._quic)
-        self._requests: dict[int, list] = {}
+        self._requests: dict[int, list[Any]] = {}  # stream id: [future, status, bytes received]
         self.datagrams = 0  # received, counted the same way whatever the transport
-        self.on_data = None
+        self.on_data: Callable[[int, bytes], object] | None = None
 
-    def datagram_received(self, data, addr) -> None:
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
         self.datagrams += 1
         super().datagram_received(data, addr)
 
     async def get(self, authority: str, path: str) -> tuple[int, int]:
         stream_id = self._quic.get_next_available_stream_id()
-        done = self._loop.create_future()
+        done: asyncio.Future[tuple[int, int]] = self._loop.create_future()
         self._requests[stream_id] = [done, 0, 0]
         self._http.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"),
                                             (b":authority", authority.encode()),
@@ -150,7 +154,8 @@ class H3Client(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         for h3_event in self._http.handle_event(event):
-            req = self._requests.get(getattr(h3_event, "stream_id", -1))
+            stream_id: int = getattr(h3_event, "stream_id", -1)
+            req = self._requests.get(stream_id)
             if req is None:
                 continue
             if isinstance(h3_event, HeadersReceived):
@@ -160,7 +165,7 @@ class H3Client(QuicConnectionProtocol):
                 if self.on_data is not None:
                     self.on_data(h3_event.stream_id, h3_event.data)
             if getattr(h3_event, "stream_ended", False):
-                del self._requests[h3_event.stream_id]
+                del self._requests[stream_id]
                 if not req[0].done():
                     req[0].set_result((req[1], req[2]))
 
@@ -179,7 +184,7 @@ def self_signed_certificate(directory: str, host: str = "localhost") -> tuple[st
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alt = x509.SubjectAlternativeName([x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                                        x509.IPAddress(ipaddress.ip_address("::1"))])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -195,19 +200,19 @@ def self_signed_certificate(directory: str, host: str = "localhost") -> tuple[st
     return certfile, keyfile
 
 
-def server_configuration(certfile: str, keyfile: str, **kwargs) -> QuicConfiguration:
+def server_configuration(certfile: str, keyfile: str, **kwargs: Any) -> QuicConfiguration:
     config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, **kwargs)
     config.load_cert_chain(certfile, keyfile)
     return config
 
 
-def client_configuration(**kwargs) -> QuicConfiguration:
+def client_configuration(**kwargs: Any) -> QuicConfiguration:
     """A client configuration that accepts the throw-away certificate."""
     return QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE, **kwargs)
 
 
 async def serve_h3(host: str, port: int, configuration: QuicConfiguration, transport: str = "burstio",
-                   **options):
+                   **options: Any) -> QuicServer:
     """aioquic's ``serve()`` with ``H3Server`` over the chosen transport."""
     use_transport(transport, **options)
     return await serve(host, port, configuration=configuration, create_protocol=H3Server)
@@ -215,8 +220,8 @@ async def serve_h3(host: str, port: int, configuration: QuicConfiguration, trans
 
 @contextlib.asynccontextmanager
 async def connect_h3(host: str, port: int, configuration: QuicConfiguration | None = None,
-                     transport: str = "burstio", protocol: type = None,
-                     **options) -> AsyncIterator[H3Client]:
+                     transport: str = "burstio", protocol: type[H3Client] | None = None,
+                     **options: Any) -> AsyncIterator[H3Client]:
     """aioquic's ``connect()`` with an HTTP/3 client protocol (default:
     ``BurstH3Client`` over burstio, ``H3Client`` over asyncio) over the
     chosen transport."""
@@ -225,7 +230,7 @@ async def connect_h3(host: str, port: int, configuration: QuicConfiguration | No
         protocol = BurstH3Client if transport == "burstio" else H3Client
     async with connect(host, port, configuration=configuration or client_configuration(),
                        create_protocol=protocol) as client:
-        yield client
+        yield cast(H3Client, client)  # made by `protocol`
 
 
 # ---- command line -----------------------------------------------------------

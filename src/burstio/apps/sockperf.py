@@ -24,10 +24,15 @@ import os
 import signal
 import struct
 import threading
+from collections.abc import Callable
 
 from .. import _native
-from ..napi.busypoll import napi_id
+from .._types import Address
 from .._udp import BurstSocket
+from ..napi.busypoll import napi_id
+
+__all__ = ["SockperfServer", "main", "MODES", "SUSPEND_NAPI", "HEADER", "FLAG_CLIENT", "FLAG_PONG_REQUEST",
+           "FLAG_WARMUP"]
 
 log = logging.getLogger("burstio")
 MODES = ("blocking", "busy-poll", "busy-poll-suspend")
@@ -52,7 +57,7 @@ class SockperfServer:
     def __init__(self, host: str = "0.0.0.0", port: int = 11111, *, batch: int = 64,
                  max_message: int = 65507, backend: str = "auto", gso: bool = True,
                  mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
-                 napi_settings: dict | None = None):
+                 napi_settings: dict[str, int] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.busy_poll_usecs, self.busy_poll_budget = mode, busy_poll_usecs, busy_poll_budget
@@ -69,7 +74,7 @@ class SockperfServer:
         self.replies = 0
 
     @property
-    def address(self) -> tuple:
+    def address(self) -> Address:
         return self.sock.getsockname()
 
     def _mark_replies(self, n: int) -> int:
@@ -110,7 +115,8 @@ class SockperfServer:
     def serve_forever(self, poll_interval: float | None = None) -> None:
         """Serve until stop() (checked every poll_interval seconds) or a signal."""
         if self.mode != "blocking":
-            return self._serve_busy_poll(poll_interval)
+            self._serve_busy_poll(poll_interval)
+            return
         serve_once, stopped = self.serve_once, self._stop.is_set
         while not stopped():
             serve_once(poll_interval)
@@ -129,7 +135,7 @@ class SockperfServer:
                     tuned = True  # the traffic's NAPI instance is known now
                     stack.callback(self._tune_napi(napi_id(self.sock), self.napi_settings))
 
-    def _tune_napi(self, nid: int, settings: dict):
+    def _tune_napi(self, nid: int, settings: dict[str, int]) -> Callable[[], None]:
         """Apply `settings` to NAPI `nid` (in the socket's namespace);
         returns the undo."""
         from ..napi import netdev
@@ -172,7 +178,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(host: str, port: int, batch: int = 64, backend: str = "auto", quiet: bool = False,
          mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
-         napi_settings: dict | None = None) -> int:
+         napi_settings: dict[str, int] | None = None) -> int:
     server = SockperfServer(host, port, batch=batch, backend=backend, mode=mode,
                             busy_poll_usecs=busy_poll_usecs, busy_poll_budget=busy_poll_budget,
                             napi_settings=napi_settings)

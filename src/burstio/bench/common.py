@@ -7,8 +7,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .perfcount import SyscallCounter, perf_available
+
+__all__ = ["Options", "pinned", "timed", "rounds", "count_syscalls", "syscall_source", "measure_sends"]
+
+if TYPE_CHECKING:
+    from .report import Progress, ScenarioResult
 
 
 @dataclass
@@ -80,7 +86,8 @@ def syscall_source() -> str:
     return why if ok else f"socket counters ({why})"
 
 
-def measure_sends(res, opts: Options, progress, runs: dict[str, Callable[[], int]], settle: Callable[[], int],
+def measure_sends(res: ScenarioResult, opts: Options, progress: Progress, runs: dict[str, Callable[[], int]],
+                  settle: Callable[[], int],
                   own_syscalls: Callable[[], int] | None = None) -> None:
     """Send scenarios: alternate the variants' timed runs (each returns the
     datagrams it sent; ``settle`` drains the receivers and returns how many
@@ -102,7 +109,12 @@ def measure_sends(res, opts: Options, progress, runs: dict[str, Callable[[], int
     for name in names:
         box: list[int] = []
         before = own_syscalls() if own_syscalls else 0
-        calls = count_syscalls(os.getpid(), lambda: box.append(runs[name]()) or 0)
+
+        def work() -> int:
+            box.append(runs[name]())  # noqa: B023 - called right here, in this iteration
+            return 0
+
+        calls = count_syscalls(os.getpid(), work)
         if calls is None and own_syscalls is not None:
             calls = box[0] if name == "stdlib" else own_syscalls() - before
         settle()

@@ -6,6 +6,7 @@ code being measured, so start-up and set-up syscalls are not counted.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -25,7 +26,7 @@ def perf_available() -> tuple[bool, str]:
         return False, "perf not installed (Debian: linux-perf)"
     try:
         r = subprocess.run([perf, "stat", "-x", ",", "-e", EVENT, "true"],
-                           capture_output=True, text=True, timeout=20)
+                           capture_output=True, check=False, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"perf failed: {e}"
     if r.returncode != 0 or EVENT not in r.stderr or "not supported" in r.stderr:
@@ -79,10 +80,9 @@ class SyscallCounter:
         self._command("enable")
 
     def disable(self) -> None:
-        try:
+        # the target may have exited, and perf with it: its count is final
+        with contextlib.suppress(BrokenPipeError, RuntimeError):
             self._command("disable")
-        except (BrokenPipeError, RuntimeError):
-            pass  # the target exited and perf with it: its count is final
 
     def close(self) -> int:
         if self._proc.poll() is None:
@@ -102,5 +102,5 @@ class SyscallCounter:
     def __enter__(self) -> SyscallCounter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

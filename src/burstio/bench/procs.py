@@ -6,13 +6,16 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def free_port() -> int:
     """A UDP port on 127.0.0.1 that nothing holds right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -28,7 +31,7 @@ def client_and_server_cpus() -> tuple[str, str]:
     return str(cpus[0]), str(cpus[-1])
 
 
-def stop(procs) -> None:
+def stop(procs: Iterable[subprocess.Popen[Any]]) -> None:
     """SIGTERM each process, then SIGKILL what has not exited after 10 s."""
     for p in procs:
         if p.poll() is None:
@@ -41,8 +44,8 @@ def stop(procs) -> None:
             p.wait()
 
 
-def wait_answering(port: int, proc: subprocess.Popen, probe: bytes, answered, what: str,
-                   timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+def wait_answering(port: int, proc: subprocess.Popen[Any], probe: bytes, answered: Callable[[bytes], bool],
+                   what: str, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     """Send ``probe`` to a UDP server until ``answered(reply)`` is true;
     RuntimeError naming ``what`` when it exits or stays silent."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,9 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
+
+__all__ = ["Variant", "Target", "ScenarioResult", "Progress", "percentile", "format_result", "write_json", "plot"]
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Target:
     goal: float
     at_least: bool  # True: ratio >= goal; False: ratio <= goal
 
-    def evaluate(self, metrics: dict[str, dict]) -> dict[str, Any]:
+    def evaluate(self, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
         v = metrics.get(self.variant, {}).get(self.metric)
         b = 1.0 if self.baseline is None else metrics.get(self.baseline, {}).get(self.metric)
         value = None if v is None or not b else v / b
@@ -152,10 +154,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                     for i, (h, w) in enumerate(zip(headers, widths, strict=False)))
     out = [line, "-" * len(line)]
-    for r in rows:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    out.extend("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+               for r in rows)
     return "\n".join(out)
 
 
@@ -180,7 +183,7 @@ def format_result(res: ScenarioResult) -> str:
     return "\n".join(lines)
 
 
-def _rate_table(metrics: dict, baselines: tuple[str, ...]) -> str:
+def _rate_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]) -> str:
     present = [b for b in baselines if b in metrics and metrics[b].get("datagrams_per_s")]
     headers = ["variant", "datagrams/s", "ns/datagram", "syscalls/dgram", "CPU ns/dgram"]
     headers += [f"x {b}" for b in present]
@@ -195,7 +198,7 @@ def _rate_table(metrics: dict, baselines: tuple[str, ...]) -> str:
     return _table(headers, rows)
 
 
-def _latency_table(metrics: dict, baselines: tuple[str, ...]) -> str:
+def _latency_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]) -> str:
     bases = [b for b in baselines if b in metrics and metrics[b].get("p50_us")]
     keys = ["p50_us", "p99_us", "p99_9_us", "p99_99_us"]
     headers = ["variant", "p50 us", "p99 us", "p99.9 us", "p99.99 us", "samples", "CPU us/req"]
@@ -218,12 +221,10 @@ def _latency_table(metrics: dict, baselines: tuple[str, ...]) -> str:
     return _table(headers, rows)
 
 
-def write_json(results: list[ScenarioResult], stream=None) -> None:
+def write_json(results: list[ScenarioResult], stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
-    if len(results) == 1:
-        obj = results[0].as_json()
-    else:
-        obj = {"scenarios": {r.scenario: r.as_json() for r in results}}
+    obj: dict[str, Any] = (results[0].as_json() if len(results) == 1
+                           else {"scenarios": {r.scenario: r.as_json() for r in results}})
     obj["host"] = {"kernel": os.uname().release, "cpus": os.cpu_count()}
     json.dump(obj, stream, indent=2, default=_json_default)
     stream.write("\n")
@@ -247,7 +248,7 @@ def plot(results: list[ScenarioResult], path: str) -> None:
     if not shown:
         raise SystemExit("--plot: no scenario produced results")
     fig, axes = plt.subplots(len(shown), 1, figsize=(8, 3.2 * len(shown)), squeeze=False)
-    for ax, res in zip(axes[:, 0], shown):
+    for ax, res in zip(axes[:, 0], shown, strict=False):
         metrics = {n: v.metrics() for n, v in res.variants.items()}
         names = list(metrics)
         if any("p50_us" in m for m in metrics.values()):

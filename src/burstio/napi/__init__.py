@@ -20,8 +20,16 @@ The names of ``busypoll`` and ``reuseport`` are re-exported here.
 """
 from __future__ import annotations
 
-from .busypoll import (BUDGET_MAX, BusyPollEpoll, EpollParams, napi_id, register_uring_napi, set_busy_poll,
-                       set_busy_poll_budget, set_prefer_busy_poll)
+from .busypoll import (
+    BUDGET_MAX,
+    BusyPollEpoll,
+    EpollParams,
+    napi_id,
+    register_uring_napi,
+    set_busy_poll,
+    set_busy_poll_budget,
+    set_prefer_busy_poll,
+)
 from .reuseport import ReusePortGroup, Worker, WorkerStats, queue_steering_program
 
 __all__ = [

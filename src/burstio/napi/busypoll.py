@@ -22,12 +22,23 @@ import select
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _native
+from .._caps import (
+    EPIOCGPARAMS,
+    EPIOCSPARAMS,
+    SO_BUSY_POLL,
+    SO_BUSY_POLL_BUDGET,
+    SO_INCOMING_NAPI_ID,
+    SO_PREFER_BUSY_POLL,
+)
 from .._checks import check_int, fileno_of
-from .._caps import (EPIOCGPARAMS, EPIOCSPARAMS, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_INCOMING_NAPI_ID,
-                   SO_PREFER_BUSY_POLL)
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+    from .._socketset import SocketSet
 
 __all__ = ["BusyPollEpoll", "EpollParams", "napi_id", "set_busy_poll", "set_prefer_busy_poll",
            "set_busy_poll_budget", "register_uring_napi", "BUDGET_MAX"]
@@ -52,7 +63,7 @@ def _kernel_too_old(what: str, version: str, err: OSError) -> OSError:
     return err
 
 
-def napi_id(sock: Any) -> int:
+def napi_id(sock: FileDescriptorLike) -> int:
     """SO_INCOMING_NAPI_ID: the NAPI instance the socket's last packet came
     through (0: none yet, or not through NAPI, e.g. loopback). `sock` is a
     socket.socket, a BurstSocket or a descriptor."""
@@ -90,7 +101,8 @@ def set_busy_poll_budget(sock: socket.socket, budget: int) -> None:
         raise _kernel_too_old("SO_BUSY_POLL_BUDGET", "5.11", e) from None
 
 
-def register_uring_napi(ring: Any, busy_poll_usecs: int, prefer_busy_poll: bool = False) -> None:
+def register_uring_napi(ring: SocketSet | _native.UringSocketSet, busy_poll_usecs: int,
+                        prefer_busy_poll: bool = False) -> None:
     """Make an io_uring SocketSet busy poll the NAPI instances of its sockets for
     up to `busy_poll_usecs` while it waits (IORING_REGISTER_NAPI, Linux >=
     6.9); 0 turns it off."""
@@ -150,13 +162,13 @@ class BusyPollEpoll:
         usecs, budget, prefer, _ = _EPOLL_PARAMS.unpack(buf)
         return EpollParams(usecs, budget, bool(prefer))
 
-    def register(self, fd: Any, eventmask: int = select.EPOLLIN) -> None:
+    def register(self, fd: FileDescriptorLike, eventmask: int = select.EPOLLIN) -> None:
         self._ep.register(fd, eventmask)
 
-    def modify(self, fd: Any, eventmask: int) -> None:
+    def modify(self, fd: FileDescriptorLike, eventmask: int) -> None:
         self._ep.modify(fd, eventmask)
 
-    def unregister(self, fd: Any) -> None:
+    def unregister(self, fd: FileDescriptorLike) -> None:
         self._ep.unregister(fd)
 
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import netdev
 from .._caps import disabled_by_env
+from . import netdev
 
 __all__ = ["examine", "recipe", "apply", "report", "RECIPE"]
 
@@ -36,7 +37,7 @@ SYSCTLS = ("busy_poll", "busy_read", "netdev_budget", "netdev_budget_usecs", "de
 
 
 def _sysctls() -> dict[str, int | None]:
-    out = {}
+    out: dict[str, int | None] = {}
     for name in SYSCTLS:
         try:
             out[f"net.core.{name}"] = int(Path(f"/proc/sys/net/core/{name}").read_text())
@@ -58,7 +59,7 @@ def _queues(dev: str) -> dict[str, int]:
     return {"rx": sum(n.startswith("rx-") for n in q), "tx": sum(n.startswith("tx-") for n in q)}
 
 
-def _coalesce(dev: str) -> dict | str:
+def _coalesce(dev: str) -> dict[str, int] | str:
     """ethtool netlink coalesce-get; a string says why there is none."""
     try:
         from pyroute2.netlink import NLA_F_NESTED, NLM_F_REQUEST, genlmsg, nla
@@ -67,7 +68,7 @@ def _coalesce(dev: str) -> dict | str:
     except ImportError:
         return "pyroute2 missing"
 
-    class coalesce_msg(genlmsg):
+    class coalesce_msg(genlmsg):  # type: ignore[misc]  # pyroute2 has no type information
         nla_map = (("ETHTOOL_A_COALESCE_UNSPEC", "none"), ("ETHTOOL_A_COALESCE_HEADER", "dev_header"),
                    *((f"ETHTOOL_A_COALESCE_{n}", "uint32") for n in (
                        "RX_USECS", "RX_MAX_FRAMES", "RX_USECS_IRQ", "RX_MAX_FRAMES_IRQ", "TX_USECS",
@@ -75,7 +76,7 @@ def _coalesce(dev: str) -> dict | str:
                    ("ETHTOOL_A_COALESCE_USE_ADAPTIVE_RX", "uint8"),
                    ("ETHTOOL_A_COALESCE_USE_ADAPTIVE_TX", "uint8"))
 
-        class dev_header(nla):
+        class dev_header(nla):  # type: ignore[misc]  # pyroute2 has no type information
             nla_flags = NLA_F_NESTED
             nla_map = (("ETHTOOL_A_HEADER_UNSPEC", "none"), ("ETHTOOL_A_HEADER_DEV_INDEX", "uint32"),
                        ("ETHTOOL_A_HEADER_DEV_NAME", "asciiz"), ("ETHTOOL_A_HEADER_FLAGS", "uint32"))
@@ -102,7 +103,7 @@ def _irq_affinity(irq: int) -> str | None:
         return None
 
 
-def _napis(dev: str) -> tuple[list[dict], str]:
+def _napis(dev: str) -> tuple[list[dict[str, Any]], str]:
     """NAPI instances with settings (netlink), or the device-wide sysfs values."""
     try:
         napis = netdev.napi_list(dev)
@@ -113,7 +114,7 @@ def _napis(dev: str) -> tuple[list[dict], str]:
             return [], str(e)
     if not napis:
         return [], "netdev netlink: no NAPI instances (nothing to busy poll)"
-    irqs = netdev.irq_counts()
+    irqs: Mapping[str, Mapping[str, object]] = netdev.irq_counts()
     out = []
     for n in napis:
         d = asdict(n)
@@ -208,7 +209,8 @@ def report(state: dict[str, Any], changes: list[str]) -> str:
             if "defer_hard_irqs" not in n:
                 lines.append(f"  NAPI {n['id']}" + (f", irq {n['irq']}" if n.get("irq") else ""))
                 continue
-            irq = f", irq {n['irq']} on CPUs {n.get('irq_affinity')} ({n.get('irq_count')} so far)" if n.get("irq") else ""
+            irq = (f", irq {n['irq']} on CPUs {n.get('irq_affinity')} ({n.get('irq_count')} so far)"
+                   if n.get("irq") else "")
             lines.append(f"  NAPI {n['id']}: defer_hard_irqs={n['defer_hard_irqs']} "
                          f"gro_flush_timeout={n['gro_flush_timeout']} "
                          f"irq_suspend_timeout={n['irq_suspend_timeout']}{irq}")

@@ -36,7 +36,6 @@ from typing import Any
 
 from .._checks import check_int
 
-
 __all__ = ["Lab", "LabError", "require_privileges", "leftover_namespaces"]
 
 STATE_DIR = Path("/run/burstio")
@@ -71,8 +70,8 @@ def require_privileges() -> None:
             raise LabError(f"the burstio lab needs `{tool}` (Debian: apt install {package})")
 
 
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(argv, capture_output=True, text=True)
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(argv, capture_output=True, check=False, text=True)
     if check and r.returncode != 0:
         raise LabError(f"`{' '.join(argv)}` failed ({r.returncode}): {r.stderr.strip()}")
     return r
@@ -200,7 +199,7 @@ class Lab:
         lab._up = True
         return lab
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "queues": self.queues, "subnet": self.subnet, "ifb": self.ifb,
                 "mtu": self.mtu, "namespaces": self.ns, "devices": self.dev,
                 "addresses": {s: self.addr(s) for s in ("a", "b")},
@@ -228,7 +227,7 @@ class Lab:
         with self.inside(side):
             return [n.id for n in netdev.napi_list(self.dev[side])]
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """What is there now: namespaces, links, NAPI instances."""
         out = self.describe()
         out["present"] = {s: ns in leftover_namespaces(self.name) for s, ns in self.ns.items()}

@@ -19,13 +19,16 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, overload
 
 from .. import _native
 from .._checks import check_int
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 __all__ = ["Device", "Napi", "Queue", "NetdevError", "device_list", "napi_list", "queue_list", "qstats",
            "napi_get", "napi_set", "configure_napi", "device_settings", "set_device_settings", "irq_counts", "netns_of",
@@ -78,7 +81,7 @@ class Queue:
     ifname: str
     type: str  # "rx" or "tx"
     napi_id: int | None = None
-    stats: dict = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 def _ifname(ifindex: int) -> str:
@@ -99,12 +102,12 @@ def _ifindex(dev: str | int) -> int:
 
 # ---- the netdev family for pyroute2 ------------------------------------------
 
-def _messages():
+def _messages() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
     """The netdev message classes (built on first use: pyroute2 is imported
     only by code that talks netlink)."""
     from pyroute2.netlink import genlmsg
 
-    class napi_msg(genlmsg):
+    class napi_msg(genlmsg):  # type: ignore[misc]  # pyroute2 has no type information
         prefix = "NETDEV_A_NAPI_"
         nla_map = (
             ("NETDEV_A_NAPI_UNSPEC", "none"),
@@ -119,7 +122,7 @@ def _messages():
             ("NETDEV_A_NAPI_THREADED", "uint32"),
         )
 
-    class dev_msg(genlmsg):
+    class dev_msg(genlmsg):  # type: ignore[misc]  # pyroute2 has no type information
         prefix = "NETDEV_A_DEV_"
         nla_map = (
             ("NETDEV_A_DEV_UNSPEC", "none"),
@@ -131,7 +134,7 @@ def _messages():
             ("NETDEV_A_DEV_XSK_FEATURES", "uint64"),
         )
 
-    class queue_msg(genlmsg):
+    class queue_msg(genlmsg):  # type: ignore[misc]  # pyroute2 has no type information
         prefix = "NETDEV_A_QUEUE_"
         nla_map = (
             ("NETDEV_A_QUEUE_UNSPEC", "none"),
@@ -150,7 +153,7 @@ def _messages():
              "TX_HW_GSO_WIRE_PACKETS", "TX_HW_GSO_WIRE_BYTES", "TX_HW_DROP_RATELIMITS", "TX_STOP",
              "TX_WAKE"]
 
-    class qstats_msg(genlmsg):
+    class qstats_msg(genlmsg):  # type: ignore[misc]  # pyroute2 has no type information
         prefix = "NETDEV_A_QSTATS_"
         nla_map = tuple(
             ("NETDEV_A_QSTATS_" + n, "none" if n.startswith("UNUSED") or n == "UNSPEC"
@@ -159,15 +162,16 @@ def _messages():
     return napi_msg, queue_msg, qstats_msg, dev_msg
 
 
-_CLASSES: list = []
+_CLASSES: list[type[Any]] = []
 
 
-def _request(cmd: int, kind: int, attrs: list | None = None, dump: bool = True) -> list:
+def _request(cmd: int, kind: int, attrs: Sequence[tuple[str, object]] | None = None,
+             dump: bool = True) -> list[Any]:
     """One netdev request; returns the reply messages. kind: 0 napi, 1 queue, 2 qstats, 3 dev."""
     try:
         from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
-        from pyroute2.netlink.generic import GenericNetlinkSocket
         from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.generic import GenericNetlinkSocket
     except ImportError:
         raise NetdevError(errno.ENOSYS, "netdev netlink needs pyroute2: pip install 'burstio[napi]'") from None
     if not _CLASSES:
@@ -192,10 +196,14 @@ def _request(cmd: int, kind: int, attrs: list | None = None, dump: bool = True) 
         s.close()
 
 
-def _attr(msg, name: str):
+def _attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name)
 
 
+@overload
+def _uint(raw: bytes) -> int: ...
+@overload
+def _uint(raw: None) -> None: ...
 def _uint(raw: bytes | None) -> int | None:
     """An NLA_UINT attribute's value: a native-endian u32 or u64 (by its
     length). ValueError for any other length."""
@@ -210,7 +218,7 @@ def _encode_uint(value: int) -> bytes:
     return value.to_bytes(8, sys.byteorder)
 
 
-def _napi(msg) -> Napi:
+def _napi(msg: Any) -> Napi:
     ifindex = _attr(msg, "NETDEV_A_NAPI_IFINDEX")
     return Napi(id=_attr(msg, "NETDEV_A_NAPI_ID"), ifindex=ifindex, ifname=_ifname(ifindex),
                 irq=_attr(msg, "NETDEV_A_NAPI_IRQ"), pid=_attr(msg, "NETDEV_A_NAPI_PID"),
@@ -263,7 +271,7 @@ def napi_set(napi_id: int, **knobs: int) -> Napi:
     _check_id(napi_id)
     if not knobs:
         raise TypeError(f"napi_set() needs at least one of {', '.join(NAPI_KNOBS)}")
-    attrs = [("NETDEV_A_NAPI_ID", napi_id)]
+    attrs: list[tuple[str, int | bytes]] = [("NETDEV_A_NAPI_ID", napi_id)]
     for name, value in knobs.items():
         if name not in NAPI_KNOBS:
             raise TypeError(f"napi_set() got an unknown setting {name!r}; known: {', '.join(NAPI_KNOBS)}")
@@ -334,7 +342,7 @@ def queue_list(dev: str | int | None = None, *, stats: bool = False) -> list[Que
 def qstats(dev: str | int | None = None) -> dict[tuple[int, str, int], dict[str, int]]:
     """Per-queue counters: {(ifindex, "rx"/"tx", queue id): {name: value}}.
     Devices whose driver keeps none are absent."""
-    attrs = [("NETDEV_A_QSTATS_SCOPE", _encode_uint(NETDEV_QSTATS_SCOPE_QUEUE))]
+    attrs: list[tuple[str, int | bytes]] = [("NETDEV_A_QSTATS_SCOPE", _encode_uint(NETDEV_QSTATS_SCOPE_QUEUE))]
     if dev is not None:
         attrs.append(("NETDEV_A_QSTATS_IFINDEX", _ifindex(dev)))
     try:
@@ -343,7 +351,7 @@ def qstats(dev: str | int | None = None) -> dict[tuple[int, str, int], dict[str,
         if e.errno in (errno.EOPNOTSUPP, errno.ENODEV):
             return {}
         raise
-    out = {}
+    out: dict[tuple[int, str, int], dict[str, int]] = {}
     for m in msgs:
         key = (_attr(m, "NETDEV_A_QSTATS_IFINDEX"),
                NETDEV_QUEUE_TYPE.get(_attr(m, "NETDEV_A_QSTATS_QUEUE_TYPE"), "?"),
@@ -362,7 +370,7 @@ CLONE_NEWNET = 0x40000000
 
 
 @contextlib.contextmanager
-def netns_of(sock: Any) -> Iterator[None]:
+def netns_of(sock: FileDescriptorLike) -> Iterator[None]:
     """Run the block (this thread) in the network namespace `sock` belongs
     to, where its device and NAPI instances are visible over netlink."""
     fd = sock if isinstance(sock, int) else sock.fileno()
@@ -425,7 +433,15 @@ def set_device_settings(dev: str, **knobs: int) -> dict[str, int]:
 _IRQ_LINE = re.compile(r"^\s*(\w+):((?:\s+\d+)+)\s*(.*)$")
 
 
-def irq_counts(text: str | None = None) -> dict[str, dict]:
+class IrqCount(TypedDict):
+    """One interrupt line of /proc/interrupts (``irq_counts``)."""
+
+    cpus: list[int]
+    total: int
+    name: str
+
+
+def irq_counts(text: str | None = None) -> dict[str, IrqCount]:
     """/proc/interrupts as {irq: {"cpus": [count per CPU], "total": n,
     "name": the rest of the line}}. Lines that do not parse are skipped."""
     if text is None:
@@ -434,7 +450,7 @@ def irq_counts(text: str | None = None) -> dict[str, dict]:
     if not lines:
         return {}
     ncpu = len(lines[0].split())
-    out = {}
+    out: dict[str, IrqCount] = {}
     for line in lines[1:]:
         m = _IRQ_LINE.match(line)
         if not m:

@@ -27,11 +27,18 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from .. import _native
 from .._checks import check_int
+from .._types import Address
 from .busypoll import napi_id
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
+
+    from .._udp import BurstSocket
 
 __all__ = ["ReusePortGroup", "Worker", "WorkerStats", "queue_steering_program"]
 
@@ -44,6 +51,10 @@ _BPF_RET_A = 0x06 | 0x10  # BPF_RET | BPF_A
 _SKF_AD_QUEUE = -0x1000 + 24  # SKF_AD_OFF + SKF_AD_QUEUE
 _INSN = struct.Struct("HBBI")  # struct sock_filter: code, jt, jf, k
 _STATS = ("datagrams", "flows", "mismatched_flows", "socket_napi_id", "connections")
+#: what a UDP worker calls for every received batch: handler(sock, batch, n)
+_UdpHandler: TypeAlias = "Callable[[BurstSocket, _native.PacketBatch, int], object]"
+#: what a TCP worker calls for every connection: handler(conn)
+_TcpHandler: TypeAlias = Callable[[socket.socket], object]
 
 
 def queue_steering_program(workers: int) -> bytes:
@@ -72,10 +83,10 @@ class WorkerStats:
     mismatched_flows: int = 0
     socket_napi_id: int = 0
     connections: int = 0
-    peers: list = field(default_factory=list)
+    peers: list[Address] = field(default_factory=list)
 
 
-def _udp_echo(sock: Any, batch: _native.PacketBatch, n: int) -> None:
+def _udp_echo(sock: BurstSocket, batch: _native.PacketBatch, n: int) -> None:
     sock.send_batch(batch, 0, n, on_error="skip")
 
 
@@ -89,7 +100,7 @@ class ReusePortGroup:
     that came through a NAPI instance other than its claim).
     """
 
-    def __init__(self, addr: tuple, workers: int | list[Worker], *, proto: str = "udp",
+    def __init__(self, addr: Address, workers: int | list[Worker], *, proto: str = "udp",
                  device: str | None = None, steer: bool = True, backlog: int = 128):
         if proto not in ("udp", "tcp"):
             raise ValueError(f"proto must be 'udp' or 'tcp', got {proto!r}")
@@ -116,16 +127,17 @@ class ReusePortGroup:
         except BaseException:
             self.close()
             raise
-        self._procs: list[mp.Process] = []
+        self._procs: list[BaseProcess] = []
         self._stop = mp.Event()
         self._stats = mp.Array("q", len(self.workers) * len(_STATS))
-        self._peers = mp.Queue()
+        self._peers: Queue[tuple[int, Address]] = mp.Queue()
 
     @property
-    def address(self) -> tuple:
-        return self.sockets[0].getsockname()
+    def address(self) -> Address:
+        addr: Address = self.sockets[0].getsockname()
+        return addr
 
-    def start(self, handler: Callable | None = None) -> None:
+    def start(self, handler: _UdpHandler | _TcpHandler | None = None) -> None:
         """Fork the workers. UDP handler(sock, batch, n) answers a received
         batch (default: echo); TCP handler(conn) serves a connection
         (default: echo one message)."""
@@ -143,17 +155,17 @@ class ReusePortGroup:
             if p.is_alive():
                 p.kill()
                 p.join()
-        peers: dict[int, list] = {i: [] for i in range(len(self.workers))}
+        peers: dict[int, list[Address]] = {i: [] for i in range(len(self.workers))}
         while True:
             try:
                 i, peer = self._peers.get(timeout=0.05)
-            except Exception:
+            except Exception:  # noqa: BLE001 - queue.Empty, or a queue broken by a killed worker: done
                 break
             peers[i].append(peer)
         out = []
         k = len(_STATS)
         for i, w in enumerate(self.workers):
-            vals = dict(zip(_STATS, self._stats[i * k:(i + 1) * k]))
+            vals = dict(zip(_STATS, self._stats[i * k:(i + 1) * k], strict=False))
             out.append(WorkerStats(i, w, peers=sorted(peers[i]), **vals))
         self._procs.clear()
         return out
@@ -182,7 +194,7 @@ class ReusePortGroup:
         log.warning("worker %d (claims NAPI %s, CPU %s): flow %s arrived through NAPI %d",
                     i, self.workers[i].napi_id, self.workers[i].cpu, peer, seen)
 
-    def _run(self, i: int, handler: Callable | None) -> None:
+    def _run(self, i: int, handler: Callable[..., object] | None) -> None:
         for j, s in enumerate(self.sockets):  # a worker owns its socket only
             if j != i:
                 s.close()
@@ -197,11 +209,12 @@ class ReusePortGroup:
         except KeyboardInterrupt:
             pass
 
-    def _udp_loop(self, i: int, handler: Callable) -> None:
+    def _udp_loop(self, i: int, handler: _UdpHandler) -> None:
         from .._udp import BurstSocket
 
         sock = BurstSocket(self.sockets[i])
         batch = _native.PacketBatch(64, 2048)
+        flows: set[Address]
         claim, flows, checked = self.workers[i].napi_id, set(), False
         while not self._stop.is_set():
             n = sock.recv_batch(batch, 0.05)
@@ -212,7 +225,7 @@ class ReusePortGroup:
             if not checked:  # the kernel records an unconnected socket's first NAPI only
                 checked = True
                 self._count(i, "socket_napi_id", set_to=seen)
-            for peer in set(batch.addresses()) - flows:
+            for peer in set(cast("list[Address]", batch.addresses())) - flows:  # received: all have one
                 flows.add(peer)
                 self._count(i, "flows")
                 self._peers.put((i, peer))
@@ -220,7 +233,7 @@ class ReusePortGroup:
                     self._mismatch(i, peer, seen)
             handler(sock, batch, n)
 
-    def _tcp_loop(self, i: int, handler: Callable | None) -> None:
+    def _tcp_loop(self, i: int, handler: _TcpHandler | None) -> None:
         listener, claim = self.sockets[i], self.workers[i].napi_id
         listener.settimeout(0.05)
         while not self._stop.is_set():

@@ -28,9 +28,9 @@ import sys
 import tempfile
 
 from ..common import Options, rounds
-from ..report import Progress, ScenarioResult, Target, Variant
-from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop, wait_answering
 from ..perfcount import SyscallCounter, perf_available
+from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop, wait_answering
+from ..report import Progress, ScenarioResult, Target, Variant
 
 ROUND_SECONDS = 1
 COUNT_SECONDS = 1
@@ -44,17 +44,16 @@ VARIANTS = {  # name: (transport, loop)
     "burstio": ("burstio", "asyncio"),
 }
 _STAT = re.compile(r"^\s*(Queries sent|Queries completed|Queries lost|Run time \(s\)|Queries per second"
-                   r"|Average Latency \(s\)):\s*([\d.]+)", re.M)
+                   r"|Average Latency \(s\)):\s*([\d.]+)", re.MULTILINE)
 
 
 def _write_queries(path: str) -> None:
     """dnsperf's input: one "name type" per line, A and AAAA mixed."""
     with open(path, "w") as f:
-        for i in range(QUERY_NAMES):
-            f.write(f"host{i}.example.com {'AAAA' if i % 3 == 0 else 'A'}\n")
+        f.writelines(f"host{i}.example.com {'AAAA' if i % 3 == 0 else 'A'}\n" for i in range(QUERY_NAMES))
 
 
-def _wait_ready(port: int, proc: subprocess.Popen) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
     """Ask an A query until the responder answers."""
     query = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x05ready\x00\x00\x01\x00\x01"
     wait_answering(port, proc, query, lambda reply: reply[:2] == b"\x42\x42", "the DNS responder")
@@ -63,7 +62,7 @@ def _wait_ready(port: int, proc: subprocess.Popen) -> None:
 def _dnsperf(cpu: str, port: int, queries: str, seconds: float) -> dict[str, float]:
     r = subprocess.run(["taskset", "-c", cpu, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", queries,
                         "-l", str(seconds), "-q", str(OUTSTANDING), "-c", str(CLIENTS)],
-                       capture_output=True, text=True)
+                       capture_output=True, check=False, text=True)
     stats = {k: float(v) for k, v in _STAT.findall(r.stdout)}
     if r.returncode != 0 or "Queries completed" not in stats:
         raise RuntimeError(f"dnsperf failed ({r.returncode}): {(r.stdout + r.stderr).strip()[-400:]}")
@@ -71,7 +70,8 @@ def _dnsperf(cpu: str, port: int, queries: str, seconds: float) -> dict[str, flo
 
 
 def _variants() -> tuple[list[str], list[str]]:
-    names, notes = [], []
+    names: list[str] = []
+    notes: list[str] = []
     for n, (_, loop) in VARIANTS.items():
         if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
             notes.append("uvloop: skipped, not installed (pip install uvloop)")
@@ -94,7 +94,7 @@ def dns(opts: Options, progress: Progress) -> ScenarioResult:
     client_cpu, server_cpu = client_and_server_cpus()
     res.params.update(client_cpu=client_cpu, server_cpu=server_cpu)
     ports = {n: free_port() for n in names}
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, subprocess.Popen[str]] = {}
     stats: dict[str, dict[str, float]] = {n: {"lost": 0.0, "latency_sum": 0.0} for n in names}
     with tempfile.TemporaryDirectory(prefix="burstio-dns-") as tmp:
         queries = os.path.join(tmp, "queries.txt")
@@ -116,8 +116,8 @@ def dns(opts: Options, progress: Progress) -> ScenarioResult:
     return res
 
 
-def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, procs: dict, ports: dict,
-                cpu: str, queries: str, stats: dict) -> None:
+def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, procs: dict[str, subprocess.Popen[str]],
+                ports: dict[str, int], cpu: str, queries: str, stats: dict[str, dict[str, float]]) -> None:
     """One dnsperf run per variant per round, the order rotating each round."""
     for r, order in rounds(opts, list(res.variants)):
         for n in order:
@@ -131,7 +131,7 @@ def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, procs: d
             stats[n]["latency_sum"] += out.get("Average Latency (s)", 0) * done
 
 
-def _finish(res: ScenarioResult, stats: dict) -> None:
+def _finish(res: ScenarioResult, stats: dict[str, dict[str, float]]) -> None:
     """queries/s, latency, CPU per query, how busy each server was."""
     for n, v in res.variants.items():
         if v.datagrams and v.seconds:
@@ -146,8 +146,8 @@ def _finish(res: ScenarioResult, stats: dict) -> None:
                      "a server busy well under 100% was waiting for dnsperf, whose CPU is then the limit")
 
 
-def _count_syscalls(res: ScenarioResult, names: list[str], procs: dict, ports: dict, cpu: str,
-                    queries: str, progress: Progress) -> None:
+def _count_syscalls(res: ScenarioResult, names: list[str], procs: dict[str, subprocess.Popen[str]],
+                    ports: dict[str, int], cpu: str, queries: str, progress: Progress) -> None:
     """One more dnsperf run per variant with perf attached to its server."""
     ok, why = perf_available()
     res.syscall_source = why if ok else f"not counted ({why})"

@@ -32,12 +32,15 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ... import ports as R
-from ..workers import pipes as W
+from ... import ports as R  # noqa: N812 - R.pipe, R.Switch: the rings under test
 from ..common import Options, rounds
 from ..report import Progress, ScenarioResult, Target, Variant
+from ..workers import pipes as W  # noqa: N812 - W.serve, W.QueueProducer: the worker side
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
 
 SWEEP = (1, 4, 16, 64, 256, 1024)
 BIG = 1500
@@ -53,8 +56,8 @@ class _Setup:
     name: str
     consumer: Any
     conn: Any = None                                   # control pipe to the producer
-    procs: list = field(default_factory=list)          # processes to stop
-    rings: list = field(default_factory=list)          # (ring, peer side too) for kicks
+    procs: list[BaseProcess] = field(default_factory=list)   # processes to stop
+    rings: list[R.PortTx | R.PortRx] = field(default_factory=list)  # (ring, peer side too) for kicks
     switch_pid: int | None = None
     keep: Any = None                                   # objects that must outlive the run
     count: int = 2000                                  # messages per round (calibrated)
@@ -75,13 +78,15 @@ def _cpu_s(pid: int) -> float:
 
 
 class _Bench:
+    round_s: float  # seconds per timed round (set once the variants are known)
+
     def __init__(self, opts: Options):
         import multiprocessing
         self.ctx = multiprocessing.get_context("fork")  # ports travel by inheritance
         self.opts = opts
         self.setups: dict[str, _Setup] = {}
 
-    def _start(self, setup: _Setup, producer_factory, *inherit: Any) -> None:
+    def _start(self, setup: _Setup, producer_factory: tuple[Any, ...], *inherit: Any) -> None:
         parent, child = self.ctx.Pipe()
         p = self.ctx.Process(target=_producer_main, args=(child, producer_factory, inherit), daemon=True)
         p.start()
@@ -144,7 +149,7 @@ class _Bench:
 
     def latency(self, setup: _Setup, n: int) -> list[float]:
         setup.conn.send(("latency", n, LATENCY_GAP_S))
-        samples = setup.consumer.latency(n)
+        samples: list[float] = setup.consumer.latency(n)
         setup.conn.recv()
         return samples
 
@@ -156,7 +161,7 @@ class _Bench:
             for p in setup.procs:
                 if p.pid == setup.switch_pid:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(p.pid, signal.SIGTERM)
+                        os.kill(cast(int, p.pid), signal.SIGTERM)  # started: it has a pid
                 p.join(5)
                 if p.is_alive():
                     p.kill()
@@ -164,7 +169,7 @@ class _Bench:
             setup.conn.close()
 
 
-def _producer_main(conn: Any, factory: tuple, inherit: tuple) -> None:
+def _producer_main(conn: Any, factory: tuple[Any, ...], inherit: tuple[Any, ...]) -> None:
     cls, *args = factory
     W.serve(conn, cls(*inherit, *args))
 
@@ -196,8 +201,8 @@ def pipes(opts: Options, progress: Progress) -> ScenarioResult:
                  Target("burstio-pipe", "kicks_per_message", None, 1 / 32, False),
                  Target("burstio-pipe-b64-nolinger", "kicks_per_message", None, 1 / 32, False)],
         baselines=("mp-queue",) + ((f"mp-queue-{BIG}",) if len(sizes) > 1 else ()),
-        notes=["datagrams/s column = messages/s checked by the consumer; CPU = the consumer's; "
-               "kicks and latency below and in --json"])
+        notes=[("datagrams/s column = messages/s checked by the consumer; CPU = the consumer's; "
+                "kicks and latency below and in --json")])
     try:
         import numpy  # noqa: F401
     except ImportError:
@@ -216,7 +221,7 @@ def pipes(opts: Options, progress: Progress) -> ScenarioResult:
             bench.add_ring_switch("burstio-switch" + sfx, s, batch)
         bench.add_ring_pipe("burstio-pipe-perpacket", small, batch, per_packet_producer=True,
                             per_packet_consumer=True)
-        for b, name in zip(SWEEP, sweep):  # a batching producer, a slower consumer
+        for b, name in zip(SWEEP, sweep, strict=False):  # a batching producer, a slower consumer
             bench.add_ring_pipe(name, small, b, per_packet_consumer=True, linger=0)
         _measure(bench, res, names, opts, progress)
     finally:
@@ -243,7 +248,7 @@ def _measure(bench: _Bench, res: ScenarioResult, names: list[str], opts: Options
 
 
 def _report(res: ScenarioResult, sweep: list[str]) -> None:
-    for name, v in res.variants.items():
+    for v in res.variants.values():
         ex = v.extra
         lat = ex.pop("_lat", None)
         if lat:

@@ -30,11 +30,12 @@ import json
 import subprocess
 import sys
 import tempfile
+from typing import IO, Any, cast
 
 from ..common import Options, rounds
-from ..report import Progress, ScenarioResult, Target, Variant
-from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop
 from ..perfcount import SyscallCounter, perf_available
+from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop
+from ..report import Progress, ScenarioResult, Target, Variant
 
 DOWNLOAD_BYTES = 16 << 20
 COUNT_BYTES = 4 << 20  # the separate download whose syscalls perf counts
@@ -60,13 +61,15 @@ class _Client:
                                       "client"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
 
-    def ask(self, **cmd) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        stdin, stdout = cast(IO[str], self.proc.stdin), cast(IO[str], self.proc.stdout)  # PIPEs
+        stdin.write(json.dumps(cmd) + "\n")
+        stdin.flush()
+        line = stdout.readline()
         if not line:
-            raise RuntimeError(f"quic client worker exited: {self.proc.stderr.read().strip()[-500:]}")
-        return json.loads(line)
+            raise RuntimeError(f"quic client worker exited: {cast(IO[str], self.proc.stderr).read().strip()[-500:]}")
+        answer: dict[str, Any] = json.loads(line)  # one JSON object per command
+        return answer
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -78,13 +81,14 @@ class _Client:
             self.proc.wait()
 
 
-def _start_server(transport: str, cpu: str, port: int, cert: str, key: str) -> subprocess.Popen:
+def _start_server(transport: str, cpu: str, port: int, cert: str, key: str) -> subprocess.Popen[str]:
     p = subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "burstio.bench.workers.quic", "server",
                           transport, str(port), cert, key], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    if p.stdout.readline().strip() != "ready":
+    stdout, stderr = cast(IO[str], p.stdout), cast(IO[str], p.stderr)  # PIPEs
+    if stdout.readline().strip() != "ready":
         p.kill()
-        raise RuntimeError(f"quic server ({transport}) did not start: {p.stderr.read().strip()[-500:]}")
+        raise RuntimeError(f"quic server ({transport}) did not start: {stderr.read().strip()[-500:]}")
     return p
 
 
@@ -104,13 +108,14 @@ def quic(opts: Options, progress: Progress) -> ScenarioResult:
 
     client_cpu, server_cpu = client_and_server_cpus()
     res.params.update(client_cpu=client_cpu, server_cpu=server_cpu)
-    totals = {n: {"bytes": 0, "client_cpu": 0.0, "server_cpu": 0.0, "drops": 0} for n in names}
-    servers: dict[str, subprocess.Popen] = {}
+    totals: dict[str, dict[str, float]] = {
+        n: {"bytes": 0, "client_cpu": 0.0, "server_cpu": 0.0, "drops": 0} for n in names}
+    servers: dict[str, subprocess.Popen[str]] = {}
     client = None
     with tempfile.TemporaryDirectory(prefix="burstio-quic-") as tmp:
         cert, key = self_signed_certificate(tmp)
         try:
-            ports = {}
+            ports: dict[str, int] = {}
             for transport in sorted({t for t, _ in VARIANTS.values()}):
                 ports[transport] = free_port()
                 servers[transport] = _start_server(transport, server_cpu, ports[transport], cert, key)
@@ -125,8 +130,9 @@ def quic(opts: Options, progress: Progress) -> ScenarioResult:
     return res
 
 
-def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, client: _Client, servers: dict,
-                ports: dict, totals: dict) -> None:
+def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, client: _Client,
+                servers: dict[str, subprocess.Popen[str]], ports: dict[str, int],
+                totals: dict[str, dict[str, float]]) -> None:
     """One connection and download per variant per round, the order rotating
     each round."""
     for r, order in rounds(opts, list(res.variants)):
@@ -148,7 +154,8 @@ def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, client: 
             t["drops"] += out["kernel_drops"] - opened["kernel_drops"]
 
 
-def _count_syscalls(res: ScenarioResult, client: _Client, servers: dict, progress: Progress) -> None:
+def _count_syscalls(res: ScenarioResult, client: _Client, servers: dict[str, subprocess.Popen[str]],
+                    progress: Progress) -> None:
     """One more download per variant with perf attached to the client and
     its server: syscalls of both ends per datagram the client received."""
     ok, why = perf_available()
@@ -170,7 +177,7 @@ def _count_syscalls(res: ScenarioResult, client: _Client, servers: dict, progres
         res.variants[n].syscall_datagrams = out["datagrams"]
 
 
-def _finish(res: ScenarioResult, totals: dict) -> None:
+def _finish(res: ScenarioResult, totals: dict[str, dict[str, float]]) -> None:
     for n, v in res.variants.items():
         t = totals[n]
         if not t["bytes"] or not v.seconds:

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 from contextlib import ExitStack
+from typing import IO, TypedDict, cast
 
 from ... import _native
 from ..._caps import capabilities
@@ -54,6 +55,16 @@ def _check(variant: Variant, got: int, want: int, notes: list[str]) -> None:
                      "(the receive buffer overflowed during the fill); rates use what was drained")
 
 
+class _DrainResult(TypedDict):
+    """What bench/c/rx_drain.c prints (one JSON object)."""
+
+    datagrams: int
+    bytes: int
+    ns: int
+    cpu_ns: int
+    calls: int
+
+
 class _CReference:
     """Runs bench/c/rx_drain.c on the receiving socket's inherited fd."""
 
@@ -62,29 +73,31 @@ class _CReference:
         self.fd = sock.fileno()
         self.args = [str(self.exe), str(self.fd), str(batch), str(slot)]
 
-    def drain(self) -> dict:
+    def drain(self) -> _DrainResult:
         r = subprocess.run(self.args, pass_fds=(self.fd,), capture_output=True, text=True, check=True)
-        return json.loads(r.stdout)
+        result: _DrainResult = json.loads(r.stdout)
+        return result
 
     def counted(self) -> tuple[int | None, int]:
         """(syscalls, datagrams) of one drain, counted by perf on the child."""
-        p = subprocess.Popen(self.args + ["--wait"], pass_fds=(self.fd,), stdin=subprocess.PIPE,
+        p = subprocess.Popen([*self.args, "--wait"], pass_fds=(self.fd,), stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
         out: list[str] = []
+        stdin, stdout = cast(IO[str], p.stdin), cast(IO[str], p.stdout)  # both PIPEs
 
         def go() -> None:
-            p.stdin.write("g")
-            p.stdin.close()
+            stdin.write("g")
+            stdin.close()
 
         def work() -> int:
-            out.append(p.stdout.read())
+            out.append(stdout.read())
             return p.wait()
 
         calls = count_syscalls(p.pid, work, start=go)
         if p.poll() is None:  # perf unavailable: the child still waits
             go()
             work()
-        data = json.loads(out[-1])
+        data: _DrainResult = json.loads(out[-1])
         return (calls if calls is not None else data["calls"]), data["datagrams"]
 
 
@@ -145,7 +158,12 @@ def rx_many_flow(opts: Options, progress: Progress) -> ScenarioResult:
             else:
                 got_box: list[int] = []
                 before = rx.counters["rx_syscalls"]
-                calls = count_syscalls(os.getpid(), lambda: got_box.append(python[name]()) or 0)
+
+                def work() -> int:
+                    got_box.append(python[name]())  # noqa: B023 - called right here, in this iteration
+                    return 0
+
+                calls = count_syscalls(os.getpid(), work)
                 got = got_box[0]
                 if calls is None:  # no perf: what the code itself counted
                     calls = rx.counters["rx_syscalls"] - before if name == "burstio" else got + 1
@@ -199,7 +217,12 @@ def rx_gro(opts: Options, progress: Progress) -> ScenarioResult:
             fill(sock)
             before = gro.counters["rx_syscalls"]
             got_box: list[int] = []
-            calls = count_syscalls(os.getpid(), lambda: got_box.append(drain()) or 0)
+
+            def work() -> int:
+                got_box.append(drain())  # noqa: B023 - called right here, in this iteration
+                return 0
+
+            calls = count_syscalls(os.getpid(), work)
             if calls is None:
                 calls = gro.counters["rx_syscalls"] - before if name == "burstio-gro" else got_box[0] + 1
             res.variants[name].syscalls, res.variants[name].syscall_datagrams = calls, got_box[0]

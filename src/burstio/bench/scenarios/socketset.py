@@ -18,7 +18,9 @@ import resource
 import select
 import selectors
 import socket
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Protocol, cast
 
 from ... import _native
 from ..._caps import capabilities
@@ -31,6 +33,10 @@ PAIRS = 512
 PATHS = 4
 
 
+class _Drain(Protocol):
+    def drain(self, expect: int) -> int: ...
+
+
 def _raise_fd_limit(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
@@ -39,7 +45,8 @@ def _raise_fd_limit(need: int) -> None:
 
 def _pairs(stack: ExitStack, n: int) -> tuple[list[socket.socket], list[socket.socket]]:
     """n connected (receiver, sender) UDP pairs on loopback."""
-    rx, tx = [], []
+    rx: list[socket.socket] = []
+    tx: list[socket.socket] = []
     for _ in range(n):
         r = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
@@ -69,7 +76,7 @@ class _Stdlib:
             if not events:
                 break
             for key, _ in events:
-                recv = key.fileobj.recvfrom_into
+                recv = key.fileobj.recvfrom_into  # type: ignore[union-attr]  # a registered socket
                 try:
                     while True:
                         recv(buf)
@@ -85,7 +92,7 @@ class _EpollRecvmmsg:
 
     def __init__(self, rx: list[socket.socket], stack: ExitStack):
         self.ep = stack.enter_context(select.epoll())
-        self.by_fd = {}
+        self.by_fd: dict[int, BurstSocket] = {}
         for r in rx:
             self.ep.register(r.fileno(), select.EPOLLIN)
             self.by_fd[r.fileno()] = BurstSocket(r, gso=False)
@@ -123,7 +130,7 @@ class _RingDrain:
 
 
 def _fill(senders: list[socket.socket], counts: list[int], payload: bytes) -> int:
-    for s, k in zip(senders, counts):
+    for s, k in zip(senders, counts, strict=False):
         for _ in range(k):
             s.send(payload)
     return sum(counts)
@@ -148,15 +155,15 @@ def rx_many_sockets(opts: Options, progress: Progress) -> ScenarioResult:
     payload = bytes(opts.size)
     with ExitStack() as stack, pinned(opts.cpu):
         sets = {n: _pairs(stack, PAIRS) for n in names}
-        drains = {"stdlib": _Stdlib(sets["stdlib"][0], stack),
+        drains: dict[str, _Drain] = {"stdlib": _Stdlib(sets["stdlib"][0], stack),
                   "epoll-recvmmsg": _EpollRecvmmsg(sets["epoll-recvmmsg"][0], stack),
                   "burstio-epoll": _RingDrain(sets["burstio-epoll"][0], "epoll")}
         if "burstio-uring" in names:
             drains["burstio-uring"] = _RingDrain(sets["burstio-uring"][0], "uring")
-            res.params["ring"] = drains["burstio-uring"].ring.describe().split(",")[0]
+            res.params["ring"] = cast(_RingDrain, drains["burstio-uring"]).ring.describe().split(",")[0]
         for rd in ("burstio-epoll", "burstio-uring"):
             if rd in drains:
-                stack.callback(drains[rd].ring.close)
+                stack.callback(cast(_RingDrain, drains[rd]).ring.close)
 
         def fill(name: str) -> int:
             return _fill(sets[name][1], [rng.randint(1, 4) for _ in range(PAIRS)], payload)
@@ -165,7 +172,7 @@ def rx_many_sockets(opts: Options, progress: Progress) -> ScenarioResult:
             for name in order:
                 progress.show(f"rx-many-sockets: round {r + 1}, {name}")
                 expect = fill(name)
-                got, wall, cpu = timed(lambda: drains[name].drain(expect))
+                got, wall, cpu = timed(lambda: drains[name].drain(expect))  # noqa: B023 - called right here
                 res.variants[name].add(got, wall, cpu)
                 if got != expect and not res.variants[name].extra.get("short"):
                     res.variants[name].extra["short"] = True
@@ -174,7 +181,12 @@ def rx_many_sockets(opts: Options, progress: Progress) -> ScenarioResult:
         for name in names:
             expect = fill(name)
             box: list[int] = []
-            calls = count_syscalls(os.getpid(), lambda: box.append(drains[name].drain(expect)) or 0)
+
+            def work() -> int:
+                box.append(drains[name].drain(expect))  # noqa: B023 - called right here, in this iteration
+                return 0
+
+            calls = count_syscalls(os.getpid(), work)
             res.variants[name].syscalls, res.variants[name].syscall_datagrams = calls, box[0]
     return res
 
@@ -198,7 +210,7 @@ def tx_redundant(opts: Options, progress: Progress) -> ScenarioResult:
         batch = _native.PacketBatch(n_payloads, max(1, opts.size))
         for i in range(n_payloads):
             batch.append(bytes([i % 256]) * opts.size)  # no address: each path's connected peer
-        rings = {}
+        rings: dict[str, tuple[SocketSet, list[int]]] = {}
         for name, backend, gso in (("burstio-uring", "uring", True), ("burstio-uring-nogso", "uring", False),
                                    ("burstio-epoll", "epoll", True)):
             if name in names:
@@ -218,7 +230,7 @@ def tx_redundant(opts: Options, progress: Progress) -> ScenarioResult:
                         send(payload)
             return reps * n_payloads * PATHS
 
-        def ring_run(name: str):
+        def ring_run(name: str) -> Callable[[], int]:
             ring, group = rings[name]
 
             def run() -> int:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from contextlib import ExitStack
 
 from ... import _native
 from ..._caps import SOL_UDP, UDP_SEGMENT, capabilities
+from ..._types import Address
 from ..._udp import BurstSocket
 from ..common import Options, measure_sends, pinned, syscall_source
 from ..report import Progress, ScenarioResult, Target, Variant
@@ -29,7 +31,7 @@ def _drain_all(receivers: list[BurstSocket], batch: _native.PacketBatch) -> int:
     return total
 
 
-def _sendto_loop(sock: socket.socket, pairs: list[tuple[bytes, tuple]], reps: int):
+def _sendto_loop(sock: socket.socket, pairs: list[tuple[bytes, Address]], reps: int) -> Callable[[], int]:
     def run() -> int:
         sendto = sock.sendto
         for _ in range(reps):
@@ -39,7 +41,7 @@ def _sendto_loop(sock: socket.socket, pairs: list[tuple[bytes, tuple]], reps: in
     return run
 
 
-def _send_batch_loop(sock: BurstSocket, batch: _native.PacketBatch, reps: int):
+def _send_batch_loop(sock: BurstSocket, batch: _native.PacketBatch, reps: int) -> Callable[[], int]:
     def run() -> int:
         send = sock.send_batch
         n = 0
@@ -73,7 +75,7 @@ def tx_many(opts: Options, progress: Progress) -> ScenarioResult:
     return res
 
 
-def _sendmsg_gso_loop(sock: socket.socket, buf: bytes, seg: int, addr: tuple, reps: int):
+def _sendmsg_gso_loop(sock: socket.socket, buf: bytes, seg: int, addr: Address, reps: int) -> Callable[[], int]:
     """What a stdlib user who knows GSO can write: sendmsg with UDP_SEGMENT,
     one call per 64 datagrams."""
     anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))]

@@ -24,11 +24,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from ..._caps import capabilities
-from ..workers import zerocopy as zcworker
+from ..._caps import Capabilities, capabilities
 from ..common import Options, rounds
 from ..report import Progress, ScenarioResult, Target, Variant
+from ..workers import zerocopy as zcworker
 
 SINK_VARIANTS = ["copy", "msg-zerocopy", "uring-send-zc"]
 LOOPBACK_VARIANTS = ["copy-loopback", "msg-zerocopy-loopback", "uring-send-zc-loopback"]
@@ -47,7 +48,7 @@ def sink_unavailable() -> str | None:
 
 
 def _ip(*args: str) -> None:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True, start_new_session=True)
+    r = subprocess.run(["ip", *args], capture_output=True, check=False, text=True, start_new_session=True)
     if r.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
@@ -58,7 +59,7 @@ def _delete_namespace(ns: str) -> None:
     main = sys.platform == "linux" and hasattr(signal, "pthread_sigmask")
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if main else None
     try:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, start_new_session=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, start_new_session=True)
     finally:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -95,8 +96,8 @@ class Worker:
 
     def __init__(self, ns: str | None, cpu: int | None):
         # -c, not -m: the package already imports zcworker (for its constants)
-        cmd = [sys.executable, "-c", "import sys; from burstio.bench.workers.zerocopy import main; "
-               "sys.exit(main(sys.argv[1:]))", "--serve"]
+        cmd = [sys.executable, "-c", ("import sys; from burstio.bench.workers.zerocopy import main; "
+                                      "sys.exit(main(sys.argv[1:]))"), "--serve"]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
         if ns is not None:
@@ -104,14 +105,16 @@ class Worker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=worker_env(), start_new_session=True)
 
-    def run(self, variant: str, seconds: float) -> dict:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+    def run(self, variant: str, seconds: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write(f"{variant} {seconds}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"zcworker exited (status {self.proc.wait()}) running {variant}")
-        return json.loads(line)
+        result: dict[str, Any] = json.loads(line)  # one JSON object per run
+        return result
 
     def close(self) -> None:
         """Ask the worker to finish (it ends after the run in progress)."""
@@ -127,7 +130,7 @@ class Worker:
 
 # ---- the scenario ---------------------------------------------------------------
 
-def _available(caps) -> dict[str, str]:
+def _available(caps: Capabilities) -> dict[str, str]:
     """variant base name -> why it cannot run here (absent: it can)."""
     out = {}
     if not caps.udp_segment:
@@ -139,7 +142,7 @@ def _available(caps) -> dict[str, str]:
     return out
 
 
-def _record(res: ScenarioResult, totals: dict, out: dict) -> None:
+def _record(res: ScenarioResult, totals: dict[str, Any], out: dict[str, Any]) -> None:
     name = out["variant"]
     if "error" in out:
         if name not in totals["errors"]:
@@ -156,7 +159,7 @@ def _record(res: ScenarioResult, totals: dict, out: dict) -> None:
     t["describe"] = out["describe"]
 
 
-def _finish(res: ScenarioResult, totals: dict) -> None:
+def _finish(res: ScenarioResult, totals: dict[str, Any]) -> None:
     """Per-variant GB/s, CPU s per GB and the kernel's notifications."""
     for name, v in res.variants.items():
         t = totals.get(name)
@@ -178,7 +181,7 @@ def _finish(res: ScenarioResult, totals: dict) -> None:
 
 
 def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, workers: dict[str, Worker],
-                names: list[str], totals: dict) -> None:
+                names: list[str], totals: dict[str, Any]) -> None:
     per_run = min(0.5, max(0.05, opts.seconds / (len(names) * max(1, opts.min_rounds))))
     for r, order in rounds(opts, names):
         for name in order:
@@ -211,7 +214,7 @@ def tx_zerocopy(opts: Options, progress: Progress) -> ScenarioResult:
     if not names:
         res.skipped = "; ".join(missing.values()) or no_sink
         return res
-    totals: dict = {"errors": set()}
+    totals: dict[str, Any] = {"errors": set()}
     with contextlib.ExitStack() as stack:
         ns = None if no_sink else stack.enter_context(ifb_sink_namespace())
         workers = {"loopback": Worker(None, opts.cpu)}

@@ -190,7 +190,7 @@ class RingBatchConsumer:
 
     def latency(self, n: int) -> list[float]:
         rx, unpack, now = self.port.rx, _SEQ.unpack_from, time.perf_counter_ns
-        out = []
+        out: list[float] = []
         while len(out) < n:
             k = rx.wait(1)
             t = now()

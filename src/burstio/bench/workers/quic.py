@@ -29,27 +29,36 @@ import socket
 import struct
 import sys
 import time
+from contextlib import AbstractAsyncContextManager
+from typing import cast
 
-from aioquic.asyncio import connect
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 
-from ...apps import quic
 from ..._caps import SO_MEMINFO
+from ...apps import quic
 
 IDLE_TIMEOUT = 600.0  # connections wait between rounds
 WARMUP_BYTES = 4 << 20
 
 
-def _kernel_drops(sock) -> int:
+def _kernel_drops(sock: socket.socket) -> int:
     """Datagrams the kernel dropped for this socket so far (full receive buffer)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
-    return struct.unpack(f"{len(raw) // 4}I", raw)[8]
+    drops: int = struct.unpack(f"{len(raw) // 4}I", raw)[8]
+    return drops
 
 
 async def _server(transport: str, port: int, certfile: str, keyfile: str) -> None:
     config = quic.server_configuration(certfile, keyfile, idle_timeout=IDLE_TIMEOUT)
     server = await quic.serve_h3("127.0.0.1", port, config, transport)
-    stop = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def finish() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, finish)
     print("ready", flush=True)
     try:
         await stop
@@ -61,8 +70,11 @@ async def _client() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    clients: dict = {}
-    opened: dict = {}  # name: the connect() context holding that connection
+    clients: dict[str, quic.H3Client] = {}
+    # name: the connect() context holding that connection
+    opened: dict[str, AbstractAsyncContextManager[QuicConnectionProtocol]] = {}
+    context: AbstractAsyncContextManager[QuicConnectionProtocol]
+    reply: dict[str, float]
     try:
         while line := await reader.readline():
             cmd = json.loads(line)
@@ -73,20 +85,22 @@ async def _client() -> None:
                 proto = quic.BurstH3Client if cmd.get("bursts") else quic.H3Client
                 context = connect("127.0.0.1", cmd["port"], create_protocol=proto,
                                   configuration=quic.client_configuration(idle_timeout=IDLE_TIMEOUT))
-                client = await context.__aenter__()
+                client = cast(quic.H3Client, await context.__aenter__())  # made by `proto`
                 opened[cmd["name"]] = context
                 clients[cmd["name"]] = client
                 status, got = await client.get("127.0.0.1", f"/bytes/{WARMUP_BYTES}")
+                transport = cast(asyncio.DatagramTransport, client._transport)  # connected
                 reply = {"status": status, "bytes": got,
-                         "kernel_drops": _kernel_drops(client._transport.get_extra_info("socket"))}
+                         "kernel_drops": _kernel_drops(transport.get_extra_info("socket"))}
             else:
                 client = clients[cmd["name"]]
                 d0, c0, t0 = client.datagrams, time.process_time(), time.perf_counter()
                 status, got = await client.get("127.0.0.1", f"/bytes/{cmd['size']}")
                 t1, c1 = time.perf_counter(), time.process_time()
+                transport = cast(asyncio.DatagramTransport, client._transport)  # connected
                 reply = {"status": status, "bytes": got, "wall_s": t1 - t0, "cpu_s": c1 - c0,
                          "datagrams": client.datagrams - d0,
-                         "kernel_drops": _kernel_drops(client._transport.get_extra_info("socket"))}
+                         "kernel_drops": _kernel_drops(transport.get_extra_info("socket"))}
             print(json.dumps(reply), flush=True)
     finally:
         for context in opened.values():

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from typing import Any
 
 from ..._zerocopy import ZeroCopyPool, ZeroCopySender
 
@@ -80,7 +81,7 @@ def _send_for(sender: ZeroCopySender, seconds: float) -> int:
     return sends
 
 
-def run(variant: str, seconds: float) -> dict:
+def run(variant: str, seconds: float) -> dict[str, Any]:
     """One timed run of `variant`: bytes, datagrams, wall and CPU seconds
     and syscalls of the timed part; the sender's counters over the whole
     run (warm-up included: that is where the adaptive mode decides)."""
