@@ -1,7 +1,7 @@
 /* C reference for burstio's receive benchmarks: drain a pre-filled UDP
  * socket with recvmmsg, as a careful C program would, and report.
  *
- *   rx_drain FD BATCH SLOT_SIZE [--wait]
+ *   rx_recvmmsg FD BATCH SLOT_SIZE [--wait]
  *
  * FD is an inherited, already bound UDP socket. With --wait, read one byte
  * from stdin first (so a syscall counter can attach). Prints one JSON line:
@@ -30,7 +30,7 @@ int
 main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: rx_drain FD BATCH SLOT_SIZE [--wait]\n");
+        fprintf(stderr, "usage: rx_recvmmsg FD BATCH SLOT_SIZE [--wait]\n");
         return 2;
     }
     int fd = atoi(argv[1]);

@@ -56,7 +56,7 @@ def _check(variant: Variant, got: int, want: int, notes: list[str]) -> None:
 
 
 class _DrainResult(TypedDict):
-    """What bench/c/rx_drain.c prints (one JSON object)."""
+    """What bench/c/rx_recvmmsg.c prints (one JSON object)."""
 
     datagrams: int
     bytes: int
@@ -66,10 +66,10 @@ class _DrainResult(TypedDict):
 
 
 class _CReference:
-    """Runs bench/c/rx_drain.c on the receiving socket's inherited fd."""
+    """Runs bench/c/rx_recvmmsg.c on the receiving socket's inherited fd."""
 
     def __init__(self, sock: socket.socket, batch: int, slot: int):
-        self.exe = cref.build("rx_drain")
+        self.exe = cref.build("rx_recvmmsg")
         self.fd = sock.fileno()
         self.args = [str(self.exe), str(self.fd), str(batch), str(slot)]
 
