@@ -14,7 +14,7 @@
  *   probe.c      capability probes for mmsg syscalls
  *   uring.c      io_uring (liburing)
  */
-#include "burstio.h"
+#include "core/core.h"
 
 static PyMethodDef bio_module_methods[] = {
     {"probe_mmsg", bio_probe_mmsg, METH_NOARGS,

@@ -41,7 +41,7 @@
  * errors, the switch's thread) is burstio/rings.py's. The GIL is dropped
  * only through bio_nogil_retry.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 /* Argument parsing for the hot entry points (METH_FASTCALL): no argument
  * tuple or dict is built per call, and errors read like CPython's own. */
-#include "burstio.h"
+#include "core/core.h"
 
 int
 bio_args_parse(const char *fname, PyObject *const *args, Py_ssize_t nargs,

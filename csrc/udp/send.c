@@ -7,7 +7,7 @@
  * errors, is flagged in the batch and the rest goes on. Nothing is dropped
  * without being reported.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <string.h>

@@ -7,7 +7,7 @@
  * datagram afterwards; entries point into the arena (or, for zero-copy
  * sends, into one external buffer) by offset.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <stddef.h>

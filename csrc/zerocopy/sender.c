@@ -27,7 +27,7 @@
  * keeps copying, wording) is burstio/zerocopy.py's. This file does the
  * syscalls and the bookkeeping; the GIL is dropped only in bio_nogil_retry.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <fcntl.h>

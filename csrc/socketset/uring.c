@@ -17,7 +17,7 @@
  * a completion of an old socket or an old call is never taken for a new one;
  * an index (socket, or (socket, message) pair) in the low 32 bits.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <liburing.h>

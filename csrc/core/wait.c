@@ -1,6 +1,6 @@
 /* Waiting, deadlines and errors: the one place that knows how a blocking
  * call meets the GIL, signals (PEP 475) and OSError. */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <math.h>

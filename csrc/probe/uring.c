@@ -1,6 +1,6 @@
 /* io_uring, through the system's liburing (Debian 12: 2.3).
  * For now: the capability probe. The ring backend builds on this file. */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <liburing.h>

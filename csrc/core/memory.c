@@ -4,7 +4,7 @@
  * that the memoryviews it hands out (batch[i], batch.arena) keep the memory
  * alive without referring back to the batch: no reference cycle, and the
  * region is unmapped as soon as the last user lets go. */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <sys/mman.h>

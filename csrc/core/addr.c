@@ -4,7 +4,7 @@
  * no place on a per-datagram path. Tuples follow the socket module: IPv4
  * (host, port), IPv6 (host, port, flowinfo, scope_id) or (host, port).
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <arpa/inet.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* Capability probes that need syscalls the socket module lacks.
  * Each probe *tries* the feature and reports (works, detail). */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -7,7 +7,7 @@
  * (epoll cannot count datagrams); the io_uring backend needs only one.
  * Sends use one sendmmsg per run of messages for the same socket.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -4,7 +4,7 @@
  * cannot confuse it), the per-socket errors waiting for take_errors(),
  * counters, send options, and the Python entry points. The backends supply
  * the waiting and the syscalls through hooks. */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -8,7 +8,7 @@
  *
  * Python (burstio.napi.busypoll) writes the programs and decides the settings.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <linux/filter.h>

@@ -6,7 +6,7 @@
  * the caller's PacketBatch. Policy (timeouts, GRO on/off, fallbacks) is the
  * Python BurstSocket's; this file only moves bytes and counts.
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -12,7 +12,7 @@
  * This file keeps the states; zerocopy.c moves buffers between them (the
  * sender, and what the kernel says).
  */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <stddef.h>
 #include <string.h>
