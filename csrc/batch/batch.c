@@ -6,8 +6,15 @@
  * msghdr/iovec/cmsg scratch the syscalls use). Nothing is allocated per
  * datagram afterwards; entries point into the arena (or, for zero-copy
  * sends, into one external buffer) by offset.
+ *
+ * Where a datagram goes through it: a receive writes its payload into slot j
+ * of the arena and its metadata into entry j; batch[i] is then a memoryview
+ * of it, without a copy. This file is the type (allocation, sequence,
+ * addresses, keep(), attributes); building a batch to send is batch/build.c,
+ * the metadata arrays' exporter batch/array.c, outgoing messages
+ * batch/msgs.c.
  */
-#include "core/core.h"
+#include "batch/batch.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -17,77 +24,6 @@
 #define BIO_CAPACITY_MAX (1 << 20)
 #define BIO_SLOT_SIZE_MAX (16 << 20)
 #define BIO_ARENA_MAX ((size_t)1 << 34)
-
-/* ---- array exporter: one metadata array seen through the buffer protocol */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *owner; /* keeps the batch (and so the memory) alive */
-    void *buf;
-    const char *format;
-    Py_ssize_t itemsize;
-    int ndim;
-    Py_ssize_t shape[2];
-} BioArray;
-
-static int
-bio_array_getbuffer(PyObject *self, Py_buffer *view, int flags)
-{
-    BioArray *a = (BioArray *)self;
-    Py_ssize_t n = a->shape[0] * (a->ndim == 2 ? a->shape[1] : 1);
-
-    view->obj = Py_NewRef(self);
-    view->buf = a->buf;
-    view->len = n * a->itemsize;
-    view->readonly = 0;
-    view->itemsize = a->itemsize;
-    view->format = (flags & PyBUF_FORMAT) ? (char *)a->format : NULL;
-    view->ndim = a->ndim;
-    view->shape = (flags & PyBUF_ND) ? a->shape : NULL;
-    view->strides = NULL; /* C-contiguous */
-    view->suboffsets = NULL;
-    view->internal = NULL;
-    return 0;
-}
-
-static void
-bio_array_dealloc(PyObject *self)
-{
-    Py_XDECREF(((BioArray *)self)->owner);
-    Py_TYPE(self)->tp_free(self);
-}
-
-static PyBufferProcs bio_array_as_buffer = {bio_array_getbuffer, NULL};
-
-PyTypeObject BioArray_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native._Array",
-    .tp_basicsize = sizeof(BioArray),
-    .tp_dealloc = bio_array_dealloc,
-    .tp_as_buffer = &bio_array_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Exporter of one PacketBatch metadata array (internal).",
-};
-
-/* Return a memoryview over one of the batch's arrays. */
-static PyObject *
-bio_array_view(BioBatch *b, void *buf, const char *format, Py_ssize_t itemsize,
-               Py_ssize_t cols)
-{
-    BioArray *a = PyObject_New(BioArray, &BioArray_Type);
-    if (a == NULL)
-        return NULL;
-    a->owner = Py_NewRef((PyObject *)b);
-    a->buf = buf;
-    a->format = format;
-    a->itemsize = itemsize;
-    a->ndim = cols ? 2 : 1;
-    a->shape[0] = b->capacity;
-    a->shape[1] = cols;
-    PyObject *mv = PyMemoryView_FromObject((PyObject *)a);
-    Py_DECREF(a);
-    return mv;
-}
 
 /* ---- allocation -------------------------------------------------------- */
 
@@ -237,6 +173,16 @@ static PyBufferProcs bio_batch_as_buffer = {
 /* ---- state helpers ----------------------------------------------------- */
 
 int
+bio_batch_arg(const char *fname, PyObject *obj)
+{
+    if (PyObject_TypeCheck(obj, &BioBatch_Type))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() argument 1 must be burstio.PacketBatch, not %.100s",
+                 fname, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+int
 bio_batch_check_idle(BioBatch *b)
 {
     if (b->busy) {
@@ -259,8 +205,7 @@ bio_batch_reset(BioBatch *b)
     Py_CLEAR(b->ext_source);
 }
 
-/* Write entry i's metadata (payload already in place). */
-static void
+void
 bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
 {
     b->offsets[i] = offset;
@@ -272,8 +217,7 @@ bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
     b->errnos[i] = 0;
 }
 
-/* Parse an optional destination into entry i (None clears it). */
-static int
+int
 bio_batch_set_name(BioBatch *b, Py_ssize_t i, PyObject *addr)
 {
     struct sockaddr_in6 name;
@@ -338,260 +282,6 @@ static PyMappingMethods bio_batch_as_mapping = {
     .mp_length = (lenfunc)bio_batch_len,
     .mp_subscript = (binaryfunc)bio_batch_subscript,
 };
-
-/* ---- building a batch to send ------------------------------------------ */
-
-static int
-bio_batch_check_appendable(BioBatch *b)
-{
-    if (bio_batch_check_idle(b) < 0)
-        return -1;
-    if (b->ext_view != NULL) {
-        PyErr_SetString(PyExc_ValueError,
-                        "batch points into an external buffer (add_slices); "
-                        "call clear() before append()");
-        return -1;
-    }
-    if (b->count >= b->capacity) {
-        PyErr_Format(PyExc_ValueError, "batch is full: capacity is %zd datagrams",
-                     b->capacity);
-        return -1;
-    }
-    if (b->appended >= b->slots) {
-        PyErr_Format(PyExc_ValueError, "batch is full: all %zd slots are used",
-                     b->slots);
-        return -1;
-    }
-    return 0;
-}
-
-PyDoc_STRVAR(bio_batch_append_doc,
-"append(payload, addr=None) -> int\n\n"
-"Copy payload (any bytes-like object) into the next free slot and return\n"
-"its index. addr is the destination, (host, port) or (host, port, flowinfo,\n"
-"scope_id) with a numeric host; None sends to the connected peer.");
-
-static PyObject *
-bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"payload", "addr", NULL};
-    PyObject *payload, *addr = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:append", kwlist, &payload,
-                                     &addr))
-        return NULL;
-    if (bio_batch_check_appendable(b) < 0)
-        return NULL;
-    Py_buffer pb;
-    if (PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError,
-                     "payload must be a bytes-like object, got %.100s",
-                     Py_TYPE(payload)->tp_name);
-        return NULL;
-    }
-    Py_ssize_t i = b->count;
-    if (pb.len > b->slot_size) {
-        PyErr_Format(PyExc_ValueError,
-                     "payload of %zd bytes does not fit a %zd-byte slot",
-                     pb.len, b->slot_size);
-        PyBuffer_Release(&pb);
-        return NULL;
-    }
-    if (bio_batch_set_name(b, i, addr) < 0) {
-        PyBuffer_Release(&pb);
-        return NULL;
-    }
-    uint64_t off = (uint64_t)b->appended * (uint64_t)b->slot_size;
-    memcpy(b->arena + off, pb.buf, (size_t)pb.len);
-    PyBuffer_Release(&pb);
-    bio_batch_set_entry(b, i, off, (uint32_t)pb.len);
-    b->appended++;
-    b->count++;
-    return PyLong_FromSsize_t(i);
-}
-
-int
-bio_get_contiguous(PyObject *obj, Py_buffer *view)
-{
-    if (!PyObject_CheckBuffer(obj)) {
-        PyErr_Format(PyExc_TypeError, "buffer must be a bytes-like object, got %.100s",
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "buffer must be C-contiguous");
-        return -1;
-    }
-    return 0;
-}
-
-/* Attach `buffer` as the batch's data source (or check it is the one). */
-static int
-bio_batch_attach(BioBatch *b, PyObject *buffer)
-{
-    if (b->ext_view == NULL && b->count > 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "batch holds appended datagrams; call clear() before "
-                        "add_slices()");
-        return -1;
-    }
-    if (b->ext_view != NULL) {
-        if (b->ext_source == buffer)
-            return 0;
-        PyErr_SetString(PyExc_ValueError,
-                        "batch already points into another buffer; call "
-                        "clear() first");
-        return -1;
-    }
-    PyObject *mv = PyMemoryView_FromObject(buffer);
-    if (mv == NULL) {
-        PyErr_Format(PyExc_TypeError,
-                     "buffer must be a bytes-like object, got %.100s",
-                     Py_TYPE(buffer)->tp_name);
-        return -1;
-    }
-    Py_buffer *v = PyMemoryView_GET_BUFFER(mv);
-    if (!PyBuffer_IsContiguous(v, 'C')) {
-        Py_DECREF(mv);
-        PyErr_SetString(PyExc_ValueError, "buffer must be C-contiguous");
-        return -1;
-    }
-    if (v->ndim != 1 || v->itemsize != 1) {
-        PyObject *flat = PyObject_CallMethod(mv, "cast", "s", "B");
-        Py_DECREF(mv);
-        if (flat == NULL)
-            return -1;
-        mv = flat;
-    }
-    b->ext_view = mv;
-    b->ext_source = Py_NewRef(buffer);
-    b->data = PyMemoryView_GET_BUFFER(mv)->buf;
-    b->data_len = (size_t)PyMemoryView_GET_BUFFER(mv)->len;
-    return 0;
-}
-
-/* Fill `lens` (n items) from either segment_size or a lengths sequence. */
-static Py_ssize_t
-bio_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen)
-{
-    if ((seg_obj == Py_None) == (lengths == Py_None)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "add_slices() needs exactly one of segment_size or "
-                        "lengths");
-        return -1;
-    }
-    if (lengths != Py_None) {
-        Py_ssize_t n = PyObject_Length(lengths);
-        if (n < 0)
-            PyErr_SetString(PyExc_TypeError,
-                            "lengths must be a sequence of integers");
-        return n;
-    }
-    Py_ssize_t seg = PyNumber_AsSsize_t(seg_obj, PyExc_OverflowError);
-    if (seg == -1 && PyErr_Occurred())
-        return -1;
-    if (seg < 1 || seg > BIO_MAX_UDP_PAYLOAD) {
-        PyErr_Format(PyExc_ValueError,
-                     "segment_size must be between 1 and %d, got %zd",
-                     BIO_MAX_UDP_PAYLOAD, seg);
-        return -1;
-    }
-    return (buflen + seg - 1) / seg;
-}
-
-/* Write n slice entries after the current ones: every `seg` bytes, or (seg
- * 0) of the sizes in `lengths`. Returns 0, or -1 with ValueError set. */
-static int
-bio_slices_fill(BioBatch *b, PyObject *lengths, Py_ssize_t seg, Py_ssize_t n,
-                Py_ssize_t buflen, const struct sockaddr_in6 *name)
-{
-    Py_ssize_t base = b->count, off = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t len = seg;
-        if (seg == 0) {
-            PyObject *item = PySequence_GetItem(lengths, k);
-            len = item ? PyNumber_AsSsize_t(item, PyExc_OverflowError) : -1;
-            Py_XDECREF(item);
-            if (len == -1 && PyErr_Occurred())
-                return -1;
-            if (len < 0 || len > BIO_MAX_UDP_PAYLOAD) {
-                PyErr_Format(PyExc_ValueError,
-                             "lengths[%zd] must be between 0 and %d, got %zd",
-                             k, BIO_MAX_UDP_PAYLOAD, len);
-                return -1;
-            }
-            if (off + len > buflen) {
-                PyErr_Format(PyExc_ValueError,
-                             "lengths run past the end of the %zd-byte buffer "
-                             "at lengths[%zd]", buflen, k);
-                return -1;
-            }
-        } else if (off + len > buflen) {
-            len = buflen - off; /* the last segment may be shorter */
-        }
-        bio_batch_set_entry(b, base + k, (uint64_t)off, (uint32_t)len);
-        b->names[base + k] = *name;
-        off += len;
-    }
-    return 0;
-}
-
-static PyObject *bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj,
-                                           PyObject *lengths, PyObject *addr);
-
-PyDoc_STRVAR(bio_batch_add_slices_doc,
-"add_slices(buffer, segment_size=None, *, lengths=None, addr=None) -> int\n\n"
-"Zero copy: add entries that point at consecutive slices of one bytes-like\n"
-"buffer, either every segment_size bytes (the last may be shorter) or of the\n"
-"given lengths. The batch keeps the buffer alive until clear(). Returns the\n"
-"number of entries added.");
-
-static PyObject *
-bio_batch_add_slices(BioBatch *b, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"buffer", "segment_size", "lengths", "addr", NULL};
-    PyObject *buffer, *seg_obj = Py_None, *lengths = Py_None, *addr = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$OO:add_slices", kwlist,
-                                     &buffer, &seg_obj, &lengths, &addr))
-        return NULL;
-    if (bio_batch_check_idle(b) < 0 || bio_batch_attach(b, buffer) < 0)
-        return NULL;
-    b->busy = 1; /* reading `lengths` may run Python code: no re-entry */
-    PyObject *r = bio_batch_add_slices_busy(b, seg_obj, lengths, addr);
-    b->busy = 0;
-    return r;
-}
-
-static PyObject *
-bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj, PyObject *lengths, PyObject *addr)
-{
-    Py_ssize_t buflen = PyMemoryView_GET_BUFFER(b->ext_view)->len;
-    Py_ssize_t n = bio_slices_count(seg_obj, lengths, buflen);
-    if (n < 0)
-        goto fail;
-    if (n > b->capacity - b->count) {
-        PyErr_Format(PyExc_ValueError,
-                     "batch is full: %zd slices do not fit the %zd free "
-                     "entries of a %zd-entry batch",
-                     n, b->capacity - b->count, b->capacity);
-        goto fail;
-    }
-    struct sockaddr_in6 name;
-    memset(&name, 0, sizeof(name));
-    if (addr != Py_None && bio_addr_parse(addr, &name) < 0)
-        goto fail;
-    Py_ssize_t seg = seg_obj == Py_None ? 0 : PyNumber_AsSsize_t(seg_obj, NULL);
-    if (bio_slices_fill(b, lengths, seg, n, buflen, &name) < 0)
-        goto fail;
-    b->count += n;
-    if (b->count == 0)
-        bio_batch_reset(b); /* nothing points into the buffer */
-    return PyLong_FromSsize_t(n);
-fail:
-    if (b->count == 0)
-        bio_batch_reset(b);
-    return NULL;
-}
 
 PyDoc_STRVAR(bio_batch_clear_doc,
 "clear()\n\nForget every entry (and any external buffer); keeps the memory.");

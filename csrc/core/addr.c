@@ -3,6 +3,11 @@
  * Only numeric hosts are accepted: resolving names is blocking I/O and has
  * no place on a per-datagram path. Tuples follow the socket module: IPv4
  * (host, port), IPv6 (host, port, flowinfo, scope_id) or (host, port).
+ *
+ * Where a datagram goes through it: a destination given to append(),
+ * set_addr(), send_segments() or a port's put() is parsed here into the
+ * sockaddr the send uses; a received datagram's sockaddr becomes a tuple here
+ * when Python asks for it (batch.addr(i)).
  */
 #include "core/core.h"
 

@@ -6,23 +6,22 @@
  *   register_uring_napi(ring_fd, ...)   IORING_REGISTER_NAPI: io_uring busy
  *                                       polls the NAPI of the sockets it waits on
  *
- * Python (burstio.napi.busypoll) writes the programs and decides the settings.
+ * Python (src/burstio/napi/busypoll.py) writes the programs and decides the
+ * settings; the busy-polling epoll_wait is core/wait.c's.
+ *
+ * Where a datagram goes through it: a reuseport program picks the socket
+ * of the group that receives it; NAPI busy polling makes the receive that
+ * waits for it poll the device queue instead of sleeping.
  */
-#include "core/core.h"
+#include "napi/napi.h"
+#include "core/compat.h"
 
 #include <errno.h>
 #include <linux/filter.h>
 #include <sched.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#ifndef SO_ATTACH_REUSEPORT_CBPF
-#define SO_ATTACH_REUSEPORT_CBPF 51
-#endif
-#define BIO_IORING_REGISTER_NAPI 27
-#define BIO_IORING_UNREGISTER_NAPI 28
 
 /* struct io_uring_napi (Linux >= 6.9; opcode/op_param since 6.13, 0 = the
  * original behaviour), not in liburing 2.3's headers. */
@@ -34,17 +33,6 @@ struct bio_uring_napi {
     uint32_t op_param;
     uint32_t resv;
 };
-
-int
-bio_epoll_wait_nogil(int epfd, int64_t deadline_ns)
-{
-    int timeout_ms = bio_deadline_ms(deadline_ns);
-    if (timeout_ms == 0)
-        return 0;
-    struct epoll_event ev;
-    int r = epoll_wait(epfd, &ev, 1, timeout_ms);
-    return r < 0 ? -errno : r;
-}
 
 PyDoc_STRVAR(bio_attach_cbpf_doc,
 "attach_reuseport_cbpf(sock, program) -> None\n\n"
@@ -97,7 +85,7 @@ bio_register_uring_napi(PyObject *self, PyObject *args)
     memset(&napi, 0, sizeof(napi));
     napi.busy_poll_to = usecs;
     napi.prefer_busy_poll = (uint8_t)prefer;
-    unsigned op = usecs ? BIO_IORING_REGISTER_NAPI : BIO_IORING_UNREGISTER_NAPI;
+    unsigned op = usecs ? IORING_REGISTER_NAPI : IORING_UNREGISTER_NAPI;
     if (syscall(__NR_io_uring_register, fd, op, &napi, 1) < 0)
         return bio_raise_errno(-errno);
     Py_RETURN_NONE;

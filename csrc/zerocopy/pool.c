@@ -9,42 +9,45 @@
  * never reused. send() refuses a buffer with a live export (memoryview,
  * numpy array), so no Python code can write a buffer in flight.
  *
- * This file keeps the states; zerocopy.c moves buffers between them (the
- * sender, and what the kernel says).
+ * This file keeps the states; zerocopy/sender.c, completion.c, uring.c and
+ * msg.c move buffers between them (the sender, and what the kernel says).
+ *
+ * Where a datagram goes through it: Python writes it into an OWNED buffer
+ * (memoryview, numpy, write()); the kernel sends it from there in place.
  */
-#include "core/core.h"
+#include "zerocopy/zerocopy.h"
 
 #include <stddef.h>
 #include <string.h>
 #include <structmember.h>
 
-#define BIO_ZC_MAX_BUFFERS 16384          /* io_uring's fixed-buffer limit */
-#define BIO_ZC_MAX_BUFFER_SIZE (1 << 30)  /* io_uring's per-buffer limit */
-#define BIO_ZC_PAGE 4096
+#define BIO_ZEROCOPY_MAX_BUFFERS 16384          /* io_uring's fixed-buffer limit */
+#define BIO_ZEROCOPY_MAX_BUFFER_SIZE (1 << 30)  /* io_uring's per-buffer limit */
+#define BIO_ZEROCOPY_PAGE 4096
 
 /* ---- pool -------------------------------------------------------------- */
 
 /* Take a FREE buffer (the caller checked nfree > 0); it becomes OWNED. */
 uint32_t
-bio_zcpool_take(BioZcPool *p)
+bio_zerocopy_pool_take(BioZeroCopyPool *p)
 {
     uint32_t i = p->free_stack[--p->nfree];
-    p->state[i] = BIO_ZC_OWNED;
+    p->state[i] = BIO_ZEROCOPY_OWNED;
     return i;
 }
 
 /* Give buffer i back: FREE, and every object naming it is spent. */
 void
-bio_zcpool_put(BioZcPool *p, uint32_t i)
+bio_zerocopy_pool_put(BioZeroCopyPool *p, uint32_t i)
 {
-    p->state[i] = BIO_ZC_FREE;
+    p->state[i] = BIO_ZEROCOPY_FREE;
     p->gen[i]++;
     p->free_stack[p->nfree++] = i;
 }
 
 /* Allocate the per-buffer arrays; 0 or -1 with MemoryError. */
 static int
-bio_zcpool_alloc(BioZcPool *p)
+bio_zerocopy_pool_alloc(BioZeroCopyPool *p)
 {
     p->state = PyMem_Calloc(p->nbuf, 1);
     p->gen = PyMem_Calloc(p->nbuf, sizeof(uint32_t));
@@ -60,29 +63,29 @@ bio_zcpool_alloc(BioZcPool *p)
 }
 
 static PyObject *
-bio_zcpool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+bio_zerocopy_pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffers", "buffer_size", NULL};
     Py_ssize_t n = 64, size = 65536;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn:ZeroCopyPool", kwlist, &n, &size))
         return NULL;
-    if (n < 1 || n > BIO_ZC_MAX_BUFFERS) {
+    if (n < 1 || n > BIO_ZEROCOPY_MAX_BUFFERS) {
         PyErr_Format(PyExc_ValueError, "buffers must be between 1 and %d, got %zd",
-                     BIO_ZC_MAX_BUFFERS, n);
+                     BIO_ZEROCOPY_MAX_BUFFERS, n);
         return NULL;
     }
-    if (size < 1 || size > BIO_ZC_MAX_BUFFER_SIZE) {
+    if (size < 1 || size > BIO_ZEROCOPY_MAX_BUFFER_SIZE) {
         PyErr_Format(PyExc_ValueError, "buffer_size must be between 1 and %d, got %zd",
-                     BIO_ZC_MAX_BUFFER_SIZE, size);
+                     BIO_ZEROCOPY_MAX_BUFFER_SIZE, size);
         return NULL;
     }
-    BioZcPool *p = (BioZcPool *)type->tp_alloc(type, 0);
+    BioZeroCopyPool *p = (BioZeroCopyPool *)type->tp_alloc(type, 0);
     if (p == NULL)
         return NULL;
     p->nbuf = (uint32_t)n;
     p->buf_size = (size_t)size;
-    p->stride = ((size_t)size + BIO_ZC_PAGE - 1) & ~(size_t)(BIO_ZC_PAGE - 1);
-    if (bio_zcpool_alloc(p) < 0 || (p->mem = bio_memory_new(p->stride * p->nbuf)) == NULL) {
+    p->stride = ((size_t)size + BIO_ZEROCOPY_PAGE - 1) & ~(size_t)(BIO_ZEROCOPY_PAGE - 1);
+    if (bio_zerocopy_pool_alloc(p) < 0 || (p->mem = bio_memory_new(p->stride * p->nbuf)) == NULL) {
         Py_DECREF(p);
         return NULL;
     }
@@ -90,7 +93,7 @@ bio_zcpool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 }
 
 static void
-bio_zcpool_dealloc(BioZcPool *p)
+bio_zerocopy_pool_dealloc(BioZeroCopyPool *p)
 {
     Py_XDECREF(p->mem); /* the kernel holds its own page references */
     PyMem_Free(p->state);
@@ -101,7 +104,7 @@ bio_zcpool_dealloc(BioZcPool *p)
 
 /* Buffers in `state`. */
 static Py_ssize_t
-bio_zcpool_count(BioZcPool *p, int state)
+bio_zerocopy_pool_count(BioZeroCopyPool *p, int state)
 {
     Py_ssize_t n = 0;
     for (uint32_t i = 0; i < p->nbuf; i++)
@@ -110,68 +113,68 @@ bio_zcpool_count(BioZcPool *p, int state)
 }
 
 static PyObject *
-bio_zcpool_get_count(BioZcPool *p, void *state)
+bio_zerocopy_pool_get_count(BioZeroCopyPool *p, void *state)
 {
-    return PyLong_FromSsize_t(bio_zcpool_count(p, (int)(intptr_t)state));
+    return PyLong_FromSsize_t(bio_zerocopy_pool_count(p, (int)(intptr_t)state));
 }
 
 static PyObject *
-bio_zcpool_get_buffers(BioZcPool *p, void *c)
+bio_zerocopy_pool_get_buffers(BioZeroCopyPool *p, void *c)
 {
     return PyLong_FromUnsignedLong(p->nbuf);
 }
 
 static PyObject *
-bio_zcpool_get_buffer_size(BioZcPool *p, void *c)
+bio_zerocopy_pool_get_buffer_size(BioZeroCopyPool *p, void *c)
 {
     return PyLong_FromSize_t(p->buf_size);
 }
 
 static PyObject *
-bio_zcpool_get_in_use(BioZcPool *p, void *c)
+bio_zerocopy_pool_get_in_use(BioZeroCopyPool *p, void *c)
 {
     return PyBool_FromLong(p->attached);
 }
 
 static PyObject *
-bio_zcpool_repr(BioZcPool *p)
+bio_zerocopy_pool_repr(BioZeroCopyPool *p)
 {
     return PyUnicode_FromFormat("<ZeroCopyPool %u x %zu bytes: %zd free, %zd owned, %zd in flight>",
-                                p->nbuf, p->buf_size, bio_zcpool_count(p, BIO_ZC_FREE),
-                                bio_zcpool_count(p, BIO_ZC_OWNED),
-                                bio_zcpool_count(p, BIO_ZC_IN_FLIGHT) +
-                                    bio_zcpool_count(p, BIO_ZC_LOST));
+                                p->nbuf, p->buf_size, bio_zerocopy_pool_count(p, BIO_ZEROCOPY_FREE),
+                                bio_zerocopy_pool_count(p, BIO_ZEROCOPY_OWNED),
+                                bio_zerocopy_pool_count(p, BIO_ZEROCOPY_IN_FLIGHT) +
+                                    bio_zerocopy_pool_count(p, BIO_ZEROCOPY_LOST));
 }
 
-static PyGetSetDef bio_zcpool_getset[] = {
-    {"buffers", (getter)bio_zcpool_get_buffers, NULL, "number of buffers", NULL},
-    {"buffer_size", (getter)bio_zcpool_get_buffer_size, NULL, "bytes per buffer", NULL},
-    {"free", (getter)bio_zcpool_get_count, NULL, "buffers in the pool, ready to acquire()",
-     (void *)(intptr_t)BIO_ZC_FREE},
-    {"owned", (getter)bio_zcpool_get_count, NULL, "buffers acquired and not yet sent",
-     (void *)(intptr_t)BIO_ZC_OWNED},
-    {"in_flight", (getter)bio_zcpool_get_count, NULL,
-     "buffers sent whose notification has not come yet", (void *)(intptr_t)BIO_ZC_IN_FLIGHT},
-    {"lost", (getter)bio_zcpool_get_count, NULL,
+static PyGetSetDef bio_zerocopy_pool_getset[] = {
+    {"buffers", (getter)bio_zerocopy_pool_get_buffers, NULL, "number of buffers", NULL},
+    {"buffer_size", (getter)bio_zerocopy_pool_get_buffer_size, NULL, "bytes per buffer", NULL},
+    {"free", (getter)bio_zerocopy_pool_get_count, NULL, "buffers in the pool, ready to acquire()",
+     (void *)(intptr_t)BIO_ZEROCOPY_FREE},
+    {"owned", (getter)bio_zerocopy_pool_get_count, NULL, "buffers acquired and not yet sent",
+     (void *)(intptr_t)BIO_ZEROCOPY_OWNED},
+    {"in_flight", (getter)bio_zerocopy_pool_get_count, NULL,
+     "buffers sent whose notification has not come yet", (void *)(intptr_t)BIO_ZEROCOPY_IN_FLIGHT},
+    {"lost", (getter)bio_zerocopy_pool_get_count, NULL,
      "buffers still in flight when their sender closed: never reused",
-     (void *)(intptr_t)BIO_ZC_LOST},
-    {"in_use", (getter)bio_zcpool_get_in_use, NULL, "an open ZeroCopySender uses the pool", NULL},
+     (void *)(intptr_t)BIO_ZEROCOPY_LOST},
+    {"in_use", (getter)bio_zerocopy_pool_get_in_use, NULL, "an open ZeroCopySender uses the pool", NULL},
     {NULL},
 };
 
-PyTypeObject BioZcPool_Type = {
+PyTypeObject BioZeroCopyPool_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "burstio.ZeroCopyPool",
-    .tp_basicsize = sizeof(BioZcPool),
-    .tp_dealloc = (destructor)bio_zcpool_dealloc,
-    .tp_repr = (reprfunc)bio_zcpool_repr,
+    .tp_basicsize = sizeof(BioZeroCopyPool),
+    .tp_dealloc = (destructor)bio_zerocopy_pool_dealloc,
+    .tp_repr = (reprfunc)bio_zerocopy_pool_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "ZeroCopyPool(buffers=64, buffer_size=65536)\n\n"
               "Buffers for zero-copy sends, cut from one mmap'd region (each starts on a\n"
               "page). A ZeroCopySender registers them with the kernel and hands them out\n"
               "with acquire(); one open sender uses a pool at a time.",
-    .tp_getset = bio_zcpool_getset,
-    .tp_new = bio_zcpool_new,
+    .tp_getset = bio_zerocopy_pool_getset,
+    .tp_new = bio_zerocopy_pool_new,
 };
 
 /* ---- buffer ------------------------------------------------------------ */
@@ -179,15 +182,15 @@ PyTypeObject BioZcPool_Type = {
 /* 0 if b's acquire is current and the buffer is OWNED (writable, sendable);
  * else -1 with BufferError saying why. */
 int
-bio_zcbuf_check(BioZcBuffer *b)
+bio_zerocopy_buffer_check(BioZeroCopyBuffer *b)
 {
-    BioZcPool *p = b->pool;
+    BioZeroCopyPool *p = b->pool;
     if (p->gen[b->index] != b->gen) {
         PyErr_Format(PyExc_BufferError,
                      "buffer %u was returned to the pool; acquire() another", b->index);
         return -1;
     }
-    if (p->state[b->index] != BIO_ZC_OWNED) {
+    if (p->state[b->index] != BIO_ZEROCOPY_OWNED) {
         PyErr_Format(PyExc_BufferError,
                      "buffer %u is in flight: the kernel may still read it; "
                      "wait for its completion", b->index);
@@ -198,12 +201,12 @@ bio_zcbuf_check(BioZcBuffer *b)
 
 /* A new object naming buffer `index` (just taken: OWNED). New reference or NULL. */
 PyObject *
-bio_zcbuf_new(BioZcPool *p, uint32_t index)
+bio_zerocopy_buffer_new(BioZeroCopyPool *p, uint32_t index)
 {
-    BioZcBuffer *b = PyObject_New(BioZcBuffer, &BioZcBuffer_Type);
+    BioZeroCopyBuffer *b = PyObject_New(BioZeroCopyBuffer, &BioZeroCopyBuffer_Type);
     if (b == NULL)
         return NULL;
-    b->pool = (BioZcPool *)Py_NewRef((PyObject *)p);
+    b->pool = (BioZeroCopyPool *)Py_NewRef((PyObject *)p);
     b->index = index;
     b->gen = p->gen[index];
     b->exports = 0;
@@ -212,23 +215,23 @@ bio_zcbuf_new(BioZcPool *p, uint32_t index)
 
 /* An OWNED buffer dropped without being sent goes back to the pool. */
 static void
-bio_zcbuf_dealloc(BioZcBuffer *b)
+bio_zerocopy_buffer_dealloc(BioZeroCopyBuffer *b)
 {
-    BioZcPool *p = b->pool;
-    if (p->gen[b->index] == b->gen && p->state[b->index] == BIO_ZC_OWNED)
-        bio_zcpool_put(p, b->index);
+    BioZeroCopyPool *p = b->pool;
+    if (p->gen[b->index] == b->gen && p->state[b->index] == BIO_ZEROCOPY_OWNED)
+        bio_zerocopy_pool_put(p, b->index);
     Py_DECREF(p);
     Py_TYPE(b)->tp_free((PyObject *)b);
 }
 
 static int
-bio_zcbuf_getbuffer(BioZcBuffer *b, Py_buffer *view, int flags)
+bio_zerocopy_buffer_getbuffer(BioZeroCopyBuffer *b, Py_buffer *view, int flags)
 {
-    if (bio_zcbuf_check(b) < 0) {
+    if (bio_zerocopy_buffer_check(b) < 0) {
         view->obj = NULL;
         return -1;
     }
-    unsigned char *ptr = bio_zcpool_ptr(b->pool, b->index);
+    unsigned char *ptr = bio_zerocopy_pool_ptr(b->pool, b->index);
     if (PyBuffer_FillInfo(view, (PyObject *)b, ptr, (Py_ssize_t)b->pool->buf_size, 0, flags) < 0)
         return -1;
     b->exports++;
@@ -236,24 +239,24 @@ bio_zcbuf_getbuffer(BioZcBuffer *b, Py_buffer *view, int flags)
 }
 
 static void
-bio_zcbuf_releasebuffer(BioZcBuffer *b, Py_buffer *view)
+bio_zerocopy_buffer_releasebuffer(BioZeroCopyBuffer *b, Py_buffer *view)
 {
     b->exports--;
 }
 
-static PyBufferProcs bio_zcbuf_as_buffer = {(getbufferproc)bio_zcbuf_getbuffer,
-                                            (releasebufferproc)bio_zcbuf_releasebuffer};
+static PyBufferProcs bio_zerocopy_buffer_as_buffer = {(getbufferproc)bio_zerocopy_buffer_getbuffer,
+                                            (releasebufferproc)bio_zerocopy_buffer_releasebuffer};
 
 /* write(data, offset=0) -> end offset: copy data into the buffer. */
 static PyObject *
-bio_zcbuf_write(BioZcBuffer *b, PyObject *args, PyObject *kwds)
+bio_zerocopy_buffer_write(BioZeroCopyBuffer *b, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"data", "offset", NULL};
     PyObject *data;
     Py_ssize_t off = 0;
     Py_buffer pb;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:write", kwlist, &data, &off) ||
-        bio_zcbuf_check(b) < 0 || bio_get_contiguous(data, &pb) < 0)
+        bio_zerocopy_buffer_check(b) < 0 || bio_args_contiguous(data, &pb) < 0)
         return NULL;
     size_t size = b->pool->buf_size;
     if (off < 0 || (size_t)off > size || (size_t)pb.len > size - (size_t)off) {
@@ -262,87 +265,87 @@ bio_zcbuf_write(BioZcBuffer *b, PyObject *args, PyObject *kwds)
         PyBuffer_Release(&pb);
         return NULL;
     }
-    memmove(bio_zcpool_ptr(b->pool, b->index) + off, pb.buf, (size_t)pb.len);
+    memmove(bio_zerocopy_pool_ptr(b->pool, b->index) + off, pb.buf, (size_t)pb.len);
     Py_ssize_t end = off + pb.len;
     PyBuffer_Release(&pb);
     return PyLong_FromSsize_t(end);
 }
 
 static const char *
-bio_zcbuf_state_name(BioZcBuffer *b)
+bio_zerocopy_buffer_state_name(BioZeroCopyBuffer *b)
 {
-    BioZcPool *p = b->pool;
+    BioZeroCopyPool *p = b->pool;
     if (p->gen[b->index] != b->gen)
         return "returned";
-    return p->state[b->index] == BIO_ZC_OWNED ? "owned" : "in_flight";
+    return p->state[b->index] == BIO_ZEROCOPY_OWNED ? "owned" : "in_flight";
 }
 
 static PyObject *
-bio_zcbuf_get_state(BioZcBuffer *b, void *c)
+bio_zerocopy_buffer_get_state(BioZeroCopyBuffer *b, void *c)
 {
-    return PyUnicode_FromString(bio_zcbuf_state_name(b));
+    return PyUnicode_FromString(bio_zerocopy_buffer_state_name(b));
 }
 
 static PyObject *
-bio_zcbuf_get_size(BioZcBuffer *b, void *c)
+bio_zerocopy_buffer_get_size(BioZeroCopyBuffer *b, void *c)
 {
     return PyLong_FromSize_t(b->pool->buf_size);
 }
 
 static PyObject *
-bio_zcbuf_repr(BioZcBuffer *b)
+bio_zerocopy_buffer_repr(BioZeroCopyBuffer *b)
 {
     return PyUnicode_FromFormat("<ZeroCopyBuffer %u of %zu bytes, %s, %zd views open>", b->index,
-                                b->pool->buf_size, bio_zcbuf_state_name(b), b->exports);
+                                b->pool->buf_size, bio_zerocopy_buffer_state_name(b), b->exports);
 }
 
-static PyMethodDef bio_zcbuf_methods[] = {
-    {"write", (PyCFunction)(void (*)(void))bio_zcbuf_write, METH_VARARGS | METH_KEYWORDS,
+static PyMethodDef bio_zerocopy_buffer_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))bio_zerocopy_buffer_write, METH_VARARGS | METH_KEYWORDS,
      "write(data, offset=0) -> int\n\nCopy data into the buffer at offset; return the offset\n"
      "just past it (the length to send when offset is 0). BufferError once sent."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef bio_zcbuf_getset[] = {
-    {"state", (getter)bio_zcbuf_get_state, NULL,
+static PyGetSetDef bio_zerocopy_buffer_getset[] = {
+    {"state", (getter)bio_zerocopy_buffer_get_state, NULL,
      "'owned' (writable), 'in_flight' (the kernel may read it) or 'returned' (spent)", NULL},
-    {"size", (getter)bio_zcbuf_get_size, NULL, "bytes in the buffer", NULL},
+    {"size", (getter)bio_zerocopy_buffer_get_size, NULL, "bytes in the buffer", NULL},
     {NULL},
 };
 
-static PyMemberDef bio_zcbuf_members[] = {
-    {"index", T_UINT, offsetof(BioZcBuffer, index), READONLY, "buffer number in its pool"},
-    {"views", T_PYSSIZET, offsetof(BioZcBuffer, exports), READONLY,
+static PyMemberDef bio_zerocopy_buffer_members[] = {
+    {"index", T_UINT, offsetof(BioZeroCopyBuffer, index), READONLY, "buffer number in its pool"},
+    {"views", T_PYSSIZET, offsetof(BioZeroCopyBuffer, exports), READONLY,
      "buffer-protocol exports (memoryviews, arrays) still open"},
-    {"pool", T_OBJECT, offsetof(BioZcBuffer, pool), READONLY, "the ZeroCopyPool"},
+    {"pool", T_OBJECT, offsetof(BioZeroCopyBuffer, pool), READONLY, "the ZeroCopyPool"},
     {NULL},
 };
 
-PyTypeObject BioZcBuffer_Type = {
+PyTypeObject BioZeroCopyBuffer_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "burstio.ZeroCopyBuffer",
-    .tp_basicsize = sizeof(BioZcBuffer),
-    .tp_dealloc = (destructor)bio_zcbuf_dealloc,
-    .tp_repr = (reprfunc)bio_zcbuf_repr,
-    .tp_as_buffer = &bio_zcbuf_as_buffer,
+    .tp_basicsize = sizeof(BioZeroCopyBuffer),
+    .tp_dealloc = (destructor)bio_zerocopy_buffer_dealloc,
+    .tp_repr = (reprfunc)bio_zerocopy_buffer_repr,
+    .tp_as_buffer = &bio_zerocopy_buffer_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One buffer of a ZeroCopyPool, from ZeroCopySender.acquire().\n\n"
               "Writable through the buffer protocol (memoryview, numpy) or write() until\n"
               "it is sent; then it is in flight and refuses every access; when the kernel\n"
               "is done it returns to the pool and this object is spent. send() refuses it\n"
               "while a memoryview of it is open.",
-    .tp_methods = bio_zcbuf_methods,
-    .tp_getset = bio_zcbuf_getset,
-    .tp_members = bio_zcbuf_members,
+    .tp_methods = bio_zerocopy_buffer_methods,
+    .tp_getset = bio_zerocopy_buffer_getset,
+    .tp_members = bio_zerocopy_buffer_members,
 };
 
 int
-bio_zcpool_init_types(PyObject *module)
+bio_zerocopy_pool_init_types(PyObject *module)
 {
-    if (PyType_Ready(&BioZcPool_Type) < 0 || PyType_Ready(&BioZcBuffer_Type) < 0)
+    if (PyType_Ready(&BioZeroCopyPool_Type) < 0 || PyType_Ready(&BioZeroCopyBuffer_Type) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "ZeroCopyPool", (PyObject *)&BioZcPool_Type) < 0 ||
-        PyModule_AddObjectRef(module, "ZeroCopyBuffer", (PyObject *)&BioZcBuffer_Type) < 0)
+    if (PyModule_AddObjectRef(module, "ZeroCopyPool", (PyObject *)&BioZeroCopyPool_Type) < 0 ||
+        PyModule_AddObjectRef(module, "ZeroCopyBuffer", (PyObject *)&BioZeroCopyBuffer_Type) < 0)
         return -1;
     return 0;
 }
