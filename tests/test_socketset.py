@@ -468,7 +468,7 @@ class RingContract:
         cl.close()
         assert r.recv_stream(i, buf, 3, 1.0) == 3  # what was left
         assert r.recv_stream(i, buf, 3, 1.0) == 0  # end of stream
-        with pytest.raises(ValueError, match=re.escape("min_bytes must be between 1 and len(buffer) = 64, got 65")):
+        with pytest.raises(ValueError, match=re.escape("min_bytes must be between 1 and 64, got 65")):
             r.recv_stream(i, buf, 65)
 
     # ---- bad input -----------------------------------------------------

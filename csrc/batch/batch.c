@@ -68,13 +68,31 @@ bio_batch_alloc_meta(BioBatch *b)
     return 0;
 }
 
+/* PacketBatch()'s arguments: capacity, slot_size and slots (None: as many
+ * as capacity), checked, and the arena's size. 0, or -1 with an error. */
 static int
-bio_batch_check_size(const char *what, Py_ssize_t v, Py_ssize_t lo,
-                     Py_ssize_t hi)
+bio_batch_new_args(PyObject *args, PyObject *kwds, long long *capacity, long long *slot_size,
+                   long long *slots, size_t *arena_size)
 {
-    if (v < lo || v > hi) {
-        PyErr_Format(PyExc_ValueError, "%s must be between %zd and %zd, got %zd",
-                     what, lo, hi, v);
+    static char *kwlist[] = {"capacity", "slot_size", "slots", NULL};
+    PyObject *cap_o = NULL, *size_o = NULL, *slots_o = NULL;
+    *capacity = 64;
+    *slot_size = 2048;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$O:PacketBatch", kwlist, &cap_o, &size_o,
+                                     &slots_o))
+        return -1;
+    if ((cap_o != NULL && bio_args_int("capacity", cap_o, 1, BIO_CAPACITY_MAX, capacity) < 0) ||
+        (size_o != NULL &&
+         bio_args_int("slot_size", size_o, 1, BIO_SLOT_SIZE_MAX, slot_size) < 0))
+        return -1;
+    *slots = *capacity;
+    if (bio_args_int_or_none("slots", slots_o, 1, *capacity, slots) < 0)
+        return -1;
+    *arena_size = (size_t)*slots * (size_t)*slot_size;
+    if (*arena_size > BIO_ARENA_MAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "slots x slot_size is %zu bytes; the limit is %zu",
+                     *arena_size, (size_t)BIO_ARENA_MAX);
         return -1;
     }
     return 0;
@@ -83,32 +101,16 @@ bio_batch_check_size(const char *what, Py_ssize_t v, Py_ssize_t lo,
 static PyObject *
 bio_batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"capacity", "slot_size", "slots", NULL};
-    Py_ssize_t capacity = 64, slot_size = 2048, slots = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn$n:PacketBatch", kwlist,
-                                     &capacity, &slot_size, &slots))
+    long long capacity, slot_size, slots;
+    size_t arena_size;
+    if (bio_batch_new_args(args, kwds, &capacity, &slot_size, &slots, &arena_size) < 0)
         return NULL;
-    if (bio_batch_check_size("capacity", capacity, 1, BIO_CAPACITY_MAX) < 0 ||
-        bio_batch_check_size("slot_size", slot_size, 1, BIO_SLOT_SIZE_MAX) < 0)
-        return NULL;
-    if (slots == -1)
-        slots = capacity;
-    if (bio_batch_check_size("slots", slots, 1, capacity) < 0)
-        return NULL;
-    size_t arena_size = (size_t)slots * (size_t)slot_size;
-    if (arena_size > BIO_ARENA_MAX) {
-        PyErr_Format(PyExc_ValueError,
-                     "slots x slot_size is %zu bytes; the limit is %zu",
-                     arena_size, (size_t)BIO_ARENA_MAX);
-        return NULL;
-    }
-
     BioBatch *b = (BioBatch *)type->tp_alloc(type, 0);
     if (b == NULL)
         return NULL;
-    b->capacity = capacity;
-    b->slots = slots;
-    b->slot_size = slot_size;
+    b->capacity = (Py_ssize_t)capacity;
+    b->slots = (Py_ssize_t)slots;
+    b->slot_size = (Py_ssize_t)slot_size;
     if (bio_batch_alloc_meta(b) < 0) {
         Py_DECREF(b);
         return NULL;

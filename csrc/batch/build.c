@@ -123,9 +123,10 @@ bio_batch_attach(BioBatch *b, PyObject *buffer)
     return 0;
 }
 
-/* Fill `lens` (n items) from either segment_size or a lengths sequence. */
+/* How many slices add_slices() makes: from segment_size (into *seg) or the
+ * length of the lengths sequence (*seg 0). The count, or -1 with an error. */
 static Py_ssize_t
-bio_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen)
+bio_batch_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen, Py_ssize_t *seg)
 {
     if ((seg_obj == Py_None) == (lengths == Py_None)) {
         PyErr_SetString(PyExc_TypeError,
@@ -133,6 +134,7 @@ bio_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen)
                         "lengths");
         return -1;
     }
+    *seg = 0;
     if (lengths != Py_None) {
         Py_ssize_t n = PyObject_Length(lengths);
         if (n < 0)
@@ -140,39 +142,42 @@ bio_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen)
                             "lengths must be a sequence of integers");
         return n;
     }
-    Py_ssize_t seg = PyNumber_AsSsize_t(seg_obj, PyExc_OverflowError);
-    if (seg == -1 && PyErr_Occurred())
+    long long v;
+    if (bio_args_int("segment_size", seg_obj, 1, BIO_MAX_UDP_PAYLOAD, &v) < 0)
         return -1;
-    if (seg < 1 || seg > BIO_MAX_UDP_PAYLOAD) {
-        PyErr_Format(PyExc_ValueError,
-                     "segment_size must be between 1 and %d, got %zd",
-                     BIO_MAX_UDP_PAYLOAD, seg);
+    *seg = (Py_ssize_t)v;
+    return (buflen + *seg - 1) / *seg;
+}
+
+/* lengths[k], an int from 0 to BIO_MAX_UDP_PAYLOAD, into *len. 0 or -1. */
+static int
+bio_batch_slice_length(PyObject *lengths, Py_ssize_t k, Py_ssize_t *len)
+{
+    char name[48];
+    long long v;
+    PyObject *item = PySequence_GetItem(lengths, k);
+    if (item == NULL)
         return -1;
-    }
-    return (buflen + seg - 1) / seg;
+    snprintf(name, sizeof(name), "lengths[%zd]", k);
+    int r = bio_args_int(name, item, 0, BIO_MAX_UDP_PAYLOAD, &v);
+    Py_DECREF(item);
+    if (r == 0)
+        *len = (Py_ssize_t)v;
+    return r;
 }
 
 /* Write n slice entries after the current ones: every `seg` bytes, or (seg
  * 0) of the sizes in `lengths`. Returns 0, or -1 with ValueError set. */
 static int
-bio_slices_fill(BioBatch *b, PyObject *lengths, Py_ssize_t seg, Py_ssize_t n,
+bio_batch_slices_fill(BioBatch *b, PyObject *lengths, Py_ssize_t seg, Py_ssize_t n,
                 Py_ssize_t buflen, const struct sockaddr_in6 *name)
 {
     Py_ssize_t base = b->count, off = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         Py_ssize_t len = seg;
         if (seg == 0) {
-            PyObject *item = PySequence_GetItem(lengths, k);
-            len = item ? PyNumber_AsSsize_t(item, PyExc_OverflowError) : -1;
-            Py_XDECREF(item);
-            if (len == -1 && PyErr_Occurred())
+            if (bio_batch_slice_length(lengths, k, &len) < 0)
                 return -1;
-            if (len < 0 || len > BIO_MAX_UDP_PAYLOAD) {
-                PyErr_Format(PyExc_ValueError,
-                             "lengths[%zd] must be between 0 and %d, got %zd",
-                             k, BIO_MAX_UDP_PAYLOAD, len);
-                return -1;
-            }
             if (off + len > buflen) {
                 PyErr_Format(PyExc_ValueError,
                              "lengths run past the end of the %zd-byte buffer "
@@ -219,7 +224,8 @@ static PyObject *
 bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj, PyObject *lengths, PyObject *addr)
 {
     Py_ssize_t buflen = PyMemoryView_GET_BUFFER(b->ext_view)->len;
-    Py_ssize_t n = bio_slices_count(seg_obj, lengths, buflen);
+    Py_ssize_t seg;
+    Py_ssize_t n = bio_batch_slices_count(seg_obj, lengths, buflen, &seg);
     if (n < 0)
         goto fail;
     if (n > b->capacity - b->count) {
@@ -233,8 +239,7 @@ bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj, PyObject *lengths, PyO
     memset(&name, 0, sizeof(name));
     if (addr != Py_None && bio_addr_parse(addr, &name) < 0)
         goto fail;
-    Py_ssize_t seg = seg_obj == Py_None ? 0 : PyNumber_AsSsize_t(seg_obj, NULL);
-    if (bio_slices_fill(b, lengths, seg, n, buflen, &name) < 0)
+    if (bio_batch_slices_fill(b, lengths, seg, n, buflen, &name) < 0)
         goto fail;
     b->count += n;
     if (b->count == 0)

@@ -89,17 +89,15 @@ bio_batch_send_prepare_nogil(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t 
 }
 
 int
-bio_batch_send_range(BioBatch *b, PyObject *start_obj, PyObject *count_obj,
-               Py_ssize_t *start, Py_ssize_t *end)
+bio_batch_send_range(BioBatch *b, PyObject *start_obj, PyObject *count_obj, Py_ssize_t *start,
+                     Py_ssize_t *end)
 {
     *start = 0;
     if (start_obj != NULL) {
-        if (PyBool_Check(start_obj) || !PyLong_Check(start_obj)) {
-            PyErr_Format(PyExc_TypeError, "start must be int, got %.100s",
-                         Py_TYPE(start_obj)->tp_name);
+        if (bio_args_int_type("start", start_obj, 0) < 0)
             return -1;
-        }
-        if ((*start = PyLong_AsSsize_t(start_obj)) == -1 && PyErr_Occurred())
+        if ((*start = PyNumber_AsSsize_t(start_obj, PyExc_OverflowError)) == -1 &&
+            PyErr_Occurred())
             return -1;
     }
     if (*start < 0 || *start > b->count) {
@@ -110,12 +108,9 @@ bio_batch_send_range(BioBatch *b, PyObject *start_obj, PyObject *count_obj,
     *end = b->count;
     if (count_obj == NULL || count_obj == Py_None)
         return 0;
-    if (PyBool_Check(count_obj) || !PyLong_Check(count_obj)) {
-        PyErr_Format(PyExc_TypeError, "count must be int or None, got %.100s",
-                     Py_TYPE(count_obj)->tp_name);
+    if (bio_args_int_type("count", count_obj, 1) < 0)
         return -1;
-    }
-    Py_ssize_t count = PyLong_AsSsize_t(count_obj);
+    Py_ssize_t count = PyNumber_AsSsize_t(count_obj, PyExc_OverflowError);
     if (count == -1 && PyErr_Occurred())
         return -1;
     if (count < 0 || count > b->count - *start) {

@@ -14,24 +14,15 @@
 #include <arpa/inet.h>
 #include <string.h>
 
+/* One int field of an address tuple, `what` naming it. 0 or -1. */
 static int
-bio_addr_uint(PyObject *obj, const char *what, unsigned long max,
-              unsigned long *out)
+bio_addr_uint(PyObject *obj, const char *what, unsigned long max, unsigned long *out)
 {
-    if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "address %s must be int, got %.100s",
-                     what, Py_TYPE(obj)->tp_name);
+    char name[32];
+    long long v;
+    snprintf(name, sizeof(name), "address %s", what);
+    if (bio_args_int(name, obj, 0, (long long)max, &v) < 0)
         return -1;
-    }
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    if (overflow || v < 0 || (unsigned long long)v > max) {
-        PyErr_Format(PyExc_ValueError, "address %s must be 0-%lu, got %R",
-                     what, max, obj);
-        return -1;
-    }
     *out = (unsigned long)v;
     return 0;
 }

@@ -87,12 +87,23 @@ bio_args_int_range(const char *name, PyObject *obj, long long lo, long long hi,
 }
 
 int
-bio_args_int(const char *name, PyObject *obj, long long lo, long long hi, long long *out)
+bio_args_int_type(const char *name, PyObject *obj, int or_none)
 {
+    if (or_none && obj == Py_None)
+        return 0;
     if (PyBool_Check(obj) || !(PyLong_Check(obj) || PyIndex_Check(obj))) {
-        PyErr_Format(PyExc_TypeError, "%s must be int, got %.100s", name, bio_args_type_name(obj));
+        PyErr_Format(PyExc_TypeError, "%s must be int%s, got %.100s", name,
+                     or_none ? " or None" : "", bio_args_type_name(obj));
         return -1;
     }
+    return 0;
+}
+
+int
+bio_args_int(const char *name, PyObject *obj, long long lo, long long hi, long long *out)
+{
+    if (bio_args_int_type(name, obj, 0) < 0)
+        return -1;
     return bio_args_int_range(name, obj, lo, hi, out);
 }
 
@@ -102,11 +113,8 @@ bio_args_int_or_none(const char *name, PyObject *obj, long long lo, long long hi
 {
     if (obj == NULL || obj == Py_None)
         return 1;
-    if (PyBool_Check(obj) || !(PyLong_Check(obj) || PyIndex_Check(obj))) {
-        PyErr_Format(PyExc_TypeError, "%s must be int or None, got %.100s", name,
-                     bio_args_type_name(obj));
+    if (bio_args_int_type(name, obj, 1) < 0)
         return -1;
-    }
     return bio_args_int_range(name, obj, lo, hi, out);
 }
 

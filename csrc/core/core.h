@@ -68,6 +68,10 @@ int bio_args_int(const char *name, PyObject *obj, long long lo, long long hi, lo
  * *out is left alone and 1 is returned; the TypeError says "int or None". */
 int bio_args_int_or_none(const char *name, PyObject *obj, long long lo, long long hi,
                          long long *out);
+/* bio_args_int's type check alone, for a caller that words its own range
+ * error: 0, or -1 with the TypeError ("int or None" when or_none, and then
+ * None passes). */
+int bio_args_int_type(const char *name, PyObject *obj, int or_none);
 /* A C-contiguous buffer of obj: TypeError (not bytes-like) or ValueError (not
  * contiguous) otherwise. 0 or -1; release with PyBuffer_Release. */
 int bio_args_contiguous(PyObject *obj, Py_buffer *view);

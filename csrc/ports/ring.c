@@ -219,17 +219,9 @@ static int
 bio_port_ring_wait_args(BioPortRing *g, PyObject *n_obj, PyObject *timeout, uint32_t *want,
                       int64_t *timeout_ns)
 {
-    long n = 1;
-    if (n_obj != NULL) {
-        n = PyLong_AsLong(n_obj);
-        if (n == -1 && PyErr_Occurred())
-            return -1;
-    }
-    if (n < 1 || n > (long)g->cap) {
-        PyErr_Format(PyExc_ValueError, "n must be between 1 and %u (the ring's capacity), "
-                     "got %ld", g->cap, n);
+    long long n = 1;
+    if (n_obj != NULL && bio_args_int("n", n_obj, 1, g->cap, &n) < 0)
         return -1;
-    }
     *want = (uint32_t)n;
     return bio_timeout_parse(timeout ? timeout : Py_None, timeout_ns);
 }

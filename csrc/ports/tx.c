@@ -24,20 +24,9 @@
 int
 bio_port_key(const char *what, PyObject *obj, uint32_t *out)
 {
-    *out = 0;
-    if (obj == NULL || obj == Py_None)
-        return 0;
-    if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be int, got %.100s", what,
-                     Py_TYPE(obj)->tp_name);
+    long long v = 0;
+    if (obj != NULL && obj != Py_None && bio_args_int(what, obj, 0, 0xffffffffLL, &v) < 0)
         return -1;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
-    if ((v == (unsigned long long)-1 && PyErr_Occurred()) || v > 0xffffffffULL) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be between 0 and 4294967295, got %R", what, obj);
-        return -1;
-    }
     *out = (uint32_t)v;
     return 0;
 }
@@ -148,14 +137,9 @@ bio_port_tx_claim(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObj
     if (bio_args_parse("claim", args, nargs, kwnames, names, 4, 1, a) < 0 ||
         bio_port_tx_meta(a[1], a[2], a[3], &dst, &src, &name) < 0)
         return NULL;
-    long len = PyLong_AsLong(a[0]);
-    if (len == -1 && PyErr_Occurred())
+    long long len;
+    if (bio_args_int("length", a[0], 0, g->reg->slot_size, &len) < 0)
         return NULL;
-    if (len < 0 || len > (long)g->reg->slot_size) {
-        PyErr_Format(PyExc_ValueError, "length must be between 0 and %u (the slot size), "
-                     "got %ld", g->reg->slot_size, len);
-        return NULL;
-    }
     if (bio_port_ring_ready(g) < 0 || bio_port_tx_room(g) < 0)
         return NULL;
     unsigned char *buf = bio_port_ring_buf(g, g->head, &idx);
@@ -169,28 +153,16 @@ bio_port_tx_claim(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObj
 /* Parse put_batch()'s start/count against b: [*start, *end). 0 or -1. */
 static int
 bio_port_batch_range(BioBatch *b, PyObject *start_o, PyObject *count_o, Py_ssize_t *start,
-                    Py_ssize_t *end)
+                     Py_ssize_t *end)
 {
-    Py_ssize_t s = 0, n;
-    if (start_o != NULL && (s = PyNumber_AsSsize_t(start_o, PyExc_OverflowError)) == -1 &&
-        PyErr_Occurred())
+    long long s = 0, n;
+    if (start_o != NULL && bio_args_int("start", start_o, 0, b->count, &s) < 0)
         return -1;
-    if (s < 0 || s > b->count) {
-        PyErr_Format(PyExc_ValueError, "start must be between 0 and %zd (the batch's length), "
-                     "got %zd", b->count, s);
-        return -1;
-    }
     n = b->count - s;
-    if (count_o != NULL && count_o != Py_None &&
-        (n = PyNumber_AsSsize_t(count_o, PyExc_OverflowError)) == -1 && PyErr_Occurred())
+    if (bio_args_int_or_none("count", count_o, 0, b->count - s, &n) < 0)
         return -1;
-    if (n < 0 || n > b->count - s) {
-        PyErr_Format(PyExc_ValueError, "count must be between 0 and %zd (entries after "
-                     "start), got %zd", b->count - s, n);
-        return -1;
-    }
-    *start = s;
-    *end = s + n;
+    *start = (Py_ssize_t)s;
+    *end = (Py_ssize_t)(s + n);
     return 0;
 }
 

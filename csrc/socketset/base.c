@@ -124,11 +124,8 @@ bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream)
 int
 bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx)
 {
-    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "socket index must be int, got %.100s",
-                     Py_TYPE(obj)->tp_name);
+    if (bio_args_int_type("socket index", obj, 0) < 0)
         return -1;
-    }
     long v = PyLong_AsLong(obj);
     if (v == -1 && PyErr_Occurred())
         return -1;
@@ -497,15 +494,12 @@ bio_socketset_recv_stream(BioSocketSet *r, PyObject *const *args, Py_ssize_t nar
         bio_socketset_usable(r) < 0 || bio_socketset_index(r, a[0], &idx) < 0 ||
         bio_timeout_parse(a[3] ? a[3] : Py_None, &c.timeout_ns) < 0)
         return NULL;
-    Py_ssize_t want = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
-    if ((want == -1 && PyErr_Occurred()) ||
+    long long want;
+    if (bio_args_int_type("min_bytes", a[2], 0) < 0 ||
         PyObject_GetBuffer(a[1], &pb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
-    if (want < 1 || want > pb.len || want > 0x7fffffff) {
-        PyErr_Format(PyExc_ValueError, "min_bytes must be between 1 and len(buffer) = %zd, got %zd",
-                     pb.len, want);
+    if (bio_args_int("min_bytes", a[2], 1, pb.len < 0x7fffffff ? pb.len : 0x7fffffff, &want) < 0)
         goto out;
-    }
     c.fd = r->fds[idx];
     c.buf = pb.buf;
     c.want = (size_t)want;

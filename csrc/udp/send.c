@@ -302,37 +302,23 @@ const char bio_udp_send_segments_doc[] =
 "shorter), from datagram `first` on, with UDP GSO when on. Returns the\n"
 "datagrams sent; on an error, last_errno/last_error_index say where.";
 
-PyObject *
-bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
+/* Check send_segments()'s segment size and destination and set c up to
+ * send pb from datagram `first` on. 0, or -1 with an error set. */
+static int
+bio_udp_segments_setup(BioUdp *u, BioUdpSegments *c, const Py_buffer *pb, PyObject *seg_obj,
+                       PyObject *addr, Py_ssize_t first)
 {
-    static char *kwlist[] = {"buffer", "segment_size", "addr", "first", NULL};
-    Py_buffer pb;
-    Py_ssize_t seg, first = 0;
-    PyObject *buffer, *addr = Py_None, *ret = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On|On:send_segments", kwlist,
-                                     &buffer, &seg, &addr, &first))
-        return NULL;
-    if (bio_args_contiguous(buffer, &pb) < 0)
-        return NULL;
-    BioUdpSegments *c = PyMem_Calloc(1, sizeof(*c));
-    if (c == NULL) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    if (seg < 1 || seg > BIO_MAX_UDP_PAYLOAD) {
-        PyErr_Format(PyExc_ValueError, "segment_size must be between 1 and %d, got %zd",
-                     BIO_MAX_UDP_PAYLOAD, seg);
-        goto out;
-    }
-    if (addr != Py_None && bio_addr_parse(addr, &c->name) < 0)
-        goto out;
+    long long seg;
+    if (bio_args_int("segment_size", seg_obj, 1, BIO_MAX_UDP_PAYLOAD, &seg) < 0 ||
+        (addr != Py_None && bio_addr_parse(addr, &c->name) < 0))
+        return -1;
     if (u->fd < 0) {
         bio_raise_errno(-EBADF);
-        goto out;
+        return -1;
     }
     c->u = u;
-    c->buf = pb.buf;
-    c->len = (size_t)pb.len;
+    c->buf = pb->buf;
+    c->len = (size_t)pb->len;
     c->seg = (size_t)seg;
     c->per_msg = 1;
     c->sent = first < 0 ? 0 : (size_t)first;
@@ -340,6 +326,14 @@ bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
         size_t fit = BIO_MAX_UDP_PAYLOAD / c->seg;
         c->per_msg = fit > (size_t)u->gso_max_segments ? (size_t)u->gso_max_segments : fit;
     }
+    return 0;
+}
+
+/* Run the send c is set up for; the datagrams sent, or NULL with an error
+ * (a signal handler's, its `sent` set). Records where a stop happened. */
+static PyObject *
+bio_udp_segments_run(BioUdp *u, BioUdpSegments *c)
+{
     size_t before = c->sent;
     u->last_errno = 0;
     u->last_error_index = -1;
@@ -348,15 +342,32 @@ bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
     int err = bio_nogil_retry(bio_udp_segments_run_nogil, c);
     if (err == -EINTR) {
         bio_exc_note_sent((Py_ssize_t)(c->sent - before));
-        goto out;
+        return NULL;
     }
     if (err < 0) {
         u->last_errno = -err;
         u->last_error_index = (Py_ssize_t)c->sent;
         u->last_error_gso = c->stopped_gso;
     }
-    ret = PyLong_FromSize_t(c->sent - before);
-out:
+    return PyLong_FromSize_t(c->sent - before);
+}
+
+PyObject *
+bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "segment_size", "addr", "first", NULL};
+    Py_buffer pb;
+    Py_ssize_t first = 0;
+    PyObject *buffer, *seg_obj, *addr = Py_None, *ret = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|On:send_segments", kwlist, &buffer,
+                                     &seg_obj, &addr, &first) ||
+        bio_args_int_type("segment_size", seg_obj, 0) < 0 || bio_args_contiguous(buffer, &pb) < 0)
+        return NULL;
+    BioUdpSegments *c = PyMem_Calloc(1, sizeof(*c));
+    if (c == NULL)
+        PyErr_NoMemory();
+    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first) == 0)
+        ret = bio_udp_segments_run(u, c);
     PyMem_Free(c);
     PyBuffer_Release(&pb);
     return ret;

@@ -66,19 +66,14 @@ static PyObject *
 bio_zerocopy_pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffers", "buffer_size", NULL};
-    Py_ssize_t n = 64, size = 65536;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn:ZeroCopyPool", kwlist, &n, &size))
+    PyObject *n_obj = NULL, *size_obj = NULL;
+    long long n = 64, size = 65536;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:ZeroCopyPool", kwlist, &n_obj, &size_obj))
         return NULL;
-    if (n < 1 || n > BIO_ZEROCOPY_MAX_BUFFERS) {
-        PyErr_Format(PyExc_ValueError, "buffers must be between 1 and %d, got %zd",
-                     BIO_ZEROCOPY_MAX_BUFFERS, n);
+    if ((n_obj != NULL && bio_args_int("buffers", n_obj, 1, BIO_ZEROCOPY_MAX_BUFFERS, &n) < 0) ||
+        (size_obj != NULL &&
+         bio_args_int("buffer_size", size_obj, 1, BIO_ZEROCOPY_MAX_BUFFER_SIZE, &size) < 0))
         return NULL;
-    }
-    if (size < 1 || size > BIO_ZEROCOPY_MAX_BUFFER_SIZE) {
-        PyErr_Format(PyExc_ValueError, "buffer_size must be between 1 and %d, got %zd",
-                     BIO_ZEROCOPY_MAX_BUFFER_SIZE, size);
-        return NULL;
-    }
     BioZeroCopyPool *p = (BioZeroCopyPool *)type->tp_alloc(type, 0);
     if (p == NULL)
         return NULL;

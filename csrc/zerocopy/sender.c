@@ -75,21 +75,9 @@ bio_zerocopy_send_args(BioZeroCopyIo *s, PyObject *bufobj, PyObject *lenobj, Bio
                      b->exports == 1 ? "" : "s", b->exports == 1 ? "it" : "them");
         return -1;
     }
-    Py_ssize_t n = (Py_ssize_t)s->pool->buf_size;
-    if (lenobj != NULL && lenobj != Py_None) {
-        if (PyBool_Check(lenobj) || !PyLong_Check(lenobj)) {
-            PyErr_Format(PyExc_TypeError, "length must be int or None, got %.100s",
-                         Py_TYPE(lenobj)->tp_name);
-            return -1;
-        }
-        if ((n = PyLong_AsSsize_t(lenobj)) == -1 && PyErr_Occurred())
-            return -1;
-        if (n < 0 || (size_t)n > s->pool->buf_size) {
-            PyErr_Format(PyExc_ValueError, "length must be between 0 and the buffer's %zu bytes, "
-                         "got %zd", s->pool->buf_size, n);
-            return -1;
-        }
-    }
+    long long n = (long long)s->pool->buf_size;
+    if (bio_args_int_or_none("length", lenobj, 0, (long long)s->pool->buf_size, &n) < 0)
+        return -1;
     *out = b;
     *len = (uint32_t)n;
     return 0;
