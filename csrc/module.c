@@ -3,6 +3,7 @@
  *   module.c               this file: the module, and the order types are added
  *   core/core.h            the small core every file includes: conventions, BIO_COUNT
  *   core/compat.h          every kernel and liburing constant fallback
+ *   core/constants.c       kernel constants exported to Python (SOL_UDP, UDP_GRO, ...)
  *   core/memory.c          Memory: an mmap'd region exported as a buffer
  *   core/args.c            fast argument parsing; the one int-argument check
  *   core/counters.c        counters to a dict, count(name, n)
@@ -67,9 +68,10 @@ PyInit__native(void)
     PyObject *m = PyModule_Create(&bio_module);
     if (m == NULL)
         return NULL;
-    if (bio_probe_init(m) < 0 || bio_memory_init_type(m) < 0 || bio_batch_init_type(m) < 0 ||
-        bio_udp_init_type(m) < 0 || bio_socketset_init_types(m) < 0 ||
-        bio_zerocopy_init_types(m) < 0 || bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0) {
+    if (bio_constants_init(m) < 0 || bio_probe_init(m) < 0 || bio_memory_init_type(m) < 0 ||
+        bio_batch_init_type(m) < 0 || bio_udp_init_type(m) < 0 ||
+        bio_socketset_init_types(m) < 0 || bio_zerocopy_init_types(m) < 0 ||
+        bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

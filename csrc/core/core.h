@@ -128,4 +128,9 @@ int bio_nogil_retry(int (*fn)(void *ctx), void *ctx);
  * through a send): the caller can tell how far the send got. */
 void bio_exc_note_sent(Py_ssize_t sent);
 
+/* ---- kernel constants (core/constants.c) ---------------------------------- */
+
+/* Add the kernel constants the extension was compiled with to the module. */
+int bio_constants_init(PyObject *module);
+
 #endif /* BIO_CORE_H */
