@@ -286,7 +286,7 @@ static PyMappingMethods bio_batch_as_mapping = {
 };
 
 PyDoc_STRVAR(bio_batch_clear_doc,
-"clear()\n\nForget every entry (and any external buffer); keeps the memory.");
+"clear($self, /)\n--\n\nForget every entry (and any external buffer); keeps the memory.");
 
 static PyObject *
 bio_batch_clear(BioBatch *b, PyObject *Py_UNUSED(ignored))
@@ -300,9 +300,8 @@ bio_batch_clear(BioBatch *b, PyObject *Py_UNUSED(ignored))
 /* ---- addresses --------------------------------------------------------- */
 
 PyDoc_STRVAR(bio_batch_addr_doc,
-"addr(i) -> tuple or None\n\nPeer of entry i as the socket module spells it: "
-"(host, port) for IPv4,\n(host, port, flowinfo, scope_id) for IPv6; None if "
-"it has none.");
+"addr($self, i, /)\n--\n\nPeer of entry i as the socket module spells it: (host, port) for\n"
+"IPv4, (host, port, flowinfo, scope_id) for IPv6; None if it has none.");
 
 static PyObject *
 bio_batch_addr(BioBatch *b, PyObject *arg)
@@ -316,7 +315,7 @@ bio_batch_addr(BioBatch *b, PyObject *arg)
 }
 
 PyDoc_STRVAR(bio_batch_addresses_doc,
-"addresses() -> list\n\nThe peer of every entry, as addr(i) gives it.");
+"addresses($self, /)\n--\n\nA list of the peer of every entry, as addr(i) gives it.");
 
 static PyObject *
 bio_batch_addresses(BioBatch *b, PyObject *Py_UNUSED(ignored))
@@ -336,7 +335,7 @@ bio_batch_addresses(BioBatch *b, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(bio_batch_set_addr_doc,
-"set_addr(i, addr)\n\nSet the destination of entry i (None: the connected "
+"set_addr($self, i, addr, /)\n--\n\nSet the destination of entry i (None: the connected "
 "peer).");
 
 static PyObject *
@@ -354,8 +353,8 @@ bio_batch_set_addr(BioBatch *b, PyObject *args)
 }
 
 PyDoc_STRVAR(bio_batch_send_errors_doc,
-"send_errors() -> list of (index, errno)\n\nEntries whose last send failed "
-"(send_batch(..., on_error='skip')).");
+"send_errors($self, /)\n--\n\nThe entries whose last send failed (send_batch(..., on_error='skip')),\n"
+"as a list of (index, errno).");
 
 static PyObject *
 bio_batch_send_errors(BioBatch *b, PyObject *Py_UNUSED(ignored))
@@ -403,7 +402,7 @@ bio_batch_move_entry(BioBatch *b, Py_ssize_t j, Py_ssize_t i)
 }
 
 PyDoc_STRVAR(bio_batch_keep_doc,
-"keep(mask) -> int\n\n"
+"keep($self, mask, /)\n--\n\n"
 "Keep the entries whose mask byte is non-zero, in order, and drop the rest;\n"
 "return the new length. mask is any bytes-like object (bytearray, numpy\n"
 "bool or uint8 array) with at least len(batch) items. Payloads do not move.");
@@ -562,11 +561,18 @@ static PyMethodDef bio_batch_methods[] = {
     {"keep", (PyCFunction)bio_batch_keep, METH_O, bio_batch_keep_doc},
     {"send_errors", (PyCFunction)bio_batch_send_errors, METH_NOARGS,
      bio_batch_send_errors_doc},
-    {"_store", (PyCFunction)bio_batch_store, METH_VARARGS, NULL},
-    {"_set_count", (PyCFunction)bio_batch_set_count, METH_VARARGS, NULL},
-    {"_set_busy", (PyCFunction)bio_batch_set_busy, METH_O, NULL},
-    {"_check_entries", (PyCFunction)bio_batch_check_entries_py, METH_VARARGS, NULL},
-    {"_mark_error", (PyCFunction)bio_batch_mark_error, METH_VARARGS, NULL},
+    {"_store", (PyCFunction)bio_batch_store, METH_VARARGS,
+     "_store($self, i, offset, length, flags, segment_size, timestamp, addr, /)\n--\n\n"
+     "Write entry i (the portable backend's receive)."},
+    {"_set_count", (PyCFunction)bio_batch_set_count, METH_VARARGS,
+     "_set_count($self, n, used=0, /)\n--\n\nSet the entry count and the slots used."},
+    {"_set_busy", (PyCFunction)bio_batch_set_busy, METH_O,
+     "_set_busy($self, busy, /)\n--\n\nMark the batch in use around a call outside C."},
+    {"_check_entries", (PyCFunction)bio_batch_check_entries_py, METH_VARARGS,
+     "_check_entries($self, start, end, /)\n--\n\nValueError unless entries [start, end) "
+     "lie inside their buffer."},
+    {"_mark_error", (PyCFunction)bio_batch_mark_error, METH_VARARGS,
+     "_mark_error($self, i, err, /)\n--\n\nFlag entry i's send as failed with err (0: clear it)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -638,12 +644,13 @@ static PyGetSetDef bio_batch_getset[] = {
 };
 
 PyDoc_STRVAR(bio_batch_doc,
-"PacketBatch(capacity=64, slot_size=2048, *, slots=capacity)\n\n"
+"PacketBatch(capacity=64, slot_size=2048, *, slots=None)\n--\n\n"
 "A reusable burst of up to `capacity` datagrams. Payloads live in one arena\n"
-"of `slots` x `slot_size` bytes allocated once; batch[i] is a memoryview of\n"
-"payload i (no copy), valid until the batch is next filled. Metadata are\n"
-"parallel arrays exposed through the buffer protocol, e.g.\n"
-"numpy.asarray(batch.lengths)[:len(batch)] is a zero-copy view.\n\n"
+"of `slots` x `slot_size` bytes allocated once (slots=None: as many as\n"
+"capacity); batch[i] is a memoryview of payload i (no copy), valid until the\n"
+"batch is next filled. Metadata are parallel arrays exposed through the\n"
+"buffer protocol, e.g. numpy.asarray(batch.lengths)[:len(batch)] is a\n"
+"zero-copy view.\n\n"
 "For UDP GRO receive use slot_size >= 65535 and fewer slots than capacity:\n"
 "each slot may hold a coalesced run that is split into many entries.");
 

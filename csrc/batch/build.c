@@ -35,7 +35,7 @@ bio_batch_check_appendable(BioBatch *b)
 }
 
 const char bio_batch_append_doc[] =
-"append(payload, addr=None) -> int\n\n"
+"append($self, /, payload, addr=None)\n--\n\n"
 "Copy payload (any bytes-like object) into the next free slot and return\n"
 "its index. addr is the destination, (host, port) or (host, port, flowinfo,\n"
 "scope_id) with a numeric host; None sends to the connected peer.";
@@ -198,7 +198,7 @@ static PyObject *bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj,
                                            PyObject *lengths, PyObject *addr);
 
 const char bio_batch_add_slices_doc[] =
-"add_slices(buffer, segment_size=None, *, lengths=None, addr=None) -> int\n\n"
+"add_slices($self, /, buffer, segment_size=None, *, lengths=None, addr=None)\n--\n\n"
 "Zero copy: add entries that point at consecutive slices of one bytes-like\n"
 "buffer, either every segment_size bytes (the last may be shorter) or of the\n"
 "given lengths. The batch keeps the buffer alive until clear(). Returns the\n"

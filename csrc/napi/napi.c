@@ -3,7 +3,7 @@
  *   attach_reuseport_cbpf(fd, program)  SO_ATTACH_REUSEPORT_CBPF: a classic
  *                                       BPF program picks the socket of a
  *                                       SO_REUSEPORT group for each packet
- *   register_uring_napi(ring_fd, ...)   IORING_REGISTER_NAPI: io_uring busy
+ *   register_uring_napi(uring_fd, ...)  IORING_REGISTER_NAPI: io_uring busy
  *                                       polls the NAPI of the sockets it waits on
  *
  * Python (src/burstio/napi/busypoll.py) writes the programs and decides the
@@ -35,7 +35,7 @@ struct bio_uring_napi {
 };
 
 PyDoc_STRVAR(bio_attach_cbpf_doc,
-"attach_reuseport_cbpf(sock, program) -> None\n\n"
+"attach_reuseport_cbpf($module, sock, program, /)\n--\n\n"
 "Attach a classic BPF program (bytes: struct sock_filter records of 8\n"
 "bytes) to sock's SO_REUSEPORT group; its return value is the index of the\n"
 "socket that gets each packet.");
@@ -71,7 +71,7 @@ out:
 }
 
 PyDoc_STRVAR(bio_uring_napi_doc,
-"register_uring_napi(ring_fd, busy_poll_usecs, prefer_busy_poll) -> None\n\n"
+"register_uring_napi($module, uring_fd, busy_poll_usecs, prefer_busy_poll, /)\n--\n\n"
 "IORING_REGISTER_NAPI; busy_poll_usecs 0 unregisters (Linux >= 6.9).");
 
 static PyObject *
@@ -92,7 +92,7 @@ bio_register_uring_napi(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(bio_setns_doc,
-"setns(fd, nstype=0) -> None\n\n"
+"setns($module, fd, nstype=0, /)\n--\n\n"
 "Move the calling thread into the namespace open at fd (setns(2)); the\n"
 "lab uses it to make sockets inside its network namespaces.");
 

@@ -223,9 +223,9 @@ bio_port_claim_get_holds(BioPortClaim *p, void *c)
 
 static PyMethodDef bio_port_claim_methods[] = {
     {"close", (PyCFunction)bio_port_claim_close, METH_NOARGS,
-     "close(): give the port up; if this handle holds it, the peer sees it closed"},
+     "close($self, /)\n--\n\nGive the port up; if this handle holds it, the peer sees it closed."},
     {"claim", (PyCFunction)bio_port_claim_hold_py, METH_NOARGS,
-     "claim(): hold the port in this process now (done by the first use anyway)"},
+     "claim($self, /)\n--\n\nHold the port in this process now (done by the first use anyway)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -248,7 +248,7 @@ PyTypeObject BioPortClaim_Type = {
     .tp_basicsize = sizeof(BioPortClaim),
     .tp_dealloc = (destructor)bio_port_claim_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "PortClaim(region, party): one party's hold on a ring region (internal).",
+    .tp_doc = "PortClaim(region, party)\n--\n\nOne party's hold on a port of a region (internal).",
     .tp_methods = bio_port_claim_methods,
     .tp_members = bio_port_claim_members,
     .tp_getset = bio_port_claim_getset,

@@ -335,12 +335,14 @@ bio_port_region_get_memory(BioPortRegion *g, void *c)
 
 static PyMethodDef bio_port_region_methods[] = {
     {"fds", (PyCFunction)bio_port_region_fds, METH_NOARGS,
-     "fds() -> (memfd, (efd0_data, efd0_room, efd1_data, efd1_room)): owned by the region "
-     "(closed when the last port and ring using it are gone); dup them to pass them on"},
+     "fds($self, /)\n--\n\n"
+     "(memfd, (efd0_data, efd0_room, efd1_data, efd1_room)): owned by the region\n"
+     "(closed when the last port and ring using it are gone); dup them to pass them on."},
     {"layout", (PyCFunction)bio_port_region_layout, METH_NOARGS,
-     "layout() -> dict of offsets and dimensions"},
+     "layout($self, /)\n--\n\nA dict of the region's offsets and dimensions."},
     {"party", (PyCFunction)bio_port_region_party, METH_O,
-     "party(i) -> (state, pid, generation) of port i (state 0 free, 1 open, 2 closed)"},
+     "party($self, i, /)\n--\n\n"
+     "(state, pid, generation) of port i (state 0 free, 1 open, 2 closed)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -366,8 +368,9 @@ PyTypeObject BioPortRegion_Type = {
     .tp_basicsize = sizeof(BioPortRegion),
     .tp_dealloc = (destructor)bio_port_region_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "PortRegion(memfd, efds, slots=0, slot_size=0, kind=0): a ring region "
-              "(internal). slots=0 attaches to an existing one.",
+    .tp_doc = "PortRegion(memfd, efds, slots=0, slot_size=0, kind=0)\n--\n\n"
+              "The shared memory of two ports (internal). slots=0 attaches to an existing "
+              "region.",
     .tp_methods = bio_port_region_methods,
     .tp_members = bio_port_region_members,
     .tp_getset = bio_port_region_getset,

@@ -195,7 +195,7 @@ bio_port_ring_len(BioPortRing *g)
 }
 
 const char bio_port_ring_sync_doc[] =
-"sync() -> int\n\n"
+"sync($self, /)\n--\n\n"
 "Publish head to the peer (kicking it only if it sleeps waiting for what\n"
 "was published) and read the peer's progress into tail. Returns the slots\n"
 "owned now: free slots (TX) or packets to read (RX).";
@@ -244,7 +244,7 @@ bio_port_ring_wait_result(BioPortRing *g, int r)
 }
 
 const char bio_port_ring_wait_doc[] =
-"wait(n=1, timeout=None) -> int\n\n"
+"wait($self, /, n=1, timeout=None)\n--\n\n"
 "sync(), then wait until n slots lie beyond cur (TX: free; RX: packets):\n"
 "spin for `linger_ns`, then sleep until the peer kicks. Returns the slots\n"
 "owned (fewer than n after the timeout). Raises ConnectionResetError if the\n"
@@ -278,7 +278,7 @@ bio_port_ring_wait(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyOb
 }
 
 const char bio_port_ring_advance_doc[] =
-"advance(n=None)\n\n"
+"advance($self, n=None, /)\n--\n\n"
 "Hand n owned slots (default: all) over at the next sync: head and cur\n"
 "move past them. TX: they hold packets now; RX: they are free again.";
 
@@ -317,9 +317,11 @@ bio_port_side_counters(BioPortSide *side)
 }
 
 const char bio_port_ring_counters_doc[] =
-"counters() -> dict: this side's syncs, kicks, sleeps, wakeups, linger_hits, timeouts";
+"counters($self, /)\n--\n\n"
+"A dict of this side's syncs, kicks, sleeps, wakeups, linger_hits and timeouts.";
 const char bio_port_ring_peer_counters_doc[] =
-"peer_counters() -> dict: the same counters of the other side of this ring";
+"peer_counters($self, /)\n--\n\n"
+"A dict of the same counters of the other side of this ring.";
 
 PyObject *
 bio_port_ring_counters(BioPortRing *g, PyObject *Py_UNUSED(ignored))

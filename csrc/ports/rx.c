@@ -139,7 +139,7 @@ bio_port_rx_entry(BioPortRing *g, BioBatch *b, Py_ssize_t j, uint32_t pos)
 }
 
 PyDoc_STRVAR(bio_port_rx_peek_doc,
-"peek(batch, count=None) -> int\n\n"
+"peek($self, /, batch, count=None)\n--\n\n"
 "Zero copy: make the PacketBatch's entries point at the owned packets from\n"
 "head on (at most count, and the batch's capacity), in the region's memory.\n"
 "batch[i], batch.offsets/lengths (offsets into `memory`) and\n"
@@ -176,7 +176,7 @@ bio_port_rx_peek(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObje
 }
 
 PyDoc_STRVAR(bio_port_rx_forward_doc,
-"forward(tx, count=None) -> int\n\n"
+"forward($self, /, tx, count=None)\n--\n\n"
 "Zero copy: move owned packets to a TX ring of the same region (this port's\n"
 "tx, to echo through a pipe) by swapping buffer indices: each packet's\n"
 "buffer goes to the TX slot, the TX slot's free buffer comes back to this\n"
@@ -232,11 +232,11 @@ static PyMethodDef bio_port_rx_methods[] = {
      bio_port_rx_peek_doc},
     {"forward", (PyCFunction)(void (*)(void))bio_port_rx_forward, METH_FASTCALL | METH_KEYWORDS,
      bio_port_rx_forward_doc},
-    {"dst", (PyCFunction)bio_port_rx_dst, METH_O, "dst(i) -> destination key of packet i"},
-    {"src", (PyCFunction)bio_port_rx_src, METH_O, "src(i) -> source key of packet i"},
-    {"flags", (PyCFunction)bio_port_rx_flags, METH_O, "flags(i) -> FLAG_* bits of packet i"},
+    {"dst", (PyCFunction)bio_port_rx_dst, METH_O, "dst($self, i, /)\n--\n\nThe destination key of packet i."},
+    {"src", (PyCFunction)bio_port_rx_src, METH_O, "src($self, i, /)\n--\n\nThe source key of packet i."},
+    {"flags", (PyCFunction)bio_port_rx_flags, METH_O, "flags($self, i, /)\n--\n\nThe FLAG_* bits of packet i."},
     {"addr", (PyCFunction)bio_port_rx_addr, METH_O,
-     "addr(i) -> socket address of packet i, or None"},
+     "addr($self, i, /)\n--\n\nThe socket address of packet i, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -252,7 +252,8 @@ PyTypeObject BioPortRx_Type = {
     .tp_dealloc = (destructor)bio_port_ring_dealloc,
     .tp_as_sequence = &bio_port_rx_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "PortRx(port): the consuming side of a port's RX ring (internal base of "
+    .tp_doc = "PortRx(port)\n--\n\n"
+              "The consuming side of a port's RX ring (internal base of "
               "burstio.ports.PortRx). len() is the packets owned; rx[i] packet i.",
     .tp_weaklistoffset = offsetof(BioPortRing, weakrefs),
     .tp_methods = bio_port_rx_methods,

@@ -532,7 +532,7 @@ bio_switch_dealloc(BioSwitch *sw)
 }
 
 PyDoc_STRVAR(bio_switch_add_doc,
-"add(rx, tx) -> int\n\n"
+"add($self, rx, tx, /)\n--\n\n"
 "Add a port: the switch's side of a region (party 0), rx reading the\n"
 "client's TX ring and tx filling its RX ring. Returns the port index.\n"
 "Safe while forward() runs in another thread; the port is held by the\n"
@@ -569,7 +569,7 @@ bio_switch_add(BioSwitch *sw, PyObject *args)
 }
 
 PyDoc_STRVAR(bio_switch_route_doc,
-"route(key, port)\n\n"
+"route($self, key, port, /)\n--\n\n"
 "Static route: packets whose dst is key go to port (an index from add());\n"
 "learning never changes it. port None removes the key.");
 
@@ -625,7 +625,7 @@ bio_switch_routes(BioSwitch *sw, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(bio_switch_forward_doc,
-"forward(timeout=None) -> int\n\n"
+"forward($self, /, timeout=None)\n--\n\n"
 "Forward packets for up to timeout seconds (None: until stop(); 0: what is\n"
 "there now), sleeping when idle; returns after 65536 packets at most.\n"
 "Returns the packets taken from the clients.");
@@ -693,15 +693,17 @@ bio_switch_port_state(BioSwitch *sw, PyObject *arg)
 static PyMethodDef bio_switch_methods[] = {
     {"add", (PyCFunction)bio_switch_add, METH_VARARGS, bio_switch_add_doc},
     {"route", (PyCFunction)bio_switch_route_py, METH_VARARGS, bio_switch_route_doc},
-    {"routes", (PyCFunction)bio_switch_routes, METH_NOARGS, "routes() -> {key: (port, static)}"},
+    {"routes", (PyCFunction)bio_switch_routes, METH_NOARGS,
+     "routes($self, /)\n--\n\nThe forwarding table as {key: (port, static)}."},
     {"forward", (PyCFunction)(void (*)(void))bio_switch_forward, METH_FASTCALL | METH_KEYWORDS,
      bio_switch_forward_doc},
     {"stop", (PyCFunction)bio_switch_stop, METH_NOARGS,
-     "stop(): make forward() return (from any thread)"},
-    {"counters", (PyCFunction)bio_switch_counters, METH_NOARGS, "counters() -> dict"},
+     "stop($self, /)\n--\n\nMake forward() return (from any thread)."},
+    {"counters", (PyCFunction)bio_switch_counters, METH_NOARGS,
+     "counters($self, /)\n--\n\nA dict of every counter."},
     {"port_state", (PyCFunction)bio_switch_port_state, METH_O,
-     "port_state(i) -> 0 if port i is live, else -errno: EPIPE closed, ECONNRESET exited, "
-     "EBADMSG corrupt"},
+     "port_state($self, i, /)\n--\n\n"
+     "0 if port i is live, else -errno: EPIPE closed, ECONNRESET exited, EBADMSG corrupt."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -726,8 +728,9 @@ PyTypeObject BioSwitch_Type = {
     .tp_basicsize = sizeof(BioSwitch),
     .tp_dealloc = (destructor)bio_switch_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "SwitchCore(efd, max_ports=64, table_size=4096): copies packets between ring "
-              "ports by destination key (internal; see burstio.ports.Switch).",
+    .tp_doc = "SwitchCore(efd, max_ports=64, table_size=4096)\n--\n\n"
+              "Copies packets between ports by destination key (internal; see "
+              "burstio.ports.Switch).",
     .tp_methods = bio_switch_methods,
     .tp_members = bio_switch_members,
     .tp_new = bio_switch_new,

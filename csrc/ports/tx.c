@@ -78,7 +78,7 @@ bio_port_tx_meta(PyObject *dst_o, PyObject *src_o, PyObject *addr, uint32_t *dst
 }
 
 PyDoc_STRVAR(bio_port_tx_put_doc,
-"put(payload, dst=0, src=0, addr=None) -> int\n\n"
+"put($self, /, payload, dst=0, src=0, addr=None)\n--\n\n"
 "Copy payload into the free slot at head and advance head; returns the free\n"
 "slots left. dst/src are 32-bit keys (a switch forwards by dst and learns\n"
 "src); addr an optional socket address for send_to(). Published by sync().\n"
@@ -122,7 +122,7 @@ bio_port_tx_put(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObjec
 }
 
 PyDoc_STRVAR(bio_port_tx_claim_doc,
-"claim(length, dst=0, src=0, addr=None) -> memoryview\n\n"
+"claim($self, /, length, dst=0, src=0, addr=None)\n--\n\n"
 "Zero copy: take the free slot at head for a packet of `length` bytes,\n"
 "advance head, and return a writable memoryview of its payload to fill in\n"
 "place before the next sync(). BlockingIOError when the ring is full.");
@@ -184,7 +184,7 @@ bio_port_tx_check_batch(BioPortRing *g, BioBatch *b, Py_ssize_t start, Py_ssize_
 }
 
 PyDoc_STRVAR(bio_port_tx_put_batch_doc,
-"put_batch(batch, start=0, count=None, *, dst=0, src=0) -> int\n\n"
+"put_batch($self, /, batch, start=0, count=None, *, dst=0, src=0)\n--\n\n"
 "Copy entries [start, start+count) of a PacketBatch (payload, address,\n"
 "flags) into free slots, in one call; returns how many fit. BlockingIOError\n"
 "if the ring is full and none did.");
@@ -322,7 +322,7 @@ bio_port_tx_scratch(BioPortRing *g)
 }
 
 PyDoc_STRVAR(bio_port_tx_recv_from_doc,
-"recv_from(fd, timeout=None, dst=0, src=0) -> (datagrams, bytes, truncated, syscalls)\n\n"
+"recv_from($self, /, fd, timeout=None, dst=0, src=0)\n--\n\n"
 "recvmmsg from a UDP socket straight into the free slots (no copy through\n"
 "Python or a batch), waiting up to timeout for the first datagram. The\n"
 "packets are committed at head with the sender's address; sync() publishes.");
@@ -382,7 +382,8 @@ PyTypeObject BioPortTx_Type = {
     .tp_dealloc = (destructor)bio_port_ring_dealloc,
     .tp_as_sequence = &bio_port_tx_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "PortTx(port): the producing side of a port's TX ring (internal base of "
+    .tp_doc = "PortTx(port)\n--\n\n"
+              "The producing side of a port's TX ring (internal base of "
               "burstio.ports.PortTx). len() is the free slots owned.",
     .tp_weaklistoffset = offsetof(BioPortRing, weakrefs),
     .tp_methods = bio_port_tx_methods,

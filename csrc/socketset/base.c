@@ -198,9 +198,9 @@ bio_socketset_run(BioSocketSet *r, BioBatch *b, int (*fn)(void *), void *ctx)
 /* ---- receive (both backends; the waiting is the backend's) ------------- */
 
 PyDoc_STRVAR(bio_socketset_recv_batch_doc,
-"recv_batch(batch, timeout=None, *, min_datagrams=1, max_wait=None) -> int\n\n"
-"Fill batch from any socket of the set (batch.sockets says which). Returns\n"
-"when min_datagrams are ready (or a socket reported an error) or max_wait\n"
+"recv_batch($self, /, batch, timeout=None, *, min_datagrams=1, max_wait=None)\n--\n\n"
+"Fill batch from any socket of the set (batch.sockets says which); returns\n"
+"the entry count. Returns when min_datagrams are ready (or a socket reported an error) or max_wait\n"
 "seconds have passed, whichever comes first; if none came by then, waits for\n"
 "one up to timeout (None: forever). Errors: take_errors().");
 
@@ -367,7 +367,7 @@ bio_socketset_send_run(BioSocketSetSend *c)
 }
 
 PyDoc_STRVAR(bio_socketset_send_batch_doc,
-"send_batch(batch, start=0, count=None) -> int\n\n"
+"send_batch($self, /, batch, start=0, count=None)\n--\n\n"
 "Send datagram i on socket batch.sockets[i], all at once. Returns the\n"
 "datagrams sent; failures are flagged in the batch (batch.send_errors()).");
 
@@ -438,10 +438,10 @@ bio_socketset_group(BioSocketSet *r, PyObject *group, int **idx, int **fds)
 }
 
 PyDoc_STRVAR(bio_socketset_send_redundant_doc,
-"send_redundant(batch, group, start=0, count=None) -> (sent, failures)\n\n"
+"send_redundant($self, /, batch, group, start=0, count=None)\n--\n\n"
 "Send every datagram of the batch on every socket of `group` (socket\n"
-"indices) at once; runs to one destination go as UDP GSO. Returns how\n"
-"many datagram-sends went and the failures as [(entry, socket index,\n"
+"indices) at once; runs to one destination go as UDP GSO. Returns (sent,\n"
+"failures): how many datagram-sends went and the failures as [(entry, socket index,\n"
 "errno), ...]: together they account for every (datagram, socket) pair.");
 
 static PyObject *
@@ -476,7 +476,7 @@ out:
 /* ---- stream receive with a byte low watermark ---------------------------- */
 
 PyDoc_STRVAR(bio_socketset_recv_stream_doc,
-"recv_stream(index, buffer, min_bytes, timeout=None) -> int\n\n"
+"recv_stream($self, /, index, buffer, min_bytes, timeout=None)\n--\n\n"
 "Stream socket: wait until min_bytes have arrived or timeout seconds have\n"
 "passed (one wake-up either way), then read up to min_bytes into buffer.\n"
 "Returns the bytes read (0: none in time, or end of stream).");
@@ -528,8 +528,9 @@ out:
 /* ---- Python methods ---------------------------------------------------- */
 
 PyDoc_STRVAR(bio_socketset_take_errors_doc,
-"take_errors() -> list of (socket index, errno)\n\n"
-"Per-socket errors seen since the last call (receive side), oldest first.");
+"take_errors($self, /)\n--\n\n"
+"Per-socket errors seen since the last call (receive side), oldest first,\n"
+"as a list of (socket index, errno).");
 
 static PyObject *
 bio_socketset_take_errors(BioSocketSet *r, PyObject *Py_UNUSED(ignored))
@@ -593,11 +594,11 @@ static PyMethodDef bio_socketset_methods[] = {
     {"take_errors", (PyCFunction)bio_socketset_take_errors, METH_NOARGS,
      bio_socketset_take_errors_doc},
     {"counters", (PyCFunction)bio_socketset_counters, METH_NOARGS,
-     "counters() -> dict of every counter"},
+     "counters($self, /)\n--\n\nA dict of every counter."},
     {"reset_counters", (PyCFunction)bio_socketset_reset_counters, METH_NOARGS,
-     "reset_counters(): set every counter to 0"},
+     "reset_counters($self, /)\n--\n\nSet every counter to 0."},
     {"fd", (PyCFunction)bio_socketset_fd, METH_O,
-     "fd(index) -> the set's own descriptor for that socket"},
+     "fd($self, index, /)\n--\n\nThe set's own descriptor for the socket at index."},
     {NULL, NULL, 0, NULL},
 };
 

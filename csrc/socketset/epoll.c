@@ -358,11 +358,14 @@ bio_epollset_stream_abort_nogil(void *arg)
 
 static PyMethodDef bio_epollset_methods[] = {
     {"add", (PyCFunction)(void (*)(void))bio_epollset_add, METH_VARARGS | METH_KEYWORDS,
-     "add(sock, stream=False) -> index (stream: for recv_stream only)"},
+     "add($self, /, sock, stream=False)\n--\n\n"
+     "Add a socket; returns its index (stream: for recv_stream only)."},
     {"remove", (PyCFunction)bio_epollset_remove, METH_O,
-     "remove(index): stop receiving on that socket and free its index"},
-    {"close", (PyCFunction)bio_epollset_close, METH_NOARGS, "close(): release the epoll fd"},
-    {"describe", (PyCFunction)bio_epollset_describe, METH_NOARGS, "describe() -> str"},
+     "remove($self, index, /)\n--\n\nStop receiving on that socket and free its index."},
+    {"close", (PyCFunction)bio_epollset_close, METH_NOARGS,
+     "close($self, /)\n--\n\nClose the set's descriptors and the epoll fd."},
+    {"describe", (PyCFunction)bio_epollset_describe, METH_NOARGS,
+     "describe($self, /)\n--\n\nHow this set receives and sends, as a str."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -378,8 +381,8 @@ static PyTypeObject BioEpollSet_Type = {
     .tp_basicsize = sizeof(BioEpollSet),
     .tp_dealloc = (destructor)bio_epollset_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "EpollSocketSet(max_sockets=1024): the SocketSet contract on epoll + recvmmsg "
-              "(internal; see burstio.SocketSet).",
+    .tp_doc = "EpollSocketSet(max_sockets=1024)\n--\n\n"
+              "The SocketSet contract on epoll + recvmmsg (internal; see burstio.SocketSet).",
     .tp_methods = bio_epollset_methods,
     .tp_members = bio_epollset_members,
     .tp_new = bio_epollset_new,

@@ -736,12 +736,15 @@ bio_uringset_describe(BioUringSet *r, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef bio_uringset_methods[] = {
     {"add", (PyCFunction)(void (*)(void))bio_uringset_add, METH_VARARGS | METH_KEYWORDS,
-     "add(sock, stream=False) -> index (the set keeps its own descriptor; "
-     "stream: for recv_stream only)"},
+     "add($self, /, sock, stream=False)\n--\n\n"
+     "Add a socket; returns its index (the set keeps its own descriptor;\n"
+     "stream: for recv_stream only)."},
     {"remove", (PyCFunction)bio_uringset_remove, METH_O,
-     "remove(index): stop receiving on that socket and free its index"},
-    {"close", (PyCFunction)bio_uringset_close, METH_NOARGS, "close(): tear the io_uring down and close the sockets' descriptors"},
-    {"describe", (PyCFunction)bio_uringset_describe, METH_NOARGS, "describe() -> str"},
+     "remove($self, index, /)\n--\n\nStop receiving on that socket and free its index."},
+    {"close", (PyCFunction)bio_uringset_close, METH_NOARGS,
+     "close($self, /)\n--\n\nTear the io_uring down and close the set's descriptors."},
+    {"describe", (PyCFunction)bio_uringset_describe, METH_NOARGS,
+     "describe($self, /)\n--\n\nHow this set receives and sends, as a str."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -756,9 +759,9 @@ static PyTypeObject BioUringSet_Type = {
     .tp_basicsize = sizeof(BioUringSet),
     .tp_dealloc = (destructor)bio_uringset_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "UringSocketSet(max_sockets=1024, buffers=4096, buffer_size=2048, sqpoll=False,\n"
-              "single_wakeup=False): many UDP sockets through one io_uring (internal;\n"
-              "see burstio.SocketSet).",
+    .tp_doc = "UringSocketSet(max_sockets=1024, buffers=4096, buffer_size=2048, sqpoll=False, "
+              "single_wakeup=False)\n--\n\n"
+              "Many UDP sockets through one io_uring (internal; see burstio.SocketSet).",
     .tp_methods = bio_uringset_methods,
     .tp_members = bio_uringset_members,
     .tp_new = bio_uringset_new,

@@ -64,21 +64,22 @@ static PyMethodDef bio_udp_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, bio_udp_recv_batch_doc},
     {"send_batch", (PyCFunction)(void (*)(void))bio_udp_send_batch,
      METH_FASTCALL | METH_KEYWORDS,
-     "send_batch(batch, start=0, count=None, *, on_error='raise') -> int\n\n"
-     "Send entries [start, start+count). If the send stops early and a\n"
-     "`recover` policy is set, its result is returned (see BurstSocket)."},
+     "send_batch($self, /, batch, start=0, count=None, *, on_error='raise')\n--\n\n"
+     "Send entries [start, start+count); returns the entries processed. If the\n"
+     "send stops early and a `recover` policy is set, its result is returned\n"
+     "(see BurstSocket)."},
     {"send_raw", (PyCFunction)(void (*)(void))bio_udp_send_raw,
      METH_FASTCALL | METH_KEYWORDS,
-     "send_raw(batch, start=0, count=None, *, on_error='raise') -> int\n\n"
+     "send_raw($self, /, batch, start=0, count=None, *, on_error='raise')\n--\n\n"
      "send_batch without the recover policy: stops early with last_errno set."},
     {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
      METH_VARARGS | METH_KEYWORDS, bio_udp_send_segments_doc},
     {"counters", (PyCFunction)bio_udp_counters, METH_NOARGS,
-     "counters() -> dict of every counter"},
+     "counters($self, /)\n--\n\nA dict of every counter."},
     {"count", (PyCFunction)bio_udp_count, METH_VARARGS,
-     "count(name, n): add n to a counter (for policy code in Python)"},
+     "count($self, name, n, /)\n--\n\nAdd n to a counter (for policy code in Python)."},
     {"reset_counters", (PyCFunction)bio_udp_reset_counters, METH_NOARGS,
-     "reset_counters(): set every counter to 0"},
+     "reset_counters($self, /)\n--\n\nSet every counter to 0."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -147,7 +148,7 @@ PyTypeObject BioUdp_Type = {
     .tp_traverse = (traverseproc)bio_udp_traverse,
     .tp_clear = (inquiry)bio_udp_clear,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "UdpIo(fd): batched UDP syscalls on one socket (internal).",
+    .tp_doc = "UdpIo(fd)\n--\n\nBatched UDP syscalls on one socket (internal).",
     .tp_methods = bio_udp_methods,
     .tp_members = bio_udp_members,
     .tp_new = bio_udp_new,

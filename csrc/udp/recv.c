@@ -290,7 +290,7 @@ bio_udp_recv_run_nogil(void *arg)
 }
 
 const char bio_udp_recv_batch_doc[] =
-"recv_batch(batch, timeout=None) -> int\n\n"
+"recv_batch($self, /, batch, timeout=None)\n--\n\n"
 "Fill batch with the datagrams ready now, waiting up to timeout seconds\n"
 "(None: forever) for the first. Returns the entry count, 0 on timeout.";
 

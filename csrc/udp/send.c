@@ -297,7 +297,7 @@ bio_udp_segments_run_nogil(void *arg)
 }
 
 const char bio_udp_send_segments_doc[] =
-"send_segments(buffer, segment_size, addr=None, first=0) -> int\n\n"
+"send_segments($self, /, buffer, segment_size, addr=None, first=0)\n--\n\n"
 "Send buffer cut into datagrams of segment_size bytes (the last may be\n"
 "shorter), from datagram `first` on, with UDP GSO when on. Returns the\n"
 "datagrams sent; on an error, last_errno/last_error_index say where.";

@@ -438,9 +438,10 @@ bio_zerocopy_completion_wait(BioZeroCopyCompletion *c, PyObject *const *args, Py
 
 static PyMethodDef bio_zerocopy_completion_methods[] = {
     {"done", (PyCFunction)bio_zerocopy_completion_done, METH_NOARGS,
-     "done() -> bool: the kernel is done with the buffer (processes completions first)"},
+     "done($self, /)\n--\n\n"
+     "Whether the kernel is done with the buffer (processes completions first)."},
     {"wait", (PyCFunction)(void (*)(void))bio_zerocopy_completion_wait, METH_FASTCALL | METH_KEYWORDS,
-     "wait(timeout=None) -> int\n\nBlock until the kernel is done with the buffer; return the\n"
+     "wait($self, /, timeout=None)\n--\n\nBlock until the kernel is done with the buffer; return the\n"
      "bytes sent. OSError with the kernel's errno if the send failed (its `sent`\n"
      "attribute: the bytes taken before); TimeoutError if it is still in flight\n"
      "after timeout seconds."},

@@ -164,7 +164,7 @@ PyTypeObject BioZeroCopyPool_Type = {
     .tp_dealloc = (destructor)bio_zerocopy_pool_dealloc,
     .tp_repr = (reprfunc)bio_zerocopy_pool_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ZeroCopyPool(buffers=64, buffer_size=65536)\n\n"
+    .tp_doc = "ZeroCopyPool(buffers=64, buffer_size=65536)\n--\n\n"
               "Buffers for zero-copy sends, cut from one mmap'd region (each starts on a\n"
               "page). A ZeroCopySender registers them with the kernel and hands them out\n"
               "with acquire(); one open sender uses a pool at a time.",
@@ -296,7 +296,7 @@ bio_zerocopy_buffer_repr(BioZeroCopyBuffer *b)
 
 static PyMethodDef bio_zerocopy_buffer_methods[] = {
     {"write", (PyCFunction)(void (*)(void))bio_zerocopy_buffer_write, METH_VARARGS | METH_KEYWORDS,
-     "write(data, offset=0) -> int\n\nCopy data into the buffer at offset; return the offset\n"
+     "write($self, /, data, offset=0)\n--\n\nCopy data into the buffer at offset; return the offset\n"
      "just past it (the length to send when offset is 0). BufferError once sent."},
     {NULL, NULL, 0, NULL},
 };

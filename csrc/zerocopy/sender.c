@@ -467,22 +467,29 @@ bio_zerocopy_io_get_completion_fd(BioZeroCopyIo *s, void *c)
 
 static PyMethodDef bio_zerocopy_io_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))bio_zerocopy_io_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire(timeout=None) -> ZeroCopyBuffer: a free buffer, waiting for one to come back"},
+     "acquire($self, /, timeout=None)\n--\n\n"
+     "A free ZeroCopyBuffer, waiting up to timeout for one to come back."},
     {"send", (PyCFunction)(void (*)(void))bio_zerocopy_io_send, METH_FASTCALL | METH_KEYWORDS,
-     "send(buf, length=None, addr=None) -> Completion (never waits for the kernel)"},
+     "send($self, /, buf, length=None, addr=None)\n--\n\n"
+     "Send buf; returns its Completion (never waits for the kernel)."},
     {"send_and_wait", (PyCFunction)(void (*)(void))bio_zerocopy_io_send_and_wait,
      METH_FASTCALL | METH_KEYWORDS,
-     "send_and_wait(buf, length=None, addr=None, timeout=None) -> int: bytes sent"},
+     "send_and_wait($self, /, buf, length=None, addr=None, *, timeout=None)\n--\n\n"
+     "Send buf and wait up to timeout until the kernel is done with it; returns\n"
+     "the bytes sent."},
     {"poll", (PyCFunction)bio_zerocopy_io_poll, METH_NOARGS,
-     "poll() -> int: process completions and move queued sends on, without waiting; "
-     "buffers returned to the pool"},
+     "poll($self, /)\n--\n\n"
+     "Process completions and move queued sends on, without waiting; returns\n"
+     "the buffers returned to the pool."},
     {"close", (PyCFunction)(void (*)(void))bio_zerocopy_io_close, METH_FASTCALL | METH_KEYWORDS,
-     "close(timeout=None): process completions, wait up to timeout for the rest, then close"},
-    {"counters", (PyCFunction)bio_zerocopy_io_counters, METH_NOARGS, "counters() -> dict"},
+     "close($self, /, timeout=None)\n--\n\n"
+     "Process completions, wait up to timeout for the rest, then close."},
+    {"counters", (PyCFunction)bio_zerocopy_io_counters, METH_NOARGS,
+     "counters($self, /)\n--\n\nA dict of every counter."},
     {"count", (PyCFunction)bio_zerocopy_io_count, METH_VARARGS,
-     "count(name, n): add n to a counter (for policy code in Python)"},
+     "count($self, name, n, /)\n--\n\nAdd n to a counter (for policy code in Python)."},
     {"reset_counters", (PyCFunction)bio_zerocopy_io_reset_counters, METH_NOARGS,
-     "reset_counters(): set the event counters to 0"},
+     "reset_counters($self, /)\n--\n\nSet the event counters to 0."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -525,8 +532,8 @@ static PyTypeObject BioZeroCopyIo_Type = {
     .tp_basicsize = sizeof(BioZeroCopyIo),
     .tp_dealloc = (destructor)bio_zerocopy_io_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "ZeroCopyIo(fd, pool, backend, completion_type, first_id=0): zero-copy sends "
-              "(internal; see burstio.ZeroCopySender).",
+    .tp_doc = "ZeroCopyIo(fd, pool, backend, completion_type, first_id=0)\n--\n\n"
+              "Zero-copy sends (internal; see burstio.ZeroCopySender).",
     .tp_traverse = (traverseproc)bio_zerocopy_io_traverse,
     .tp_clear = (inquiry)bio_zerocopy_io_clear,
     .tp_methods = bio_zerocopy_io_methods,
