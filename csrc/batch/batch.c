@@ -353,8 +353,9 @@ bio_batch_set_addr(BioBatch *b, PyObject *args)
 }
 
 PyDoc_STRVAR(bio_batch_send_errors_doc,
-"send_errors($self, /)\n--\n\nThe entries whose last send failed (send_batch(..., on_error='skip')),\n"
-"as a list of (index, errno).");
+"send_errors($self, /)\n--\n\n"
+"The entries whose last send failed (send_batch(..., on_error='skip')), as\n"
+"a list of (index, errno).");
 
 static PyObject *
 bio_batch_send_errors(BioBatch *b, PyObject *Py_UNUSED(ignored))

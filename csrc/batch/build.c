@@ -170,7 +170,7 @@ bio_batch_slice_length(PyObject *lengths, Py_ssize_t k, Py_ssize_t *len)
  * 0) of the sizes in `lengths`. Returns 0, or -1 with ValueError set. */
 static int
 bio_batch_slices_fill(BioBatch *b, PyObject *lengths, Py_ssize_t seg, Py_ssize_t n,
-                Py_ssize_t buflen, const struct sockaddr_in6 *name)
+                      Py_ssize_t buflen, const struct sockaddr_in6 *name)
 {
     Py_ssize_t base = b->count, off = 0;
     for (Py_ssize_t k = 0; k < n; k++) {

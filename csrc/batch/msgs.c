@@ -77,7 +77,8 @@ bio_batch_fill_msg(BioBatch *b, Py_ssize_t m, Py_ssize_t j, Py_ssize_t run)
 }
 
 Py_ssize_t
-bio_batch_send_prepare_nogil(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
+bio_batch_send_prepare_nogil(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t start,
+                             Py_ssize_t end)
 {
     Py_ssize_t m = 0;
     for (Py_ssize_t j = start; j < end; m++) {

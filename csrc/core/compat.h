@@ -124,6 +124,17 @@ _Static_assert(sizeof(struct bio_epoll_params) == 8, "struct epoll_params is 8 b
 #ifndef IORING_UNREGISTER_NAPI
 #define IORING_UNREGISTER_NAPI 28
 #endif
+/* struct io_uring_napi (Linux >= 6.9; opcode/op_param since 6.13, 0 = the
+ * original behaviour), under our own name: liburing 2.3 lacks it. */
+struct bio_uring_napi {
+    uint32_t busy_poll_to;
+    uint8_t prefer_busy_poll;
+    uint8_t opcode;
+    uint8_t pad[2];
+    uint32_t op_param;
+    uint32_t resv;
+};
+_Static_assert(sizeof(struct bio_uring_napi) == 16, "struct io_uring_napi is 16 bytes");
 
 /* ---- memfd seals, pidfd (Linux 3.17, 5.3) ------------------------------------- */
 

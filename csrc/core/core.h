@@ -82,7 +82,7 @@ int bio_args_contiguous(PyObject *obj, Py_buffer *view);
  * so another thread's updates are never torn), or NULL with an error. */
 PyObject *bio_counters_dict(const uint64_t *counters, const char *const *names, int n);
 /* The index of counter `name`, or -1 with KeyError set. */
-int bio_counter_find(const char *const *names, int n, const char *name);
+int bio_counters_find(const char *const *names, int n, const char *name);
 /* count(name, n): add n to the counter called name (policy code in Python
  * counts what it does). None, or NULL with an error. */
 PyObject *bio_counters_count_py(uint64_t *counters, const char *const *names, int n,

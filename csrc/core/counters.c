@@ -23,7 +23,7 @@ bio_counters_dict(const uint64_t *counters, const char *const *names, int n)
 }
 
 int
-bio_counter_find(const char *const *names, int n, const char *name)
+bio_counters_find(const char *const *names, int n, const char *name)
 {
     for (int i = 0; i < n; i++)
         if (strcmp(name, names[i]) == 0)
@@ -39,7 +39,7 @@ bio_counters_count_py(uint64_t *counters, const char *const *names, int n, PyObj
     unsigned long long add;
     if (!PyArg_ParseTuple(args, "sK:count", &name, &add))
         return NULL;
-    int i = bio_counter_find(names, n, name);
+    int i = bio_counters_find(names, n, name);
     if (i < 0)
         return NULL;
     BIO_COUNT(counters, i, add);

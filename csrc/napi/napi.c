@@ -23,25 +23,14 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* struct io_uring_napi (Linux >= 6.9; opcode/op_param since 6.13, 0 = the
- * original behaviour), not in liburing 2.3's headers. */
-struct bio_uring_napi {
-    uint32_t busy_poll_to;
-    uint8_t prefer_busy_poll;
-    uint8_t opcode;
-    uint8_t pad[2];
-    uint32_t op_param;
-    uint32_t resv;
-};
-
-PyDoc_STRVAR(bio_attach_cbpf_doc,
+PyDoc_STRVAR(bio_napi_attach_cbpf_doc,
 "attach_reuseport_cbpf($module, sock, program, /)\n--\n\n"
 "Attach a classic BPF program (bytes: struct sock_filter records of 8\n"
 "bytes) to sock's SO_REUSEPORT group; its return value is the index of the\n"
 "socket that gets each packet.");
 
 static PyObject *
-bio_attach_cbpf(PyObject *self, PyObject *args)
+bio_napi_attach_cbpf(PyObject *self, PyObject *args)
 {
     PyObject *sock;
     Py_buffer prog;
@@ -70,12 +59,12 @@ out:
     return ret;
 }
 
-PyDoc_STRVAR(bio_uring_napi_doc,
+PyDoc_STRVAR(bio_napi_register_uring_doc,
 "register_uring_napi($module, uring_fd, busy_poll_usecs, prefer_busy_poll, /)\n--\n\n"
 "IORING_REGISTER_NAPI; busy_poll_usecs 0 unregisters (Linux >= 6.9).");
 
 static PyObject *
-bio_register_uring_napi(PyObject *self, PyObject *args)
+bio_napi_register_uring(PyObject *self, PyObject *args)
 {
     int fd, prefer;
     unsigned int usecs;
@@ -91,13 +80,13 @@ bio_register_uring_napi(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(bio_setns_doc,
+PyDoc_STRVAR(bio_napi_setns_doc,
 "setns($module, fd, nstype=0, /)\n--\n\n"
 "Move the calling thread into the namespace open at fd (setns(2)); the\n"
 "lab uses it to make sockets inside its network namespaces.");
 
 static PyObject *
-bio_setns(PyObject *self, PyObject *args)
+bio_napi_setns(PyObject *self, PyObject *args)
 {
     int fd, nstype = 0;
     if (!PyArg_ParseTuple(args, "i|i:setns", &fd, &nstype))
@@ -108,9 +97,9 @@ bio_setns(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef bio_napi_methods[] = {
-    {"setns", bio_setns, METH_VARARGS, bio_setns_doc},
-    {"attach_reuseport_cbpf", bio_attach_cbpf, METH_VARARGS, bio_attach_cbpf_doc},
-    {"register_uring_napi", bio_register_uring_napi, METH_VARARGS, bio_uring_napi_doc},
+    {"setns", bio_napi_setns, METH_VARARGS, bio_napi_setns_doc},
+    {"attach_reuseport_cbpf", bio_napi_attach_cbpf, METH_VARARGS, bio_napi_attach_cbpf_doc},
+    {"register_uring_napi", bio_napi_register_uring, METH_VARARGS, bio_napi_register_uring_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -271,7 +271,9 @@ bio_port_region_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (bio_port_region_parse_efds(g, efds) < 0)
         goto fail;
     g->memfd = memfd;
-    if ((nslots ? bio_port_region_create(g, nslots, slot_size, kind) : bio_port_region_attach(g)) < 0)
+    int r = nslots ? bio_port_region_create(g, nslots, slot_size, kind)
+                   : bio_port_region_attach(g);
+    if (r < 0)
         goto fail;
     return (PyObject *)g; /* owns memfd and the eventfds from here on */
 fail:

@@ -88,14 +88,14 @@ bio_port_ring_raise(BioPortRing *g, int err)
     int pid = (int)atomic_load(&g->reg->hdr->party[peer].pid);
     if (err == -EPIPE)
         return bio_port_oserror(EPIPE, "port %d was closed by its owner (process %d): %s", peer,
-                               pid, g->side == BIO_PORT_PROD ? "nothing sent now will be read"
+                                pid, g->side == BIO_PORT_PROD ? "nothing sent now will be read"
                                                             : "nothing more will arrive");
     if (err == -ECONNRESET)
         return bio_port_oserror(ECONNRESET, "the process holding port %d (pid %d) exited "
-                               "without closing it", peer, g->watch_pid ? g->watch_pid : pid);
+                                "without closing it", peer, g->watch_pid ? g->watch_pid : pid);
     if (err == -EBADMSG)
         return bio_port_oserror(EBADMSG, "ring %d: the peer's position %u is impossible with "
-                               "head %u in a ring of %u slots: the shared memory is corrupt",
+                                "head %u in a ring of %u slots: the shared memory is corrupt",
                                g->r, (unsigned)atomic_load(&g->peer->pos), g->head,
                                g->reg->nslots);
     return bio_raise_errno(err);
@@ -142,7 +142,7 @@ PyObject *
 bio_port_ring_bad_slot(BioPortRing *g, uint32_t pos, uint32_t idx)
 {
     return bio_port_oserror(EBADMSG, "slot %u of ring %d names buffer %u but the pool has %u: "
-                           "the shared memory is corrupt", pos & g->mask, g->r, idx,
+                            "the shared memory is corrupt", pos & g->mask, g->r, idx,
                            g->reg->nbufs);
 }
 
@@ -217,7 +217,7 @@ bio_port_ring_sync(BioPortRing *g, PyObject *Py_UNUSED(ignored))
 /* Parse wait()'s n (1..capacity) and timeout. 0 or -1 with an error set. */
 static int
 bio_port_ring_wait_args(BioPortRing *g, PyObject *n_obj, PyObject *timeout, uint32_t *want,
-                      int64_t *timeout_ns)
+                        int64_t *timeout_ns)
 {
     long long n = 1;
     if (n_obj != NULL && bio_args_int("n", n_obj, 1, g->cap, &n) < 0)

@@ -216,7 +216,7 @@ bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyO
         g->s->idx[rk] = t->s->idx[tk];
         t->s->idx[tk] = idx;
         bio_port_tx_commit(t, bio_port_rx_len(g, g->head + j), g->s->flags[rk], g->s->dst[rk],
-                         g->s->src[rk], &g->s->names[rk]);
+                           g->s->src[rk], &g->s->names[rk]);
     }
     g->head += n;
     if ((int32_t)(g->cur - g->head) < 0)
@@ -232,9 +232,12 @@ static PyMethodDef bio_port_rx_methods[] = {
      bio_port_rx_peek_doc},
     {"forward", (PyCFunction)(void (*)(void))bio_port_rx_forward, METH_FASTCALL | METH_KEYWORDS,
      bio_port_rx_forward_doc},
-    {"dst", (PyCFunction)bio_port_rx_dst, METH_O, "dst($self, i, /)\n--\n\nThe destination key of packet i."},
-    {"src", (PyCFunction)bio_port_rx_src, METH_O, "src($self, i, /)\n--\n\nThe source key of packet i."},
-    {"flags", (PyCFunction)bio_port_rx_flags, METH_O, "flags($self, i, /)\n--\n\nThe FLAG_* bits of packet i."},
+    {"dst", (PyCFunction)bio_port_rx_dst, METH_O,
+     "dst($self, i, /)\n--\n\nThe destination key of packet i."},
+    {"src", (PyCFunction)bio_port_rx_src, METH_O,
+     "src($self, i, /)\n--\n\nThe source key of packet i."},
+    {"flags", (PyCFunction)bio_port_rx_flags, METH_O,
+     "flags($self, i, /)\n--\n\nThe FLAG_* bits of packet i."},
     {"addr", (PyCFunction)bio_port_rx_addr, METH_O,
      "addr($self, i, /)\n--\n\nThe socket address of packet i, or None."},
     {NULL, NULL, 0, NULL},

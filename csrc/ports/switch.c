@@ -261,7 +261,8 @@ bio_switch_unicast(BioSwitch *sw, int i, int q, const BioSwitchPacket *p)
             sw->ports[i].blocked = q;
             return BIO_SWITCH_BLOCKED;
         }
-        BIO_COUNT(sw->counters, sw->ports[q].gone ? BIO_SWITCH_C_GONE_DROPS : BIO_SWITCH_C_FULL_DROPS, 1);
+        BIO_COUNT(sw->counters,
+                  sw->ports[q].gone ? BIO_SWITCH_C_GONE_DROPS : BIO_SWITCH_C_FULL_DROPS, 1);
         return BIO_SWITCH_DONE;
     }
     bio_switch_copy(sw, q, p);
@@ -316,7 +317,8 @@ bio_switch_take(BioSwitch *sw, int i)
     }
     rx->cur = rx->head;
     if (ending && rx->head == rx->tail)
-        bio_switch_gone(sw, i, bio_port_ring_peer_state(rx) == BIO_PORT_CLOSED ? -EPIPE : -ECONNRESET);
+        bio_switch_gone(sw, i,
+                        bio_port_ring_peer_state(rx) == BIO_PORT_CLOSED ? -EPIPE : -ECONNRESET);
     return n;
 }
 
@@ -558,7 +560,8 @@ bio_switch_add(BioSwitch *sw, PyObject *args)
      * now (in another thread), else by the next forward(), which may be in
      * a process forked after this */
     if ((sw->busy && (bio_port_ring_ready(rx) < 0 || bio_port_ring_ready(tx) < 0)) ||
-        PyList_Append(sw->rings, (PyObject *)rx) < 0 || PyList_Append(sw->rings, (PyObject *)tx) < 0)
+        PyList_Append(sw->rings, (PyObject *)rx) < 0 ||
+        PyList_Append(sw->rings, (PyObject *)tx) < 0)
         return NULL;
     sw->ports[n] = (BioSwitchPort){.rx = rx, .tx = tx, .blocked = -1};
     atomic_store_explicit(&sw->nports, n + 1, memory_order_release);
@@ -578,7 +581,8 @@ bio_switch_route_py(BioSwitch *sw, PyObject *args)
 {
     PyObject *key_o, *port_o;
     uint32_t key;
-    if (!PyArg_ParseTuple(args, "OO:route", &key_o, &port_o) || bio_port_key("key", key_o, &key) < 0)
+    if (!PyArg_ParseTuple(args, "OO:route", &key_o, &port_o) ||
+        bio_port_key("key", key_o, &key) < 0)
         return NULL;
     long port = -1;
     if (port_o != Py_None && (port = PyLong_AsLong(port_o)) == -1 && PyErr_Occurred())

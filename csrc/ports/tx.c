@@ -46,14 +46,14 @@ bio_port_tx_room(BioPortRing *g)
     if (g->tail != g->head)
         return 0;
     bio_port_oserror(EAGAIN, "ring full: all %u slots are in flight; sync() or wait() for "
-                    "room", g->cap);
+                     "room", g->cap);
     return -1;
 }
 
 /* Write the metadata of the slot at head and advance head (and cur). */
 void
 bio_port_tx_commit(BioPortRing *g, uint32_t len, uint32_t flags, uint32_t dst, uint32_t src,
-                 const struct sockaddr_in6 *name)
+                   const struct sockaddr_in6 *name)
 {
     uint32_t k = g->head & g->mask;
     g->s->len[k] = len;
@@ -69,7 +69,7 @@ bio_port_tx_commit(BioPortRing *g, uint32_t len, uint32_t flags, uint32_t dst, u
 /* Parse (dst, src, addr) of put()/claim(). 0 or -1. */
 static int
 bio_port_tx_meta(PyObject *dst_o, PyObject *src_o, PyObject *addr, uint32_t *dst, uint32_t *src,
-               struct sockaddr_in6 *name)
+                 struct sockaddr_in6 *name)
 {
     memset(name, 0, sizeof(*name));
     if (bio_port_key("dst", dst_o, dst) < 0 || bio_port_key("src", src_o, src) < 0)
@@ -191,7 +191,7 @@ PyDoc_STRVAR(bio_port_tx_put_batch_doc,
 
 static PyObject *
 bio_port_tx_put_batch(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames)
+                      PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "start", "count", "dst", "src", NULL};
     PyObject *a[5];
@@ -218,7 +218,7 @@ bio_port_tx_put_batch(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs,
             return bio_port_ring_bad_slot(g, g->head, idx);
         memcpy(buf, b->data + b->offsets[j], b->lengths[j]);
         bio_port_tx_commit(g, b->lengths[j], b->flags[j] & BIO_FLAG_TRUNCATED, dst, src,
-                         &b->names[j]);
+                           &b->names[j]);
     }
     return PyLong_FromSsize_t(n);
 }
@@ -269,7 +269,7 @@ bio_port_tx_recv_commit(BioPortRecv *c, int n)
         c->truncated += trunc;
         struct sockaddr_in6 name = g->s->names[slot];
         bio_port_tx_commit(g, len > g->reg->slot_size ? g->reg->slot_size : len,
-                         trunc ? BIO_FLAG_TRUNCATED : 0, c->dst, c->src, &name);
+                           trunc ? BIO_FLAG_TRUNCATED : 0, c->dst, c->src, &name);
     }
 }
 
@@ -329,7 +329,7 @@ PyDoc_STRVAR(bio_port_tx_recv_from_doc,
 
 static PyObject *
 bio_port_tx_recv_from(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames)
+                      PyObject *kwnames)
 {
     static const char *const names[] = {"fd", "timeout", "dst", "src", NULL};
     PyObject *a[4];

@@ -82,7 +82,8 @@ fail:
 
 static PyMethodDef bio_probe_methods[] = {
     {"probe_mmsg", bio_probe_mmsg, METH_NOARGS,
-     "probe_mmsg($module, /)\n--\n\nTry sendmmsg and recvmmsg on loopback: a dict of name -> (works, detail)."},
+     "probe_mmsg($module, /)\n--\n\n"
+     "Try sendmmsg and recvmmsg on loopback: a dict of name -> (works, detail)."},
     {"probe_uring", bio_probe_uring, METH_NOARGS,
      "probe_uring($module, /)\n--\n\n"
      "Try io_uring setup flags, opcodes and buffer rings: a dict of name -> (works, detail)."},

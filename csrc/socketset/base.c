@@ -200,9 +200,10 @@ bio_socketset_run(BioSocketSet *r, BioBatch *b, int (*fn)(void *), void *ctx)
 PyDoc_STRVAR(bio_socketset_recv_batch_doc,
 "recv_batch($self, /, batch, timeout=None, *, min_datagrams=1, max_wait=None)\n--\n\n"
 "Fill batch from any socket of the set (batch.sockets says which); returns\n"
-"the entry count. Returns when min_datagrams are ready (or a socket reported an error) or max_wait\n"
-"seconds have passed, whichever comes first; if none came by then, waits for\n"
-"one up to timeout (None: forever). Errors: take_errors().");
+"the entry count. Returns when min_datagrams are ready (or a socket reported\n"
+"an error) or max_wait seconds have passed, whichever comes first; if none\n"
+"came by then, waits for one up to timeout (None: forever). Errors:\n"
+"take_errors().");
 
 /* Deadlines of a receive from its timeout/max_wait arguments; 0 or -1. */
 static int
@@ -222,7 +223,7 @@ bio_socketset_recv_deadlines(BioSocketSetRecv *c, PyObject *timeout, PyObject *m
 
 static PyObject *
 bio_socketset_recv_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
-                        PyObject *kwnames)
+                         PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "timeout", "min_datagrams", "max_wait", NULL};
     PyObject *a[4];
@@ -262,7 +263,7 @@ bio_socketset_recv_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t narg
  * the datagrams sent. */
 static Py_ssize_t
 bio_socketset_send_results(BioSocketSet *r, BioBatch *b, const int32_t *res, Py_ssize_t m,
-                      int flag_entries)
+                           int flag_entries)
 {
     Py_ssize_t sent = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
@@ -307,14 +308,15 @@ bio_socketset_check_sockets(BioSocketSet *r, BioBatch *b, Py_ssize_t start, Py_s
  * by_socket: split runs where batch.sockets changes. */
 static int
 bio_socketset_send_setup(BioSocketSet *r, const char *fname, PyObject *const *a, int by_socket,
-                    BioSocketSetSend *c)
+                         BioSocketSetSend *c)
 {
     Py_ssize_t start, end;
     if (bio_batch_arg(fname, a[0]) < 0 || bio_socketset_usable(r) < 0)
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
-    if (bio_batch_check_idle(c->b) < 0 || bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
+    if (bio_batch_check_idle(c->b) < 0 ||
+        bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
         bio_batch_check_entries(c->b, start, end) < 0 ||
         (by_socket && bio_socketset_check_sockets(r, c->b, start, end) < 0))
         return -1;
@@ -373,7 +375,7 @@ PyDoc_STRVAR(bio_socketset_send_batch_doc,
 
 static PyObject *
 bio_socketset_send_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
-                        PyObject *kwnames)
+                         PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "start", "count", NULL};
     PyObject *a[3], *ret = NULL;
@@ -446,7 +448,7 @@ PyDoc_STRVAR(bio_socketset_send_redundant_doc,
 
 static PyObject *
 bio_socketset_send_redundant(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
-                            PyObject *kwnames)
+                             PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "group", "start", "count", NULL};
     PyObject *a[4], *ret = NULL;
@@ -483,7 +485,7 @@ PyDoc_STRVAR(bio_socketset_recv_stream_doc,
 
 static PyObject *
 bio_socketset_recv_stream(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
-                         PyObject *kwnames)
+                          PyObject *kwnames)
 {
     static const char *const names[] = {"index", "buffer", "min_bytes", "timeout", NULL};
     PyObject *a[4], *ret = NULL;

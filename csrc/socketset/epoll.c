@@ -133,7 +133,8 @@ bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py
         *prepared = *n + room;
     }
     BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
-    int r = recvmmsg(d->base.fds[idx], &b->msgs[*n], (unsigned)room, MSG_DONTWAIT | MSG_TRUNC, NULL);
+    int r = recvmmsg(d->base.fds[idx], &b->msgs[*n], (unsigned)room, MSG_DONTWAIT | MSG_TRUNC,
+                     NULL);
     if (r < 0) {
         int e = errno;
         if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)

@@ -4,9 +4,10 @@
  * armed, all drawing from one buffer ring (the provided buffers). A datagram
  * on any socket becomes a completion (CQE) holding a buffer; recv_batch()
  * copies it into the caller's batch (entry j <- slot j, batch.sockets[j] <-
- * socket index) and hands the buffer straight back to the kernel. A multishot that ends (an error, ENOBUFS when
- * the buffers ran out) is re-armed on the next call; its error is queued for
- * take_errors() and no other socket's data is touched.
+ * socket index) and hands the buffer straight back to the kernel. A
+ * multishot that ends (an error, ENOBUFS when the buffers ran out) is
+ * re-armed on the next call; its error is queued for take_errors() and no
+ * other socket's data is touched.
  *
  * Send: one SENDMSG (MSG_DONTWAIT: a full socket fails at once with EAGAIN
  * instead of leaving a send pending) per message and socket, submitted as
@@ -154,7 +155,8 @@ bio_uringset_check_args(int max_sockets, int nbufs, int buf_size)
 static PyObject *
 bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"max_sockets", "buffers", "buffer_size", "sqpoll", "single_wakeup", NULL};
+    static char *kwlist[] = {"max_sockets", "buffers", "buffer_size", "sqpoll", "single_wakeup",
+                             NULL};
     int max_sockets = 1024, nbufs = 4096, buf_size = 2048, sqpoll = 0, single = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|iiipp:UringSocketSet", kwlist, &max_sockets,
                                      &nbufs, &buf_size, &sqpoll, &single) ||
@@ -171,7 +173,8 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto fail;
     }
-    int err = bio_uringset_setup(r, 2 * (unsigned)nbufs + 2 * (unsigned)max_sockets, sqpoll, single);
+    unsigned cq_entries = 2 * (unsigned)nbufs + 2 * (unsigned)max_sockets;
+    int err = bio_uringset_setup(r, cq_entries, sqpoll, single);
     if (err == 0) {
         r->ready = 1;
         r->uring_fd = r->uring.ring_fd;
@@ -331,7 +334,8 @@ bio_uringset_recv_status(BioUringSet *r, const struct io_uring_cqe *cqe)
 
 /* Copy the datagram of a receive CQE into entry j of b. nogil. */
 static void
-bio_uringset_take_datagram(BioUringSet *r, const struct io_uring_cqe *cqe, BioBatch *b, Py_ssize_t j)
+bio_uringset_take_datagram(BioUringSet *r, const struct io_uring_cqe *cqe, BioBatch *b,
+                           Py_ssize_t j)
 {
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
     unsigned char *buf = r->bufs + (size_t)bid * r->buf_size;
@@ -486,7 +490,7 @@ bio_uringset_take_all_nogil(BioUringSet *r, BioUringReap *rp, Py_ssize_t room)
  * and wake once. 0 or -errno. nogil. */
 static int
 bio_uringset_wait_for_nogil(BioUringSet *r, BioSocketSetRecv *c, BioUringReap *rp, Py_ssize_t want,
-                         int64_t deadline)
+                            int64_t deadline)
 {
     Py_ssize_t room = bio_socketset_room(c->b);
     while (rp->n + (r->base.nerr - c->errors0) < want && rp->n < room) {

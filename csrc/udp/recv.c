@@ -108,7 +108,7 @@ bio_udp_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
  * datagrams, 0 on timeout, or -errno. nogil. */
 static int
 bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
-                    int64_t deadline_ns)
+                        int64_t deadline_ns)
 {
     int64_t spin_end = -1;
     int first = 1, waited = 0;

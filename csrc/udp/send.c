@@ -180,7 +180,8 @@ bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
         bio_batch_arg(fname, a[0]) < 0 || (c.skip = bio_udp_send_on_error(a[3])) < 0)
         return NULL;
     c.b = (BioBatch *)a[0];
-    if (bio_batch_check_idle(c.b) < 0 || bio_batch_send_range(c.b, a[1], a[2], &c.start, &c.end) < 0 ||
+    if (bio_batch_check_idle(c.b) < 0 ||
+        bio_batch_send_range(c.b, a[1], a[2], &c.start, &c.end) < 0 ||
         bio_batch_check_entries(c.b, c.start, c.end) < 0)
         return NULL;
     if (u->fd < 0)

@@ -152,7 +152,8 @@ bio_zerocopy_settle_head(BioZeroCopyIo *s, uint32_t idx)
 int
 bio_zerocopy_push(BioZeroCopyIo *s)
 {
-    return s->backend == BIO_ZEROCOPY_BACKEND_URING ? bio_zerocopy_uring_push(s) : bio_zerocopy_msg_push(s);
+    return s->backend == BIO_ZEROCOPY_BACKEND_URING ? bio_zerocopy_uring_push(s)
+                                                     : bio_zerocopy_msg_push(s);
 }
 
 /* Call the policy once the kernel copied switch_after sends in a row. */
@@ -172,7 +173,8 @@ bio_zerocopy_run_policy(BioZeroCopyIo *s)
 int
 bio_zerocopy_process(BioZeroCopyIo *s)
 {
-    if (s->backend != BIO_ZEROCOPY_BACKEND_URING && s->epfd >= 0 && s->inflight > 0 && bio_zerocopy_msg_reap(s) < 0)
+    if (s->backend != BIO_ZEROCOPY_BACKEND_URING && s->epfd >= 0 && s->inflight > 0 &&
+        bio_zerocopy_msg_reap(s) < 0)
         return -1;
     if (bio_zerocopy_push(s) < 0)
         return -1;
@@ -214,14 +216,15 @@ bio_zerocopy_wait_nogil(void *arg)
  * set. GIL held. */
 int
 bio_zerocopy_wait_until(BioZeroCopyIo *s, int (*ready)(BioZeroCopyIo *, void *), void *arg,
-                  int64_t deadline)
+                        int64_t deadline)
 {
     for (;;) {
         if (bio_zerocopy_process(s) < 0)
             return -1;
         if (ready(s, arg))
             return 1;
-        if (s->inflight == 0 || s->fd < 0 || (s->backend != BIO_ZEROCOPY_BACKEND_URING && s->epfd < 0))
+        if (s->inflight == 0 || s->fd < 0 ||
+            (s->backend != BIO_ZEROCOPY_BACKEND_URING && s->epfd < 0))
             return 0;
         if (deadline >= 0 && bio_now_ns() >= deadline)
             return 0;
@@ -299,13 +302,16 @@ bio_zerocopy_completion_outcome(BioZeroCopyCompletion *c)
         return NULL;
     }
     if (c->skipped)
-        return bio_zerocopy_completion_raise(c, ECANCELED, "not sent: an earlier send on this stream failed, "
-                             "and sending more would leave a gap in it");
+        return bio_zerocopy_completion_raise(c, ECANCELED,
+                                             "not sent: an earlier send on this stream failed, "
+                                             "and sending more would leave a gap in it");
     if (c->error)
         return bio_zerocopy_completion_raise(c, c->error, NULL);
     if (c->cancelled)
-        return bio_zerocopy_completion_raise(c, ECANCELED, "the ZeroCopySender was closed before the send "
-                             "was done (a buffer the kernel may still read stays out of the pool)");
+        return bio_zerocopy_completion_raise(c, ECANCELED,
+                                             "the ZeroCopySender was closed before the send "
+                                             "was done (a buffer the kernel may still read "
+                                             "stays out of the pool)");
     return PyLong_FromLongLong(c->result);
 }
 
@@ -415,7 +421,8 @@ bio_zerocopy_completion_done(BioZeroCopyCompletion *c, PyObject *Py_UNUSED(ignor
 
 /* wait(timeout=None) -> bytes sent; OSError if the send failed. */
 static PyObject *
-bio_zerocopy_completion_wait(BioZeroCopyCompletion *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+bio_zerocopy_completion_wait(BioZeroCopyCompletion *c, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
     static const char *const names[] = {"timeout", NULL};
     PyObject *a[1];
@@ -428,7 +435,8 @@ bio_zerocopy_completion_wait(BioZeroCopyCompletion *c, PyObject *const *args, Py
         if (bio_zerocopy_check_usable(s) < 0)
             return NULL;
         Py_INCREF(s);
-        int r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_done, c, ns < 0 ? -1 : bio_now_ns() + ns);
+        int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
+        int r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_done, c, deadline);
         Py_DECREF(s);
         if (r < 0)
             return NULL;
@@ -440,8 +448,10 @@ static PyMethodDef bio_zerocopy_completion_methods[] = {
     {"done", (PyCFunction)bio_zerocopy_completion_done, METH_NOARGS,
      "done($self, /)\n--\n\n"
      "Whether the kernel is done with the buffer (processes completions first)."},
-    {"wait", (PyCFunction)(void (*)(void))bio_zerocopy_completion_wait, METH_FASTCALL | METH_KEYWORDS,
-     "wait($self, /, timeout=None)\n--\n\nBlock until the kernel is done with the buffer; return the\n"
+    {"wait", (PyCFunction)(void (*)(void))bio_zerocopy_completion_wait,
+     METH_FASTCALL | METH_KEYWORDS,
+     "wait($self, /, timeout=None)\n--\n\n"
+     "Block until the kernel is done with the buffer; return the\n"
      "bytes sent. OSError with the kernel's errno if the send failed (its `sent`\n"
      "attribute: the bytes taken before); TimeoutError if it is still in flight\n"
      "after timeout seconds."},

@@ -153,7 +153,8 @@ static PyGetSetDef bio_zerocopy_pool_getset[] = {
     {"lost", (getter)bio_zerocopy_pool_get_count, NULL,
      "buffers still in flight when their sender closed: never reused",
      (void *)(intptr_t)BIO_ZEROCOPY_LOST},
-    {"in_use", (getter)bio_zerocopy_pool_get_in_use, NULL, "an open ZeroCopySender uses the pool", NULL},
+    {"in_use", (getter)bio_zerocopy_pool_get_in_use, NULL, "an open ZeroCopySender uses the pool",
+     NULL},
     {NULL},
 };
 
@@ -296,7 +297,8 @@ bio_zerocopy_buffer_repr(BioZeroCopyBuffer *b)
 
 static PyMethodDef bio_zerocopy_buffer_methods[] = {
     {"write", (PyCFunction)(void (*)(void))bio_zerocopy_buffer_write, METH_VARARGS | METH_KEYWORDS,
-     "write($self, /, data, offset=0)\n--\n\nCopy data into the buffer at offset; return the offset\n"
+     "write($self, /, data, offset=0)\n--\n\n"
+     "Copy data into the buffer at offset; return the offset\n"
      "just past it (the length to send when offset is 0). BufferError once sent."},
     {NULL, NULL, 0, NULL},
 };

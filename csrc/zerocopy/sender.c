@@ -54,8 +54,9 @@ bio_zerocopy_check_usable(BioZeroCopyIo *s)
 
 /* Check send()'s arguments; sets *out and *len. 0 or -1. */
 static int
-bio_zerocopy_send_args(BioZeroCopyIo *s, PyObject *bufobj, PyObject *lenobj, BioZeroCopyBuffer **out,
-                 uint32_t *len)
+bio_zerocopy_send_args(BioZeroCopyIo *s, PyObject *bufobj, PyObject *lenobj,
+                       BioZeroCopyBuffer **out,
+                       uint32_t *len)
 {
     if (!PyObject_TypeCheck(bufobj, &BioZeroCopyBuffer_Type)) {
         PyErr_Format(PyExc_TypeError, "send() argument 'buf' must be burstio.ZeroCopyBuffer, "
@@ -103,7 +104,8 @@ bio_zerocopy_send_addr(BioZeroCopyIo *s, uint32_t idx, PyObject *addr)
 static void
 bio_zerocopy_slot_start(BioZeroCopyIo *s, uint32_t idx, uint32_t len, BioZeroCopyCompletion *c)
 {
-    int zc = s->zerocopy && s->backend != BIO_ZEROCOPY_BACKEND_COPY && len > 0 && len >= (uint32_t)s->min_size;
+    int zc = s->zerocopy && s->backend != BIO_ZEROCOPY_BACKEND_COPY && len > 0 &&
+             len >= (uint32_t)s->min_size;
     BioZeroCopySlot *sl = &s->slots[idx];
     memset(sl, 0, sizeof(*sl));
     sl->busy = 1;
@@ -144,7 +146,8 @@ bio_zerocopy_send_common(BioZeroCopyIo *s, PyObject *bufobj, PyObject *lenobj, P
     /* io_uring: what the CQ holds costs no syscall; it moves the queue on */
     if (s->backend == BIO_ZEROCOPY_BACKEND_URING && bio_zerocopy_process(s) < 0)
         return NULL;
-    if (bio_zerocopy_send_args(s, bufobj, lenobj, &b, &len) < 0 || bio_zerocopy_send_addr(s, b->index, addr) < 0)
+    if (bio_zerocopy_send_args(s, bufobj, lenobj, &b, &len) < 0 ||
+        bio_zerocopy_send_addr(s, b->index, addr) < 0)
         return NULL;
     uint32_t idx = b->index;
     BioZeroCopyCompletion *c = bio_zerocopy_completion_new(s, idx, len);
@@ -152,7 +155,8 @@ bio_zerocopy_send_common(BioZeroCopyIo *s, PyObject *bufobj, PyObject *lenobj, P
         return NULL;
     bio_zerocopy_slot_start(s, idx, len, c);
     BIO_COUNT(s->counters, BIO_ZEROCOPY_C_SENDS, 1);
-    BIO_COUNT(s->counters, c->zerocopy ? BIO_ZEROCOPY_C_ZEROCOPY_SENDS : BIO_ZEROCOPY_C_COPY_SENDS, 1);
+    BIO_COUNT(s->counters, c->zerocopy ? BIO_ZEROCOPY_C_ZEROCOPY_SENDS : BIO_ZEROCOPY_C_COPY_SENDS,
+              1);
     if (s->q_len == 1 && bio_zerocopy_push(s) < 0) { /* else it waits for the ones before it */
         bio_zerocopy_unsend(s, idx);
         Py_DECREF(c);
@@ -173,7 +177,7 @@ bio_zerocopy_io_send(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs, 
 
 static PyObject *
 bio_zerocopy_io_send_and_wait(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames)
+                              PyObject *kwnames)
 {
     static const char *const names[] = {"buf", "length", "addr", "timeout", NULL};
     PyObject *a[4];
@@ -182,7 +186,8 @@ bio_zerocopy_io_send_and_wait(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_
         bio_timeout_parse(a[3] ? a[3] : Py_None, &ns) < 0)
         return NULL;
     int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
-    BioZeroCopyCompletion *c = (BioZeroCopyCompletion *)bio_zerocopy_send_common(s, a[0], a[1], a[2]);
+    BioZeroCopyCompletion *c =
+        (BioZeroCopyCompletion *)bio_zerocopy_send_common(s, a[0], a[1], a[2]);
     if (c == NULL)
         return NULL;
     PyObject *ret = NULL;
@@ -195,7 +200,8 @@ bio_zerocopy_io_send_and_wait(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_
 /* ---- sender: acquire, poll, close --------------------------------------- */
 
 static PyObject *
-bio_zerocopy_io_acquire(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+bio_zerocopy_io_acquire(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
 {
     static const char *const names[] = {"timeout", NULL};
     PyObject *a[1];
@@ -211,7 +217,8 @@ bio_zerocopy_io_acquire(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     if (s->pool->nfree == 0) {
-        int r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_free, NULL, ns < 0 ? -1 : bio_now_ns() + ns);
+        int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
+        int r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_free, NULL, deadline);
         if (r < 0)
             return NULL;
         if (r == 0) {
@@ -296,7 +303,8 @@ bio_zerocopy_io_close(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs,
     if (bio_zerocopy_check_usable(s) < 0)
         return NULL;
     int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
-    if (s->backend == BIO_ZEROCOPY_BACKEND_URING && s->inflight > 0) { /* post what the kernel finished */
+    if (s->backend == BIO_ZEROCOPY_BACKEND_URING && s->inflight > 0) {
+        /* post what the kernel finished */
         BIO_COUNT(s->counters, BIO_ZEROCOPY_C_SYSCALLS, 1);
         s->busy = 1;
         int r = bio_nogil_retry(bio_zerocopy_uring_get_events_nogil, &s->uring);
@@ -368,8 +376,10 @@ bio_zerocopy_new_args(PyObject *pool, int backend, PyObject *ctype)
                      backend);
         return -1;
     }
-    if (!PyType_Check(ctype) || !PyType_IsSubtype((PyTypeObject *)ctype, &BioZeroCopyCompletion_Type)) {
-        PyErr_SetString(PyExc_TypeError, "completion_type must be a subclass of ZeroCopyCompletion");
+    if (!PyType_Check(ctype) ||
+        !PyType_IsSubtype((PyTypeObject *)ctype, &BioZeroCopyCompletion_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "completion_type must be a subclass of ZeroCopyCompletion");
         return -1;
     }
     return 0;
@@ -386,7 +396,8 @@ bio_zerocopy_setup(BioZeroCopyIo *s, int fd)
     int r = s->slots && s->names && s->queue ? bio_zerocopy_fd_setup(s, fd) : -ENOMEM;
     if (r == 0 && s->backend == BIO_ZEROCOPY_BACKEND_URING)
         r = bio_zerocopy_uring_setup(s);
-    if (r == 0 && (s->backend == BIO_ZEROCOPY_BACKEND_MSG || (s->backend == BIO_ZEROCOPY_BACKEND_COPY && s->stream)))
+    if (r == 0 && (s->backend == BIO_ZEROCOPY_BACKEND_MSG ||
+                   (s->backend == BIO_ZEROCOPY_BACKEND_COPY && s->stream)))
         r = bio_zerocopy_msg_setup(s);
     return r;
 }
@@ -494,7 +505,8 @@ static PyMethodDef bio_zerocopy_io_methods[] = {
 };
 
 static PyMemberDef bio_zerocopy_io_members[] = {
-    {"fd", T_INT, offsetof(BioZeroCopyIo, fd), READONLY, "our descriptor of the socket (-1: closed)"},
+    {"fd", T_INT, offsetof(BioZeroCopyIo, fd), READONLY,
+     "our descriptor of the socket (-1: closed)"},
     {"backend", T_INT, offsetof(BioZeroCopyIo, backend), READONLY, "0 copy, 1 msg, 2 uring"},
     {"stream", T_INT, offsetof(BioZeroCopyIo, stream), READONLY, "1: a TCP socket"},
     {"broken", T_INT, offsetof(BioZeroCopyIo, broken), READONLY,
@@ -548,7 +560,8 @@ bio_zerocopy_init_types(PyObject *module)
     if (bio_zerocopy_pool_init_types(module) < 0 || PyType_Ready(&BioZeroCopyCompletion_Type) < 0 ||
         PyType_Ready(&BioZeroCopyIo_Type) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "ZeroCopyCompletion", (PyObject *)&BioZeroCopyCompletion_Type) < 0 ||
+    if (PyModule_AddObjectRef(module, "ZeroCopyCompletion",
+                              (PyObject *)&BioZeroCopyCompletion_Type) < 0 ||
         PyModule_AddObjectRef(module, "ZeroCopyIo", (PyObject *)&BioZeroCopyIo_Type) < 0)
         return -1;
     return 0;
