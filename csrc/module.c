@@ -37,7 +37,8 @@
  *   ports/tx.c             PortTx: put, claim, put_batch, recv_from
  *   ports/rx.c             PortRx: rx[i], peek, forward, metadata
  *   ports/switch.c         SwitchCore: forwarding between ports by key
- *   napi/napi.h, napi.c    reuseport BPF, io_uring NAPI, setns
+ *   napi/napi.h            busy polling and NAPI: the module functions
+ *   napi/napi.c            reuseport BPF, io_uring NAPI, setns
  *   probe/probe.h          the capability probes
  *   probe/mmsg.c           probe_mmsg(): sendmmsg/recvmmsg on loopback
  *   probe/uring.c          probe_uring(): io_uring setup flags, opcodes, buffer rings
