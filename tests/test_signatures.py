@@ -145,7 +145,7 @@ def instances():
         stack.callback(a.close)
         stack.callback(b.close)
         objs[_native.PortRegion] = a.region
-        objs[_native.PortClaim] = a._port
+        objs[_native.PortClaim] = a.tx.port
         objs[_native.PortTx] = a.tx
         objs[_native.PortRx] = a.rx
         objs[_native.SwitchCore] = _native.SwitchCore(os.eventfd(0))

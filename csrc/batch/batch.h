@@ -1,5 +1,5 @@
 /* PacketBatch: the caller-owned burst of datagrams that every I/O path fills
- * or sends (batch/batch.c, array.c, build.c, msgs.c).
+ * or sends (batch/batch.c, batch/array.c, batch/build.c, batch/msgs.c).
  */
 #ifndef BIO_BATCH_H
 #define BIO_BATCH_H

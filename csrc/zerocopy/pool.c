@@ -9,8 +9,9 @@
  * never reused. send() refuses a buffer with a live export (memoryview,
  * numpy array), so no Python code can write a buffer in flight.
  *
- * This file keeps the states; zerocopy/sender.c, completion.c, uring.c and
- * msg.c move buffers between them (the sender, and what the kernel says).
+ * This file keeps the states; zerocopy/sender.c, zerocopy/completion.c,
+ * zerocopy/uring.c and zerocopy/msg.c move buffers between them (the
+ * sender, and what the kernel says).
  *
  * Where a datagram goes through it: Python writes it into an OWNED buffer
  * (memoryview, numpy, write()); the kernel sends it from there in place.
