@@ -1,35 +1,66 @@
-/* burstio._native: module definition. One file per subsystem:
- *   memory.c     Memory: an mmap'd region exported as a buffer
- *   batch.c      PacketBatch (arena + metadata arrays)
- *   args.c       fast argument parsing for the hot entry points
- *   addr.c       address tuples <-> sockaddr
- *   wait.c       GIL release, poll, EINTR, OSError
- *   udp.c        UdpIo type and the receive path (recvmmsg, GRO split)
- *   udp_send.c   the send path (sendmmsg, GSO)
- *   ring.c       SocketSet on io_uring: many sockets, one call
- *   drain.c      the same SocketSet contract on epoll + recvmmsg
- *   zerocopy.c   zero-copy send: buffer pool, SEND_ZC, MSG_ZEROCOPY
- *   shmring.c    netmap-style packet rings in shared memory between processes
- *   napi.c       busy polling and NAPI: epoll params, reuseport BPF, io_uring NAPI
- *   probe.c      capability probes for mmsg syscalls
- *   uring.c      io_uring (liburing)
+/* burstio._native: the module definition. Every C file, one line each:
+ *
+ *   module.c               this file: the module, and the order types are added
+ *   core/core.h            the small core every file includes: conventions, BIO_COUNT
+ *   core/compat.h          every kernel and liburing constant fallback
+ *   core/constants.c       kernel constants exported to Python (SOL_UDP, UDP_GRO, ...)
+ *   core/memory.c          Memory: an mmap'd region exported as a buffer
+ *   core/args.c            fast argument parsing; the one int-argument check
+ *   core/counters.c        counters to a dict, count(name, n)
+ *   core/addr.c            address tuples <-> sockaddr
+ *   core/wait.c            GIL release, poll/epoll_wait, EINTR, OSError
+ *   batch/batch.h          PacketBatch's struct, flags and limits
+ *   batch/batch.c          PacketBatch: allocation, sequence, addresses, keep(), attributes
+ *   batch/array.c          _Array: one metadata array through the buffer protocol
+ *   batch/build.c          append() and add_slices(): building a batch to send
+ *   batch/msgs.c           entries -> outgoing messages (GSO runs), a send's start/count
+ *   udp/udp.h              UdpIo's struct and counters
+ *   udp/io.c               UdpIo: the type, its settings and counters
+ *   udp/recv.c             receive: recvmmsg (or recvmsg) -> cmsgs -> GRO split -> entries
+ *   udp/send.c             send: messages -> sendmmsg (or sendmsg); send_segments()
+ *   socketset/socketset.h  SocketSet's shared struct and the backends' hooks
+ *   socketset/base.c       SocketSetBase: sockets, errors, the recv/send entry points
+ *   socketset/uring.c      UringSocketSet: multishot RECVMSG, buffer ring, SENDMSG
+ *   socketset/epoll.c      EpollSocketSet: epoll + recvmmsg per ready socket, sendmmsg
+ *   zerocopy/zerocopy.h    zero-copy send's pool, buffers, sender and Completion
+ *   zerocopy/pool.c        ZeroCopyPool and ZeroCopyBuffer: the buffers and their states
+ *   zerocopy/sender.c      ZeroCopyIo: send, acquire, poll, close, setup
+ *   zerocopy/completion.c  the bookkeeping of a send, waiting, ZeroCopyCompletion
+ *   zerocopy/uring.c       io_uring SEND_ZC (fixed buffers) and SENDMSG
+ *   zerocopy/msg.c         sendmsg with MSG_ZEROCOPY (error queue ids) or a plain copy
+ *   ports/layout.h         the shared-memory layout of a port region (the ABI)
+ *   ports/ports.h          ports' process-local structs
+ *   ports/region.c         PortRegion: create, attach and check a region
+ *   ports/claim.c          PortClaim: who holds a port, fork detection
+ *   ports/ring.c           port rings: positions, publish, kick, shared entry points
+ *   ports/wait.c           linger, sleep and wake, watching the peer's process
+ *   ports/tx.c             PortTx: put, claim, put_batch, recv_from
+ *   ports/rx.c             PortRx: rx[i], peek, forward, metadata
+ *   ports/switch.c         SwitchCore: forwarding between ports by key
+ *   napi/napi.h            busy polling and NAPI: the module functions
+ *   napi/napi.c            reuseport BPF, io_uring NAPI, setns
+ *   probe/probe.h          the capability probes
+ *   probe/mmsg.c           probe_mmsg(): sendmmsg/recvmmsg on loopback
+ *   probe/uring.c          probe_uring(): io_uring setup flags, opcodes, buffer rings
+ *
+ * Where a datagram goes: udp/recv.c (or socketset/, or ports/tx.c's
+ * recv_from) puts it into a PacketBatch (batch/); udp/send.c,
+ * socketset/ or zerocopy/ send it; ports/ carry it between processes.
  */
-#include "burstio.h"
-
-static PyMethodDef bio_module_methods[] = {
-    {"probe_mmsg", bio_probe_mmsg, METH_NOARGS,
-     "probe_mmsg() -> dict: try sendmmsg and recvmmsg on loopback"},
-    {"probe_uring", bio_probe_uring, METH_NOARGS,
-     "probe_uring() -> dict: try io_uring setup flags, opcodes, buffer rings"},
-    {NULL, NULL, 0, NULL},
-};
+#include "batch/batch.h"
+#include "core/core.h"
+#include "napi/napi.h"
+#include "ports/ports.h"
+#include "probe/probe.h"
+#include "socketset/socketset.h"
+#include "udp/udp.h"
+#include "zerocopy/zerocopy.h"
 
 static struct PyModuleDef bio_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "burstio._native",
     .m_doc = "burstio's C core: syscalls and memory. Private; use burstio.",
     .m_size = -1,
-    .m_methods = bio_module_methods,
 };
 
 PyMODINIT_FUNC
@@ -38,10 +69,10 @@ PyInit__native(void)
     PyObject *m = PyModule_Create(&bio_module);
     if (m == NULL)
         return NULL;
-    if (bio_memory_init_type(m) < 0 || bio_batch_init_type(m) < 0 ||
-        bio_udp_init_type(m) < 0 || bio_ring_init_types(m) < 0 ||
-        bio_zerocopy_init_types(m) < 0 || bio_shmring_init_types(m) < 0 ||
-        bio_napi_init(m) < 0) {
+    if (bio_constants_init(m) < 0 || bio_probe_init(m) < 0 || bio_memory_init_type(m) < 0 ||
+        bio_batch_init_type(m) < 0 || bio_udp_init_type(m) < 0 ||
+        bio_socketset_init_types(m) < 0 || bio_zerocopy_init_types(m) < 0 ||
+        bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

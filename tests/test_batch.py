@@ -314,14 +314,14 @@ BAD_ADDRESSES = [
     (("", 1), ValueError, "address host must be a numeric IPv4 or IPv6 address, got ''"),
     (("127.0.0.1", "80"), TypeError, "address port must be int, got str"),
     (("127.0.0.1", 80.0), TypeError, "address port must be int, got float"),
-    (("127.0.0.1", 65536), ValueError, "address port must be 0-65535, got 65536"),
-    (("127.0.0.1", -1), ValueError, "address port must be 0-65535, got -1"),
-    (("127.0.0.1", 1 << 70), ValueError, f"address port must be 0-65535, got {1 << 70}"),
+    (("127.0.0.1", 65536), ValueError, "address port must be between 0 and 65535, got 65536"),
+    (("127.0.0.1", -1), ValueError, "address port must be between 0 and 65535, got -1"),
+    (("127.0.0.1", 1 << 70), ValueError, f"address port must be between 0 and 65535, got {1 << 70}"),
     (("127.0.0.1", 1, 0, 0), ValueError, "a 4-item address is IPv6, but host '127.0.0.1' is IPv4"),
-    (("::1", 1, 1 << 20, 0), ValueError, "address flowinfo must be 0-1048575, got 1048576"),
+    (("::1", 1, 1 << 20, 0), ValueError, "address flowinfo must be between 0 and 1048575, got 1048576"),
     (("::1", 1, "0", 0), TypeError, "address flowinfo must be int, got str"),
-    (("::1", 1, 0, 1 << 32), ValueError, "address scope_id must be 0-4294967295, got 4294967296"),
-    (("::1", 1, 0, -1), ValueError, "address scope_id must be 0-4294967295, got -1"),
+    (("::1", 1, 0, 1 << 32), ValueError, "address scope_id must be between 0 and 4294967295, got 4294967296"),
+    (("::1", 1, 0, -1), ValueError, "address scope_id must be between 0 and 4294967295, got -1"),
 ]
 
 

@@ -453,7 +453,7 @@ class SocketSetContract:
         cl.close()
         assert sset.recv_stream(i, buf, 3, 1.0) == 3  # what was left
         assert sset.recv_stream(i, buf, 3, 1.0) == 0  # end of stream
-        with pytest.raises(ValueError, match=re.escape("min_bytes must be between 1 and len(buffer) = 64, got 65")):
+        with pytest.raises(ValueError, match=re.escape("min_bytes must be between 1 and 64, got 65")):
             sset.recv_stream(i, buf, 65)
 
     # ---- bad input -----------------------------------------------------

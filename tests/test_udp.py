@@ -622,7 +622,7 @@ class BackendContract:
             tx.send_segments(b"abc", True)
         with pytest.raises(TypeError, match=re.escape("segment_size must be int, got float")):
             tx.send_segments(b"abc", 1.5)
-        with pytest.raises(ValueError, match=re.escape("address port must be 0-65535, got 70000")):
+        with pytest.raises(ValueError, match=re.escape("address port must be between 0 and 65535, got 70000")):
             tx.send_segments(b"abc", 1, (V4, 70000))
 
     def test_send_segments_error(self):

@@ -1,12 +1,13 @@
 /* UringSocketSet: receive from, and send on, many UDP sockets with io_uring.
  *
- * Receive: every socket has one multishot RECVMSG armed, all drawing from
- * one provided-buffer ring. A datagram on any socket becomes a completion
- * (CQE) holding a buffer; recv_batch() copies it into the caller's batch
- * (entry j <- slot j, batch.sockets[j] <- socket index) and hands the buffer
- * straight back to the kernel. A multishot that ends (an error, ENOBUFS when
- * the buffers ran out) is re-armed on the next call; its error is queued for
- * take_errors() and no other socket's data is touched.
+ * Receive (where a datagram goes): every socket has one multishot RECVMSG
+ * armed, all drawing from one buffer ring (the provided buffers). A datagram
+ * on any socket becomes a completion (CQE) holding a buffer; recv_batch()
+ * copies it into the caller's batch (entry j <- slot j, batch.sockets[j] <-
+ * socket index) and hands the buffer straight back to the kernel. A
+ * multishot that ends (an error, ENOBUFS when the buffers ran out) is
+ * re-armed on the next call; its error is queued for take_errors() and no
+ * other socket's data is touched.
  *
  * Send: one SENDMSG (MSG_DONTWAIT: a full socket fails at once with EAGAIN
  * instead of leaving a send pending) per message and socket, submitted as
@@ -17,7 +18,7 @@
  * a completion of an old socket or an old call is never taken for a new one;
  * an index (socket, or (socket, message) pair) in the low 32 bits.
  */
-#include "burstio.h"
+#include "socketset/socketset.h"
 
 #include <errno.h>
 #include <liburing.h>
@@ -28,13 +29,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef IORING_SETUP_SINGLE_ISSUER
-#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
-#endif
-#ifndef IORING_SETUP_DEFER_TASKRUN
-#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
-#endif
-
 enum { BIO_OP_RECV = 1, BIO_OP_SEND = 2, BIO_OP_CANCEL = 3, BIO_OP_STREAM = 4,
        BIO_OP_STREAM_TIMEOUT = 5 };
 #define BIO_UD(op, mid, idx) \
@@ -43,49 +37,49 @@ enum { BIO_OP_RECV = 1, BIO_OP_SEND = 2, BIO_OP_CANCEL = 3, BIO_OP_STREAM = 4,
 #define BIO_UD_MID(ud) ((uint32_t)(((ud) >> 32) & 0xffffff))
 #define BIO_UD_IDX(ud) ((uint32_t)(ud))
 #define BIO_GEN(g) ((g) & 0xffffff)
-#define BIO_URING_MAX_SOCKETS 65536
+#define BIO_URINGSET_MAX_SOCKETS 65536
 
 typedef struct {
-    BioRingBase base;
-    struct io_uring ring;
+    BioSocketSet base;
+    struct io_uring uring;
     int ready;
-    int ring_fd;      /* for IORING_REGISTER_NAPI (burstio.napi.busypoll) */
+    int uring_fd;     /* for IORING_REGISTER_NAPI (burstio.napi.busypoll) */
     unsigned flags;   /* setup flags in effect */
-    pid_t owner;      /* SINGLE_ISSUER: the thread that may use the ring */
-    struct io_uring_buf_ring *br;
-    size_t br_bytes;
+    pid_t owner;      /* SINGLE_ISSUER: the thread that may use the io_uring */
+    struct io_uring_buf_ring *bufring; /* buffer ring: the provided buffers */
+    size_t bufring_bytes;
     unsigned char *bufs;
     unsigned nbufs, buf_size, recycled;
     struct msghdr rx_hdr;
     struct io_uring_cqe *stash; /* receive CQEs met while waiting for sends */
     unsigned nstash, stash_cap;
-} BioUring;
+} BioUringSet;
 
 /* What reaping completions feeds: a batch to fill (or NULL: keep receives
  * for later), the send or stream receive in progress. */
 typedef struct {
     BioBatch *b;
     Py_ssize_t n;
-    BioRingSend *send;
-    BioRingStream *stream;
-} BioReap;
+    BioSocketSetSend *send;
+    BioSocketSetStream *stream;
+} BioUringReap;
 
-static PyTypeObject BioUring_Type;
-static int bio_uring_check(BioRingBase *base);
-static int bio_uring_recv_nogil(void *arg);
-static int bio_uring_send_nogil(void *arg);
-static int bio_uring_stream_nogil(void *arg);
-static void bio_uring_stream_abort_nogil(void *arg);
+static PyTypeObject BioUringSet_Type;
+static int bio_uringset_check(BioSocketSet *base);
+static int bio_uringset_recv_nogil(void *arg);
+static int bio_uringset_send_nogil(void *arg);
+static int bio_uringset_stream_nogil(void *arg);
+static void bio_uringset_stream_abort_nogil(void *arg);
 
 /* ---- setup ------------------------------------------------------------- */
 
-/* Set up the ring. Default: SINGLE_ISSUER|DEFER_TASKRUN (the kernel does
+/* Set up the io_uring. Default: SINGLE_ISSUER|DEFER_TASKRUN (the kernel does
  * receive work only when we ask for events: cheapest, and inside our
  * calls). single_wakeup: COOP_TASKRUN instead, so a min_datagrams wait is
  * counted in the kernel and wakes us once. sqpoll: a submission thread.
  * Falls back to fewer flags on older kernels. 0 or -errno. */
 static int
-bio_uring_setup(BioUring *r, unsigned cq_entries, int sqpoll, int single_wakeup)
+bio_uringset_setup(BioUringSet *r, unsigned cq_entries, int sqpoll, int single_wakeup)
 {
     const unsigned si = IORING_SETUP_SINGLE_ISSUER, tf = IORING_SETUP_TASKRUN_FLAG;
     unsigned tries[4] = {si | IORING_SETUP_DEFER_TASKRUN | tf, si | IORING_SETUP_DEFER_TASKRUN,
@@ -103,71 +97,73 @@ bio_uring_setup(BioUring *r, unsigned cq_entries, int sqpoll, int single_wakeup)
         p.flags = tries[i] | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
         p.cq_entries = cq_entries;
         p.sq_thread_idle = 50;
-        err = io_uring_queue_init_params(256, &r->ring, &p);
+        err = io_uring_queue_init_params(256, &r->uring, &p);
         if (err == 0)
             r->flags = tries[i];
     }
     return err;
 }
 
-/* mmap the provided-buffer ring and its buffers, register them as group 0
+/* mmap the buffer ring and its buffers, register them as group 0
  * and hand every buffer to the kernel. 0 or -errno. */
 static int
-bio_uring_setup_buffers(BioUring *r)
+bio_uringset_setup_buffers(BioUringSet *r)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    r->br_bytes = (r->nbufs * sizeof(struct io_uring_buf) + page - 1) / page * page;
-    void *br = mmap(NULL, r->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (br == MAP_FAILED)
+    r->bufring_bytes = (r->nbufs * sizeof(struct io_uring_buf) + page - 1) / page * page;
+    void *bufring = mmap(NULL, r->bufring_bytes, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (bufring == MAP_FAILED)
         return -errno;
-    r->br = br;
+    r->bufring = bufring;
     void *bufs = mmap(NULL, (size_t)r->nbufs * r->buf_size, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (bufs == MAP_FAILED)
         return -errno;
     r->bufs = bufs;
-    io_uring_buf_ring_init(r->br);
+    io_uring_buf_ring_init(r->bufring);
     struct io_uring_buf_reg reg;
     memset(&reg, 0, sizeof(reg));
-    reg.ring_addr = (unsigned long)r->br;
+    reg.ring_addr = (unsigned long)r->bufring;
     reg.ring_entries = r->nbufs;
-    int err = io_uring_register_buf_ring(&r->ring, &reg, 0);
+    int err = io_uring_register_buf_ring(&r->uring, &reg, 0);
     if (err < 0)
         return err;
     int mask = io_uring_buf_ring_mask(r->nbufs);
     for (unsigned i = 0; i < r->nbufs; i++)
-        io_uring_buf_ring_add(r->br, r->bufs + (size_t)i * r->buf_size, r->buf_size,
+        io_uring_buf_ring_add(r->bufring, r->bufs + (size_t)i * r->buf_size, r->buf_size,
                               (unsigned short)i, mask, (int)i);
-    io_uring_buf_ring_advance(r->br, (int)r->nbufs);
+    io_uring_buf_ring_advance(r->bufring, (int)r->nbufs);
     return 0;
 }
 
 static int
-bio_uring_check_args(int max_sockets, int nbufs, int buf_size)
+bio_uringset_check_args(int max_sockets, int nbufs, int buf_size)
 {
     int pow2 = nbufs > 0 && (nbufs & (nbufs - 1)) == 0;
-    if (max_sockets < 1 || max_sockets > BIO_URING_MAX_SOCKETS || !pow2 || nbufs > 32768 ||
+    if (max_sockets < 1 || max_sockets > BIO_URINGSET_MAX_SOCKETS || !pow2 || nbufs > 32768 ||
         buf_size < 128 || buf_size > (1 << 20)) {
         PyErr_Format(PyExc_ValueError,
                      "need 1 <= max_sockets <= %d (got %d), buffers a power of two <= 32768 "
                      "(got %d), 128 <= buffer_size <= 1048576 (got %d)",
-                     BIO_URING_MAX_SOCKETS, max_sockets, nbufs, buf_size);
+                     BIO_URINGSET_MAX_SOCKETS, max_sockets, nbufs, buf_size);
         return -1;
     }
     return 0;
 }
 
 static PyObject *
-bio_uring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"max_sockets", "buffers", "buffer_size", "sqpoll", "single_wakeup", NULL};
+    static char *kwlist[] = {"max_sockets", "buffers", "buffer_size", "sqpoll", "single_wakeup",
+                             NULL};
     int max_sockets = 1024, nbufs = 4096, buf_size = 2048, sqpoll = 0, single = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|iiipp:UringSocketSet", kwlist, &max_sockets,
                                      &nbufs, &buf_size, &sqpoll, &single) ||
-        bio_uring_check_args(max_sockets, nbufs, buf_size) < 0)
+        bio_uringset_check_args(max_sockets, nbufs, buf_size) < 0)
         return NULL;
-    BioUring *r = (BioUring *)type->tp_alloc(type, 0);
-    if (r == NULL || bio_ringbase_alloc(&r->base, max_sockets) < 0)
+    BioUringSet *r = (BioUringSet *)type->tp_alloc(type, 0);
+    if (r == NULL || bio_socketset_alloc(&r->base, max_sockets) < 0)
         goto fail;
     r->nbufs = (unsigned)nbufs;
     r->buf_size = (unsigned)buf_size;
@@ -177,11 +173,12 @@ bio_uring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto fail;
     }
-    int err = bio_uring_setup(r, 2 * (unsigned)nbufs + 2 * (unsigned)max_sockets, sqpoll, single);
+    unsigned cq_entries = 2 * (unsigned)nbufs + 2 * (unsigned)max_sockets;
+    int err = bio_uringset_setup(r, cq_entries, sqpoll, single);
     if (err == 0) {
         r->ready = 1;
-        r->ring_fd = r->ring.ring_fd;
-        err = bio_uring_setup_buffers(r);
+        r->uring_fd = r->uring.ring_fd;
+        err = bio_uringset_setup_buffers(r);
     }
     if (err < 0) {
         bio_raise_errno(err);
@@ -189,11 +186,11 @@ bio_uring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     r->rx_hdr.msg_namelen = sizeof(struct sockaddr_in6);
     r->owner = (pid_t)syscall(SYS_gettid);
-    r->base.check = bio_uring_check;
-    r->base.recv_nogil = bio_uring_recv_nogil;
-    r->base.send_nogil = bio_uring_send_nogil;
-    r->base.stream_nogil = bio_uring_stream_nogil;
-    r->base.stream_abort_nogil = bio_uring_stream_abort_nogil;
+    r->base.check = bio_uringset_check;
+    r->base.recv_nogil = bio_uringset_recv_nogil;
+    r->base.send_nogil = bio_uringset_send_nogil;
+    r->base.stream_nogil = bio_uringset_stream_nogil;
+    r->base.stream_abort_nogil = bio_uringset_stream_abort_nogil;
     return (PyObject *)r;
 fail:
     Py_XDECREF(r);
@@ -201,23 +198,23 @@ fail:
 }
 
 static void
-bio_uring_dealloc(BioUring *r)
+bio_uringset_dealloc(BioUringSet *r)
 {
     if (r->ready)
-        io_uring_queue_exit(&r->ring);
-    if (r->br != NULL)
-        munmap(r->br, r->br_bytes);
+        io_uring_queue_exit(&r->uring);
+    if (r->bufring != NULL)
+        munmap(r->bufring, r->bufring_bytes);
     if (r->bufs != NULL)
         munmap(r->bufs, (size_t)r->nbufs * r->buf_size);
     PyMem_Free(r->stash);
-    BioRingBase_Type.tp_dealloc((PyObject *)r);
+    BioSocketSet_Type.tp_dealloc((PyObject *)r);
 }
 
 /* ValueError if closed; RuntimeError if SINGLE_ISSUER and not its thread. */
 static int
-bio_uring_check(BioRingBase *base)
+bio_uringset_check(BioSocketSet *base)
 {
-    BioUring *r = (BioUring *)base;
+    BioUringSet *r = (BioUringSet *)base;
     if (!r->ready) {
         PyErr_SetString(PyExc_ValueError, "the socket set is closed");
         return -1;
@@ -235,13 +232,13 @@ bio_uring_check(BioRingBase *base)
 
 /* A free SQE, submitting what is queued if the SQ is full. nogil. */
 static struct io_uring_sqe *
-bio_uring_sqe(BioUring *r)
+bio_uringset_sqe(BioUringSet *r)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
     if (sqe == NULL) {
-        BIO_RCOUNT(r, BIO_R_SYSCALLS, 1);
-        io_uring_submit(&r->ring);
-        sqe = io_uring_get_sqe(&r->ring);
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
+        io_uring_submit(&r->uring);
+        sqe = io_uring_get_sqe(&r->uring);
     }
     return sqe;
 }
@@ -252,34 +249,34 @@ bio_uring_sqe(BioUring *r)
  * (one io_uring_enter doing both returns the submit count instead). 0, or
  * -errno (-ETIME: the deadline passed). nogil. */
 static int
-bio_uring_wait_nogil(BioUring *r, unsigned want, int64_t deadline_ns)
+bio_uringset_wait_nogil(BioUringSet *r, unsigned want, int64_t deadline_ns)
 {
-    if (io_uring_sq_ready(&r->ring)) {
-        BIO_RCOUNT(r, BIO_R_SYSCALLS, 1);
-        int err = io_uring_submit(&r->ring);
+    if (io_uring_sq_ready(&r->uring)) {
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
+        int err = io_uring_submit(&r->uring);
         if (err < 0)
             return err;
     }
-    BIO_RCOUNT(r, BIO_R_SYSCALLS, 1);
+    BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
     struct io_uring_cqe *cqe;
     if (deadline_ns < 0)
-        return io_uring_wait_cqes(&r->ring, &cqe, want, NULL, NULL);
+        return io_uring_wait_cqes(&r->uring, &cqe, want, NULL, NULL);
     int64_t left = deadline_ns - bio_now_ns();
     if (left < 0)
         left = 0;
     struct __kernel_timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
-    return io_uring_wait_cqes(&r->ring, &cqe, want, &ts, NULL);
+    return io_uring_wait_cqes(&r->uring, &cqe, want, &ts, NULL);
 }
 
 /* Arm a multishot RECVMSG on every socket that needs one. nogil. */
 static void
-bio_uring_rearm_nogil(BioUring *r)
+bio_uringset_rearm_nogil(BioUringSet *r)
 {
-    BioRingBase *t = &r->base;
+    BioSocketSet *t = &r->base;
     for (int i = 0; i < t->cap; i++) {
         if (t->state[i] != BIO_SOCK_IDLE)
             continue;
-        struct io_uring_sqe *sqe = bio_uring_sqe(r);
+        struct io_uring_sqe *sqe = bio_uringset_sqe(r);
         if (sqe == NULL)
             return; /* try again next call */
         io_uring_prep_recvmsg_multishot(sqe, t->fds[i], &r->rx_hdr, 0);
@@ -287,32 +284,32 @@ bio_uring_rearm_nogil(BioUring *r)
         sqe->buf_group = 0;
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_RECV, t->gen[i], i));
         t->state[i] = BIO_SOCK_ARMED;
-        BIO_RCOUNT(r, BIO_R_RX_REARMS, 1);
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_REARMS, 1);
     }
 }
 
 /* ---- completions ------------------------------------------------------- */
 
 static void
-bio_uring_recycle(BioUring *r, unsigned bid)
+bio_uringset_recycle(BioUringSet *r, unsigned bid)
 {
-    io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->buf_size, r->buf_size,
+    io_uring_buf_ring_add(r->bufring, r->bufs + (size_t)bid * r->buf_size, r->buf_size,
                           (unsigned short)bid, io_uring_buf_ring_mask(r->nbufs), (int)r->recycled);
     r->recycled++;
 }
 
 static void
-bio_uring_recycle_publish(BioUring *r)
+bio_uringset_recycle_publish(BioUringSet *r)
 {
     if (r->recycled) {
-        io_uring_buf_ring_advance(r->br, (int)r->recycled);
+        io_uring_buf_ring_advance(r->bufring, (int)r->recycled);
         r->recycled = 0;
     }
 }
 
 /* Whether a receive CQE belongs to the socket now in its slot. */
 static int
-bio_uring_current(BioUring *r, const struct io_uring_cqe *cqe)
+bio_uringset_current(BioUringSet *r, const struct io_uring_cqe *cqe)
 {
     uint32_t idx = BIO_UD_IDX(cqe->user_data);
     return idx < (uint32_t)r->base.cap && r->base.state[idx] != BIO_SOCK_FREE &&
@@ -322,22 +319,23 @@ bio_uring_current(BioUring *r, const struct io_uring_cqe *cqe)
 /* A current socket's multishot ended (no F_MORE): re-arm it next call; an
  * error is queued for take_errors(). nogil. */
 static void
-bio_uring_recv_status(BioUring *r, const struct io_uring_cqe *cqe)
+bio_uringset_recv_status(BioUringSet *r, const struct io_uring_cqe *cqe)
 {
-    BioRingBase *t = &r->base;
+    BioSocketSet *t = &r->base;
     uint32_t idx = BIO_UD_IDX(cqe->user_data);
     if (!(cqe->flags & IORING_CQE_F_MORE) && t->state[idx] == BIO_SOCK_ARMED)
         t->state[idx] = BIO_SOCK_IDLE;
     if (cqe->res >= 0)
         return;
     if (cqe->res == -ENOBUFS)
-        BIO_RCOUNT(r, BIO_R_RX_ENOBUFS, 1);
-    bio_ringbase_error_nogil(t, (int)idx, -cqe->res);
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_ENOBUFS, 1);
+    bio_socketset_error_nogil(t, (int)idx, -cqe->res);
 }
 
 /* Copy the datagram of a receive CQE into entry j of b. nogil. */
 static void
-bio_uring_take_datagram(BioUring *r, const struct io_uring_cqe *cqe, BioBatch *b, Py_ssize_t j)
+bio_uringset_take_datagram(BioUringSet *r, const struct io_uring_cqe *cqe, BioBatch *b,
+                           Py_ssize_t j)
 {
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
     unsigned char *buf = r->bufs + (size_t)bid * r->buf_size;
@@ -354,26 +352,26 @@ bio_uring_take_datagram(BioUring *r, const struct io_uring_cqe *cqe, BioBatch *b
         size_t nl = out->namelen < sizeof(b->names[j]) ? out->namelen : sizeof(b->names[j]);
         memcpy(&b->names[j], io_uring_recvmsg_name(out), nl);
     }
-    bio_ring_set_received(b, j, stored, trunc, (int)BIO_UD_IDX(cqe->user_data));
-    bio_uring_recycle(r, bid);
-    BIO_RCOUNT(r, BIO_R_RX_DATAGRAMS, 1);
-    BIO_RCOUNT(r, BIO_R_RX_BYTES, stored);
+    bio_socketset_set_received(b, j, stored, trunc, (int)BIO_UD_IDX(cqe->user_data));
+    bio_uringset_recycle(r, bid);
+    BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_DATAGRAMS, 1);
+    BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
     if (trunc)
-        BIO_RCOUNT(r, BIO_R_RX_TRUNCATED, 1);
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_TRUNCATED, 1);
 }
 
 /* Handle a receive CQE: its datagram into rp->b if there is room (0: the
  * batch is full, leave the CQE), or kept for later (no batch), or dropped
  * (a removed socket's). nogil. */
 static int
-bio_uring_on_recv(BioUring *r, const struct io_uring_cqe *cqe, BioReap *rp)
+bio_uringset_on_recv(BioUringSet *r, const struct io_uring_cqe *cqe, BioUringReap *rp)
 {
-    int current = bio_uring_current(r, cqe);
+    int current = bio_uringset_current(r, cqe);
     int data = cqe->res >= 0 && (cqe->flags & IORING_CQE_F_BUFFER);
     uint32_t idx = BIO_UD_IDX(cqe->user_data);
     if (current && r->base.state[idx] == BIO_SOCK_REMOVING) {
         if (data) /* a last datagram of a socket being removed: not wanted */
-            bio_uring_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            bio_uringset_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         if (!(cqe->flags & IORING_CQE_F_MORE))
             r->base.state[idx] = BIO_SOCK_IDLE; /* the kernel has let go */
         return 1;
@@ -384,19 +382,19 @@ bio_uring_on_recv(BioUring *r, const struct io_uring_cqe *cqe, BioReap *rp)
     if (data && current && rp->b == NULL && r->nstash >= r->stash_cap)
         return 0; /* cannot happen: one CQE per buffer */
     if (current)
-        bio_uring_recv_status(r, cqe);
+        bio_uringset_recv_status(r, cqe);
     if (data && current && rp->b != NULL)
-        bio_uring_take_datagram(r, cqe, rp->b, rp->n++);
+        bio_uringset_take_datagram(r, cqe, rp->b, rp->n++);
     else if (data && current)
         r->stash[r->nstash++] = *cqe; /* keeps its buffer until recv_batch */
     else if (data)
-        bio_uring_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        bio_uringset_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     return 1;
 }
 
 /* Send and stream completions of the call in progress (others are stale). */
 static void
-bio_uring_on_other(BioUring *r, const struct io_uring_cqe *cqe, BioReap *rp)
+bio_uringset_on_other(BioUringSet *r, const struct io_uring_cqe *cqe, BioUringReap *rp)
 {
     unsigned op = BIO_UD_OP(cqe->user_data);
     if (op == BIO_OP_CANCEL)
@@ -416,38 +414,38 @@ bio_uring_on_other(BioUring *r, const struct io_uring_cqe *cqe, BioReap *rp)
 
 /* Consume the CQEs that are ready. nogil. */
 static void
-bio_uring_reap_nogil(BioUring *r, BioReap *rp)
+bio_uringset_reap_nogil(BioUringSet *r, BioUringReap *rp)
 {
     struct io_uring_cqe *cqe;
     unsigned head, seen = 0;
-    io_uring_for_each_cqe(&r->ring, head, cqe) {
+    io_uring_for_each_cqe(&r->uring, head, cqe) {
         if (BIO_UD_OP(cqe->user_data) == BIO_OP_RECV) {
-            if (!bio_uring_on_recv(r, cqe, rp))
+            if (!bio_uringset_on_recv(r, cqe, rp))
                 break;
         } else {
-            bio_uring_on_other(r, cqe, rp);
+            bio_uringset_on_other(r, cqe, rp);
         }
         seen++;
     }
-    io_uring_cq_advance(&r->ring, seen);
-    bio_uring_recycle_publish(r);
+    io_uring_cq_advance(&r->uring, seen);
+    bio_uringset_recycle_publish(r);
 }
 
 /* Move kept receive CQEs into b. nogil. */
 static void
-bio_uring_unstash(BioUring *r, BioBatch *b, Py_ssize_t *n)
+bio_uringset_unstash(BioUringSet *r, BioBatch *b, Py_ssize_t *n)
 {
     unsigned used = 0;
-    while (used < r->nstash && *n < bio_ring_room(b)) {
+    while (used < r->nstash && *n < bio_socketset_room(b)) {
         const struct io_uring_cqe *cqe = &r->stash[used++];
-        if (bio_uring_current(r, cqe))
-            bio_uring_take_datagram(r, cqe, b, (*n)++);
+        if (bio_uringset_current(r, cqe))
+            bio_uringset_take_datagram(r, cqe, b, (*n)++);
         else
-            bio_uring_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            bio_uringset_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     }
     memmove(r->stash, r->stash + used, (r->nstash - used) * sizeof(*r->stash));
     r->nstash -= used;
-    bio_uring_recycle_publish(r);
+    bio_uringset_recycle_publish(r);
 }
 
 /* ---- receive ----------------------------------------------------------- */
@@ -455,27 +453,27 @@ bio_uring_unstash(BioUring *r, BioBatch *b, Py_ssize_t *n)
 /* Whether the kernel holds completion work or overflowed completions for
  * us (only known with TASKRUN_FLAG; else assume not). */
 static int
-bio_uring_work_pending(BioUring *r)
+bio_uringset_work_pending(BioUringSet *r)
 {
-    if (io_uring_cq_has_overflow(&r->ring))
+    if (io_uring_cq_has_overflow(&r->uring))
         return 1;
     if (!(r->flags & IORING_SETUP_TASKRUN_FLAG))
         return 0;
-    return (IO_URING_READ_ONCE(*r->ring.sq.kflags) & IORING_SQ_TASKRUN) != 0;
+    return (IO_URING_READ_ONCE(*r->uring.sq.kflags) & IORING_SQ_TASKRUN) != 0;
 }
 
 /* Take every completion there is, up to the batch's room: the kernel runs
  * only so much deferred work per entry (about 20 items unless asked for
  * more), so ask for as many as there is room. nogil. */
 static int
-bio_uring_take_all_nogil(BioUring *r, BioReap *rp, Py_ssize_t room)
+bio_uringset_take_all_nogil(BioUringSet *r, BioUringReap *rp, Py_ssize_t room)
 {
-    bio_uring_reap_nogil(r, rp);
-    while (rp->n < room && (bio_uring_work_pending(r) || io_uring_sq_ready(&r->ring))) {
+    bio_uringset_reap_nogil(r, rp);
+    while (rp->n < room && (bio_uringset_work_pending(r) || io_uring_sq_ready(&r->uring))) {
         Py_ssize_t before = rp->n;
         int nerr = r->base.nerr;
-        int err = bio_uring_wait_nogil(r, (unsigned)(room - rp->n), 0 /* do not sleep */);
-        bio_uring_reap_nogil(r, rp);
+        int err = bio_uringset_wait_nogil(r, (unsigned)(room - rp->n), 0 /* do not sleep */);
+        bio_uringset_reap_nogil(r, rp);
         if (err < 0 && err != -ETIME)
             return err;
         if (rp->n == before && r->base.nerr == nerr)
@@ -488,19 +486,19 @@ bio_uring_take_all_nogil(BioUring *r, BioReap *rp, Py_ssize_t room)
  * With DEFER_TASKRUN the kernel wakes a waiter by counting pending work
  * items, and one multishot receive is one item however many datagrams it
  * carries: wait for one, take what came, wait again (one entry per arrival
- * burst, no return to Python). Other rings count completions in the kernel
+ * burst, no return to Python). Other setups count completions in the kernel
  * and wake once. 0 or -errno. nogil. */
 static int
-bio_uring_wait_for_nogil(BioUring *r, BioRingRecv *c, BioReap *rp, Py_ssize_t want,
-                         int64_t deadline)
+bio_uringset_wait_for_nogil(BioUringSet *r, BioSocketSetRecv *c, BioUringReap *rp, Py_ssize_t want,
+                            int64_t deadline)
 {
-    Py_ssize_t room = bio_ring_room(c->b);
+    Py_ssize_t room = bio_socketset_room(c->b);
     while (rp->n + (r->base.nerr - c->errors0) < want && rp->n < room) {
         Py_ssize_t have = rp->n + (r->base.nerr - c->errors0);
         unsigned nr = (r->flags & IORING_SETUP_DEFER_TASKRUN) ? 1 : (unsigned)(want - have);
-        int err = bio_uring_wait_nogil(r, nr, deadline);
+        int err = bio_uringset_wait_nogil(r, nr, deadline);
         if (err == 0 || err == -ETIME) {
-            int taken = bio_uring_take_all_nogil(r, rp, room);
+            int taken = bio_uringset_take_all_nogil(r, rp, room);
             if (taken < 0)
                 err = taken;
         }
@@ -517,20 +515,20 @@ bio_uring_wait_for_nogil(BioUring *r, BioRingRecv *c, BioReap *rp, Py_ssize_t wa
  * then, if nothing came, for one datagram until the timeout. Errors that
  * arrive count as arrivals. 0 or -errno (EINTR: resumable). nogil. */
 static int
-bio_uring_recv_nogil(void *arg)
+bio_uringset_recv_nogil(void *arg)
 {
-    BioRingRecv *c = arg;
-    BioUring *r = (BioUring *)c->r;
-    BioReap rp = {.b = c->b, .n = c->n};
-    bio_uring_rearm_nogil(r);
-    bio_uring_unstash(r, c->b, &rp.n);
-    int err = bio_uring_take_all_nogil(r, &rp, bio_ring_room(c->b));
+    BioSocketSetRecv *c = arg;
+    BioUringSet *r = (BioUringSet *)c->r;
+    BioUringReap rp = {.b = c->b, .n = c->n};
+    bio_uringset_rearm_nogil(r);
+    bio_uringset_unstash(r, c->b, &rp.n);
+    int err = bio_uringset_take_all_nogil(r, &rp, bio_socketset_room(c->b));
     c->n = rp.n;
     if (err == 0)
-        err = bio_uring_wait_for_nogil(r, c, &rp, c->want, c->watermark_deadline);
+        err = bio_uringset_wait_for_nogil(r, c, &rp, c->want, c->watermark_deadline);
     if (err == 0 && rp.n + (r->base.nerr - c->errors0) == 0 &&
         c->first_deadline != c->watermark_deadline)
-        err = bio_uring_wait_for_nogil(r, c, &rp, 1, c->first_deadline);
+        err = bio_uringset_wait_for_nogil(r, c, &rp, 1, c->first_deadline);
     c->n = rp.n;
     return err;
 }
@@ -542,31 +540,31 @@ bio_uring_recv_nogil(void *arg)
  * nothing more is queued. Receive completions met on the way are kept for
  * recv_batch. 0 or -errno (EINTR: resumable). nogil. */
 static int
-bio_uring_send_nogil(void *arg)
+bio_uringset_send_nogil(void *arg)
 {
-    BioRingSend *c = arg;
-    BioUring *r = (BioUring *)c->r;
+    BioSocketSetSend *c = arg;
+    BioUringSet *r = (BioUringSet *)c->r;
     BioBatch *b = c->b;
-    BioReap rp = {.send = c};
+    BioUringReap rp = {.send = c};
     while (!c->stopping && c->queued < c->total) {
-        if (io_uring_sq_space_left(&r->ring) == 0) {
-            BIO_RCOUNT(r, BIO_R_SYSCALLS, 1);
-            int err = io_uring_submit(&r->ring);
-            bio_uring_reap_nogil(r, &rp);
+        if (io_uring_sq_space_left(&r->uring) == 0) {
+            BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
+            int err = io_uring_submit(&r->uring);
+            bio_uringset_reap_nogil(r, &rp);
             if (err < 0)
                 return err;
             continue;
         }
         Py_ssize_t k = c->queued / c->m, i = c->queued % c->m;
         int fd = c->group_fds ? c->group_fds[k] : r->base.fds[b->sockets[b->msg_entry[i]]];
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
         io_uring_prep_sendmsg(sqe, fd, &b->msgs[i].msg_hdr, MSG_DONTWAIT);
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_SEND, r->base.call_gen, c->queued));
         c->queued++;
     }
     while (c->done < c->queued) {
-        int err = bio_uring_wait_nogil(r, 1, -1);
-        bio_uring_reap_nogil(r, &rp);
+        int err = bio_uringset_wait_nogil(r, 1, -1);
+        bio_uringset_reap_nogil(r, &rp);
         if (err < 0)
             return err;
     }
@@ -579,9 +577,9 @@ bio_uring_send_nogil(void *arg)
  * wake-up when the watermark is met or the time is up (a cancelled RECV
  * reports the bytes it got). -errno if no SQE. nogil. */
 static int
-bio_uring_stream_queue(BioUring *r, BioRingStream *c)
+bio_uringset_stream_queue(BioUringSet *r, BioSocketSetStream *c)
 {
-    struct io_uring_sqe *sqe = bio_uring_sqe(r);
+    struct io_uring_sqe *sqe = bio_uringset_sqe(r);
     if (sqe == NULL)
         return -EBUSY;
     io_uring_prep_recv(sqe, c->fd, c->buf, c->want, MSG_WAITALL);
@@ -589,15 +587,15 @@ bio_uring_stream_queue(BioUring *r, BioRingStream *c)
     c->timeout_seen = c->timeout_ns < 0;
     if (c->timeout_ns >= 0) {
         sqe->flags |= IOSQE_IO_LINK;
-        struct io_uring_sqe *t = bio_uring_sqe(r);
+        struct io_uring_sqe *t = bio_uringset_sqe(r);
         if (t == NULL)
             return -EBUSY;
         struct __kernel_timespec ts = {.tv_sec = c->timeout_ns / 1000000000,
                                        .tv_nsec = c->timeout_ns % 1000000000};
         io_uring_prep_link_timeout(t, &ts, 0);
         io_uring_sqe_set_data64(t, BIO_UD(BIO_OP_STREAM_TIMEOUT, r->base.call_gen, 0));
-        BIO_RCOUNT(r, BIO_R_SYSCALLS, 1);
-        io_uring_submit(&r->ring); /* now, while ts is alive */
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
+        io_uring_submit(&r->uring); /* now, while ts is alive */
     }
     c->queued = 1;
     return 0;
@@ -605,19 +603,19 @@ bio_uring_stream_queue(BioUring *r, BioRingStream *c)
 
 /* 0 (c->got: bytes or -errno) or -errno (EINTR: resumable). nogil. */
 static int
-bio_uring_stream_nogil(void *arg)
+bio_uringset_stream_nogil(void *arg)
 {
-    BioRingStream *c = arg;
-    BioUring *r = (BioUring *)c->r;
-    BioReap rp = {.stream = c};
+    BioSocketSetStream *c = arg;
+    BioUringSet *r = (BioUringSet *)c->r;
+    BioUringReap rp = {.stream = c};
     if (!c->queued) {
-        int err = bio_uring_stream_queue(r, c);
+        int err = bio_uringset_stream_queue(r, c);
         if (err < 0)
             return err;
     }
     while (!c->result_seen || !c->timeout_seen) {
-        int err = bio_uring_wait_nogil(r, 1, -1);
-        bio_uring_reap_nogil(r, &rp);
+        int err = bio_uringset_wait_nogil(r, 1, -1);
+        bio_uringset_reap_nogil(r, &rp);
         if (err < 0)
             return err;
     }
@@ -629,53 +627,53 @@ bio_uring_stream_nogil(void *arg)
 /* Cancel a queued stream receive and wait until the kernel is done with
  * the buffer (signals ignored: the buffer's owner is about to let go). */
 static void
-bio_uring_stream_abort_nogil(void *arg)
+bio_uringset_stream_abort_nogil(void *arg)
 {
-    BioRingStream *c = arg;
-    BioUring *r = (BioUring *)c->r;
-    struct io_uring_sqe *sqe = bio_uring_sqe(r);
+    BioSocketSetStream *c = arg;
+    BioUringSet *r = (BioUringSet *)c->r;
+    struct io_uring_sqe *sqe = bio_uringset_sqe(r);
     if (sqe != NULL) {
         io_uring_prep_cancel64(sqe, BIO_UD(BIO_OP_STREAM, r->base.call_gen, 0), 0);
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_CANCEL, 0, 0));
     }
-    BioReap rp = {.stream = c};
+    BioUringReap rp = {.stream = c};
     while (!c->result_seen || !c->timeout_seen) {
-        bio_uring_wait_nogil(r, 1, -1);
-        bio_uring_reap_nogil(r, &rp);
+        bio_uringset_wait_nogil(r, 1, -1);
+        bio_uringset_reap_nogil(r, &rp);
     }
 }
 
 /* ---- sockets ----------------------------------------------------------- */
 
 static PyObject *
-bio_uring_add(BioUring *r, PyObject *args, PyObject *kwds)
+bio_uringset_add(BioUringSet *r, PyObject *args, PyObject *kwds)
 {
     int fd, stream;
-    if (bio_ringbase_add_args(args, kwds, &fd, &stream) < 0 || bio_ringbase_usable(&r->base) < 0)
+    if (bio_socketset_add_args(args, kwds, &fd, &stream) < 0 || bio_socketset_usable(&r->base) < 0)
         return NULL;
-    int idx = bio_ringbase_take_slot(&r->base, fd);
+    int idx = bio_socketset_take_slot(&r->base, fd);
     if (idx >= 0 && stream)
         r->base.state[idx] = BIO_SOCK_STREAM;
     return idx < 0 ? NULL : PyLong_FromLong(idx);
 }
 
 typedef struct {
-    BioUring *r;
+    BioUringSet *r;
     int idx;
-} BioUringCancel;
+} BioUringSetCancel;
 
 /* Wait until the cancelled receive of socket c->idx has completed (keeping
  * other sockets' datagrams met on the way): then the kernel no longer holds
  * the socket. 0 or -errno (EINTR: resumable). nogil. */
 static int
-bio_uring_cancel_wait_nogil(void *arg)
+bio_uringset_cancel_wait_nogil(void *arg)
 {
-    BioUringCancel *c = arg;
-    BioReap rp = {.b = NULL};
-    bio_uring_reap_nogil(c->r, &rp);
+    BioUringSetCancel *c = arg;
+    BioUringReap rp = {.b = NULL};
+    bio_uringset_reap_nogil(c->r, &rp);
     while (c->r->base.state[c->idx] == BIO_SOCK_REMOVING) {
-        int err = bio_uring_wait_nogil(c->r, 1, -1);
-        bio_uring_reap_nogil(c->r, &rp);
+        int err = bio_uringset_wait_nogil(c->r, 1, -1);
+        bio_uringset_reap_nogil(c->r, &rp);
         if (err < 0)
             return err;
     }
@@ -686,48 +684,48 @@ bio_uring_cancel_wait_nogil(void *arg)
  * it, and free its slot (closing our descriptor). Later CQEs of the old
  * socket are recognised as stale by their generation. */
 static PyObject *
-bio_uring_remove(BioUring *r, PyObject *arg)
+bio_uringset_remove(BioUringSet *r, PyObject *arg)
 {
     int idx;
-    if (bio_ringbase_usable(&r->base) < 0 || bio_ringbase_index(&r->base, arg, &idx) < 0)
+    if (bio_socketset_usable(&r->base) < 0 || bio_socketset_index(&r->base, arg, &idx) < 0)
         return NULL;
     if (r->base.state[idx] == BIO_SOCK_ARMED) {
-        struct io_uring_sqe *sqe = bio_uring_sqe(r);
+        struct io_uring_sqe *sqe = bio_uringset_sqe(r);
         if (sqe == NULL)
             return bio_raise_errno(-EBUSY);
         io_uring_prep_cancel64(sqe, BIO_UD(BIO_OP_RECV, r->base.gen[idx], idx), 0);
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_CANCEL, 0, idx));
         r->base.state[idx] = BIO_SOCK_REMOVING;
-        BioUringCancel c = {r, idx};
+        BioUringSetCancel c = {r, idx};
         r->base.busy = 1;
-        int err = bio_nogil_retry(bio_uring_cancel_wait_nogil, &c);
+        int err = bio_nogil_retry(bio_uringset_cancel_wait_nogil, &c);
         r->base.busy = 0;
         if (err == -EINTR)
             return NULL;
         if (err < 0)
             return bio_raise_errno(err);
     }
-    bio_ringbase_free_slot(&r->base, idx);
+    bio_socketset_free_slot(&r->base, idx);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-bio_uring_close(BioUring *r, PyObject *Py_UNUSED(ignored))
+bio_uringset_close(BioUringSet *r, PyObject *Py_UNUSED(ignored))
 {
-    if (r->base.busy) { /* e.g. a signal handler closing the ring mid-call */
-        bio_ringbase_usable(&r->base); /* sets the RuntimeError */
+    if (r->base.busy) { /* e.g. a signal handler closing the set mid-call */
+        bio_socketset_usable(&r->base); /* sets the RuntimeError */
         return NULL;
     }
     if (r->ready) {
-        io_uring_queue_exit(&r->ring);
+        io_uring_queue_exit(&r->uring);
         r->ready = 0;
     }
-    bio_ringbase_free_all(&r->base);
+    bio_socketset_free_all(&r->base);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-bio_uring_describe(BioUring *r, PyObject *Py_UNUSED(ignored))
+bio_uringset_describe(BioUringSet *r, PyObject *Py_UNUSED(ignored))
 {
     const char *mode = (r->flags & IORING_SETUP_SQPOLL) ? "SQPOLL"
                        : (r->flags & IORING_SETUP_DEFER_TASKRUN) ? "SINGLE_ISSUER|DEFER_TASKRUN"
@@ -740,43 +738,44 @@ bio_uring_describe(BioUring *r, PyObject *Py_UNUSED(ignored))
 
 /* ---- the type ---------------------------------------------------------- */
 
-static PyMethodDef bio_uring_methods[] = {
-    {"add", (PyCFunction)(void (*)(void))bio_uring_add, METH_VARARGS | METH_KEYWORDS,
-     "add(sock, stream=False) -> index (the ring keeps its own descriptor; "
-     "stream: for recv_stream only)"},
-    {"remove", (PyCFunction)bio_uring_remove, METH_O,
-     "remove(index): stop receiving on that socket and free its index"},
-    {"close", (PyCFunction)bio_uring_close, METH_NOARGS, "close(): tear the ring down"},
-    {"describe", (PyCFunction)bio_uring_describe, METH_NOARGS, "describe() -> str"},
+static PyMethodDef bio_uringset_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))bio_uringset_add, METH_VARARGS | METH_KEYWORDS,
+     "add($self, /, sock, stream=False)\n--\n\n"
+     "Add a socket; returns its index (the set keeps its own descriptor;\n"
+     "stream: for recv_stream only)."},
+    {"remove", (PyCFunction)bio_uringset_remove, METH_O,
+     "remove($self, index, /)\n--\n\nStop receiving on that socket and free its index."},
+    {"close", (PyCFunction)bio_uringset_close, METH_NOARGS,
+     "close($self, /)\n--\n\nTear the io_uring down and close the set's descriptors."},
+    {"describe", (PyCFunction)bio_uringset_describe, METH_NOARGS,
+     "describe($self, /)\n--\n\nHow this set receives and sends, as a str."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef bio_uring_members[] = {
-    {"ring_fd", T_INT, offsetof(BioUring, ring_fd), READONLY, "the io_uring descriptor"},
+static PyMemberDef bio_uringset_members[] = {
+    {"ring_fd", T_INT, offsetof(BioUringSet, uring_fd), READONLY, "the io_uring descriptor"},
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject BioUring_Type = {
+static PyTypeObject BioUringSet_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "burstio._native.UringSocketSet",
-    .tp_basicsize = sizeof(BioUring),
-    .tp_dealloc = (destructor)bio_uring_dealloc,
+    .tp_basicsize = sizeof(BioUringSet),
+    .tp_dealloc = (destructor)bio_uringset_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "UringSocketSet(max_sockets=1024, buffers=4096, buffer_size=2048, sqpoll=False,\n"
-              "single_wakeup=False): many UDP sockets through one io_uring (internal;\n"
-              "see burstio.SocketSet).",
-    .tp_methods = bio_uring_methods,
-    .tp_members = bio_uring_members,
-    .tp_new = bio_uring_new,
+    .tp_doc = "UringSocketSet(max_sockets=1024, buffers=4096, buffer_size=2048, sqpoll=False, "
+              "single_wakeup=False)\n--\n\n"
+              "Many UDP sockets through one io_uring (internal; see burstio.SocketSet).",
+    .tp_methods = bio_uringset_methods,
+    .tp_members = bio_uringset_members,
+    .tp_new = bio_uringset_new,
 };
 
 int
-bio_ring_init_types(PyObject *module)
+bio_uringset_init_type(PyObject *module)
 {
-    BioUring_Type.tp_base = &BioRingBase_Type;
-    if (PyType_Ready(&BioRingBase_Type) < 0 || PyType_Ready(&BioUring_Type) < 0)
+    BioUringSet_Type.tp_base = &BioSocketSet_Type;
+    if (PyType_Ready(&BioUringSet_Type) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "UringSocketSet", (PyObject *)&BioUring_Type) < 0)
-        return -1;
-    return bio_drain_init_type(module);
+    return PyModule_AddObjectRef(module, "UringSocketSet", (PyObject *)&BioUringSet_Type);
 }

@@ -6,8 +6,15 @@
  * msghdr/iovec/cmsg scratch the syscalls use). Nothing is allocated per
  * datagram afterwards; entries point into the arena (or, for zero-copy
  * sends, into one external buffer) by offset.
+ *
+ * Where a datagram goes through it: a receive writes its payload into slot j
+ * of the arena and its metadata into entry j; batch[i] is then a memoryview
+ * of it, without a copy. This file is the type (allocation, sequence,
+ * addresses, keep(), attributes); building a batch to send is batch/build.c,
+ * the metadata arrays' exporter batch/array.c, outgoing messages
+ * batch/msgs.c.
  */
-#include "burstio.h"
+#include "batch/batch.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -17,77 +24,6 @@
 #define BIO_CAPACITY_MAX (1 << 20)
 #define BIO_SLOT_SIZE_MAX (16 << 20)
 #define BIO_ARENA_MAX ((size_t)1 << 34)
-
-/* ---- array exporter: one metadata array seen through the buffer protocol */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *owner; /* keeps the batch (and so the memory) alive */
-    void *buf;
-    const char *format;
-    Py_ssize_t itemsize;
-    int ndim;
-    Py_ssize_t shape[2];
-} BioArray;
-
-static int
-bio_array_getbuffer(PyObject *self, Py_buffer *view, int flags)
-{
-    BioArray *a = (BioArray *)self;
-    Py_ssize_t n = a->shape[0] * (a->ndim == 2 ? a->shape[1] : 1);
-
-    view->obj = Py_NewRef(self);
-    view->buf = a->buf;
-    view->len = n * a->itemsize;
-    view->readonly = 0;
-    view->itemsize = a->itemsize;
-    view->format = (flags & PyBUF_FORMAT) ? (char *)a->format : NULL;
-    view->ndim = a->ndim;
-    view->shape = (flags & PyBUF_ND) ? a->shape : NULL;
-    view->strides = NULL; /* C-contiguous */
-    view->suboffsets = NULL;
-    view->internal = NULL;
-    return 0;
-}
-
-static void
-bio_array_dealloc(PyObject *self)
-{
-    Py_XDECREF(((BioArray *)self)->owner);
-    Py_TYPE(self)->tp_free(self);
-}
-
-static PyBufferProcs bio_array_as_buffer = {bio_array_getbuffer, NULL};
-
-PyTypeObject BioArray_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native._Array",
-    .tp_basicsize = sizeof(BioArray),
-    .tp_dealloc = bio_array_dealloc,
-    .tp_as_buffer = &bio_array_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Exporter of one PacketBatch metadata array (internal).",
-};
-
-/* Return a memoryview over one of the batch's arrays. */
-static PyObject *
-bio_array_view(BioBatch *b, void *buf, const char *format, Py_ssize_t itemsize,
-               Py_ssize_t cols)
-{
-    BioArray *a = PyObject_New(BioArray, &BioArray_Type);
-    if (a == NULL)
-        return NULL;
-    a->owner = Py_NewRef((PyObject *)b);
-    a->buf = buf;
-    a->format = format;
-    a->itemsize = itemsize;
-    a->ndim = cols ? 2 : 1;
-    a->shape[0] = b->capacity;
-    a->shape[1] = cols;
-    PyObject *mv = PyMemoryView_FromObject((PyObject *)a);
-    Py_DECREF(a);
-    return mv;
-}
 
 /* ---- allocation -------------------------------------------------------- */
 
@@ -132,13 +68,31 @@ bio_batch_alloc_meta(BioBatch *b)
     return 0;
 }
 
+/* PacketBatch()'s arguments: capacity, slot_size and slots (None: as many
+ * as capacity), checked, and the arena's size. 0, or -1 with an error. */
 static int
-bio_batch_check_size(const char *what, Py_ssize_t v, Py_ssize_t lo,
-                     Py_ssize_t hi)
+bio_batch_new_args(PyObject *args, PyObject *kwds, long long *capacity, long long *slot_size,
+                   long long *slots, size_t *arena_size)
 {
-    if (v < lo || v > hi) {
-        PyErr_Format(PyExc_ValueError, "%s must be between %zd and %zd, got %zd",
-                     what, lo, hi, v);
+    static char *kwlist[] = {"capacity", "slot_size", "slots", NULL};
+    PyObject *cap_o = NULL, *size_o = NULL, *slots_o = NULL;
+    *capacity = 64;
+    *slot_size = 2048;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$O:PacketBatch", kwlist, &cap_o, &size_o,
+                                     &slots_o))
+        return -1;
+    if ((cap_o != NULL && bio_args_int("capacity", cap_o, 1, BIO_CAPACITY_MAX, capacity) < 0) ||
+        (size_o != NULL &&
+         bio_args_int("slot_size", size_o, 1, BIO_SLOT_SIZE_MAX, slot_size) < 0))
+        return -1;
+    *slots = *capacity;
+    if (bio_args_int_or_none("slots", slots_o, 1, *capacity, slots) < 0)
+        return -1;
+    *arena_size = (size_t)*slots * (size_t)*slot_size;
+    if (*arena_size > BIO_ARENA_MAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "slots x slot_size is %zu bytes; the limit is %zu",
+                     *arena_size, (size_t)BIO_ARENA_MAX);
         return -1;
     }
     return 0;
@@ -147,32 +101,16 @@ bio_batch_check_size(const char *what, Py_ssize_t v, Py_ssize_t lo,
 static PyObject *
 bio_batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"capacity", "slot_size", "slots", NULL};
-    Py_ssize_t capacity = 64, slot_size = 2048, slots = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn$n:PacketBatch", kwlist,
-                                     &capacity, &slot_size, &slots))
+    long long capacity, slot_size, slots;
+    size_t arena_size;
+    if (bio_batch_new_args(args, kwds, &capacity, &slot_size, &slots, &arena_size) < 0)
         return NULL;
-    if (bio_batch_check_size("capacity", capacity, 1, BIO_CAPACITY_MAX) < 0 ||
-        bio_batch_check_size("slot_size", slot_size, 1, BIO_SLOT_SIZE_MAX) < 0)
-        return NULL;
-    if (slots == -1)
-        slots = capacity;
-    if (bio_batch_check_size("slots", slots, 1, capacity) < 0)
-        return NULL;
-    size_t arena_size = (size_t)slots * (size_t)slot_size;
-    if (arena_size > BIO_ARENA_MAX) {
-        PyErr_Format(PyExc_ValueError,
-                     "slots x slot_size is %zu bytes; the limit is %zu",
-                     arena_size, (size_t)BIO_ARENA_MAX);
-        return NULL;
-    }
-
     BioBatch *b = (BioBatch *)type->tp_alloc(type, 0);
     if (b == NULL)
         return NULL;
-    b->capacity = capacity;
-    b->slots = slots;
-    b->slot_size = slot_size;
+    b->capacity = (Py_ssize_t)capacity;
+    b->slots = (Py_ssize_t)slots;
+    b->slot_size = (Py_ssize_t)slot_size;
     if (bio_batch_alloc_meta(b) < 0) {
         Py_DECREF(b);
         return NULL;
@@ -237,6 +175,16 @@ static PyBufferProcs bio_batch_as_buffer = {
 /* ---- state helpers ----------------------------------------------------- */
 
 int
+bio_batch_arg(const char *fname, PyObject *obj)
+{
+    if (PyObject_TypeCheck(obj, &BioBatch_Type))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() argument 1 must be burstio.PacketBatch, not %.100s",
+                 fname, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+int
 bio_batch_check_idle(BioBatch *b)
 {
     if (b->busy) {
@@ -259,8 +207,7 @@ bio_batch_reset(BioBatch *b)
     Py_CLEAR(b->ext_source);
 }
 
-/* Write entry i's metadata (payload already in place). */
-static void
+void
 bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
 {
     b->offsets[i] = offset;
@@ -272,8 +219,7 @@ bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
     b->errnos[i] = 0;
 }
 
-/* Parse an optional destination into entry i (None clears it). */
-static int
+int
 bio_batch_set_name(BioBatch *b, Py_ssize_t i, PyObject *addr)
 {
     struct sockaddr_in6 name;
@@ -339,262 +285,8 @@ static PyMappingMethods bio_batch_as_mapping = {
     .mp_subscript = (binaryfunc)bio_batch_subscript,
 };
 
-/* ---- building a batch to send ------------------------------------------ */
-
-static int
-bio_batch_check_appendable(BioBatch *b)
-{
-    if (bio_batch_check_idle(b) < 0)
-        return -1;
-    if (b->ext_view != NULL) {
-        PyErr_SetString(PyExc_ValueError,
-                        "batch points into an external buffer (add_slices); "
-                        "call clear() before append()");
-        return -1;
-    }
-    if (b->count >= b->capacity) {
-        PyErr_Format(PyExc_ValueError, "batch is full: capacity is %zd datagrams",
-                     b->capacity);
-        return -1;
-    }
-    if (b->appended >= b->slots) {
-        PyErr_Format(PyExc_ValueError, "batch is full: all %zd slots are used",
-                     b->slots);
-        return -1;
-    }
-    return 0;
-}
-
-PyDoc_STRVAR(bio_batch_append_doc,
-"append(payload, addr=None) -> int\n\n"
-"Copy payload (any bytes-like object) into the next free slot and return\n"
-"its index. addr is the destination, (host, port) or (host, port, flowinfo,\n"
-"scope_id) with a numeric host; None sends to the connected peer.");
-
-static PyObject *
-bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"payload", "addr", NULL};
-    PyObject *payload, *addr = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:append", kwlist, &payload,
-                                     &addr))
-        return NULL;
-    if (bio_batch_check_appendable(b) < 0)
-        return NULL;
-    Py_buffer pb;
-    if (PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError,
-                     "payload must be a bytes-like object, got %.100s",
-                     Py_TYPE(payload)->tp_name);
-        return NULL;
-    }
-    Py_ssize_t i = b->count;
-    if (pb.len > b->slot_size) {
-        PyErr_Format(PyExc_ValueError,
-                     "payload of %zd bytes does not fit a %zd-byte slot",
-                     pb.len, b->slot_size);
-        PyBuffer_Release(&pb);
-        return NULL;
-    }
-    if (bio_batch_set_name(b, i, addr) < 0) {
-        PyBuffer_Release(&pb);
-        return NULL;
-    }
-    uint64_t off = (uint64_t)b->appended * (uint64_t)b->slot_size;
-    memcpy(b->arena + off, pb.buf, (size_t)pb.len);
-    PyBuffer_Release(&pb);
-    bio_batch_set_entry(b, i, off, (uint32_t)pb.len);
-    b->appended++;
-    b->count++;
-    return PyLong_FromSsize_t(i);
-}
-
-int
-bio_get_contiguous(PyObject *obj, Py_buffer *view)
-{
-    if (!PyObject_CheckBuffer(obj)) {
-        PyErr_Format(PyExc_TypeError, "buffer must be a bytes-like object, got %.100s",
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "buffer must be C-contiguous");
-        return -1;
-    }
-    return 0;
-}
-
-/* Attach `buffer` as the batch's data source (or check it is the one). */
-static int
-bio_batch_attach(BioBatch *b, PyObject *buffer)
-{
-    if (b->ext_view == NULL && b->count > 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "batch holds appended datagrams; call clear() before "
-                        "add_slices()");
-        return -1;
-    }
-    if (b->ext_view != NULL) {
-        if (b->ext_source == buffer)
-            return 0;
-        PyErr_SetString(PyExc_ValueError,
-                        "batch already points into another buffer; call "
-                        "clear() first");
-        return -1;
-    }
-    PyObject *mv = PyMemoryView_FromObject(buffer);
-    if (mv == NULL) {
-        PyErr_Format(PyExc_TypeError,
-                     "buffer must be a bytes-like object, got %.100s",
-                     Py_TYPE(buffer)->tp_name);
-        return -1;
-    }
-    Py_buffer *v = PyMemoryView_GET_BUFFER(mv);
-    if (!PyBuffer_IsContiguous(v, 'C')) {
-        Py_DECREF(mv);
-        PyErr_SetString(PyExc_ValueError, "buffer must be C-contiguous");
-        return -1;
-    }
-    if (v->ndim != 1 || v->itemsize != 1) {
-        PyObject *flat = PyObject_CallMethod(mv, "cast", "s", "B");
-        Py_DECREF(mv);
-        if (flat == NULL)
-            return -1;
-        mv = flat;
-    }
-    b->ext_view = mv;
-    b->ext_source = Py_NewRef(buffer);
-    b->data = PyMemoryView_GET_BUFFER(mv)->buf;
-    b->data_len = (size_t)PyMemoryView_GET_BUFFER(mv)->len;
-    return 0;
-}
-
-/* Fill `lens` (n items) from either segment_size or a lengths sequence. */
-static Py_ssize_t
-bio_slices_count(PyObject *seg_obj, PyObject *lengths, Py_ssize_t buflen)
-{
-    if ((seg_obj == Py_None) == (lengths == Py_None)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "add_slices() needs exactly one of segment_size or "
-                        "lengths");
-        return -1;
-    }
-    if (lengths != Py_None) {
-        Py_ssize_t n = PyObject_Length(lengths);
-        if (n < 0)
-            PyErr_SetString(PyExc_TypeError,
-                            "lengths must be a sequence of integers");
-        return n;
-    }
-    Py_ssize_t seg = PyNumber_AsSsize_t(seg_obj, PyExc_OverflowError);
-    if (seg == -1 && PyErr_Occurred())
-        return -1;
-    if (seg < 1 || seg > BIO_MAX_UDP_PAYLOAD) {
-        PyErr_Format(PyExc_ValueError,
-                     "segment_size must be between 1 and %d, got %zd",
-                     BIO_MAX_UDP_PAYLOAD, seg);
-        return -1;
-    }
-    return (buflen + seg - 1) / seg;
-}
-
-/* Write n slice entries after the current ones: every `seg` bytes, or (seg
- * 0) of the sizes in `lengths`. Returns 0, or -1 with ValueError set. */
-static int
-bio_slices_fill(BioBatch *b, PyObject *lengths, Py_ssize_t seg, Py_ssize_t n,
-                Py_ssize_t buflen, const struct sockaddr_in6 *name)
-{
-    Py_ssize_t base = b->count, off = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t len = seg;
-        if (seg == 0) {
-            PyObject *item = PySequence_GetItem(lengths, k);
-            len = item ? PyNumber_AsSsize_t(item, PyExc_OverflowError) : -1;
-            Py_XDECREF(item);
-            if (len == -1 && PyErr_Occurred())
-                return -1;
-            if (len < 0 || len > BIO_MAX_UDP_PAYLOAD) {
-                PyErr_Format(PyExc_ValueError,
-                             "lengths[%zd] must be between 0 and %d, got %zd",
-                             k, BIO_MAX_UDP_PAYLOAD, len);
-                return -1;
-            }
-            if (off + len > buflen) {
-                PyErr_Format(PyExc_ValueError,
-                             "lengths run past the end of the %zd-byte buffer "
-                             "at lengths[%zd]", buflen, k);
-                return -1;
-            }
-        } else if (off + len > buflen) {
-            len = buflen - off; /* the last segment may be shorter */
-        }
-        bio_batch_set_entry(b, base + k, (uint64_t)off, (uint32_t)len);
-        b->names[base + k] = *name;
-        off += len;
-    }
-    return 0;
-}
-
-static PyObject *bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj,
-                                           PyObject *lengths, PyObject *addr);
-
-PyDoc_STRVAR(bio_batch_add_slices_doc,
-"add_slices(buffer, segment_size=None, *, lengths=None, addr=None) -> int\n\n"
-"Zero copy: add entries that point at consecutive slices of one bytes-like\n"
-"buffer, either every segment_size bytes (the last may be shorter) or of the\n"
-"given lengths. The batch keeps the buffer alive until clear(). Returns the\n"
-"number of entries added.");
-
-static PyObject *
-bio_batch_add_slices(BioBatch *b, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"buffer", "segment_size", "lengths", "addr", NULL};
-    PyObject *buffer, *seg_obj = Py_None, *lengths = Py_None, *addr = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$OO:add_slices", kwlist,
-                                     &buffer, &seg_obj, &lengths, &addr))
-        return NULL;
-    if (bio_batch_check_idle(b) < 0 || bio_batch_attach(b, buffer) < 0)
-        return NULL;
-    b->busy = 1; /* reading `lengths` may run Python code: no re-entry */
-    PyObject *r = bio_batch_add_slices_busy(b, seg_obj, lengths, addr);
-    b->busy = 0;
-    return r;
-}
-
-static PyObject *
-bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj, PyObject *lengths, PyObject *addr)
-{
-    Py_ssize_t buflen = PyMemoryView_GET_BUFFER(b->ext_view)->len;
-    Py_ssize_t n = bio_slices_count(seg_obj, lengths, buflen);
-    if (n < 0)
-        goto fail;
-    if (n > b->capacity - b->count) {
-        PyErr_Format(PyExc_ValueError,
-                     "batch is full: %zd slices do not fit the %zd free "
-                     "entries of a %zd-entry batch",
-                     n, b->capacity - b->count, b->capacity);
-        goto fail;
-    }
-    struct sockaddr_in6 name;
-    memset(&name, 0, sizeof(name));
-    if (addr != Py_None && bio_addr_parse(addr, &name) < 0)
-        goto fail;
-    Py_ssize_t seg = seg_obj == Py_None ? 0 : PyNumber_AsSsize_t(seg_obj, NULL);
-    if (bio_slices_fill(b, lengths, seg, n, buflen, &name) < 0)
-        goto fail;
-    b->count += n;
-    if (b->count == 0)
-        bio_batch_reset(b); /* nothing points into the buffer */
-    return PyLong_FromSsize_t(n);
-fail:
-    if (b->count == 0)
-        bio_batch_reset(b);
-    return NULL;
-}
-
 PyDoc_STRVAR(bio_batch_clear_doc,
-"clear()\n\nForget every entry (and any external buffer); keeps the memory.");
+"clear($self, /)\n--\n\nForget every entry (and any external buffer); keeps the memory.");
 
 static PyObject *
 bio_batch_clear(BioBatch *b, PyObject *Py_UNUSED(ignored))
@@ -608,9 +300,8 @@ bio_batch_clear(BioBatch *b, PyObject *Py_UNUSED(ignored))
 /* ---- addresses --------------------------------------------------------- */
 
 PyDoc_STRVAR(bio_batch_addr_doc,
-"addr(i) -> tuple or None\n\nPeer of entry i as the socket module spells it: "
-"(host, port) for IPv4,\n(host, port, flowinfo, scope_id) for IPv6; None if "
-"it has none.");
+"addr($self, i, /)\n--\n\nPeer of entry i as the socket module spells it: (host, port) for\n"
+"IPv4, (host, port, flowinfo, scope_id) for IPv6; None if it has none.");
 
 static PyObject *
 bio_batch_addr(BioBatch *b, PyObject *arg)
@@ -624,7 +315,7 @@ bio_batch_addr(BioBatch *b, PyObject *arg)
 }
 
 PyDoc_STRVAR(bio_batch_addresses_doc,
-"addresses() -> list\n\nThe peer of every entry, as addr(i) gives it.");
+"addresses($self, /)\n--\n\nA list of the peer of every entry, as addr(i) gives it.");
 
 static PyObject *
 bio_batch_addresses(BioBatch *b, PyObject *Py_UNUSED(ignored))
@@ -644,7 +335,7 @@ bio_batch_addresses(BioBatch *b, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(bio_batch_set_addr_doc,
-"set_addr(i, addr)\n\nSet the destination of entry i (None: the connected "
+"set_addr($self, i, addr, /)\n--\n\nSet the destination of entry i (None: the connected "
 "peer).");
 
 static PyObject *
@@ -662,8 +353,9 @@ bio_batch_set_addr(BioBatch *b, PyObject *args)
 }
 
 PyDoc_STRVAR(bio_batch_send_errors_doc,
-"send_errors() -> list of (index, errno)\n\nEntries whose last send failed "
-"(send_batch(..., on_error='skip')).");
+"send_errors($self, /)\n--\n\n"
+"The entries whose last send failed (send_batch(..., on_error='skip')), as\n"
+"a list of (index, errno).");
 
 static PyObject *
 bio_batch_send_errors(BioBatch *b, PyObject *Py_UNUSED(ignored))
@@ -711,7 +403,7 @@ bio_batch_move_entry(BioBatch *b, Py_ssize_t j, Py_ssize_t i)
 }
 
 PyDoc_STRVAR(bio_batch_keep_doc,
-"keep(mask) -> int\n\n"
+"keep($self, mask, /)\n--\n\n"
 "Keep the entries whose mask byte is non-zero, in order, and drop the rest;\n"
 "return the new length. mask is any bytes-like object (bytearray, numpy\n"
 "bool or uint8 array) with at least len(batch) items. Payloads do not move.");
@@ -870,11 +562,18 @@ static PyMethodDef bio_batch_methods[] = {
     {"keep", (PyCFunction)bio_batch_keep, METH_O, bio_batch_keep_doc},
     {"send_errors", (PyCFunction)bio_batch_send_errors, METH_NOARGS,
      bio_batch_send_errors_doc},
-    {"_store", (PyCFunction)bio_batch_store, METH_VARARGS, NULL},
-    {"_set_count", (PyCFunction)bio_batch_set_count, METH_VARARGS, NULL},
-    {"_set_busy", (PyCFunction)bio_batch_set_busy, METH_O, NULL},
-    {"_check_entries", (PyCFunction)bio_batch_check_entries_py, METH_VARARGS, NULL},
-    {"_mark_error", (PyCFunction)bio_batch_mark_error, METH_VARARGS, NULL},
+    {"_store", (PyCFunction)bio_batch_store, METH_VARARGS,
+     "_store($self, i, offset, length, flags, segment_size, timestamp, addr, /)\n--\n\n"
+     "Write entry i (the portable backend's receive)."},
+    {"_set_count", (PyCFunction)bio_batch_set_count, METH_VARARGS,
+     "_set_count($self, n, used=0, /)\n--\n\nSet the entry count and the slots used."},
+    {"_set_busy", (PyCFunction)bio_batch_set_busy, METH_O,
+     "_set_busy($self, busy, /)\n--\n\nMark the batch in use around a call outside C."},
+    {"_check_entries", (PyCFunction)bio_batch_check_entries_py, METH_VARARGS,
+     "_check_entries($self, start, end, /)\n--\n\nValueError unless entries [start, end) "
+     "lie inside their buffer."},
+    {"_mark_error", (PyCFunction)bio_batch_mark_error, METH_VARARGS,
+     "_mark_error($self, i, err, /)\n--\n\nFlag entry i's send as failed with err (0: clear it)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -946,12 +645,13 @@ static PyGetSetDef bio_batch_getset[] = {
 };
 
 PyDoc_STRVAR(bio_batch_doc,
-"PacketBatch(capacity=64, slot_size=2048, *, slots=capacity)\n\n"
+"PacketBatch(capacity=64, slot_size=2048, *, slots=None)\n--\n\n"
 "A reusable burst of up to `capacity` datagrams. Payloads live in one arena\n"
-"of `slots` x `slot_size` bytes allocated once; batch[i] is a memoryview of\n"
-"payload i (no copy), valid until the batch is next filled. Metadata are\n"
-"parallel arrays exposed through the buffer protocol, e.g.\n"
-"numpy.asarray(batch.lengths)[:len(batch)] is a zero-copy view.\n\n"
+"of `slots` x `slot_size` bytes allocated once (slots=None: as many as\n"
+"capacity); batch[i] is a memoryview of payload i (no copy), valid until the\n"
+"batch is next filled. Metadata are parallel arrays exposed through the\n"
+"buffer protocol, e.g. numpy.asarray(batch.lengths)[:len(batch)] is a\n"
+"zero-copy view.\n\n"
 "For UDP GRO receive use slot_size >= 65535 and fewer slots than capacity:\n"
 "each slot may hold a coalesced run that is split into many entries.");
 

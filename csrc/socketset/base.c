@@ -1,10 +1,17 @@
-/* SocketSetBase: what the two multi-socket backends share (io_uring in ring.c,
- * epoll in drain.c): a table of sockets by index (the ring's own dup of each
- * descriptor, so a socket closed elsewhere, or a reused descriptor number,
- * cannot confuse it), the per-socket errors waiting for take_errors(),
- * counters, send options, and the Python entry points. The backends supply
- * the waiting and the syscalls through hooks. */
-#include "burstio.h"
+/* SocketSetBase: what the two SocketSet backends share (io_uring in
+ * socketset/uring.c, epoll in socketset/epoll.c): a table of sockets by index
+ * (the set's own dup of each descriptor, so a socket closed elsewhere, or a
+ * reused descriptor number, cannot confuse it), the per-socket errors waiting
+ * for take_errors(), counters, send options, and the Python entry points.
+ * The backends supply the waiting and the syscalls through hooks.
+ *
+ * Where a datagram goes through it: recv_batch() hands the caller's batch to
+ * the backend, which fills entry j (slot j, batch.sockets[j] = the socket's
+ * index) from whichever socket has data; send_batch() turns entries into
+ * messages (batch/msgs.c) that the backend sends on socket batch.sockets[i].
+ * A socket's receive error is queued for take_errors(), never lost.
+ */
+#include "socketset/socketset.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +20,7 @@
 #include <structmember.h>
 #include <unistd.h>
 
-const char *const bio_ring_counter_names[BIO_R_NCOUNTERS] = {
+static const char *const bio_socketset_counter_names[BIO_SOCKETSET_NCOUNTERS] = {
     "rx_datagrams", "rx_bytes",        "rx_batches",      "rx_truncated",
     "rx_errors",    "rx_rearms",       "rx_enobufs",      "tx_datagrams",
     "tx_bytes",     "tx_batches",      "tx_errors",       "tx_gso_messages",
@@ -21,7 +28,7 @@ const char *const bio_ring_counter_names[BIO_R_NCOUNTERS] = {
 };
 
 int
-bio_ringbase_alloc(BioRingBase *r, int cap)
+bio_socketset_alloc(BioSocketSet *r, int cap)
 {
     r->cap = cap;
     r->err_cap = 4 * cap + 64;
@@ -41,7 +48,7 @@ bio_ringbase_alloc(BioRingBase *r, int cap)
 }
 
 static void
-bio_ringbase_raise_full(BioRingBase *r)
+bio_socketset_raise_full(BioSocketSet *r)
 {
     PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", ENOSPC, "");
     if (exc == NULL)
@@ -55,13 +62,13 @@ bio_ringbase_raise_full(BioRingBase *r)
 }
 
 int
-bio_ringbase_take_slot(BioRingBase *r, int fd)
+bio_socketset_take_slot(BioSocketSet *r, int fd)
 {
     int i = 0;
     while (i < r->cap && r->state[i] != BIO_SOCK_FREE)
         i++;
     if (i == r->cap) {
-        bio_ringbase_raise_full(r);
+        bio_socketset_raise_full(r);
         return -1;
     }
     int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -77,7 +84,7 @@ bio_ringbase_take_slot(BioRingBase *r, int fd)
 }
 
 void
-bio_ringbase_free_slot(BioRingBase *r, int idx)
+bio_socketset_free_slot(BioSocketSet *r, int idx)
 {
     close(r->fds[idx]);
     r->fds[idx] = -1;
@@ -95,15 +102,15 @@ bio_ringbase_free_slot(BioRingBase *r, int idx)
 }
 
 void
-bio_ringbase_free_all(BioRingBase *r)
+bio_socketset_free_all(BioSocketSet *r)
 {
     for (int i = 0; r->fds != NULL && i < r->cap; i++)
         if (r->state[i] != BIO_SOCK_FREE)
-            bio_ringbase_free_slot(r, i);
+            bio_socketset_free_slot(r, i);
 }
 
 int
-bio_ringbase_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream)
+bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream)
 {
     static char *kwlist[] = {"sock", "stream", NULL};
     PyObject *sock;
@@ -115,13 +122,10 @@ bio_ringbase_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream)
 }
 
 int
-bio_ringbase_index(BioRingBase *r, PyObject *obj, int *idx)
+bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx)
 {
-    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "socket index must be int, got %.100s",
-                     Py_TYPE(obj)->tp_name);
+    if (bio_args_int_type("socket index", obj, 0) < 0)
         return -1;
-    }
     long v = PyLong_AsLong(obj);
     if (v == -1 && PyErr_Occurred())
         return -1;
@@ -134,7 +138,7 @@ bio_ringbase_index(BioRingBase *r, PyObject *obj, int *idx)
 }
 
 int
-bio_ringbase_usable(BioRingBase *r)
+bio_socketset_usable(BioSocketSet *r)
 {
     if (r->busy) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -146,11 +150,11 @@ bio_ringbase_usable(BioRingBase *r)
 }
 
 void
-bio_ringbase_error_nogil(BioRingBase *r, int idx, int err)
+bio_socketset_error_nogil(BioSocketSet *r, int idx, int err)
 {
-    BIO_RCOUNT(r, BIO_R_RX_ERRORS, 1);
+    BIO_COUNT(r->counters, BIO_SOCKETSET_C_RX_ERRORS, 1);
     if (r->nerr >= r->err_cap) {
-        BIO_RCOUNT(r, BIO_R_ERRORS_DROPPED, 1);
+        BIO_COUNT(r->counters, BIO_SOCKETSET_C_ERRORS_DROPPED, 1);
         return;
     }
     r->err_sock[r->nerr] = idx;
@@ -159,7 +163,7 @@ bio_ringbase_error_nogil(BioRingBase *r, int idx, int err)
 }
 
 void
-bio_ring_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated, int sock)
+bio_socketset_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated, int sock)
 {
     b->offsets[j] = (uint64_t)j * (uint64_t)b->slot_size;
     b->lengths[j] = stored;
@@ -171,15 +175,15 @@ bio_ring_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated,
 }
 
 Py_ssize_t
-bio_ring_room(const BioBatch *b)
+bio_socketset_room(const BioBatch *b)
 {
     return b->slots < b->capacity ? b->slots : b->capacity;
 }
 
-/* Run fn(ctx) without the GIL while the ring is marked busy: 0/-errno as
+/* Run fn(ctx) without the GIL while the set is marked busy: 0/-errno as
  * bio_nogil_retry, with the batch (if any) busy too. */
 static int
-bio_ring_run(BioRingBase *r, BioBatch *b, int (*fn)(void *), void *ctx)
+bio_socketset_run(BioSocketSet *r, BioBatch *b, int (*fn)(void *), void *ctx)
 {
     r->busy = 1;
     if (b != NULL)
@@ -193,16 +197,17 @@ bio_ring_run(BioRingBase *r, BioBatch *b, int (*fn)(void *), void *ctx)
 
 /* ---- receive (both backends; the waiting is the backend's) ------------- */
 
-PyDoc_STRVAR(bio_ringbase_recv_batch_doc,
-"recv_batch(batch, timeout=None, *, min_datagrams=1, max_wait=None) -> int\n\n"
-"Fill batch from any socket of the ring (batch.sockets says which). Returns\n"
-"when min_datagrams are ready (or a socket reported an error) or max_wait\n"
-"seconds have passed, whichever comes first; if none came by then, waits for\n"
-"one up to timeout (None: forever). Errors: take_errors().");
+PyDoc_STRVAR(bio_socketset_recv_batch_doc,
+"recv_batch($self, /, batch, timeout=None, *, min_datagrams=1, max_wait=None)\n--\n\n"
+"Fill batch from any socket of the set (batch.sockets says which); returns\n"
+"the entry count. Returns when min_datagrams are ready (or a socket reported\n"
+"an error) or max_wait seconds have passed, whichever comes first; if none\n"
+"came by then, waits for one up to timeout (None: forever). Errors:\n"
+"take_errors().");
 
 /* Deadlines of a receive from its timeout/max_wait arguments; 0 or -1. */
 static int
-bio_ring_recv_deadlines(BioRingRecv *c, PyObject *timeout, PyObject *max_wait)
+bio_socketset_recv_deadlines(BioSocketSetRecv *c, PyObject *timeout, PyObject *max_wait)
 {
     int64_t timeout_ns, max_wait_ns, now = bio_now_ns();
     if (bio_timeout_parse(timeout ? timeout : Py_None, &timeout_ns) < 0 ||
@@ -217,15 +222,15 @@ bio_ring_recv_deadlines(BioRingRecv *c, PyObject *timeout, PyObject *max_wait)
 }
 
 static PyObject *
-bio_ringbase_recv_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
-                        PyObject *kwnames)
+bio_socketset_recv_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "timeout", "min_datagrams", "max_wait", NULL};
     PyObject *a[4];
-    BioRingRecv c = {.r = r};
+    BioSocketSetRecv c = {.r = r};
     if (bio_args_parse("recv_batch", args, nargs, kwnames, names, 2, 1, a) < 0 ||
-        bio_args_batch("recv_batch", a[0]) < 0 || bio_ringbase_usable(r) < 0 ||
-        bio_ring_recv_deadlines(&c, a[1], a[3]) < 0)
+        bio_batch_arg("recv_batch", a[0]) < 0 || bio_socketset_usable(r) < 0 ||
+        bio_socketset_recv_deadlines(&c, a[1], a[3]) < 0)
         return NULL;
     Py_ssize_t want = a[2] ? PyNumber_AsSsize_t(a[2], PyExc_OverflowError) : 1;
     if (want == -1 && PyErr_Occurred())
@@ -239,12 +244,12 @@ bio_ringbase_recv_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     bio_batch_reset(c.b);
     c.errors0 = r->nerr;
-    c.want = want < bio_ring_room(c.b) ? want : bio_ring_room(c.b);
-    int err = bio_ring_run(r, c.b, r->recv_nogil, &c);
+    c.want = want < bio_socketset_room(c.b) ? want : bio_socketset_room(c.b);
+    int err = bio_socketset_run(r, c.b, r->recv_nogil, &c);
     c.b->count = c.n;
     c.b->appended = c.n;
     if (c.n)
-        BIO_RCOUNT(r, BIO_R_RX_BATCHES, 1);
+        BIO_COUNT(r->counters, BIO_SOCKETSET_C_RX_BATCHES, 1);
     if (err == -EINTR)
         return NULL;
     if (err < 0)
@@ -257,8 +262,8 @@ bio_ringbase_recv_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
 /* Account message results and flag failed entries (flag_entries). Returns
  * the datagrams sent. */
 static Py_ssize_t
-bio_ring_send_results(BioRingBase *r, BioBatch *b, const int32_t *res, Py_ssize_t m,
-                      int flag_entries)
+bio_socketset_send_results(BioSocketSet *r, BioBatch *b, const int32_t *res, Py_ssize_t m,
+                           int flag_entries)
 {
     Py_ssize_t sent = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
@@ -270,23 +275,23 @@ bio_ring_send_results(BioRingBase *r, BioBatch *b, const int32_t *res, Py_ssize_
                 b->errnos[j + k] = res[i];
             }
             if (!res[i])
-                BIO_RCOUNT(r, BIO_R_TX_BYTES, h->msg_iov[k].iov_len);
+                BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_BYTES, h->msg_iov[k].iov_len);
         }
         if (res[i]) {
-            BIO_RCOUNT(r, BIO_R_TX_ERRORS, h->msg_iovlen);
+            BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_ERRORS, h->msg_iovlen);
             continue;
         }
         sent += (Py_ssize_t)h->msg_iovlen;
         if (h->msg_iovlen > 1)
-            BIO_RCOUNT(r, BIO_R_TX_GSO_MESSAGES, 1);
+            BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_GSO_MESSAGES, 1);
     }
-    BIO_RCOUNT(r, BIO_R_TX_DATAGRAMS, sent);
+    BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_DATAGRAMS, sent);
     return sent;
 }
 
-/* ValueError unless every entry in [start, end) names a socket of the ring. */
+/* ValueError unless every entry in [start, end) names a socket of the set. */
 static int
-bio_ring_check_sockets(BioRingBase *r, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
+bio_socketset_check_sockets(BioSocketSet *r, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
 {
     for (Py_ssize_t j = start; j < end; j++) {
         int32_t s = b->sockets[j];
@@ -302,20 +307,21 @@ bio_ring_check_sockets(BioRingBase *r, BioBatch *b, Py_ssize_t start, Py_ssize_t
 /* Check (batch, start, count) and build the messages into c; 0 or -1.
  * by_socket: split runs where batch.sockets changes. */
 static int
-bio_ring_send_setup(BioRingBase *r, const char *fname, PyObject *const *a, int by_socket,
-                    BioRingSend *c)
+bio_socketset_send_setup(BioSocketSet *r, const char *fname, PyObject *const *a, int by_socket,
+                         BioSocketSetSend *c)
 {
     Py_ssize_t start, end;
-    if (bio_args_batch(fname, a[0]) < 0 || bio_ringbase_usable(r) < 0)
+    if (bio_batch_arg(fname, a[0]) < 0 || bio_socketset_usable(r) < 0)
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
-    if (bio_batch_check_idle(c->b) < 0 || bio_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
+    if (bio_batch_check_idle(c->b) < 0 ||
+        bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
         bio_batch_check_entries(c->b, start, end) < 0 ||
-        (by_socket && bio_ring_check_sockets(r, c->b, start, end) < 0))
+        (by_socket && bio_socketset_check_sockets(r, c->b, start, end) < 0))
         return -1;
-    BioSendOpts o = {r->gso, r->gso_max_segments, by_socket};
-    c->m = bio_send_prepare_nogil(&o, c->b, start, end);
+    BioBatchSendOpts o = {r->gso, r->gso_max_segments, by_socket};
+    c->m = bio_batch_send_prepare_nogil(&o, c->b, start, end);
     Py_ssize_t groups = c->ngroups ? c->ngroups : 1;
     if (c->m > 0 && groups > (Py_ssize_t)(UINT32_MAX / 2) / c->m) {
         PyErr_SetString(PyExc_ValueError, "too many (datagram, socket) pairs in one call");
@@ -328,7 +334,7 @@ bio_ring_send_setup(BioRingBase *r, const char *fname, PyObject *const *a, int b
         return -1;
     }
     r->call_gen++;
-    BIO_RCOUNT(r, BIO_R_TX_BATCHES, 1);
+    BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_BATCHES, 1);
     return 0;
 }
 
@@ -337,11 +343,11 @@ bio_ring_send_setup(BioRingBase *r, const char *fname, PyObject *const *a, int b
  * not be left in use) and the exception then propagates. 0, or -1 with an
  * error set. */
 static int
-bio_ring_send_run(BioRingSend *c)
+bio_socketset_send_run(BioSocketSetSend *c)
 {
     if (c->m == 0)
         return 0;
-    int err = bio_ring_run(c->r, c->b, c->r->send_nogil, c);
+    int err = bio_socketset_run(c->r, c->b, c->r->send_nogil, c);
     if (err == -EINTR) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -362,22 +368,22 @@ bio_ring_send_run(BioRingSend *c)
     return 0;
 }
 
-PyDoc_STRVAR(bio_ringbase_send_batch_doc,
-"send_batch(batch, start=0, count=None) -> int\n\n"
+PyDoc_STRVAR(bio_socketset_send_batch_doc,
+"send_batch($self, /, batch, start=0, count=None)\n--\n\n"
 "Send datagram i on socket batch.sockets[i], all at once. Returns the\n"
 "datagrams sent; failures are flagged in the batch (batch.send_errors()).");
 
 static PyObject *
-bio_ringbase_send_batch(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
-                        PyObject *kwnames)
+bio_socketset_send_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "start", "count", NULL};
     PyObject *a[3], *ret = NULL;
-    BioRingSend c = {0};
+    BioSocketSetSend c = {0};
     if (bio_args_parse("send_batch", args, nargs, kwnames, names, 3, 1, a) < 0 ||
-        bio_ring_send_setup(r, "send_batch", a, 1, &c) < 0 || bio_ring_send_run(&c) < 0)
+        bio_socketset_send_setup(r, "send_batch", a, 1, &c) < 0 || bio_socketset_send_run(&c) < 0)
         goto out;
-    ret = PyLong_FromSsize_t(bio_ring_send_results(r, c.b, c.results, c.m, 1));
+    ret = PyLong_FromSsize_t(bio_socketset_send_results(r, c.b, c.results, c.m, 1));
 out:
     PyMem_Free(c.results);
     return ret;
@@ -385,7 +391,7 @@ out:
 
 /* Failures of a redundant send: [(entry, socket index, errno), ...]. */
 static PyObject *
-bio_ring_failures(BioRingSend *c, const int *group)
+bio_socketset_failures(BioSocketSetSend *c, const int *group)
 {
     PyObject *list = PyList_New(0);
     for (Py_ssize_t k = 0; list != NULL && k < c->ngroups; k++) {
@@ -407,7 +413,7 @@ bio_ring_failures(BioRingSend *c, const int *group)
 /* Read a sequence of socket indices into idx[] and their fds into fds[];
  * returns the count, or -1 with an error set. */
 static Py_ssize_t
-bio_ring_group(BioRingBase *r, PyObject *group, int **idx, int **fds)
+bio_socketset_group(BioSocketSet *r, PyObject *group, int **idx, int **fds)
 {
     PyObject *seq = PySequence_Fast(group, "group must be a sequence of socket indices");
     if (seq == NULL)
@@ -421,7 +427,7 @@ bio_ring_group(BioRingBase *r, PyObject *group, int **idx, int **fds)
         return -1;
     }
     for (Py_ssize_t k = 0; k < n; k++) {
-        if (bio_ringbase_index(r, PySequence_Fast_GET_ITEM(seq, k), &(*idx)[k]) < 0) {
+        if (bio_socketset_index(r, PySequence_Fast_GET_ITEM(seq, k), &(*idx)[k]) < 0) {
             Py_DECREF(seq);
             return -1;
         }
@@ -433,33 +439,33 @@ bio_ring_group(BioRingBase *r, PyObject *group, int **idx, int **fds)
     return n == 0 ? -1 : n;
 }
 
-PyDoc_STRVAR(bio_ringbase_send_redundant_doc,
-"send_redundant(batch, group, start=0, count=None) -> (sent, failures)\n\n"
+PyDoc_STRVAR(bio_socketset_send_redundant_doc,
+"send_redundant($self, /, batch, group, start=0, count=None)\n--\n\n"
 "Send every datagram of the batch on every socket of `group` (socket\n"
-"indices) at once; runs to one destination go as UDP GSO. Returns how\n"
-"many datagram-sends went and the failures as [(entry, socket index,\n"
+"indices) at once; runs to one destination go as UDP GSO. Returns (sent,\n"
+"failures): how many datagram-sends went and the failures as [(entry, socket index,\n"
 "errno), ...]: together they account for every (datagram, socket) pair.");
 
 static PyObject *
-bio_ringbase_send_redundant(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
-                            PyObject *kwnames)
+bio_socketset_send_redundant(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "group", "start", "count", NULL};
     PyObject *a[4], *ret = NULL;
     int *group = NULL, *fds = NULL;
-    BioRingSend c = {0};
+    BioSocketSetSend c = {0};
     if (bio_args_parse("send_redundant", args, nargs, kwnames, names, 4, 2, a) < 0)
         return NULL;
     PyObject *sa[3] = {a[0], a[2], a[3]};
-    c.ngroups = bio_ring_group(r, a[1], &group, &fds);
+    c.ngroups = bio_socketset_group(r, a[1], &group, &fds);
     c.group_fds = fds;
-    if (c.ngroups < 0 || bio_ring_send_setup(r, "send_redundant", sa, 0, &c) < 0 ||
-        bio_ring_send_run(&c) < 0)
+    if (c.ngroups < 0 || bio_socketset_send_setup(r, "send_redundant", sa, 0, &c) < 0 ||
+        bio_socketset_send_run(&c) < 0)
         goto out;
     Py_ssize_t sent = 0;
     for (Py_ssize_t k = 0; k < c.ngroups; k++)
-        sent += bio_ring_send_results(r, c.b, c.results + k * c.m, c.m, 0);
-    PyObject *fail = bio_ring_failures(&c, group);
+        sent += bio_socketset_send_results(r, c.b, c.results + k * c.m, c.m, 0);
+    PyObject *fail = bio_socketset_failures(&c, group);
     if (fail != NULL)
         ret = Py_BuildValue("(nN)", sent, fail);
 out:
@@ -471,40 +477,37 @@ out:
 
 /* ---- stream receive with a byte low watermark ---------------------------- */
 
-PyDoc_STRVAR(bio_ringbase_recv_stream_doc,
-"recv_stream(index, buffer, min_bytes, timeout=None) -> int\n\n"
+PyDoc_STRVAR(bio_socketset_recv_stream_doc,
+"recv_stream($self, /, index, buffer, min_bytes, timeout=None)\n--\n\n"
 "Stream socket: wait until min_bytes have arrived or timeout seconds have\n"
 "passed (one wake-up either way), then read up to min_bytes into buffer.\n"
 "Returns the bytes read (0: none in time, or end of stream).");
 
 static PyObject *
-bio_ringbase_recv_stream(BioRingBase *r, PyObject *const *args, Py_ssize_t nargs,
-                         PyObject *kwnames)
+bio_socketset_recv_stream(BioSocketSet *r, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
 {
     static const char *const names[] = {"index", "buffer", "min_bytes", "timeout", NULL};
     PyObject *a[4], *ret = NULL;
     int idx;
     Py_buffer pb;
-    BioRingStream c = {.r = r};
+    BioSocketSetStream c = {.r = r};
     if (bio_args_parse("recv_stream", args, nargs, kwnames, names, 4, 3, a) < 0 ||
-        bio_ringbase_usable(r) < 0 || bio_ringbase_index(r, a[0], &idx) < 0 ||
+        bio_socketset_usable(r) < 0 || bio_socketset_index(r, a[0], &idx) < 0 ||
         bio_timeout_parse(a[3] ? a[3] : Py_None, &c.timeout_ns) < 0)
         return NULL;
-    Py_ssize_t want = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
-    if ((want == -1 && PyErr_Occurred()) ||
+    long long want;
+    if (bio_args_int_type("min_bytes", a[2], 0) < 0 ||
         PyObject_GetBuffer(a[1], &pb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
-    if (want < 1 || want > pb.len || want > 0x7fffffff) {
-        PyErr_Format(PyExc_ValueError, "min_bytes must be between 1 and len(buffer) = %zd, got %zd",
-                     pb.len, want);
+    if (bio_args_int("min_bytes", a[2], 1, pb.len < 0x7fffffff ? pb.len : 0x7fffffff, &want) < 0)
         goto out;
-    }
     c.fd = r->fds[idx];
     c.buf = pb.buf;
     c.want = (size_t)want;
     c.deadline = c.timeout_ns < 0 ? -1 : bio_now_ns() + c.timeout_ns;
     r->call_gen++;
-    int err = bio_ring_run(r, NULL, r->stream_nogil, &c);
+    int err = bio_socketset_run(r, NULL, r->stream_nogil, &c);
     if (err == -EINTR && c.queued) {
         /* a handler raised: the kernel must stop writing the buffer first */
         r->busy = 1;
@@ -526,12 +529,13 @@ out:
 
 /* ---- Python methods ---------------------------------------------------- */
 
-PyDoc_STRVAR(bio_ringbase_take_errors_doc,
-"take_errors() -> list of (socket index, errno)\n\n"
-"Per-socket errors seen since the last call (receive side), oldest first.");
+PyDoc_STRVAR(bio_socketset_take_errors_doc,
+"take_errors($self, /)\n--\n\n"
+"Per-socket errors seen since the last call (receive side), oldest first,\n"
+"as a list of (socket index, errno).");
 
 static PyObject *
-bio_ringbase_take_errors(BioRingBase *r, PyObject *Py_UNUSED(ignored))
+bio_socketset_take_errors(BioSocketSet *r, PyObject *Py_UNUSED(ignored))
 {
     PyObject *list = PyList_New(r->nerr);
     for (int i = 0; list != NULL && i < r->nerr; i++) {
@@ -547,31 +551,31 @@ bio_ringbase_take_errors(BioRingBase *r, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-bio_ringbase_counters(BioRingBase *r, PyObject *Py_UNUSED(ignored))
+bio_socketset_counters(BioSocketSet *r, PyObject *Py_UNUSED(ignored))
 {
-    return bio_counters_dict(r->counters, bio_ring_counter_names, BIO_R_NCOUNTERS);
+    return bio_counters_dict(r->counters, bio_socketset_counter_names, BIO_SOCKETSET_NCOUNTERS);
 }
 
 static PyObject *
-bio_ringbase_reset_counters(BioRingBase *r, PyObject *Py_UNUSED(ignored))
+bio_socketset_reset_counters(BioSocketSet *r, PyObject *Py_UNUSED(ignored))
 {
     memset(r->counters, 0, sizeof(r->counters));
     Py_RETURN_NONE;
 }
 
 static PyObject *
-bio_ringbase_fd(BioRingBase *r, PyObject *arg)
+bio_socketset_fd(BioSocketSet *r, PyObject *arg)
 {
     int idx;
-    if (bio_ringbase_index(r, arg, &idx) < 0)
+    if (bio_socketset_index(r, arg, &idx) < 0)
         return NULL;
     return PyLong_FromLong(r->fds[idx]);
 }
 
 static void
-bio_ringbase_dealloc(BioRingBase *r)
+bio_socketset_dealloc(BioSocketSet *r)
 {
-    bio_ringbase_free_all(r);
+    bio_socketset_free_all(r);
     PyMem_Free(r->fds);
     PyMem_Free(r->state);
     PyMem_Free(r->gen);
@@ -580,42 +584,52 @@ bio_ringbase_dealloc(BioRingBase *r)
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
-static PyMethodDef bio_ringbase_methods[] = {
-    {"recv_batch", (PyCFunction)(void (*)(void))bio_ringbase_recv_batch,
-     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_recv_batch_doc},
-    {"send_batch", (PyCFunction)(void (*)(void))bio_ringbase_send_batch,
-     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_send_batch_doc},
-    {"send_redundant", (PyCFunction)(void (*)(void))bio_ringbase_send_redundant,
-     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_send_redundant_doc},
-    {"recv_stream", (PyCFunction)(void (*)(void))bio_ringbase_recv_stream,
-     METH_FASTCALL | METH_KEYWORDS, bio_ringbase_recv_stream_doc},
-    {"take_errors", (PyCFunction)bio_ringbase_take_errors, METH_NOARGS,
-     bio_ringbase_take_errors_doc},
-    {"counters", (PyCFunction)bio_ringbase_counters, METH_NOARGS,
-     "counters() -> dict of every counter"},
-    {"reset_counters", (PyCFunction)bio_ringbase_reset_counters, METH_NOARGS,
-     "reset_counters(): set every counter to 0"},
-    {"fd", (PyCFunction)bio_ringbase_fd, METH_O,
-     "fd(index) -> the ring's own descriptor for that socket"},
+static PyMethodDef bio_socketset_methods[] = {
+    {"recv_batch", (PyCFunction)(void (*)(void))bio_socketset_recv_batch,
+     METH_FASTCALL | METH_KEYWORDS, bio_socketset_recv_batch_doc},
+    {"send_batch", (PyCFunction)(void (*)(void))bio_socketset_send_batch,
+     METH_FASTCALL | METH_KEYWORDS, bio_socketset_send_batch_doc},
+    {"send_redundant", (PyCFunction)(void (*)(void))bio_socketset_send_redundant,
+     METH_FASTCALL | METH_KEYWORDS, bio_socketset_send_redundant_doc},
+    {"recv_stream", (PyCFunction)(void (*)(void))bio_socketset_recv_stream,
+     METH_FASTCALL | METH_KEYWORDS, bio_socketset_recv_stream_doc},
+    {"take_errors", (PyCFunction)bio_socketset_take_errors, METH_NOARGS,
+     bio_socketset_take_errors_doc},
+    {"counters", (PyCFunction)bio_socketset_counters, METH_NOARGS,
+     "counters($self, /)\n--\n\nA dict of every counter."},
+    {"reset_counters", (PyCFunction)bio_socketset_reset_counters, METH_NOARGS,
+     "reset_counters($self, /)\n--\n\nSet every counter to 0."},
+    {"fd", (PyCFunction)bio_socketset_fd, METH_O,
+     "fd($self, index, /)\n--\n\nThe set's own descriptor for the socket at index."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef bio_ringbase_members[] = {
-    {"capacity", T_INT, offsetof(BioRingBase, cap), READONLY, "socket slots"},
-    {"count", T_INT, offsetof(BioRingBase, count), READONLY, "sockets in the ring"},
-    {"gso", T_INT, offsetof(BioRingBase, gso), 0, "1: send equal runs with UDP GSO"},
-    {"gso_max_segments", T_INT, offsetof(BioRingBase, gso_max_segments), 0,
+static PyMemberDef bio_socketset_members[] = {
+    {"capacity", T_INT, offsetof(BioSocketSet, cap), READONLY, "socket slots"},
+    {"count", T_INT, offsetof(BioSocketSet, count), READONLY, "sockets in the set"},
+    {"gso", T_INT, offsetof(BioSocketSet, gso), 0, "1: send equal runs with UDP GSO"},
+    {"gso_max_segments", T_INT, offsetof(BioSocketSet, gso_max_segments), 0,
      "segments per GSO send to build"},
     {NULL, 0, 0, 0, NULL},
 };
 
-PyTypeObject BioRingBase_Type = {
+PyTypeObject BioSocketSet_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "burstio._native.SocketSetBase",
-    .tp_basicsize = sizeof(BioRingBase),
-    .tp_dealloc = (destructor)bio_ringbase_dealloc,
+    .tp_basicsize = sizeof(BioSocketSet),
+    .tp_dealloc = (destructor)bio_socketset_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "What the multi-socket ring backends share (internal).",
-    .tp_methods = bio_ringbase_methods,
-    .tp_members = bio_ringbase_members,
+    .tp_doc = "What the two SocketSet backends share (internal).",
+    .tp_methods = bio_socketset_methods,
+    .tp_members = bio_socketset_members,
 };
+
+int
+bio_socketset_init_types(PyObject *module)
+{
+    if (PyType_Ready(&BioSocketSet_Type) < 0)
+        return -1;
+    if (bio_uringset_init_type(module) < 0 || bio_epollset_init_type(module) < 0)
+        return -1;
+    return 0;
+}

@@ -1,6 +1,12 @@
-/* Capability probes that need syscalls the socket module lacks.
- * Each probe *tries* the feature and reports (works, detail). */
-#include "burstio.h"
+/* The sendmmsg/recvmmsg capability probe (the socket module lacks both),
+ * and the probes' module functions. Each probe *tries* the feature and
+ * reports (works, detail); Python (src/burstio/_caps.py) decides.
+ *
+ * Where a datagram goes through it: one datagram to ourselves on loopback,
+ * sent with sendmmsg and received with recvmmsg, tells whether udp/send.c
+ * and udp/recv.c may use them.
+ */
+#include "probe/probe.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,7 +39,8 @@ bio_probe_socket(struct sockaddr_in *self_addr)
     return fd;
 }
 
-/* probe_mmsg() -> {'recvmmsg': (bool, str), 'sendmmsg': (bool, str)} Send one datagram to ourselves with sendmmsg and read it with recvmmsg. */
+/* probe_mmsg() -> {'recvmmsg': (bool, str), 'sendmmsg': (bool, str)}: send
+ * one datagram to ourselves with sendmmsg and read it with recvmmsg. */
 PyObject *
 bio_probe_mmsg(PyObject *self, PyObject *args)
 {
@@ -71,4 +78,20 @@ fail:
     Py_XDECREF(v);
     Py_DECREF(d);
     return NULL;
+}
+
+static PyMethodDef bio_probe_methods[] = {
+    {"probe_mmsg", bio_probe_mmsg, METH_NOARGS,
+     "probe_mmsg($module, /)\n--\n\n"
+     "Try sendmmsg and recvmmsg on loopback: a dict of name -> (works, detail)."},
+    {"probe_uring", bio_probe_uring, METH_NOARGS,
+     "probe_uring($module, /)\n--\n\n"
+     "Try io_uring setup flags, opcodes and buffer rings: a dict of name -> (works, detail)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+bio_probe_init(PyObject *module)
+{
+    return PyModule_AddFunctions(module, bio_probe_methods);
 }

@@ -3,57 +3,34 @@
  *   attach_reuseport_cbpf(fd, program)  SO_ATTACH_REUSEPORT_CBPF: a classic
  *                                       BPF program picks the socket of a
  *                                       SO_REUSEPORT group for each packet
- *   register_uring_napi(ring_fd, ...)   IORING_REGISTER_NAPI: io_uring busy
+ *   register_uring_napi(uring_fd, ...)  IORING_REGISTER_NAPI: io_uring busy
  *                                       polls the NAPI of the sockets it waits on
  *
- * Python (burstio.napi.busypoll) writes the programs and decides the settings.
+ * Python (src/burstio/napi/busypoll.py) writes the programs and decides the
+ * settings; the busy-polling epoll_wait is core/wait.c's.
+ *
+ * Where a datagram goes through it: a reuseport program picks the socket
+ * of the group that receives it; NAPI busy polling makes the receive that
+ * waits for it poll the device queue instead of sleeping.
  */
-#include "burstio.h"
+#include "napi/napi.h"
+#include "core/compat.h"
 
 #include <errno.h>
 #include <linux/filter.h>
 #include <sched.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef SO_ATTACH_REUSEPORT_CBPF
-#define SO_ATTACH_REUSEPORT_CBPF 51
-#endif
-#define BIO_IORING_REGISTER_NAPI 27
-#define BIO_IORING_UNREGISTER_NAPI 28
-
-/* struct io_uring_napi (Linux >= 6.9; opcode/op_param since 6.13, 0 = the
- * original behaviour), not in liburing 2.3's headers. */
-struct bio_uring_napi {
-    uint32_t busy_poll_to;
-    uint8_t prefer_busy_poll;
-    uint8_t opcode;
-    uint8_t pad[2];
-    uint32_t op_param;
-    uint32_t resv;
-};
-
-int
-bio_epoll_wait_nogil(int epfd, int64_t deadline_ns)
-{
-    int timeout_ms = bio_deadline_ms(deadline_ns);
-    if (timeout_ms == 0)
-        return 0;
-    struct epoll_event ev;
-    int r = epoll_wait(epfd, &ev, 1, timeout_ms);
-    return r < 0 ? -errno : r;
-}
-
-PyDoc_STRVAR(bio_attach_cbpf_doc,
-"attach_reuseport_cbpf(sock, program) -> None\n\n"
+PyDoc_STRVAR(bio_napi_attach_cbpf_doc,
+"attach_reuseport_cbpf($module, sock, program, /)\n--\n\n"
 "Attach a classic BPF program (bytes: struct sock_filter records of 8\n"
 "bytes) to sock's SO_REUSEPORT group; its return value is the index of the\n"
 "socket that gets each packet.");
 
 static PyObject *
-bio_attach_cbpf(PyObject *self, PyObject *args)
+bio_napi_attach_cbpf(PyObject *self, PyObject *args)
 {
     PyObject *sock;
     Py_buffer prog;
@@ -82,12 +59,12 @@ out:
     return ret;
 }
 
-PyDoc_STRVAR(bio_uring_napi_doc,
-"register_uring_napi(ring_fd, busy_poll_usecs, prefer_busy_poll) -> None\n\n"
+PyDoc_STRVAR(bio_napi_register_uring_doc,
+"register_uring_napi($module, uring_fd, busy_poll_usecs, prefer_busy_poll, /)\n--\n\n"
 "IORING_REGISTER_NAPI; busy_poll_usecs 0 unregisters (Linux >= 6.9).");
 
 static PyObject *
-bio_register_uring_napi(PyObject *self, PyObject *args)
+bio_napi_register_uring(PyObject *self, PyObject *args)
 {
     int fd, prefer;
     unsigned int usecs;
@@ -97,19 +74,19 @@ bio_register_uring_napi(PyObject *self, PyObject *args)
     memset(&napi, 0, sizeof(napi));
     napi.busy_poll_to = usecs;
     napi.prefer_busy_poll = (uint8_t)prefer;
-    unsigned op = usecs ? BIO_IORING_REGISTER_NAPI : BIO_IORING_UNREGISTER_NAPI;
+    unsigned op = usecs ? IORING_REGISTER_NAPI : IORING_UNREGISTER_NAPI;
     if (syscall(__NR_io_uring_register, fd, op, &napi, 1) < 0)
         return bio_raise_errno(-errno);
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(bio_setns_doc,
-"setns(fd, nstype=0) -> None\n\n"
+PyDoc_STRVAR(bio_napi_setns_doc,
+"setns($module, fd, nstype=0, /)\n--\n\n"
 "Move the calling thread into the namespace open at fd (setns(2)); the\n"
 "lab uses it to make sockets inside its network namespaces.");
 
 static PyObject *
-bio_setns(PyObject *self, PyObject *args)
+bio_napi_setns(PyObject *self, PyObject *args)
 {
     int fd, nstype = 0;
     if (!PyArg_ParseTuple(args, "i|i:setns", &fd, &nstype))
@@ -120,9 +97,9 @@ bio_setns(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef bio_napi_methods[] = {
-    {"setns", bio_setns, METH_VARARGS, bio_setns_doc},
-    {"attach_reuseport_cbpf", bio_attach_cbpf, METH_VARARGS, bio_attach_cbpf_doc},
-    {"register_uring_napi", bio_register_uring_napi, METH_VARARGS, bio_uring_napi_doc},
+    {"setns", bio_napi_setns, METH_VARARGS, bio_napi_setns_doc},
+    {"attach_reuseport_cbpf", bio_napi_attach_cbpf, METH_VARARGS, bio_napi_attach_cbpf_doc},
+    {"register_uring_napi", bio_napi_register_uring, METH_VARARGS, bio_napi_register_uring_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,10 +1,14 @@
 /* Memory: one mmap'd region that Python sees through the buffer protocol.
  *
+ * Where a datagram goes through it: into a PacketBatch's arena (receive
+ * slots, appended payloads), a zero-copy pool's buffers or a port region
+ * (shared with another process); this file only owns the mapping.
+ *
  * A PacketBatch keeps its arena in a Memory object rather than in itself, so
  * that the memoryviews it hands out (batch[i], batch.arena) keep the memory
  * alive without referring back to the batch: no reference cycle, and the
  * region is unmapped as soon as the last user lets go. */
-#include "burstio.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <sys/mman.h>
@@ -51,6 +55,19 @@ bio_memory_new(size_t size)
         bio_raise_errno(-e);
         return NULL;
     }
+    return m;
+}
+
+BioMemory *
+bio_memory_wrap(void *ptr, size_t size)
+{
+    BioMemory *m = PyObject_New(BioMemory, &BioMemory_Type);
+    if (m == NULL) {
+        munmap(ptr, size);
+        return NULL;
+    }
+    m->ptr = ptr;
+    m->size = size;
     return m;
 }
 

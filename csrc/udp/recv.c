@@ -1,30 +1,18 @@
-/* UdpIo: the syscall side of a BurstSocket — receive path and the type.
+/* UdpIo's receive path: recvmmsg into a PacketBatch, with UDP GRO split.
  *
- * A datagram's way in: recv() -> bio_recv_wait_nogil (recvmmsg, or one
+ * A datagram's way in: recv() -> bio_udp_recv_wait_nogil (recvmmsg, or one
  * recvmsg per datagram when recvmmsg is off; poll() when nothing is ready)
- * -> bio_recv_finish_nogil (lengths, flags, cmsgs, GRO split) -> entries of
+ * -> bio_udp_recv_finish_nogil (lengths, flags, cmsgs, GRO split) -> entries of
  * the caller's PacketBatch. Policy (timeouts, GRO on/off, fallbacks) is the
  * Python BurstSocket's; this file only moves bytes and counts.
  */
-#include "burstio.h"
+#include "udp/udp.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <stddef.h>
 #include <string.h>
-#include <structmember.h>
 #include <time.h>
-
-const char *const bio_counter_names[BIO_NCOUNTERS] = {
-    "rx_datagrams",    "rx_bytes",         "rx_batches",  "rx_syscalls",
-    "rx_truncated",    "rx_gro_messages",  "rx_gro_datagrams",
-    "kernel_drops",    "tx_datagrams",     "tx_bytes",    "tx_batches",
-    "tx_syscalls",     "tx_gso_messages",  "tx_gso_datagrams",
-    "tx_errors",       "tx_unreported_errors", "gso_downgrades",
-};
-
-#define BIO_COUNT(u, c, n) \
-    __atomic_fetch_add(&(u)->counters[(c)], (uint64_t)(n), __ATOMIC_RELAXED)
 
 /* ---- receive ----------------------------------------------------------- */
 
@@ -35,10 +23,10 @@ const char *const bio_counter_names[BIO_NCOUNTERS] = {
  * one datagram or returns without having had to wait for its datagram (it
  * was already queued: a burst is arriving); every single_after-th call in
  * the mode also asks for the full window. */
-#define BIO_RX_WAITED_NS 5000 /* a receive that took longer had to wait */
+#define BIO_UDP_RX_WAITED_NS 5000 /* a receive that took longer had to wait */
 
 static int
-bio_recv_single_mode(const BioUdp *u)
+bio_udp_recv_single_mode(const BioUdp *u)
 {
     int t = u->single_after;
     return t > 0 && u->rx_singles >= t && (u->rx_singles - t + 1) % t != 0;
@@ -47,14 +35,14 @@ bio_recv_single_mode(const BioUdp *u)
 /* Messages to ask for: every slot, unless GRO could split them into more
  * entries than the batch holds, or single mode is on. */
 static int
-bio_recv_vlen(const BioUdp *u, const BioBatch *b)
+bio_udp_recv_vlen(const BioUdp *u, const BioBatch *b)
 {
     Py_ssize_t v = b->slots;
     if (u->gro) {
         Py_ssize_t fit = b->capacity / (u->gro_max_segments > 0 ? u->gro_max_segments : 64);
         v = fit < 1 ? 1 : (fit < v ? fit : v);
     }
-    if (bio_recv_single_mode(u))
+    if (bio_udp_recv_single_mode(u))
         v = 1;
     return (int)(v > BIO_MMSG_MAX ? BIO_MMSG_MAX : v);
 }
@@ -62,17 +50,17 @@ bio_recv_vlen(const BioUdp *u, const BioBatch *b)
 /* Learn from a receive that produced `entries` datagrams; `waited`: the
  * call had to wait for its first one. */
 static void
-bio_recv_learn(BioUdp *u, Py_ssize_t entries, int waited)
+bio_udp_recv_learn(BioUdp *u, Py_ssize_t entries, int waited)
 {
     int t = u->single_after;
-    if (entries > 1 || (entries == 1 && !waited && bio_recv_single_mode(u)))
+    if (entries > 1 || (entries == 1 && !waited && bio_udp_recv_single_mode(u)))
         u->rx_singles = 0;
     else if (entries == 1 && ++u->rx_singles >= 3 * t && t > 0)
         u->rx_singles -= t; /* keep the count bounded, same phase */
 }
 
 static void
-bio_recv_prepare(BioBatch *b, int vlen)
+bio_udp_recv_prepare(BioBatch *b, int vlen)
 {
     for (int k = 0; k < vlen; k++) {
         struct msghdr *h = &b->msgs[k].msg_hdr;
@@ -90,17 +78,17 @@ bio_recv_prepare(BioBatch *b, int vlen)
 
 /* One receive syscall round. Returns datagrams (>= 1) or -errno. nogil. */
 static int
-bio_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
+bio_udp_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
 {
     flags |= MSG_TRUNC; /* msg_len is then the datagram's real length */
     if (u->recv_mmsg) {
-        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
         int r = recvmmsg(u->fd, b->msgs, (unsigned int)vlen, flags | MSG_WAITFORONE, NULL);
         return r < 0 ? -errno : r;
     }
     int n = 0;
     for (; n < vlen; n++) {
-        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
         ssize_t r = recvmsg(u->fd, &b->msgs[n].msg_hdr, flags | (n ? MSG_DONTWAIT : 0));
         if (r < 0) {
             int e = errno;
@@ -119,8 +107,8 @@ bio_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
 /* Receive, waiting in poll() until deadline_ns (-1: forever). Returns
  * datagrams, 0 on timeout, or -errno. nogil. */
 static int
-bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
-                    int64_t deadline_ns)
+bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
+                        int64_t deadline_ns)
 {
     int64_t spin_end = -1;
     int first = 1, waited = 0;
@@ -129,17 +117,17 @@ bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
         /* Request/response traffic under busy polling: the socket was empty
          * last time, so wait (polling the device) before the receive that
          * would fail. epoll_wait returns at once if a datagram is there. */
-        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
         int p = bio_epoll_wait_nogil(wfd0, deadline_ns);
         if (p < 0 && p != -EBADF && p != -EINVAL)
             return p;
         waited = 1;
     }
     for (;;) {
-        bio_recv_prepare(b, vlen);
-        int r = bio_recv_once_nogil(u, b, vlen, flags);
+        bio_udp_recv_prepare(b, vlen);
+        int r = bio_udp_recv_once_nogil(u, b, vlen, flags);
         if (first) {
-            /* wait first next time while receives drain the socket; a full
+            /* wait first next time while receives empty the socket; a full
              * batch (not the one-slot window) means more is waiting:
              * receive first then */
             u->wait_first = waited ? !(vlen > 1 && r >= vlen) : (r == -EAGAIN || r == -EWOULDBLOCK);
@@ -155,7 +143,7 @@ bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
             spin_end = now + (int64_t)spin * 1000;
         if (now < spin_end)
             continue; /* busy poll from here: each receive polls the device once */
-        BIO_COUNT(u, BIO_C_RX_SYSCALLS, 1);
+        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
         int wfd = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
         int p = wfd >= 0 ? bio_epoll_wait_nogil(wfd, deadline_ns)
                          : bio_poll_nogil(u->fd, POLLIN, deadline_ns);
@@ -170,7 +158,7 @@ bio_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
 /* Read the control messages of message k (GRO segment size, receive
  * timestamp) into entry k's arrays. */
 static void
-bio_recv_cmsgs(BioBatch *b, int k)
+bio_udp_recv_cmsgs(BioBatch *b, int k)
 {
     struct msghdr *h = &b->msgs[k].msg_hdr;
     b->segment_sizes[k] = 0;
@@ -189,7 +177,7 @@ bio_recv_cmsgs(BioBatch *b, int k)
 }
 
 static uint32_t
-bio_stored_len(const BioBatch *b, int k)
+bio_udp_recv_stored_len(const BioBatch *b, int k)
 {
     unsigned int len = b->msgs[k].msg_len;
     return len > (size_t)b->slot_size ? (uint32_t)b->slot_size : len;
@@ -197,9 +185,9 @@ bio_stored_len(const BioBatch *b, int k)
 
 /* Segments message k splits into (1 if not coalesced). */
 static Py_ssize_t
-bio_recv_segments(const BioBatch *b, int k)
+bio_udp_recv_segments(const BioBatch *b, int k)
 {
-    uint32_t seg = b->segment_sizes[k], stored = bio_stored_len(b, k);
+    uint32_t seg = b->segment_sizes[k], stored = bio_udp_recv_stored_len(b, k);
     if (seg == 0 || stored <= seg)
         return 1;
     return (stored + seg - 1) / seg;
@@ -209,14 +197,14 @@ bio_recv_segments(const BioBatch *b, int k)
  * Entries >= k only: called from the last message to the first, so no
  * message's own data is overwritten before it is read. */
 static void
-bio_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t cnt)
+bio_udp_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t cnt)
 {
     const struct sockaddr_in6 name = b->names[k];
     const int64_t ts = b->timestamps[k];
-    const uint32_t seg = b->segment_sizes[k], stored = bio_stored_len(b, k);
+    const uint32_t seg = b->segment_sizes[k], stored = bio_udp_recv_stored_len(b, k);
     const int trunc = (b->msgs[k].msg_hdr.msg_flags & MSG_TRUNC) != 0;
     const uint64_t base = (uint64_t)k * (uint64_t)b->slot_size;
-    const Py_ssize_t want = bio_recv_segments(b, k);
+    const Py_ssize_t want = bio_udp_recv_segments(b, k);
     uint64_t datagrams = 0;
 
     for (Py_ssize_t s = cnt - 1; s >= 0; s--) {
@@ -244,28 +232,28 @@ bio_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t cnt)
         b->names[j] = name;
         datagrams += (fl & BIO_FLAG_COALESCED) ? (len + seg - 1) / seg : 1;
     }
-    BIO_COUNT(u, BIO_C_RX_DATAGRAMS, datagrams);
-    BIO_COUNT(u, BIO_C_RX_BYTES, stored);
+    BIO_COUNT(u->counters, BIO_UDP_C_RX_DATAGRAMS, datagrams);
+    BIO_COUNT(u->counters, BIO_UDP_C_RX_BYTES, stored);
     if (want > 1) {
-        BIO_COUNT(u, BIO_C_RX_GRO_MESSAGES, 1);
-        BIO_COUNT(u, BIO_C_RX_GRO_DATAGRAMS, datagrams);
+        BIO_COUNT(u->counters, BIO_UDP_C_RX_GRO_MESSAGES, 1);
+        BIO_COUNT(u->counters, BIO_UDP_C_RX_GRO_DATAGRAMS, datagrams);
     }
     if (trunc) {
         /* count the cut datagram and any whole segments that did not fit */
         unsigned int len = b->msgs[k].msg_len;
         uint64_t lost = seg ? (len + seg - 1) / seg - (stored + seg - 1) / seg : 0;
-        BIO_COUNT(u, BIO_C_RX_TRUNCATED, 1 + lost);
+        BIO_COUNT(u->counters, BIO_UDP_C_RX_TRUNCATED, 1 + lost);
     }
 }
 
 /* Turn n received messages into entries; returns the entry count. nogil. */
 static Py_ssize_t
-bio_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
+bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
 {
     Py_ssize_t total = 0;
     for (int k = 0; k < n; k++) {
-        bio_recv_cmsgs(b, k);
-        Py_ssize_t want = bio_recv_segments(b, k);
+        bio_udp_recv_cmsgs(b, k);
+        Py_ssize_t want = bio_udp_recv_segments(b, k);
         /* leave at least one entry for every later message */
         Py_ssize_t room = b->capacity - total - (n - k - 1);
         b->msg_entry[k] = total;
@@ -273,9 +261,9 @@ bio_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
     }
     for (int k = n - 1; k >= 0; k--) {
         Py_ssize_t next = k == n - 1 ? total : b->msg_entry[k + 1];
-        bio_recv_expand(u, b, k, b->msg_entry[k], next - b->msg_entry[k]);
+        bio_udp_recv_expand(u, b, k, b->msg_entry[k], next - b->msg_entry[k]);
     }
-    BIO_COUNT(u, BIO_C_RX_BATCHES, 1);
+    BIO_COUNT(u->counters, BIO_UDP_C_RX_BATCHES, 1);
     return total;
 }
 
@@ -285,35 +273,35 @@ typedef struct {
     int vlen, flags, waited;
     int64_t deadline;
     Py_ssize_t entries;
-} BioRecvCtx;
+} BioUdpRecv;
 
 /* Wait, receive, turn messages into entries; messages, 0 on timeout, or
  * -errno. nogil. */
 static int
-bio_recv_run_nogil(void *arg)
+bio_udp_recv_run_nogil(void *arg)
 {
-    BioRecvCtx *c = arg;
+    BioUdpRecv *c = arg;
     int64_t t0 = c->vlen == 1 ? bio_now_ns() : 0; /* single mode: did we wait? */
-    int r = bio_recv_wait_nogil(c->u, c->b, c->vlen, c->flags, c->deadline);
-    c->waited = c->vlen != 1 || bio_now_ns() - t0 > BIO_RX_WAITED_NS;
+    int r = bio_udp_recv_wait_nogil(c->u, c->b, c->vlen, c->flags, c->deadline);
+    c->waited = c->vlen != 1 || bio_now_ns() - t0 > BIO_UDP_RX_WAITED_NS;
     if (r > 0)
-        c->entries = bio_recv_finish_nogil(c->u, c->b, r);
+        c->entries = bio_udp_recv_finish_nogil(c->u, c->b, r);
     return r;
 }
 
-PyDoc_STRVAR(bio_udp_recv_batch_doc,
-"recv_batch(batch, timeout=None) -> int\n\n"
+const char bio_udp_recv_batch_doc[] =
+"recv_batch($self, /, batch, timeout=None)\n--\n\n"
 "Fill batch with the datagrams ready now, waiting up to timeout seconds\n"
-"(None: forever) for the first. Returns the entry count, 0 on timeout.");
+"(None: forever) for the first. Returns the entry count, 0 on timeout.";
 
-static PyObject *
+PyObject *
 bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"batch", "timeout", NULL};
     PyObject *a[2];
     int64_t timeout_ns;
     if (bio_args_parse("recv_batch", args, nargs, kwnames, names, 2, 1, a) < 0 ||
-        bio_args_batch("recv_batch", a[0]) < 0 ||
+        bio_batch_arg("recv_batch", a[0]) < 0 ||
         bio_timeout_parse(a[1] ? a[1] : Py_None, &timeout_ns) < 0)
         return NULL;
     BioBatch *b = (BioBatch *)a[0];
@@ -335,13 +323,13 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return bio_raise_errno(-e);
     }
     bio_batch_reset(b);
-    BioRecvCtx c = {.u = u, .b = b, .vlen = bio_recv_vlen(u, b),
+    BioUdpRecv c = {.u = u, .b = b, .vlen = bio_udp_recv_vlen(u, b),
                     /* a blocking receive sleeps in recvmmsg itself, unless
                      * busy polling wants the wait done here */
                     .flags = timeout_ns < 0 && u->wait_fd < 0 && u->spin_us <= 0 ? 0 : MSG_DONTWAIT,
                     .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
     b->busy = 1;
-    int r = bio_nogil_retry(bio_recv_run_nogil, &c);
+    int r = bio_nogil_retry(bio_udp_recv_run_nogil, &c);
     b->busy = 0;
     if (r == -EINTR)
         return NULL;
@@ -349,156 +337,6 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return bio_raise_errno(r);
     b->count = c.entries;
     b->appended = r; /* slots 0..r-1 hold what arrived; append() goes after */
-    bio_recv_learn(u, c.entries, c.waited);
+    bio_udp_recv_learn(u, c.entries, c.waited);
     return PyLong_FromSsize_t(c.entries);
-}
-
-/* ---- the type ---------------------------------------------------------- */
-
-static PyObject *
-bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"fd", NULL};
-    int fd;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i:UdpIo", kwlist, &fd))
-        return NULL;
-    BioUdp *u = (BioUdp *)type->tp_alloc(type, 0);
-    if (u == NULL)
-        return NULL;
-    u->fd = fd;
-    u->wait_fd = -1;
-    u->recv_mmsg = 1;
-    u->send_mmsg = 1;
-    u->gso_max_segments = 64;
-    u->gro_max_segments = 64;
-    return (PyObject *)u;
-}
-
-static PyObject *
-bio_udp_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
-{
-    return bio_counters_dict(u->counters, bio_counter_names, BIO_NCOUNTERS);
-}
-
-static PyObject *
-bio_udp_count(BioUdp *u, PyObject *args)
-{
-    const char *name;
-    unsigned long long n;
-    if (!PyArg_ParseTuple(args, "sK:count", &name, &n))
-        return NULL;
-    int i = bio_counter_find(bio_counter_names, BIO_NCOUNTERS, name);
-    if (i < 0)
-        return NULL;
-    BIO_COUNT(u, i, n);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-bio_udp_reset_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
-{
-    memset(u->counters, 0, sizeof(u->counters));
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef bio_udp_methods[] = {
-    {"recv_batch", (PyCFunction)(void (*)(void))bio_udp_recv_batch,
-     METH_FASTCALL | METH_KEYWORDS, bio_udp_recv_batch_doc},
-    {"send_batch", (PyCFunction)(void (*)(void))bio_udp_send_batch,
-     METH_FASTCALL | METH_KEYWORDS,
-     "send_batch(batch, start=0, count=None, *, on_error='raise') -> int\n\n"
-     "Send entries [start, start+count). If the send stops early and a\n"
-     "`recover` policy is set, its result is returned (see BurstSocket)."},
-    {"send_raw", (PyCFunction)(void (*)(void))bio_udp_send_raw,
-     METH_FASTCALL | METH_KEYWORDS,
-     "send_raw(batch, start=0, count=None, *, on_error='raise') -> int\n\n"
-     "send_batch without the recover policy: stops early with last_errno set."},
-    {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
-     METH_VARARGS | METH_KEYWORDS, bio_udp_send_segments_doc},
-    {"counters", (PyCFunction)bio_udp_counters, METH_NOARGS,
-     "counters() -> dict of every counter"},
-    {"count", (PyCFunction)bio_udp_count, METH_VARARGS,
-     "count(name, n): add n to a counter (for policy code in Python)"},
-    {"reset_counters", (PyCFunction)bio_udp_reset_counters, METH_NOARGS,
-     "reset_counters(): set every counter to 0"},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMemberDef bio_udp_members[] = {
-    {"fd", T_INT, offsetof(BioUdp, fd), 0, "socket descriptor (-1: closed)"},
-    {"recv_mmsg", T_INT, offsetof(BioUdp, recv_mmsg), 0,
-     "1: recvmmsg; 0: one recvmsg per datagram"},
-    {"send_mmsg", T_INT, offsetof(BioUdp, send_mmsg), 0,
-     "1: sendmmsg; 0: one sendmsg per message"},
-    {"gso", T_INT, offsetof(BioUdp, gso), 0, "1: coalesce runs into UDP_SEGMENT sends"},
-    {"wait_fd", T_INT, offsetof(BioUdp, wait_fd), 0,
-     "epoll instance (holding this socket) that receives wait in, so its "
-     "busy-poll parameters apply; -1: poll() the socket"},
-    {"spin_us", T_INT, offsetof(BioUdp, spin_us), 0,
-     "microseconds a receive keeps retrying before it sleeps in poll() "
-     "(with SO_BUSY_POLL each try busy polls the device once); 0: none"},
-    {"gso_max_segments", T_INT, offsetof(BioUdp, gso_max_segments), 0,
-     "segments per GSO send to build"},
-    {"gro_max_segments", T_INT, offsetof(BioUdp, gro_max_segments), 0,
-     "most segments one GRO receive can carry (sizes receive calls)"},
-    {"gro", T_INT, offsetof(BioUdp, gro), 0, "1: UDP_GRO is on, split receives"},
-    {"socket_index", T_INT, offsetof(BioUdp, socket_index), 0,
-     "value written to batch.sockets on receive"},
-    {"single_after", T_INT, offsetof(BioUdp, single_after), 0,
-     "after this many one-datagram receives in a row, ask for one message at a "
-     "time, probing with the full window every as many calls (0: never)"},
-    {"recover", T_OBJECT, offsetof(BioUdp, recover), 0,
-     "recover(batch, start, done, end, skip) -> int: called when send_batch "
-     "stops early (error or GSO refusal); its result is returned"},
-    {"last_errno", T_INT, offsetof(BioUdp, last_errno), READONLY,
-     "errno that stopped the last send early, 0 if none"},
-    {"last_error_index", T_PYSSIZET, offsetof(BioUdp, last_error_index), READONLY,
-     "entry (send) or segment (send_segments) that failed"},
-    {"last_error_gso", T_INT, offsetof(BioUdp, last_error_gso), READONLY,
-     "1 if the failed message was a GSO send"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static int
-bio_udp_traverse(BioUdp *u, visitproc visit, void *arg)
-{
-    Py_VISIT(u->recover);
-    return 0;
-}
-
-static int
-bio_udp_clear(BioUdp *u)
-{
-    Py_CLEAR(u->recover);
-    return 0;
-}
-
-static void
-bio_udp_dealloc(BioUdp *u)
-{
-    PyObject_GC_UnTrack(u);
-    bio_udp_clear(u);
-    Py_TYPE(u)->tp_free((PyObject *)u);
-}
-
-PyTypeObject BioUdp_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "burstio._native.UdpIo",
-    .tp_basicsize = sizeof(BioUdp),
-    .tp_dealloc = (destructor)bio_udp_dealloc,
-    .tp_traverse = (traverseproc)bio_udp_traverse,
-    .tp_clear = (inquiry)bio_udp_clear,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "UdpIo(fd): batched UDP syscalls on one socket (internal).",
-    .tp_methods = bio_udp_methods,
-    .tp_members = bio_udp_members,
-    .tp_new = bio_udp_new,
-};
-
-int
-bio_udp_init_type(PyObject *module)
-{
-    if (PyType_Ready(&BioUdp_Type) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, "UdpIo", (PyObject *)&BioUdp_Type);
 }

@@ -1,10 +1,16 @@
 /* Waiting, deadlines and errors: the one place that knows how a blocking
- * call meets the GIL, signals (PEP 475) and OSError. */
-#include "burstio.h"
+ * call meets the GIL, signals (PEP 475) and OSError.
+ *
+ * Where a datagram goes through it: nowhere; a receive that finds nothing
+ * waits here (poll, epoll_wait) for one to arrive, with the GIL released by
+ * bio_nogil_retry.
+ */
+#include "core/core.h"
 
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <time.h>
 
 int64_t
@@ -41,6 +47,17 @@ bio_poll_nogil(int fd, short events, int64_t deadline_ns)
     if (r > 0 && (p.revents & POLLNVAL))
         return -EBADF;
     return r > 0 ? 1 : 0;
+}
+
+int
+bio_epoll_wait_nogil(int epfd, int64_t deadline_ns)
+{
+    int timeout_ms = bio_deadline_ms(deadline_ns);
+    if (timeout_ms == 0)
+        return 0;
+    struct epoll_event ev;
+    int r = epoll_wait(epfd, &ev, 1, timeout_ms);
+    return r < 0 ? -errno : r;
 }
 
 int

@@ -6,8 +6,13 @@
  * The min_datagrams watermark costs one wake-up per arrival burst here
  * (epoll cannot count datagrams); the io_uring backend needs only one.
  * Sends use one sendmmsg per run of messages for the same socket.
+ *
+ * Where a datagram goes through it: the kernel's socket queue -> recvmmsg
+ * straight into slot j of the caller's batch (entry j, batch.sockets[j] =
+ * the socket's index); on send, the batch's messages (batch/msgs.c) ->
+ * sendmmsg on each entry's socket.
  */
-#include "burstio.h"
+#include "socketset/socketset.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -17,21 +22,21 @@
 #include <unistd.h>
 
 typedef struct {
-    BioRingBase base;
+    BioSocketSet base;
     int epfd;
     int maxevents;
     struct epoll_event *events;
-} BioDrain;
+} BioEpollSet;
 
-static PyTypeObject BioDrain_Type;
-static int bio_drain_check(BioRingBase *base);
-static int bio_drain_recv_nogil(void *arg);
-static int bio_drain_send_nogil(void *arg);
-static int bio_drain_stream_nogil(void *arg);
-static void bio_drain_stream_abort_nogil(void *arg);
+static PyTypeObject BioEpollSet_Type;
+static int bio_epollset_check(BioSocketSet *base);
+static int bio_epollset_recv_nogil(void *arg);
+static int bio_epollset_send_nogil(void *arg);
+static int bio_epollset_stream_nogil(void *arg);
+static void bio_epollset_stream_abort_nogil(void *arg);
 
 static PyObject *
-bio_drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+bio_epollset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"max_sockets", NULL};
     int max_sockets = 1024;
@@ -41,7 +46,7 @@ bio_drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "need 1 <= max_sockets <= 1048576, got %d", max_sockets);
         return NULL;
     }
-    BioDrain *d = (BioDrain *)type->tp_alloc(type, 0);
+    BioEpollSet *d = (BioEpollSet *)type->tp_alloc(type, 0);
     if (d == NULL)
         return NULL;
     d->epfd = -1;
@@ -51,7 +56,7 @@ bio_drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(d);
         return PyErr_NoMemory();
     }
-    if (bio_ringbase_alloc(&d->base, max_sockets) < 0) {
+    if (bio_socketset_alloc(&d->base, max_sockets) < 0) {
         Py_DECREF(d);
         return NULL;
     }
@@ -61,27 +66,27 @@ bio_drain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(d);
         return bio_raise_errno(-e);
     }
-    d->base.check = bio_drain_check;
-    d->base.recv_nogil = bio_drain_recv_nogil;
-    d->base.send_nogil = bio_drain_send_nogil;
-    d->base.stream_nogil = bio_drain_stream_nogil;
-    d->base.stream_abort_nogil = bio_drain_stream_abort_nogil;
+    d->base.check = bio_epollset_check;
+    d->base.recv_nogil = bio_epollset_recv_nogil;
+    d->base.send_nogil = bio_epollset_send_nogil;
+    d->base.stream_nogil = bio_epollset_stream_nogil;
+    d->base.stream_abort_nogil = bio_epollset_stream_abort_nogil;
     return (PyObject *)d;
 }
 
 static void
-bio_drain_dealloc(BioDrain *d)
+bio_epollset_dealloc(BioEpollSet *d)
 {
     if (d->epfd >= 0)
         close(d->epfd);
     PyMem_Free(d->events);
-    BioRingBase_Type.tp_dealloc((PyObject *)d);
+    BioSocketSet_Type.tp_dealloc((PyObject *)d);
 }
 
 static int
-bio_drain_check(BioRingBase *base)
+bio_epollset_check(BioSocketSet *base)
 {
-    BioDrain *d = (BioDrain *)base;
+    BioEpollSet *d = (BioEpollSet *)base;
     if (d->epfd < 0) {
         PyErr_SetString(PyExc_ValueError, "the socket set is closed");
         return -1;
@@ -93,7 +98,7 @@ bio_drain_check(BioRingBase *base)
 
 /* Point msgs[first, first + n) at slots first.. of the arena. */
 static void
-bio_drain_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
+bio_epollset_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
 {
     for (Py_ssize_t k = first; k < first + n; k++) {
         struct msghdr *h = &b->msgs[k].msg_hdr;
@@ -109,31 +114,32 @@ bio_drain_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
 
 /* Messages per recvmmsg on one ready socket: most have a few datagrams; a
  * socket that fills the window is asked again. */
-#define BIO_DRAIN_WINDOW 64
+#define BIO_EPOLLSET_WINDOW 64
 
 /* One recvmmsg on socket idx into entries *n..; returns the datagrams taken
  * (0 if none or an error, which is queued). *prepared: entries whose
  * msghdr is ready (each is prepared once per call). nogil. */
 static int
-bio_drain_socket_once(BioDrain *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize_t *prepared)
+bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize_t *prepared)
 {
-    Py_ssize_t room = bio_ring_room(b) - *n;
+    Py_ssize_t room = bio_socketset_room(b) - *n;
     if (room <= 0)
         return 0;
-    if (room > BIO_DRAIN_WINDOW)
-        room = BIO_DRAIN_WINDOW;
+    if (room > BIO_EPOLLSET_WINDOW)
+        room = BIO_EPOLLSET_WINDOW;
     if (*n + room > *prepared) {
         Py_ssize_t from = *prepared > *n ? *prepared : *n;
-        bio_drain_prepare(b, from, *n + room - from);
+        bio_epollset_prepare(b, from, *n + room - from);
         *prepared = *n + room;
     }
-    BIO_RCOUNT(d, BIO_R_SYSCALLS, 1);
-    int r = recvmmsg(d->base.fds[idx], &b->msgs[*n], (unsigned)room, MSG_DONTWAIT | MSG_TRUNC, NULL);
+    BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
+    int r = recvmmsg(d->base.fds[idx], &b->msgs[*n], (unsigned)room, MSG_DONTWAIT | MSG_TRUNC,
+                     NULL);
     if (r < 0) {
         int e = errno;
         if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
             return 0;
-        bio_ringbase_error_nogil(&d->base, idx, e);
+        bio_socketset_error_nogil(&d->base, idx, e);
         return 0;
     }
     for (int k = 0; k < r; k++) {
@@ -141,33 +147,33 @@ bio_drain_socket_once(BioDrain *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize
         uint32_t len = b->msgs[j].msg_len;
         uint32_t stored = len > (uint32_t)b->slot_size ? (uint32_t)b->slot_size : len;
         int trunc = (b->msgs[j].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-        bio_ring_set_received(b, j, stored, trunc, idx);
-        BIO_RCOUNT(d, BIO_R_RX_BYTES, stored);
+        bio_socketset_set_received(b, j, stored, trunc, idx);
+        BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
         if (trunc)
-            BIO_RCOUNT(d, BIO_R_RX_TRUNCATED, 1);
+            BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_TRUNCATED, 1);
     }
-    BIO_RCOUNT(d, BIO_R_RX_DATAGRAMS, r);
+    BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_DATAGRAMS, r);
     *n += r;
     return r == room ? r : 0; /* a full window: there may be more */
 }
 
 /* Take what socket idx has queued, up to the batch's room. nogil. */
 static void
-bio_drain_socket_nogil(BioDrain *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize_t *prepared)
+bio_epollset_socket_nogil(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize_t *prepared)
 {
-    while (bio_drain_socket_once(d, idx, b, n, prepared) > 0)
+    while (bio_epollset_socket_once(d, idx, b, n, prepared) > 0)
         ;
 }
 
-/* epoll_wait, then drain every ready socket, until the watermark is met
+/* epoll_wait, then empty every ready socket, until the watermark is met
  * (or an error arrives) or its deadline passes; if nothing came by then,
  * wait for one until the timeout. 0 or -errno (EINTR: resumable). nogil. */
 static int
-bio_drain_recv_nogil(void *arg)
+bio_epollset_recv_nogil(void *arg)
 {
-    BioRingRecv *c = arg;
-    BioDrain *d = (BioDrain *)c->r;
-    Py_ssize_t room = bio_ring_room(c->b), prepared = c->n;
+    BioSocketSetRecv *c = arg;
+    BioEpollSet *d = (BioEpollSet *)c->r;
+    Py_ssize_t room = bio_socketset_room(c->b), prepared = c->n;
     for (;;) {
         Py_ssize_t have = c->n + (d->base.nerr - c->errors0);
         int64_t now = bio_now_ns();
@@ -176,12 +182,12 @@ bio_drain_recv_nogil(void *arg)
             return 0;
         /* past the watermark's deadline with nothing: wait for one */
         int ms = bio_deadline_ms(late ? c->first_deadline : c->watermark_deadline);
-        BIO_RCOUNT(d, BIO_R_SYSCALLS, 1);
+        BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
         int r = epoll_wait(d->epfd, d->events, d->maxevents, ms);
         if (r < 0)
             return -errno;
         for (int i = 0; i < r && c->n < room; i++)
-            bio_drain_socket_nogil(d, (int)d->events[i].data.u32, c->b, &c->n, &prepared);
+            bio_epollset_socket_nogil(d, (int)d->events[i].data.u32, c->b, &c->n, &prepared);
         if (r == 0 && ms == 0)
             return 0;
         if (r == 0 && late)
@@ -195,16 +201,16 @@ bio_drain_recv_nogil(void *arg)
  * each message's errno (0: sent) and going on past failures; a full socket
  * fails at once with EAGAIN (MSG_DONTWAIT). 0 or -EINTR (resumable: c->done
  * says how far it got). A short count whose failing message then goes
- * through on the retry lost its error (see udp_send.c): counted. nogil. */
+ * through on the retry lost its error (see udp/send.c): counted. nogil. */
 static int
-bio_drain_sendmmsg_nogil(BioDrain *d, int fd, BioRingSend *c, Py_ssize_t end)
+bio_epollset_sendmmsg_nogil(BioEpollSet *d, int fd, BioSocketSetSend *c, Py_ssize_t end)
 {
     int short_return = 0;
     while (c->done < end) {
         Py_ssize_t i = c->done % c->m, want = end - c->done;
         if (want > BIO_MMSG_MAX)
             want = BIO_MMSG_MAX;
-        BIO_RCOUNT(d, BIO_R_SYSCALLS, 1);
+        BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
         int r = sendmmsg(fd, c->b->msgs + i, (unsigned)want, MSG_DONTWAIT);
         if (r < 0 && errno == EINTR)
             return -EINTR;
@@ -214,7 +220,7 @@ bio_drain_sendmmsg_nogil(BioDrain *d, int fd, BioRingSend *c, Py_ssize_t end)
             continue;
         }
         if (short_return && c->b->msgs[i].msg_hdr.msg_name == NULL)
-            BIO_RCOUNT(d, BIO_R_TX_UNREPORTED_ERRORS, 1);
+            BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_TX_UNREPORTED_ERRORS, 1);
         short_return = r < want;
         for (int k = 0; k < r; k++)
             c->results[c->done + k] = 0;
@@ -226,10 +232,10 @@ bio_drain_sendmmsg_nogil(BioDrain *d, int fd, BioRingSend *c, Py_ssize_t end)
 /* Each run of messages for one socket (or all messages on each socket of
  * the group) through sendmmsg. 0 or -EINTR (resumable). nogil. */
 static int
-bio_drain_send_nogil(void *arg)
+bio_epollset_send_nogil(void *arg)
 {
-    BioRingSend *c = arg;
-    BioDrain *d = (BioDrain *)c->r;
+    BioSocketSetSend *c = arg;
+    BioEpollSet *d = (BioEpollSet *)c->r;
     BioBatch *b = c->b;
     if (c->stopping) /* nothing is left in the kernel: a sendmmsg is over when it returns */
         return 0;
@@ -245,7 +251,7 @@ bio_drain_send_nogil(void *arg)
                 end++;
             fd = d->base.fds[s];
         }
-        int err = bio_drain_sendmmsg_nogil(d, fd, c, end);
+        int err = bio_epollset_sendmmsg_nogil(d, fd, c, end);
         if (err < 0)
             return err;
     }
@@ -255,12 +261,12 @@ bio_drain_send_nogil(void *arg)
 /* ---- sockets ----------------------------------------------------------- */
 
 static PyObject *
-bio_drain_add(BioDrain *d, PyObject *args, PyObject *kwds)
+bio_epollset_add(BioEpollSet *d, PyObject *args, PyObject *kwds)
 {
     int fd, stream;
-    if (bio_ringbase_add_args(args, kwds, &fd, &stream) < 0 || bio_ringbase_usable(&d->base) < 0)
+    if (bio_socketset_add_args(args, kwds, &fd, &stream) < 0 || bio_socketset_usable(&d->base) < 0)
         return NULL;
-    int idx = bio_ringbase_take_slot(&d->base, fd);
+    int idx = bio_socketset_take_slot(&d->base, fd);
     if (idx < 0)
         return NULL;
     if (stream) {
@@ -270,7 +276,7 @@ bio_drain_add(BioDrain *d, PyObject *args, PyObject *kwds)
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)idx};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->base.fds[idx], &ev) < 0) {
         int e = errno;
-        bio_ringbase_free_slot(&d->base, idx);
+        bio_socketset_free_slot(&d->base, idx);
         return bio_raise_errno(-e);
     }
     d->base.state[idx] = BIO_SOCK_ARMED;
@@ -278,25 +284,25 @@ bio_drain_add(BioDrain *d, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-bio_drain_remove(BioDrain *d, PyObject *arg)
+bio_epollset_remove(BioEpollSet *d, PyObject *arg)
 {
     int idx;
-    if (bio_ringbase_usable(&d->base) < 0 || bio_ringbase_index(&d->base, arg, &idx) < 0)
+    if (bio_socketset_usable(&d->base) < 0 || bio_socketset_index(&d->base, arg, &idx) < 0)
         return NULL;
     if (d->base.state[idx] == BIO_SOCK_ARMED)
         epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->base.fds[idx], NULL);
-    bio_ringbase_free_slot(&d->base, idx);
+    bio_socketset_free_slot(&d->base, idx);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-bio_drain_close(BioDrain *d, PyObject *Py_UNUSED(ignored))
+bio_epollset_close(BioEpollSet *d, PyObject *Py_UNUSED(ignored))
 {
     if (d->base.busy) {
-        bio_ringbase_usable(&d->base); /* sets the RuntimeError */
+        bio_socketset_usable(&d->base); /* sets the RuntimeError */
         return NULL;
     }
-    bio_ringbase_free_all(&d->base);
+    bio_socketset_free_all(&d->base);
     if (d->epfd >= 0) {
         close(d->epfd);
         d->epfd = -1;
@@ -305,7 +311,7 @@ bio_drain_close(BioDrain *d, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-bio_drain_describe(BioDrain *d, PyObject *Py_UNUSED(ignored))
+bio_epollset_describe(BioEpollSet *d, PyObject *Py_UNUSED(ignored))
 {
     return PyUnicode_FromString("epoll + one recvmmsg per ready socket, in one C call");
 }
@@ -316,17 +322,17 @@ bio_drain_describe(BioDrain *d, PyObject *Py_UNUSED(ignored))
  * deadline, or on EOF/error); then take up to `want`. The watermark is set
  * and put back around it. 0 or -errno (EINTR: resumable). nogil. */
 static int
-bio_drain_stream_nogil(void *arg)
+bio_epollset_stream_nogil(void *arg)
 {
-    BioRingStream *c = arg;
+    BioSocketSetStream *c = arg;
     int lowat = (int)c->want, one = 1;
     if (!c->queued) {
-        BIO_RCOUNT(c->r, BIO_R_SYSCALLS, 1);
+        BIO_COUNT(c->r->counters, BIO_SOCKETSET_C_SYSCALLS, 1);
         if (setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) < 0)
             return -errno;
         c->queued = 1;
     }
-    BIO_RCOUNT(c->r, BIO_R_SYSCALLS, 3);
+    BIO_COUNT(c->r->counters, BIO_SOCKETSET_C_SYSCALLS, 3);
     int p = bio_poll_nogil(c->fd, POLLIN, c->deadline);
     if (p == -EINTR)
         return p;
@@ -342,49 +348,52 @@ bio_drain_stream_nogil(void *arg)
 /* After an interrupt: nothing is in the kernel's hands; put the watermark
  * back. */
 static void
-bio_drain_stream_abort_nogil(void *arg)
+bio_epollset_stream_abort_nogil(void *arg)
 {
-    BioRingStream *c = arg;
+    BioSocketSetStream *c = arg;
     int one = 1;
     setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 }
 
 /* ---- the type ---------------------------------------------------------- */
 
-static PyMethodDef bio_drain_methods[] = {
-    {"add", (PyCFunction)(void (*)(void))bio_drain_add, METH_VARARGS | METH_KEYWORDS,
-     "add(sock, stream=False) -> index (stream: for recv_stream only)"},
-    {"remove", (PyCFunction)bio_drain_remove, METH_O,
-     "remove(index): stop receiving on that socket and free its index"},
-    {"close", (PyCFunction)bio_drain_close, METH_NOARGS, "close(): release the epoll fd"},
-    {"describe", (PyCFunction)bio_drain_describe, METH_NOARGS, "describe() -> str"},
+static PyMethodDef bio_epollset_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))bio_epollset_add, METH_VARARGS | METH_KEYWORDS,
+     "add($self, /, sock, stream=False)\n--\n\n"
+     "Add a socket; returns its index (stream: for recv_stream only)."},
+    {"remove", (PyCFunction)bio_epollset_remove, METH_O,
+     "remove($self, index, /)\n--\n\nStop receiving on that socket and free its index."},
+    {"close", (PyCFunction)bio_epollset_close, METH_NOARGS,
+     "close($self, /)\n--\n\nClose the set's descriptors and the epoll fd."},
+    {"describe", (PyCFunction)bio_epollset_describe, METH_NOARGS,
+     "describe($self, /)\n--\n\nHow this set receives and sends, as a str."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef bio_drain_members[] = {
-    {"epoll_fd", T_INT, offsetof(BioDrain, epfd), READONLY,
+static PyMemberDef bio_epollset_members[] = {
+    {"epoll_fd", T_INT, offsetof(BioEpollSet, epfd), READONLY,
      "the epoll descriptor (for its busy-poll parameters, burstio.napi.busypoll)"},
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject BioDrain_Type = {
+static PyTypeObject BioEpollSet_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "burstio._native.EpollSocketSet",
-    .tp_basicsize = sizeof(BioDrain),
-    .tp_dealloc = (destructor)bio_drain_dealloc,
+    .tp_basicsize = sizeof(BioEpollSet),
+    .tp_dealloc = (destructor)bio_epollset_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "EpollSocketSet(max_sockets=1024): the SocketSet contract on epoll + recvmmsg "
-              "(internal; see burstio.SocketSet).",
-    .tp_methods = bio_drain_methods,
-    .tp_members = bio_drain_members,
-    .tp_new = bio_drain_new,
+    .tp_doc = "EpollSocketSet(max_sockets=1024)\n--\n\n"
+              "The SocketSet contract on epoll + recvmmsg (internal; see burstio.SocketSet).",
+    .tp_methods = bio_epollset_methods,
+    .tp_members = bio_epollset_members,
+    .tp_new = bio_epollset_new,
 };
 
 int
-bio_drain_init_type(PyObject *module)
+bio_epollset_init_type(PyObject *module)
 {
-    BioDrain_Type.tp_base = &BioRingBase_Type;
-    if (PyType_Ready(&BioDrain_Type) < 0)
+    BioEpollSet_Type.tp_base = &BioSocketSet_Type;
+    if (PyType_Ready(&BioEpollSet_Type) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "EpollSocketSet", (PyObject *)&BioDrain_Type);
+    return PyModule_AddObjectRef(module, "EpollSocketSet", (PyObject *)&BioEpollSet_Type);
 }

@@ -1,0 +1,197 @@
+/* Ports: netmap-style packet rings between processes, in shared memory
+ * (ports/layout.h). A region holds two ports; each port has a TX ring and
+ * an RX ring. ports/region.c maps and checks regions, ports/claim.c says
+ * which process holds a port (fork-aware), ports/ring.c publishes and reads
+ * positions, ports/wait.c waits for the peer (linger, sleep, kick, watch its
+ * process), ports/tx.c fills TX slots, ports/rx.c reads RX slots, and
+ * ports/switch.c copies packets between the ports of many regions.
+ */
+#ifndef BIO_PORTS_H
+#define BIO_PORTS_H
+
+#include "batch/batch.h"
+#include "core/compat.h"
+#include "core/core.h"
+#include "ports/layout.h"
+
+#include <stdatomic.h>
+#include <structmember.h>
+
+/* A party's eventfds, in the order PortRegion() takes them per party. */
+enum { BIO_PORT_WAKE_DATA = 0, BIO_PORT_WAKE_ROOM = 1 };
+
+#define BIO_PORT_CHECK_NS 100000000 /* re-check a peer we cannot watch this often */
+
+/* A ring's slot arrays in the region (private pointers, set from our own
+ * copy of the layout). */
+typedef struct {
+    uint32_t *idx, *len, *flags, *dst, *src;
+    struct sockaddr_in6 *names;
+} BioPortSlots;
+
+/* PortRegion: one mapped region and its eventfds. */
+typedef struct {
+    PyObject_HEAD
+    BioMemory *mem;   /* the MAP_SHARED mapping; unmapped with the last user */
+    PyObject *view;   /* writable memoryview over mem */
+    BioPortHeader *hdr;
+    unsigned char *base, *bufs;
+    int memfd;
+    int efd[2][2];    /* [party][BIO_PORT_WAKE_*] */
+    uint32_t nslots, cap, mask, slot_size, stride, nbufs, kind;
+    BioPortLayout L;
+    BioPortCtl *ctl[2];
+    BioPortSlots slots[2];
+} BioPortRegion;
+
+/* PortClaim: one party's hold on a port of a region. */
+typedef struct {
+    PyObject_HEAD
+    BioPortRegion *reg;
+    int party;
+    uint32_t gen;   /* generation of our claim, 0: not claimed */
+    uint32_t epoch; /* bio_port_epoch when claimed */
+    int closed;
+} BioPortClaim;
+
+/* PortTx / PortRx: our side of one ring of a port, with netmap's private
+ * head/cur/tail (free-running positions). */
+typedef struct {
+    PyObject_HEAD
+    BioPortClaim *port;
+    BioPortRegion *reg;   /* port->reg */
+    int side, r, party;  /* BIO_PORT_PROD (TX) or _CONS (RX); ring; our party */
+    uint32_t head, cur, tail, published;
+    uint32_t cap, mask;
+    uint32_t gen;        /* port->gen this view was set up for */
+    BioPortSide *me, *peer;
+    BioPortSlots *s;
+    int sleep_fd, kick_fd;
+    int64_t linger_ns;
+    /* the peer's process, watched while sleeping */
+    uint32_t watch_gen;
+    int watch_fd;        /* pidfd, or -1 */
+    int watch_proc;      /* no pidfd: check /proc every BIO_PORT_CHECK_NS */
+    int32_t watch_pid;
+    uint64_t watch_start;
+    /* recvmmsg scratch, allocated on first use */
+    struct mmsghdr *msgs;
+    struct iovec *iov;
+    int busy;
+    PyObject *weakrefs;
+} BioPortRing;
+
+
+extern PyTypeObject BioPortRegion_Type, BioPortClaim_Type, BioPortTx_Type, BioPortRx_Type,
+    BioSwitch_Type;
+
+/* Every ports type, the PORT_* constants and the fork hook. */
+int bio_ports_init_types(PyObject *module);
+
+/* Raise OSError(err, msg) (the errno picks the subclass) and return NULL. */
+PyObject *bio_port_oserror(int err, const char *fmt, ...);
+
+/* Spin politely for a moment. */
+static inline void
+bio_port_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* ---- who we are, who holds a port (ports/claim.c) ------------------------------- */
+
+/* This process's pid, start time and pid namespace, read again after a fork. */
+typedef struct {
+    uint32_t epoch; /* bio_port_epoch these were read in */
+    int32_t pid;
+    uint64_t start, pidns;
+} BioPortSelf;
+
+extern _Atomic uint32_t bio_port_epoch; /* bumped in every forked child */
+/* pthread_atfork child hook: a new process, so new claims. */
+void bio_port_atfork_child(void);
+/* Start time and state letter of process pid, from /proc. 0 or -errno. */
+int bio_port_proc_stat(int32_t pid, uint64_t *start, char *state);
+/* This process, as a claim records it. */
+const BioPortSelf *bio_port_whoami(void);
+/* 0 if p may be used now (claimed by this process, claiming it if need be);
+ * -1 with ValueError (closed) or RuntimeError (taken over). GIL. */
+int bio_port_claim_ready(BioPortClaim *p);
+
+/* ---- positions and the shared entry points (ports/ring.c) ----------------------- */
+
+/* Read the other side's position into tail. 0, or -EBADMSG. nogil-safe. */
+int bio_port_ring_refresh(BioPortRing *g);
+/* Publish head, kicking the other side if it sleeps waiting for it. */
+void bio_port_ring_publish(BioPortRing *g);
+/* State of the peer party (BIO_PORT_FREE / OPEN / CLOSED). */
+uint32_t bio_port_ring_peer_state(BioPortRing *g);
+/* Raise for a failed ring operation (err < 0) and return NULL. GIL. */
+PyObject *bio_port_ring_raise(BioPortRing *g, int err);
+/* Make g usable now (its port held here, positions set up). 0 or -1. GIL. */
+int bio_port_ring_ready(BioPortRing *g);
+/* Buffer of the slot at pos, or NULL if it names one outside the pool. */
+unsigned char *bio_port_ring_buf(BioPortRing *g, uint32_t pos, uint32_t *idx);
+/* Raise OSError(EBADMSG) for a slot naming a buffer outside the pool. */
+PyObject *bio_port_ring_bad_slot(BioPortRing *g, uint32_t pos, uint32_t idx);
+/* What PortTx and PortRx share: constructor, dealloc, len(), methods,
+ * members and attributes. */
+PyObject *bio_port_ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds);
+void bio_port_ring_dealloc(BioPortRing *g);
+Py_ssize_t bio_port_ring_len(BioPortRing *g);
+PyObject *bio_port_ring_sync(BioPortRing *g, PyObject *ignored);
+PyObject *bio_port_ring_wait(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames);
+PyObject *bio_port_ring_advance(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs);
+PyObject *bio_port_ring_counters(BioPortRing *g, PyObject *ignored);
+PyObject *bio_port_ring_peer_counters(BioPortRing *g, PyObject *ignored);
+extern const char bio_port_ring_sync_doc[], bio_port_ring_wait_doc[],
+    bio_port_ring_advance_doc[], bio_port_ring_counters_doc[], bio_port_ring_peer_counters_doc[];
+extern PyMemberDef bio_port_ring_members[];
+extern PyGetSetDef bio_port_ring_getset[];
+
+/* The methods both ring types have, for their method tables. */
+#define BIO_PORT_RING_METHODS                                                              \
+    {"sync", (PyCFunction)bio_port_ring_sync, METH_NOARGS, bio_port_ring_sync_doc},        \
+    {"wait", (PyCFunction)(void (*)(void))bio_port_ring_wait, METH_FASTCALL | METH_KEYWORDS, \
+     bio_port_ring_wait_doc},                                                              \
+    {"advance", (PyCFunction)(void (*)(void))bio_port_ring_advance, METH_FASTCALL,         \
+     bio_port_ring_advance_doc},                                                           \
+    {"counters", (PyCFunction)bio_port_ring_counters, METH_NOARGS,                         \
+     bio_port_ring_counters_doc},                                                          \
+    {"peer_counters", (PyCFunction)bio_port_ring_peer_counters, METH_NOARGS,               \
+     bio_port_ring_peer_counters_doc}
+
+/* ---- waiting for the peer (ports/wait.c) ----------------------------------------- */
+
+/* A wait in progress. */
+typedef struct {
+    BioPortRing *g;
+    uint32_t want;      /* slots wanted beyond cur */
+    int64_t deadline;   /* -1: none */
+    int64_t linger_end; /* spin until then before sleeping */
+} BioPortWait;
+
+/* Wait until w->want slots lie beyond cur: 1, 0 (deadline), -EPIPE,
+ * -ECONNRESET, -EBADMSG or -EINTR. Resumable. nogil. */
+int bio_port_ring_wait_nogil(void *w);
+/* Keep the watch on the peer's process current: 0, or -ECONNRESET. */
+int bio_port_ring_watch(BioPortRing *g);
+/* Stop watching the peer's process. */
+void bio_port_ring_unwatch(BioPortRing *g);
+
+/* ---- TX (ports/tx.c) -------------------------------------------------------------- */
+
+/* A key argument (dst/src/key): absent or None is 0, else an int in u32. */
+int bio_port_key(const char *what, PyObject *obj, uint32_t *out);
+/* Write the metadata of the slot at head and advance head (and cur). */
+void bio_port_tx_commit(BioPortRing *g, uint32_t len, uint32_t flags, uint32_t dst, uint32_t src,
+                        const struct sockaddr_in6 *name);
+
+#endif /* BIO_PORTS_H */

@@ -1,0 +1,266 @@
+/* PortRx: the consuming side of a port's RX ring.
+ *
+ * Where a packet goes through it: after sync() or wait() (ports/ring.c)
+ * has read the producer's position, rx[i] is a memoryview of owned packet
+ * i in the region (no copy), dst(i)/src(i)/flags(i)/addr(i) its metadata;
+ * peek() makes a PacketBatch point at the packets (to send them on a
+ * socket without a copy); forward() moves them to a TX ring of the same
+ * region by swapping buffer indices; advance() releases the slots.
+ */
+#include "ports/ports.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* ---- reading packets ---------------------------------------------------------- */
+
+/* Position of owned packet i (0 = head), or raise IndexError. */
+static int
+bio_port_rx_index(BioPortRing *g, Py_ssize_t i, uint32_t *pos)
+{
+    uint32_t owned = g->tail - g->head;
+    if (i < 0)
+        i += owned;
+    if (i < 0 || i >= (Py_ssize_t)owned) {
+        PyErr_Format(PyExc_IndexError, "ring index out of range (%u packets are owned)", owned);
+        return -1;
+    }
+    *pos = g->head + (uint32_t)i;
+    return 0;
+}
+
+/* Length of the packet at pos, never more than a slot. */
+static uint32_t
+bio_port_rx_len(BioPortRing *g, uint32_t pos)
+{
+    uint32_t len = __atomic_load_n(&g->s->len[pos & g->mask], __ATOMIC_RELAXED);
+    return len > g->reg->slot_size ? g->reg->slot_size : len;
+}
+
+/* rx[i]: writable memoryview of owned packet i's payload (no copy). */
+static PyObject *
+bio_port_rx_item(BioPortRing *g, Py_ssize_t i)
+{
+    uint32_t pos, idx;
+    if (bio_port_ring_ready(g) < 0 || bio_port_rx_index(g, i, &pos) < 0)
+        return NULL;
+    unsigned char *buf = bio_port_ring_buf(g, pos, &idx);
+    if (buf == NULL)
+        return bio_port_ring_bad_slot(g, pos, idx);
+    Py_ssize_t off = buf - g->reg->base;
+    return PySequence_GetSlice(g->reg->view, off, off + bio_port_rx_len(g, pos));
+}
+
+/* Read one u32 array of owned packet i: dst(i), src(i), flags(i). */
+static PyObject *
+bio_port_rx_field(BioPortRing *g, PyObject *arg, uint32_t *array)
+{
+    uint32_t pos;
+    Py_ssize_t i = PyNumber_AsSsize_t(arg, PyExc_IndexError);
+    if ((i == -1 && PyErr_Occurred()) || bio_port_ring_ready(g) < 0 ||
+        bio_port_rx_index(g, i, &pos) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(__atomic_load_n(&array[pos & g->mask], __ATOMIC_RELAXED));
+}
+
+static PyObject *
+bio_port_rx_dst(BioPortRing *g, PyObject *arg)
+{
+    return bio_port_rx_field(g, arg, g->s->dst);
+}
+
+static PyObject *
+bio_port_rx_src(BioPortRing *g, PyObject *arg)
+{
+    return bio_port_rx_field(g, arg, g->s->src);
+}
+
+static PyObject *
+bio_port_rx_flags(BioPortRing *g, PyObject *arg)
+{
+    return bio_port_rx_field(g, arg, g->s->flags);
+}
+
+static PyObject *
+bio_port_rx_addr(BioPortRing *g, PyObject *arg)
+{
+    uint32_t pos;
+    Py_ssize_t i = PyNumber_AsSsize_t(arg, PyExc_IndexError);
+    if ((i == -1 && PyErr_Occurred()) || bio_port_ring_ready(g) < 0 ||
+        bio_port_rx_index(g, i, &pos) < 0)
+        return NULL;
+    struct sockaddr_in6 name = g->s->names[pos & g->mask];
+    if (name.sin6_family != AF_INET && name.sin6_family != AF_INET6)
+        name.sin6_family = 0;
+    return bio_addr_build(&name);
+}
+
+/* Lower *n to an optional count argument (None/absent: no limit). 0, or -1
+ * with TypeError/ValueError. */
+static int
+bio_port_count_arg(PyObject *obj, uint32_t *n)
+{
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    long c = PyLong_AsLong(obj);
+    if (c == -1 && PyErr_Occurred())
+        return -1;
+    if (c < 0) {
+        PyErr_Format(PyExc_ValueError, "count must be >= 0, got %ld", c);
+        return -1;
+    }
+    if ((unsigned long)c < *n)
+        *n = (uint32_t)c;
+    return 0;
+}
+
+/* Point batch entry j at the packet at pos (offset into the region). 0, or
+ * -1 with OSError(EBADMSG). */
+static int
+bio_port_rx_entry(BioPortRing *g, BioBatch *b, Py_ssize_t j, uint32_t pos)
+{
+    uint32_t idx, k = pos & g->mask;
+    unsigned char *buf = bio_port_ring_buf(g, pos, &idx);
+    if (buf == NULL) {
+        bio_port_ring_bad_slot(g, pos, idx);
+        return -1;
+    }
+    b->offsets[j] = (uint64_t)(buf - g->reg->base);
+    b->lengths[j] = bio_port_rx_len(g, pos);
+    b->flags[j] = __atomic_load_n(&g->s->flags[k], __ATOMIC_RELAXED) & BIO_FLAG_TRUNCATED;
+    b->segment_sizes[j] = 0;
+    b->timestamps[j] = 0;
+    b->sockets[j] = 0;
+    b->errnos[j] = 0;
+    b->names[j] = g->s->names[k];
+    if (b->names[j].sin6_family != AF_INET && b->names[j].sin6_family != AF_INET6)
+        b->names[j].sin6_family = 0;
+    return 0;
+}
+
+PyDoc_STRVAR(bio_port_rx_peek_doc,
+"peek($self, /, batch, count=None)\n--\n\n"
+"Zero copy: make the PacketBatch's entries point at the owned packets from\n"
+"head on (at most count, and the batch's capacity), in the region's memory.\n"
+"batch[i], batch.offsets/lengths (offsets into `memory`) and\n"
+"BurstSocket.send_batch(batch) then read the ring itself. Valid until those\n"
+"slots are advanced past. Returns the entries made.");
+
+static PyObject *
+bio_port_rx_peek(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"batch", "count", NULL};
+    PyObject *a[2];
+    if (bio_args_parse("peek", args, nargs, kwnames, names, 2, 1, a) < 0 ||
+        bio_batch_arg("peek", a[0]) < 0)
+        return NULL;
+    BioBatch *b = (BioBatch *)a[0];
+    uint32_t owned = g->tail - g->head;
+    if (bio_port_count_arg(a[1], &owned) < 0 || bio_batch_check_idle(b) < 0 ||
+        bio_port_ring_ready(g) < 0)
+        return NULL;
+    Py_ssize_t n = (Py_ssize_t)owned < b->capacity ? (Py_ssize_t)owned : b->capacity;
+    bio_batch_reset(b);
+    b->ext_view = Py_NewRef(g->reg->view);
+    b->ext_source = Py_NewRef((PyObject *)g->reg->mem);
+    b->data = g->reg->base;
+    b->data_len = g->reg->mem->size;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (bio_port_rx_entry(g, b, j, g->head + (uint32_t)j) < 0) {
+            bio_batch_reset(b);
+            return NULL;
+        }
+    }
+    b->count = n;
+    return PyLong_FromSsize_t(n);
+}
+
+PyDoc_STRVAR(bio_port_rx_forward_doc,
+"forward($self, /, tx, count=None)\n--\n\n"
+"Zero copy: move owned packets to a TX ring of the same region (this port's\n"
+"tx, to echo through a pipe) by swapping buffer indices: each packet's\n"
+"buffer goes to the TX slot, the TX slot's free buffer comes back to this\n"
+"slot. Both heads advance. Returns the packets moved (limited by both\n"
+"rings).");
+
+static PyObject *
+bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"tx", "count", NULL};
+    PyObject *a[2];
+    if (bio_args_parse("forward", args, nargs, kwnames, names, 2, 1, a) < 0)
+        return NULL;
+    if (!PyObject_TypeCheck(a[0], &BioPortTx_Type)) {
+        PyErr_Format(PyExc_TypeError, "forward() argument 1 must be a TX ring, not %.100s",
+                     Py_TYPE(a[0])->tp_name);
+        return NULL;
+    }
+    BioPortRing *t = (BioPortRing *)a[0];
+    if (t->reg != g->reg) {
+        PyErr_SetString(PyExc_ValueError, "forward() swaps buffers, so both rings must belong "
+                        "to one region; copy with tx.put_batch() instead");
+        return NULL;
+    }
+    uint32_t n = g->tail - g->head;
+    if (bio_port_count_arg(a[1], &n) < 0 || bio_port_ring_ready(g) < 0 ||
+        bio_port_ring_ready(t) < 0)
+        return NULL;
+    int r = n > (uint32_t)(t->tail - t->head) ? bio_port_ring_refresh(t) : 0;
+    if (r < 0)
+        return bio_port_ring_raise(t, r);
+    if (n > (uint32_t)(t->tail - t->head))
+        n = t->tail - t->head;
+    for (uint32_t j = 0; j < n; j++) {
+        uint32_t rk = (g->head + j) & g->mask, tk = t->head & t->mask;
+        uint32_t idx = g->s->idx[rk];
+        g->s->idx[rk] = t->s->idx[tk];
+        t->s->idx[tk] = idx;
+        bio_port_tx_commit(t, bio_port_rx_len(g, g->head + j), g->s->flags[rk], g->s->dst[rk],
+                           g->s->src[rk], &g->s->names[rk]);
+    }
+    g->head += n;
+    if ((int32_t)(g->cur - g->head) < 0)
+        g->cur = g->head;
+    return PyLong_FromUnsignedLong(n);
+}
+
+/* ---- the type ---------------------------------------------------------------- */
+
+static PyMethodDef bio_port_rx_methods[] = {
+    BIO_PORT_RING_METHODS,
+    {"peek", (PyCFunction)(void (*)(void))bio_port_rx_peek, METH_FASTCALL | METH_KEYWORDS,
+     bio_port_rx_peek_doc},
+    {"forward", (PyCFunction)(void (*)(void))bio_port_rx_forward, METH_FASTCALL | METH_KEYWORDS,
+     bio_port_rx_forward_doc},
+    {"dst", (PyCFunction)bio_port_rx_dst, METH_O,
+     "dst($self, i, /)\n--\n\nThe destination key of packet i."},
+    {"src", (PyCFunction)bio_port_rx_src, METH_O,
+     "src($self, i, /)\n--\n\nThe source key of packet i."},
+    {"flags", (PyCFunction)bio_port_rx_flags, METH_O,
+     "flags($self, i, /)\n--\n\nThe FLAG_* bits of packet i."},
+    {"addr", (PyCFunction)bio_port_rx_addr, METH_O,
+     "addr($self, i, /)\n--\n\nThe socket address of packet i, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods bio_port_rx_as_sequence = {
+    .sq_length = (lenfunc)bio_port_ring_len,
+    .sq_item = (ssizeargfunc)bio_port_rx_item,
+};
+
+PyTypeObject BioPortRx_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "burstio._native.PortRx",
+    .tp_basicsize = sizeof(BioPortRing),
+    .tp_dealloc = (destructor)bio_port_ring_dealloc,
+    .tp_as_sequence = &bio_port_rx_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "PortRx(port)\n--\n\n"
+              "The consuming side of a port's RX ring (internal base of "
+              "burstio.ports.PortRx). len() is the packets owned; rx[i] packet i.",
+    .tp_weaklistoffset = offsetof(BioPortRing, weakrefs),
+    .tp_methods = bio_port_rx_methods,
+    .tp_members = bio_port_ring_members,
+    .tp_getset = bio_port_ring_getset,
+    .tp_new = bio_port_ring_new,
+};

@@ -1,0 +1,163 @@
+/* UdpIo: the syscall side of a BurstSocket, one UDP socket: the type, its
+ * settings (members) and counters. Receiving is udp/recv.c, sending
+ * udp/send.c.
+ *
+ * Where a datagram goes through it: nowhere itself; recv_batch() and
+ * send_batch() here are udp/recv.c's and udp/send.c's. Policy (timeouts,
+ * GRO/GSO on or off, fallbacks, recover) is the Python BurstSocket's
+ * (src/burstio/_udp.py); this object holds what it decided.
+ */
+#include "udp/udp.h"
+
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+
+static const char *const bio_udp_counter_names[BIO_UDP_NCOUNTERS] = {
+    "rx_datagrams",    "rx_bytes",         "rx_batches",  "rx_syscalls",
+    "rx_truncated",    "rx_gro_messages",  "rx_gro_datagrams",
+    "kernel_drops",    "tx_datagrams",     "tx_bytes",    "tx_batches",
+    "tx_syscalls",     "tx_gso_messages",  "tx_gso_datagrams",
+    "tx_errors",       "tx_unreported_errors", "gso_downgrades",
+};
+
+static PyObject *
+bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fd", NULL};
+    int fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i:UdpIo", kwlist, &fd))
+        return NULL;
+    BioUdp *u = (BioUdp *)type->tp_alloc(type, 0);
+    if (u == NULL)
+        return NULL;
+    u->fd = fd;
+    u->wait_fd = -1;
+    u->recv_mmsg = 1;
+    u->send_mmsg = 1;
+    u->gso_max_segments = 64;
+    u->gro_max_segments = 64;
+    return (PyObject *)u;
+}
+
+static PyObject *
+bio_udp_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
+{
+    return bio_counters_dict(u->counters, bio_udp_counter_names, BIO_UDP_NCOUNTERS);
+}
+
+static PyObject *
+bio_udp_count(BioUdp *u, PyObject *args)
+{
+    return bio_counters_count_py(u->counters, bio_udp_counter_names, BIO_UDP_NCOUNTERS, args);
+}
+
+static PyObject *
+bio_udp_reset_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
+{
+    memset(u->counters, 0, sizeof(u->counters));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef bio_udp_methods[] = {
+    {"recv_batch", (PyCFunction)(void (*)(void))bio_udp_recv_batch,
+     METH_FASTCALL | METH_KEYWORDS, bio_udp_recv_batch_doc},
+    {"send_batch", (PyCFunction)(void (*)(void))bio_udp_send_batch,
+     METH_FASTCALL | METH_KEYWORDS,
+     "send_batch($self, /, batch, start=0, count=None, *, on_error='raise')\n--\n\n"
+     "Send entries [start, start+count); returns the entries processed. If the\n"
+     "send stops early and a `recover` policy is set, its result is returned\n"
+     "(see BurstSocket)."},
+    {"send_raw", (PyCFunction)(void (*)(void))bio_udp_send_raw,
+     METH_FASTCALL | METH_KEYWORDS,
+     "send_raw($self, /, batch, start=0, count=None, *, on_error='raise')\n--\n\n"
+     "send_batch without the recover policy: stops early with last_errno set."},
+    {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
+     METH_VARARGS | METH_KEYWORDS, bio_udp_send_segments_doc},
+    {"counters", (PyCFunction)bio_udp_counters, METH_NOARGS,
+     "counters($self, /)\n--\n\nA dict of every counter."},
+    {"count", (PyCFunction)bio_udp_count, METH_VARARGS,
+     "count($self, name, n, /)\n--\n\nAdd n to a counter (for policy code in Python)."},
+    {"reset_counters", (PyCFunction)bio_udp_reset_counters, METH_NOARGS,
+     "reset_counters($self, /)\n--\n\nSet every counter to 0."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef bio_udp_members[] = {
+    {"fd", T_INT, offsetof(BioUdp, fd), 0, "socket descriptor (-1: closed)"},
+    {"recv_mmsg", T_INT, offsetof(BioUdp, recv_mmsg), 0,
+     "1: recvmmsg; 0: one recvmsg per datagram"},
+    {"send_mmsg", T_INT, offsetof(BioUdp, send_mmsg), 0,
+     "1: sendmmsg; 0: one sendmsg per message"},
+    {"gso", T_INT, offsetof(BioUdp, gso), 0, "1: coalesce runs into UDP_SEGMENT sends"},
+    {"wait_fd", T_INT, offsetof(BioUdp, wait_fd), 0,
+     "epoll instance (holding this socket) that receives wait in, so its "
+     "busy-poll parameters apply; -1: poll() the socket"},
+    {"spin_us", T_INT, offsetof(BioUdp, spin_us), 0,
+     "microseconds a receive keeps retrying before it sleeps in poll() "
+     "(with SO_BUSY_POLL each try busy polls the device once); 0: none"},
+    {"gso_max_segments", T_INT, offsetof(BioUdp, gso_max_segments), 0,
+     "segments per GSO send to build"},
+    {"gro_max_segments", T_INT, offsetof(BioUdp, gro_max_segments), 0,
+     "most segments one GRO receive can carry (sizes receive calls)"},
+    {"gro", T_INT, offsetof(BioUdp, gro), 0, "1: UDP_GRO is on, split receives"},
+    {"socket_index", T_INT, offsetof(BioUdp, socket_index), 0,
+     "value written to batch.sockets on receive"},
+    {"single_after", T_INT, offsetof(BioUdp, single_after), 0,
+     "after this many one-datagram receives in a row, ask for one message at a "
+     "time, probing with the full window every as many calls (0: never)"},
+    {"recover", T_OBJECT, offsetof(BioUdp, recover), 0,
+     "recover(batch, start, done, end, skip) -> int: called when send_batch "
+     "stops early (error or GSO refusal); its result is returned"},
+    {"last_errno", T_INT, offsetof(BioUdp, last_errno), READONLY,
+     "errno that stopped the last send early, 0 if none"},
+    {"last_error_index", T_PYSSIZET, offsetof(BioUdp, last_error_index), READONLY,
+     "entry (send) or segment (send_segments) that failed"},
+    {"last_error_gso", T_INT, offsetof(BioUdp, last_error_gso), READONLY,
+     "1 if the failed message was a GSO send"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int
+bio_udp_traverse(BioUdp *u, visitproc visit, void *arg)
+{
+    Py_VISIT(u->recover);
+    return 0;
+}
+
+static int
+bio_udp_clear(BioUdp *u)
+{
+    Py_CLEAR(u->recover);
+    return 0;
+}
+
+static void
+bio_udp_dealloc(BioUdp *u)
+{
+    PyObject_GC_UnTrack(u);
+    bio_udp_clear(u);
+    Py_TYPE(u)->tp_free((PyObject *)u);
+}
+
+PyTypeObject BioUdp_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "burstio._native.UdpIo",
+    .tp_basicsize = sizeof(BioUdp),
+    .tp_dealloc = (destructor)bio_udp_dealloc,
+    .tp_traverse = (traverseproc)bio_udp_traverse,
+    .tp_clear = (inquiry)bio_udp_clear,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "UdpIo(fd)\n--\n\nBatched UDP syscalls on one socket (internal).",
+    .tp_methods = bio_udp_methods,
+    .tp_members = bio_udp_members,
+    .tp_new = bio_udp_new,
+};
+
+int
+bio_udp_init_type(PyObject *module)
+{
+    if (PyType_Ready(&BioUdp_Type) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "UdpIo", (PyObject *)&BioUdp_Type);
+}

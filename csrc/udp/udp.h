@@ -1,0 +1,69 @@
+/* UdpIo: batched UDP syscalls on one socket (udp/io.c the type, udp/recv.c
+ * the receive path, udp/send.c the send path).
+ */
+#ifndef BIO_UDP_H
+#define BIO_UDP_H
+
+#include "batch/batch.h"
+#include "core/compat.h"
+
+enum bio_udp_counter {
+    BIO_UDP_C_RX_DATAGRAMS,
+    BIO_UDP_C_RX_BYTES,
+    BIO_UDP_C_RX_BATCHES,
+    BIO_UDP_C_RX_SYSCALLS,
+    BIO_UDP_C_RX_TRUNCATED,
+    BIO_UDP_C_RX_GRO_MESSAGES,
+    BIO_UDP_C_RX_GRO_DATAGRAMS,
+    BIO_UDP_C_KERNEL_DROPS,
+    BIO_UDP_C_TX_DATAGRAMS,
+    BIO_UDP_C_TX_BYTES,
+    BIO_UDP_C_TX_BATCHES,
+    BIO_UDP_C_TX_SYSCALLS,
+    BIO_UDP_C_TX_GSO_MESSAGES,
+    BIO_UDP_C_TX_GSO_DATAGRAMS,
+    BIO_UDP_C_TX_ERRORS,
+    BIO_UDP_C_TX_UNREPORTED_ERRORS,
+    BIO_UDP_C_GSO_DOWNGRADES,
+    BIO_UDP_NCOUNTERS
+};
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int recv_mmsg;        /* recvmmsg, else one recvmsg per datagram */
+    int send_mmsg;        /* sendmmsg, else one sendmsg per message */
+    int gso;              /* coalesce same-size runs into UDP_SEGMENT sends */
+    int gso_max_segments; /* segments per GSO send we build (<= kernel's) */
+    int gro_max_segments; /* most segments one GRO receive can carry */
+    int gro;              /* UDP_GRO is on: split coalesced receives */
+    int socket_index;     /* written to batch.sockets for received entries */
+    int rx_singles;       /* receive calls in a row that found one datagram */
+    int single_after;     /* that many in a row: ask for one (0: never) */
+    int pending_errno;    /* error seen after a partial receive, raised next */
+    int wait_fd;          /* epoll instance to wait in (busy polls), -1: poll() */
+    int spin_us;          /* before poll(): retry the receive this long (busy
+                           * polls once per try with SO_BUSY_POLL) */
+    int wait_first;       /* busy polling in wait_fd and the last waiting
+                           * receive found the socket empty: wait first */
+    int last_errno;       /* why the last send stopped early (0: it did not) */
+    Py_ssize_t last_error_index; /* entry (or segment) that failed */
+    int last_error_gso;   /* the failing message was a GSO send */
+    uint64_t counters[BIO_UDP_NCOUNTERS];
+    PyObject *recover;    /* policy called when a send stops early, or NULL */
+} BioUdp;
+
+int bio_udp_init_type(PyObject *module);
+
+/* The Python entry points of udp/recv.c and udp/send.c, for the type's
+ * method table (udp/io.c). */
+PyObject *bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames);
+PyObject *bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames);
+PyObject *bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames);
+PyObject *bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds);
+extern const char bio_udp_recv_batch_doc[], bio_udp_send_segments_doc[];
+
+#endif /* BIO_UDP_H */
