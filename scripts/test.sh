@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The test suite, on a fresh Debian 12 machine or an already prepared one.
+# The test suite, on a fresh Debian 12 machine or an already prepared one:
+# set-up (the C extension built with warnings as errors), lint (ruff,
+# mypy --strict), then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh test
+BURSTIO_WERROR=1 scripts/bootstrap.sh test
+scripts/lint.sh
 exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from hypothesis import settings
+
 from support.variants import UDP, variant_fixture
 
 pytest_plugins = ["burstio.testing", "pytester"]  # the burstio_lab fixture; pytester for test_testing.py

@@ -18,6 +18,7 @@ implementation can make a test wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -28,15 +29,15 @@ import subprocess
 import threading
 
 import pytest
-from support.kernel import CLONE_NEWNET, require_kernel
-from support.loops import new_loop
-from support.net import HOSTS, V4, closed_port
-from support.variants import AIO, Variant, variant_env
 
 import burstio
 import burstio.aio
 from burstio import PacketBatch
 from burstio.aio._transport import TX_SLOT, BurstDatagramTransport
+from support.kernel import CLONE_NEWNET, require_kernel
+from support.loops import new_loop
+from support.net import HOSTS, V4, closed_port
+from support.variants import AIO, Variant, variant_env
 
 TIMEOUT = 10.0  # bounds a hung scenario; never a measurement
 ORACLE = AIO["stdlib"]
@@ -163,10 +164,8 @@ async def drain_plain(sock: socket.socket, n: int, limit: float = 5.0) -> list[b
     async def until():
         while len(got) < n:
             got.append(await loop.sock_recv(sock, 70000))
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(until(), limit)
-    except TimeoutError:
-        pass
     return got
 
 

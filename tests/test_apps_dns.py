@@ -14,12 +14,12 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.loops import run_on_loop
-from support.net import V4, free_udp_port
-from support.proc import subprocess_env
 
 from burstio.aio._transport import BurstDatagramTransport
 from burstio.apps.dns import TRANSPORTS, Answers, answer, serve
+from support.loops import run_on_loop
+from support.net import V4, free_udp_port
+from support.proc import subprocess_env
 
 try:
     import dns.flags

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from support.loops import run_on_loop
-from support.net import V4
 
 import burstio.aio
 from burstio.aio._transport import BurstDatagramTransport
+from support.loops import run_on_loop
+from support.net import V4
 
 try:
     import aioquic  # noqa: F401 - imported only to learn whether it is installed

@@ -3,6 +3,7 @@ every BurstSocket variant, the real sockperf client, and the busy-poll-suspend
 mode in a burstio lab (root)."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -13,14 +14,14 @@ import threading
 import time
 
 import pytest
-from support.kernel import require_kernel
-from support.net import V4, free_udp_port, recv_one
-from support.paths import ROOT
-from support.proc import subprocess_env
 
 from burstio.apps.sockperf import FLAG_CLIENT, FLAG_PONG_REQUEST, FLAG_WARMUP, HEADER, SUSPEND_NAPI, SockperfServer
 from burstio.napi import netdev
 from burstio.napi.busypoll import napi_id
+from support.kernel import require_kernel
+from support.net import V4, free_udp_port, recv_one
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 SOCKPERF = shutil.which("sockperf") or shutil.which("sockperf", path="/usr/bin")
 
@@ -58,15 +59,11 @@ def client():
 
 
 def replies(c: socket.socket, expect: int) -> list[bytes]:
-    got = []
     c.settimeout(2.0)
-    for _ in range(expect):
-        got.append(c.recv(70000))
+    got = [c.recv(70000) for _ in range(expect)]
     c.settimeout(0.05)
-    try:
+    with contextlib.suppress(TimeoutError):
         got.append(c.recv(70000))  # nothing more may come
-    except TimeoutError:
-        pass
     return got
 
 

@@ -482,7 +482,7 @@ def test_address_round_trip(addr):
     b.append(b"", addr)
     got = b.addr(0)
     assert ipaddress.ip_address(got[0]) == ipaddress.ip_address(addr[0])
-    assert got[1:] == (addr[1:] + (0, 0) if len(addr) == 2 and ":" in addr[0] else addr[1:])
+    assert got[1:] == ((*addr[1:], 0, 0) if len(addr) == 2 and ":" in addr[0] else addr[1:])
     assert len(got) == (4 if ":" in addr[0] else 2)
 
 

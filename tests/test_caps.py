@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from support.paths import ROOT
-from support.proc import subprocess_env
 
 import burstio
 from burstio import _caps as caps_mod
 from burstio._caps import CAPABILITY_NAMES, ENV_DISABLE, disabled_by_env
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 DOCUMENTED = (
     "recvmmsg", "sendmmsg", "udp_segment", "udp_gro", "so_timestampns", "so_rxq_ovfl", "so_meminfo", "ipv6",
@@ -160,7 +160,7 @@ def test_caps_text_command():
     r = run_cli("caps", **{ENV_DISABLE: "udp_gro"})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == list(CAPABILITY_NAMES) + ["gso_max_segments"]
+    assert [line.split()[0] for line in lines] == [*list(CAPABILITY_NAMES), "gso_max_segments"]
     gro = next(line for line in lines if line.startswith("udp_gro "))
     assert gro.split()[1] == "off" and "disabled by BURSTIO_DISABLE" in gro
 

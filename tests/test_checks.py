@@ -10,7 +10,6 @@ import re
 import socket
 
 import pytest
-from support.net import V4
 
 import burstio
 from burstio._checks import (
@@ -25,6 +24,7 @@ from burstio._checks import (
     closed_socket_error,
     fileno_of,
 )
+from support.net import V4
 
 
 def exactly(msg: str) -> str:

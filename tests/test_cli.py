@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from support.paths import ROOT
-from support.proc import subprocess_env
 
 import burstio
 from burstio import bench
 from burstio._cli import _napi_settings, build_parser, main
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
              "tx-zerocopy", "latency-lab", "pipes", "dns", "quic")

@@ -16,13 +16,13 @@ import threading
 import time
 
 import pytest
-from support.kernel import EPIOCGPARAMS, SO_BUSY_POLL, SO_PREFER_BUSY_POLL, require_kernel
-from support.net import V4
-from support.variants import SOCKETSET, set_disable, use_variant
 
 import burstio
 from burstio.napi import busypoll
 from burstio.napi.busypoll import BusyPollEpoll, EpollParams, napi_id
+from support.kernel import EPIOCGPARAMS, SO_BUSY_POLL, SO_PREFER_BUSY_POLL, require_kernel
+from support.net import V4
+from support.variants import SOCKETSET, set_disable, use_variant
 
 # ---- per-epoll busy poll and the socket options ------------------------------------
 

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from support.paths import ROOT
-from support.proc import subprocess_env
 
 from burstio.napi import doctor, netdev
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 
 def test_doctor_changes_nothing_without_apply():

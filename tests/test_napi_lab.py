@@ -6,6 +6,7 @@ Nothing here measures time.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -13,13 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.net import recv_one
-from support.paths import ROOT
-from support.proc import subprocess_env
 
 from burstio.napi.busypoll import napi_id
 from burstio.napi.lab import STATE_DIR, Lab, leftover_namespaces
 from burstio.testing import lab_or_skip
+from support.net import recv_one
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 
 def test_lab_arguments():
@@ -29,7 +30,7 @@ def test_lab_arguments():
         Lab("abcdefghijk")
     with pytest.raises(ValueError, match="queues must be between 1 and 64, got 0"):
         Lab("x", queues=0)
-    with pytest.raises(ValueError, match="subnet must be three octets like '10.99.0', got '10.0'"):
+    with pytest.raises(ValueError, match=re.escape("subnet must be three octets like '10.99.0', got '10.0'")):
         Lab("x", subnet="10.0")
     with pytest.raises(ValueError, match="side must be 'a' or 'b', got 'c'"):
         Lab("x").addr("c")
@@ -88,11 +89,10 @@ def _nothing_left(lab: Lab) -> None:
 
 def test_lab_removed_when_the_block_fails():
     lab = lab_or_skip(queues=1, ifb=True)
-    with pytest.raises(RuntimeError, match="test failure"):
-        with lab:
-            assert sorted(leftover_namespaces(lab.name)) == sorted(lab.ns.values())
-            assert (STATE_DIR / f"lab-{lab.name}.json").exists()
-            raise RuntimeError("test failure")
+    with pytest.raises(RuntimeError, match="test failure"), lab:
+        assert sorted(leftover_namespaces(lab.name)) == sorted(lab.ns.values())
+        assert (STATE_DIR / f"lab-{lab.name}.json").exists()
+        raise RuntimeError("test failure")
     _nothing_left(lab)
 
 

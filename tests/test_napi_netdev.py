@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.paths import ROOT
-from support.proc import subprocess_env
 
 from burstio.napi import netdev
 from burstio.napi.lab import Lab
+from support.paths import ROOT
+from support.proc import subprocess_env
 
 # ---- pure helpers: /proc/interrupts, netlink attributes, arguments -------------------
 
@@ -60,7 +60,7 @@ def test_irq_counts_fuzz(ncpu, rows, noise, seed):
     header = "".join(f"       CPU{i}" for i in range(ncpu))
     lines = [f"{lab}: " + " ".join(map(str, nums)) + f"   {name}" for lab, nums, name in rows] + noise
     seed.shuffle(lines)
-    got = netdev.irq_counts("\n".join([header] + lines))
+    got = netdev.irq_counts("\n".join([header, *lines]))
     assert set(got) == {lab for lab, _, _ in rows}  # every row, no noise
     for lab, nums, name in rows:
         cpus = nums[:ncpu]

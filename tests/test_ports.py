@@ -20,17 +20,18 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.kernel import require_kernel
-from support.net import Sockets, recv_plain
-from support.proc import open_fds, wait_for
 
 import burstio
 from burstio import ports
+from support.kernel import require_kernel
+from support.net import Sockets, recv_plain
+from support.proc import open_fds, wait_for
 
 FORK = multiprocessing.get_context("fork")
 LIMIT = 10.0  # seconds a correct wait never needs; a broken one fails after it
@@ -314,7 +315,7 @@ def test_unreaped_child_counts_as_dead():
         os._exit(0)
     try:
         assert go.wait(LIMIT)
-        assert wait_for(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z")
+        assert wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
         with pytest.raises(ConnectionResetError):
             a.rx.wait(1, timeout=LIMIT)
     finally:

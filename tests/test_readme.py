@@ -4,10 +4,11 @@ import subprocess
 import sys
 
 import pytest
+
 from support.paths import ROOT
 
 README = ROOT / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 
 def test_readme_has_examples():

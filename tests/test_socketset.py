@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.net import V4, closed_port, force_rcvbuf
-from support.proc import rescue
-from support.variants import SOCKETSET, Variant, use_variant, variant_env
 
 import burstio
 from burstio import PacketBatch, SocketSet
+from support.net import V4, closed_port, force_rcvbuf
+from support.proc import rescue
+from support.variants import SOCKETSET, Variant, use_variant, variant_env
 
 
 def udp(stack: list, connect_to=None) -> socket.socket:
@@ -255,7 +255,7 @@ class SocketSetContract:
         np.asarray(out.sockets)[:600] = i_tx
         sent = sset.send_batch(out)
         got = [p for _, p, _ in take(sset, batch, sent, timeout=1.0)]
-        errors = [e for e in out.send_errors()]
+        errors = list(out.send_errors())
         assert sent + len(errors) == 600
         assert got == [b"%d" % k for k in range(600) if (k, errno.EAGAIN) not in errors]
         assert all(e == errno.EAGAIN for _, e in errors)  # only a full buffer may refuse
@@ -460,7 +460,7 @@ class SocketSetContract:
 
     def test_bad_input(self):
         sset = self.socket_set()
-        with pytest.raises(TypeError, match="sock must be a socket.socket or BurstSocket, got int"):
+        with pytest.raises(TypeError, match=re.escape("sock must be a socket.socket or BurstSocket, got int")):
             sset.add(5)
         tcp = socket.socket()
         self.socks.append(tcp)
@@ -511,7 +511,13 @@ class TestUring(SocketSetContract):
         if "SINGLE_ISSUER" not in sset.describe():
             pytest.skip("the io_uring ring is not SINGLE_ISSUER here")
         out = []
-        t = threading.Thread(target=lambda: out.append(pytest.raises(RuntimeError, sset.recv_batch, PacketBatch(4), 0)))
+
+        def other_thread() -> None:
+            with pytest.raises(RuntimeError) as ei:
+                sset.recv_batch(PacketBatch(4), 0)
+            out.append(ei)
+
+        t = threading.Thread(target=other_thread)
         t.start()
         t.join()
         assert "made in another thread" in str(out[0].value)

@@ -40,8 +40,8 @@ def _parse() -> ast.Module:
 
 def _decorators(node: ast.ClassDef | ast.FunctionDef) -> set[str]:
     names = set()
-    for d in node.decorator_list:
-        d = d.func if isinstance(d, ast.Call) else d
+    for dec in node.decorator_list:
+        d = dec.func if isinstance(dec, ast.Call) else dec
         if isinstance(d, ast.Name):
             names.add(d.id)
         elif isinstance(d, ast.Attribute):

@@ -25,6 +25,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import burstio
+from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_SEND_ERROR, FLAG_TRUNCATED, PacketBatch, SendError
 from support.kernel import (
     SO_BUSY_POLL,
     SO_NO_CHECK,
@@ -49,9 +52,6 @@ from support.net import (
 )
 from support.proc import Helper, open_fds, rescue, wait_for
 from support.variants import UDP, Variant, runnable, set_disable, use_variant, variant_env
-
-import burstio
-from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_SEND_ERROR, FLAG_TRUNCATED, PacketBatch, SendError
 
 COUNTER_NAMES = {
     "rx_datagrams", "rx_bytes", "rx_batches", "rx_syscalls", "rx_truncated", "rx_gro_messages",
@@ -322,8 +322,8 @@ class BackendContract:
 
         def other():
             assert wait_for(main_thread_blocked_in_syscall)
-            for i in range(1000):  # Python bytecode: needs the GIL
-                progress.append(i)
+            for i in range(1000):  # Python bytecode that needs the GIL, one step at a time
+                progress.append(i)  # noqa: PERF402
             sender.sendto(b"from the other thread", rx.getsockname())
 
         batch = PacketBatch(8, 64)
@@ -370,11 +370,11 @@ class BackendContract:
         require_syscall_introspection()
         rx = self.make_socket()
 
-        class Interrupted(Exception):
+        class HandlerError(Exception):
             pass
 
         def handler(signum, frame):
-            raise Interrupted("from the handler")
+            raise HandlerError("from the handler")
 
         def interrupt():
             assert wait_for(main_thread_blocked_in_syscall)
@@ -384,7 +384,7 @@ class BackendContract:
         batch = PacketBatch(8, 64)
         try:
             t = Helper(interrupt)
-            with rescue(rx.getsockname()), pytest.raises(Interrupted, match="from the handler"):
+            with rescue(rx.getsockname()), pytest.raises(HandlerError, match="from the handler"):
                 t.start()
                 rx.recv_batch(batch, timeout)
             t.join()
@@ -399,7 +399,7 @@ class BackendContract:
     # ---- send errors -------------------------------------------------------------
 
     def _port0_batch(self, dest) -> PacketBatch:
-        bad = (dest[0], 0) + tuple(dest[2:])
+        bad = (dest[0], 0, *tuple(dest[2:]))
         return self.batch_of([(b"d0-ok", dest), (b"d1-ok", dest), (b"d2-port0", bad), (b"d3-ok", dest)], capacity=8)
 
     @FAMILIES
@@ -1010,9 +1010,9 @@ class BackendContract:
                 burstio.BurstSocket(tcp, **self.variant.kwargs)
 
     def test_rejects_unix_socket(self):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
-            with pytest.raises(ValueError, match="BurstSocket needs an AF_INET or AF_INET6 socket, got "):
-                burstio.BurstSocket(unix, **self.variant.kwargs)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix, \
+                pytest.raises(ValueError, match="BurstSocket needs an AF_INET or AF_INET6 socket, got "):
+            burstio.BurstSocket(unix, **self.variant.kwargs)
 
     def test_rejects_closed_socket(self):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -33,14 +33,14 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from support.kernel import SIOCINQ, SIOCOUTQ, SO_SNDBUFFORCE, require_kernel
-from support.net import HOSTS, V4, force_rcvbuf, pattern, recv_exactly
-from support.proc import subprocess_env, wait_for
-from support.variants import ZEROCOPY, Variant, set_disable, unmet_need, use_variant, variant_fixture
 
 import burstio
 from burstio._zerocopy import COPIED_STREAK, Completion
 from burstio.bench.scenarios import zerocopy as zcbench
+from support.kernel import SIOCINQ, SIOCOUTQ, SO_SNDBUFFORCE, require_kernel
+from support.net import HOSTS, V4, force_rcvbuf, pattern, recv_exactly
+from support.proc import subprocess_env, wait_for
+from support.variants import ZEROCOPY, Variant, set_disable, unmet_need, use_variant, variant_fixture
 
 # ---- the variants -----------------------------------------------------------------
 
@@ -64,10 +64,8 @@ def closing():
     things: list = []
     yield things.append
     for t in reversed(things):
-        try:
+        with contextlib.suppress(OSError):
             t.close()
-        except OSError:
-            pass
 
 
 def udp_receiver(closing, family=socket.AF_INET) -> socket.socket:
@@ -181,6 +179,15 @@ def test_send_and_wait_returns_bytes_and_the_buffer(variant, closing):
     assert zs.send_and_wait(buf, n, rx.getsockname(), timeout=2.0) == n
     assert rx.recv(100) == b"hello zero copy"
     assert buf.state == "returned" and zs.in_flight == 0 and zs.pool.free == zs.pool.buffers
+
+
+def test_send_and_wait_takes_its_timeout_by_position_too(variant, closing):
+    """The documented signature: send_and_wait(buf, length=None, addr=None, timeout=None)."""
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), variant)
+    buf = zs.acquire()
+    assert zs.send_and_wait(buf, buf.write(b"positional"), rx.getsockname(), 2.0) == 10
+    assert rx.recv(100) == b"positional"
 
 
 def test_buffer_lifecycle_owned_in_flight_returned(variant, closing):
@@ -796,9 +803,8 @@ def sink_namespace(request):
         pytest.skip(f"ifb sink: {why}")
     ns = f"burstio-zc-test-{id(request)}"
     cm = zcbench.ifb_sink_namespace(ns)
-    name = cm.__enter__()
-    request.addfinalizer(lambda: cm.__exit__(None, None, None))
-    return name
+    with cm as name:
+        yield name
 
 
 @pytest.mark.parametrize("worker_variant, need", [("uring-send-zc", "io_uring_send_zc"),
@@ -822,10 +828,9 @@ def test_the_sink_namespace_is_deleted_even_on_failure():
     if why:
         pytest.skip(f"ifb sink: {why}")
     ns = "burstio-zc-test-failure"
-    with pytest.raises(RuntimeError, match="boom"):
-        with zcbench.ifb_sink_namespace(ns):
-            assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), zcbench.ifb_sink_namespace(ns):
+        assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        raise RuntimeError("boom")
     assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 

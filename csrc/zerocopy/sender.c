@@ -182,7 +182,7 @@ bio_zerocopy_io_send_and_wait(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_
     static const char *const names[] = {"buf", "length", "addr", "timeout", NULL};
     PyObject *a[4];
     int64_t ns;
-    if (bio_args_parse("send_and_wait", args, nargs, kwnames, names, 3, 1, a) < 0 ||
+    if (bio_args_parse("send_and_wait", args, nargs, kwnames, names, 4, 1, a) < 0 ||
         bio_timeout_parse(a[3] ? a[3] : Py_None, &ns) < 0)
         return NULL;
     int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
@@ -485,7 +485,7 @@ static PyMethodDef bio_zerocopy_io_methods[] = {
      "Send buf; returns its Completion (never waits for the kernel)."},
     {"send_and_wait", (PyCFunction)(void (*)(void))bio_zerocopy_io_send_and_wait,
      METH_FASTCALL | METH_KEYWORDS,
-     "send_and_wait($self, /, buf, length=None, addr=None, *, timeout=None)\n--\n\n"
+     "send_and_wait($self, /, buf, length=None, addr=None, timeout=None)\n--\n\n"
      "Send buf and wait up to timeout until the kernel is done with it; returns\n"
      "the bytes sent."},
     {"poll", (PyCFunction)bio_zerocopy_io_poll, METH_NOARGS,

@@ -22,27 +22,28 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from . import _native
+from ._kernel import (
+    AF_XDP,
+    EPIOCGPARAMS,
+    EPIOCSPARAMS,
+    SO_BUSY_POLL,
+    SO_BUSY_POLL_BUDGET,
+    SO_INCOMING_NAPI_ID,
+    SO_MEMINFO,
+    SO_PREFER_BUSY_POLL,
+    SO_RXQ_OVFL,
+    SO_TIMESTAMPNS,
+    SO_ZEROCOPY,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+)
 from ._types import Address
 
 __all__ = ["Capability", "Capabilities", "capabilities", "ENV_DISABLE", "CAPABILITY_NAMES", "LATE_CAPABILITIES"]
 
 ENV_DISABLE = "BURSTIO_DISABLE"
 
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-SO_TIMESTAMPNS = 35
-SO_RXQ_OVFL = 40
-SO_MEMINFO = 55
-SO_BUSY_POLL = 46
-SO_INCOMING_NAPI_ID = 56
-SO_ZEROCOPY = 60
-SO_PREFER_BUSY_POLL = 69
-SO_BUSY_POLL_BUDGET = 70
-AF_XDP = 44
-# struct epoll_params is 8 bytes: _IOW(0x8A, 1, ...) and _IOR(0x8A, 2, ...)
-EPIOCSPARAMS = (1 << 30) | (8 << 16) | (0x8A << 8) | 0x01
-EPIOCGPARAMS = (2 << 30) | (8 << 16) | (0x8A << 8) | 0x02
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from . import _native
+from ._kernel import SCM_TIMESTAMPNS, SOL_UDP, UDP_GRO, UDP_SEGMENT
 from ._native import PacketBatch
 from ._types import Address, OnError, RecoverPolicy
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-SCM_TIMESTAMPNS = 35
 MAX_UDP_PAYLOAD = _native.MAX_UDP_PAYLOAD
 _ANC_SIZE = 128
 _COUNTERS = tuple(_native.UdpIo(-1).counters())

@@ -12,8 +12,8 @@ receives from all of them at once and sends across them at once:
   recvmmsg per ready socket, inside one C call.
 
 This module is policy: which backend (from the capability probe), which
-sockets may join, what the results mean. The C side (csrc/ring.c,
-csrc/drain.c, csrc/ringbase.c) does the syscalls and the memory.
+sockets may join, what the results mean. The C side (csrc/socketset/: base.c,
+uring.c, epoll.c) does the syscalls and the memory.
 """
 from __future__ import annotations
 

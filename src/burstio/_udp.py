@@ -21,19 +21,22 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _native
-from ._caps import (
+from ._caps import Capabilities, capabilities
+from ._checks import check_int, check_socket, closed_socket_error
+from ._errors import SendError
+from ._kernel import (
+    SK_MEMINFO_DROPS,
+    SK_MEMINFO_VARS,
     SO_BUSY_POLL,
     SO_BUSY_POLL_BUDGET,
     SO_MEMINFO,
     SO_PREFER_BUSY_POLL,
+    SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE,
     SO_TIMESTAMPNS,
     SOL_UDP,
     UDP_GRO,
-    Capabilities,
-    capabilities,
 )
-from ._checks import check_int, check_socket, closed_socket_error
-from ._errors import SendError
 from ._portable import PortableIo
 from ._types import Address, OnError, RecoverPolicy
 
@@ -49,8 +52,6 @@ log = logging.getLogger("burstio")
 BACKENDS = ("auto", "mmsg", "msg", "portable")
 #: one-datagram receives in a row after which recv asks for one at a time
 SINGLE_AFTER = 16
-_SK_MEMINFO_DROPS = 8  # index in the u32 array SO_MEMINFO returns
-_SK_MEMINFO_VARS = 9
 #: at most this many datagrams go in one GSO send (the kernel may take more)
 GSO_SEGMENTS = 64
 _GSO_REFUSALS = (errno.EIO, errno.EINVAL)
@@ -309,10 +310,10 @@ class BurstSocket:
         if self._sock.fileno() == -1:
             return self._drops_base if hasattr(self, "_drops_base") else 0
         try:
-            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
         except OSError:
             return 0
-        drops: int = struct.unpack(f"{len(raw) // 4}I", raw)[_SK_MEMINFO_DROPS]
+        drops: int = struct.unpack(f"{len(raw) // 4}I", raw)[SK_MEMINFO_DROPS]
         return drops
 
     def describe(self) -> str:
@@ -447,7 +448,7 @@ def set_buffer_size(sock: socket.socket, option: int, size: int) -> int:
     sock.setsockopt(socket.SOL_SOCKET, option, size)
     granted = sock.getsockopt(socket.SOL_SOCKET, option)
     if granted < size:  # the kernel doubles what it grants; below size means capped
-        force = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}[option]  # SO_*BUFFORCE
+        force = {socket.SO_RCVBUF: SO_RCVBUFFORCE, socket.SO_SNDBUF: SO_SNDBUFFORCE}[option]
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
             granted = sock.getsockopt(socket.SOL_SOCKET, option)

@@ -13,7 +13,7 @@ neither written nor reused while the kernel may still read it.
 This module is policy: which backend (from the capability probe), when
 zero copy is worth it (``mode``, ``min_size``), switching it off on a socket
 where the kernel keeps copying anyway (loopback, local delivery), asyncio
-waiting, and wording. The C side (csrc/zerocopy.c) does the syscalls and
+waiting, and wording. The C side (csrc/zerocopy/) does the syscalls and
 the buffer states.
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from . import _native
-from ._caps import SO_ZEROCOPY, SOL_UDP, UDP_SEGMENT, Capabilities, capabilities
+from ._caps import Capabilities, capabilities
 from ._checks import UDP_OR_TCP, check_int, check_socket
+from ._kernel import SO_ZEROCOPY, SOL_UDP, UDP_SEGMENT
 from ._native import ZeroCopyBuffer, ZeroCopyPool
 from ._types import Address
 
@@ -203,9 +204,7 @@ class ZeroCopySender:
         # (the methods below document them).
         self.acquire = io.acquire  # type: ignore[method-assign]  # the C method, no Python frame
         self.send = io.send  # type: ignore[method-assign]  # the C method, no Python frame
-        # BUG, kept as it is (reported): the C method takes timeout by keyword only, unlike the
-        # documented signature below, so send_and_wait(buf, n, addr, 1.0) raises TypeError
-        self.send_and_wait = io.send_and_wait  # type: ignore[method-assign, assignment]  # the BUG above
+        self.send_and_wait = io.send_and_wait  # type: ignore[method-assign]  # the C method, no Python frame
         self.poll = io.poll  # type: ignore[method-assign]  # the C method, no Python frame
 
     # ---- the hot paths (each instance binds these names to C) -------------
@@ -236,7 +235,7 @@ class ZeroCopySender:
                       timeout: float | None = None) -> int:
         """``send`` and wait until the kernel is done with the buffer; the
         bytes sent. The simple choice for thread-per-client code."""
-        return self._io.send_and_wait(buf, length, addr, timeout)  # type: ignore[call-arg]  # the BUG above
+        return self._io.send_and_wait(buf, length, addr, timeout)
 
     def poll(self) -> int:
         """Process the completions available now, without waiting; return

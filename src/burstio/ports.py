@@ -3,7 +3,7 @@
 Where a packet goes: the producer writes it into a free slot of its port's
 TX ring (``tx.put``, ``tx.put_batch``, ``tx.claim``, or ``tx.recv_from`` a
 socket) and advances ``head``; ``tx.sync()`` publishes the batch with one
-release store (csrc/shmring.c). The consumer's ``rx.wait()`` / ``rx.sync()``
+release store (csrc/ports/ring.c). The consumer's ``rx.wait()`` / ``rx.sync()``
 sees the new ``tail`` and owns packets ``head..tail`` in shared memory
 (``rx[i]``, ``rx.peek(batch)``, numpy over the region); ``advance`` hands the
 slots back. Through a ``pipe()`` both ends map the same buffers, so nothing is

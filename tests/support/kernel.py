@@ -16,7 +16,19 @@ from pathlib import Path
 import pytest
 
 import burstio
-from burstio._caps import EPIOCGPARAMS, SO_BUSY_POLL, SO_PREFER_BUSY_POLL
+from burstio._kernel import (
+    CLONE_NEWNET,
+    EPIOCGPARAMS,
+    SIOCINQ,
+    SIOCOUTQ,
+    SO_BUSY_POLL,
+    SO_NO_CHECK,
+    SO_PREFER_BUSY_POLL,
+    SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE,
+    SOL_UDP,
+    UDP_SEGMENT,
+)
 
 from .variants import Variant, variant_env
 
@@ -26,16 +38,7 @@ __all__ = ["SOL_UDP", "UDP_SEGMENT", "SO_NO_CHECK", "SO_SNDBUFFORCE", "SO_RCVBUF
            "main_thread_blocked_in_syscall", "require_syscall_introspection"]
 
 # ---- constants --------------------------------------------------------------------------
-# EPIOCGPARAMS, SO_BUSY_POLL and SO_PREFER_BUSY_POLL come from the library's probe (above).
-
-SOL_UDP = 17
-UDP_SEGMENT = 103     # SOL_UDP option: GSO segment size
-SO_NO_CHECK = 11      # SOL_SOCKET option; with it set the kernel refuses UDP GSO (IPv4)
-SO_SNDBUFFORCE = 32   # SOL_SOCKET: SO_SNDBUF past net.core.wmem_max (needs CAP_NET_ADMIN)
-SO_RCVBUFFORCE = 33   # SOL_SOCKET: SO_RCVBUF past net.core.rmem_max (needs CAP_NET_ADMIN)
-SIOCINQ = 0x541B      # FIONREAD: bytes received, not yet read
-SIOCOUTQ = 0x5411     # TIOCOUTQ: bytes the kernel took and the peer has not acknowledged
-CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
+# All kernel constants come from the library (burstio._kernel: the values the extension was built with).
 
 # x86_64 numbers of the syscalls a receive can block in.
 BLOCKING_SYSCALLS_X86_64 = {7: "poll", 23: "select", 47: "recvmsg", 232: "epoll_wait", 270: "pselect6",

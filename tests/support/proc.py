@@ -82,7 +82,7 @@ class Helper(threading.Thread):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         try:
             self.fn()
-        except BaseException as e:  # handed to the test
+        except BaseException as e:  # noqa: BLE001 (handed to the test, which re-raises it)
             self.error = e
 
     def join(self, timeout: float | None = 10.0) -> None:

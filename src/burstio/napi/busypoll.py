@@ -20,20 +20,20 @@ import fcntl
 import os
 import select
 import socket
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import _native
-from .._caps import (
+from .._checks import check_int, fileno_of
+from .._kernel import (
     EPIOCGPARAMS,
     EPIOCSPARAMS,
+    EPOLL_PARAMS,
     SO_BUSY_POLL,
     SO_BUSY_POLL_BUDGET,
     SO_INCOMING_NAPI_ID,
     SO_PREFER_BUSY_POLL,
 )
-from .._checks import check_int, fileno_of
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["BusyPollEpoll", "EpollParams", "napi_id", "set_busy_poll", "set_prefer_busy_poll",
            "set_busy_poll_budget", "register_uring_napi", "BUDGET_MAX"]
 
-_EPOLL_PARAMS = struct.Struct("IHBB")  # busy_poll_usecs, busy_poll_budget, prefer_busy_poll, pad
 #: the largest budget an unprivileged process may set (NAPI_POLL_WEIGHT);
 #: more needs CAP_NET_ADMIN
 BUDGET_MAX = 64
@@ -141,7 +140,7 @@ class BusyPollEpoll:
 
     @staticmethod
     def _set_params_fd(fd: int, busy_poll_usecs: int, busy_poll_budget: int, prefer_busy_poll: bool) -> None:
-        raw = _EPOLL_PARAMS.pack(check_int("busy_poll_usecs", busy_poll_usecs, 0, 2**31 - 1),
+        raw = EPOLL_PARAMS.pack(check_int("busy_poll_usecs", busy_poll_usecs, 0, 2**31 - 1),
                                  check_int("busy_poll_budget", busy_poll_budget, 0, 65535),
                                  int(bool(prefer_busy_poll)), 0)
         try:
@@ -154,12 +153,12 @@ class BusyPollEpoll:
 
     def get_params(self) -> EpollParams:
         """EPIOCGPARAMS: what the kernel holds for this instance."""
-        buf = bytearray(_EPOLL_PARAMS.size)
+        buf = bytearray(EPOLL_PARAMS.size)
         try:
             fcntl.ioctl(self._ep.fileno(), EPIOCGPARAMS, buf)
         except OSError as e:
             raise _kernel_too_old("EPIOCGPARAMS (per-epoll busy poll)", "6.9", e) from None
-        usecs, budget, prefer, _ = _EPOLL_PARAMS.unpack(buf)
+        usecs, budget, prefer, _ = EPOLL_PARAMS.unpack(buf)
         return EpollParams(usecs, budget, bool(prefer))
 
     def register(self, fd: FileDescriptorLike, eventmask: int = select.EPOLLIN) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, overload
 
 from .. import _native
 from .._checks import check_int
+from .._kernel import CLONE_NEWNET, SIOCGSKNS
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -365,8 +366,6 @@ def qstats(dev: str | int | None = None) -> dict[tuple[int, str, int], dict[str,
 
 # ---- namespaces ------------------------------------------------------------------
 
-SIOCGSKNS = 0x894C  # a socket's network namespace, as a descriptor (Linux >= 4.9)
-CLONE_NEWNET = 0x40000000
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from typing import Protocol, cast
 
 from ... import _native
 from ..._caps import capabilities
+from ..._kernel import SO_RCVBUFFORCE
 from ..._socketset import SocketSet
 from ..._udp import BurstSocket
 from ..common import Options, count_syscalls, measure_sends, pinned, rounds, syscall_source, timed
@@ -206,7 +207,7 @@ def tx_redundant(opts: Options, progress: Progress) -> ScenarioResult:
     with ExitStack() as stack, pinned(opts.cpu):
         rx, paths = _pairs(stack, PATHS)
         for r in rx:
-            r.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: room for a round
+            r.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)  # room for a round
         batch = _native.PacketBatch(n_payloads, max(1, opts.size))
         for i in range(n_payloads):
             batch.append(bytes([i % 256]) * opts.size)  # no address: each path's connected peer

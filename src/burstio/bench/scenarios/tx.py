@@ -13,7 +13,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from ... import _native
-from ..._caps import SOL_UDP, UDP_SEGMENT, capabilities
+from ..._caps import capabilities
+from ..._kernel import SOL_UDP, UDP_SEGMENT
 from ..._types import Address
 from ..._udp import BurstSocket
 from ..common import Options, measure_sends, pinned, syscall_source

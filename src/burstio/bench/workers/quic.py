@@ -35,7 +35,7 @@ from typing import cast
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 
-from ..._caps import SO_MEMINFO
+from ..._kernel import SO_MEMINFO
 from ...apps import quic
 
 IDLE_TIMEOUT = 600.0  # connections wait between rounds
