@@ -36,6 +36,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import signal
 
     from . import bench
+    from .bench import cref
 
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: every scenario's
     # finally blocks run, so namespaces and servers it made are removed
@@ -49,7 +50,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 2
     seconds = args.seconds if args.seconds is not None else (3.0 if args.scenario else 2.0)
     opts = bench.Options(seconds=seconds, size=args.size, batch=args.batch, queue=args.queue, cpu=args.cpu)
-    bench.run(names, opts, as_json=args.json, plot_path=args.plot, progress=not args.quiet)
+    try:
+        bench.run(names, opts, as_json=args.json, plot_path=args.plot, progress=not args.quiet)
+    except cref.BuildError as e:
+        print(f"burstio bench: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,18 +12,23 @@ from pathlib import Path
 CFLAGS = ["-O2", "-std=c11", "-Wall"]
 
 
+class BuildError(RuntimeError):
+    """A C reference could not be compiled (no compiler, or the compiler failed)."""
+
+
 @functools.cache
 def build(name: str) -> Path:
     """Compile bench/c/NAME.c; returns the executable (cached per process)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise RuntimeError("no C compiler (cc/gcc) to build the C reference")
+        raise BuildError(f"the C reference {name} is compiled at bench time and needs a C compiler: "
+                         "no cc or gcc on PATH (Debian: apt install gcc)")
     src = resources.files("burstio.bench") / "c" / f"{name}.c"
     out = Path(_tmpdir()) / name
     with resources.as_file(src) as path:
         r = subprocess.run([cc, *CFLAGS, "-o", str(out), str(path)], capture_output=True, check=False, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"building the C reference {name} failed:\n{r.stderr}")
+        raise BuildError(f"building the C reference {name} failed:\n{r.stderr}")
     return out
 
 
