@@ -23,6 +23,7 @@ import ctypes
 import errno
 import logging
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,10 @@ from support.variants import AIO, Variant, variant_env
 
 TIMEOUT = 10.0  # bounds a hung scenario; never a measurement
 ORACLE = AIO["stdlib"]
+# asyncio's own datagram transport pauses reading only in later CPython 3.11 releases; in earlier
+# ones (Debian 12's 3.11.2) it inherits ReadTransport's NotImplementedError: no oracle to pause
+STDLIB_PAUSES_DATAGRAMS = (asyncio.selector_events._SelectorDatagramTransport.pause_reading
+                           is not asyncio.ReadTransport.pause_reading)
 
 
 # ---- making endpoints -------------------------------------------------------------------
@@ -590,7 +595,12 @@ class DatagramContract:
             await settle()
             return held, p.data(), t.is_reading()
 
-        held, data, reading = self.check(scenario)
+        if STDLIB_PAUSES_DATAGRAMS:
+            held, data, reading = self.check(scenario)
+        elif self.variant == ORACLE:
+            pytest.skip(f"asyncio's datagram transport cannot pause reading on Python {platform.python_version()}")
+        else:  # no oracle to compare with: the expected trace below only
+            held, data, reading = self.run(scenario)
         assert held == (2, False)
         assert data == [b"a", b"pause", *[b"%d" % i for i in range(20)]] and not reading
 

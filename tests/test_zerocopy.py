@@ -37,8 +37,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import burstio
 from burstio._zerocopy import COPIED_STREAK, Completion
 from burstio.bench.scenarios import zerocopy as zcbench
-from support.kernel import SIOCINQ, SIOCOUTQ, SO_SNDBUFFORCE, require_kernel
-from support.net import HOSTS, V4, force_rcvbuf, pattern, recv_exactly
+from support.kernel import SIOCINQ, SIOCOUTQ, require_kernel
+from support.net import HOSTS, V4, force_rcvbuf, force_sndbuf, pattern, recv_exactly
 from support.proc import subprocess_env, wait_for
 from support.variants import ZEROCOPY, Variant, set_disable, unmet_need, use_variant, variant_fixture
 
@@ -264,7 +264,7 @@ def test_buffer_stays_out_of_the_pool_until_the_kernel_is_done(zc_variant, closi
     """TCP to a peer that does not read: the data cannot be acknowledged,
     so the kernel keeps the buffers and acquire() must not return them."""
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)  # room to queue both sends
+    force_sndbuf(cli, 4 << 20)  # room to queue both sends
     zs = sender(closing, cli, zc_variant, pool=burstio.ZeroCopyPool(2, 65536))
     data = [pattern(65536, seed=s) for s in (1, 2)]
     completions = []
@@ -284,7 +284,7 @@ def test_buffer_stays_out_of_the_pool_until_the_kernel_is_done(zc_variant, closi
 
 def test_await_does_not_block_the_event_loop(zc_variant, closing):
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)
+    force_sndbuf(cli, 4 << 20)
     srv.setblocking(False)
     zs = sender(closing, cli, zc_variant, pool=burstio.ZeroCopyPool(3, 65536))
     data = [pattern(65536, seed=s) for s in (3, 4, 5)]
@@ -437,7 +437,7 @@ def test_closing_returns_sends_the_kernel_never_saw(variant, closing):
 def _stuck_send(closing, zc_variant):
     """A sender whose only buffer the kernel keeps (the TCP peer does not read)."""
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)
+    force_sndbuf(cli, 4 << 20)
     zs = sender(closing, cli, zc_variant, pool=burstio.ZeroCopyPool(1, 65536))
     buf = zs.acquire()
     return zs, zs.send(buf, buf.write(pattern(65536))), srv
@@ -642,7 +642,7 @@ def test_closed_sender(variant, closing):
 
 def test_closing_with_buffers_in_flight_cancels_them(zc_variant, closing):
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)
+    force_sndbuf(cli, 4 << 20)
     pool = burstio.ZeroCopyPool(2, 65536)
     zs = sender(closing, cli, zc_variant, pool=pool)
     buf = zs.acquire()
@@ -665,7 +665,7 @@ def _released_but_not_processed(closing, zc_variant):
     and acknowledges, and the completion descriptor becomes readable. (Not
     registered with `closing`: the caller closes the sender, or drops it.)"""
     cli, srv = tcp_pair(closing, rcvbuf=4096)
-    cli.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20)  # the kernel takes it all
+    force_sndbuf(cli, 4 << 20)  # the kernel takes it all
     cli.sendall(pattern(65536, seed=1))  # fills the peer's window; the rest waits in the kernel
     pool = burstio.ZeroCopyPool(2, 65536)
     zs = burstio.ZeroCopySender(cli, pool, **zc_variant.kwargs, mode="always")

@@ -13,7 +13,7 @@ import pytest
 
 import burstio
 
-from .kernel import SO_RCVBUFFORCE, require_kernel
+from .kernel import SO_RCVBUFFORCE, SO_SNDBUFFORCE, require_kernel
 
 V4 = "127.0.0.1"
 V6 = "::1"
@@ -27,9 +27,29 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return bytes((seed * 131 + i * 7 + (i >> 8)) & 0xFF for i in range(n))
 
 
+def force_buffer(sock: socket.socket, option: int, size: int) -> None:
+    """Give ``sock`` a socket buffer (``option``: SO_RCVBUF or SO_SNDBUF) of ``size`` bytes:
+    the *FORCE option as root, past net.core.rmem_max/wmem_max; without root the plain option,
+    up to that limit. Skips, saying why, where the kernel grants less than ``size``."""
+    force, limit = {socket.SO_RCVBUF: (SO_RCVBUFFORCE, "net.core.rmem_max"),
+                    socket.SO_SNDBUF: (SO_SNDBUFFORCE, "net.core.wmem_max")}[option]
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+        return
+    except PermissionError:  # no CAP_NET_ADMIN
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+    if sock.getsockopt(socket.SOL_SOCKET, option) < size:  # the kernel reports twice what it grants
+        pytest.skip(f"a socket buffer of {size} bytes needs root (CAP_NET_ADMIN) or {limit} >= {size}")
+
+
 def force_rcvbuf(sock: socket.socket, size: int = RCVBUF) -> None:
-    """SO_RCVBUFFORCE: room past net.core.rmem_max (the tests run as root)."""
-    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    """Room in ``sock``'s receive buffer for everything a test sends (see force_buffer)."""
+    force_buffer(sock, socket.SO_RCVBUF, size)
+
+
+def force_sndbuf(sock: socket.socket, size: int) -> None:
+    """Room in ``sock``'s send buffer for everything a test queues (see force_buffer)."""
+    force_buffer(sock, socket.SO_SNDBUF, size)
 
 
 def closed_port(family: int = socket.AF_INET) -> tuple:
