@@ -42,7 +42,7 @@ PUBLIC: dict[str, list[str]] = {
         "irq_counts", "napi_get", "napi_list", "napi_set", "netns_of", "qstats", "queue_list", "set_device_settings",
     ],
     "burstio.napi.reuseport": ["ReusePortGroup", "Worker", "WorkerStats", "queue_steering_program"],
-    "burstio.napi.lab": ["Lab", "LabError", "leftover_namespaces", "require_privileges"],
+    "burstio.napi.lab": ["Lab", "LabError", "down_all", "leftover_namespaces", "require_privileges"],
     "burstio.napi.doctor": ["RECIPE", "apply", "examine", "recipe", "report"],
     "burstio.apps": ["until_signalled"],
     "burstio.apps.dns": ["Answers", "AsyncioResponder", "BurstResponder", "answer", "main", "serve"],

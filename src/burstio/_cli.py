@@ -75,21 +75,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from .napi.lab import Lab, LabError, leftover_namespaces
+    from .napi.lab import Lab, LabError
 
     try:
         if args.action == "up":
             lab = Lab(args.name, queues=args.queues, ifb=args.ifb).up(persist=True)
             print(json.dumps(lab.status(), indent=2))
         elif args.action == "down":
-            names = [args.name] if not args.all else sorted({ns.rsplit("-", 1)[0] for ns in leftover_namespaces("")
-                                                             if ns.endswith(("-a", "-b"))})
-            for name in names:
-                try:
-                    Lab.load(name).down()
-                except LabError:
-                    Lab(name).down()  # no state file: delete what the names say
-                print(f"lab {name}: down")
+            return _lab_down(args)
         else:
             print(json.dumps(Lab.load(args.name).status(), indent=2))
     except (LabError, PermissionError, ValueError) as e:
@@ -97,6 +90,27 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         return 1
     return 0
 
+
+def _lab_down(args: argparse.Namespace) -> int:
+    """Remove what a lab made (--name) or every lab made (--all); say what is left alone and why."""
+    from .napi.lab import Lab, LabError, down_all
+
+    if args.all:
+        removed, left = down_all()
+    else:
+        try:
+            lab = Lab.load(args.name)
+        except LabError as e:
+            left = Lab(args.name).down()  # what carries the name, left alone
+            print(f"burstio lab: {e}; burstio removes only what it made"
+                  + "".join(f"\n  left alone: {why}" for why in left), file=sys.stderr)
+            return 1
+        removed, left = [args.name], lab.down()
+    for name in removed:
+        print(f"lab {name}: down")
+    for why in left:
+        print(f"burstio lab: left alone: {why}", file=sys.stderr)
+    return 0
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .napi import doctor
@@ -163,12 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("lab", help="network namespaces joined by a NAPI veth pair (needs root)",
                         description="up: make namespaces <name>-a/<name>-b joined by veth with N queues and NAPI on; "
-                                    "down: remove them; status: what is there.")
+                                    "down: remove them (only what burstio made: it keeps a record in /run/burstio, "
+                                    "or $BURSTIO_LAB_STATE); status: what is there.")
     la.add_argument("action", choices=["up", "down", "status"])
     la.add_argument("--name", default="burstio", help="lab name (default burstio)")
     la.add_argument("--queues", type=_positive(int), default=2, help="rx/tx queues per veth (default 2)")
     la.add_argument("--ifb", action="store_true", help="also an ifb transmit sink in namespace b")
-    la.add_argument("--all", action="store_true", help="down: every lab left on this host")
+    la.add_argument("--all", action="store_true",
+                    help="down: every lab burstio made on this host (from its records; not those in use)")
     la.set_defaults(func=_cmd_lab)
 
     d = sub.add_parser("doctor", help="read busy-poll/NAPI settings; say what the recipe would change",
