@@ -79,7 +79,7 @@ def test_nla_uint_round_trip(value):
 
 @given(st.binary(max_size=12).filter(lambda b: len(b) not in (4, 8)))
 def test_nla_uint_bad_length(raw):
-    with pytest.raises(ValueError, match=f"NLA_UINT attribute of {len(raw)} bytes \\(want 4 or 8\\)"):
+    with pytest.raises(netdev.NetdevError, match=f"NLA_UINT attribute of {len(raw)} bytes \\(want 4 or 8 bytes\\)"):
         netdev._uint(raw)
 
 
