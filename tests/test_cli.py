@@ -26,7 +26,7 @@ def test_help():
     r = run("--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: burstio ")
-    for command in ("caps", "bench", "serve", "lab", "doctor"):
+    for command in ("caps", "bench", "serve", "lab", "doctor", "fuzz"):
         assert command in r.stdout
 
 

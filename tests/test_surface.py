@@ -52,6 +52,7 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "burstio.apps.sockperf": [
         "FLAG_CLIENT", "FLAG_PONG_REQUEST", "FLAG_WARMUP", "HEADER", "MODES", "SUSPEND_NAPI", "SockperfServer", "main",
+        "mark_replies",
     ],
     "burstio.testing": ["burstio_lab", "lab_or_skip"],
     "burstio.bench": ["Options", "SCENARIOS", "run"],

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from . import __version__
@@ -123,6 +124,20 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from ._fuzz import TARGETS
+    from ._fuzz.runner import format_reports, fuzz
+
+    unknown = [n for n in args.target if n not in TARGETS]
+    if unknown:
+        print(f"burstio fuzz: unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}",
+              file=sys.stderr)
+        return 2
+    reports = fuzz(args.target, args.inputs, args.seed, Path(args.crash_dir))
+    print(format_reports(reports, args.seed, args.json))
+    return 1 if any(r.crash_count for r in reports) else 0
+
+
 def _positive(kind: Callable[[str], _Number]) -> Callable[[str], _Number]:
     def parse(text: str) -> _Number:
         v = kind(text)
@@ -130,6 +145,22 @@ def _positive(kind: Callable[[str], _Number]) -> Callable[[str], _Number]:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return v
     return parse
+
+
+def _add_fuzz_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._fuzz import TARGETS
+
+    f = sub.add_parser("fuzz", help="run the fuzz targets (parsers of what peers, the kernel and shared memory send)",
+                       description="Targets: " + ", ".join(TARGETS) + ". Each runs in a child process: an "
+                                   "exception outside the target's documented set, or the process dying or "
+                                   "hanging, is a crash, and the input is saved. Exit status 1 if anything "
+                                   "crashed.")
+    f.add_argument("target", nargs="*", help="target(s) to run (default: all)")
+    f.add_argument("--inputs", type=_positive(int), default=1_000_000, help="inputs per target (default 1000000)")
+    f.add_argument("--seed", type=int, default=1, help="the run's seed: same seed, same inputs (default 1)")
+    f.add_argument("--crash-dir", default="fuzz-crashes", help="where crashing inputs go (default ./fuzz-crashes)")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.set_defaults(func=_cmd_fuzz)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--all", action="store_true",
                     help="down: every lab burstio made on this host (from its records; not those in use)")
     la.set_defaults(func=_cmd_lab)
+
+    _add_fuzz_parser(sub)
 
     d = sub.add_parser("doctor", help="read busy-poll/NAPI settings; say what the recipe would change",
                        description="Reads sysctls, queues, coalescing, NAPI settings and IRQ affinity; "
