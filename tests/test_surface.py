@@ -55,7 +55,7 @@ PUBLIC: dict[str, list[str]] = {
         "mark_replies",
     ],
     "burstio.testing": ["burstio_lab", "lab_or_skip"],
-    "burstio.bench": ["Options", "SCENARIOS", "run"],
+    "burstio.bench": ["LONG", "Options", "SCENARIOS", "run"],
     "burstio.bench.report": [
         "Progress", "ScenarioResult", "Target", "Variant", "format_result", "percentile", "plot", "write_json",
     ],

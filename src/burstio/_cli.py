@@ -42,14 +42,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     # finally blocks run, so namespaces and servers it made are removed
     signal.signal(signal.SIGTERM, _interrupt)
 
-    names = args.scenario or list(bench.SCENARIOS)
+    names = args.scenario or [n for n in bench.SCENARIOS if n not in bench.LONG]
     unknown = [n for n in names if n not in bench.SCENARIOS]
     if unknown:
         print(f"burstio bench: unknown scenario {', '.join(unknown)}; "
               f"choose from {', '.join(bench.SCENARIOS)}", file=sys.stderr)
         return 2
+    from .bench.scenarios.soak import PATHS
+    paths = tuple(filter(None, (args.paths or "").split(",")))
+    if set(paths) - set(PATHS):
+        print(f"burstio bench: unknown soak path {', '.join(sorted(set(paths) - set(PATHS)))}; "
+              f"choose from {', '.join(PATHS)}", file=sys.stderr)
+        return 2
     seconds = args.seconds if args.seconds is not None else (3.0 if args.scenario else 2.0)
-    opts = bench.Options(seconds=seconds, size=args.size, batch=args.batch, queue=args.queue, cpu=args.cpu)
+    opts = bench.Options(seconds=seconds, size=args.size, batch=args.batch, queue=args.queue, cpu=args.cpu,
+                         datagrams=args.datagrams, paths=paths)
     bench.run(names, opts, as_json=args.json, plot_path=args.plot, progress=not args.quiet)
     return 0
 
@@ -173,10 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=_cmd_caps)
 
-    from .bench import SCENARIOS
+    from .bench import LONG, SCENARIOS
 
     b = sub.add_parser("bench", help="side-by-side benchmarks on loopback",
-                       description="Scenarios: " + ", ".join(SCENARIOS) + ". None given: all, briefly.")
+                       description="Scenarios: " + ", ".join(SCENARIOS) + ". None given: all but "
+                                   + ", ".join(LONG) + ", briefly.")
     b.add_argument("scenario", nargs="*", help="scenario(s) to run (default: all)")
     b.add_argument("--seconds", type=_positive(float), help="time budget per scenario (default 3; 2 for all)")
     b.add_argument("--size", type=int, default=64, help="datagram payload bytes (default 64)")
@@ -187,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     b.add_argument("--plot", metavar="FILE.png", help="also draw the results (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress display")
+    b.add_argument("--datagrams", type=_positive(int),
+                   help="soak: datagrams in all, split evenly across the paths (default 100000000)")
+    b.add_argument("--paths", help="soak: comma-separated paths (default: all: mmsg, socketset-uring, "
+                                   "socketset-epoll, pipe, aio-asyncio, aio-uvloop)")
     b.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("serve", help="run a server built on burstio")
