@@ -68,7 +68,8 @@ def test_random_inputs_run_without_a_crash(name):
 def test_the_bugs_the_fuzzer_found_stay_fixed():
     """dns: a name over 255 octets was answered NOERROR; netdev: replies
     without an ifindex, with an NLA_UINT of 12 bytes, shorter than their
-    header raised TypeError, ValueError, struct.error instead of NetdevError."""
+    header, or carrying an error code beyond the int range raised TypeError,
+    ValueError, struct.error, OverflowError instead of NetdevError."""
     found = sorted(CORPUS.glob("*/bug-*.bin"))
     assert {p.parent.name for p in found} >= {"dns", "netdev"}
     for path in found:

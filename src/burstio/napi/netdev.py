@@ -213,7 +213,9 @@ def _reply_errors(cmd: int) -> Iterator[None]:
         if not (isinstance(e.code, int) and 0 < e.code < 4096):  # the kernel's errors are 1 to 4095
             raise NetdevError(errno.EBADMSG, f"malformed reply to netdev request {cmd}: error {e.code!r}") from None
         raise NetdevError(e.code, f"netdev request {cmd} failed: {os.strerror(e.code)}") from None
-    except (NetlinkDecodeError, struct.error) as e:  # pyroute2's decoder on a malformed reply
+    except (NetlinkDecodeError, struct.error, OverflowError) as e:
+        # pyroute2's decoder on a malformed reply (OverflowError: it words an error message
+        # carrying a code beyond the int range with os.strerror, which overflows)
         raise NetdevError(errno.EBADMSG, f"malformed reply to netdev request {cmd}: {e}") from None
 
 
