@@ -18,6 +18,7 @@ implementation can make a test wait.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import errno
@@ -424,6 +425,48 @@ class DatagramContract:
         assert first == ("error", "ConnectionRefusedError", errno.ECONNREFUSED)
         assert lost == ("lost", "None") and alive
 
+    def test_each_refusal_reaches_error_received_and_every_datagram_leaves(self):
+        """Five datagrams to a dead peer, each sent once the previous one's
+        refusal arrived: each leaves (a send after an unread refusal would
+        fail with it instead) and each refusal reaches error_received. On
+        uvloop a watch that died of the first refusal lost the other four."""
+        async def scenario(variant):
+            t, p = await create(variant, Recorder, remote_addr=closed_port())
+            for i in range(5):
+                t.sendto(b"nobody there %d" % i)
+                await p.wait(lambda ev, n=i + 1: len(p.kinds("error")) >= n, f"refusal {i + 1}")
+            await settle()
+            t.close()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            return p.kinds("error")
+
+        assert self.check(scenario) == [("error", "ConnectionRefusedError", errno.ECONNREFUSED)] * 5
+
+    def test_reading_and_sending_go_on_after_an_error(self):
+        """After a refusal, the peer comes to life: its datagram arrives
+        and ours reach it."""
+        async def scenario(variant):
+            dead = closed_port()
+            t, p = await create(variant, Recorder, remote_addr=dead)
+            t.sendto(b"nobody there")
+            await p.wait(lambda ev: p.kinds("error"), "error_received")
+            await settle()
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            peer.bind(dead)
+            peer.setblocking(False)
+            peer.sendto(b"alive now", t.get_extra_info("sockname"))
+            await p.wait_data(1)
+            t.sendto(b"hello peer")
+            got = await drain_plain(peer, 1)
+            peer.close()
+            t.close()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            return [e[:2] for e in p.kinds("error", "data")], got
+
+        events, got = self.check(scenario)
+        assert events == [("error", "ConnectionRefusedError"), ("data", b"alive now")]
+        assert got == [b"hello peer"]
+
     def test_oversized_datagrams_go_to_error_received(self):
         async def scenario(variant):
             t, p = await create(variant, Recorder, local_addr=(V4, 0))
@@ -759,6 +802,35 @@ class FlowControlContract:
         assert story == [("pause", True), ("resume", True)]
         assert size == 0
 
+    @pytest.mark.parametrize("reading", [True, False], ids=["reading", "reading-paused"])
+    def test_waiting_writes_go_on_after_a_refusal(self, slow_netns, reading):
+        """The kernel refuses for now (EAGAIN) and, meanwhile, the dead peer's
+        refusals arrive: the buffered datagrams still leave, the protocol is
+        resumed, and the refusals reach error_received (through a receive,
+        or through the next send when reading is paused)."""
+        async def scenario(variant, reading):
+            dead = socket_in(slow_netns)
+            dead_addr = dead.getsockname()
+            dead.close()
+            sock = socket_in(slow_netns, sndbuf=4096)
+            sock.connect(dead_addr)
+            t, p = await create(variant, Recorder, sock=sock)
+            t.set_write_buffer_limits(high=6000, low=2000)
+            if not reading:
+                await settle()
+                t.pause_reading()
+            for i in range(40):
+                t.sendto(datagram(i))
+            await p.wait(lambda ev: p.kinds("pause") and not p.paused and not t.get_write_buffer_size(),
+                         "the buffer to drain", limit=8)
+            await p.wait(lambda ev: p.kinds("error"), "a refusal")
+            t.close()
+            await p.wait(lambda ev: ev[-1][0] == "lost", "connection_lost")
+            return self.story(p.events), {e[1] for e in p.kinds("error")}
+
+        story, errors = self.run(scenario, reading)
+        assert story == [("pause", True), ("resume", True)] and errors == {"ConnectionRefusedError"}
+
     def test_close_waits_for_the_buffer_to_drain(self, slow_netns):
         async def scenario(variant):
             rx = socket_in(slow_netns)
@@ -1039,6 +1111,46 @@ class BurstioContract:
 
         got, flow, gso = self.run(scenario)
         assert got == [b"%04d" % i for i in range(40)] and flow == [] and gso
+
+    def test_error_received_that_sends_again_cannot_starve_the_loop(self):
+        """A protocol answering each refusal with two more datagrams to the
+        dead peer: the errors of sends made inside error_received arrive on
+        later loop iterations, so other tasks run in between. (asyncio's
+        own transport recurses here until RecursionError.)"""
+        class Insistent(Recorder):
+            def __init__(self, limit):
+                super().__init__()
+                self.limit, self.tick, self.ticks_of_errors = limit, 0, []
+
+            def error_received(self, exc):
+                self.ticks_of_errors.append(self.tick)
+                if len(self.ticks_of_errors) < self.limit:
+                    self.transport.sendto(b"again")
+                    self.transport.sendto(b"and again")
+                if len(self.ticks_of_errors) == self.limit:
+                    super().error_received(exc)
+
+        async def scenario(variant):
+            p = Insistent(limit=300)
+            t, _ = await create(variant, lambda: p, remote_addr=closed_port())
+
+            async def ticker():
+                while True:
+                    p.tick += 1
+                    await asyncio.sleep(0)
+
+            task = asyncio.ensure_future(ticker())
+            t.sendto(b"first")
+            await p.wait(lambda ev: p.kinds("error"), "300 errors")
+            task.cancel()
+            t.close()
+            await settle()
+            per_tick = collections.Counter(p.ticks_of_errors)
+            return max(per_tick.values()), len(per_tick)
+
+        most_in_one_iteration, iterations = self.run(scenario)
+        # each iteration delivers the errors of sends queued before it began: a few
+        assert most_in_one_iteration <= 4 and iterations >= 300 // 4
 
     def test_unclosed_transport_warns(self):
         async def scenario(variant):

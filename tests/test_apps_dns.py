@@ -87,6 +87,31 @@ def test_malformed_queries_get_formerr(wire):
     assert r.id == 7 and r.rcode() == dns.rcode.FORMERR
 
 
+def _question(*labels: bytes, qtype: int = 1) -> bytes:
+    """A one-question query, its name built from raw labels (no limits checked)."""
+    name = b"".join(bytes([len(x)]) + x for x in labels) + b"\x00"
+    return struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", qtype, 1)
+
+
+def test_names_at_the_rfc_1035_limits():
+    """A label of 63 octets and a name of 255 octets on the wire (length
+    bytes and the final zero included) are answered; one octet more is a
+    FORMERR, not a NOERROR echoing a name no resolver could send."""
+    longest = [b"a" * 63] * 3 + [b"b" * 61]  # 3 * 64 + 62 + 1 = 255 octets
+    r = dns.message.from_wire(answer(_question(*longest)))
+    assert r.rcode() == dns.rcode.NOERROR and len(r.question[0].name.to_wire()) == 255
+    assert [str(rr) for rrset in r.answer for rr in rrset] == ["192.0.2.1"]
+    for too_long in ([b"a" * 63] * 3 + [b"b" * 62],    # 256 octets
+                     [b"a" * 63] * 4 + [b"c"],          # 259
+                     [b"x"] * 128):                     # 257, in short labels
+        reply = answer(_question(*too_long))
+        assert reply is not None and reply[3] & 0x0F == dns.rcode.FORMERR and reply[:2] == b"\x00\x07"
+    # a length byte of 64 or more is not a label (0x40, 0x80: unknown types; 0xC0: a pointer)
+    for first in (64, 0x80, 0xC0):
+        wire = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + bytes([first]) + b"a" * 70 + b"\x00\x00\x01\x00\x01"
+        assert answer(wire)[3] & 0x0F == dns.rcode.FORMERR
+
+
 @pytest.mark.parametrize("wire", [b"", b"\x00" * 11, struct.pack("!HHHHHH", 7, 0x8000, 0, 0, 0, 0)],
                          ids=["empty", "short", "a-response"])
 def test_no_answer_to_what_is_not_a_query(wire):

@@ -1,11 +1,15 @@
 """burstio.napi.lab: the lab (two network namespaces joined by a veth pair with
-NAPI on), its arguments, the privileges it needs, what sockets in it see, and
-that it leaves nothing behind. Tests that make a lab skip without root.
-Nothing here measures time.
+NAPI on), its arguments, the privileges it needs, what sockets in it see,
+that it leaves nothing behind, and that it removes only what it made (its
+record, namespaces of the same names made by someone else, stale records).
+Tests that make a lab or a namespace skip without root, and remove what they
+made. Nothing here measures time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -15,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from burstio.napi._labrecord import ENV_STATE, LabRecord, state_dir
 from burstio.napi.busypoll import napi_id
-from burstio.napi.lab import STATE_DIR, Lab, leftover_namespaces
+from burstio.napi.lab import Lab, LabError, down_all, leftover_namespaces
 from burstio.testing import lab_or_skip
 from support.net import recv_one
 from support.paths import ROOT
@@ -80,9 +85,19 @@ def test_lab_napi_ids_seen_by_sockets(burstio_lab):
 # ---- the lab leaves nothing behind ----------------------------------------------------
 
 
+def _record_path(name: str) -> Path:
+    return state_dir() / f"lab-{name}.json"
+
+
+def _remove_if_left(name: str) -> None:
+    """Remove lab ``name`` if it is still there (a failing test must not leave the host changed)."""
+    with contextlib.suppress(LabError):
+        Lab.load(name).down()
+
+
 def _nothing_left(lab: Lab) -> None:
     assert leftover_namespaces(lab.name) == []
-    assert not (STATE_DIR / f"lab-{lab.name}.json").exists()
+    assert not _record_path(lab.name).exists()
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     assert lab.dev["a"] not in links and lab.dev["b"] not in links
 
@@ -91,7 +106,7 @@ def test_lab_removed_when_the_block_fails():
     lab = lab_or_skip(queues=1, ifb=True)
     with pytest.raises(RuntimeError, match="test failure"), lab:
         assert sorted(leftover_namespaces(lab.name)) == sorted(lab.ns.values())
-        assert (STATE_DIR / f"lab-{lab.name}.json").exists()
+        assert _record_path(lab.name).exists()
         raise RuntimeError("test failure")
     _nothing_left(lab)
 
@@ -114,7 +129,7 @@ def test_lab_removed_when_the_process_is_interrupted():
         if p.poll() is None:
             p.kill()
             p.wait()
-        lab.down()  # in case the test fails: never leave the host changed
+        _remove_if_left(lab.name)  # in case the test fails: never leave the host changed
     assert p.returncode != 0
     assert "KeyboardInterrupt" in p.stderr.read()
     _nothing_left(lab)
@@ -138,8 +153,144 @@ def test_lab_cli_up_status_down():
         assert st_["present"] == {"a": True, "b": True}
         assert len(st_["napi"]["b"]) == 2 and all(st_["napi"]["b"])
         r = cli("up")
-        assert r.returncode != 0 and "already exist" in r.stderr
+        assert r.returncode != 0 and f"lab {lab.name} is up" in r.stderr
     finally:
         r = cli("down")
     assert r.returncode == 0, r.stderr
     _nothing_left(lab)
+
+
+# ---- the lab removes only what it made ------------------------------------------------
+
+
+@pytest.fixture
+def private_records(tmp_path, monkeypatch) -> Path:
+    """Lab records in a directory of this test's own, so that `lab down --all`
+    here sees only the labs this test made (never another user's)."""
+    d = tmp_path / "records"
+    monkeypatch.setenv(ENV_STATE, str(d))
+    return d
+
+
+@contextlib.contextmanager
+def foreign_namespaces(*names: str):
+    """Namespaces made by "someone else" (this test, with `ip netns add`),
+    deleted afterwards whatever happens."""
+    made = []
+    try:
+        for ns in names:
+            r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+            if r.returncode:
+                pytest.skip(f"ip netns add {ns} failed: {r.stderr.strip()}")
+            made.append(ns)
+        yield
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def lab_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "burstio", "lab", *args], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=ROOT, timeout=120)
+
+
+def test_down_leaves_alone_namespaces_it_did_not_make(private_records):
+    name = lab_or_skip().name  # a name no lab uses; skips without root
+    with foreign_namespaces(f"{name}-a", f"{name}-b"):
+        r = lab_cli("down", "--all")
+        assert r.returncode == 0, r.stderr
+        assert f"left alone: {name}-a, {name}-b: no record that burstio made them" in r.stderr
+        r = lab_cli("down", "--name", name)
+        assert r.returncode == 1
+        assert f"no record of a lab named '{name}'" in r.stderr and "burstio removes only what it made" in r.stderr
+        assert f"left alone: {name}-a: the lab has no record of making it" in r.stderr
+        assert sorted(leftover_namespaces(name)) == [f"{name}-a", f"{name}-b"]
+        r = lab_cli("up", "--name", name)
+        assert r.returncode == 1 and "already exist and lab" in r.stderr and "did not make them" in r.stderr
+        assert sorted(leftover_namespaces(name)) == [f"{name}-a", f"{name}-b"]
+
+
+def test_down_removes_its_own_and_not_one_made_again_by_someone_else(private_records):
+    lab = lab_or_skip(queues=1)
+    try:
+        assert lab_cli("up", "--name", lab.name, "--queues", "1").returncode == 0
+        record = LabRecord.load(lab.name)
+        assert record is not None and sorted(record.made) == sorted(lab.ns.values())
+        # someone deletes namespace a and makes one of the same name
+        subprocess.run(["ip", "netns", "del", lab.ns["a"]], check=True)
+        with foreign_namespaces(lab.ns["a"]):
+            r = lab_cli("down", "--name", lab.name)
+            assert r.returncode == 0, r.stderr
+            assert f"left alone: {lab.ns['a']}: not the namespace lab {lab.name} made" in r.stderr
+            assert leftover_namespaces(lab.name) == [lab.ns["a"]]  # b, the lab's, is gone; a is someone else's
+            assert not _record_path(lab.name).exists()  # nothing of the lab's is left to remember
+    finally:
+        _remove_if_left(lab.name)
+    assert leftover_namespaces(lab.name) == []
+
+
+def test_a_stale_record_is_handled(private_records):
+    """A process that made a lab is killed (no atexit): its record names a
+    process that is gone. `lab up` of that name refuses, saying so; `lab
+    down --all` removes it. A record whose namespaces are gone too is
+    replaced by the next `lab up`."""
+    lab = lab_or_skip(queues=1)
+    code = ("import os, signal\n"
+            "from burstio.napi.lab import Lab\n"
+            f"Lab({lab.name!r}, queues=1, subnet={lab.subnet!r}).up()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                           timeout=120)
+        assert p.returncode == -signal.SIGKILL, p.stderr
+        record = LabRecord.load(lab.name)
+        assert record is not None and not record.maker_alive()
+        assert sorted(leftover_namespaces(lab.name)) == sorted(lab.ns.values())
+        r = lab_cli("up", "--name", lab.name)
+        assert r.returncode == 1
+        assert f"lab {lab.name} is up (left by process {record.pid}, which is gone)" in r.stderr
+        r = lab_cli("down", "--all")
+        assert r.returncode == 0 and f"lab {lab.name}: down" in r.stdout, r.stderr
+        assert leftover_namespaces(lab.name) == [] and not _record_path(lab.name).exists()
+        # a record whose maker and namespaces are all gone does not stop a new lab
+        record.claim()
+        r = lab_cli("up", "--name", lab.name, "--queues", "1")
+        assert r.returncode == 0, r.stderr
+        assert LabRecord.load(lab.name).pid != record.pid
+    finally:
+        _remove_if_left(lab.name)
+    assert leftover_namespaces(lab.name) == []
+
+
+def test_down_all_leaves_a_lab_in_use(private_records):
+    """A lab made by a live process (a ``Lab`` in a test, here this one) is
+    not removed by `lab down --all` from elsewhere; its maker removes it."""
+    with lab_or_skip(queues=1) as lab:
+        r = lab_cli("down", "--all")
+        assert r.returncode == 0, r.stderr
+        assert f"left alone: lab {lab.name}: in use by process {os.getpid()}, which made it" in r.stderr
+        assert sorted(leftover_namespaces(lab.name)) == sorted(lab.ns.values())
+        assert down_all() == ([lab.name], [])  # from its maker: removed
+    assert leftover_namespaces(lab.name) == []
+
+
+def test_a_forked_child_does_not_remove_its_parents_lab():
+    """A child forked from the lab's maker exits normally (running the atexit
+    handlers it inherited): the parent's lab stays."""
+    lab = lab_or_skip(queues=1)
+    code = ("import os, sys\n"
+            "from burstio.napi.lab import Lab\n"
+            f"lab = Lab({lab.name!r}, queues=1, subnet={lab.subnet!r}).up()\n"
+            "if os.fork() == 0:\n"
+            "    sys.exit(0)\n"
+            "os.wait()\n"
+            "print(os.path.exists('/run/netns/' + lab.ns['a']), flush=True)\n"
+            "lab.down()\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "True"
+    finally:
+        _remove_if_left(lab.name)
+    assert leftover_namespaces(lab.name) == []

@@ -79,7 +79,7 @@ def test_nla_uint_round_trip(value):
 
 @given(st.binary(max_size=12).filter(lambda b: len(b) not in (4, 8)))
 def test_nla_uint_bad_length(raw):
-    with pytest.raises(ValueError, match=f"NLA_UINT attribute of {len(raw)} bytes \\(want 4 or 8\\)"):
+    with pytest.raises(netdev.NetdevError, match=f"NLA_UINT attribute of {len(raw)} bytes \\(want 4 or 8 bytes\\)"):
         netdev._uint(raw)
 
 
@@ -195,3 +195,13 @@ def test_napi_settings_device_wide_fallback(burstio_lab):
         assert {tuple(n) for n in out["napis"]} == {(4, 50000)}
     assert out["irq_suspend"][0] == errno.EOPNOTSUPP
     assert out["irq_suspend"][1].startswith("irq_suspend_timeout needs per-NAPI settings (napi-set, Linux >= 6.13)")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "tests" / "corpus" / "netdev").glob("bug-*.bin")))
+def test_malformed_replies_are_netdev_errors(name):
+    """Replies the fuzzer found (the bug- files of tests/corpus/netdev): each is a
+    NetdevError (EBADMSG), never an exception from inside the decoder."""
+    data = (ROOT / "tests" / "corpus" / "netdev" / name).read_bytes()
+    with pytest.raises(netdev.NetdevError) as ei:
+        netdev._decode_replies(data[1:], data[0] % 4)
+    assert ei.value.errno == errno.EBADMSG

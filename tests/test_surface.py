@@ -42,7 +42,7 @@ PUBLIC: dict[str, list[str]] = {
         "irq_counts", "napi_get", "napi_list", "napi_set", "netns_of", "qstats", "queue_list", "set_device_settings",
     ],
     "burstio.napi.reuseport": ["ReusePortGroup", "Worker", "WorkerStats", "queue_steering_program"],
-    "burstio.napi.lab": ["Lab", "LabError", "leftover_namespaces", "require_privileges"],
+    "burstio.napi.lab": ["Lab", "LabError", "down_all", "leftover_namespaces", "require_privileges"],
     "burstio.napi.doctor": ["RECIPE", "apply", "examine", "recipe", "report"],
     "burstio.apps": ["until_signalled"],
     "burstio.apps.dns": ["Answers", "AsyncioResponder", "BurstResponder", "answer", "main", "serve"],
@@ -52,9 +52,10 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "burstio.apps.sockperf": [
         "FLAG_CLIENT", "FLAG_PONG_REQUEST", "FLAG_WARMUP", "HEADER", "MODES", "SUSPEND_NAPI", "SockperfServer", "main",
+        "mark_replies",
     ],
     "burstio.testing": ["burstio_lab", "lab_or_skip"],
-    "burstio.bench": ["Options", "SCENARIOS", "run"],
+    "burstio.bench": ["LONG", "Options", "SCENARIOS", "run"],
     "burstio.bench.report": [
         "Progress", "ScenarioResult", "Target", "Variant", "format_result", "percentile", "plot", "write_json",
     ],

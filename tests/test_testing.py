@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 import burstio.testing
-from burstio.napi.lab import STATE_DIR, LabError, leftover_namespaces
+from burstio.napi._labrecord import state_dir
+from burstio.napi.lab import LabError, leftover_namespaces
 from burstio.testing import lab_or_skip
 
 
@@ -78,5 +79,5 @@ def test_the_lab_is_gone_after_a_passing_and_a_failing_test(pytester):
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for lab in labs:
         assert leftover_namespaces(lab["name"]) == []
-        assert not (STATE_DIR / f"lab-{lab['name']}.json").exists()
+        assert not (state_dir() / f"lab-{lab['name']}.json").exists()
         assert not any(dev in links for dev in lab["devices"])

@@ -22,7 +22,8 @@ libraries that open their own endpoints (aioquic, ...) run over it unchanged.
 
 Differences from asyncio's transport, all in what asyncio leaves loose:
 errors of a datagram reach ``error_received`` when its burst is sent (at the
-end of the callback or loop iteration), not inside ``sendto``; a malformed
+end of the callback or loop iteration), not inside ``sendto``, and what
+``error_received`` sends leaves on the next loop iteration; a malformed
 address (not a tuple, a bad port) raises from ``sendto`` rather than closing
 the transport; an IPv6 socket can send to an IPv4 address (dual stack);
 ``sendto`` after ``close()`` is dropped, connected or not.

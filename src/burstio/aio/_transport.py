@@ -14,6 +14,16 @@ Where a datagram goes:
   writable: that, as in asyncio, is what ``get_write_buffer_size()`` counts
   and what ``pause_writing()``/``resume_writing()`` are about.
 
+Readiness: the transport asks the loop for readiness with ``add_reader`` /
+``add_writer`` and keeps its own record of what it asked for. asyncio's
+selector loops report a pending socket error (an ICMP refusal sets one:
+EPOLLERR) as readable and keep watching. Other loops may not: uvloop's
+watch (a libuv ``uv_poll``) is stopped and closed on EPOLLERR after running
+the callbacks once, and stays registered, dead, for the descriptor, so the
+transport would never read or write again. On such loops, a callback that
+saw the socket report an error (or an empty wakeup) watches the socket
+afresh on the next iteration: remove, then add what it asked for.
+
 Why defer a send at all: the stdlib pays one ``sendto`` system call per
 datagram. A protocol answering a burst of requests, or aioquic transmitting
 a congestion window, calls ``sendto`` many times in one callback; holding
@@ -125,6 +135,11 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._blocked = False  # the kernel said EAGAIN: waiting for writability
         self._flushing = False
         self._flush_handle: asyncio.Handle | None = None
+        # what the transport asked the loop to watch, and whether the loop's
+        # watch may die with a socket error (any loop but asyncio's selector loops)
+        self._reading = False
+        self._rearm_on_error = not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+        self._rearm_handle: asyncio.Handle | None = None
         # state, as asyncio's _SelectorTransport
         self._closing = False
         self._conn_lost = 0
@@ -172,7 +187,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         if not self.is_reading():
             return
         self._paused = True
-        self._loop.remove_reader(self._sock_fd)
+        self._watch_reading(False)
         if self._delivering:
             self._hold = True
 
@@ -183,7 +198,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         if self._rest is not None:
             self._loop.call_soon(self._deliver_rest)  # then reads again
         else:
-            self._loop.add_reader(self._sock_fd, self._read_ready)
+            self._watch_reading(True)
 
     def close(self) -> None:
         if self._closing:
@@ -253,11 +268,10 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
 
     def _start_reading(self) -> None:
         if not self._closing and not self._paused:
-            self._loop.add_reader(self._sock_fd, self._read_ready)
+            self._watch_reading(True)
 
     def _stop_reading(self) -> None:
-        if self._sock is not None:
-            self._loop.remove_reader(self._sock_fd)
+        self._watch_reading(False)
         if self._delivering:
             self._hold = True
         self._rest = None
@@ -268,8 +282,10 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         try:
             n = self._recv(self._rx, 0)
         except _AGAIN:
+            self._rearm_soon()  # woken with nothing to read: perhaps by an error (see above)
             return
         except OSError as exc:
+            self._rearm_soon()
             self._protocol.error_received(exc)
             return
         except (SystemExit, KeyboardInterrupt):
@@ -319,7 +335,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             return  # asyncio would not have read these: they are dropped with the socket
         self._rest = (i, end)
         if not self._paused:  # a new protocol: it takes the rest on the next iteration
-            self._loop.remove_reader(self._sock_fd)
+            self._watch_reading(False)
             self._loop.call_soon(self._deliver_rest)
 
     def _deliver_rest(self) -> None:
@@ -328,12 +344,45 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         rest, self._rest = self._rest, None
         self._deliver(*rest)
         if self._rest is None and not self._closing and not self._paused:
-            self._loop.add_reader(self._sock_fd, self._read_ready)
+            self._watch_reading(True)
 
     def _callback_failed(self, exc: BaseException, name: str) -> None:
         self._loop.call_exception_handler({
             "message": f"Exception in {name}() of {self._protocol!r}", "exception": exc,
             "transport": self, "protocol": self._protocol})
+
+    # ---- readiness -----------------------------------------------------------
+
+    def _watch_reading(self, on: bool) -> None:
+        """Ask the loop to call _read_ready when the socket is readable, or stop."""
+        if on == self._reading:
+            return
+        self._reading = on
+        if not on:
+            if self._sock is not None:
+                self._loop.remove_reader(self._sock_fd)
+        elif self._rearm_handle is None:  # else the pending re-arm adds it
+            self._loop.add_reader(self._sock_fd, self._read_ready)
+
+    def _rearm_soon(self) -> None:
+        """The socket reported an error, or woke the loop with nothing to
+        read: on loops whose watch may have died of it (see the module's
+        docstring), watch afresh on the next iteration, once the loop is done
+        with the dead watch. Until then nothing is added to the loop."""
+        if self._rearm_on_error and self._rearm_handle is None and not self._conn_lost:
+            self._rearm_handle = self._loop.call_soon(self._rearm)
+
+    def _rearm(self) -> None:
+        self._rearm_handle = None
+        if self._sock is None or self._conn_lost:
+            return
+        # removing drops the loop's watch, dead or alive; adding makes a new one
+        self._loop.remove_reader(self._sock_fd)
+        self._loop.remove_writer(self._sock_fd)
+        if self._reading:
+            self._loop.add_reader(self._sock_fd, self._read_ready)
+        if self._blocked:
+            self._loop.add_writer(self._sock_fd, self._write_ready)
 
     # ---- send -------------------------------------------------------------
 
@@ -360,8 +409,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._queued_bytes += len(data) + DATAGRAM_OVERHEAD
         if self._blocked:
             self._maybe_pause_protocol()
-        elif self._flush_handle is None and not self._delivering:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        elif not self._delivering:
+            self._flush_later()
 
     def sendto_many(self, datagrams: Any, addr: Any = None) -> None:
         """Send several datagrams with as few system calls as possible.
@@ -516,23 +565,29 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._lose_connection_after_writes()
 
     def _send_queued(self) -> bool:
-        """Send the queued datagrams in order until all went (True) or the
-        kernel refused (EAGAIN; False). Errors go to error_received()."""
+        """Send the datagrams that were queued when this flush began, in
+        order, until all went (True) or the kernel refused (EAGAIN; False).
+        Errors go to error_received(). What a callback queues meanwhile
+        (error_received() sending again) waits for the next loop iteration,
+        as do the errors of those sends: a protocol that answers each error
+        with more sends cannot keep one callback going."""
+        last, last_end = self._out, len(self._out)  # the end of what this flush sends
         while True:
             batch = self._queue[0] if self._queue else self._out
-            start, end = self._head, len(batch)
+            start, end = self._head, (last_end if batch is last else len(batch))
             if start < end:
                 k = self._send_guarded(batch, start, end - start)
                 self._head = start + k
-                if k:
-                    self._report_send_errors(batch, start, start + k)
-                    if self._conn_lost:  # error_received() aborted the transport
-                        return True
-                if self._head < len(batch) and not k:
+                if not k:
                     self._queued_bytes = self._count_queued()
                     return False
-                if self._head < len(batch):
-                    continue  # appended meanwhile (by error_received), or a partial send
+                self._report_send_errors(batch, start, start + k)
+                if self._conn_lost:  # error_received() aborted the transport
+                    return True
+                if self._head < end:
+                    continue  # a partial send
+            if batch is last and self._head < len(batch):
+                return self._sent_until_now()
             if batch is self._out:
                 batch.clear()
                 self._head = 0
@@ -543,6 +598,19 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             if batch.slot_size == TX_SLOT and len(self._spares) < 2:
                 batch.clear()
                 self._spares.append(batch)
+            if batch is last:
+                return self._sent_until_now() if self._has_queued() else True
+
+    def _sent_until_now(self) -> bool:
+        """A flush sent what it began with; what was queued meanwhile goes on
+        the next loop iteration."""
+        self._queued_bytes = self._count_queued()
+        self._flush_later()
+        return True
+
+    def _flush_later(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _send_guarded(self, batch: _native.PacketBatch, start: int, count: int) -> int:
         """send_batch, errors flagged per datagram; 0 when the socket is full."""
@@ -551,13 +619,18 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         except _AGAIN:
             return 0
         except OSError as exc:  # not about one datagram (the socket itself): drop these
+            self._rearm_soon()
             self._protocol.error_received(exc)
             return count
 
     def _report_send_errors(self, batch: _native.PacketBatch, start: int, end: int) -> None:
-        for i, err in batch.send_errors():
-            if start <= i < end and not self._conn_lost:
-                self._protocol.error_received(OSError(err, os.strerror(err)))
+        errors = [err for i, err in batch.send_errors() if start <= i < end]
+        if errors:
+            self._rearm_soon()  # before error_received(), which may ask the loop for readiness
+        for err in errors:
+            if self._conn_lost:
+                break
+            self._protocol.error_received(OSError(err, os.strerror(err)))
 
     def _count_queued(self) -> int:
         total, first = 0, True
@@ -572,7 +645,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     def _block(self) -> None:
         if not self._blocked:
             self._blocked = True
-            self._loop.add_writer(self._sock_fd, self._write_ready)
+            if self._rearm_handle is None:  # else the pending re-arm adds it
+                self._loop.add_writer(self._sock_fd, self._write_ready)
         self._maybe_pause_protocol()
 
     def _stop_writing(self) -> None:
@@ -589,9 +663,11 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             return
         if done:
             self._stop_writing()
+        else:
+            self._rearm_soon()  # still waiting: the loop's watch may have died of an error
         self._maybe_resume_protocol()  # may queue more
         if done and self._has_queued() and not self._blocked:
-            self._flush_now()
+            self._flush_later()
         elif done and self._closing:
             self._lose_connection_after_writes()
 
@@ -627,9 +703,10 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
+            for handle in (self._flush_handle, self._rearm_handle):
+                if handle is not None:
+                    handle.cancel()
+            self._flush_handle = self._rearm_handle = None
             self._bsock.close()
             self._sock = None
             self._protocol = None

@@ -37,6 +37,7 @@ RCODE_FORMERR, RCODE_NOTIMP = 1, 4
 _HEADER = struct.Struct("!HBBHHHH")
 _QR, _AA, _RD_MASK = 0x80, 0x04, 0x01
 _EDNS_PAYLOAD = 1232  # what we advertise in our OPT record (DNS flag day 2020)
+MAX_NAME = 255  # octets of a name on the wire (RFC 1035 2.3.4)
 
 
 class Answers:
@@ -76,13 +77,18 @@ def answer(query: bytes, answers: Answers = DEFAULT) -> bytes | None:
 
 
 def _question_end(query: bytes) -> int:
-    """Offset just past the one question (name, type, class); -1 if malformed."""
+    """Offset just past the one question (name, type, class); -1 if malformed.
+
+    RFC 1035 2.3.4: a label is at most 63 octets (a length byte with either
+    of the top two bits set is a pointer or an unknown label type, neither
+    of which a question may hold), a name at most 255 octets on the wire,
+    length bytes and the final zero included."""
     i, n = 12, len(query)
-    while i < n:
+    while i < n and i - 12 < MAX_NAME:
         length = query[i]
         if length == 0:
             return i + 5 if i + 5 <= n else -1
-        if length & 0xC0:  # a pointer or an unknown label type: not in a question
+        if length & 0xC0:
             return -1
         i += length + 1
     return -1

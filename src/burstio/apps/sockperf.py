@@ -31,8 +31,8 @@ from .._types import Address
 from .._udp import BurstSocket
 from ..napi.busypoll import napi_id
 
-__all__ = ["SockperfServer", "main", "MODES", "SUSPEND_NAPI", "HEADER", "FLAG_CLIENT", "FLAG_PONG_REQUEST",
-           "FLAG_WARMUP"]
+__all__ = ["SockperfServer", "main", "mark_replies", "MODES", "SUSPEND_NAPI", "HEADER", "FLAG_CLIENT",
+           "FLAG_PONG_REQUEST", "FLAG_WARMUP"]
 
 log = logging.getLogger("burstio")
 MODES = ("blocking", "busy-poll", "busy-poll-suspend")
@@ -44,6 +44,24 @@ FLAG_CLIENT = 1
 FLAG_PONG_REQUEST = 2
 FLAG_WARMUP = 4
 _FLAGS_LOW = 9  # offset of the flags' low byte in the header
+
+
+def mark_replies(arena: memoryview, offsets: memoryview, lengths: memoryview, mask: bytearray, n: int) -> int:
+    """The server's reading of sockperf headers, in place: for each of the
+    first ``n`` received messages (``arena[offsets[i]:][:lengths[i]]``), a
+    pong request (a whole header, FLAG_PONG_REQUEST set) gets FLAG_CLIENT
+    cleared and ``mask[i] = 1``; anything else, ``mask[i] = 0``. Returns how
+    many to answer. Only the flags' low byte of pong requests is written."""
+    replies = 0
+    for i in range(n):
+        off = offsets[i] + _FLAGS_LOW
+        if lengths[i] >= HEADER.size and arena[off] & FLAG_PONG_REQUEST:
+            arena[off] &= ~FLAG_CLIENT & 0xFF
+            mask[i] = 1
+            replies += 1
+        else:
+            mask[i] = 0
+    return replies
 
 
 class SockperfServer:
@@ -78,28 +96,14 @@ class SockperfServer:
         return self.sock.getsockname()
 
     def _mark_replies(self, n: int) -> int:
-        """Clear the client flag of every pong request and mark it for reply;
-        returns how many to answer."""
-        arena, offsets, lengths, mask = self._arena, self._offsets, self._lengths, self._mask
-        replies = 0
-        for i in range(n):
-            off = offsets[i] + _FLAGS_LOW
-            if lengths[i] >= HEADER.size and arena[off] & FLAG_PONG_REQUEST:
-                arena[off] &= ~FLAG_CLIENT & 0xFF
-                mask[i] = 1
-                replies += 1
-            else:
-                mask[i] = 0
-        return replies
+        return mark_replies(self._arena, self._offsets, self._lengths, self._mask, n)
 
     def serve_once(self, timeout: float | None = None) -> int:
         """Handle one burst; returns the number of messages received."""
         batch, sock = self.batch, self.sock
         n = sock.recv_batch(batch, timeout)
         if n == 1:  # ping-pong: the latency-critical case, kept short
-            off = self._offsets[0] + _FLAGS_LOW
-            if self._lengths[0] >= HEADER.size and self._arena[off] & FLAG_PONG_REQUEST:
-                self._arena[off] &= ~FLAG_CLIENT & 0xFF
+            if mark_replies(self._arena, self._offsets, self._lengths, self._mask, 1):
                 sock.send_batch(batch, 0, 1, on_error="skip")
                 self.replies += 1
         elif n:

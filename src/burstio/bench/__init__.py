@@ -17,6 +17,7 @@ from .scenarios.latency_lab import latency_lab
 from .scenarios.pipes import pipes
 from .scenarios.quic import quic
 from .scenarios.rx import rx_gro, rx_many_flow
+from .scenarios.soak import soak
 from .scenarios.socketset import rx_many_sockets, tx_redundant
 from .scenarios.tx import tx_gso, tx_many
 from .scenarios.zerocopy import tx_zerocopy
@@ -34,9 +35,12 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "pipes": pipes,
     "dns": dns,
     "quic": quic,
+    "soak": soak,
 }
+#: run only when named: too long for the run of all scenarios
+LONG = ("soak",)
 
-__all__ = ["SCENARIOS", "Options", "run"]
+__all__ = ["SCENARIOS", "LONG", "Options", "run"]
 
 
 def run(names: list[str], opts: Options, *, as_json: bool = False, plot_path: str | None = None,

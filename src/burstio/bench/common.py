@@ -26,6 +26,8 @@ class Options:
     cpu: int | None = None  # pin the measuring process here (None: last CPU)
     min_rounds: int = 3
     max_rounds: int = 200
+    datagrams: int | None = None  # soak: datagrams in all (None: its default)
+    paths: tuple[str, ...] = ()  # soak: the paths to run (empty: all)
 
 
 @contextlib.contextmanager

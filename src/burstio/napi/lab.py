@@ -19,26 +19,30 @@ packets go to the queue its sender's transmit queue selects.
 
 Everything the lab makes lives in its two namespaces: deleting them removes
 it all, and down() (the context manager, atexit, ``burstio lab down``) does.
+It deletes only what it made: a record (``burstio.napi._labrecord``), written
+before anything is made, names each namespace the lab made and its identity;
+a namespace with a lab's name that the record does not name, or that someone
+made again after the lab's was deleted, is left alone, and down() says so.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
 import errno
-import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .._checks import check_int
+from ._labrecord import LabRecord, all_records, ns_identity, state_dir
 
-__all__ = ["Lab", "LabError", "require_privileges", "leftover_namespaces"]
+__all__ = ["Lab", "LabError", "require_privileges", "leftover_namespaces", "down_all"]
 
-STATE_DIR = Path("/run/burstio")
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 
@@ -102,6 +106,7 @@ class Lab:
         self.dev = {"a": f"{name}a", "b": f"{name}b"}
         self.sink_dev = f"{name}s"
         self._up = False
+        self._record: LabRecord | None = None  # what this lab made (up() writes it, load() reads it)
 
     # ---- addresses -----------------------------------------------------
 
@@ -124,32 +129,60 @@ class Lab:
 
     def up(self, *, persist: bool = False) -> Lab:
         """Make the lab. Unless persist (``burstio lab up``), it is also torn
-        down when this process exits."""
+        down when this process exits (not when a child forked from it does)."""
         require_privileges()
-        taken = [ns for ns in self.ns.values() if ns in leftover_namespaces(self.name)]
-        if taken:
-            raise LabError(f"namespaces {', '.join(taken)} already exist: `burstio lab down --name {self.name}`")
+        self._claim(persist)
         if not persist:
-            atexit.register(self.down)
+            atexit.register(self._down_at_exit)
         self._up = True
         try:
             self._build()
         except BaseException:
             self.down()
             raise
-        self._save()
         return self
+
+    def _claim(self, persist: bool) -> None:
+        """Write the lab's record before anything is made, or say why not."""
+        try:
+            old = LabRecord.load(self.name)
+        except ValueError as e:
+            raise LabError(str(e)) from None
+        if old is not None:
+            if any(old.ours(ns)[0] for ns in old.made):
+                maker = "" if old.persist or old.maker_alive() else f" (left by process {old.pid}, which is gone)"
+                raise LabError(f"lab {self.name} is up{maker}: `burstio lab down --name {self.name}`")
+            if not old.persist and old.maker_alive():
+                raise LabError(f"lab {self.name} is being made by process {old.pid}")
+            old.remove()  # stale: its maker is gone and nothing it made is left
+        taken = [ns for ns in self.ns.values() if ns_identity(ns) is not None]
+        if taken:
+            raise LabError(f"namespaces {', '.join(taken)} already exist and lab {self.name} did not make them: "
+                           "choose another name")
+        record = LabRecord(self.name, self.settings(), persist=persist)
+        try:
+            record.claim()
+        except FileExistsError:
+            raise LabError(f"lab {self.name} is being made by another process") from None
+        self._record = record
 
     def _build(self) -> None:
         a, b = self.ns["a"], self.ns["b"]
         q = str(self.queues)
-        _run("ip", "netns", "add", a)
-        _run("ip", "netns", "add", b)
+        record = self._record
+        assert record is not None  # _claim() made it
+        for ns in (a, b):
+            _run("ip", "netns", "add", ns)
+            record.note_made(ns)
         _run("ip", "link", "add", self.dev["a"], "numtxqueues", q, "numrxqueues", q, "type", "veth",
              "peer", "name", self.dev["b"], "numtxqueues", q, "numrxqueues", q)
+        record.veth = {dev: socket.if_nametoindex(dev) for dev in self.dev.values()}
+        record.save()
         for side in ("a", "b"):
             ns, dev = self.ns[side], self.dev[side]
             _run("ip", "link", "set", dev, "netns", ns)
+            del record.veth[dev]
+            record.save()
             _run("ip", "-n", ns, "link", "set", "lo", "up")
             _run("ip", "-n", ns, "link", "set", dev, "mtu", str(self.mtu))
             _run("ip", "-n", ns, "addr", "add", f"{self.addr(side)}/24", "dev", dev)
@@ -168,15 +201,41 @@ class Lab:
             _run("ip", "-n", b, "link", "set", self.sink_dev, "up")
             _run("ip", "-n", b, "addr", "add", f"{sink_net}.1/24", "dev", self.sink_dev)
 
-    def down(self) -> None:
-        """Delete the namespaces (and with them everything the lab made).
-        Safe to call twice, and when up() failed half way."""
+    def down(self) -> list[str]:
+        """Delete the namespaces this lab made (and with them everything in
+        them). Returns what it left alone, and why: namespaces with the lab's
+        names that it did not make, or that someone made again. Safe to call
+        twice, and when up() failed half way."""
+        record = self._record
+        if record is None:
+            return [f"{ns}: the lab has no record of making it" for ns in self.ns.values()
+                    if ns_identity(ns) is not None]
+        left, failed = [], False
+        for dev, ifindex in record.veth.items():  # a veth made but not yet moved into its namespace
+            with contextlib.suppress(OSError):
+                if socket.if_nametoindex(dev) == ifindex:
+                    _run("ip", "link", "del", dev, check=False)
         for ns in self.ns.values():
-            _run("ip", "netns", "del", ns, check=False)
-        with contextlib.suppress(OSError):
-            (STATE_DIR / f"lab-{self.name}.json").unlink()
+            if ns_identity(ns) is None:
+                continue
+            ours, why = record.ours(ns)
+            if not ours:
+                left.append(why)
+                continue
+            r = _run("ip", "netns", "del", ns, check=False)
+            if record.ours(ns)[0]:
+                failed = True
+                left.append(f"{ns}: `ip netns del` failed: {r.stderr.strip()}")
+        if not failed:
+            record.remove()
+            self._record = None
         self._up = False
-        atexit.unregister(self.down)
+        atexit.unregister(self._down_at_exit)
+        return left
+
+    def _down_at_exit(self) -> None:
+        if self._record is not None and self._record.pid == os.getpid():  # not in a forked child
+            self.down()
 
     def __enter__(self) -> Lab:
         return self.up()
@@ -184,20 +243,27 @@ class Lab:
     def __exit__(self, *exc: Any) -> None:
         self.down()
 
-    def _save(self) -> None:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        (STATE_DIR / f"lab-{self.name}.json").write_text(json.dumps(self.describe()))
-
     @classmethod
     def load(cls, name: str = "burstio") -> Lab:
-        """The lab `burstio lab up --name NAME` made (from its state file)."""
+        """The lab named ``name`` that burstio made (from its record)."""
         try:
-            d = json.loads((STATE_DIR / f"lab-{name}.json").read_text())
-        except FileNotFoundError:
-            raise LabError(f"no lab named {name!r} is up (no {STATE_DIR}/lab-{name}.json)") from None
-        lab = cls(d["name"], queues=d["queues"], subnet=d["subnet"], ifb=d["ifb"], mtu=d["mtu"])
-        lab._up = True
+            record = LabRecord.load(name)
+        except ValueError as e:
+            raise LabError(str(e)) from None
+        if record is None:
+            raise LabError(f"no record of a lab named {name!r} (no {state_dir()}/lab-{name}.json)")
+        st = record.settings
+        lab = cls(record.name, queues=st["queues"], subnet=st["subnet"], ifb=st["ifb"], mtu=st["mtu"])
+        lab._record, lab._up = record, True
         return lab
+
+    @property
+    def record(self) -> LabRecord | None:
+        """What the lab made and who made it (None before up())."""
+        return self._record
+
+    def settings(self) -> dict[str, Any]:
+        return {"queues": self.queues, "subnet": self.subnet, "ifb": self.ifb, "mtu": self.mtu}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "queues": self.queues, "subnet": self.subnet, "ifb": self.ifb,
@@ -228,10 +294,41 @@ class Lab:
             return [n.id for n in netdev.napi_list(self.dev[side])]
 
     def status(self) -> dict[str, Any]:
-        """What is there now: namespaces, links, NAPI instances."""
+        """What is there now: the lab's namespaces (present: there and the
+        ones it made), who made them, NAPI instances."""
         out = self.describe()
-        out["present"] = {s: ns in leftover_namespaces(self.name) for s, ns in self.ns.items()}
+        record = self._record
+        out["present"] = {s: record is not None and record.ours(ns)[0] for s, ns in self.ns.items()}
+        if record is not None:
+            out["made_by"] = {"pid": record.pid, "alive": record.maker_alive(), "persist": record.persist}
         if all(out["present"].values()):
             with contextlib.suppress(Exception):
                 out["napi"] = {s: self.napi_ids(s) for s in ("a", "b")}
         return out
+
+
+def down_all() -> tuple[list[str], list[str]]:
+    """Remove every lab burstio made on this host (from their records),
+    except labs whose maker still runs them (a ``Lab`` in a live process).
+    Returns (labs removed, what was left alone and why)."""
+    removed, left = [], []
+    for name in all_records():
+        try:
+            lab = Lab.load(name)
+        except LabError as e:
+            left.append(f"lab {name}: {e}")
+            continue
+        record = lab.record
+        assert record is not None
+        if not record.persist and record.maker_alive() and record.pid != os.getpid():
+            left.append(f"lab {name}: in use by process {record.pid}, which made it; not removed")
+            continue
+        left += lab.down()
+        removed.append(name)
+    recorded = set(all_records()) | set(removed)
+    names = set(leftover_namespaces(""))
+    for ns in sorted(names):
+        base = ns[:-2]
+        if ns.endswith("-a") and f"{base}-b" in names and _NAME.match(base) and base not in recorded:
+            left.append(f"{base}-a, {base}-b: no record that burstio made them; left alone")
+    return removed, left

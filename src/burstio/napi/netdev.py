@@ -13,13 +13,15 @@ Where the kernel lacks per-NAPI settings, the device-wide sysfs files
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
 import re
 import socket
+import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, overload
@@ -166,18 +168,23 @@ def _messages() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
 _CLASSES: list[type[Any]] = []
 
 
+def _classes() -> list[type[Any]]:
+    if not _CLASSES:
+        _CLASSES.extend(_messages())
+    return _CLASSES
+
+
 def _request(cmd: int, kind: int, attrs: Sequence[tuple[str, object]] | None = None,
              dump: bool = True) -> list[Any]:
-    """One netdev request; returns the reply messages. kind: 0 napi, 1 queue, 2 qstats, 3 dev."""
+    """One netdev request; returns the replies, converted (see _decoded).
+    kind: 0 napi, 1 queue, 2 qstats, 3 dev."""
     try:
         from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.generic import GenericNetlinkSocket
     except ImportError:
         raise NetdevError(errno.ENOSYS, "netdev netlink needs pyroute2: pip install 'burstio[napi]'") from None
-    if not _CLASSES:
-        _CLASSES.extend(_messages())
-    cls = _CLASSES[kind]
+    cls = _classes()[kind]
     s = GenericNetlinkSocket()
     try:
         try:
@@ -189,16 +196,80 @@ def _request(cmd: int, kind: int, attrs: Sequence[tuple[str, object]] | None = N
         msg["version"] = 1
         msg["attrs"] = attrs or []
         flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
-        try:
-            return list(s.nlm_request(msg, msg_type=s.prid, msg_flags=flags))
-        except NetlinkError as e:
-            raise NetdevError(e.code, f"netdev request {cmd} failed: {os.strerror(e.code)}") from None
+        with _reply_errors(cmd):
+            return _decoded(kind, s.nlm_request(msg, msg_type=s.prid, msg_flags=flags), s.prid)
     finally:
         s.close()
 
 
+@contextlib.contextmanager
+def _reply_errors(cmd: int) -> Iterator[None]:
+    """The kernel's refusal, or a reply pyroute2 cannot decode, as NetdevError."""
+    from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
+
+    try:
+        yield
+    except NetlinkError as e:
+        if not (isinstance(e.code, int) and 0 < e.code < 4096):  # the kernel's errors are 1 to 4095
+            raise NetdevError(errno.EBADMSG, f"malformed reply to netdev request {cmd}: error {e.code!r}") from None
+        raise NetdevError(e.code, f"netdev request {cmd} failed: {os.strerror(e.code)}") from None
+    except (NetlinkDecodeError, struct.error, OverflowError) as e:
+        # pyroute2's decoder on a malformed reply (OverflowError: it words an error message
+        # carrying a code beyond the int range with os.strerror, which overflows)
+        raise NetdevError(errno.EBADMSG, f"malformed reply to netdev request {cmd}: {e}") from None
+
+
+def _decoded(kind: int, messages: Iterable[Any], family: int) -> list[Any]:
+    """The family's messages among ``messages``, converted (Napi, Queue, a
+    qstats entry, Device). A message that lacks what its kind needs, or has
+    it in the wrong shape, raises NetdevError (EBADMSG)."""
+    convert = (_napi, _queue, _qstats_entry, _device)[kind]
+    out = []
+    for m in messages:
+        error = m["header"].get("error")
+        if error is not None:
+            raise error
+        if m["header"].get("type") == family:
+            out.append(convert(m))
+    return out
+
+
+#: the message type _decode_replies gives the netdev family (the kernel assigns the real one)
+FUZZ_FAMILY_ID = 0x20
+
+
+def _decode_replies(data: bytes, kind: int) -> list[Any]:
+    """Decode raw reply bytes the way a netdev request does after reading
+    them from its socket (pyroute2's Marshal with our message classes, then
+    _decoded), for the fuzzer; messages of type FUZZ_FAMILY_ID are netdev's.
+    Returns what _decoded returns, or raises NetdevError."""
+    from pyroute2.netlink.generic import GENL_ID_CTRL, ctrlmsg
+    from pyroute2.netlink.nlsocket import Marshal
+
+    marshal = Marshal()
+    marshal.msg_map[GENL_ID_CTRL] = ctrlmsg
+    marshal.msg_map[FUZZ_FAMILY_ID] = _classes()[kind]
+    with _reply_errors(0):
+        return _decoded(kind, tuple(marshal.parse(data, 0)), FUZZ_FAMILY_ID)
+
+
 def _attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name)
+
+
+def _int_attr(msg: Any, name: str) -> int | None:
+    """An integer attribute, or None when absent; NetdevError (EBADMSG) when not an integer."""
+    value = msg.get_attr(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise NetdevError(errno.EBADMSG, f"netdev reply: {name} is {type(value).__name__}, not an integer")
+    return value
+
+
+def _required(msg: Any, name: str) -> int:
+    value = _int_attr(msg, name)
+    if value is None:
+        raise NetdevError(errno.EBADMSG, f"netdev reply without {name}")
+    return value
 
 
 @overload
@@ -207,11 +278,12 @@ def _uint(raw: bytes) -> int: ...
 def _uint(raw: None) -> None: ...
 def _uint(raw: bytes | None) -> int | None:
     """An NLA_UINT attribute's value: a native-endian u32 or u64 (by its
-    length). ValueError for any other length."""
+    length). NetdevError (EBADMSG) for any other length or type."""
     if raw is None:
         return None
-    if len(raw) not in (4, 8):
-        raise ValueError(f"NLA_UINT attribute of {len(raw)} bytes (want 4 or 8)")
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) not in (4, 8):
+        size = f"{len(raw)} bytes" if isinstance(raw, (bytes, bytearray)) else type(raw).__name__
+        raise NetdevError(errno.EBADMSG, f"NLA_UINT attribute of {size} (want 4 or 8 bytes)")
     return int.from_bytes(raw, sys.byteorder)
 
 
@@ -220,12 +292,38 @@ def _encode_uint(value: int) -> bytes:
 
 
 def _napi(msg: Any) -> Napi:
-    ifindex = _attr(msg, "NETDEV_A_NAPI_IFINDEX")
-    return Napi(id=_attr(msg, "NETDEV_A_NAPI_ID"), ifindex=ifindex, ifname=_ifname(ifindex),
-                irq=_attr(msg, "NETDEV_A_NAPI_IRQ"), pid=_attr(msg, "NETDEV_A_NAPI_PID"),
-                defer_hard_irqs=_attr(msg, "NETDEV_A_NAPI_DEFER_HARD_IRQS"),
+    ifindex = _required(msg, "NETDEV_A_NAPI_IFINDEX")
+    return Napi(id=_required(msg, "NETDEV_A_NAPI_ID"), ifindex=ifindex, ifname=_ifname(ifindex),
+                irq=_int_attr(msg, "NETDEV_A_NAPI_IRQ"), pid=_int_attr(msg, "NETDEV_A_NAPI_PID"),
+                defer_hard_irqs=_int_attr(msg, "NETDEV_A_NAPI_DEFER_HARD_IRQS"),
                 gro_flush_timeout=_uint(_attr(msg, "NETDEV_A_NAPI_GRO_FLUSH_TIMEOUT")),
                 irq_suspend_timeout=_uint(_attr(msg, "NETDEV_A_NAPI_IRQ_SUSPEND_TIMEOUT")))
+
+
+def _queue(msg: Any) -> Queue:
+    ifindex = _required(msg, "NETDEV_A_QUEUE_IFINDEX")
+    qtype = NETDEV_QUEUE_TYPE.get(_required(msg, "NETDEV_A_QUEUE_TYPE"), "?")
+    return Queue(_required(msg, "NETDEV_A_QUEUE_ID"), ifindex, _ifname(ifindex), qtype,
+                 _int_attr(msg, "NETDEV_A_QUEUE_NAPI_ID"))
+
+
+_QSTATS_KEY = ("NETDEV_A_QSTATS_IFINDEX", "NETDEV_A_QSTATS_QUEUE_TYPE", "NETDEV_A_QSTATS_QUEUE_ID",
+               "NETDEV_A_QSTATS_SCOPE")
+
+
+def _qstats_entry(msg: Any) -> tuple[tuple[int, str, int], dict[str, int]]:
+    key = (_required(msg, "NETDEV_A_QSTATS_IFINDEX"),
+           NETDEV_QUEUE_TYPE.get(_required(msg, "NETDEV_A_QSTATS_QUEUE_TYPE"), "?"),
+           _required(msg, "NETDEV_A_QSTATS_QUEUE_ID"))
+    return key, {name[len("NETDEV_A_QSTATS_"):].lower(): _uint(value) for name, value in msg["attrs"]
+                 if name not in _QSTATS_KEY and value is not None}
+
+
+def _device(msg: Any) -> Device:
+    ifindex = _required(msg, "NETDEV_A_DEV_IFINDEX")
+    bits = _int_attr(msg, "NETDEV_A_DEV_XDP_FEATURES") or 0
+    return Device(ifindex, _ifname(ifindex), [f for i, f in enumerate(XDP_FEATURES) if bits >> i & 1],
+                  _int_attr(msg, "NETDEV_A_DEV_XDP_ZC_MAX_SEGS"))
 
 
 #: NETDEV_XDP_ACT_* bits (include/uapi/linux/netdev.h)
@@ -235,19 +333,13 @@ XDP_FEATURES = ("basic", "redirect", "ndo-xmit", "xsk-zerocopy", "rx-sg", "ndo-x
 def device_list() -> list[Device]:
     """Every device the netdev family knows (this namespace), with the XDP
     features its driver declares."""
-    out = []
-    for m in _request(NETDEV_CMD_DEV_GET, 3):
-        ifindex = _attr(m, "NETDEV_A_DEV_IFINDEX")
-        bits = _attr(m, "NETDEV_A_DEV_XDP_FEATURES") or 0
-        out.append(Device(ifindex, _ifname(ifindex), [f for i, f in enumerate(XDP_FEATURES) if bits >> i & 1],
-                          _attr(m, "NETDEV_A_DEV_XDP_ZC_MAX_SEGS")))
-    return sorted(out, key=lambda d: d.ifindex)
+    return sorted(_request(NETDEV_CMD_DEV_GET, 3), key=lambda d: d.ifindex)
 
 
 def napi_list(dev: str | int | None = None) -> list[Napi]:
     """Every NAPI instance (of `dev` if given), with its settings."""
     attrs = [("NETDEV_A_NAPI_IFINDEX", _ifindex(dev))] if dev is not None else []
-    return sorted((_napi(m) for m in _request(NETDEV_CMD_NAPI_GET, 0, attrs)), key=lambda n: n.id)
+    return sorted(_request(NETDEV_CMD_NAPI_GET, 0, attrs), key=lambda n: n.id)
 
 
 def napi_get(napi_id: int) -> Napi:
@@ -259,7 +351,10 @@ def napi_get(napi_id: int) -> Napi:
         if e.errno == errno.ENOENT:
             raise NetdevError(errno.ENOENT, f"no NAPI instance {napi_id}") from None
         raise
-    return _napi(msgs[0])
+    if not msgs:
+        raise NetdevError(errno.EBADMSG, f"netdev napi-get {napi_id}: no reply")
+    napi: Napi = msgs[0]
+    return napi
 
 
 def _check_id(napi_id: int) -> None:
@@ -327,16 +422,9 @@ def queue_list(dev: str | int | None = None, *, stats: bool = False) -> list[Que
     """Every queue (of `dev`) with the NAPI instance that services it, and
     with stats=True the per-queue counters (qstats-get)."""
     want = _ifindex(dev) if dev is not None else None
-    out = []
     per_queue = qstats(dev) if stats else {}
-    for m in _request(NETDEV_CMD_QUEUE_GET, 1):
-        ifindex = _attr(m, "NETDEV_A_QUEUE_IFINDEX")
-        if want is not None and ifindex != want:
-            continue
-        qtype = NETDEV_QUEUE_TYPE.get(_attr(m, "NETDEV_A_QUEUE_TYPE"), "?")
-        qid = _attr(m, "NETDEV_A_QUEUE_ID")
-        out.append(Queue(qid, ifindex, _ifname(ifindex), qtype, _attr(m, "NETDEV_A_QUEUE_NAPI_ID"),
-                         per_queue.get((ifindex, qtype, qid), {})))
+    out = [dataclasses.replace(q, stats=per_queue.get((q.ifindex, q.type, q.id), {}))
+           for q in _request(NETDEV_CMD_QUEUE_GET, 1) if want is None or q.ifindex == want]
     return sorted(out, key=lambda q: (q.ifindex, q.type, q.id))
 
 
@@ -352,16 +440,7 @@ def qstats(dev: str | int | None = None) -> dict[tuple[int, str, int], dict[str,
         if e.errno in (errno.EOPNOTSUPP, errno.ENODEV):
             return {}
         raise
-    out: dict[tuple[int, str, int], dict[str, int]] = {}
-    for m in msgs:
-        key = (_attr(m, "NETDEV_A_QSTATS_IFINDEX"),
-               NETDEV_QUEUE_TYPE.get(_attr(m, "NETDEV_A_QSTATS_QUEUE_TYPE"), "?"),
-               _attr(m, "NETDEV_A_QSTATS_QUEUE_ID"))
-        out[key] = {name[len("NETDEV_A_QSTATS_"):].lower(): _uint(value) for name, value in m["attrs"]
-                    if name not in ("NETDEV_A_QSTATS_IFINDEX", "NETDEV_A_QSTATS_QUEUE_TYPE",
-                                    "NETDEV_A_QSTATS_QUEUE_ID", "NETDEV_A_QSTATS_SCOPE")
-                    and value is not None}
-    return out
+    return dict(msgs)
 
 
 # ---- namespaces ------------------------------------------------------------------

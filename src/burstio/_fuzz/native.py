@@ -1,0 +1,101 @@
+"""Fuzz targets in the C extension: what another process or the kernel writes.
+
+- ``region-header``: a port region's header as a hostile peer may leave it,
+  through ``burstio.ports._fuzz_region_header(data)``. Documented:
+  ValueError (not a region this build can use), OSError.
+- ``udp-parse``: a receive's cmsgs and GRO splitting, through
+  ``burstio._native.udp_parse_for_fuzz(control, length, slot_size, gro)``,
+  which returns (offset, length, flags, segment_size) per datagram. Input:
+  byte 0 bit 0 is gro, bytes 1-2 the slot size (1 to 65535), bytes 3-6 the
+  received length, the rest the control buffer. Oracle: every datagram lies
+  inside what was received and inside the slot, in order, without overlap.
+  Documented: ValueError.
+
+Each runs where its entry point is in this build and says so otherwise (the
+entry points come with the ports and UDP hardening).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .. import _native
+from . import Target
+
+__all__ = ["REGION_HEADER", "UDP_PARSE"]
+
+
+# ---- region-header ------------------------------------------------------------------
+
+
+def _region_entry() -> Any:
+    from .. import ports
+
+    return getattr(ports, "_fuzz_region_header", None)
+
+
+def _region_missing() -> str | None:
+    if _region_entry() is None:
+        return "burstio.ports._fuzz_region_header is not in this build (the ports hardening adds it)"
+    return None
+
+
+def run_region_header(data: bytes) -> str:
+    result = _region_entry()(data)
+    return "accepted" if result is None else type(result).__name__
+
+
+def _region_seeds() -> list[bytes]:
+    """Real headers: the first bytes of a fresh pipe's region (the header is
+    192 bytes; the rings' control blocks follow)."""
+    from .. import ports
+
+    a, b = ports.pipe(slots=8)
+    with a, b:
+        memory = a.memory
+        return [bytes(memory[:192]), bytes(memory[:min(len(memory), 4096)]), bytes(memory[:64])]
+
+
+REGION_HEADER = Target("region-header", run_region_header, (ValueError, OSError), _region_seeds,
+                       _region_missing, max_len=8192)
+
+
+# ---- udp-parse ----------------------------------------------------------------------------
+
+_ARGS = struct.Struct("<BHI")
+
+
+def _udp_missing() -> str | None:
+    if not hasattr(_native, "udp_parse_for_fuzz"):
+        return "burstio._native.udp_parse_for_fuzz is not in this build (the UDP hardening adds it)"
+    return None
+
+
+def run_udp_parse(data: bytes) -> str:
+    head = data[:_ARGS.size].ljust(_ARGS.size, b"\x00")
+    flags, slot_size, length = _ARGS.unpack(head)
+    slot_size = max(slot_size, 1)
+    gro = bool(flags & 1)
+    entries = _native.udp_parse_for_fuzz(data[_ARGS.size:], length, slot_size, gro)  # type: ignore[attr-defined]
+    limit, end = min(length, slot_size), 0
+    for offset, size, _flags, _segment in entries:
+        where = f"datagram [{offset}, {offset + size}) outside [{end}, {limit}) of {length} received, slot {slot_size}"
+        assert end <= offset, where
+        assert offset + size <= limit, where
+        end = offset + size
+    return f"{min(len(entries), 3)}{'+' if len(entries) > 3 else ''} datagrams"
+
+
+def _udp_seeds() -> list[bytes]:
+    def cmsg(level: int, kind: int, payload: bytes) -> bytes:
+        body = struct.pack("=Qii", 16 + len(payload), level, kind) + payload
+        return body + bytes(-len(body) % 8)
+
+    gro = cmsg(17, 104, struct.pack("=i", 1400))  # SOL_UDP, UDP_GRO: segment size
+    ovfl = cmsg(1, 40, struct.pack("=I", 3))  # SOL_SOCKET, SO_RXQ_OVFL: drops
+    ts = cmsg(1, 35, struct.pack("=qq", 1, 2))  # SCM_TIMESTAMPNS
+    return [_ARGS.pack(1, 65535, 4200) + gro, _ARGS.pack(0, 2048, 100) + ovfl + ts,
+            _ARGS.pack(1, 65535, 64 * 1400) + gro + ovfl, _ARGS.pack(0, 2048, 3000), _ARGS.pack(1, 1500, 1500) + gro]
+
+
+UDP_PARSE = Target("udp-parse", run_udp_parse, (ValueError,), _udp_seeds, _udp_missing, max_len=512)
