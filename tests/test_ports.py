@@ -31,51 +31,8 @@ import burstio
 from burstio import ports
 from support.kernel import require_kernel
 from support.net import Sockets, recv_plain
+from support.ports import FORK, LIMIT, child, finished, full, hold, message, oserror, receive, send
 from support.proc import open_fds, wait_for
-
-FORK = multiprocessing.get_context("fork")
-LIMIT = 10.0  # seconds a correct wait never needs; a broken one fails after it
-
-
-@contextlib.contextmanager
-def child(target, *args):
-    """Run target(*args) in a forked process; kill it on the way out."""
-    p = FORK.Process(target=target, args=args, daemon=True)
-    p.start()
-    try:
-        yield p
-    finally:
-        if p.is_alive():
-            p.kill()
-        p.join(LIMIT)
-
-
-def finished(p) -> int:
-    p.join(LIMIT)
-    return p.exitcode
-
-
-def message(seq: int) -> bytes:
-    """Distinguishable payloads of varying length (8 to 40 bytes)."""
-    return struct.pack("<Q", seq) + bytes((seq * 7 + i) & 0xFF for i in range(seq % 33))
-
-
-def full(pattern: str) -> str:
-    return "^" + re.escape(pattern) + "$"
-
-
-def oserror(err: int, text: str) -> str:
-    """The whole str() of OSError(err, text)."""
-    return full(f"[Errno {err}] {text}")
-
-
-def hold(port, go=None):
-    """Child body: claim the port, say so, then wait to be killed."""
-    port.rx.sync()
-    if go is not None:
-        go.set()
-    time.sleep(60)
-
 
 # ---- one process: netmap semantics ----------------------------------------------
 
@@ -598,23 +555,6 @@ def running(sw):
         yield sw
     finally:
         sw.close()
-
-
-def receive(port, n: int) -> list[bytes]:
-    """n packets from port (fails instead of hanging if they do not come)."""
-    out = []
-    while len(out) < n:
-        k = port.rx.wait(1, timeout=LIMIT)
-        assert k, f"only {len(out)} of {n} packets arrived"
-        out += [bytes(port.rx[i]) for i in range(k)]
-        port.rx.advance(k)
-    port.rx.sync()
-    return out
-
-
-def send(port, payload: bytes, dst: int, src: int = 0) -> None:
-    port.tx.put(payload, dst=dst, src=src)
-    port.tx.sync()
 
 
 def test_switch_static_routes_learning_broadcast_and_isolation():
