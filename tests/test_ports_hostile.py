@@ -1,6 +1,7 @@
 """Ports under attack (burstio.ports): switch clients that write anything into
 their regions or kick for nothing, hostile processes sharing a region, threads
-racing a copy, and close/fork/signals during every blocking call.
+racing a copy, close/fork/signals during every blocking call, and the region's
+fuzz target.
 
 A switch trusts nothing in a client's region: a misbehaving client is isolated
 (counted, logged once, its port closed) and the others go on. Child processes
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import burstio
 from burstio import ports
@@ -740,3 +743,51 @@ def test_a_hostile_client_scribbling_over_its_region_is_isolated_and_the_others_
     assert reason is None or states[0] == "isolated"
     assert counters["forwarded"] >= 6000
 
+
+# ---- the fuzz target ---------------------------------------------------------------------
+
+
+def fuzz_ok(data: bytes) -> None:
+    """ports._fuzz_region_header(data) raising only what it documents."""
+    try:
+        ports._fuzz_region_header(data)
+    except OSError as e:
+        assert e.errno in (errno.EBADMSG, errno.EPIPE, errno.ECONNRESET), e
+    except (ValueError, RuntimeError):
+        pass
+
+
+def patches(mode: int, *words: tuple[int, int]) -> bytes:
+    return bytes([mode]) + b"".join(struct.pack("<HI", off, value) for off, value in words)
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x00", b"\x01", b"\x02", b"\x03", b"\x00" * 300, b"\xff" * 300, b"\x01" + b"\x00" * 200,
+    patches(2, (16, 2), (17, 777)),          # the switch's claim: closed, then a new generation
+    patches(2, (6, 8), (7, 32)),             # slots, slot_size: read once, at attach
+    patches(3, (0, 1000)),                   # ring 0's producer position, impossible
+    patches(3, (0, 1), (32, 3)),             # a plausible position, then its consumer's
+    patches(3, (1, 1), (2, 0)),              # a sleeping flag up, waiting for position 0
+    patches(3, (128, 0xFFFFFFFF), (129, 5)),
+], ids=repr)
+def test_fuzz_target_on_chosen_inputs(data):
+    fuzz_ok(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_fuzz_target_raises_only_documented_errors(data):
+    fuzz_ok(data)
+
+
+def test_fuzz_target_is_there_for_the_fuzz_command_and_works_in_a_forked_child():
+    assert callable(getattr(ports, "_fuzz_region_header", None))
+    fuzz_ok(b"\x03" + bytes(range(60)))  # this process's template exists now
+
+    def in_child():
+        for n in range(50):
+            fuzz_ok(bytes([n & 3]) + random.Random(n).randbytes(n * 7))
+
+    assert forked(in_child) == 0
+    with pytest.raises(TypeError, match=full("data must be bytes, got str")):
+        ports._fuzz_region_header("text")

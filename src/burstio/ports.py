@@ -774,3 +774,28 @@ class Switch:
     def __repr__(self) -> str:
         return f"<Switch {len(self._sides)} ports, {self._slots} slots x {self._slot_size} B>"
 
+
+# ---- fuzzing ----------------------------------------------------------------------
+
+def _fuzz_region_header(data: bytes) -> None:
+    """Fuzz target (private; ``burstio fuzz`` calls it by name): write
+    ``data`` into port regions as a hostile peer could, then use them.
+
+    ``data[0] & 3`` picks where the rest goes: 0 raw over the header (magic
+    included), 1 raw over the header after its magic, 2 as (u16 offset, u32
+    value) patches over the header and claim records, 3 as such patches over
+    the control blocks (positions, sleeping flags, counters) and slot arrays.
+    The same bytes go into a switch client's region (the switch then
+    forwards: it must not raise, and its honest port must stay live) and
+    into a pipe region, which a fresh process-local handle attaches to as
+    port 1 and syncs, reads, puts and waits on with timeout 0.
+
+    Raises only ValueError (not a valid region; a closed claim), RuntimeError
+    (a stale claim), OSError with errno EBADMSG (impossible positions or
+    indices), BrokenPipeError or ConnectionResetError. Anything else, an
+    AssertionError included, is a bug; so is a crash or a call that does not
+    return. Each call takes tens of microseconds (one template region per
+    process is reused).
+    """
+    from ._ports_fuzz import fuzz_region_header
+    fuzz_region_header(data)
