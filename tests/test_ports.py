@@ -472,6 +472,23 @@ def test_attach_refuses_wrong_memory():
     assert open_fds() - fds_before == set()  # nothing leaked
 
 
+def descriptor_kinds(fds: set[int]) -> list[str]:
+    return sorted(os.readlink(f"/proc/self/fd/{fd}").split(":")[0] for fd in fds)
+
+
+def test_a_port_holds_an_eventfd_of_its_own_only_once_used_here():
+    gc.collect()
+    before = open_fds()
+    a, b = ports.pipe(slots=4, slot_size=16)
+    # the region's memfd and wake sockets; a switch's client ports it never uses cost no more
+    assert descriptor_kinds(open_fds() - before) == ["/memfd", "socket", "socket", "socket", "socket"]
+    a.claim()  # from here on a close() in another thread must be able to wake a's waiters
+    assert descriptor_kinds(open_fds() - before) == ["/memfd", "anon_inode", "socket", "socket", "socket", "socket"]
+    del a, b
+    gc.collect()
+    assert open_fds() == before
+
+
 def test_corrupt_positions_and_indices_are_errors_not_crashes():
     a, b = ports.pipe(slots=8, slot_size=32)
     a.tx.put(b"x")

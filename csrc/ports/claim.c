@@ -243,11 +243,7 @@ bio_port_claim_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     p->reg = (BioPortRegion *)Py_NewRef(reg);
     p->party = party;
-    p->local_fd = -1;
-    if (bio_port_claim_local(p, bio_port_whoami()->epoch) < 0) {
-        Py_DECREF(p);
-        return NULL;
-    }
+    p->local_fd = -1; /* made by the first claim: nothing can wait on it before */
     return (PyObject *)p;
 }
 

@@ -57,8 +57,8 @@ typedef struct {
     uint32_t gen;         /* generation of our claim, 0: not claimed */
     uint32_t epoch;       /* bio_port_epoch when claimed */
     int closed;           /* 1 once closed; read by waiters without the GIL (atomic) */
-    int local_fd;         /* eventfd of this process alone: readable once this handle is
-                           * closed or taken over, so that its waiters wake */
+    int local_fd;         /* eventfd of this process alone, made by its claim: readable once
+                           * this handle is closed or taken over, so that its waiters wake */
     uint32_t local_epoch; /* bio_port_epoch local_fd was made in */
 } BioPortClaim;
 
