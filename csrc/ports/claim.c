@@ -5,7 +5,10 @@
  * fork or an attach takes the port over and the old handle becomes stale;
  * a new generation number tells). A clean close() marks the party CLOSED
  * and kicks the peer, who then sees EPIPE; ports/wait.c watches the holder's
- * process while waiting for it.
+ * process while waiting for it. Each handle has an eventfd of its own
+ * process (local_fd) that its waiters also poll: close() from another
+ * thread, or a forked child taking the port over, makes it readable, so no
+ * wait outlives its handle.
  *
  * Where a packet goes through it: nowhere; a ring may move packets only
  * while its port is held by the process using it (bio_port_claim_ready).
@@ -19,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <structmember.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -84,6 +88,45 @@ bio_port_whoami(void)
 
 /* ---- PortClaim: who holds a port ------------------------------------------- */
 
+/* Wake the peer through both of our wake sockets (it may sleep on either). */
+static void
+bio_port_claim_wake_peer(BioPortClaim *p)
+{
+    for (int w = 0; w < 2; w++)
+        bio_port_wake_send(p->reg->wake[p->party][w]);
+}
+
+/* Make fd readable for good (nothing reads it): whoever polls it wakes. */
+static void
+bio_port_claim_poke(int fd)
+{
+    uint64_t one = 1;
+    if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
+        return; /* a full counter: readable already */
+}
+
+/* Make local_fd this process's own: after a fork the child shares the
+ * parent's, so it first wakes the parent's waiters on this handle (once the
+ * child holds the port they find it taken over) and then makes its own. 0,
+ * or -1 with OSError. GIL. */
+static int
+bio_port_claim_local(BioPortClaim *p, uint32_t epoch)
+{
+    if (p->local_fd >= 0 && p->local_epoch == epoch)
+        return 0;
+    if (p->local_fd >= 0) {
+        bio_port_claim_poke(p->local_fd);
+        close(p->local_fd);
+    }
+    p->local_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->local_fd < 0) {
+        bio_raise_errno(-errno);
+        return -1;
+    }
+    p->local_epoch = epoch;
+    return 0;
+}
+
 /* Claim port p for this process: record pid, start time and pid namespace,
  * then a new generation (which makes any other handle stale). ValueError
  * if a previous owner closed it. 0 or -1. GIL. */
@@ -107,14 +150,9 @@ bio_port_claim_hold(BioPortClaim *p)
     atomic_store_explicit(&pt->state, BIO_PORT_OPEN, memory_order_release);
     p->gen = gen;
     p->epoch = me->epoch;
-    if (before == 0 || before == me->pid)
-        return 0; /* a first claim: a sleeping peer notices within BIO_PORT_CHECK_NS */
-    uint64_t one = 1; /* taken over: a peer may be watching the previous holder */
-    for (int w = 0; w < 2; w++)
-        if (p->reg->efd[1 - p->party][w] >= 0 &&
-            write(p->reg->efd[1 - p->party][w], &one, sizeof(one)) < 0)
-            continue;
-    return 0;
+    if (before != 0 && before != me->pid)
+        bio_port_claim_wake_peer(p); /* taken over: a peer may be watching the previous holder */
+    return bio_port_claim_local(p, me->epoch);
 }
 
 /* 0 if p may be used now: claimed by this process (claimed on first use and
@@ -136,6 +174,18 @@ bio_port_claim_ready(BioPortClaim *p)
                      (int)atomic_load(&pt->pid));
         return -1;
     }
+    return bio_port_claim_local(p, p->epoch); /* made again if it failed before */
+}
+
+int
+bio_port_claim_current(BioPortClaim *p)
+{
+    if (__atomic_load_n(&p->closed, __ATOMIC_ACQUIRE))
+        return -ECANCELED;
+    BioPortParty *pt = &p->reg->hdr->party[p->party];
+    if (p->epoch != atomic_load_explicit(&bio_port_epoch, memory_order_relaxed) ||
+        atomic_load_explicit(&pt->generation, memory_order_relaxed) != p->gen)
+        return -ESTALE;
     return 0;
 }
 
@@ -145,29 +195,28 @@ static int
 bio_port_claim_holds(BioPortClaim *p)
 {
     BioPortParty *pt = &p->reg->hdr->party[p->party];
-    return !p->closed && p->gen != 0 && p->epoch == atomic_load(&bio_port_epoch) &&
-           atomic_load(&pt->generation) == p->gen;
+    return !__atomic_load_n(&p->closed, __ATOMIC_ACQUIRE) && p->gen != 0 &&
+           p->epoch == atomic_load(&bio_port_epoch) && atomic_load(&pt->generation) == p->gen;
 }
 
-/* Close the handle. If it holds the port, mark the party CLOSED and kick
- * both of the peer's eventfds so that a sleeping peer sees it. */
-static void
+void
 bio_port_claim_release(BioPortClaim *p)
 {
-    if (p->closed || p->reg == NULL)
+    if (p->reg == NULL || __atomic_load_n(&p->closed, __ATOMIC_ACQUIRE))
         return;
     if (bio_port_claim_holds(p)) {
-        BioPortRegion *g = p->reg;
-        atomic_store_explicit(&g->hdr->party[p->party].state, BIO_PORT_CLOSED,
+        atomic_store_explicit(&p->reg->hdr->party[p->party].state, BIO_PORT_CLOSED,
                               memory_order_seq_cst);
         atomic_thread_fence(memory_order_seq_cst);
-        uint64_t one = 1;
-        for (int w = 0; w < 2; w++)
-            if (g->efd[1 - p->party][w] >= 0 &&
-                write(g->efd[1 - p->party][w], &one, sizeof(one)) < 0)
-                continue; /* nobody to wake, or a full counter: it is awake */
+        bio_port_claim_wake_peer(p);
     }
-    p->closed = 1;
+    __atomic_store_n(&p->closed, 1, __ATOMIC_RELEASE);
+    if (p->local_epoch == atomic_load(&bio_port_epoch)) {
+        bio_port_claim_poke(p->local_fd); /* our own waiters: they see closed and raise */
+    } else if (p->local_fd >= 0) {
+        close(p->local_fd); /* inherited: the parent's waiters are none of our business */
+        p->local_fd = -1;
+    }
 }
 
 /* PortClaim(region, party): a handle; nothing is claimed until first use. */
@@ -184,11 +233,17 @@ bio_port_claim_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "party must be 0 or 1, got %d", party);
         return NULL;
     }
+    if (reg->wake[party][0] < 0) {
+        PyErr_Format(PyExc_ValueError, "this region has no wake sockets for port %d here (it "
+                     "was received for port %d)", party, 1 - party);
+        return NULL;
+    }
     BioPortClaim *p = (BioPortClaim *)type->tp_alloc(type, 0);
     if (p == NULL)
         return NULL;
     p->reg = (BioPortRegion *)Py_NewRef(reg);
     p->party = party;
+    p->local_fd = -1; /* made by the first claim: nothing can wait on it before */
     return (PyObject *)p;
 }
 
@@ -196,6 +251,8 @@ static void
 bio_port_claim_dealloc(BioPortClaim *p)
 {
     bio_port_claim_release(p);
+    if (p->local_fd >= 0)
+        close(p->local_fd);
     Py_XDECREF(p->reg);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }

@@ -17,10 +17,15 @@
 #include <stdatomic.h>
 #include <structmember.h>
 
-/* A party's eventfds, in the order PortRegion() takes them per party. */
+/* A party's wake sockets, in the order PortRegion() takes them per party.
+ * Each is that party's end of a Unix datagram socketpair whose other end
+ * the peer holds: a party sleeps on its own end and wakes the peer by
+ * sending on it (ports/ring.c). Neither party can make the other's sends or
+ * receives block, nor read the other's wake-ups. */
 enum { BIO_PORT_WAKE_DATA = 0, BIO_PORT_WAKE_ROOM = 1 };
 
 #define BIO_PORT_CHECK_NS 100000000 /* re-check a peer we cannot watch this often */
+#define BIO_PORT_DRAIN_MAX 64       /* wake-ups read from a socket per wake */
 
 /* A ring's slot arrays in the region (private pointers, set from our own
  * copy of the layout). */
@@ -37,7 +42,7 @@ typedef struct {
     BioPortHeader *hdr;
     unsigned char *base, *bufs;
     int memfd;
-    int efd[2][2];    /* [party][BIO_PORT_WAKE_*] */
+    int wake[2][2];   /* [party][BIO_PORT_WAKE_*]: -1 where that party's end is not here */
     uint32_t nslots, cap, mask, slot_size, stride, nbufs, kind;
     BioPortLayout L;
     BioPortCtl *ctl[2];
@@ -49,9 +54,12 @@ typedef struct {
     PyObject_HEAD
     BioPortRegion *reg;
     int party;
-    uint32_t gen;   /* generation of our claim, 0: not claimed */
-    uint32_t epoch; /* bio_port_epoch when claimed */
-    int closed;
+    uint32_t gen;         /* generation of our claim, 0: not claimed */
+    uint32_t epoch;       /* bio_port_epoch when claimed */
+    int closed;           /* 1 once closed; read by waiters without the GIL (atomic) */
+    int local_fd;         /* eventfd of this process alone, made by its claim: readable once
+                           * this handle is closed or taken over, so that its waiters wake */
+    uint32_t local_epoch; /* bio_port_epoch local_fd was made in */
 } BioPortClaim;
 
 /* PortTx / PortRx: our side of one ring of a port, with netmap's private
@@ -64,6 +72,7 @@ typedef struct {
     uint32_t head, cur, tail, published;
     uint32_t cap, mask;
     uint32_t gen;        /* port->gen this view was set up for */
+    uint32_t busy;       /* bio_port_epoch of a call in progress without the GIL, 0: none */
     BioPortSide *me, *peer;
     BioPortSlots *s;
     int sleep_fd, kick_fd;
@@ -77,7 +86,6 @@ typedef struct {
     /* recvmmsg scratch, allocated on first use */
     struct mmsghdr *msgs;
     struct iovec *iov;
-    int busy;
     PyObject *weakrefs;
 } BioPortRing;
 
@@ -123,10 +131,25 @@ const BioPortSelf *bio_port_whoami(void);
 /* 0 if p may be used now (claimed by this process, claiming it if need be);
  * -1 with ValueError (closed) or RuntimeError (taken over). GIL. */
 int bio_port_claim_ready(BioPortClaim *p);
+/* Whether p is still usable by a call that began with it held: 0, or
+ * -ECANCELED (closed since) or -ESTALE (taken over since). nogil-safe. */
+int bio_port_claim_current(BioPortClaim *p);
+/* Close the handle: if it holds the port, mark the party CLOSED and wake
+ * the peer; wake this handle's own waiters in any case. nogil-safe. */
+void bio_port_claim_release(BioPortClaim *p);
 
 /* ---- positions and the shared entry points (ports/ring.c) ----------------------- */
 
-/* Read the other side's position into tail. 0, or -EBADMSG. nogil-safe. */
+/* Wake whoever sleeps on the other end of wake socket fd: 1 if a wake-up
+ * was sent, 0 if not (its queue is full of them, or it is gone). Never
+ * blocks. nogil-safe. */
+int bio_port_wake_send(int fd);
+/* Read the wake-ups waiting on fd (at most BIO_PORT_DRAIN_MAX): how many. */
+int bio_port_wake_drain(int fd);
+/* Whether g is in a call without the GIL in this process now. */
+int bio_port_ring_busy(BioPortRing *g);
+/* Read the other side's position into tail. 0, or -EBADMSG if it is
+ * impossible (beyond the ring, or behind one read before). nogil-safe. */
 int bio_port_ring_refresh(BioPortRing *g);
 /* Publish head, kicking the other side if it sleeps waiting for it. */
 void bio_port_ring_publish(BioPortRing *g);
@@ -179,12 +202,17 @@ typedef struct {
 } BioPortWait;
 
 /* Wait until w->want slots lie beyond cur: 1, 0 (deadline), -EPIPE,
- * -ECONNRESET, -EBADMSG or -EINTR. Resumable. nogil. */
+ * -ECONNRESET, -EBADMSG, -ECANCELED (closed here meanwhile), -ESTALE (taken
+ * over meanwhile) or -EINTR. Resumable. nogil. */
 int bio_port_ring_wait_nogil(void *w);
 /* Keep the watch on the peer's process current: 0, or -ECONNRESET. */
 int bio_port_ring_watch(BioPortRing *g);
 /* Stop watching the peer's process. */
 void bio_port_ring_unwatch(BioPortRing *g);
+/* Poll fd (events) and the handle's local_fd until the deadline (-1:
+ * none): 1 if fd is ready, 0 at the deadline, -ECANCELED / -ESTALE if the
+ * handle was closed or taken over, or -errno. nogil. */
+int bio_port_poll_nogil(BioPortClaim *p, int fd, short events, int64_t deadline);
 
 /* ---- TX (ports/tx.c) -------------------------------------------------------------- */
 

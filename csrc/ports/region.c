@@ -29,6 +29,7 @@
 #include <string.h>
 #include <structmember.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -219,7 +220,7 @@ bio_port_region_attach(BioPortRegion *g)
 static void
 bio_port_region_close_fds(BioPortRegion *g)
 {
-    int *fds[] = {&g->memfd, &g->efd[0][0], &g->efd[0][1], &g->efd[1][0], &g->efd[1][1]};
+    int *fds[] = {&g->memfd, &g->wake[0][0], &g->wake[0][1], &g->wake[1][0], &g->wake[1][1]};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
         if (*fds[i] >= 0)
             close(*fds[i]);
@@ -227,58 +228,92 @@ bio_port_region_close_fds(BioPortRegion *g)
     }
 }
 
-/* Parse the 4 eventfds: (party 0 data, party 0 room, party 1 data, party 1
- * room). 0 or -1 with TypeError. */
+/* ValueError unless fd is a Unix datagram socket (a wake socket: a peer
+ * holding an eventfd or a pipe end we also use could make our calls block
+ * or steal our wake-ups). 0 or -1. */
 static int
-bio_port_region_parse_efds(BioPortRegion *g, PyObject *efds)
+bio_port_region_check_wake(int i, int fd)
 {
-    PyObject *seq = PySequence_Fast(efds, "efds must be a sequence of 4 file descriptors");
-    if (seq == NULL)
-        return -1;
-    int ok = PySequence_Fast_GET_SIZE(seq) == 4;
-    for (int i = 0; ok && i < 4; i++) {
-        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        ok = !(fd == -1 && PyErr_Occurred()) && fd >= 0 && fd <= INT32_MAX;
-        g->efd[i / 2][i % 2] = ok ? (int)fd : -1;
-    }
-    Py_DECREF(seq);
-    if (!ok) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, "efds must be a sequence of 4 file descriptors");
-        for (int i = 0; i < 4; i++)
-            g->efd[i / 2][i % 2] = -1;
-    }
-    return ok ? 0 : -1;
+    int domain = -1, type = -1;
+    socklen_t len = sizeof(int);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_UNIX &&
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_DGRAM)
+        return 0;
+    char path[64], target[128];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof(target) - 1);
+    target[n > 0 ? n : 0] = 0;
+    PyErr_Format(PyExc_ValueError, "wake descriptor %d of a ring port is not a Unix datagram "
+                 "socket: %s", i, n > 0 ? target : strerror(errno));
+    return -1;
 }
 
-/* PortRegion(memfd, efds, slots=0, ...): create (slots > 0) or attach. The
+/* Parse the 4 wake sockets: (party 0 data, party 0 room, party 1 data,
+ * party 1 room), -1 for a party whose ends are not in this process (each
+ * party has both or neither; one at least). 0, or -1 with TypeError or
+ * ValueError (and none of them taken). */
+static int
+bio_port_region_parse_wakes(BioPortRegion *g, PyObject *wakes)
+{
+    static const char usage[] = "wakes must be a sequence of 4 file descriptors (-1 for both "
+                                "of a party whose ends are not here)";
+    PyObject *seq = PySequence_Fast(wakes, usage);
+    if (seq == NULL)
+        return -1;
+    int fd[4], ok = PySequence_Fast_GET_SIZE(seq) == 4;
+    for (int i = 0; ok && i < 4; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        ok = !(v == -1 && PyErr_Occurred()) && v >= -1 && v <= INT32_MAX;
+        fd[i] = ok ? (int)v : -1;
+    }
+    Py_DECREF(seq);
+    ok = ok && (fd[0] < 0) == (fd[1] < 0) && (fd[2] < 0) == (fd[3] < 0) &&
+         (fd[0] >= 0 || fd[2] >= 0);
+    if (!ok) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (int i = 0; i < 4; i++)
+        if (fd[i] >= 0 && bio_port_region_check_wake(i, fd[i]) < 0)
+            return -1;
+    for (int i = 0; i < 4; i++)
+        g->wake[i / 2][i % 2] = fd[i];
+    return 0;
+}
+
+/* PortRegion(memfd, wakes, slots=0, ...): create (slots > 0) or attach. The
  * region owns the descriptors only if this succeeds. */
 static PyObject *
 bio_port_region_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"memfd", "efds", "slots", "slot_size", "kind", NULL};
+    static char *kwlist[] = {"memfd", "wakes", "slots", "slot_size", "kind", NULL};
     int memfd;
     unsigned int nslots = 0, slot_size = 0, kind = 0;
-    PyObject *efds;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|III:PortRegion", kwlist, &memfd, &efds,
+    PyObject *wakes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|III:PortRegion", kwlist, &memfd, &wakes,
                                      &nslots, &slot_size, &kind))
         return NULL;
     BioPortRegion *g = (BioPortRegion *)type->tp_alloc(type, 0);
     if (g == NULL)
         return NULL;
     g->memfd = -1;
-    g->efd[0][0] = g->efd[0][1] = g->efd[1][0] = g->efd[1][1] = -1;
-    if (bio_port_region_parse_efds(g, efds) < 0)
+    g->wake[0][0] = g->wake[0][1] = g->wake[1][0] = g->wake[1][1] = -1;
+    if (bio_port_region_parse_wakes(g, wakes) < 0)
         goto fail;
+    if (nslots && (g->wake[0][0] < 0 || g->wake[1][0] < 0)) {
+        PyErr_SetString(PyExc_ValueError, "a new region needs the wake sockets of both ports");
+        goto fail;
+    }
     g->memfd = memfd;
     int r = nslots ? bio_port_region_create(g, nslots, slot_size, kind)
                    : bio_port_region_attach(g);
     if (r < 0)
         goto fail;
-    return (PyObject *)g; /* owns memfd and the eventfds from here on */
+    return (PyObject *)g; /* owns memfd and the wake sockets from here on */
 fail:
     g->memfd = -1; /* the caller still owns the fds */
-    g->efd[0][0] = g->efd[0][1] = g->efd[1][0] = g->efd[1][1] = -1;
+    g->wake[0][0] = g->wake[0][1] = g->wake[1][0] = g->wake[1][1] = -1;
     Py_DECREF(g);
     return NULL;
 }
@@ -292,11 +327,20 @@ bio_port_region_dealloc(BioPortRegion *g)
     Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
+/* fds(party) -> (memfd, (data, room)): what a process needs to use port
+ * `party` (its wake sockets' ends); -1s if they are not here. */
 static PyObject *
-bio_port_region_fds(BioPortRegion *g, PyObject *Py_UNUSED(ignored))
+bio_port_region_fds(BioPortRegion *g, PyObject *arg)
 {
-    return Py_BuildValue("(i(iiii))", g->memfd, g->efd[0][0], g->efd[0][1], g->efd[1][0],
-                         g->efd[1][1]);
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (i != 0 && i != 1) {
+        PyErr_Format(PyExc_ValueError, "party must be 0 or 1, got %ld", i);
+        return NULL;
+    }
+    return Py_BuildValue("(i(ii))", g->memfd, g->wake[i][BIO_PORT_WAKE_DATA],
+                         g->wake[i][BIO_PORT_WAKE_ROOM]);
 }
 
 /* layout() -> dict of byte offsets: where each array of each ring lives. */
@@ -336,10 +380,11 @@ bio_port_region_get_memory(BioPortRegion *g, void *c)
 }
 
 static PyMethodDef bio_port_region_methods[] = {
-    {"fds", (PyCFunction)bio_port_region_fds, METH_NOARGS,
-     "fds($self, /)\n--\n\n"
-     "(memfd, (efd0_data, efd0_room, efd1_data, efd1_room)): owned by the region\n"
-     "(closed when the last port and ring using it are gone); dup them to pass them on."},
+    {"fds", (PyCFunction)bio_port_region_fds, METH_O,
+     "fds($self, party, /)\n--\n\n"
+     "(memfd, (data, room)): the descriptors a process needs to use port `party`\n"
+     "(-1 for wake sockets not held here). Owned by the region (closed when the\n"
+     "last port and ring using it are gone); dup them to pass them on."},
     {"layout", (PyCFunction)bio_port_region_layout, METH_NOARGS,
      "layout($self, /)\n--\n\nA dict of the region's offsets and dimensions."},
     {"party", (PyCFunction)bio_port_region_party, METH_O,
@@ -370,7 +415,7 @@ PyTypeObject BioPortRegion_Type = {
     .tp_basicsize = sizeof(BioPortRegion),
     .tp_dealloc = (destructor)bio_port_region_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "PortRegion(memfd, efds, slots=0, slot_size=0, kind=0)\n--\n\n"
+    .tp_doc = "PortRegion(memfd, wakes, slots=0, slot_size=0, kind=0)\n--\n\n"
               "The shared memory of two ports (internal). slots=0 attaches to an existing "
               "region.",
     .tp_methods = bio_port_region_methods,

@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <structmember.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static const char *const bio_port_counter_names[BIO_PORT_NCOUNTERS] = {
@@ -28,25 +29,58 @@ static const char *const bio_port_counter_names[BIO_PORT_NCOUNTERS] = {
 
 /* ---- positions, publishing, kicks ---------------------------------------- */
 
+/* ---- wake sockets ----------------------------------------------------------- */
+
+int
+bio_port_wake_send(int fd)
+{
+    static const char one = 1;
+    return fd >= 0 && send(fd, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1;
+}
+
+int
+bio_port_wake_drain(int fd)
+{
+    char b[8];
+    int n = 0;
+    while (n < BIO_PORT_DRAIN_MAX) {
+        ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        n++; /* a wake-up, or an error the peer caused (reading it clears it) */
+    }
+    return n;
+}
+
+/* ---- positions, publishing, kicks ---------------------------------------- */
+
+int
+bio_port_ring_busy(BioPortRing *g)
+{
+    return g->busy != 0 && g->busy == atomic_load(&bio_port_epoch); /* a fork ends calls */
+}
+
 /* Read the other side's position (acquire) into tail. 0, or -EBADMSG if it
- * is impossible from here (the shared memory is corrupt). nogil-safe. */
+ * is impossible from here (the shared memory is corrupt): beyond the ring,
+ * or behind one read before (positions only move forward). nogil-safe. */
 int
 bio_port_ring_refresh(BioPortRing *g)
 {
     uint32_t other = atomic_load_explicit(&g->peer->pos, memory_order_acquire);
     uint32_t tail = g->side == BIO_PORT_PROD ? other + g->cap : other;
-    if ((uint32_t)(tail - g->head) > g->cap)
+    if ((uint32_t)(tail - g->head) > g->cap || (int32_t)(tail - g->tail) < 0)
         return -EBADMSG;
     g->tail = tail;
     return 0;
 }
 
-/* Wake the other side: one eventfd write, counted. nogil-safe. */
+/* Wake the other side: one datagram on our wake socket, counted. nogil-safe. */
 static void
 bio_port_ring_kick(BioPortRing *g)
 {
-    uint64_t one = 1;
-    if (write(g->kick_fd, &one, sizeof(one)) == (ssize_t)sizeof(one))
+    if (bio_port_wake_send(g->kick_fd))
         BIO_COUNT(g->me->counters, BIO_PORT_C_KICKS, 1);
 }
 
@@ -95,9 +129,20 @@ bio_port_ring_raise(BioPortRing *g, int err)
                                 "without closing it", peer, g->watch_pid ? g->watch_pid : pid);
     if (err == -EBADMSG)
         return bio_port_oserror(EBADMSG, "ring %d: the peer's position %u is impossible with "
-                                "head %u in a ring of %u slots: the shared memory is corrupt",
-                               g->r, (unsigned)atomic_load(&g->peer->pos), g->head,
-                               g->reg->nslots);
+                                "head %u and tail %u in a ring of %u slots: the shared memory "
+                                "is corrupt", g->r, (unsigned)atomic_load(&g->peer->pos),
+                                g->head, g->tail, g->reg->nslots);
+    if (err == -ECANCELED) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on a closed port (closed while this "
+                        "call waited)");
+        return NULL;
+    }
+    if (err == -ESTALE) {
+        PyErr_Format(PyExc_RuntimeError, "port %d was taken over by process %d while this call "
+                     "waited: this handle is stale (one process holds a port at a time)",
+                     g->party, (int)atomic_load(&g->reg->hdr->party[g->party].pid));
+        return NULL;
+    }
     return bio_raise_errno(err);
 }
 
@@ -107,7 +152,7 @@ bio_port_ring_raise(BioPortRing *g, int err)
 int
 bio_port_ring_ready(BioPortRing *g)
 {
-    if (g->busy) {
+    if (bio_port_ring_busy(g)) {
         PyErr_SetString(PyExc_RuntimeError, "ring is in use by another call (a wait or "
                         "receive in another thread)");
         return -1;
@@ -115,7 +160,7 @@ bio_port_ring_ready(BioPortRing *g)
     if (bio_port_claim_ready(g->port) < 0)
         return -1;
     if (g->gen != g->port->gen) {
-        g->head = g->cur = g->published =
+        g->head = g->cur = g->published = g->tail =
             atomic_load_explicit(&g->me->pos, memory_order_acquire);
         g->gen = g->port->gen;
         int r = bio_port_ring_refresh(g);
@@ -170,8 +215,10 @@ bio_port_ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     g->me = &reg->ctl[g->r]->side[g->side];
     g->peer = &reg->ctl[g->r]->side[1 - g->side];
     g->s = &reg->slots[g->r];
-    g->sleep_fd = reg->efd[g->party][tx ? BIO_PORT_WAKE_ROOM : BIO_PORT_WAKE_DATA];
-    g->kick_fd = reg->efd[1 - g->party][tx ? BIO_PORT_WAKE_DATA : BIO_PORT_WAKE_ROOM];
+    /* our end of each socketpair: sleep on one, wake the peer's other ring through
+     * the other (TX: wait for room, announce data; RX: the reverse) */
+    g->sleep_fd = reg->wake[g->party][tx ? BIO_PORT_WAKE_ROOM : BIO_PORT_WAKE_DATA];
+    g->kick_fd = reg->wake[g->party][tx ? BIO_PORT_WAKE_DATA : BIO_PORT_WAKE_ROOM];
     g->watch_fd = -1;
     return (PyObject *)g;
 }
@@ -268,7 +315,7 @@ bio_port_ring_wait(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyOb
         int64_t now = bio_now_ns();
         w.deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
         w.linger_end = now + g->linger_ns;
-        g->busy = 1;
+        g->busy = atomic_load(&bio_port_epoch);
         r = bio_nogil_retry(bio_port_ring_wait_nogil, &w);
         g->busy = 0;
         if (r == -EINTR)

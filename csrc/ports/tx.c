@@ -183,6 +183,31 @@ bio_port_tx_check_batch(BioPortRing *g, BioBatch *b, Py_ssize_t start, Py_ssize_
     return 0;
 }
 
+/* Copy batch entry j into buf and commit it at head. Its offset and length
+ * are read once and checked again here: numpy may rewrite the metadata
+ * arrays from another thread without the GIL, so the check before the
+ * copies proves nothing about this moment. 0, or -1 with ValueError. */
+static int
+bio_port_tx_copy_entry(BioPortRing *g, BioBatch *b, Py_ssize_t j, unsigned char *buf,
+                       uint32_t dst, uint32_t src)
+{
+    uint64_t off = __atomic_load_n(&b->offsets[j], __ATOMIC_RELAXED);
+    uint32_t len = __atomic_load_n(&b->lengths[j], __ATOMIC_RELAXED);
+    uint32_t flags = __atomic_load_n(&b->flags[j], __ATOMIC_RELAXED);
+    if (off > b->data_len || len > b->data_len - off || len > g->reg->slot_size) {
+        PyErr_Format(PyExc_ValueError, "datagram %zd changed while put_batch() copied it "
+                     "(offset %llu, length %u: outside its %zu-byte buffer or a %u-byte slot); "
+                     "nothing was put", j, (unsigned long long)off, len, b->data_len,
+                     g->reg->slot_size);
+        return -1;
+    }
+    struct sockaddr_in6 name;
+    memcpy(&name, &b->names[j], sizeof(name));
+    memcpy(buf, b->data + off, len);
+    bio_port_tx_commit(g, len, flags & BIO_FLAG_TRUNCATED, dst, src, &name);
+    return 0;
+}
+
 PyDoc_STRVAR(bio_port_tx_put_batch_doc,
 "put_batch($self, /, batch, start=0, count=None, *, dst=0, src=0)\n--\n\n"
 "Copy entries [start, start+count) of a PacketBatch (payload, address,\n"
@@ -212,13 +237,15 @@ bio_port_tx_put_batch(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs,
     Py_ssize_t n = end - start, room = (Py_ssize_t)(uint32_t)(g->tail - g->head);
     if (n > room)
         n = room;
+    uint32_t head = g->head, cur = g->cur;
     for (Py_ssize_t j = start; j < start + n; j++) {
-        unsigned char *buf = bio_port_ring_buf(g, g->head, &idx);
-        if (buf == NULL)
-            return bio_port_ring_bad_slot(g, g->head, idx);
-        memcpy(buf, b->data + b->offsets[j], b->lengths[j]);
-        bio_port_tx_commit(g, b->lengths[j], b->flags[j] & BIO_FLAG_TRUNCATED, dst, src,
-                           &b->names[j]);
+        uint32_t pos = g->head;
+        unsigned char *buf = bio_port_ring_buf(g, pos, &idx);
+        if (buf == NULL || bio_port_tx_copy_entry(g, b, j, buf, dst, src) < 0) {
+            g->head = head; /* nothing was published: take back what this call wrote */
+            g->cur = cur;
+            return buf == NULL ? bio_port_ring_bad_slot(g, pos, idx) : NULL;
+        }
     }
     return PyLong_FromSsize_t(n);
 }
@@ -274,8 +301,9 @@ bio_port_tx_recv_commit(BioPortRecv *c, int n)
 }
 
 /* recvmmsg into the free slots, polling until the deadline for the first
- * datagram. Returns datagrams (committed at head), 0 on timeout, or
- * -errno. Resumable. nogil. */
+ * datagram. Returns datagrams (committed at head), 0 on timeout, or -errno
+ * (-ECANCELED / -ESTALE: the port was closed or taken over meanwhile).
+ * Resumable. nogil. */
 static int
 bio_port_tx_recv_nogil(void *arg)
 {
@@ -299,7 +327,7 @@ bio_port_tx_recv_nogil(void *arg)
         if (c->deadline >= 0 && bio_now_ns() >= c->deadline)
             return 0;
         c->syscalls++;
-        int p = bio_poll_nogil(c->fd, POLLIN, c->deadline);
+        int p = bio_port_poll_nogil(g->port, c->fd, POLLIN, c->deadline);
         if (p <= 0)
             return p;
     }
@@ -346,7 +374,7 @@ bio_port_tx_recv_from(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs,
     uint32_t room = g->tail - g->head;
     c.vlen = room < BIO_PORT_RECV_MAX ? room : BIO_PORT_RECV_MAX;
     c.deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns;
-    g->busy = 1;
+    g->busy = atomic_load(&bio_port_epoch);
     int r = bio_nogil_retry(bio_port_tx_recv_nogil, &c);
     g->busy = 0;
     if (r == -EINTR)
@@ -354,7 +382,7 @@ bio_port_tx_recv_from(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs,
     if (r == -EBADMSG)
         return bio_port_ring_bad_slot(g, c.bad, g->s->idx[c.bad & g->mask]);
     if (r < 0)
-        return bio_raise_errno(r);
+        return bio_port_ring_raise(g, r);
     return Py_BuildValue("(iKKK)", r, (unsigned long long)c.bytes,
                          (unsigned long long)c.truncated, (unsigned long long)c.syscalls);
 }

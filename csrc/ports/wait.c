@@ -13,7 +13,13 @@
  * (checked against the start time its claim recorded, ports/claim.c, so a
  * reused pid is not mistaken for the peer); the pidfd turning readable
  * means the peer exited: ECONNRESET instead of a hang. A clean close()
- * marks the party CLOSED and kicks: EPIPE.
+ * marks the party CLOSED and kicks: EPIPE. A sleeper also polls its own
+ * handle's local_fd: a close() in another thread of this process (or a
+ * forked child taking the port over) ends the wait at once.
+ *
+ * Nothing the peer writes can make a wait spin or block: a wake-up is a
+ * datagram on our own end of a socketpair, read without blocking; the
+ * peer's flags only decide whether we kick it.
  *
  * Where a packet goes through it: nowhere; a side with no room (TX) or
  * nothing to read (RX) waits here until the peer's position moves.
@@ -89,34 +95,64 @@ bio_port_ring_watch(BioPortRing *g)
     return bio_port_alive(pid, start) ? 0 : -ECONNRESET;
 }
 
-/* Poll g's eventfd (and the peer's pidfd) until the deadline (-1: none),
- * in slices of BIO_PORT_CHECK_NS when there is no pidfd to watch (peer
- * unclaimed, in this process, or no pidfd here), so that a new claimant is
- * noticed. Returns 1 (look again), 0 (deadline), -ECONNRESET (peer
- * exited) or -errno. nogil. */
+/* Milliseconds for poll() from now until `until` (-1: none). */
+static int
+bio_port_poll_ms(int64_t until)
+{
+    if (until < 0)
+        return -1;
+    int64_t now = bio_now_ns(), left = until > now ? (until - now + 999999) / 1000000 : 0;
+    return left > 0x7fffffff ? 0x7fffffff : (int)left;
+}
+
+int
+bio_port_poll_nogil(BioPortClaim *p, int fd, short events, int64_t deadline)
+{
+    struct pollfd f[2] = {{.fd = fd, .events = events}, {.fd = p->local_fd, .events = POLLIN}};
+    int r = bio_port_claim_current(p);
+    if (r < 0)
+        return r;
+    int ms = bio_port_poll_ms(deadline);
+    if (ms == 0)
+        return 0;
+    int n = poll(f, 2, ms);
+    if (n < 0)
+        return -errno;
+    r = bio_port_claim_current(p);
+    if (r < 0)
+        return r;
+    if (n > 0 && (f[0].revents & POLLNVAL))
+        return -EBADF;
+    return f[0].revents ? 1 : 0;
+}
+
+/* Poll g's wake socket, the handle's local_fd (and the peer's pidfd) until
+ * the deadline (-1: none), in slices of BIO_PORT_CHECK_NS when there is no
+ * pidfd to watch (peer unclaimed, in this process, or no pidfd here), so
+ * that a new claimant is noticed. Returns 1 (look again), 0 (deadline),
+ * -ECONNRESET (peer exited), -ECANCELED / -ESTALE (handle closed or taken
+ * over) or -errno. nogil. */
 static int
 bio_port_ring_poll_nogil(BioPortRing *g, int64_t deadline)
 {
-    struct pollfd p[2] = {{.fd = g->sleep_fd, .events = POLLIN},
+    struct pollfd p[3] = {{.fd = g->sleep_fd, .events = POLLIN},
+                          {.fd = g->port->local_fd, .events = POLLIN},
                           {.fd = g->watch_fd, .events = POLLIN}};
     int64_t until = deadline, now = bio_now_ns();
     if (g->watch_fd < 0 && (until < 0 || until > now + BIO_PORT_CHECK_NS))
         until = now + BIO_PORT_CHECK_NS;
-    int ms = -1;
-    if (until >= 0) {
-        int64_t left = until > now ? (until - now + 999999) / 1000000 : 0;
-        ms = left > 0x7fffffff ? 0x7fffffff : (int)left;
-    }
-    int n = poll(p, g->watch_fd >= 0 ? 2 : 1, ms);
+    int n = poll(p, g->watch_fd >= 0 ? 3 : 2, bio_port_poll_ms(until));
     if (n < 0)
         return -errno;
-    if (n > 0 && g->watch_fd >= 0 && p[1].revents)
+    int r = bio_port_claim_current(g->port);
+    if (r < 0)
+        return r;
+    if (n > 0 && g->watch_fd >= 0 && p[2].revents)
         return -ECONNRESET;
     if (n > 0 && (p[0].revents & POLLNVAL))
         return -EBADF;
-    if (n > 0) {
-        uint64_t v;
-        if (read(g->sleep_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+    if (n > 0 && p[0].revents) {
+        if (bio_port_wake_drain(g->sleep_fd) > 0)
             BIO_COUNT(g->me->counters, BIO_PORT_C_WAKEUPS, 1);
         return 1;
     }
@@ -125,7 +161,8 @@ bio_port_ring_poll_nogil(BioPortRing *g, int64_t deadline)
 
 /* Sleep until the peer's position reaches `at`: raise our flag with the
  * position (seq_cst, then a fence), look once more, and only then poll.
- * Returns 1 (look again), 0 (deadline), -ECONNRESET or -errno. nogil. */
+ * Returns 1 (look again), 0 (deadline), -ECONNRESET, -ECANCELED, -ESTALE
+ * or -errno. nogil. */
 static int
 bio_port_ring_sleep_nogil(BioPortRing *g, uint32_t at, int64_t deadline)
 {
@@ -145,8 +182,8 @@ bio_port_ring_sleep_nogil(BioPortRing *g, uint32_t at, int64_t deadline)
     return r;
 }
 
-/* Spin until the peer's position reaches `at` or the clock reaches `end`.
- * 1 if it did. nogil. */
+/* Spin until the peer's position reaches `at`, the clock reaches `end` or
+ * the handle is closed. 1 if the position did. nogil. */
 static int
 bio_port_ring_linger(BioPortRing *g, uint32_t at, int64_t end)
 {
@@ -157,7 +194,7 @@ bio_port_ring_linger(BioPortRing *g, uint32_t at, int64_t end)
                 return 1;
             bio_port_pause();
         }
-        if (bio_now_ns() >= end)
+        if (bio_now_ns() >= end || __atomic_load_n(&g->port->closed, __ATOMIC_RELAXED))
             return 0;
     }
 }
@@ -166,7 +203,8 @@ bio_port_ring_linger(BioPortRing *g, uint32_t at, int64_t end)
 
 /* Wait until `want` slots lie beyond cur: linger, then sleep, until then.
  * Returns 1 (there), 0 (deadline), -EPIPE (peer closed), -ECONNRESET (peer
- * exited), -EBADMSG (corrupt) or -EINTR. Resumable. nogil. */
+ * exited), -EBADMSG (corrupt), -ECANCELED (closed here), -ESTALE (taken
+ * over) or -EINTR. Resumable. nogil. */
 int
 bio_port_ring_wait_nogil(void *arg)
 {
@@ -175,7 +213,9 @@ bio_port_ring_wait_nogil(void *arg)
     uint32_t at = g->cur + w->want - (g->side == BIO_PORT_PROD ? g->cap : 0);
     for (;;) {
         int closed = bio_port_ring_peer_state(g) == BIO_PORT_CLOSED; /* before the position */
-        int r = bio_port_ring_refresh(g);
+        int r = bio_port_claim_current(g->port);
+        if (r == 0)
+            r = bio_port_ring_refresh(g);
         if (r < 0)
             return r;
         if ((uint32_t)(g->tail - g->cur) >= w->want)

@@ -19,7 +19,7 @@ in every variant). Variants:
   batch-size cliff).
 
 Rates are messages the consumer checked per second of wall time, rounds
-alternating between variants. ``kicks_per_message`` counts eventfd writes
+alternating between variants. ``kicks_per_message`` counts wake-ups sent
 (both rings' sides) per message; one-way latency is measured afterwards at
 low load (one message every 200 us, so a burstio consumer goes to sleep
 between messages and is kicked for each).
@@ -260,7 +260,7 @@ def _report(res: ScenarioResult, sweep: list[str]) -> None:
         for k in ("producer_cpu_ns_per_message", "switch_cpu_ns_per_message"):
             if k in ex:
                 ex[k] = round(ex[k], 1)
-    res.notes.append("kicks/message (eventfd writes, both sides): " + ", ".join(
+    res.notes.append("kicks/message (wake-ups sent, both sides): " + ", ".join(
         f"{n} {res.variants[n].extra.get('kicks_per_message', 0):.4g}"
         for n in res.variants if n.startswith("burstio")))
     res.notes.append("producer CPU ns/message: " + ", ".join(

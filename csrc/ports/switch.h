@@ -1,0 +1,113 @@
+/* The switch's private state, shared by ports/forward.c (the forwarding
+ * table, moving packets, isolating a client) and ports/switch.c (sleeping,
+ * the Python entry points).
+ *
+ * What the switch trusts: nothing in a client's region. It is party 0 of
+ * every region and reads a client's positions, slot arrays, flags and claim
+ * records there; each is read once, checked, and used only as checked. A
+ * client whose writes are impossible (a position beyond the ring or moving
+ * back, a slot naming a buffer outside its pool, a claim record of the
+ * switch's side rewritten) or who kicks the switch without doing anything,
+ * is isolated: the switch stops serving its port, drops what it published,
+ * closes its side (so the client's waits end) and carries on with the
+ * others.
+ */
+#ifndef BIO_SWITCH_H
+#define BIO_SWITCH_H
+
+#include "ports/ports.h"
+
+#include <poll.h>
+#include <pthread.h>
+
+enum bio_switch_counter {
+    BIO_SWITCH_C_FORWARDED,      /* copies delivered into a port's RX ring */
+    BIO_SWITCH_C_FLOODED,        /* packets sent to every other port */
+    BIO_SWITCH_C_UNKNOWN_DROPS,  /* unknown destination, flooding off */
+    BIO_SWITCH_C_FULL_DROPS,     /* destination ring full, on_full="drop" */
+    BIO_SWITCH_C_GONE_DROPS,     /* destination port closed, exited or isolated */
+    BIO_SWITCH_C_FILTERED,       /* destination is the port it came from */
+    BIO_SWITCH_C_BAD_SLOTS,      /* slots naming a buffer outside the pool */
+    BIO_SWITCH_C_LEARNED,        /* table entries learned or moved */
+    BIO_SWITCH_C_TABLE_FULL,     /* keys not learned: table full */
+    BIO_SWITCH_C_PASSES,
+    BIO_SWITCH_C_SLEEPS,
+    BIO_SWITCH_C_WAKEUPS,
+    BIO_SWITCH_C_PORTS_GONE,     /* ports no longer served, whatever the reason */
+    BIO_SWITCH_C_PORTS_ISOLATED, /* ... of which isolated for misbehaving */
+    BIO_SWITCH_C_ISOLATED_DROPS, /* packets an isolated client had published, not taken */
+    BIO_SWITCH_C_IDLE_KICKS,     /* wake-ups by a client that had done nothing new */
+    BIO_SWITCH_NCOUNTERS
+};
+
+enum { BIO_SWITCH_DONE, BIO_SWITCH_BLOCKED };
+#define BIO_SWITCH_RETURN_AFTER 65536 /* forward() returns to Python this often */
+#define BIO_SWITCH_IDLE_KICKS 64      /* idle wake-ups in a row that isolate a client */
+#define BIO_SWITCH_WHY 200            /* bytes of an isolation's reason */
+
+typedef struct {
+    BioPortRing *rx, *tx; /* the switch's side: reads the client's TX, fills its RX */
+    int gone;      /* 0 live, else -EPIPE (closed), -ECONNRESET (exited), -EPROTO (isolated);
+                    * atomic: Python reads it while a pass runs */
+    int exited;    /* its process exited: take what it sent, then gone */
+    int blocked;   /* on_full="wait": the port its next packet waits for, or -1 */
+    int reported;  /* its isolation was handed to Python (take_isolations) */
+    int kicked;    /* its wake sockets fired in the last sleep */
+    uint32_t idle_kicks; /* such wakes in a row with nothing new from the client */
+    uint32_t seen[4];    /* the client's TX position, RX position, claim generation and
+                          * state at its last kick */
+    char why[BIO_SWITCH_WHY]; /* why it was isolated */
+} BioSwitchPort;
+
+typedef struct {
+    uint32_t key;
+    int32_t port; /* -1: removed */
+    uint8_t used, fixed;
+} BioSwitchEntry;
+
+typedef struct {
+    PyObject_HEAD
+    int efd;                 /* the switch's own doorbell (stop, add), owned, never shared */
+    int max_ports;
+    _Atomic int nports;
+    BioSwitchPort *ports;
+    PyObject *rings;         /* list keeping every ring alive */
+    BioSwitchEntry *fib;
+    uint32_t fib_mask, fib_used;
+    pthread_mutex_t lock;    /* the table and the ports' states: held by a pass, by
+                              * route(), and while isolating */
+    uint32_t lock_epoch;     /* bio_port_epoch the lock was made in (a fork remakes it) */
+    int learning, flood_unknown, wait_full;
+    unsigned int budget;     /* packets per port per pass */
+    int64_t linger_ns;
+    _Atomic int stop;
+    uint64_t counters[BIO_SWITCH_NCOUNTERS];
+    struct pollfd *pfd;      /* 1 + 3 x max_ports: doorbell, 2 wake sockets and a pidfd
+                              * per port */
+    int *pfd_port;
+    uint32_t busy;           /* bio_port_epoch of a forward() in progress, 0: none */
+} BioSwitch;
+
+/* ---- ports/forward.c ----------------------------------------------------------- */
+
+/* Port that key routes to, or -1 (unknown or removed). Table lock held. */
+int bio_switch_lookup(BioSwitch *sw, uint32_t key);
+/* key -> port (-1 removes), static if fixed: 1 changed, 0 unchanged, -1
+ * table full. Table lock held. */
+int bio_switch_set(BioSwitch *sw, uint32_t key, int port, int fixed);
+/* Port i is no longer served (why: -EPIPE, -ECONNRESET or -EPROTO). Table
+ * lock held. nogil-safe. */
+void bio_switch_gone(BioSwitch *sw, int i, int why);
+/* Isolate port i for misbehaving, with the reason: stop serving it, count
+ * and drop what it published, close the switch's side so that the client
+ * sees it. Table lock held. nogil-safe. */
+void bio_switch_isolate(BioSwitch *sw, int i, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* One pass over every live port, then publish what moved. Returns packets
+ * taken. Table lock held. nogil. */
+uint32_t bio_switch_pass(BioSwitch *sw);
+/* Port i's wake sockets fired: isolate it after BIO_SWITCH_IDLE_KICKS such
+ * wakes in a row while it did nothing new. Table lock held. nogil. */
+void bio_switch_kicked(BioSwitch *sw, int i);
+
+#endif /* BIO_SWITCH_H */
