@@ -2,7 +2,8 @@
 
 - ``region-header``: a port region's header as a hostile peer may leave it,
   through ``burstio.ports._fuzz_region_header(data)``. Documented:
-  ValueError (not a region this build can use), OSError.
+  ValueError (not a region this build can use), RuntimeError (a stale
+  claim), OSError (EBADMSG, EPIPE, ECONNRESET).
 - ``udp-parse``: a receive's cmsgs and GRO splitting, through
   ``burstio._native.udp_parse_for_fuzz(control, length, slot_size, gro)``,
   which returns (offset, length, flags, segment_size) per datagram. Input:
@@ -46,17 +47,25 @@ def run_region_header(data: bytes) -> str:
 
 
 def _region_seeds() -> list[bytes]:
-    """Real headers: the first bytes of a fresh pipe's region (the header is
-    192 bytes; the rings' control blocks follow)."""
+    """Inputs as ``_fuzz_region_header`` reads them: byte 0 picks the mode
+    (0 raw over the header, 1 raw after its magic, 2 patches over the
+    header, 3 patches over the control blocks and slot arrays), the rest is
+    the payload. Seeds: a real header in each raw mode (the header is 192
+    bytes; the rings' control blocks follow), and a few (u16 offset, u32
+    value) patches in each patch mode."""
+    import struct as st
+
     from .. import ports
 
     a, b = ports.pipe(slots=8)
     with a, b:
-        memory = a.memory
-        return [bytes(memory[:192]), bytes(memory[:min(len(memory), 4096)]), bytes(memory[:64])]
+        header = bytes(a.memory[:192])
+    patches = b"".join(st.pack("<HI", off, value) for off, value in ((0, 0), (5, 1 << 31), (40, 0xFFFFFFFF)))
+    return [bytes([0]) + header, bytes([1]) + header[8:], bytes([0]) + header[:64],
+            bytes([2]) + patches, bytes([3]) + patches, bytes([3]) + st.pack("<HI", 7, 12345)]
 
 
-REGION_HEADER = Target("region-header", run_region_header, (ValueError, OSError), _region_seeds,
+REGION_HEADER = Target("region-header", run_region_header, (ValueError, RuntimeError, OSError), _region_seeds,
                        _region_missing, max_len=8192)
 
 
