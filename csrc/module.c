@@ -18,6 +18,7 @@
  *   udp/io.c               UdpIo: the type, its settings and counters
  *   udp/recv.c             receive: recvmmsg (or recvmsg) -> cmsgs -> GRO split -> entries
  *   udp/send.c             send: messages -> sendmmsg (or sendmsg); send_segments()
+ *   udp/fuzz.c             udp_parse_for_fuzz(): the receive's finishing step on made-up cmsgs
  *   socketset/socketset.h  SocketSet's shared struct and the backends' hooks
  *   socketset/base.c       SocketSetBase: sockets, errors, the recv/send entry points
  *   socketset/uring.c      UringSocketSet: multishot RECVMSG, buffer ring, SENDMSG

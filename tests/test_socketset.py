@@ -19,6 +19,7 @@ import burstio
 from burstio import PacketBatch, SocketSet
 from support.net import V4, closed_port, force_rcvbuf
 from support.proc import rescue
+from support.race import SEGMENT, ArrayRacer, drain, foreign, payload_buffer
 from support.variants import SOCKETSET, Variant, use_variant, variant_env
 
 
@@ -501,6 +502,50 @@ class SocketSetContract:
         sset.close()
         with pytest.raises(ValueError, match="the socket set is closed"):
             sset.recv_batch(PacketBatch(4), 0)
+
+    # ---- hostile threads -------------------------------------------------
+
+    @pytest.mark.parametrize("call", ["send_batch", "send_redundant"])
+    def test_arrays_rewritten_during_sends_never_reach_the_kernel(self, call):
+        """Another thread flips every entry's offset, length, address and
+        socket index between its own values and hostile ones while sends run
+        (the sends release the GIL). The set only ever uses what it read and
+        checked: a send refuses an entry it read out of range (ValueError),
+        never sends on a socket index it did not check (the hostile index is
+        a free slot of the table: using it unchecked fails with EBADF), and
+        every datagram that arrives is a slice of the caller's buffer."""
+        count = 1024
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        rx.setblocking(False)
+        idx = sset.add(udp(self.socks))
+        data = payload_buffer(count)
+        batch = PacketBatch(count, 64)
+        batch.add_slices(data, SEGMENT, addr=rx.getsockname())
+        np.asarray(batch.sockets)[:count] = idx
+        racer = ArrayRacer(batch, count, len(data), sockets=True, hostile_sockets=idx + 5)
+        got: list[bytes] = []
+        errors: list[int] = []
+        racer.start()
+        try:
+            for _attempt in range(100):
+                try:
+                    if call == "send_batch":
+                        sset.send_batch(batch)
+                        errors += [err for _i, err in batch.send_errors()]
+                    else:
+                        errors += [err for _i, _s, err in sset.send_redundant(batch, [idx]).failures]
+                except ValueError:
+                    pass  # an entry read out of range: refused before any send
+                drain(rx, got)
+                if foreign(got, data) or errno.EBADF in errors or errno.EFAULT in errors:
+                    break
+        finally:
+            racer.stop()
+        drain(rx, got)
+        assert racer.flips > 0
+        assert not foreign(got, data), f"{len(foreign(got, data))} datagrams of other memory were sent"
+        assert errno.EFAULT not in errors and errno.EBADF not in errors, sorted(set(errors))
 
 
 class TestUring(SocketSetContract):

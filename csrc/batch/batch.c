@@ -43,14 +43,14 @@ bio_batch_alloc_meta(BioBatch *b)
         c * sizeof(uint32_t), c * sizeof(int64_t),  c * sizeof(int32_t),
         c * sizeof(int32_t),  c * sizeof(struct sockaddr_in6),
         c * sizeof(struct mmsghdr), c * sizeof(struct iovec),
-        c * sizeof(Py_ssize_t), c * BIO_CMSG_SIZE,
+        c * sizeof(Py_ssize_t), c * BIO_CMSG_SIZE, c * sizeof(BioBatchPriv),
     };
     void **dest[] = {
         (void **)&b->offsets,   (void **)&b->lengths,    (void **)&b->flags,
         (void **)&b->segment_sizes, (void **)&b->timestamps,
         (void **)&b->sockets,   (void **)&b->errnos,     (void **)&b->names,
         (void **)&b->msgs,      (void **)&b->iov,        (void **)&b->msg_entry,
-        (void **)&b->cmsg,
+        (void **)&b->cmsg,      (void **)&b->priv,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)

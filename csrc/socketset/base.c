@@ -8,7 +8,8 @@
  * Where a datagram goes through it: recv_batch() hands the caller's batch to
  * the backend, which fills entry j (slot j, batch.sockets[j] = the socket's
  * index) from whichever socket has data; send_batch() turns entries into
- * messages (batch/msgs.c) that the backend sends on socket batch.sockets[i].
+ * messages (batch/msgs.c, from a private copy of each entry read with the
+ * GIL held) that the backend sends on socket batch.sockets[i].
  * A socket's receive error is queued for take_errors(), never lost.
  */
 #include "socketset/socketset.h"
@@ -289,12 +290,13 @@ bio_socketset_send_results(BioSocketSet *r, BioBatch *b, const int32_t *res, Py_
     return sent;
 }
 
-/* ValueError unless every entry in [start, end) names a socket of the set. */
+/* ValueError unless every entry in [start, end) names a socket of the set
+ * (the private copy that bio_batch_send_build read). */
 static int
 bio_socketset_check_sockets(BioSocketSet *r, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
 {
     for (Py_ssize_t j = start; j < end; j++) {
-        int32_t s = b->sockets[j];
+        int32_t s = b->priv[j].sock;
         if (s < 0 || s >= r->cap || r->state[s] == BIO_SOCK_FREE) {
             PyErr_Format(PyExc_ValueError, "datagram %zd: no socket at index %d in this socket set",
                          j, (int)s);
@@ -315,13 +317,12 @@ bio_socketset_send_setup(BioSocketSet *r, const char *fname, PyObject *const *a,
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
+    BioBatchSendOpts o = {r->gso, r->gso_max_segments, by_socket};
     if (bio_batch_check_idle(c->b) < 0 ||
         bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
-        bio_batch_check_entries(c->b, start, end) < 0 ||
+        (c->m = bio_batch_send_build(&o, c->b, start, end)) < 0 ||
         (by_socket && bio_socketset_check_sockets(r, c->b, start, end) < 0))
         return -1;
-    BioBatchSendOpts o = {r->gso, r->gso_max_segments, by_socket};
-    c->m = bio_batch_send_prepare_nogil(&o, c->b, start, end);
     Py_ssize_t groups = c->ngroups ? c->ngroups : 1;
     if (c->m > 0 && groups > (Py_ssize_t)(UINT32_MAX / 2) / c->m) {
         PyErr_SetString(PyExc_ValueError, "too many (datagram, socket) pairs in one call");

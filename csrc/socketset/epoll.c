@@ -246,8 +246,8 @@ bio_epollset_send_nogil(void *arg)
             fd = c->group_fds[k];
             end = (k + 1) * c->m;
         } else {
-            int32_t s = b->sockets[b->msg_entry[i]];
-            for (end = c->done + 1; end < c->m && b->sockets[b->msg_entry[end]] == s;)
+            int32_t s = b->priv[b->msg_entry[i]].sock; /* checked with the GIL held */
+            for (end = c->done + 1; end < c->m && b->priv[b->msg_entry[end]].sock == s;)
                 end++;
             fd = d->base.fds[s];
         }

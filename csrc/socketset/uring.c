@@ -556,7 +556,7 @@ bio_uringset_send_nogil(void *arg)
             continue;
         }
         Py_ssize_t k = c->queued / c->m, i = c->queued % c->m;
-        int fd = c->group_fds ? c->group_fds[k] : r->base.fds[b->sockets[b->msg_entry[i]]];
+        int fd = c->group_fds ? c->group_fds[k] : r->base.fds[b->priv[b->msg_entry[i]].sock];
         struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
         io_uring_prep_sendmsg(sqe, fd, &b->msgs[i].msg_hdr, MSG_DONTWAIT);
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_SEND, r->base.call_gen, c->queued));

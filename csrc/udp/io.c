@@ -154,10 +154,17 @@ PyTypeObject BioUdp_Type = {
     .tp_new = bio_udp_new,
 };
 
+static PyMethodDef bio_udp_functions[] = {
+    {"udp_parse_for_fuzz", bio_udp_parse_for_fuzz, METH_VARARGS, bio_udp_parse_for_fuzz_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 bio_udp_init_type(PyObject *module)
 {
     if (PyType_Ready(&BioUdp_Type) < 0)
+        return -1;
+    if (PyModule_AddFunctions(module, bio_udp_functions) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "UdpIo", (PyObject *)&BioUdp_Type);
 }

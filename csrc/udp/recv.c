@@ -155,25 +155,50 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
     }
 }
 
-/* Read the control messages of message k (GRO segment size, receive
- * timestamp) into entry k's arrays. */
+/* The control messages of a received message, control[0, len) as the
+ * kernel (or the fuzz hook) wrote them: the UDP_GRO segment size and the
+ * receive timestamp into p. Every header is checked against the buffer
+ * before it is read (a lying cmsg_len, a truncated header or payload ends
+ * the walk), so nothing outside control[0, len) is ever read. */
+void
+bio_udp_recv_parse_cmsgs(const unsigned char *control, size_t len, BioBatchPriv *p)
+{
+    size_t off = 0;
+    p->seg = 0;
+    p->ts = 0;
+    while (len - off >= sizeof(struct cmsghdr)) {
+        struct cmsghdr c;
+        memcpy(&c, control + off, sizeof(c));
+        if (c.cmsg_len < CMSG_LEN(0) || c.cmsg_len > len - off)
+            return;
+        const unsigned char *data = control + off + CMSG_LEN(0);
+        size_t dlen = c.cmsg_len - CMSG_LEN(0);
+        if (c.cmsg_level == SOL_UDP && c.cmsg_type == UDP_GRO && dlen >= sizeof(int)) {
+            int seg;
+            memcpy(&seg, data, sizeof(seg));
+            p->seg = seg > 0 ? (uint32_t)seg : 0;
+        } else if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SCM_TIMESTAMPNS &&
+                   dlen >= sizeof(struct timespec)) {
+            struct timespec ts;
+            memcpy(&ts, data, sizeof(ts));
+            p->ts = (int64_t)((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+        }
+        size_t step = CMSG_ALIGN(c.cmsg_len);
+        if (step > len - off)
+            return;
+        off += step;
+    }
+}
+
+/* Read the control messages of message k into its private scratch (the
+ * batch's arrays are writable by other threads: what the split uses must
+ * not be). */
 static void
 bio_udp_recv_cmsgs(BioBatch *b, int k)
 {
-    struct msghdr *h = &b->msgs[k].msg_hdr;
-    b->segment_sizes[k] = 0;
-    b->timestamps[k] = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-            int seg;
-            memcpy(&seg, CMSG_DATA(c), sizeof(seg));
-            b->segment_sizes[k] = seg > 0 ? (uint32_t)seg : 0;
-        } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-            struct timespec ts;
-            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-            b->timestamps[k] = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-        }
-    }
+    const struct msghdr *h = &b->msgs[k].msg_hdr;
+    size_t len = h->msg_controllen < BIO_CMSG_SIZE ? h->msg_controllen : BIO_CMSG_SIZE;
+    bio_udp_recv_parse_cmsgs(h->msg_control, h->msg_control ? len : 0, &b->priv[k]);
 }
 
 static uint32_t
@@ -187,7 +212,7 @@ bio_udp_recv_stored_len(const BioBatch *b, int k)
 static Py_ssize_t
 bio_udp_recv_segments(const BioBatch *b, int k)
 {
-    uint32_t seg = b->segment_sizes[k], stored = bio_udp_recv_stored_len(b, k);
+    uint32_t seg = b->priv[k].seg, stored = bio_udp_recv_stored_len(b, k);
     if (seg == 0 || stored <= seg)
         return 1;
     return (stored + seg - 1) / seg;
@@ -200,8 +225,8 @@ static void
 bio_udp_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t cnt)
 {
     const struct sockaddr_in6 name = b->names[k];
-    const int64_t ts = b->timestamps[k];
-    const uint32_t seg = b->segment_sizes[k], stored = bio_udp_recv_stored_len(b, k);
+    const int64_t ts = b->priv[k].ts;
+    const uint32_t seg = b->priv[k].seg, stored = bio_udp_recv_stored_len(b, k);
     const int trunc = (b->msgs[k].msg_hdr.msg_flags & MSG_TRUNC) != 0;
     const uint64_t base = (uint64_t)k * (uint64_t)b->slot_size;
     const Py_ssize_t want = bio_udp_recv_segments(b, k);
@@ -240,14 +265,14 @@ bio_udp_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t 
     }
     if (trunc) {
         /* count the cut datagram and any whole segments that did not fit */
-        unsigned int len = b->msgs[k].msg_len;
-        uint64_t lost = seg ? (len + seg - 1) / seg - (stored + seg - 1) / seg : 0;
+        uint64_t len = b->msgs[k].msg_len;
+        uint64_t lost = seg ? (len + seg - 1) / seg - ((uint64_t)stored + seg - 1) / seg : 0;
         BIO_COUNT(u->counters, BIO_UDP_C_RX_TRUNCATED, 1 + lost);
     }
 }
 
 /* Turn n received messages into entries; returns the entry count. nogil. */
-static Py_ssize_t
+Py_ssize_t
 bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
 {
     Py_ssize_t total = 0;

@@ -53,7 +53,20 @@ typedef struct {
     PyObject *recover;    /* policy called when a send stops early, or NULL */
 } BioUdp;
 
+extern PyTypeObject BioUdp_Type;
+
 int bio_udp_init_type(PyObject *module);
+
+/* The receive path's per-message finishing step (udp/recv.c): the cmsgs of
+ * control[0, len) into p, reading nothing outside it; and n received
+ * messages of b (msgs[k]: msg_len, msg_flags, control) into entries, GRO
+ * split included. The entry count. nogil. */
+void bio_udp_recv_parse_cmsgs(const unsigned char *control, size_t len, BioBatchPriv *p);
+Py_ssize_t bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n);
+/* udp_parse_for_fuzz(control, length, slot_size, gro): that step on one
+ * synthetic message (udp/fuzz.c). */
+PyObject *bio_udp_parse_for_fuzz(PyObject *module, PyObject *args);
+extern const char bio_udp_parse_for_fuzz_doc[];
 
 /* The Python entry points of udp/recv.c and udp/send.c, for the type's
  * method table (udp/io.c). */
