@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import gc
 import math
+import os
 import re
 import select
 import signal
@@ -38,6 +39,7 @@ from support.kernel import (
     main_thread_blocked_in_syscall,
     require_kernel,
     require_syscall_introspection,
+    thread_blocked_in_syscall,
 )
 from support.net import (
     FAMILIES,
@@ -1136,6 +1138,106 @@ class BackendContract:
         with pytest.raises(ValueError, match="budget must be between 0 and 65535, got 70000"):
             s.busy_poll(10, 70000)
         assert s.busy_polling == "off"
+
+    # ---- close wakes every waiter; descriptors; fork ------------------------------
+
+    @pytest.mark.parametrize("wait", ["poll", "busy-epoll", "busy-spin"])
+    def test_close_from_another_thread_wakes_a_blocked_receive(self, monkeypatch, wait):
+        """recv_batch(timeout=None) blocked in another thread (in poll(), in
+        the busy-polling epoll instance, or spinning) ends at once when the
+        BurstSocket is closed, with OSError EBADF, and the port is released."""
+        require_syscall_introspection()
+        if wait == "busy-epoll":
+            self.busy_poll_mechanism(monkeypatch, "epoll")
+        elif wait == "busy-spin":
+            self.busy_poll_mechanism(monkeypatch, "socket")
+        rx = self.make_socket()
+        addr = rx.getsockname()
+        if wait != "poll":
+            rx.busy_poll(10_000_000 if wait == "busy-spin" else 50)  # spin: 10 s before it would sleep
+        errors: list[OSError] = []
+        tid: list[int | None] = []
+
+        def waiter() -> None:
+            tid.append(threading.get_native_id())
+            try:
+                rx.recv_batch(PacketBatch(4, 64), None)
+            except OSError as e:
+                errors.append(e)
+        t = Helper(waiter)
+        with rescue(addr):
+            t.start()
+            if wait == "busy-spin":
+                assert wait_for(lambda: rx.counters["rx_syscalls"] > 50)  # spinning in receives
+            else:
+                assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
+            rx.close()
+            t.join(10)
+        assert not t.is_alive() and t.error is None
+        assert len(errors) == 1 and errors[0].errno == errno.EBADF
+        assert "closed while waiting" in str(errors[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(addr)  # nothing holds the port any more
+
+    def test_closing_the_wrapped_socket_leaves_batch_io_on_its_own_descriptor(self):
+        """The BurstSocket works on its own dup: after the caller closes
+        bs.sock and the number is reused by another socket, recv_batch and
+        send_batch still act on the original socket and never touch the new
+        one."""
+        rx = self.make_socket()
+        addr = rx.getsockname()
+        number = rx.sock.fileno()
+        rx.sock.close()
+        other = self.plain()  # the lowest free number: the one just closed
+        other.setblocking(False)
+        assert other.fileno() == number
+        peer = self.plain()
+        peer.sendto(b"to-original", addr)
+        other_peer_addr = other.getsockname()
+        b = PacketBatch(4, 64)
+        assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"to-original"
+        out = self.batch_of([(b"from-original", peer.getsockname())])
+        assert rx.send_batch(out) == 1
+        data, src = peer.recvfrom(64)
+        assert (data, src) == (b"from-original", addr)  # sent from the original socket
+        peer.sendto(b"to-other", other_peer_addr)
+        assert other.recv(64) == b"to-other"  # the reused number's socket kept its datagram
+        assert rx.recv_batch(b, 0) == 0
+        with pytest.raises(BlockingIOError):
+            other.recv(64)
+        rx.close()
+        assert other.fileno() == number  # closing the BurstSocket leaves the other socket alone
+        peer.sendto(b"still-there", other_peer_addr)
+        assert wait_for(lambda: error_pending(other) or True) and other.recv(64) == b"still-there"
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_fork_child_keeps_working_and_parent_close_does_not_wake_it(self):
+        """After fork() both processes may use the BurstSocket (a shared
+        socket, as a pre-forking server has): closing it in the parent
+        neither wakes nor closes the child's, and the child's close is its own."""
+        rx = self.make_socket()
+        addr = rx.getsockname()
+        peer = self.plain()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, never return into pytest
+            code = 1
+            try:
+                os.close(r)
+                b = PacketBatch(4, 64)
+                n = rx.recv_batch(b, 10.0)  # the parent closes its copy meanwhile
+                os.write(w, bytes(b[0]) if n else b"nothing")
+                rx.close()
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        rx.close()  # the parent's close: the child's receive must not wake
+        peer.sendto(b"for-the-child", addr)
+        got = os.read(r, 64)
+        os.close(r)
+        _pid, status = os.waitpid(pid, 0)
+        assert got == b"for-the-child" and os.waitstatus_to_exitcode(status) == 0
 
     # ---- hostile threads -------------------------------------------------------
 

@@ -104,8 +104,21 @@ bio_udp_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
     return n;
 }
 
-/* Receive, waiting in poll() until deadline_ns (-1: forever). Returns
- * datagrams, 0 on timeout, or -errno. nogil. */
+/* Wait in u's busy-polling epoll instance wfd (which also holds the wake
+ * eventfd) until deadline_ns: 1 woken, 0 timed out, -BIO_ECLOSED closing,
+ * -errno. nogil. */
+static int
+bio_udp_recv_epoll_nogil(BioUdp *u, int wfd, int64_t deadline_ns)
+{
+    BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
+    int p = bio_epoll_wait_nogil(wfd, deadline_ns);
+    return bio_wake_closing(&u->wake) ? -BIO_ECLOSED : p;
+}
+
+/* Receive, waiting until deadline_ns (-1: forever) in poll() on the socket
+ * and the wake eventfd, or in the busy-polling epoll instance, or spinning.
+ * Returns datagrams, 0 on timeout, -BIO_ECLOSED when close() woke it, or
+ * -errno. nogil. */
 static int
 bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
                         int64_t deadline_ns)
@@ -117,13 +130,14 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
         /* Request/response traffic under busy polling: the socket was empty
          * last time, so wait (polling the device) before the receive that
          * would fail. epoll_wait returns at once if a datagram is there. */
-        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
-        int p = bio_epoll_wait_nogil(wfd0, deadline_ns);
+        int p = bio_udp_recv_epoll_nogil(u, wfd0, deadline_ns);
         if (p < 0 && p != -EBADF && p != -EINVAL)
             return p;
         waited = 1;
     }
     for (;;) {
+        if (bio_wake_closing(&u->wake))
+            return -BIO_ECLOSED;
         bio_udp_recv_prepare(b, vlen);
         int r = bio_udp_recv_once_nogil(u, b, vlen, flags);
         if (first) {
@@ -143,10 +157,14 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
             spin_end = now + (int64_t)spin * 1000;
         if (now < spin_end)
             continue; /* busy poll from here: each receive polls the device once */
-        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
         int wfd = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
-        int p = wfd >= 0 ? bio_epoll_wait_nogil(wfd, deadline_ns)
-                         : bio_poll_nogil(u->fd, POLLIN, deadline_ns);
+        int p;
+        if (wfd >= 0) {
+            p = bio_udp_recv_epoll_nogil(u, wfd, deadline_ns);
+        } else {
+            BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
+            p = bio_wake_poll_nogil(&u->wake, u->fd, POLLIN, deadline_ns);
+        }
         if ((p == -EBADF || p == -EINVAL) && wfd >= 0 &&
             wfd != __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED))
             continue; /* the epoll instance was swapped out under us */
@@ -332,8 +350,6 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
     BioBatch *b = (BioBatch *)a[0];
     if (bio_batch_check_idle(b) < 0)
         return NULL;
-    if (u->fd < 0)
-        return bio_raise_errno(-EBADF);
     if (u->gro && b->slot_size < BIO_GRO_SLOT_MIN) {
         PyErr_Format(PyExc_ValueError,
                      "UDP GRO is on and a coalesced receive can reach 64 KiB: "
@@ -342,22 +358,29 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
                      BIO_GRO_SLOT_MIN, b->slot_size, BIO_GRO_SLOT_MIN);
         return NULL;
     }
+    if (u->fd < 0)
+        return bio_raise_errno(-EBADF);
     if (u->pending_errno) {
         int e = u->pending_errno;
         u->pending_errno = 0;
         return bio_raise_errno(-e);
     }
+    if (bio_udp_enter(u) < 0)
+        return NULL;
     bio_batch_reset(b);
-    BioUdpRecv c = {.u = u, .b = b, .vlen = bio_udp_recv_vlen(u, b),
-                    /* a blocking receive sleeps in recvmmsg itself, unless
-                     * busy polling wants the wait done here */
-                    .flags = timeout_ns < 0 && u->wait_fd < 0 && u->spin_us <= 0 ? 0 : MSG_DONTWAIT,
+    /* never block in recvmmsg itself: waits poll the wake eventfd too, so
+     * that close() from another thread ends them at once */
+    BioUdpRecv c = {.u = u, .b = b, .vlen = bio_udp_recv_vlen(u, b), .flags = MSG_DONTWAIT,
                     .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
     b->busy = 1;
     int r = bio_nogil_retry(bio_udp_recv_run_nogil, &c);
     b->busy = 0;
+    int closed = r == -BIO_ECLOSED && bio_wake_closing(&u->wake);
+    bio_udp_leave(u);
     if (r == -EINTR)
         return NULL;
+    if (closed)
+        return bio_udp_raise_closed();
     if (r < 0)
         return bio_raise_errno(r);
     b->count = c.entries;

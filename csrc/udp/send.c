@@ -182,11 +182,12 @@ bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
     BioBatchSendOpts o = {u->gso, u->gso_max_segments, 0};
     if ((c.m = bio_batch_send_build(&o, c.b, c.start, c.end)) < 0)
         return NULL;
-    if (u->fd < 0)
-        return bio_raise_errno(-EBADF);
+    if (bio_udp_enter(u) < 0)
+        return NULL;
     if (use_policy)
         BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_udp_send_range_run(&c);
+    bio_udp_leave(u);
     Py_ssize_t processed = u->last_error_index >= 0 ? u->last_error_index - c.start
                                                     : c.end - c.start;
     if (err == -EINTR) {
@@ -311,10 +312,6 @@ bio_udp_segments_setup(BioUdp *u, BioUdpSegments *c, const Py_buffer *pb, PyObje
     if (bio_args_int("segment_size", seg_obj, 1, BIO_MAX_UDP_PAYLOAD, &seg) < 0 ||
         (addr != Py_None && bio_addr_parse(addr, &c->name) < 0))
         return -1;
-    if (u->fd < 0) {
-        bio_raise_errno(-EBADF);
-        return -1;
-    }
     c->u = u;
     c->buf = pb->buf;
     c->len = (size_t)pb->len;
@@ -365,8 +362,11 @@ bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
     BioUdpSegments *c = PyMem_Calloc(1, sizeof(*c));
     if (c == NULL)
         PyErr_NoMemory();
-    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first) == 0)
+    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first) == 0 &&
+             bio_udp_enter(u) == 0) {
         ret = bio_udp_segments_run(u, c);
+        bio_udp_leave(u);
+    }
     PyMem_Free(c);
     PyBuffer_Release(&pb);
     return ret;
