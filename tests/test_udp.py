@@ -1523,3 +1523,15 @@ def test_fuzz_hook_argument_errors():
         parse(b"", 1, 0, False)
     with pytest.raises(TypeError):
         parse("text", 1, 10, False)
+
+
+@pytest.mark.parametrize("name", ["rcvbuf", "sndbuf"])
+@pytest.mark.parametrize("value,error,msg", [
+    (2**40, ValueError, "must be between 1 and 2147483647, got 1099511627776"),
+    (0, ValueError, "must be between 1 and 2147483647, got 0"),
+    ("big", TypeError, "must be int or None, got str"),
+    (True, TypeError, "must be int or None, got bool"),
+])
+def test_buffer_sizes_are_checked_like_every_int(name, value, error, msg):
+    with pytest.raises(error, match=re.escape(f"{name} {msg}")):
+        burstio.BurstSocket(**{name: value})

@@ -45,7 +45,8 @@ typedef struct {
 } BioMemory;
 
 extern PyTypeObject BioMemory_Type;
-/* mmap `size` zeroed, pre-faulted private bytes; NULL with OSError set. */
+/* mmap `size` zeroed private bytes and fault them in (with the GIL
+ * released); NULL with OSError set. Called with the GIL. */
 BioMemory *bio_memory_new(size_t size);
 /* Own an existing mapping of `size` bytes at ptr (munmap'd with the object);
  * NULL with an error set, and then ptr is unmapped. */

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._caps import Capabilities, capabilities
-from ._checks import check_int, check_socket, closed_socket_error
+from ._checks import check_int, check_optional_int, check_socket, closed_socket_error
 from ._errors import SendError
 from ._kernel import (
     SK_MEMINFO_DROPS,
@@ -78,6 +78,8 @@ class BurstSocket:
                  backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        check_optional_int("rcvbuf", rcvbuf, 1, 2**31 - 1)
+        check_optional_int("sndbuf", sndbuf, 1, 2**31 - 1)
         if sock is None:
             if family not in (socket.AF_INET, socket.AF_INET6):
                 raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
