@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import fcntl
 import gc
 import json
 import logging
+import os
 import random
 import select
 import signal
