@@ -8,7 +8,7 @@
  *   core/args.c            fast argument parsing; the one int-argument check
  *   core/counters.c        counters to a dict, count(name, n)
  *   core/addr.c            address tuples <-> sockaddr
- *   core/wait.c            GIL release, poll/epoll_wait, EINTR, OSError
+ *   core/wait.c            GIL release, poll/epoll_wait, EINTR, OSError; close wakes waiters, fork
  *   batch/batch.h          PacketBatch's struct, flags and limits
  *   batch/batch.c          PacketBatch: allocation, sequence, addresses, keep(), attributes
  *   batch/array.c          _Array: one metadata array through the buffer protocol
@@ -18,6 +18,7 @@
  *   udp/io.c               UdpIo: the type, its settings and counters
  *   udp/recv.c             receive: recvmmsg (or recvmsg) -> cmsgs -> GRO split -> entries
  *   udp/send.c             send: messages -> sendmmsg (or sendmsg); send_segments()
+ *   udp/fuzz.c             udp_parse_for_fuzz(): the receive's finishing step on made-up cmsgs
  *   socketset/socketset.h  SocketSet's shared struct and the backends' hooks
  *   socketset/base.c       SocketSetBase: sockets, errors, the recv/send entry points
  *   socketset/uring.c      UringSocketSet: multishot RECVMSG, buffer ring, SENDMSG
@@ -69,7 +70,7 @@ PyInit__native(void)
     PyObject *m = PyModule_Create(&bio_module);
     if (m == NULL)
         return NULL;
-    if (bio_constants_init(m) < 0 || bio_probe_init(m) < 0 || bio_memory_init_type(m) < 0 ||
+    if (bio_fork_init() < 0 || bio_constants_init(m) < 0 || bio_probe_init(m) < 0 || bio_memory_init_type(m) < 0 ||
         bio_batch_init_type(m) < 0 || bio_udp_init_type(m) < 0 ||
         bio_socketset_init_types(m) < 0 || bio_zerocopy_init_types(m) < 0 ||
         bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0) {

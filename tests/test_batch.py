@@ -4,6 +4,8 @@ from __future__ import annotations
 import gc
 import ipaddress
 import re
+import socket
+import threading
 
 import numpy as np
 import pytest
@@ -45,7 +47,8 @@ def test_slots_default_to_capacity_and_may_be_fewer():
     ((4, (16 << 20) + 1), {}, "slot_size must be between 1 and 16777216, got 16777217"),
     ((4, 64), {"slots": 0}, "slots must be between 1 and 4, got 0"),
     ((4, 64), {"slots": 5}, "slots must be between 1 and 4, got 5"),
-    ((1 << 20, 16 << 20), {}, "slots x slot_size is 17592186044416 bytes; the limit is 17179869184"),
+    ((1 << 20, 16 << 20), {}, "slots x slot_size is 17592186044416 bytes; the limit is 4294967296 (4 GiB"),
+    ((1024, 16 << 20), {"slots": 257}, "slots x slot_size is 4311744512 bytes; the limit is 4294967296"),
 ])
 def test_construction_limits(args, kwargs, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):
@@ -528,3 +531,63 @@ def test_add_slices_cannot_be_reentered():
     with pytest.raises(RuntimeError, match="PacketBatch is in use by another call"):
         b.add_slices(data, lengths=Sneaky())
     assert len(b) <= b.capacity
+
+
+# ---- hardening: tampered arrays, hostile addresses, big arenas ----------------------
+
+
+def test_item_with_tampered_offset_or_length_is_refused_not_clamped():
+    """batch[i] reads entry i once and refuses one that points outside its
+    buffer (the arrays are writable), instead of returning a clamped slice."""
+    b = PacketBatch(4, 64)
+    b.append(b"hello")
+    np.asarray(b.offsets)[0] = b.slots * b.slot_size - 2
+    with pytest.raises(ValueError, match=re.escape("datagram 0: offset 254 + length 5 runs past the 256-byte")):
+        b[0]
+    np.asarray(b.offsets)[0] = 0
+    np.asarray(b.lengths)[0] = 2**32 - 1
+    with pytest.raises(ValueError, match=re.escape("batch.offsets or batch.lengths was rewritten")):
+        b[0]
+    np.asarray(b.lengths)[0] = 5
+    assert bytes(b[0]) == b"hello"
+    ext = PacketBatch(4, 64)
+    ext.add_slices(b"abcdefgh", 4)
+    np.asarray(ext.offsets)[1] = 6
+    with pytest.raises(ValueError, match=re.escape("datagram 1: offset 6 + length 4 runs past the 8-byte")):
+        ext[1]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1\0", "127.0.0.1\0.evil", "::1\0"])
+def test_address_with_nul_is_refused_like_the_socket_module(host):
+    """Not cut at the NUL (inet_pton would read "127.0.0.1"): refused, with
+    the socket module's error type and words."""
+    b = PacketBatch(4, 64)
+    with pytest.raises(TypeError, match="address host must not contain null character"):
+        b.append(b"x", (host, 9))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s, \
+            pytest.raises(TypeError, match="must not contain null character"):
+        s.sendto(b"x", (host, 9))
+
+
+def test_big_arena_is_faulted_in_without_the_gil():
+    """Making a large batch lets other threads run meanwhile (the arena is
+    faulted in with the GIL released): a counting thread advances a long way
+    during the one call."""
+    counts = [0]
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            counts[0] += 1
+    t = threading.Thread(target=count, daemon=True)
+    t.start()
+    try:
+        before = counts[0]
+        b = PacketBatch(256, 1 << 20)  # 256 MiB
+        during = counts[0] - before
+    finally:
+        stop.set()
+        t.join(10)
+    assert b.slots * b.slot_size == 256 << 20
+    assert during > 10_000, during  # held the GIL throughout: a few increments at most

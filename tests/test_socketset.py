@@ -4,6 +4,7 @@ wakeups, epoll, and io_uring forced off so that "auto" falls back)."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 import socket
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 
 import burstio
 from burstio import PacketBatch, SocketSet
+from support.kernel import require_syscall_introspection, thread_blocked_in_syscall
 from support.net import V4, closed_port, force_rcvbuf
-from support.proc import rescue
+from support.proc import Helper, rescue, wait_for
+from support.race import SEGMENT, ArrayRacer, drain, foreign, payload_buffer
 from support.variants import SOCKETSET, Variant, use_variant, variant_env
 
 
@@ -262,28 +265,117 @@ class SocketSetContract:
         tx.sendto(b"still here", rx.getsockname())
         assert take(sset, batch, 1) == [(i_rx, b"still here", tx.getsockname())]
 
-    def test_close_during_a_call_is_refused(self):
+    def test_close_from_a_signal_handler_ends_the_call(self):
         """A signal handler that closes the socket set while recv_batch waits
-        gets RuntimeError (the call is using the set), not a crash."""
+        ends that wait: OSError EBADF, and the set is closed afterwards."""
         sset = self.socket_set()
         rx = udp(self.socks)
         sset.add(rx)
-        seen = []
 
         def handler(signum, frame):
-            try:
-                sset.close()
-            except RuntimeError as e:
-                seen.append(str(e))
+            sset.close()
         old = signal.signal(signal.SIGALRM, handler)
         try:
             signal.setitimer(signal.ITIMER_REAL, 0.05)
-            assert sset.recv_batch(PacketBatch(4), 0.3) == 0
+            with rescue(rx.getsockname()), pytest.raises(OSError) as ei:
+                sset.recv_batch(PacketBatch(4), None)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
-        assert seen and "in use by another call" in seen[0]
-        sset.close()  # now it may
+        assert ei.value.errno == errno.EBADF and "closed while waiting" in str(ei.value)
+        with pytest.raises(ValueError, match="the socket set is closed"):
+            sset.recv_batch(PacketBatch(4), 0)
+        sset.close()  # again: nothing to do
+
+    @pytest.mark.parametrize("call", ["recv_batch", "recv_stream"])
+    def test_close_from_another_thread_wakes_a_waiting_call(self, call):
+        """close() in another thread ends a recv_batch(timeout=None) or a
+        recv_stream waiting for its bytes at once, with OSError EBADF; the
+        set's descriptors are closed as the call leaves."""
+        require_syscall_introspection()
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        if call == "recv_stream":
+            srv = socket.create_server((V4, 0))
+            self.socks.append(srv)
+            cli = socket.create_connection(srv.getsockname())
+            self.socks.append(cli)
+            conn, _ = srv.accept()
+            self.socks.append(conn)
+            idx = sset.add(conn, stream=True)
+        else:
+            sset.add(rx)
+        errors: list[OSError] = []
+        ready = threading.Event()
+
+        def closer() -> None:
+            ready.wait(10)
+            assert wait_for(lambda: thread_blocked_in_syscall(threading.main_thread().native_id))
+            sset.close()
+        t = Helper(closer)
+        t.start()
+        with rescue(rx.getsockname()):
+            ready.set()
+            try:
+                if call == "recv_batch":
+                    sset.recv_batch(PacketBatch(4), None)
+                else:
+                    sset.recv_stream(idx, bytearray(8), 8, None)
+            except OSError as e:
+                errors.append(e)
+        t.join(10)
+        assert not t.is_alive() and t.error is None
+        assert len(errors) == 1 and errors[0].errno == errno.EBADF, errors
+        assert "closed while waiting" in str(errors[0])
+        with pytest.raises(ValueError, match="the socket set is closed"):
+            sset.recv_batch(PacketBatch(4), 0)
+
+    def test_gro_socket_is_refused_at_add(self):
+        """A GRO socket would hand a coalesced receive over as one unmarked
+        entry (20 datagrams as one 600-byte entry): refused at add()."""
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        rx.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 1)
+        with pytest.raises(ValueError, match="refuses a socket with UDP_GRO on"):
+            sset.add(rx)
+        assert len(sset) == 0
+        rx.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 0)
+        assert sset.add(rx) == 0
+
+    def test_fork_child_gets_a_clear_error_and_parent_keeps_working(self):
+        """After fork() the set's io_uring (or epoll instance) is the
+        parent's: the child's calls raise RuntimeError naming the parent
+        (they would steal its completions), its close() lets go of its
+        copies only, and the parent goes on receiving."""
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        sset.add(rx)
+        batch = PacketBatch(8)
+        assert sset.recv_batch(batch, 0) == 0  # armed
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                try:
+                    sset.recv_batch(PacketBatch(8), 0.5)
+                    os.write(w, b"no error")
+                except RuntimeError as e:
+                    os.write(w, str(e).encode()[:200])
+                sset.close()
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        msg = os.read(r, 256).decode()
+        os.close(r)
+        _pid, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert f"made in process {os.getpid()}" in msg and "after fork()" in msg
+        udp(self.socks).sendto(b"after-fork", rx.getsockname())
+        got = take(sset, batch, 1)
+        assert [p for _s, p, _a in got] == [b"after-fork"]
 
     def test_signal_interrupts_a_blocking_wait(self):
         """PEP 475: a handler that raises ends a blocking recv_batch."""
@@ -458,6 +550,18 @@ class SocketSetContract:
 
     # ---- bad input -----------------------------------------------------
 
+    def test_recv_stream_refuses_a_datagram_socket(self):
+        """recv_stream on a UDP socket would read part of one datagram and
+        drop the rest: refused, naming the socket."""
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        i = sset.add(rx)
+        udp(self.socks).sendto(b"x" * 17, rx.getsockname())
+        with pytest.raises(ValueError, match=f"recv_stream needs a stream socket .*socket {i} is a datagram"):
+            sset.recv_stream(i, bytearray(5), 5, 0.5)
+        batch = PacketBatch(4)
+        assert take(sset, batch, 1) and bytes(batch[0]) == b"x" * 17  # nothing was taken
+
     def test_bad_input(self):
         sset = self.socket_set()
         with pytest.raises(TypeError, match=re.escape("sock must be a socket.socket or BurstSocket, got int")):
@@ -501,6 +605,50 @@ class SocketSetContract:
         sset.close()
         with pytest.raises(ValueError, match="the socket set is closed"):
             sset.recv_batch(PacketBatch(4), 0)
+
+    # ---- hostile threads -------------------------------------------------
+
+    @pytest.mark.parametrize("call", ["send_batch", "send_redundant"])
+    def test_arrays_rewritten_during_sends_never_reach_the_kernel(self, call):
+        """Another thread flips every entry's offset, length, address and
+        socket index between its own values and hostile ones while sends run
+        (the sends release the GIL). The set only ever uses what it read and
+        checked: a send refuses an entry it read out of range (ValueError),
+        never sends on a socket index it did not check (the hostile index is
+        a free slot of the table: using it unchecked fails with EBADF), and
+        every datagram that arrives is a slice of the caller's buffer."""
+        count = 1024
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        rx.setblocking(False)
+        idx = sset.add(udp(self.socks))
+        data = payload_buffer(count)
+        batch = PacketBatch(count, 64)
+        batch.add_slices(data, SEGMENT, addr=rx.getsockname())
+        np.asarray(batch.sockets)[:count] = idx
+        racer = ArrayRacer(batch, count, len(data), sockets=True, hostile_sockets=idx + 5)
+        got: list[bytes] = []
+        errors: list[int] = []
+        racer.start()
+        try:
+            for _attempt in range(100):
+                try:
+                    if call == "send_batch":
+                        sset.send_batch(batch)
+                        errors += [err for _i, err in batch.send_errors()]
+                    else:
+                        errors += [err for _i, _s, err in sset.send_redundant(batch, [idx]).failures]
+                except ValueError:
+                    pass  # an entry read out of range: refused before any send
+                drain(rx, got)
+                if foreign(got, data) or errno.EBADF in errors or errno.EFAULT in errors:
+                    break
+        finally:
+            racer.stop()
+        drain(rx, got)
+        assert racer.flips > 0
+        assert not foreign(got, data), f"{len(foreign(got, data))} datagrams of other memory were sent"
+        assert errno.EFAULT not in errors and errno.EBADF not in errors, sorted(set(errors))
 
 
 class TestUring(SocketSetContract):

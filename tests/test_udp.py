@@ -13,10 +13,12 @@ from __future__ import annotations
 import errno
 import gc
 import math
+import os
 import re
 import select
 import signal
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -37,6 +39,7 @@ from support.kernel import (
     main_thread_blocked_in_syscall,
     require_kernel,
     require_syscall_introspection,
+    thread_blocked_in_syscall,
 )
 from support.net import (
     FAMILIES,
@@ -51,6 +54,7 @@ from support.net import (
     recv_plain,
 )
 from support.proc import Helper, open_fds, rescue, wait_for
+from support.race import SEGMENT, ArrayRacer, drain, foreign, payload_buffer
 from support.variants import UDP, Variant, runnable, set_disable, use_variant, variant_env
 
 COUNTER_NAMES = {
@@ -1135,6 +1139,145 @@ class BackendContract:
             s.busy_poll(10, 70000)
         assert s.busy_polling == "off"
 
+    # ---- close wakes every waiter; descriptors; fork ------------------------------
+
+    @pytest.mark.parametrize("wait", ["poll", "busy-epoll", "busy-spin"])
+    def test_close_from_another_thread_wakes_a_blocked_receive(self, monkeypatch, wait):
+        """recv_batch(timeout=None) blocked in another thread (in poll(), in
+        the busy-polling epoll instance, or spinning) ends at once when the
+        BurstSocket is closed, with OSError EBADF, and the port is released."""
+        require_syscall_introspection()
+        if wait == "busy-epoll":
+            self.busy_poll_mechanism(monkeypatch, "epoll")
+        elif wait == "busy-spin":
+            self.busy_poll_mechanism(monkeypatch, "socket")
+        rx = self.make_socket()
+        addr = rx.getsockname()
+        if wait != "poll":
+            rx.busy_poll(10_000_000 if wait == "busy-spin" else 50)  # spin: 10 s before it would sleep
+        errors: list[OSError] = []
+        tid: list[int | None] = []
+
+        def waiter() -> None:
+            tid.append(threading.get_native_id())
+            try:
+                rx.recv_batch(PacketBatch(4, 64), None)
+            except OSError as e:
+                errors.append(e)
+        t = Helper(waiter)
+        with rescue(addr):
+            t.start()
+            if wait == "busy-spin":
+                assert wait_for(lambda: rx.counters["rx_syscalls"] > 50)  # spinning in receives
+            else:
+                assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
+            rx.close()
+            t.join(10)
+        assert not t.is_alive() and t.error is None
+        assert len(errors) == 1 and errors[0].errno == errno.EBADF
+        assert "closed while waiting" in str(errors[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(addr)  # nothing holds the port any more
+
+    def test_closing_the_wrapped_socket_leaves_batch_io_on_its_own_descriptor(self):
+        """The BurstSocket works on its own dup: after the caller closes
+        bs.sock and the number is reused by another socket, recv_batch and
+        send_batch still act on the original socket and never touch the new
+        one."""
+        rx = self.make_socket()
+        addr = rx.getsockname()
+        number = rx.sock.fileno()
+        rx.sock.close()
+        other = self.plain()  # the lowest free number: the one just closed
+        other.setblocking(False)
+        assert other.fileno() == number
+        peer = self.plain()
+        peer.sendto(b"to-original", addr)
+        other_peer_addr = other.getsockname()
+        b = PacketBatch(4, 64)
+        assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"to-original"
+        out = self.batch_of([(b"from-original", peer.getsockname())])
+        assert rx.send_batch(out) == 1
+        data, src = peer.recvfrom(64)
+        assert (data, src) == (b"from-original", addr)  # sent from the original socket
+        peer.sendto(b"to-other", other_peer_addr)
+        assert other.recv(64) == b"to-other"  # the reused number's socket kept its datagram
+        assert rx.recv_batch(b, 0) == 0
+        with pytest.raises(BlockingIOError):
+            other.recv(64)
+        rx.close()
+        assert other.fileno() == number  # closing the BurstSocket leaves the other socket alone
+        peer.sendto(b"still-there", other_peer_addr)
+        assert wait_for(lambda: error_pending(other) or True) and other.recv(64) == b"still-there"
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_fork_child_keeps_working_and_parent_close_does_not_wake_it(self):
+        """After fork() both processes may use the BurstSocket (a shared
+        socket, as a pre-forking server has): closing it in the parent
+        neither wakes nor closes the child's, and the child's close is its own."""
+        rx = self.make_socket()
+        addr = rx.getsockname()
+        peer = self.plain()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, never return into pytest
+            code = 1
+            try:
+                os.close(r)
+                b = PacketBatch(4, 64)
+                n = rx.recv_batch(b, 10.0)  # the parent closes its copy meanwhile
+                os.write(w, bytes(b[0]) if n else b"nothing")
+                rx.close()
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        rx.close()  # the parent's close: the child's receive must not wake
+        peer.sendto(b"for-the-child", addr)
+        got = os.read(r, 64)
+        os.close(r)
+        _pid, status = os.waitpid(pid, 0)
+        assert got == b"for-the-child" and os.waitstatus_to_exitcode(status) == 0
+
+    # ---- hostile threads -------------------------------------------------------
+
+    @pytest.mark.parametrize("gso", [False, True], ids=["no-gso", "gso"])
+    def test_arrays_rewritten_during_sends_never_reach_the_kernel(self, gso):
+        """Another thread flips every entry's offset, length and address
+        between its own values and hostile ones (past the end of the data, a
+        garbage family) while sends run. Each send either refuses the entry
+        it read (ValueError) or sends what it checked: every datagram that
+        arrives is a slice of the caller's buffer, never other memory."""
+        count = 1024
+        rx = self.plain()
+        rx.setblocking(False)
+        tx = self.make_socket(gso=gso)
+        data = payload_buffer(count)
+        batch = PacketBatch(count, 64)
+        batch.add_slices(data, SEGMENT, addr=rx.getsockname())
+        racer = ArrayRacer(batch, count, len(data))
+        got: list[bytes] = []
+        failures: list[OSError] = []
+        racer.start()
+        try:
+            for _attempt in range(200):
+                try:
+                    tx.send_batch(batch, on_error="skip")
+                except ValueError:
+                    pass  # the entry read was out of range: refused before any send
+                except OSError as e:  # EFAULT: the kernel was handed memory nobody checked
+                    failures.append(e)
+                drain(rx, got)
+                if foreign(got, data) or failures:
+                    break
+        finally:
+            racer.stop()
+        drain(rx, got)
+        assert racer.flips > 0
+        assert not foreign(got, data), f"{len(foreign(got, data))} datagrams of other memory were sent"
+        assert not [e for e in failures if e.errno == errno.EFAULT]
+        assert batch.send_errors() == [] or all(err != errno.EFAULT for _i, err in batch.send_errors())
+
 
 # ---- one class per backend variant ------------------------------------------------
 
@@ -1297,3 +1440,98 @@ def test_send_batch_arrives_identically_from_every_backend(family, ndest, runs):
             assert c["tx_bytes"] == sum(len(p) for _, p in items), v.name
             if not tx.gso:
                 assert c["tx_gso_datagrams"] == 0, v.name
+
+
+# ---- the receive path's finishing step on made-up cmsgs (the fuzz hook) -----------------
+
+_CMSG_HDR = struct.Struct("@QiI")  # struct cmsghdr: cmsg_len, cmsg_level, cmsg_type
+_SOL_SOCKET, _SCM_TIMESTAMPNS = socket.SOL_SOCKET, burstio._native.SCM_TIMESTAMPNS
+_SOL_UDP, _UDP_GRO = burstio._native.SOL_UDP, burstio._native.UDP_GRO
+
+
+def cmsg(level: int, ctype: int, data: bytes, *, cmsg_len: int | None = None) -> bytes:
+    """One control message as the kernel lays it out (padded to 8 bytes);
+    ``cmsg_len`` overrides the length the header claims."""
+    n = _CMSG_HDR.size + len(data) if cmsg_len is None else cmsg_len
+    raw = _CMSG_HDR.pack(n, level, ctype) + data
+    return raw + b"\0" * (-len(raw) % 8)
+
+
+def gro_cmsg(seg: int, **kw) -> bytes:
+    return cmsg(_SOL_UDP, _UDP_GRO, struct.pack("@i", seg), **kw)
+
+
+parse = burstio._native.udp_parse_for_fuzz
+
+
+def test_fuzz_hook_splits_a_valid_gro_message_as_recv_batch_does():
+    entries = parse(gro_cmsg(100) + cmsg(_SOL_SOCKET, _SCM_TIMESTAMPNS, struct.pack("@qq", 5, 7)), 250,
+                    65535, True)
+    assert entries == [(0, 100, FLAG_GRO, 100), (100, 100, FLAG_GRO, 100), (200, 50, FLAG_GRO, 100)]
+
+
+def test_fuzz_hook_without_cmsgs_and_truncated_datagram():
+    assert parse(b"", 100, 2048, False) == [(0, 100, 0, 0)]
+    assert parse(b"", 3000, 2048, False) == [(0, 2048, FLAG_TRUNCATED, 0)]
+    assert parse(b"", 0, 1, False) == [(0, 0, 0, 0)]
+
+
+def test_fuzz_hook_batch_without_room_keeps_the_rest_coalesced():
+    """gro=False: one entry per slot, so a coalesced message stays one entry."""
+    assert parse(gro_cmsg(10), 35, 2048, False) == [(0, 35, FLAG_GRO | FLAG_COALESCED, 10)]
+
+
+@pytest.mark.parametrize("cut", range(1, 20))  # 20: the header and its int are all there
+def test_fuzz_hook_truncated_cmsg_is_ignored(cut):
+    """A control buffer cut anywhere inside its one message: no segment size is read."""
+    assert parse(gro_cmsg(10)[:cut], 35, 65535, True) == [(0, 35, 0, 0)]
+
+
+@pytest.mark.parametrize("claimed", [0, 1, 15, 19, 25, 64, 2**31, 2**64 - 1])
+def test_fuzz_hook_lying_cmsg_len_reads_nothing_outside(claimed):
+    """cmsg_len shorter than a header, shorter than its data, or past the
+    buffer's end: the message is not used (the walk stops)."""
+    assert parse(gro_cmsg(10, cmsg_len=claimed), 35, 65535, True) == [(0, 35, 0, 0)]
+
+
+@pytest.mark.parametrize("seg", [0, -1, -2**31])
+def test_fuzz_hook_zero_or_negative_segment_size_is_not_coalesced(seg):
+    assert parse(gro_cmsg(seg), 35, 65535, True) == [(0, 35, 0, 0)]
+
+
+def test_fuzz_hook_segment_larger_than_datagram_and_later_cmsgs():
+    assert parse(gro_cmsg(1000), 35, 65535, True) == [(0, 35, 0, 0)]
+    # an unknown message first, then the GRO one: the walk goes on past it
+    assert parse(cmsg(99, 99, b"x" * 13) + gro_cmsg(20), 35, 65535, True) == [
+        (0, 20, FLAG_GRO, 20), (20, 15, FLAG_GRO, 20)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(control=st.binary(max_size=200), length=st.integers(0, 2**32 - 1), slot_size=st.integers(1, 70000),
+       gro=st.booleans())
+def test_fuzz_hook_entries_stay_inside_the_slot(control, length, slot_size, gro):
+    entries = parse(control, length, slot_size, gro)
+    assert 1 <= len(entries) <= (64 if gro else 1)
+    for off, n, _flags, _seg in entries:
+        assert off + n <= slot_size
+
+
+def test_fuzz_hook_argument_errors():
+    with pytest.raises(ValueError, match=re.escape("length must be between 0 and 4294967295, got -1")):
+        parse(b"", -1, 10, False)
+    with pytest.raises(ValueError, match="slot_size must be between 1 and"):
+        parse(b"", 1, 0, False)
+    with pytest.raises(TypeError):
+        parse("text", 1, 10, False)
+
+
+@pytest.mark.parametrize("name", ["rcvbuf", "sndbuf"])
+@pytest.mark.parametrize("value,error,msg", [
+    (2**40, ValueError, "must be between 1 and 2147483647, got 1099511627776"),
+    (0, ValueError, "must be between 1 and 2147483647, got 0"),
+    ("big", TypeError, "must be int or None, got str"),
+    (True, TypeError, "must be int or None, got bool"),
+])
+def test_buffer_sizes_are_checked_like_every_int(name, value, error, msg):
+    with pytest.raises(error, match=re.escape(f"{name} {msg}")):
+        burstio.BurstSocket(**{name: value})

@@ -20,6 +20,7 @@ import fcntl
 import gc
 import json
 import logging
+import os
 import random
 import select
 import signal
@@ -1137,3 +1138,55 @@ TestBufferLifetimes.settings = settings(max_examples=30, stateful_step_count=25,
 TestStreamBufferLifetimes = StreamBufferLifetimes.TestCase
 TestStreamBufferLifetimes.settings = settings(max_examples=30, stateful_step_count=30, deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---- fork -------------------------------------------------------------------------------
+
+def test_fork_child_is_refused_and_parent_keeps_working(variant, closing):
+    """After fork() the sender's io_uring, error queue and buffers are shared
+    with the parent: in the child every call raises RuntimeError naming the
+    parent (it would consume the parent's notifications), close() lets go of
+    the child's copies only, and the parent's sends, in flight across the
+    fork and after it, complete."""
+    rx = udp_receiver(closing)
+    zs = sender(closing, udp_sender_socket(closing), variant)
+    buf = zs.acquire()
+    buf.write(b"before-fork")
+    pending = zs.send(buf, 11, rx.getsockname())
+    done_before = pending.sender is None  # the copy backends finish at once: nothing to refuse then
+    pending_calls = 2 if done_before else 4
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            msgs = []
+            calls = [lambda: zs.acquire(0), zs.poll]
+            if not done_before:
+                calls += [lambda: pending.wait(0.5), pending.done]
+            for call in calls:
+                try:
+                    call()
+                    msgs.append("no error")
+                except RuntimeError as e:
+                    msgs.append(str(e))
+            zs.close()
+            os.write(w, "\n".join(msgs).encode()[:4000])
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    msgs = out.decode().split("\n")
+    assert len(msgs) == pending_calls and all(f"made in process {os.getpid()}" in m for m in msgs), msgs
+    assert pending.wait(5.0) == 11
+    buf = zs.acquire(5.0)
+    buf.write(b"after-fork")
+    assert zs.send_and_wait(buf, 10, rx.getsockname(), 5.0) == 10
+    assert rx.recv(64) == b"before-fork" and rx.recv(64) == b"after-fork"

@@ -23,7 +23,9 @@
 
 #define BIO_CAPACITY_MAX (1 << 20)
 #define BIO_SLOT_SIZE_MAX (16 << 20)
-#define BIO_ARENA_MAX ((size_t)1 << 34)
+/* The arena is allocated and faulted in whole when the batch is made: a
+ * larger one would commit more memory than a burst of datagrams needs. */
+#define BIO_ARENA_MAX ((size_t)1 << 32)
 
 /* ---- allocation -------------------------------------------------------- */
 
@@ -43,14 +45,14 @@ bio_batch_alloc_meta(BioBatch *b)
         c * sizeof(uint32_t), c * sizeof(int64_t),  c * sizeof(int32_t),
         c * sizeof(int32_t),  c * sizeof(struct sockaddr_in6),
         c * sizeof(struct mmsghdr), c * sizeof(struct iovec),
-        c * sizeof(Py_ssize_t), c * BIO_CMSG_SIZE,
+        c * sizeof(Py_ssize_t), c * BIO_CMSG_SIZE, c * sizeof(BioBatchPriv),
     };
     void **dest[] = {
         (void **)&b->offsets,   (void **)&b->lengths,    (void **)&b->flags,
         (void **)&b->segment_sizes, (void **)&b->timestamps,
         (void **)&b->sockets,   (void **)&b->errnos,     (void **)&b->names,
         (void **)&b->msgs,      (void **)&b->iov,        (void **)&b->msg_entry,
-        (void **)&b->cmsg,
+        (void **)&b->cmsg,      (void **)&b->priv,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
@@ -91,7 +93,8 @@ bio_batch_new_args(PyObject *args, PyObject *kwds, long long *capacity, long lon
     *arena_size = (size_t)*slots * (size_t)*slot_size;
     if (*arena_size > BIO_ARENA_MAX) {
         PyErr_Format(PyExc_ValueError,
-                     "slots x slot_size is %zu bytes; the limit is %zu",
+                     "slots x slot_size is %zu bytes; the limit is %zu (4 GiB: the arena is "
+                     "allocated and faulted in whole when the batch is made)",
                      *arena_size, (size_t)BIO_ARENA_MAX);
         return -1;
     }
@@ -260,8 +263,18 @@ bio_batch_item(BioBatch *b, Py_ssize_t i)
         return NULL;
     }
     PyObject *base = b->ext_view != NULL ? b->ext_view : b->arena_view;
-    Py_ssize_t off = (Py_ssize_t)b->offsets[i];
-    return PySequence_GetSlice(base, off, off + (Py_ssize_t)b->lengths[i]);
+    /* read once: the arrays are writable, and a slice would clamp silently */
+    uint64_t off = __atomic_load_n(&b->offsets[i], __ATOMIC_RELAXED);
+    uint32_t len = __atomic_load_n(&b->lengths[i], __ATOMIC_RELAXED);
+    size_t size = (size_t)PyObject_Length(base);
+    if (off > size || len > size - off) {
+        PyErr_Format(PyExc_ValueError,
+                     "datagram %zd: offset %llu + length %u runs past the %zu-byte buffer it "
+                     "points into (batch.offsets or batch.lengths was rewritten)",
+                     i, (unsigned long long)off, (unsigned)len, size);
+        return NULL;
+    }
+    return PySequence_GetSlice(base, (Py_ssize_t)off, (Py_ssize_t)(off + len));
 }
 
 static PyObject *

@@ -25,6 +25,16 @@
 #define BIO_FLAG_COALESCED 0x4u  /* still several datagrams of segment_size */
 #define BIO_FLAG_SEND_ERROR 0x8u /* last send failed; errnos[i] says why */
 
+/* Per-entry scratch that Python never sees: what a call reads from the
+ * writable arrays is copied here once, with the GIL held, and only this copy
+ * is used afterwards (another thread may rewrite the arrays at any time). */
+typedef struct {
+    struct sockaddr_in6 name; /* send: the destination (family 0: none) */
+    int32_t sock;             /* send: the socket index (SocketSet) */
+    uint32_t seg;             /* receive: the UDP_GRO segment size (0: none) */
+    int64_t ts;               /* receive: the kernel's timestamp, ns (0: none) */
+} BioBatchPriv;
+
 typedef struct {
     PyObject_HEAD
     Py_ssize_t capacity;  /* entries */
@@ -46,11 +56,12 @@ typedef struct {
     int32_t *sockets;
     int32_t *errnos;
     struct sockaddr_in6 *names; /* family 0: no address */
-    /* syscall scratch, also `capacity` items */
+    /* syscall scratch, also `capacity` items, never exported to Python */
     struct mmsghdr *msgs;
     struct iovec *iov;
     Py_ssize_t *msg_entry; /* first entry of each outgoing message */
     unsigned char *cmsg;   /* capacity * BIO_CMSG_SIZE */
+    BioBatchPriv *priv;
     void *meta_block;      /* one allocation holding all arrays above */
     PyObject *arena_view;  /* memoryview over arena_mem, for batch[i] */
     PyObject *ext_view;    /* memoryview of an external buffer, or NULL */
@@ -80,10 +91,15 @@ typedef struct {
     int gso, gso_max_segments, by_socket;
 } BioBatchSendOpts;
 
-/* Build the outgoing messages for entries [start, end) of b into b->msgs;
- * returns the number of messages. nogil (touches only b's arrays). */
-Py_ssize_t bio_batch_send_prepare_nogil(const BioBatchSendOpts *o, BioBatch *b,
-                                        Py_ssize_t start, Py_ssize_t end);
+/* Build the outgoing messages for entries [start, end) of b into b->msgs,
+ * reading each entry's offset, length, destination and socket index once
+ * (into b->iov and b->priv) and checking the offset and length against the
+ * data: the messages refer only to the private copies, so the kernel sees
+ * what was checked whatever another thread writes to the arrays later.
+ * Returns the number of messages, or -1 with ValueError naming the entry.
+ * GIL held. */
+Py_ssize_t bio_batch_send_build(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t start,
+                                Py_ssize_t end);
 /* Parse a send's start/count against b into [*start, *end); 0 or -1 with an
  * error set. */
 int bio_batch_send_range(BioBatch *b, PyObject *start_obj, PyObject *count_obj,

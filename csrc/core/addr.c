@@ -69,9 +69,15 @@ bio_addr_parse(PyObject *addr, struct sockaddr_in6 *out)
     unsigned long f[3]; /* port, flowinfo, scope_id */
     if (bio_addr_fields(addr, &n, &host, f) < 0)
         return -1;
-    const char *h = PyUnicode_AsUTF8(host);
+    Py_ssize_t hlen;
+    const char *h = PyUnicode_AsUTF8AndSize(host, &hlen);
     if (h == NULL)
         return -1;
+    if ((size_t)hlen != strlen(h)) { /* the socket module's TypeError, and its words */
+        PyErr_Format(PyExc_TypeError, "address host must not contain null character, got %R",
+                     host);
+        return -1;
+    }
 
     memset(out, 0, sizeof(*out));
     struct sockaddr_in *sin = (struct sockaddr_in *)out;

@@ -24,6 +24,8 @@
 
 #include <netinet/in.h>
 #include <stdint.h>
+#include <errno.h>
+#include <sys/types.h>
 #include <sys/socket.h>
 
 /* Add n to counter `index` of the uint64_t array `array`: a relaxed atomic
@@ -43,7 +45,8 @@ typedef struct {
 } BioMemory;
 
 extern PyTypeObject BioMemory_Type;
-/* mmap `size` zeroed, pre-faulted private bytes; NULL with OSError set. */
+/* mmap `size` zeroed private bytes and fault them in (with the GIL
+ * released); NULL with OSError set. Called with the GIL. */
 BioMemory *bio_memory_new(size_t size);
 /* Own an existing mapping of `size` bytes at ptr (munmap'd with the object);
  * NULL with an error set, and then ptr is unmapped. */
@@ -127,6 +130,46 @@ int bio_nogil_retry(int (*fn)(void *ctx), void *ctx);
 /* Set `sent` on the pending exception (a signal handler raised part way
  * through a send): the caller can tell how far the send got. */
 void bio_exc_note_sent(Py_ssize_t sent);
+
+/* ---- close wakes every waiter; fork (core/wait.c) ------------------------- */
+
+/* What an object's close() uses to wake the calls blocked in it: an
+ * eventfd that every wait polls along with what it waits for, and a flag.
+ * close() sets `closing` and writes the eventfd: every waiter wakes at once,
+ * sees the flag and returns -BIO_ECLOSED; the descriptors are closed by the
+ * last call to leave (`users`), never under a waiter. `fork_gen` is the
+ * process generation the eventfd was made in: a child re-makes its own. */
+typedef struct {
+    int efd;           /* eventfd, -1: none yet */
+    int closing;       /* set once by close(); read with atomic loads */
+    int users;         /* calls in progress (counted with the GIL) */
+    uint32_t fork_gen; /* bio_fork_gen() when efd was made */
+    pid_t pid;         /* the process that made the object */
+} BioWake;
+
+/* What a wait returns when close() woke it. */
+#define BIO_ECLOSED EBADF
+
+/* The process generation: bumped in a child after fork() (pthread_atfork). */
+uint32_t bio_fork_gen(void);
+/* Install the pthread_atfork hook (module init). 0, or -1 with an error. */
+int bio_fork_init(void);
+/* Set w up (its eventfd, this process). 0 or -errno. */
+int bio_wake_init(BioWake *w);
+/* In a child after fork(): replace the inherited eventfd (the parent's close
+ * would wake us) by one of our own. 0 or -errno. GIL held. */
+int bio_wake_refresh(BioWake *w);
+/* Whether close() has begun. Any thread, GIL or not. */
+int bio_wake_closing(const BioWake *w);
+/* close(): set the flag and wake every waiter. Any thread. */
+void bio_wake_kick(BioWake *w);
+/* Close the eventfd (the object is done). */
+void bio_wake_fini(BioWake *w);
+/* Whether this process made the object (0: a fork()ed child holds a copy). */
+int bio_wake_same_process(const BioWake *w);
+/* Poll fd for `events` and w's eventfd until deadline_ns (-1: forever).
+ * 1 fd ready, 0 timed out, -BIO_ECLOSED closing, -errno. nogil. */
+int bio_wake_poll_nogil(const BioWake *w, int fd, short events, int64_t deadline_ns);
 
 /* ---- kernel constants (core/constants.c) ---------------------------------- */
 

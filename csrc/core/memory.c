@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 static void
 bio_memory_dealloc(BioMemory *m)
@@ -39,6 +40,30 @@ PyTypeObject BioMemory_Type = {
     .tp_doc = "An mmap'd memory region (internal); see PacketBatch.arena.",
 };
 
+/* Fault every page of [ptr, ptr + size) in, so that no receive takes a page
+ * fault later. Done without the GIL: a large arena takes seconds, and other
+ * threads must not stall meanwhile. 0 or -errno. */
+static int
+bio_memory_fault_in(unsigned char *ptr, size_t size)
+{
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(ptr, size, MADV_POPULATE_WRITE) < 0)
+        err = errno == EINVAL ? 1 : -errno; /* EINVAL: older kernel, touch the pages */
+#else
+    err = 1;
+#endif
+    if (err == 1) {
+        err = 0;
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        for (size_t off = 0; off < size; off += page)
+            ((volatile unsigned char *)ptr)[off] = 0;
+    }
+    Py_END_ALLOW_THREADS
+    return err;
+}
+
 BioMemory *
 bio_memory_new(size_t size)
 {
@@ -46,13 +71,15 @@ bio_memory_new(size_t size)
     if (m == NULL)
         return NULL;
     m->size = size;
-    m->ptr = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (m->ptr == MAP_FAILED) {
-        int e = errno;
+    m->ptr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int err = m->ptr == MAP_FAILED ? -errno : 0;
+    if (m->ptr == MAP_FAILED)
         m->ptr = NULL;
+    else
+        err = bio_memory_fault_in(m->ptr, size);
+    if (err < 0) {
         Py_DECREF(m);
-        bio_raise_errno(-e);
+        bio_raise_errno(err);
         return NULL;
     }
     return m;

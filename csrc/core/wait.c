@@ -10,8 +10,12 @@
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t
 bio_now_ns(void)
@@ -120,4 +124,109 @@ bio_exc_note_sent(Py_ssize_t sent)
         PyErr_Clear(); /* an exception without attributes: nothing to add */
     Py_XDECREF(n);
     PyErr_Restore(type, value, tb);
+}
+
+/* ---- close wakes every waiter; fork --------------------------------------- */
+
+static uint32_t bio_fork_generation = 1;
+
+static void
+bio_fork_child(void)
+{
+    __atomic_fetch_add(&bio_fork_generation, 1, __ATOMIC_RELAXED);
+}
+
+uint32_t
+bio_fork_gen(void)
+{
+    return __atomic_load_n(&bio_fork_generation, __ATOMIC_RELAXED);
+}
+
+int
+bio_fork_init(void)
+{
+    static int done;
+    if (!done && pthread_atfork(NULL, NULL, bio_fork_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return -1;
+    }
+    done = 1;
+    return 0;
+}
+
+int
+bio_wake_init(BioWake *w)
+{
+    w->closing = 0;
+    w->users = 0;
+    w->pid = getpid();
+    w->fork_gen = bio_fork_gen();
+    w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return w->efd < 0 ? -errno : 0;
+}
+
+int
+bio_wake_refresh(BioWake *w)
+{
+    uint32_t gen = bio_fork_gen();
+    if (w->fork_gen == gen)
+        return 0;
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0)
+        return -errno;
+    if (w->efd >= 0)
+        close(w->efd); /* our copy only: the parent keeps its own */
+    w->efd = efd;
+    w->fork_gen = gen;
+    return 0;
+}
+
+int
+bio_wake_closing(const BioWake *w)
+{
+    return __atomic_load_n(&w->closing, __ATOMIC_ACQUIRE);
+}
+
+void
+bio_wake_kick(BioWake *w)
+{
+    __atomic_store_n(&w->closing, 1, __ATOMIC_RELEASE);
+    if (w->efd >= 0) {
+        uint64_t one = 1;
+        ssize_t r = write(w->efd, &one, sizeof(one));
+        (void)r; /* EAGAIN: the counter is already non-zero, waiters wake anyway */
+    }
+}
+
+void
+bio_wake_fini(BioWake *w)
+{
+    if (w->efd >= 0)
+        close(w->efd);
+    w->efd = -1;
+}
+
+int
+bio_wake_same_process(const BioWake *w)
+{
+    return w->fork_gen == bio_fork_gen();
+}
+
+int
+bio_wake_poll_nogil(const BioWake *w, int fd, short events, int64_t deadline_ns)
+{
+    struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = w->efd, .events = POLLIN}};
+    if (bio_wake_closing(w))
+        return -BIO_ECLOSED;
+    int timeout_ms = bio_deadline_ms(deadline_ns);
+    if (timeout_ms == 0)
+        return 0;
+    int r = poll(p, w->efd >= 0 ? 2 : 1, timeout_ms);
+    if (r < 0)
+        return -errno;
+    if (bio_wake_closing(w))
+        return -BIO_ECLOSED;
+    if (r > 0 && (p[0].revents & POLLNVAL))
+        return -EBADF;
+    return r > 0 ? 1 : 0;
 }

@@ -8,7 +8,8 @@
  * Where a datagram goes through it: recv_batch() hands the caller's batch to
  * the backend, which fills entry j (slot j, batch.sockets[j] = the socket's
  * index) from whichever socket has data; send_batch() turns entries into
- * messages (batch/msgs.c) that the backend sends on socket batch.sockets[i].
+ * messages (batch/msgs.c, from a private copy of each entry read with the
+ * GIL held) that the backend sends on socket batch.sockets[i].
  * A socket's receive error is queued for take_errors(), never lost.
  */
 #include "socketset/socketset.h"
@@ -44,6 +45,11 @@ bio_socketset_alloc(BioSocketSet *r, int cap)
     for (int i = 0; i < cap; i++)
         r->fds[i] = -1;
     r->gso_max_segments = 64;
+    int err = bio_wake_init(&r->wake);
+    if (err < 0) {
+        bio_raise_errno(err);
+        return -1;
+    }
     return 0;
 }
 
@@ -140,6 +146,17 @@ bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx)
 int
 bio_socketset_usable(BioSocketSet *r)
 {
+    if (!bio_wake_same_process(&r->wake)) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "this SocketSet was made in process %d; after fork() its io_uring and "
+                     "epoll instance belong to the parent: make a new SocketSet in this process",
+                     (int)r->wake.pid);
+        return -1;
+    }
+    if (bio_wake_closing(&r->wake)) {
+        PyErr_SetString(PyExc_ValueError, "the socket set is closed");
+        return -1;
+    }
     if (r->busy) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the SocketSet is in use by another call (another thread, or a "
@@ -193,6 +210,44 @@ bio_socketset_run(BioSocketSet *r, BioBatch *b, int (*fn)(void *), void *ctx)
         b->busy = 0;
     r->busy = 0;
     return err;
+}
+
+/* After a call: a close() that came meanwhile is done now; a wait it ended
+ * raises OSError EBADF. err as the call returned it; 0, or -1 with the
+ * error set when the close ended the call. */
+static int
+bio_socketset_after(BioSocketSet *r, int err)
+{
+    if (!r->close_pending)
+        return 0;
+    bio_socketset_close(r);
+    if (err != -BIO_ECLOSED)
+        return 0;
+    PyObject *v = Py_BuildValue("(is)", EBADF, "the SocketSet was closed while waiting");
+    if (v != NULL)
+        PyErr_SetObject(PyExc_OSError, v);
+    Py_XDECREF(v);
+    return -1;
+}
+
+PyObject *
+bio_socketset_close(BioSocketSet *r)
+{
+    if (!bio_wake_same_process(&r->wake)) {
+        /* a fork()ed child: let go of our copies without touching the parent's io_uring */
+        bio_wake_kick(&r->wake);
+        r->close_pending = 0;
+        r->close_now(r);
+        Py_RETURN_NONE;
+    }
+    bio_wake_kick(&r->wake);
+    if (r->busy) { /* a call waits (another thread, or a signal handler's): it closes */
+        r->close_pending = 1;
+        Py_RETURN_NONE;
+    }
+    r->close_pending = 0;
+    r->close_now(r);
+    Py_RETURN_NONE;
 }
 
 /* ---- receive (both backends; the waiting is the backend's) ------------- */
@@ -250,7 +305,7 @@ bio_socketset_recv_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t narg
     c.b->appended = c.n;
     if (c.n)
         BIO_COUNT(r->counters, BIO_SOCKETSET_C_RX_BATCHES, 1);
-    if (err == -EINTR)
+    if (bio_socketset_after(r, err) < 0 || err == -EINTR)
         return NULL;
     if (err < 0)
         return bio_raise_errno(err);
@@ -289,12 +344,13 @@ bio_socketset_send_results(BioSocketSet *r, BioBatch *b, const int32_t *res, Py_
     return sent;
 }
 
-/* ValueError unless every entry in [start, end) names a socket of the set. */
+/* ValueError unless every entry in [start, end) names a socket of the set
+ * (the private copy that bio_batch_send_build read). */
 static int
 bio_socketset_check_sockets(BioSocketSet *r, BioBatch *b, Py_ssize_t start, Py_ssize_t end)
 {
     for (Py_ssize_t j = start; j < end; j++) {
-        int32_t s = b->sockets[j];
+        int32_t s = b->priv[j].sock;
         if (s < 0 || s >= r->cap || r->state[s] == BIO_SOCK_FREE) {
             PyErr_Format(PyExc_ValueError, "datagram %zd: no socket at index %d in this socket set",
                          j, (int)s);
@@ -315,13 +371,12 @@ bio_socketset_send_setup(BioSocketSet *r, const char *fname, PyObject *const *a,
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
+    BioBatchSendOpts o = {r->gso, r->gso_max_segments, by_socket};
     if (bio_batch_check_idle(c->b) < 0 ||
         bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
-        bio_batch_check_entries(c->b, start, end) < 0 ||
+        (c->m = bio_batch_send_build(&o, c->b, start, end)) < 0 ||
         (by_socket && bio_socketset_check_sockets(r, c->b, start, end) < 0))
         return -1;
-    BioBatchSendOpts o = {r->gso, r->gso_max_segments, by_socket};
-    c->m = bio_batch_send_prepare_nogil(&o, c->b, start, end);
     Py_ssize_t groups = c->ngroups ? c->ngroups : 1;
     if (c->m > 0 && groups > (Py_ssize_t)(UINT32_MAX / 2) / c->m) {
         PyErr_SetString(PyExc_ValueError, "too many (datagram, socket) pairs in one call");
@@ -497,6 +552,13 @@ bio_socketset_recv_stream(BioSocketSet *r, PyObject *const *args, Py_ssize_t nar
         bio_timeout_parse(a[3] ? a[3] : Py_None, &c.timeout_ns) < 0)
         return NULL;
     long long want;
+    if (r->state[idx] != BIO_SOCK_STREAM) {
+        PyErr_Format(PyExc_ValueError,
+                     "recv_stream needs a stream socket (added with stream=True); socket %d is a "
+                     "datagram socket: use recv_batch",
+                     idx);
+        return NULL;
+    }
     if (bio_args_int_type("min_bytes", a[2], 0) < 0 ||
         PyObject_GetBuffer(a[1], &pb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
@@ -516,6 +578,8 @@ bio_socketset_recv_stream(BioSocketSet *r, PyObject *const *args, Py_ssize_t nar
         Py_END_ALLOW_THREADS
         r->busy = 0;
     }
+    if (bio_socketset_after(r, err) < 0)
+        goto out;
     if (err == 0 && c.got < 0)
         err = (int)c.got;
     if (err == 0)
@@ -576,6 +640,7 @@ static void
 bio_socketset_dealloc(BioSocketSet *r)
 {
     bio_socketset_free_all(r);
+    bio_wake_fini(&r->wake);
     PyMem_Free(r->fds);
     PyMem_Free(r->state);
     PyMem_Free(r->gen);

@@ -34,6 +34,7 @@ static int bio_epollset_recv_nogil(void *arg);
 static int bio_epollset_send_nogil(void *arg);
 static int bio_epollset_stream_nogil(void *arg);
 static void bio_epollset_stream_abort_nogil(void *arg);
+static void bio_epollset_close_now(BioSocketSet *base);
 
 static PyObject *
 bio_epollset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -66,7 +67,14 @@ bio_epollset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(d);
         return bio_raise_errno(-e);
     }
+    struct epoll_event wev = {.events = EPOLLIN, .data.u32 = UINT32_MAX}; /* close() wakes */
+    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->base.wake.efd, &wev) < 0) {
+        int e = errno;
+        Py_DECREF(d);
+        return bio_raise_errno(-e);
+    }
     d->base.check = bio_epollset_check;
+    d->base.close_now = bio_epollset_close_now;
     d->base.recv_nogil = bio_epollset_recv_nogil;
     d->base.send_nogil = bio_epollset_send_nogil;
     d->base.stream_nogil = bio_epollset_stream_nogil;
@@ -184,10 +192,13 @@ bio_epollset_recv_nogil(void *arg)
         int ms = bio_deadline_ms(late ? c->first_deadline : c->watermark_deadline);
         BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
         int r = epoll_wait(d->epfd, d->events, d->maxevents, ms);
+        if (bio_wake_closing(&d->base.wake))
+            return -BIO_ECLOSED;
         if (r < 0)
             return -errno;
         for (int i = 0; i < r && c->n < room; i++)
-            bio_epollset_socket_nogil(d, (int)d->events[i].data.u32, c->b, &c->n, &prepared);
+            if (d->events[i].data.u32 != UINT32_MAX)
+                bio_epollset_socket_nogil(d, (int)d->events[i].data.u32, c->b, &c->n, &prepared);
         if (r == 0 && ms == 0)
             return 0;
         if (r == 0 && late)
@@ -246,8 +257,8 @@ bio_epollset_send_nogil(void *arg)
             fd = c->group_fds[k];
             end = (k + 1) * c->m;
         } else {
-            int32_t s = b->sockets[b->msg_entry[i]];
-            for (end = c->done + 1; end < c->m && b->sockets[b->msg_entry[end]] == s;)
+            int32_t s = b->priv[b->msg_entry[i]].sock; /* checked with the GIL held */
+            for (end = c->done + 1; end < c->m && b->priv[b->msg_entry[end]].sock == s;)
                 end++;
             fd = d->base.fds[s];
         }
@@ -295,19 +306,21 @@ bio_epollset_remove(BioEpollSet *d, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-bio_epollset_close(BioEpollSet *d, PyObject *Py_UNUSED(ignored))
+static void
+bio_epollset_close_now(BioSocketSet *base)
 {
-    if (d->base.busy) {
-        bio_socketset_usable(&d->base); /* sets the RuntimeError */
-        return NULL;
-    }
+    BioEpollSet *d = (BioEpollSet *)base;
     bio_socketset_free_all(&d->base);
     if (d->epfd >= 0) {
         close(d->epfd);
         d->epfd = -1;
     }
-    Py_RETURN_NONE;
+}
+
+static PyObject *
+bio_epollset_close(BioEpollSet *d, PyObject *Py_UNUSED(ignored))
+{
+    return bio_socketset_close(&d->base);
 }
 
 static PyObject *
@@ -333,7 +346,7 @@ bio_epollset_stream_nogil(void *arg)
         c->queued = 1;
     }
     BIO_COUNT(c->r->counters, BIO_SOCKETSET_C_SYSCALLS, 3);
-    int p = bio_poll_nogil(c->fd, POLLIN, c->deadline);
+    int p = bio_wake_poll_nogil(&c->r->wake, c->fd, POLLIN, c->deadline);
     if (p == -EINTR)
         return p;
     setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));

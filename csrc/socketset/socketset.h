@@ -82,6 +82,8 @@ struct BioSocketSet {
     int nerr, err_cap;
     int gso, gso_max_segments;
     int busy;             /* a call is using the set (GIL released) */
+    BioWake wake;         /* close() from another thread wakes a waiting call; fork check */
+    int close_pending;    /* close() came while a call ran: that call closes on its way out */
     uint32_t call_gen;    /* bumped per send/stream call (stale completions) */
     uint64_t counters[BIO_SOCKETSET_NCOUNTERS];
     int (*check)(BioSocketSet *r);     /* GIL: raise unless usable now */
@@ -89,6 +91,7 @@ struct BioSocketSet {
     int (*send_nogil)(void *send);     /* BioSocketSetSend: 0 or -errno */
     int (*stream_nogil)(void *stream); /* BioSocketSetStream: 0 or -errno */
     void (*stream_abort_nogil)(void *stream); /* stop a queued stream receive */
+    void (*close_now)(BioSocketSet *r);       /* GIL, no call running: tear down */
 };
 
 extern PyTypeObject BioSocketSet_Type;
@@ -110,8 +113,12 @@ void bio_socketset_free_all(BioSocketSet *r);
 int bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx);
 /* Parse add()'s (sock, stream=False): fd and flag; 0 or -1. */
 int bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream);
-/* RuntimeError if a call is using the set, else the backend's check. */
+/* RuntimeError if a call is using the set or this is a fork()ed child,
+ * ValueError if closed, else the backend's check. */
 int bio_socketset_usable(BioSocketSet *r);
+/* close(): now if no call runs, else wake it and let it close on its way
+ * out. None. */
+PyObject *bio_socketset_close(BioSocketSet *r);
 /* Queue (idx, err) for take_errors(); counts it if the queue is full. nogil. */
 void bio_socketset_error_nogil(BioSocketSet *r, int idx, int err);
 /* Write received datagram j of a batch: payload already at slot j. nogil. */

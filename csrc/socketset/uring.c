@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <liburing.h>
+#include <poll.h>
 #include <stddef.h>
 #include <string.h>
 #include <structmember.h>
@@ -30,7 +31,7 @@
 #include <unistd.h>
 
 enum { BIO_OP_RECV = 1, BIO_OP_SEND = 2, BIO_OP_CANCEL = 3, BIO_OP_STREAM = 4,
-       BIO_OP_STREAM_TIMEOUT = 5 };
+       BIO_OP_STREAM_TIMEOUT = 5, BIO_OP_WAKE = 6 };
 #define BIO_UD(op, mid, idx) \
     (((uint64_t)(op) << 56) | (((uint64_t)(mid) & 0xffffff) << 32) | (uint32_t)(idx))
 #define BIO_UD_OP(ud) ((unsigned)((ud) >> 56))
@@ -70,6 +71,7 @@ static int bio_uringset_recv_nogil(void *arg);
 static int bio_uringset_send_nogil(void *arg);
 static int bio_uringset_stream_nogil(void *arg);
 static void bio_uringset_stream_abort_nogil(void *arg);
+static void bio_uringset_close_now(BioSocketSet *base);
 
 /* ---- setup ------------------------------------------------------------- */
 
@@ -184,8 +186,18 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         bio_raise_errno(err);
         goto fail;
     }
+    /* close() from another thread writes the set's eventfd: this poll's
+     * completion wakes a call waiting in the io_uring */
+    struct io_uring_sqe *wsqe = io_uring_get_sqe(&r->uring);
+    io_uring_prep_poll_add(wsqe, r->base.wake.efd, POLLIN);
+    io_uring_sqe_set_data64(wsqe, BIO_UD(BIO_OP_WAKE, 0, 0));
+    if ((err = io_uring_submit(&r->uring)) < 0) {
+        bio_raise_errno(err);
+        goto fail;
+    }
     r->rx_hdr.msg_namelen = sizeof(struct sockaddr_in6);
     r->owner = (pid_t)syscall(SYS_gettid);
+    r->base.close_now = bio_uringset_close_now;
     r->base.check = bio_uringset_check;
     r->base.recv_nogil = bio_uringset_recv_nogil;
     r->base.send_nogil = bio_uringset_send_nogil;
@@ -397,8 +409,8 @@ static void
 bio_uringset_on_other(BioUringSet *r, const struct io_uring_cqe *cqe, BioUringReap *rp)
 {
     unsigned op = BIO_UD_OP(cqe->user_data);
-    if (op == BIO_OP_CANCEL)
-        return;
+    if (op == BIO_OP_CANCEL || op == BIO_OP_WAKE)
+        return; /* a wake: the waiter looks at the closing flag */
     if (BIO_UD_MID(cqe->user_data) != BIO_GEN(r->base.call_gen))
         return;
     if (op == BIO_OP_SEND && rp->send != NULL && BIO_UD_IDX(cqe->user_data) < rp->send->total) {
@@ -497,6 +509,8 @@ bio_uringset_wait_for_nogil(BioUringSet *r, BioSocketSetRecv *c, BioUringReap *r
         Py_ssize_t have = rp->n + (r->base.nerr - c->errors0);
         unsigned nr = (r->flags & IORING_SETUP_DEFER_TASKRUN) ? 1 : (unsigned)(want - have);
         int err = bio_uringset_wait_nogil(r, nr, deadline);
+        if (bio_wake_closing(&r->base.wake))
+            return -BIO_ECLOSED;
         if (err == 0 || err == -ETIME) {
             int taken = bio_uringset_take_all_nogil(r, rp, room);
             if (taken < 0)
@@ -520,6 +534,8 @@ bio_uringset_recv_nogil(void *arg)
     BioSocketSetRecv *c = arg;
     BioUringSet *r = (BioUringSet *)c->r;
     BioUringReap rp = {.b = c->b, .n = c->n};
+    if (bio_wake_closing(&r->base.wake))
+        return -BIO_ECLOSED;
     bio_uringset_rearm_nogil(r);
     bio_uringset_unstash(r, c->b, &rp.n);
     int err = bio_uringset_take_all_nogil(r, &rp, bio_socketset_room(c->b));
@@ -556,7 +572,7 @@ bio_uringset_send_nogil(void *arg)
             continue;
         }
         Py_ssize_t k = c->queued / c->m, i = c->queued % c->m;
-        int fd = c->group_fds ? c->group_fds[k] : r->base.fds[b->sockets[b->msg_entry[i]]];
+        int fd = c->group_fds ? c->group_fds[k] : r->base.fds[b->priv[b->msg_entry[i]].sock];
         struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
         io_uring_prep_sendmsg(sqe, fd, &b->msgs[i].msg_hdr, MSG_DONTWAIT);
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_SEND, r->base.call_gen, c->queued));
@@ -616,6 +632,10 @@ bio_uringset_stream_nogil(void *arg)
     while (!c->result_seen || !c->timeout_seen) {
         int err = bio_uringset_wait_nogil(r, 1, -1);
         bio_uringset_reap_nogil(r, &rp);
+        if (bio_wake_closing(&r->base.wake) && (!c->result_seen || !c->timeout_seen)) {
+            bio_uringset_stream_abort_nogil(c); /* the kernel lets go of the buffer first */
+            return -BIO_ECLOSED;
+        }
         if (err < 0)
             return err;
     }
@@ -709,19 +729,21 @@ bio_uringset_remove(BioUringSet *r, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-bio_uringset_close(BioUringSet *r, PyObject *Py_UNUSED(ignored))
+static void
+bio_uringset_close_now(BioSocketSet *base)
 {
-    if (r->base.busy) { /* e.g. a signal handler closing the set mid-call */
-        bio_socketset_usable(&r->base); /* sets the RuntimeError */
-        return NULL;
-    }
+    BioUringSet *r = (BioUringSet *)base;
     if (r->ready) {
         io_uring_queue_exit(&r->uring);
         r->ready = 0;
     }
     bio_socketset_free_all(&r->base);
-    Py_RETURN_NONE;
+}
+
+static PyObject *
+bio_uringset_close(BioUringSet *r, PyObject *Py_UNUSED(ignored))
+{
+    return bio_socketset_close(&r->base);
 }
 
 static PyObject *

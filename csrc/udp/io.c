@@ -9,9 +9,13 @@
  */
 #include "udp/udp.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <string.h>
 #include <structmember.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 
 static const char *const bio_udp_counter_names[BIO_UDP_NCOUNTERS] = {
     "rx_datagrams",    "rx_bytes",         "rx_batches",  "rx_syscalls",
@@ -31,13 +35,129 @@ bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     BioUdp *u = (BioUdp *)type->tp_alloc(type, 0);
     if (u == NULL)
         return NULL;
-    u->fd = fd;
-    u->wait_fd = -1;
+    u->fd = u->wait_fd = u->retired_wait_fd = u->wake.efd = -1;
+    if (fd >= 0) { /* our own descriptor: a number closed and reused elsewhere cannot reach us */
+        int err = bio_wake_init(&u->wake);
+        if (err == 0 && (u->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+            err = -errno;
+        if (err < 0) {
+            Py_DECREF(u);
+            return bio_raise_errno(err);
+        }
+    }
     u->recv_mmsg = 1;
     u->send_mmsg = 1;
     u->gso_max_segments = 64;
     u->gro_max_segments = 64;
     return (PyObject *)u;
+}
+
+/* Close what u owns (no call is using it). */
+static void
+bio_udp_release(BioUdp *u)
+{
+    int *fds[] = {&u->fd, &u->wait_fd, &u->retired_wait_fd};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
+    bio_wake_fini(&u->wake);
+}
+
+PyObject *
+bio_udp_raise_closed(void)
+{
+    PyObject *v = Py_BuildValue("(is)", EBADF, "the BurstSocket was closed while waiting");
+    if (v != NULL)
+        PyErr_SetObject(PyExc_OSError, v);
+    Py_XDECREF(v);
+    return NULL;
+}
+
+int
+bio_udp_enter(BioUdp *u)
+{
+    if (u->fd < 0 || bio_wake_closing(&u->wake)) {
+        bio_raise_errno(-EBADF);
+        return -1;
+    }
+    uint32_t gen = u->wake.fork_gen;
+    int err = bio_wake_refresh(&u->wake);
+    if (gen != u->wake.fork_gen && u->wait_fd >= 0) {
+        /* a child after fork(): the epoll instance is the parent's (its
+         * busy-poll parameters, its wake eventfd); wait in poll() until the
+         * policy gives us one of our own (src/burstio/_udp.py) */
+        close(u->wait_fd);
+        u->wait_fd = -1;
+    }
+    if (err < 0) {
+        bio_raise_errno(err);
+        return -1;
+    }
+    u->wake.users++;
+    return 0;
+}
+
+void
+bio_udp_leave(BioUdp *u)
+{
+    if (--u->wake.users > 0)
+        return;
+    if (u->retired_wait_fd >= 0) {
+        close(u->retired_wait_fd);
+        u->retired_wait_fd = -1;
+    }
+    if (bio_wake_closing(&u->wake))
+        bio_udp_release(u);
+}
+
+PyDoc_STRVAR(bio_udp_close_doc,
+"close($self, /)\n--\n\n"
+"Close our descriptor. A call waiting in another thread wakes at once with\n"
+"OSError(EBADF); the descriptor is closed when the last call has left.");
+
+static PyObject *
+bio_udp_close(BioUdp *u, PyObject *Py_UNUSED(ignored))
+{
+    if (u->fd < 0 && u->wake.efd < 0)
+        Py_RETURN_NONE;
+    bio_wake_kick(&u->wake);
+    if (u->wake.users == 0)
+        bio_udp_release(u);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(bio_udp_set_wait_fd_doc,
+"set_wait_fd($self, epfd, /)\n--\n\n"
+"Wait for receives in (our dup of) the epoll instance epfd, which must hold\n"
+"the socket; its busy-poll parameters then apply. -1: poll() the socket.");
+
+static PyObject *
+bio_udp_set_wait_fd(BioUdp *u, PyObject *arg)
+{
+    long long epfd;
+    if (bio_args_int("epfd", arg, -1, 0x7fffffff, &epfd) < 0 || bio_udp_enter(u) < 0)
+        return NULL;
+    int own = -1;
+    if (epfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = u->wake.efd};
+        own = fcntl((int)epfd, F_DUPFD_CLOEXEC, 0);
+        if (own < 0 || (epoll_ctl(own, EPOLL_CTL_ADD, u->wake.efd, &ev) < 0 && errno != EEXIST)) {
+            int e = errno;
+            if (own >= 0)
+                close(own);
+            bio_udp_leave(u);
+            return bio_raise_errno(-e);
+        }
+    }
+    int old = __atomic_exchange_n(&u->wait_fd, own, __ATOMIC_RELAXED);
+    if (old >= 0 && u->wake.users > 1 && u->retired_wait_fd < 0)
+        u->retired_wait_fd = old; /* a receive may be waiting in it: closed when it leaves */
+    else if (old >= 0)
+        close(old);
+    bio_udp_leave(u);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -74,6 +194,8 @@ static PyMethodDef bio_udp_methods[] = {
      "send_batch without the recover policy: stops early with last_errno set."},
     {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
      METH_VARARGS | METH_KEYWORDS, bio_udp_send_segments_doc},
+    {"close", (PyCFunction)bio_udp_close, METH_NOARGS, bio_udp_close_doc},
+    {"set_wait_fd", (PyCFunction)bio_udp_set_wait_fd, METH_O, bio_udp_set_wait_fd_doc},
     {"counters", (PyCFunction)bio_udp_counters, METH_NOARGS,
      "counters($self, /)\n--\n\nA dict of every counter."},
     {"count", (PyCFunction)bio_udp_count, METH_VARARGS,
@@ -84,15 +206,15 @@ static PyMethodDef bio_udp_methods[] = {
 };
 
 static PyMemberDef bio_udp_members[] = {
-    {"fd", T_INT, offsetof(BioUdp, fd), 0, "socket descriptor (-1: closed)"},
+    {"fd", T_INT, offsetof(BioUdp, fd), READONLY,
+     "our own dup of the socket's descriptor (-1: closed)"},
     {"recv_mmsg", T_INT, offsetof(BioUdp, recv_mmsg), 0,
      "1: recvmmsg; 0: one recvmsg per datagram"},
     {"send_mmsg", T_INT, offsetof(BioUdp, send_mmsg), 0,
      "1: sendmmsg; 0: one sendmsg per message"},
     {"gso", T_INT, offsetof(BioUdp, gso), 0, "1: coalesce runs into UDP_SEGMENT sends"},
-    {"wait_fd", T_INT, offsetof(BioUdp, wait_fd), 0,
-     "epoll instance (holding this socket) that receives wait in, so its "
-     "busy-poll parameters apply; -1: poll() the socket"},
+    {"wait_fd", T_INT, offsetof(BioUdp, wait_fd), READONLY,
+     "our dup of the epoll instance receives wait in (set_wait_fd); -1: poll()"},
     {"spin_us", T_INT, offsetof(BioUdp, spin_us), 0,
      "microseconds a receive keeps retrying before it sleeps in poll() "
      "(with SO_BUSY_POLL each try busy polls the device once); 0: none"},
@@ -136,6 +258,7 @@ static void
 bio_udp_dealloc(BioUdp *u)
 {
     PyObject_GC_UnTrack(u);
+    bio_udp_release(u);
     bio_udp_clear(u);
     Py_TYPE(u)->tp_free((PyObject *)u);
 }
@@ -154,10 +277,17 @@ PyTypeObject BioUdp_Type = {
     .tp_new = bio_udp_new,
 };
 
+static PyMethodDef bio_udp_functions[] = {
+    {"udp_parse_for_fuzz", bio_udp_parse_for_fuzz, METH_VARARGS, bio_udp_parse_for_fuzz_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 bio_udp_init_type(PyObject *module)
 {
     if (PyType_Ready(&BioUdp_Type) < 0)
+        return -1;
+    if (PyModule_AddFunctions(module, bio_udp_functions) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "UdpIo", (PyObject *)&BioUdp_Type);
 }

@@ -104,8 +104,21 @@ bio_udp_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
     return n;
 }
 
-/* Receive, waiting in poll() until deadline_ns (-1: forever). Returns
- * datagrams, 0 on timeout, or -errno. nogil. */
+/* Wait in u's busy-polling epoll instance wfd (which also holds the wake
+ * eventfd) until deadline_ns: 1 woken, 0 timed out, -BIO_ECLOSED closing,
+ * -errno. nogil. */
+static int
+bio_udp_recv_epoll_nogil(BioUdp *u, int wfd, int64_t deadline_ns)
+{
+    BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
+    int p = bio_epoll_wait_nogil(wfd, deadline_ns);
+    return bio_wake_closing(&u->wake) ? -BIO_ECLOSED : p;
+}
+
+/* Receive, waiting until deadline_ns (-1: forever) in poll() on the socket
+ * and the wake eventfd, or in the busy-polling epoll instance, or spinning.
+ * Returns datagrams, 0 on timeout, -BIO_ECLOSED when close() woke it, or
+ * -errno. nogil. */
 static int
 bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
                         int64_t deadline_ns)
@@ -117,13 +130,14 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
         /* Request/response traffic under busy polling: the socket was empty
          * last time, so wait (polling the device) before the receive that
          * would fail. epoll_wait returns at once if a datagram is there. */
-        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
-        int p = bio_epoll_wait_nogil(wfd0, deadline_ns);
+        int p = bio_udp_recv_epoll_nogil(u, wfd0, deadline_ns);
         if (p < 0 && p != -EBADF && p != -EINVAL)
             return p;
         waited = 1;
     }
     for (;;) {
+        if (bio_wake_closing(&u->wake))
+            return -BIO_ECLOSED;
         bio_udp_recv_prepare(b, vlen);
         int r = bio_udp_recv_once_nogil(u, b, vlen, flags);
         if (first) {
@@ -143,10 +157,14 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
             spin_end = now + (int64_t)spin * 1000;
         if (now < spin_end)
             continue; /* busy poll from here: each receive polls the device once */
-        BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
         int wfd = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
-        int p = wfd >= 0 ? bio_epoll_wait_nogil(wfd, deadline_ns)
-                         : bio_poll_nogil(u->fd, POLLIN, deadline_ns);
+        int p;
+        if (wfd >= 0) {
+            p = bio_udp_recv_epoll_nogil(u, wfd, deadline_ns);
+        } else {
+            BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
+            p = bio_wake_poll_nogil(&u->wake, u->fd, POLLIN, deadline_ns);
+        }
         if ((p == -EBADF || p == -EINVAL) && wfd >= 0 &&
             wfd != __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED))
             continue; /* the epoll instance was swapped out under us */
@@ -155,25 +173,50 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
     }
 }
 
-/* Read the control messages of message k (GRO segment size, receive
- * timestamp) into entry k's arrays. */
+/* The control messages of a received message, control[0, len) as the
+ * kernel (or the fuzz hook) wrote them: the UDP_GRO segment size and the
+ * receive timestamp into p. Every header is checked against the buffer
+ * before it is read (a lying cmsg_len, a truncated header or payload ends
+ * the walk), so nothing outside control[0, len) is ever read. */
+void
+bio_udp_recv_parse_cmsgs(const unsigned char *control, size_t len, BioBatchPriv *p)
+{
+    size_t off = 0;
+    p->seg = 0;
+    p->ts = 0;
+    while (len - off >= sizeof(struct cmsghdr)) {
+        struct cmsghdr c;
+        memcpy(&c, control + off, sizeof(c));
+        if (c.cmsg_len < CMSG_LEN(0) || c.cmsg_len > len - off)
+            return;
+        const unsigned char *data = control + off + CMSG_LEN(0);
+        size_t dlen = c.cmsg_len - CMSG_LEN(0);
+        if (c.cmsg_level == SOL_UDP && c.cmsg_type == UDP_GRO && dlen >= sizeof(int)) {
+            int seg;
+            memcpy(&seg, data, sizeof(seg));
+            p->seg = seg > 0 ? (uint32_t)seg : 0;
+        } else if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SCM_TIMESTAMPNS &&
+                   dlen >= sizeof(struct timespec)) {
+            struct timespec ts;
+            memcpy(&ts, data, sizeof(ts));
+            p->ts = (int64_t)((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+        }
+        size_t step = CMSG_ALIGN(c.cmsg_len);
+        if (step > len - off)
+            return;
+        off += step;
+    }
+}
+
+/* Read the control messages of message k into its private scratch (the
+ * batch's arrays are writable by other threads: what the split uses must
+ * not be). */
 static void
 bio_udp_recv_cmsgs(BioBatch *b, int k)
 {
-    struct msghdr *h = &b->msgs[k].msg_hdr;
-    b->segment_sizes[k] = 0;
-    b->timestamps[k] = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-            int seg;
-            memcpy(&seg, CMSG_DATA(c), sizeof(seg));
-            b->segment_sizes[k] = seg > 0 ? (uint32_t)seg : 0;
-        } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-            struct timespec ts;
-            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-            b->timestamps[k] = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-        }
-    }
+    const struct msghdr *h = &b->msgs[k].msg_hdr;
+    size_t len = h->msg_controllen < BIO_CMSG_SIZE ? h->msg_controllen : BIO_CMSG_SIZE;
+    bio_udp_recv_parse_cmsgs(h->msg_control, h->msg_control ? len : 0, &b->priv[k]);
 }
 
 static uint32_t
@@ -187,7 +230,7 @@ bio_udp_recv_stored_len(const BioBatch *b, int k)
 static Py_ssize_t
 bio_udp_recv_segments(const BioBatch *b, int k)
 {
-    uint32_t seg = b->segment_sizes[k], stored = bio_udp_recv_stored_len(b, k);
+    uint32_t seg = b->priv[k].seg, stored = bio_udp_recv_stored_len(b, k);
     if (seg == 0 || stored <= seg)
         return 1;
     return (stored + seg - 1) / seg;
@@ -200,8 +243,8 @@ static void
 bio_udp_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t cnt)
 {
     const struct sockaddr_in6 name = b->names[k];
-    const int64_t ts = b->timestamps[k];
-    const uint32_t seg = b->segment_sizes[k], stored = bio_udp_recv_stored_len(b, k);
+    const int64_t ts = b->priv[k].ts;
+    const uint32_t seg = b->priv[k].seg, stored = bio_udp_recv_stored_len(b, k);
     const int trunc = (b->msgs[k].msg_hdr.msg_flags & MSG_TRUNC) != 0;
     const uint64_t base = (uint64_t)k * (uint64_t)b->slot_size;
     const Py_ssize_t want = bio_udp_recv_segments(b, k);
@@ -240,14 +283,14 @@ bio_udp_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t 
     }
     if (trunc) {
         /* count the cut datagram and any whole segments that did not fit */
-        unsigned int len = b->msgs[k].msg_len;
-        uint64_t lost = seg ? (len + seg - 1) / seg - (stored + seg - 1) / seg : 0;
+        uint64_t len = b->msgs[k].msg_len;
+        uint64_t lost = seg ? (len + seg - 1) / seg - ((uint64_t)stored + seg - 1) / seg : 0;
         BIO_COUNT(u->counters, BIO_UDP_C_RX_TRUNCATED, 1 + lost);
     }
 }
 
 /* Turn n received messages into entries; returns the entry count. nogil. */
-static Py_ssize_t
+Py_ssize_t
 bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
 {
     Py_ssize_t total = 0;
@@ -307,8 +350,6 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
     BioBatch *b = (BioBatch *)a[0];
     if (bio_batch_check_idle(b) < 0)
         return NULL;
-    if (u->fd < 0)
-        return bio_raise_errno(-EBADF);
     if (u->gro && b->slot_size < BIO_GRO_SLOT_MIN) {
         PyErr_Format(PyExc_ValueError,
                      "UDP GRO is on and a coalesced receive can reach 64 KiB: "
@@ -317,22 +358,29 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
                      BIO_GRO_SLOT_MIN, b->slot_size, BIO_GRO_SLOT_MIN);
         return NULL;
     }
+    if (u->fd < 0)
+        return bio_raise_errno(-EBADF);
     if (u->pending_errno) {
         int e = u->pending_errno;
         u->pending_errno = 0;
         return bio_raise_errno(-e);
     }
+    if (bio_udp_enter(u) < 0)
+        return NULL;
     bio_batch_reset(b);
-    BioUdpRecv c = {.u = u, .b = b, .vlen = bio_udp_recv_vlen(u, b),
-                    /* a blocking receive sleeps in recvmmsg itself, unless
-                     * busy polling wants the wait done here */
-                    .flags = timeout_ns < 0 && u->wait_fd < 0 && u->spin_us <= 0 ? 0 : MSG_DONTWAIT,
+    /* never block in recvmmsg itself: waits poll the wake eventfd too, so
+     * that close() from another thread ends them at once */
+    BioUdpRecv c = {.u = u, .b = b, .vlen = bio_udp_recv_vlen(u, b), .flags = MSG_DONTWAIT,
                     .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
     b->busy = 1;
     int r = bio_nogil_retry(bio_udp_recv_run_nogil, &c);
     b->busy = 0;
+    int closed = r == -BIO_ECLOSED && bio_wake_closing(&u->wake);
+    bio_udp_leave(u);
     if (r == -EINTR)
         return NULL;
+    if (closed)
+        return bio_udp_raise_closed();
     if (r < 0)
         return bio_raise_errno(r);
     b->count = c.entries;

@@ -1,8 +1,9 @@
 /* UdpIo's send path: PacketBatch entries -> sendmmsg, with UDP GSO.
  *
- * A datagram's way out: send_batch() -> bio_batch_send_prepare_nogil
- * (batch/msgs.c: runs of datagrams to the same destination, of the same
- * size, become one message carrying a UDP_SEGMENT cmsg) ->
+ * A datagram's way out: send_batch() -> bio_batch_send_build (batch/msgs.c,
+ * GIL held: each entry read once and checked; runs of datagrams to the same
+ * destination, of the same size, become one message carrying a UDP_SEGMENT
+ * cmsg) ->
  * bio_udp_send_msgs_nogil (sendmmsg, or one sendmsg per message) -> the
  * kernel, which builds every datagram of a run from one send. A message
  * that fails stops the send (its first entry is reported) or, when the
@@ -105,20 +106,15 @@ typedef struct {
     BioUdp *u;
     BioBatch *b;
     Py_ssize_t start, end, m, done;
-    int skip, prepared;
+    int skip;
 } BioUdpSend;
 
-/* Build the messages once, then send them all, flagging and skipping
- * failures when asked. 0, or the -errno that stopped it. nogil. */
+/* Send the messages built (b->msgs[0, m)), flagging and skipping failures
+ * when asked. 0, or the -errno that stopped it. nogil. */
 static int
 bio_udp_send_run_nogil(void *arg)
 {
     BioUdpSend *c = arg;
-    if (!c->prepared) {
-        BioBatchSendOpts o = {c->u->gso, c->u->gso_max_segments, 0};
-        c->m = bio_batch_send_prepare_nogil(&o, c->b, c->start, c->end);
-        c->prepared = 1;
-    }
     for (;;) {
         int err = bio_udp_send_msgs_nogil(c->u, c->b->msgs, c->m, &c->done);
         if (err == 0 || err == -EINTR || bio_udp_send_must_stop(c->b, c->done, -err, c->skip))
@@ -181,14 +177,17 @@ bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     c.b = (BioBatch *)a[0];
     if (bio_batch_check_idle(c.b) < 0 ||
-        bio_batch_send_range(c.b, a[1], a[2], &c.start, &c.end) < 0 ||
-        bio_batch_check_entries(c.b, c.start, c.end) < 0)
+        bio_batch_send_range(c.b, a[1], a[2], &c.start, &c.end) < 0)
         return NULL;
-    if (u->fd < 0)
-        return bio_raise_errno(-EBADF);
+    BioBatchSendOpts o = {u->gso, u->gso_max_segments, 0};
+    if ((c.m = bio_batch_send_build(&o, c.b, c.start, c.end)) < 0)
+        return NULL;
+    if (bio_udp_enter(u) < 0)
+        return NULL;
     if (use_policy)
         BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_udp_send_range_run(&c);
+    bio_udp_leave(u);
     Py_ssize_t processed = u->last_error_index >= 0 ? u->last_error_index - c.start
                                                     : c.end - c.start;
     if (err == -EINTR) {
@@ -313,10 +312,6 @@ bio_udp_segments_setup(BioUdp *u, BioUdpSegments *c, const Py_buffer *pb, PyObje
     if (bio_args_int("segment_size", seg_obj, 1, BIO_MAX_UDP_PAYLOAD, &seg) < 0 ||
         (addr != Py_None && bio_addr_parse(addr, &c->name) < 0))
         return -1;
-    if (u->fd < 0) {
-        bio_raise_errno(-EBADF);
-        return -1;
-    }
     c->u = u;
     c->buf = pb->buf;
     c->len = (size_t)pb->len;
@@ -367,8 +362,11 @@ bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
     BioUdpSegments *c = PyMem_Calloc(1, sizeof(*c));
     if (c == NULL)
         PyErr_NoMemory();
-    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first) == 0)
+    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first) == 0 &&
+             bio_udp_enter(u) == 0) {
         ret = bio_udp_segments_run(u, c);
+        bio_udp_leave(u);
+    }
     PyMem_Free(c);
     PyBuffer_Release(&pb);
     return ret;

@@ -30,7 +30,9 @@ enum bio_udp_counter {
 
 typedef struct {
     PyObject_HEAD
-    int fd;
+    int fd;               /* our own dup of the socket (-1: closed); see BioWake */
+    BioWake wake;         /* close() wakes every waiter; closes fd when the last leaves */
+    int retired_wait_fd;  /* a wait_fd replaced while a receive used it: closed later */
     int recv_mmsg;        /* recvmmsg, else one recvmsg per datagram */
     int send_mmsg;        /* sendmmsg, else one sendmsg per message */
     int gso;              /* coalesce same-size runs into UDP_SEGMENT sends */
@@ -41,7 +43,8 @@ typedef struct {
     int rx_singles;       /* receive calls in a row that found one datagram */
     int single_after;     /* that many in a row: ask for one (0: never) */
     int pending_errno;    /* error seen after a partial receive, raised next */
-    int wait_fd;          /* epoll instance to wait in (busy polls), -1: poll() */
+    int wait_fd;          /* our dup of an epoll instance to wait in (busy polls; it
+                           * also holds wake.efd), -1: poll() */
     int spin_us;          /* before poll(): retry the receive this long (busy
                            * polls once per try with SO_BUSY_POLL) */
     int wait_first;       /* busy polling in wait_fd and the last waiting
@@ -53,7 +56,20 @@ typedef struct {
     PyObject *recover;    /* policy called when a send stops early, or NULL */
 } BioUdp;
 
+extern PyTypeObject BioUdp_Type;
+
 int bio_udp_init_type(PyObject *module);
+
+/* The receive path's per-message finishing step (udp/recv.c): the cmsgs of
+ * control[0, len) into p, reading nothing outside it; and n received
+ * messages of b (msgs[k]: msg_len, msg_flags, control) into entries, GRO
+ * split included. The entry count. nogil. */
+void bio_udp_recv_parse_cmsgs(const unsigned char *control, size_t len, BioBatchPriv *p);
+Py_ssize_t bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n);
+/* udp_parse_for_fuzz(control, length, slot_size, gro): that step on one
+ * synthetic message (udp/fuzz.c). */
+PyObject *bio_udp_parse_for_fuzz(PyObject *module, PyObject *args);
+extern const char bio_udp_parse_for_fuzz_doc[];
 
 /* The Python entry points of udp/recv.c and udp/send.c, for the type's
  * method table (udp/io.c). */
@@ -64,6 +80,13 @@ PyObject *bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
 PyObject *bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames);
 PyObject *bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds);
+/* Begin a call that uses u->fd (GIL held): 0, or -1 with OSError EBADF if
+ * closed (or closing); a child after fork() gets its own wake eventfd. */
+int bio_udp_enter(BioUdp *u);
+/* End it (GIL held): the last call out of a closing UdpIo closes it. */
+void bio_udp_leave(BioUdp *u);
+/* OSError EBADF "... closed while waiting"; NULL. */
+PyObject *bio_udp_raise_closed(void);
 extern const char bio_udp_recv_batch_doc[], bio_udp_send_segments_doc[];
 
 #endif /* BIO_UDP_H */

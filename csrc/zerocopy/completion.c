@@ -410,6 +410,8 @@ bio_zerocopy_completion_done(BioZeroCopyCompletion *c, PyObject *Py_UNUSED(ignor
 {
     BioZeroCopyIo *s = (BioZeroCopyIo *)c->sender;
     if (!c->done && s != NULL && !s->busy && s->fd >= 0) {
+        if (bio_zerocopy_check_usable(s) < 0) /* a fork()ed child: refused */
+            return NULL;
         Py_INCREF(s); /* finishing c drops c's reference */
         int r = bio_zerocopy_process(s);
         Py_DECREF(s);

@@ -34,6 +34,15 @@ static const char *const bio_zerocopy_counter_names[BIO_ZEROCOPY_NCOUNTERS] = {
 int
 bio_zerocopy_check_usable(BioZeroCopyIo *s)
 {
+    if (s->fd >= 0 && !bio_wake_same_process(&s->wake)) {
+        /* its io_uring, error queue and buffers are shared with the parent:
+         * a call here would consume the parent's notifications */
+        PyErr_Format(PyExc_RuntimeError,
+                     "this ZeroCopySender was made in process %d; after fork() it belongs to the "
+                     "parent: make a new ZeroCopySender (and pool) in this process",
+                     (int)s->wake.pid);
+        return -1;
+    }
     if (s->busy) {
         PyErr_SetString(PyExc_RuntimeError, "ZeroCopySender is in use by another call "
                         "(a send or wait in another thread)");
@@ -300,6 +309,12 @@ bio_zerocopy_io_close(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     if (s->fd < 0)
         Py_RETURN_NONE;
+    if (!bio_wake_same_process(&s->wake)) {
+        /* a fork()ed child: let go of our copies without reading the
+         * parent's completions (our buffers in flight stay out of our pool) */
+        bio_zerocopy_release(s);
+        Py_RETURN_NONE;
+    }
     if (bio_zerocopy_check_usable(s) < 0)
         return NULL;
     int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
@@ -417,6 +432,9 @@ bio_zerocopy_io_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (s == NULL)
         return NULL;
     s->fd = s->epfd = -1;
+    s->wake.efd = -1;
+    s->wake.pid = getpid();
+    s->wake.fork_gen = bio_fork_gen();
     s->backend = backend;
     s->pool = (BioZeroCopyPool *)Py_NewRef(pool);
     s->completion_type = Py_NewRef(ctype);

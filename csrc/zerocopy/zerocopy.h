@@ -123,6 +123,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     int fd;               /* our dup of the socket; -1 once closed */
+    BioWake wake;         /* the process that made the sender (fork check) */
     int backend;          /* BIO_ZEROCOPY_BACKEND_COPY / _MSG / _URING */
     int stream;           /* SOCK_STREAM */
     int busy;             /* a call runs without the GIL */

@@ -65,8 +65,15 @@ class PortableIo:
     """Pure-Python twin of ``_native.UdpIo`` (see that type for the contract)."""
 
     def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.fd = sock.fileno()
+        # our own descriptor, as the C backends keep: closing the caller's
+        # socket, or its number being reused, cannot reach it
+        self.sock = sock.dup()
+        self.fd = self.sock.fileno()
+        # close() wakes a waiting receive through this eventfd (see _wait)
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._pid = os.getpid()
+        self._closing = False
+        self._users = 0
         self.recv_mmsg = 0
         self.send_mmsg = 0
         self.gso = 0
@@ -90,19 +97,66 @@ class PortableIo:
         """An epoll instance holding the socket to wait in (-1: select)."""
         return self._wait_fd
 
-    @wait_fd.setter
-    def wait_fd(self, fd: int) -> None:
-        if self._waiter is not None:
-            self._waiter.close()
-        # a duplicate descriptor is the same epoll instance, busy-poll
-        # parameters included
-        self._waiter = select.epoll.fromfd(os.dup(fd)) if fd >= 0 else None
-        self._wait_fd = fd
+    def set_wait_fd(self, fd: int) -> None:
+        self._enter()
+        try:
+            if self._waiter is not None:
+                self._waiter.close()
+            # a duplicate descriptor is the same epoll instance, busy-poll
+            # parameters included; it holds the wake eventfd too
+            self._waiter = select.epoll.fromfd(os.dup(fd)) if fd >= 0 else None
+            if self._waiter is not None:
+                self._waiter.register(self._wake, select.EPOLLIN)
+            self._wait_fd = fd
+        finally:
+            self._leave()
 
     def _wait(self, left: float | None) -> bool:
         if self._waiter is not None:
-            return bool(self._waiter.poll(-1 if left is None else left, 1))
-        return bool(select.select([self.sock], [], [], left)[0])
+            ready = bool(self._waiter.poll(-1 if left is None else left, 1))
+        else:
+            ready = bool(select.select([self.fd, self._wake], [], [], left)[0])
+        if self._closing:
+            raise OSError(errno.EBADF, "the BurstSocket was closed while waiting")
+        return ready
+
+    # ---- lifetime: close() wakes every waiter --------------------------
+    def _enter(self) -> None:
+        if self.fd < 0 or self._closing:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if os.getpid() != self._pid:  # a child after fork(): the parent's close must not wake us
+            os.close(self._wake)
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._pid = os.getpid()
+            if self._waiter is not None:  # the parent's epoll instance: poll the socket instead
+                self._waiter.close()
+                self._waiter, self._wait_fd = None, -1
+        self._users += 1
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if self._closing and self._users == 0:
+            self._release()
+
+    def _release(self) -> None:
+        if self.fd < 0:
+            return
+        self.fd = -1
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+        self.sock.close()
+        os.close(self._wake)
+
+    def close(self) -> None:
+        """Close our descriptor; a receive waiting in another thread wakes at
+        once with OSError(EBADF), and the descriptor closes when it has left."""
+        if self._closing:
+            return
+        self._closing = True
+        os.eventfd_write(self._wake, 1)
+        if self._users == 0:
+            self._release()
 
     # ---- counters ------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -121,7 +175,7 @@ class PortableIo:
         if not isinstance(batch, _native.PacketBatch):
             raise TypeError(f"recv_batch() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
         timeout_ns = _timeout_ns(timeout)
-        if self.fd < 0:
+        if self.fd < 0 or self._closing:
             raise OSError(errno.EBADF, "Bad file descriptor")
         if self.gro and batch.slot_size < _native.GRO_SLOT_MIN:
             raise ValueError(
@@ -136,10 +190,14 @@ class PortableIo:
             vlen = max(1, min(vlen, batch.capacity // self.gro_max_segments))
         batch._set_busy(True)  # first: nothing else may touch the batch now
         try:
-            batch._set_count(0)
-            msgs = self._recv_messages(batch, min(vlen, 1024), timeout_ns)
-            n = self._store(batch, msgs)
-            batch._set_count(n, len(msgs))
+            self._enter()
+            try:
+                batch._set_count(0)
+                msgs = self._recv_messages(batch, min(vlen, 1024), timeout_ns)
+                n = self._store(batch, msgs)
+                batch._set_count(n, len(msgs))
+            finally:
+                self._leave()
         finally:
             batch._set_busy(False)
         if msgs:
@@ -301,9 +359,11 @@ class PortableIo:
         for j in range(start, end):
             batch._mark_error(j, 0)
         batch._set_busy(True)
+        self._enter()
         try:
             sent = self._send_runs(batch, start, end, skip)
         finally:
+            self._leave()
             batch._set_busy(False)
         return sent, start + sent, end, skip
 
@@ -346,6 +406,13 @@ class PortableIo:
         if self.fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor")
         self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
+        self._enter()
+        try:
+            return self._send_segments(view, segment_size, addr, first)
+        finally:
+            self._leave()
+
+    def _send_segments(self, view: memoryview, segment_size: int, addr: Address | None, first: int) -> int:
         per_msg = 1
         if self.gso:
             per_msg = max(1, min(self.gso_max_segments, MAX_UDP_PAYLOAD // segment_size))

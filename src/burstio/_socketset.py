@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import _native
 from ._caps import capabilities
 from ._checks import UDP_OR_TCP, check_int, check_socket
+from ._kernel import SOL_UDP, UDP_GRO
 from ._udp import GSO_SEGMENTS, BurstSocket
 
 if TYPE_CHECKING:
@@ -104,6 +105,12 @@ class SocketSet:
         if raw.type != kind:
             want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
             raise ValueError(f"SocketSet.add needs {want}, got {raw.type.name}")
+        if not stream and raw.getsockopt(SOL_UDP, UDP_GRO):
+            # the set takes one datagram per entry: a coalesced receive would
+            # arrive as one entry holding many datagrams, unmarked
+            raise ValueError("SocketSet.add refuses a socket with UDP_GRO on (a coalesced receive would "
+                             "be one entry holding many datagrams): turn UDP_GRO off, or receive it "
+                             "with a BurstSocket(gro=True)")
         index = self._io.add(raw, stream)
         self._socks[index] = raw
         return index
@@ -200,7 +207,10 @@ class SocketSet:
 
     def close(self) -> None:
         """Tear the set down and close its own descriptors; your sockets
-        stay open."""
+        stay open. A recv_batch or recv_stream waiting in another thread (or
+        interrupted by the signal handler that closes) ends at once with
+        ``OSError(EBADF, "the SocketSet was closed while waiting")``, and the
+        set is torn down as that call leaves."""
         self._io.close()
         self._socks.clear()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import struct
 import weakref
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._caps import Capabilities, capabilities
-from ._checks import check_int, check_socket, closed_socket_error
+from ._checks import check_int, check_optional_int, check_socket, closed_socket_error
 from ._errors import SendError
 from ._kernel import (
     SK_MEMINFO_DROPS,
@@ -77,6 +78,8 @@ class BurstSocket:
                  backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        check_optional_int("rcvbuf", rcvbuf, 1, 2**31 - 1)
+        check_optional_int("sndbuf", sndbuf, 1, 2**31 - 1)
         if sock is None:
             if family not in (socket.AF_INET, socket.AF_INET6):
                 raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
@@ -104,6 +107,7 @@ class BurstSocket:
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
         self._gso_warned = False
         self._busy_poll: tuple[str, BusyPollEpoll | None] | None = None  # (mechanism, epoll) while busy polling
+        self._busy_params: tuple[int, int, bool] = (0, 8, False)  # what busy_poll() was last asked
         # The hot paths are bound straight to the backend: no Python frame
         # between the caller and the C calls (see recv_batch/send_batch
         # below). The backend calls _send_recover only when a send stops early.
@@ -348,21 +352,23 @@ class BurstSocket:
 
         check_int("usecs", usecs, 0, 2**31 - 1)
         check_int("budget", budget, 0, 65535)
-        if self._sock.fileno() == -1:
+        if self._io.fd == -1 or self._sock.fileno() == -1:
             raise closed_socket_error()
         caps = capabilities()
         self._stop_busy_poll()
         if usecs == 0:
             return "off"
+        self._busy_params = (usecs, budget, prefer)
         if caps.epoll_busy_poll:
             ep = BusyPollEpoll(usecs, budget, prefer)
             try:
-                ep.register(self._sock.fileno())
+                ep.register(self._io.fd)  # the BurstSocket's own descriptor
+                self._io.set_wait_fd(ep.fileno())  # C waits in its own dup, with the wake eventfd
             except BaseException:
                 ep.close()
                 raise
             self._busy_poll = ("epoll", ep)
-            self._io.wait_fd = ep.fileno()
+            _BUSY_POLLING.add(self)
             return "epoll"
         if not caps.so_busy_poll:
             raise OSError(errno.EOPNOTSUPP, "busy polling needs EPIOCSPARAMS (Linux >= 6.9) or SO_BUSY_POLL: "
@@ -381,17 +387,19 @@ class BurstSocket:
         """How receives busy poll: "epoll", "socket" or "off" (see busy_poll)."""
         return self._busy_poll[0] if self._busy_poll else "off"
 
-    def _stop_busy_poll(self) -> None:
+    def _stop_busy_poll(self, closing: bool = False) -> None:
         state, self._busy_poll = getattr(self, "_busy_poll", None), None
         if state is None:
             return
         mech, ep = state
+        _BUSY_POLLING.discard(self)
         if mech == "epoll":
-            self._io.wait_fd = -1
-            ep.close()
+            if not closing:  # (a closing backend lets go of its own dup)
+                self._io.set_wait_fd(-1)
+            ep.close()  # the receive path waits in its own dup: safe under a waiter
         else:
             self._io.spin_us = 0
-            if self._sock.fileno() != -1:
+            if self._sock.fileno() != -1 and not closing:
                 self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, 0)
 
     def fileno(self) -> int:
@@ -412,9 +420,29 @@ class BurstSocket:
         self._sock.setblocking(flag)
 
     def close(self) -> None:
-        self._stop_busy_poll()
-        self._io.fd = -1
+        """Close the BurstSocket's own descriptor and the wrapped socket.
+        A call blocked in recv_batch in another thread wakes at once with
+        ``OSError(EBADF, "the BurstSocket was closed while waiting")``."""
+        self._io.close()  # wakes every waiter; the descriptor goes when the last leaves
+        self._stop_busy_poll(closing=True)
         self._sock.close()
+
+    def _after_fork_in_child(self) -> None:
+        """In a child after fork(): the busy-polling epoll instance is the
+        parent's (shared parameters, the parent's wake eventfd); make one of
+        our own with the same parameters."""
+        state, self._busy_poll = self._busy_poll, None
+        if state is None or state[0] != "epoll" or self._io.fd < 0:
+            self._busy_poll = state
+            return
+        _BUSY_POLLING.discard(self)
+        ep = state[1]
+        assert ep is not None
+        ep.close()  # our copy of the parent's descriptor
+        try:
+            self.busy_poll(*self._busy_params)
+        except OSError as e:
+            log.warning("busy polling could not be set up again after fork(): %s", e)
 
     def __enter__(self) -> BurstSocket:
         return self
@@ -428,6 +456,19 @@ class BurstSocket:
         except OSError:
             name = "?"
         return f"<BurstSocket {name} {self.describe()}>"
+
+
+#: BurstSockets busy polling in an epoll instance of their own: a child
+#: after fork() gives each its own instance (see _after_fork_in_child)
+_BUSY_POLLING: weakref.WeakSet[BurstSocket] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sock in list(_BUSY_POLLING):
+        sock._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _recover_hook(ref: weakref.ref[BurstSocket]) -> RecoverPolicy:

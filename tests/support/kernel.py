@@ -35,14 +35,14 @@ from .variants import Variant, variant_env
 __all__ = ["SOL_UDP", "UDP_SEGMENT", "SO_NO_CHECK", "SO_SNDBUFFORCE", "SO_RCVBUFFORCE", "SIOCINQ", "SIOCOUTQ",
            "CLONE_NEWNET", "EPIOCGPARAMS", "SO_BUSY_POLL", "SO_PREFER_BUSY_POLL", "BLOCKING_SYSCALLS_X86_64",
            "gso_sendmsg", "kernel_caps", "require_kernel", "kernel_refuses_gso_without_checksum",
-           "main_thread_blocked_in_syscall", "require_syscall_introspection"]
+           "main_thread_blocked_in_syscall", "thread_blocked_in_syscall", "require_syscall_introspection"]
 
 # ---- constants --------------------------------------------------------------------------
 # All kernel constants come from the library (burstio._kernel: the values the extension was built with).
 
 # x86_64 numbers of the syscalls a receive can block in.
 BLOCKING_SYSCALLS_X86_64 = {7: "poll", 23: "select", 47: "recvmsg", 232: "epoll_wait", 270: "pselect6",
-                            271: "ppoll", 281: "epoll_pwait", 299: "recvmmsg"}
+                            271: "ppoll", 281: "epoll_pwait", 299: "recvmmsg", 426: "io_uring_enter"}
 
 
 def gso_sendmsg(sock: socket.socket, data: bytes, seg: int, addr) -> None:
@@ -102,7 +102,11 @@ def kernel_refuses_gso_without_checksum() -> bool:
 
 def main_thread_blocked_in_syscall() -> bool:
     """Whether the main thread sits in a receive/poll syscall right now."""
-    tid = threading.main_thread().native_id
+    return thread_blocked_in_syscall(threading.main_thread().native_id)
+
+
+def thread_blocked_in_syscall(tid: int | None) -> bool:
+    """Whether thread ``tid`` (a native id) sits in a receive/poll syscall right now."""
     try:
         text = Path(f"/proc/self/task/{tid}/syscall").read_text().split()
     except OSError:
