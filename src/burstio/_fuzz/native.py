@@ -85,7 +85,7 @@ def run_udp_parse(data: bytes) -> str:
     flags, slot_size, length = _ARGS.unpack(head)
     slot_size = max(slot_size, 1)
     gro = bool(flags & 1)
-    entries = _native.udp_parse_for_fuzz(data[_ARGS.size:], length, slot_size, gro)  # type: ignore[attr-defined]
+    entries = _native.udp_parse_for_fuzz(data[_ARGS.size:], length, slot_size, gro)
     limit, end = min(length, slot_size), 0
     for offset, size, _flags, _segment in entries:
         where = f"datagram [{offset}, {offset + size}) outside [{end}, {limit}) of {length} received, slot {slot_size}"
