@@ -528,3 +528,18 @@ def test_add_slices_cannot_be_reentered():
     with pytest.raises(RuntimeError, match="PacketBatch is in use by another call"):
         b.add_slices(data, lengths=Sneaky())
     assert len(b) <= b.capacity
+
+
+def test_buffer_is_what_the_offsets_point_into():
+    b = burstio.PacketBatch(4, 64)
+    b.append(b"abc")
+    assert len(b.buffer) == len(b.arena) == 4 * 64
+    assert bytes(b.buffer[b.offsets[0]:b.offsets[0] + 3]) == b"abc"
+    data = bytearray(b"0123456789")
+    b.clear()
+    b.add_slices(data, 5)
+    view = b.buffer
+    assert view.obj is data and len(view) == 10
+    assert bytes(view[b.offsets[1]:b.offsets[1] + b.lengths[1]]) == b"56789"
+    b.clear()
+    assert len(b.buffer) == 4 * 64  # the arena again
