@@ -54,6 +54,7 @@
 #include "probe/probe.h"
 #include "socketset/socketset.h"
 #include "udp/udp.h"
+#include "xdp/xdp.h"
 #include "zerocopy/zerocopy.h"
 
 static struct PyModuleDef bio_module = {
@@ -72,7 +73,7 @@ PyInit__native(void)
     if (bio_constants_init(m) < 0 || bio_probe_init(m) < 0 || bio_memory_init_type(m) < 0 ||
         bio_batch_init_type(m) < 0 || bio_udp_init_type(m) < 0 ||
         bio_socketset_init_types(m) < 0 || bio_zerocopy_init_types(m) < 0 ||
-        bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0) {
+        bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0 || bio_xdp_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -198,6 +198,7 @@ def _uring_disabled() -> str | None:
 
 
 _MMSG: dict[str, tuple[bool, str]] = {}
+_XDP: dict[str, tuple[bool, str]] = {}
 _FOUND: dict[str, int] = {}  # values a probe measured on the way
 _URING: dict[str, tuple[bool, str]] = {}
 
@@ -209,6 +210,12 @@ def _from(table: dict[str, tuple[bool, str]], fill: Callable[[], dict[str, tuple
             table.update(fill())
         return table.get(name, (False, "not probed"))
     return probe
+
+
+def _xdp_fill() -> dict[str, tuple[bool, str]]:
+    from .xdp._probe import probe_xdp
+
+    return probe_xdp(_probe_af_xdp()[0])
 
 
 def _uring_fill() -> dict[str, tuple[bool, str]]:
@@ -246,6 +253,15 @@ _PROBES: dict[str, Probe] = {
     "so_prefer_busy_poll": _probe_sockopt("SO_PREFER_BUSY_POLL", socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, 1),
     "so_busy_poll_budget": _probe_sockopt("SO_BUSY_POLL_BUDGET", socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, 8),
     "af_xdp": _probe_af_xdp,
+    # XDP and AF_XDP: probed together on a veth in a private namespace (burstio.xdp._probe)
+    "bpf": _from(_XDP, _xdp_fill, "bpf"),
+    "xdp_link": _from(_XDP, _xdp_fill, "xdp_link"),
+    "xdp_generic": _from(_XDP, _xdp_fill, "xdp_generic"),
+    "xdp_native": _from(_XDP, _xdp_fill, "xdp_native"),
+    "bpf_prog_run_live_frames": _from(_XDP, _xdp_fill, "bpf_prog_run_live_frames"),
+    "xsk_need_wakeup": _from(_XDP, _xdp_fill, "xsk_need_wakeup"),
+    "xsk_zerocopy": _from(_XDP, _xdp_fill, "xsk_zerocopy"),
+    "xsk_multi_buffer": _from(_XDP, _xdp_fill, "xsk_multi_buffer"),
 }
 
 CAPABILITY_NAMES: tuple[str, ...] = tuple(_PROBES)
@@ -257,6 +273,8 @@ LATE_CAPABILITIES: dict[str, str] = {
 
 # A capability is off when the one it rests on is off.
 _REQUIRES = {name: "io_uring" for name in CAPABILITY_NAMES if name.startswith("io_uring_")}
+_REQUIRES.update(dict.fromkeys(("xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames"), "bpf"))
+_REQUIRES.update(dict.fromkeys(("xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer"), "af_xdp"))
 
 
 class CapabilityInfo(TypedDict):
@@ -332,6 +350,7 @@ def _run_probe(name: str, probe: Probe) -> Capability:
 def _probe_all(off: frozenset[str]) -> Capabilities:
     _MMSG.clear()
     _URING.clear()
+    _XDP.clear()
     _FOUND.clear()
     items: dict[str, Capability] = {}
     for name, probe in _PROBES.items():

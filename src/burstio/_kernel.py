@@ -19,6 +19,12 @@ __all__ = [
     "IPV6_PKTINFO", "IP_RECVTOS", "IP_TOS", "IPV6_RECVTCLASS", "IPV6_TCLASS", "IP_MTU_DISCOVER",
     "IPV6_MTU_DISCOVER", "IP_PMTUDISC_DO", "IPV6_PMTUDISC_DO", "IP_MTU", "IPV6_MTU", "SO_TXTIME", "SCM_TXTIME",
     "SIOCGSKNS", "SIOCINQ", "SIOCOUTQ", "CLONE_NEWNET",
+    # XDP and AF_XDP
+    "SOL_XDP", "XDP_SHARED_UMEM", "XDP_COPY", "XDP_ZEROCOPY", "XDP_USE_NEED_WAKEUP", "XDP_USE_SG", "XDP_PKT_CONTD",
+    "XDP_MAX_TX_SKB_BUDGET", "XDP_PACKET_HEADROOM", "BPF_MAP_TYPE_HASH", "BPF_MAP_TYPE_ARRAY",
+    "BPF_MAP_TYPE_PERCPU_ARRAY", "BPF_MAP_TYPE_XSKMAP", "BPF_PROG_TYPE_XDP", "BPF_XDP", "BPF_LINK_TYPE_XDP",
+    "BPF_PSEUDO_MAP_FD", "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST", "BPF_F_TEST_XDP_LIVE_FRAMES", "XDP_FLAGS_SKB_MODE",
+    "XDP_FLAGS_DRV_MODE", "XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT",
 ]
 
 SOL_UDP: int = _native.SOL_UDP
@@ -60,6 +66,36 @@ IP_MTU: int = _native.IP_MTU
 IPV6_MTU: int = _native.IPV6_MTU
 SO_TXTIME: int = _native.SO_TXTIME
 SCM_TXTIME: int = _native.SCM_TXTIME
+
+# XDP and AF_XDP: socket options, bind and descriptor flags, BPF objects, XDP actions
+SOL_XDP: int = _native.SOL_XDP
+XDP_SHARED_UMEM: int = _native.XDP_SHARED_UMEM
+XDP_COPY: int = _native.XDP_COPY
+XDP_ZEROCOPY: int = _native.XDP_ZEROCOPY
+XDP_USE_NEED_WAKEUP: int = _native.XDP_USE_NEED_WAKEUP
+XDP_USE_SG: int = _native.XDP_USE_SG
+XDP_PKT_CONTD: int = _native.XDP_PKT_CONTD
+XDP_MAX_TX_SKB_BUDGET: int = _native.XDP_MAX_TX_SKB_BUDGET
+XDP_PACKET_HEADROOM: int = _native.XDP_PACKET_HEADROOM
+BPF_MAP_TYPE_HASH: int = _native.BPF_MAP_TYPE_HASH
+BPF_MAP_TYPE_ARRAY: int = _native.BPF_MAP_TYPE_ARRAY
+BPF_MAP_TYPE_PERCPU_ARRAY: int = _native.BPF_MAP_TYPE_PERCPU_ARRAY
+BPF_MAP_TYPE_XSKMAP: int = _native.BPF_MAP_TYPE_XSKMAP
+BPF_PROG_TYPE_XDP: int = _native.BPF_PROG_TYPE_XDP
+BPF_XDP: int = _native.BPF_XDP
+BPF_LINK_TYPE_XDP: int = _native.BPF_LINK_TYPE_XDP
+BPF_PSEUDO_MAP_FD: int = _native.BPF_PSEUDO_MAP_FD
+BPF_ANY: int = _native.BPF_ANY
+BPF_NOEXIST: int = _native.BPF_NOEXIST
+BPF_EXIST: int = _native.BPF_EXIST
+BPF_F_TEST_XDP_LIVE_FRAMES: int = _native.BPF_F_TEST_XDP_LIVE_FRAMES
+XDP_FLAGS_SKB_MODE: int = _native.XDP_FLAGS_SKB_MODE
+XDP_FLAGS_DRV_MODE: int = _native.XDP_FLAGS_DRV_MODE
+XDP_ABORTED: int = _native.XDP_ABORTED
+XDP_DROP: int = _native.XDP_DROP
+XDP_PASS: int = _native.XDP_PASS
+XDP_TX: int = _native.XDP_TX
+XDP_REDIRECT: int = _native.XDP_REDIRECT
 
 # ioctls and flags the extension does not use (the socket module lacks them)
 #: a socket's network namespace, as a descriptor (Linux >= 4.9)
