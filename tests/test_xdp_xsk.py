@@ -354,3 +354,53 @@ def test_a_umem_over_rlimit_memlock_says_what_it_needs():
     r = run_without_caps(["cap_ipc_lock"], "from burstio.xdp import Umem\nUmem(4096)", memlock=1 << 20)
     assert r.returncode != 0
     assert "over RLIMIT_MEMLOCK (1048576 bytes): it needs CAP_IPC_LOCK or a higher limit" in r.stderr, r.stderr
+
+
+# ---- multi-buffer ------------------------------------------------------------------------
+
+@needs_xdp
+@pytest.mark.burstio_lab(queues=1, mtu=9000)
+def test_jumbo_frames_arrive_in_parts(burstio_lab):
+    """With multi_buffer, a 6000-byte datagram arrives as parts of 2048-byte
+    frames, every part but the last flagged FLAG_CONTINUES."""
+    if not burstio.capabilities().xsk_multi_buffer:
+        pytest.skip(f"xsk_multi_buffer: {burstio.capabilities()['xsk_multi_buffer'].detail}")
+    lab = burstio_lab
+    payload = bytes(range(256)) * 23 + b"end"
+    with lab_xsk(lab, multi_buffer=True) as (xsk, _steer):
+        assert xsk.describe()["multi_buffer"]
+        with lab.inside("a"), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(payload, (lab.addr("b"), 9000))
+        batch = burstio.PacketBatch(64)
+        parts = []
+        while not parts or batch.flags[len(batch) - 1] & burstio.xdp.FLAG_CONTINUES:
+            assert xsk.recv_batch(batch, 5) > 0
+            parts.extend((bytes(batch[i]), batch.flags[i]) for i in range(len(batch)))
+        assert len(parts) >= 3
+        assert all(f & burstio.xdp.FLAG_CONTINUES for _b, f in parts[:-1]) and not parts[-1][1]
+        frame = b"".join(b for b, _f in parts)
+        assert frame[14 + 20 + 8:] == payload
+
+
+@needs_xdp
+@pytest.mark.burstio_lab(queues=1, mtu=9000)
+def test_a_jumbo_frame_sent_in_parts(burstio_lab):
+    if not burstio.capabilities().xsk_multi_buffer:
+        pytest.skip(f"xsk_multi_buffer: {burstio.capabilities()['xsk_multi_buffer'].detail}")
+    from burstio.xdp.udp import frame
+
+    lab = burstio_lab
+    payload = bytes(range(256)) * 23 + b"end"
+    with lab.inside("a"):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind((lab.addr("a"), 7000))
+        rx.settimeout(5)
+        mac_a = mac_of(lab.dev["a"])
+    with lab_xsk(lab, multi_buffer=True) as (xsk, _steer):
+        whole = frame(mac_a, mac_of(lab.dev["b"]), (lab.addr("b"), 9000), (lab.addr("a"), 7000), payload)
+        out = burstio.PacketBatch(8)
+        for start in range(0, len(whole), 1500):
+            i = out.append(whole[start:start + 1500])
+            out.flags[i] = burstio.xdp.FLAG_CONTINUES if start + 1500 < len(whole) else 0
+        assert xsk.send_batch(out, timeout=5) == len(out)
+        assert rx.recv(9000) == payload

@@ -193,6 +193,9 @@ _Static_assert(sizeof(struct xdp_statistics) == 48, "struct xdp_statistics is 48
 #ifndef BPF_F_TEST_XDP_LIVE_FRAMES
 #define BPF_F_TEST_XDP_LIVE_FRAMES (1U << 1) /* Linux 5.18 */
 #endif
+#ifndef BPF_F_XDP_HAS_FRAGS
+#define BPF_F_XDP_HAS_FRAGS (1U << 5) /* prog_flags: takes multi-buffer frames, Linux 5.18 */
+#endif
 #ifndef XDP_FLAGS_SKB_MODE
 #define XDP_FLAGS_SKB_MODE (1U << 1)
 #endif

@@ -180,11 +180,13 @@ bio_bpf_map_next_key(PyObject *self, PyObject *args)
  * when log_size > 0: level 0 with a buffer is EINVAL. Descriptor or -errno. */
 static long
 bio_bpf_prog_load_once(unsigned type, const Py_buffer *insns, const char *license,
-                       const char *name, unsigned attach, char *log, uint32_t log_size)
+                       const char *name, unsigned attach, unsigned flags, char *log,
+                       uint32_t log_size)
 {
     union bpf_attr a;
     memset(&a, 0, sizeof(a));
     a.prog_type = type;
+    a.prog_flags = flags;
     a.insns = (uint64_t)(uintptr_t)insns->buf;
     a.insn_cnt = (uint32_t)(insns->len / 8);
     a.license = (uint64_t)(uintptr_t)license;
@@ -200,20 +202,22 @@ bio_bpf_prog_load_once(unsigned type, const Py_buffer *insns, const char *licens
 }
 
 PyDoc_STRVAR(bio_bpf_prog_load_doc,
-"bpf_prog_load($module, prog_type, insns, license, name, expected_attach_type, log_size, /)\n"
-"--\n\nBPF_PROG_LOAD: returns (fd, ''). If the kernel refuses the program and\n"
+"bpf_prog_load($module, prog_type, insns, license, name, expected_attach_type, prog_flags,\n"
+"              log_size, /)\n"
+"--\n\nBPF_PROG_LOAD (prog_flags: BPF_F_XDP_HAS_FRAGS for a program that\n"
+"takes multi-buffer frames): returns (fd, ''). If the kernel refuses it and\n"
 "log_size > 0, it is loaded again with a verifier log of that size and the\n"
 "OSError carries the log as its `log` attribute.");
 
 static PyObject *
 bio_bpf_prog_load(PyObject *self, PyObject *args)
 {
-    unsigned int type, attach;
+    unsigned int type, attach, flags;
     Py_buffer insns;
     const char *license, *name;
     Py_ssize_t log_size;
-    if (!PyArg_ParseTuple(args, "Iy*ssIn:bpf_prog_load", &type, &insns, &license, &name,
-                          &attach, &log_size))
+    if (!PyArg_ParseTuple(args, "Iy*ssIIn:bpf_prog_load", &type, &insns, &license, &name,
+                          &attach, &flags, &log_size))
         return NULL;
     PyObject *ret = NULL;
     if (insns.len == 0 || insns.len % 8 != 0 || log_size < 0 || log_size > (1 << 24)) {
@@ -222,7 +226,7 @@ bio_bpf_prog_load(PyObject *self, PyObject *args)
                      "between 0 and %d (got %zd)", insns.len, 1 << 24, log_size);
         goto out;
     }
-    long r = bio_bpf_prog_load_once(type, &insns, license, name, attach, NULL, 0);
+    long r = bio_bpf_prog_load_once(type, &insns, license, name, attach, flags, NULL, 0);
     if (r >= 0) {
         ret = Py_BuildValue("(ls)", r, "");
         goto out;
@@ -230,7 +234,7 @@ bio_bpf_prog_load(PyObject *self, PyObject *args)
     int err = (int)r;
     char *log = log_size > 0 ? PyMem_RawMalloc((size_t)log_size) : NULL;
     if (log != NULL) {
-        long again = bio_bpf_prog_load_once(type, &insns, license, name, attach, log,
+        long again = bio_bpf_prog_load_once(type, &insns, license, name, attach, flags, log,
                                             (uint32_t)log_size);
         if (again >= 0)
             close((int)again); /* accepted with a log after all: report the first error */

@@ -107,8 +107,12 @@ bio_xsk_rx_lend(BioXsk *x, BioBatch *b, uint32_t got)
 {
     BioUmem *u = x->umem;
     BioXskLease *l = bio_xsk_lease_new(u, got);
-    if (l == NULL)
+    if (l == NULL) { /* out of memory: the frames the kernel filled go back, unlent */
+        for (uint32_t i = 0; i < got; i++)
+            if (bio_xsk_rx_check(x, &x->scratch[i]) >= 0)
+                bio_umem_drop(u, (uint32_t)bio_umem_frame_of(u, x->scratch[i].addr), BIO_FRAME_FILL);
         return -1;
+    }
     Py_ssize_t n = 0;
     uint64_t bytes = 0;
     for (uint32_t i = 0; i < got; i++) {

@@ -244,7 +244,7 @@ MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 class Program:
     """A loaded XDP program and the maps it uses (``maps[name]``)."""
 
-    def __init__(self, elf: ElfProgram, name: str):
+    def __init__(self, elf: ElfProgram, name: str, flags: int = 0):
         self.name = name
         self.maps: dict[str, Map] = {}
         try:
@@ -257,7 +257,7 @@ class Program:
                 struct.pack_into("<i", insns, at * 8 + 12, 0)
             try:
                 self.fd, _log = _native.bpf_prog_load(BPF_PROG_TYPE_XDP, bytes(insns), elf.license, name[:15],
-                                                      BPF_XDP, _LOG_SIZE)
+                                                      BPF_XDP, flags, _LOG_SIZE)
             except OSError as e:
                 log = getattr(e, "log", "")
                 err = privilege_error(f"loading XDP program {name!r}", e)
@@ -305,9 +305,10 @@ class Program:
         return f"<Program {self.name} fd={self.fd}>"
 
 
-def load(obj: bytes, name: str) -> Program:
-    """Load the program of a burstio BPF object (bytes of the ELF file)."""
-    return Program(read_elf(obj), name)
+def load(obj: bytes, name: str, flags: int = 0) -> Program:
+    """Load the program of a burstio BPF object (bytes of the ELF file);
+    flags are BPF_PROG_LOAD's prog_flags (BPF_F_XDP_HAS_FRAGS)."""
+    return Program(read_elf(obj), name, flags)
 
 
 def xdp_links() -> Iterator[dict[str, int]]:

@@ -49,7 +49,7 @@ Result = dict[str, tuple[bool, str]]
 
 
 def _load(action: int = 2) -> int:
-    fd, _log = _native.bpf_prog_load(BPF_PROG_TYPE_XDP, _program(action), "GPL", "bio_probe", BPF_XDP, 0)
+    fd, _log = _native.bpf_prog_load(BPF_PROG_TYPE_XDP, _program(action), "GPL", "bio_probe", BPF_XDP, 0, 0)
     return int(fd)
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from .._caps import capabilities
 from .._checks import check_choice, check_int
-from .._kernel import XDP_DROP, XDP_PASS, XDP_REDIRECT
+from .._kernel import BPF_F_XDP_HAS_FRAGS, XDP_DROP, XDP_PASS, XDP_REDIRECT
 from . import _bpf
 from ._xsk import XskSocket, ifindex_of
 
@@ -160,7 +160,7 @@ class XdpProgram:
     DEFAULT_ACTION = ""
 
     def __init__(self, rules: Iterable[Rule] = ()):
-        self._program = _bpf.load(_bpf.shipped(self.PROGRAM), self.PROGRAM)
+        self._program = self._load()
         self._rules: tuple[Rule, ...] = ()
         self._slot = 1  # the first set_rules writes slot 0
         self.link: _bpf.Link | None = None
@@ -171,6 +171,18 @@ class XdpProgram:
         except BaseException:
             self._program.close()
             raise
+
+    def _load(self) -> _bpf.Program:
+        """The program, loaded to take multi-buffer frames (BPF_F_XDP_HAS_FRAGS,
+        Linux >= 5.18: it reads only the first buffer, and a device with a
+        jumbo MTU refuses programs that cannot take them), or without."""
+        obj = _bpf.shipped(self.PROGRAM)
+        try:
+            return _bpf.load(obj, self.PROGRAM, BPF_F_XDP_HAS_FRAGS)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            return _bpf.load(obj, self.PROGRAM)
 
     # ---- rules -------------------------------------------------------------
 
