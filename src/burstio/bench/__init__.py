@@ -19,6 +19,7 @@ from .scenarios.quic import quic
 from .scenarios.rx import rx_gro, rx_many_flow
 from .scenarios.socketset import rx_many_sockets, tx_redundant
 from .scenarios.tx import tx_gso, tx_many
+from .scenarios.xdp import xdp
 from .scenarios.zerocopy import tx_zerocopy
 
 SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
@@ -34,6 +35,7 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "pipes": pipes,
     "dns": dns,
     "quic": quic,
+    "xdp": xdp,
 }
 
 __all__ = ["SCENARIOS", "Options", "run"]
