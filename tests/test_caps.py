@@ -107,6 +107,20 @@ def test_xdp_dependents_follow_their_base(clean_env, base, dependents):
         assert c[name].detail.startswith(f"needs {base}: "), name
 
 
+def test_the_xdp_probe_runs_only_when_one_of_its_capabilities_is_asked_for(clean_env, monkeypatch):
+    from burstio.xdp import _probe
+
+    runs = []
+    real = _probe.probe_xdp
+    monkeypatch.setattr(_probe, "probe_xdp", lambda af_xdp: runs.append(1) or real(af_xdp))
+    c = burstio.capabilities(refresh=True)
+    assert c.udp_segment in (True, False) and runs == []  # a UDP program pays nothing for XDP
+    assert isinstance(c.xdp_native, bool) and runs == [1]
+    assert isinstance(c["xsk_zerocopy"].detail, str) and runs == [1]  # probed together, once
+    monkeypatch.undo()
+    burstio.capabilities(refresh=True)
+
+
 def test_the_xdp_probe_leaves_nothing_behind(clean_env):
     """It works on a veth in a namespace of its own thread: afterwards the
     host has no new namespace, device or XDP link."""

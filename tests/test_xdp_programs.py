@@ -216,3 +216,9 @@ def test_a_second_program_on_a_device_is_refused_clearly(burstio_lab):
         first.detach()
         second.attach(lab.dev["b"])
         assert second.mode == "native"
+
+
+def test_bpf_forced_off_is_refused(monkeypatch):
+    monkeypatch.setenv(ENV_DISABLE, "bpf")
+    with pytest.raises(OSError, match="XDP programs need bpf\\(\\): disabled by BURSTIO_DISABLE"):
+        Filter([Rule()])

@@ -5,7 +5,9 @@ bad arguments and missing privileges."""
 from __future__ import annotations
 
 import errno
+import gc
 import os
+import signal
 import socket
 import threading
 
@@ -404,3 +406,60 @@ def test_a_jumbo_frame_sent_in_parts(burstio_lab):
             out.flags[i] = burstio.xdp.FLAG_CONTINUES if start + 1500 < len(whole) else 0
         assert xsk.send_batch(out, timeout=5) == len(out)
         assert rx.recv(9000) == payload
+
+
+@needs_xdp_lab
+def test_multi_buffer_forced_off_is_refused_with_the_reason(burstio_lab, monkeypatch):
+    monkeypatch.setenv(ENV_DISABLE, "xsk_multi_buffer")
+    with burstio_lab.inside("b"), pytest.raises(OSError, match=r"multi-buffer AF_XDP \(XDP_USE_SG\) is not "
+                                                                 "available: disabled by BURSTIO_DISABLE") as e:
+        XskSocket(burstio_lab.dev["b"], multi_buffer=True)
+    assert e.value.errno == errno.EOPNOTSUPP
+
+
+@needs_xdp
+def test_af_xdp_forced_off_is_refused(monkeypatch):
+    monkeypatch.setenv(ENV_DISABLE, "af_xdp")
+    with pytest.raises(OSError, match="AF_XDP sockets are not available: disabled by BURSTIO_DISABLE"):
+        XskSocket("lo")
+
+
+@needs_xdp_lab
+def test_a_signal_handler_runs_during_a_wait_and_its_exception_propagates(burstio_lab):
+    """PEP 475: a receive waiting in poll() runs the handler; an exception
+    from it ends the receive."""
+    class StopError(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise StopError
+
+    lab = burstio_lab
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with lab_xsk(lab) as (xsk, _steer):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(StopError):
+                xsk.recv_batch(burstio.PacketBatch(8), 30)
+            send_udp(lab, 1)  # the socket works on after the interruption
+            assert len(recv_all(xsk, 1)) == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@needs_xdp
+@pytest.mark.burstio_lab(queues=2)
+def test_a_socket_dropped_without_close_leaves_its_umem(burstio_lab):
+    """The Umem tracks its sockets weakly: once one is dropped (and closed by
+    its collection) another socket may take its queue on the same Umem."""
+    lab = burstio_lab
+    with lab.inside("b"), Umem(256) as umem:
+        first = XskSocket(lab.dev["b"], 0, umem=umem, fill_size=64, rx_size=64, tx_size=64, comp_size=64)
+        second = XskSocket(lab.dev["b"], 1, umem=umem, fill_size=64, rx_size=64, tx_size=64, comp_size=64)
+        assert umem.sockets == [first, second]
+        del second
+        gc.collect()
+        assert umem.sockets == [first]
+        again = XskSocket(lab.dev["b"], 1, umem=umem, fill_size=64, rx_size=64, tx_size=64, comp_size=64)
+        assert umem.sockets == [first, again] and again.shared

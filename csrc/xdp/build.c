@@ -260,7 +260,7 @@ bio_udp_send_queue(BioXsk *x, BioBatch *b, Py_ssize_t start, Py_ssize_t end,
         bio_udp_dest(b, i, h);
         bio_udp_neighbour(neigh, i, h);
         uint32_t len = b->lengths[i];
-        unsigned char *frame = u->area + (uint64_t)f * u->frame_size + u->headroom;
+        unsigned char *frame = u->area + ((uint64_t)f << u->frame_shift) + u->headroom;
         memcpy(frame + bio_udp_header_len(h), b->data + b->offsets[i], len);
         size_t flen = bio_udp_build(frame, h, len);
         bio_xsk_tx_put(x, (uint64_t)(frame - u->area), (uint32_t)flen, 0);

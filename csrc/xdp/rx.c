@@ -30,7 +30,7 @@ bio_xsk_refill(BioXsk *x)
     uint32_t at = x->fill.cached_prod;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t f = (uint32_t)bio_umem_take(u, BIO_FRAME_FILL);
-        *bio_ring_addr(&x->fill, at + i) = (uint64_t)f * u->frame_size;
+        *bio_ring_addr(&x->fill, at + i) = (uint64_t)f << u->frame_shift;
     }
     if (n) {
         bio_ring_prod_submit(&x->fill, n);
@@ -90,7 +90,7 @@ bio_xsk_rx_check(BioXsk *x, const struct xdp_desc *d)
 {
     BioUmem *u = x->umem;
     int64_t f = bio_umem_frame_of(u, d->addr);
-    int ok = f >= 0 && d->addr % u->frame_size + d->len <= u->frame_size &&
+    int ok = f >= 0 && bio_umem_in_frame(u, d->addr) + d->len <= u->frame_size &&
              u->state[f] == BIO_FRAME_FILL;
     if (ok)
         return f;

@@ -119,7 +119,7 @@ bio_xsk_tx_own_frame(BioXsk *x, PyObject *l, uint64_t off, uint32_t len)
     if (l == NULL || Py_TYPE(l) != &BioXskLease_Type || ((BioXskLease *)l)->umem != u)
         return -1;
     int64_t f = bio_umem_frame_of(u, off);
-    if (f < 0 || off % u->frame_size + len > u->frame_size || u->lease_of[f] != (void *)l ||
+    if (f < 0 || bio_umem_in_frame(u, off) + len > u->frame_size || u->lease_of[f] != (void *)l ||
         (u->state[f] & BIO_FRAME_TX))
         return -1;
     return f;
@@ -146,7 +146,7 @@ bio_xsk_tx_entry(BioXsk *x, BioBatch *b, uint64_t off, uint32_t len, uint32_t op
         BIO_COUNT(x->counters, BIO_XSK_TX_NO_FRAME, 1);
         return 0;
     }
-    uint64_t addr = (uint64_t)f * u->frame_size + u->headroom;
+    uint64_t addr = ((uint64_t)f << u->frame_shift) + u->headroom;
     memcpy(u->area + addr, b->data + off, len);
     bio_xsk_tx_put(x, addr, len, options);
     BIO_COUNT(x->counters, BIO_XSK_TX_COPIED, 1);

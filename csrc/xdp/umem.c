@@ -127,12 +127,17 @@ bio_umem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         bio_args_int("frame_size", size_o, 2048, 65536, &frame_size) < 0 ||
         bio_args_int("headroom", head_o, 0, frame_size - 512, &headroom) < 0)
         return NULL;
+    if (frame_size & (frame_size - 1)) {
+        PyErr_Format(PyExc_ValueError, "frame_size must be a power of two, got %lld", frame_size);
+        return NULL;
+    }
     BioUmem *u = (BioUmem *)type->tp_alloc(type, 0);
     if (u == NULL)
         return NULL;
     u->fd = -1;
     u->frames = (uint32_t)frames;
     u->frame_size = (uint32_t)frame_size;
+    u->frame_shift = (uint32_t)__builtin_ctz((unsigned)frame_size);
     u->headroom = (uint32_t)headroom;
     u->size = (size_t)frames * (size_t)frame_size;
     u->pid = getpid();

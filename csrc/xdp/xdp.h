@@ -48,6 +48,7 @@ typedef struct {
     unsigned char *area; /* frames * frame_size bytes, page aligned */
     size_t size;
     uint32_t frame_size, headroom, frames;
+    uint32_t frame_shift; /* log2(frame_size): frame sizes are powers of two */
     uint8_t *state;    /* per frame: BIO_FRAME_* */
     void **lease_of;   /* per frame: the lease holding it (LENT), else NULL */
     uint32_t *free;    /* free list: frame indices */
@@ -78,7 +79,14 @@ typedef struct {
 static inline int64_t
 bio_umem_frame_of(const BioUmem *u, uint64_t addr)
 {
-    return addr < u->size ? (int64_t)(addr / u->frame_size) : -1;
+    return addr < u->size ? (int64_t)(addr >> u->frame_shift) : -1;
+}
+
+/* Where addr lies inside its frame. */
+static inline uint64_t
+bio_umem_in_frame(const BioUmem *u, uint64_t addr)
+{
+    return addr & (u->frame_size - 1);
 }
 /* Take a frame off the free list: its index, or -1 when none is free.
  * Sets `state` on it. GIL held. */

@@ -20,6 +20,7 @@ import errno
 import resource
 import socket
 import time
+import weakref
 from typing import Any
 
 from .. import _native
@@ -96,7 +97,15 @@ class Umem:
             self._umem = _native.Umem(frames, frame_size, headroom)
         except OSError as e:
             raise _umem_error(e, frames * frame_size) from None
-        self.sockets: list[XskSocket] = []
+        self._sockets: list[weakref.ref[XskSocket]] = []
+
+    @property
+    def sockets(self) -> list[XskSocket]:
+        """The open sockets on this UMEM, the first one bound first (a socket
+        dropped without close() no longer counts once collected)."""
+        live = [s for ref in self._sockets if (s := ref()) is not None and not s.closed]
+        self._sockets = [weakref.ref(s) for s in live]
+        return live
 
     frames = property(lambda self: self._umem.frames, doc="frames in the UMEM")
     frame_size = property(lambda self: self._umem.frame_size, doc="bytes per frame")
@@ -189,7 +198,7 @@ class XskSocket:
         except BaseException:
             self._x.close()
             raise
-        self.umem.sockets.append(self)
+        self.umem._sockets.append(weakref.ref(self))
         self._busy_poll: dict[str, Any] = {}
         self.tx_budget = self._raise_tx_budget(tx_size)
         # the hot path: the C method itself, no Python frame in between
@@ -386,8 +395,6 @@ class XskSocket:
         """Close the socket; a receive waiting in another thread wakes with
         OSError(EBADF). The kernel removes it from every XSKMAP."""
         self._x.close()
-        if self in self.umem.sockets:
-            self.umem.sockets.remove(self)
 
     def __enter__(self) -> XskSocket:
         return self

@@ -160,6 +160,9 @@ class XdpProgram:
     DEFAULT_ACTION = ""
 
     def __init__(self, rules: Iterable[Rule] = ()):
+        caps = capabilities()
+        if caps["bpf"].forced_off:  # otherwise the load itself says what is wrong (privileges, ...)
+            raise OSError(errno.EOPNOTSUPP, f"XDP programs need bpf(): {caps['bpf'].detail}")
         self._program = self._load()
         self._rules: tuple[Rule, ...] = ()
         self._slot = 1  # the first set_rules writes slot 0

@@ -248,7 +248,7 @@ class _Round:
             out = cast(IO[str], w.stdout)
             if out.readline().strip() != "ready":
                 raise RuntimeError(f"{name} did not start: {cast(IO[str], w.stderr).read()[-500:]}")
-            gen = self.generator(ROUND_SECONDS + 1.0)
+            gen = self.generator(ROUND_SECONDS + 2.0)
             line = out.readline()
             if not line:
                 raise RuntimeError(f"{name} failed: {cast(IO[str], w.stderr).read()[-500:]}")
@@ -261,7 +261,7 @@ class _Round:
             stop([p for p in (w, gen) if p is not None])
 
     def _drop_round(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        gen = self.generator(ROUND_SECONDS + 1.0)
+        gen = self.generator(ROUND_SECONDS + 2.0)
         try:
             time.sleep(WARM_SECONDS + 0.1)
             p0, t0, n0 = self.drop.counters()[0].packets, time.perf_counter_ns(), _napi_cpu(self.napi)
