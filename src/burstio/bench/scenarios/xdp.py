@@ -17,6 +17,9 @@ receiver at a time runs in namespace b on the receive CPU:
 - c-l2fwd, burstio-l2fwd: every frame's MACs swapped and sent back out of
   the same socket (zero copy); namespace a counts what comes back.
 
+On the receive CPU the receiver runs at SCHED_FIFO above the NAPI thread,
+which runs above everything else (see RECEIVER_PRIORITY).
+
 Per variant: frames per second delivered, receive-side CPU per frame (the
 receiver and the NAPI thread), and where frames were dropped (the
 socket's XDP_STATISTICS, the devices' drop counters). The generator's own
@@ -148,8 +151,17 @@ def _run(lab: Any, side: str, argv: list[str]) -> str:
     return r.stdout
 
 
+#: real-time priorities on the receive CPU: the receiver preempts the NAPI
+#: thread when it wakes (its work per frame is small, and it sleeps when the
+#: rx ring is empty), the NAPI thread preempts everything else. Without them
+#: the figures measure how long other processes keep the receiver from
+#: running (rings overflow meanwhile), not what receiving costs.
+NAPI_PRIORITY, RECEIVER_PRIORITY = 1, 2
+
+
 def _threaded_napi(lab: Any, cpu: str) -> int:
-    """Threaded NAPI on b's veth, its thread pinned to cpu; its pid."""
+    """Threaded NAPI on b's veth, its thread pinned to cpu at SCHED_FIFO
+    NAPI_PRIORITY; its pid."""
     from ...napi import netdev
 
     _run(lab, "b", ["sh", "-c", f"echo 1 > /sys/class/net/{lab.dev['b']}/threaded"])
@@ -157,6 +169,7 @@ def _threaded_napi(lab: Any, cpu: str) -> int:
         pids = [n.pid for n in netdev.napi_list(lab.dev["b"]) if n.pid]
     for pid in pids:
         subprocess.run(["taskset", "-p", "-c", cpu, str(pid)], capture_output=True, check=False)
+        subprocess.run(["chrt", "-f", "-p", str(NAPI_PRIORITY), str(pid)], capture_output=True, check=False)
     return pids[0] if pids else 0
 
 
@@ -241,7 +254,8 @@ class _Round:
     def _worker_round(self, name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         lab = self.lab
         pass_fds = (self.map_fd,)
-        w = subprocess.Popen(lab.command("b", ["taskset", "-c", self.rx_cpu, *self.worker_argv(name)]),
+        rt = ["chrt", "-f", str(RECEIVER_PRIORITY)]
+        w = subprocess.Popen(lab.command("b", ["taskset", "-c", self.rx_cpu, *rt, *self.worker_argv(name)]),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=pass_fds)
         gen: subprocess.Popen[str] | None = None
         try:
@@ -326,6 +340,8 @@ def xdp(opts: Options, progress: Progress) -> ScenarioResult:
     res.notes.append("CPU ns/dgram is the receive CPU's: the receiver process and the NAPI thread (threaded, "
                      "pinned there); xdp-drop runs in the NAPI thread alone")
     res.notes.append("generator: BPF_PROG_RUN live frames from namespace a; its row is the rate it offered")
+    res.notes.append(f"on the receive CPU the receiver runs at SCHED_FIFO {RECEIVER_PRIORITY} and the NAPI thread at "
+                     f"{NAPI_PRIORITY}: the receiver preempts it when woken, and other processes do not delay either")
     return res
 
 
