@@ -183,8 +183,8 @@ bio_xsk_recv_batch(BioXsk *x, PyObject *const *args, Py_ssize_t nargs, PyObject 
         if (c.waited)
             BIO_COUNT(x->counters, BIO_XSK_RX_WAITS, 1);
     }
-    Py_ssize_t n = r < 0 ? -1 : bio_xsk_rx_lend(x, b, c.got);
-    if (n >= 0)
+    Py_ssize_t n = r < 0 ? -1 : 0;
+    if (c.got > 0 && (n = bio_xsk_rx_lend(x, b, c.got)) >= 0) /* nothing came: lend nothing */
         bio_xsk_refill(x);
     bio_xsk_leave(x);
     if (r < 0) {

@@ -19,6 +19,7 @@
 #include "xdp/xdp.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -55,10 +56,20 @@ bio_umem_drop(BioUmem *u, uint32_t f, uint8_t bits)
         u->free[u->nfree++] = f;
 }
 
+/* This process's pid, kept by a pthread_atfork child hook: a check per
+ * call without a getpid() system call. */
+static pid_t bio_xdp_pid;
+
+static void
+bio_xdp_atfork_child(void)
+{
+    bio_xdp_pid = getpid();
+}
+
 int
 bio_umem_check_pid(BioUmem *u)
 {
-    if (u->pid == getpid())
+    if (u->pid == bio_xdp_pid)
         return 0;
     PyErr_Format(PyExc_RuntimeError,
                  "this Umem belongs to process %d; a forked child cannot use its AF_XDP "
@@ -140,7 +151,7 @@ bio_umem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     u->frame_shift = (uint32_t)__builtin_ctz((unsigned)frame_size);
     u->headroom = (uint32_t)headroom;
     u->size = (size_t)frames * (size_t)frame_size;
-    u->pid = getpid();
+    u->pid = bio_xdp_pid;
     if (bio_umem_alloc(u) < 0 || bio_umem_register(u) < 0) {
         Py_DECREF(u);
         return NULL;
@@ -312,6 +323,11 @@ PyTypeObject BioXskLease_Type = {
 int
 bio_umem_init_type(PyObject *module)
 {
+    bio_xdp_pid = getpid();
+    if (pthread_atfork(NULL, NULL, bio_xdp_atfork_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return -1;
+    }
     if (PyType_Ready(&BioXskLease_Type) < 0 || PyType_Ready(&BioUmem_Type) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "XskLease", (PyObject *)&BioXskLease_Type) < 0)

@@ -181,7 +181,7 @@ bio_xsk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     x->umem = (BioUmem *)Py_NewRef(umem);
     x->ifindex = ifindex;
     x->queue = queue;
-    x->pid = getpid();
+    x->pid = ((BioUmem *)umem)->pid;
     x->fill_batch = 16;
     x->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     x->umem_fd = !u->fd_taken;
