@@ -337,6 +337,17 @@ def xdp(opts: Options, progress: Progress) -> ScenarioResult:
                 progress.show(f"xdp: round {k + 1}, {name}")
                 r.one(name, res.variants[name], res.variants["generator"])
     _targets_after(res)
+    idle = []
+    for name in names:
+        v = res.variants[name]
+        if v.seconds:
+            v.extra["receive_cpu_busy"] = round(v.cpu_s / v.seconds, 3)
+            if v.cpu_s / v.seconds < 0.9:
+                idle.append(f"{name} {v.cpu_s / v.seconds:.0%}")
+    if idle:
+        res.notes.append("the receive CPU was not busy all the time (" + ", ".join(idle) + "): there the "
+                         "generator or the veth between the namespaces, not the receiver, set the rate; its CPU "
+                         "per frame is the receiver's cost")
     res.notes.append("CPU ns/dgram is the receive CPU's: the receiver process and the NAPI thread (threaded, "
                      "pinned there); xdp-drop runs in the NAPI thread alone")
     res.notes.append("generator: BPF_PROG_RUN live frames from namespace a; its row is the rate it offered")
