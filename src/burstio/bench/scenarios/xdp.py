@@ -344,6 +344,18 @@ def xdp(opts: Options, progress: Progress) -> ScenarioResult:
             v.extra["receive_cpu_busy"] = round(v.cpu_s / v.seconds, 3)
             if v.cpu_s / v.seconds < 0.9:
                 idle.append(f"{name} {v.cpu_s / v.seconds:.0%}")
+    for name in names:
+        e, v = res.variants[name].extra, res.variants[name]
+        where = [f"at the veth {e.get('a_tx_dropped', 0)}"]
+        if "rx_dropped" in e:
+            where.append(f"at the AF_XDP socket {e['rx_dropped'] + e.get('rx_ring_full', 0)} "
+                         f"(fill ring empty {e.get('rx_fill_ring_empty_descs', 0)}, rx ring full "
+                         f"{e.get('rx_ring_full', 0)})")
+        if "kernel_drops" in e:
+            where.append(f"at the UDP socket {e['kernel_drops']}")
+        back = f"; back in namespace a {e['returned_to_a']}" if "returned_to_a" in e else ""
+        res.notes.append(f"{name}: delivered {v.datagrams} in the timed windows; dropped over its rounds "
+                         + ", ".join(where) + back)
     if idle:
         res.notes.append("the receive CPU was not busy all the time (" + ", ".join(idle) + "): there the "
                          "generator or the veth between the namespaces, not the receiver, set the rate; its CPU "
