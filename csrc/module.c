@@ -43,10 +43,21 @@
  *   probe/probe.h          the capability probes
  *   probe/mmsg.c           probe_mmsg(): sendmmsg/recvmmsg on loopback
  *   probe/uring.c          probe_uring(): io_uring setup flags, opcodes, buffer rings
+ *   xdp/xdp.h              XDP and AF_XDP: frames and their owners, rings, the socket, UDP frames
+ *   xdp/bpf.c              bpf(): maps, program load, BPF links
+ *   xdp/bpfrun.c           bpf(): BPF_PROG_RUN (live frames), object information, ids
+ *   xdp/umem.c             Umem: frames, their states, the free list; XskLease
+ *   xdp/ring.c             the four AF_XDP rings: mmap, producer/consumer, barriers
+ *   xdp/xsk.c              XskSocket: socket, bind, options, statistics, close; the XDP init
+ *   xdp/rx.c               AF_XDP receive: fill ring refill, rx ring -> lease -> entries
+ *   xdp/tx.c               AF_XDP send: entries -> tx ring (zero copy or copied), completions
+ *   xdp/build.c            UDP frames: headers and checksums; send_udp
+ *   xdp/frames.c           UdpFrames: the vectorised Ethernet/VLAN/IP/UDP parse
  *
  * Where a datagram goes: udp/recv.c (or socketset/, or ports/tx.c's
  * recv_from) puts it into a PacketBatch (batch/); udp/send.c,
- * socketset/ or zerocopy/ send it; ports/ carry it between processes.
+ * socketset/ or zerocopy/ send it; ports/ carry it between processes;
+ * xdp/rx.c lends AF_XDP frames to a batch and xdp/tx.c sends them.
  */
 #include "batch/batch.h"
 #include "core/core.h"
@@ -55,6 +66,7 @@
 #include "probe/probe.h"
 #include "socketset/socketset.h"
 #include "udp/udp.h"
+#include "xdp/xdp.h"
 #include "zerocopy/zerocopy.h"
 
 static struct PyModuleDef bio_module = {
@@ -73,7 +85,7 @@ PyInit__native(void)
     if (bio_fork_init() < 0 || bio_constants_init(m) < 0 || bio_probe_init(m) < 0 || bio_memory_init_type(m) < 0 ||
         bio_batch_init_type(m) < 0 || bio_udp_init_type(m) < 0 ||
         bio_socketset_init_types(m) < 0 || bio_zerocopy_init_types(m) < 0 ||
-        bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0) {
+        bio_ports_init_types(m) < 0 || bio_napi_init(m) < 0 || bio_xdp_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

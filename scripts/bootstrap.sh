@@ -17,9 +17,14 @@ esac
 # build: compiler, Python headers and venv, the system's liburing;
 # run: sockperf (latency peer), perf (syscall counts), taskset (util-linux),
 # ip and tc (iproute2: the bench's and tests' own network namespaces),
-# ethtool (the lab turns GRO on for NAPI), dnsperf (the dns bench's client).
+# ethtool (the lab turns GRO on for NAPI), dnsperf (the dns bench's client);
+# tests only: clang (the shipped XDP bytecode is checked against a fresh
+# compile of its sources) and capsh (libcap2-bin: children without a capability).
 packages=(build-essential python3-dev python3-venv liburing-dev sockperf linux-perf util-linux iproute2
           ethtool dnsperf)
+if [ "$purpose" = test ]; then
+  packages+=(clang libcap2-bin)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

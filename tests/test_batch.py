@@ -591,3 +591,16 @@ def test_big_arena_is_faulted_in_without_the_gil():
         t.join(10)
     assert b.slots * b.slot_size == 256 << 20
     assert during > 10_000, during  # held the GIL throughout: a few increments at most
+def test_buffer_is_what_the_offsets_point_into():
+    b = burstio.PacketBatch(4, 64)
+    b.append(b"abc")
+    assert len(b.buffer) == len(b.arena) == 4 * 64
+    assert bytes(b.buffer[b.offsets[0]:b.offsets[0] + 3]) == b"abc"
+    data = bytearray(b"0123456789")
+    b.clear()
+    b.add_slices(data, 5)
+    view = b.buffer
+    assert view.obj is data and len(view) == 10
+    assert bytes(view[b.offsets[1]:b.offsets[1] + b.lengths[1]]) == b"56789"
+    b.clear()
+    assert len(b.buffer) == 4 * 64  # the arena again

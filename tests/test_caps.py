@@ -19,8 +19,11 @@ DOCUMENTED = (
     "io_uring", "io_uring_recvmsg", "io_uring_sendmsg", "io_uring_send_zc", "io_uring_sendmsg_zc",
     "io_uring_poll_add", "io_uring_buf_ring", "io_uring_defer_taskrun", "io_uring_sqpoll",
     "so_zerocopy", "epoll_busy_poll", "so_incoming_napi_id", "so_busy_poll", "so_prefer_busy_poll",
-    "so_busy_poll_budget", "af_xdp",
+    "so_busy_poll_budget", "af_xdp", "bpf", "xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames",
+    "xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer",
 )
+BPF_DEPENDENTS = ["xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames"]
+XSK_DEPENDENTS = ["xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer"]
 URING_DEPENDENTS = [n for n in CAPABILITY_NAMES if n.startswith("io_uring_")]
 
 
@@ -93,6 +96,45 @@ def test_io_uring_dependents_follow_io_uring(clean_env):
         assert not c[name].available, name
         assert c[name].forced_off, name
         assert c[name].detail.startswith("needs io_uring: "), name
+
+
+@pytest.mark.parametrize("base,dependents", [("bpf", BPF_DEPENDENTS), ("af_xdp", XSK_DEPENDENTS)])
+def test_xdp_dependents_follow_their_base(clean_env, base, dependents):
+    clean_env.setenv(ENV_DISABLE, base)
+    c = burstio.capabilities()
+    for name in dependents:
+        assert not c[name].available and c[name].forced_off, name
+        assert c[name].detail.startswith(f"needs {base}: "), name
+
+
+def test_the_xdp_probe_runs_only_when_one_of_its_capabilities_is_asked_for(clean_env, monkeypatch):
+    from burstio.xdp import _probe
+
+    runs = []
+    real = _probe.probe_xdp
+    monkeypatch.setattr(_probe, "probe_xdp", lambda af_xdp: runs.append(1) or real(af_xdp))
+    c = burstio.capabilities(refresh=True)
+    assert c.udp_segment in (True, False) and runs == []  # a UDP program pays nothing for XDP
+    assert isinstance(c.xdp_native, bool) and runs == [1]
+    assert isinstance(c["xsk_zerocopy"].detail, str) and runs == [1]  # probed together, once
+    monkeypatch.undo()
+    burstio.capabilities(refresh=True)
+
+
+def test_the_xdp_probe_leaves_nothing_behind(clean_env):
+    """It works on a veth in a namespace of its own thread: afterwards the
+    host has no new namespace, device or XDP link."""
+    from burstio.xdp._bpf import xdp_links
+
+    before = (subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout,
+              sorted(x["id"] for x in xdp_links()) if burstio.capabilities().bpf else [],
+              subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout)
+    c = burstio.capabilities(refresh=True)
+    after = (subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout,
+             sorted(x["id"] for x in xdp_links()) if c.bpf else [],
+             subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout)
+    assert "bioprobe" not in after[0]
+    assert after[1] == before[1] and after[2] == before[2]
 
 
 def test_disabling_one_dependent_leaves_the_others(clean_env):

@@ -14,7 +14,7 @@ from support.paths import ROOT
 from support.proc import subprocess_env
 
 SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
-             "tx-zerocopy", "latency-lab", "pipes", "dns", "quic", "soak")
+             "tx-zerocopy", "latency-lab", "pipes", "dns", "quic", "soak", "xdp")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -26,7 +26,7 @@ def test_help():
     r = run("--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: burstio ")
-    for command in ("caps", "bench", "serve", "lab", "doctor", "fuzz"):
+    for command in ("caps", "bench", "serve", "lab", "doctor", "fuzz", "pktgen", "xdp"):
         assert command in r.stdout
 
 

@@ -149,6 +149,15 @@ def instances():
         objs[_native.PortTx] = a.tx
         objs[_native.PortRx] = a.rx
         objs[_native.SwitchCore] = _native.SwitchCore(os.eventfd(0))
+        objs[_native.UdpFrames] = _native.UdpFrames(4)
+        try:
+            umem = _native.Umem(64, 2048, 0)  # AF_XDP needs CAP_NET_RAW
+            objs[_native.Umem] = umem
+            xsk = _native.XskSocket(umem, 1, 0, 64, 64, 64, 64)  # made, not bound
+            stack.callback(xsk.close)
+            objs[_native.XskSocket] = xsk
+        except OSError as e:
+            NO_INSTANCE[_native.Umem] = NO_INSTANCE[_native.XskSocket] = f"AF_XDP refused: {e}"
         yield objs
         io.close(0)
 
@@ -159,11 +168,18 @@ def method_cases():
         yield pytest.param(cls, owner, name, id=f"{cls.__name__}.{name}")
 
 
+#: why the fixture has no object of a type
+NO_INSTANCE: dict[type, str] = {
+    _native.UringSocketSet: "io_uring refused",
+    _native.XskLease: "only an AF_XDP receive makes one (tests/test_xdp_xsk.py receives into leases)",
+}
+
+
 def bound(instances, cls, owner, name):
     """The C method cls.name bound to the live `owner` object (not a Python
     subclass's override)."""
     if owner not in instances:
-        pytest.skip(f"no {owner.__name__} here (io_uring refused)")
+        pytest.skip(f"no {owner.__name__} here: {NO_INSTANCE.get(owner, 'not made')}")
     return vars(cls)[name].__get__(instances[owner])
 
 

@@ -54,6 +54,19 @@ PUBLIC: dict[str, list[str]] = {
         "FLAG_CLIENT", "FLAG_PONG_REQUEST", "FLAG_WARMUP", "HEADER", "MODES", "SUSPEND_NAPI", "SockperfServer", "main",
         "mark_replies",
     ],
+    "burstio.xdp": [
+        "FLAG_CONTINUES", "FRAME_SIZES", "Filter", "MAX_RULES", "MODES", "Rule", "RuleCount", "Steer", "Umem",
+        "XskSocket",
+    ],
+    "burstio.xdp.programs": [
+        "ATTACH_MODES", "Filter", "MAX_RULES", "Rule", "RuleCount", "Steer", "XdpProgram", "attach_mode", "rules_from",
+    ],
+    "burstio.xdp.udp": [
+        "STATUS_NAMES", "UDP_FRAGMENT", "UDP_F_CSUM_ZERO", "UDP_F_IP_OPTIONS", "UDP_F_PADDED", "UDP_F_VLAN",
+        "UDP_IPV6_EXT", "UDP_MALFORMED", "UDP_NOT_IP", "UDP_NOT_UDP", "UDP_OK", "UDP_TRUNCATED", "UdpFrames",
+        "UdpSender", "address", "address_of", "frame", "mac_of", "neighbour_mac", "parse",
+    ],
+    "burstio.xdp.pktgen": ["METHODS", "MIN_SIZE", "PktgenResult", "device_counters", "run", "template"],
     "burstio.testing": ["burstio_lab", "lab_or_skip"],
     "burstio.bench": ["LONG", "Options", "SCENARIOS", "run"],
     "burstio.bench.report": [
@@ -65,7 +78,7 @@ PUBLIC: dict[str, list[str]] = {
 }
 
 #: the public subpackages and modules of burstio, as burstio.SUBMODULES names them
-SUBMODULES = ["aio", "apps", "bench", "napi", "ports", "testing"]
+SUBMODULES = ["aio", "apps", "bench", "napi", "ports", "testing", "xdp"]
 
 
 def _all(name: str) -> list[str]:
@@ -111,8 +124,8 @@ def test_submodules_lists_the_public_subpackages():
 
 
 def test_every_public_module_of_a_public_package_is_pinned():
-    """burstio.napi and burstio.apps are public all the way down."""
-    for package in ("burstio.napi", "burstio.apps"):
+    """burstio.napi, burstio.apps and burstio.xdp are public all the way down."""
+    for package in ("burstio.napi", "burstio.apps", "burstio.xdp"):
         path = importlib.import_module(package).__path__
         for m in pkgutil.iter_modules(path):
             if not m.name.startswith("_"):

@@ -619,6 +619,13 @@ bio_batch_get_arena(BioBatch *b, void *c)
 }
 
 static PyObject *
+bio_batch_get_buffer(BioBatch *b, void *c)
+{
+    PyObject *base = b->ext_view != NULL ? b->ext_view : b->arena_view;
+    return PyMemoryView_FromObject(base); /* holds what the entries point into */
+}
+
+static PyObject *
 bio_batch_get_ssize(BioBatch *b, void *c)
 {
     return PyLong_FromSsize_t(*(Py_ssize_t *)((char *)b + (size_t)c));
@@ -654,6 +661,9 @@ static PyGetSetDef bio_batch_getset[] = {
      NULL},
     {"arena", (getter)bio_batch_get_arena, NULL,
      "writable memoryview over every slot (slots x slot_size bytes)", NULL},
+    {"buffer", (getter)bio_batch_get_buffer, NULL,
+     "memoryview of what offsets point into: the arena, or the buffer add_slices() "
+     "attached, or the UMEM an AF_XDP receive lent", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -82,6 +82,11 @@ int bio_batch_check_idle(BioBatch *b);
 int bio_batch_check_entries(BioBatch *b, Py_ssize_t start, Py_ssize_t end);
 /* Reset entries to empty; drops an attached external buffer. */
 void bio_batch_reset(BioBatch *b);
+/* Make `buffer` (a bytes-like object; the batch keeps it until reset) the
+ * buffer entries' offsets point into, as add_slices() does; an AF_XDP
+ * receive attaches its lease of UMEM frames this way. 0, or -1 with an
+ * error (the batch must be empty or already point into buffer). */
+int bio_batch_attach(BioBatch *b, PyObject *buffer);
 
 /* ---- outgoing messages (batch/msgs.c) ------------------------------------- */
 

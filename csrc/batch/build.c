@@ -79,7 +79,7 @@ bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
 }
 
 /* Attach `buffer` as the batch's data source (or check it is the one). */
-static int
+int
 bio_batch_attach(BioBatch *b, PyObject *buffer)
 {
     if (b->ext_view == NULL && b->count > 0) {

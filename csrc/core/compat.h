@@ -12,7 +12,10 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <linux/bpf.h>
 #include <linux/errqueue.h>
+#include <linux/if_link.h>
+#include <linux/if_xdp.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -155,6 +158,49 @@ _Static_assert(sizeof(struct bio_uring_napi) == 16, "struct io_uring_napi is 16 
 #endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+
+/* ---- AF_XDP (Debian 12's uapi is Linux 6.1's) ------------------------------------ */
+
+#ifndef SOL_XDP
+#define SOL_XDP 283
+#endif
+#ifndef XDP_USE_SG
+#define XDP_USE_SG (1 << 4) /* bind flag: multi-buffer frames, Linux 6.6 */
+#endif
+#ifndef XDP_PKT_CONTD
+#define XDP_PKT_CONTD (1 << 0) /* xdp_desc.options: the packet goes on in the next descriptor */
+#endif
+#ifndef XDP_MAX_TX_SKB_BUDGET
+#define XDP_MAX_TX_SKB_BUDGET 9 /* sockopt: copy-mode frames per sendto(), Linux 6.17 */
+#endif
+/* struct xdp_umem_reg as Linux 6.8 has it (tx_metadata_len after flags),
+ * under our own name: every byte the kernel reads is ours and zeroed. */
+struct bio_xdp_umem_reg {
+    uint64_t addr;
+    uint64_t len;
+    uint32_t chunk_size;
+    uint32_t headroom;
+    uint32_t flags;
+    uint32_t tx_metadata_len;
+};
+_Static_assert(sizeof(struct bio_xdp_umem_reg) == 32, "struct xdp_umem_reg is 32 bytes");
+/* struct xdp_statistics with the fields Linux 5.9 added (Debian 12 has them). */
+_Static_assert(sizeof(struct xdp_statistics) == 48, "struct xdp_statistics is 48 bytes");
+
+/* ---- BPF (Linux 6.1's uapi has what burstio uses; these guard older ones) ------- */
+
+#ifndef BPF_F_TEST_XDP_LIVE_FRAMES
+#define BPF_F_TEST_XDP_LIVE_FRAMES (1U << 1) /* Linux 5.18 */
+#endif
+#ifndef BPF_F_XDP_HAS_FRAGS
+#define BPF_F_XDP_HAS_FRAGS (1U << 5) /* prog_flags: takes multi-buffer frames, Linux 5.18 */
+#endif
+#ifndef XDP_FLAGS_SKB_MODE
+#define XDP_FLAGS_SKB_MODE (1U << 1)
+#endif
+#ifndef XDP_FLAGS_DRV_MODE
+#define XDP_FLAGS_DRV_MODE (1U << 2)
 #endif
 
 #endif /* BIO_COMPAT_H */

@@ -10,6 +10,7 @@
 Public submodules, imported on first use: ``burstio.aio`` (asyncio and
 uvloop), ``burstio.ports`` (netmap-style ports between processes: pipes and a
 switch), ``burstio.napi`` (busy polling, NAPI steering, the lab, the doctor),
+``burstio.xdp`` (XDP programs and AF_XDP sockets),
 ``burstio.apps`` (DNS, HTTP/3 and sockperf servers), ``burstio.bench`` and
 ``burstio.testing`` (a pytest plugin). docs/ARCHITECTURE.md is the map;
 ``burstio caps`` shows what this kernel offers.
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: The public submodules (imported on first use: ``import burstio.aio``).
-SUBMODULES = ("aio", "ports", "napi", "apps", "bench", "testing")
+SUBMODULES = ("aio", "ports", "napi", "xdp", "apps", "bench", "testing")
 
 
 

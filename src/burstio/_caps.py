@@ -198,6 +198,7 @@ def _uring_disabled() -> str | None:
 
 
 _MMSG: dict[str, tuple[bool, str]] = {}
+_XDP: dict[str, tuple[bool, str]] = {}
 _FOUND: dict[str, int] = {}  # values a probe measured on the way
 _URING: dict[str, tuple[bool, str]] = {}
 
@@ -209,6 +210,12 @@ def _from(table: dict[str, tuple[bool, str]], fill: Callable[[], dict[str, tuple
             table.update(fill())
         return table.get(name, (False, "not probed"))
     return probe
+
+
+def _xdp_fill() -> dict[str, tuple[bool, str]]:
+    from .xdp._probe import probe_xdp
+
+    return probe_xdp(_probe_af_xdp()[0])
 
 
 def _uring_fill() -> dict[str, tuple[bool, str]]:
@@ -246,6 +253,15 @@ _PROBES: dict[str, Probe] = {
     "so_prefer_busy_poll": _probe_sockopt("SO_PREFER_BUSY_POLL", socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, 1),
     "so_busy_poll_budget": _probe_sockopt("SO_BUSY_POLL_BUDGET", socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, 8),
     "af_xdp": _probe_af_xdp,
+    # XDP and AF_XDP: probed together on a veth in a private namespace (burstio.xdp._probe)
+    "bpf": _from(_XDP, _xdp_fill, "bpf"),
+    "xdp_link": _from(_XDP, _xdp_fill, "xdp_link"),
+    "xdp_generic": _from(_XDP, _xdp_fill, "xdp_generic"),
+    "xdp_native": _from(_XDP, _xdp_fill, "xdp_native"),
+    "bpf_prog_run_live_frames": _from(_XDP, _xdp_fill, "bpf_prog_run_live_frames"),
+    "xsk_need_wakeup": _from(_XDP, _xdp_fill, "xsk_need_wakeup"),
+    "xsk_zerocopy": _from(_XDP, _xdp_fill, "xsk_zerocopy"),
+    "xsk_multi_buffer": _from(_XDP, _xdp_fill, "xsk_multi_buffer"),
 }
 
 CAPABILITY_NAMES: tuple[str, ...] = tuple(_PROBES)
@@ -257,6 +273,12 @@ LATE_CAPABILITIES: dict[str, str] = {
 
 # A capability is off when the one it rests on is off.
 _REQUIRES = {name: "io_uring" for name in CAPABILITY_NAMES if name.startswith("io_uring_")}
+_REQUIRES.update(dict.fromkeys(("xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames"), "bpf"))
+_REQUIRES.update(dict.fromkeys(("xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer"), "af_xdp"))
+#: probed on first use, not with the rest: the XDP probe makes a namespace
+#: and a veth, which a program that never uses XDP should not pay for
+_ON_FIRST_USE = frozenset({"bpf", "xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames",
+                           "xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer"})
 
 
 class CapabilityInfo(TypedDict):
@@ -275,15 +297,24 @@ class CapabilitiesInfo(TypedDict):
 
 
 class Capabilities(Mapping[str, Capability]):
-    """Read-only mapping name -> Capability; ``caps.udp_gro`` is a bool."""
+    """Read-only mapping name -> Capability; ``caps.udp_gro`` is a bool.
+    The XDP capabilities are probed when one of them is first asked for."""
 
-    def __init__(self, items: dict[str, Capability], gso_max_segments: int):
+    def __init__(self, items: dict[str, Capability | None], gso_max_segments: int,
+                 off: frozenset[str] = frozenset()):
         self._items = items
+        self._off = off
         #: segments per UDP GSO send this kernel accepts (UDP_MAX_SEGMENTS)
         self.gso_max_segments = gso_max_segments
 
     def __getitem__(self, name: str) -> Capability:
-        return self._items[name]
+        cap = self._items[name]
+        if cap is None:
+            with _lock:
+                _probe_names(self._items, self._off, [n for n in CAPABILITY_NAMES if n in _ON_FIRST_USE])
+            cap = self._items[name]
+        assert cap is not None  # _probe_names filled it
+        return cap
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
@@ -292,19 +323,18 @@ class Capabilities(Mapping[str, Capability]):
         return len(self._items)
 
     def __getattr__(self, name: str) -> bool:
-        try:
-            return self._items[name].available
-        except KeyError:
-            raise AttributeError(f"no capability named {name!r}") from None
+        if name.startswith("_") or name not in self._items:
+            raise AttributeError(f"no capability named {name!r}")
+        return self[name].available
 
     def as_dict(self) -> CapabilitiesInfo:
         out: dict[str, CapabilityInfo] = {
             n: {"available": c.available, "detail": c.detail, "forced_off": c.forced_off}
-            for n, c in self._items.items()}
+            for n, c in self.items()}
         return {"capabilities": out, "gso_max_segments": self.gso_max_segments}
 
     def __repr__(self) -> str:
-        on = [n for n, c in self._items.items() if c.available]
+        on = [n for n, c in self.items() if c.available]
         return f"<Capabilities {len(on)}/{len(self)} available>"
 
 
@@ -329,26 +359,35 @@ def _run_probe(name: str, probe: Probe) -> Capability:
     return Capability(name, ok, detail)
 
 
-def _probe_all(off: frozenset[str]) -> Capabilities:
-    _MMSG.clear()
-    _URING.clear()
-    _FOUND.clear()
-    items: dict[str, Capability] = {}
-    for name, probe in _PROBES.items():
+def _probe_names(items: dict[str, Capability | None], off: frozenset[str], names: list[str]) -> None:
+    """Probe ``names`` (in order) into items."""
+    for name in names:
+        if items.get(name) is not None:
+            continue
         if name in off:
             items[name] = Capability(name, False, f"disabled by {ENV_DISABLE}", forced_off=True)
             continue
         base = _REQUIRES.get(name)
-        if base and not items[base].available:
-            items[name] = Capability(name, False, f"needs {base}: {items[base].detail}",
-                                     forced_off=items[base].forced_off)
+        dep = items.get(base) if base else None
+        if dep is not None and not dep.available:
+            items[name] = Capability(name, False, f"needs {base}: {dep.detail}", forced_off=dep.forced_off)
             continue
-        items[name] = _run_probe(name, probe)
-    gso_max = _FOUND.get("gso_max_segments", 1) if items["udp_segment"].available else 1
-    return Capabilities(items, gso_max)
+        items[name] = _run_probe(name, _PROBES[name])
 
 
-_lock = threading.Lock()
+def _probe_all(off: frozenset[str]) -> Capabilities:
+    _MMSG.clear()
+    _URING.clear()
+    _XDP.clear()
+    _FOUND.clear()
+    items: dict[str, Capability | None] = dict.fromkeys(CAPABILITY_NAMES)
+    _probe_names(items, off, [n for n in CAPABILITY_NAMES if n not in _ON_FIRST_USE])
+    udp_segment = items["udp_segment"]
+    gso_max = _FOUND.get("gso_max_segments", 1) if udp_segment is not None and udp_segment.available else 1
+    return Capabilities(items, gso_max, off)
+
+
+_lock = threading.RLock()
 _cache: dict[frozenset[str], Capabilities] = {}
 
 

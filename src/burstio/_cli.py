@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.add_argument("--apply", action="store_true", help="make the per-NAPI changes of the recipe")
     d.set_defaults(func=_cmd_doctor)
+
+    from .xdp._cli import add_parsers
+
+    add_parsers(sub)
     return p
 
 

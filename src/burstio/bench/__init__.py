@@ -20,6 +20,7 @@ from .scenarios.rx import rx_gro, rx_many_flow
 from .scenarios.soak import soak
 from .scenarios.socketset import rx_many_sockets, tx_redundant
 from .scenarios.tx import tx_gso, tx_many
+from .scenarios.xdp import xdp
 from .scenarios.zerocopy import tx_zerocopy
 
 SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "dns": dns,
     "quic": quic,
     "soak": soak,
+    "xdp": xdp,
 }
 #: run only when named: too long for the run of all scenarios
 LONG = ("soak",)

@@ -1,0 +1,217 @@
+"""A packet generator (netmap's pkt-gen role): UDP frames of a given size
+and flow count, at a given or the highest rate, out of one device.
+
+Two engines, picked by the capability probe:
+
+- "bpf" (Linux >= 5.18, ``bpf_prog_run_live_frames``): the kernel runs
+  src/burstio/xdp/bpf/pktgen.bpf.c on a template frame ``repeat`` times per
+  call (BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES); each run sets the
+  next flow's source port (the UDP checksum updated) and transmits the frame
+  (XDP_TX): no socket, no copy to user space; what xdp-trafficgen does.
+- "xsk": an AF_XDP socket's tx ring fed with batches of pre-built frames
+  (copied into the UMEM, sent by one sendto per batch).
+
+Where a frame goes: built once here (headers and checksums in C), then the
+engine puts it on the device's transmit path ``frames`` times; the result
+says how many were handed to the device, how many the device counted as
+sent and dropped, and over how long.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .. import _native
+from .._caps import capabilities
+from .._checks import check_choice, check_int, check_seconds
+from .._kernel import BPF_F_TEST_XDP_LIVE_FRAMES
+from . import _bpf
+from ._xsk import XskSocket, ifindex_of
+from .udp import _header, address_of, mac_of, neighbour_mac
+
+__all__ = ["run", "PktgenResult", "METHODS", "MIN_SIZE", "device_counters", "template"]
+
+METHODS = ("auto", "bpf", "xsk")
+#: smallest frame (bytes, without the FCS) per IP version: Ethernet + IP + UDP headers
+MIN_SIZE = {4: 42, 6: 62}
+_MAX_SIZE = 2048 - 256
+_CHUNK = 1 << 16  # frames per BPF_PROG_RUN when not paced
+_BATCH = 256  # frames per send of the xsk engine
+
+
+@dataclass
+class PktgenResult:
+    """What a run did. ``frames`` is what the engine handed the device;
+    ``device_sent``/``device_dropped`` are the device's own transmit counters
+    over the run (None when unreadable)."""
+
+    method: str
+    dev: str
+    size: int
+    flows: int
+    rate: float | None
+    frames: int
+    seconds: float
+    device_sent: int | None
+    device_dropped: int | None
+
+    @property
+    def offered_pps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def sent_pps(self) -> float | None:
+        return None if self.device_sent is None or not self.seconds else self.device_sent / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["offered_mpps"] = round(self.offered_pps / 1e6, 4)
+        d["sent_mpps"] = None if self.sent_pps is None else round(self.sent_pps / 1e6, 4)
+        return d
+
+
+def device_counters(dev: str | int) -> tuple[int, int] | None:
+    """(tx packets, tx dropped) of ``dev`` from netlink (IFLA_STATS64), or
+    None without pyroute2."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        return None
+    with IPRoute() as ipr:
+        link = ipr.get_links(ifindex_of(dev))[0]
+    stats = link.get_attr("IFLA_STATS64") or {}
+    return int(stats.get("tx_packets", 0)), int(stats.get("tx_dropped", 0))
+
+
+def template(dev: str | int, dst: str, *, dport: int = 9, src: str | None = None, sport: int = 1024,
+             dst_mac: bytes | None = None, src_mac: bytes | None = None, size: int = 64, vlan: int = 0) -> bytes:
+    """The frame the generator sends (flow 0), ``size`` bytes."""
+    family = ipaddress.ip_address(dst).version
+    check_int("size", size, MIN_SIZE[family] + (4 if vlan else 0), _MAX_SIZE)
+    src = src or address_of(dev, family)
+    dst_mac = dst_mac if dst_mac is not None else neighbour_mac(dst, dev)
+    src_mac = src_mac if src_mac is not None else mac_of(dev)
+    hdr = _header(dst_mac, src_mac, (src, sport), (dst, dport), vlan, 64)
+    return bytes(_native.udp_frame(hdr, bytes(size - MIN_SIZE[family] - (4 if vlan else 0))))
+
+
+def _pick(method: str) -> str:
+    caps = capabilities()
+    if method == "auto":
+        return "bpf" if caps.bpf_prog_run_live_frames else "xsk"
+    if method == "bpf" and not caps.bpf_prog_run_live_frames:
+        raise OSError(errno.EOPNOTSUPP, "the bpf engine needs BPF_PROG_RUN with live frames: "
+                                        f"{caps['bpf_prog_run_live_frames'].detail}")
+    return method
+
+
+class _Pacer:
+    """Sleeps so that frame n leaves no earlier than n / rate seconds in."""
+
+    def __init__(self, rate: float | None):
+        self.rate, self.t0 = rate, time.perf_counter()
+
+    def chunk(self) -> int:
+        return _CHUNK if self.rate is None else max(1, min(_CHUNK, int(self.rate / 1000)))
+
+    def wait(self, done: int) -> None:
+        if self.rate is not None:
+            ahead = self.t0 + done / self.rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _bpf_engine(frame: bytes, ifindex: int, flows: int, sport: int, l4: int, budget: tuple[float, int | None],
+                rate: float | None) -> tuple[int, float]:
+    prog = _bpf.load(_bpf.shipped("pktgen"), "pktgen")
+    try:
+        prog.maps["gen_config"].update(0, struct.pack("<IHH", flows, sport, l4))
+        seconds, count = budget
+        pace = _Pacer(rate)
+        done = 0
+        while (count is None or done < count) and time.perf_counter() - pace.t0 < seconds:
+            n = pace.chunk() if count is None else min(pace.chunk(), count - done)
+            _native.bpf_prog_run(prog.fd, frame, n, BPF_F_TEST_XDP_LIVE_FRAMES, 64, ifindex, 0, 0)
+            done += n
+            pace.wait(done)
+        return done, time.perf_counter() - pace.t0
+    finally:
+        prog.close()
+
+
+def _xsk_batches(frame: bytes, flows: int, sport: int, l4: int, csum_at: int | None) -> list[_native.PacketBatch]:
+    """Pre-built frames, flow after flow, in batches of _BATCH."""
+    batches = []
+    for start in range(0, flows, _BATCH):
+        b = _native.PacketBatch(_BATCH, len(frame))
+        for j in range(_BATCH):
+            f = bytearray(frame)
+            port = sport + (start + j) % flows
+            old = struct.unpack_from("!H", f, l4)[0]
+            struct.pack_into("!H", f, l4, port)
+            if csum_at is not None:  # RFC 1624 incremental update of the UDP checksum
+                c = struct.unpack_from("!H", f, csum_at)[0]
+                if c:
+                    s = (~c & 0xFFFF) + (~old & 0xFFFF) + port
+                    s = (s & 0xFFFF) + (s >> 16)
+                    s = (s & 0xFFFF) + (s >> 16)
+                    struct.pack_into("!H", f, csum_at, (~s & 0xFFFF) or 0xFFFF)
+            b.append(bytes(f))
+        batches.append(b)
+    return batches
+
+
+def _xsk_engine(dev: str | int, frame: bytes, flows: int, sport: int, l4: int, budget: tuple[float, int | None],
+                rate: float | None) -> tuple[int, float]:
+    batches = _xsk_batches(frame, flows, sport, l4, l4 + 6)
+    seconds, count = budget
+    with XskSocket(dev, 0, rx_size=0, fill_size=64, tx_size=2048, comp_size=2048) as xsk:
+        pace = _Pacer(rate)
+        done, k = 0, 0
+        while (count is None or done < count) and time.perf_counter() - pace.t0 < seconds:
+            n = _BATCH if count is None else min(_BATCH, count - done)
+            done += xsk.send_batch(batches[k % len(batches)], 0, n, timeout=1.0)
+            k += 1
+            pace.wait(done)
+        return done, time.perf_counter() - pace.t0
+
+
+def run(dev: str | int, dst: str, *, dport: int = 9, src: str | None = None, sport: int = 1024,
+        dst_mac: bytes | None = None, src_mac: bytes | None = None, size: int = 64, flows: int = 1,
+        rate: float | None = None, seconds: float = 1.0, count: int | None = None, vlan: int = 0,
+        method: str = "auto") -> PktgenResult:
+    """Send UDP frames of ``size`` bytes (Ethernet header to the end of the
+    payload, no FCS) from ``src``:``sport``..``sport+flows-1`` to
+    ``dst``:``dport`` out of ``dev`` (this thread's namespace), at ``rate``
+    frames/s (None: as fast as it goes), for ``seconds`` or ``count`` frames,
+    whichever ends first. The destination MAC comes from the neighbour table
+    unless given; IPv6 when ``dst`` is an IPv6 address."""
+    check_choice("method", method, METHODS)
+    check_int("flows", flows, 1, 65535)
+    check_int("sport", sport, 1, 65535 - flows + 1)
+    check_seconds("seconds", seconds, 0.001, 86400.0)
+    if count is not None:
+        check_int("count", count, 1, 2**62)
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 1 <= rate <= 1e9):
+        raise ValueError(f"rate must be frames per second between 1 and 1e9, or None, got {rate!r}")
+    engine = _pick(method)
+    frame = template(dev, dst, dport=dport, src=src, sport=sport, dst_mac=dst_mac, src_mac=src_mac, size=size,
+                     vlan=vlan)
+    family = ipaddress.ip_address(dst).version
+    l4 = MIN_SIZE[family] + (4 if vlan else 0) - 8
+    name = dev if isinstance(dev, str) else socket.if_indextoname(ifindex_of(dev))
+    before = device_counters(dev)
+    if engine == "bpf":
+        frames, took = _bpf_engine(frame, ifindex_of(dev), flows, sport, l4, (seconds, count), rate)
+    else:
+        frames, took = _xsk_engine(dev, frame, flows, sport, l4, (seconds, count), rate)
+    after = device_counters(dev)
+    sent = dropped = None
+    if before is not None and after is not None:
+        sent, dropped = after[0] - before[0], after[1] - before[1]
+    return PktgenResult(engine, name, size, flows, rate, frames, took, sent, dropped)

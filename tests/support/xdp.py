@@ -1,0 +1,85 @@
+"""What the XDP and AF_XDP tests share: the skip when the kernel or the
+privileges lack XDP, a lab with one queue, an AF_XDP socket steered to in a
+lab's namespace, floods from the packet generator, and children with
+capabilities dropped (capsh)."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+import burstio
+from burstio.napi.lab import Lab
+from burstio.xdp import Rule, Steer, XskSocket
+
+from .paths import ROOT
+from .proc import subprocess_env
+
+__all__ = ["needs_xdp", "needs_xdp_lab", "lab_xsk", "flood", "run_without_caps", "xdp_reason"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def xdp_reason() -> str | None:
+    """Why XDP tests cannot run here, or None."""
+    caps = burstio.capabilities()
+    for name in ("bpf", "af_xdp", "xdp_link"):
+        if not caps[name].available:
+            return f"{name}: {caps[name].detail}"
+    return None
+
+
+#: skip (saying why) where BPF, XDP links or AF_XDP are missing
+needs_xdp = pytest.mark.skipif(xdp_reason() is not None, reason=str(xdp_reason()))
+
+
+def needs_xdp_lab(fn: F) -> F:
+    """needs_xdp, and the burstio_lab fixture with one queue per veth (so
+    every frame arrives on queue 0, where the test's socket is)."""
+    return needs_xdp(pytest.mark.burstio_lab(queues=1)(fn))  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def lab_xsk(lab: Lab, side: str = "b", rules: list[Rule] | None = None,
+            **kwargs: Any) -> Iterator[tuple[XskSocket, Steer]]:
+    """Inside namespace ``side``: a Steer program (UDP by default) on its
+    veth and an XskSocket on queue 0 it steers to; both closed after."""
+    with lab.inside(side), Steer(rules if rules is not None else [Rule(proto="udp")]) as steer:
+        steer.attach(lab.dev[side])
+        with XskSocket(lab.dev[side], 0, **kwargs) as xsk:
+            steer.add(xsk)
+            yield xsk, steer
+
+
+def flood(lab: Lab, count: int, *, side: str = "a", dport: int = 9000, size: int = 64, flows: int = 1,
+          **kwargs: Any) -> Any:
+    """Send exactly ``count`` UDP frames from ``side`` to the other side
+    (the packet generator); returns its result."""
+    from burstio.xdp import pktgen
+
+    other = "b" if side == "a" else "a"
+    with lab.inside(other):
+        from burstio.xdp.udp import mac_of
+        dst_mac = mac_of(lab.dev[other])
+    with lab.inside(side):
+        return pktgen.run(lab.dev[side], lab.addr(other), dport=dport, dst_mac=dst_mac, size=size, flows=flows,
+                          count=count, seconds=60, **kwargs)
+
+
+def run_without_caps(caps: list[str], code: str, *, memlock: int | None = None,
+                     timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` in a child that lacks ``caps`` (capsh --drop),
+    with RLIMIT_MEMLOCK set to ``memlock`` bytes if given."""
+    capsh = shutil.which("capsh")
+    if capsh is None:
+        pytest.skip("capsh (Debian: libcap2-bin) is needed to drop capabilities in a child")
+    argv = [capsh, f"--drop={','.join(caps)}", "--", "-c", 'exec "$0" -c "$1"', sys.executable, code]
+    if memlock is not None:
+        argv = ["prlimit", f"--memlock={memlock}:{memlock}", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=timeout,
+                          check=False)
