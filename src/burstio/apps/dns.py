@@ -117,6 +117,7 @@ class AsyncioResponder(_Answering, asyncio.DatagramProtocol):
     """One query per ``datagram_received``, one ``sendto`` per answer."""
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Answer one query."""
         self.queries += 1
         reply = answer(data, self.answers)
         if reply is not None:
@@ -128,6 +129,7 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
     it falls back to one query per call)."""
 
     def datagrams_received(self, batch: PacketBatch) -> None:
+        """Answer every query of the burst (the answers leave together when this returns)."""
         n = len(batch)
         self.queries += n
         addrs = batch.addresses()
@@ -138,6 +140,7 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
                 sendto(reply, addrs[i])
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Answer one query (on transports that do not batch)."""
         self.queries += 1
         reply = answer(data, self.answers)
         if reply is not None:

@@ -87,6 +87,7 @@ class H3Server(QuicConnectionProtocol):
         self._http: H3Connection | None = None
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        """Start HTTP/3 once ALPN says h3, then answer its requests."""
         if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
             self._http = H3Connection(self._quic)
         if self._http is not None:
@@ -129,6 +130,7 @@ class BurstQuicProtocol(QuicConnectionProtocol):
     aioquic wrote it."""
 
     def datagrams_received(self, batch: PacketBatch) -> None:
+        """Feed every datagram of the burst to the connection, then process events and transmit once."""
         self.datagrams = getattr(self, "datagrams", 0) + len(batch)
         now = self._loop.time()
         receive = self._quic.receive_datagram
@@ -151,10 +153,12 @@ class H3Client(QuicConnectionProtocol):
         self.on_data: Callable[[int, bytes], object] | None = None
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        """Count the datagram and hand it to aioquic."""
         self.datagrams += 1
         super().datagram_received(data, addr)
 
     async def get(self, authority: str, path: str) -> tuple[int, int]:
+        """GET ``path`` from ``authority``; returns (status, body bytes received)."""
         stream_id = self._quic.get_next_available_stream_id()
         done: asyncio.Future[tuple[int, int]] = self._loop.create_future()
         self._requests[stream_id] = [done, 0, 0]
@@ -165,6 +169,7 @@ class H3Client(QuicConnectionProtocol):
         return await done
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        """Track each request's status and body as HTTP/3 events arrive."""
         for h3_event in self._http.handle_event(event):
             stream_id: int = getattr(h3_event, "stream_id", -1)
             req = self._requests.get(stream_id)

@@ -103,6 +103,7 @@ class SockperfServer:
 
     @property
     def address(self) -> Address:
+        """The address the server is bound to."""
         return self.sock.getsockname()
 
     def _mark_replies(self, n: int) -> int:

@@ -375,6 +375,7 @@ def _udp_report(udp: dict[str, Any], netns: dict[str, Any], changes: list[str]) 
 
 
 def report(state: dict[str, Any], changes: list[str], udp_changes: list[str] | None = None) -> str:
+    """What doctor read and proposes, for people (``main`` prints it unless --json)."""
     netns = state.get("netns", {})
     lines = [f"kernel {state['kernel']}"]
     if "udp" in state:

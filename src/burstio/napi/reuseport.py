@@ -145,6 +145,7 @@ class ReusePortGroup:
 
     @property
     def address(self) -> Address:
+        """The address the group's sockets share (the port chosen, when 0 was asked)."""
         addr: Address = self.sockets[0].getsockname()
         return addr
 
@@ -198,6 +199,7 @@ class ReusePortGroup:
         return out
 
     def close(self) -> None:
+        """Close the group's sockets in this process (``stop()`` ends the workers)."""
         for s in self.sockets:
             s.close()
 
