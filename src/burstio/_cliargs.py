@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
 __all__ = ["Parser", "CommandError", "port_arg", "host_arg", "int_arg", "seconds_arg", "writable_file_arg",
-           "bind_failure", "run_command", "add_workers_argument", "serve_workers", "when_set"]
+           "bind_failure", "run_command", "add_workers_argument", "serve_workers", "when_set", "say"]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -218,3 +218,10 @@ def when_set(stop: Event, then: Callable[[], object]) -> None:
         stop.wait()
         then()
     threading.Thread(target=wait, daemon=True, name="burstio-worker-stop").start()
+
+
+def say(line: str) -> None:
+    """Print one line with one write(2), so that lines of worker processes sharing stdout never
+    interleave."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (line + "\n").encode())

@@ -169,7 +169,7 @@ async def serve(host: str, port: int, transport: str = "burstio", answers: Answe
 
 async def _run(args: argparse.Namespace, sock: socket.socket | None = None, stop: Event | None = None,
                label: str = "") -> None:
-    from .._cliargs import bind_failure, when_set
+    from .._cliargs import bind_failure, say, when_set
 
     try:
         t, p = await serve(args.host, args.port, args.transport, sock=sock)
@@ -189,7 +189,7 @@ async def _run(args: argparse.Namespace, sock: socket.socket | None = None, stop
     finally:
         t.close()
         if not args.quiet:
-            print(f"{label}answered {p.queries} queries", flush=True)
+            say(f"{label}answered {p.queries} queries")
 
 
 def _finish(f: asyncio.Future[None]) -> None:

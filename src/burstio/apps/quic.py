@@ -262,7 +262,7 @@ async def connect_h3(host: str, port: int, configuration: QuicConfiguration | No
 
 async def _serve_main(args: argparse.Namespace, sock: socket.socket | None = None, stop: Event | None = None,
                       label: str = "") -> None:
-    from .._cliargs import bind_failure, when_set
+    from .._cliargs import bind_failure, say, when_set
 
     announce = sock is None
     if sock is None:
@@ -289,7 +289,7 @@ async def _serve_main(args: argparse.Namespace, sock: socket.socket | None = Non
     finally:
         server.close()
         if not args.quiet:
-            print(f"{label}answered {H3Server.requests_served} requests", flush=True)
+            say(f"{label}answered {H3Server.requests_served} requests")
 
 
 def _finish(f: asyncio.Future[None]) -> None:

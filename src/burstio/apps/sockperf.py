@@ -265,7 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``burstio serve sockperf`` with parsed arguments (``add_arguments``); a bind that
     fails is a ``CommandError`` naming the address."""
-    from .._cliargs import bind_failure, serve_workers, when_set
+    from .._cliargs import bind_failure, say, serve_workers, when_set
 
     def make(sock: socket.socket | None = None) -> SockperfServer:
         return SockperfServer(args.host, args.port, batch=args.batch, backend=args.backend, mode=args.mode,
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
             pass
         finally:
             if not args.quiet:
-                print(f"worker {index} (pid {os.getpid()}): {server.summary()}", flush=True)
+                say(f"worker {index} (pid {os.getpid()}): {server.summary()}")
             server.close()
 
     return serve_workers(args, "burstio sockperf server", worker)
