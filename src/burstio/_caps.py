@@ -298,6 +298,7 @@ class Capabilities(Mapping[str, Capability]):
             raise AttributeError(f"no capability named {name!r}") from None
 
     def as_dict(self) -> CapabilitiesInfo:
+        """Every capability as JSON-ready data (what ``burstio caps --json`` prints)."""
         out: dict[str, CapabilityInfo] = {
             n: {"available": c.available, "detail": c.detail, "forced_off": c.forced_off}
             for n, c in self._items.items()}
