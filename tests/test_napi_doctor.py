@@ -194,3 +194,11 @@ def test_doctor_in_a_namespace_made_here():
     assert "net.core.busy_poll: host-wide, not visible inside this network namespace" in text.stdout
     assert "None" not in text.stdout
     assert isinstance(out["udp_recipe"], list)
+
+
+def test_a_device_that_goes_away_while_read_is_skipped(monkeypatch):
+    """Another process removes a veth between doctor's listing and its reading: that device is
+    left out of the report, not a traceback."""
+    monkeypatch.setattr(doctor, "_devices", lambda only: ["burstiogone0"])
+    state = doctor.examine()
+    assert state["devices"] == {}

@@ -282,9 +282,13 @@ def examine(dev: str | None = None, proc: Path = PROC) -> dict[str, Any]:
     out: dict[str, Any] = {"kernel": os.uname().release, "sysctls": sysctls, "udp": udp,
                            "netns": {**udp["netns"], "hidden": hidden}, "devices": {}}
     for d in _devices(dev):
-        napis, source = _napis(d)
-        out["devices"][d] = {"queues": _queues(d), "coalesce": _coalesce(d), "napi": napis,
-                             "napi_source": source}
+        try:
+            napis, source = _napis(d)
+            out["devices"][d] = {"queues": _queues(d), "coalesce": _coalesce(d), "napi": napis,
+                                 "napi_source": source}
+        except FileNotFoundError:  # the device went away while it was read (a namespace or veth removed)
+            if dev is not None:
+                raise netdev.NetdevError(errno.ENODEV, f"network device {d!r} went away while it was read") from None
     return out
 
 
