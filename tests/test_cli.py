@@ -21,7 +21,7 @@ import pytest
 import burstio
 from burstio import bench
 from burstio._cli import build_parser, main
-from burstio.apps.sockperf import _napi_settings
+from burstio._cliargs import napi_settings_arg as _napi_settings
 from support.paths import ROOT
 from support.proc import subprocess_env
 
@@ -416,3 +416,21 @@ def test_lab_status_of_no_lab_is_one_line(tmp_path):
 
 
 
+
+
+def test_the_parser_imports_no_app():
+    """Building the `burstio` parser imports no app, no burstio.aio and no aioquic (a bench forks
+    processes from it, and counts what they open), and the choices it declares are the apps' own."""
+    code = ("import sys; from burstio._cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('burstio.apps', 'burstio.aio', 'aioquic'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    from burstio import _cliargs
+    from burstio.apps import dns, sockperf
+
+    assert _cliargs.SOCKPERF_MODES == sockperf.MODES and _cliargs.SOCKPERF_SUSPEND_NAPI == sockperf.SUSPEND_NAPI
+    assert dns.TRANSPORTS == _cliargs.DNS_TRANSPORTS
+    if importlib.util.find_spec("aioquic") is not None:
+        from burstio.apps import quic
+        assert quic.TRANSPORTS == _cliargs.QUIC_TRANSPORTS

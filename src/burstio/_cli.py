@@ -136,7 +136,8 @@ def _cmd_serve_quic(args: argparse.Namespace) -> int:
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from .apps import dns, sockperf
+    # the options come from _cliargs: building the parser imports no app (nor burstio.aio, aioquic)
+    from ._cliargs import add_dns_arguments, add_quic_serve_arguments, add_sockperf_arguments
 
     s = sub.add_parser("serve", help="run a server built on burstio: sockperf, dns or quic (HTTP/3)",
                        description="Servers built on burstio. --workers N runs N processes on one port "
@@ -145,27 +146,18 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sp = ss.add_parser("sockperf", help="answer the sockperf 3.x UDP protocol (ping-pong, under-load, throughput)",
                        description="A sockperf-compatible UDP server on recv_batch/send_batch; try it with "
                                    "`sockperf pp -i HOST -p PORT`.")
-    sockperf.add_arguments(sp)
+    add_sockperf_arguments(sp)
     sp.set_defaults(func=_cmd_serve_sockperf)
     sd = ss.add_parser("dns", help="a fixed-answer DNS responder on burstio.aio",
                        description="Every A query gets 192.0.2.1, AAAA 2001:db8::1, anything else an empty "
                                    "NOERROR; try it with `dig @HOST -p PORT example.com` or dnsperf.")
-    dns.add_arguments(sd)
+    add_dns_arguments(sd)
     sd.set_defaults(func=_cmd_serve_dns)
     sq = ss.add_parser("quic", help="an HTTP/3 server (aioquic) on burstio.aio: GET /bytes/N",
                        description="HTTP/3 over aioquic on burstio's transport: GET /bytes/N answers N bytes, "
                                    "anything else 404. Fetch with `python -m burstio.apps.quic get URL`.")
-    _add_quic_serve_arguments(sq)
+    add_quic_serve_arguments(sq)
     sq.set_defaults(func=_cmd_serve_quic)
-
-
-def _add_quic_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    if importlib.util.find_spec("aioquic") is None:  # the options, without aioquic to import
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        return
-    from .apps import quic
-
-    quic.add_serve_arguments(parser)
 
 
 # ---- lab --------------------------------------------------------------------------------------

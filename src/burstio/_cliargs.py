@@ -29,7 +29,16 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
 __all__ = ["Parser", "CommandError", "port_arg", "host_arg", "int_arg", "seconds_arg", "writable_file_arg",
-           "bind_failure", "run_command", "add_workers_argument", "serve_workers", "when_set", "say"]
+           "bind_failure", "run_command", "add_workers_argument", "serve_workers", "when_set", "say",
+           "add_quic_serve_arguments", "add_dns_arguments", "add_sockperf_arguments", "napi_settings_arg",
+           "SOCKPERF_MODES", "SOCKPERF_SUSPEND_NAPI", "DNS_TRANSPORTS", "QUIC_TRANSPORTS"]
+
+# The servers' choices, declared here so that building the `burstio` parser imports no app and
+# no burstio.aio (tests/test_cli.py checks them against the apps' own constants).
+SOCKPERF_MODES = ("blocking", "busy-poll", "busy-poll-suspend")
+SOCKPERF_SUSPEND_NAPI = {"defer_hard_irqs": 2, "gro_flush_timeout": 200_000, "irq_suspend_timeout": 20_000_000}
+DNS_TRANSPORTS = ("asyncio", "burstio-compat", "burstio")
+QUIC_TRANSPORTS = ("asyncio", "burstio")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -225,3 +234,63 @@ def say(line: str) -> None:
     interleave."""
     sys.stdout.flush()
     os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
+def add_quic_serve_arguments(parser: argparse.ArgumentParser, transports: tuple[str, ...] = QUIC_TRANSPORTS) -> None:
+    """The options of ``burstio serve quic`` (``burstio.apps.quic.add_serve_arguments`` is this)."""
+    parser.add_argument("--host", type=host_arg, default="127.0.0.1", help="address to serve on")
+    parser.add_argument("--port", type=port_arg, default=4433, help="UDP port (0: any free port)")
+    parser.add_argument("--cert", help="certificate (PEM; none: a throw-away self-signed one)")
+    parser.add_argument("--key", help="private key of --cert (PEM)")
+    parser.add_argument("--transport", choices=transports, default="burstio",
+                        help="the loop's datagram transport: asyncio's own, or burstio's (batched)")
+    parser.add_argument("--quiet", action="store_true", help="no start/stop lines")
+    add_workers_argument(parser)
+
+
+def napi_settings_arg(text: str) -> dict[str, int]:
+    """An argparse type: K=V,... per-NAPI settings (K one of burstio.napi.netdev.NAPI_KNOBS)."""
+    from .napi.netdev import NAPI_KNOBS
+
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in NAPI_KNOBS or not value.isdigit():
+            raise argparse.ArgumentTypeError(f"expected K=V with K one of {', '.join(NAPI_KNOBS)} and V a "
+                                             f"non-negative integer, got {item!r}")
+        out[key] = int(value)
+    return out
+
+
+def add_sockperf_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``burstio serve sockperf`` (``burstio.apps.sockperf.add_arguments`` is this)."""
+    parser.add_argument("--port", type=port_arg, default=11111, help="UDP port to answer on (0: any free port)")
+    parser.add_argument("--host", type=host_arg, default="0.0.0.0", help="address to bind")
+    parser.add_argument("--batch", type=int_arg(1, 1024), default=64, help="datagrams per receive call")
+    parser.add_argument("--backend", default="auto", choices=["auto", "mmsg", "msg", "portable"],
+                        help="BurstSocket backend (auto: recvmmsg/sendmmsg where the kernel has them)")
+    parser.add_argument("--quiet", action="store_true", help="no start/stop lines")
+    parser.add_argument("--mode", default="blocking", choices=list(SOCKPERF_MODES),
+                        help="how to wait for requests: sleep, busy poll, or busy poll with the NAPI "
+                             "instance's interrupts suspended")
+    parser.add_argument("--busy-poll-usecs", type=int_arg(1, 2**31 - 1), default=50,
+                        help="busy-poll modes: microseconds to poll before sleeping")
+    parser.add_argument("--busy-poll-budget", type=int_arg(1, 65535), default=8,
+                        help="busy-poll modes: packets per poll (over 64 needs CAP_NET_ADMIN)")
+    parser.add_argument("--napi", dest="napi_settings", type=napi_settings_arg, default=None, metavar="K=V,...",
+                        help="busy-poll-suspend: settings for the traffic's NAPI instance, ns (when not given: "
+                             + ",".join(f"{k}={v}" for k, v in SOCKPERF_SUSPEND_NAPI.items()) + ")")
+    add_workers_argument(parser)
+
+
+def add_dns_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``burstio serve dns`` (``burstio.apps.dns.add_arguments`` is this)."""
+    parser.add_argument("--host", type=host_arg, default="127.0.0.1", help="address to answer on")
+    parser.add_argument("--port", type=port_arg, default=5353, help="UDP port (0: any free port)")
+    parser.add_argument("--transport", choices=DNS_TRANSPORTS, default="burstio",
+                        help="asyncio: the loop's own transport, one sendto per answer; burstio-compat: the "
+                             "same protocol on burstio's transport; burstio: the batch protocol "
+                             "(datagrams_received)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop")
+    parser.add_argument("--quiet", action="store_true", help="no start/stop lines")
+    add_workers_argument(parser)

@@ -207,17 +207,9 @@ def _loop_run(args: argparse.Namespace, *a: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``burstio serve dns`` (and ``python -m burstio.apps.dns``)."""
-    from .._cliargs import add_workers_argument, host_arg, port_arg
+    from .._cliargs import add_dns_arguments
 
-    parser.add_argument("--host", type=host_arg, default="127.0.0.1", help="address to answer on")
-    parser.add_argument("--port", type=port_arg, default=5353, help="UDP port (0: any free port)")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="burstio",
-                        help="asyncio: the loop's own transport, one sendto per answer; burstio-compat: the "
-                             "same protocol on burstio's transport; burstio: the batch protocol "
-                             "(datagrams_received)")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop")
-    parser.add_argument("--quiet", action="store_true", help="no start/stop lines")
-    add_workers_argument(parser)
+    add_dns_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -348,16 +348,9 @@ def _https_url(text: str) -> str:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``burstio serve quic`` (and ``python -m burstio.apps.quic serve``)."""
-    from .._cliargs import add_workers_argument, host_arg, port_arg
+    from .._cliargs import add_quic_serve_arguments
 
-    parser.add_argument("--host", type=host_arg, default="127.0.0.1", help="address to serve on")
-    parser.add_argument("--port", type=port_arg, default=4433, help="UDP port (0: any free port)")
-    parser.add_argument("--cert", help="certificate (PEM; none: a throw-away self-signed one)")
-    parser.add_argument("--key", help="private key of --cert (PEM)")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="burstio",
-                        help="the loop's datagram transport: asyncio's own, or burstio's (batched)")
-    parser.add_argument("--quiet", action="store_true", help="no start/stop lines")
-    add_workers_argument(parser)
+    add_quic_serve_arguments(parser)
 
 
 def add_get_arguments(parser: argparse.ArgumentParser) -> None:

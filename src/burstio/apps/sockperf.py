@@ -226,40 +226,11 @@ def _serve(server: SockperfServer, quiet: bool) -> int:
     return 0
 
 
-def _napi_settings(text: str) -> dict[str, int]:
-    from ..napi.netdev import NAPI_KNOBS
-
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in NAPI_KNOBS or not value.isdigit():
-            raise argparse.ArgumentTypeError(f"expected K=V with K one of {', '.join(NAPI_KNOBS)} and V a "
-                                             f"non-negative integer, got {item!r}")
-        out[key] = int(value)
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``burstio serve sockperf``."""
-    from .._cliargs import add_workers_argument, host_arg, int_arg, port_arg
+    from .._cliargs import add_sockperf_arguments
 
-    parser.add_argument("--port", type=port_arg, default=11111, help="UDP port to answer on (0: any free port)")
-    parser.add_argument("--host", type=host_arg, default="0.0.0.0", help="address to bind")
-    parser.add_argument("--batch", type=int_arg(1, 1024), default=64, help="datagrams per receive call")
-    parser.add_argument("--backend", default="auto", choices=["auto", "mmsg", "msg", "portable"],
-                        help="BurstSocket backend (auto: recvmmsg/sendmmsg where the kernel has them)")
-    parser.add_argument("--quiet", action="store_true", help="no start/stop lines")
-    parser.add_argument("--mode", default="blocking", choices=list(MODES),
-                        help="how to wait for requests: sleep, busy poll, or busy poll with the NAPI "
-                             "instance's interrupts suspended")
-    parser.add_argument("--busy-poll-usecs", type=int_arg(1, 2**31 - 1), default=50,
-                        help="busy-poll modes: microseconds to poll before sleeping")
-    parser.add_argument("--busy-poll-budget", type=int_arg(1, 65535), default=8,
-                        help="busy-poll modes: packets per poll (over 64 needs CAP_NET_ADMIN)")
-    parser.add_argument("--napi", dest="napi_settings", type=_napi_settings, default=None, metavar="K=V,...",
-                        help="busy-poll-suspend: settings for the traffic's NAPI instance, ns (when not given: "
-                             + ",".join(f"{k}={v}" for k, v in SUSPEND_NAPI.items()) + ")")
-    add_workers_argument(parser)
+    add_sockperf_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
