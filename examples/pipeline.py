@@ -1,7 +1,8 @@
 """A multi-process pipeline over burstio.ports: capture -> workers -> results.
 
-The capture process receives UDP datagrams straight into its port's ring (recvmmsg into
-shared memory) and sends each batch to the next worker; each worker parses its readings
+The capture process receives UDP datagrams a batch at a time (recvmmsg) and puts each batch
+on its port's ring for the next worker (``tx.recv_from(sock)`` would receive straight into the
+ring instead, a whole ring's worth for one worker); each worker parses its readings
 ("SEQ VALUE") and sends a result to the results port; this process collects them. A
 ports.Switch (a thread here) forwards by destination key, copying between the processes'
 regions, so no process shares memory with another. No pickling, no per-message lock.
@@ -16,21 +17,27 @@ import contextlib
 import multiprocessing as mp
 import socket
 
+import burstio
 from burstio import ports
 
 CAPTURE, RESULTS, WORKER0 = 1, 2, 10          # switch keys: who is who
 
 
 def capture(port, sock, workers):
-    """Receive datagrams into the ring, one batch per call, each batch to the next worker."""
+    """Receive up to 64 datagrams per call (one recvmmsg), each batch to the next worker."""
+    sock = burstio.BurstSocket(sock)
+    batch = burstio.PacketBatch(64, 256)
     with contextlib.suppress(KeyboardInterrupt), port.claim():  # this process holds the port from now on
         turn = 0
         while True:
-            if port.tx.recv_from(sock, timeout=None, dst=WORKER0 + turn, src=CAPTURE):
-                port.tx.sync()                # publish the batch: the switch takes it
-                turn = (turn + 1) % workers
-            if not len(port.tx):
-                port.tx.wait(64)              # the ring is full: wait for room
+            n = sock.recv_batch(batch)
+            done = 0
+            while done < n:                   # copy the batch into the ring, waiting for room if full
+                done += port.tx.put_batch(batch, done, n - done, dst=WORKER0 + turn, src=CAPTURE)
+                port.tx.sync()                # publish: the switch takes them to the worker
+                if done < n:
+                    port.tx.wait(n - done)
+            turn = (turn + 1) % workers
 
 
 def worker(port):
