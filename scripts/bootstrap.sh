@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 purpose=${1:?usage: scripts/bootstrap.sh test|bench}
 case "$purpose" in
-  test)  extra="test" ;;
+  test)  extra="test,docs" ;;
   bench) extra="bench" ;;
   *) echo "bootstrap: unknown purpose '$purpose' (test or bench)" >&2; exit 2 ;;
 esac

@@ -169,4 +169,4 @@ def test_fuzz_command(tmp_path):
     r = fuzz_cli("nosuch")
     assert r.returncode == 2 and "unknown target nosuch; choose from sockperf, dns, netdev" in r.stderr
     r = fuzz_cli("dns", "--inputs", "0")
-    assert r.returncode == 2 and "must be > 0" in r.stderr
+    assert r.returncode == 2 and "argument --inputs: must be between 1 and" in r.stderr

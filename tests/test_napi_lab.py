@@ -143,20 +143,28 @@ def test_lab_cli_up_status_down():
         return subprocess.run([sys.executable, "-m", "burstio", "lab", *args, "--name", lab.name],
                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     try:
-        r = cli("up", "--queues", "2")
+        r = cli("up", "--queues", "2", "--json")
         assert r.returncode == 0, r.stderr
         made = json.loads(r.stdout)
         assert made["namespaces"] == lab.ns and made["queues"] == 2
-        r = cli("status")
+        r = cli("status", "--json")
         assert r.returncode == 0, r.stderr
         st_ = json.loads(r.stdout)
         assert st_["present"] == {"a": True, "b": True}
         assert len(st_["napi"]["b"]) == 2 and all(st_["napi"]["b"])
+        r = cli("status")  # for people: the state, each side's namespace, device, address and NAPI IDs
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == f"lab {lab.name}: up; 2 queues per veth, MTU 1500"
+        for side in ("a", "b"):
+            assert (f"  {side}: namespace {lab.ns[side]}, device {lab.dev[side]}, address {st_['addresses'][side]}, "
+                    f"NAPI IDs {st_['napi'][side]}") in lines
         r = cli("up")
         assert r.returncode != 0 and f"lab {lab.name} is up" in r.stderr
     finally:
-        r = cli("down")
+        r = cli("down", "--json")
     assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"removed": [lab.name], "left_alone": []}
     _nothing_left(lab)
 
 

@@ -328,6 +328,7 @@ class Capabilities(Mapping[str, Capability]):
         return self[name].available
 
     def as_dict(self) -> CapabilitiesInfo:
+        """Every capability as JSON-ready data (what ``burstio caps --json`` prints)."""
         out: dict[str, CapabilityInfo] = {
             n: {"available": c.available, "detail": c.detail, "forced_off": c.forced_off}
             for n, c in self.items()}

@@ -1,16 +1,25 @@
-"""The ``burstio`` command (also ``python -m burstio``)."""
+"""The ``burstio`` command (also ``python -m burstio``).
+
+Each subcommand has its own ``_add_<name>_parser`` and ``_cmd_<name>``. Every argument is
+checked before work starts; a mistake is one line on stderr and exit status 2
+(src/burstio/_cliargs.py words them), a failure later on one line and status 1. Output is for
+people by default; ``--json`` prints one JSON object instead.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, cast
 
 from . import __version__
+from ._cliargs import CommandError, Parser, int_arg, run_command, seconds_arg, writable_file_arg
 
-_Number = TypeVar("_Number", int, float)
+# ---- caps -------------------------------------------------------------------------------------
 
 
 def _cmd_caps(args: argparse.Namespace) -> int:
@@ -29,6 +38,16 @@ def _cmd_caps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_caps_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser("caps", help="probe and list what this kernel offers, with what each probe saw",
+                       description="Probe each capability by trying it; BURSTIO_DISABLE=a,b forces some off.")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=_cmd_caps)
+
+
+# ---- bench ------------------------------------------------------------------------------------
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -39,68 +58,156 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
     from .bench import cref
 
-    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: every scenario's
-    # finally blocks run, so namespaces and servers it made are removed
-    signal.signal(signal.SIGTERM, _interrupt)
-
     names = args.scenario or [n for n in bench.SCENARIOS if n not in bench.LONG]
     unknown = [n for n in names if n not in bench.SCENARIOS]
     if unknown:
-        print(f"burstio bench: unknown scenario {', '.join(unknown)}; "
-              f"choose from {', '.join(bench.SCENARIOS)}", file=sys.stderr)
-        return 2
+        raise CommandError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(bench.SCENARIOS)}", 2)
     from .bench.scenarios.soak import PATHS
     paths = tuple(filter(None, (args.paths or "").split(",")))
     if set(paths) - set(PATHS):
-        print(f"burstio bench: unknown soak path {', '.join(sorted(set(paths) - set(PATHS)))}; "
-              f"choose from {', '.join(PATHS)}", file=sys.stderr)
-        return 2
+        raise CommandError(f"unknown soak path {', '.join(sorted(set(paths) - set(PATHS)))}; "
+                           f"choose from {', '.join(PATHS)}", 2)
+    if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
+        raise CommandError(f"--cpu {args.cpu}: this process may run only on CPUs "
+                           f"{', '.join(map(str, sorted(os.sched_getaffinity(0))))}", 2)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise CommandError("--plot needs matplotlib (pip install matplotlib, or the 'bench' extra)", 2)
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: every scenario's
+    # finally blocks run, so namespaces and servers it made are removed
+    signal.signal(signal.SIGTERM, _interrupt)
     seconds = args.seconds if args.seconds is not None else (3.0 if args.scenario else 2.0)
     opts = bench.Options(seconds=seconds, size=args.size, batch=args.batch, queue=args.queue, cpu=args.cpu,
                          datagrams=args.datagrams, paths=paths)
     try:
         bench.run(names, opts, as_json=args.json, plot_path=args.plot, progress=not args.quiet)
     except cref.BuildError as e:
-        print(f"burstio bench: {e}", file=sys.stderr)
-        return 1
+        raise CommandError(str(e)) from None
     return 0
 
 
-def _napi_settings(text: str) -> dict[str, int]:
-    from .napi.netdev import NAPI_KNOBS
+def _add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .bench import LONG, SCENARIOS
 
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in NAPI_KNOBS or not value.isdigit():
-            raise argparse.ArgumentTypeError(f"expected K=V with K one of {', '.join(NAPI_KNOBS)} and V a "
-                                             f"non-negative integer, got {item!r}")
-        out[key] = int(value)
-    return out
+    b = sub.add_parser("bench", help="side-by-side benchmarks on loopback (tables, --json, --plot)",
+                       description="Scenarios: " + ", ".join(SCENARIOS) + ". None given: all but "
+                                   + ", ".join(LONG) + ", briefly.")
+    b.add_argument("scenario", nargs="*", help="scenario(s) to run (none: all)")
+    b.add_argument("--seconds", type=seconds_arg(0, 86400),
+                   help="time budget per scenario (3 for named scenarios; 2 each when all run)")
+    b.add_argument("--size", type=int_arg(1, 1472), default=64,
+                   help="datagram payload bytes (at most one Ethernet frame's)")
+    b.add_argument("--batch", type=int_arg(1, 1024), default=64, help="datagrams per receive call")
+    b.add_argument("--queue", type=int_arg(1, 500_000), default=50_000,
+                   help="datagrams pre-filled per receive round")
+    b.add_argument("--cpu", type=int_arg(0, 4095),
+                   help="CPU to pin the measuring process to (the last one when not given)")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    b.add_argument("--plot", metavar="FILE.png", type=writable_file_arg,
+                   help="also draw the results (needs matplotlib; the path is checked before anything runs)")
+    b.add_argument("--quiet", action="store_true", help="no progress display")
+    b.add_argument("--datagrams", type=int_arg(1, 10**12),
+                   help="soak: datagrams in all, split evenly across the paths (100000000 when not given)")
+    b.add_argument("--paths", help="soak: comma-separated paths (all when not given: mmsg, socketset-uring, "
+                                   "socketset-epoll, pipe, aio-asyncio, aio-uvloop)")
+    b.set_defaults(func=_cmd_bench)
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+# ---- serve ------------------------------------------------------------------------------------
+
+
+def _cmd_serve_sockperf(args: argparse.Namespace) -> int:
     from .apps import sockperf
 
-    return sockperf.main(args.host, args.port, batch=args.batch, backend=args.backend, quiet=args.quiet,
-                         mode=args.mode, busy_poll_usecs=args.busy_poll_usecs,
-                         busy_poll_budget=args.busy_poll_budget, napi_settings=args.napi_settings)
+    return sockperf.run(args)
+
+
+def _cmd_serve_dns(args: argparse.Namespace) -> int:
+    from .apps import dns
+
+    return dns.run(args)
+
+
+def _cmd_serve_quic(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("aioquic") is None:
+        raise CommandError("serve quic needs aioquic (pip install 'burstio[apps]')", 2)
+    from .apps import quic
+
+    return quic.run_serve(args)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # the options come from _cliargs: building the parser imports no app (nor burstio.aio, aioquic)
+    from ._cliargs import add_dns_arguments, add_quic_serve_arguments, add_sockperf_arguments
+
+    s = sub.add_parser("serve", help="run a server built on burstio: sockperf, dns or quic (HTTP/3)",
+                       description="Servers built on burstio. --workers N runs N processes on one port "
+                                   "(SO_REUSEPORT, burstio.napi.ReusePortGroup).")
+    ss = s.add_subparsers(dest="server", required=True, metavar="SERVER")
+    sp = ss.add_parser("sockperf", help="answer the sockperf 3.x UDP protocol (ping-pong, under-load, throughput)",
+                       description="A sockperf-compatible UDP server on recv_batch/send_batch; try it with "
+                                   "`sockperf pp -i HOST -p PORT`.")
+    add_sockperf_arguments(sp)
+    sp.set_defaults(func=_cmd_serve_sockperf)
+    sd = ss.add_parser("dns", help="a fixed-answer DNS responder on burstio.aio",
+                       description="Every A query gets 192.0.2.1, AAAA 2001:db8::1, anything else an empty "
+                                   "NOERROR; try it with `dig @HOST -p PORT example.com` or dnsperf.")
+    add_dns_arguments(sd)
+    sd.set_defaults(func=_cmd_serve_dns)
+    sq = ss.add_parser("quic", help="an HTTP/3 server (aioquic) on burstio.aio: GET /bytes/N",
+                       description="HTTP/3 over aioquic on burstio's transport: GET /bytes/N answers N bytes, "
+                                   "anything else 404. Fetch with `python -m burstio.apps.quic get URL`.")
+    add_quic_serve_arguments(sq)
+    sq.set_defaults(func=_cmd_serve_quic)
+
+
+# ---- lab --------------------------------------------------------------------------------------
+
+
+_LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+
+
+def _lab_name(text: str) -> str:
+    if not _LAB_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"must be 1-10 lowercase letters/digits starting with a letter, got {text!r}")
+    return text
+
+
+def _lab_text(status: dict[str, Any]) -> str:
+    """A lab's status for people."""
+    present = status.get("present", {})
+    state = "up" if present and all(present.values()) else ("partly there" if any(present.values()) else "not there")
+    lines = [f"lab {status['name']}: {state}; {status['queues']} queues per veth, MTU {status['mtu']}"]
+    for side in ("a", "b"):
+        napi = status.get("napi", {}).get(side)
+        lines.append(f"  {side}: namespace {status['namespaces'][side]}, device {status['devices'][side]}, "
+                     f"address {status['addresses'][side]}" + (f", NAPI IDs {napi}" if napi else "")
+                     + ("" if present.get(side, True) else " (missing)"))
+    if status.get("sink"):
+        lines.append(f"  ifb sink: device {status['sink']['device']}, reached at {status['sink']['addr']} from b")
+    made = status.get("made_by")
+    if made:
+        lines.append(f"  made by process {made['pid']} ({'running' if made['alive'] else 'gone'}; "
+                     + ("stays until `burstio lab down`" if made["persist"] else "removed when it exits") + ")")
+    ns = status["namespaces"]
+    lines.append(f"  run in it: ip netns exec {ns['b']} CMD; remove it: burstio lab down --name {status['name']}")
+    return "\n".join(lines)
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     from .napi.lab import Lab, LabError
 
     try:
-        if args.action == "up":
-            lab = Lab(args.name, queues=args.queues, ifb=args.ifb).up(persist=True)
-            print(json.dumps(lab.status(), indent=2))
-        elif args.action == "down":
+        if args.action == "down":
             return _lab_down(args)
+        if args.all:
+            raise CommandError("--all goes with `lab down` only", 2)
+        if args.action == "up":
+            status = Lab(args.name, queues=args.queues, ifb=args.ifb).up(persist=True).status()
         else:
-            print(json.dumps(Lab.load(args.name).status(), indent=2))
-    except (LabError, PermissionError, ValueError) as e:
-        print(f"burstio lab: {e}", file=sys.stderr)
-        return 1
+            status = Lab.load(args.name).status()
+    except (LabError, PermissionError) as e:
+        raise CommandError(str(e)) from None
+    print(json.dumps(status, indent=2) if args.json else _lab_text(status))
     return 0
 
 
@@ -115,25 +222,37 @@ def _lab_down(args: argparse.Namespace) -> int:
             lab = Lab.load(args.name)
         except LabError as e:
             left = Lab(args.name).down()  # what carries the name, left alone
-            print(f"burstio lab: {e}; burstio removes only what it made"
-                  + "".join(f"\n  left alone: {why}" for why in left), file=sys.stderr)
-            return 1
+            raise CommandError(f"{e}; burstio removes only what it made"
+                               + "".join(f"; left alone: {why}" for why in left)) from None
         removed, left = [args.name], lab.down()
+    if args.json:
+        print(json.dumps({"removed": removed, "left_alone": left}, indent=2))
+        return 0
     for name in removed:
         print(f"lab {name}: down")
-    for why in left:
+    if not removed:
+        print("no lab to remove")
+    for why in left:  # not an error, but what the user should know: beside errors
         print(f"burstio lab: left alone: {why}", file=sys.stderr)
     return 0
 
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from .napi import doctor
-    from .napi.netdev import NetdevError
 
-    try:
-        return doctor.main(args.dev, as_json=args.json, do_apply=args.apply)
-    except (NetdevError, PermissionError) as e:
-        print(f"burstio doctor: {e}", file=sys.stderr)
-        return 1
+def _add_lab_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    la = sub.add_parser("lab", help="network namespaces joined by a veth with NAPI on (needs root)",
+                        description="up: make namespaces <name>-a/<name>-b joined by veth with N queues and NAPI on; "
+                                    "down: remove them (only what burstio made: it keeps a record in /run/burstio, "
+                                    "or $BURSTIO_LAB_STATE); status: what is there.")
+    la.add_argument("action", choices=["up", "down", "status"], help="what to do")
+    la.add_argument("--name", type=_lab_name, default="burstio", help="lab name")
+    la.add_argument("--queues", type=int_arg(1, 64), default=2, help="up: rx/tx queues per veth")
+    la.add_argument("--ifb", action="store_true", help="up: also an ifb transmit sink in namespace b")
+    la.add_argument("--all", action="store_true",
+                    help="down: every lab burstio made on this host (from its records; not those in use)")
+    la.add_argument("--json", action="store_true", help="print one JSON object")
+    la.set_defaults(func=_cmd_lab)
+
+
+# ---- fuzz -------------------------------------------------------------------------------------
 
 
 def _cmd_fuzz(args: argparse.Namespace) -> int:
@@ -142,21 +261,13 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
 
     unknown = [n for n in args.target if n not in TARGETS]
     if unknown:
-        print(f"burstio fuzz: unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}",
-              file=sys.stderr)
-        return 2
-    reports = fuzz(args.target, args.inputs, args.seed, Path(args.crash_dir))
+        raise CommandError(f"unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}", 2)
+    crash_dir = Path(args.crash_dir)
+    if crash_dir.exists() and not crash_dir.is_dir():
+        raise CommandError(f"--crash-dir {crash_dir} is not a directory", 2)
+    reports = fuzz(args.target, args.inputs, args.seed, crash_dir)
     print(format_reports(reports, args.seed, args.json))
     return 1 if any(r.crash_count for r in reports) else 0
-
-
-def _positive(kind: Callable[[str], _Number]) -> Callable[[str], _Number]:
-    def parse(text: str) -> _Number:
-        v = kind(text)
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-    return parse
 
 
 def _add_fuzz_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -167,84 +278,58 @@ def _add_fuzz_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                                    "exception outside the target's documented set, or the process dying or "
                                    "hanging, is a crash, and the input is saved. Exit status 1 if anything "
                                    "crashed.")
-    f.add_argument("target", nargs="*", help="target(s) to run (default: all)")
-    f.add_argument("--inputs", type=_positive(int), default=1_000_000, help="inputs per target (default 1000000)")
-    f.add_argument("--seed", type=int, default=1, help="the run's seed: same seed, same inputs (default 1)")
-    f.add_argument("--crash-dir", default="fuzz-crashes", help="where crashing inputs go (default ./fuzz-crashes)")
+    f.add_argument("target", nargs="*", help="target(s) to run (none: all)")
+    f.add_argument("--inputs", type=int_arg(1, 10**12), default=1_000_000, help="inputs per target")
+    f.add_argument("--seed", type=int_arg(0, 2**63 - 1), default=1, help="the run's seed: same seed, same inputs")
+    f.add_argument("--crash-dir", default="fuzz-crashes", help="where crashing inputs go")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.set_defaults(func=_cmd_fuzz)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="burstio", description="Batched, offloaded UDP I/O for Python on Linux.")
-    p.add_argument("--version", action="version", version=f"burstio {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# ---- doctor -----------------------------------------------------------------------------------
 
-    c = sub.add_parser("caps", help="probe and list what this kernel offers",
-                       description="Probe each capability by trying it; BURSTIO_DISABLE=a,b forces some off.")
-    c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.set_defaults(func=_cmd_caps)
 
-    from .bench import LONG, SCENARIOS
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .napi import doctor
+    from .napi.netdev import NetdevError
 
-    b = sub.add_parser("bench", help="side-by-side benchmarks on loopback",
-                       description="Scenarios: " + ", ".join(SCENARIOS) + ". None given: all but "
-                                   + ", ".join(LONG) + ", briefly.")
-    b.add_argument("scenario", nargs="*", help="scenario(s) to run (default: all)")
-    b.add_argument("--seconds", type=_positive(float), help="time budget per scenario (default 3; 2 for all)")
-    b.add_argument("--size", type=int, default=64, help="datagram payload bytes (default 64)")
-    b.add_argument("--batch", type=_positive(int), default=64, help="datagrams per receive call (default 64)")
-    b.add_argument("--queue", type=_positive(int), default=50_000,
-                   help="datagrams pre-filled per receive round (default 50000)")
-    b.add_argument("--cpu", type=int, help="CPU to pin the measuring process to (default: the last)")
-    b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    b.add_argument("--plot", metavar="FILE.png", help="also draw the results (needs matplotlib)")
-    b.add_argument("--quiet", action="store_true", help="no progress display")
-    b.add_argument("--datagrams", type=_positive(int),
-                   help="soak: datagrams in all, split evenly across the paths (default 100000000)")
-    b.add_argument("--paths", help="soak: comma-separated paths (default: all: mmsg, socketset-uring, "
-                                   "socketset-epoll, pipe, aio-asyncio, aio-uvloop)")
-    b.set_defaults(func=_cmd_bench)
+    if args.dev is not None and not Path(f"/sys/class/net/{args.dev}").exists():
+        raise CommandError(f"--dev {args.dev}: no network device of that name here "
+                           "(ip link lists them; in a namespace, run doctor inside it)", 2)
+    try:
+        return doctor.main(args.dev, as_json=args.json, do_apply=args.apply)
+    except (NetdevError, PermissionError) as e:
+        raise CommandError(str(e)) from None
 
-    s = sub.add_parser("serve", help="run a server built on burstio")
-    ss = s.add_subparsers(dest="server", required=True, metavar="SERVER")
-    sp = ss.add_parser("sockperf", help="answer the sockperf 3.x UDP protocol (ping-pong, under-load)")
-    sp.add_argument("--port", type=int, default=11111, help="UDP port (default 11111)")
-    sp.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    sp.add_argument("--batch", type=_positive(int), default=64, help="datagrams per receive call")
-    sp.add_argument("--backend", default="auto", choices=["auto", "mmsg", "msg", "portable"])
-    sp.add_argument("--quiet", action="store_true", help="no start/stop lines")
-    sp.add_argument("--mode", default="blocking", choices=["blocking", "busy-poll", "busy-poll-suspend"],
-                    help="how to wait for requests (default blocking)")
-    sp.add_argument("--busy-poll-usecs", type=_positive(int), default=50, help="busy-poll modes: usecs per poll")
-    sp.add_argument("--busy-poll-budget", type=_positive(int), default=8, help="busy-poll modes: packets per poll")
-    sp.add_argument("--napi", dest="napi_settings", type=_napi_settings, default=None, metavar="K=V,...",
-                    help="busy-poll-suspend: settings for the traffic's NAPI instance (default "
-                         "defer_hard_irqs=2,gro_flush_timeout=200000,irq_suspend_timeout=20000000; ns)")
-    sp.set_defaults(func=_cmd_serve)
 
-    la = sub.add_parser("lab", help="network namespaces joined by a NAPI veth pair (needs root)",
-                        description="up: make namespaces <name>-a/<name>-b joined by veth with N queues and NAPI on; "
-                                    "down: remove them (only what burstio made: it keeps a record in /run/burstio, "
-                                    "or $BURSTIO_LAB_STATE); status: what is there.")
-    la.add_argument("action", choices=["up", "down", "status"])
-    la.add_argument("--name", default="burstio", help="lab name (default burstio)")
-    la.add_argument("--queues", type=_positive(int), default=2, help="rx/tx queues per veth (default 2)")
-    la.add_argument("--ifb", action="store_true", help="also an ifb transmit sink in namespace b")
-    la.add_argument("--all", action="store_true",
-                    help="down: every lab burstio made on this host (from its records; not those in use)")
-    la.set_defaults(func=_cmd_lab)
-
-    _add_fuzz_parser(sub)
-
-    d = sub.add_parser("doctor", help="read busy-poll/NAPI settings; say what the recipe would change",
-                       description="Reads sysctls, queues, coalescing, NAPI settings and IRQ affinity; "
-                                   "changes nothing unless --apply (per-NAPI settings only).")
-    d.add_argument("--dev", help="only this device")
+def _add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser("doctor", help="read the UDP receive path and busy-poll/NAPI settings; say what to change",
+                       description="Reads the socket buffer sysctls against what burstio asks for, the kernel's "
+                                   "UDP drop counters, the busy-poll sysctls, queues, coalescing, NAPI settings "
+                                   "and IRQ affinity; prints the commands that would fix what it finds. Changes "
+                                   "nothing unless --apply (per-NAPI settings only, never sysctls).")
+    d.add_argument("--dev", help="only this device (every device but lo when not given)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
-    d.add_argument("--apply", action="store_true", help="make the per-NAPI changes of the recipe")
+    d.add_argument("--apply", action="store_true", help="make the per-NAPI changes of the busy-poll recipe")
     d.set_defaults(func=_cmd_doctor)
 
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="burstio", description="Batched, offloaded UDP I/O for Python on Linux. "
+                                           "`burstio COMMAND --help` says more about each command.")
+    p.add_argument("--version", action="version", version=f"burstio {__version__}")
+    # the subcommands' parsers are Parsers too (argparse makes them of the parent's class)
+    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]",
+               p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands"))
+    _add_caps_parser(sub)
+    _add_bench_parser(sub)
+    _add_serve_parser(sub)
+    _add_lab_parser(sub)
+    _add_fuzz_parser(sub)
+    _add_doctor_parser(sub)
     from .xdp._cli import add_parsers
 
     add_parsers(sub)
@@ -260,11 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"burstio: {e}", file=sys.stderr)
         return 2
-    try:
-        status: int = args.func(args)
-        return status
-    except KeyboardInterrupt:
-        return 130
+    prog = " ".join(filter(None, ("burstio", args.command, getattr(args, "server", None))))
+    status: int = run_command(prog, lambda: args.func(args))
+    return status
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ class BatchDatagramProtocol(asyncio.DatagramProtocol):
     """
 
     def datagrams_received(self, batch: _native.PacketBatch) -> None:
+        """Called with each received burst (a PacketBatch, valid during the call);
+        this default calls ``datagram_received`` for each entry."""
         addrs = cast("list[Address]", batch.addresses())  # every received datagram has its sender's
         for i in range(len(batch)):
             self.datagram_received(bytes(batch[i]), addrs[i])

@@ -168,22 +168,28 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         return f"<{' '.join(info)}>"
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Give the transport's callbacks to ``protocol`` from now on (as asyncio's)."""
         self._protocol = protocol
         self._batch_protocol = callable(getattr(protocol, "datagrams_received", None))
         if getattr(self, "_delivering", False):
             self._hold = True  # the rest of the burst goes to the new protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol the transport calls."""
         protocol: asyncio.BaseProtocol = self._protocol
         return protocol
 
     def is_closing(self) -> bool:
+        """True once ``close()`` or ``abort()`` was called."""
         return self._closing
 
     def is_reading(self) -> bool:
+        """False while reading is paused."""
         return not self._closing and not self._paused
 
     def pause_reading(self) -> None:
+        """Stop reading until ``resume_reading()``: datagrams wait in the socket
+        (the kernel drops what does not fit)."""
         if not self.is_reading():
             return
         self._paused = True
@@ -192,6 +198,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._hold = True
 
     def resume_reading(self) -> None:
+        """Read again after ``pause_reading()``."""
         if self._closing or not self._paused:
             return
         self._paused = False
@@ -201,6 +208,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._watch_reading(True)
 
     def close(self) -> None:
+        """Close once the datagrams held for writability are sent (or fail); ``connection_lost(None)`` follows."""
         if self._closing:
             return
         self._closing = True
@@ -214,6 +222,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         # else: the flush under way, or the writer, finishes and then loses the connection
 
     def abort(self) -> None:
+        """Close now, dropping the datagrams held for writability; ``connection_lost(None)`` follows."""
         self._force_close(None)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
@@ -231,9 +240,11 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         return self._queued_bytes if self._blocked else 0
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
+        """(low, high): the water marks of ``pause_writing()``/``resume_writing()``, in bytes."""
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (asyncio's defaults: high 64 KiB, low a quarter of it)."""
         if high is None:
             high = 64 * 1024 if low is None else 4 * low
         if low is None:
@@ -387,6 +398,9 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     # ---- send -------------------------------------------------------------
 
     def sendto(self, data: Any, addr: Any = None) -> None:
+        """Queue a datagram to ``addr`` (None: the connected peer); it leaves with
+        the others in one send_batch when the callback returns, or once per loop
+        iteration. A malformed address raises here."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")

@@ -14,23 +14,30 @@ logic; both servers call it for every query:
 - ``BurstResponder``: a ``BatchDatagramProtocol`` taking the burst as one
   ``PacketBatch``.
 
-Run one: ``python -m burstio.apps.dns --port 5353 --transport burstio``.
+Run one: ``burstio serve dns --port 5353`` (or ``python -m burstio.apps.dns --port 5353``;
+``--workers N`` for N processes on the port, ``--help`` for the rest).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import ipaddress
+import os
+import socket
 import struct
 import sys
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import aio
 from .._native import PacketBatch
 from .._types import Address
 from . import until_signalled
 
-__all__ = ["Answers", "answer", "AsyncioResponder", "BurstResponder", "serve", "main"]
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
+__all__ = ["Answers", "answer", "AsyncioResponder", "BurstResponder", "serve", "main", "add_arguments", "run",
+           "TRANSPORTS"]
 
 TYPE_A, TYPE_AAAA, TYPE_OPT, CLASS_IN = 1, 28, 41, 1
 RCODE_FORMERR, RCODE_NOTIMP = 1, 4
@@ -110,6 +117,7 @@ class AsyncioResponder(_Answering, asyncio.DatagramProtocol):
     """One query per ``datagram_received``, one ``sendto`` per answer."""
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Answer one query."""
         self.queries += 1
         reply = answer(data, self.answers)
         if reply is not None:
@@ -121,6 +129,7 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
     it falls back to one query per call)."""
 
     def datagrams_received(self, batch: PacketBatch) -> None:
+        """Answer every query of the burst (the answers leave together when this returns)."""
         n = len(batch)
         self.queries += n
         addrs = batch.addresses()
@@ -131,6 +140,7 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
                 sendto(reply, addrs[i])
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Answer one query (on transports that do not batch)."""
         self.queries += 1
         reply = answer(data, self.answers)
         if reply is not None:
@@ -141,48 +151,95 @@ TRANSPORTS = ("asyncio", "burstio-compat", "burstio")
 
 
 async def serve(host: str, port: int, transport: str = "burstio", answers: Answers = DEFAULT,
+                *, sock: socket.socket | None = None,
                 **options: Any) -> tuple[asyncio.DatagramTransport, AsyncioResponder | BurstResponder]:
     """Start a responder; returns (transport, protocol). ``transport``:
     "asyncio" (the loop's own, AsyncioResponder), "burstio-compat"
-    (AsyncioResponder over burstio), "burstio" (BurstResponder over burstio)."""
+    (AsyncioResponder over burstio), "burstio" (BurstResponder over burstio).
+    ``sock``: answer on this bound UDP socket instead of binding ``(host, port)``."""
     loop = asyncio.get_running_loop()
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"local_addr": (host, port)}
     if transport == "asyncio":
-        return await loop.create_datagram_endpoint(lambda: AsyncioResponder(answers),
-                                                   local_addr=(host, port))
+        return await loop.create_datagram_endpoint(lambda: AsyncioResponder(answers), **where)
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     factory = BurstResponder if transport == "burstio" else AsyncioResponder
-    return await aio.create_datagram_endpoint(loop, lambda: factory(answers),
-                                              local_addr=(host, port), **options)
+    return await aio.create_datagram_endpoint(loop, lambda: factory(answers), **where, **options)
 
 
-async def _run(args: argparse.Namespace) -> None:
-    t, p = await serve(args.host, args.port, args.transport)
-    if not args.quiet:
-        print(f"DNS responder ({args.transport}, {type(asyncio.get_running_loop()).__name__}) "
-              f"on {t.get_extra_info('sockname')}", flush=True)
+async def _run(args: argparse.Namespace, sock: socket.socket | None = None, stop: Event | None = None,
+               label: str = "") -> None:
+    from .._cliargs import bind_failure, say, when_set
+
     try:
-        await until_signalled()
+        t, p = await serve(args.host, args.port, args.transport, sock=sock)
+    except OSError as e:
+        raise bind_failure(e, args.host, args.port) from None
+    if not args.quiet and sock is None:
+        host, port = t.get_extra_info("sockname")[:2]
+        print(f"DNS responder ({args.transport}, {type(asyncio.get_running_loop()).__name__}) "
+              f"on {host}:{port}", flush=True)
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    if stop is not None:
+        when_set(stop, lambda: loop.call_soon_threadsafe(_finish, finished))
+    try:
+        await asyncio.wait([asyncio.ensure_future(until_signalled()), finished],
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         t.close()
         if not args.quiet:
-            print(f"answered {p.queries} queries", flush=True)
+            say(f"{label}answered {p.queries} queries")
+
+
+def _finish(f: asyncio.Future[None]) -> None:
+    if not f.done():
+        f.set_result(None)
+
+
+def _loop_run(args: argparse.Namespace, *a: Any) -> None:
+    if args.loop == "uvloop":
+        import uvloop
+        uvloop.run(_run(args, *a))
+    else:
+        asyncio.run(_run(args, *a))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``burstio serve dns`` (and ``python -m burstio.apps.dns``)."""
+    from .._cliargs import add_dns_arguments
+
+    add_dns_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve with parsed arguments (``add_arguments``) until SIGTERM or Ctrl-C."""
+    from .._cliargs import serve_workers
+
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            from .._cliargs import CommandError
+            raise CommandError("--loop uvloop needs uvloop (pip install uvloop)", 2) from None
+    if args.workers == 1:
+        _loop_run(args)
+        return 0
+
+    def worker(index: int, sock: socket.socket, stop: Event) -> None:
+        _loop_run(args, sock, stop, f"worker {index} (pid {os.getpid()}): ")
+
+    return serve_workers(args, f"DNS responder ({args.transport})", worker)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m burstio.apps.dns", description=__doc__.split("\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=5353)
-    ap.add_argument("--transport", choices=TRANSPORTS, default="burstio")
-    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    ap.add_argument("--quiet", action="store_true")
+    """``python -m burstio.apps.dns [OPTIONS]``, the same as ``burstio serve dns``."""
+    from .._cliargs import Parser, run_command
+
+    ap = Parser(prog="python -m burstio.apps.dns", description=__doc__.split("\n")[0])
+    add_arguments(ap)
     args = ap.parse_args(argv)
-    if args.loop == "uvloop":
-        import uvloop
-        uvloop.run(_run(args))
-    else:
-        asyncio.run(_run(args))
-    return 0
+    return run_command(ap.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

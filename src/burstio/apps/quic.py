@@ -12,8 +12,11 @@ This module adds what aioquic keeps in its examples: a small HTTP/3 server
 (``GET /bytes/N`` answers N bytes, anything else 404) and client, and a
 throw-away self-signed certificate.
 
-    python -m burstio.apps.quic serve --port 4433 --transport burstio
+    burstio serve quic --port 4433          # or: python -m burstio.apps.quic serve --port 4433
     python -m burstio.apps.quic get https://127.0.0.1:4433/bytes/1000000
+
+``get`` gives up after ``--connect-timeout`` seconds (default 5) without an
+answer, and exits with status 1 on an HTTP error status (400 and above).
 """
 from __future__ import annotations
 
@@ -23,12 +26,13 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import socket
 import ssl
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 from aioquic.asyncio.client import connect
@@ -43,9 +47,13 @@ from .. import aio
 from .._native import PacketBatch
 from . import until_signalled
 
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
 __all__ = ["H3Server", "H3Client", "BurstQuicProtocol", "BurstH3Client", "serve_h3", "connect_h3",
            "server_configuration", "client_configuration", "self_signed_certificate", "body",
-           "use_transport", "TRANSPORTS"]
+           "use_transport", "TRANSPORTS", "add_serve_arguments", "add_get_arguments", "run_serve", "run_get",
+           "main"]
 
 TRANSPORTS = ("asyncio", "burstio")
 _CHUNK = bytes(range(256)) * 4096  # 1 MiB; a body of N bytes is the first N of this, repeated
@@ -69,13 +77,17 @@ def use_transport(transport: str, loop: asyncio.AbstractEventLoop | None = None,
 
 
 class H3Server(QuicConnectionProtocol):
-    """HTTP/3: ``GET /bytes/N`` -> 200 with N bytes (``body(N)``); else 404."""
+    """HTTP/3: ``GET /bytes/N`` -> 200 with N bytes (``body(N)``); else 404.
+    ``H3Server.requests_served`` counts the requests this process answered."""
+
+    requests_served = 0
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._http: H3Connection | None = None
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        """Start HTTP/3 once ALPN says h3, then answer its requests."""
         if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
             self._http = H3Connection(self._quic)
         if self._http is not None:
@@ -86,6 +98,7 @@ class H3Server(QuicConnectionProtocol):
         if not isinstance(event, HeadersReceived):
             return
         http = cast(H3Connection, self._http)  # made before any HTTP/3 event
+        H3Server.requests_served += 1
         headers = dict(event.headers)
         path = headers.get(b":path", b"/").decode()
         size = _requested_size(path) if headers.get(b":method") == b"GET" else None
@@ -117,6 +130,7 @@ class BurstQuicProtocol(QuicConnectionProtocol):
     aioquic wrote it."""
 
     def datagrams_received(self, batch: PacketBatch) -> None:
+        """Feed every datagram of the burst to the connection, then process events and transmit once."""
         self.datagrams = getattr(self, "datagrams", 0) + len(batch)
         now = self._loop.time()
         receive = self._quic.receive_datagram
@@ -139,10 +153,12 @@ class H3Client(QuicConnectionProtocol):
         self.on_data: Callable[[int, bytes], object] | None = None
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        """Count the datagram and hand it to aioquic."""
         self.datagrams += 1
         super().datagram_received(data, addr)
 
     async def get(self, authority: str, path: str) -> tuple[int, int]:
+        """GET ``path`` from ``authority``; returns (status, body bytes received)."""
         stream_id = self._quic.get_next_available_stream_id()
         done: asyncio.Future[tuple[int, int]] = self._loop.create_future()
         self._requests[stream_id] = [done, 0, 0]
@@ -153,6 +169,7 @@ class H3Client(QuicConnectionProtocol):
         return await done
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        """Track each request's status and body as HTTP/3 events arrive."""
         for h3_event in self._http.handle_event(event):
             stream_id: int = getattr(h3_event, "stream_id", -1)
             req = self._requests.get(stream_id)
@@ -201,6 +218,7 @@ def self_signed_certificate(directory: str, host: str = "localhost") -> tuple[st
 
 
 def server_configuration(certfile: str, keyfile: str, **kwargs: Any) -> QuicConfiguration:
+    """A server configuration for HTTP/3 with this certificate and key."""
     config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, **kwargs)
     config.load_cert_chain(certfile, keyfile)
     return config
@@ -212,10 +230,16 @@ def client_configuration(**kwargs: Any) -> QuicConfiguration:
 
 
 async def serve_h3(host: str, port: int, configuration: QuicConfiguration, transport: str = "burstio",
-                   **options: Any) -> QuicServer:
-    """aioquic's ``serve()`` with ``H3Server`` over the chosen transport."""
+                   *, sock: socket.socket | None = None, **options: Any) -> QuicServer:
+    """aioquic's ``serve()`` with ``H3Server`` over the chosen transport.
+    ``sock``: serve on this bound UDP socket instead of binding ``(host, port)``."""
     use_transport(transport, **options)
-    return await serve(host, port, configuration=configuration, create_protocol=H3Server)
+    if sock is None:
+        return await serve(host, port, configuration=configuration, create_protocol=H3Server)
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: QuicServer(configuration=configuration, create_protocol=H3Server), sock=sock)
+    return protocol
 
 
 @contextlib.asynccontextmanager
@@ -236,42 +260,149 @@ async def connect_h3(host: str, port: int, configuration: QuicConfiguration | No
 # ---- command line -----------------------------------------------------------
 
 
-async def _serve_main(args: argparse.Namespace) -> None:
+async def _serve_main(args: argparse.Namespace, sock: socket.socket | None = None, stop: Event | None = None,
+                      label: str = "") -> None:
+    from .._cliargs import bind_failure, say, when_set
+
+    announce = sock is None
+    if sock is None:
+        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((args.host, args.port))
+        except OSError as e:
+            sock.close()
+            raise bind_failure(e, args.host, args.port) from None
     with tempfile.TemporaryDirectory(prefix="burstio-quic-") as tmp:
         certfile, keyfile = (args.cert, args.key) if args.cert else self_signed_certificate(tmp)
         server = await serve_h3(args.host, args.port, server_configuration(certfile, keyfile),
-                                args.transport)
-    print(f"HTTP/3 on {args.host}:{args.port} over {args.transport}", flush=True)
+                                args.transport, sock=sock)
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    if announce and not args.quiet:
+        host, port = sock.getsockname()[:2]
+        print(f"HTTP/3 on {host}:{port} over {args.transport}", flush=True)
+    if stop is not None:
+        when_set(stop, lambda: loop.call_soon_threadsafe(_finish, finished))
     try:
-        await until_signalled()
+        await asyncio.wait([asyncio.ensure_future(until_signalled()), finished],
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         server.close()
+        if not args.quiet:
+            say(f"{label}answered {H3Server.requests_served} requests")
 
 
-async def _get_main(args: argparse.Namespace) -> None:
+def _finish(f: asyncio.Future[None]) -> None:
+    if not f.done():
+        f.set_result(None)
+
+
+async def _get_main(args: argparse.Namespace) -> int:
+    from .._cliargs import CommandError
+
     url = urlparse(args.url)
-    async with connect_h3(url.hostname, url.port or 443, transport=args.transport, gro=True) as client:
-        t0 = time.perf_counter()
-        status, size = await client.get(url.netloc, url.path or "/")
-        wall = time.perf_counter() - t0
-    print(f"{status} {size} bytes in {wall:.3f} s ({size * 8 / wall / 1e6:.1f} Mbit/s) over {args.transport}")
+    host, port = url.hostname or "", url.port or 443
+    # aioquic's connect() waits through asyncio.shield(): a handshake given up on leaves a
+    # future that later fails with ConnectionError, which no one is left to retrieve
+    asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_handshake)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(args.connect_timeout):
+                    client = await stack.enter_async_context(
+                        connect_h3(host, port, transport=args.transport, gro=True))
+            except TimeoutError:
+                raise CommandError(f"no answer from {host}:{port} within {args.connect_timeout:g} s "
+                                   "(is an HTTP/3 server there? see --connect-timeout)") from None
+            t0 = time.perf_counter()
+            status, size = await client.get(url.netloc, url.path or "/")
+            wall = time.perf_counter() - t0
+    except ConnectionError as e:
+        raise CommandError(f"connection to {host}:{port} failed: {e or type(e).__name__}") from None
+    except OSError as e:
+        raise CommandError(f"cannot reach {host}:{port}: {e.strerror or e}") from None
+    rate = f" ({size * 8 / wall / 1e6:.1f} Mbit/s)" if wall > 0 else ""
+    print(f"{status} {size} bytes in {wall:.3f} s{rate} over {args.transport}", flush=True)
+    if status >= 400:
+        raise CommandError(f"HTTP {status} for {args.url}")
+    return 0
+
+
+def _quiet_abandoned_handshake(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if isinstance(context.get("exception"), ConnectionError) and "never retrieved" in context.get("message", ""):
+        return
+    loop.default_exception_handler(context)
+
+
+def _https_url(text: str) -> str:
+    url = urlparse(text)
+    try:
+        port = url.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r} (0..65535)") from None
+    if url.scheme != "https" or not url.hostname:
+        raise argparse.ArgumentTypeError(f"expected https://HOST[:PORT]/PATH, got {text!r}")
+    del port
+    return text
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``burstio serve quic`` (and ``python -m burstio.apps.quic serve``)."""
+    from .._cliargs import add_quic_serve_arguments
+
+    add_quic_serve_arguments(parser)
+
+
+def add_get_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m burstio.apps.quic get``."""
+    from .._cliargs import seconds_arg
+
+    parser.add_argument("url", type=_https_url, help="https://HOST:PORT/bytes/N (the server answers N bytes)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="burstio",
+                        help="the loop's datagram transport: asyncio's own, or burstio's (batched)")
+    parser.add_argument("--connect-timeout", type=seconds_arg(0), default=5.0,
+                        help="seconds to wait for the QUIC handshake before giving up")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve with parsed arguments (``add_serve_arguments``) until SIGTERM or Ctrl-C."""
+    from .._cliargs import CommandError, serve_workers
+
+    if bool(args.cert) != bool(args.key):
+        raise CommandError("--cert and --key go together", 2)
+    for path in filter(None, (args.cert, args.key)):
+        if not os.path.isfile(path):
+            raise CommandError(f"no such file: {path}", 2)
+    if args.workers == 1:
+        asyncio.run(_serve_main(args))
+        return 0
+
+    def worker(index: int, sock: socket.socket, stop: Event) -> None:
+        asyncio.run(_serve_main(args, sock, stop, f"worker {index} (pid {os.getpid()}): "))
+
+    return serve_workers(args, f"HTTP/3 ({args.transport})", worker)
+
+
+def run_get(args: argparse.Namespace) -> int:
+    """GET with parsed arguments (``add_get_arguments``): prints status, size and rate; exit
+    status 1 on an HTTP error status, or when the server does not answer."""
+    return asyncio.run(_get_main(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m burstio.apps.quic", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="HTTP/3 server: GET /bytes/N")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=4433)
-    s.add_argument("--cert", help="certificate (PEM; default: a throw-away self-signed one)")
-    s.add_argument("--key", help="private key (PEM)")
-    s.add_argument("--transport", choices=TRANSPORTS, default="burstio")
-    g = sub.add_parser("get", help="HTTP/3 GET, prints status, size and rate")
-    g.add_argument("url")
-    g.add_argument("--transport", choices=TRANSPORTS, default="burstio")
+    """``python -m burstio.apps.quic serve|get ...``."""
+    from .._cliargs import Parser, run_command
+
+    ap = Parser(prog="python -m burstio.apps.quic", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_arguments(sub.add_parser("serve", help="HTTP/3 server: GET /bytes/N answers N bytes",
+                                       description="HTTP/3 server: GET /bytes/N answers N bytes, "
+                                                   "anything else 404."))
+    add_get_arguments(sub.add_parser("get", help="HTTP/3 GET: prints status, size and rate",
+                                     description="HTTP/3 GET: prints status, size and rate; exit status 1 "
+                                                 "on an HTTP error status or no answer."))
     args = ap.parse_args(argv)
-    asyncio.run(_serve_main(args) if args.command == "serve" else _get_main(args))
-    return 0
+    return run_command(ap.prog, lambda: run_serve(args) if args.command == "serve" else run_get(args))
 
 
 if __name__ == "__main__":

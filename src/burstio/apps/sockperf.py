@@ -17,22 +17,28 @@ work; the NAPI settings are put back on exit).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import logging
 import os
 import signal
+import socket
 import struct
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import _native
 from .._types import Address
 from .._udp import BurstSocket
 from ..napi.busypoll import napi_id
 
-__all__ = ["SockperfServer", "main", "mark_replies", "MODES", "SUSPEND_NAPI", "HEADER", "FLAG_CLIENT",
-           "FLAG_PONG_REQUEST", "FLAG_WARMUP"]
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
+__all__ = ["SockperfServer", "main", "add_arguments", "run", "mark_replies", "MODES", "SUSPEND_NAPI", "HEADER",
+           "FLAG_CLIENT", "FLAG_PONG_REQUEST", "FLAG_WARMUP"]
 
 log = logging.getLogger("burstio")
 MODES = ("blocking", "busy-poll", "busy-poll-suspend")
@@ -70,17 +76,21 @@ class SockperfServer:
     Each wake-up receives every queued message with one recvmmsg, marks the
     ones to answer, and sends the answers with one sendmmsg (runs of equal
     answers to one client go out as one GSO send).
+
+    ``sock``: serve on this bound UDP socket (the server owns it from then
+    on) instead of binding ``(host, port)``.
     """
 
     def __init__(self, host: str = "0.0.0.0", port: int = 11111, *, batch: int = 64,
                  max_message: int = 65507, backend: str = "auto", gso: bool = True,
                  mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
-                 napi_settings: dict[str, int] | None = None):
+                 napi_settings: dict[str, int] | None = None, sock: socket.socket | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.busy_poll_usecs, self.busy_poll_budget = mode, busy_poll_usecs, busy_poll_budget
         self.napi_settings = dict(SUSPEND_NAPI if napi_settings is None else napi_settings)
-        self.sock = BurstSocket.bind((host, port), backend=backend, gso=gso)
+        self.sock = (BurstSocket.bind((host, port), backend=backend, gso=gso) if sock is None
+                     else BurstSocket(sock, backend=backend, gso=gso))
         self.batch = _native.PacketBatch(batch, max_message)
         self._mask = bytearray(batch)
         # views over the batch's memory, made once (they stay valid)
@@ -93,6 +103,7 @@ class SockperfServer:
 
     @property
     def address(self) -> Address:
+        """The address the server is bound to."""
         return self.sock.getsockname()
 
     def _mark_replies(self, n: int) -> int:
@@ -170,10 +181,18 @@ class SockperfServer:
         return undo
 
     def stop(self) -> None:
+        """End serve_forever() (at its next wake-up: give it a poll_interval)."""
         self._stop.set()
 
     def close(self) -> None:
+        """Close the socket."""
         self.sock.close()
+
+    def summary(self) -> str:
+        """One line: what was served, at what cost."""
+        c = self.sock.counters
+        return (f"served {self.requests} messages, {self.replies} replies, "
+                f"{c['rx_syscalls'] + c['tx_syscalls']} syscalls, kernel drops {c['kernel_drops']}")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -183,21 +202,64 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(host: str, port: int, batch: int = 64, backend: str = "auto", quiet: bool = False,
          mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
          napi_settings: dict[str, int] | None = None) -> int:
+    """Serve on ``(host, port)`` until SIGTERM or Ctrl-C; prints a start and a closing line
+    unless ``quiet``."""
     server = SockperfServer(host, port, batch=batch, backend=backend, mode=mode,
                             busy_poll_usecs=busy_poll_usecs, busy_poll_budget=busy_poll_budget,
                             napi_settings=napi_settings)
+    return _serve(server, quiet)
+
+
+def _serve(server: SockperfServer, quiet: bool) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the server like Ctrl-C
     if not quiet:
-        print(f"burstio sockperf server on {server.address} ({server.sock.describe()}; {mode})", flush=True)
+        host, port = server.address[:2]
+        print(f"burstio sockperf server on {host}:{port} ({server.sock.describe()}; {server.mode})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        c = server.sock.counters
         if not quiet:
-            print(f"served {server.requests} messages, {server.replies} replies, "
-                  f"{c['rx_syscalls'] + c['tx_syscalls']} syscalls, kernel drops {c['kernel_drops']}",
-                  flush=True)
+            print(server.summary(), flush=True)
         server.close()
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``burstio serve sockperf``."""
+    from .._cliargs import add_sockperf_arguments
+
+    add_sockperf_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``burstio serve sockperf`` with parsed arguments (``add_arguments``); a bind that
+    fails is a ``CommandError`` naming the address."""
+    from .._cliargs import bind_failure, say, serve_workers, when_set
+
+    def make(sock: socket.socket | None = None) -> SockperfServer:
+        return SockperfServer(args.host, args.port, batch=args.batch, backend=args.backend, mode=args.mode,
+                              busy_poll_usecs=args.busy_poll_usecs, busy_poll_budget=args.busy_poll_budget,
+                              napi_settings=args.napi_settings, sock=sock)
+
+    if args.workers == 1:
+        try:
+            server = make()
+        except OSError as e:
+            raise bind_failure(e, args.host, args.port) from None
+        return _serve(server, args.quiet)
+
+    def worker(index: int, sock: socket.socket, stop: Event) -> None:
+        server = make(sock)
+        when_set(stop, server.stop)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if not args.quiet:
+                say(f"worker {index} (pid {os.getpid()}): {server.summary()}")
+            server.close()
+
+    return serve_workers(args, "burstio sockperf server", worker)

@@ -162,25 +162,32 @@ class BusyPollEpoll:
         return EpollParams(usecs, budget, bool(prefer))
 
     def register(self, fd: FileDescriptorLike, eventmask: int = select.EPOLLIN) -> None:
+        """Watch ``fd`` for ``eventmask`` (as ``select.epoll.register``)."""
         self._ep.register(fd, eventmask)
 
     def modify(self, fd: FileDescriptorLike, eventmask: int) -> None:
+        """Change the events watched on ``fd``."""
         self._ep.modify(fd, eventmask)
 
     def unregister(self, fd: FileDescriptorLike) -> None:
+        """Stop watching ``fd``."""
         self._ep.unregister(fd)
 
     def poll(self, timeout: float | None = None, maxevents: int = -1) -> list[tuple[int, int]]:
+        """Wait for events, busy polling first as the parameters say; returns [(fd, events)]."""
         return self._ep.poll(-1 if timeout is None else timeout, maxevents)
 
     def fileno(self) -> int:
+        """The epoll descriptor."""
         return self._ep.fileno()
 
     def close(self) -> None:
+        """Close the epoll instance."""
         self._ep.close()
 
     @property
     def closed(self) -> bool:
+        """True once closed."""
         return self._ep.closed
 
     def __enter__(self) -> BusyPollEpoll:

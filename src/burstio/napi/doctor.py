@@ -1,7 +1,16 @@
-"""``burstio doctor``: read the host's busy-poll and NAPI setup and say what
-the busy-poll recipe would change. Changes nothing unless asked (--apply).
+"""``burstio doctor``: read the host's UDP receive path and its busy-poll and
+NAPI setup, and say what to change. Changes nothing unless asked (--apply).
 
-It reads: the busy-poll sysctls, each device's queues, its interrupt
+The UDP receive path: the socket buffer sysctls (net.core.rmem_default, what
+a socket gets unless it asks; net.core.rmem_max, the most an unprivileged
+SO_RCVBUF gets) against what burstio asks for, and the kernel's UDP drop
+counters (/proc/net/snmp, /proc/net/snmp6: RcvbufErrors, InErrors); it
+proposes the sysctl lines to run. Inside a network namespace it says which
+host-wide values it cannot see, and that what it sees is the namespace's
+own. Everything under /proc is read through ``udp_examine(proc=...)`` and
+``_sysctls(proc)``, which tests point at fixture files.
+
+Busy polling: the busy-poll sysctls, each device's queues, its interrupt
 coalescing (ethtool netlink), its NAPI instances and their per-NAPI
 settings (netdev netlink, or the device-wide sysfs files where the kernel
 has no napi-set), and the interrupts behind them (/proc/interrupts, their
@@ -16,7 +25,9 @@ interrupt while it finds work (irq-suspend-timeout).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import json
 import os
 from collections.abc import Mapping
@@ -27,22 +38,153 @@ from typing import Any
 from .._caps import disabled_by_env
 from . import netdev
 
-__all__ = ["examine", "recipe", "apply", "report", "RECIPE"]
+__all__ = ["examine", "recipe", "apply", "report", "RECIPE", "udp_examine", "udp_recipe", "RCVBUF_WANTED"]
 
 #: per-NAPI settings of the recipe
 RECIPE = {"defer_hard_irqs": 2, "gro_flush_timeout": 200_000, "irq_suspend_timeout": 20_000_000}
 #: the per-epoll parameters the recipe pairs with them (burstio.napi.busypoll.BusyPollEpoll)
 EPOLL_RECIPE = {"busy_poll_usecs": 64, "busy_poll_budget": 64, "prefer_busy_poll": True}
 SYSCTLS = ("busy_poll", "busy_read", "netdev_budget", "netdev_budget_usecs", "dev_weight")
+#: the socket buffer sysctls of the UDP receive path
+RMEM = ("rmem_default", "rmem_max")
+#: the receive buffer doctor proposes for a socket that takes bursts: ~4000 small datagrams
+#: (a 64-byte datagram costs about 1 KiB of buffer), what ``burstio bench soak`` asks
+RCVBUF_WANTED = 4 << 20
+PROC = Path("/proc")
+_CAP_NET_ADMIN = 12
 
 
-def _sysctls() -> dict[str, int | None]:
-    out: dict[str, int | None] = {}
-    for name in SYSCTLS:
-        try:
-            out[f"net.core.{name}"] = int(Path(f"/proc/sys/net/core/{name}").read_text())
-        except (OSError, ValueError):
-            out[f"net.core.{name}"] = None
+def _read(proc: Path, rel: str) -> str | None:
+    try:
+        return (proc / rel).read_text()
+    except OSError:
+        return None
+
+
+def _sysctl(proc: Path, name: str) -> int | None:
+    text = _read(proc, f"sys/net/core/{name}")
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _sysctls(proc: Path = PROC) -> dict[str, int | None]:
+    return {f"net.core.{name}": _sysctl(proc, name) for name in SYSCTLS}
+
+
+def _netns(proc: Path) -> dict[str, Any]:
+    """Whether this process runs in a network namespace other than the host's: ``inside``
+    True, False, or None (cannot tell), ``how`` it was told, and ``name`` when ``ip netns``
+    named it. Told by comparing this process's namespace with process 1's; where process 1's
+    cannot be read, by the sysctls the kernel shows only in the host's namespace
+    (net.core.netdev_budget is there, net.core.somaxconn is in every namespace)."""
+    try:
+        st = os.stat(proc / "self/ns/net")
+    except OSError:
+        return {"inside": None, "how": "cannot read self/ns/net"}
+    out: dict[str, Any]
+    try:
+        out = {"inside": st.st_ino != os.stat(proc / "1/ns/net").st_ino, "how": "process 1's namespace"}
+    except OSError:
+        core = proc / "sys/net/core"
+        if (core / "somaxconn").exists():
+            out = {"inside": not (core / "netdev_budget").exists(), "how": "the host-wide sysctls it can see"}
+        else:
+            return {"inside": None, "how": "neither process 1's namespace nor net.core sysctls readable"}
+    with contextlib.suppress(OSError):
+        for named in Path("/run/netns").iterdir():
+            other = os.stat(named)
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                out["name"] = named.name
+    return out
+
+
+def _snmp(proc: Path) -> dict[str, dict[str, int]]:
+    """The Udp and Udp6 counters (/proc/net/snmp: a header line and a value line per
+    protocol; /proc/net/snmp6: one "Udp6Name value" per line)."""
+    out: dict[str, dict[str, int]] = {}
+    lines = (_read(proc, "net/snmp") or "").splitlines()
+    for head, values in itertools.pairwise(lines):
+        if head.startswith("Udp: ") and values.startswith("Udp: "):
+            with contextlib.suppress(ValueError):
+                out["Udp"] = dict(zip(head.split()[1:], map(int, values.split()[1:]), strict=True))
+    six = {}
+    for line in (_read(proc, "net/snmp6") or "").splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].startswith("Udp6") and words[1].isdigit():
+            six[words[0][4:]] = int(words[1])
+    if six:
+        out["Udp6"] = six
+    return out
+
+
+def _privileged(proc: Path) -> bool:
+    """CAP_NET_ADMIN in this process's effective set: burstio may then force a receive
+    buffer past rmem_max (SO_RCVBUFFORCE)."""
+    for line in (_read(proc, "self/status") or "").splitlines():
+        if line.startswith("CapEff:"):
+            with contextlib.suppress(ValueError):
+                return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    return False
+
+
+def _asks() -> list[dict[str, Any]]:
+    """What burstio asks for: who, how many bytes (None: the kernel's default)."""
+    from ..bench.common import Options
+    from ..bench.scenarios.rx import RCVBUF_PER_DATAGRAM
+    from ..bench.scenarios.soak import RCVBUF
+
+    queue = Options().queue
+    return [
+        {"who": "BurstSocket, burstio.aio endpoints, SocketSet sockets, burstio serve (rcvbuf not given)",
+         "bytes": None},
+        {"who": "burstio bench soak (every receiving socket)", "bytes": RCVBUF},
+        {"who": f"burstio bench rx-many-flow, rx-gro (--queue {queue} x {RCVBUF_PER_DATAGRAM})",
+         "bytes": queue * RCVBUF_PER_DATAGRAM},
+    ]
+
+
+def udp_examine(proc: Path = PROC) -> dict[str, Any]:
+    """The UDP receive path, read from ``proc`` (normally /proc): the socket buffer sysctls,
+    what burstio asks for and what it gets, the kernel's UDP drop counters, and whether this
+    runs inside a network namespace (with the host-wide values it cannot see there)."""
+    netns = _netns(proc)
+    sysctls = {f"net.core.{n}": _sysctl(proc, n) for n in RMEM}
+    rmem_default, rmem_max = sysctls["net.core.rmem_default"], sysctls["net.core.rmem_max"]
+    privileged = _privileged(proc)
+    asks = []
+    for ask in _asks():
+        n = ask["bytes"]
+        if n is None:
+            got, how = rmem_default, "net.core.rmem_default"
+        elif rmem_max is None:
+            got, how = None, "unknown (net.core.rmem_max not visible)"
+        elif 2 * min(n, rmem_max) >= n:  # the kernel grants twice the request, up to twice rmem_max
+            got, how = 2 * n, "granted"
+        elif privileged:
+            got, how = 2 * n, "granted past net.core.rmem_max (SO_RCVBUFFORCE: CAP_NET_ADMIN)"
+        else:
+            got, how = 2 * rmem_max, "capped by net.core.rmem_max (unprivileged)"
+        asks.append({**ask, "gets": got, "how": how})
+    return {"netns": netns, "sysctls": sysctls, "privileged": privileged, "asks": asks, "counters": _snmp(proc)}
+
+
+def udp_recipe(udp: dict[str, Any]) -> list[str]:
+    """The sysctl lines that would make the receive path hold what burstio asks for."""
+    out = []
+    rmem_default, rmem_max = udp["sysctls"]["net.core.rmem_default"], udp["sysctls"]["net.core.rmem_max"]
+    if rmem_default is not None and rmem_default < RCVBUF_WANTED:
+        out.append(f"sysctl -w net.core.rmem_default={RCVBUF_WANTED}   # was {rmem_default}: a socket that does "
+                   "not ask (BurstSocket, burstio.aio, burstio serve) then holds a burst of ~4000 small datagrams")
+    want_max = max([RCVBUF_WANTED] + [a["bytes"] for a in udp["asks"]
+                                      if a["bytes"] is not None and not udp["privileged"]])
+    if rmem_max is not None and rmem_max < want_max:
+        out.append(f"sysctl -w net.core.rmem_max={want_max}   # was {rmem_max}: the most SO_RCVBUF grants "
+                   "without CAP_NET_ADMIN")
+    if out:
+        out.append("# to keep them after a reboot: the same lines, without 'sysctl -w ', in "
+                   "/etc/sysctl.d/90-burstio.conf")
     return out
 
 
@@ -132,13 +274,21 @@ def _napis(dev: str) -> tuple[list[dict[str, Any]], str]:
     return out, "netdev netlink"
 
 
-def examine(dev: str | None = None) -> dict[str, Any]:
-    """Everything doctor reads, as a dict."""
-    out: dict[str, Any] = {"kernel": os.uname().release, "sysctls": _sysctls(), "devices": {}}
+def examine(dev: str | None = None, proc: Path = PROC) -> dict[str, Any]:
+    """Everything doctor reads, as a dict (what is under /proc from ``proc``)."""
+    udp = udp_examine(proc)
+    sysctls = _sysctls(proc)
+    hidden = sorted(k for k, v in {**sysctls, **udp["sysctls"]}.items() if v is None)
+    out: dict[str, Any] = {"kernel": os.uname().release, "sysctls": sysctls, "udp": udp,
+                           "netns": {**udp["netns"], "hidden": hidden}, "devices": {}}
     for d in _devices(dev):
-        napis, source = _napis(d)
-        out["devices"][d] = {"queues": _queues(d), "coalesce": _coalesce(d), "napi": napis,
-                             "napi_source": source}
+        try:
+            napis, source = _napis(d)
+            out["devices"][d] = {"queues": _queues(d), "coalesce": _coalesce(d), "napi": napis,
+                                 "napi_source": source}
+        except FileNotFoundError:  # the device went away while it was read (a namespace or veth removed)
+            if dev is not None:
+                raise netdev.NetdevError(errno.ENODEV, f"network device {d!r} went away while it was read") from None
     return out
 
 
@@ -193,9 +343,49 @@ def apply(state: dict[str, Any]) -> list[str]:
     return done
 
 
-def report(state: dict[str, Any], changes: list[str]) -> str:
-    lines = [f"kernel {state['kernel']}", "busy-poll sysctls:"]
-    lines += [f"  {k} = {v}" for k, v in state["sysctls"].items()]
+def _value(name: str, value: int | None, netns: dict[str, Any]) -> str:
+    if value is not None:
+        return f"  {name} = {value}"
+    if netns.get("inside"):
+        return f"  {name}: host-wide, not visible inside this network namespace (on the host: sysctl {name})"
+    return f"  {name}: not available (this kernel has no /proc/sys/{name.replace('.', '/')})"
+
+
+def _udp_report(udp: dict[str, Any], netns: dict[str, Any], changes: list[str]) -> list[str]:
+    lines = ["UDP receive path:"]
+    if netns.get("inside"):
+        name = f" {netns['name']}" if netns.get("name") else ""
+        lines.append(f"  inside network namespace{name} (told by {netns['how']}): the buffer sysctls and UDP "
+                     "counters below are this namespace's own")
+    elif netns.get("inside") is None:
+        lines.append(f"  network namespace: cannot tell ({netns.get('how')})")
+    lines += [_value(k, v, netns) for k, v in udp["sysctls"].items()]
+    for ask in udp["asks"]:
+        asked = "the default" if ask["bytes"] is None else f"{ask['bytes']} bytes"
+        gets = "?" if ask["gets"] is None else f"{ask['gets']} bytes"
+        lines.append(f"  {ask['who']}: asks {asked}, gets {gets} ({ask['how']})")
+    since = "since the namespace was made" if netns.get("inside") else "since boot"
+    for proto, c in udp["counters"].items():
+        lines.append(f"  {proto} {since}: RcvbufErrors {c.get('RcvbufErrors', '?')} (receive buffer full), "
+                     f"InErrors {c.get('InErrors', '?')} (all receive errors), InDatagrams {c.get('InDatagrams', '?')}")
+        if c.get("RcvbufErrors"):
+            lines.append(f"    {proto}: datagrams were dropped because a socket's buffer was full: a larger buffer "
+                         "(below) or a faster reader; per socket: BurstSocket.counters['kernel_drops']")
+    if not udp["counters"]:
+        lines.append("  UDP counters: /proc/net/snmp not readable")
+    lines.append("to change:" if changes else "the receive buffers hold what burstio asks for: nothing to change")
+    lines += [f"  {c}" for c in changes]
+    return lines
+
+
+def report(state: dict[str, Any], changes: list[str], udp_changes: list[str] | None = None) -> str:
+    """What doctor read and proposes, for people (``main`` prints it unless --json)."""
+    netns = state.get("netns", {})
+    lines = [f"kernel {state['kernel']}"]
+    if "udp" in state:
+        lines += _udp_report(state["udp"], netns, udp_changes if udp_changes is not None else udp_recipe(state["udp"]))
+    lines.append("busy-poll sysctls:")
+    lines += [_value(k, v, netns) for k, v in state["sysctls"].items()]
     for dev, d in state["devices"].items():
         q = d["queues"]
         lines.append(f"device {dev}: {q['rx']} rx / {q['tx']} tx queues; NAPI from {d['napi_source']}")
@@ -222,11 +412,13 @@ def report(state: dict[str, Any], changes: list[str]) -> str:
 def main(dev: str | None = None, as_json: bool = False, do_apply: bool = False) -> int:
     state = examine(dev)
     changes = recipe(state)
+    udp_changes = udp_recipe(state["udp"])
     applied = apply(state) if do_apply else []
     if as_json:
-        print(json.dumps({"state": state, "recipe": changes, "applied": applied}, indent=2))
+        print(json.dumps({"state": state, "recipe": changes, "udp_recipe": udp_changes, "applied": applied},
+                         indent=2))
     else:
-        print(report(state, changes))
+        print(report(state, changes, udp_changes))
         if do_apply:
             print("applied:" if applied else "applied: nothing to do")
             print("\n".join(f"  {a}" for a in applied))

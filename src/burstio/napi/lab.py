@@ -1,5 +1,5 @@
 """A network lab: two network namespaces joined by a multi-queue veth pair
-with NAPI on, for busy polling, NAPI steering and latency work.
+with NAPI on, for busy polling, NAPI steering and latency work::
 
     with burstio.napi.lab.Lab(queues=2) as lab:
         with lab.inside("b"):                     # sockets made here live in ns b
@@ -111,6 +111,7 @@ class Lab:
     # ---- addresses -----------------------------------------------------
 
     def addr(self, side: str) -> str:
+        """The address of side 'a' or 'b' (``SUBNET.1``, ``SUBNET.2``)."""
         return f"{self.subnet}.{ {'a': 1, 'b': 2}[self._side(side)] }"
 
     @property
@@ -263,9 +264,11 @@ class Lab:
         return self._record
 
     def settings(self) -> dict[str, Any]:
+        """What the lab was made with (queues, subnet, ifb, mtu), as its record keeps it."""
         return {"queues": self.queues, "subnet": self.subnet, "ifb": self.ifb, "mtu": self.mtu}
 
     def describe(self) -> dict[str, Any]:
+        """The lab's names and addresses: namespaces, devices, addresses, sink."""
         return {"name": self.name, "queues": self.queues, "subnet": self.subnet, "ifb": self.ifb,
                 "mtu": self.mtu, "namespaces": self.ns, "devices": self.dev,
                 "addresses": {s: self.addr(s) for s in ("a", "b")},

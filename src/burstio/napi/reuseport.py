@@ -20,6 +20,7 @@ worker checks its socket once, when traffic starts.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -37,6 +38,7 @@ from .busypoll import napi_id
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
 
     from .._udp import BurstSocket
 
@@ -55,6 +57,8 @@ _STATS = ("datagrams", "flows", "mismatched_flows", "socket_napi_id", "connectio
 _UdpHandler: TypeAlias = "Callable[[BurstSocket, _native.PacketBatch, int], object]"
 #: what a TCP worker calls for every connection: handler(conn)
 _TcpHandler: TypeAlias = Callable[[socket.socket], object]
+#: a whole server run by a worker: server(index, sock, stop), returning once stop is set
+_Server: TypeAlias = "Callable[[int, socket.socket, Event], object]"
 
 
 def queue_steering_program(workers: int) -> bytes:
@@ -98,6 +102,13 @@ class ReusePortGroup:
     forks one process per worker; ``stop()`` ends them and returns each
     worker's ``WorkerStats`` (what it received, the flows it saw, the flows
     that came through a NAPI instance other than its claim).
+    ``start_servers(server)`` forks the workers to run a server of your own
+    on each socket instead (``burstio serve --workers N``).
+
+    With ``steer=True`` worker i gets the packets of receive queue i, so a
+    device needs at least as many receive queues as there are workers (on
+    loopback every packet is queue 0); ``steer=False`` leaves the choice to
+    the kernel's hash of each flow's addresses and ports.
     """
 
     def __init__(self, addr: Address, workers: int | list[Worker], *, proto: str = "udp",
@@ -134,6 +145,7 @@ class ReusePortGroup:
 
     @property
     def address(self) -> Address:
+        """The address the group's sockets share (the port chosen, when 0 was asked)."""
         addr: Address = self.sockets[0].getsockname()
         return addr
 
@@ -146,6 +158,22 @@ class ReusePortGroup:
             p = ctx.Process(target=self._run, args=(i, handler), daemon=True)
             p.start()
             self._procs.append(p)
+
+    def start_servers(self, server: _Server) -> None:
+        """Fork the workers, each running ``server(index, sock, stop)``: its
+        own socket of the group (the others closed in that process, pinned to
+        its CPU), and ``stop``, a ``multiprocessing`` event that ``stop()``
+        sets; ``server`` returns once it is set. The WorkerStats ``stop()``
+        returns then count nothing: the server counts for itself."""
+        ctx = mp.get_context("fork")
+        for i in range(len(self.workers)):
+            p = ctx.Process(target=self._run_server, args=(i, server), daemon=True)
+            p.start()
+            self._procs.append(p)
+
+    def running(self) -> int:
+        """How many worker processes are alive."""
+        return sum(p.is_alive() for p in self._procs)
 
     def stop(self, timeout: float = 5.0) -> list[WorkerStats]:
         """End the workers and return what each saw."""
@@ -171,6 +199,7 @@ class ReusePortGroup:
         return out
 
     def close(self) -> None:
+        """Close the group's sockets in this process (``stop()`` ends the workers)."""
         for s in self.sockets:
             s.close()
 
@@ -194,13 +223,21 @@ class ReusePortGroup:
         log.warning("worker %d (claims NAPI %s, CPU %s): flow %s arrived through NAPI %d",
                     i, self.workers[i].napi_id, self.workers[i].cpu, peer, seen)
 
-    def _run(self, i: int, handler: Callable[..., object] | None) -> None:
+    def _enter_worker(self, i: int) -> None:
         for j, s in enumerate(self.sockets):  # a worker owns its socket only
             if j != i:
                 s.close()
         cpu = self.workers[i].cpu
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
+
+    def _run_server(self, i: int, server: _Server) -> None:
+        self._enter_worker(i)
+        with contextlib.suppress(KeyboardInterrupt):
+            server(i, self.sockets[i], self._stop)
+
+    def _run(self, i: int, handler: Callable[..., object] | None) -> None:
+        self._enter_worker(i)
         try:
             if self.proto == "udp":
                 self._udp_loop(i, handler or _udp_echo)
