@@ -406,7 +406,7 @@ def test_caps_json_and_text():
     assert text.returncode == 0
     for name, c in caps.items():  # every probe, with what it saw
         state = "yes" if c["available"] else ("off" if c["forced_off"] else "no")
-        assert re.search(rf"^{name} +{state}  {re.escape(c['detail'])}$", text.stdout, re.MULTILINE), name
+        assert re.search(rf"^{name} +{state} +{re.escape(c['detail'])}$", text.stdout, re.MULTILINE), name
 
 
 def test_lab_status_of_no_lab_is_one_line(tmp_path):
