@@ -1,10 +1,8 @@
 """Sphinx configuration of burstio's documentation (docs/, built by scripts/test.sh into
 build/docs with warnings as errors): hand-written Markdown pages (MyST) and the API from the
-docstrings (autodoc). Offline: no intersphinx, no network."""
-import os
-import sys
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src")))
+docstrings (autodoc) of the burstio installed in the Python that runs Sphinx (the built
+extension is needed to import it: a source tree alone has none). Offline: no intersphinx, no
+network."""
 
 project = "burstio"
 author = "the burstio authors"

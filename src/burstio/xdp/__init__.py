@@ -1,5 +1,7 @@
 """burstio.xdp: XDP programs and AF_XDP sockets, kernel bypass from Python.
 
+::
+
     with burstio.xdp.Steer([Rule(proto="udp", dport=9000)]).attach("eth0") as steer, \\
             burstio.xdp.XskSocket("eth0", queue=0) as xsk:
         steer.add(xsk)                       # frames that match go to xsk, the rest to the kernel
@@ -9,7 +11,7 @@
 
 - ``Steer`` and ``Filter`` (burstio.xdp.programs): the XDP programs burstio
   ships, loaded without libbpf, attached with BPF links (detached by the
-  kernel when the process ends), driven by ``Rule``s changed at run time.
+  kernel when the process ends), driven by rules (``Rule``) changed at run time.
 - ``Umem`` and ``XskSocket``: AF_XDP sockets with the PacketBatch model:
   receive lends frames, send copies or forwards them (zero copy).
 - ``burstio.xdp.udp``: the vectorised UDP parse, and UDP sends with
