@@ -14,10 +14,15 @@
  *   batch/array.c          _Array: one metadata array through the buffer protocol
  *   batch/build.c          append() and add_slices(): building a batch to send
  *   batch/msgs.c           entries -> outgoing messages (GSO runs), a send's start/count
+ *   batch/meta.c           per-datagram metadata: local address, ECN, transmit time
+ *   batch/cmsg.c           control messages: a receive's read, a send's written
  *   udp/udp.h              UdpIo's struct and counters
  *   udp/io.c               UdpIo: the type, its settings and counters
  *   udp/recv.c             receive: recvmmsg (or recvmsg) -> cmsgs -> GRO split -> entries
  *   udp/send.c             send: messages -> sendmmsg (or sendmsg); send_segments()
+ *   udp/pacer.h            the pacer's queue and thread state
+ *   udp/pacer.c            Pacer: timed sends queued, flushed, closed
+ *   udp/pacer_thread.c     the pacer's sender thread
  *   udp/fuzz.c             udp_parse_for_fuzz(): the receive's finishing step on made-up cmsgs
  *   socketset/socketset.h  SocketSet's shared struct and the backends' hooks
  *   socketset/base.c       SocketSetBase: sockets, errors, the recv/send entry points

@@ -19,7 +19,7 @@ DOCUMENTED = (
     "io_uring", "io_uring_recvmsg", "io_uring_sendmsg", "io_uring_send_zc", "io_uring_sendmsg_zc",
     "io_uring_poll_add", "io_uring_buf_ring", "io_uring_defer_taskrun", "io_uring_sqpoll",
     "so_zerocopy", "epoll_busy_poll", "so_incoming_napi_id", "so_busy_poll", "so_prefer_busy_poll",
-    "so_busy_poll_budget", "af_xdp",
+    "so_busy_poll_budget", "af_xdp", "ip_pktinfo", "ipv6_pktinfo", "ecn", "so_txtime", "txtime_qdisc",
 )
 URING_DEPENDENTS = [n for n in CAPABILITY_NAMES if n.startswith("io_uring_")]
 

@@ -17,8 +17,8 @@ import burstio
 PUBLIC: dict[str, list[str]] = {
     "burstio": [
         "BurstSocket", "Capabilities", "Capability", "Completion", "FLAG_COALESCED", "FLAG_GRO", "FLAG_SEND_ERROR",
-        "FLAG_TRUNCATED", "GRO_SLOT_MIN", "MAX_UDP_PAYLOAD", "PacketBatch", "RedundantResult", "SendError",
-        "SocketSet", "ZeroCopyBuffer", "ZeroCopyPool", "ZeroCopySender", "capabilities",
+        "FLAG_TRUNCATED", "GRO_SLOT_MIN", "MAX_UDP_PAYLOAD", "PacedError", "PacketBatch", "RedundantResult",
+        "SendError", "SocketSet", "Unsent", "ZeroCopyBuffer", "ZeroCopyPool", "ZeroCopySender", "capabilities",
     ],
     "burstio.aio": [
         "BatchDatagramProtocol", "BurstDatagramTransport", "create_datagram_endpoint", "install", "installed",

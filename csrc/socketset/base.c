@@ -371,7 +371,8 @@ bio_socketset_send_setup(BioSocketSet *r, const char *fname, PyObject *const *a,
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
-    BioBatchSendOpts o = {r->gso, r->gso_max_segments, by_socket};
+    BioBatchSendOpts o = {.gso = r->gso, .gso_max_segments = r->gso_max_segments,
+                          .by_socket = by_socket, .ecn = 1};
     if (bio_batch_check_idle(c->b) < 0 ||
         bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
         (c->m = bio_batch_send_build(&o, c->b, start, end)) < 0 ||

@@ -21,11 +21,23 @@ import struct
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from . import _native
+from . import _native, _txtime
 from ._caps import Capabilities, capabilities
 from ._checks import check_int, check_optional_int, check_socket, closed_socket_error
-from ._errors import SendError
+from ._errors import PacedError, SendError, Unsent
 from ._kernel import (
+    IP_MTU,
+    IP_MTU_DISCOVER,
+    IP_PKTINFO,
+    IP_PMTUDISC_DO,
+    IP_RECVTOS,
+    IP_TOS,
+    IPV6_MTU,
+    IPV6_MTU_DISCOVER,
+    IPV6_PMTUDISC_DO,
+    IPV6_RECVPKTINFO,
+    IPV6_RECVTCLASS,
+    IPV6_TCLASS,
     SK_MEMINFO_DROPS,
     SK_MEMINFO_VARS,
     SO_BUSY_POLL,
@@ -38,6 +50,8 @@ from ._kernel import (
     SOL_UDP,
     UDP_GRO,
 )
+from ._pacing import COUNTER_NAMES as PACER_COUNTERS
+from ._pacing import PortablePacer
 from ._portable import PortableIo
 from ._types import Address, OnError, RecoverPolicy
 
@@ -56,13 +70,19 @@ SINGLE_AFTER = 16
 #: at most this many datagrams go in one GSO send (the kernel may take more)
 GSO_SEGMENTS = 64
 _GSO_REFUSALS = (errno.EIO, errno.EINVAL)
+#: datagrams a paced socket's queue holds by default
+PACER_QUEUE = 4096
+#: what pacing names: "off", burstio's pacer thread, or the kernel (SO_TXTIME)
+PACING = ("off", "pacer", "so_txtime")
 
 
 class BurstSocket:
     """A UDP socket (IPv4 or IPv6) with batched receive and send.
 
     ``BurstSocket(sock=None, *, family=AF_INET, gso=True, gro=False,
-    timestamps=False, backend="auto", rcvbuf=None, sndbuf=None)``
+    timestamps=False, backend="auto", rcvbuf=None, sndbuf=None,
+    pktinfo=False, ecn=False, dont_fragment=False, paced=False,
+    pacer_queue=4096)``
 
     Wraps ``sock`` (and takes ownership: closing the BurstSocket closes it)
     or makes a new UDP socket. ``gso``/``gro`` ask for UDP segmentation
@@ -71,15 +91,34 @@ class BurstSocket:
     if the kernel later refuses it. ``backend`` picks the syscalls: "auto"
     (recvmmsg/sendmmsg where available), "mmsg" (require them), "msg" (one
     recvmsg/sendmsg per datagram) or "portable" (pure Python, the oracle).
+
+    Per-datagram metadata (the batch's ``local_addrs``/``ifindexes``,
+    ``ecn`` and ``txtimes`` arrays; made on first use): ``pktinfo`` fills
+    each received datagram's local address (the destination it arrived at)
+    and interface, so that a wildcard-bound server answers from it
+    (OSError where the kernel lacks IP_PKTINFO/IPV6_PKTINFO); ``ecn`` reads
+    each received datagram's ECN codepoint (off where the probe found no
+    ECN). Sends always honour the arrays: an entry's local address is its
+    source, its codepoint is marked (unless the kernel refuses the cmsg:
+    then ECN is dropped for this socket, counted and logged once), and its
+    transmit time is honoured on a ``paced`` socket: by the kernel
+    (SO_TXTIME) where the device's qdisc can, else by burstio's pacer thread
+    (``pacer_queue`` datagrams wait at most). ``dont_fragment`` sets the
+    don't-fragment bit (IP_MTU_DISCOVER=IP_PMTUDISC_DO, and IPv6's): a
+    datagram larger than the path MTU fails with EMSGSIZE, and
+    ``SendError.mtu`` / ``path_mtu()`` give the MTU.
     """
 
     def __init__(self, sock: socket.socket | None = None, *, family: int = socket.AF_INET,
                  gso: bool = True, gro: bool = False, timestamps: bool = False,
-                 backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None):
+                 backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None,
+                 pktinfo: bool = False, ecn: bool = False, dont_fragment: bool = False,
+                 paced: bool = False, pacer_queue: int = PACER_QUEUE):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         check_optional_int("rcvbuf", rcvbuf, 1, 2**31 - 1)
         check_optional_int("sndbuf", sndbuf, 1, 2**31 - 1)
+        check_int("pacer_queue", pacer_queue, 1, 1 << 20)
         if sock is None:
             if family not in (socket.AF_INET, socket.AF_INET6):
                 raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
@@ -88,6 +127,8 @@ class BurstSocket:
             check_socket(sock, "BurstSocket")
         self._sock = sock
         caps = capabilities()
+        if pktinfo:
+            _require_pktinfo(caps, sock.family)  # before anything is made
         self._io = self._make_io(sock, backend, caps)
         self._backend = "portable" if backend == "portable" else ("mmsg" if self._io.recv_mmsg else "msg")
         self._io.gso = int(bool(gso) and caps.udp_segment)
@@ -105,7 +146,16 @@ class BurstSocket:
             set_buffer_size(sock, socket.SO_RCVBUF, rcvbuf)
         if sndbuf is not None:
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
-        self._gso_warned = False
+        self._gso_warned = self._ecn_warned = False
+        self._pacer: _native.Pacer | PortablePacer | None = None
+        self._pacing, self._pacing_why = "off", ""
+        self._unsent: list[Unsent] = []
+        self._pktinfo = bool(pktinfo) and self._enable_pktinfo(caps)
+        self._ecn = bool(ecn) and self._enable_ecn(caps)
+        self._io.meta = int(self._pktinfo or self._ecn)
+        self._io.ecn_cmsg = int(caps.ecn)  # without ECN, codepoints are counted as unmarked
+        self._io.dscp = self._socket_dscp()
+        self._dont_fragment = bool(dont_fragment) and self._enable_dont_fragment()
         self._busy_poll: tuple[str, BusyPollEpoll | None] | None = None  # (mechanism, epoll) while busy polling
         self._busy_params: tuple[int, int, bool] = (0, 8, False)  # what busy_poll() was last asked
         # The hot paths are bound straight to the backend: no Python frame
@@ -115,6 +165,8 @@ class BurstSocket:
         self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self._send = self._io.send_raw
         self._io.recover = _recover_hook(weakref.ref(self))
+        if paced:
+            self._start_pacing(caps, pacer_queue)
 
     @staticmethod
     def _make_io(sock: socket.socket, backend: str, caps: Capabilities) -> _native.UdpIo | PortableIo:
@@ -127,6 +179,58 @@ class BurstSocket:
         io.recv_mmsg = int(backend != "msg" and caps.recvmmsg)
         io.send_mmsg = int(backend != "msg" and caps.sendmmsg)
         return io
+
+    # ---- per-datagram metadata: options ------------------------------------
+
+    def _enable_pktinfo(self, caps: Capabilities) -> bool:
+        """Receives learn each datagram's destination and interface."""
+        if self.family == socket.AF_INET6:  # IPv4 datagrams of a dual-stack socket come as ::ffff:a.b.c.d
+            self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            self._sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        return True
+
+    def _enable_ecn(self, caps: Capabilities) -> bool:
+        """Receives read each datagram's ECN codepoint, where the probe found ECN."""
+        if not caps.ecn:
+            return False
+        self._sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)  # an IPv6 socket's IPv4 datagrams too
+        if self.family == socket.AF_INET6:
+            self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
+        return True
+
+    def _socket_dscp(self) -> int:
+        """The DSCP bits the socket sends with (kept when a codepoint is marked)."""
+        try:
+            if self.family == socket.AF_INET6:
+                return max(0, self._sock.getsockopt(socket.IPPROTO_IPV6, IPV6_TCLASS)) & 0xFC
+            return self._sock.getsockopt(socket.IPPROTO_IP, IP_TOS) & 0xFC
+        except OSError:
+            return 0
+
+    def _enable_dont_fragment(self) -> bool:
+        """Set DF: IP_PMTUDISC_DO (and IPv6's, where the socket is IPv6: its
+        IPv4 destinations take the IPv4 option)."""
+        self._sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        if self.family == socket.AF_INET6:
+            self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+        return True
+
+    def _start_pacing(self, caps: Capabilities, queue: int) -> None:
+        """Honour transmit times: SO_TXTIME where the device's qdisc paces, else our pacer."""
+        self._pacing, self._pacing_why = _choose_pacing(self._sock, caps)
+        if self._pacing == "so_txtime":
+            clock = _txtime.CLOCK_TAI if "etf" in self._pacing_why else _txtime.CLOCK_MONOTONIC
+            _txtime.enable(self._sock, clock)
+            self._io.txtime, self._io.txtime_offset = 1, _txtime.clock_offset(clock)
+            return
+        pacer: _native.Pacer | PortablePacer
+        pacer = PortablePacer(self._sock, queue) if self._backend == "portable" else _native.Pacer(self._io.fd, queue)
+        pacer.gso, pacer.gso_max_segments = self._io.gso, self._io.gso_max_segments
+        pacer.ecn_cmsg, pacer.dscp = self._io.ecn_cmsg, self._io.dscp
+        self._pacer = pacer
+        self._pacer_downgrades = (0, 0)
+        self.send_batch = self._send_paced  # type: ignore[method-assign]  # a paced socket queues
 
     @classmethod
     def bind(cls, addr: Address, **kwargs: Any) -> BurstSocket:
@@ -175,25 +279,42 @@ class BurstSocket:
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
                       skip: int) -> int:
-        """The send stopped at entry ``done``: sort out a GSO refusal, or report."""
+        """The send stopped at entry ``done``: sort out a GSO or ECN refusal, or report."""
         io = self._io
         while True:
             err = io.last_errno
             if not err:
                 return done - start
-            if not (io.last_error_gso and err in _GSO_REFUSALS):
+            if io.last_error_gso and err == errno.EMSGSIZE and skip:
+                # a GSO run too big for the path: send the rest one datagram
+                # at a time, so that each too big is flagged and no other
+                saved = io.gso
+                io.gso = 0
+                try:
+                    done += self._send(batch, done, end - done, on_error="skip")
+                finally:
+                    io.gso = saved
+                continue
+            gso = io.last_error_gso and err in _GSO_REFUSALS
+            if not (gso or self._ecn_maybe_refused(batch, done, err)):
                 return self._send_stopped(batch, err, start, done)
-            # EIO/EINVAL on a GSO send: GSO refused here, or a bad datagram?
-            # Send the run's first datagram alone to tell which.
+            # EIO/EINVAL on a GSO send (GSO refused here, or a bad datagram?),
+            # or EINVAL on one carrying a codepoint (the cmsg refused?): send
+            # the datagram alone, then without its codepoint, to tell which
+            saved = io.gso
             io.gso = 0
-            if self._send(batch, done, 1) == 1:
-                self._gso_refused(err)  # GSO stays off for this socket
+            went = self._send_alone(batch, done)
+            if went:
+                if gso and went == "as is":
+                    self._gso_refused(err)  # GSO stays off for this socket
+                else:
+                    io.gso = saved  # (it was the codepoint)
                 done += 1
                 done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
                 continue
             err = io.last_errno
             if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
-                io.gso = 1
+                io.gso = saved
                 return self._send_stopped(batch, err, start, done)
             # a bad datagram, and more may follow: flag them all in one walk
             # without GSO for the rest of this call, then GSO again
@@ -203,7 +324,125 @@ class BurstSocket:
             try:
                 done += self._send(batch, done, end - done, on_error="skip")
             finally:
-                io.gso = 1
+                io.gso = saved
+
+    def _ecn_maybe_refused(self, batch: _native.PacketBatch, i: int, err: int) -> bool:
+        """EINVAL on a datagram sent with its ECN codepoint: the kernel may
+        refuse the cmsg (quinn-udp meets this on old kernels)."""
+        return err == errno.EINVAL and bool(self._io.ecn_cmsg) and batch.has_metadata and bool(batch.ecn[i])
+
+    def _send_alone(self, batch: _native.PacketBatch, i: int) -> str:
+        """Send entry i by itself (GSO is off): "as is"; or, if the kernel
+        refuses its codepoint, "without ECN", and ECN stays off for this
+        socket; "" if it fails anyway (``last_errno`` says why)."""
+        if self._send(batch, i, 1) == 1:
+            return "as is"
+        io = self._io
+        if not self._ecn_maybe_refused(batch, i, io.last_errno):
+            return ""
+        saved, io.ecn_cmsg = io.ecn_cmsg, 0
+        if self._send(batch, i, 1) == 1:
+            self._ecn_refused(errno.EINVAL)
+            return "without ECN"
+        io.ecn_cmsg = saved
+        return ""
+
+    def _ecn_refused(self, err: int) -> None:
+        """The kernel refused a codepoint cmsg and took the datagram without
+        it: send without codepoints from now on (counted in tx_ecn_unmarked)."""
+        self._io.ecn_cmsg = 0
+        self._io.count("ecn_downgrades", 1)
+        if not self._ecn_warned:
+            self._ecn_warned = True
+            log.warning("the kernel refused the ECN codepoint cmsg on fd %d (%s); sending without ECN "
+                        "from now on", self.fileno(), errno.errorcode.get(err, err))
+
+    # ---- paced sends -------------------------------------------------------
+
+    def _send_paced(self, batch: _native.PacketBatch, start: int = 0, count: int | None = None,
+                    *, on_error: OnError = "raise") -> int:
+        """send_batch on a paced socket: queue for the pacer (see ``paced``)."""
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        pacer = self._pacer
+        assert pacer is not None  # bound only when pacing
+        n = pacer.queue(batch, start, count)
+        self._note_pacer_downgrades(pacer)
+        return n
+
+    def _note_pacer_downgrades(self, pacer: _native.Pacer | PortablePacer) -> None:
+        """Log once what the pacer thread dropped (it cannot call Python)."""
+        c = pacer.counters()
+        now = (c["gso_downgrades"], c["ecn_downgrades"])
+        if now == self._pacer_downgrades:
+            return
+        if now[0] > self._pacer_downgrades[0] and not self._gso_warned:
+            self._gso_warned = True
+            log.warning("UDP GSO refused on fd %d by paced sends; pacing without it from now on", self.fileno())
+        if now[1] > self._pacer_downgrades[1] and not self._ecn_warned:
+            self._ecn_warned = True
+            log.warning("the kernel refused the ECN codepoint cmsg on fd %d; pacing without ECN from now on",
+                        self.fileno())
+        self._pacer_downgrades = now
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every paced datagram has been sent (or refused: see
+        ``paced_errors``); False if ``timeout`` seconds passed first. True at
+        once on a socket that does not pace with the pacer thread."""
+        if self._pacer is None:
+            return True
+        done = self._pacer.flush(timeout)
+        self._note_pacer_downgrades(self._pacer)
+        return done
+
+    def paced_errors(self) -> list[PacedError]:
+        """The paced datagrams the kernel refused since the last call, in
+        order: sequence number, errno, destination, and for EMSGSIZE the path
+        MTU (see ``path_mtu``)."""
+        if self._pacer is None:
+            return []
+        return [PacedError(seq, err, addr, self._mtu_or_none(addr) if err == errno.EMSGSIZE else None)
+                for seq, err, addr in self._pacer.take_errors()]
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next paced datagram gets: datagram k of a
+        paced ``send_batch(batch, start)`` is ``next_sequence`` (before the
+        call) + k - start. 0 when not paced by the pacer thread."""
+        return self._pacer.next_sequence if self._pacer is not None else 0
+
+    @property
+    def pacing(self) -> str:
+        """"off", "pacer" (burstio's sender thread) or "so_txtime" (the kernel's qdisc)."""
+        return self._pacing
+
+    @property
+    def unsent(self) -> list[Unsent]:
+        """What ``close()`` found still waiting in the pacer (see ``close``)."""
+        return list(self._unsent)
+
+    # ---- path MTU ----------------------------------------------------------
+
+    def path_mtu(self, addr: Address | None = None) -> int:
+        """The path MTU the kernel knows towards ``addr`` (None: the
+        connected peer), from IP_MTU/IPV6_MTU: on the socket itself when it
+        is connected, else on a throw-away socket connected to ``addr`` (an
+        unconnected socket has no IP_MTU: ENOTCONN). OSError if neither."""
+        if addr is None:
+            v6 = self.family == socket.AF_INET6 and not _is_v4(self.getpeername()[0])
+            return int(self._sock.getsockopt(*((socket.IPPROTO_IPV6, IPV6_MTU) if v6 else (socket.IPPROTO_IP, IP_MTU))))
+        v4 = _is_v4(addr[0])
+        host = addr[0].rsplit(":", 1)[-1] if v4 else addr[0]
+        # in the socket's own network namespace: its routes are the ones that count
+        with _txtime.netns_socket(self._sock, socket.AF_INET if v4 else socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, addr[1]) if v4 else (host, *addr[1:]))
+            return int(probe.getsockopt(*((socket.IPPROTO_IP, IP_MTU) if v4 else (socket.IPPROTO_IPV6, IPV6_MTU))))
+
+    def _mtu_or_none(self, addr: Address | None) -> int | None:
+        try:
+            return self.path_mtu(addr)
+        except OSError:
+            return None
 
     def send_segments(self, buffer: ReadableBuffer, segment_size: int, addr: Address | None = None) -> int:
         """Send ``buffer`` cut into datagrams of ``segment_size`` bytes (the
@@ -213,6 +452,9 @@ class BurstSocket:
         """
         if isinstance(segment_size, bool) or not isinstance(segment_size, int):
             check_int("segment_size", segment_size, 1, _native.MAX_UDP_PAYLOAD)  # raises the TypeError
+        if self._pacer is not None:
+            raise ValueError("send_segments does not pace: on a paced socket, send a batch (send_batch) "
+                             "with transmit times")
         io = self._io
         sent = 0
         while True:
@@ -234,7 +476,8 @@ class BurstSocket:
                 if sent:
                     return sent
                 raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
-            raise SendError(err, sent, sent, f"segment {sent}")
+            mtu = self._mtu_or_none(addr) if err == errno.EMSGSIZE else None
+            raise SendError(err, sent, sent, f"segment {sent}", mtu)
 
     def _gso_refused(self, err: int) -> None:
         """The kernel refused a GSO send that it takes without GSO: stop
@@ -252,7 +495,8 @@ class BurstSocket:
                 return done - start
             raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
         index = self._io.last_error_index
-        raise SendError(err, index, done - start, self._describe_failure(batch, err, index))
+        mtu = self._mtu_or_none(batch.addr(index)) if err == errno.EMSGSIZE else None
+        raise SendError(err, index, done - start, self._describe_failure(batch, err, index), mtu)
 
     def _describe_failure(self, batch: _native.PacketBatch, err: int, index: int) -> str:
         addr = batch.addr(index)
@@ -297,14 +541,42 @@ class BurstSocket:
         return self._timestamps
 
     @property
+    def pktinfo(self) -> bool:
+        """Whether receives fill each datagram's local address and interface."""
+        return self._pktinfo
+
+    @property
+    def ecn(self) -> bool:
+        """Whether receives read each datagram's ECN codepoint."""
+        return self._ecn
+
+    @property
+    def ecn_marking(self) -> bool:
+        """Whether sends mark the codepoints of batch.ecn (False where the
+        probe found no ECN, or after the kernel refused the cmsg)."""
+        return bool((self._pacer or self._io).ecn_cmsg)
+
+    @property
+    def dont_fragment(self) -> bool:
+        """Whether datagrams go with the don't-fragment bit (EMSGSIZE past the path MTU)."""
+        return self._dont_fragment
+
+    @property
     def counters(self) -> dict[str, int]:
-        """Snapshot of this socket's counters (see README for each name)."""
+        """Snapshot of this socket's counters (see README for each name);
+        a paced socket's pacer thread adds to the tx_* ones and counts
+        paced_*."""
         c = self._io.counters()
         c["kernel_drops"] = max(0, self._kernel_drops() - self._drops_base)
+        paced = self._pacer.counters() if self._pacer is not None else dict.fromkeys(PACER_COUNTERS, 0)
+        for name, n in paced.items():
+            c[name] = c.get(name, 0) + n
         return c
 
     def reset_counters(self) -> None:
         self._io.reset_counters()
+        if self._pacer is not None:
+            self._pacer.reset_counters()
         self._drops_base = self._kernel_drops()
 
     def _kernel_drops(self) -> int:
@@ -328,7 +600,16 @@ class BurstSocket:
         if self._backend == "portable":
             rx, tx = "socket.recvmsg_into", "socket.sendmsg"
         gso = f"GSO on ({io.gso_max_segments} segments)" if io.gso else "GSO off"
-        return f"{rx} + {tx}, {gso}, GRO {'on' if io.gro else 'off'}"
+        line = f"{rx} + {tx}, {gso}, GRO {'on' if io.gro else 'off'}"
+        options = [name for name, on in (("pktinfo", self._pktinfo), ("ECN", self._ecn),
+                                         ("don't fragment", self._dont_fragment)) if on]
+        if options:
+            line += ", " + ", ".join(options)
+        if self._pacing == "so_txtime":
+            line += f", paced by the kernel (SO_TXTIME: {self._pacing_why})"
+        elif self._pacing == "pacer":
+            line += f", paced by burstio's pacer thread (SO_TXTIME not used: {self._pacing_why})"
+        return line
 
     # ---- busy polling --------------------------------------------------
 
@@ -419,13 +700,23 @@ class BurstSocket:
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
 
-    def close(self) -> None:
+    def close(self) -> list[Unsent]:
         """Close the BurstSocket's own descriptor and the wrapped socket.
-        A call blocked in recv_batch in another thread wakes at once with
-        ``OSError(EBADF, "the BurstSocket was closed while waiting")``."""
+        A call blocked in recv_batch (or waiting for room in the pacer) in
+        another thread wakes at once with ``OSError(EBADF, "... closed while
+        waiting")``. On a paced socket the pacer stops (after the send under
+        way): returns the datagrams still waiting, by sequence number (also
+        in ``unsent``, counted in paced_unsent, logged); else []."""
+        if self._pacer is not None:
+            unsent = [Unsent(seq, addr, length) for seq, addr, length in self._pacer.close()]
+            if unsent:
+                self._unsent += unsent
+                log.warning("BurstSocket closed with %d paced datagrams unsent (sequences %d to %d)",
+                            len(unsent), unsent[0].sequence, unsent[-1].sequence)
         self._io.close()  # wakes every waiter; the descriptor goes when the last leaves
         self._stop_busy_poll(closing=True)
         self._sock.close()
+        return self.unsent
 
     def _after_fork_in_child(self) -> None:
         """In a child after fork(): the busy-polling epoll instance is the
@@ -469,6 +760,28 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _require_pktinfo(caps: Capabilities, family: int) -> None:
+    name = "ipv6_pktinfo" if family == socket.AF_INET6 else "ip_pktinfo"
+    if not caps[name].available:
+        raise OSError(errno.EOPNOTSUPP, f"pktinfo needs {name}: {caps[name].detail}")
+
+
+def _is_v4(host: str) -> bool:
+    return ":" not in host or (host.lower().startswith("::ffff:") and "." in host)
+
+
+def _choose_pacing(sock: socket.socket, caps: Capabilities) -> tuple[str, str]:
+    """"so_txtime" where the kernel can pace this socket (SO_TXTIME works,
+    and the device its route leaves by has an fq or etf qdisc), else
+    "pacer"; and why."""
+    if not caps.so_txtime:
+        return "pacer", caps["so_txtime"].detail
+    if not caps.txtime_qdisc:
+        return "pacer", caps["txtime_qdisc"].detail
+    clock, why = _txtime.device_pacing(sock)
+    return ("pacer" if clock is None else "so_txtime"), why
 
 
 def _recover_hook(ref: weakref.ref[BurstSocket]) -> RecoverPolicy:
