@@ -280,7 +280,7 @@ def test_metadata_splits_gso_runs(sockets):
 
 @pytest.mark.parametrize("setup,msg", [
     (lambda b: b.ecn.__setitem__(1, 7), r"datagram 1: its ECN codepoint \(batch.ecn\) is 7; codepoints are 0 to 3"),
-    (lambda b: b.txtimes.__setitem__(0, 5), r"datagram 0: it has a transmit time .* does not pace \(BurstSocket"),
+    (lambda b: b.txtimes.__setitem__(0, 5), r"datagram 0: it has a transmit time .* does not pace \(paced=True does\)"),
     (lambda b: b.txtimes.__setitem__(1, -5), r"datagram 1: its transmit time \(batch.txtimes\) is negative"),
     (lambda b: b.set_local_addr(0, "::1"), "datagram 0: its local address is IPv6 but the socket is IPv4"),
 ])

@@ -739,7 +739,8 @@ bio_batch_init_type(PyObject *module)
         PyModule_AddIntConstant(module, "FLAG_COALESCED", BIO_FLAG_COALESCED) < 0 ||
         PyModule_AddIntConstant(module, "FLAG_SEND_ERROR", BIO_FLAG_SEND_ERROR) < 0 ||
         PyModule_AddIntConstant(module, "GRO_SLOT_MIN", BIO_GRO_SLOT_MIN) < 0 ||
-        PyModule_AddIntConstant(module, "MAX_UDP_PAYLOAD", BIO_MAX_UDP_PAYLOAD) < 0)
+        PyModule_AddIntConstant(module, "MAX_UDP_PAYLOAD", BIO_MAX_UDP_PAYLOAD) < 0 ||
+        PyModule_AddIntConstant(module, "CMSG_RX_SPACE", BIO_CMSG_RX_ALL) < 0)
         return -1;
     return 0;
 }

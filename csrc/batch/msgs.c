@@ -49,7 +49,7 @@ bio_batch_snapshot_meta(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t j)
         why = "its transmit time (batch.txtimes) is negative";
     else if (m->txtime && !o->txtime)
         why = "it has a transmit time (batch.txtimes) but this socket does not pace "
-              "(BurstSocket(paced=True) does)";
+              "(paced=True does)";
     else if (local && !v4 && o->family == AF_INET)
         why = "its local address is IPv6 but the socket is IPv4";
     else if (local && family && v4 != dest_v4)

@@ -124,8 +124,7 @@ def check_meta(j: int, meta: Meta, addr: Address | None, family: int, txtime_ok:
     elif meta.txtime < 0:
         why = "its transmit time (batch.txtimes) is negative"
     elif meta.txtime and not txtime_ok:
-        why = ("it has a transmit time (batch.txtimes) but this socket does not pace "
-               "(BurstSocket(paced=True) does)")
+        why = "it has a transmit time (batch.txtimes) but this socket does not pace (paced=True does)"
     elif meta.local is not None and not is_v4(meta.local) and family == socket.AF_INET:
         why = "its local address is IPv6 but the socket is IPv4"
     elif meta.local is not None and addr is not None and is_v4(meta.local) != is_v4(addr[0]):
