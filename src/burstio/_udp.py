@@ -417,6 +417,25 @@ class BurstSocket:
         return self._pacing
 
     @property
+    def pacer_fd(self) -> int | None:
+        """For an event loop: an eventfd of the pacer thread's, readable
+        when it recorded a refusal (``paced_errors``) or, while
+        ``pacer_want_room(True)``, after every round of sends (room freed).
+        Read it (8 bytes) to re-arm. None when not paced by the pacer thread."""
+        return self._pacer.note_fd if self._pacer is not None else None
+
+    def pacer_want_room(self, on: bool) -> None:
+        """Make ``pacer_fd`` readable after every round of sends (an event
+        loop waits for room in a full pacer), or stop."""
+        if self._pacer is not None:
+            self._pacer.want_room = int(bool(on))
+
+    @property
+    def pacer_pending(self) -> int:
+        """Paced datagrams queued and not yet sent (0 when not paced)."""
+        return self._pacer.pending if self._pacer is not None else 0
+
+    @property
     def unsent(self) -> list[Unsent]:
         """What ``close()`` found still waiting in the pacer (see ``close``)."""
         return list(self._unsent)
