@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import burstio
+import burstio._udp_meta
 from burstio import PacketBatch, Unsent, _native, _txtime
 from burstio._kernel import SO_TXTIME
 from support.kernel import require_kernel
@@ -305,7 +306,7 @@ def test_so_txtime_socket_sends_scm_txtime_to_the_kernel(monkeypatch, udp_varian
     does, so the choice is forced; the kernel takes the cmsgs (and, with a
     qdisc that ignores them, sends at once)."""
     require_kernel("so_txtime")
-    monkeypatch.setattr(burstio._udp, "_choose_pacing", lambda sock, caps: ("so_txtime", "fq qdisc on lo (forced)"))
+    monkeypatch.setattr(burstio._udp_meta, "_choose_pacing", lambda sock, caps: ("so_txtime", "fq qdisc on lo (forced)"))
     with Sockets(**udp_variant.kwargs) as s:
         rx = s.receiver()
         tx = s.burst(paced=True)
@@ -325,3 +326,21 @@ def test_scm_txtime_bytes_with_the_clock_offset():
     cm = struct.pack("QiI", socket.CMSG_LEN(8), socket.SOL_SOCKET, SO_TXTIME) + struct.pack("Q", 38 * 10**9)
     assert msgs == [(0, 1, cm), (1, 1, b"")]  # a time of 0 ("now") carries no cmsg
     assert _txtime.clock_offset(_txtime.CLOCK_MONOTONIC) == 0
+
+
+def test_slack_releases_close_times_together(sockets):
+    """With a slack, datagrams due within it of a release leave with it: here
+    all of them at once (the first is due now), as one GSO run where there is GSO."""
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": 0.5})
+    now = time.monotonic_ns()
+    b = PacketBatch(8, 64)
+    for i in range(8):
+        b.append(b"s" * 16, rx.getsockname(), txtime=now + i * MS)  # one ms apart, all within 0.5 s
+    tx.send_batch(b)
+    assert tx.flush(10.0)
+    assert len(arrivals(rx, 8)) == 8
+    c = tx.counters
+    assert c["tx_gso_messages"] == 0  # different times: never one GSO run, slack or not
+    assert c["paced_releases"] <= 2  # ... but one release (two if the first went alone)
+    with pytest.raises(ValueError, match="pacer_slack must be between 0 and 1 seconds, got 2"):
+        burstio.BurstSocket(paced=True, pacer_slack=2)

@@ -28,7 +28,7 @@
 static const char *const bio_pacer_counter_names[BIO_PACER_NCOUNTERS] = {
     "tx_datagrams", "tx_bytes", "tx_syscalls", "tx_gso_messages", "tx_gso_datagrams",
     "tx_errors", "tx_ecn_unmarked", "gso_downgrades", "ecn_downgrades", "paced_queued",
-    "paced_late", "paced_waits", "paced_unsent", "paced_errors_dropped",
+    "paced_late", "paced_waits", "paced_unsent", "paced_errors_dropped", "paced_releases",
 };
 
 /* ---- set-up and teardown --------------------------------------------------- */
@@ -160,7 +160,7 @@ bio_pacer_after_fork(BioPacer *p)
     bio_pacer_sync_init(p);
     p->head = p->tail;
     p->bhead = p->btail;
-    p->sending = p->waiters = p->nerr = 0;
+    p->sending = p->waiters = p->drainers = p->nerr = 0;
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0)
         return -errno;
@@ -333,13 +333,14 @@ static int
 bio_pacer_wait(BioPacer *p, BioBatch *b, int64_t need, int64_t deadline)
 {
     BioPacerWait w = {.p = p, .need = need, .deadline = deadline};
-    __atomic_add_fetch(&p->waiters, 1, __ATOMIC_RELEASE);
+    int *count = need < 0 ? &p->drainers : &p->waiters; /* what wakes us: drained, or any room */
+    __atomic_add_fetch(count, 1, __ATOMIC_RELEASE);
     if (b != NULL)
         b->busy = 1;
     int r = bio_nogil_retry(bio_pacer_wait_nogil, &w);
     if (b != NULL)
         b->busy = 0;
-    __atomic_sub_fetch(&p->waiters, 1, __ATOMIC_RELEASE);
+    __atomic_sub_fetch(count, 1, __ATOMIC_RELEASE);
     if (r == -BIO_ECLOSED) {
         PyObject *v = Py_BuildValue("(is)", EBADF, "the pacer was closed while waiting");
         if (v != NULL)
@@ -602,6 +603,9 @@ static PyMemberDef bio_pacer_members[] = {
      "1: send each datagram's ECN codepoint (0: off, or the kernel refused it); 2 (tests "
      "only): a TOS byte every kernel refuses"},
     {"dscp", T_INT, offsetof(BioPacer, dscp), 0, "the DSCP bits sent with a codepoint"},
+    {"slack_ns", T_LONGLONG, offsetof(BioPacer, slack_ns), 0,
+     "datagrams due within this many ns of a release go with it (early by at most that): fewer "
+     "wake-ups, less precision; 0: each at its time"},
     {"next_sequence", T_ULONGLONG, offsetof(BioPacer, next_seq), READONLY,
      "the sequence number the next datagram queued gets (= datagrams queued so far)"},
     {"note_fd", T_INT, offsetof(BioPacer, note_efd), READONLY,

@@ -38,6 +38,7 @@ enum bio_pacer_counter {
     BIO_PACER_C_PACED_WAITS,
     BIO_PACER_C_PACED_UNSENT,
     BIO_PACER_C_PACED_ERRORS_DROPPED,
+    BIO_PACER_C_PACED_RELEASES,
     BIO_PACER_NCOUNTERS
 };
 
@@ -82,10 +83,12 @@ typedef struct {
     uint64_t head, tail, bhead, btail;
     uint64_t next_seq;    /* the sequence number of the next entry queued */
     int sending;          /* the thread is sending entries from head on */
-    int waiters;          /* calls waiting for room or for the queue to drain */
+    int waiters;          /* calls waiting for room */
+    int drainers;         /* calls waiting for the queue to drain (flush) */
     int want_room;        /* an event loop waits for room: signal note_efd after each round */
     /* options (read by the thread under mu) */
     int gso, gso_max_segments, ecn_cmsg, dscp;
+    long long slack_ns;   /* release what is due within this much of now together */
     /* refusals */
     BioPacerError *errors;
     int nerr;

@@ -215,6 +215,7 @@ class Pacer:
     ecn_cmsg: int
     dscp: int
     want_room: int
+    slack_ns: int
     @property
     def next_sequence(self) -> int: ...
     @property

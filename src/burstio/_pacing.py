@@ -31,7 +31,7 @@ __all__ = ["PortablePacer", "COUNTER_NAMES"]
 
 COUNTER_NAMES = ("tx_datagrams", "tx_bytes", "tx_syscalls", "tx_gso_messages", "tx_gso_datagrams", "tx_errors",
                  "tx_ecn_unmarked", "gso_downgrades", "ecn_downgrades", "paced_queued", "paced_late",
-                 "paced_waits", "paced_unsent", "paced_errors_dropped")
+                 "paced_waits", "paced_unsent", "paced_errors_dropped", "paced_releases")
 _ROUND = 1024
 _MAX_ERRORS = 4096
 _LARGEST = _native.GRO_SLOT_MIN
@@ -53,6 +53,7 @@ class PortablePacer:
         self._cap = entries
         self._bcap = max(byte_size or entries * 2048, 4 * _LARGEST)
         self.gso, self.gso_max_segments, self.ecn_cmsg, self.dscp, self.want_room = 0, 64, 1, 0, 0
+        self.slack_ns = 0  # what is due within this of a release goes with it
         self.next_sequence = 0
         self._c = dict.fromkeys(COUNTER_NAMES, 0)
         self._closed = False
@@ -216,14 +217,15 @@ class PortablePacer:
                     self._cv.wait()
                     continue
                 now = time.monotonic_ns()
-                t = self._q[0].meta.txtime
+                t = self._q[0].meta.txtime - self.slack_ns
                 if t > now:
                     self._cv.wait((t - now) / 1e9)
                     continue
                 due: list[_Entry] = []
-                while self._q and len(due) < _ROUND and self._q[0].meta.txtime <= now:
+                while self._q and len(due) < _ROUND and self._q[0].meta.txtime <= now + self.slack_ns:
                     due.append(self._q.popleft())
                 self._sending = True
+                self._c["paced_releases"] += 1
                 self._cv.release()
                 try:
                     done = self._send(due)
