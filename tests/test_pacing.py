@@ -147,7 +147,7 @@ def test_metadata_travels_with_paced_datagrams(sockets):
 def test_refused_codepoint_downgrades_in_the_pacer_thread(sockets, caplog):
     require_kernel("ecn")
     rx, tx = sockets.pair(rx={"ecn": True}, tx={"paced": True})
-    tx._pacer.ecn_cmsg = 2  # noqa: SLF001 - the kernel refuses the cmsg from now on
+    tx._pacer.ecn_cmsg = 2  # the kernel refuses the cmsg from now on
     b = PacketBatch(8, 64)
     for i in range(3):
         b.append(b"e%d" % i, rx.getsockname(), ecn=1)
@@ -306,7 +306,8 @@ def test_so_txtime_socket_sends_scm_txtime_to_the_kernel(monkeypatch, udp_varian
     does, so the choice is forced; the kernel takes the cmsgs (and, with a
     qdisc that ignores them, sends at once)."""
     require_kernel("so_txtime")
-    monkeypatch.setattr(burstio._udp_meta, "_choose_pacing", lambda sock, caps: ("so_txtime", "fq qdisc on lo (forced)"))
+    forced = ("so_txtime", "fq qdisc on lo (forced)")
+    monkeypatch.setattr(burstio._udp_meta, "_choose_pacing", lambda sock, caps: forced)
     with Sockets(**udp_variant.kwargs) as s:
         rx = s.receiver()
         tx = s.burst(paced=True)

@@ -47,8 +47,9 @@ PUBLIC: dict[str, list[str]] = {
     "burstio.apps": ["until_signalled"],
     "burstio.apps.dns": ["Answers", "AsyncioResponder", "BurstResponder", "answer", "main", "serve"],
     "burstio.apps.quic": [
-        "BurstH3Client", "BurstQuicProtocol", "H3Client", "H3Server", "TRANSPORTS", "body", "client_configuration",
-        "connect_h3", "self_signed_certificate", "serve_h3", "server_configuration", "use_transport",
+        "BurstH3Client", "BurstPacing", "BurstQuicProtocol", "H3Client", "H3Server", "PacedH3Server", "TRANSPORTS",
+        "body", "client_configuration", "connect_h3", "self_signed_certificate", "serve_h3", "server_configuration",
+        "use_transport",
     ],
     "burstio.apps.sockperf": [
         "FLAG_CLIENT", "FLAG_PONG_REQUEST", "FLAG_WARMUP", "HEADER", "MODES", "SUSPEND_NAPI", "SockperfServer", "main",

@@ -313,7 +313,7 @@ def test_refused_codepoint_downgrades_and_delivers_everything(sockets, udp_varia
     once. Tests make every kernel refuse it with an out-of-range TOS byte."""
     require_kernel("ecn")
     rx, tx = sockets.pair(rx={"ecn": True}, tx={"ecn": True})
-    tx._io.ecn_cmsg = 2  # noqa: SLF001 - the kernel refuses the cmsg from now on
+    tx._io.ecn_cmsg = 2  # the kernel refuses the cmsg from now on
     out = PacketBatch(8, 64)
     for n in sizes:
         out.append(b"d" * n, rx.getsockname(), ecn=ECT0)
@@ -368,7 +368,7 @@ def test_describe_names_the_options(sockets):
 # ---- differential: every variant against the oracle -------------------------------------------
 
 ORACLE = UDP["portable"]
-ENTRY = st.tuples(st.integers(0, 40), st.sampled_from(LOCALS + [None]), st.integers(0, 3))
+ENTRY = st.tuples(st.integers(0, 40), st.sampled_from([*LOCALS, None]), st.integers(0, 3))
 
 
 def exchange(variant, entries) -> list[tuple]:
