@@ -404,3 +404,56 @@ def test_metadata_arrives_as_the_oracle_sends_it(udp_variant, entries):
     ecn = burstio.capabilities().ecn
     assert got == [(bytes([n]) * n, local or "127.0.0.1", local or "127.0.0.1", cp if ecn else 0)
                    for n, local, cp in entries]
+
+
+# ---- racing writers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("paced", [False, True], ids=["send", "paced"])
+def test_metadata_rewritten_during_sends_never_reaches_the_kernel_unchecked(sockets, paced):
+    """Another thread flips every entry's codepoint between a valid one and
+    200 (no codepoint) while sends run: each send refuses the entry it read
+    (ValueError) or sends the checked copy, so every TOS byte that arrives
+    is a codepoint (0-3), never 200."""
+    require_kernel("ecn")
+    np = pytest.importorskip("numpy")
+    import threading
+
+    rx = sockets.plain()
+    rx.setblocking(False)
+    rx.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
+    tx = sockets.burst(paced=paced)
+    count = 256
+    batch = PacketBatch(count, 16)
+    for i in range(count):
+        batch.append(b"m", rx.getsockname(), ecn=1 + i % 3)
+    ecn = np.asarray(batch.ecn)[:count]
+    good, bad = ecn.copy(), np.full(count, 200, dtype=np.uint8)
+    halt = threading.Event()
+
+    def flip():
+        while not halt.is_set():
+            ecn[:] = bad
+            ecn[:] = good
+
+    racer = threading.Thread(target=flip, daemon=True)
+    racer.start()
+    tos: set[int] = set()
+    try:
+        for _attempt in range(40):
+            try:
+                tx.send_batch(batch, on_error="skip")
+            except ValueError as e:
+                assert "codepoint" in str(e)
+            if paced:
+                assert tx.flush(10.0)
+            while True:
+                try:
+                    _d, anc, _f, _a = rx.recvmsg(16, 64)
+                except BlockingIOError:
+                    break
+                tos |= {data[0] for level, kind, data in anc if kind == IP_TOS}
+    finally:
+        halt.set()
+        racer.join(10)
+    assert tos and tos <= {1, 2, 3}
