@@ -204,3 +204,26 @@ def test_batch_protocol_batch_has_no_metadata_without_the_options():
         assert seen == [False]
         t.close()
     run_on_loop("asyncio", main, 10)
+
+
+def test_sendto_many_keeps_the_metadata_of_what_must_wait():
+    """A batch sent with sendto_many: what the (full) pacer cannot take now is
+    copied to wait, and keeps its codepoint and transmit time."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        rt, rx = await burstio.aio.create_datagram_endpoint(loop, BatchRecorder, local_addr=("127.0.0.1", 0),
+                                                            ecn=True)
+        tt, _tx = await burstio.aio.create_datagram_endpoint(loop, Recorder, local_addr=("127.0.0.1", 0),
+                                                             paced=True, pacer_queue=2)
+        soon = time.monotonic_ns() + 200_000_000
+        batch = PacketBatch(4, 16)
+        for i in range(4):
+            batch.append(b"%d" % i, rt.get_extra_info("sockname"), ecn=i, txtime=soon)
+        tt.sendto_many(batch)  # the pacer takes two; the other two wait in the transport
+        assert tt.get_write_buffer_size() > 0
+        batch.clear()  # the caller's batch is theirs again
+        await until(lambda: len(rx.got) == 4)
+        assert [(d, e) for d, _a, _l, e in rx.got] == [(b"%d" % i, i if ECN else 0) for i in range(4)]
+        tt.close()
+        rt.close()
+    run_on_loop("asyncio", main, 20)

@@ -92,6 +92,13 @@ def _metadata(local_addr: str | None, ecn: int, txtime: int) -> dict[str, Any] |
     return {"local": local_addr, "ecn": ecn, "txtime": txtime}
 
 
+def _entry_metadata(batch: _native.PacketBatch, i: int) -> dict[str, Any]:
+    """sendto()'s metadata keywords for entry i of a batch ({} when it has none)."""
+    if not batch.has_metadata:
+        return {}
+    return {"local_addr": batch.local_addr(i), "ecn": batch.ecn[i], "txtime": batch.txtimes[i]}
+
+
 def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
     if not fut.cancelled():
         fut.set_result(result)
@@ -488,8 +495,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             sent = self._send_now(datagrams, n)
             if sent < n and not self._conn_lost:
                 self._block()  # the kernel refused the rest for now
-        for i in range(sent, n):  # copy what waits: the caller may reuse its batch
-            self.sendto(datagrams[i], datagrams.addr(i))
+        for i in range(sent, n):  # copy what waits (with its metadata): the caller may reuse its batch
+            self.sendto(datagrams[i], datagrams.addr(i), **_entry_metadata(datagrams, i))
         if self._closing and not self._blocked:
             self._lose_connection_after_writes()
 
