@@ -14,15 +14,21 @@
  *   batch/array.c          _Array: one metadata array through the buffer protocol
  *   batch/build.c          append() and add_slices(): building a batch to send
  *   batch/msgs.c           entries -> outgoing messages (GSO runs), a send's start/count
+ *   batch/meta.c           per-datagram metadata: local address, ECN, transmit time
+ *   batch/cmsg.c           control messages: a receive's read, a send's written
  *   udp/udp.h              UdpIo's struct and counters
  *   udp/io.c               UdpIo: the type, its settings and counters
  *   udp/recv.c             receive: recvmmsg (or recvmsg) -> cmsgs -> GRO split -> entries
  *   udp/send.c             send: messages -> sendmmsg (or sendmsg); send_segments()
+ *   udp/pacer.h            the pacer's queue and thread state
+ *   udp/pacer.c            Pacer: timed sends queued, flushed, closed
+ *   udp/pacer_thread.c     the pacer's sender thread
  *   udp/fuzz.c             udp_parse_for_fuzz(): the receive's finishing step on made-up cmsgs
  *   socketset/socketset.h  SocketSet's shared struct and the backends' hooks
  *   socketset/base.c       SocketSetBase: sockets, errors, the recv/send entry points
  *   socketset/uring.c      UringSocketSet: multishot RECVMSG, buffer ring, SENDMSG
  *   socketset/epoll.c      EpollSocketSet: epoll + recvmmsg per ready socket, sendmmsg
+ *   socketset/meta.c       a SocketSet's per-datagram metadata: control buffers, cmsgs
  *   zerocopy/zerocopy.h    zero-copy send's pool, buffers, sender and Completion
  *   zerocopy/pool.c        ZeroCopyPool and ZeroCopyBuffer: the buffers and their states
  *   zerocopy/sender.c      ZeroCopyIo: send, acquire, poll, close, setup

@@ -107,3 +107,45 @@ def test_use_transport_refuses_unknown_names():
         with pytest.raises(ValueError, match="transport must be one of"):
             quic.use_transport("tcp")
     run("asyncio", go)
+
+
+# ---- pacing handed to burstio, codepoints carried ----------------------------------------------
+
+
+class MarkingServer(quic.PacedH3Server):
+    send_ecn = 2  # ECT(0) on everything the server sends
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_paced_server_hands_its_pacing_to_burstio(certificate, loop_kind):
+    """Over "burstio-paced", aioquic's pacer is evaluated ahead and each
+    datagram goes to burstio's pacer thread with its release time; the
+    download arrives whole; the client counts the codepoints it got."""
+    async def main():
+        config = quic.server_configuration(*certificate)
+        server = await quic.serve_h3(V4, 0, config, "burstio-paced", protocol=MarkingServer)
+        transport = server._transport
+        bsock = transport.get_extra_info("burst_socket")
+        times: list[int] = []
+        send = transport.sendto
+
+        def recording(data, addr=None, **kw):
+            times.append(kw.get("txtime", 0))
+            send(data, addr, **kw)
+        transport.sendto = recording
+        port = transport.get_extra_info("sockname")[1]
+        burstio.aio.uninstall()
+        async with quic.connect_h3(V4, port, transport="burstio-paced") as client:
+            status, got = await client.get(V4, "/bytes/2000000")
+            counts = dict(client.ecn_counts)
+            received = client.datagrams
+        server.close()
+        return status, got, times, bsock, counts, received
+    status, got, times, bsock, counts, received = run(loop_kind, main)
+    assert (status, got) == (200, 2_000_000)
+    assert bsock.pacing == "pacer"
+    c = bsock.counters
+    assert c["paced_queued"] == len(times) == c["tx_datagrams"] + c["tx_errors"]
+    assert any(t > 0 for t in times)  # aioquic's pacer held datagrams back: each went with its release time
+    assert sum(counts.values()) == received
+    assert counts == ({2: received} if burstio.capabilities().ecn else {0: received})

@@ -21,6 +21,7 @@ DOCUMENTED = (
     "so_zerocopy", "epoll_busy_poll", "so_incoming_napi_id", "so_busy_poll", "so_prefer_busy_poll",
     "so_busy_poll_budget", "af_xdp", "bpf", "xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames",
     "xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer",
+    "ip_pktinfo", "ipv6_pktinfo", "ecn", "so_txtime", "txtime_qdisc",
 )
 BPF_DEPENDENTS = ["xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames"]
 XSK_DEPENDENTS = ["xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer"]

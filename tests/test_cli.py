@@ -26,7 +26,7 @@ from support.paths import ROOT
 from support.proc import subprocess_env
 
 SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
-             "tx-zerocopy", "latency-lab", "pipes", "dns", "quic", "soak", "xdp")
+             "tx-zerocopy", "latency-lab", "pipes", "dns", "quic", "pacing", "soak", "xdp")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -130,6 +130,8 @@ def instances():
         tx.connect(rx.getsockname())
         objs[_native.PacketBatch] = _native.PacketBatch(4, 64)
         objs[_native.UdpIo] = _native.UdpIo(tx.fileno())
+        objs[_native.Pacer] = pacer = _native.Pacer(tx.fileno())
+        stack.callback(pacer.close)
         objs[_native.EpollSocketSet] = _native.EpollSocketSet(4)
         with contextlib.suppress(OSError):
             objs[_native.UringSocketSet] = _native.UringSocketSet(4, 64, 2048)

@@ -17,8 +17,8 @@ import burstio
 PUBLIC: dict[str, list[str]] = {
     "burstio": [
         "BurstSocket", "Capabilities", "Capability", "Completion", "FLAG_COALESCED", "FLAG_GRO", "FLAG_SEND_ERROR",
-        "FLAG_TRUNCATED", "GRO_SLOT_MIN", "MAX_UDP_PAYLOAD", "PacketBatch", "RedundantResult", "SendError",
-        "SocketSet", "ZeroCopyBuffer", "ZeroCopyPool", "ZeroCopySender", "capabilities",
+        "FLAG_TRUNCATED", "GRO_SLOT_MIN", "MAX_UDP_PAYLOAD", "PacedError", "PacketBatch", "RedundantResult",
+        "SendError", "SocketSet", "Unsent", "ZeroCopyBuffer", "ZeroCopyPool", "ZeroCopySender", "capabilities",
     ],
     "burstio.aio": [
         "BatchDatagramProtocol", "BurstDatagramTransport", "create_datagram_endpoint", "install", "installed",
@@ -49,9 +49,9 @@ PUBLIC: dict[str, list[str]] = {
     "burstio.apps.dns": ["Answers", "AsyncioResponder", "BurstResponder", "TRANSPORTS", "add_arguments", "answer",
                          "main", "run", "serve"],
     "burstio.apps.quic": [
-        "BurstH3Client", "BurstQuicProtocol", "H3Client", "H3Server", "TRANSPORTS", "add_get_arguments",
-        "add_serve_arguments", "body", "client_configuration", "connect_h3", "main", "run_get", "run_serve",
-        "self_signed_certificate", "serve_h3", "server_configuration", "use_transport",
+        "BurstH3Client", "BurstPacing", "BurstQuicProtocol", "H3Client", "H3Server", "PacedH3Server", "TRANSPORTS",
+        "add_get_arguments", "add_serve_arguments", "body", "client_configuration", "connect_h3", "main", "run_get",
+        "run_serve", "self_signed_certificate", "serve_h3", "server_configuration", "use_transport",
     ],
     "burstio.apps.sockperf": [
         "FLAG_CLIENT", "FLAG_PONG_REQUEST", "FLAG_WARMUP", "HEADER", "MODES", "SUSPEND_NAPI", "SockperfServer",

@@ -61,6 +61,8 @@ COUNTER_NAMES = {
     "rx_datagrams", "rx_bytes", "rx_batches", "rx_syscalls", "rx_truncated", "rx_gro_messages",
     "rx_gro_datagrams", "kernel_drops", "tx_datagrams", "tx_bytes", "tx_batches", "tx_syscalls",
     "tx_gso_messages", "tx_gso_datagrams", "tx_errors", "tx_unreported_errors", "gso_downgrades",
+    "tx_late", "tx_ecn_unmarked", "ecn_downgrades", "paced_queued", "paced_late", "paced_waits", "paced_unsent",
+    "paced_errors_dropped", "paced_releases",
 }
 
 

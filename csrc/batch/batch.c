@@ -162,6 +162,7 @@ bio_batch_dealloc(BioBatch *b)
     bio_batch_clear_refs(b);
     Py_XDECREF(b->arena_mem);
     PyMem_RawFree(b->meta_block);
+    bio_batch_meta_free(b);
     Py_TYPE(b)->tp_free((PyObject *)b);
 }
 
@@ -220,6 +221,7 @@ bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
     b->timestamps[i] = 0;
     b->sockets[i] = 0;
     b->errnos[i] = 0;
+    bio_batch_meta_clear(b, i);
 }
 
 int
@@ -413,6 +415,7 @@ bio_batch_move_entry(BioBatch *b, Py_ssize_t j, Py_ssize_t i)
     b->sockets[j] = b->sockets[i];
     b->errnos[j] = b->errnos[i];
     b->names[j] = b->names[i];
+    bio_batch_meta_move(b, j, i);
 }
 
 PyDoc_STRVAR(bio_batch_keep_doc,
@@ -575,6 +578,14 @@ static PyMethodDef bio_batch_methods[] = {
     {"keep", (PyCFunction)bio_batch_keep, METH_O, bio_batch_keep_doc},
     {"send_errors", (PyCFunction)bio_batch_send_errors, METH_NOARGS,
      bio_batch_send_errors_doc},
+    {"local_addr", (PyCFunction)bio_batch_meta_local_addr, METH_O,
+     bio_batch_meta_local_addr_doc},
+    {"set_local_addr", (PyCFunction)bio_batch_meta_set_local_addr, METH_VARARGS,
+     bio_batch_meta_set_local_addr_doc},
+    {"_store_meta", (PyCFunction)bio_batch_meta_store_py, METH_VARARGS,
+     "_store_meta($self, i, local, ifindex, ecn, /)\n--\n\n"
+     "Write entry i's local address, interface and ECN codepoint (the portable backend's "
+     "receive)."},
     {"_store", (PyCFunction)bio_batch_store, METH_VARARGS,
      "_store($self, i, offset, length, flags, segment_size, timestamp, addr, /)\n--\n\n"
      "Write entry i (the portable backend's receive)."},
@@ -633,6 +644,15 @@ bio_batch_get_ssize(BioBatch *b, void *c)
 
 #define BIO_DOC_ARRAY(what) \
     "memoryview over all `capacity` entries (" what "); slice it with [:len(batch)]"
+#define BIO_DOC_META(what) \
+    "memoryview over all `capacity` entries (" what "), allocated on first use; slice it " \
+    "with [:len(batch)]"
+
+static PyObject *
+bio_batch_get_has_metadata(BioBatch *b, void *c)
+{
+    return PyBool_FromLong(b->meta != NULL);
+}
 
 static PyGetSetDef bio_batch_getset[] = {
     {"capacity", (getter)bio_batch_get_ssize, NULL, "entries the batch can hold",
@@ -659,6 +679,19 @@ static PyGetSetDef bio_batch_getset[] = {
     {"names", (getter)bio_batch_get_names, NULL,
      "memoryview (capacity x 28 bytes): raw sockaddr_in/sockaddr_in6 per entry",
      NULL},
+    {"local_addrs", (getter)bio_batch_meta_get_array, NULL,
+     BIO_DOC_META("capacity x 16 bytes: each entry's local address, IPv4 as ::ffff:a.b.c.d, "
+                  "all zero for none"),
+     (void *)0},
+    {"ifindexes", (getter)bio_batch_meta_get_array, NULL,
+     BIO_DOC_META("uint32 interface it arrived on / leaves by, 0 for any"), (void *)1},
+    {"ecn", (getter)bio_batch_meta_get_array, NULL,
+     BIO_DOC_META("uint8 ECN codepoint: 0 Not-ECT, 1 ECT(1), 2 ECT(0), 3 CE"), (void *)2},
+    {"txtimes", (getter)bio_batch_meta_get_array, NULL,
+     BIO_DOC_META("int64 time to send at, CLOCK_MONOTONIC ns as time.monotonic_ns(), 0 now"),
+     (void *)3},
+    {"has_metadata", (getter)bio_batch_get_has_metadata, NULL,
+     "whether the metadata arrays (local_addrs, ifindexes, ecn, txtimes) exist yet", NULL},
     {"arena", (getter)bio_batch_get_arena, NULL,
      "writable memoryview over every slot (slots x slot_size bytes)", NULL},
     {"buffer", (getter)bio_batch_get_buffer, NULL,
@@ -697,10 +730,17 @@ PyTypeObject BioBatch_Type = {
     .tp_new = bio_batch_new,
 };
 
+static PyMethodDef bio_batch_functions[] = {
+    {"send_messages_for_test", bio_batch_messages_for_test, METH_VARARGS,
+     bio_batch_messages_for_test_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 bio_batch_init_type(PyObject *module)
 {
-    if (PyType_Ready(&BioArray_Type) < 0 || PyType_Ready(&BioBatch_Type) < 0)
+    if (PyType_Ready(&BioArray_Type) < 0 || PyType_Ready(&BioBatch_Type) < 0 ||
+        PyModule_AddFunctions(module, bio_batch_functions) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "PacketBatch", (PyObject *)&BioBatch_Type) < 0)
         return -1;
@@ -709,7 +749,8 @@ bio_batch_init_type(PyObject *module)
         PyModule_AddIntConstant(module, "FLAG_COALESCED", BIO_FLAG_COALESCED) < 0 ||
         PyModule_AddIntConstant(module, "FLAG_SEND_ERROR", BIO_FLAG_SEND_ERROR) < 0 ||
         PyModule_AddIntConstant(module, "GRO_SLOT_MIN", BIO_GRO_SLOT_MIN) < 0 ||
-        PyModule_AddIntConstant(module, "MAX_UDP_PAYLOAD", BIO_MAX_UDP_PAYLOAD) < 0)
+        PyModule_AddIntConstant(module, "MAX_UDP_PAYLOAD", BIO_MAX_UDP_PAYLOAD) < 0 ||
+        PyModule_AddIntConstant(module, "CMSG_RX_SPACE", BIO_CMSG_RX_ALL) < 0)
         return -1;
     return 0;
 }

@@ -6,7 +6,9 @@
 
 #include "core/core.h"
 
+#include <netinet/in.h>
 #include <sys/uio.h>
+#include <time.h>
 
 /* Largest UDP payload that fits one IPv4 datagram; also the cap we put on a
  * whole GSO send so that it is valid for IPv4 and IPv6 alike. */
@@ -14,8 +16,27 @@
 /* A UDP GRO receive buffer must hold any coalesced skb (< 64 KiB). */
 #define BIO_GRO_SLOT_MIN 65535
 /* Bytes of control buffer per receive slot: UDP_GRO + SO_RXQ_OVFL +
- * SCM_TIMESTAMPNS fit with room to spare. */
+ * SCM_TIMESTAMPNS fit with room to spare (80 bytes). */
 #define BIO_CMSG_SIZE 128
+/* The control buffer per slot once the batch carries per-datagram metadata
+ * (local address, ECN, transmit time: b->meta). A receive on a socket with
+ * every option on can get UDP_GRO + SO_RXQ_OVFL + SCM_TIMESTAMPNS +
+ * IPV6_PKTINFO + IP_PKTINFO (a dual-stack socket gets both for an IPv4
+ * datagram) + IP_TOS + IPV6_TCLASS = 24 + 24 + 32 + 40 + 32 + 24 + 24 = 200
+ * bytes; a send UDP_SEGMENT + IPV6_PKTINFO + IP_TOS + IPV6_TCLASS +
+ * SCM_TXTIME = 24 + 40 + 24 + 24 + 24 = 136 (the sums are checked below). */
+#define BIO_CMSG_WIDE 256
+#define BIO_CMSG_RX_ALL                                                                  \
+    (2 * CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct timespec)) +                 \
+     CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo)) +    \
+     CMSG_SPACE(sizeof(uint8_t)) + CMSG_SPACE(sizeof(int)))
+#define BIO_CMSG_TX_ALL                                                                  \
+    (CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(struct in6_pktinfo)) +             \
+     2 * CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint64_t)))
+_Static_assert(BIO_CMSG_RX_ALL <= BIO_CMSG_WIDE, "every receive cmsg fits a wide slot");
+_Static_assert(BIO_CMSG_TX_ALL <= BIO_CMSG_WIDE, "every send cmsg fits a wide slot");
+_Static_assert(2 * CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct timespec)) <= BIO_CMSG_SIZE,
+               "GRO + RXQ_OVFL + TIMESTAMPNS fit a plain slot");
 /* Per-call message limit of sendmmsg/recvmmsg (UIO_MAXIOV). */
 #define BIO_MMSG_MAX 1024
 
@@ -34,6 +55,28 @@ typedef struct {
     uint32_t seg;             /* receive: the UDP_GRO segment size (0: none) */
     int64_t ts;               /* receive: the kernel's timestamp, ns (0: none) */
 } BioBatchPriv;
+
+/* Per-entry metadata a socket asks for (pktinfo, ecn, paced sends), as the
+ * datagram's call reads it: what a receive parsed from the cmsgs, or the
+ * private copy a send took of the arrays (read once, checked). */
+typedef struct {
+    struct in6_addr local; /* local address, IPv4 as ::ffff:a.b.c.d; :: none */
+    uint32_t ifindex;      /* interface it arrived on / leaves by (0: any) */
+    uint8_t ecn;           /* ECN codepoint, 0..3 */
+    int64_t txtime;        /* send: CLOCK_MONOTONIC ns to leave at (0: now) */
+} BioMetaPriv;
+
+/* The metadata arrays, allocated on first use (b->meta NULL until then):
+ * the Python attributes, append(local=, ecn=, txtime=), or a receive on a
+ * socket that asked for pktinfo or ECN. One block. */
+typedef struct {
+    struct in6_addr *local_addrs; /* capacity x 16 bytes */
+    uint32_t *ifindexes;
+    uint8_t *ecn;
+    int64_t *txtimes;
+    BioMetaPriv *priv;  /* private copies (never exported) */
+    unsigned char *cmsg; /* capacity * BIO_CMSG_WIDE: replaces b->cmsg */
+} BioBatchMeta;
 
 typedef struct {
     PyObject_HEAD
@@ -63,6 +106,7 @@ typedef struct {
     unsigned char *cmsg;   /* capacity * BIO_CMSG_SIZE */
     BioBatchPriv *priv;
     void *meta_block;      /* one allocation holding all arrays above */
+    BioBatchMeta *meta;    /* per-datagram metadata, NULL until first use */
     PyObject *arena_view;  /* memoryview over arena_mem, for batch[i] */
     PyObject *ext_view;    /* memoryview of an external buffer, or NULL */
     PyObject *ext_source;  /* the object add_slices() was given */
@@ -88,12 +132,87 @@ void bio_batch_reset(BioBatch *b);
  * error (the batch must be empty or already point into buffer). */
 int bio_batch_attach(BioBatch *b, PyObject *buffer);
 
+/* ---- per-datagram metadata (batch/meta.c) --------------------------------- */
+
+/* Allocate b->meta if it is not there yet (zeroed). 0, or -1 with
+ * MemoryError. GIL held. */
+int bio_batch_meta_ensure(BioBatch *b);
+/* Control buffer of slot k, and its size: the wide one once b->meta exists. */
+static inline unsigned char *
+bio_batch_cmsg(const BioBatch *b, Py_ssize_t k)
+{
+    return b->meta ? b->meta->cmsg + (size_t)k * BIO_CMSG_WIDE : b->cmsg + (size_t)k * BIO_CMSG_SIZE;
+}
+static inline size_t
+bio_batch_cmsg_size(const BioBatch *b)
+{
+    return b->meta ? BIO_CMSG_WIDE : BIO_CMSG_SIZE;
+}
+/* Write entry j's metadata arrays from m (a receive); no-op without meta. */
+void bio_batch_meta_store(BioBatch *b, Py_ssize_t j, const BioMetaPriv *m);
+/* PacketBatch's metadata attributes and methods (in batch.c's tables):
+ * the arrays (which: 0 local_addrs, 1 ifindexes, 2 ecn, 3 txtimes, each
+ * allocating b->meta), local_addr(i), set_local_addr(i, host, ifindex=0),
+ * _store_meta(i, local, ifindex, ecn) (the portable backend's receive). */
+PyObject *bio_batch_meta_get_array(BioBatch *b, void *which);
+PyObject *bio_batch_meta_local_addr(BioBatch *b, PyObject *arg);
+PyObject *bio_batch_meta_set_local_addr(BioBatch *b, PyObject *args);
+PyObject *bio_batch_meta_store_py(BioBatch *b, PyObject *args);
+extern const char bio_batch_meta_local_addr_doc[], bio_batch_meta_set_local_addr_doc[];
+/* Free b->meta (dealloc). */
+void bio_batch_meta_free(BioBatch *b);
+/* Copy entry i's metadata to entry j (keep), clear entry i's (set_entry). */
+void bio_batch_meta_move(BioBatch *b, Py_ssize_t j, Py_ssize_t i);
+void bio_batch_meta_clear(BioBatch *b, Py_ssize_t i);
+/* Parse append()'s local= / ecn= / txtime= into entry i (allocating meta
+ * when one is not the default). 0, or -1 with the error set. */
+int bio_batch_meta_set(BioBatch *b, Py_ssize_t i, PyObject *local, PyObject *ecn, PyObject *txtime);
+
+/* ---- control messages (batch/cmsg.c) -------------------------------------- */
+
+/* What a receive's cmsgs said (udp/recv.c, socketset/). */
+typedef struct {
+    uint32_t seg;   /* UDP_GRO segment size (0: none) */
+    int64_t ts;     /* SCM_TIMESTAMPNS, ns (0: none) */
+    BioMetaPriv m;  /* IP_PKTINFO/IPV6_PKTINFO, IP_TOS/IPV6_TCLASS */
+} BioCmsgIn;
+/* Walk control[0, len) as the kernel wrote it into *out; every header is
+ * checked against the buffer before it is read, so nothing outside it is
+ * ever read. nogil. */
+void bio_cmsg_parse(const unsigned char *control, size_t len, BioCmsgIn *out);
+/* What an outgoing message's cmsgs carry. */
+typedef struct {
+    uint16_t segment;   /* UDP_SEGMENT (0: none) */
+    const BioMetaPriv *m; /* local address, ECN, transmit time (NULL: none) */
+    int ecn;            /* 1: write the ECN codepoint; 2: (tests) an out-of-range
+                         * TOS every kernel refuses with EINVAL; 0: not */
+    uint8_t dscp;       /* the socket's DSCP bits, kept in the TOS byte */
+    int txtime;         /* 1: SCM_TXTIME when m->txtime is set */
+    int64_t txtime_offset; /* added to m->txtime (the SO_TXTIME clock's offset) */
+} BioCmsgOut;
+/* Write o's cmsgs into buf (aligned; BIO_CMSG_TX_ALL bytes when o->m is
+ * set, else BIO_CMSG_SIZE) for h: sets msg_control and
+ * msg_controllen (NULL/0 when there are none). nogil. */
+void bio_cmsg_build(struct msghdr *h, unsigned char *buf, const BioCmsgOut *o);
+/* Whether an outgoing message we built carries an ECN codepoint (its
+ * EINVAL may be the kernel refusing that cmsg: policy decides). */
+int bio_cmsg_carries_ecn(const struct msghdr *h);
+/* Whether the address is IPv4 (AF_INET, or ::ffff:a.b.c.d). */
+int bio_cmsg_addr_v4(const struct in6_addr *a);
+
 /* ---- outgoing messages (batch/msgs.c) ------------------------------------- */
 
 /* How entries become messages: GSO runs (gso, at most gso_max_segments),
  * split where batch.sockets changes when by_socket. */
 typedef struct {
     int gso, gso_max_segments, by_socket;
+    int family;    /* the socket's (AF_INET refuses IPv6 local addresses); 0: any */
+    int ecn;       /* BioCmsgOut.ecn */
+    uint8_t dscp;  /* BioCmsgOut.dscp */
+    int txtime;    /* 1: SCM_TXTIME cmsgs; 0: a transmit time is refused */
+    int64_t txtime_offset;
+    uint64_t *late;      /* counts datagrams whose transmit time has passed (or NULL) */
+    uint64_t *unmarked;  /* counts datagrams whose ECN codepoint is not sent (or NULL) */
 } BioBatchSendOpts;
 
 /* Build the outgoing messages for entries [start, end) of b into b->msgs,
@@ -105,6 +224,13 @@ typedef struct {
  * GIL held. */
 Py_ssize_t bio_batch_send_build(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t start,
                                 Py_ssize_t end);
+/* After a send of messages [0, done) built with o: count, of the datagrams
+ * the kernel took, those whose transmit time had passed (o->late) and those
+ * whose codepoint was not sent (o->unmarked). GIL held. */
+void bio_batch_count_meta(const BioBatchSendOpts *o, const BioBatch *b, Py_ssize_t done);
+/* send_messages_for_test(batch, ...): the messages a send would build. */
+PyObject *bio_batch_messages_for_test(PyObject *module, PyObject *args);
+extern const char bio_batch_messages_for_test_doc[];
 /* Parse a send's start/count against b into [*start, *end); 0 or -1 with an
  * error set. */
 int bio_batch_send_range(BioBatch *b, PyObject *start_obj, PyObject *count_obj,

@@ -35,18 +35,21 @@ bio_batch_check_appendable(BioBatch *b)
 }
 
 const char bio_batch_append_doc[] =
-"append($self, /, payload, addr=None)\n--\n\n"
+"append($self, /, payload, addr=None, *, local=None, ecn=0, txtime=0)\n--\n\n"
 "Copy payload (any bytes-like object) into the next free slot and return\n"
 "its index. addr is the destination, (host, port) or (host, port, flowinfo,\n"
-"scope_id) with a numeric host; None sends to the connected peer.";
+"scope_id) with a numeric host; None sends to the connected peer. local is\n"
+"the numeric address to send from (None: the kernel chooses), ecn the ECN\n"
+"codepoint (0-3), txtime the time to leave at (time.monotonic_ns(); a paced\n"
+"socket honours it); any of them makes the batch's metadata arrays.";
 
 PyObject *
 bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"payload", "addr", NULL};
-    PyObject *payload, *addr = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:append", kwlist, &payload,
-                                     &addr))
+    static char *kwlist[] = {"payload", "addr", "local", "ecn", "txtime", NULL};
+    PyObject *payload, *addr = Py_None, *local = NULL, *ecn = NULL, *txtime = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$OOO:append", kwlist, &payload,
+                                     &addr, &local, &ecn, &txtime))
         return NULL;
     if (bio_batch_check_appendable(b) < 0)
         return NULL;
@@ -73,6 +76,9 @@ bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
     memcpy(b->arena + off, pb.buf, (size_t)pb.len);
     PyBuffer_Release(&pb);
     bio_batch_set_entry(b, i, off, (uint32_t)pb.len);
+    if ((local != NULL || ecn != NULL || txtime != NULL) &&
+        bio_batch_meta_set(b, i, local, ecn, txtime) < 0)
+        return NULL; /* entry i is not counted: the next append overwrites it */
     b->appended++;
     b->count++;
     return PyLong_FromSsize_t(i);

@@ -35,16 +35,18 @@ bio_socketset_alloc(BioSocketSet *r, int cap)
     r->err_cap = 4 * cap + 64;
     r->fds = PyMem_Calloc((size_t)cap, sizeof(int));
     r->state = PyMem_Calloc((size_t)cap, 1);
+    r->flags = PyMem_Calloc((size_t)cap, 1);
     r->gen = PyMem_Calloc((size_t)cap, sizeof(uint32_t));
     r->err_sock = PyMem_Calloc((size_t)r->err_cap, sizeof(int32_t));
     r->err_no = PyMem_Calloc((size_t)r->err_cap, sizeof(int32_t));
-    if (!r->fds || !r->state || !r->gen || !r->err_sock || !r->err_no) {
+    if (!r->fds || !r->state || !r->flags || !r->gen || !r->err_sock || !r->err_no) {
         PyErr_NoMemory();
         return -1;
     }
     for (int i = 0; i < cap; i++)
         r->fds[i] = -1;
     r->gso_max_segments = 64;
+    r->ecn_cmsg = 1;
     int err = bio_wake_init(&r->wake);
     if (err < 0) {
         bio_raise_errno(err);
@@ -95,6 +97,8 @@ bio_socketset_free_slot(BioSocketSet *r, int idx)
     close(r->fds[idx]);
     r->fds[idx] = -1;
     r->state[idx] = BIO_SOCK_FREE;
+    r->nmeta -= (r->flags[idx] & BIO_SOCK_F_META) != 0;
+    r->flags[idx] = 0;
     r->gen[idx]++;
     r->count--;
     int k = 0; /* its queued errors must not be blamed on the next socket */
@@ -116,15 +120,25 @@ bio_socketset_free_all(BioSocketSet *r)
 }
 
 int
-bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream)
+bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream, int *meta)
 {
-    static char *kwlist[] = {"sock", "stream", NULL};
+    static char *kwlist[] = {"sock", "stream", "meta", NULL};
     PyObject *sock;
-    *stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:add", kwlist, &sock, stream))
+    *stream = *meta = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:add", kwlist, &sock, stream, meta))
         return -1;
     *fd = PyObject_AsFileDescriptor(sock);
     return *fd < 0 ? -1 : 0;
+}
+
+void
+bio_socketset_set_flags(BioSocketSet *r, int idx, int meta)
+{
+    int family = 0;
+    socklen_t len = sizeof(family);
+    getsockopt(r->fds[idx], SOL_SOCKET, SO_DOMAIN, &family, &len);
+    r->flags[idx] = (uint8_t)((meta ? BIO_SOCK_F_META : 0) | (family == AF_INET ? BIO_SOCK_F_V4 : 0));
+    r->nmeta += meta != 0;
 }
 
 int
@@ -189,6 +203,7 @@ bio_socketset_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int trunc
     b->timestamps[j] = 0;
     b->sockets[j] = sock;
     b->errnos[j] = 0;
+    bio_batch_meta_clear(b, j); /* the backend stores what the cmsgs say, if asked */
 }
 
 Py_ssize_t
@@ -295,7 +310,7 @@ bio_socketset_recv_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     c.b = (BioBatch *)a[0];
-    if (bio_batch_check_idle(c.b) < 0)
+    if (bio_batch_check_idle(c.b) < 0 || bio_socketset_meta_ensure(r, c.b) < 0)
         return NULL;
     bio_batch_reset(c.b);
     c.errors0 = r->nerr;
@@ -356,6 +371,8 @@ bio_socketset_check_sockets(BioSocketSet *r, BioBatch *b, Py_ssize_t start, Py_s
                          j, (int)s);
             return -1;
         }
+        if (bio_socketset_meta_check(r, b, j) < 0)
+            return -1;
     }
     return 0;
 }
@@ -371,7 +388,8 @@ bio_socketset_send_setup(BioSocketSet *r, const char *fname, PyObject *const *a,
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
-    BioBatchSendOpts o = {r->gso, r->gso_max_segments, by_socket};
+    BioBatchSendOpts o = {.gso = r->gso, .gso_max_segments = r->gso_max_segments,
+                          .by_socket = by_socket, .ecn = r->ecn_cmsg};
     if (bio_batch_check_idle(c->b) < 0 ||
         bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
         (c->m = bio_batch_send_build(&o, c->b, start, end)) < 0 ||
@@ -643,6 +661,7 @@ bio_socketset_dealloc(BioSocketSet *r)
     bio_wake_fini(&r->wake);
     PyMem_Free(r->fds);
     PyMem_Free(r->state);
+    PyMem_Free(r->flags);
     PyMem_Free(r->gen);
     PyMem_Free(r->err_sock);
     PyMem_Free(r->err_no);
@@ -675,6 +694,8 @@ static PyMemberDef bio_socketset_members[] = {
     {"gso", T_INT, offsetof(BioSocketSet, gso), 0, "1: send equal runs with UDP GSO"},
     {"gso_max_segments", T_INT, offsetof(BioSocketSet, gso_max_segments), 0,
      "segments per GSO send to build"},
+    {"ecn_cmsg", T_INT, offsetof(BioSocketSet, ecn_cmsg), 0,
+     "1: send each datagram's ECN codepoint (batch.ecn); 0: not (no ECN here)"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -140,6 +140,8 @@ bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py
         bio_epollset_prepare(b, from, *n + room - from);
         *prepared = *n + room;
     }
+    for (Py_ssize_t k = *n; d->base.nmeta > 0 && k < *n + room; k++)
+        bio_socketset_meta_prepare(&d->base, idx, b, k); /* a control buffer if it asked */
     BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
     int r = recvmmsg(d->base.fds[idx], &b->msgs[*n], (unsigned)room, MSG_DONTWAIT | MSG_TRUNC,
                      NULL);
@@ -156,6 +158,8 @@ bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py
         uint32_t stored = len > (uint32_t)b->slot_size ? (uint32_t)b->slot_size : len;
         int trunc = (b->msgs[j].msg_hdr.msg_flags & MSG_TRUNC) != 0;
         bio_socketset_set_received(b, j, stored, trunc, idx);
+        const struct msghdr *h = &b->msgs[j].msg_hdr;
+        bio_socketset_meta_store(&d->base, idx, b, j, h->msg_control, h->msg_controllen);
         BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
         if (trunc)
             BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_TRUNCATED, 1);
@@ -274,12 +278,14 @@ bio_epollset_send_nogil(void *arg)
 static PyObject *
 bio_epollset_add(BioEpollSet *d, PyObject *args, PyObject *kwds)
 {
-    int fd, stream;
-    if (bio_socketset_add_args(args, kwds, &fd, &stream) < 0 || bio_socketset_usable(&d->base) < 0)
+    int fd, stream, meta;
+    if (bio_socketset_add_args(args, kwds, &fd, &stream, &meta) < 0 ||
+        bio_socketset_usable(&d->base) < 0)
         return NULL;
     int idx = bio_socketset_take_slot(&d->base, fd);
     if (idx < 0)
         return NULL;
+    bio_socketset_set_flags(&d->base, idx, meta && !stream);
     if (stream) {
         d->base.state[idx] = BIO_SOCK_STREAM;
         return PyLong_FromLong(idx);
@@ -372,8 +378,9 @@ bio_epollset_stream_abort_nogil(void *arg)
 
 static PyMethodDef bio_epollset_methods[] = {
     {"add", (PyCFunction)(void (*)(void))bio_epollset_add, METH_VARARGS | METH_KEYWORDS,
-     "add($self, /, sock, stream=False)\n--\n\n"
-     "Add a socket; returns its index (stream: for recv_stream only)."},
+     "add($self, /, sock, stream=False, meta=False)\n--\n\n"
+     "Add a socket; returns its index (stream: for recv_stream only; meta: its receives fill "
+     "the batch's metadata)."},
     {"remove", (PyCFunction)bio_epollset_remove, METH_O,
      "remove($self, index, /)\n--\n\nStop receiving on that socket and free its index."},
     {"close", (PyCFunction)bio_epollset_close, METH_NOARGS,

@@ -32,6 +32,10 @@ enum bio_socketset_counter {
  * for recv_stream only; REMOVING: its receive is being cancelled. */
 enum bio_sock_state { BIO_SOCK_FREE, BIO_SOCK_IDLE, BIO_SOCK_ARMED, BIO_SOCK_STREAM,
                       BIO_SOCK_REMOVING };
+/* Per-socket flags (socketset/meta.c): its receives fill the batch's
+ * metadata (the socket has pktinfo or ECN on); it is an IPv4 socket. */
+#define BIO_SOCK_F_META 0x1u
+#define BIO_SOCK_F_V4 0x2u
 
 typedef struct BioSocketSet BioSocketSet;
 
@@ -77,6 +81,9 @@ struct BioSocketSet {
     int cap, count;       /* socket slots, sockets in use */
     int *fds;             /* our dup of each socket's descriptor, -1: free */
     uint8_t *state;       /* enum bio_sock_state */
+    uint8_t *flags;       /* BIO_SOCK_F_* */
+    int nmeta;            /* sockets with BIO_SOCK_F_META */
+    int ecn_cmsg;         /* send ECN codepoints (0: the probe found no ECN) */
     uint32_t *gen;        /* bumped when a slot is taken or freed */
     int32_t *err_sock, *err_no;
     int nerr, err_cap;
@@ -111,8 +118,10 @@ void bio_socketset_free_slot(BioSocketSet *r, int idx);
 void bio_socketset_free_all(BioSocketSet *r);
 /* Parse a socket index argument: 0, or -1 with ValueError/TypeError set. */
 int bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx);
-/* Parse add()'s (sock, stream=False): fd and flag; 0 or -1. */
-int bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream);
+/* Parse add()'s (sock, stream=False, meta=False): fd and flags; 0 or -1. */
+int bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream, int *meta);
+/* Record slot idx's flags (its family read from the socket, meta as asked). */
+void bio_socketset_set_flags(BioSocketSet *r, int idx, int meta);
 /* RuntimeError if a call is using the set or this is a fork()ed child,
  * ValueError if closed, else the backend's check. */
 int bio_socketset_usable(BioSocketSet *r);
@@ -124,6 +133,18 @@ void bio_socketset_error_nogil(BioSocketSet *r, int idx, int err);
 /* Write received datagram j of a batch: payload already at slot j. nogil. */
 void bio_socketset_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated,
                                 int sock);
+/* ---- per-datagram metadata (socketset/meta.c) ---- */
+/* Make b's metadata arrays if a socket of r asked for them. 0 or -1. GIL. */
+int bio_socketset_meta_ensure(BioSocketSet *r, BioBatch *b);
+/* The control buffer of message k for a receive on socket idx (none unless
+ * it asked for metadata). nogil. */
+void bio_socketset_meta_prepare(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t k);
+/* The cmsgs control[0, len) of entry j, received on socket idx, into its
+ * metadata. nogil. */
+void bio_socketset_meta_store(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t j,
+                              const unsigned char *control, size_t len);
+/* ValueError unless entry j's local address suits its socket's family. */
+int bio_socketset_meta_check(const BioSocketSet *r, const BioBatch *b, Py_ssize_t j);
 /* Entries a receive may fill: min(capacity, slots). */
 Py_ssize_t bio_socketset_room(const BioBatch *b);
 

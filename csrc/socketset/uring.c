@@ -51,7 +51,7 @@ typedef struct {
     size_t bufring_bytes;
     unsigned char *bufs;
     unsigned nbufs, buf_size, recycled;
-    struct msghdr rx_hdr;
+    struct msghdr rx_hdr, rx_hdr_meta; /* a receive's layout; with room for cmsgs (meta sockets) */
     struct io_uring_cqe *stash; /* receive CQEs met while waiting for sends */
     unsigned nstash, stash_cap;
 } BioUringSet;
@@ -195,7 +195,8 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         bio_raise_errno(err);
         goto fail;
     }
-    r->rx_hdr.msg_namelen = sizeof(struct sockaddr_in6);
+    r->rx_hdr.msg_namelen = r->rx_hdr_meta.msg_namelen = sizeof(struct sockaddr_in6);
+    r->rx_hdr_meta.msg_controllen = BIO_CMSG_RX_ALL;
     r->owner = (pid_t)syscall(SYS_gettid);
     r->base.close_now = bio_uringset_close_now;
     r->base.check = bio_uringset_check;
@@ -280,6 +281,13 @@ bio_uringset_wait_nogil(BioUringSet *r, unsigned want, int64_t deadline_ns)
     return io_uring_wait_cqes(&r->uring, &cqe, want, &ts, NULL);
 }
 
+/* The receive layout of socket idx: with room for cmsgs if it asked for metadata. */
+static struct msghdr *
+bio_uringset_hdr(BioUringSet *r, uint32_t idx)
+{
+    return (r->base.flags[idx] & BIO_SOCK_F_META) ? &r->rx_hdr_meta : &r->rx_hdr;
+}
+
 /* Arm a multishot RECVMSG on every socket that needs one. nogil. */
 static void
 bio_uringset_rearm_nogil(BioUringSet *r)
@@ -291,7 +299,7 @@ bio_uringset_rearm_nogil(BioUringSet *r)
         struct io_uring_sqe *sqe = bio_uringset_sqe(r);
         if (sqe == NULL)
             return; /* try again next call */
-        io_uring_prep_recvmsg_multishot(sqe, t->fds[i], &r->rx_hdr, 0);
+        io_uring_prep_recvmsg_multishot(sqe, t->fds[i], bio_uringset_hdr(r, i), 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = 0;
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_RECV, t->gen[i], i));
@@ -351,20 +359,26 @@ bio_uringset_take_datagram(BioUringSet *r, const struct io_uring_cqe *cqe, BioBa
 {
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
     unsigned char *buf = r->bufs + (size_t)bid * r->buf_size;
-    struct io_uring_recvmsg_out *out = io_uring_recvmsg_validate(buf, cqe->res, &r->rx_hdr);
+    uint32_t idx = BIO_UD_IDX(cqe->user_data);
+    struct msghdr *hdr = bio_uringset_hdr(r, idx);
+    struct io_uring_recvmsg_out *out = io_uring_recvmsg_validate(buf, cqe->res, hdr);
     uint32_t plen = 0, stored = 0;
     int trunc = 0;
     memset(&b->names[j], 0, sizeof(b->names[j]));
     if (out != NULL) {
-        plen = io_uring_recvmsg_payload_length(out, cqe->res, &r->rx_hdr);
+        plen = io_uring_recvmsg_payload_length(out, cqe->res, hdr);
         stored = plen > (uint32_t)b->slot_size ? (uint32_t)b->slot_size : plen;
         trunc = (out->flags & MSG_TRUNC) || stored < plen;
-        memcpy(b->arena + (size_t)j * (size_t)b->slot_size,
-               io_uring_recvmsg_payload(out, &r->rx_hdr), stored);
+        memcpy(b->arena + (size_t)j * (size_t)b->slot_size, io_uring_recvmsg_payload(out, hdr), stored);
         size_t nl = out->namelen < sizeof(b->names[j]) ? out->namelen : sizeof(b->names[j]);
         memcpy(&b->names[j], io_uring_recvmsg_name(out), nl);
     }
-    bio_socketset_set_received(b, j, stored, trunc, (int)BIO_UD_IDX(cqe->user_data));
+    bio_socketset_set_received(b, j, stored, trunc, (int)idx);
+    if (out != NULL) { /* its cmsgs follow the name (a socket that asked for metadata) */
+        size_t cl = out->controllen < hdr->msg_controllen ? out->controllen : hdr->msg_controllen;
+        bio_socketset_meta_store(&r->base, (int)idx, b, j,
+                                 (unsigned char *)(out + 1) + hdr->msg_namelen, cl);
+    }
     bio_uringset_recycle(r, bid);
     BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_DATAGRAMS, 1);
     BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
@@ -668,10 +682,13 @@ bio_uringset_stream_abort_nogil(void *arg)
 static PyObject *
 bio_uringset_add(BioUringSet *r, PyObject *args, PyObject *kwds)
 {
-    int fd, stream;
-    if (bio_socketset_add_args(args, kwds, &fd, &stream) < 0 || bio_socketset_usable(&r->base) < 0)
+    int fd, stream, meta;
+    if (bio_socketset_add_args(args, kwds, &fd, &stream, &meta) < 0 ||
+        bio_socketset_usable(&r->base) < 0)
         return NULL;
     int idx = bio_socketset_take_slot(&r->base, fd);
+    if (idx >= 0)
+        bio_socketset_set_flags(&r->base, idx, meta && !stream);
     if (idx >= 0 && stream)
         r->base.state[idx] = BIO_SOCK_STREAM;
     return idx < 0 ? NULL : PyLong_FromLong(idx);
@@ -762,7 +779,7 @@ bio_uringset_describe(BioUringSet *r, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef bio_uringset_methods[] = {
     {"add", (PyCFunction)(void (*)(void))bio_uringset_add, METH_VARARGS | METH_KEYWORDS,
-     "add($self, /, sock, stream=False)\n--\n\n"
+     "add($self, /, sock, stream=False, meta=False)\n--\n\n"
      "Add a socket; returns its index (the set keeps its own descriptor;\n"
      "stream: for recv_stream only)."},
     {"remove", (PyCFunction)bio_uringset_remove, METH_O,

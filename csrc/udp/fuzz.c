@@ -16,7 +16,7 @@ const char bio_udp_parse_for_fuzz_doc[] =
 "udp_parse_for_fuzz($module, control, length, slot_size, gro, /)\n--\n\n"
 "Run recv_batch's finishing step on one made-up message: `control` as its\n"
 "control buffer (arbitrary bytes, read as the kernel's cmsgs, at most the\n"
-"128 bytes a receive slot has), `length` as the datagram's length in a slot\n"
+"256 bytes a receive slot with metadata has), `length` as the datagram's length in a slot\n"
 "of `slot_size` bytes (MSG_TRUNC when it does not fit), `gro` as a GRO\n"
 "socket's batch (room for 64 segments per slot) or not (one entry). Returns\n"
 "the entries as [(offset, length, flags, segment_size), ...].";
@@ -36,7 +36,8 @@ bio_udp_fuzz_objects(long long slot_size, int gro, BioBatch **b, BioUdp **u)
     *b = args && kw ? (BioBatch *)PyObject_Call((PyObject *)&BioBatch_Type, args, kw) : NULL;
     Py_XDECREF(args);
     Py_XDECREF(kw);
-    return *b == NULL ? -1 : 0;
+    /* with the metadata arrays, so that every cmsg the walk knows is read */
+    return *b == NULL || bio_batch_meta_ensure(*b) < 0 ? -1 : 0;
 }
 
 /* The entries [0, n) of b as a list of (offset, length, flags, segment_size). */

@@ -8,6 +8,7 @@
  * (src/burstio/_udp.py); this object holds what it decided.
  */
 #include "udp/udp.h"
+#include "udp/pacer.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +24,7 @@ static const char *const bio_udp_counter_names[BIO_UDP_NCOUNTERS] = {
     "kernel_drops",    "tx_datagrams",     "tx_bytes",    "tx_batches",
     "tx_syscalls",     "tx_gso_messages",  "tx_gso_datagrams",
     "tx_errors",       "tx_unreported_errors", "gso_downgrades",
+    "tx_late",         "tx_ecn_unmarked",  "ecn_downgrades",
 };
 
 static PyObject *
@@ -38,7 +40,10 @@ bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     u->fd = u->wait_fd = u->retired_wait_fd = u->wake.efd = -1;
     if (fd >= 0) { /* our own descriptor: a number closed and reused elsewhere cannot reach us */
         int err = bio_wake_init(&u->wake);
+        socklen_t flen = sizeof(u->family);
         if (err == 0 && (u->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+            err = -errno;
+        if (err == 0 && getsockopt(u->fd, SOL_SOCKET, SO_DOMAIN, &u->family, &flen) < 0)
             err = -errno;
         if (err < 0) {
             Py_DECREF(u);
@@ -49,6 +54,7 @@ bio_udp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     u->send_mmsg = 1;
     u->gso_max_segments = 64;
     u->gro_max_segments = 64;
+    u->ecn_cmsg = 1;
     return (PyObject *)u;
 }
 
@@ -73,6 +79,17 @@ bio_udp_raise_closed(void)
         PyErr_SetObject(PyExc_OSError, v);
     Py_XDECREF(v);
     return NULL;
+}
+
+BioBatchSendOpts
+bio_udp_send_opts(BioUdp *u)
+{
+    BioBatchSendOpts o = {.gso = u->gso, .gso_max_segments = u->gso_max_segments,
+                          .family = u->family, .ecn = u->ecn_cmsg, .dscp = (uint8_t)u->dscp,
+                          .txtime = u->txtime, .txtime_offset = u->txtime_offset,
+                          .late = &u->counters[BIO_UDP_C_TX_LATE],
+                          .unmarked = &u->counters[BIO_UDP_C_TX_ECN_UNMARKED]};
+    return o;
 }
 
 int
@@ -231,6 +248,21 @@ static PyMemberDef bio_udp_members[] = {
     {"recover", T_OBJECT, offsetof(BioUdp, recover), 0,
      "recover(batch, start, done, end, skip) -> int: called when send_batch "
      "stops early (error or GSO refusal); its result is returned"},
+    {"family", T_INT, offsetof(BioUdp, family), READONLY,
+     "the socket's address family (AF_INET or AF_INET6)"},
+    {"meta", T_INT, offsetof(BioUdp, meta), 0,
+     "1: the socket has pktinfo or ECN on; receives fill the batch's local_addrs, "
+     "ifindexes and ecn"},
+    {"ecn_cmsg", T_INT, offsetof(BioUdp, ecn_cmsg), 0,
+     "1: send each datagram's ECN codepoint (IP_TOS/IPV6_TCLASS cmsg); 0: not (off or "
+     "downgraded, counted in tx_ecn_unmarked); 2 (tests only): a TOS byte out of range, which "
+     "every kernel refuses with EINVAL"},
+    {"dscp", T_INT, offsetof(BioUdp, dscp), 0,
+     "the DSCP bits (TOS byte & 0xfc) sent with a codepoint"},
+    {"txtime", T_INT, offsetof(BioUdp, txtime), 0,
+     "1: send transmit times as SCM_TXTIME cmsgs (SO_TXTIME on); 0: a transmit time is refused"},
+    {"txtime_offset", T_LONGLONG, offsetof(BioUdp, txtime_offset), 0,
+     "ns added to each transmit time (CLOCK_MONOTONIC) for the clock SO_TXTIME was set with"},
     {"last_errno", T_INT, offsetof(BioUdp, last_errno), READONLY,
      "errno that stopped the last send early, 0 if none"},
     {"last_error_index", T_PYSSIZET, offsetof(BioUdp, last_error_index), READONLY,
@@ -285,7 +317,7 @@ static PyMethodDef bio_udp_functions[] = {
 int
 bio_udp_init_type(PyObject *module)
 {
-    if (PyType_Ready(&BioUdp_Type) < 0)
+    if (PyType_Ready(&BioUdp_Type) < 0 || bio_pacer_init_type(module) < 0)
         return -1;
     if (PyModule_AddFunctions(module, bio_udp_functions) < 0)
         return -1;

@@ -70,8 +70,8 @@ bio_udp_recv_prepare(BioBatch *b, int vlen)
         h->msg_namelen = sizeof(struct sockaddr_in6);
         h->msg_iov = &b->iov[k];
         h->msg_iovlen = 1;
-        h->msg_control = b->cmsg + (size_t)k * BIO_CMSG_SIZE;
-        h->msg_controllen = BIO_CMSG_SIZE;
+        h->msg_control = bio_batch_cmsg(b, k);
+        h->msg_controllen = bio_batch_cmsg_size(b);
         h->msg_flags = 0;
     }
 }
@@ -173,50 +173,21 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
     }
 }
 
-/* The control messages of a received message, control[0, len) as the
- * kernel (or the fuzz hook) wrote them: the UDP_GRO segment size and the
- * receive timestamp into p. Every header is checked against the buffer
- * before it is read (a lying cmsg_len, a truncated header or payload ends
- * the walk), so nothing outside control[0, len) is ever read. */
-void
-bio_udp_recv_parse_cmsgs(const unsigned char *control, size_t len, BioBatchPriv *p)
-{
-    size_t off = 0;
-    p->seg = 0;
-    p->ts = 0;
-    while (len - off >= sizeof(struct cmsghdr)) {
-        struct cmsghdr c;
-        memcpy(&c, control + off, sizeof(c));
-        if (c.cmsg_len < CMSG_LEN(0) || c.cmsg_len > len - off)
-            return;
-        const unsigned char *data = control + off + CMSG_LEN(0);
-        size_t dlen = c.cmsg_len - CMSG_LEN(0);
-        if (c.cmsg_level == SOL_UDP && c.cmsg_type == UDP_GRO && dlen >= sizeof(int)) {
-            int seg;
-            memcpy(&seg, data, sizeof(seg));
-            p->seg = seg > 0 ? (uint32_t)seg : 0;
-        } else if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SCM_TIMESTAMPNS &&
-                   dlen >= sizeof(struct timespec)) {
-            struct timespec ts;
-            memcpy(&ts, data, sizeof(ts));
-            p->ts = (int64_t)((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-        }
-        size_t step = CMSG_ALIGN(c.cmsg_len);
-        if (step > len - off)
-            return;
-        off += step;
-    }
-}
-
-/* Read the control messages of message k into its private scratch (the
- * batch's arrays are writable by other threads: what the split uses must
- * not be). */
+/* Read the control messages of message k (batch/cmsg.c) into its private
+ * scratch, and its metadata's when the batch has some (the batch's arrays
+ * are writable by other threads: what the split uses must not be). */
 static void
 bio_udp_recv_cmsgs(BioBatch *b, int k)
 {
     const struct msghdr *h = &b->msgs[k].msg_hdr;
-    size_t len = h->msg_controllen < BIO_CMSG_SIZE ? h->msg_controllen : BIO_CMSG_SIZE;
-    bio_udp_recv_parse_cmsgs(h->msg_control, h->msg_control ? len : 0, &b->priv[k]);
+    size_t cap = bio_batch_cmsg_size(b);
+    size_t len = h->msg_controllen < cap ? h->msg_controllen : cap;
+    BioCmsgIn in;
+    bio_cmsg_parse(h->msg_control, h->msg_control ? len : 0, &in);
+    b->priv[k].seg = in.seg;
+    b->priv[k].ts = in.ts;
+    if (b->meta != NULL)
+        b->meta->priv[k] = in.m;
 }
 
 static uint32_t
@@ -244,6 +215,9 @@ bio_udp_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t 
 {
     const struct sockaddr_in6 name = b->names[k];
     const int64_t ts = b->priv[k].ts;
+    BioMetaPriv meta;
+    if (b->meta != NULL)
+        meta = b->meta->priv[k];
     const uint32_t seg = b->priv[k].seg, stored = bio_udp_recv_stored_len(b, k);
     const int trunc = (b->msgs[k].msg_hdr.msg_flags & MSG_TRUNC) != 0;
     const uint64_t base = (uint64_t)k * (uint64_t)b->slot_size;
@@ -273,6 +247,8 @@ bio_udp_recv_expand(BioUdp *u, BioBatch *b, int k, Py_ssize_t first, Py_ssize_t 
         b->sockets[j] = u->socket_index;
         b->errnos[j] = 0;
         b->names[j] = name;
+        if (b->meta != NULL)
+            bio_batch_meta_store(b, j, &meta);
         datagrams += (fl & BIO_FLAG_COALESCED) ? (len + seg - 1) / seg : 1;
     }
     BIO_COUNT(u->counters, BIO_UDP_C_RX_DATAGRAMS, datagrams);
@@ -358,6 +334,8 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
                      BIO_GRO_SLOT_MIN, b->slot_size, BIO_GRO_SLOT_MIN);
         return NULL;
     }
+    if (u->meta && bio_batch_meta_ensure(b) < 0)
+        return NULL;
     if (u->fd < 0)
         return bio_raise_errno(-EBADF);
     if (u->pending_errno) {

@@ -89,16 +89,19 @@ bio_udp_send_mark_failed(BioUdp *u, BioBatch *b, Py_ssize_t m, int err)
 }
 
 /* Whether the error on message m must end the send: EAGAIN (nothing more
- * fits), a GSO refusal (policy decides about the downgrade), or any error
- * when not skipping. */
+ * fits), a GSO or ECN cmsg refusal (policy decides about the downgrade), a
+ * GSO run too big for the path (policy tells its datagrams apart), or any
+ * error when not skipping. */
 static int
 bio_udp_send_must_stop(const BioBatch *b, Py_ssize_t m, int err, int skip)
 {
     int gso = b->msgs[m].msg_hdr.msg_iovlen > 1;
     if (err == EAGAIN || err == EWOULDBLOCK)
         return 1;
-    if (gso && (err == EIO || err == EINVAL))
-        return 1;
+    if (gso && (err == EIO || err == EINVAL || err == EMSGSIZE))
+        return 1; /* EMSGSIZE: policy finds which datagrams of the run are too big */
+    if (err == EINVAL && bio_cmsg_carries_ecn(&b->msgs[m].msg_hdr))
+        return 1; /* the codepoint refused? policy decides about the downgrade */
     return !skip;
 }
 
@@ -179,7 +182,7 @@ bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
     if (bio_batch_check_idle(c.b) < 0 ||
         bio_batch_send_range(c.b, a[1], a[2], &c.start, &c.end) < 0)
         return NULL;
-    BioBatchSendOpts o = {u->gso, u->gso_max_segments, 0};
+    BioBatchSendOpts o = bio_udp_send_opts(u);
     if ((c.m = bio_batch_send_build(&o, c.b, c.start, c.end)) < 0)
         return NULL;
     if (bio_udp_enter(u) < 0)
@@ -187,6 +190,7 @@ bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
     if (use_policy)
         BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_udp_send_range_run(&c);
+    bio_batch_count_meta(&o, c.b, c.done);
     bio_udp_leave(u);
     Py_ssize_t processed = u->last_error_index >= 0 ? u->last_error_index - c.start
                                                     : c.end - c.start;

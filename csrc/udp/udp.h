@@ -25,6 +25,9 @@ enum bio_udp_counter {
     BIO_UDP_C_TX_ERRORS,
     BIO_UDP_C_TX_UNREPORTED_ERRORS,
     BIO_UDP_C_GSO_DOWNGRADES,
+    BIO_UDP_C_TX_LATE,
+    BIO_UDP_C_TX_ECN_UNMARKED,
+    BIO_UDP_C_ECN_DOWNGRADES,
     BIO_UDP_NCOUNTERS
 };
 
@@ -52,6 +55,12 @@ typedef struct {
     int last_errno;       /* why the last send stopped early (0: it did not) */
     Py_ssize_t last_error_index; /* entry (or segment) that failed */
     int last_error_gso;   /* the failing message was a GSO send */
+    int family;           /* the socket's, AF_INET or AF_INET6 (SO_DOMAIN) */
+    int meta;             /* pktinfo or ECN is on: receives fill the batch's metadata */
+    int ecn_cmsg;         /* send ECN codepoints (BioCmsgOut.ecn; 0: off or downgraded) */
+    int dscp;             /* the socket's DSCP bits, kept in the TOS byte of a codepoint */
+    int txtime;           /* 1: send transmit times as SCM_TXTIME (SO_TXTIME is on) */
+    long long txtime_offset; /* ns added to a transmit time for SO_TXTIME's clock */
     uint64_t counters[BIO_UDP_NCOUNTERS];
     PyObject *recover;    /* policy called when a send stops early, or NULL */
 } BioUdp;
@@ -60,11 +69,9 @@ extern PyTypeObject BioUdp_Type;
 
 int bio_udp_init_type(PyObject *module);
 
-/* The receive path's per-message finishing step (udp/recv.c): the cmsgs of
- * control[0, len) into p, reading nothing outside it; and n received
- * messages of b (msgs[k]: msg_len, msg_flags, control) into entries, GRO
- * split included. The entry count. nogil. */
-void bio_udp_recv_parse_cmsgs(const unsigned char *control, size_t len, BioBatchPriv *p);
+/* The receive path's finishing step (udp/recv.c): n received messages of b
+ * (msgs[k]: msg_len, msg_flags, control, read by batch/cmsg.c) into
+ * entries, GRO split included. The entry count. nogil. */
 Py_ssize_t bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n);
 /* udp_parse_for_fuzz(control, length, slot_size, gro): that step on one
  * synthetic message (udp/fuzz.c). */
@@ -80,6 +87,8 @@ PyObject *bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
 PyObject *bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames);
 PyObject *bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds);
+/* How u's sends build their messages (batch/msgs.c). */
+BioBatchSendOpts bio_udp_send_opts(BioUdp *u);
 /* Begin a call that uses u->fd (GIL held): 0, or -1 with OSError EBADF if
  * closed (or closing); a child after fork() gets its own wake eventfd. */
 int bio_udp_enter(BioUdp *u);

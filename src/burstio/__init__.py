@@ -16,7 +16,7 @@ switch), ``burstio.napi`` (busy polling, NAPI steering, the lab, the doctor),
 ``burstio caps`` shows what this kernel offers.
 """
 from ._caps import Capabilities, Capability, capabilities
-from ._errors import SendError
+from ._errors import PacedError, SendError, Unsent
 from ._native import (
     FLAG_COALESCED,
     FLAG_GRO,
@@ -38,6 +38,8 @@ __all__ = [
     "SocketSet",
     "RedundantResult",
     "SendError",
+    "PacedError",
+    "Unsent",
     "capabilities",
     "Capabilities",
     "Capability",

@@ -21,11 +21,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
-from . import _native
+from . import _native, _txtime
 from ._kernel import (
     AF_XDP,
     EPIOCGPARAMS,
     EPIOCSPARAMS,
+    IP_PKTINFO,
+    IP_RECVTOS,
+    IP_TOS,
+    IPV6_PKTINFO,
+    IPV6_RECVPKTINFO,
+    IPV6_RECVTCLASS,
+    IPV6_TCLASS,
     SO_BUSY_POLL,
     SO_BUSY_POLL_BUDGET,
     SO_INCOMING_NAPI_ID,
@@ -179,6 +186,65 @@ def _probe_af_xdp() -> tuple[bool, str]:
     return True, "socket(AF_XDP, SOCK_RAW) created"
 
 
+def _cmsgs(rx: socket.socket) -> dict[tuple[int, int], bytes]:
+    _data, anc, _flags, _addr = rx.recvmsg(16, 512)
+    return {(level, kind): data for level, kind, data in anc}
+
+
+def _probe_pktinfo(family: int) -> Probe:
+    """A datagram sent from a chosen source address (an IP_PKTINFO /
+    IPV6_PKTINFO cmsg) arrives with its destination and interface (the same
+    cmsg on receive)."""
+    v6 = family == socket.AF_INET6
+    name, level = ("IPV6_PKTINFO", socket.IPPROTO_IPV6) if v6 else ("IP_PKTINFO", socket.IPPROTO_IP)
+
+    def probe() -> tuple[bool, str]:
+        if v6 and not _probe_ipv6()[0]:
+            return False, f"no IPv6: {_probe_ipv6()[1]}"
+        host = "::1" if v6 else "127.0.0.1"
+        rx, tx = _udp_pair(family)
+        try:
+            rx.setsockopt(level, IPV6_RECVPKTINFO if v6 else IP_PKTINFO, 1)
+            raw = socket.inet_pton(family, host)
+            src = raw + struct.pack("I", 0) if v6 else struct.pack("I", 0) + raw + bytes(4)
+            tx.sendmsg([b"p"], [(level, IPV6_PKTINFO if v6 else IP_PKTINFO, src)], 0, rx.getsockname())
+            info = _cmsgs(rx).get((level, IPV6_PKTINFO if v6 else IP_PKTINFO))
+        except OSError as e:
+            return False, f"{name}: {e}"
+        finally:
+            rx.close()
+            tx.close()
+        if info is None:
+            return False, f"a datagram to {host} arrived without an {name} cmsg"
+        dest = socket.inet_ntop(family, info[:16] if v6 else info[8:12])
+        return True, f"a datagram sent from {host} by {name} arrived with destination {dest} in {name}"
+    return probe
+
+
+def _probe_ecn() -> tuple[bool, str]:
+    """ECT(0) sent in an IP_TOS cmsg is read back from IP_RECVTOS (and the
+    same over IPv6 with IPV6_TCLASS, where there is IPv6)."""
+    seen = []
+    for family, send, recv, level in ((socket.AF_INET, IP_TOS, IP_RECVTOS, socket.IPPROTO_IP),
+                                      (socket.AF_INET6, IPV6_TCLASS, IPV6_RECVTCLASS, socket.IPPROTO_IPV6)):
+        if family == socket.AF_INET6 and not _probe_ipv6()[0]:
+            continue
+        rx, tx = _udp_pair(family)
+        try:
+            rx.setsockopt(level, recv, 1)
+            tx.sendmsg([b"e"], [(level, send, struct.pack("i", 2))], 0, rx.getsockname())
+            got = _cmsgs(rx).get((level, send))
+        except OSError as e:
+            return False, f"{'IPV6_TCLASS' if family == socket.AF_INET6 else 'IP_TOS'}: {e}"
+        finally:
+            rx.close()
+            tx.close()
+        if got is None or got[0] & 3 != 2:
+            return False, f"ECT(0) sent over {family.name} arrived as {got!r}"
+        seen.append("IPV6_TCLASS" if family == socket.AF_INET6 else "IP_TOS")
+    return True, f"ECT(0) sent and read back ({', '.join(seen)})"
+
+
 def _probe_ipv6() -> tuple[bool, str]:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
@@ -262,6 +328,11 @@ _PROBES: dict[str, Probe] = {
     "xsk_need_wakeup": _from(_XDP, _xdp_fill, "xsk_need_wakeup"),
     "xsk_zerocopy": _from(_XDP, _xdp_fill, "xsk_zerocopy"),
     "xsk_multi_buffer": _from(_XDP, _xdp_fill, "xsk_multi_buffer"),
+    "ip_pktinfo": _probe_pktinfo(socket.AF_INET),
+    "ipv6_pktinfo": _probe_pktinfo(socket.AF_INET6),
+    "ecn": _probe_ecn,
+    "so_txtime": _txtime.probe_so_txtime,
+    "txtime_qdisc": _txtime.probe_qdisc,
 }
 
 CAPABILITY_NAMES: tuple[str, ...] = tuple(_PROBES)
@@ -279,6 +350,7 @@ _REQUIRES.update(dict.fromkeys(("xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_bu
 #: and a veth, which a program that never uses XDP should not pay for
 _ON_FIRST_USE = frozenset({"bpf", "xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames",
                            "xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer"})
+_REQUIRES.update(ipv6_pktinfo="ipv6", txtime_qdisc="so_txtime")
 
 
 class CapabilityInfo(TypedDict):

@@ -10,13 +10,12 @@ import errno
 import os
 import select
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from . import _native
-from ._kernel import SCM_TIMESTAMPNS, SOL_UDP, UDP_GRO, UDP_SEGMENT
+from . import _ancillary, _native
+from ._ancillary import Meta
 from ._native import PacketBatch
 from ._types import Address, OnError, RecoverPolicy
 
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
 
 MAX_UDP_PAYLOAD = _native.MAX_UDP_PAYLOAD
 _ANC_SIZE = 128
+_ANC_META_SIZE = 256  # the C backends' wide control buffer (csrc/batch/batch.h)
 _COUNTERS = tuple(_native.UdpIo(-1).counters())
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 #: what socket.recvmsg_into returns: (nbytes, ancillary data, msg_flags, address)
@@ -80,6 +80,12 @@ class PortableIo:
         self.gso_max_segments = 64
         self.gro = 0
         self.gro_max_segments = 64
+        self.family = sock.family
+        self.meta = 0  # pktinfo or ECN on: receives fill the batch's metadata
+        self.ecn_cmsg = 1  # send codepoints (0: off or downgraded; 2: tests' refused TOS)
+        self.dscp = 0
+        self.txtime = 0  # SO_TXTIME on: transmit times go as SCM_TXTIME
+        self.txtime_offset = 0
         self.socket_index = 0
         self.recover: RecoverPolicy | None = None  # policy for a send that stops early (BurstSocket sets it)
         self.single_after = 0  # the C backends' receive window; no syscall to save here
@@ -188,6 +194,8 @@ class PortableIo:
         vlen = batch.slots
         if self.gro:
             vlen = max(1, min(vlen, batch.capacity // self.gro_max_segments))
+        if self.meta:
+            batch.ecn  # noqa: B018 - the metadata arrays, made on first use (before the busy mark)
         batch._set_busy(True)  # first: nothing else may touch the batch now
         try:
             self._enter()
@@ -207,7 +215,8 @@ class PortableIo:
     def _recv_one(self, batch: PacketBatch, k: int, flags: int) -> _Message:
         self._c["rx_syscalls"] += 1
         slot = batch.arena[k * batch.slot_size:(k + 1) * batch.slot_size]
-        return self.sock.recvmsg_into([slot], _ANC_SIZE, flags | socket.MSG_TRUNC)
+        anc = _ANC_META_SIZE if self.meta else _ANC_SIZE
+        return self.sock.recvmsg_into([slot], anc, flags | socket.MSG_TRUNC)
 
     def _recv_messages(self, batch: PacketBatch, vlen: int, timeout_ns: int) -> list[_Message]:
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
@@ -243,8 +252,9 @@ class PortableIo:
         """Split and record the received messages; returns the entry count."""
         total = 0
         slot = batch.slot_size
+        has_meta = batch.has_metadata
         for k, (nbytes, anc, msg_flags, addr) in enumerate(msgs):
-            seg, ts = self._ancillary(anc)
+            seg, ts, meta = _ancillary.parse(anc)
             stored = min(nbytes, slot)
             trunc = bool(msg_flags & socket.MSG_TRUNC)
             want = 1 if seg == 0 or stored <= seg else -(-stored // seg)
@@ -265,6 +275,8 @@ class PortableIo:
                 if trunc and s == cnt - 1:
                     flags |= _native.FLAG_TRUNCATED
                 batch._store(total + s, k * slot + off, length, flags, size, ts, peer)
+                if has_meta:
+                    batch._store_meta(total + s, meta.local, meta.ifindex, meta.ecn)
                 datagrams += -(-length // seg) if flags & _native.FLAG_COALESCED else 1
             total += cnt
             self._c["rx_datagrams"] += datagrams
@@ -277,19 +289,11 @@ class PortableIo:
                 self._c["rx_truncated"] += 1 + lost
         return total
 
-    def _ancillary(self, anc: list[tuple[int, int, bytes]]) -> tuple[int, int]:
-        seg = ts = 0
-        for level, kind, data in anc:
-            if (level, kind) == (SOL_UDP, UDP_GRO):
-                seg = max(0, struct.unpack("i", data[:4])[0])
-            elif (level, kind) == (socket.SOL_SOCKET, SCM_TIMESTAMPNS):
-                sec, nsec = struct.unpack("qq", data[:16])
-                ts = sec * 1_000_000_000 + nsec
-        return seg, ts
-
     # ---- send ----------------------------------------------------------
-    def _runs(self, batch: PacketBatch, start: int, end: int) -> Iterator[tuple[int, int]]:
-        """Yield (first entry, run length): what one message carries."""
+    def _runs(self, batch: PacketBatch, start: int, end: int,
+              metas: list[Meta]) -> Iterator[tuple[int, int]]:
+        """Yield (first entry, run length): what one message carries (one
+        destination, one size but the last, one metadata)."""
         lengths = batch.lengths
         j = start
         while j < end:
@@ -299,7 +303,7 @@ class PortableIo:
                 while j + run < end and run < self.gso_max_segments:
                     n = lengths[j + run]
                     if (not n or n > seg or total + n > MAX_UDP_PAYLOAD
-                            or batch.addr(j) != batch.addr(j + run)):
+                            or batch.addr(j) != batch.addr(j + run) or metas[j - start] != metas[j + run - start]):
                         break
                     total += n
                     run += 1
@@ -320,8 +324,10 @@ class PortableIo:
             return ("::ffff:" + addr[0], addr[1], 0, 0)
         return addr
 
-    def _send_msg(self, buffers: list[memoryview], seg: int, addr: Address | None) -> None:
-        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))] if len(buffers) > 1 else []
+    def _send_msg(self, buffers: list[memoryview], seg: int, addr: Address | None,
+                  meta: Meta = _ancillary.NO_META) -> None:
+        anc = _ancillary.build(seg if len(buffers) > 1 else 0, meta, ecn_mode=self.ecn_cmsg, dscp=self.dscp,
+                               txtime=bool(self.txtime), txtime_offset=self.txtime_offset)
         self._c["tx_syscalls"] += 1
         addr = self._kernel_addr(addr)
         if addr is None:
@@ -354,28 +360,36 @@ class PortableIo:
         start, end = _send_range(len(batch), start, count)
         if self.fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor")
-        batch._check_entries(start, end)
+        metas = []
+        for j in range(start, end):  # each entry read once and checked, as C does
+            batch._check_entries(j, j + 1)
+            metas.append(meta := _ancillary.entry_meta(batch, j))
+            _ancillary.check_meta(j, meta, batch.addr(j), self.family, bool(self.txtime))
         self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
         for j in range(start, end):
             batch._mark_error(j, 0)
         batch._set_busy(True)
         self._enter()
         try:
-            sent = self._send_runs(batch, start, end, skip)
+            sent = self._send_runs(batch, start, end, skip, metas)
         finally:
             self._leave()
             batch._set_busy(False)
         return sent, start + sent, end, skip
 
-    def _send_runs(self, batch: PacketBatch, start: int, end: int, skip_errors: bool) -> int:
-        for j, run in self._runs(batch, start, end):
+    def _send_runs(self, batch: PacketBatch, start: int, end: int, skip_errors: bool,
+                   metas: list[Meta]) -> int:
+        for j, run in self._runs(batch, start, end, metas):
             views = [batch[j + r] for r in range(run)]
+            meta = metas[j - start]
             try:
-                self._send_msg(views, len(views[0]), batch.addr(j))
+                self._send_msg(views, len(views[0]), batch.addr(j), meta)
             except OSError as e:
                 gso = run > 1
                 err = cast(int, e.errno)  # a failed syscall's OSError has an errno
-                if err in _AGAIN or (gso and err in (errno.EIO, errno.EINVAL)) or not skip_errors:
+                ecn_refused = err == errno.EINVAL and meta.ecn and self.ecn_cmsg
+                if (err in _AGAIN or (gso and err in (errno.EIO, errno.EINVAL, errno.EMSGSIZE)) or ecn_refused
+                        or not skip_errors):
                     self.last_errno, self.last_error_index, self.last_error_gso = err, j, int(gso)
                     return j - start
                 for r in range(run):
@@ -384,6 +398,8 @@ class PortableIo:
                 continue
             self._c["tx_datagrams"] += run
             self._c["tx_bytes"] += sum(len(v) for v in views)
+            self._c["tx_late"] += run if meta.txtime and meta.txtime < time.monotonic_ns() else 0
+            self._c["tx_ecn_unmarked"] += run if meta.ecn and not self.ecn_cmsg else 0
             if run > 1:
                 self._c["tx_gso_messages"] += 1
                 self._c["tx_gso_datagrams"] += run
@@ -439,7 +455,7 @@ class PortableIo:
         return sent - first
 
     def _send_gso(self, chunk: memoryview, seg: int, addr: Address | None) -> None:
-        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))]
+        anc = _ancillary.build(seg, _ancillary.NO_META)
         self._c["tx_syscalls"] += 1
         addr = self._kernel_addr(addr)
         if addr is None:

@@ -11,9 +11,15 @@ receives from all of them at once and sends across them at once:
 - backend "epoll": the same contract without io_uring: epoll_wait and one
   recvmmsg per ready socket, inside one C call.
 
+Per-datagram metadata: a socket that asked for it (a BurstSocket with
+``pktinfo``/``ecn``, or IP_PKTINFO/IPV6_RECVPKTINFO/IP_RECVTOS/IPV6_RECVTCLASS
+set) fills the batch's ``local_addrs``, ``ifindexes`` and ``ecn`` on receive;
+sends honour the arrays (source address, codepoint), and with
+``paced=True`` each entry's ``txtimes`` through burstio's pacer thread.
+
 This module is policy: which backend (from the capability probe), which
 sockets may join, what the results mean. The C side (csrc/socketset/: base.c,
-uring.c, epoll.c) does the syscalls and the memory.
+uring.c, epoll.c, meta.c) does the syscalls and the memory.
 """
 from __future__ import annotations
 
@@ -24,8 +30,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import _native
 from ._caps import capabilities
 from ._checks import UDP_OR_TCP, check_int, check_socket
-from ._kernel import SOL_UDP, UDP_GRO
-from ._udp import GSO_SEGMENTS, BurstSocket
+from ._errors import Unsent
+from ._kernel import IP_PKTINFO, IP_RECVTOS, IPV6_RECVPKTINFO, IPV6_RECVTCLASS, SOL_UDP, UDP_GRO
+from ._types import Address
+from ._udp import GSO_SEGMENTS, PACER_QUEUE, BurstSocket
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -34,6 +42,25 @@ __all__ = ["SocketSet", "RedundantResult", "BACKENDS"]
 
 BACKENDS = ("auto", "uring", "epoll")
 _URING_NEEDS = ("io_uring", "io_uring_recvmsg", "io_uring_sendmsg", "io_uring_buf_ring")
+
+
+#: a uring receive buffer holds a header (16 bytes), the peer's address (28)
+#: and, for a socket that asked for metadata, room for every cmsg
+_URING_META_MIN = 16 + 28 + _native.CMSG_RX_SPACE + 64
+
+
+def _asks_for_metadata(sock: socket.socket) -> bool:
+    """Whether the socket has IP_PKTINFO / IP_RECVTOS (or IPv6's) on."""
+    opts = [(socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IP, IP_RECVTOS)]
+    if sock.family == socket.AF_INET6:
+        opts += [(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO), (socket.IPPROTO_IPV6, IPV6_RECVTCLASS)]
+    for level, opt in opts:
+        try:
+            if sock.getsockopt(level, opt):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class RedundantResult(NamedTuple):
@@ -49,7 +76,7 @@ class SocketSet:
     """Receive from and send on many sockets with one call each.
 
     ``SocketSet(*, backend="auto", max_sockets=1024, buffers=4096,
-    buffer_size=2048, sqpoll=False, gso=True)``
+    buffer_size=2048, sqpoll=False, gso=True, paced=False, pacer_queue=4096)``
 
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
     backend (a datagram, its address and a 16-byte header must fit a
@@ -62,11 +89,17 @@ class SocketSet:
     entry. A SocketSet is used from the thread that made it, one call at a time
     (RuntimeError otherwise). It keeps its own descriptor of every socket
     until remove() or close().
+
+    ``paced=True`` honours each entry's ``batch.txtimes`` with burstio's
+    pacer thread (one for the set; each socket's datagrams leave in the order
+    they were queued): ``send_batch`` then queues and returns, ``close()``
+    returns what was still waiting, ``paced_errors()`` what the kernel
+    refused. Without it a transmit time is refused (ValueError).
     """
 
     def __init__(self, *, backend: str = "auto", max_sockets: int = 1024, buffers: int = 4096,
                  buffer_size: int = 2048, sqpoll: bool = False, single_wakeup: bool = False,
-                 gso: bool = True):
+                 gso: bool = True, paced: bool = False, pacer_queue: int = PACER_QUEUE):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         caps = capabilities()
@@ -85,11 +118,21 @@ class SocketSet:
             self.backend = "uring"
         self._io.gso = int(bool(gso) and caps.udp_segment)
         self._io.gso_max_segments = max(1, min(GSO_SEGMENTS, caps.gso_max_segments))
+        self._io.ecn_cmsg = int(caps.ecn)
+        self._buffer_size = buffer_size
         self._socks: dict[int, socket.socket] = {}
+        self._pacer: _native.Pacer | None = None
+        self._unsent: list[Unsent] = []
         # hot paths straight to C (their docstrings are below)
         self.recv_batch = self._io.recv_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.take_errors = self._io.take_errors  # type: ignore[method-assign]  # the C method, no Python frame
+        if paced:
+            check_int("pacer_queue", pacer_queue, 1, 1 << 20)
+            self._pacer = _native.Pacer(-1, pacer_queue)
+            self._pacer.gso, self._pacer.gso_max_segments = self._io.gso, self._io.gso_max_segments
+            self._pacer.ecn_cmsg = self._io.ecn_cmsg
+            self.send_batch = self._send_paced  # type: ignore[method-assign]  # a paced set queues
 
     # ---- sockets -------------------------------------------------------
 
@@ -111,13 +154,21 @@ class SocketSet:
             raise ValueError("SocketSet.add refuses a socket with UDP_GRO on (a coalesced receive would "
                              "be one entry holding many datagrams): turn UDP_GRO off, or receive it "
                              "with a BurstSocket(gro=True)")
-        index = self._io.add(raw, stream)
+        meta = not stream and _asks_for_metadata(raw)
+        if meta and self.backend == "uring" and self._buffer_size < _URING_META_MIN:
+            raise ValueError(f"a socket with pktinfo or ECN on needs buffer_size >= {_URING_META_MIN} here (its "
+                             f"cmsgs share the receive buffer), got {self._buffer_size}")
+        index = self._io.add(raw, stream, meta)
         self._socks[index] = raw
+        if self._pacer is not None and not stream:
+            self._pacer.set_socket(index, raw.fileno())
         return index
 
     def remove(self, index: int) -> socket.socket:
         """Stop using the socket at ``index``; returns it (still open)."""
         self._io.remove(index)
+        if self._pacer is not None:
+            self._pacer.set_socket(index, -1)
         return self._socks.pop(index)
 
     def socket(self, index: int) -> socket.socket:
@@ -151,10 +202,27 @@ class SocketSet:
         sent; failures are flagged in the batch (``batch.send_errors()``)."""
         return self._io.send_batch(batch, start, count)
 
+    def _send_paced(self, batch: _native.PacketBatch, start: int = 0, count: int | None = None) -> int:
+        """send_batch on a paced set: queue every entry for socket batch.sockets[i]."""
+        assert self._pacer is not None  # bound only when pacing
+        return self._pacer.queue(batch, start, count, by_socket=True)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every paced datagram has been sent or refused; False if
+        ``timeout`` seconds passed first (True at once without pacing)."""
+        return True if self._pacer is None else self._pacer.flush(timeout)
+
+    def paced_errors(self) -> list[tuple[int, int, Address | None]]:
+        """Paced datagrams the kernel refused since the last call:
+        (sequence, errno, destination); sequence counts the set's paced
+        datagrams queued before it."""
+        return [] if self._pacer is None else self._pacer.take_errors()
+
     def send_redundant(self, batch: _native.PacketBatch, group: list[int], start: int = 0,
                        count: int | None = None) -> RedundantResult:
         """Send every datagram of ``batch`` on every socket of ``group`` (the
-        redundant scheduler of multipath UDP) in one submission."""
+        redundant scheduler of multipath UDP) in one submission (now: transmit
+        times are refused here, paced or not)."""
         sent, failures = self._io.send_redundant(batch, group, start, count)
         return RedundantResult(sent, failures)
 
@@ -197,22 +265,37 @@ class SocketSet:
 
     @property
     def counters(self) -> dict[str, int]:
-        return self._io.counters()
+        c = self._io.counters()
+        if self._pacer is not None:
+            for name, n in self._pacer.counters().items():
+                c[name] = c.get(name, 0) + n
+        return c
 
     def reset_counters(self) -> None:
         self._io.reset_counters()
+        if self._pacer is not None:
+            self._pacer.reset_counters()
+
+    @property
+    def unsent(self) -> list[Unsent]:
+        """What ``close()`` found still waiting in the pacer."""
+        return list(self._unsent)
 
     def describe(self) -> str:
         return self._io.describe()
 
-    def close(self) -> None:
+    def close(self) -> list[Unsent]:
         """Tear the set down and close its own descriptors; your sockets
         stay open. A recv_batch or recv_stream waiting in another thread (or
         interrupted by the signal handler that closes) ends at once with
         ``OSError(EBADF, "the SocketSet was closed while waiting")``, and the
-        set is torn down as that call leaves."""
+        set is torn down as that call leaves. A paced set's pacer stops:
+        returns the datagrams still waiting (also in ``unsent``), else []."""
+        if self._pacer is not None:
+            self._unsent += [Unsent(*u) for u in self._pacer.close()]
         self._io.close()
         self._socks.clear()
+        return self.unsent
 
     def __enter__(self) -> SocketSet:
         return self

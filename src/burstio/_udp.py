@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._caps import Capabilities, capabilities
-from ._checks import check_int, check_optional_int, check_socket, closed_socket_error
-from ._errors import SendError
+from ._checks import check_int, check_optional_int, check_seconds, check_socket, closed_socket_error
+from ._errors import SendError, Unsent
 from ._kernel import (
     SK_MEMINFO_DROPS,
     SK_MEMINFO_VARS,
@@ -38,8 +38,10 @@ from ._kernel import (
     SOL_UDP,
     UDP_GRO,
 )
+from ._pacing import COUNTER_NAMES as PACER_COUNTERS
 from ._portable import PortableIo
 from ._types import Address, OnError, RecoverPolicy
+from ._udp_meta import MetadataOptions, _require_pktinfo
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -56,13 +58,19 @@ SINGLE_AFTER = 16
 #: at most this many datagrams go in one GSO send (the kernel may take more)
 GSO_SEGMENTS = 64
 _GSO_REFUSALS = (errno.EIO, errno.EINVAL)
+#: datagrams a paced socket's queue holds by default
+PACER_QUEUE = 4096
+#: what pacing names: "off", burstio's pacer thread, or the kernel (SO_TXTIME)
+PACING = ("off", "pacer", "so_txtime")
 
 
-class BurstSocket:
+class BurstSocket(MetadataOptions):
     """A UDP socket (IPv4 or IPv6) with batched receive and send.
 
     ``BurstSocket(sock=None, *, family=AF_INET, gso=True, gro=False,
-    timestamps=False, backend="auto", rcvbuf=None, sndbuf=None)``
+    timestamps=False, backend="auto", rcvbuf=None, sndbuf=None,
+    pktinfo=False, ecn=False, dont_fragment=False, paced=False,
+    pacer_queue=4096, pacer_slack=0.0)``
 
     Wraps ``sock`` (and takes ownership: closing the BurstSocket closes it)
     or makes a new UDP socket. ``gso``/``gro`` ask for UDP segmentation
@@ -71,15 +79,37 @@ class BurstSocket:
     if the kernel later refuses it. ``backend`` picks the syscalls: "auto"
     (recvmmsg/sendmmsg where available), "mmsg" (require them), "msg" (one
     recvmsg/sendmsg per datagram) or "portable" (pure Python, the oracle).
+
+    Per-datagram metadata (the batch's ``local_addrs``/``ifindexes``,
+    ``ecn`` and ``txtimes`` arrays; made on first use): ``pktinfo`` fills
+    each received datagram's local address (the destination it arrived at)
+    and interface, so that a wildcard-bound server answers from it
+    (OSError where the kernel lacks IP_PKTINFO/IPV6_PKTINFO); ``ecn`` reads
+    each received datagram's ECN codepoint (off where the probe found no
+    ECN). Sends always honour the arrays: an entry's local address is its
+    source, its codepoint is marked (unless the kernel refuses the cmsg:
+    then ECN is dropped for this socket, counted and logged once), and its
+    transmit time is honoured on a ``paced`` socket: by the kernel
+    (SO_TXTIME) where the device's qdisc can, else by burstio's pacer thread
+    (``pacer_queue`` datagrams wait at most; datagrams due within
+    ``pacer_slack`` seconds of a release leave with it: fewer wake-ups of
+    the pacer, each datagram early by at most that). ``dont_fragment`` sets the
+    don't-fragment bit (IP_MTU_DISCOVER=IP_PMTUDISC_DO, and IPv6's): a
+    datagram larger than the path MTU fails with EMSGSIZE, and
+    ``SendError.mtu`` / ``path_mtu()`` give the MTU.
     """
 
     def __init__(self, sock: socket.socket | None = None, *, family: int = socket.AF_INET,
                  gso: bool = True, gro: bool = False, timestamps: bool = False,
-                 backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None):
+                 backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None,
+                 pktinfo: bool = False, ecn: bool = False, dont_fragment: bool = False,
+                 paced: bool = False, pacer_queue: int = PACER_QUEUE, pacer_slack: float = 0.0):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         check_optional_int("rcvbuf", rcvbuf, 1, 2**31 - 1)
         check_optional_int("sndbuf", sndbuf, 1, 2**31 - 1)
+        check_int("pacer_queue", pacer_queue, 1, 1 << 20)
+        check_seconds("pacer_slack", pacer_slack, 0.0, 1.0)
         if sock is None:
             if family not in (socket.AF_INET, socket.AF_INET6):
                 raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
@@ -88,6 +118,8 @@ class BurstSocket:
             check_socket(sock, "BurstSocket")
         self._sock = sock
         caps = capabilities()
+        if pktinfo:
+            _require_pktinfo(caps, sock.family)  # before anything is made
         self._io = self._make_io(sock, backend, caps)
         self._backend = "portable" if backend == "portable" else ("mmsg" if self._io.recv_mmsg else "msg")
         self._io.gso = int(bool(gso) and caps.udp_segment)
@@ -106,6 +138,7 @@ class BurstSocket:
         if sndbuf is not None:
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
         self._gso_warned = False
+        self._setup_metadata(caps, pktinfo, ecn, dont_fragment)
         self._busy_poll: tuple[str, BusyPollEpoll | None] | None = None  # (mechanism, epoll) while busy polling
         self._busy_params: tuple[int, int, bool] = (0, 8, False)  # what busy_poll() was last asked
         # The hot paths are bound straight to the backend: no Python frame
@@ -115,6 +148,10 @@ class BurstSocket:
         self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self._send = self._io.send_raw
         self._io.recover = _recover_hook(weakref.ref(self))
+        if paced:
+            self._start_pacing(caps, pacer_queue, pacer_slack)
+            if self._pacer is not None:
+                self.send_batch = self._send_paced  # type: ignore[method-assign]  # a paced socket queues
 
     @staticmethod
     def _make_io(sock: socket.socket, backend: str, caps: Capabilities) -> _native.UdpIo | PortableIo:
@@ -175,25 +212,42 @@ class BurstSocket:
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
                       skip: int) -> int:
-        """The send stopped at entry ``done``: sort out a GSO refusal, or report."""
+        """The send stopped at entry ``done``: sort out a GSO or ECN refusal, or report."""
         io = self._io
         while True:
             err = io.last_errno
             if not err:
                 return done - start
-            if not (io.last_error_gso and err in _GSO_REFUSALS):
+            if io.last_error_gso and err == errno.EMSGSIZE and skip:
+                # a GSO run too big for the path: send the rest one datagram
+                # at a time, so that each too big is flagged and no other
+                saved = io.gso
+                io.gso = 0
+                try:
+                    done += self._send(batch, done, end - done, on_error="skip")
+                finally:
+                    io.gso = saved
+                continue
+            gso = io.last_error_gso and err in _GSO_REFUSALS
+            if not (gso or self._ecn_maybe_refused(batch, done, err)):
                 return self._send_stopped(batch, err, start, done)
-            # EIO/EINVAL on a GSO send: GSO refused here, or a bad datagram?
-            # Send the run's first datagram alone to tell which.
+            # EIO/EINVAL on a GSO send (GSO refused here, or a bad datagram?),
+            # or EINVAL on one carrying a codepoint (the cmsg refused?): send
+            # the datagram alone, then without its codepoint, to tell which
+            saved = io.gso
             io.gso = 0
-            if self._send(batch, done, 1) == 1:
-                self._gso_refused(err)  # GSO stays off for this socket
+            went = self._send_alone(batch, done)
+            if went:
+                if gso and went == "as is":
+                    self._gso_refused(err)  # GSO stays off for this socket
+                else:
+                    io.gso = saved  # (it was the codepoint)
                 done += 1
                 done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
                 continue
             err = io.last_errno
             if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
-                io.gso = 1
+                io.gso = saved
                 return self._send_stopped(batch, err, start, done)
             # a bad datagram, and more may follow: flag them all in one walk
             # without GSO for the rest of this call, then GSO again
@@ -203,7 +257,38 @@ class BurstSocket:
             try:
                 done += self._send(batch, done, end - done, on_error="skip")
             finally:
-                io.gso = 1
+                io.gso = saved
+
+    def _ecn_maybe_refused(self, batch: _native.PacketBatch, i: int, err: int) -> bool:
+        """EINVAL on a datagram sent with its ECN codepoint: the kernel may
+        refuse the cmsg (quinn-udp meets this on old kernels)."""
+        return err == errno.EINVAL and bool(self._io.ecn_cmsg) and batch.has_metadata and bool(batch.ecn[i])
+
+    def _send_alone(self, batch: _native.PacketBatch, i: int) -> str:
+        """Send entry i by itself (GSO is off): "as is"; or, if the kernel
+        refuses its codepoint, "without ECN", and ECN stays off for this
+        socket; "" if it fails anyway (``last_errno`` says why)."""
+        if self._send(batch, i, 1) == 1:
+            return "as is"
+        io = self._io
+        if not self._ecn_maybe_refused(batch, i, io.last_errno):
+            return ""
+        saved, io.ecn_cmsg = io.ecn_cmsg, 0
+        if self._send(batch, i, 1) == 1:
+            self._ecn_refused(errno.EINVAL)
+            return "without ECN"
+        io.ecn_cmsg = saved
+        return ""
+
+    def _ecn_refused(self, err: int) -> None:
+        """The kernel refused a codepoint cmsg and took the datagram without
+        it: send without codepoints from now on (counted in tx_ecn_unmarked)."""
+        self._io.ecn_cmsg = 0
+        self._io.count("ecn_downgrades", 1)
+        if not self._ecn_warned:
+            self._ecn_warned = True
+            log.warning("the kernel refused the ECN codepoint cmsg on fd %d (%s); sending without ECN "
+                        "from now on", self.fileno(), errno.errorcode.get(err, err))
 
     def send_segments(self, buffer: ReadableBuffer, segment_size: int, addr: Address | None = None) -> int:
         """Send ``buffer`` cut into datagrams of ``segment_size`` bytes (the
@@ -213,6 +298,9 @@ class BurstSocket:
         """
         if isinstance(segment_size, bool) or not isinstance(segment_size, int):
             check_int("segment_size", segment_size, 1, _native.MAX_UDP_PAYLOAD)  # raises the TypeError
+        if self._pacer is not None:
+            raise ValueError("send_segments does not pace: on a paced socket, send a batch (send_batch) "
+                             "with transmit times")
         io = self._io
         sent = 0
         while True:
@@ -234,7 +322,8 @@ class BurstSocket:
                 if sent:
                     return sent
                 raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
-            raise SendError(err, sent, sent, f"segment {sent}")
+            mtu = self._mtu_or_none(addr) if err == errno.EMSGSIZE else None
+            raise SendError(err, sent, sent, f"segment {sent}", mtu)
 
     def _gso_refused(self, err: int) -> None:
         """The kernel refused a GSO send that it takes without GSO: stop
@@ -252,7 +341,8 @@ class BurstSocket:
                 return done - start
             raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
         index = self._io.last_error_index
-        raise SendError(err, index, done - start, self._describe_failure(batch, err, index))
+        mtu = self._mtu_or_none(batch.addr(index)) if err == errno.EMSGSIZE else None
+        raise SendError(err, index, done - start, self._describe_failure(batch, err, index), mtu)
 
     def _describe_failure(self, batch: _native.PacketBatch, err: int, index: int) -> str:
         addr = batch.addr(index)
@@ -298,13 +388,20 @@ class BurstSocket:
 
     @property
     def counters(self) -> dict[str, int]:
-        """Snapshot of this socket's counters (see README for each name)."""
+        """Snapshot of this socket's counters (see README for each name);
+        a paced socket's pacer thread adds to the tx_* ones and counts
+        paced_*."""
         c = self._io.counters()
         c["kernel_drops"] = max(0, self._kernel_drops() - self._drops_base)
+        paced = self._pacer.counters() if self._pacer is not None else dict.fromkeys(PACER_COUNTERS, 0)
+        for name, n in paced.items():
+            c[name] = c.get(name, 0) + n
         return c
 
     def reset_counters(self) -> None:
         self._io.reset_counters()
+        if self._pacer is not None:
+            self._pacer.reset_counters()
         self._drops_base = self._kernel_drops()
 
     def _kernel_drops(self) -> int:
@@ -328,7 +425,16 @@ class BurstSocket:
         if self._backend == "portable":
             rx, tx = "socket.recvmsg_into", "socket.sendmsg"
         gso = f"GSO on ({io.gso_max_segments} segments)" if io.gso else "GSO off"
-        return f"{rx} + {tx}, {gso}, GRO {'on' if io.gro else 'off'}"
+        line = f"{rx} + {tx}, {gso}, GRO {'on' if io.gro else 'off'}"
+        options = [name for name, on in (("pktinfo", self._pktinfo), ("ECN", self._ecn),
+                                         ("don't fragment", self._dont_fragment)) if on]
+        if options:
+            line += ", " + ", ".join(options)
+        if self._pacing == "so_txtime":
+            line += f", paced by the kernel (SO_TXTIME: {self._pacing_why})"
+        elif self._pacing == "pacer":
+            line += f", paced by burstio's pacer thread (SO_TXTIME not used: {self._pacing_why})"
+        return line
 
     # ---- busy polling --------------------------------------------------
 
@@ -419,13 +525,23 @@ class BurstSocket:
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
 
-    def close(self) -> None:
+    def close(self) -> list[Unsent]:
         """Close the BurstSocket's own descriptor and the wrapped socket.
-        A call blocked in recv_batch in another thread wakes at once with
-        ``OSError(EBADF, "the BurstSocket was closed while waiting")``."""
+        A call blocked in recv_batch (or waiting for room in the pacer) in
+        another thread wakes at once with ``OSError(EBADF, "... closed while
+        waiting")``. On a paced socket the pacer stops (after the send under
+        way): returns the datagrams still waiting, by sequence number (also
+        in ``unsent``, counted in paced_unsent, logged); else []."""
+        if self._pacer is not None:
+            unsent = [Unsent(seq, addr, length) for seq, addr, length in self._pacer.close()]
+            if unsent:
+                self._unsent += unsent
+                log.warning("BurstSocket closed with %d paced datagrams unsent (sequences %d to %d)",
+                            len(unsent), unsent[0].sequence, unsent[-1].sequence)
         self._io.close()  # wakes every waiter; the descriptor goes when the last leaves
         self._stop_busy_poll(closing=True)
         self._sock.close()
+        return self.unsent
 
     def _after_fork_in_child(self) -> None:
         """In a child after fork(): the busy-polling epoll instance is the

@@ -103,8 +103,13 @@ def _udp_seeds() -> list[bytes]:
     gro = cmsg(17, 104, struct.pack("=i", 1400))  # SOL_UDP, UDP_GRO: segment size
     ovfl = cmsg(1, 40, struct.pack("=I", 3))  # SOL_SOCKET, SO_RXQ_OVFL: drops
     ts = cmsg(1, 35, struct.pack("=qq", 1, 2))  # SCM_TIMESTAMPNS
+    # the metadata a dual-stack socket with pktinfo and ECN gets for an IPv4 datagram
+    pktinfo6 = cmsg(41, 50, bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1]) + struct.pack("=I", 1))
+    pktinfo4 = cmsg(0, 8, struct.pack("=i", 1) + bytes([127, 0, 0, 1]) * 2)  # IP_PKTINFO
+    tos, tclass = cmsg(0, 1, b"\x03"), cmsg(41, 67, struct.pack("=i", 2))  # IP_TOS, IPV6_TCLASS
     return [_ARGS.pack(1, 65535, 4200) + gro, _ARGS.pack(0, 2048, 100) + ovfl + ts,
-            _ARGS.pack(1, 65535, 64 * 1400) + gro + ovfl, _ARGS.pack(0, 2048, 3000), _ARGS.pack(1, 1500, 1500) + gro]
+            _ARGS.pack(1, 65535, 64 * 1400) + gro + ovfl, _ARGS.pack(0, 2048, 3000), _ARGS.pack(1, 1500, 1500) + gro,
+            _ARGS.pack(1, 65535, 4200) + gro + ovfl + ts + pktinfo6 + pktinfo4 + tos + tclass]
 
 
 UDP_PARSE = Target("udp-parse", run_udp_parse, (ValueError,), _udp_seeds, _udp_missing, max_len=512)

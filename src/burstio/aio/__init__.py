@@ -48,7 +48,8 @@ __all__ = [
     "installed",
 ]
 
-_ENDPOINT_OPTIONS = ("gro", "backend", "rx_slots", "tx_batch")
+_ENDPOINT_OPTIONS = ("gro", "backend", "rx_slots", "tx_batch", "pktinfo", "ecn", "dont_fragment", "paced",
+                     "pacer_queue")
 _ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
 #: one getaddrinfo() result: (family, type, proto, canonname, sockaddr)
 _AddrInfo: TypeAlias = tuple[int, int, int, str, Any]
@@ -59,8 +60,9 @@ class BatchDatagramProtocol(asyncio.DatagramProtocol):
 
     On a burstio transport, ``datagrams_received(batch)`` is called once per
     burst with the transport's ``PacketBatch``: ``batch[i]`` (a memoryview),
-    ``batch.addr(i)``, the metadata arrays. The batch is reused for the next
-    burst, so copy what you keep. Answer with ``transport.sendto()`` per
+    ``batch.addr(i)``, the metadata arrays (with ``pktinfo``/``ecn`` on,
+    ``batch.local_addr(i)``, ``batch.ifindexes``, ``batch.ecn``). The batch is
+    reused for the next burst, so copy what you keep. Answer with ``transport.sendto()`` per
     datagram, or change the batch in place and ``transport.sendto_many(batch)``.
 
     Other transports (asyncio's, uvloop's) call ``datagram_received(data,
@@ -83,7 +85,8 @@ async def create_datagram_endpoint(
         family: int = 0, proto: int = 0, flags: int = 0, reuse_port: bool | None = None,
         allow_broadcast: bool | None = None, sock: socket.socket | None = None,
         gro: bool = False, backend: str = "auto", rx_slots: int = 16,
-        tx_batch: int = 128) -> tuple[BurstDatagramTransport, _ProtocolT]:
+        tx_batch: int = 128, pktinfo: bool = False, ecn: bool = False, dont_fragment: bool = False,
+        paced: bool = False, pacer_queue: int = 4096) -> tuple[BurstDatagramTransport, _ProtocolT]:
     """Make a UDP endpoint like ``loop.create_datagram_endpoint``, with a
     burstio transport. ``loop`` None means the running loop.
 
@@ -93,7 +96,9 @@ async def create_datagram_endpoint(
     ``BurstSocket``'s, ``rx_slots`` is how many datagrams one receive takes
     (each slot holds 64 KiB, so any datagram arrives whole), ``tx_batch``
     how many datagrams may wait for the end of a callback before they are
-    sent there and then.
+    sent there and then. ``pktinfo``, ``ecn``, ``dont_fragment``, ``paced``
+    and ``pacer_queue`` are BurstSocket's per-datagram options (see
+    ``BurstDatagramTransport.sendto`` and ``get_extra_info``).
     """
     if loop is None:
         loop = asyncio.get_running_loop()
@@ -110,7 +115,9 @@ async def create_datagram_endpoint(
         protocol = protocol_factory()
         waiter = loop.create_future()
         transport = BurstDatagramTransport(loop, sock, protocol, r_addr, waiter, gro=gro,
-                                           backend=backend, rx_slots=rx_slots, tx_batch=tx_batch)
+                                           backend=backend, rx_slots=rx_slots, tx_batch=tx_batch,
+                                           pktinfo=pktinfo, ecn=ecn, dont_fragment=dont_fragment, paced=paced,
+                                           pacer_queue=pacer_queue)
     except BaseException:
         sock.close()
         raise
@@ -204,7 +211,8 @@ async def _open_socket(loop: asyncio.AbstractEventLoop, local_addr: tuple[str, i
 def install(loop: asyncio.AbstractEventLoop | None = None, **options: Any) -> asyncio.AbstractEventLoop:
     """Make ``loop.create_datagram_endpoint`` (the running loop's if None)
     create burstio endpoints, with ``options`` (``gro``, ``backend``,
-    ``rx_slots``, ``tx_batch``) as defaults. Libraries that open their own
+    ``rx_slots``, ``tx_batch``, ``pktinfo``, ``ecn``, ``dont_fragment``,
+    ``paced``, ``pacer_queue``) as defaults. Libraries that open their own
     endpoints through the loop (aioquic's ``serve``/``connect``, DNS
     clients, ...) then run over burstio unchanged. Endpoints burstio cannot
     serve (AF_UNIX) still get the loop's own transport. Works on asyncio's

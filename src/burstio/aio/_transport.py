@@ -24,6 +24,15 @@ transport would never read or write again. On such loops, a callback that
 saw the socket report an error (or an empty wakeup) watches the socket
 afresh on the next iteration: remove, then add what it asked for.
 
+Per-datagram metadata (``pktinfo``, ``ecn``, ``paced``; see BurstSocket):
+a batch protocol gets the arrays in the batch; a plain protocol reads the
+datagram being delivered with ``get_extra_info("local_address")`` (and
+"ifindex", "ecn") inside ``datagram_received``; ``sendto`` takes
+``local_addr``, ``ecn`` and ``txtime`` keywords. A paced transport's sends go
+to the pacer thread: the loop watches the pacer's eventfd (``pacer_fd``) for
+refused datagrams, and for room when the pacer is full, instead of the
+socket's writability; ``close()`` waits for the pacer to drain.
+
 Why defer a send at all: the stdlib pays one ``sendto`` system call per
 datagram. A protocol answering a burst of requests, or aioquic transmitting
 a congestion window, calls ``sendto`` many times in one callback; holding
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -71,6 +81,22 @@ SEND_EMPTY = sys.version_info >= (3, 13)
 DATAGRAM_OVERHEAD = getattr(asyncio.selector_events._SelectorDatagramTransport,  # type: ignore[attr-defined]
                             "_header_size", 0)  # (private, so not in typeshed's stubs)
 _AGAIN = (BlockingIOError, InterruptedError)
+#: get_extra_info names of the datagram being delivered
+_DATAGRAM_INFO = ("local_address", "ifindex", "ecn")
+
+
+def _metadata(local_addr: str | None, ecn: int, txtime: int) -> dict[str, Any] | None:
+    """append()'s keywords for sendto()'s metadata; None when there is none."""
+    if local_addr is None and not ecn and not txtime:
+        return None
+    return {"local": local_addr, "ecn": ecn, "txtime": txtime}
+
+
+def _entry_metadata(batch: _native.PacketBatch, i: int) -> dict[str, Any]:
+    """sendto()'s metadata keywords for entry i of a batch ({} when it has none)."""
+    if not batch.has_metadata:
+        return {}
+    return {"local_addr": batch.local_addr(i), "ecn": batch.ecn[i], "txtime": batch.txtimes[i]}
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
@@ -93,12 +119,14 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
                  protocol: asyncio.BaseProtocol, address: Address | None = None,
                  waiter: asyncio.Future[None] | None = None, extra: dict[str, Any] | None = None, *,
                  gro: bool = False, backend: str = "auto", rx_slots: int = 16,
-                 tx_batch: int = 128):
+                 tx_batch: int = 128, pktinfo: bool = False, ecn: bool = False,
+                 dont_fragment: bool = False, paced: bool = False, pacer_queue: int = 4096):
         super().__init__(extra)
         check_int("rx_slots", rx_slots, 1, 1 << 20)
         check_int("tx_batch", tx_batch, 1, 1 << 20)
         sock.setblocking(False)
-        self._bsock = BurstSocket(sock, gro=gro, backend=backend)  # owns sock from now on
+        self._bsock = BurstSocket(sock, gro=gro, backend=backend, pktinfo=pktinfo, ecn=ecn,
+                                  dont_fragment=dont_fragment, paced=paced, pacer_queue=pacer_queue)  # owns sock
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._loop = loop
@@ -147,6 +175,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._protocol_paused = False
         self._high_water = 64 * 1024
         self._low_water = 16 * 1024
+        self._watch_pacer_events(loop)
         loop.call_soon(self._protocol.connection_made, self)
         loop.call_soon(self._start_reading)  # only after connection_made
         if waiter is not None:
@@ -166,6 +195,19 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             info.append(f"write=<{'polling' if self._blocked else 'idle'}, "
                         f"bufsize={self.get_write_buffer_size()}>")
         return f"<{' '.join(info)}>"
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """asyncio's extra info, and inside ``datagram_received`` the
+        datagram's own: "local_address" (where it arrived, with pktinfo on),
+        "ifindex" (its interface), "ecn" (its codepoint, with ecn on)."""
+        if name in _DATAGRAM_INFO:
+            i, rx = self._current, self._rx
+            if i < 0 or not rx.has_metadata:
+                return default
+            if name == "local_address":
+                return rx.local_addr(i)
+            return rx.ifindexes[i] if name == "ifindex" else rx.ecn[i]
+        return super().get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Give the transport's callbacks to ``protocol`` from now on (as asyncio's)."""
@@ -216,9 +258,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         if not self._blocked and not self._flushing and self._has_queued():
             self._flush_now()  # what was sent before close() goes out
         if not self._has_queued() and not self._conn_lost and not self._flushing:
-            self._conn_lost += 1
-            self._stop_writing()
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._lose_connection_after_writes()
         # else: the flush under way, or the writer, finishes and then loses the connection
 
     def abort(self) -> None:
@@ -328,6 +368,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
                 if self._hold:
                     self._cut_short(i, end)
                     return
+                self._current = i
                 try:
                     received(bytes(batch[i]), addrs[i])
                 except (SystemExit, KeyboardInterrupt):
@@ -336,6 +377,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
                     self._callback_failed(exc, "datagram_received")
         finally:
             self._delivering = False
+            self._current = -1
             if not (self._blocked or self._conn_lost or self._flushing) and self._has_queued():
                 self._flush_now()
 
@@ -392,15 +434,18 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._loop.remove_writer(self._sock_fd)
         if self._reading:
             self._loop.add_reader(self._sock_fd, self._read_ready)
-        if self._blocked:
+        if self._blocked and self._pacer_fd is None:
             self._loop.add_writer(self._sock_fd, self._write_ready)
 
     # ---- send -------------------------------------------------------------
 
-    def sendto(self, data: Any, addr: Any = None) -> None:
-        """Queue a datagram to ``addr`` (None: the connected peer); it leaves with
-        the others in one send_batch when the callback returns, or once per loop
-        iteration. A malformed address raises here."""
+    def sendto(self, data: Any, addr: Any = None, *, local_addr: str | None = None, ecn: int = 0,
+               txtime: int = 0) -> None:
+        """asyncio's sendto; burstio's keywords: ``local_addr`` the address
+        to send from (a wildcard-bound server answering from where a request
+        arrived), ``ecn`` the codepoint, ``txtime`` when to send
+        (time.monotonic_ns(); a paced transport honours it)."""
+        self._meta = _metadata(local_addr, ecn, txtime)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
@@ -414,12 +459,15 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             addr = None
         if self._conn_lost:
             self._write_after_loss()
+            self._meta = None
             return
         try:
-            self._out.append(data, addr)
+            self._append_meta(self._out, data, addr)
         except ValueError:
             if not self._append_slow(data, addr):
+                self._meta = None
                 return
+        self._meta = None
         self._queued_bytes += len(data) + DATAGRAM_OVERHEAD
         if self._blocked:
             self._maybe_pause_protocol()
@@ -458,8 +506,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             sent = self._send_now(datagrams, n)
             if sent < n and not self._conn_lost:
                 self._block()  # the kernel refused the rest for now
-        for i in range(sent, n):  # copy what waits: the caller may reuse its batch
-            self.sendto(datagrams[i], datagrams.addr(i))
+        for i in range(sent, n):  # copy what waits (with its metadata): the caller may reuse its batch
+            self.sendto(datagrams[i], datagrams.addr(i), **_entry_metadata(datagrams, i))
         if self._closing and not self._blocked:
             self._lose_connection_after_writes()
 
@@ -493,7 +541,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             return self._queue_big(data, addr, size)
         if len(self._out) >= self._tx_batch:
             self._rotate()
-        self._out.append(data, addr)
+        self._append_meta(self._out, data, addr)
         return True
 
     def _resolve(self, addr: Any) -> Address | None:
@@ -524,7 +572,7 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._protocol.error_received(OSError(err, os.strerror(err)))
             return False
         big = _native.PacketBatch(1, size)
-        big.append(data, addr)
+        self._append_meta(big, data, addr)
         if len(self._out) > (self._head if not self._queue else 0):
             self._queue.append(self._out)
             self._out = self._spare()
@@ -659,14 +707,18 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     def _block(self) -> None:
         if not self._blocked:
             self._blocked = True
-            if self._rearm_handle is None:  # else the pending re-arm adds it
+            if self._pacer_fd is not None:
+                self._watch_pacer_room(True)
+            elif self._rearm_handle is None:  # else the pending re-arm adds it
                 self._loop.add_writer(self._sock_fd, self._write_ready)
         self._maybe_pause_protocol()
 
     def _stop_writing(self) -> None:
         if self._blocked:
             self._blocked = False
-            if self._sock is not None:
+            if self._pacer_fd is not None:
+                self._watch_pacer_room(False)
+            elif self._sock is not None:
                 self._loop.remove_writer(self._sock_fd)
 
     def _write_ready(self) -> None:
@@ -686,10 +738,53 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._lose_connection_after_writes()
 
     def _lose_connection_after_writes(self) -> None:
+        if self._bsock.pacer_pending and not self._conn_lost:
+            self._watch_pacer_room(True)  # the pacer's event loses the connection once it drained
+            return
         if not self._conn_lost and not self._has_queued():
             self._conn_lost += 1
             self._stop_writing()
             self._loop.call_soon(self._call_connection_lost, None)
+
+    # ---- per-datagram metadata and the pacer -------------------------------
+
+    _meta: dict[str, Any] | None = None  # sendto()'s local_addr/ecn/txtime for the datagram being queued
+    _current = -1  # the entry datagram_received is being given (get_extra_info)
+    _pacer_fd: int | None = None  # a paced socket's eventfd: refusals, room
+
+    def _watch_pacer_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._pacer_fd = self._bsock.pacer_fd
+        if self._pacer_fd is not None:
+            loop.add_reader(self._pacer_fd, self._pacer_event)
+
+    def _append_meta(self, batch: _native.PacketBatch, data: Any, addr: Any) -> None:
+        """append() with the metadata sendto() was given, if any."""
+        if self._meta is None:
+            batch.append(data, addr)
+        else:
+            batch.append(data, addr, **self._meta)
+
+    def _pacer_event(self) -> None:
+        """The pacer's eventfd: refused datagrams to report, room freed for
+        what waits, or (closing) the queue drained."""
+        with contextlib.suppress(OSError):
+            os.read(cast(int, self._pacer_fd), 8)
+        if self._conn_lost:
+            return
+        for err in self._bsock.paced_errors():
+            exc = OSError(err.errno, os.strerror(err.errno))
+            exc.mtu = err.mtu  # type: ignore[attr-defined]  # the path MTU of an EMSGSIZE (else None)
+            self._protocol.error_received(exc)
+            if self._conn_lost:
+                return
+        if self._blocked:
+            self._write_ready()
+        elif self._closing and not self._bsock.pacer_pending:
+            self._lose_connection_after_writes()
+
+    def _watch_pacer_room(self, on: bool) -> None:
+        """A paced transport waits for room in the pacer, not for the socket."""
+        self._bsock.pacer_want_room(on)
 
     # ---- endings ----------------------------------------------------------
 
@@ -721,6 +816,8 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
                 if handle is not None:
                     handle.cancel()
             self._flush_handle = self._rearm_handle = None
+            if self._pacer_fd is not None:
+                self._loop.remove_reader(self._pacer_fd)
             self._bsock.close()
             self._sock = None
             self._protocol = None

@@ -8,6 +8,26 @@ The datagrams aioquic sends one ``sendto`` at a time (a congestion window per
 a receive takes every queued datagram in one ``recvmmsg`` (with GRO, one
 coalesced receive per 64).
 
+Pacing: aioquic paces with a token bucket (``QuicPacketPacer``: one
+``packet_time`` per datagram from cwnd/srtt, a burst allowance
+``bucket_max``) and an event-loop timer: when the bucket is empty it stops
+building packets, sets ``_pacing_at``, and the protocol arms ``call_at`` for
+it -- a timer callback per datagram or small group. On a paced burstio
+transport (``transport="burstio-paced"``) ``BurstPacing.transmit`` evaluates
+that same pacer ahead of time instead: it calls ``datagrams_to_send(now=t)``
+at each ``_pacing_at`` the pacer gives, up to ``pacing_horizon`` ahead, and
+hands each datagram to burstio's pacer thread with its release time t (so
+aioquic also stamps the packet sent at t: its RTT samples stay right). aioquic
+still does congestion control, loss recovery, the pacing rate and the
+bucket; burstio only releases. A loop timer remains, once per horizon.
+
+ECN: aioquic has none (it sends plain ACK frames, reads an ACK_ECN's counts
+and drops them, and never reacts to CE), so a peer cannot validate ECN
+marks from it and RFC 9000 (section 13.4.2) then says not to mark. The
+protocols here carry the codepoints anyway: with ``ecn`` on, the received
+ones are counted (``ecn_counts``), and ``send_ecn`` marks what is sent (0,
+Not-ECT, by default).
+
 This module adds what aioquic keeps in its examples: a small HTTP/3 server
 (``GET /bytes/N`` answers N bytes, anything else 404) and client, and a
 throw-away self-signed certificate.
@@ -31,6 +51,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
@@ -50,12 +71,14 @@ from . import until_signalled
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
-__all__ = ["H3Server", "H3Client", "BurstQuicProtocol", "BurstH3Client", "serve_h3", "connect_h3",
-           "server_configuration", "client_configuration", "self_signed_certificate", "body",
-           "use_transport", "TRANSPORTS", "add_serve_arguments", "add_get_arguments", "run_serve", "run_get",
-           "main"]
+__all__ = ["H3Server", "H3Client", "BurstQuicProtocol", "BurstH3Client", "BurstPacing", "PacedH3Server",
+           "serve_h3", "connect_h3", "server_configuration", "client_configuration", "self_signed_certificate",
+           "body", "use_transport", "TRANSPORTS", "add_serve_arguments", "add_get_arguments", "run_serve",
+           "run_get", "main"]
 
-TRANSPORTS = ("asyncio", "burstio")
+TRANSPORTS = ("asyncio", "burstio", "burstio-paced")
+#: datagrams_to_send() calls one transmit() makes ahead at most
+_AHEAD_MAX = 4096
 _CHUNK = bytes(range(256)) * 4096  # 1 MiB; a body of N bytes is the first N of this, repeated
 
 
@@ -65,11 +88,14 @@ def body(size: int) -> bytes:
 
 
 def use_transport(transport: str, loop: asyncio.AbstractEventLoop | None = None, **options: Any) -> None:
-    """Make the (running) loop's datagram endpoints "asyncio" (its own) or
-    "burstio" (``burstio.aio.install`` with ``options``)."""
+    """Make the (running) loop's datagram endpoints "asyncio" (its own),
+    "burstio" (``burstio.aio.install`` with ``options``) or "burstio-paced"
+    (the same, paced by burstio's pacer thread, ECN read)."""
     loop = loop or asyncio.get_running_loop()
     if transport == "burstio":
         aio.install(loop, **options)
+    elif transport == "burstio-paced":
+        aio.install(loop, **{"paced": True, "ecn": True, **options})
     elif transport == "asyncio":
         aio.uninstall(loop)
     else:
@@ -120,6 +146,48 @@ def _requested_size(path: str) -> int | None:
     return None
 
 
+class BurstPacing(QuicConnectionProtocol):
+    """aioquic's pacing, released by burstio's pacer thread (see the module
+    docstring) on a paced burstio transport; elsewhere aioquic's own."""
+
+    #: how far ahead (seconds) one transmit() evaluates aioquic's pacer
+    pacing_horizon = 0.005
+    #: the ECN codepoint sent datagrams carry (0: Not-ECT; see the module docstring)
+    send_ecn = 0
+
+    def transmit(self) -> None:
+        transport = self._transport
+        bsock = transport.get_extra_info("burst_socket") if transport is not None else None
+        if bsock is None or bsock.pacing == "off" or not hasattr(self._quic, "_pacing_at"):
+            super().transmit()  # aioquic's pacing: a loop timer per datagram or small group
+            return
+        self._transmit_task = None
+        now, now_ns = self._loop.time(), time.monotonic_ns()
+        t, horizon = now, now + self.pacing_horizon
+        sendto = cast(aio.BurstDatagramTransport, transport).sendto
+        for _ in range(_AHEAD_MAX):
+            datagrams = self._quic.datagrams_to_send(now=t)
+            txtime = 0 if t <= now else now_ns + int((t - now) * 1e9)  # the pacer's slot, on the pacer's clock
+            for data, addr in datagrams:
+                sendto(data, addr, txtime=txtime, ecn=self.send_ecn)
+            at = self._quic._pacing_at  # set only when aioquic's pacer held a packet back
+            if at is None or at > horizon or (not datagrams and at <= t):
+                break
+            t = at
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """aioquic's transmit() tail: the connection's next timer (losses,
+        ACKs, idle; pacing only past the horizon)."""
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
+
+
 class BurstQuicProtocol(QuicConnectionProtocol):
     """aioquic's connection protocol, taking a burst at a time on burstio.
 
@@ -129,9 +197,18 @@ class BurstQuicProtocol(QuicConnectionProtocol):
     TCP receiver do). On other transports, ``datagram_received`` works as
     aioquic wrote it."""
 
+    @property
+    def ecn_counts(self) -> Counter[int]:
+        """Received datagrams by ECN codepoint (with ``ecn`` on): {0: Not-ECT,
+        1: ECT(1), 2: ECT(0), 3: CE}. aioquic cannot use them."""
+        counts: Counter[int] = self.__dict__.setdefault("_ecn_counts", Counter())
+        return counts
+
     def datagrams_received(self, batch: PacketBatch) -> None:
         """Feed every datagram of the burst to the connection, then process events and transmit once."""
         self.datagrams = getattr(self, "datagrams", 0) + len(batch)
+        if batch.has_metadata:
+            self.ecn_counts.update(batch.ecn[:len(batch)])
         now = self._loop.time()
         receive = self._quic.receive_datagram
         addrs = batch.addresses()
@@ -191,6 +268,10 @@ class BurstH3Client(BurstQuicProtocol, H3Client):
     """H3Client taking bursts (``BurstQuicProtocol``)."""
 
 
+class PacedH3Server(BurstPacing, H3Server):
+    """H3Server whose pacing burstio's pacer thread releases (``BurstPacing``)."""
+
+
 def self_signed_certificate(directory: str, host: str = "localhost") -> tuple[str, str]:
     """Write a throw-away certificate and key for ``host`` (and 127.0.0.1,
     ::1) into ``directory``; returns (certfile, keyfile)."""
@@ -230,16 +311,21 @@ def client_configuration(**kwargs: Any) -> QuicConfiguration:
 
 
 async def serve_h3(host: str, port: int, configuration: QuicConfiguration, transport: str = "burstio",
-                   *, sock: socket.socket | None = None, **options: Any) -> QuicServer:
-    """aioquic's ``serve()`` with ``H3Server`` over the chosen transport.
+                   *, sock: socket.socket | None = None, protocol: type[H3Server] | None = None,
+                   **options: Any) -> QuicServer:
+    """aioquic's ``serve()`` with ``protocol`` (default ``H3Server``, or
+    ``PacedH3Server`` over "burstio-paced") over the chosen transport.
     ``sock``: serve on this bound UDP socket instead of binding ``(host, port)``."""
     use_transport(transport, **options)
+    if protocol is None:
+        protocol = PacedH3Server if transport == "burstio-paced" else H3Server
     if sock is None:
-        return await serve(host, port, configuration=configuration, create_protocol=H3Server)
+        return await serve(host, port, configuration=configuration, create_protocol=protocol)
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: QuicServer(configuration=configuration, create_protocol=H3Server), sock=sock)
-    return protocol
+    create = protocol
+    _, server = await loop.create_datagram_endpoint(
+        lambda: QuicServer(configuration=configuration, create_protocol=create), sock=sock)
+    return server
 
 
 @contextlib.asynccontextmanager
@@ -251,7 +337,7 @@ async def connect_h3(host: str, port: int, configuration: QuicConfiguration | No
     chosen transport."""
     use_transport(transport, **options)
     if protocol is None:
-        protocol = BurstH3Client if transport == "burstio" else H3Client
+        protocol = BurstH3Client if transport.startswith("burstio") else H3Client
     async with connect(host, port, configuration=configuration or client_configuration(),
                        create_protocol=protocol) as client:
         yield cast(H3Client, client)  # made by `protocol`

@@ -14,6 +14,7 @@ from .report import Progress, ScenarioResult, format_result, plot, write_json
 from .scenarios.dns import dns
 from .scenarios.latency import latency
 from .scenarios.latency_lab import latency_lab
+from .scenarios.pacing import pacing
 from .scenarios.pipes import pipes
 from .scenarios.quic import quic
 from .scenarios.rx import rx_gro, rx_many_flow
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "pipes": pipes,
     "dns": dns,
     "quic": quic,
+    "pacing": pacing,
     "soak": soak,
     "xdp": xdp,
 }

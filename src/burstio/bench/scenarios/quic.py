@@ -20,8 +20,13 @@ Variants:
 - ``burstio``: as burstio-compat, and the client protocol takes each burst
   whole (``BurstQuicProtocol``: receive every datagram of the burst, then
   process events and transmit once, instead of after every datagram).
+- ``burstio-paced``: as burstio, and the server's pacing is burstio's
+  (``PacedH3Server`` on a paced transport: aioquic's pacer evaluated ahead,
+  each datagram released by the pacer thread at its time, instead of a loop
+  timer per datagram or small group).
 
-The server code is the same in all three; the two burstio variants share a server.
+The server code is the same in the first three; the two burstio variants
+share a server, burstio-paced has its own.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ VARIANTS = {  # name: (transport at both ends, client takes bursts)
     "asyncio": ("asyncio", False),
     "burstio-compat": ("burstio", False),
     "burstio": ("burstio", True),
+    "burstio-paced": ("burstio-paced", True),  # the server paced by burstio; the client as burstio
 }
 
 

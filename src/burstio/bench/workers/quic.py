@@ -4,7 +4,8 @@
     python -m burstio.bench.workers.quic client
 
 The server (aioquic's ``serve()`` with ``H3Server`` over TRANSPORT, "asyncio"
-or "burstio") prints ``ready`` and serves until SIGTERM. The client reads
+or "burstio", or ``PacedH3Server`` over "burstio-paced") prints ``ready``
+and serves until SIGTERM. The client reads
 one JSON command per stdin line and answers each with one JSON line:
 
     {"cmd": "connect", "name": N, "transport": T, "port": P, "bursts": B}
@@ -81,7 +82,8 @@ async def _client() -> None:
             if cmd["cmd"] == "connect":
                 if cmd["name"] in opened:
                     await opened.pop(cmd["name"]).__aexit__(None, None, None)
-                quic.use_transport(cmd["transport"], gro=True)
+                # a paced server's client is burstio's, unpaced (it mostly acknowledges)
+                quic.use_transport("burstio" if cmd["transport"] == "burstio-paced" else cmd["transport"], gro=True)
                 proto = quic.BurstH3Client if cmd.get("bursts") else quic.H3Client
                 context = connect("127.0.0.1", cmd["port"], create_protocol=proto,
                                   configuration=quic.client_configuration(idle_timeout=IDLE_TIMEOUT))

@@ -1,0 +1,370 @@
+/* The pacer's sender thread: no GIL, no Python object, every signal blocked
+ * (the interpreter's handlers run in its own threads).
+ *
+ * Where a datagram goes through it: the entry at the head of the pacer's
+ * queue (udp/pacer.c put it there) -> bio_pacer_wait_due sleeps until its
+ * transmit time (less the pacer's slack): a deadline further than
+ * BIO_PACER_LONG_NS is first waited for on the condition variable (an
+ * absolute CLOCK_MONOTONIC deadline that close() can cut short), the last
+ * stretch with clock_nanosleep(TIMER_ABSTIME) to the deadline itself, with
+ * the thread's timer slack at 1 ns: one wake-up per release where
+ * datagrams follow each other closely (each costs CPU: ~16 us in the VMs we
+ * measured) -> bio_pacer_collect makes messages of every entry due by then (a GSO run for consecutive entries of one time, socket,
+ * destination and metadata) -> bio_pacer_send: sendmmsg per run of messages
+ * on one socket; a full socket (EAGAIN) is waited for in poll(POLLOUT), not
+ * spun on; a refusal is recorded per datagram; GSO or a codepoint the
+ * kernel refuses (EIO/EINVAL) is dropped for this pacer, counted, and the
+ * datagrams sent without it (the run-time downgrade of udp/send.c's policy,
+ * which Python cannot run from this thread: it reads the counters).
+ */
+#include "udp/pacer.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A deadline further away than this is waited for on the condition
+ * variable (close() wakes it) until BIO_PACER_SLICE_NS before it; a nearer
+ * one is slept for with clock_nanosleep alone (close() waits that long at
+ * most): one wake-up per release instead of two. */
+#define BIO_PACER_LONG_NS 2000000
+#define BIO_PACER_SLICE_NS 1000000
+
+static struct timespec
+bio_pacer_ts(int64_t ns)
+{
+    struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+    return ts;
+}
+
+void
+bio_pacer_notify(BioPacer *p)
+{
+    uint64_t one = 1;
+    if (p->note_efd >= 0 && write(p->note_efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, a reader will look anyway */
+    }
+}
+
+void
+bio_pacer_record_error(BioPacer *p, const BioPacerEntry *e, int err)
+{
+    BIO_COUNT(p->counters, BIO_PACER_C_TX_ERRORS, 1);
+    pthread_mutex_lock(&p->mu);
+    if (p->nerr < BIO_PACER_ERRORS) {
+        BioPacerError *r = &p->errors[p->nerr++];
+        r->seq = e->seq;
+        r->err = err;
+        r->name = e->name;
+    } else {
+        BIO_COUNT(p->counters, BIO_PACER_C_PACED_ERRORS_DROPPED, 1);
+    }
+    pthread_mutex_unlock(&p->mu);
+    bio_pacer_notify(p);
+}
+
+/* Wait until the head entry is due (1) or close() began (0). mu held on
+ * entry and return; released while sleeping. */
+static int
+bio_pacer_wait_due(BioPacer *p)
+{
+    for (;;) {
+        if (bio_wake_closing(&p->wake))
+            return 0;
+        if (p->head == p->tail) {
+            pthread_cond_wait(&p->cv, &p->mu);
+            continue;
+        }
+        int64_t t = bio_pacer_entry(p, p->head)->meta.txtime - p->slack_ns, now = bio_now_ns();
+        if (t <= now)
+            return 1;
+        if (t - now > BIO_PACER_LONG_NS) {
+            struct timespec ts = bio_pacer_ts(t - BIO_PACER_SLICE_NS);
+            pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&p->mu);
+        struct timespec ts = bio_pacer_ts(t);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+            ;
+        pthread_mutex_lock(&p->mu);
+    }
+}
+
+static int
+bio_pacer_same_meta(const BioMetaPriv *a, const BioMetaPriv *b)
+{
+    return memcmp(&a->local, &b->local, sizeof(a->local)) == 0 && a->ifindex == b->ifindex &&
+           a->ecn == b->ecn && a->txtime == b->txtime;
+}
+
+/* Entries from position pos (at most `room`) that one GSO message carries:
+ * one socket, destination, local address, codepoint and transmit time, one
+ * size (the last may be shorter), within the payload limit. mu held. */
+static Py_ssize_t
+bio_pacer_run(const BioPacer *p, uint64_t pos, Py_ssize_t room)
+{
+    const BioPacerEntry *e = bio_pacer_entry(p, pos);
+    size_t seg = e->len, total = seg;
+    Py_ssize_t run = 1;
+    if (!p->gso || seg == 0)
+        return 1;
+    while (run < room && run < p->gso_max_segments && pos + (uint64_t)run < p->tail) {
+        const BioPacerEntry *f = bio_pacer_entry(p, pos + (uint64_t)run);
+        if (f->len == 0 || f->len > seg || total + f->len > BIO_MAX_UDP_PAYLOAD ||
+            f->sock != e->sock || memcmp(&f->name, &e->name, sizeof(e->name)) != 0 ||
+            !bio_pacer_same_meta(&f->meta, &e->meta))
+            break;
+        total += f->len;
+        run++;
+        if (f->len < seg)
+            break;
+    }
+    return run;
+}
+
+/* Point message m at entries [first, first + run) from head on. */
+static void
+bio_pacer_fill(BioPacer *p, int m, Py_ssize_t first, Py_ssize_t run)
+{
+    const BioPacerEntry *e = bio_pacer_entry(p, p->head + (uint64_t)first);
+    struct msghdr *h = &p->msgs[m].msg_hdr;
+    memset(h, 0, sizeof(*h));
+    for (Py_ssize_t r = 0; r < run; r++) {
+        const BioPacerEntry *f = bio_pacer_entry(p, p->head + (uint64_t)(first + r));
+        p->iov[first + r].iov_base = bio_pacer_payload(p, f);
+        p->iov[first + r].iov_len = f->len;
+    }
+    socklen_t namelen = bio_addr_len(&e->name);
+    h->msg_name = namelen ? (void *)&e->name : NULL;
+    h->msg_namelen = namelen;
+    h->msg_iov = &p->iov[first];
+    h->msg_iovlen = (size_t)run;
+    BioCmsgOut c = {.segment = run > 1 ? (uint16_t)e->len : 0, .m = &e->meta,
+                    .ecn = __atomic_load_n(&p->ecn_cmsg, __ATOMIC_RELAXED),
+                    .dscp = (uint8_t)p->dscp};
+    bio_cmsg_build(h, p->cmsg[m], &c);
+    p->msg_ecn[m] = c.ecn;
+    if (e->meta.ecn && !c.ecn)
+        BIO_COUNT(p->counters, BIO_PACER_C_TX_ECN_UNMARKED, run);
+    p->msg_first[m] = first;
+}
+
+/* Make messages of the entries due by `now` from head on; returns how many
+ * entries they hold, *nmsg the messages. mu held. */
+static Py_ssize_t
+bio_pacer_collect(BioPacer *p, int64_t now, int *nmsg)
+{
+    Py_ssize_t n = 0;
+    int m = 0;
+    while (p->head + (uint64_t)n < p->tail && m < BIO_PACER_MSGS && n < BIO_PACER_ROUND) {
+        if (bio_pacer_entry(p, p->head + (uint64_t)n)->meta.txtime > now + p->slack_ns)
+            break;
+        Py_ssize_t run = bio_pacer_run(p, p->head + (uint64_t)n, BIO_PACER_ROUND - n);
+        bio_pacer_fill(p, m++, n, run);
+        n += run;
+    }
+    *nmsg = m;
+    return n;
+}
+
+/* Wait for fd to take more (POLLOUT) or close(): 0, or -BIO_ECLOSED. */
+static int
+bio_pacer_wait_writable(BioPacer *p, int fd)
+{
+    BIO_COUNT(p->counters, BIO_PACER_C_PACED_WAITS, 1);
+    int r;
+    do
+        r = bio_wake_poll_nogil(&p->wake, fd, POLLOUT, -1);
+    while (r == -EINTR);
+    return r == -BIO_ECLOSED ? r : 0;
+}
+
+/* Count a message the kernel took. */
+static void
+bio_pacer_account(BioPacer *p, const struct msghdr *h)
+{
+    uint64_t bytes = 0;
+    for (size_t r = 0; r < h->msg_iovlen; r++)
+        bytes += h->msg_iov[r].iov_len;
+    BIO_COUNT(p->counters, BIO_PACER_C_TX_DATAGRAMS, h->msg_iovlen);
+    BIO_COUNT(p->counters, BIO_PACER_C_TX_BYTES, bytes);
+    if (h->msg_iovlen > 1) {
+        BIO_COUNT(p->counters, BIO_PACER_C_TX_GSO_MESSAGES, 1);
+        BIO_COUNT(p->counters, BIO_PACER_C_TX_GSO_DATAGRAMS, h->msg_iovlen);
+    }
+}
+
+/* Send entry e alone, with its codepoint when `ecn`: 0 or the errno; a full
+ * socket is waited for (-BIO_ECLOSED: close() came meanwhile). */
+static int
+bio_pacer_send_one(BioPacer *p, int fd, const BioPacerEntry *e, int ecn, unsigned char *cm)
+{
+    struct iovec iov = {.iov_base = bio_pacer_payload(p, e), .iov_len = e->len};
+    struct msghdr h;
+    memset(&h, 0, sizeof(h));
+    socklen_t namelen = bio_addr_len(&e->name);
+    h.msg_name = namelen ? (void *)&e->name : NULL;
+    h.msg_namelen = namelen;
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    BioCmsgOut c = {.m = &e->meta, .ecn = ecn, .dscp = (uint8_t)p->dscp};
+    bio_cmsg_build(&h, cm, &c);
+    for (;;) {
+        BIO_COUNT(p->counters, BIO_PACER_C_TX_SYSCALLS, 1);
+        if (sendmsg(fd, &h, MSG_DONTWAIT) >= 0) {
+            bio_pacer_account(p, &h);
+            return 0;
+        }
+        int err = errno;
+        if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)
+            return err;
+        if (err != EINTR && bio_pacer_wait_writable(p, fd) < 0)
+            return BIO_ECLOSED;
+    }
+}
+
+/* The kernel refused message k (err): when GSO or a codepoint may be what
+ * it refused (EIO/EINVAL), send its datagrams one by one, then without the
+ * codepoint, and drop what went that way for this pacer (counted); record
+ * what still fails. 0, or -BIO_ECLOSED. */
+static int
+bio_pacer_refused(BioPacer *p, int fd, int k, int err)
+{
+    const struct msghdr *h = &p->msgs[k].msg_hdr;
+    Py_ssize_t first = p->msg_first[k];
+    /* EMSGSIZE on a GSO run: each of its datagrams alone tells which are too big */
+    int retry = err == EIO || err == EINVAL || (err == EMSGSIZE && h->msg_iovlen > 1);
+    int gso_refused = err == EIO || err == EINVAL;
+    unsigned char cm[BIO_CMSG_WIDE] __attribute__((aligned(8)));
+    for (size_t r = 0; r < h->msg_iovlen; r++) {
+        const BioPacerEntry *e = bio_pacer_entry(p, p->head + (uint64_t)first + r);
+        int ecn = __atomic_load_n(&p->ecn_cmsg, __ATOMIC_RELAXED);
+        int e2 = retry ? bio_pacer_send_one(p, fd, e, ecn, cm) : err;
+        if (e2 == EINVAL && ecn && e->meta.ecn) { /* the codepoint refused? */
+            ecn = 0;
+            e2 = bio_pacer_send_one(p, fd, e, 0, cm);
+            if (e2 == 0 && __atomic_exchange_n(&p->ecn_cmsg, 0, __ATOMIC_RELAXED))
+                BIO_COUNT(p->counters, BIO_PACER_C_ECN_DOWNGRADES, 1);
+        }
+        if (e2 == BIO_ECLOSED)
+            return -BIO_ECLOSED;
+        /* went alone as the message would have: GSO was what the kernel refused */
+        if (e2 == 0 && gso_refused && h->msg_iovlen > 1 && (ecn || !e->meta.ecn || !p->msg_ecn[k]) &&
+            __atomic_exchange_n(&p->gso, 0, __ATOMIC_RELAXED))
+            BIO_COUNT(p->counters, BIO_PACER_C_GSO_DOWNGRADES, 1);
+        if (e2 == 0 && e->meta.ecn && !ecn && p->msg_ecn[k])
+            BIO_COUNT(p->counters, BIO_PACER_C_TX_ECN_UNMARKED, 1);
+        if (e2 != 0)
+            bio_pacer_record_error(p, e, e2);
+    }
+    return 0;
+}
+
+/* Messages [k, end) all go to fds[k]'s socket: how far that run reaches. */
+static int
+bio_pacer_same_socket(const BioPacer *p, int k, int nmsg)
+{
+    int32_t s = bio_pacer_entry(p, p->head + (uint64_t)p->msg_first[k])->sock;
+    int end = k + 1;
+    while (end < nmsg && bio_pacer_entry(p, p->head + (uint64_t)p->msg_first[end])->sock == s)
+        end++;
+    return end;
+}
+
+/* Send messages [0, nmsg) (n entries). Returns the entries done, sent or
+ * refused: all n, or fewer when close() came while a socket was full. */
+static Py_ssize_t
+bio_pacer_send(BioPacer *p, int nmsg, Py_ssize_t n, const int *fds)
+{
+    int k = 0;
+    while (k < nmsg) {
+        int end = bio_pacer_same_socket(p, k, nmsg), fd = fds[k];
+        BIO_COUNT(p->counters, BIO_PACER_C_TX_SYSCALLS, 1);
+        int r = sendmmsg(fd, &p->msgs[k], (unsigned)(end - k), MSG_DONTWAIT);
+        for (int i = 0; i < r; i++)
+            bio_pacer_account(p, &p->msgs[k + i].msg_hdr);
+        if (r > 0) {
+            k += r;
+            continue;
+        }
+        int err = r < 0 ? errno : EAGAIN;
+        if (err == EINTR)
+            continue;
+        if ((err == EAGAIN || err == EWOULDBLOCK) && bio_pacer_wait_writable(p, fd) == 0)
+            continue;
+        if ((err == EAGAIN || err == EWOULDBLOCK) || bio_pacer_refused(p, fd, k, err) < 0)
+            return p->msg_first[k]; /* closing: the rest is unsent */
+        k++;
+    }
+    return n;
+}
+
+/* The socket of each message (the table may change between rounds). mu held. */
+static void
+bio_pacer_fds(const BioPacer *p, int nmsg, int *fds)
+{
+    for (int k = 0; k < nmsg; k++) {
+        int32_t s = bio_pacer_entry(p, p->head + (uint64_t)p->msg_first[k])->sock;
+        fds[k] = s >= 0 && s < p->nfds ? p->fds[s] : -1;
+    }
+}
+
+/* Entries [head, head + done) are finished: free their room; wake the
+ * calls waiting for room, or for the queue to drain once it has. mu held. */
+static void
+bio_pacer_advance(BioPacer *p, Py_ssize_t done)
+{
+    if (done > 0) {
+        const BioPacerEntry *last = bio_pacer_entry(p, p->head + (uint64_t)done - 1);
+        p->bhead = last->off + last->len;
+        p->head += (uint64_t)done;
+    }
+    p->sending = 0;
+    if (__atomic_load_n(&p->waiters, __ATOMIC_ACQUIRE) > 0 ||
+        __atomic_load_n(&p->want_room, __ATOMIC_RELAXED) ||
+        (p->head == p->tail && __atomic_load_n(&p->drainers, __ATOMIC_ACQUIRE) > 0))
+        bio_pacer_notify(p); /* a flush() is woken once, when the queue has drained */
+}
+
+static void *
+bio_pacer_main(void *arg)
+{
+    BioPacer *p = arg;
+    int fds[BIO_PACER_MSGS];
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL); /* wake at the deadline, not up to 50 us after */
+    pthread_mutex_lock(&p->mu);
+    while (bio_pacer_wait_due(p)) {
+        int nmsg;
+        Py_ssize_t n = bio_pacer_collect(p, bio_now_ns(), &nmsg);
+        bio_pacer_fds(p, nmsg, fds);
+        BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
+        p->sending = 1;
+        pthread_mutex_unlock(&p->mu);
+        Py_ssize_t done = bio_pacer_send(p, nmsg, n, fds);
+        pthread_mutex_lock(&p->mu);
+        bio_pacer_advance(p, done);
+    }
+    p->sending = 0;
+    pthread_mutex_unlock(&p->mu);
+    bio_pacer_notify(p);
+    return NULL;
+}
+
+int
+bio_pacer_start(BioPacer *p)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread inherits the mask */
+    int err = pthread_create(&p->thread, NULL, bio_pacer_main, p);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err != 0)
+        return -err;
+    p->running = 1;
+    return 0;
+}

@@ -1,0 +1,142 @@
+"""SocketSet and per-datagram metadata, on every backend of
+support.variants.SOCKETSET: receives fill local_addrs/ifindexes/ecn only for
+sockets that asked (pktinfo or ECN on), sends honour the source address and
+the codepoint, and a paced set releases each entry at its transmit time.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+import pytest
+
+import burstio
+from burstio import PacketBatch, SocketSet, Unsent
+from support.kernel import require_kernel
+from support.variants import SOCKETSET, variant_fixture
+
+socketset_variant = variant_fixture(SOCKETSET)
+HOUR = 3600 * 10**9
+
+
+@pytest.fixture
+def stack():
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+def make_set(stack, variant, **kw) -> SocketSet:
+    return stack.enter_context(SocketSet(**{**variant.kwargs, **kw}))
+
+
+def bound(stack, host: str = "127.0.0.1", **kw) -> burstio.BurstSocket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return stack.enter_context(burstio.BurstSocket.bind((host, 0), family=family, **kw))
+
+
+def take(sset: SocketSet, expect: int) -> list[tuple]:
+    """(payload, socket index, local address, ecn, ifindex > 0) of ``expect`` datagrams."""
+    batch = PacketBatch(32, 256)
+    got: list[tuple] = []
+    while len(got) < expect and sset.recv_batch(batch, 2.0):
+        got += [(bytes(batch[i]), batch.sockets[i], batch.local_addr(i), batch.ecn[i], batch.ifindexes[i] > 0)
+                for i in range(len(batch))]
+    return sorted(got)
+
+
+def test_only_sockets_that_asked_get_metadata(stack, socketset_variant):
+    sset = make_set(stack, socketset_variant)
+    asking = bound(stack, "0.0.0.0", pktinfo=True, ecn=True)
+    plain = bound(stack)
+    i, j = sset.add(asking), sset.add(plain)
+    tx = bound(stack)
+    out = PacketBatch(4, 64)
+    out.append(b"asked", ("127.0.0.3", asking.getsockname()[1]), ecn=3)
+    out.append(b"plain", plain.getsockname(), ecn=3)
+    assert tx.send_batch(out) == 2
+    ecn = 3 if burstio.capabilities().ecn else 0
+    assert take(sset, 2) == [(b"asked", i, "127.0.0.3", ecn, True), (b"plain", j, None, 0, False)]
+
+
+def test_a_set_without_metadata_sockets_makes_no_metadata(stack, socketset_variant):
+    sset = make_set(stack, socketset_variant)
+    rx = bound(stack)
+    sset.add(rx)
+    tx = bound(stack)
+    out = PacketBatch(2, 64)
+    out.append(b"x", rx.getsockname())
+    tx.send_batch(out)
+    batch = PacketBatch(4, 64)
+    assert sset.recv_batch(batch, 2.0) == 1 and not batch.has_metadata
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_replies_from_the_address_each_request_came_to(stack, socketset_variant, host):
+    if host == "::":
+        require_kernel("ipv6")
+    sset = make_set(stack, socketset_variant)
+    server = bound(stack, host, pktinfo=True)
+    sset.add(server)
+    client = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(2.0)
+    port = server.getsockname()[1]
+    for h in ("127.0.0.2", "127.0.0.3"):
+        client.sendto(h.encode(), (h, port))
+    batch = PacketBatch(8, 256)
+    n = 0
+    while n < 2:
+        got = sset.recv_batch(batch, 2.0)
+        assert got
+        assert sset.send_batch(batch) == got  # the batch echoed: each from where it arrived
+        n += got
+    assert sorted(client.recvfrom(64) for _ in range(2)) == \
+        [(h.encode(), (h, port)) for h in ("127.0.0.2", "127.0.0.3")]
+
+
+def test_ipv6_local_address_on_an_ipv4_socket_refused(stack, socketset_variant):
+    sset = make_set(stack, socketset_variant)
+    sock = bound(stack)
+    sock.connect(("127.0.0.1", 9))
+    i = sset.add(sock)
+    out = PacketBatch(2, 64)
+    out.append(b"x", None, local="::1")  # to the connected peer: only the socket's family can tell
+    out.sockets[0] = i
+    with pytest.raises(ValueError, match=f"datagram 0: its local address is IPv6 but socket {i} is IPv4"):
+        sset.send_batch(out)
+
+
+def test_transmit_time_refused_unless_paced(stack, socketset_variant):
+    sset = make_set(stack, socketset_variant)
+    i = sset.add(bound(stack))
+    out = PacketBatch(2, 64)
+    out.append(b"x", ("127.0.0.1", 9), txtime=5)
+    out.sockets[0] = i
+    with pytest.raises(ValueError, match=r"datagram 0: it has a transmit time .* \(paced=True does\)"):
+        sset.send_batch(out)
+
+
+def test_paced_set_keeps_each_sockets_order_and_reports_unsent(stack, socketset_variant):
+    sset = make_set(stack, socketset_variant, paced=True)
+    senders = [bound(stack), bound(stack)]
+    idx = [sset.add(s) for s in senders]
+    rx = bound(stack, rcvbuf=1 << 20)
+    now = time.monotonic_ns()
+    out = PacketBatch(16, 64)
+    for k in range(10):
+        out.append(b"%d" % k, rx.getsockname(), txtime=now + k * 200_000)
+        out.sockets[k] = idx[k % 2]
+    out.append(b"later", rx.getsockname(), txtime=now + HOUR)
+    out.sockets[10] = idx[0]
+    assert sset.send_batch(out) == 11
+    batch = PacketBatch(16, 64)
+    got: list[tuple] = []
+    while len(got) < 10 and rx.recv_batch(batch, 5.0):
+        got += [(bytes(batch[i]), batch.addr(i)) for i in range(len(batch))]
+    for s, sender in enumerate(senders):  # each socket's datagrams in its queue order
+        mine = [p for p, a in got if a == sender.getsockname()]
+        assert mine == [b"%d" % k for k in range(s, 10, 2)]
+    assert not sset.flush(0.01)
+    assert sset.close() == [Unsent(10, rx.getsockname(), 5)]
+    assert sset.counters["paced_queued"] == 11 and sset.counters["paced_unsent"] == 1
