@@ -38,7 +38,7 @@ __all__ = ["Parser", "CommandError", "port_arg", "host_arg", "int_arg", "seconds
 SOCKPERF_MODES = ("blocking", "busy-poll", "busy-poll-suspend")
 SOCKPERF_SUSPEND_NAPI = {"defer_hard_irqs": 2, "gro_flush_timeout": 200_000, "irq_suspend_timeout": 20_000_000}
 DNS_TRANSPORTS = ("asyncio", "burstio-compat", "burstio")
-QUIC_TRANSPORTS = ("asyncio", "burstio")
+QUIC_TRANSPORTS = ("asyncio", "burstio", "burstio-paced")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -243,7 +243,8 @@ def add_quic_serve_arguments(parser: argparse.ArgumentParser, transports: tuple[
     parser.add_argument("--cert", help="certificate (PEM; none: a throw-away self-signed one)")
     parser.add_argument("--key", help="private key of --cert (PEM)")
     parser.add_argument("--transport", choices=transports, default="burstio",
-                        help="the loop's datagram transport: asyncio's own, or burstio's (batched)")
+                        help="the loop's datagram transport: asyncio's own, burstio's (batched), or burstio's "
+                             "with aioquic's pacing released by burstio's pacer thread (burstio-paced)")
     parser.add_argument("--quiet", action="store_true", help="no start/stop lines")
     add_workers_argument(parser)
 

@@ -339,6 +339,7 @@ def run_pipe(n: int, size: int) -> Outcome:
     proc.start()
     child.close()
     b.close()  # the producer's now
+    a.rx.sync()  # claimed before the producer's first sleep, which then watches this process (a pidfd) from the start
     tally, sampler = Tally(n), Sampler()
     out = Outcome(tally)
     try:
