@@ -33,8 +33,11 @@
 #include <poll.h>
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 
 #define BIO_NIC_TX_SLICE_NS 100000 /* a TX wait looks for completions this often */
+#define BIO_NIC_GATHER_NS 100000   /* an RX wait holding fewer frames than it wants looks again
+                                    * this often rather than at each of the kernel's wake-ups */
 
 static const char *const bio_nic_counter_names[BIO_NIC_NCOUNTERS] = {
     "rx_frames", "rx_moved", "returned_bad", "tx_frames", "tx_bad", "tx_ring_full",
@@ -216,6 +219,7 @@ typedef struct {
     BioPortRing *g;      /* the application's ring that waits */
     int tx;              /* waiting for free TX slots (completions), else for frames */
     int room;            /* rx: the pump can take frames (else only close ends the wait) */
+    int gather;          /* rx: some frames are there, fewer than wanted: sleep a slice */
     int64_t deadline, linger_end;
 } BioNicWait;
 
@@ -237,8 +241,26 @@ bio_nic_linger_nogil(BioNicWait *w)
     return 0;
 }
 
+/* poll() until `until` (ns, -1: none) with a nanosecond timeout: the slices
+ * here are shorter than poll()'s millisecond. nogil. */
+static int
+bio_nic_ppoll(struct pollfd *p, nfds_t n, int64_t until)
+{
+    struct timespec ts, *tp = NULL;
+    if (until >= 0) {
+        int64_t left = until - bio_now_ns();
+        left = left > 0 ? left : 0;
+        ts.tv_sec = (time_t)(left / 1000000000);
+        ts.tv_nsec = (long)(left % 1000000000);
+        tp = &ts;
+    }
+    return ppoll(p, n, tp, NULL);
+}
+
 /* Sleep until the socket has frames (rx), a slice passed (tx: completions
- * raise no event), the deadline, or a close() of the port: 1 look again,
+ * raise no event; rx holding some frames but fewer than it wants: the
+ * kernel wakes a socket at every burst it delivers, and a slice gathers
+ * several), the deadline, or a close() of the port: 1 look again,
  * 0 deadline, -ECANCELED / -ESTALE (closed or taken over here), -ENETDOWN
  * (the device went away) or -errno. nogil. */
 static int
@@ -251,8 +273,9 @@ bio_nic_wait_nogil(void *arg)
         return 1;
     }
     w->linger_end = 0;
-    int64_t until = w->deadline, soon = bio_now_ns() + BIO_NIC_TX_SLICE_NS;
-    if (w->tx && (until < 0 || until > soon))
+    int64_t until = w->deadline;
+    int64_t soon = bio_now_ns() + (w->tx ? BIO_NIC_TX_SLICE_NS : BIO_NIC_GATHER_NS);
+    if ((w->tx || w->gather) && (until < 0 || until > soon))
         until = soon;
     struct pollfd p[2] = {{.fd = w->g->port->local_fd, .events = POLLIN},
                           {.fd = bio_nic_fd(w->c), .events = POLLIN}};
@@ -260,7 +283,7 @@ bio_nic_wait_nogil(void *arg)
     if (r < 0)
         return r;
     BIO_COUNT(w->g->me->counters, BIO_PORT_C_SLEEPS, 1);
-    int n = poll(p, !w->tx && w->room ? 2 : 1, bio_deadline_ms(until));
+    int n = bio_nic_ppoll(p, !w->tx && !w->gather && w->room ? 2 : 1, until);
     if (n < 0)
         return -errno;
     if ((r = bio_port_claim_current(w->g->port)) < 0)
@@ -283,6 +306,11 @@ bio_nic_ready(BioNic *c, int tx)
         bio_port_oserror(EBADF, "the NIC port is closed");
         return -1;
     }
+    if (c->switched) {
+        PyErr_SetString(PyExc_RuntimeError, "this NIC port belongs to a switch: the switch "
+                        "moves its frames");
+        return -1;
+    }
     if (bio_umem_check_pid(c->xsk->umem) < 0 || bio_port_ring_ready(tx ? c->cons : c->prod) < 0 ||
         bio_port_ring_ready(tx ? c->app_tx : c->app_rx) < 0 ||
         (!c->started && bio_port_ring_ready(c->prod) < 0))
@@ -291,6 +319,16 @@ bio_nic_ready(BioNic *c, int tx)
         c->reclaimed = c->prod->tail - c->prod->cap;
         c->started = 1;
     }
+    return 0;
+}
+
+int
+bio_nic_hold(BioNic *c)
+{
+    c->switched = 0;
+    if (bio_nic_ready(c, 0) < 0 || bio_nic_ready(c, 1) < 0)
+        return -1;
+    c->switched = 1;
     return 0;
 }
 
@@ -360,6 +398,7 @@ bio_nic_wait_loop(BioNic *c, BioNicWait *w, uint32_t want)
             return 0;
         }
         w->room = c->prod->tail != c->prod->head;
+        w->gather = !w->tx && g->tail != g->cur;
         c->busy++;
         g->busy = atomic_load(&bio_port_epoch);
         r = bio_nogil_retry(bio_nic_wait_nogil, w);

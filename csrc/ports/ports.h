@@ -81,6 +81,7 @@ typedef struct {
     uint32_t cap, mask;
     uint32_t gen;        /* port->gen this view was set up for */
     uint32_t busy;       /* bio_port_epoch of a call in progress without the GIL, 0: none */
+    uint32_t turn;       /* RX: the next TX ring of a round-robin spread() */
     BioPortSide *me, *peer;
     BioPortSlots *s;
     int sleep_fd, kick_fd;
@@ -259,6 +260,7 @@ typedef struct {
     uint32_t reclaimed;           /* ring 0 slots released up to here gave their frames back */
     uint32_t offset;              /* where a slot's data starts in its frame */
     int started;
+    int switched;                 /* a switch drives it: the application's calls are refused */
     int busy, closing;            /* waits without the GIL in progress; close() came */
     uint64_t counters[BIO_NIC_NCOUNTERS];
 } BioNic;
@@ -272,10 +274,21 @@ int bio_nic_rx_pump(BioNic *c);
  * frames back, and make the kernel transmit (without the GIL when nogil).
  * Returns frames queued or -errno. */
 int bio_nic_tx_pump(BioNic *c, int nogil);
+/* A switch takes the NIC port over: every ring made usable in this process
+ * (the switch's), the application's own calls refused from now on. 0, or
+ * -1 with an exception. GIL. */
+int bio_nic_hold(BioNic *c);
 /* The AF_XDP socket: readable when frames wait on its rx ring. */
 int bio_nic_fd(BioNic *c);
 /* Whether frames wait on the rx ring that the pump could move now. */
 int bio_nic_rx_pending(BioNic *c);
+
+/* ---- flows (ports/fib.c) ------------------------------------------------------------ */
+
+/* A hash of an Ethernet frame's flow: its IP addresses, protocol and TCP or
+ * UDP ports (behind one 802.1Q tag), its MAC addresses if it is not IP.
+ * Reads only data[0, len): bytes a peer rewrites meanwhile only change it. */
+uint32_t bio_port_flow_hash(const unsigned char *data, uint32_t len);
 
 /* ---- TX (ports/tx.c) -------------------------------------------------------------- */
 

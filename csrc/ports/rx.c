@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <string.h>
 
+
 /* ---- reading packets ---------------------------------------------------------- */
 
 /* Position of owned packet i (0 = head), or raise IndexError. */
@@ -327,6 +328,114 @@ bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyO
     return PyLong_FromUnsignedLong(j);
 }
 
+/* ---- spreading: forward() to several TX rings, each packet to one -------------- */
+
+#define BIO_SPREAD_MAX 64 /* TX rings of one spread() */
+
+/* How spread() picks a packet's TX ring. */
+enum { BIO_SPREAD_FLOW, BIO_SPREAD_RR };
+
+typedef struct {
+    BioPortRing *t[BIO_SPREAD_MAX];
+    int how[BIO_SPREAD_MAX], n, by;
+} BioSpread;
+
+/* Parse spread()'s TX rings and `by`, and make each usable. 0 or -1. */
+static int
+bio_port_spread_args(BioPortRing *g, PyObject *txs, PyObject *by, BioSpread *sp)
+{
+    PyObject *seq = PySequence_Fast(txs, "spread() argument 1 must be a sequence of TX rings");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int ok = n >= 1 && n <= BIO_SPREAD_MAX;
+    for (Py_ssize_t k = 0; ok && k < n; k++)
+        ok = PyObject_TypeCheck(PySequence_Fast_GET_ITEM(seq, k), &BioPortTx_Type);
+    if (!ok) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_TypeError, "spread() argument 1 must be a sequence of 1 to %d TX "
+                     "rings", BIO_SPREAD_MAX);
+        return -1;
+    }
+    sp->n = (int)n;
+    for (int k = 0; k < sp->n; k++) {
+        BioPortRing *t = (BioPortRing *)PySequence_Fast_GET_ITEM(seq, k);
+        sp->t[k] = t;
+        sp->how[k] = t->reg == g->reg ? BIO_FWD_SWAP
+                     : g->reg->frames != NULL && g->reg->frames == t->reg->frames
+                         ? BIO_FWD_SWAP_FRAMES : BIO_FWD_COPY;
+    }
+    Py_DECREF(seq); /* the caller's sequence keeps the rings alive for the call */
+    const char *b = by == NULL ? "flow" : PyUnicode_Check(by) ? PyUnicode_AsUTF8(by) : NULL;
+    if (b == NULL || (strcmp(b, "flow") != 0 && strcmp(b, "round-robin") != 0)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "by must be 'flow' or 'round-robin'");
+        return -1;
+    }
+    sp->by = strcmp(b, "flow") == 0 ? BIO_SPREAD_FLOW : BIO_SPREAD_RR;
+    for (int k = 0; k < sp->n; k++)
+        if (bio_port_ring_ready(sp->t[k]) < 0)
+            return -1;
+    return 0;
+}
+
+/* The TX ring the packet at pos goes to: by its flow's hash, or in turn. */
+static int
+bio_port_spread_pick(BioPortRing *g, const BioSpread *sp, uint32_t pos)
+{
+    if (sp->by == BIO_SPREAD_RR)
+        return (int)(g->turn++ % (uint32_t)sp->n);
+    uint32_t idx;
+    const unsigned char *buf = bio_port_ring_buf(g, pos, &idx);
+    return buf == NULL ? 0 : (int)(bio_port_flow_hash(buf, bio_port_rx_len(g, pos)) % (uint32_t)sp->n);
+}
+
+PyDoc_STRVAR(bio_port_rx_spread_doc,
+"spread($self, /, txs, by='flow', count=None)\n--\n\n"
+"forward() to several TX rings: each owned packet goes to one of them, by\n"
+"the hash of its flow (by='flow': an Ethernet frame's IP addresses, protocol\n"
+"and ports, so that a flow stays on one ring) or in turn (by='round-robin'),\n"
+"zero copy where the rings share their buffers and copied otherwise, as\n"
+"forward() does. Stops at the first packet whose ring is full (packets keep\n"
+"their order). Returns the packets moved; publish each TX ring with sync().");
+
+static PyObject *
+bio_port_rx_spread(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"txs", "by", "count", NULL};
+    PyObject *a[3];
+    BioSpread sp;
+    uint32_t n = g->tail - g->head, bad = 0, j = 0;
+    if (bio_args_parse("spread", args, nargs, kwnames, names, 3, 1, a) < 0 ||
+        bio_port_count_arg(a[2], &n) < 0 || bio_port_ring_ready(g) < 0 ||
+        bio_port_spread_args(g, a[0], a[1], &sp) < 0)
+        return NULL;
+    int r = 0, k = 0;
+    uint64_t swapped = 0;
+    for (; j < n; j++) {
+        BioPortRing *t = sp.t[k = bio_port_spread_pick(g, &sp, g->head + j)];
+        if (t->tail == t->head && (r = bio_port_ring_refresh(t)) < 0)
+            return bio_port_ring_raise(t, r);
+        if (t->tail == t->head) {
+            g->turn -= sp.by == BIO_SPREAD_RR; /* its turn again next time */
+            break;
+        }
+        r = sp.how[k] == BIO_FWD_COPY ? bio_port_fwd_copy(g, t, g->head + j, &bad)
+                                       : bio_port_fwd_swap(g, t, g->head + j, sp.how[k], &bad);
+        if (r < 0)
+            break;
+        swapped += sp.how[k] != BIO_FWD_COPY;
+    }
+    g->head += j;
+    if ((int32_t)(g->cur - g->head) < 0)
+        g->cur = g->head;
+    BIO_COUNT(g->me->counters, BIO_PORT_C_FWD_SWAPPED, swapped);
+    BIO_COUNT(g->me->counters, BIO_PORT_C_FWD_COPIED, j - swapped);
+    if (r < 0)
+        return bio_port_fwd_bad(g, sp.t[k], sp.how[k], bad, j);
+    return PyLong_FromUnsignedLong(j);
+}
+
 /* ---- the type ---------------------------------------------------------------- */
 
 static PyMethodDef bio_port_rx_methods[] = {
@@ -335,6 +444,8 @@ static PyMethodDef bio_port_rx_methods[] = {
      bio_port_rx_peek_doc},
     {"forward", (PyCFunction)(void (*)(void))bio_port_rx_forward, METH_FASTCALL | METH_KEYWORDS,
      bio_port_rx_forward_doc},
+    {"spread", (PyCFunction)(void (*)(void))bio_port_rx_spread, METH_FASTCALL | METH_KEYWORDS,
+     bio_port_rx_spread_doc},
     {"dst", (PyCFunction)bio_port_rx_dst, METH_O,
      "dst($self, i, /)\n--\n\nThe destination key of packet i."},
     {"src", (PyCFunction)bio_port_rx_src, METH_O,

@@ -51,8 +51,11 @@ class NicRx(PortRx):
 
     def wait(self, n: int = 1, timeout: float | None = None) -> int:
         """Wait until n packets lie beyond ``cur`` (or the timeout): the pump,
-        then linger and sleep on the AF_XDP socket. Returns the packets owned.
-        A ``close()`` of the port in another thread ends it (ValueError)."""
+        then linger and sleep on the AF_XDP socket; once some packets are
+        there but fewer than n, it looks again every 100 us instead of at each
+        burst the kernel delivers (n > 1 gathers bursts). Returns the packets
+        owned. A ``close()`` of the port in another thread ends it
+        (ValueError)."""
         return int(self._core.wait(False, n, timeout))
 
 
@@ -85,6 +88,8 @@ class NicPort(Port):
 
     _tx_type = NicTx
     _rx_type = NicRx
+    tx: NicTx
+    rx: NicRx
 
     def __init__(self, region: _native.PortRegion, xsk: XskSocket, pool_fd: int, *, linger: float = LINGER,
                  steer: Steer | None = None):
@@ -96,6 +101,7 @@ class NicPort(Port):
         self._core = _native.NicCore(xsk._x, self._pump.tx, self._pump.rx, self.rx, self.tx)
         self.rx._core = self.tx._core = self._core
         self._pipes: list[Port] = []
+        self._switch: Any = None  # the Switch that drives it (Switch.add_nic)
 
     @property
     def umem(self) -> Umem:
@@ -136,9 +142,12 @@ class NicPort(Port):
     def close(self) -> None:
         """Close the port and its AF_XDP socket (the kernel takes it out of
         the Steer program's map); a wait in another thread ends
-        (ValueError). Pipes made from it keep their frames until they go."""
+        (ValueError). Pipes made from it keep their frames until they go.
+        A NIC port attached to a switch closes with the switch."""
         if self.closed:
             return
+        if self._switch is not None:
+            raise RuntimeError("this NIC port belongs to a switch: close the switch")
         super().close()
         self._core.close()
         self.xsk.close()

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from . import _native
-from ._checks import check_choice, check_int, check_seconds, check_socket, check_timeout
+from ._checks import check_int, check_seconds, check_socket, check_timeout
 from ._native import PacketBatch
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ if TYPE_CHECKING:
         def detach(self) -> int: ...
 
 __all__ = [
-    "Port", "PortTx", "PortRx", "Switch", "pipe", "send_port", "recv_port", "publish", "attach",
-    "BROADCAST", "LINGER", "SLOTS", "SLOT_SIZE",
+    "Port", "PortTx", "PortRx", "Switch", "NicPort", "pipe", "nic_port", "send_port", "recv_port", "publish",
+    "attach", "BROADCAST", "LINGER", "SLOTS", "SLOT_SIZE",
 ]
 
 log = logging.getLogger("burstio")
