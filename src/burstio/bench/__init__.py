@@ -15,6 +15,7 @@ from .scenarios.dns import dns
 from .scenarios.latency import latency
 from .scenarios.latency_lab import latency_lab
 from .scenarios.pipes import pipes
+from .scenarios.port import port
 from .scenarios.quic import quic
 from .scenarios.rx import rx_gro, rx_many_flow
 from .scenarios.soak import soak
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "quic": quic,
     "soak": soak,
     "xdp": xdp,
+    "port": port,
 }
 #: run only when named: too long for the run of all scenarios
 LONG = ("soak",)
