@@ -88,15 +88,17 @@ bio_switch_lookup(BioSwitch *sw, uint64_t key)
     return e != NULL && e->used ? e->port : -1;
 }
 
-/* A fixed entry (static route) is never changed by learning; the table is
- * kept below 3/4 full. */
+/* A fixed entry (static route) is never changed by learning, only removed
+ * (port -1); the table is kept below 3/4 full. */
 int
 bio_switch_set(BioSwitch *sw, uint64_t key, int port, int fixed)
 {
     BioSwitchEntry *e = bio_switch_slot(sw, key);
+    if (port == -1 && (e == NULL || !e->used))
+        return 0; /* nothing to remove */
     if (e == NULL || (!e->used && (sw->fib_used + 1) * 4 > (sw->fib_mask + 1) * 3))
         return -1;
-    if (e->used && e->fixed && !fixed)
+    if (e->used && e->fixed && !fixed && port != -1)
         return 0;
     if (e->used && e->port == port && e->fixed == fixed)
         return 0;
