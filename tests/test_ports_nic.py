@@ -156,7 +156,7 @@ def test_a_hostile_worker_cannot_hand_the_kernel_a_frame_it_does_not_hold(nic):
         far.tx.indices[(far.tx.head - 1) % 8] = idx
         far.tx.sync()
         near.rx.sync()
-        with pytest.raises(OSError, match="frame %d is not one the ring's region holds" % idx) as e:
+        with pytest.raises(OSError, match=f"frame {idx} is not one the ring's region holds") as e:
             near.rx.forward(nic.tx)
         assert e.value.errno == errno.EBADMSG and e.value.sent == 0
         assert len(near.rx) == 1  # not taken
@@ -168,7 +168,7 @@ def test_a_hostile_worker_cannot_hand_the_kernel_a_frame_it_does_not_hold(nic):
         far.tx.indices[(far.tx.head - 1) % 8] = twice
     far.tx.sync()
     near.rx.sync()
-    with pytest.raises(OSError, match="frame %d is not one" % twice) as e:
+    with pytest.raises(OSError, match=f"frame {twice} is not one") as e:
         near.rx.forward(nic.tx)
     assert e.value.sent == 1  # the first went, the copy of it did not
     nic.tx.sync()

@@ -21,7 +21,7 @@ BCAST = b"\xff" * 6
 
 
 def eth(dst: bytes, src: bytes, sport: int = 1000, payload: bytes = b"x") -> bytes:
-    return frame(dst, src, ("10.1.0.%d" % src[5], sport), ("10.1.0.%d" % (dst[5] or 255), 9000), payload)
+    return frame(dst, src, (f"10.1.0.{src[5]}", sport), (f"10.1.0.{dst[5] or 255}", 9000), payload)
 
 
 def put(port: ports.Port, *frames: bytes) -> None:
@@ -166,7 +166,7 @@ def test_spread_fans_a_ring_out_by_flow_or_in_turn():
 
 def test_spread_stops_at_a_full_ring_and_keeps_order():
     src, sink = ports.pipe(slots=64, slot_size=256)
-    (n1, f1), (n2, f2) = ports.pipe(slots=4, slot_size=256), ports.pipe(slots=4, slot_size=256)
+    (n1, _f1), (n2, _f2) = ports.pipe(slots=4, slot_size=256), ports.pipe(slots=4, slot_size=256)
     put(src, *[eth(MAC[2], MAC[1], payload=b"%d" % i) for i in range(10)])
     sink.rx.sync()
     assert sink.rx.spread([n1.tx, n2.tx], by="round-robin") == 6  # 3 + 3 slots in flight
