@@ -42,8 +42,11 @@
  *   ports/ring.c           port rings: positions, publish, kick, shared entry points
  *   ports/wait.c           linger, sleep and wake, watching the peer's process
  *   ports/tx.c             PortTx: put, claim, put_batch, recv_from
- *   ports/rx.c             PortRx: rx[i], peek, forward, metadata
- *   ports/switch.c         SwitchCore: forwarding between ports by key
+ *   ports/rx.c             PortRx: rx[i], peek, forward (swap or copy), metadata
+ *   ports/switch.c         SwitchCore: forwarding between ports by key or MAC
+ *   ports/forward.c        the switch's table, groups, copies, isolating a client
+ *   ports/frames.c         frames of a shared pool: which region holds each
+ *   ports/nic.c            NicCore: an AF_XDP socket behind a port's rings
  *   napi/napi.h            busy polling and NAPI: the module functions
  *   napi/napi.c            reuseport BPF, io_uring NAPI, setns
  *   probe/probe.h          the capability probes

@@ -172,9 +172,40 @@ def test_forward_swaps_buffer_indices_zero_copy_echo():
     b.rx.sync()
     assert a.rx.wait(3, timeout=0) == 3
     assert [(bytes(a.rx[i]), a.rx.dst(i)) for i in range(3)] == [(b"msg%d" % i, i) for i in range(3)]
-    other, _ = ports.pipe(slots=8, slot_size=16)
-    with pytest.raises(ValueError, match="both rings must belong to one region"):
-        b.rx.forward(other.tx)
+    assert (b.rx.counters()["forwarded_zerocopy"], b.rx.counters()["forwarded_copied"]) == (3, 0)
+
+
+def test_forward_between_regions_copies_and_counts():
+    a, b = ports.pipe(slots=8, slot_size=16)
+    c, d = ports.pipe(slots=4, slot_size=4)  # smaller slots: what does not fit is truncated and flagged
+    for i in range(5):
+        a.tx.put(b"m%d-x" % i if i % 2 else b"m%d" % i, dst=i, src=9, addr=("127.0.0.1", 1000 + i))
+    a.tx.sync()
+    assert b.rx.wait(5, timeout=0) == 5
+    idx = list(b.rx.indices)
+    assert b.rx.forward(c.tx) == 3  # limited by c's free slots
+    assert list(b.rx.indices) == idx  # copied: no buffer changed hands
+    assert (b.rx.head, len(b.rx)) == (3, 2)
+    c.tx.sync()
+    assert d.rx.wait(3, timeout=0) == 3
+    assert [(bytes(d.rx[i]), d.rx.dst(i), d.rx.src(i), d.rx.addr(i), d.rx.flags(i)) for i in range(3)] == [
+        (b"m0", 0, 9, ("127.0.0.1", 1000), 0), (b"m1-x", 1, 9, ("127.0.0.1", 1001), 0),
+        (b"m2", 2, 9, ("127.0.0.1", 1002), 0)]
+    d.rx.advance()
+    d.rx.sync()
+    assert b.rx.forward(c.tx) == 2
+    c.tx.sync()
+    assert d.rx.wait(2, timeout=0) == 2
+    assert [(bytes(d.rx[i]), d.rx.flags(i)) for i in range(2)] == [(b"m3-x", 0), (b"m4", 0)]
+    assert (b.rx.counters()["forwarded_copied"], b.rx.counters()["forwarded_zerocopy"]) == (5, 0)
+    e, f = ports.pipe(slots=4, slot_size=2)
+    a.tx.put(b"long")
+    a.tx.sync()
+    b.rx.sync()
+    assert b.rx.forward(e.tx) == 1
+    e.tx.sync()
+    assert f.rx.wait(1, timeout=0) == 1
+    assert (bytes(f.rx[0]), f.rx.flags(0)) == (b"lo", burstio.FLAG_TRUNCATED)
 
 
 # ---- two processes ----------------------------------------------------------------
@@ -410,7 +441,7 @@ def wake_ends() -> list[int]:
     return [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).detach() for _ in range(2)]
 
 
-def attach_fds(memfd: int, wakes=None, meta: bytes = b'{"burstio_port": 2, "party": 1, "linger_ns": 0}'):
+def attach_fds(memfd: int, wakes=None, meta: bytes = b'{"burstio_port": 3, "party": 1, "linger_ns": 0}'):
     """recv_port() on a memfd and 2 descriptors sent over a socketpair."""
     wakes = wakes if wakes is not None else wake_ends()
     s1, s2 = socket.socketpair()
@@ -434,9 +465,9 @@ def test_attach_refuses_wrong_memory():
     a, _ = ports.pipe(slots=8, slot_size=64)  # (both ends held until the end)
     size = a.region.layout()["size"]
     hdr = header_of(a.region)
-    struct.pack_into("<I", hdr, 8, 2)  # version
-    with pytest.raises(ValueError, match=r"^ring region version 2 \(header \d+ bytes\); "
-                                         r"this burstio reads version 1 \(header \d+ bytes\)$"):
+    struct.pack_into("<I", hdr, 8, 1)  # version
+    with pytest.raises(ValueError, match=r"^ring region version 1 \(header \d+ bytes\); "
+                                         r"this burstio reads version 2 \(header \d+ bytes\)$"):
         attach_fds(sealed_memfd(bytes(hdr), size))
     with pytest.raises(ValueError, match=full(
             f"ring region is {size + 4096} bytes (header says {size}) but 8 slots of 64 bytes "
@@ -452,19 +483,26 @@ def test_attach_refuses_wrong_memory():
                                          r"so a peer could truncate it under us$"):
         attach_fds(unsealed)
     r, w = os.pipe()
-    memfd, wakes = a.region.fds(1)
+    memfd, wakes, pool_fd = a.region.fds(1)
+    assert pool_fd == -1  # a pipe's buffers are its own
     with pytest.raises(ValueError, match=r"^wake descriptor 2 of a ring port is not a Unix datagram socket: pipe:\["):
         attach_fds(os.dup(memfd), [r, w])
     efd = os.eventfd(0)
     with pytest.raises(ValueError, match=r"^wake descriptor 3 of a ring port is not a Unix datagram socket: "
                                          r"anon_inode:\[eventfd\]$"):
         attach_fds(os.dup(memfd), [os.dup(wakes[0]), efd])
-    with pytest.raises(ValueError, match=full("port message version 1; this burstio reads version 2")):
-        attach_fds(os.dup(memfd), meta=b'{"burstio_port": 1, "party": 1, "linger_ns": 0}')
+    with pytest.raises(ValueError, match=full("port message version 2; this burstio reads version 3")):
+        attach_fds(os.dup(memfd), meta=b'{"burstio_port": 2, "party": 1, "linger_ns": 0}')
     with pytest.raises(ValueError, match=full("port message names party 7; a region has ports 0 and 1")):
-        attach_fds(os.dup(memfd), meta=b'{"burstio_port": 2, "party": 7, "linger_ns": 0}')
+        attach_fds(os.dup(memfd), meta=b'{"burstio_port": 3, "party": 7, "linger_ns": 0}')
     with pytest.raises(ValueError, match=full("port message has linger_ns 'x'; it must be an int from 0 to 10**9")):
-        attach_fds(os.dup(memfd), meta=b'{"burstio_port": 2, "party": 1, "linger_ns": "x"}')
+        attach_fds(os.dup(memfd), meta=b'{"burstio_port": 3, "party": 1, "linger_ns": "x"}')
+    with pytest.raises(ValueError, match=full("a port comes with 4 descriptors (memfd, 2 wake sockets and the "
+                                              "frame pool), got 3")):
+        attach_fds(os.dup(memfd), meta=b'{"burstio_port": 3, "party": 1, "linger_ns": 0, "pool": true}')
+    with pytest.raises(ValueError, match=full("this ring region's buffers are its own: no frame pool goes with it")):
+        attach_fds(os.dup(memfd), [*wake_ends(), sealed_memfd(bytes(4096))],
+                   meta=b'{"burstio_port": 3, "party": 1, "linger_ns": 0, "pool": true}')
     with pytest.raises(ValueError, match=r"^not a burstio port message: b'\\xff"):
         attach_fds(os.dup(memfd), meta=b"\xff{")
     del a, _

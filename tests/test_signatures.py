@@ -158,10 +158,37 @@ def instances():
             xsk = _native.XskSocket(umem, 1, 0, 64, 64, 64, 64)  # made, not bound
             stack.callback(xsk.close)
             objs[_native.XskSocket] = xsk
+            objs[_native.NicCore] = stack.enter_context(nic_core())
         except OSError as e:
             NO_INSTANCE[_native.Umem] = NO_INSTANCE[_native.XskSocket] = f"AF_XDP refused: {e}"
+            NO_INSTANCE[_native.NicCore] = f"AF_XDP refused: {e}"
         yield objs
         io.close(0)
+
+
+@contextlib.contextmanager
+def nic_core():
+    """A NicCore over an XskSocket made but not bound (on lo) and a region on its frames."""
+    from burstio._ports_nic import _pool_memfd, _pool_region
+
+    pool_fd = _pool_memfd(64, 2048)
+    try:
+        umem = _native.Umem(64, 2048, 0, pool_fd)
+        xsk = _native.XskSocket(umem, 1, 0, 64, 64, 64, 64)
+
+        class _U:  # what _pool_region reads of a burstio.xdp.Umem
+            frames, frame_size, headroom = 64, 2048, 0
+
+        region = _pool_region(4, 1792, 2, pool_fd, _U())  # type: ignore[arg-type]
+        region.use_frames(umem, False, True)
+        near, far = _native.PortClaim(region, 0), _native.PortClaim(region, 1)
+        core = _native.NicCore(xsk, _native.PortTx(near), _native.PortRx(near), _native.PortRx(far),
+                               _native.PortTx(far))
+    finally:
+        os.close(pool_fd)
+    yield core
+    core.close()
+    xsk.close()
 
 
 def method_cases():

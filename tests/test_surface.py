@@ -25,8 +25,8 @@ PUBLIC: dict[str, list[str]] = {
         "uninstall",
     ],
     "burstio.ports": [
-        "BROADCAST", "LINGER", "Port", "PortRx", "PortTx", "SLOTS", "SLOT_SIZE", "Switch", "attach", "pipe",
-        "publish", "recv_port", "send_port",
+        "BROADCAST", "LINGER", "NicPort", "Port", "PortRx", "PortTx", "SLOTS", "SLOT_SIZE", "Switch", "attach",
+        "nic_port", "pipe", "publish", "recv_port", "send_port",
     ],
     "burstio.napi": [
         "BUDGET_MAX", "BusyPollEpoll", "EpollParams", "ReusePortGroup", "Worker", "WorkerStats", "napi_id",

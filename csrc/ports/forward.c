@@ -1,12 +1,17 @@
-/* The switch's forwarding: the table of keys, and moving packets from the
- * clients' TX rings into the RX rings their destination keys name.
+/* The switch's forwarding: moving packets from the clients' TX rings (and
+ * the NIC queues' received frames) into the RX rings (and NIC queues) their
+ * destinations name.
  *
  * Where a packet goes through it: a client's TX ring (the switch's rx side
- * of that port) -> bio_switch_route (by dst key) -> a copy into the free
- * slot of each destination port's RX ring (the switch's tx side) -> one
- * publish per ring per pass, kicking only clients that sleep. A packet that
- * cannot be delivered is counted (unknown, full, gone, filtered), never
- * silently lost; with on_full="wait" its source waits for room instead.
+ * of that port), or a NIC queue's RX ring after its pump moved the socket's
+ * frames there (ports/nic.c) -> bio_switch_route (by dst key, or by the
+ * frame's destination MAC address; a group picks one of its ports,
+ * ports/fib.c) -> a copy into the free slot of each destination port's RX
+ * ring, or a NIC queue's TX ring -> one publish per ring per pass, kicking
+ * only clients that sleep; the NIC queues' pumps then transmit. A packet
+ * that cannot be delivered is counted (unknown, full, gone, filtered,
+ * runt), never silently lost; with on_full="wait" its source waits for
+ * room instead.
  *
  * Every word read from a client's region is read once and checked before
  * use (ports/switch.h says what the switch trusts); a client that writes an
@@ -18,79 +23,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-typedef struct {
-    const unsigned char *data;
-    uint32_t len, flags, dst, src;
-    struct sockaddr_in6 name;
-} BioSwitchPacket;
-
-/* ---- the forwarding table ------------------------------------------------- */
-
-static uint32_t
-bio_switch_hash(uint32_t k)
-{
-    k ^= k >> 16;
-    k *= 0x7feb352du;
-    k ^= k >> 15;
-    k *= 0x846ca68bu;
-    return k ^ (k >> 16);
-}
-
-/* The table entry for key, or the empty one where it would go; NULL if the
- * table is full and the key absent. */
-static BioSwitchEntry *
-bio_switch_slot(BioSwitch *sw, uint32_t key)
-{
-    uint32_t i = bio_switch_hash(key) & sw->fib_mask;
-    for (uint32_t n = 0; n <= sw->fib_mask; n++, i = (i + 1) & sw->fib_mask) {
-        BioSwitchEntry *e = &sw->fib[i];
-        if (!e->used || e->key == key)
-            return e;
-    }
-    return NULL;
-}
-
-int
-bio_switch_lookup(BioSwitch *sw, uint32_t key)
-{
-    BioSwitchEntry *e = bio_switch_slot(sw, key);
-    return e != NULL && e->used ? e->port : -1;
-}
-
-/* A fixed entry (static route) is never changed by learning; the table is
- * kept below 3/4 full. */
-int
-bio_switch_set(BioSwitch *sw, uint32_t key, int port, int fixed)
-{
-    BioSwitchEntry *e = bio_switch_slot(sw, key);
-    if (e == NULL || (!e->used && (sw->fib_used + 1) * 4 > (sw->fib_mask + 1) * 3))
-        return -1;
-    if (e->used && e->fixed && !fixed)
-        return 0;
-    if (e->used && e->port == port && e->fixed == fixed)
-        return 0;
-    if (!e->used)
-        sw->fib_used++;
-    e->used = 1;
-    e->key = key;
-    e->port = port;
-    e->fixed = (uint8_t)fixed;
-    return 1;
-}
-
-/* Learn that `src` lives behind port i. */
-static void
-bio_switch_learn(BioSwitch *sw, int i, uint32_t src)
-{
-    if (!sw->learning || src == 0 || src == BIO_PORT_BROADCAST)
-        return;
-    int r = bio_switch_set(sw, src, i, 0);
-    if (r > 0)
-        BIO_COUNT(sw->counters, BIO_SWITCH_C_LEARNED, 1);
-    else if (r < 0)
-        BIO_COUNT(sw->counters, BIO_SWITCH_C_TABLE_FULL, 1);
-}
 
 /* ---- ports that are no longer served ------------------------------------- */
 
@@ -166,7 +98,7 @@ bio_switch_kicked(BioSwitch *sw, int i)
                        atomic_load_explicit(&pt->generation, memory_order_relaxed),
                        atomic_load_explicit(&pt->state, memory_order_relaxed)};
     sp->kicked = 0;
-    if (sp->gone)
+    if (sp->gone || sp->nic != NULL)
         return;
     if (memcmp(now, sp->seen, sizeof(now)) != 0) {
         memcpy(sp->seen, now, sizeof(now));
@@ -181,9 +113,20 @@ bio_switch_kicked(BioSwitch *sw, int i)
 
 /* ---- moving packets -------------------------------------------------------- */
 
+/* The MAC-mode key of the 6 bytes at m. */
+static uint64_t
+bio_switch_mac_key(const unsigned char *m)
+{
+    uint64_t k = 0;
+    for (int b = 0; b < 6; b++)
+        k = k << 8 | m[b];
+    return BIO_SWITCH_MAC_TAG | k;
+}
+
 /* Read the packet at pos of port i's client TX ring once (the client may
- * change the slot under us). 0, or -1 if it names a buffer outside the
- * pool (the port is isolated). */
+ * change the slot under us), with its destination and source: the slot's
+ * keys, or (MAC mode) the frame's addresses. 0, or -1 if it names a buffer
+ * outside the pool (the port is isolated) or is a runt (counted). */
 static int
 bio_switch_read(BioSwitch *sw, int i, uint32_t pos, BioSwitchPacket *p)
 {
@@ -201,6 +144,22 @@ bio_switch_read(BioSwitch *sw, int i, uint32_t pos, BioSwitchPacket *p)
     p->dst = __atomic_load_n(&rx->s->dst[k], __ATOMIC_RELAXED);
     p->src = __atomic_load_n(&rx->s->src[k], __ATOMIC_RELAXED);
     memcpy(&p->name, &rx->s->names[k], sizeof(p->name));
+    p->bcast = p->dst == BIO_PORT_BROADCAST;
+    if (p->src == BIO_PORT_BROADCAST)
+        p->src = 0; /* not an address to learn */
+    if (!sw->by_mac)
+        return 0;
+    if (p->len < 14) {
+        BIO_COUNT(sw->counters, BIO_SWITCH_C_RUNT_DROPS, 1);
+        return -1;
+    }
+    unsigned char mac[12];
+    memcpy(mac, p->data, sizeof(mac)); /* once: the client may be rewriting them */
+    p->bcast = mac[0] & 1;             /* broadcast and multicast go everywhere */
+    p->dst = bio_switch_mac_key(mac);
+    p->src = (mac[6] & 1) ? 0 : bio_switch_mac_key(mac + 6);
+    if (p->src == BIO_SWITCH_MAC_TAG)
+        p->src = 0; /* 00:00:00:00:00:00 is no one */
     return 0;
 }
 
@@ -282,19 +241,23 @@ bio_switch_unicast(BioSwitch *sw, int i, int q, const BioSwitchPacket *p)
     return BIO_SWITCH_DONE;
 }
 
-/* Route the packet at pos of port i's client TX ring: by destination key
- * (broadcast and, with flood_unknown, unknown keys go everywhere else),
- * then learn its source key. BIO_SWITCH_DONE or BIO_SWITCH_BLOCKED. */
+/* Route the packet at pos of port i's client TX ring: by destination
+ * (broadcast and, with flood_unknown, unknown ones go everywhere else; a
+ * group picks one of its live ports), then learn its source.
+ * BIO_SWITCH_DONE or BIO_SWITCH_BLOCKED. */
 static int
 bio_switch_route(BioSwitch *sw, int i, uint32_t pos)
 {
     BioSwitchPacket p;
     if (bio_switch_read(sw, i, pos, &p) < 0)
         return BIO_SWITCH_DONE;
-    int r, q = p.dst == BIO_PORT_BROADCAST ? -1 : bio_switch_lookup(sw, p.dst);
-    if (q >= 0)
+    int r, q = p.bcast ? -1 : bio_switch_lookup(sw, p.dst);
+    if (q <= -2 && (q = bio_switch_pick(sw, -2 - q, &p)) < 0) {
+        BIO_COUNT(sw->counters, BIO_SWITCH_C_GONE_DROPS, 1); /* every port of the group is gone */
+        r = BIO_SWITCH_DONE;
+    } else if (q >= 0)
         r = bio_switch_unicast(sw, i, q, &p);
-    else if (p.dst == BIO_PORT_BROADCAST || sw->flood_unknown)
+    else if (p.bcast || sw->flood_unknown)
         r = bio_switch_flood(sw, i, &p);
     else {
         BIO_COUNT(sw->counters, BIO_SWITCH_C_UNKNOWN_DROPS, 1);
@@ -333,13 +296,29 @@ bio_switch_take(BioSwitch *sw, int i)
     return n;
 }
 
-/* Releases to the clients that sent, packets to the clients that receive
- * (each kicked only if it sleeps). */
+/* Run a NIC queue's pump (rx: received frames into its RX ring; tx: its
+ * TX ring's frames out); a queue whose socket fails is isolated. */
+static void
+bio_switch_pump(BioSwitch *sw, int i, int tx)
+{
+    BioNic *c = sw->ports[i].nic;
+    int r = tx ? bio_nic_tx_pump(c, 1) : bio_nic_rx_pump(c);
+    if (r < 0)
+        bio_switch_isolate(sw, i, "its NIC queue failed: %s (%s)", strerror(-r),
+                           tx ? "sending" : "receiving");
+}
+
+/* Pumps of the NIC queues in, packets moved, releases to the clients that
+ * sent and packets to the clients that receive (each kicked only if it
+ * sleeps), pumps of the NIC queues out. */
 uint32_t
 bio_switch_pass(BioSwitch *sw)
 {
     int n = atomic_load_explicit(&sw->nports, memory_order_acquire);
     uint32_t moved = 0;
+    for (int i = 0; i < n; i++)
+        if (sw->ports[i].nic != NULL && !sw->ports[i].gone)
+            bio_switch_pump(sw, i, 0);
     for (int i = 0; i < n; i++)
         if (!sw->ports[i].gone)
             moved += bio_switch_take(sw, i);
@@ -348,6 +327,8 @@ bio_switch_pass(BioSwitch *sw)
             continue;
         bio_port_ring_publish(sw->ports[i].rx);
         bio_port_ring_publish(sw->ports[i].tx);
+        if (sw->ports[i].nic != NULL)
+            bio_switch_pump(sw, i, 1);
     }
     BIO_COUNT(sw->counters, BIO_SWITCH_C_PASSES, 1);
     return moved;

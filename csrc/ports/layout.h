@@ -11,11 +11,18 @@
  *                                        and names (struct sockaddr_in6), each
  *                                        `nslots` long and 64-byte aligned
  *   buffers                              2 x nslots of `stride` bytes,
- *                                        page aligned
+ *                                        page aligned (an inline pool)
  *
- * bio_port_layout() computes every offset from (nslots, slot_size); the
- * header repeats the dimensions so that an attaching process can check the
- * file against them. Ring r carries party r's packets to party 1 - r: port
+ * or, when the header's `pool` is BIO_PORT_POOL_SHARED, no buffers at all:
+ * they are the frames of a pool, a second sealed memfd of `nbufs` frames of
+ * `stride` bytes (a power of two) that several regions and an AF_XDP socket
+ * (as its UMEM) share. Buffer i is then at byte pool_offset + i * stride
+ * of the pool (pool_offset leaves the kernel's XDP headroom in front of a
+ * frame received into it).
+ *
+ * bio_port_layout() computes every offset from (nslots, slot_size, and the
+ * pool's stride); the header repeats the dimensions so that an attaching
+ * process can check the files against them. Ring r carries party r's packets to party 1 - r: port
  * k produces into ring k (its TX) and consumes ring 1 - k (its RX). Slot i
  * of a ring names a buffer by index (idx[i], of the whole pool) with its
  * packet's length, flags, destination and source keys and socket address.
@@ -40,7 +47,7 @@
 #include <stdint.h>
 
 #define BIO_PORT_MAGIC 0x31474e4952534942ULL /* "BISRING1", little-endian */
-#define BIO_PORT_LAYOUT_VERSION 1u
+#define BIO_PORT_LAYOUT_VERSION 2u
 
 #define BIO_PORT_LINE 64                      /* alignment of the slot arrays, stride */
 #define BIO_PORT_PAGE 4096                    /* alignment of the buffers and the size */
@@ -49,12 +56,20 @@
 #define BIO_PORT_SLOT_SIZE_MAX (16u << 20)    /* bytes per buffer */
 #define BIO_PORT_SIZE_MAX ((uint64_t)1 << 34) /* bytes per region */
 #define BIO_PORT_BROADCAST 0xffffffffu        /* a dst key meaning every other port */
+#define BIO_PORT_FRAMES_MAX (1u << 22)        /* frames of a shared pool */
+#define BIO_PORT_NO_BUFFER 0xffffffffu        /* a slot holding no buffer yet (a NIC port's RX) */
 
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "port rings need lock-free 32-bit atomics");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "port rings need lock-free 64-bit atomics");
 
 /* The two sides of a ring: index of BioPortCtl.side. */
 enum { BIO_PORT_PROD = 0, BIO_PORT_CONS = 1 };
+
+/* BioPortHeader.pool: where the buffers are. */
+enum { BIO_PORT_POOL_INLINE = 0, BIO_PORT_POOL_SHARED = 1 };
+
+/* BioPortHeader.kind: what the region joins. */
+enum { BIO_PORT_KIND_PIPE = 0, BIO_PORT_KIND_SWITCH = 1, BIO_PORT_KIND_NIC = 2 };
 
 /* BioPortParty.state. */
 enum { BIO_PORT_FREE = 0, BIO_PORT_OPEN = 1, BIO_PORT_CLOSED = 2 };
@@ -68,6 +83,8 @@ enum bio_port_counter {
     BIO_PORT_C_WAKEUPS,     /* sleeps ended by a kick */
     BIO_PORT_C_LINGER_HITS, /* waits satisfied while lingering */
     BIO_PORT_C_TIMEOUTS,    /* waits that ended at their deadline */
+    BIO_PORT_C_FWD_SWAPPED, /* RX: packets forward() moved by swapping buffers (zero copy) */
+    BIO_PORT_C_FWD_COPIED,  /* RX: packets forward() copied (no buffers to share) */
     BIO_PORT_NCOUNTERS
 };
 
@@ -107,9 +124,13 @@ typedef struct {
     uint64_t size;         /* bytes of the region, bio_port_layout()'s size */
     uint32_t nslots;       /* slots per ring */
     uint32_t slot_size;    /* bytes a buffer holds */
-    uint32_t stride;       /* distance between buffers: slot_size rounded up to 64 */
-    uint32_t nbufs;        /* buffers: 2 x nslots */
-    uint32_t kind;         /* 0: a pipe between two processes; 1: a switch's port */
+    uint32_t stride;       /* distance between buffers: slot_size rounded up to 64 (inline),
+                            * the frame size (shared pool) */
+    uint32_t nbufs;        /* buffers: 2 x nslots (inline), the pool's frames (shared) */
+    uint32_t kind;         /* BIO_PORT_KIND_*: a pipe, a switch's port, a NIC queue's port */
+    uint32_t pool;         /* BIO_PORT_POOL_INLINE or _SHARED */
+    uint64_t pool_size;    /* bytes of the pool memfd: nbufs x stride (0: inline) */
+    uint32_t pool_offset;  /* where buffer 0 starts in the pool (0: inline) */
     uint32_t reserved;     /* 0 */
     BioPortParty party[2]; /* port 0's holder, port 1's */
 } BioPortHeader;
@@ -117,6 +138,7 @@ typedef struct {
 _Static_assert(sizeof(BioPortSide) == 128, "BioPortSide is one 128-byte block");
 _Static_assert(offsetof(BioPortSide, sleeping) == 4 && offsetof(BioPortSide, wake_at) == 8 &&
                offsetof(BioPortSide, counters) == 16, "BioPortSide fields");
+_Static_assert(16 + 8 * BIO_PORT_NCOUNTERS <= 128, "a side's counters fit its block");
 _Static_assert(sizeof(BioPortCtl) == 256, "BioPortCtl is two sides");
 _Static_assert(sizeof(BioPortParty) == 64, "BioPortParty is one cache line");
 _Static_assert(offsetof(BioPortParty, generation) == 4 && offsetof(BioPortParty, pid) == 8 &&
@@ -124,7 +146,9 @@ _Static_assert(offsetof(BioPortParty, generation) == 4 && offsetof(BioPortParty,
                "BioPortParty fields");
 _Static_assert(offsetof(BioPortHeader, version) == 8 && offsetof(BioPortHeader, size) == 16 &&
                offsetof(BioPortHeader, nslots) == 24 && offsetof(BioPortHeader, nbufs) == 36 &&
-               offsetof(BioPortHeader, kind) == 40 && offsetof(BioPortHeader, party) == 64,
+               offsetof(BioPortHeader, kind) == 40 && offsetof(BioPortHeader, pool) == 44 &&
+               offsetof(BioPortHeader, pool_size) == 48 &&
+               offsetof(BioPortHeader, pool_offset) == 56 && offsetof(BioPortHeader, party) == 64,
                "BioPortHeader fields");
 _Static_assert(sizeof(BioPortHeader) == 192, "BioPortHeader is 192 bytes");
 _Static_assert(sizeof(struct sockaddr_in6) == 28, "a slot's address is 28 bytes");
@@ -135,7 +159,8 @@ typedef struct {
     uint64_t idx[2], len[2], flags[2];      /* u32[nslots] per ring */
     uint64_t dst[2], src[2];                /* u32[nslots] per ring */
     uint64_t names[2];                      /* struct sockaddr_in6[nslots] per ring */
-    uint64_t bufs, size;                    /* the buffers; the whole region */
+    uint64_t bufs, size;                    /* the buffers (in the pool if shared); the
+                                             * region's bytes */
     uint32_t stride;                        /* bytes between buffers */
 } BioPortLayout;
 
@@ -145,13 +170,20 @@ bio_port_align(uint64_t v, uint64_t a)
     return (v + a - 1) & ~(a - 1);
 }
 
-/* Offsets of everything in a region of these dimensions. 0, or -EINVAL
- * (dimensions out of range) / -EFBIG (region too large). */
+/* Offsets of everything in a region of these dimensions; pool_stride 0
+ * for inline buffers, else the frame size of the shared pool the buffers
+ * are in (a power of two from 2048 to 65536), buffer 0 at pool_offset.
+ * 0, or -EINVAL (dimensions out of range) / -EFBIG (region too large). */
 static inline int
-bio_port_layout(BioPortLayout *L, uint32_t nslots, uint32_t slot_size)
+bio_port_layout(BioPortLayout *L, uint32_t nslots, uint32_t slot_size, uint32_t pool_stride,
+                uint32_t pool_offset)
 {
     if (nslots < BIO_PORT_SLOTS_MIN || nslots > BIO_PORT_SLOTS_MAX || (nslots & (nslots - 1)) ||
         slot_size < 1 || slot_size > BIO_PORT_SLOT_SIZE_MAX)
+        return -EINVAL;
+    if (pool_stride && (pool_stride < 2048 || pool_stride > 65536 ||
+                        (pool_stride & (pool_stride - 1)) || pool_offset >= pool_stride ||
+                        slot_size > pool_stride - pool_offset))
         return -EINVAL;
     uint64_t off = bio_port_align(sizeof(BioPortHeader), BIO_PORT_LINE), n = nslots;
     for (int r = 0; r < 2; r++) {
@@ -166,6 +198,12 @@ bio_port_layout(BioPortLayout *L, uint32_t nslots, uint32_t slot_size)
         }
         L->names[r] = off = bio_port_align(off, BIO_PORT_LINE);
         off += sizeof(struct sockaddr_in6) * n;
+    }
+    if (pool_stride) {
+        L->stride = pool_stride;
+        L->bufs = pool_offset;
+        L->size = bio_port_align(off, BIO_PORT_PAGE);
+        return 0;
     }
     L->stride = (uint32_t)bio_port_align(slot_size, BIO_PORT_LINE);
     L->bufs = bio_port_align(off, BIO_PORT_PAGE);

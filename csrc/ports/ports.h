@@ -13,6 +13,7 @@
 #include "core/compat.h"
 #include "core/core.h"
 #include "ports/layout.h"
+#include "xdp/xdp.h"
 
 #include <stdatomic.h>
 #include <structmember.h>
@@ -34,19 +35,26 @@ typedef struct {
     struct sockaddr_in6 *names;
 } BioPortSlots;
 
-/* PortRegion: one mapped region and its eventfds. */
+/* PortRegion: one mapped region, its wake sockets, and the memory its
+ * buffers are in (the region itself, or a shared pool of frames). */
 typedef struct {
     PyObject_HEAD
     BioMemory *mem;   /* the MAP_SHARED mapping; unmapped with the last user */
     PyObject *view;   /* writable memoryview over mem */
+    BioMemory *pmem;  /* the buffers' mapping: mem (inline) or the pool's */
+    PyObject *pview;  /* writable memoryview over pmem */
     BioPortHeader *hdr;
-    unsigned char *base, *bufs;
+    unsigned char *base, *pbase, *bufs; /* region, buffers' mapping, buffer 0 */
     int memfd;
+    int pool_fd;      /* the pool's memfd (BIO_PORT_POOL_SHARED), else -1 */
     int wake[2][2];   /* [party][BIO_PORT_WAKE_*]: -1 where that party's end is not here */
-    uint32_t nslots, cap, mask, slot_size, stride, nbufs, kind;
+    uint32_t nslots, cap, mask, slot_size, stride, nbufs, kind, pool, pool_offset;
     BioPortLayout L;
     BioPortCtl *ctl[2];
     BioPortSlots slots[2];
+    PyObject *frames; /* the Umem whose frame table says which region holds each
+                       * frame of the pool (ports/frames.c), or NULL: only the process
+                       * that made the pool has it */
 } BioPortRegion;
 
 /* PortClaim: one party's hold on a port of a region. */
@@ -73,6 +81,7 @@ typedef struct {
     uint32_t cap, mask;
     uint32_t gen;        /* port->gen this view was set up for */
     uint32_t busy;       /* bio_port_epoch of a call in progress without the GIL, 0: none */
+    uint32_t turn;       /* RX: the next TX ring of a round-robin spread() */
     BioPortSide *me, *peer;
     BioPortSlots *s;
     int sleep_fd, kick_fd;
@@ -91,7 +100,7 @@ typedef struct {
 
 
 extern PyTypeObject BioPortRegion_Type, BioPortClaim_Type, BioPortTx_Type, BioPortRx_Type,
-    BioSwitch_Type;
+    BioSwitch_Type, BioNic_Type;
 
 /* Every ports type, the PORT_* constants and the fork hook. */
 int bio_ports_init_types(PyObject *module);
@@ -213,6 +222,73 @@ void bio_port_ring_unwatch(BioPortRing *g);
  * none): 1 if fd is ready, 0 at the deadline, -ECANCELED / -ESTALE if the
  * handle was closed or taken over, or -errno. nogil. */
 int bio_port_poll_nogil(BioPortClaim *p, int fd, short events, int64_t deadline);
+
+/* ---- frames of a shared pool (ports/frames.c) ------------------------------------ */
+
+/* Whether frame f is in a slot of region g by the pool's frame table (never
+ * true in a process without the table). */
+int bio_port_frames_held(BioPortRegion *g, uint32_t f);
+/* Frame f, held by a region on the same pool, is now in a slot of `to`. */
+void bio_port_frames_move(BioPortRegion *to, uint32_t f);
+/* The region goes: the frames it holds go back to the pool's free list. */
+void bio_port_frames_release(BioPortRegion *g);
+/* PortRegion.use_frames(umem, ring0, ring1). */
+PyObject *bio_port_region_use_frames(BioPortRegion *g, PyObject *args);
+extern const char bio_port_region_use_frames_doc[];
+
+/* ---- NIC ports (ports/nic.c) ------------------------------------------------------ */
+
+enum bio_nic_counter {
+    BIO_NIC_C_RX_FRAMES,    /* frames moved from the rx ring into RX slots */
+    BIO_NIC_C_RX_MOVED,     /* ... whose data the kernel put elsewhere in the frame: moved */
+    BIO_NIC_C_RETURNED_BAD, /* released RX slots naming a frame the region does not hold */
+    BIO_NIC_C_TX_FRAMES,    /* frames moved from TX slots onto the tx ring */
+    BIO_NIC_C_TX_BAD,       /* published TX slots naming a frame the region does not hold:
+                             * dropped */
+    BIO_NIC_C_TX_RING_FULL, /* the pump stopped: the tx ring was full */
+    BIO_NIC_C_TX_NO_FRAME,  /* the pump stopped: no free frame to give a TX slot back */
+    BIO_NIC_NCOUNTERS
+};
+
+/* NicCore: the pump between an AF_XDP socket and a NIC port's region. */
+typedef struct {
+    PyObject_HEAD
+    BioXsk *xsk;                  /* held for good (bio_xsk_enter) until close() */
+    BioPortRegion *reg;           /* frames: the socket's Umem */
+    BioPortRing *prod, *cons;     /* port 0: fills ring 0 (received), takes ring 1 (to send) */
+    BioPortRing *app_rx, *app_tx; /* port 1: the application's rings */
+    uint32_t reclaimed;           /* ring 0 slots released up to here gave their frames back */
+    uint32_t offset;              /* where a slot's data starts in its frame */
+    int started;
+    int switched;                 /* a switch drives it: the application's calls are refused */
+    int busy, closing;            /* waits without the GIL in progress; close() came */
+    uint64_t counters[BIO_NIC_NCOUNTERS];
+} BioNic;
+
+/* Move received frames into the free RX slots (after taking back the
+ * frames of released ones, and topping the fill ring up) and publish.
+ * Returns frames moved or -EBADMSG. Touches no Python object: a switch
+ * runs it without the GIL, holding the NIC port alone. */
+int bio_nic_rx_pump(BioNic *c);
+/* Move published TX slots' frames onto the tx ring, give the slots fresh
+ * frames back, and make the kernel transmit (without the GIL when nogil).
+ * Returns frames queued or -errno. */
+int bio_nic_tx_pump(BioNic *c, int nogil);
+/* A switch takes the NIC port over: every ring made usable in this process
+ * (the switch's), the application's own calls refused from now on. 0, or
+ * -1 with an exception. GIL. */
+int bio_nic_hold(BioNic *c);
+/* The AF_XDP socket: readable when frames wait on its rx ring. */
+int bio_nic_fd(BioNic *c);
+/* Whether frames wait on the rx ring that the pump could move now. */
+int bio_nic_rx_pending(BioNic *c);
+
+/* ---- flows (ports/fib.c) ------------------------------------------------------------ */
+
+/* A hash of an Ethernet frame's flow: its IP addresses, protocol and TCP or
+ * UDP ports (behind one 802.1Q tag), its MAC addresses if it is not IP.
+ * Reads only data[0, len): bytes a peer rewrites meanwhile only change it. */
+uint32_t bio_port_flow_hash(const unsigned char *data, uint32_t len);
 
 /* ---- TX (ports/tx.c) -------------------------------------------------------------- */
 

@@ -24,7 +24,8 @@
 #include <unistd.h>
 
 static const char *const bio_port_counter_names[BIO_PORT_NCOUNTERS] = {
-    "syncs", "kicks", "sleeps", "wakeups", "linger_hits", "timeouts",
+    "syncs", "kicks", "sleeps", "wakeups", "linger_hits", "timeouts", "forwarded_zerocopy",
+    "forwarded_copied",
 };
 
 /* ---- positions, publishing, kicks ---------------------------------------- */

@@ -2,15 +2,18 @@
  *
  * Where a packet goes through it: after sync() or wait() (ports/ring.c)
  * has read the producer's position, rx[i] is a memoryview of owned packet
- * i in the region (no copy), dst(i)/src(i)/flags(i)/addr(i) its metadata;
- * peek() makes a PacketBatch point at the packets (to send them on a
- * socket without a copy); forward() moves them to a TX ring of the same
- * region by swapping buffer indices; advance() releases the slots.
+ * i in the region's buffers (no copy), dst(i)/src(i)/flags(i)/addr(i) its
+ * metadata; peek() makes a PacketBatch point at the packets (to send them
+ * on a socket without a copy); forward() moves them to a TX ring by
+ * swapping buffer indices where both share their buffers (one region, or
+ * one frame pool: ports/frames.c checks each frame) and by copying
+ * otherwise; advance() releases the slots.
  */
 #include "ports/ports.h"
 
 #include <errno.h>
 #include <string.h>
+
 
 /* ---- reading packets ---------------------------------------------------------- */
 
@@ -47,8 +50,8 @@ bio_port_rx_item(BioPortRing *g, Py_ssize_t i)
     unsigned char *buf = bio_port_ring_buf(g, pos, &idx);
     if (buf == NULL)
         return bio_port_ring_bad_slot(g, pos, idx);
-    Py_ssize_t off = buf - g->reg->base;
-    return PySequence_GetSlice(g->reg->view, off, off + bio_port_rx_len(g, pos));
+    Py_ssize_t off = buf - g->reg->pbase;
+    return PySequence_GetSlice(g->reg->pview, off, off + bio_port_rx_len(g, pos));
 }
 
 /* Read one u32 array of owned packet i: dst(i), src(i), flags(i). */
@@ -125,7 +128,7 @@ bio_port_rx_entry(BioPortRing *g, BioBatch *b, Py_ssize_t j, uint32_t pos)
         bio_port_ring_bad_slot(g, pos, idx);
         return -1;
     }
-    b->offsets[j] = (uint64_t)(buf - g->reg->base);
+    b->offsets[j] = (uint64_t)(buf - g->reg->pbase);
     b->lengths[j] = bio_port_rx_len(g, pos);
     b->flags[j] = __atomic_load_n(&g->s->flags[k], __ATOMIC_RELAXED) & BIO_FLAG_TRUNCATED;
     b->segment_sizes[j] = 0;
@@ -161,10 +164,10 @@ bio_port_rx_peek(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObje
         return NULL;
     Py_ssize_t n = (Py_ssize_t)owned < b->capacity ? (Py_ssize_t)owned : b->capacity;
     bio_batch_reset(b);
-    b->ext_view = Py_NewRef(g->reg->view);
-    b->ext_source = Py_NewRef((PyObject *)g->reg->mem);
-    b->data = g->reg->base;
-    b->data_len = g->reg->mem->size;
+    b->ext_view = Py_NewRef(g->reg->pview);
+    b->ext_source = Py_NewRef((PyObject *)g->reg->pmem);
+    b->data = g->reg->pbase;
+    b->data_len = g->reg->pmem->size;
     for (Py_ssize_t j = 0; j < n; j++) {
         if (bio_port_rx_entry(g, b, j, g->head + (uint32_t)j) < 0) {
             bio_batch_reset(b);
@@ -175,34 +178,131 @@ bio_port_rx_peek(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObje
     return PyLong_FromSsize_t(n);
 }
 
-PyDoc_STRVAR(bio_port_rx_forward_doc,
-"forward($self, /, tx, count=None)\n--\n\n"
-"Zero copy: move owned packets to a TX ring of the same region (this port's\n"
-"tx, to echo through a pipe) by swapping buffer indices: each packet's\n"
-"buffer goes to the TX slot, the TX slot's free buffer comes back to this\n"
-"slot. Both heads advance. Returns the packets moved (limited by both\n"
-"rings).");
+/* ---- forwarding: swapping buffers where both rings share them, else copying ---- */
 
+/* How forward() moves packets from ring g to ring t. */
+enum { BIO_FWD_SWAP, BIO_FWD_SWAP_FRAMES, BIO_FWD_COPY };
+
+/* Length of the packet at pos of g for a slot of t: clipped to both; the
+ * flags get FLAG_TRUNCATED if t's slot is the smaller. */
+static uint32_t
+bio_port_fwd_len(BioPortRing *g, BioPortRing *t, uint32_t pos, uint32_t *flags)
+{
+    uint32_t len = bio_port_rx_len(g, pos);
+    *flags = __atomic_load_n(&g->s->flags[pos & g->mask], __ATOMIC_RELAXED);
+    if (len > t->reg->slot_size) {
+        len = t->reg->slot_size;
+        *flags |= BIO_FLAG_TRUNCATED;
+    }
+    return len;
+}
+
+/* Commit the packet at pos of g into the slot at t's head (its buffer in
+ * place already), with a private copy of its metadata. */
+static void
+bio_port_fwd_commit(BioPortRing *g, BioPortRing *t, uint32_t pos)
+{
+    uint32_t k = pos & g->mask, flags, len = bio_port_fwd_len(g, t, pos, &flags);
+    struct sockaddr_in6 name;
+    memcpy(&name, &g->s->names[k], sizeof(name));
+    bio_port_tx_commit(t, len, flags, __atomic_load_n(&g->s->dst[k], __ATOMIC_RELAXED),
+                       __atomic_load_n(&g->s->src[k], __ATOMIC_RELAXED), &name);
+}
+
+/* Move one packet from g's slot at pos to t's head by swapping the two
+ * slots' buffers. Across regions on one pool both frames are checked
+ * against the frame table first (each slot's peer may have rewritten its
+ * index) and change hands there. 0, or -EBADMSG (nothing moved; *bad is the
+ * frame that failed). */
+static int
+bio_port_fwd_swap(BioPortRing *g, BioPortRing *t, uint32_t pos, int how, uint32_t *bad)
+{
+    uint32_t rk = pos & g->mask, tk = t->head & t->mask;
+    uint32_t f = __atomic_load_n(&g->s->idx[rk], __ATOMIC_RELAXED);
+    uint32_t h = __atomic_load_n(&t->s->idx[tk], __ATOMIC_RELAXED);
+    if (how == BIO_FWD_SWAP_FRAMES) {
+        if (!bio_port_frames_held(g->reg, f) || !bio_port_frames_held(t->reg, h)) {
+            *bad = bio_port_frames_held(g->reg, f) ? h : f;
+            return -EBADMSG;
+        }
+        bio_port_frames_move(t->reg, f);
+        bio_port_frames_move(g->reg, h);
+    }
+    __atomic_store_n(&g->s->idx[rk], h, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->s->idx[tk], f, __ATOMIC_RELAXED);
+    bio_port_fwd_commit(g, t, pos);
+    return 0;
+}
+
+/* Copy one packet from g's slot at pos into the buffer of t's head slot.
+ * 0, or -EBADMSG if either slot names a buffer outside its pool (*bad). */
+static int
+bio_port_fwd_copy(BioPortRing *g, BioPortRing *t, uint32_t pos, uint32_t *bad)
+{
+    uint32_t fi, ti, flags;
+    unsigned char *from = bio_port_ring_buf(g, pos, &fi), *to = bio_port_ring_buf(t, t->head, &ti);
+    if (from == NULL || to == NULL) {
+        *bad = from == NULL ? fi : ti;
+        return -EBADMSG;
+    }
+    memcpy(to, from, bio_port_fwd_len(g, t, pos, &flags));
+    bio_port_fwd_commit(g, t, pos);
+    return 0;
+}
+
+/* Raise OSError(EBADMSG) for a frame or buffer index a forward() could not
+ * take, with `sent` (the packets moved before it) on the exception. */
 static PyObject *
-bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+bio_port_fwd_bad(BioPortRing *g, BioPortRing *t, int how, uint32_t bad, uint32_t sent)
+{
+    if (how == BIO_FWD_SWAP_FRAMES)
+        bio_port_oserror(EBADMSG, "forward(): frame %u is not one the ring's region holds: a "
+                         "peer sharing the frame pool wrote it (%u packets were moved first)",
+                         bad, sent);
+    else
+        bio_port_oserror(EBADMSG, "forward(): a slot names buffer %u, outside its pool (of %u "
+                         "and %u): the shared memory is corrupt (%u packets were moved first)",
+                         bad, g->reg->nbufs, t->reg->nbufs, sent);
+    bio_exc_note_sent((Py_ssize_t)sent);
+    return NULL;
+}
+
+/* Parse forward()'s arguments: the TX ring (t) and the count (*n, already
+ * the packets owned). 0 or -1. */
+static int
+bio_port_fwd_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, BioPortRing **t,
+                  uint32_t *n)
 {
     static const char *const names[] = {"tx", "count", NULL};
     PyObject *a[2];
     if (bio_args_parse("forward", args, nargs, kwnames, names, 2, 1, a) < 0)
-        return NULL;
+        return -1;
     if (!PyObject_TypeCheck(a[0], &BioPortTx_Type)) {
         PyErr_Format(PyExc_TypeError, "forward() argument 1 must be a TX ring, not %.100s",
                      Py_TYPE(a[0])->tp_name);
-        return NULL;
+        return -1;
     }
-    BioPortRing *t = (BioPortRing *)a[0];
-    if (t->reg != g->reg) {
-        PyErr_SetString(PyExc_ValueError, "forward() swaps buffers, so both rings must belong "
-                        "to one region; copy with tx.put_batch() instead");
-        return NULL;
-    }
-    uint32_t n = g->tail - g->head;
-    if (bio_port_count_arg(a[1], &n) < 0 || bio_port_ring_ready(g) < 0 ||
+    *t = (BioPortRing *)a[0];
+    return bio_port_count_arg(a[1], n);
+}
+
+PyDoc_STRVAR(bio_port_rx_forward_doc,
+"forward($self, /, tx, count=None)\n--\n\n"
+"Move owned packets to a TX ring. Zero copy where both rings share their\n"
+"buffers (the same region: this port's tx, to echo through a pipe; or two\n"
+"regions on one frame pool in the process that made it: a NIC port and its\n"
+"pipes): each packet's buffer goes to the TX slot and the TX slot's free\n"
+"buffer comes back to this slot. Anything else is copied into the TX slot's\n"
+"buffer (clipped to it, FLAG_TRUNCATED). Counted in counters() as\n"
+"forwarded_zerocopy / forwarded_copied. Both heads advance. Returns the\n"
+"packets moved (limited by both rings).");
+
+static PyObject *
+bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    BioPortRing *t;
+    uint32_t n = g->tail - g->head, bad = 0;
+    if (bio_port_fwd_args(args, nargs, kwnames, &t, &n) < 0 || bio_port_ring_ready(g) < 0 ||
         bio_port_ring_ready(t) < 0)
         return NULL;
     int r = n > (uint32_t)(t->tail - t->head) ? bio_port_ring_refresh(t) : 0;
@@ -210,18 +310,130 @@ bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyO
         return bio_port_ring_raise(t, r);
     if (n > (uint32_t)(t->tail - t->head))
         n = t->tail - t->head;
-    for (uint32_t j = 0; j < n; j++) {
-        uint32_t rk = (g->head + j) & g->mask, tk = t->head & t->mask;
-        uint32_t idx = g->s->idx[rk];
-        g->s->idx[rk] = t->s->idx[tk];
-        t->s->idx[tk] = idx;
-        bio_port_tx_commit(t, bio_port_rx_len(g, g->head + j), g->s->flags[rk], g->s->dst[rk],
-                           g->s->src[rk], &g->s->names[rk]);
-    }
-    g->head += n;
+    int how = t->reg == g->reg ? BIO_FWD_SWAP
+              : g->reg->frames != NULL && g->reg->frames == t->reg->frames ? BIO_FWD_SWAP_FRAMES
+                                                                         : BIO_FWD_COPY;
+    uint32_t j = 0;
+    for (; j < n && r == 0; j++)
+        r = how == BIO_FWD_COPY ? bio_port_fwd_copy(g, t, g->head + j, &bad)
+                                : bio_port_fwd_swap(g, t, g->head + j, how, &bad);
+    j -= r < 0; /* the one that failed did not move */
+    g->head += j;
     if ((int32_t)(g->cur - g->head) < 0)
         g->cur = g->head;
-    return PyLong_FromUnsignedLong(n);
+    BIO_COUNT(g->me->counters, how == BIO_FWD_COPY ? BIO_PORT_C_FWD_COPIED : BIO_PORT_C_FWD_SWAPPED,
+              j);
+    if (r < 0)
+        return bio_port_fwd_bad(g, t, how, bad, j);
+    return PyLong_FromUnsignedLong(j);
+}
+
+/* ---- spreading: forward() to several TX rings, each packet to one -------------- */
+
+#define BIO_SPREAD_MAX 64 /* TX rings of one spread() */
+
+/* How spread() picks a packet's TX ring. */
+enum { BIO_SPREAD_FLOW, BIO_SPREAD_RR };
+
+typedef struct {
+    BioPortRing *t[BIO_SPREAD_MAX];
+    int how[BIO_SPREAD_MAX], n, by;
+} BioSpread;
+
+/* Parse spread()'s TX rings and `by`, and make each usable. 0 or -1. */
+static int
+bio_port_spread_args(BioPortRing *g, PyObject *txs, PyObject *by, BioSpread *sp)
+{
+    PyObject *seq = PySequence_Fast(txs, "spread() argument 1 must be a sequence of TX rings");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int ok = n >= 1 && n <= BIO_SPREAD_MAX;
+    for (Py_ssize_t k = 0; ok && k < n; k++)
+        ok = PyObject_TypeCheck(PySequence_Fast_GET_ITEM(seq, k), &BioPortTx_Type);
+    if (!ok) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_TypeError, "spread() argument 1 must be a sequence of 1 to %d TX "
+                     "rings", BIO_SPREAD_MAX);
+        return -1;
+    }
+    sp->n = (int)n;
+    for (int k = 0; k < sp->n; k++) {
+        BioPortRing *t = (BioPortRing *)PySequence_Fast_GET_ITEM(seq, k);
+        sp->t[k] = t;
+        sp->how[k] = t->reg == g->reg ? BIO_FWD_SWAP
+                     : g->reg->frames != NULL && g->reg->frames == t->reg->frames
+                         ? BIO_FWD_SWAP_FRAMES : BIO_FWD_COPY;
+    }
+    Py_DECREF(seq); /* the caller's sequence keeps the rings alive for the call */
+    const char *b = by == NULL ? "flow" : PyUnicode_Check(by) ? PyUnicode_AsUTF8(by) : NULL;
+    if (b == NULL || (strcmp(b, "flow") != 0 && strcmp(b, "round-robin") != 0)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "by must be 'flow' or 'round-robin'");
+        return -1;
+    }
+    sp->by = strcmp(b, "flow") == 0 ? BIO_SPREAD_FLOW : BIO_SPREAD_RR;
+    for (int k = 0; k < sp->n; k++)
+        if (bio_port_ring_ready(sp->t[k]) < 0)
+            return -1;
+    return 0;
+}
+
+/* The TX ring the packet at pos goes to: by its flow's hash, or in turn. */
+static int
+bio_port_spread_pick(BioPortRing *g, const BioSpread *sp, uint32_t pos)
+{
+    if (sp->by == BIO_SPREAD_RR)
+        return (int)(g->turn++ % (uint32_t)sp->n);
+    uint32_t idx;
+    const unsigned char *buf = bio_port_ring_buf(g, pos, &idx);
+    return buf == NULL ? 0 : (int)(bio_port_flow_hash(buf, bio_port_rx_len(g, pos)) % (uint32_t)sp->n);
+}
+
+PyDoc_STRVAR(bio_port_rx_spread_doc,
+"spread($self, /, txs, by='flow', count=None)\n--\n\n"
+"forward() to several TX rings: each owned packet goes to one of them, by\n"
+"the hash of its flow (by='flow': an Ethernet frame's IP addresses, protocol\n"
+"and ports, so that a flow stays on one ring) or in turn (by='round-robin'),\n"
+"zero copy where the rings share their buffers and copied otherwise, as\n"
+"forward() does. Stops at the first packet whose ring is full (packets keep\n"
+"their order). Returns the packets moved; publish each TX ring with sync().");
+
+static PyObject *
+bio_port_rx_spread(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"txs", "by", "count", NULL};
+    PyObject *a[3];
+    BioSpread sp;
+    uint32_t n = g->tail - g->head, bad = 0, j = 0;
+    if (bio_args_parse("spread", args, nargs, kwnames, names, 3, 1, a) < 0 ||
+        bio_port_count_arg(a[2], &n) < 0 || bio_port_ring_ready(g) < 0 ||
+        bio_port_spread_args(g, a[0], a[1], &sp) < 0)
+        return NULL;
+    int r = 0, k = 0;
+    uint64_t swapped = 0;
+    for (; j < n; j++) {
+        BioPortRing *t = sp.t[k = bio_port_spread_pick(g, &sp, g->head + j)];
+        if (t->tail == t->head && (r = bio_port_ring_refresh(t)) < 0)
+            return bio_port_ring_raise(t, r);
+        if (t->tail == t->head) {
+            g->turn -= sp.by == BIO_SPREAD_RR; /* its turn again next time */
+            break;
+        }
+        r = sp.how[k] == BIO_FWD_COPY ? bio_port_fwd_copy(g, t, g->head + j, &bad)
+                                       : bio_port_fwd_swap(g, t, g->head + j, sp.how[k], &bad);
+        if (r < 0)
+            break;
+        swapped += sp.how[k] != BIO_FWD_COPY;
+    }
+    g->head += j;
+    if ((int32_t)(g->cur - g->head) < 0)
+        g->cur = g->head;
+    BIO_COUNT(g->me->counters, BIO_PORT_C_FWD_SWAPPED, swapped);
+    BIO_COUNT(g->me->counters, BIO_PORT_C_FWD_COPIED, j - swapped);
+    if (r < 0)
+        return bio_port_fwd_bad(g, sp.t[k], sp.how[k], bad, j);
+    return PyLong_FromUnsignedLong(j);
 }
 
 /* ---- the type ---------------------------------------------------------------- */
@@ -232,6 +444,8 @@ static PyMethodDef bio_port_rx_methods[] = {
      bio_port_rx_peek_doc},
     {"forward", (PyCFunction)(void (*)(void))bio_port_rx_forward, METH_FASTCALL | METH_KEYWORDS,
      bio_port_rx_forward_doc},
+    {"spread", (PyCFunction)(void (*)(void))bio_port_rx_spread, METH_FASTCALL | METH_KEYWORDS,
+     bio_port_rx_spread_doc},
     {"dst", (PyCFunction)bio_port_rx_dst, METH_O,
      "dst($self, i, /)\n--\n\nThe destination key of packet i."},
     {"src", (PyCFunction)bio_port_rx_src, METH_O,

@@ -1,9 +1,11 @@
 /* The switch (SwitchCore): party 0 of one region per port, it copies each
- * packet a client publishes into the RX ring of the port its destination key
- * names (static routes, learning from source keys, flooding broadcast and
- * unknown keys), so clients share no memory with each other. This file is
- * its sleeping and waking and its Python entry points; ports/forward.c
- * moves the packets and isolates misbehaving clients (ports/switch.h).
+ * packet a client publishes into the RX ring of the port its destination
+ * names (a key, or the frame's MAC address: static routes, groups of ports,
+ * learning from sources, flooding broadcast and unknown ones), so clients
+ * share no memory with each other; a NIC queue is a port too (ports/nic.c).
+ * This file is its sleeping and waking and its Python entry points;
+ * ports/fib.c is the table, ports/forward.c moves the packets and isolates
+ * misbehaving clients (ports/switch.h).
  *
  * Where a packet goes through it: forward() runs passes (ports/forward.c)
  * without the GIL until the deadline, lingering after traffic and sleeping
@@ -23,7 +25,7 @@
 static const char *const bio_switch_counter_names[BIO_SWITCH_NCOUNTERS] = {
     "forwarded", "flooded", "unknown_drops", "full_drops", "gone_drops", "filtered",
     "bad_slots", "learned", "table_full", "passes", "sleeps", "wakeups", "ports_gone",
-    "ports_isolated", "isolated_drops", "idle_kicks",
+    "ports_isolated", "isolated_drops", "idle_kicks", "runt_drops",
 };
 
 /* ---- sleeping ---------------------------------------------------------------- */
@@ -37,7 +39,7 @@ bio_switch_arm(BioSwitch *sw, int n)
 {
     for (int i = 0; i < n; i++) {
         BioSwitchPort *sp = &sw->ports[i];
-        if (sp->gone)
+        if (sp->gone || sp->nic != NULL) /* a NIC queue: its socket is polled instead */
             continue;
         atomic_store_explicit(&sp->rx->me->wake_at, sp->rx->tail + 1, memory_order_relaxed);
         atomic_store_explicit(&sp->rx->me->sleeping, 1, memory_order_seq_cst);
@@ -52,6 +54,11 @@ bio_switch_arm(BioSwitch *sw, int n)
         BioSwitchPort *sp = &sw->ports[i];
         if (sp->gone)
             continue;
+        if (sp->nic != NULL) {
+            if (bio_nic_rx_pending(sp->nic))
+                return 1;
+            continue;
+        }
         if (atomic_load_explicit(&sp->rx->peer->pos, memory_order_acquire) != sp->rx->tail ||
             bio_port_ring_peer_state(sp->rx) == BIO_PORT_CLOSED)
             return 1;
@@ -70,7 +77,7 @@ static void
 bio_switch_disarm(BioSwitch *sw, int n)
 {
     for (int i = 0; i < n; i++) {
-        if (sw->ports[i].gone)
+        if (sw->ports[i].gone || sw->ports[i].nic != NULL)
             continue;
         atomic_store_explicit(&sw->ports[i].rx->me->sleeping, 0, memory_order_relaxed);
         atomic_store_explicit(&sw->ports[i].tx->me->sleeping, 0, memory_order_relaxed);
@@ -84,6 +91,13 @@ static int
 bio_switch_poll_add(BioSwitch *sw, int i, int *np, int *slices)
 {
     BioSwitchPort *sp = &sw->ports[i];
+    if (sp->nic != NULL) { /* its socket, while its RX ring has room for what it receives */
+        if (sp->nic->prod->tail != sp->nic->prod->head) {
+            sw->pfd_port[*np] = i;
+            sw->pfd[(*np)++] = (struct pollfd){.fd = bio_nic_fd(sp->nic), .events = POLLIN};
+        }
+        return 0;
+    }
     if (bio_port_ring_watch(sp->rx) < 0) {
         sp->exited = 1;
         return 1;
@@ -109,21 +123,28 @@ static int
 bio_switch_poll_nogil(BioSwitch *sw, int n, int64_t deadline)
 {
     int np = 1, slices = 0;
+    int64_t slice = BIO_PORT_CHECK_NS;
     sw->pfd[0] = (struct pollfd){.fd = sw->efd, .events = POLLIN};
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (!sw->ports[i].gone && !sw->ports[i].exited &&
             bio_switch_poll_add(sw, i, &np, &slices))
             return 1;
+        int b = sw->ports[i].blocked;
+        if (b >= 0 && sw->ports[b].nic != NULL) { /* completions raise no event: look again soon */
+            slices = 1;
+            slice = BIO_SWITCH_NIC_SLICE_NS;
+        }
+    }
     int64_t now = bio_now_ns(), until = deadline;
-    if (slices && (until < 0 || until > now + BIO_PORT_CHECK_NS))
-        until = now + BIO_PORT_CHECK_NS;
+    if (slices && (until < 0 || until > now + slice))
+        until = now + slice;
     int ms = until < 0 ? -1 : (int)(until > now ? (until - now + 999999) / 1000000 : 0);
     int r = poll(sw->pfd, (nfds_t)np, ms);
     if (r < 0)
         return -errno;
     for (int k = 1; r > 0 && k < np; k++) {
         BioSwitchPort *sp = &sw->ports[sw->pfd_port[k]];
-        if (!sw->pfd[k].revents)
+        if (!sw->pfd[k].revents || sp->nic != NULL)
             continue;
         if (sw->pfd[k].fd == sp->rx->watch_fd)
             sp->exited = 1;
@@ -219,7 +240,7 @@ bio_switch_run_nogil(void *arg)
 
 /* Make the lock usable in this process: after a fork, a thread that held it
  * in the parent does not exist here. GIL. */
-static void
+void
 bio_switch_lock_ready(BioSwitch *sw)
 {
     uint32_t epoch = atomic_load(&bio_port_epoch);
@@ -252,11 +273,12 @@ bio_switch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     sw->lock_epoch = atomic_load(&bio_port_epoch);
     sw->ports = PyMem_RawCalloc((size_t)max_ports, sizeof(BioSwitchPort));
     sw->fib = PyMem_RawCalloc((size_t)table, sizeof(BioSwitchEntry));
+    sw->groups = PyMem_RawCalloc(BIO_SWITCH_GROUPS, sizeof(BioSwitchGroup));
     sw->pfd = PyMem_RawCalloc(3 * (size_t)max_ports + 1, sizeof(struct pollfd));
     sw->pfd_port = PyMem_RawCalloc(3 * (size_t)max_ports + 1, sizeof(int));
     sw->rings = PyList_New(0);
     if (sw->ports == NULL || sw->fib == NULL || sw->pfd == NULL || sw->pfd_port == NULL ||
-        sw->rings == NULL) {
+        sw->rings == NULL || sw->groups == NULL) {
         Py_DECREF(sw);
         return PyErr_NoMemory();
     }
@@ -275,6 +297,7 @@ bio_switch_dealloc(BioSwitch *sw)
         close(sw->efd);
     PyMem_RawFree(sw->ports);
     PyMem_RawFree(sw->fib);
+    PyMem_RawFree(sw->groups);
     PyMem_RawFree(sw->pfd);
     PyMem_RawFree(sw->pfd_port);
     Py_XDECREF(sw->rings);
@@ -287,6 +310,28 @@ static int
 bio_switch_busy(BioSwitch *sw)
 {
     return sw->busy != 0 && sw->busy == atomic_load(&bio_port_epoch);
+}
+
+/* Append port (rx, tx, nic) to the switch, keeping `keep` alive, and wake
+ * a sleeping forward() so that it polls the new port. Its index, or -1. */
+static int
+bio_switch_append(BioSwitch *sw, BioPortRing *rx, BioPortRing *tx, BioNic *nic, PyObject *keep)
+{
+    int n = atomic_load(&sw->nports);
+    if (n >= sw->max_ports) {
+        PyErr_Format(PyExc_ValueError, "the switch is full: %d ports", sw->max_ports);
+        return -1;
+    }
+    if (PyList_Append(sw->rings, keep) < 0)
+        return -1;
+    sw->ports[n] = (BioSwitchPort){.rx = rx, .tx = tx, .nic = nic, .blocked = -1};
+    atomic_store_explicit(&sw->nports, n + 1, memory_order_release);
+    uint64_t one = 1; /* a sleeping switch does not poll the new port yet: wake it */
+    if (sw->efd >= 0 && write(sw->efd, &one, sizeof(one)) < 0) {
+        bio_raise_errno(-errno);
+        return -1;
+    }
+    return n;
 }
 
 PyDoc_STRVAR(bio_switch_add_doc,
@@ -307,83 +352,44 @@ bio_switch_add(BioSwitch *sw, PyObject *args)
                         "(the switch's side of the region)");
         return NULL;
     }
-    int n = atomic_load(&sw->nports);
-    if (n >= sw->max_ports) {
-        PyErr_Format(PyExc_ValueError, "the switch is full: %d ports", sw->max_ports);
-        return NULL;
-    }
     /* held by the process that forwards: claimed here only if forward() runs
      * now (in another thread), else by the next forward(), which may be in
      * a process forked after this */
-    if ((bio_switch_busy(sw) && (bio_port_ring_ready(rx) < 0 || bio_port_ring_ready(tx) < 0)) ||
-        PyList_Append(sw->rings, (PyObject *)rx) < 0 ||
-        PyList_Append(sw->rings, (PyObject *)tx) < 0)
-        return NULL;
-    sw->ports[n] = (BioSwitchPort){.rx = rx, .tx = tx, .blocked = -1};
-    atomic_store_explicit(&sw->nports, n + 1, memory_order_release);
-    uint64_t one = 1; /* a sleeping switch does not poll the new port yet: wake it */
-    if (sw->efd >= 0 && write(sw->efd, &one, sizeof(one)) < 0)
-        return bio_raise_errno(-errno);
-    return PyLong_FromLong(n);
+    PyObject *keep = PyTuple_Pack(2, (PyObject *)rx, (PyObject *)tx);
+    int r = keep == NULL ||
+            (bio_switch_busy(sw) && (bio_port_ring_ready(rx) < 0 || bio_port_ring_ready(tx) < 0))
+                ? -1 : bio_switch_append(sw, rx, tx, NULL, keep);
+    Py_XDECREF(keep);
+    return r < 0 ? NULL : PyLong_FromLong(r);
 }
 
-PyDoc_STRVAR(bio_switch_route_doc,
-"route($self, key, port, /)\n--\n\n"
-"Static route: packets whose dst is key go to port (an index from add());\n"
-"learning never changes it. port None removes the key.");
+PyDoc_STRVAR(bio_switch_add_nic_doc,
+"add_nic($self, nic, /)\n--\n\n"
+"Add a NIC queue: its pump (a NicCore), whose port's RX ring the switch\n"
+"reads and whose TX ring it fills; each pass pumps it in and out. From\n"
+"then on the NIC port is the switch's (its own sync and wait are refused),\n"
+"and the switch must forward in the process that made it. Returns the port\n"
+"index.");
 
 static PyObject *
-bio_switch_route_py(BioSwitch *sw, PyObject *args)
+bio_switch_add_nic(BioSwitch *sw, PyObject *arg)
 {
-    PyObject *key_o, *port_o;
-    uint32_t key;
-    if (!PyArg_ParseTuple(args, "OO:route", &key_o, &port_o) ||
-        bio_port_key("key", key_o, &key) < 0)
-        return NULL;
-    long port = -1;
-    if (port_o != Py_None && (port = PyLong_AsLong(port_o)) == -1 && PyErr_Occurred())
-        return NULL;
-    int n = atomic_load(&sw->nports);
-    if (port_o != Py_None && (port < 0 || port >= n)) {
-        PyErr_Format(PyExc_ValueError, "port must be a port index from 0 to %d, got %ld", n - 1,
-                     port);
+    if (!PyObject_TypeCheck(arg, &BioNic_Type)) {
+        PyErr_Format(PyExc_TypeError, "add_nic() argument must be a NicCore, not %.100s",
+                     Py_TYPE(arg)->tp_name);
         return NULL;
     }
-    if (key == BIO_PORT_BROADCAST || key == 0) {
-        PyErr_Format(PyExc_ValueError, "key must be between 1 and 4294967294 (0 is \"no key\", "
-                     "4294967295 broadcast), got %u", key);
+    BioNic *c = (BioNic *)arg;
+    if (c->switched) {
+        PyErr_SetString(PyExc_ValueError, "add_nic(): that NIC port belongs to a switch already");
         return NULL;
     }
-    /* with the GIL: a pass holding the table never needs it, and ends soon */
-    bio_switch_lock_ready(sw);
-    pthread_mutex_lock(&sw->lock);
-    int r = bio_switch_set(sw, key, (int)port, port >= 0);
-    pthread_mutex_unlock(&sw->lock);
+    if (bio_nic_hold(c) < 0)
+        return NULL;
+    int r = bio_switch_append(sw, c->app_rx, c->app_tx, c, arg);
     if (r < 0)
-        return bio_port_oserror(ENOSPC, "forwarding table full (%u entries)", sw->fib_mask + 1);
-    Py_RETURN_NONE;
-}
-
-/* routes() -> {key: (port, static)} */
-static PyObject *
-bio_switch_routes(BioSwitch *sw, PyObject *Py_UNUSED(ignored))
-{
-    PyObject *d = PyDict_New();
-    bio_switch_lock_ready(sw);
-    pthread_mutex_lock(&sw->lock); /* with the GIL, as in route() */
-    for (uint32_t k = 0; d != NULL && k <= sw->fib_mask; k++) {
-        BioSwitchEntry *e = &sw->fib[k];
-        if (!e->used || e->port < 0)
-            continue;
-        PyObject *key = PyLong_FromUnsignedLong(e->key);
-        PyObject *v = Py_BuildValue("(iO)", e->port, e->fixed ? Py_True : Py_False);
-        if (key == NULL || v == NULL || PyDict_SetItem(d, key, v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(key);
-        Py_XDECREF(v);
-    }
-    pthread_mutex_unlock(&sw->lock);
-    return d;
+        c->switched = 0;
+    return r < 0 ? NULL : PyLong_FromLong(r);
 }
 
 /* Whether an exception raised while making port i's side usable is the
@@ -414,6 +420,8 @@ static int
 bio_switch_ready(BioSwitch *sw, int i)
 {
     BioSwitchPort *sp = &sw->ports[i];
+    if (sp->nic != NULL && !sp->gone) /* ours: nothing a client wrote can make it fail */
+        return bio_nic_hold(sp->nic);
     if (sp->gone || (bio_port_ring_ready(sp->rx) == 0 && bio_port_ring_ready(sp->tx) == 0))
         return 0;
     if (!bio_switch_client_fault())
@@ -549,9 +557,20 @@ bio_switch_take_isolations(BioSwitch *sw, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef bio_switch_methods[] = {
     {"add", (PyCFunction)bio_switch_add, METH_VARARGS, bio_switch_add_doc},
-    {"route", (PyCFunction)bio_switch_route_py, METH_VARARGS, bio_switch_route_doc},
+    {"add_nic", (PyCFunction)bio_switch_add_nic, METH_O, bio_switch_add_nic_doc},
+    {"route", (PyCFunction)bio_switch_route_py, METH_VARARGS,
+     "route($self, key, target, /)\n--\n\n"
+     "Static route: packets to key (a dst key, or a MAC-mode key) go to target, a\n"
+     "port index or a group (-2 - g, from group()); learning never changes it.\n"
+     "target None removes the key."},
     {"routes", (PyCFunction)bio_switch_routes, METH_NOARGS,
-     "routes($self, /)\n--\n\nThe forwarding table as {key: (port, static)}."},
+     "routes($self, /)\n--\n\nThe forwarding table as {key: (target, static)}."},
+    {"group", (PyCFunction)bio_switch_group_py, METH_VARARGS,
+     "group($self, ports, spread, /)\n--\n\n"
+     "A new group of port indices, spread by flow hash (0) or in turn (1):\n"
+     "returns its target for route() (-2 - g)."},
+    {"groups", (PyCFunction)bio_switch_groups_py, METH_NOARGS,
+     "groups($self, /)\n--\n\n[(ports, spread)] of every group, in order."},
     {"forward", (PyCFunction)(void (*)(void))bio_switch_forward, METH_FASTCALL | METH_KEYWORDS,
      bio_switch_forward_doc},
     {"stop", (PyCFunction)bio_switch_stop, METH_NOARGS,
@@ -575,6 +594,8 @@ static PyMemberDef bio_switch_members[] = {
      "1: flood unknown destinations; 0: drop them (unknown_drops)"},
     {"wait_full", T_INT, offsetof(BioSwitch, wait_full), 0,
      "1: a packet waits for room in a full ring; 0: it is dropped (full_drops)"},
+    {"by_mac", T_INT, offsetof(BioSwitch, by_mac), 0,
+     "1: route by the frames' destination MAC addresses, learn their sources; 0: by keys"},
     {"budget", T_UINT, offsetof(BioSwitch, budget), 0, "packets per port per pass"},
     {"linger_ns", T_LONGLONG, offsetof(BioSwitch, linger_ns), 0,
      "how long the switch keeps polling after traffic before it sleeps (ns)"},

@@ -1,6 +1,6 @@
-/* The switch's private state, shared by ports/forward.c (the forwarding
- * table, moving packets, isolating a client) and ports/switch.c (sleeping,
- * the Python entry points).
+/* The switch's private state, shared by ports/fib.c (the forwarding table,
+ * groups), ports/forward.c (moving packets, NIC queues, isolating a client)
+ * and ports/switch.c (sleeping, the Python entry points).
  *
  * What the switch trusts: nothing in a client's region. It is party 0 of
  * every region and reads a client's positions, slot arrays, flags and claim
@@ -37,6 +37,7 @@ enum bio_switch_counter {
     BIO_SWITCH_C_PORTS_ISOLATED, /* ... of which isolated for misbehaving */
     BIO_SWITCH_C_ISOLATED_DROPS, /* packets an isolated client had published, not taken */
     BIO_SWITCH_C_IDLE_KICKS,     /* wake-ups by a client that had done nothing new */
+    BIO_SWITCH_C_RUNT_DROPS,     /* MAC mode: packets shorter than an Ethernet header */
     BIO_SWITCH_NCOUNTERS
 };
 
@@ -44,9 +45,18 @@ enum { BIO_SWITCH_DONE, BIO_SWITCH_BLOCKED };
 #define BIO_SWITCH_RETURN_AFTER 65536 /* forward() returns to Python this often */
 #define BIO_SWITCH_IDLE_KICKS 64      /* idle wake-ups in a row that isolate a client */
 #define BIO_SWITCH_WHY 200            /* bytes of an isolation's reason */
+#define BIO_SWITCH_GROUPS 64          /* port groups of a switch */
+#define BIO_SWITCH_GROUP_PORTS 64     /* ports of a group */
+#define BIO_SWITCH_MAC_TAG (1ULL << 48) /* a MAC-mode key: this | the 48-bit address */
+#define BIO_SWITCH_NIC_SLICE_NS 100000 /* a sleep waiting for a NIC queue's TX room */
+
+/* How a group picks the port of a packet. */
+enum { BIO_SWITCH_SPREAD_FLOW = 0, BIO_SWITCH_SPREAD_RR = 1 };
 
 typedef struct {
-    BioPortRing *rx, *tx; /* the switch's side: reads the client's TX, fills its RX */
+    BioPortRing *rx, *tx; /* the switch's side: reads the client's TX, fills its RX; a NIC
+                           * queue's: its port's RX (received) and TX (to send) */
+    BioNic *nic;   /* a NIC queue's pump, or NULL for a client's region */
     int gone;      /* 0 live, else -EPIPE (closed), -ECONNRESET (exited), -EPROTO (isolated);
                     * atomic: Python reads it while a pass runs */
     int exited;    /* its process exited: take what it sent, then gone */
@@ -60,10 +70,25 @@ typedef struct {
 } BioSwitchPort;
 
 typedef struct {
-    uint32_t key;
-    int32_t port; /* -1: removed */
+    uint64_t key;  /* a dst key, or BIO_SWITCH_MAC_TAG | a MAC address */
+    int32_t port;  /* a port, -2 - g for group g, -1: removed */
     uint8_t used, fixed;
 } BioSwitchEntry;
+
+typedef struct {
+    int n, spread;  /* ports, BIO_SWITCH_SPREAD_* */
+    uint32_t next;  /* round robin: the next turn */
+    int ports[BIO_SWITCH_GROUP_PORTS];
+} BioSwitchGroup;
+
+/* One packet as the switch read it from a client's slot (once). */
+typedef struct {
+    const unsigned char *data;
+    uint32_t len, flags;
+    uint64_t dst, src; /* keys, or MAC-mode keys read from the frame */
+    int bcast;         /* to every other port: dst BROADCAST, or a group MAC address */
+    struct sockaddr_in6 name;
+} BioSwitchPacket;
 
 typedef struct {
     PyObject_HEAD
@@ -78,6 +103,9 @@ typedef struct {
                               * route(), and while isolating */
     uint32_t lock_epoch;     /* bio_port_epoch the lock was made in (a fork remakes it) */
     int learning, flood_unknown, wait_full;
+    int by_mac;              /* route by the frames' MAC addresses, not by the slots' keys */
+    BioSwitchGroup *groups;
+    int ngroups;
     unsigned int budget;     /* packets per port per pass */
     int64_t linger_ns;
     _Atomic int stop;
@@ -88,13 +116,29 @@ typedef struct {
     uint32_t busy;           /* bio_port_epoch of a forward() in progress, 0: none */
 } BioSwitch;
 
-/* ---- ports/forward.c ----------------------------------------------------------- */
+/* ---- ports/fib.c ---------------------------------------------------------------- */
 
-/* Port that key routes to, or -1 (unknown or removed). Table lock held. */
-int bio_switch_lookup(BioSwitch *sw, uint32_t key);
-/* key -> port (-1 removes), static if fixed: 1 changed, 0 unchanged, -1
+/* The target key routes to: a port, -2 - g for group g, or -1 (unknown or
+ * removed). Table lock held. */
+int bio_switch_lookup(BioSwitch *sw, uint64_t key);
+/* key -> target (-1 removes), static if fixed: 1 changed, 0 unchanged, -1
  * table full. Table lock held. */
-int bio_switch_set(BioSwitch *sw, uint32_t key, int port, int fixed);
+int bio_switch_set(BioSwitch *sw, uint64_t key, int port, int fixed);
+/* Learn that `src` lives behind port i (0: nothing to learn). Table lock held. */
+void bio_switch_learn(BioSwitch *sw, int i, uint64_t src);
+/* The live port of group g that packet p goes to, or -1 if none is live.
+ * Table lock held. */
+int bio_switch_pick(BioSwitch *sw, int g, const BioSwitchPacket *p);
+/* route(key, target), routes(), group(ports, spread), groups(). GIL. */
+PyObject *bio_switch_route_py(BioSwitch *sw, PyObject *args);
+PyObject *bio_switch_routes(BioSwitch *sw, PyObject *ignored);
+PyObject *bio_switch_group_py(BioSwitch *sw, PyObject *args);
+PyObject *bio_switch_groups_py(BioSwitch *sw, PyObject *ignored);
+/* Make the lock usable in this process (after a fork). GIL. */
+void bio_switch_lock_ready(BioSwitch *sw);
+
+/* ---- ports/forward.c ------------------------------------------------------------ */
+
 /* Port i is no longer served (why: -EPIPE, -ECONNRESET or -EPROTO). Table
  * lock held. nogil-safe. */
 void bio_switch_gone(BioSwitch *sw, int i, int why);
@@ -103,8 +147,8 @@ void bio_switch_gone(BioSwitch *sw, int i, int why);
  * sees it. Table lock held. nogil-safe. */
 void bio_switch_isolate(BioSwitch *sw, int i, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* One pass over every live port, then publish what moved. Returns packets
- * taken. Table lock held. nogil. */
+/* One pass over every live port (NIC queues pumped first and last), then
+ * publish what moved. Returns packets taken. Table lock held. nogil. */
 uint32_t bio_switch_pass(BioSwitch *sw);
 /* Port i's wake sockets fired: isolate it after BIO_SWITCH_IDLE_KICKS such
  * wakes in a row while it did nothing new. Table lock held. nogil. */

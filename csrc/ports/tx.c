@@ -145,9 +145,9 @@ bio_port_tx_claim(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObj
     unsigned char *buf = bio_port_ring_buf(g, g->head, &idx);
     if (buf == NULL)
         return bio_port_ring_bad_slot(g, g->head, idx);
-    Py_ssize_t off = buf - g->reg->base;
+    Py_ssize_t off = buf - g->reg->pbase;
     bio_port_tx_commit(g, (uint32_t)len, 0, dst, src, &name);
-    return PySequence_GetSlice(g->reg->view, off, off + len);
+    return PySequence_GetSlice(g->reg->pview, off, off + len);
 }
 
 /* Parse put_batch()'s start/count against b: [*start, *end). 0 or -1. */

@@ -89,15 +89,22 @@ bio_xsk_kick_nogil(void *ctx)
     return 0;
 }
 
-int
-bio_xsk_kick(BioXsk *x)
+/* Publish the tx ring's producer; whether the kernel must be kicked to
+ * transmit (zero copy with need_wakeup: only when the driver asks; copy
+ * mode transmits only inside sendto()). */
+static int
+bio_xsk_tx_publish(BioXsk *x)
 {
     uint32_t pending = x->tx.cached_prod - *x->tx.producer;
     if (pending)
         __atomic_store_n(x->tx.producer, x->tx.cached_prod, __ATOMIC_RELEASE);
-    /* zero copy with need_wakeup: the driver asks when it sleeps; copy
-     * mode transmits only inside sendto() */
-    if (x->zerocopy && (x->bind_flags & XDP_USE_NEED_WAKEUP) && !bio_ring_needs_wakeup(&x->tx))
+    return !(x->zerocopy && (x->bind_flags & XDP_USE_NEED_WAKEUP) && !bio_ring_needs_wakeup(&x->tx));
+}
+
+int
+bio_xsk_kick(BioXsk *x)
+{
+    if (!bio_xsk_tx_publish(x))
         return 0;
     BioXskKick k = {.x = x};
     int r = 0;
@@ -108,6 +115,22 @@ bio_xsk_kick(BioXsk *x)
             break;
     }
     return r == -EAGAIN ? 0 : r;
+}
+
+int
+bio_xsk_transmit_nogil(BioXsk *x)
+{
+    if (!bio_xsk_tx_publish(x))
+        return 0;
+    BioXskKick k = {.x = x};
+    int r = 0;
+    for (int round = 0; round < 4; round++) {
+        r = bio_xsk_kick_nogil(&k);
+        bio_xsk_reap(x);
+        if (r != -EAGAIN)
+            break;
+    }
+    return r == -EAGAIN || r == -EINTR ? 0 : r;
 }
 
 /* Is entry [off, off + len) inside one frame that lease `l` holds of x's

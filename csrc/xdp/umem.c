@@ -19,11 +19,13 @@
 #include "xdp/xdp.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char *const bio_umem_counter_names[BIO_UMEM_NCOUNTERS] = {
@@ -50,8 +52,8 @@ bio_umem_drop(BioUmem *u, uint32_t f, uint8_t bits)
         return; /* not held that way: never free a frame twice */
     s = (uint8_t)(s & ~bits);
     u->state[f] = s;
-    if (bits & BIO_FRAME_LENT)
-        u->lease_of[f] = NULL;
+    if (bits & (BIO_FRAME_LENT | BIO_FRAME_PORT))
+        u->lease_of[f] = NULL; /* a frame is lent or in a port, never both */
     if (s == 0)
         u->free[u->nfree++] = f;
 }
@@ -79,12 +81,41 @@ bio_umem_check_pid(BioUmem *u)
 
 /* ---- the type ------------------------------------------------------------- */
 
-/* mmap the frames and the bookkeeping arrays. 0, or -1 with an error. */
+/* ValueError unless memfd is a memfd sealed against shrinking of exactly
+ * u->size bytes (other processes map it: none may truncate it under the
+ * kernel). Records which file it is. 0 or -1. */
 static int
-bio_umem_alloc(BioUmem *u)
+bio_umem_check_memfd(BioUmem *u, int memfd)
 {
-    u->area = mmap(NULL, u->size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    struct stat st;
+    if (fstat(memfd, &st) < 0) {
+        bio_raise_errno(-errno);
+        return -1;
+    }
+    int seals = fcntl(memfd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK) || (uint64_t)st.st_size != u->size) {
+        PyErr_Format(PyExc_ValueError, "memfd %d must be a memfd of %zu bytes sealed against "
+                     "shrinking, got %s of %lld bytes", memfd, u->size,
+                     seals < 0 ? "a file that is not a memfd" : "a memfd",
+                     (long long)st.st_size);
+        return -1;
+    }
+    u->file_dev = (uint64_t)st.st_dev;
+    u->file_ino = (uint64_t)st.st_ino;
+    return 0;
+}
+
+/* mmap the frames (anonymous, or memfd shared) and the bookkeeping arrays.
+ * 0, or -1 with an error. */
+static int
+bio_umem_alloc(BioUmem *u, int memfd)
+{
+    if (memfd >= 0 && bio_umem_check_memfd(u, memfd) < 0)
+        return -1;
+    u->area = memfd >= 0 ? mmap(NULL, u->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                                memfd, 0)
+                         : mmap(NULL, u->size, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (u->area == MAP_FAILED) {
         u->area = NULL;
         bio_raise_errno(-errno);
@@ -129,12 +160,14 @@ bio_umem_register(BioUmem *u)
 static PyObject *
 bio_umem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"frames", "frame_size", "headroom", NULL};
-    PyObject *frames_o, *size_o, *head_o;
-    long long frames, frame_size, headroom;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Umem", kwlist, &frames_o, &size_o, &head_o))
+    static char *kwlist[] = {"frames", "frame_size", "headroom", "memfd", NULL};
+    PyObject *frames_o, *size_o, *head_o, *memfd_o = NULL;
+    long long frames, frame_size, headroom, memfd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O:Umem", kwlist, &frames_o, &size_o, &head_o,
+                                     &memfd_o))
         return NULL;
-    if (bio_args_int("frames", frames_o, 1, 1 << 22, &frames) < 0 ||
+    if ((memfd_o != NULL && bio_args_int("memfd", memfd_o, -1, INT32_MAX, &memfd) < 0) ||
+        bio_args_int("frames", frames_o, 1, 1 << 22, &frames) < 0 ||
         bio_args_int("frame_size", size_o, 2048, 65536, &frame_size) < 0 ||
         bio_args_int("headroom", head_o, 0, frame_size - 512, &headroom) < 0)
         return NULL;
@@ -152,7 +185,7 @@ bio_umem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     u->headroom = (uint32_t)headroom;
     u->size = (size_t)frames * (size_t)frame_size;
     u->pid = bio_xdp_pid;
-    if (bio_umem_alloc(u) < 0 || bio_umem_register(u) < 0) {
+    if (bio_umem_alloc(u, (int)memfd) < 0 || bio_umem_register(u) < 0) {
         Py_DECREF(u);
         return NULL;
     }
@@ -185,13 +218,15 @@ bio_umem_counters(BioUmem *u, PyObject *Py_UNUSED(ignored))
 static PyObject *
 bio_umem_frame_states(BioUmem *u, PyObject *Py_UNUSED(ignored))
 {
-    uint32_t fill = 0, lent = 0, tx = 0;
+    uint32_t fill = 0, lent = 0, tx = 0, port = 0;
     for (uint32_t f = 0; f < u->frames; f++) {
         fill += (u->state[f] & BIO_FRAME_FILL) != 0;
         lent += (u->state[f] & BIO_FRAME_LENT) != 0;
         tx += (u->state[f] & BIO_FRAME_TX) != 0;
+        port += (u->state[f] & BIO_FRAME_PORT) != 0;
     }
-    return Py_BuildValue("{sIsIsIsI}", "free", u->nfree, "fill", fill, "lent", lent, "tx", tx);
+    return Py_BuildValue("{sIsIsIsIsI}", "free", u->nfree, "fill", fill, "lent", lent, "tx", tx,
+                         "port", port);
 }
 
 static PyMethodDef bio_umem_methods[] = {
@@ -199,7 +234,8 @@ static PyMethodDef bio_umem_methods[] = {
      "counters($self, /)\n--\n\nA dict of every counter."},
     {"frame_states", (PyCFunction)bio_umem_frame_states, METH_NOARGS,
      "frame_states($self, /)\n--\n\n"
-     "How many frames are free, in fill rings, lent to batches, on tx rings."},
+     "How many frames are free, in fill rings, lent to batches, on tx rings, in port\n"
+     "regions' slots."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -241,8 +277,9 @@ PyTypeObject BioUmem_Type = {
     .tp_basicsize = sizeof(BioUmem),
     .tp_dealloc = (destructor)bio_umem_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Umem(frames, frame_size, headroom)\n--\n\n"
-              "frames x frame_size bytes registered as an AF_XDP UMEM (see burstio.xdp.Umem).",
+    .tp_doc = "Umem(frames, frame_size, headroom, memfd=-1)\n--\n\n"
+              "frames x frame_size bytes registered as an AF_XDP UMEM (see burstio.xdp.Umem); "
+              "with memfd, that memfd mapped shared.",
     .tp_weaklistoffset = offsetof(BioUmem, weakrefs),
     .tp_methods = bio_umem_methods,
     .tp_getset = bio_umem_getset,

@@ -35,6 +35,12 @@
 #define BIO_FRAME_FILL 0x1u /* in a fill ring, or the kernel received into it */
 #define BIO_FRAME_LENT 0x2u /* lent to a batch (Umem.lease_of[f] says which) */
 #define BIO_FRAME_TX 0x4u   /* on a tx ring until its completion */
+#define BIO_FRAME_PORT 0x8u /* in a slot of a port region on this Umem's memfd
+                             * (lease_of[f] is that BioPortRegion; ports/frames.c) */
+
+/* Where the kernel puts a received frame's first byte inside its UMEM frame,
+ * after the Umem's own headroom (XDP_PACKET_HEADROOM). */
+#define BIO_XDP_HEADROOM 256u
 
 enum {
     BIO_UMEM_FILL_STARVED, /* a refill found the free list empty */
@@ -58,6 +64,7 @@ typedef struct {
     int fd_taken;      /* the first XskSocket took fd: it binds and closes it */
     int sockets;       /* XskSockets open on this UMEM */
     pid_t pid;         /* the process that registered it */
+    uint64_t file_dev, file_ino; /* the memfd the frames are mapped from (0: anonymous) */
     uint64_t counters[BIO_UMEM_NCOUNTERS];
     PyObject *weakrefs;
 } BioUmem;
@@ -206,6 +213,10 @@ void bio_xsk_tx_put(BioXsk *x, uint64_t addr, uint32_t len, uint32_t options);
 /* Kick the kernel to transmit what the tx ring holds (sendto, without the
  * GIL); reaps completions. 0 or -errno (EAGAIN/EBUSY/ENOBUFS: try later). */
 int bio_xsk_kick(BioXsk *x);
+/* The same without the GIL and without retrying EINTR (the caller kicks
+ * again later): publish, sendto() until the kernel took everything, reap.
+ * 0 or -errno. nogil (no Python object is touched). */
+int bio_xsk_transmit_nogil(BioXsk *x);
 int bio_xsk_init_type(PyObject *module);
 
 /* ---- UDP frames (frames.c, build.c) ------------------------------------------ */

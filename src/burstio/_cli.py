@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .xdp._cli import add_parsers
 
     add_parsers(sub)
+    from ._ports_cli import add_parsers as add_ports_parsers
+
+    add_ports_parsers(sub)
     return p
 
 

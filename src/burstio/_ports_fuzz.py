@@ -47,7 +47,7 @@ class _Template:
         self.ctl, self.end = _extent(self.a.region.layout())
         self.memory = self.a.memory
         self.pristine = bytes(self.memory[:self.end])
-        self.memfd, self.wakes = self.a.region.fds(1)
+        self.memfd, self.wakes, _pool = self.a.region.fds(1)
         self.batch = _native.PacketBatch(_SLOTS, 1)
 
 

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from . import _native
-from ._checks import check_choice, check_int, check_seconds, check_socket, check_timeout
+from ._checks import check_int, check_seconds, check_socket, check_timeout
 from ._native import PacketBatch
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ if TYPE_CHECKING:
         def detach(self) -> int: ...
 
 __all__ = [
-    "Port", "PortTx", "PortRx", "Switch", "pipe", "send_port", "recv_port", "publish", "attach",
-    "BROADCAST", "LINGER", "SLOTS", "SLOT_SIZE",
+    "Port", "PortTx", "PortRx", "Switch", "NicPort", "pipe", "nic_port", "send_port", "recv_port", "publish",
+    "attach", "BROADCAST", "LINGER", "SLOTS", "SLOT_SIZE",
 ]
 
 log = logging.getLogger("burstio")
@@ -78,9 +78,9 @@ _SLOTS_MAX = _native.PORT_SLOTS_MAX
 _SLOT_SIZE_MAX = _native.PORT_SLOT_SIZE_MAX
 _EFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
 _NAME_PREFIX = "burstio-rings:"  # abstract Unix socket namespace
-_WIRE_VERSION = 2  # of send_port's message: a memfd and the party's 2 wake sockets
+_WIRE_VERSION = 3  # of send_port's message: a memfd, the party's 2 wake sockets, the pool's memfd
 _HANDOVER = 5.0  # seconds publish() waits for an attaching process to take the port
-_KIND = {0: "pipe", 1: "switch port"}
+_KIND = {0: "pipe", 1: "switch port", 2: "NIC port"}
 _ARRAYS = ("idx", "len", "flags", "dst", "src")
 _ArrayKey: TypeAlias = Literal["idx", "len", "flags", "dst", "src"]
 
@@ -121,12 +121,12 @@ def _new_region(slots: int, slot_size: int, kind: int) -> _native.PortRegion:
         raise
 
 
-def _attach_region(memfd: int, party: int, wakes: Sequence[int]) -> _native.PortRegion:
-    """Map a region received from elsewhere for port ``party``; on success it
-    owns the fds (the C side checks the memfd and that the wakes are Unix
-    datagram sockets)."""
+def _attach_region(memfd: int, party: int, wakes: Sequence[int], pool_fd: int = -1) -> _native.PortRegion:
+    """Map a region received from elsewhere for port ``party`` (and the frame
+    pool its buffers are in, if it has one); on success it owns the fds (the
+    C side checks the memfds and that the wakes are Unix datagram sockets)."""
     other = [-1, -1]
-    return _native.PortRegion(memfd, [*wakes, *other] if party == 0 else [*other, *wakes])
+    return _native.PortRegion(memfd, [*wakes, *other] if party == 0 else [*other, *wakes], pool_fd=pool_fd)
 
 
 # ---- rings ----------------------------------------------------------------------
@@ -271,11 +271,14 @@ class Port:
 
     #: the index of a port that Switch.add_port made, in its switch (set there)
     switch_index: int
+    #: the ring types of this kind of port
+    _tx_type: type[PortTx] = PortTx
+    _rx_type: type[PortRx] = PortRx
 
     def __init__(self, region: _native.PortRegion, party: int, *, linger: float = LINGER):
         self._port = _native.PortClaim(region, party)
-        self.tx = PortTx(self._port)
-        self.rx = PortRx(self._port)
+        self.tx = self._tx_type(self._port)
+        self.rx = self._rx_type(self._port)
         self.linger = linger
         self.key: int | None = None  # the switch's static route to this port, if any
         self._offers: set[_Offer] = set()  # publish() calls waiting to hand it over
@@ -308,9 +311,18 @@ class Port:
 
     @property
     def memory(self) -> memoryview:
-        """The whole region, writable: ``rx.peek`` offsets and ``indices``
-        (``bufs + index * stride``, see ``region.layout()``) point into it."""
+        """The whole region, writable: its header, control blocks and slot
+        arrays (``region.layout()`` says where), and the buffers too unless
+        they are frames of a pool (``buffers``)."""
         return self._port.region.memory
+
+    @property
+    def buffers(self) -> memoryview:
+        """The memory the buffers are in, writable: ``memory`` itself, or the
+        frame pool of a NIC port and its pipes. ``rx.peek`` offsets and
+        ``indices`` (``bufs + index * stride``, see ``region.layout()``)
+        point into it."""
+        return self._port.region.buffers_memory
 
     @property
     def peer_pid(self) -> int:
@@ -362,11 +374,12 @@ class Port:
         # multiprocessing duplicates the descriptors for the receiving process
         # (while spawning, or through its resource sharer for a Queue/Pipe)
         from multiprocessing.reduction import DupFd
-        memfd, wakes = self._port.region.fds(self.party)
+        memfd, wakes, pool_fd = self._port.region.fds(self.party)
         if memfd < 0:
             raise ValueError("cannot send a port whose region is closed")
+        pool = DupFd(pool_fd) if pool_fd >= 0 else None
         return (_rebuild_port, (DupFd(memfd), tuple(DupFd(e) for e in wakes), self.party,
-                                self.tx.linger_ns, self.key))
+                                self.tx.linger_ns, self.key, pool))
 
     def __repr__(self) -> str:
         reg = self._port.region
@@ -376,16 +389,19 @@ class Port:
 
 
 def _rebuild_port(memfd_dup: _FdDup, wake_dups: tuple[_FdDup, ...], party: int, linger_ns: int,
-                  key: int | None) -> Port:
+                  key: int | None, pool_dup: _FdDup | None = None) -> Port:
     fds = [memfd_dup.detach()] + [d.detach() for d in wake_dups]
+    if pool_dup is not None:
+        fds.append(pool_dup.detach())
     return _port_from_fds(fds, party, linger_ns / 1e9, key)
 
 
 def _port_from_fds(fds: list[int], party: int, linger: float, key: int | None = None) -> Port:
     """Port ``party`` of the region in ``fds`` (memfd, data and room wake
-    sockets), which it owns from here on (closed here if it cannot be made)."""
+    sockets, and the frame pool's memfd if there is a fourth), which it owns
+    from here on (closed here if it cannot be made)."""
     try:
-        region = _attach_region(fds[0], party, fds[1:])
+        region = _attach_region(fds[0], party, fds[1:3], fds[3] if len(fds) > 3 else -1)
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -409,13 +425,14 @@ def pipe(*, slots: int = SLOTS, slot_size: int = SLOT_SIZE, linger: float = LING
 
 def send_port(sock: socket.socket, port: Port) -> None:
     """Send a port over a connected Unix socket (SCM_RIGHTS: the region's
-    memfd and the port's 2 wake sockets). The receiver calls ``recv_port``."""
-    memfd, wakes = port.region.fds(port.party)
+    memfd, the port's 2 wake sockets, and the frame pool's memfd for a pipe
+    made by ``NicPort.pipe``). The receiver calls ``recv_port``."""
+    memfd, wakes, pool_fd = port.region.fds(port.party)
     if memfd < 0:
         raise ValueError("cannot send a port whose region is closed")
     meta = json.dumps({"burstio_port": _WIRE_VERSION, "party": port.party,
-                       "linger_ns": port.tx.linger_ns, "key": port.key}).encode()
-    socket.send_fds(sock, [meta], [memfd, *wakes])
+                       "linger_ns": port.tx.linger_ns, "key": port.key, "pool": pool_fd >= 0}).encode()
+    socket.send_fds(sock, [meta], [memfd, *wakes, *([pool_fd] if pool_fd >= 0 else [])])
 
 
 def _port_meta(msg: bytes, nfds: int) -> tuple[int, float, int | None]:
@@ -432,8 +449,12 @@ def _port_meta(msg: bytes, nfds: int) -> tuple[int, float, int | None]:
     if meta["burstio_port"] != _WIRE_VERSION:
         raise ValueError(f"port message version {meta['burstio_port']!r}; this burstio reads "
                          f"version {_WIRE_VERSION}")
-    if nfds != 3:
-        raise ValueError(f"a port comes with 3 descriptors (memfd and 2 wake sockets), got {nfds}")
+    pool = meta.get("pool", False)
+    if not isinstance(pool, bool):
+        raise ValueError(f"port message has pool {pool!r}; it must be true or false")
+    if nfds != 3 + pool:
+        what = "memfd, 2 wake sockets and the frame pool" if pool else "memfd and 2 wake sockets"
+        raise ValueError(f"a port comes with {3 + pool} descriptors ({what}), got {nfds}")
     party, linger_ns, key = meta.get("party"), meta.get("linger_ns"), meta.get("key")
     if party not in (0, 1) or isinstance(party, bool):
         raise ValueError(f"port message names party {party!r}; a region has ports 0 and 1")
@@ -448,7 +469,7 @@ def recv_port(sock: socket.socket) -> Port:
     """Receive a port sent with ``send_port`` (validated: the message, then
     the region's magic, version, size and seals and the wake sockets' kind;
     ValueError saying what is wrong otherwise)."""
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 5)
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 6)
     try:
         party, linger, key = _port_meta(msg, len(fds))
     except BaseException:
@@ -573,208 +594,6 @@ def attach(name: str, *, timeout: float = 5.0) -> Port:
             s.close()
 
 
-# ---- the switch -----------------------------------------------------------------
-
-_UNKNOWN = ("flood", "drop")
-_ON_FULL = ("wait", "drop")
-_GONE = {0: "live", -errno.EPIPE: "closed", -errno.ECONNRESET: "exited", -errno.EPROTO: "isolated"}
-
-
-class Switch:
-    """Joins N ports by copying: each client gets a region of its own (it
-    shares no memory with the other clients) and the switch copies every
-    packet into the RX ring of the port its ``dst`` key names.
-
-    ``Switch(*, slots=1024, slot_size=2048, max_ports=64, learning=True,
-    unknown="flood", on_full="wait", linger=LINGER, table_size=4096)``
-
-    Routing: ``add_port(key=K)`` installs a static route K -> that port;
-    with ``learning`` the switch also learns every packet's ``src`` key
-    (0 means none). ``dst=BROADCAST`` goes to every other port; an unknown
-    ``dst`` is flooded (``unknown="flood"``) or dropped and counted
-    (``"drop"``). A full destination ring makes the packet wait
-    (``on_full="wait"``: lossless; a stuck receiver holds up its senders) or
-    drops it (``"drop"``: a slow receiver cannot hold anyone up). Packets to
-    a port whose client closed or exited are dropped (``gone_drops``).
-
-    Clients are untrusted: nothing a client writes into its region makes the
-    switch raise, block or read outside it. A client that writes something
-    impossible there (a position beyond its ring or moving back, a slot
-    naming a buffer outside its pool, the switch's claim record) or keeps
-    waking the switch for nothing is isolated: its port is closed (its waits
-    raise BrokenPipeError), what it had published is dropped
-    (``isolated_drops``), packets for it are dropped (``gone_drops``),
-    ``port_state`` says ``"isolated"`` and ``isolation_reason`` why, and a
-    warning is logged once (logger ``burstio``). The other ports go on.
-
-    The switch runs ``run()`` wherever you call it: ``start()`` runs it on a
-    thread of this process (forwarding releases the GIL), or call ``run()``
-    in a process of its own (e.g. a ``multiprocessing.Process`` forked after
-    the ports are added) for the best throughput. Isolation holds against a
-    client that holds only its own port's descriptors (received through
-    ``send_port``, ``attach`` or pickling into a spawned process): a forked
-    child inherits every descriptor of its parent.
-    """
-
-    def __init__(self, *, slots: int = SLOTS, slot_size: int = SLOT_SIZE, max_ports: int = 64,
-                 learning: bool = True, unknown: str = "flood", on_full: str = "wait",
-                 linger: float = LINGER, table_size: int = 4096):
-        check_choice("unknown", unknown, _UNKNOWN)
-        check_choice("on_full", on_full, _ON_FULL)
-        self._slots = check_int("slots", slots, 2, _SLOTS_MAX, power_of_two=True)
-        self._slot_size = check_int("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
-        check_int("max_ports", max_ports, 1, 4096)
-        check_int("table_size", table_size, 16, 1 << 24, power_of_two=True)
-        linger_ns = _linger_ns(linger)
-        self._linger = linger
-        efd = os.eventfd(0, _EFD_FLAGS)  # the switch's own doorbell: stop() and add_port()
-        try:
-            self._native = _native.SwitchCore(efd, max_ports, table_size)
-        except BaseException:
-            os.close(efd)
-            raise
-        self._native.learning = int(bool(learning))
-        self._native.flood_unknown = int(unknown == "flood")
-        self._native.wait_full = int(on_full == "wait")
-        self._native.linger_ns = linger_ns
-        self._sides: list[Port] = []  # the switch's own side of every region
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._closed = False
-
-    def add_port(self, key: int | None = None, *, linger: float | None = None) -> Port:
-        """A new port for a client (hand it to the client's process). With
-        ``key``, packets whose ``dst`` is key are routed to it."""
-        if key is not None:
-            check_int("key", key, 1, BROADCAST - 1)
-        if self._closed:
-            raise ValueError("add_port() on a closed switch")
-        region = _new_region(self._slots, self._slot_size, 1)
-        side = Port(region, 0, linger=0)
-        index = self._native.add(side.rx, side.tx)
-        self._sides.append(side)
-        client = Port(region, 1, linger=self._linger if linger is None else linger)
-        if key is not None:
-            self._native.route(key, index)
-            client.key = key
-        client.switch_index = index
-        return client
-
-    def _index(self, port: Port | int) -> int:
-        if isinstance(port, Port):
-            index: int | None = getattr(port, "switch_index", None)
-            if index is None or index >= len(self._sides) or self._sides[index].region is not port.region:
-                raise ValueError("that port does not belong to this switch")
-            return index
-        return check_int("port", port, 0, len(self._sides) - 1)
-
-    def route(self, key: int, port: Port | int | None) -> None:
-        """Static route: ``dst == key`` goes to ``port`` (a Port from
-        ``add_port`` or its index); None removes the key."""
-        check_int("key", key, 1, BROADCAST - 1)
-        self._native.route(key, None if port is None else self._index(port))
-
-    @property
-    def routes(self) -> dict[int, tuple[int, bool]]:
-        """{key: (port index, static)} for every known destination."""
-        return self._native.routes()
-
-    @property
-    def counters(self) -> dict[str, int]:
-        """forwarded flooded unknown_drops full_drops gone_drops filtered
-        bad_slots learned table_full passes sleeps wakeups ports_gone
-        ports_isolated isolated_drops idle_kicks. Counted in the process
-        that runs the switch."""
-        return self._native.counters()
-
-    def port_state(self, port: Port | int) -> str:
-        """'live', or why the switch stopped serving it: 'closed', 'exited',
-        'isolated' (it misbehaved: ``isolation_reason`` says how)."""
-        return _GONE.get(self._native.port_state(self._index(port)), "gone")
-
-    def isolation_reason(self, port: Port | int) -> str | None:
-        """Why the switch isolated ``port`` (None if it did not)."""
-        return self._native.isolation_reason(self._index(port))
-
-    def _report(self) -> bool:
-        """Log each newly isolated port once; whether there was one."""
-        news = self._native.take_isolations()
-        for index, reason in news:
-            log.warning("switch: port %d isolated, its client misbehaved: %s", index, reason)
-        return bool(news)
-
-    def forward(self, timeout: float | None = 0) -> int:
-        """Forward for up to ``timeout`` seconds (0: what is there now;
-        None: until ``stop()``). Returns the packets taken from clients.
-        ``stop()`` from another thread makes it return at once, ``close()``
-        makes it raise ValueError."""
-        if self._closed:
-            raise ValueError("forward() on a closed switch")
-        timeout = check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        moved = 0
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            moved += self._native.forward(left)
-            news = self._report()  # the native call returns at once after an isolation
-            if self._closed:
-                raise ValueError("the switch was closed while forward() ran")
-            if not news or self._native.stopping:
-                return moved
-
-    def run(self) -> None:
-        """Forward until ``stop()`` or ``close()`` (from another thread) or a
-        signal."""
-        while not self._stopping and not self._closed:
-            self._native.forward(None)
-            self._report()
-            if self._native.stopping:
-                break
-
-    def start(self) -> Switch:
-        """Run the switch on a daemon thread of this process."""
-        if self._closed:
-            raise ValueError("start() on a closed switch")
-        if self._thread is not None:
-            raise RuntimeError("the switch is already running")
-        self._stopping = False
-        self._native.stopping = 0
-        self._thread = threading.Thread(target=self.run, name="burstio-switch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float | None = 5.0) -> None:
-        """Make ``run()`` and ``forward()`` return (and join the thread
-        ``start()`` made)."""
-        self._stopping = True
-        self._native.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def close(self) -> None:
-        """Stop, and close the switch's side of every port: clients' waits
-        raise BrokenPipeError; a ``forward()`` running in another thread
-        raises ValueError."""
-        self._closed = True
-        self.stop()
-        for side in self._sides:
-            side.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self) -> Switch:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Switch {len(self._sides)} ports, {self._slots} slots x {self._slot_size} B>"
-
-
 # ---- fuzzing ----------------------------------------------------------------------
 
 def _fuzz_region_header(data: bytes) -> None:
@@ -799,3 +618,8 @@ def _fuzz_region_header(data: bytes) -> None:
     """
     from ._ports_fuzz import fuzz_region_header
     fuzz_region_header(data)
+
+
+# the switch and NIC ports use what is above: imported last
+from ._ports_nic import NicPort, nic_port  # noqa: E402
+from ._ports_switch import Switch  # noqa: E402

@@ -16,6 +16,7 @@ from .scenarios.latency import latency
 from .scenarios.latency_lab import latency_lab
 from .scenarios.pacing import pacing
 from .scenarios.pipes import pipes
+from .scenarios.port import port
 from .scenarios.quic import quic
 from .scenarios.rx import rx_gro, rx_many_flow
 from .scenarios.soak import soak
@@ -40,6 +41,7 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
     "pacing": pacing,
     "soak": soak,
     "xdp": xdp,
+    "port": port,
 }
 #: run only when named: too long for the run of all scenarios
 LONG = ("soak",)

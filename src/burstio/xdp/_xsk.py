@@ -81,20 +81,26 @@ class Umem:
     """``frames`` x ``frame_size`` bytes of packet memory shared by one or
     more XskSockets (one per device queue), registered with the kernel.
 
-    ``Umem(frames=4096, frame_size=2048, *, headroom=0)``: ``frame_size``
-    2048 or 4096; ``headroom`` bytes the kernel leaves free in front of each
-    received frame. The region counts against RLIMIT_MEMLOCK unless the
-    process has CAP_IPC_LOCK.
+    ``Umem(frames=4096, frame_size=2048, *, headroom=0, memfd=None)``:
+    ``frame_size`` 2048 or 4096; ``headroom`` bytes the kernel leaves free
+    in front of each received frame; ``memfd`` a memfd of frames x
+    frame_size bytes sealed against shrinking to map shared as the frames
+    (so that other processes mapping it see them: the frame pool of
+    ``burstio.ports.nic_port``), else the frames are private memory. The
+    region counts against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK.
     """
 
-    def __init__(self, frames: int = 4096, frame_size: int = 2048, *, headroom: int = 0):
+    def __init__(self, frames: int = 4096, frame_size: int = 2048, *, headroom: int = 0,
+                 memfd: int | None = None):
         check_int("frames", frames, 16, 1 << 22)
         if frame_size not in FRAME_SIZES:
             check_int("frame_size", frame_size, 2048, 4096)
             raise ValueError(f"frame_size must be 2048 or 4096, got {frame_size}")
         check_int("headroom", headroom, 0, frame_size - 512)
+        if memfd is not None:
+            check_int("memfd", memfd, 0, 2**31 - 1)
         try:
-            self._umem = _native.Umem(frames, frame_size, headroom)
+            self._umem = _native.Umem(frames, frame_size, headroom, -1 if memfd is None else memfd)
         except OSError as e:
             raise _umem_error(e, frames * frame_size) from None
         self._sockets: list[weakref.ref[XskSocket]] = []
