@@ -15,6 +15,9 @@ Variants:
 - ``uvloop``: the same protocol on uvloop's own transport (when uvloop is installed).
 - ``burstio-compat``: the same protocol on burstio's transport, asyncio's loop: nothing else changed.
 - ``burstio``: ``BurstResponder`` (datagrams_received, a burst per call) on burstio's transport.
+
+The target is against uvloop, the fastest event loop a user can pick without
+changing the protocol; the ratio to asyncio is shown for information.
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ def dns(opts: Options, progress: Progress) -> ScenarioResult:
         "dns", {"round_s": ROUND_SECONDS, "outstanding": OUTSTANDING, "clients": CLIENTS,
                 "answer": "fixed A/AAAA"},
         {n: Variant(n) for n in names},
-        targets=[Target("burstio", "queries_per_s", "asyncio", 2.0, True)],
+        targets=[Target("burstio", "queries_per_s", "uvloop", 1.3, True)],
         notes=notes, baselines=("asyncio", "uvloop"))
     if shutil.which("dnsperf") is None:
         res.skipped = "dnsperf is not installed (Debian: apt install dnsperf)"
