@@ -268,7 +268,7 @@ def format_result(res: ScenarioResult) -> str:
             by.setdefault(m["syscalls_by"], []).append(n)
     lines.extend(f"   syscalls of {', '.join(ns)} counted by: {src}" for src, ns in by.items())
     unmeasured = [n for n, v in res.variants.items() if v.rounds and v.syscalls is None]
-    if unmeasured and not any("p50_us" in m for m in metrics.values()):
+    if unmeasured:
         lines.append(f"   syscalls not measured (n/a) for: {', '.join(unmeasured)}")
     lines.extend(f"   note: {n}" for n in res.notes)
     return "\n".join(lines)
@@ -293,7 +293,7 @@ def _rate_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]) 
 def _latency_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]) -> str:
     bases = [b for b in baselines if b in metrics and metrics[b].get("p50_us")]
     keys = ["p50_us", "p99_us", "p99_9_us", "p99_99_us"]
-    headers = ["variant", "p50 us", "p99 us", "p99.9 us", "p99.99 us", "samples", "CPU us/req"]
+    headers = ["variant", "p50 us", "p99 us", "p99.9 us", "p99.99 us", "samples", "CPU us/req", "syscalls/req"]
     irqs = any("irqs_per_request" in m for m in metrics.values())
     if irqs:
         headers.append("IRQs/req")
@@ -302,7 +302,9 @@ def _latency_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...
     rows = []
     for name, m in metrics.items():
         row = [name] + [_fmt(m.get(k)) for k in keys] + [str(m.get("samples", "-")),
-                                                          _fmt(m.get("cpu_us_per_request"))]
+                                                          _fmt(m.get("cpu_us_per_request")),
+                                                          _fmt(m["syscalls_per_datagram"])
+                                                          if "syscalls_per_datagram" in m else "n/a"]
         if irqs:
             row.append(_fmt(m.get("irqs_per_request")))
         for base in bases:

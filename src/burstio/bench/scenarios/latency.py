@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from ..common import Options, rounds
+from ..perfcount import SyscallCounter, perf_available
 from ..procs import client_and_server_cpus, cpu_seconds, free_port, wait_answering
 from ..report import Progress, ScenarioResult, Target, Variant
 
@@ -81,6 +82,13 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
                     progress.show(f"latency: round {r + 1}, {n}")
                     _one_round(res.variants[n], sockperf, client_cpu, ports[n], size, procs[n],
                                os.path.join(tmp, f"{n}-{r}.csv"))
+            ok, why = perf_available()
+            res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
+            for n in names if ok else []:
+                progress.show(f"latency: counting syscalls, {n}")
+                count_server_syscalls(res.variants[n], procs[n].pid,
+                                      ["taskset", "-c", client_cpu, sockperf, "pp", "-i", "127.0.0.1", "-p",
+                                       str(ports[n]), "-t", "1", "-m", str(size)])
         finally:
             for p in procs.values():
                 p.terminate()
@@ -93,6 +101,21 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
         if v.extra.get("requests"):
             v.extra["cpu_us_per_request"] = v.cpu_s * 1e6 / v.extra["requests"]
     return res
+
+
+def count_server_syscalls(variant: Variant, server_pid: int, pp: list[str]) -> None:
+    """One more sockperf run (``pp``: its command), untimed, with perf
+    attached to the server: its syscalls per request answered."""
+    counter = SyscallCounter(server_pid)
+    try:
+        counter.enable()
+        r = subprocess.run(pp, capture_output=True, check=False, text=True)
+        counter.disable()
+    finally:
+        calls = counter.close()
+    total = re.search(r"\[Total Run\].*?ReceivedMessages=(\d+)", r.stdout + r.stderr)
+    if r.returncode == 0 and total:
+        variant.syscalls, variant.syscall_datagrams = calls, int(total.group(1))
 
 
 def _one_round(variant: Variant, sockperf: str, cpu: str, port: int, size: int,
