@@ -76,6 +76,14 @@ def _syscall_of(tid: int) -> tuple[str, str]:
         return state, f.read().split()[0]
 
 
+def _comm(tid: str) -> str:
+    """Thread ``tid``'s name ("" once it has exited)."""
+    try:
+        return Path(f"/proc/self/task/{tid}/comm").read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def _epoll_wait_number() -> str:
     """The syscall number libc's epoll_wait() makes here, as /proc shows it
     (learnt from a thread sleeping in select.epoll.poll, which calls it)."""
@@ -130,8 +138,7 @@ def test_busy_poll_receive_waits_first_for_request_response_traffic():
         # teardown could interrupt a wait (EINTR, retried: one call more):
         # close them now, and let their io-wq threads finish first
         gc.collect()
-        assert wait_for(lambda: not any(Path(f"/proc/self/task/{t}/comm").read_text().startswith("iou-")
-                                        for t in os.listdir("/proc/self/task")))
+        assert wait_for(lambda: not any(_comm(t).startswith("iou-") for t in os.listdir("/proc/self/task")))
         calls(late)  # the first receive of the socket: it finds the socket empty
         seen = [calls(late), calls(late)]
         for _ in range(5):
