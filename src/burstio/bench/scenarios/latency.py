@@ -24,10 +24,10 @@ from ..procs import client_and_server_cpus, cpu_seconds, free_port, wait_answeri
 from ..report import Progress, ScenarioResult, Target, Variant
 
 ROUND_SECONDS = 1
+SAME_CPU = "-same-cpu"  # variant suffix: the client on the server's CPU (information only)
 # Tail percentiles need samples from several rounds to settle; a brief run
 # still alternates the servers at least this many times each.
 MIN_ROUNDS = 5
-
 
 
 
@@ -38,7 +38,6 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], host: str = "127.0.0.1
 
 
 
-
 def _read_full_log(path: str) -> list[float]:
     """Latencies (us) from sockperf --full-log: 'packet, txTime, rxTime, latency'."""
     with open(path, newline="") as f:
@@ -46,23 +45,23 @@ def _read_full_log(path: str) -> list[float]:
 
 
 
-
 def latency(opts: Options, progress: Progress) -> ScenarioResult:
     opts = dataclasses.replace(opts, min_rounds=max(opts.min_rounds, MIN_ROUNDS))
-    names = ["sockperf-server", "burstio"]
+    servers = ["sockperf-server", "burstio"]
+    names = servers + [f"{n}{SAME_CPU}" for n in servers]
     size = max(opts.size, 14)
     res = ScenarioResult(
         "latency", {"size": size, "mode": "ping-pong", "round_s": ROUND_SECONDS},
         {n: Variant(n) for n in names},
         targets=[Target("burstio", "p50_us", "sockperf-server", 1.1, False),
                  Target("burstio", "p99_us", "sockperf-server", 1.1, False)],
-        baselines=("sockperf-server",))
+        baselines=("sockperf-server", f"sockperf-server{SAME_CPU}"))
     sockperf = shutil.which("sockperf")
     if sockperf is None:
         res.skipped = "sockperf is not installed (Debian: apt install sockperf)"
         return res
     client_cpu, server_cpu = client_and_server_cpus()
-    ports = {n: free_port() for n in names}
+    ports = {n: free_port() for n in servers}
     cmds = {
         "sockperf-server": [sockperf, "sr", "-i", "127.0.0.1", "-p", str(ports["sockperf-server"])],
         "burstio": [sys.executable, "-m", "burstio", "serve", "sockperf", "--host", "127.0.0.1",
@@ -72,19 +71,21 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with tempfile.TemporaryDirectory(prefix="burstio-lat-") as tmp:
         try:
-            for n in names:
+            for n in servers:
                 procs[n] = subprocess.Popen(["taskset", "-c", server_cpu, *cmds[n]],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for n in names:
+            for n in servers:
                 _wait_ready(ports[n], procs[n])
             for r, order in rounds(opts, names):
                 for n in order:
                     progress.show(f"latency: round {r + 1}, {n}")
-                    _one_round(res.variants[n], sockperf, client_cpu, ports[n], size, procs[n],
+                    server = n.removesuffix(SAME_CPU)
+                    cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
+                    _one_round(res.variants[n], sockperf, cpu, ports[server], size, procs[server],
                                os.path.join(tmp, f"{n}-{r}.csv"))
             ok, why = perf_available()
             res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
-            for n in names if ok else []:
+            for n in servers if ok else []:
                 progress.show(f"latency: counting syscalls, {n}")
                 count_server_syscalls(res.variants[n], procs[n].pid,
                                       ["taskset", "-c", client_cpu, sockperf, "pp", "-i", "127.0.0.1", "-p",
