@@ -1,12 +1,21 @@
 """Latency: the real sockperf client, ping-pong, against two servers.
 
 ``sockperf sr`` (sockperf's own C++ server) and ``burstio serve sockperf``
-run side by side on one CPU, the client on another; rounds alternate
-between them, and every sample of every round (sockperf --full-log) is
-pooled per server before percentiles are taken.
+take turns, one at a time, pinned to one CPU, with the client pinned to the
+other: every request and every reply wakes a process on another CPU, as a
+request from a remote client (through a NIC interrupt) does in a real
+deployment, where the client never shares the server's CPU. Left unpinned,
+the scheduler puts the client and the server on one CPU for part of a run
+(a different part for each server and each run), and those samples measure
+a hand-over on one CPU that no deployment has. Rounds alternate between the
+servers, and every sample of every round (sockperf --full-log) is pooled per
+server before percentiles are taken. The ``-same-cpu`` variants pin the
+client to the server's CPU on purpose, for information: with no cross-CPU
+wake-up, their difference is the servers' own path length per request.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -17,10 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 from ..common import Options, rounds
 from ..perfcount import SyscallCounter, perf_available
-from ..procs import client_and_server_cpus, cpu_seconds, free_port, wait_answering
+from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop, wait_answering
 from ..report import Progress, ScenarioResult, Target, Variant
 
 ROUND_SECONDS = 1
@@ -67,41 +77,41 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
         "burstio": [sys.executable, "-m", "burstio", "serve", "sockperf", "--host", "127.0.0.1",
                     "--port", str(ports["burstio"]), "--quiet"],
     }
-    res.params.update(client_cpu=client_cpu, server_cpu=server_cpu)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    res.params.update(client_cpu=client_cpu, server_cpu=server_cpu, servers="one at a time")
     with tempfile.TemporaryDirectory(prefix="burstio-lat-") as tmp:
-        try:
-            for n in servers:
-                procs[n] = subprocess.Popen(["taskset", "-c", server_cpu, *cmds[n]],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for n in servers:
-                _wait_ready(ports[n], procs[n])
-            for r, order in rounds(opts, names):
-                for n in order:
-                    progress.show(f"latency: round {r + 1}, {n}")
-                    server = n.removesuffix(SAME_CPU)
-                    cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
-                    _one_round(res.variants[n], sockperf, cpu, ports[server], size, procs[server],
+        for r, order in rounds(opts, names):
+            for n in order:
+                progress.show(f"latency: round {r + 1}, {n}")
+                server = n.removesuffix(SAME_CPU)
+                cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
+                with _server(cmds[server], server_cpu, ports[server]) as proc:
+                    _one_round(res.variants[n], sockperf, cpu, ports[server], size, proc,
                                os.path.join(tmp, f"{n}-{r}.csv"))
-            ok, why = perf_available()
-            res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
-            for n in servers if ok else []:
-                progress.show(f"latency: counting syscalls, {n}")
-                count_server_syscalls(res.variants[n], procs[n].pid,
-                                      ["taskset", "-c", client_cpu, sockperf, "pp", "-i", "127.0.0.1", "-p",
-                                       str(ports[n]), "-t", "1", "-m", str(size)])
-        finally:
-            for p in procs.values():
-                p.terminate()
-            for p in procs.values():
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        ok, why = perf_available()
+        res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
+        for n in names if ok else []:
+            progress.show(f"latency: counting syscalls, {n}")
+            server = n.removesuffix(SAME_CPU)
+            cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
+            with _server(cmds[server], server_cpu, ports[server]) as proc:
+                count_server_syscalls(res.variants[n], proc.pid,
+                                      ["taskset", "-c", cpu, sockperf, "pp", "-i", "127.0.0.1", "-p",
+                                       str(ports[server]), "-t", "1", "-m", str(size)])
     for v in res.variants.values():
         if v.extra.get("requests"):
             v.extra["cpu_us_per_request"] = v.cpu_s * 1e6 / v.extra["requests"]
     return res
+
+
+@contextlib.contextmanager
+def _server(cmd: list[str], cpu: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The server pinned to ``cpu``, answering; stopped on the way out."""
+    proc = subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, proc)
+        yield proc
+    finally:
+        stop([proc])
 
 
 def count_server_syscalls(variant: Variant, server_pid: int, pp: list[str]) -> None:
