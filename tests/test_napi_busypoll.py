@@ -9,11 +9,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
+import os
 import select
 import socket
 import struct
 import threading
-import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from burstio.napi import busypoll
 from burstio.napi.busypoll import BusyPollEpoll, EpollParams, napi_id
 from support.kernel import EPIOCGPARAMS, SO_BUSY_POLL, SO_PREFER_BUSY_POLL, require_kernel
 from support.net import V4
+from support.proc import wait_for
 from support.variants import SOCKETSET, set_disable, use_variant
 
 # ---- per-epoll busy poll and the socket options ------------------------------------
@@ -66,11 +68,48 @@ def test_epoll_busy_poll_still_delivers_events():
         assert ep.poll(5) == [(rx.fileno(), select.EPOLLIN)]
 
 
+def _syscall_of(tid: int) -> tuple[str, str]:
+    """(state, syscall number) of thread ``tid`` of this process, from /proc."""
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    with open(f"/proc/self/task/{tid}/syscall") as f:
+        return state, f.read().split()[0]
+
+
+def _comm(tid: str) -> str:
+    """Thread ``tid``'s name ("" once it has exited)."""
+    try:
+        return Path(f"/proc/self/task/{tid}/comm").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _epoll_wait_number() -> str:
+    """The syscall number libc's epoll_wait() makes here, as /proc shows it
+    (learnt from a thread sleeping in select.epoll.poll, which calls it)."""
+    with select.epoll() as ep, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((V4, 0))
+        ep.register(s.fileno(), select.EPOLLIN)
+        t = threading.Thread(target=ep.poll, args=(10.0,), daemon=True)
+        t.start()
+        try:
+            assert wait_for(lambda: _syscall_of(t.native_id)[0] == "S"), "the thread never slept in epoll_wait"
+            return _syscall_of(t.native_id)[1]
+        finally:
+            s.sendto(b"wake", s.getsockname())
+            t.join(10)
+
+
 def test_busy_poll_receive_waits_first_for_request_response_traffic():
     """Under epoll busy polling, a receive that found the socket empty makes
     the next one wait before receiving (epoll_wait + recvmmsg, not a third
-    call), and a full batch makes the next one receive first again."""
+    call), and a full batch makes the next one receive first again.
+
+    A "late" datagram is sent only once this thread sleeps in epoll_wait
+    (seen in /proc), so the order of events is fixed, not left to a timer."""
     require_kernel("epoll_busy_poll")
+    epoll_wait = _epoll_wait_number()
+    me = threading.get_native_id()
     rx = burstio.BurstSocket.bind((V4, 0))
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with rx, tx:
@@ -82,29 +121,32 @@ def test_busy_poll_receive_waits_first_for_request_response_traffic():
             receive()
             return rx.counters["rx_syscalls"] - before
 
+        def send_once_waiting(payload: bytes) -> None:
+            assert wait_for(lambda: _syscall_of(me) == ("S", epoll_wait)), "the receive never waited"
+            tx.sendto(payload, rx.getsockname())
+
         def late(payload: bytes = b"x") -> None:
-            threading.Timer(0.02, tx.sendto, (payload, rx.getsockname())).start()
-            assert rx.recv_batch(batch, 5.0) == 1 and bytes(batch[0]) == payload
+            sender = threading.Thread(target=send_once_waiting, args=(payload,), daemon=True)
+            sender.start()
+            assert rx.recv_batch(batch, 10.0) == 1 and bytes(batch[0]) == payload
+            sender.join(10)
 
         def ready(k: int) -> None:
             assert rx.recv_batch(batch, 5.0) == k
 
-        def sequence() -> list[int]:
-            seen = [calls(late) for _ in range(3)]
-            for _ in range(5):
-                tx.sendto(b"ready", rx.getsockname())
-            time.sleep(0.05)
-            seen += [calls(lambda: ready(4)), calls(lambda: ready(1)), calls(late), calls(late)]
-            return seen
-
         # the probe's io_uring instances close in the background, and their
-        # teardown may interrupt a wait (EINTR, retried: one call more)
+        # teardown could interrupt a wait (EINTR, retried: one call more):
+        # close them now, and let their io-wq threads finish first
         gc.collect()
-        want = [2, 2,  # wait, receive (after a first receive that found it empty)
-                2, 1,  # waited first (returned at once): a full batch, so receive first (finds one)
-                3, 2]  # receive (empty), wait, receive; then wait, receive
-        seen = [sequence() for _ in range(3)]
-        assert want in [s[1:] for s in seen], seen
+        assert wait_for(lambda: not any(_comm(t).startswith("iou-") for t in os.listdir("/proc/self/task")))
+        calls(late)  # the first receive of the socket: it finds the socket empty
+        seen = [calls(late), calls(late)]
+        for _ in range(5):
+            tx.sendto(b"ready", rx.getsockname())  # queued before sendto returns (loopback)
+        seen += [calls(lambda: ready(4)), calls(lambda: ready(1)), calls(late), calls(late)]
+        assert seen == [2, 2,  # wait, receive (after a first receive that found it empty)
+                        2, 1,  # waited first (returned at once): a full batch, so receive first (finds one)
+                        3, 2]  # receive (empty), wait, receive; then wait, receive
 
 
 def test_socket_options_round_trip():

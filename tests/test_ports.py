@@ -601,10 +601,15 @@ def test_producer_waiting_for_room_is_woken_once_per_batch():
 
 
 def test_lingering_consumer_catches_data_without_sleeping():
-    a, b = ports.pipe(slots=16, slot_size=16, linger=1.0)
+    a, b = ports.pipe(slots=16, slot_size=16, linger=1.0)  # the longest linger there is
     got: list = []
     t = waiter(b.rx, 1, got)
-    time.sleep(0.01)  # not a measurement: lets the waiter start spinning
+    # The waiter spins (on its CPU) only while it lingers: once it has used
+    # 2 ms of CPU it is lingering for sure (getting there takes microseconds),
+    # and it lingers for a second, so the packet below meets it there.
+    spent = time.pthread_getcpuclockid(t.ident)
+    assert wait_for(lambda: time.clock_gettime(spent) > 0.002 or not t.is_alive(), LIMIT / 2)
+    assert t.is_alive(), got
     a.tx.put(b"x")
     a.tx.sync()
     t.join(LIMIT)

@@ -237,8 +237,12 @@ class SocketSetContract:
         batch = PacketBatch(8)
         sset.recv_batch(batch, 0)
         dead.send(b"to nobody")
-        time.sleep(0.05)
-        sset.recv_batch(batch, 0.05)  # the error is queued now (not taken)
+        # receive until the set has queued the socket's error (not taken):
+        # without it the test below would pass for nothing
+        deadline = time.monotonic() + 5
+        while not sset.counters["rx_errors"]:
+            assert time.monotonic() < deadline, "the ICMP error never reached the socket set"
+            sset.recv_batch(batch, 0.05)
         sset.remove(i)
         assert sset.add(udp(self.socks)) == i  # a new socket, same index
         assert sset.take_errors() == []  # not blamed for the old one's error

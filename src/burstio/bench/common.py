@@ -66,10 +66,14 @@ def rounds(opts: Options, names: list[str]) -> Iterator[tuple[int, list[str]]]:
 
 
 def count_syscalls(pid: int, work: Callable[[], int], start: Callable[[], None] | None = None) -> int | None:
-    """Syscalls made by ``pid`` while ``work`` runs (perf tracepoint), or
-    None if perf cannot count here. ``start`` runs just after enabling."""
+    """Run ``start`` (if given) then ``work``, and return the syscalls ``pid``
+    made meanwhile (perf tracepoint), or None if perf cannot count here: the
+    work runs either way."""
     ok, _why = perf_available()
     if not ok:
+        if start:
+            start()
+        work()
         return None
     counter = SyscallCounter(pid)
     try:
@@ -83,20 +87,23 @@ def count_syscalls(pid: int, work: Callable[[], int], start: Callable[[], None] 
     return count
 
 
+OWN_COUNTER = "burstio's own counter (the syscalls its C code made; perf unavailable)"
+
+
 def syscall_source() -> str:
     ok, why = perf_available()
-    return why if ok else f"socket counters ({why})"
+    return why if ok else f"not measured by perf ({why}): n/a unless the variant's own counter says"
 
 
 def measure_sends(res: ScenarioResult, opts: Options, progress: Progress, runs: dict[str, Callable[[], int]],
                   settle: Callable[[], int],
-                  own_syscalls: Callable[[], int] | None = None) -> None:
+                  own_syscalls: dict[str, Callable[[], int]] | None = None) -> None:
     """Send scenarios: alternate the variants' timed runs (each returns the
     datagrams it sent; ``settle`` drains the receivers and returns how many
     arrived, a shortfall is noted once per variant), then run each once more
-    to count its syscalls with perf. Without perf, ``own_syscalls`` (the
-    sending socket's counter) stands in, and the stdlib loop counts one per
-    datagram; without either the count stays unknown."""
+    to count its syscalls with perf. Without perf, a variant with a counter
+    of its own in ``own_syscalls`` (a burstio socket's) reports that count,
+    labelled; the others stay unmeasured (n/a)."""
     names = list(runs)
     for r, order in rounds(opts, names):
         for name in order:
@@ -108,20 +115,19 @@ def measure_sends(res: ScenarioResult, opts: Options, progress: Progress, runs: 
                 res.variants[name].extra["lost"] = True
                 res.notes.append(f"{name}: receivers got {got} of {sent} datagrams in a round")
     progress.show(f"{res.scenario}: counting syscalls")
+    own = own_syscalls or {}
     for name in names:
         box: list[int] = []
-        before = own_syscalls() if own_syscalls else 0
+        before = own[name]() if name in own else 0
 
         def work() -> int:
             box.append(runs[name]())  # noqa: B023 - called right here, in this iteration
             return 0
 
         calls = count_syscalls(os.getpid(), work)
-        if calls is None:  # perf cannot count here (not root, or not installed): run it all the same
-            work()
-            if own_syscalls is not None:
-                # a variant that leaves the burstio socket's counter alone made its calls uncounted
-                calls = box[0] if name == "stdlib" else (own_syscalls() - before) or None
+        if calls is None and name in own:
+            calls = own[name]() - before
+            res.variants[name].syscalls_by = OWN_COUNTER
         settle()
         res.variants[name].syscalls = calls
         res.variants[name].syscall_datagrams = box[0]

@@ -34,6 +34,18 @@ def perf_available() -> tuple[bool, str]:
     return True, f"perf stat -e {EVENT}"
 
 
+def parse_count(output: str) -> int | None:
+    """The count of EVENT in ``perf stat -x ,`` output ("COUNT,UNIT,EVENT,..."
+    per line), or None when perf printed none ("<not counted>",
+    "<not supported>", or no line for the event)."""
+    count = None
+    for line in output.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] == EVENT:
+            count = int(fields[0]) if fields[0].isdigit() else None
+    return count
+
+
 class SyscallCounter:
     """Count the syscalls process ``pid`` makes between enable() and disable().
 
@@ -91,10 +103,7 @@ class SyscallCounter:
         os.close(self._ctl)
         os.close(self._ack)
         self._dir.cleanup()
-        for line in err.splitlines():
-            fields = line.split(",")
-            if len(fields) > 2 and fields[2] == EVENT:
-                self.count = int(fields[0]) if fields[0].isdigit() else None
+        self.count = parse_count(err)
         if self.count is None:
             raise RuntimeError(f"no {EVENT} count in perf output: {err.strip()[:300]}")
         return self.count

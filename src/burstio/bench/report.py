@@ -17,6 +17,40 @@ from typing import Any, TextIO
 __all__ = ["Variant", "Target", "ScenarioResult", "Progress", "percentile", "format_result", "write_json", "plot"]
 
 
+# The figures Variant.metrics() computes itself: an ``extra`` entry may not
+# reuse one of these names (it would silently replace a measured figure).
+MEASURED_KEYS = frozenset({
+    "rounds", "cpu_s", "datagrams", "datagrams_per_s", "ns_per_datagram", "cpu_ns_per_datagram",
+    "syscalls_per_datagram", "syscalls_by", "p50_us", "p99_us", "p99_9_us", "p99_99_us", "samples"})
+
+
+class KeyClashError(ValueError):
+    """An ``extra`` figure named like a measured one."""
+
+
+class Extra(dict[str, Any]):
+    """A variant's extra figures: refuses, loudly, a key that names a
+    measured figure (MEASURED_KEYS)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        _refuse_clash(key)
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
+def _refuse_clash(key: str) -> None:
+    if key in MEASURED_KEYS:
+        raise KeyClashError(f"extra figure {key!r} would overwrite the measured figure of that name")
+
+
 @dataclass
 class Variant:
     """What one variant did, summed over the timed rounds."""
@@ -26,10 +60,15 @@ class Variant:
     seconds: float = 0.0  # wall time of the timed sections
     cpu_s: float = 0.0  # CPU time of the measured process in them
     rounds: int = 0
-    syscalls: int | None = None  # from the separate counted run
+    syscalls: int | None = None  # from the separate counted run; None: not measured
     syscall_datagrams: int = 0
+    syscalls_by: str | None = None  # what counted them, when not the scenario's syscall_source
     samples_us: list[float] = field(default_factory=list)  # latency scenarios
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=Extra)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.extra, Extra):
+            self.extra = Extra(self.extra)
 
     def add(self, datagrams: int, seconds: float, cpu_s: float) -> None:
         self.datagrams += datagrams
@@ -46,11 +85,15 @@ class Variant:
             m["cpu_ns_per_datagram"] = self.cpu_s * 1e9 / self.datagrams
         if self.syscalls is not None and self.syscall_datagrams:
             m["syscalls_per_datagram"] = self.syscalls / self.syscall_datagrams
+            if self.syscalls_by:
+                m["syscalls_by"] = self.syscalls_by
         if self.samples_us:
             s = sorted(self.samples_us)
             for p, key in ((50, "p50_us"), (99, "p99_us"), (99.9, "p99_9_us"), (99.99, "p99_99_us")):
                 m[key] = percentile(s, p)
             m["samples"] = len(s)
+        for k in self.extra:  # the dict may have been replaced by a plain one
+            _refuse_clash(k)
         m.update(self.extra)
         return m
 
@@ -64,22 +107,61 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
+def _number(v: Any) -> float | None:
+    """v as a float, or None when it is missing or not a number (NaN included)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    f = float(v)
+    return None if math.isnan(f) else f
+
+
 @dataclass
 class Target:
-    """A goal: variant's metric relative to a baseline's (ratio <= or >= goal)."""
+    """A goal: variant's metric relative to a baseline's (ratio <= or >= goal).
+
+    ``evidence`` names a metric of the variant that must be present and
+    positive for the target to mean anything (``copied_notifications <= 0``
+    says nothing when no notification arrived): without it the target is
+    n/a, never MET."""
 
     variant: str
     metric: str
     baseline: str | None  # None: compare the metric itself to goal
     goal: float
     at_least: bool  # True: ratio >= goal; False: ratio <= goal
+    evidence: str | None = None
 
     def evaluate(self, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        v = metrics.get(self.variant, {}).get(self.metric)
-        b = 1.0 if self.baseline is None else metrics.get(self.baseline, {}).get(self.metric)
-        value = None if v is None or not b else v / b
-        met = None if value is None else (value >= self.goal if self.at_least else value <= self.goal)
-        return {"text": self.text(), "value": value, "goal": self.goal, "met": met}
+        """{"text", "value", "goal", "met"}: met is True, False, or None
+        (n/a, with "why") when a figure is missing, NaN, or has no evidence."""
+        out: dict[str, Any] = {"text": self.text(), "value": None, "goal": self.goal, "met": None}
+        why = self._missing(metrics)
+        if why:
+            out["why"] = why
+            return out
+        v = _number(metrics[self.variant][self.metric]) or 0.0  # _missing checked: a number
+        b = 1.0 if self.baseline is None else _number(metrics[self.baseline][self.metric]) or 1.0  # and not 0
+        value = v / b
+        out["value"] = value
+        out["met"] = value >= self.goal if self.at_least else value <= self.goal
+        return out
+
+    def _missing(self, metrics: dict[str, dict[str, Any]]) -> str | None:
+        """Why the target cannot be evaluated, or None."""
+        for name in (self.variant, self.baseline):
+            if name is not None and name not in metrics:
+                return f"no variant {name} in this run"
+        if _number(metrics[self.variant].get(self.metric)) is None:
+            return f"{self.variant} has no {self.metric}"
+        if self.baseline is not None:
+            b = _number(metrics[self.baseline].get(self.metric))
+            if b is None:
+                return f"{self.baseline} has no {self.metric}"
+            if b == 0:
+                return f"{self.baseline} {self.metric} is 0"
+        if self.evidence is not None and not (_number(metrics[self.variant].get(self.evidence)) or 0) > 0:
+            return f"no evidence: {self.variant} {self.evidence} is not positive"
+        return None
 
     def text(self) -> str:
         op = ">=" if self.at_least else "<="
@@ -176,9 +258,18 @@ def format_result(res: ScenarioResult) -> str:
     for t in data["targets"]:
         mark = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
         val = "-" if t["value"] is None else f"{t['value']:.3g}"
-        lines.append(f"   target {t['text']}: {val} -> {mark}")
+        why = f" ({t['why']})" if t.get("why") else ""
+        lines.append(f"   target {t['text']}: {val} -> {mark}{why}")
     if res.syscall_source:
         lines.append(f"   syscalls counted by: {res.syscall_source}")
+    by: dict[str, list[str]] = {}
+    for n, m in metrics.items():
+        if m.get("syscalls_by"):
+            by.setdefault(m["syscalls_by"], []).append(n)
+    lines.extend(f"   syscalls of {', '.join(ns)} counted by: {src}" for src, ns in by.items())
+    unmeasured = [n for n, v in res.variants.items() if v.rounds and v.syscalls is None]
+    if unmeasured:
+        lines.append(f"   syscalls not measured (n/a) for: {', '.join(unmeasured)}")
     lines.extend(f"   note: {n}" for n in res.notes)
     return "\n".join(lines)
 
@@ -190,7 +281,8 @@ def _rate_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]) 
     rows = []
     for name, m in metrics.items():
         row = [name, _fmt(m.get("datagrams_per_s")), _fmt(m.get("ns_per_datagram")),
-               _fmt(m.get("syscalls_per_datagram")), _fmt(m.get("cpu_ns_per_datagram"))]
+               _fmt(m["syscalls_per_datagram"]) if "syscalls_per_datagram" in m else "n/a",
+               _fmt(m.get("cpu_ns_per_datagram"))]
         for b in present:
             r = m.get("datagrams_per_s")
             row.append("-" if r is None else f"{r / metrics[b]['datagrams_per_s']:.2f}x")
@@ -201,7 +293,7 @@ def _rate_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]) 
 def _latency_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...]) -> str:
     bases = [b for b in baselines if b in metrics and metrics[b].get("p50_us")]
     keys = ["p50_us", "p99_us", "p99_9_us", "p99_99_us"]
-    headers = ["variant", "p50 us", "p99 us", "p99.9 us", "p99.99 us", "samples", "CPU us/req"]
+    headers = ["variant", "p50 us", "p99 us", "p99.9 us", "p99.99 us", "samples", "CPU us/req", "syscalls/req"]
     irqs = any("irqs_per_request" in m for m in metrics.values())
     if irqs:
         headers.append("IRQs/req")
@@ -210,7 +302,9 @@ def _latency_table(metrics: dict[str, dict[str, Any]], baselines: tuple[str, ...
     rows = []
     for name, m in metrics.items():
         row = [name] + [_fmt(m.get(k)) for k in keys] + [str(m.get("samples", "-")),
-                                                          _fmt(m.get("cpu_us_per_request"))]
+                                                          _fmt(m.get("cpu_us_per_request")),
+                                                          _fmt(m["syscalls_per_datagram"])
+                                                          if "syscalls_per_datagram" in m else "n/a"]
         if irqs:
             row.append(_fmt(m.get("irqs_per_request")))
         for base in bases:

@@ -1,12 +1,21 @@
 """Latency: the real sockperf client, ping-pong, against two servers.
 
 ``sockperf sr`` (sockperf's own C++ server) and ``burstio serve sockperf``
-run side by side on one CPU, the client on another; rounds alternate
-between them, and every sample of every round (sockperf --full-log) is
-pooled per server before percentiles are taken.
+take turns, one at a time, pinned to one CPU, with the client pinned to the
+other: every request and every reply wakes a process on another CPU, as a
+request from a remote client (through a NIC interrupt) does in a real
+deployment, where the client never shares the server's CPU. Left unpinned,
+the scheduler puts the client and the server on one CPU for part of a run
+(a different part for each server and each run), and those samples measure
+a hand-over on one CPU that no deployment has. Rounds alternate between the
+servers, and every sample of every round (sockperf --full-log) is pooled per
+server before percentiles are taken. The ``-same-cpu`` variants pin the
+client to the server's CPU on purpose, for information: with no cross-CPU
+wake-up, their difference is the servers' own path length per request.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -17,16 +26,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 from ..common import Options, rounds
-from ..procs import client_and_server_cpus, cpu_seconds, free_port, wait_answering
+from ..perfcount import SyscallCounter, perf_available
+from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop, wait_answering
 from ..report import Progress, ScenarioResult, Target, Variant
 
 ROUND_SECONDS = 1
+SAME_CPU = "-same-cpu"  # variant suffix: the client on the server's CPU (information only)
 # Tail percentiles need samples from several rounds to settle; a brief run
 # still alternates the servers at least this many times each.
 MIN_ROUNDS = 5
-
 
 
 
@@ -37,7 +48,6 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], host: str = "127.0.0.1
 
 
 
-
 def _read_full_log(path: str) -> list[float]:
     """Latencies (us) from sockperf --full-log: 'packet, txTime, rxTime, latency'."""
     with open(path, newline="") as f:
@@ -45,54 +55,78 @@ def _read_full_log(path: str) -> list[float]:
 
 
 
-
 def latency(opts: Options, progress: Progress) -> ScenarioResult:
     opts = dataclasses.replace(opts, min_rounds=max(opts.min_rounds, MIN_ROUNDS))
-    names = ["sockperf-server", "burstio"]
+    servers = ["sockperf-server", "burstio"]
+    names = servers + [f"{n}{SAME_CPU}" for n in servers]
     size = max(opts.size, 14)
     res = ScenarioResult(
         "latency", {"size": size, "mode": "ping-pong", "round_s": ROUND_SECONDS},
         {n: Variant(n) for n in names},
         targets=[Target("burstio", "p50_us", "sockperf-server", 1.1, False),
                  Target("burstio", "p99_us", "sockperf-server", 1.1, False)],
-        baselines=("sockperf-server",))
+        baselines=("sockperf-server", f"sockperf-server{SAME_CPU}"))
     sockperf = shutil.which("sockperf")
     if sockperf is None:
         res.skipped = "sockperf is not installed (Debian: apt install sockperf)"
         return res
     client_cpu, server_cpu = client_and_server_cpus()
-    ports = {n: free_port() for n in names}
+    ports = {n: free_port() for n in servers}
     cmds = {
         "sockperf-server": [sockperf, "sr", "-i", "127.0.0.1", "-p", str(ports["sockperf-server"])],
         "burstio": [sys.executable, "-m", "burstio", "serve", "sockperf", "--host", "127.0.0.1",
                     "--port", str(ports["burstio"]), "--quiet"],
     }
-    res.params.update(client_cpu=client_cpu, server_cpu=server_cpu)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    res.params.update(client_cpu=client_cpu, server_cpu=server_cpu, servers="one at a time")
     with tempfile.TemporaryDirectory(prefix="burstio-lat-") as tmp:
-        try:
-            for n in names:
-                procs[n] = subprocess.Popen(["taskset", "-c", server_cpu, *cmds[n]],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for n in names:
-                _wait_ready(ports[n], procs[n])
-            for r, order in rounds(opts, names):
-                for n in order:
-                    progress.show(f"latency: round {r + 1}, {n}")
-                    _one_round(res.variants[n], sockperf, client_cpu, ports[n], size, procs[n],
+        for r, order in rounds(opts, names):
+            for n in order:
+                progress.show(f"latency: round {r + 1}, {n}")
+                server = n.removesuffix(SAME_CPU)
+                cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
+                with _server(cmds[server], server_cpu, ports[server]) as proc:
+                    _one_round(res.variants[n], sockperf, cpu, ports[server], size, proc,
                                os.path.join(tmp, f"{n}-{r}.csv"))
-        finally:
-            for p in procs.values():
-                p.terminate()
-            for p in procs.values():
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        ok, why = perf_available()
+        res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
+        for n in names if ok else []:
+            progress.show(f"latency: counting syscalls, {n}")
+            server = n.removesuffix(SAME_CPU)
+            cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
+            with _server(cmds[server], server_cpu, ports[server]) as proc:
+                count_server_syscalls(res.variants[n], proc.pid,
+                                      ["taskset", "-c", cpu, sockperf, "pp", "-i", "127.0.0.1", "-p",
+                                       str(ports[server]), "-t", "1", "-m", str(size)])
     for v in res.variants.values():
         if v.extra.get("requests"):
             v.extra["cpu_us_per_request"] = v.cpu_s * 1e6 / v.extra["requests"]
     return res
+
+
+@contextlib.contextmanager
+def _server(cmd: list[str], cpu: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The server pinned to ``cpu``, answering; stopped on the way out."""
+    proc = subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, proc)
+        yield proc
+    finally:
+        stop([proc])
+
+
+def count_server_syscalls(variant: Variant, server_pid: int, pp: list[str]) -> None:
+    """One more sockperf run (``pp``: its command), untimed, with perf
+    attached to the server: its syscalls per request answered."""
+    counter = SyscallCounter(server_pid)
+    try:
+        counter.enable()
+        r = subprocess.run(pp, capture_output=True, check=False, text=True)
+        counter.disable()
+    finally:
+        calls = counter.close()
+    total = re.search(r"\[Total Run\].*?ReceivedMessages=(\d+)", r.stdout + r.stderr)
+    if r.returncode == 0 and total:
+        variant.syscalls, variant.syscall_datagrams = calls, int(total.group(1))
 
 
 def _one_round(variant: Variant, sockperf: str, cpu: str, port: int, size: int,

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING
 
 from ..._caps import ENV_DISABLE
 from ..common import Options, rounds
+from ..perfcount import perf_available
 from ..procs import client_and_server_cpus, cpu_seconds
 from ..report import Progress, ScenarioResult, Target, Variant
-from .latency import ROUND_SECONDS, _read_full_log, _wait_ready
+from .latency import ROUND_SECONDS, _read_full_log, _wait_ready, count_server_syscalls
 
 if TYPE_CHECKING:
     from ...napi.lab import Lab
@@ -96,6 +97,12 @@ def latency_lab(opts: Options, progress: Progress) -> ScenarioResult:
                 progress.show(f"latency-lab: round {r + 1}, {n}")
                 _one_round(res.variants[n], lab, SERVERS[n](sockperf, host), sockperf, client_cpu,
                            server_cpu, max(opts.size, 14), os.path.join(tmp, f"{n}-{r}.csv"))
+        ok, why = perf_available()
+        res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
+        for n in names if ok else []:
+            progress.show(f"latency-lab: counting syscalls, {n}")
+            _counted_round(res.variants[n], lab, SERVERS[n](sockperf, host), sockperf, client_cpu, server_cpu,
+                           max(opts.size, 14))
     for v in res.variants.values():
         req = v.extra.get("requests")
         if req:
@@ -104,6 +111,26 @@ def latency_lab(opts: Options, progress: Progress) -> ScenarioResult:
     res.notes.append("IRQs/req: a veth has no hardware interrupt; its interrupt is the NET_RX softirq, "
                      "counted host-wide per request (both directions)")
     return res
+
+
+def _counted_round(variant: Variant, lab: Lab, server_cmd: list[str], sockperf: str, client_cpu: str,
+                   server_cpu: str, size: int) -> None:
+    """One more round, untimed, with perf attached to the server."""
+    server = subprocess.Popen(lab.command("b", ["taskset", "-c", server_cpu, *server_cmd]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with lab.inside("a"):
+            _wait_ready(PORT, server, host=lab.addr("b"))
+        count_server_syscalls(variant, server.pid,
+                              lab.command("a", ["taskset", "-c", client_cpu, sockperf, "pp", "-i", lab.addr("b"),
+                                                "-p", str(PORT), "-t", "1", "-m", str(size)]))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def _one_round(variant: Variant, lab: Lab, server_cmd: list[str], sockperf: str, client_cpu: str,

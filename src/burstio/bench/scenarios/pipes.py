@@ -1,17 +1,25 @@
 """``pipes``: messages between two processes, side by side.
 
 A producer process (forked once per variant, driven over a control pipe)
-sends numbered messages; this process consumes them, checking every
-message's sequence number (bench/ringworker.py: the same work per message
-in every variant). Variants:
+sends numbered messages; this process consumes them. Every variant does the
+same work per message (bench/workers/pipes.py): the producer writes the
+message's sequence number into its payload and hands it over, the consumer
+reads every sequence number and checks it is the next one. Variants:
 
-- ``mp-queue``: multiprocessing.Queue (put/get: pickling, a feeder thread, a pipe);
-- ``mp-pipe``: multiprocessing.Pipe (send_bytes/recv_bytes);
-- ``burstio-pipe``: a ring pipe, a batch of ``--batch`` messages per call on
+- ``mp-queue``: multiprocessing.Queue (put/get: an object pickled per
+  message, a feeder thread, a pipe), for information;
+- ``mp-pipe``: multiprocessing.Pipe, one preallocated payload per side
+  (``pack_into`` + ``send_bytes``; ``recv_bytes_into`` + ``unpack_from``):
+  the baseline of the target;
+- ``shm-ring``: the strongest stdlib peer a careful user writes by hand: a
+  ring of payloads in multiprocessing.shared_memory, sequence numbers
+  written and read in place, a batch published (and handed back) with one
+  pipe message each way, since Python has no atomics to publish an index;
+- ``burstio-pipe``: a port pipe, a batch of ``--batch`` messages per call on
   both sides (numpy over the shared memory);
 - ``burstio-switch``: the same through a Switch running in a third process
   (one copy per message, into the receiver's own region);
-- the same four with 1500-byte messages (``-1500``);
+- the same five with 1500-byte messages (``-1500``);
 - ``burstio-pipe-perpacket``: the pipe driven one message per Python call;
 - ``burstio-pipe-bN-nolinger``: batch sizes 1 to 1024 with lingering off and
   a consumer that checks each message in Python (slower than the producer):
@@ -36,6 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ... import ports as R  # noqa: N812 - R.pipe, R.Switch: the rings under test
 from ..common import Options, rounds
+from ..perfcount import SyscallCounter, perf_available
 from ..report import Progress, ScenarioResult, Target, Variant
 from ..workers import pipes as W  # noqa: N812 - W.serve, W.QueueProducer: the worker side
 
@@ -61,6 +70,7 @@ class _Setup:
     switch_pid: int | None = None
     keep: Any = None                                   # objects that must outlive the run
     count: int = 2000                                  # messages per round (calibrated)
+    producer_pid: int | None = None
 
     def kicks(self) -> tuple[int, int]:
         kicks = wakeups = 0
@@ -85,6 +95,7 @@ class _Bench:
         self.ctx = multiprocessing.get_context("fork")  # ports travel by inheritance
         self.opts = opts
         self.setups: dict[str, _Setup] = {}
+        self.shms: list[Any] = []  # shared_memory blocks to unlink at the end
 
     def _start(self, setup: _Setup, producer_factory: tuple[Any, ...], *inherit: Any) -> None:
         parent, child = self.ctx.Pipe()
@@ -93,6 +104,7 @@ class _Bench:
         child.close()
         setup.conn = parent
         setup.procs.append(p)
+        setup.producer_pid = p.pid
         self.setups[setup.name] = setup
 
     def add_queue(self, name: str, size: int) -> None:
@@ -101,7 +113,17 @@ class _Bench:
 
     def add_mp_pipe(self, name: str, size: int) -> None:
         rx, tx = self.ctx.Pipe(duplex=False)
-        self._start(_Setup(name, W.QueueConsumer.on_pipe(rx)), (W.PipeProducer, size), tx)
+        self._start(_Setup(name, W.PipeConsumer(rx, size)), (W.PipeProducer, size), tx)
+
+    def add_shm_ring(self, name: str, size: int, batch: int) -> None:
+        from multiprocessing import shared_memory
+        slots = max(1024, 4 * batch)
+        shm = shared_memory.SharedMemory(create=True, size=slots * size)
+        ready_rx, ready_tx = self.ctx.Pipe(duplex=False)
+        credits_rx, credits_tx = self.ctx.Pipe(duplex=False)
+        consumer = W.ShmRingConsumer(shm, ready_rx, credits_tx, size, slots)
+        self.shms.append(shm)
+        self._start(_Setup(name, consumer), (W.ShmRingProducer, size, slots, batch), shm, ready_tx, credits_rx)
 
     def add_ring_pipe(self, name: str, size: int, batch: int, *, per_packet_producer: bool = False,
                       per_packet_consumer: bool = False, linger: float = R.LINGER) -> None:
@@ -147,6 +169,25 @@ class _Bench:
             ex["switch_cpu_s"] = ex.get("switch_cpu_s", 0.0) + _cpu_s(setup.switch_pid) - s0
             ex["switch_cpu_ns_per_message"] = ex["switch_cpu_s"] * 1e9 / variant.datagrams
 
+    def counted(self, setup: _Setup) -> tuple[int, int]:
+        """(syscalls, messages) of one round, perf attached to every process
+        of the variant: this consumer, the producer, the switch if any."""
+        pids = [os.getpid(), *(pid for pid in (setup.producer_pid, setup.switch_pid) if pid)]
+        counters: list[SyscallCounter] = []
+        try:
+            for pid in pids:
+                counters.append(SyscallCounter(pid))  # noqa: PERF401 - one at a time: the started ones close if the next fails
+            for c in counters:
+                c.enable()
+            setup.conn.send(("run", setup.count))
+            got = setup.consumer.run(setup.count)
+            setup.conn.recv()
+            for c in counters:
+                c.disable()
+        finally:
+            calls = sum(c.close() for c in counters)
+        return calls, got
+
     def latency(self, setup: _Setup, n: int) -> list[float]:
         setup.conn.send(("latency", n, LATENCY_GAP_S))
         samples: list[float] = setup.consumer.latency(n)
@@ -167,6 +208,9 @@ class _Bench:
                     p.kill()
                     p.join(5)
             setup.conn.close()
+        for shm in self.shms:
+            shm.close()
+            shm.unlink()
 
 
 def _producer_main(conn: Any, factory: tuple[Any, ...], inherit: tuple[Any, ...]) -> None:
@@ -188,7 +232,7 @@ def pipes(opts: Options, progress: Progress) -> ScenarioResult:
     batch = max(1, min(opts.batch, 1024))
     small = max(8, opts.size)
     sizes = [small] + ([BIG] if small != BIG else [])
-    main = ["mp-queue", "mp-pipe", "burstio-pipe", "burstio-switch"]
+    main = ["mp-queue", "mp-pipe", "shm-ring", "burstio-pipe", "burstio-switch"]
     names = [n if s == small else f"{n}-{s}" for s in sizes for n in main]
     names.append("burstio-pipe-perpacket")
     sweep = [f"burstio-pipe-b{b}-nolinger" for b in SWEEP]
@@ -197,10 +241,10 @@ def pipes(opts: Options, progress: Progress) -> ScenarioResult:
         "pipes", {"size": small, "big": BIG, "batch": batch, "linger_us": R.LINGER * 1e6,
                   "latency_gap_us": LATENCY_GAP_S * 1e6},
         {n: Variant(n) for n in names},
-        targets=[Target("burstio-pipe", "datagrams_per_s", "mp-queue", 20.0, True),
+        targets=[Target("burstio-pipe", "datagrams_per_s", "mp-pipe", 10.0, True),
                  Target("burstio-pipe", "kicks_per_message", None, 1 / 32, False),
                  Target("burstio-pipe-b64-nolinger", "kicks_per_message", None, 1 / 32, False)],
-        baselines=("mp-queue",) + ((f"mp-queue-{BIG}",) if len(sizes) > 1 else ()),
+        baselines=("mp-pipe", "shm-ring") + ((f"mp-pipe-{BIG}", f"shm-ring-{BIG}") if len(sizes) > 1 else ()),
         notes=[("datagrams/s column = messages/s checked by the consumer; CPU = the consumer's; "
                 "kicks and latency below and in --json")])
     try:
@@ -217,6 +261,7 @@ def pipes(opts: Options, progress: Progress) -> ScenarioResult:
             sfx = "" if s == small else f"-{s}"
             bench.add_queue("mp-queue" + sfx, s)
             bench.add_mp_pipe("mp-pipe" + sfx, s)
+            bench.add_shm_ring("shm-ring" + sfx, s, batch)
             bench.add_ring_pipe("burstio-pipe" + sfx, s, batch)
             bench.add_ring_switch("burstio-switch" + sfx, s, batch)
         bench.add_ring_pipe("burstio-pipe-perpacket", small, batch, per_packet_producer=True,
@@ -239,7 +284,15 @@ def _measure(bench: _Bench, res: ScenarioResult, names: list[str], opts: Options
         for name in order:
             progress.show(f"pipes: round {r + 1}, {name}")
             bench.round(bench.setups[name], res.variants[name])
-    lat = [n for n in ("mp-queue", "mp-pipe", "burstio-pipe", "burstio-switch") if n in names]
+    ok, why = perf_available()
+    res.syscall_source = (f"{why}, attached to the consumer, the producer and the switch (per message)" if ok
+                          else f"not measured ({why})")
+    if ok:
+        for name in names:
+            progress.show(f"pipes: counting syscalls, {name}")
+            v = res.variants[name]
+            v.syscalls, v.syscall_datagrams = bench.counted(bench.setups[name])
+    lat = [n for n in ("mp-queue", "mp-pipe", "shm-ring", "burstio-pipe", "burstio-switch") if n in names]
     for r in range(2):
         for name in lat[r:] + lat[:r]:
             progress.show(f"pipes: latency, {name}")

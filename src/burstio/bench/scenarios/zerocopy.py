@@ -202,10 +202,10 @@ def tx_zerocopy(opts: Options, progress: Progress) -> ScenarioResult:
          "segments_per_send": zcworker.SEGMENTS, "buffers": zcworker.BUFFERS,
          "sink": "ifb in a netns" if not no_sink else "none"},
         {n: Variant(n) for n in names},
-        targets=[Target("uring-send-zc", "cpu_s_per_gb", "copy", 1.0, False),
-                 Target("uring-send-zc", "copied_notifications", None, 0, False),
-                 Target("msg-zerocopy", "copied_notifications", None, 0, False),
-                 Target("uring-send-zc-loopback", "zerocopy_disabled", None, 1, True)],
+        targets=[Target("uring-send-zc", "cpu_s_per_gb", "copy", 1.0, False, evidence="zerocopy_sends"),
+                 Target("uring-send-zc", "copied_notifications", None, 0, False, evidence="notifications"),
+                 Target("msg-zerocopy", "copied_notifications", None, 0, False, evidence="notifications"),
+                 Target("uring-send-zc-loopback", "zerocopy_disabled", None, 1, True, evidence="notifications")],
         syscall_source="the sender's own count (C: sendmsg, io_uring_enter, error-queue reads, waits)",
         baselines=("copy", "copy-loopback"))
     if no_sink:
