@@ -26,7 +26,7 @@ from support.paths import ROOT
 from support.proc import subprocess_env
 
 SCENARIOS = ("rx-many-flow", "rx-gro", "tx-many", "tx-gso", "latency", "rx-many-sockets", "tx-redundant",
-             "tx-zerocopy", "latency-lab", "pipes", "dns", "quic", "pacing", "soak", "xdp")
+             "tx-zerocopy", "latency-lab", "pipes", "dns", "quic", "pacing", "soak", "xdp", "port")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           env=subprocess_env(), cwd=ROOT, timeout=timeout)
 
 
-COMMANDS = ("caps", "bench", "serve", "lab", "fuzz", "doctor", "pktgen", "xdp")
+COMMANDS = ("caps", "bench", "serve", "lab", "fuzz", "doctor", "pktgen", "xdp", "switch")
 
 
 def test_help():
