@@ -44,8 +44,8 @@ def test_the_reference_drains_a_socket():
         for i in range(5):
             tx.sendto(b"%010d" % i, rx.getsockname())
         assert select.select([rx], [], [], 10)[0] == [rx]  # a deadline, not a measurement
-        r = subprocess.run([str(exe), str(rx.fileno()), "4", "2048"], pass_fds=(rx.fileno(),),
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run([str(exe), str(rx.fileno()), "4", "2048"], pass_fds=(rx.fileno(),), input="drain\n",
+                           capture_output=True, text=True, timeout=60)  # one drain, then end of input
         assert r.returncode == 0, r.stderr
         drained = json.loads(r.stdout)
         rx.settimeout(10)

@@ -52,6 +52,7 @@ TARGETS = {
     "netdev": "burstio._fuzz.netlink:NETDEV",
     "region-header": "burstio._fuzz.native:REGION_HEADER",
     "udp-parse": "burstio._fuzz.native:UDP_PARSE",
+    "frame-parse": "burstio._fuzz.native:FRAME_PARSE",
 }
 
 

@@ -11,6 +11,12 @@
   received length, the rest the control buffer. Oracle: every datagram lies
   inside what was received and inside the slot, in order, without overlap.
   Documented: ValueError.
+- ``frame-parse``: an Ethernet frame as AF_XDP delivers it, through
+  ``burstio.xdp.udp.parse`` (csrc/xdp/frames.c). Input: the frame. Oracle:
+  one row; a status the module names; for a UDP datagram, its payload lies
+  inside the frame right after a UDP header whose ports the row repeats
+  and whose length covers the payload. Documented: none (every frame gets
+  a status).
 
 Each runs where its entry point is in this build and says so otherwise (the
 entry points come with the ports and UDP hardening).
@@ -23,7 +29,7 @@ from typing import Any
 from .. import _native
 from . import Target
 
-__all__ = ["REGION_HEADER", "UDP_PARSE"]
+__all__ = ["REGION_HEADER", "UDP_PARSE", "FRAME_PARSE"]
 
 
 # ---- region-header ------------------------------------------------------------------
@@ -113,3 +119,67 @@ def _udp_seeds() -> list[bytes]:
 
 
 UDP_PARSE = Target("udp-parse", run_udp_parse, (ValueError,), _udp_seeds, _udp_missing, max_len=512)
+
+
+# ---- frame-parse ----------------------------------------------------------------------------
+
+_FRAME_SLOT = 4096
+
+
+class _FrameParser:
+    """One batch and one UdpFrames, reused for every input."""
+
+    def __init__(self) -> None:
+        from ..xdp import udp
+
+        self.udp = udp
+        self.batch = _native.PacketBatch(1, _FRAME_SLOT)
+        self.frames = udp.UdpFrames(1)
+
+
+_frame_parser: list[_FrameParser] = []
+
+
+def run_frame_parse(data: bytes) -> str:
+    if not _frame_parser:
+        _frame_parser.append(_FrameParser())
+    p = _frame_parser[0]
+    data = data[:_FRAME_SLOT]
+    p.batch.clear()
+    p.batch.append(data)
+    n = p.udp.parse(p.batch, p.frames).count
+    assert n == 1, f"{n} rows for one frame"
+    status = int(p.frames.statuses[0])
+    assert status in p.udp.STATUS_NAMES, f"status {status} has no name"
+    if status != p.udp.UDP_OK:
+        return str(p.udp.STATUS_NAMES[status])
+    start = int(p.batch.offsets[0])
+    at = int(p.frames.payload_offsets[0]) - start  # where the payload starts in the frame
+    size = int(p.frames.payload_lengths[0])
+    where = f"payload [{at}, {at + size}) of a {len(data)}-byte frame"
+    assert at >= 8, where
+    assert at + size <= len(data), where
+    sport, dport, length = struct.unpack_from("!HHH", data, at - 8)
+    assert (sport, dport) == (int(p.frames.src_ports[0]), int(p.frames.dst_ports[0])), where
+    assert size == length - 8, f"{where}, UDP length {length}"
+    assert int(p.frames.families[0]) in (4, 6), where
+    return f"ok IPv{int(p.frames.families[0])}"
+
+
+def _frame_seeds() -> list[bytes]:
+    from ..xdp import udp
+
+    a, b = bytes([2, 0, 0, 0, 0, 1]), bytes([2, 0, 0, 0, 0, 2])
+    v4 = udp.frame(a, b, ("10.0.0.1", 1000), ("10.0.0.2", 53), b"query")
+    v6 = udp.frame(a, b, ("fd00::1", 1000), ("fd00::2", 53), b"query" * 20)
+    tagged = udp.frame(a, b, ("10.0.0.1", 1000), ("10.0.0.2", 53), b"x", vlan=7)
+    return [v4, v6, tagged, v4[:30], v4 + bytes(20), udp.frame(a, b, ("10.0.0.1", 1), ("10.0.0.2", 2))]
+
+
+def _frame_missing() -> str | None:
+    if not hasattr(_native, "UdpFrames"):
+        return "burstio._native.UdpFrames is not in this build"
+    return None
+
+
+FRAME_PARSE = Target("frame-parse", run_frame_parse, (), _frame_seeds, _frame_missing, max_len=2048)
