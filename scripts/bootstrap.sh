@@ -46,4 +46,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+# setuptools reuses build/lib.*: a module renamed or removed since the last build would
+# be installed again from there, so build from the sources alone
+rm -rf build/lib.* build/bdist.*
 .venv/bin/python -m pip install -q ".[$extra]"
