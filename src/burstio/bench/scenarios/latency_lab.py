@@ -77,7 +77,7 @@ def latency_lab(opts: Options, progress: Progress) -> ScenarioResult:
         targets=[Target("busy-poll", "p99_us", "blocking", 0.7, False),
                  Target("busy-poll", "p50_us", "sockperf-server-lls", 1.1, False),
                  Target("busy-poll", "p99_us", "sockperf-server-lls", 1.1, False)],
-        baselines=("blocking", "sockperf-server-lls"))
+        baselines=("blocking", "sockperf-server-lls"), tools=("sockperf",))
     sockperf = shutil.which("sockperf")
     if sockperf is None:
         res.skipped = "sockperf is not installed (Debian: apt install sockperf)"
@@ -92,15 +92,15 @@ def latency_lab(opts: Options, progress: Progress) -> ScenarioResult:
     with tempfile.TemporaryDirectory(prefix="burstio-lablat-") as tmp, \
             Lab(f"bl{os.getpid() % 100000}", queues=1) as lab:
         host = lab.addr("b")
-        for r, order in rounds(opts, names):
+        for r, order in rounds(opts, names, progress):
             for n in order:
-                progress.show(f"latency-lab: round {r + 1}, {n}")
+                progress.show(n)
                 _one_round(res.variants[n], lab, SERVERS[n](sockperf, host), sockperf, client_cpu,
                            server_cpu, max(opts.size, 14), os.path.join(tmp, f"{n}-{r}.csv"))
         ok, why = perf_available()
         res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
         for n in names if ok else []:
-            progress.show(f"latency-lab: counting syscalls, {n}")
+            progress.show(f"counting syscalls, {n}")
             _counted_round(res.variants[n], lab, SERVERS[n](sockperf, host), sockperf, client_cpu, server_cpu,
                            max(opts.size, 14))
     for v in res.variants.values():

@@ -213,9 +213,9 @@ def pacing(opts: Options, progress: Progress) -> ScenarioResult:
                               text=True)
     try:
         with pinned(int(rx_cpu)), BurstSocket.bind(("127.0.0.1", 0), timestamps=True, rcvbuf=RCVBUF) as rx:
-            for r, order in rounds(opts, names):
+            for _r, order in rounds(opts, names, progress):
                 for name in order:
-                    progress.show(f"pacing: round {r + 1}, {name}")
+                    progress.show(name)
                     _round(sender, rx, name, res, stats)
     finally:
         if sender.stdin:

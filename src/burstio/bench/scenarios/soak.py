@@ -522,7 +522,7 @@ def soak(opts: Options, progress: Progress) -> ScenarioResult:
             res.notes.append(f"{path}: skipped: {why}")
             continue
         per = per_path[path]
-        progress.show(f"soak: {path}, {per} datagrams", force=True)
+        progress.show(f"{path}, {per} datagrams", force=True)
         out = _RUNNERS[path](per, opts.size)
         res.variants[path] = _variant(path, out)
         res.targets += [Target(path, "lost_unaccounted", None, 0, False),
