@@ -17,7 +17,7 @@
  * downgrade of udp/send.c's policy, which Python cannot run from this
  * thread: it reads the counters).
  *
- * What a release costs: one wake-up (14-19 us of CPU in the KVM guests we
+ * What a release costs: one wake-up (14-19 us of CPU in the KVM guest we
  * measured, whatever the primitive: clock_nanosleep, a timerfd or a
  * condition variable, timer slack 1 ns or 50 us; two timer writes, a
  * timer interrupt and a halt of the idle vCPU, each a VM exit of ~3.6 us),
