@@ -359,6 +359,23 @@ def test_slack_releases_what_is_due_within_it_in_one_wake_up(sockets):
         assert c["tx_gso_messages"] == 0
 
 
+def test_a_release_larger_than_one_send_is_still_one_wake_up(sockets):
+    """200 datagrams due within the slack, to 200 ports (no two in one GSO
+    run): several sendmmsg calls of at most 64 messages, one release."""
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": 0.5})
+    host, port = rx.getsockname()
+    t0 = time.monotonic_ns() + 20 * MS
+    b = PacketBatch(200, 64)
+    for i in range(200):
+        b.append(b"r%d" % i, (host, port) if i % 2 == 0 else (host, 9), txtime=t0 + i * 10_000)
+    assert tx.send_batch(b) == 200
+    assert tx.flush(10.0)
+    assert arrivals(rx, 100) == [b"r%d" % i for i in range(0, 200, 2)]
+    c = tx.counters
+    assert c["paced_releases"] == 1 and c["tx_datagrams"] == 200 and c["tx_gso_messages"] == 0
+    assert c["tx_syscalls"] >= 4  # 200 messages: at least four sends of 64
+
+
 def test_slack_never_releases_a_datagram_before_its_time_less_the_slack(sockets):
     """Each datagram arrives (CLOCK_MONOTONIC, read by the receiver after it
     arrived, so later than it left) no earlier than its transmit time less

@@ -156,15 +156,15 @@ bio_pacer_fill(BioPacer *p, int m, Py_ssize_t first, Py_ssize_t run)
     p->msg_first[m] = first;
 }
 
-/* Make messages of the entries due by `now` plus the slack, from head on
- * (up to BIO_PACER_MSGS messages, BIO_PACER_ROUND entries); returns how
- * many entries they hold, *nmsg the messages. mu held. */
+/* Make messages of the entries due by `until`, from head on (up to
+ * BIO_PACER_MSGS messages, BIO_PACER_ROUND entries); returns how many
+ * entries they hold, *nmsg the messages, *more whether entries due by
+ * `until` are left for another round of this release. mu held. */
 static Py_ssize_t
-bio_pacer_collect(BioPacer *p, int64_t now, int *nmsg)
+bio_pacer_collect(BioPacer *p, int64_t until, int *nmsg, int *more)
 {
     Py_ssize_t n = 0;
     int m = 0;
-    int64_t until = now + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED);
     while (p->head + (uint64_t)n < p->tail && m < BIO_PACER_MSGS && n < BIO_PACER_ROUND) {
         if (bio_pacer_entry(p, p->head + (uint64_t)n)->meta.txtime > until)
             break;
@@ -173,6 +173,8 @@ bio_pacer_collect(BioPacer *p, int64_t now, int *nmsg)
         n += run;
     }
     *nmsg = m;
+    *more = p->head + (uint64_t)n < p->tail &&
+            bio_pacer_entry(p, p->head + (uint64_t)n)->meta.txtime <= until;
     return n;
 }
 
@@ -342,12 +344,18 @@ bio_pacer_main(void *arg)
     int fds[BIO_PACER_MSGS];
     /* wake at the deadline, not up to 50 us after (the CPU a wake-up costs is the same) */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    int more = 0; /* the release under way has entries left for another round */
+    int64_t until = 0;
     pthread_mutex_lock(&p->mu);
-    while (bio_pacer_wait_due(p)) {
+    /* a release: one wait, then rounds of sends until what is due by its `until` has gone */
+    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p)) {
+        if (!more) {
+            until = bio_now_ns() + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED);
+            BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
+        }
         int nmsg;
-        Py_ssize_t n = bio_pacer_collect(p, bio_now_ns(), &nmsg);
+        Py_ssize_t n = bio_pacer_collect(p, until, &nmsg, &more);
         bio_pacer_fds(p, nmsg, fds);
-        BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
         p->sending = 1;
         pthread_mutex_unlock(&p->mu);
         Py_ssize_t done = bio_pacer_send(p, nmsg, n, fds);

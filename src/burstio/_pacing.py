@@ -213,22 +213,25 @@ class PortablePacer:
     # ---- the sender thread -------------------------------------------------
 
     def _run(self) -> None:
+        until, more = 0, False  # more: the release under way has entries left for another round
         with self._cv:
             while not self._closing:
-                if not self._q:
-                    self._cv.wait()
-                    continue
-                now = time.monotonic_ns()
-                t = self._q[0].meta.txtime  # wake at the head's time, as the C pacer
-                if t > now:
-                    self._cv.wait((t - now) / 1e9)
-                    continue
+                if not more:
+                    if not self._q:
+                        self._cv.wait()
+                        continue
+                    now = time.monotonic_ns()
+                    t = self._q[0].meta.txtime  # wake at the head's time, as the C pacer
+                    if t > now:
+                        self._cv.wait((t - now) / 1e9)
+                        continue
+                    until = now + self.slack_ns
+                    self._c["paced_releases"] += 1
                 due: list[_Entry] = []
-                until = now + self.slack_ns
                 while self._q and len(due) < _ROUND and self._q[0].meta.txtime <= until:
                     due.append(self._q.popleft())
+                more = bool(self._q) and self._q[0].meta.txtime <= until
                 self._sending = True
-                self._c["paced_releases"] += 1
                 self._cv.release()
                 try:
                     done = self._send(due)
