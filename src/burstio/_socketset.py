@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _native
 from ._caps import capabilities
-from ._checks import UDP_OR_TCP, check_int, check_socket
+from ._checks import UDP_OR_TCP, check_int, check_seconds, check_socket
 from ._errors import Unsent
 from ._kernel import IP_PKTINFO, IP_RECVTOS, IPV6_RECVPKTINFO, IPV6_RECVTCLASS, SOL_UDP, UDP_GRO
 from ._types import Address
-from ._udp import GSO_SEGMENTS, PACER_QUEUE, BurstSocket
+from ._udp import GSO_SEGMENTS, PACER_QUEUE, PACER_SLACK, BurstSocket
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -76,7 +76,8 @@ class SocketSet:
     """Receive from and send on many sockets with one call each.
 
     ``SocketSet(*, backend="auto", max_sockets=1024, buffers=4096,
-    buffer_size=2048, sqpoll=False, gso=True, paced=False, pacer_queue=4096)``
+    buffer_size=2048, sqpoll=False, gso=True, paced=False, pacer_queue=4096,
+    pacer_slack=0.001)``
 
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
     backend (a datagram, its address and a 16-byte header must fit a
@@ -95,11 +96,13 @@ class SocketSet:
     they were queued): ``send_batch`` then queues and returns, ``close()``
     returns what was still waiting, ``paced_errors()`` what the kernel
     refused. Without it a transmit time is refused (ValueError).
+    ``pacer_queue`` and ``pacer_slack`` mean what they mean for BurstSocket.
     """
 
     def __init__(self, *, backend: str = "auto", max_sockets: int = 1024, buffers: int = 4096,
                  buffer_size: int = 2048, sqpoll: bool = False, single_wakeup: bool = False,
-                 gso: bool = True, paced: bool = False, pacer_queue: int = PACER_QUEUE):
+                 gso: bool = True, paced: bool = False, pacer_queue: int = PACER_QUEUE,
+                 pacer_slack: float = PACER_SLACK):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         caps = capabilities()
@@ -129,7 +132,9 @@ class SocketSet:
         self.take_errors = self._io.take_errors  # type: ignore[method-assign]  # the C method, no Python frame
         if paced:
             check_int("pacer_queue", pacer_queue, 1, 1 << 20)
+            check_seconds("pacer_slack", pacer_slack, 0.0, 1.0)
             self._pacer = _native.Pacer(-1, pacer_queue)
+            self._pacer.slack_ns = round(pacer_slack * 1e9)
             self._pacer.gso, self._pacer.gso_max_segments = self._io.gso, self._io.gso_max_segments
             self._pacer.ecn_cmsg = self._io.ecn_cmsg
             self.send_batch = self._send_paced  # type: ignore[method-assign]  # a paced set queues

@@ -59,7 +59,7 @@ from .. import _native
 from .._caps import capabilities
 from .._checks import check_int
 from .._types import Address
-from .._udp import BurstSocket
+from .._udp import PACER_SLACK, BurstSocket
 
 __all__ = ["BurstDatagramTransport"]
 
@@ -120,13 +120,15 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
                  waiter: asyncio.Future[None] | None = None, extra: dict[str, Any] | None = None, *,
                  gro: bool = False, backend: str = "auto", rx_slots: int = 16,
                  tx_batch: int = 128, pktinfo: bool = False, ecn: bool = False,
-                 dont_fragment: bool = False, paced: bool = False, pacer_queue: int = 4096):
+                 dont_fragment: bool = False, paced: bool = False, pacer_queue: int = 4096,
+                 pacer_slack: float = PACER_SLACK):
         super().__init__(extra)
         check_int("rx_slots", rx_slots, 1, 1 << 20)
         check_int("tx_batch", tx_batch, 1, 1 << 20)
         sock.setblocking(False)
         self._bsock = BurstSocket(sock, gro=gro, backend=backend, pktinfo=pktinfo, ecn=ecn,
-                                  dont_fragment=dont_fragment, paced=paced, pacer_queue=pacer_queue)  # owns sock
+                                  dont_fragment=dont_fragment, paced=paced, pacer_queue=pacer_queue,
+                                  pacer_slack=pacer_slack)  # owns sock
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._loop = loop
