@@ -153,6 +153,11 @@ bio_port_ring_raise(BioPortRing *g, int err)
 int
 bio_port_ring_ready(BioPortRing *g)
 {
+    if (g->reg->switched) {
+        PyErr_SetString(PyExc_RuntimeError, "this NIC port belongs to a switch: the switch moves "
+                        "its frames");
+        return -1;
+    }
     if (bio_port_ring_busy(g)) {
         PyErr_SetString(PyExc_RuntimeError, "ring is in use by another call (a wait or "
                         "receive in another thread)");
