@@ -15,6 +15,7 @@ import gc
 import os
 import pickle
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -206,8 +207,9 @@ def test_a_hostile_worker_cannot_hand_the_kernel_a_frame_it_does_not_hold(nic):
 def test_indices_rewritten_in_the_nic_ports_own_rings_never_reach_the_kernel_twice(nic):
     """The application's RX and TX slots are checked as a worker's are: a
     released RX slot naming another region's frame is counted and left
-    alone; a TX slot naming a frame that went back to the fill ring is
-    dropped (counted) instead of transmitted."""
+    alone; a put into a TX slot naming a frame that went back to the fill
+    ring is refused (the kernel may be writing it), and such a slot published
+    anyway is dropped (counted) instead of transmitted."""
     near, _far = nic.pipe(slots=8)
     flood(nic.lab, 4, dport=DPORT)
     take(nic, 4)
@@ -219,10 +221,36 @@ def test_indices_rewritten_in_the_nic_ports_own_rings_never_reach_the_kernel_twi
     nic.rx.sync()
     assert nic.counters["nic"]["returned_bad"] == 1
     assert nic.umem.frame_states()["port"] == port_frames - 3  # shared went back with the 2 honest ones
-    nic.tx.put(b"\xff" * 60)  # into the TX slot that still names `shared`
+    with pytest.raises(OSError, match=f"names frame {shared}, which its region does not hold") as e:
+        nic.tx.put(b"\xff" * 60)  # into the TX slot that still names `shared`
+    assert e.value.errno == errno.EBADMSG
+    nic.tx.advance(1)  # published as it is
     nic.tx.sync()
     assert nic.counters["nic"]["tx_bad"] == 1 and nic.counters["nic"]["tx_frames"] == 0
     assert nic.back.counters()[0].packets == 0
+    nic.tx.put(to_a(nic, b"the slot has a frame of its own again"))
+    nic.tx.sync()
+    assert wait_for(lambda: nic.back.counters()[0].packets == 1)
+
+
+@needs_xdp_lab
+def test_the_nic_side_never_writes_a_frame_a_worker_named_but_does_not_hold(nic):
+    """A worker writes the index of a frame in the fill ring into the free
+    slots of the NIC side's TX ring: put, claim and put_batch there raise
+    EBADMSG, and not a byte of that frame changes (nor is it handed back to
+    the worker)."""
+    near, far = nic.pipe(slots=8)
+    before = bytes(nic.buffers[:nic.umem.frame_size])
+    for i in range(8):
+        far.rx.indices[i] = 0  # frame 0: in the fill ring
+    batch = burstio.PacketBatch(1)
+    batch.append(b"q" * 60, ("127.0.0.1", 9))
+    for call in (lambda: near.tx.put(b"p" * 60), lambda: near.tx.claim(60), lambda: near.tx.put_batch(batch)):
+        with pytest.raises(OSError, match="names frame 0, which its region does not hold") as e:
+            call()
+        assert e.value.errno == errno.EBADMSG
+    assert near.tx.sync() == near.tx.capacity and far.rx.sync() == 0
+    assert bytes(nic.buffers[:nic.umem.frame_size]) == before
 
 
 @needs_xdp_lab
@@ -247,6 +275,9 @@ def test_the_nic_port_stays_with_its_process(nic):
         nic.xsk.recv_batch(burstio.PacketBatch(4), timeout=0)
     with pytest.raises(TypeError, match="a NIC port works in the process that opened its queue"):
         pickle.dumps(nic)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b, pytest.raises(TypeError, match="a NIC port works in the process that opened its queue"):
+        ports.send_port(a, nic)
 
     def forked() -> None:
         try:
@@ -642,3 +673,19 @@ def test_no_client_takes_over_an_address_of_the_wire_or_the_nic(nic):
         assert wait_for(lambda: nic.back.counters()[0].packets == 1)  # out of the NIC, not to the spoofer
         spoofer.rx.sync()
         assert [bytes(spoofer.rx[i])[42:] for i in range(len(spoofer.rx))] == [bytes(honest.rx[0])[42:]]
+
+
+@needs_xdp_lab
+def test_a_broadcast_from_the_wire_is_never_flooded_back_to_it(nic):
+    """Broadcast frames from the NIC queue go to every client, never back
+    out of the device they came in on (a storm would loop)."""
+    with ports.Switch(slots=64, forward_by="mac", linger=0) as sw:
+        sw.add_nic(nic)
+        clients = [sw.add_port(linger=0) for _ in range(2)]
+        with nic.lab.inside("a"):  # type: ignore[attr-defined]
+            from burstio.xdp import pktgen
+            pktgen.run(nic.lab.dev["a"], nic.lab.addr("b"), dport=DPORT, dst_mac=b"\xff" * 6, count=50,  # type: ignore[attr-defined]
+                       seconds=60)
+        assert wait_for(lambda: sw.forward(0) >= 0 and all(c.rx.sync() == 50 for c in clients))
+        assert sw.counters["flooded"] == 50 and sw.counters["forwarded"] == 100
+        assert nic.counters["nic"]["tx_frames"] == 0 and nic.back.counters()[0].packets == 0  # type: ignore[attr-defined]

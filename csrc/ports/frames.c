@@ -40,6 +40,13 @@ bio_port_frames_held(BioPortRegion *g, uint32_t f)
            u->lease_of[f] == (void *)g;
 }
 
+int
+bio_port_frames_usable(BioPortRegion *g, uint32_t f)
+{
+    BioUmem *u = bio_port_frames_umem(g);
+    return u == NULL || !bio_umem_ours(u) || bio_port_frames_held(g, f);
+}
+
 void
 bio_port_frames_move(BioPortRegion *to, uint32_t f)
 {

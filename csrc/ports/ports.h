@@ -170,9 +170,10 @@ uint32_t bio_port_ring_peer_state(BioPortRing *g);
 PyObject *bio_port_ring_raise(BioPortRing *g, int err);
 /* Make g usable now (its port held here, positions set up). 0 or -1. GIL. */
 int bio_port_ring_ready(BioPortRing *g);
-/* Buffer of the slot at pos, or NULL if it names one outside the pool. */
+/* Buffer of the slot at pos, or NULL if it names one outside the pool (or
+ * a frame of a shared pool its region does not hold). */
 unsigned char *bio_port_ring_buf(BioPortRing *g, uint32_t pos, uint32_t *idx);
-/* Raise OSError(EBADMSG) for a slot naming a buffer outside the pool. */
+/* Raise OSError(EBADMSG) for a slot bio_port_ring_buf refused. */
 PyObject *bio_port_ring_bad_slot(BioPortRing *g, uint32_t pos, uint32_t idx);
 /* What PortTx and PortRx share: constructor, dealloc, len(), methods,
  * members and attributes. */
@@ -231,6 +232,11 @@ int bio_port_poll_nogil(BioPortClaim *p, int fd, short events, int64_t deadline)
  * true in a process without the table, nor in a forked child: its copy of
  * the table is not the table). */
 int bio_port_frames_held(BioPortRegion *g, uint32_t f);
+/* Whether a slot of g may name frame f in this process: one g holds, where
+ * the frame table is (elsewhere there is no table to ask). So the process
+ * that made the pool never reads, writes or hands a peer a frame through a
+ * slot naming one the kernel or another region holds. */
+int bio_port_frames_usable(BioPortRegion *g, uint32_t f);
 /* Frame f, held by a region on the same pool, is now in a slot of `to`. */
 void bio_port_frames_move(BioPortRegion *to, uint32_t f);
 /* The region goes: the frames it holds go back to the pool's free list. */
