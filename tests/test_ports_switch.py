@@ -239,3 +239,34 @@ def test_learning_in_key_mode_is_bounded_too():
         assert len(drain(p2)) == 3
         assert sw.routes == {7: (1, True), 11: (0, False), 12: (0, False)}
         assert sw.counters["learn_limited"] == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_table_after_any_mix_of_routes_and_removals_is_what_was_asked(seed):
+    """Entries removed from the middle of a probe run leave every other key
+    reachable (the table moves them back instead of leaving tombstones):
+    routes() always equals a dict kept alongside, and a full table is full
+    at exactly 3/4 of its size."""
+    import errno
+    import random
+
+    rng = random.Random(seed)
+    with ports.Switch(slots=2, table_size=16, max_ports=4) as sw:
+        for _ in range(4):
+            sw.add_port()
+        model: dict[int, int] = {}
+        for _ in range(3000):
+            key = rng.randrange(1, 40)
+            if rng.random() < 0.45:
+                sw.route(key, None)
+                model.pop(key, None)
+            else:
+                port = rng.randrange(4)
+                if key not in model and len(model) == 12:
+                    with pytest.raises(OSError) as e:
+                        sw.route(key, port)
+                    assert e.value.errno == errno.ENOSPC
+                    continue
+                sw.route(key, port)
+                model[key] = port
+            assert sw.routes == {k: (p, True) for k, p in model.items()}
