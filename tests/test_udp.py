@@ -54,7 +54,7 @@ from support.net import (
     recv_plain,
 )
 from support.proc import Helper, open_fds, rescue, wait_for
-from support.race import SEGMENT, ArrayRacer, drain, foreign, payload_buffer
+from support.race import SEGMENT, ArrayRacer, FlagsRacer, drain, foreign, payload_buffer
 from support.variants import UDP, Variant, runnable, set_disable, use_variant, variant_env
 
 COUNTER_NAMES = {
@@ -1277,6 +1277,34 @@ class BackendContract:
         assert not foreign(got, data), f"{len(foreign(got, data))} datagrams of other memory were sent"
         assert not [e for e in failures if e.errno == errno.EFAULT]
         assert batch.send_errors() == [] or all(err != errno.EFAULT for _i, err in batch.send_errors())
+
+    def test_send_counters_ignore_flags_rewritten_during_sends(self):
+        """Another thread writes every entry's flags (FLAG_SEND_ERROR set,
+        then clear) while sends run: tx_datagrams and tx_errors still count
+        exactly what the kernel took and what it refused, one in eight
+        entries being addressed where the socket cannot send (IPv6 on IPv4)."""
+        count = 512
+        rx = self.plain()
+        tx = self.make_socket()
+        batch = PacketBatch(count, 64)
+        bad = ("::1", 9, 0, 0)
+        for k in range(count):
+            batch.append(b"%015d" % k, bad if k % 8 == 7 else rx.getsockname())
+        racer = FlagsRacer(batch, count)
+        seen: list[tuple[int, int]] = []
+        racer.start()
+        try:
+            for _attempt in range(20):
+                tx.reset_counters()
+                assert tx.send_batch(batch, on_error="skip") == count
+                c = tx.counters
+                seen.append((c["tx_datagrams"], c["tx_errors"]))
+                if seen[-1] != (count - count // 8, count // 8):
+                    break
+        finally:
+            racer.stop()
+        assert racer.flips > 0
+        assert set(seen) == {(count - count // 8, count // 8)}, seen
 
 
 # ---- one class per backend variant ------------------------------------------------

@@ -31,6 +31,7 @@
 typedef struct {
     struct sockaddr_in6 name; /* send: the destination (family 0: none) */
     int32_t sock;             /* send: the socket index (SocketSet) */
+    int32_t err;              /* send: errno its message failed with (0: none) */
     uint32_t seg;             /* receive: the UDP_GRO segment size (0: none) */
     int64_t ts;               /* receive: the kernel's timestamp, ns (0: none) */
 } BioBatchPriv;

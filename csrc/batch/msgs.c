@@ -73,7 +73,8 @@ bio_batch_gso_run(const BioBatchSendOpts *o, const BioBatch *b, Py_ssize_t j, Py
 }
 
 /* Point message m at entries [j, j + run) (their iovecs are set), with a
- * UDP_SEGMENT cmsg if run > 1; clears the entries' send-error marks. */
+ * UDP_SEGMENT cmsg if run > 1; clears the entries' send-error marks (the
+ * arrays' and the private ones). */
 static void
 bio_batch_fill_msg(BioBatch *b, Py_ssize_t m, Py_ssize_t j, Py_ssize_t run)
 {
@@ -81,6 +82,7 @@ bio_batch_fill_msg(BioBatch *b, Py_ssize_t m, Py_ssize_t j, Py_ssize_t run)
     for (Py_ssize_t r = 0; r < run; r++) {
         b->flags[j + r] &= ~BIO_FLAG_SEND_ERROR;
         b->errnos[j + r] = 0;
+        b->priv[j + r].err = 0;
     }
     socklen_t namelen = bio_addr_len(&b->priv[j].name);
     h->msg_name = namelen ? &b->priv[j].name : NULL;

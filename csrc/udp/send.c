@@ -52,14 +52,16 @@ bio_udp_send_msgs_nogil(BioUdp *u, struct mmsghdr *msgs, Py_ssize_t m, Py_ssize_
     return 0;
 }
 
-/* Count what messages [0, done) delivered to the kernel. */
+/* Count what messages [0, done) delivered to the kernel: the ones not
+ * marked failed in the private scratch (the batch's flags are writable by
+ * other threads and say nothing the counters may trust). */
 static void
 bio_udp_send_account(BioUdp *u, BioBatch *b, Py_ssize_t done)
 {
     uint64_t datagrams = 0, bytes = 0, gso_msgs = 0, gso_dgrams = 0;
     for (Py_ssize_t m = 0; m < done; m++) {
         struct msghdr *h = &b->msgs[m].msg_hdr;
-        if (b->flags[b->msg_entry[m]] & BIO_FLAG_SEND_ERROR)
+        if (b->priv[b->msg_entry[m]].err != 0)
             continue;
         for (size_t r = 0; r < h->msg_iovlen; r++)
             bytes += h->msg_iov[r].iov_len;
@@ -75,12 +77,14 @@ bio_udp_send_account(BioUdp *u, BioBatch *b, Py_ssize_t done)
     BIO_COUNT(u->counters, BIO_UDP_C_TX_GSO_DATAGRAMS, gso_dgrams);
 }
 
-/* Flag every entry of message m as failed with err (> 0). */
+/* Flag every entry of message m as failed with err (> 0), in the batch
+ * for the caller and in the private scratch for the counters. */
 static void
 bio_udp_send_mark_failed(BioUdp *u, BioBatch *b, Py_ssize_t m, int err)
 {
     struct msghdr *h = &b->msgs[m].msg_hdr;
     Py_ssize_t j = b->msg_entry[m];
+    b->priv[j].err = err;
     for (size_t r = 0; r < h->msg_iovlen; r++) {
         b->flags[j + r] |= BIO_FLAG_SEND_ERROR;
         b->errnos[j + r] = err;

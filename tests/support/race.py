@@ -90,3 +90,25 @@ def drain(sock, into: list[bytes], recv: Callable[[object], bytes] | None = None
             into.append(sock.recv(65536) if recv is None else recv(sock))
         except BlockingIOError:
             return
+
+
+class FlagsRacer(threading.Thread):
+    """Writes every entry's ``flags`` over and over, all set (FLAG_SEND_ERROR
+    and the rest) then all clear, while another thread's send runs: what a
+    send counts must not depend on what it finds there. Stop with ``stop()``."""
+
+    def __init__(self, batch: burstio.PacketBatch, count: int):
+        super().__init__(daemon=True)
+        self.flags = np.asarray(batch.flags)[:count]
+        self.flips = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.flags[:] = 0xFFFFFFFF
+            self.flags[:] = 0
+            self.flips += 1
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
