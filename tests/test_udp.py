@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -1305,6 +1306,51 @@ class BackendContract:
             racer.stop()
         assert racer.flips > 0
         assert set(seen) == {(count - count // 8, count // 8)}, seen
+
+    def test_concurrent_sends_each_report_their_own_outcome(self):
+        """Two threads send on one BurstSocket at once: one a batch whose
+        last entry the kernel refuses (IPv6 on an IPv4 socket), the other a
+        batch that all goes. Each call reports its own outcome: the first
+        always raises SendError naming its entry, the second never raises and
+        sends everything (no call reads what the other's stop left behind)."""
+        rx = self.plain()
+        tx = self.make_socket()
+        good = self.batch_of([(b"g%03d" % k, rx.getsockname()) for k in range(256)])
+        bad = self.batch_of([(b"b%03d" % k, rx.getsockname()) for k in range(8)] + [(b"bad", ("::1", 9, 0, 0))])
+        stop = threading.Event()
+        problems: list = []
+
+        def other() -> None:
+            while not stop.is_set():
+                try:
+                    n = tx.send_batch(good)
+                except OSError as e:
+                    problems.append(("good batch raised", e))
+                    return
+                if n != len(good):
+                    problems.append(("good batch sent", n))
+                    return
+        t = Helper(other)
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # the threads take turns often: the old race shows quickly
+        try:
+            t.start()
+            for _attempt in range(300):
+                try:
+                    n = tx.send_batch(bad)
+                except SendError as e:
+                    if (e.errno, e.index, e.sent) != (errno.EAFNOSUPPORT, 8, 8):
+                        problems.append(("bad batch raised", e.errno, e.index, e.sent))
+                else:
+                    problems.append(("bad batch returned", n))
+                if problems:
+                    break
+        finally:
+            stop.set()
+            t.join(10)
+            sys.setswitchinterval(old)
+        assert not t.is_alive() and t.error is None
+        assert not problems, problems
 
 
 # ---- one class per backend variant ------------------------------------------------

@@ -190,8 +190,11 @@ static PyMethodDef bio_udp_methods[] = {
      "(see BurstSocket)."},
     {"send_raw", (PyCFunction)(void (*)(void))bio_udp_send_raw,
      METH_FASTCALL | METH_KEYWORDS,
-     "send_raw($self, /, batch, start=0, count=None, *, on_error='raise')\n--\n\n"
-     "send_batch without the recover policy: stops early with last_errno set."},
+     "send_raw($self, /, batch, start=0, count=None, *, on_error='raise', gso=True)\n--\n\n"
+     "send_batch without the recover policy (gso=False: without GSO for this\n"
+     "call). Returns (processed, errno, index, gso): the entries processed and,\n"
+     "if the send stopped early, its errno, the failing entry and whether it\n"
+     "was in a GSO send (errno 0: nothing stopped it)."},
     {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
      METH_VARARGS | METH_KEYWORDS, bio_udp_send_segments_doc},
     {"close", (PyCFunction)bio_udp_close, METH_NOARGS, bio_udp_close_doc},
@@ -229,14 +232,9 @@ static PyMemberDef bio_udp_members[] = {
      "after this many one-datagram receives in a row, ask for one message at a "
      "time, probing with the full window every as many calls (0: never)"},
     {"recover", T_OBJECT, offsetof(BioUdp, recover), 0,
-     "recover(batch, start, done, end, skip) -> int: called when send_batch "
-     "stops early (error or GSO refusal); its result is returned"},
-    {"last_errno", T_INT, offsetof(BioUdp, last_errno), READONLY,
-     "errno that stopped the last send early, 0 if none"},
-    {"last_error_index", T_PYSSIZET, offsetof(BioUdp, last_error_index), READONLY,
-     "entry (send) or segment (send_segments) that failed"},
-    {"last_error_gso", T_INT, offsetof(BioUdp, last_error_gso), READONLY,
-     "1 if the failed message was a GSO send"},
+     "recover(batch, start, done, end, skip, errno, index, gso) -> int: called "
+     "when send_batch stops early (error or GSO refusal) with what stopped that "
+     "call; its result is returned"},
     {NULL, 0, 0, 0, NULL},
 };
 

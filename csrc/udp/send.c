@@ -106,11 +106,16 @@ bio_udp_send_must_stop(const BioBatch *b, Py_ssize_t m, int err, int skip)
     return !skip;
 }
 
+/* One send call: its range and, when it stops early, where and why. Each
+ * call keeps its own (two threads may send on one socket at once). */
 typedef struct {
     BioUdp *u;
     BioBatch *b;
     Py_ssize_t start, end, m, done;
     int skip;
+    int err;              /* errno that stopped it early (0: it did not) */
+    Py_ssize_t err_index; /* entry of the message that failed (-1: none) */
+    int err_gso;          /* that message was a GSO send */
 } BioUdpSend;
 
 /* Send the messages built (b->msgs[0, m)), flagging and skipping failures
@@ -145,75 +150,84 @@ bio_udp_send_on_error(PyObject *on_error)
 
 /* Run the send of c's range; returns the -errno that stopped it (0: all
  * went; -EINTR: a signal handler raised, exception set). Records where a
- * stop happened in u->last_*. */
+ * stop happened in c (err, err_index, err_gso). */
 static int
 bio_udp_send_range_run(BioUdpSend *c)
 {
     BioUdp *u = c->u;
-    u->last_errno = 0;
-    u->last_error_index = -1;
-    u->last_error_gso = 0;
+    c->err = 0;
+    c->err_index = -1;
+    c->err_gso = 0;
     c->b->busy = 1;
     int err = bio_nogil_retry(bio_udp_send_run_nogil, c);
     c->b->busy = 0;
     bio_udp_send_account(u, c->b, c->done);
     if (err < 0) {
-        Py_ssize_t at = c->done < c->m ? c->b->msg_entry[c->done] : c->end;
-        u->last_errno = -err;
-        u->last_error_index = at;
-        u->last_error_gso = c->done < c->m && c->b->msgs[c->done].msg_hdr.msg_iovlen > 1;
+        c->err = -err;
+        c->err_index = c->done < c->m ? c->b->msg_entry[c->done] : c->end;
+        c->err_gso = c->done < c->m && c->b->msgs[c->done].msg_hdr.msg_iovlen > 1;
     }
     return err;
 }
 
-/* send_batch / send_raw: returns the entries processed from start (sent,
- * or flagged failed when skipping); a send that stops early goes to the
- * u->recover policy when `use_policy`. */
+/* send_batch / send_raw. send_batch returns the entries processed from
+ * start (sent, or flagged failed when skipping), or, when the send stops
+ * early and u->recover is set, what recover(batch, start, done, end, skip,
+ * errno, index, gso) returns: the stop as this call saw it. send_raw
+ * (`raw`) returns (processed, errno, index, gso), errno 0 when nothing
+ * stopped it, and takes gso=False to send this call without GSO. */
 static PyObject *
 bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames, const char *fname, int use_policy)
+                    PyObject *kwnames, const char *fname, int raw)
 {
-    static const char *const names[] = {"batch", "start", "count", "on_error", NULL};
-    PyObject *a[4];
+    static const char *const names[] = {"batch", "start", "count", "on_error", "gso", NULL};
+    PyObject *a[5];
     BioUdpSend c = {.u = u};
+    int gso = 1;
     if (bio_args_parse(fname, args, nargs, kwnames, names, 3, 1, a) < 0 ||
-        bio_batch_arg(fname, a[0]) < 0 || (c.skip = bio_udp_send_on_error(a[3])) < 0)
+        bio_batch_arg(fname, a[0]) < 0 || (c.skip = bio_udp_send_on_error(a[3])) < 0 ||
+        (a[4] != NULL && (!raw || (gso = PyObject_IsTrue(a[4])) < 0))) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument 'gso'", fname);
         return NULL;
+    }
     c.b = (BioBatch *)a[0];
     if (bio_batch_check_idle(c.b) < 0 ||
         bio_batch_send_range(c.b, a[1], a[2], &c.start, &c.end) < 0)
         return NULL;
-    BioBatchSendOpts o = {u->gso, u->gso_max_segments, 0};
+    BioBatchSendOpts o = {u->gso && gso, u->gso_max_segments, 0};
     if ((c.m = bio_batch_send_build(&o, c.b, c.start, c.end)) < 0)
         return NULL;
     if (bio_udp_enter(u) < 0)
         return NULL;
-    if (use_policy)
+    if (!raw)
         BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_udp_send_range_run(&c);
     bio_udp_leave(u);
-    Py_ssize_t processed = u->last_error_index >= 0 ? u->last_error_index - c.start
-                                                    : c.end - c.start;
+    Py_ssize_t processed = c.err_index >= 0 ? c.err_index - c.start : c.end - c.start;
     if (err == -EINTR) {
         bio_exc_note_sent(processed);
         return NULL;
     }
-    if (err == 0 || !use_policy || u->recover == NULL || u->recover == Py_None)
+    if (raw)
+        return Py_BuildValue("(nini)", processed, c.err, c.err_index, c.err_gso);
+    if (err == 0 || u->recover == NULL || u->recover == Py_None)
         return PyLong_FromSsize_t(processed);
-    return PyObject_CallFunction(u->recover, "Onnni", (PyObject *)c.b, c.start,
-                                 c.start + processed, c.end, c.skip);
+    return PyObject_CallFunction(u->recover, "Onnninni", (PyObject *)c.b, c.start,
+                                 c.start + processed, c.end, c.skip, c.err, c.err_index,
+                                 c.err_gso);
 }
 
 PyObject *
 bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return bio_udp_send_common(u, args, nargs, kwnames, "send_batch", 1);
+    return bio_udp_send_common(u, args, nargs, kwnames, "send_batch", 0);
 }
 
 PyObject *
 bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return bio_udp_send_common(u, args, nargs, kwnames, "send_raw", 0);
+    return bio_udp_send_common(u, args, nargs, kwnames, "send_raw", 1);
 }
 
 /* ---- send_segments: one buffer cut into equal datagrams --------------- */
@@ -225,6 +239,7 @@ typedef struct {
     const unsigned char *buf;
     size_t len, seg, per_msg, sent;
     struct sockaddr_in6 name;
+    int gso;          /* this call may use GSO (the socket's setting and the caller's) */
     int stopped_gso;
     struct mmsghdr msgs[BIO_UDP_SEGMENT_MSGS];
     struct iovec iov[BIO_UDP_SEGMENT_MSGS];
@@ -301,16 +316,18 @@ bio_udp_segments_run_nogil(void *arg)
 }
 
 const char bio_udp_send_segments_doc[] =
-"send_segments($self, /, buffer, segment_size, addr=None, first=0)\n--\n\n"
+"send_segments($self, /, buffer, segment_size, addr=None, first=0, gso=True)\n--\n\n"
 "Send buffer cut into datagrams of segment_size bytes (the last may be\n"
-"shorter), from datagram `first` on, with UDP GSO when on. Returns the\n"
-"datagrams sent; on an error, last_errno/last_error_index say where.";
+"shorter), from datagram `first` on, with UDP GSO when on (gso=False: not\n"
+"for this call). Returns (sent, errno, gso): the datagrams sent and, if a\n"
+"send stopped it early, its errno and whether it was a GSO send (errno 0:\n"
+"all went).";
 
 /* Check send_segments()'s segment size and destination and set c up to
  * send pb from datagram `first` on. 0, or -1 with an error set. */
 static int
 bio_udp_segments_setup(BioUdp *u, BioUdpSegments *c, const Py_buffer *pb, PyObject *seg_obj,
-                       PyObject *addr, Py_ssize_t first)
+                       PyObject *addr, Py_ssize_t first, int gso)
 {
     long long seg;
     if (bio_args_int("segment_size", seg_obj, 1, BIO_MAX_UDP_PAYLOAD, &seg) < 0 ||
@@ -322,51 +339,46 @@ bio_udp_segments_setup(BioUdp *u, BioUdpSegments *c, const Py_buffer *pb, PyObje
     c->seg = (size_t)seg;
     c->per_msg = 1;
     c->sent = first < 0 ? 0 : (size_t)first;
-    if (u->gso) {
+    c->gso = u->gso && gso;
+    if (c->gso) {
         size_t fit = BIO_MAX_UDP_PAYLOAD / c->seg;
         c->per_msg = fit > (size_t)u->gso_max_segments ? (size_t)u->gso_max_segments : fit;
     }
     return 0;
 }
 
-/* Run the send c is set up for; the datagrams sent, or NULL with an error
- * (a signal handler's, its `sent` set). Records where a stop happened. */
+/* Run the send c is set up for: (sent, errno, gso) as send_segments
+ * returns it, or NULL with an error (a signal handler's, its `sent` set). */
 static PyObject *
 bio_udp_segments_run(BioUdp *u, BioUdpSegments *c)
 {
     size_t before = c->sent;
-    u->last_errno = 0;
-    u->last_error_index = -1;
-    u->last_error_gso = 0;
     BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_nogil_retry(bio_udp_segments_run_nogil, c);
     if (err == -EINTR) {
         bio_exc_note_sent((Py_ssize_t)(c->sent - before));
         return NULL;
     }
-    if (err < 0) {
-        u->last_errno = -err;
-        u->last_error_index = (Py_ssize_t)c->sent;
-        u->last_error_gso = c->stopped_gso;
-    }
-    return PyLong_FromSize_t(c->sent - before);
+    return Py_BuildValue("(nii)", (Py_ssize_t)(c->sent - before), err < 0 ? -err : 0,
+                         err < 0 ? c->stopped_gso : 0);
 }
 
 PyObject *
 bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "segment_size", "addr", "first", NULL};
+    static char *kwlist[] = {"buffer", "segment_size", "addr", "first", "gso", NULL};
     Py_buffer pb;
     Py_ssize_t first = 0;
+    int gso = 1;
     PyObject *buffer, *seg_obj, *addr = Py_None, *ret = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|On:send_segments", kwlist, &buffer,
-                                     &seg_obj, &addr, &first) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Onp:send_segments", kwlist, &buffer,
+                                     &seg_obj, &addr, &first, &gso) ||
         bio_args_int_type("segment_size", seg_obj, 0) < 0 || bio_args_contiguous(buffer, &pb) < 0)
         return NULL;
     BioUdpSegments *c = PyMem_Calloc(1, sizeof(*c));
     if (c == NULL)
         PyErr_NoMemory();
-    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first) == 0 &&
+    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first, gso) == 0 &&
              bio_udp_enter(u) == 0) {
         ret = bio_udp_segments_run(u, c);
         bio_udp_leave(u);

@@ -49,9 +49,6 @@ typedef struct {
                            * polls once per try with SO_BUSY_POLL) */
     int wait_first;       /* busy polling in wait_fd and the last waiting
                            * receive found the socket empty: wait first */
-    int last_errno;       /* why the last send stopped early (0: it did not) */
-    Py_ssize_t last_error_index; /* entry (or segment) that failed */
-    int last_error_gso;   /* the failing message was a GSO send */
     uint64_t counters[BIO_UDP_NCOUNTERS];
     PyObject *recover;    /* policy called when a send stops early, or NULL */
 } BioUdp;

@@ -86,9 +86,6 @@ class PortableIo:
         self.spin_us = 0  # retry the receive this long before sleeping (busy poll)
         self._wait_fd = -1
         self._waiter: select.epoll | None = None
-        self.last_errno = 0
-        self.last_error_index = -1
-        self.last_error_gso = 0
         self._pending = 0
         self._c = dict.fromkeys(_COUNTERS, 0)
 
@@ -288,13 +285,13 @@ class PortableIo:
         return seg, ts
 
     # ---- send ----------------------------------------------------------
-    def _runs(self, batch: PacketBatch, start: int, end: int) -> Iterator[tuple[int, int]]:
+    def _runs(self, batch: PacketBatch, start: int, end: int, gso: bool) -> Iterator[tuple[int, int]]:
         """Yield (first entry, run length): what one message carries."""
         lengths = batch.lengths
         j = start
         while j < end:
             run, seg = 1, lengths[j]
-            if self.gso and seg:
+            if gso and seg:
                 total = seg
                 while j + run < end and run < self.gso_max_segments:
                     n = lengths[j + run]
@@ -334,18 +331,19 @@ class PortableIo:
         """Send entries [start, start+count); when the send stops early and a
         recover policy is set, return what it returns."""
         self._c["tx_batches"] += 1
-        sent, stop, end, skip = self._send_checked("send_batch", batch, start, count, on_error)
-        if self.last_errno and self.recover is not None:
-            return self.recover(batch, start, stop, end, skip)
-        return sent
+        (processed, err, index, gso), end = self._send_checked("send_batch", batch, start, count, on_error, True)
+        if err and self.recover is not None:
+            return self.recover(batch, start, start + processed, end, int(on_error == "skip"), err, index, gso)
+        return processed
 
     def send_raw(self, batch: PacketBatch, start: int = 0, count: int | None = None, *,
-                 on_error: OnError = "raise") -> int:
-        """send_batch without the recover policy."""
-        return self._send_checked("send_raw", batch, start, count, on_error)[0]
+                 on_error: OnError = "raise", gso: bool = True) -> tuple[int, int, int, int]:
+        """send_batch without the recover policy: (processed, errno, index, gso)."""
+        return self._send_checked("send_raw", batch, start, count, on_error, gso)[0]
 
     def _send_checked(self, fname: str, batch: PacketBatch, start: int, count: int | None,
-                      on_error: OnError) -> tuple[int, int, int, bool]:
+                      on_error: OnError, gso: bool) -> tuple[tuple[int, int, int, int], int]:
+        """Check the arguments and send; (processed, errno, index, gso) and the range's end."""
         if not isinstance(batch, _native.PacketBatch):
             raise TypeError(f"{fname}() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
         if on_error not in ("raise", "skip"):
@@ -355,29 +353,26 @@ class PortableIo:
         if self.fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor")
         batch._check_entries(start, end)
-        self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
         for j in range(start, end):
             batch._mark_error(j, 0)
         batch._set_busy(True)
         self._enter()
         try:
-            sent = self._send_runs(batch, start, end, skip)
+            return self._send_runs(batch, start, end, skip, bool(self.gso and gso)), end
         finally:
             self._leave()
             batch._set_busy(False)
-        return sent, start + sent, end, skip
 
-    def _send_runs(self, batch: PacketBatch, start: int, end: int, skip_errors: bool) -> int:
-        for j, run in self._runs(batch, start, end):
+    def _send_runs(self, batch: PacketBatch, start: int, end: int, skip_errors: bool,
+                   gso: bool) -> tuple[int, int, int, int]:
+        for j, run in self._runs(batch, start, end, gso):
             views = [batch[j + r] for r in range(run)]
             try:
                 self._send_msg(views, len(views[0]), batch.addr(j))
             except OSError as e:
-                gso = run > 1
                 err = cast(int, e.errno)  # a failed syscall's OSError has an errno
-                if err in _AGAIN or (gso and err in (errno.EIO, errno.EINVAL)) or not skip_errors:
-                    self.last_errno, self.last_error_index, self.last_error_gso = err, j, int(gso)
-                    return j - start
+                if err in _AGAIN or (run > 1 and err in (errno.EIO, errno.EINVAL)) or not skip_errors:
+                    return j - start, err, j, int(run > 1)
                 for r in range(run):
                     batch._mark_error(j + r, err)
                 self._c["tx_errors"] += run
@@ -387,10 +382,10 @@ class PortableIo:
             if run > 1:
                 self._c["tx_gso_messages"] += 1
                 self._c["tx_gso_datagrams"] += run
-        return end - start
+        return end - start, 0, -1, 0
 
     def send_segments(self, buffer: ReadableBuffer, segment_size: int, addr: Address | None = None,
-                      first: int = 0) -> int:
+                      first: int = 0, gso: bool = True) -> tuple[int, int, int]:
         if not 1 <= segment_size <= MAX_UDP_PAYLOAD:
             raise ValueError(f"segment_size must be between 1 and {MAX_UDP_PAYLOAD}, got {segment_size}")
         try:
@@ -405,16 +400,16 @@ class PortableIo:
             scratch.append(b"", addr)
         if self.fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor")
-        self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
         self._enter()
         try:
-            return self._send_segments(view, segment_size, addr, first)
+            return self._send_segments(view, segment_size, addr, first, bool(self.gso and gso))
         finally:
             self._leave()
 
-    def _send_segments(self, view: memoryview, segment_size: int, addr: Address | None, first: int) -> int:
+    def _send_segments(self, view: memoryview, segment_size: int, addr: Address | None, first: int,
+                       gso: bool) -> tuple[int, int, int]:
         per_msg = 1
-        if self.gso:
+        if gso:
             per_msg = max(1, min(self.gso_max_segments, MAX_UDP_PAYLOAD // segment_size))
         sent = first
         self._c["tx_batches"] += 1
@@ -428,15 +423,14 @@ class PortableIo:
                     self._send_gso(chunk, segment_size, addr)
             except OSError as e:
                 err = cast(int, e.errno)  # a failed syscall's OSError has an errno
-                self.last_errno, self.last_error_index, self.last_error_gso = err, sent, int(n > 1)
-                break
+                return sent - first, err, int(n > 1)
             self._c["tx_datagrams"] += n
             self._c["tx_bytes"] += len(chunk)
             if n > 1:
                 self._c["tx_gso_messages"] += 1
                 self._c["tx_gso_datagrams"] += n
             sent += n
-        return sent - first
+        return sent - first, 0, 0
 
     def _send_gso(self, chunk: memoryview, seg: int, addr: Address | None) -> None:
         anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))]

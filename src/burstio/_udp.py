@@ -174,36 +174,35 @@ class BurstSocket:
         return self._io.send_batch(batch, start, count, on_error=on_error)
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
-                      skip: int) -> int:
-        """The send stopped at entry ``done``: sort out a GSO refusal, or report."""
-        io = self._io
+                      skip: int, err: int, index: int, gso: int) -> int:
+        """The send stopped at entry ``done`` with ``err`` (entry ``index``;
+        ``gso``: in a GSO send): sort out a GSO refusal, or report. What it
+        reads is this call's own: another thread sending on the socket meanwhile
+        has its own results."""
         while True:
-            err = io.last_errno
             if not err:
                 return done - start
-            if not (io.last_error_gso and err in _GSO_REFUSALS):
-                return self._send_stopped(batch, err, start, done)
+            if not (gso and err in _GSO_REFUSALS):
+                return self._send_stopped(batch, err, start, done, index)
             # EIO/EINVAL on a GSO send: GSO refused here, or a bad datagram?
-            # Send the run's first datagram alone to tell which.
-            io.gso = 0
-            if self._send(batch, done, 1) == 1:
+            # Send the run's first datagram alone, without GSO, to tell which.
+            n, err1, index1, _gso = self._send(batch, done, 1, gso=False)
+            if n == 1:
                 self._gso_refused(err)  # GSO stays off for this socket
                 done += 1
-                done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+                n, err, index, gso = self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+                done += n
                 continue
-            err = io.last_errno
+            err, index = err1, index1
             if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
-                io.gso = 1
-                return self._send_stopped(batch, err, start, done)
+                return self._send_stopped(batch, err, start, done, index)
             # a bad datagram, and more may follow: flag them all in one walk
-            # without GSO for the rest of this call, then GSO again
+            # without GSO for the rest of this call
             batch._mark_error(done, err)
-            io.count("tx_errors", 1)
+            self._io.count("tx_errors", 1)
             done += 1
-            try:
-                done += self._send(batch, done, end - done, on_error="skip")
-            finally:
-                io.gso = 1
+            n, err, index, gso = self._send(batch, done, end - done, on_error="skip", gso=False)
+            done += n
 
     def send_segments(self, buffer: ReadableBuffer, segment_size: int, addr: Address | None = None) -> int:
         """Send ``buffer`` cut into datagrams of ``segment_size`` bytes (the
@@ -216,20 +215,19 @@ class BurstSocket:
         io = self._io
         sent = 0
         while True:
-            sent += io.send_segments(buffer, segment_size, addr, sent)
-            err = io.last_errno
+            n, err, gso = io.send_segments(buffer, segment_size, addr, sent)
+            sent += n
             if not err:
                 return sent
-            if io.last_error_gso and err in _GSO_REFUSALS:
+            if gso and err in _GSO_REFUSALS:
                 # GSO refused, or a destination the kernel refuses anyway?
-                io.gso = 0
                 one = memoryview(buffer).cast("B")[sent * segment_size:(sent + 1) * segment_size]
-                if io.send_segments(one, segment_size, addr) == 1:
+                n, err1, _gso = io.send_segments(one, segment_size, addr, 0, False)
+                if n == 1:
                     self._gso_refused(err)
                     sent += 1
                     continue
-                io.gso = 1
-                err = io.last_errno
+                err = err1
             if err in (errno.EAGAIN, errno.EWOULDBLOCK):
                 if sent:
                     return sent
@@ -246,12 +244,11 @@ class BurstSocket:
             log.warning("UDP GSO refused on fd %d (%s); sending without it from now on",
                         self.fileno(), errno.errorcode.get(err, err))
 
-    def _send_stopped(self, batch: _native.PacketBatch, err: int, start: int, done: int) -> int:
+    def _send_stopped(self, batch: _native.PacketBatch, err: int, start: int, done: int, index: int) -> int:
         if err in (errno.EAGAIN, errno.EWOULDBLOCK):
             if done > start:
                 return done - start
             raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
-        index = self._io.last_error_index
         raise SendError(err, index, done - start, self._describe_failure(batch, err, index))
 
     def _describe_failure(self, batch: _native.PacketBatch, err: int, index: int) -> str:
@@ -474,11 +471,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _recover_hook(ref: weakref.ref[BurstSocket]) -> RecoverPolicy:
     """The send policy as the backend calls it, holding the BurstSocket only
     weakly (the socket owns the backend: no reference cycle)."""
-    def recover(batch: _native.PacketBatch, start: int, done: int, end: int, skip: int) -> int:
+    def recover(batch: _native.PacketBatch, start: int, done: int, end: int, skip: int, err: int,
+                index: int, gso: int) -> int:
         sock = ref()
         if sock is None:
             raise OSError(errno.EBADF, "Bad file descriptor (the BurstSocket is gone)")
-        return sock._send_recover(batch, start, done, end, skip)
+        return sock._send_recover(batch, start, done, end, skip, err, index, gso)
     return recover
 
 
