@@ -20,15 +20,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import errno
 import logging
-import os
 import platform
-import shutil
 import socket
-import subprocess
-import threading
 
 import pytest
 
@@ -36,9 +31,9 @@ import burstio
 import burstio.aio
 from burstio import PacketBatch
 from burstio.aio._transport import TX_SLOT, BurstDatagramTransport
-from support.kernel import CLONE_NEWNET, require_kernel
+from support.kernel import require_kernel
 from support.loops import new_loop
-from support.net import HOSTS, V4, closed_port
+from support.net import HOSTS, V4, closed_port, slow_namespace, socket_in
 from support.variants import AIO, Variant, variant_env
 
 TIMEOUT = 10.0  # bounds a hung scenario; never a measurement
@@ -679,65 +674,13 @@ class DatagramContract:
 # ---- flow control against a real full socket: a netns whose lo is rate-limited ------------
 
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ip netns, tc)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: iproute2)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def slow_netns():
     """A network namespace whose loopback drains through tbf at 2 Mbit/s: a
     sender with a small SO_SNDBUF there gets EAGAIN (asyncio buffers, pauses
     the protocol), and the queue drains by itself."""
-    why = _netns_unavailable()
-    if why:
-        pytest.skip(f"flow control needs a rate-limited netns: {why}")
-    ns = f"burstio-aio-test-{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"ip netns add failed: {r.stderr.strip()}")
-    try:
-        for cmd in (["ip", "-n", ns, "link", "set", "lo", "up"],
-                    ["tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "2mbit",
-                     "burst", "4000", "limit", "1000000"]):
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode:
-                pytest.skip(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+    with slow_namespace("aio-test") as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def socket_in(ns: str, sndbuf: int | None = None) -> socket.socket:
-    """A UDP socket bound to 127.0.0.1 inside ``ns`` (made on a thread that
-    entered the namespace: sockets keep the namespace they were made in)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    out: dict = {}
-
-    def make():
-        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                out["error"] = OSError(ctypes.get_errno(), "setns failed")
-                return
-        finally:
-            os.close(fd)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if sndbuf:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        s.bind((V4, 0))
-        out["sock"] = s
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["sock"]
 
 
 def datagram(i: int) -> bytes:

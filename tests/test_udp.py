@@ -53,6 +53,8 @@ from support.net import (
     payloads,
     recv_all,
     recv_plain,
+    slow_namespace,
+    socket_in,
 )
 from support.proc import Helper, open_fds, rescue, wait_for
 from support.race import SEGMENT, ArrayRacer, FlagsRacer, drain, foreign, payload_buffer
@@ -63,6 +65,14 @@ COUNTER_NAMES = {
     "rx_gro_datagrams", "kernel_drops", "tx_datagrams", "tx_bytes", "tx_batches", "tx_syscalls",
     "tx_gso_messages", "tx_gso_datagrams", "tx_errors", "tx_unreported_errors", "gso_downgrades",
 }
+
+
+@pytest.fixture(scope="module")
+def slow_netns():
+    """A network namespace whose loopback drains through tbf at 2 Mbit/s:
+    a blocking send there with a small SO_SNDBUF waits for room."""
+    with slow_namespace("udp-test") as ns:
+        yield ns
 
 
 def error_pending(sock) -> bool:
@@ -1179,6 +1189,43 @@ class BackendContract:
         assert "closed while waiting" in str(errors[0])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
             again.bind(addr)  # nothing holds the port any more
+
+    @pytest.mark.parametrize("call", ["send_batch", "send_segments"])
+    def test_close_from_another_thread_wakes_a_blocked_send(self, slow_netns, call):
+        """A blocking socket with a full send buffer (SO_SNDBUF 4 KiB, a
+        loopback draining through tbf at 2 Mbit/s) makes a send wait for
+        room. close() in another thread ends that wait at once with
+        OSError(EBADF, "... closed while waiting"), its ``sent`` saying how
+        far the send got."""
+        require_syscall_introspection()
+        rx = socket_in(slow_netns)
+        self.sockets.track(rx)
+        tx = burstio.BurstSocket(socket_in(slow_netns, sndbuf=4096), **self.variant.kwargs)
+        assert tx.sock.getblocking()
+        total = 1000  # about 1 MB: 4 s at 2 Mbit/s, far more than SO_SNDBUF holds
+        if call == "send_batch":  # sizes alternate: no GSO run (one skb, taken whole past SO_SNDBUF)
+            batch = self.batch_of([(bytes(1000 + k % 2), rx.getsockname()) for k in range(total)])
+        errors: list[OSError] = []
+        tid: list[int] = []
+
+        def sender() -> None:
+            tid.append(threading.get_native_id())
+            try:
+                if call == "send_batch":
+                    tx.send_batch(batch)
+                else:
+                    tx.send_segments(bytes(1000 * total), 1000, rx.getsockname())
+            except OSError as e:
+                errors.append(e)
+        t = Helper(sender)
+        t.start()
+        assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
+        tx.close()
+        t.join(30)
+        assert not t.is_alive() and t.error is None
+        assert len(errors) == 1 and errors[0].errno == errno.EBADF, errors
+        assert "closed while waiting" in str(errors[0])
+        assert 0 < errors[0].sent < total  # type: ignore[attr-defined]
 
     def test_closing_the_wrapped_socket_leaves_batch_io_on_its_own_descriptor(self):
         """The BurstSocket works on its own dup: after the caller closes

@@ -14,10 +14,46 @@
 #include "udp/udp.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 
+/* The socket is full (EAGAIN on a send made with MSG_DONTWAIT). A
+ * non-blocking socket reports it (-EAGAIN); a blocking one waits, as the
+ * kernel would inside sendmmsg, but in poll() on the socket for POLLOUT and
+ * on the wake eventfd, so that close() from another thread ends the wait
+ * (-BIO_ECLOSED). Like the kernel's, each wait lasts at most the socket's
+ * SO_SNDTIMEO (*timeo_ns: read at the call's first wait; -2 not read yet,
+ * 0 none), then -EAGAIN. 0: try again. nogil. */
+static int
+bio_udp_send_wait_nogil(BioUdp *u, int64_t *timeo_ns)
+{
+    int fl = fcntl(u->fd, F_GETFL);
+    if (fl < 0)
+        return -errno;
+    if (fl & O_NONBLOCK)
+        return -EAGAIN;
+    if (*timeo_ns == -2) {
+        struct timeval tv = {0, 0};
+        socklen_t tl = sizeof(tv);
+        *timeo_ns = 0;
+        if (getsockopt(u->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0 && tv.tv_sec >= 0)
+            *timeo_ns = (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
+    }
+    BIO_COUNT(u->counters, BIO_UDP_C_TX_SYSCALLS, 1);
+    int64_t deadline = *timeo_ns > 0 ? bio_now_ns() + *timeo_ns : -1;
+    int p = bio_wake_poll_nogil(&u->wake, u->fd, POLLOUT, deadline);
+    if (p == 0)
+        return -EAGAIN; /* SO_SNDTIMEO passed */
+    return p < 0 ? p : 0;
+}
+
 /* Send msgs[*done, m), advancing *done. Returns 0 when all went, else the
- * -errno of message *done. nogil.
+ * -errno of message *done (-BIO_ECLOSED: close() ended a wait for room).
+ * nogil.
+ *
+ * Every send is made with MSG_DONTWAIT: a full blocking socket waits in
+ * bio_udp_send_wait_nogil, where close() can wake it, never in the kernel.
  *
  * sendmmsg returns a short count when a message after the first fails, and
  * discards that error. A retry reproduces a lasting error. If the retry of
@@ -30,18 +66,22 @@ static int
 bio_udp_send_msgs_nogil(BioUdp *u, struct mmsghdr *msgs, Py_ssize_t m, Py_ssize_t *done)
 {
     int short_return = 0;
+    int64_t timeo_ns = -2;
     while (*done < m) {
         BIO_COUNT(u->counters, BIO_UDP_C_TX_SYSCALLS, 1);
-        if (!u->send_mmsg) {
-            if (sendmsg(u->fd, &msgs[*done].msg_hdr, 0) < 0)
-                return -errno;
-            (*done)++;
+        Py_ssize_t want = !u->send_mmsg ? 1 : (m - *done > BIO_MMSG_MAX ? BIO_MMSG_MAX : m - *done);
+        int r;
+        if (!u->send_mmsg)
+            r = sendmsg(u->fd, &msgs[*done].msg_hdr, MSG_DONTWAIT) < 0 ? -1 : 1;
+        else
+            r = sendmmsg(u->fd, msgs + *done, (unsigned int)want, MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int w = bio_udp_send_wait_nogil(u, &timeo_ns);
+            if (w < 0)
+                return w;
+            short_return = 0;
             continue;
         }
-        Py_ssize_t want = m - *done;
-        if (want > BIO_MMSG_MAX)
-            want = BIO_MMSG_MAX;
-        int r = sendmmsg(u->fd, msgs + *done, (unsigned int)want, 0);
         if (r < 0)
             return -errno;
         if (short_return && msgs[*done].msg_hdr.msg_name == NULL)
@@ -205,7 +245,9 @@ bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
     int err = bio_udp_send_range_run(&c);
     bio_udp_leave(u);
     Py_ssize_t processed = c.err_index >= 0 ? c.err_index - c.start : c.end - c.start;
-    if (err == -EINTR) {
+    if (err == -BIO_ECLOSED && bio_wake_closing(&u->wake))
+        bio_udp_raise_closed();
+    if (err == -EINTR || (err == -BIO_ECLOSED && PyErr_Occurred())) {
         bio_exc_note_sent(processed);
         return NULL;
     }
@@ -355,7 +397,9 @@ bio_udp_segments_run(BioUdp *u, BioUdpSegments *c)
     size_t before = c->sent;
     BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_nogil_retry(bio_udp_segments_run_nogil, c);
-    if (err == -EINTR) {
+    if (err == -BIO_ECLOSED && bio_wake_closing(&u->wake))
+        bio_udp_raise_closed();
+    if (err == -EINTR || (err == -BIO_ECLOSED && PyErr_Occurred())) {
         bio_exc_note_sent((Py_ssize_t)(c->sent - before));
         return NULL;
     }

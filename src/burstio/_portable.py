@@ -7,6 +7,7 @@ backends must behave exactly like this independent implementation.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
@@ -29,6 +30,12 @@ _COUNTERS = tuple(_native.UdpIo(-1).counters())
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 #: what socket.recvmsg_into returns: (nbytes, ancillary data, msg_flags, address)
 _Message: TypeAlias = tuple[int, list[tuple[int, int, bytes]], int, Any]
+
+
+class _ClosedWhileWaitingError(OSError):
+    """close() ended a send's wait for room (its ``sent``: how far it got)."""
+
+    sent = 0
 
 
 def _timeout_ns(timeout: object) -> int:
@@ -151,7 +158,8 @@ class PortableIo:
         if self._closing:
             return
         self._closing = True
-        os.eventfd_write(self._wake, 1)
+        if os.getpid() == self._pid:  # (a child that never used it holds the parent's eventfd)
+            os.eventfd_write(self._wake, 1)
         if self._users == 0:
             self._release()
 
@@ -319,12 +327,34 @@ class PortableIo:
 
     def _send_msg(self, buffers: list[memoryview], seg: int, addr: Address | None) -> None:
         anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))] if len(buffers) > 1 else []
-        self._c["tx_syscalls"] += 1
-        addr = self._kernel_addr(addr)
-        if addr is None:
-            self.sock.sendmsg(buffers, anc)
-        else:
-            self.sock.sendmsg(buffers, anc, 0, addr)
+        self._sendmsg(buffers, anc, self._kernel_addr(addr))
+
+    def _sendmsg(self, buffers: list[memoryview], anc: list[tuple[int, int, bytes]], addr: Address | None) -> None:
+        """One sendmsg, never blocking in the kernel: a full blocking socket
+        waits in select() on the socket and the wake eventfd, so that close()
+        ends the wait (_ClosedWhileWaitingError), as the C backends do."""
+        deadline: float | None = None
+        while True:
+            self._c["tx_syscalls"] += 1
+            try:
+                if addr is None:
+                    self.sock.sendmsg(buffers, anc, socket.MSG_DONTWAIT)
+                else:
+                    self.sock.sendmsg(buffers, anc, socket.MSG_DONTWAIT, addr)
+                return
+            except BlockingIOError:
+                if not os.get_blocking(self.fd):
+                    raise
+            if deadline is None:
+                tv = struct.unpack("ll", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
+                deadline = time.monotonic() + tv[0] + tv[1] / 1e6 if tv != (0, 0) else math.inf
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            self._c["tx_syscalls"] += 1
+            select.select([self._wake], [self.fd], [], None if left == math.inf else left)
+            if self._closing:
+                raise _ClosedWhileWaitingError(errno.EBADF, "the BurstSocket was closed while waiting")
 
     def send_batch(self, batch: PacketBatch, start: int = 0, count: int | None = None, *,
                    on_error: OnError = "raise") -> int:
@@ -369,6 +399,9 @@ class PortableIo:
             views = [batch[j + r] for r in range(run)]
             try:
                 self._send_msg(views, len(views[0]), batch.addr(j))
+            except _ClosedWhileWaitingError as e:
+                e.sent = j - start
+                raise
             except OSError as e:
                 err = cast(int, e.errno)  # a failed syscall's OSError has an errno
                 if err in _AGAIN or (run > 1 and err in (errno.EIO, errno.EINVAL)) or not skip_errors:
@@ -421,6 +454,9 @@ class PortableIo:
                     self._send_msg([chunk], segment_size, addr)
                 else:
                     self._send_gso(chunk, segment_size, addr)
+            except _ClosedWhileWaitingError as e:
+                e.sent = sent - first
+                raise
             except OSError as e:
                 err = cast(int, e.errno)  # a failed syscall's OSError has an errno
                 return sent - first, err, int(n > 1)
@@ -434,9 +470,4 @@ class PortableIo:
 
     def _send_gso(self, chunk: memoryview, seg: int, addr: Address | None) -> None:
         anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", seg))]
-        self._c["tx_syscalls"] += 1
-        addr = self._kernel_addr(addr)
-        if addr is None:
-            self.sock.sendmsg([chunk], anc)
-        else:
-            self.sock.sendmsg([chunk], anc, 0, addr)
+        self._sendmsg([chunk], anc, self._kernel_addr(addr))

@@ -418,8 +418,10 @@ class BurstSocket:
 
     def close(self) -> None:
         """Close the BurstSocket's own descriptor and the wrapped socket.
-        A call blocked in recv_batch in another thread wakes at once with
-        ``OSError(EBADF, "the BurstSocket was closed while waiting")``."""
+        A call blocked in another thread, in recv_batch or in a send waiting
+        for room on a blocking socket, wakes at once with ``OSError(EBADF,
+        "the BurstSocket was closed while waiting")`` (a send's ``sent``
+        says how far it got)."""
         self._io.close()  # wakes every waiter; the descriptor goes when the last leaves
         self._stop_busy_poll(closing=True)
         self._sock.close()
