@@ -287,48 +287,120 @@ class SocketSetContract:
             sset.recv_batch(PacketBatch(4), 0)
         sset.close()  # again: nothing to do
 
-    @pytest.mark.parametrize("call", ["recv_batch", "recv_stream"])
-    def test_close_from_another_thread_wakes_a_waiting_call(self, call):
-        """close() in another thread ends a recv_batch(timeout=None) or a
-        recv_stream waiting for its bytes at once, with OSError EBADF; the
-        set's descriptors are closed as the call leaves."""
+    def stream_pair(self) -> tuple[socket.socket, socket.socket]:
+        """(our end, the peer's end) of a TCP connection on loopback."""
+        srv = socket.create_server((V4, 0))
+        self.socks.append(srv)
+        cli = socket.create_connection(srv.getsockname())
+        self.socks.append(cli)
+        conn, _ = srv.accept()
+        self.socks.append(conn)
+        return conn, cli
+
+    def wait_and_close(self, sset: SocketSet, call, rescue_call) -> list[BaseException]:
+        """Run ``call()`` (a wait) in this thread while another thread closes
+        the set once this one sleeps in the kernel. Returns what the call
+        raised. Fails unless close() itself ended the wait: if it has not
+        within 10 s, the closer rescues the call (``rescue_call()``, which
+        makes data arrive) and says so."""
         require_syscall_introspection()
-        sset = self.socket_set()
-        rx = udp(self.socks)
-        if call == "recv_stream":
-            srv = socket.create_server((V4, 0))
-            self.socks.append(srv)
-            cli = socket.create_connection(srv.getsockname())
-            self.socks.append(cli)
-            conn, _ = srv.accept()
-            self.socks.append(conn)
-            idx = sset.add(conn, stream=True)
-        else:
-            sset.add(rx)
-        errors: list[OSError] = []
-        ready = threading.Event()
+        woken = threading.Event()
+        late: list[str] = []
 
         def closer() -> None:
-            ready.wait(10)
-            assert wait_for(lambda: thread_blocked_in_syscall(threading.main_thread().native_id))
-            sset.close()
+            asleep = wait_for(lambda: thread_blocked_in_syscall(threading.main_thread().native_id))
+            sset.close()  # in any case: a call that never slept must still end
+            if not asleep:
+                late.append("the call never slept in the kernel (spinning?)")
+            if not woken.wait(10):
+                late.append("close() did not wake the waiting call: rescued by data")
+                rescue_call()
         t = Helper(closer)
+        errors: list[BaseException] = []
         t.start()
-        with rescue(rx.getsockname()):
-            ready.set()
-            try:
-                if call == "recv_batch":
-                    sset.recv_batch(PacketBatch(4), None)
-                else:
-                    sset.recv_stream(idx, bytearray(8), 8, None)
-            except OSError as e:
-                errors.append(e)
-        t.join(10)
+        try:
+            call()
+        except OSError as e:
+            errors.append(e)
+        finally:
+            woken.set()
+        t.join(30)
         assert not t.is_alive() and t.error is None
+        assert not late, late
+        return errors
+
+    @pytest.mark.parametrize("call", ["recv_batch", "recv_batch-min4", "recv_stream"])
+    def test_close_from_another_thread_wakes_a_waiting_call(self, call):
+        """close() in another thread ends a recv_batch(timeout=None), one
+        waiting for min_datagrams=4, or a recv_stream waiting for its bytes,
+        at once (in every set-up: the kernel counting completions for a
+        watermark too), with OSError EBADF; the set's descriptors are closed
+        as the call leaves."""
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        tx = udp(self.socks)
+        if call == "recv_stream":
+            conn, cli = self.stream_pair()
+            idx = sset.add(conn, stream=True)
+            wait, rescue_call = (lambda: sset.recv_stream(idx, bytearray(8), 8, None),
+                                 lambda: cli.sendall(bytes(8)))
+        else:
+            sset.add(rx)
+            sset.recv_batch(PacketBatch(8), 0)  # armed
+            want = 4 if call == "recv_batch-min4" else 1
+            wait = lambda: sset.recv_batch(PacketBatch(8), None, min_datagrams=want)  # noqa: E731
+            rescue_call = lambda: [tx.sendto(b"rescue", rx.getsockname()) for _ in range(8)]  # noqa: E731
+        errors = self.wait_and_close(sset, wait, rescue_call)
         assert len(errors) == 1 and errors[0].errno == errno.EBADF, errors
         assert "closed while waiting" in str(errors[0])
         with pytest.raises(ValueError, match="the socket set is closed"):
             sset.recv_batch(PacketBatch(4), 0)
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_a_childs_close_neither_wakes_nor_disarms_the_parents_waits(self):
+        """Two close/wait cycles. A fork()ed child closing its copy of the set
+        must not reach the parent: the parent's waiting recv_batch neither
+        wakes on it nor spins (it makes a handful of kernel calls until a
+        datagram comes), and the parent's own close() later still ends a
+        wait for min_datagrams=4 at once."""
+        require_syscall_introspection()
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        tx = udp(self.socks)
+        sset.add(rx)
+        batch = PacketBatch(8)
+        sset.recv_batch(batch, 0)  # armed
+        before: list[int] = []
+        spun: list[bool] = []
+
+        def fork_and_send() -> None:
+            assert wait_for(lambda: thread_blocked_in_syscall(threading.main_thread().native_id))
+            pid = os.fork()
+            if pid == 0:  # the child: close its copy, never return into pytest
+                code = 1
+                try:
+                    sset.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _pid, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            before.append(sset.counters["syscalls"])
+            # a spinning waiter makes thousands of calls in the 0.1 s given to show it
+            spun.append(wait_for(lambda: sset.counters["syscalls"] - before[0] > 8, limit=0.1))
+            tx.sendto(b"one", rx.getsockname())
+        t = Helper(fork_and_send)
+        t.start()
+        with rescue(rx.getsockname()):
+            n = sset.recv_batch(batch, None)
+        t.join(30)
+        assert not t.is_alive() and t.error is None
+        assert n == 1 and bytes(batch[0]) == b"one"
+        assert spun == [False] and sset.counters["syscalls"] - before[0] <= 8  # it slept until the datagram
+        errors = self.wait_and_close(
+            sset, lambda: sset.recv_batch(batch, None, min_datagrams=4),
+            lambda: [tx.sendto(b"rescue", rx.getsockname()) for _ in range(8)])
+        assert len(errors) == 1 and errors[0].errno == errno.EBADF, errors
 
     def test_gro_socket_is_refused_at_add(self):
         """A GRO socket would hand a coalesced receive over as one unmarked

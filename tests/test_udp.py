@@ -1287,6 +1287,47 @@ class BackendContract:
         _pid, status = os.waitpid(pid, 0)
         assert got == b"for-the-child" and os.waitstatus_to_exitcode(status) == 0
 
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_a_childs_close_does_not_reach_the_parents_waiting_receive(self):
+        """A fork()ed child that closes its copy without ever using it must
+        not wake the parent's receive (the child's copy has no eventfd of its
+        own): the parent's recv_batch keeps sleeping, making a handful of
+        receive calls, not spinning on a wake-up meant for no one, until the
+        datagram comes."""
+        require_syscall_introspection()
+        rx = self.make_socket()
+        tx = self.plain()
+        tid: list[int] = []
+        got: list[bytes] = []
+
+        def waiter() -> None:
+            tid.append(threading.get_native_id())
+            b = PacketBatch(4, 64)
+            if rx.recv_batch(b, None):
+                got.append(bytes(b[0]))
+        t = Helper(waiter)
+        with rescue(rx.getsockname()):
+            t.start()
+            assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
+            pid = os.fork()
+            if pid == 0:  # the child: close its copy, never return into pytest
+                code = 1
+                try:
+                    rx.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _pid, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            before = rx.counters["rx_syscalls"]
+            # a spinning waiter makes thousands of calls in the 0.1 s given to show it
+            spun = wait_for(lambda: rx.counters["rx_syscalls"] - before > 8, limit=0.1)
+            tx.sendto(b"after-the-child", rx.getsockname())
+            t.join(10)
+        assert not t.is_alive() and t.error is None
+        assert got == [b"after-the-child"]
+        assert not spun and rx.counters["rx_syscalls"] - before <= 8  # it slept until the datagram
+
     # ---- hostile threads -------------------------------------------------------
 
     @pytest.mark.parametrize("gso", [False, True], ids=["no-gso", "gso"])

@@ -54,6 +54,8 @@ typedef struct {
     struct msghdr rx_hdr;
     struct io_uring_cqe *stash; /* receive CQEs met while waiting for sends */
     unsigned nstash, stash_cap;
+    int wake_armed;   /* the wake chain (poll on the wake eventfd -> timeout) is queued */
+    struct __kernel_timespec wake_ts; /* the chain's timeout: 1 ns */
 } BioUringSet;
 
 /* What reaping completions feeds: a batch to fill (or NULL: keep receives
@@ -72,6 +74,7 @@ static int bio_uringset_send_nogil(void *arg);
 static int bio_uringset_stream_nogil(void *arg);
 static void bio_uringset_stream_abort_nogil(void *arg);
 static void bio_uringset_close_now(BioSocketSet *base);
+static void bio_uringset_wake_arm(BioUringSet *r);
 
 /* ---- setup ------------------------------------------------------------- */
 
@@ -186,11 +189,7 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         bio_raise_errno(err);
         goto fail;
     }
-    /* close() from another thread writes the set's eventfd: this poll's
-     * completion wakes a call waiting in the io_uring */
-    struct io_uring_sqe *wsqe = io_uring_get_sqe(&r->uring);
-    io_uring_prep_poll_add(wsqe, r->base.wake.efd, POLLIN);
-    io_uring_sqe_set_data64(wsqe, BIO_UD(BIO_OP_WAKE, 0, 0));
+    bio_uringset_wake_arm(r);
     if ((err = io_uring_submit(&r->uring)) < 0) {
         bio_raise_errno(err);
         goto fail;
@@ -255,11 +254,44 @@ bio_uringset_sqe(BioUringSet *r)
     return sqe;
 }
 
-/* Submit what is queued, then wait until `want` completions are there or
- * deadline_ns (-1: forever; in the past: do not sleep). Submitting and
- * waiting are separate entries so that a signal ends the wait with -EINTR
- * (one io_uring_enter doing both returns the submit count instead). 0, or
- * -errno (-ETIME: the deadline passed). nogil. */
+/* close() from another thread must end any wait in the io_uring, one for
+ * `want` completions included: close() writes the wake eventfd, which ends
+ * a POLL_ADD on it, linked to a TIMEOUT of 1 ns. A timeout that expires
+ * wakes every waiter of the io_uring whatever its completion count (the
+ * kernel returns to user space after any timeout), so the waiter wakes and
+ * sees the closing flag. The chain is spent once its timeout's CQE comes;
+ * it is queued again at the start of the next call that may wait (never
+ * while closing). nogil. */
+static void
+bio_uringset_wake_arm(BioUringSet *r)
+{
+    if (r->wake_armed || bio_wake_closing(&r->base.wake))
+        return;
+    if (io_uring_sq_space_left(&r->uring) < 2) {
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
+        io_uring_submit(&r->uring);
+        if (io_uring_sq_space_left(&r->uring) < 2)
+            return; /* try again next call */
+    }
+    struct io_uring_sqe *poll = io_uring_get_sqe(&r->uring);
+    io_uring_prep_poll_add(poll, r->base.wake.efd, POLLIN);
+    io_uring_sqe_set_data64(poll, BIO_UD(BIO_OP_WAKE, 0, 0));
+    poll->flags |= IOSQE_IO_LINK;
+    struct io_uring_sqe *t = io_uring_get_sqe(&r->uring);
+    r->wake_ts = (struct __kernel_timespec){.tv_sec = 0, .tv_nsec = 1};
+    io_uring_prep_timeout(t, &r->wake_ts, 0, 0);
+    io_uring_sqe_set_data64(t, BIO_UD(BIO_OP_WAKE, 0, 1));
+    r->wake_armed = 1;
+}
+
+/* Submit what is queued, then wait until `want` completions are there,
+ * deadline_ns passes (-1: forever; in the past: do not sleep), a signal
+ * comes (-EINTR) or any io_uring timeout expires (the wake chain: close()).
+ * Submitting and waiting are separate entries so that a signal ends the
+ * wait with -EINTR (one io_uring_enter doing both returns the submit count
+ * instead). io_uring_enter itself, not liburing's io_uring_wait_cqes, which
+ * enters again when woken short of `want` with no timeout given. 0, or
+ * -errno (-ETIME: the deadline passed with nothing there). nogil. */
 static int
 bio_uringset_wait_nogil(BioUringSet *r, unsigned want, int64_t deadline_ns)
 {
@@ -271,13 +303,20 @@ bio_uringset_wait_nogil(BioUringSet *r, unsigned want, int64_t deadline_ns)
     }
     BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
     struct io_uring_cqe *cqe;
-    if (deadline_ns < 0)
-        return io_uring_wait_cqes(&r->uring, &cqe, want, NULL, NULL);
-    int64_t left = deadline_ns - bio_now_ns();
-    if (left < 0)
-        left = 0;
-    struct __kernel_timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
-    return io_uring_wait_cqes(&r->uring, &cqe, want, &ts, NULL);
+    struct __kernel_timespec ts = {0, 0};
+    if (deadline_ns >= 0) {
+        int64_t left = deadline_ns - bio_now_ns();
+        if (left < 0)
+            left = 0;
+        ts = (struct __kernel_timespec){.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+    }
+    if (!(r->uring.features & IORING_FEAT_EXT_ARG)) /* (before Linux 5.11) */
+        return io_uring_wait_cqes(&r->uring, &cqe, want, deadline_ns < 0 ? NULL : &ts, NULL);
+    struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
+    long rc = syscall(__NR_io_uring_enter, r->uring.ring_fd, 0, want,
+                      IORING_ENTER_GETEVENTS | (deadline_ns >= 0 ? IORING_ENTER_EXT_ARG : 0),
+                      deadline_ns >= 0 ? (void *)&arg : NULL, deadline_ns >= 0 ? sizeof(arg) : 0);
+    return rc < 0 ? -errno : 0;
 }
 
 /* Arm a multishot RECVMSG on every socket that needs one. nogil. */
@@ -409,6 +448,8 @@ static void
 bio_uringset_on_other(BioUringSet *r, const struct io_uring_cqe *cqe, BioUringReap *rp)
 {
     unsigned op = BIO_UD_OP(cqe->user_data);
+    if (op == BIO_OP_WAKE && BIO_UD_IDX(cqe->user_data) == 1)
+        r->wake_armed = 0; /* the chain's end: queue another next call */
     if (op == BIO_OP_CANCEL || op == BIO_OP_WAKE)
         return; /* a wake: the waiter looks at the closing flag */
     if (BIO_UD_MID(cqe->user_data) != BIO_GEN(r->base.call_gen))
@@ -536,6 +577,7 @@ bio_uringset_recv_nogil(void *arg)
     BioUringReap rp = {.b = c->b, .n = c->n};
     if (bio_wake_closing(&r->base.wake))
         return -BIO_ECLOSED;
+    bio_uringset_wake_arm(r);
     bio_uringset_rearm_nogil(r);
     bio_uringset_unstash(r, c->b, &rp.n);
     int err = bio_uringset_take_all_nogil(r, &rp, bio_socketset_room(c->b));
@@ -624,6 +666,9 @@ bio_uringset_stream_nogil(void *arg)
     BioSocketSetStream *c = arg;
     BioUringSet *r = (BioUringSet *)c->r;
     BioUringReap rp = {.stream = c};
+    if (bio_wake_closing(&r->base.wake) && !c->queued)
+        return -BIO_ECLOSED;
+    bio_uringset_wake_arm(r);
     if (!c->queued) {
         int err = bio_uringset_stream_queue(r, c);
         if (err < 0)

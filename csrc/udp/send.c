@@ -14,46 +14,15 @@
 #include "udp/udp.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <string.h>
-
-/* The socket is full (EAGAIN on a send made with MSG_DONTWAIT). A
- * non-blocking socket reports it (-EAGAIN); a blocking one waits, as the
- * kernel would inside sendmmsg, but in poll() on the socket for POLLOUT and
- * on the wake eventfd, so that close() from another thread ends the wait
- * (-BIO_ECLOSED). Like the kernel's, each wait lasts at most the socket's
- * SO_SNDTIMEO (*timeo_ns: read at the call's first wait; -2 not read yet,
- * 0 none), then -EAGAIN. 0: try again. nogil. */
-static int
-bio_udp_send_wait_nogil(BioUdp *u, int64_t *timeo_ns)
-{
-    int fl = fcntl(u->fd, F_GETFL);
-    if (fl < 0)
-        return -errno;
-    if (fl & O_NONBLOCK)
-        return -EAGAIN;
-    if (*timeo_ns == -2) {
-        struct timeval tv = {0, 0};
-        socklen_t tl = sizeof(tv);
-        *timeo_ns = 0;
-        if (getsockopt(u->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0 && tv.tv_sec >= 0)
-            *timeo_ns = (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
-    }
-    BIO_COUNT(u->counters, BIO_UDP_C_TX_SYSCALLS, 1);
-    int64_t deadline = *timeo_ns > 0 ? bio_now_ns() + *timeo_ns : -1;
-    int p = bio_wake_poll_nogil(&u->wake, u->fd, POLLOUT, deadline);
-    if (p == 0)
-        return -EAGAIN; /* SO_SNDTIMEO passed */
-    return p < 0 ? p : 0;
-}
 
 /* Send msgs[*done, m), advancing *done. Returns 0 when all went, else the
  * -errno of message *done (-BIO_ECLOSED: close() ended a wait for room).
  * nogil.
  *
  * Every send is made with MSG_DONTWAIT: a full blocking socket waits in
- * bio_udp_send_wait_nogil, where close() can wake it, never in the kernel.
+ * bio_wake_wait_writable_nogil (core/wait.c), where close() can wake it,
+ * never in the kernel.
  *
  * sendmmsg returns a short count when a message after the first fails, and
  * discards that error. A retry reproduces a lasting error. If the retry of
@@ -76,7 +45,8 @@ bio_udp_send_msgs_nogil(BioUdp *u, struct mmsghdr *msgs, Py_ssize_t m, Py_ssize_
         else
             r = sendmmsg(u->fd, msgs + *done, (unsigned int)want, MSG_DONTWAIT);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int w = bio_udp_send_wait_nogil(u, &timeo_ns);
+            BIO_COUNT(u->counters, BIO_UDP_C_TX_SYSCALLS, 1);
+            int w = bio_wake_wait_writable_nogil(&u->wake, u->fd, &timeo_ns);
             if (w < 0)
                 return w;
             short_return = 0;
