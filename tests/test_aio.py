@@ -254,6 +254,69 @@ class DatagramContract:
                       ("lost", "None")]
         assert p2 == [("made",), ("data", b"back", "peer1"), ("lost", "None")]
 
+    def test_closing_the_socket_passed_in(self):
+        """The caller closes the socket object it passed as sock=, and the
+        number is reused by another socket that the loop watches too.
+        burstio's transport works on its own descriptor (BurstSocket's dup)
+        and watches that one: datagrams to its address still arrive, sendto
+        still leaves from it, pausing and resuming reading re-watch its own
+        descriptor, the other socket's reader gets only the other's
+        datagrams, and close() leaves the other socket and its reader alone.
+        asyncio's own transport (the oracle) reads the object passed in:
+        once that is closed nothing arrives and sendto reports EBADF to
+        error_received (and the loop's watch of the number is the other
+        socket's to fight over, so this scenario does not add that reader)."""
+        async def scenario(variant):
+            loop = asyncio.get_running_loop()
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((V4, 0))
+            addr = s.getsockname()
+            t, p = await create(variant, Recorder, sock=s)
+            await settle()
+            number = s.fileno()
+            s.close()
+            other, peer = plain(), plain()
+            other_got: list[bytes] = []
+            if is_burstio(variant):
+                assert other.fileno() == number  # the lowest free number: the one just closed
+                loop.add_reader(other.fileno(), lambda: other_got.append(other.recv(100)))
+                t.pause_reading()
+                t.resume_reading()
+            peer.sendto(b"to-transport", addr)
+            peer.sendto(b"to-other", other.getsockname())
+            t.sendto(b"from-transport", peer.getsockname())
+            if is_burstio(variant):
+                await p.wait_data(1)
+            else:
+                await p.wait(lambda ev: any(e[0] == "error" for e in ev), "an error")
+            back = await drain_plain(peer, 1, limit=0.5 if not is_burstio(variant) else 5.0)
+            t.close()
+            await settle()
+            if is_burstio(variant):
+                await asyncio.sleep(0)  # (the other reader runs on the loop too)
+                assert other.fileno() == number  # closing the transport left it open
+                peer.sendto(b"to-other-again", other.getsockname())
+                for _ in range(200):
+                    if len(other_got) == 2:
+                        break
+                    await asyncio.sleep(0.005)
+                loop.remove_reader(other.fileno())
+            else:
+                other_got.append(other.recv(100))
+            for x in (other, peer):
+                x.close()
+            return p.events, back, other_got
+
+        events, back, other_got = self.run(scenario)
+        if is_burstio(self.variant):
+            assert events == [("made",), ("data", b"to-transport", "peer0"), ("lost", "None")]
+            assert back == [b"from-transport"]
+            assert other_got == [b"to-other", b"to-other-again"]
+        else:
+            assert ("data", b"to-transport", "peer0") not in events
+            assert ("error", "OSError", errno.EBADF) in events
+            assert back == [] and other_got == [b"to-other"]
+
     def test_many_peers_each_in_order(self):
         async def scenario(variant):
             t, p = await create(variant, Recorder, local_addr=(V4, 0))

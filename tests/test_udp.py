@@ -1235,6 +1235,7 @@ class BackendContract:
         rx = self.make_socket()
         addr = rx.getsockname()
         number = rx.sock.fileno()
+        rx.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
         rx.sock.close()
         other = self.plain()  # the lowest free number: the one just closed
         other.setblocking(False)
@@ -1253,6 +1254,9 @@ class BackendContract:
         assert rx.recv_batch(b, 0) == 0
         with pytest.raises(BlockingIOError):
             other.recv(64)
+        for _ in range(300):  # the smallest receive buffer overflows: the kernel drops and counts
+            peer.sendto(bytes(1000), addr)
+        assert rx.counters["kernel_drops"] > 0  # read through the BurstSocket's own descriptor
         rx.close()
         assert other.fileno() == number  # closing the BurstSocket leaves the other socket alone
         peer.sendto(b"still-there", other_peer_addr)

@@ -308,10 +308,14 @@ class BurstSocket:
         """Datagrams the kernel dropped for this socket, ever (SO_MEMINFO):
         exact at the moment of asking, unlike SO_RXQ_OVFL, which reports
         drops only with the next datagram that does get queued."""
-        if self._sock.fileno() == -1:
-            return self._drops_base if hasattr(self, "_drops_base") else 0
         try:
-            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            if self._sock.fileno() != -1:
+                raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            elif self._io.fd >= 0:  # the caller closed bs.sock: ask through our own descriptor
+                with socket.fromfd(self._io.fd, self._sock.family, socket.SOCK_DGRAM) as own:
+                    raw = own.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            else:
+                return self._drops_base if hasattr(self, "_drops_base") else 0
         except OSError:
             return 0
         drops: int = struct.unpack(f"{len(raw) // 4}I", raw)[SK_MEMINFO_DROPS]
