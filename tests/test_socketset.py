@@ -414,38 +414,57 @@ class SocketSetContract:
         rx.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 0)
         assert sset.add(rx) == 0
 
-    def test_fork_child_gets_a_clear_error_and_parent_keeps_working(self):
-        """After fork() the set's io_uring (or epoll instance) is the
-        parent's: the child's calls raise RuntimeError naming the parent
-        (they would steal its completions), its close() lets go of its
-        copies only, and the parent goes on receiving."""
+    def test_fork_child_takes_an_epoll_set_over_and_refuses_an_io_uring_one(self):
+        """After fork() an io_uring set's io_uring, buffer ring and armed
+        receives are the parent's: the child's calls raise RuntimeError
+        naming the parent (they would take its completions), and its close()
+        lets go of its copies only. An epoll set is taken over by the child
+        with an epoll instance and wake eventfd of its own: it receives and
+        sends on the shared sockets (a datagram goes to whichever process
+        receives it), and what it does to its set (remove, close) leaves
+        the parent's alone. Either way the parent goes on receiving."""
         sset = self.socket_set()
         rx = udp(self.socks)
+        tx = udp(self.socks)
         sset.add(rx)
         batch = PacketBatch(8)
         assert sset.recv_batch(batch, 0) == 0  # armed
         r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:
+        if pid == 0:  # the child: report through the pipe, never return into pytest
             code = 1
             try:
                 os.close(r)
                 try:
-                    sset.recv_batch(PacketBatch(8), 0.5)
-                    os.write(w, b"no error")
+                    b = PacketBatch(8)
+                    n = sset.recv_batch(b, 10.0)
+                    out = PacketBatch(1)
+                    out.append(b"child-reply", tx.getsockname())
+                    np.asarray(out.sockets)[0] = 0
+                    sent = sset.send_batch(out)
+                    os.write(w, b"got %d %s sent %d" % (n, bytes(b[0]) if n else b"", sent))
+                    sset.remove(0)  # from the child's own epoll instance only
                 except RuntimeError as e:
-                    os.write(w, str(e).encode()[:200])
+                    os.write(w, str(e).encode()[:300])
                 sset.close()
                 code = 0
             finally:
                 os._exit(code)
         os.close(w)
-        msg = os.read(r, 256).decode()
+        if not self.uring:
+            tx.sendto(b"for-the-child", rx.getsockname())
+        msg = os.read(r, 400).decode()
         os.close(r)
         _pid, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        assert f"made in process {os.getpid()}" in msg and "after fork()" in msg
-        udp(self.socks).sendto(b"after-fork", rx.getsockname())
+        if self.uring:
+            assert f"made in process {os.getpid()}" in msg and "after fork()" in msg, msg
+            assert "the parent's" in msg
+        else:
+            assert msg == "got 1 for-the-child sent 1", msg
+            tx.settimeout(5)
+            assert tx.recvfrom(64) == (b"child-reply", rx.getsockname())
+        tx.sendto(b"after-fork", rx.getsockname())
         got = take(sset, batch, 1)
         assert [p for _s, p, _a in got] == [b"after-fork"]
 

@@ -146,13 +146,9 @@ bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx)
 int
 bio_socketset_usable(BioSocketSet *r)
 {
-    if (!bio_wake_same_process(&r->wake)) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "this SocketSet was made in process %d; after fork() its io_uring and "
-                     "epoll instance belong to the parent: make a new SocketSet in this process",
-                     (int)r->wake.pid);
+    if (!bio_wake_closing(&r->wake) && !bio_wake_same_process(&r->wake) &&
+        r->after_fork(r) < 0)
         return -1;
-    }
     if (bio_wake_closing(&r->wake)) {
         PyErr_SetString(PyExc_ValueError, "the socket set is closed");
         return -1;

@@ -13,12 +13,14 @@
  * sendmmsg on each entry's socket.
  */
 #include "socketset/socketset.h"
+#include "core/compat.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
 #include <structmember.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 typedef struct {
@@ -35,6 +37,8 @@ static int bio_epollset_send_nogil(void *arg);
 static int bio_epollset_stream_nogil(void *arg);
 static void bio_epollset_stream_abort_nogil(void *arg);
 static void bio_epollset_close_now(BioSocketSet *base);
+static int bio_epollset_after_fork(BioSocketSet *base);
+static int bio_epollset_instance(BioEpollSet *d, int like);
 
 static PyObject *
 bio_epollset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -61,20 +65,15 @@ bio_epollset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(d);
         return NULL;
     }
-    d->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (d->epfd < 0) {
-        int e = errno;
+    int epfd = bio_epollset_instance(d, -1);
+    if (epfd < 0) {
         Py_DECREF(d);
-        return bio_raise_errno(-e);
+        return bio_raise_errno(epfd);
     }
-    struct epoll_event wev = {.events = EPOLLIN, .data.u32 = UINT32_MAX}; /* close() wakes */
-    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->base.wake.efd, &wev) < 0) {
-        int e = errno;
-        Py_DECREF(d);
-        return bio_raise_errno(-e);
-    }
+    d->epfd = epfd;
     d->base.check = bio_epollset_check;
     d->base.close_now = bio_epollset_close_now;
+    d->base.after_fork = bio_epollset_after_fork;
     d->base.recv_nogil = bio_epollset_recv_nogil;
     d->base.send_nogil = bio_epollset_send_nogil;
     d->base.stream_nogil = bio_epollset_stream_nogil;
@@ -89,6 +88,57 @@ bio_epollset_dealloc(BioEpollSet *d)
         close(d->epfd);
     PyMem_Free(d->events);
     BioSocketSet_Type.tp_dealloc((PyObject *)d);
+}
+
+/* An epoll instance holding the wake eventfd and every receiving socket of
+ * the set, with the busy-poll parameters of `like` (-1: none). The new
+ * descriptor, or -errno. */
+static int
+bio_epollset_instance(BioEpollSet *d, int like)
+{
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        return -errno;
+    struct epoll_event wev = {.events = EPOLLIN, .data.u32 = UINT32_MAX}; /* close() wakes */
+    int err = epoll_ctl(epfd, EPOLL_CTL_ADD, d->base.wake.efd, &wev) < 0 ? -errno : 0;
+    for (int i = 0; err == 0 && i < d->base.cap; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (d->base.state[i] == BIO_SOCK_ARMED &&
+            epoll_ctl(epfd, EPOLL_CTL_ADD, d->base.fds[i], &ev) < 0)
+            err = -errno;
+    }
+    uint64_t params = 0; /* struct epoll_params: 8 bytes (core/compat.h) */
+    if (err == 0 && like >= 0 && ioctl(like, EPIOCGPARAMS, &params) == 0 && params != 0)
+        ioctl(epfd, EPIOCSPARAMS, &params); /* best effort, as the parent had it */
+    if (err < 0) {
+        close(epfd);
+        return err;
+    }
+    return epfd;
+}
+
+/* A fork()ed child's first call: the set becomes the child's own. The epoll
+ * instance and the wake eventfd inherited are the parent's (one kernel
+ * object each: the child's add/remove would change the parent's set, and
+ * its close() wake the parent); the child makes its own and registers its
+ * copies of the sockets there. The sockets themselves stay shared, as any
+ * socket a process inherits: a datagram goes to whichever process receives
+ * it first. 0, or -1 with OSError. */
+static int
+bio_epollset_after_fork(BioSocketSet *base)
+{
+    BioEpollSet *d = (BioEpollSet *)base;
+    int err = bio_wake_refresh(&d->base.wake);
+    int epfd = err < 0 ? err : bio_epollset_instance(d, d->epfd);
+    if (epfd < 0) {
+        bio_raise_errno(epfd);
+        return -1;
+    }
+    if (d->epfd >= 0)
+        close(d->epfd); /* our copy: the parent keeps its own */
+    d->epfd = epfd;
+    d->base.wake.pid = getpid();
+    return 0;
 }
 
 static int

@@ -92,6 +92,9 @@ struct BioSocketSet {
     int (*stream_nogil)(void *stream); /* BioSocketSetStream: 0 or -errno */
     void (*stream_abort_nogil)(void *stream); /* stop a queued stream receive */
     void (*close_now)(BioSocketSet *r);       /* GIL, no call running: tear down */
+    /* GIL: the first call in a fork()ed child: take the set over with
+     * descriptors of the child's own (0), or refuse (-1, error set) */
+    int (*after_fork)(BioSocketSet *r);
 };
 
 extern PyTypeObject BioSocketSet_Type;
@@ -113,8 +116,9 @@ void bio_socketset_free_all(BioSocketSet *r);
 int bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx);
 /* Parse add()'s (sock, stream=False): fd and flag; 0 or -1. */
 int bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream);
-/* RuntimeError if a call is using the set or this is a fork()ed child,
- * ValueError if closed, else the backend's check. */
+/* RuntimeError if a call is using the set, ValueError if closed, else the
+ * backend's check; in a fork()ed child, first the backend's after_fork
+ * (the epoll set takes itself over, the io_uring set refuses). */
 int bio_socketset_usable(BioSocketSet *r);
 /* close(): now if no call runs, else wake it and let it close on its way
  * out. None. */

@@ -75,6 +75,7 @@ static int bio_uringset_stream_nogil(void *arg);
 static void bio_uringset_stream_abort_nogil(void *arg);
 static void bio_uringset_close_now(BioSocketSet *base);
 static void bio_uringset_wake_arm(BioUringSet *r);
+static int bio_uringset_after_fork(BioSocketSet *base);
 
 /* ---- setup ------------------------------------------------------------- */
 
@@ -197,6 +198,7 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     r->rx_hdr.msg_namelen = sizeof(struct sockaddr_in6);
     r->owner = (pid_t)syscall(SYS_gettid);
     r->base.close_now = bio_uringset_close_now;
+    r->base.after_fork = bio_uringset_after_fork;
     r->base.check = bio_uringset_check;
     r->base.recv_nogil = bio_uringset_recv_nogil;
     r->base.send_nogil = bio_uringset_send_nogil;
@@ -219,6 +221,21 @@ bio_uringset_dealloc(BioUringSet *r)
         munmap(r->bufs, (size_t)r->nbufs * r->buf_size);
     PyMem_Free(r->stash);
     BioSocketSet_Type.tp_dealloc((PyObject *)r);
+}
+
+/* A fork()ed child's first call: refused. The io_uring, its buffer ring and
+ * the receives armed on it are the parent's (the child's copy is the same
+ * kernel object): a call here would take the parent's completions and
+ * buffers. */
+static int
+bio_uringset_after_fork(BioSocketSet *base)
+{
+    PyErr_Format(PyExc_RuntimeError,
+                 "this SocketSet (io_uring) was made in process %d; after fork() its io_uring, "
+                 "buffer ring and armed receives are the parent's (a call here would take the "
+                 "parent's completions): make a new SocketSet in this process",
+                 (int)base->wake.pid);
+    return -1;
 }
 
 /* ValueError if closed; RuntimeError if SINGLE_ISSUER and not its thread. */

@@ -61,7 +61,10 @@ class SocketSet:
     so the kernel counts the datagrams and such a wait returns after one
     entry. A SocketSet is used from the thread that made it, one call at a time
     (RuntimeError otherwise). It keeps its own descriptor of every socket
-    until remove() or close().
+    until remove() or close(). After fork(), an epoll set works in the child
+    (with an epoll instance of its own, on the shared sockets); an io_uring
+    set refuses the child's calls (RuntimeError): its io_uring is the
+    parent's.
     """
 
     def __init__(self, *, backend: str = "auto", max_sockets: int = 1024, buffers: int = 4096,
