@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import burstio
-from burstio import PacketBatch, SocketSet
-from support.kernel import require_syscall_introspection, thread_blocked_in_syscall
+from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_TRUNCATED, PacketBatch, SocketSet
+from support.kernel import gso_sendmsg, require_syscall_introspection, thread_blocked_in_syscall
 from support.net import V4, closed_port, force_rcvbuf
 from support.proc import Helper, rescue, wait_for
 from support.race import SEGMENT, ArrayRacer, drain, foreign, payload_buffer
@@ -413,6 +413,75 @@ class SocketSetContract:
         assert len(sset) == 0
         rx.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 0)
         assert sset.add(rx) == 0
+
+    def gro_after_add(self) -> tuple[SocketSet, socket.socket, socket.socket, int]:
+        """(set, receiver, sender, index): the receiver joined the set, then
+        had UDP_GRO turned on behind the set's back."""
+        if not burstio.capabilities().udp_gro or not burstio.capabilities().udp_segment:
+            pytest.skip("UDP GRO and GSO are needed to make a coalesced receive")
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        tx = udp(self.socks)
+        i = sset.add(rx)
+        rx.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 1)
+        return sset, rx, tx, i
+
+    def test_gro_turned_on_after_add_is_split_into_datagrams(self):
+        """A socket whose UDP_GRO is turned on after add() receives a GSO
+        send of 20 datagrams coalesced: the set splits it, as BurstSocket
+        does, into 20 entries of one datagram each (FLAG_GRO, pointing into
+        the one slot), never one 600-byte entry passed off as a datagram;
+        a plain datagram behind it is its own entry."""
+        sset, rx, tx, i = self.gro_after_add()
+        batch = PacketBatch(64)
+        sset.recv_batch(batch, 0)  # armed
+        payload = b"".join(b"%030d" % k for k in range(20))
+        gso_sendmsg(tx, payload, 30, rx.getsockname())
+        tx.sendto(b"alone", rx.getsockname())
+        got: list[tuple] = []
+        for _ in range(50):
+            n = sset.recv_batch(batch, 2.0)
+            got += [(bytes(batch[k]), int(batch.flags[k]), int(batch.segment_sizes[k]), int(batch.sockets[k]),
+                     batch.addr(k)) for k in range(n)]
+            if len(got) >= 21 or n == 0:
+                break
+        src = tx.getsockname()
+        assert got == [(b"%030d" % k, FLAG_GRO, 30, i, src) for k in range(20)] + [(b"alone", 0, 0, i, src)]
+        c = sset.counters
+        assert c["rx_datagrams"] == 21 and c["rx_bytes"] == 600 + 5
+        assert sset.take_errors() == []
+
+    def test_gro_after_add_with_too_few_entries_keeps_the_rest_flagged(self):
+        """A batch with fewer entries than the coalesced datagrams: what does
+        not fit stays in the last entry, flagged FLAG_COALESCED with its
+        segment size (as a BurstSocket's batch does), never unmarked."""
+        sset, rx, tx, i = self.gro_after_add()
+        batch = PacketBatch(4)
+        sset.recv_batch(batch, 0)  # armed
+        gso_sendmsg(tx, bytes(range(200)) * 3, 30, rx.getsockname())
+        assert sset.recv_batch(batch, 2.0) == 4
+        assert [int(f) for f in batch.flags[:4]] == [FLAG_GRO] * 3 + [FLAG_GRO | FLAG_COALESCED]
+        assert [len(batch[k]) for k in range(4)] == [30, 30, 30, 510]
+        assert list(batch.segment_sizes[:4]) == [30] * 4
+        assert b"".join(bytes(batch[k]) for k in range(4)) == bytes(range(200)) * 3
+
+    def test_gro_after_add_larger_than_its_slot_is_split_and_the_cut_counted(self):
+        """A coalesced receive of 100 datagrams of 30 bytes that does not fit
+        its slot (or the io_uring buffer): the part received is split, the
+        datagram cut short is flagged FLAG_TRUNCATED, and rx_truncated counts
+        it and every whole datagram that did not fit."""
+        sset, rx, tx, i = self.gro_after_add()
+        batch = PacketBatch(128)
+        sset.recv_batch(batch, 0)  # armed
+        payload = b"".join(b"%030d" % k for k in range(100))
+        gso_sendmsg(tx, payload, 30, rx.getsockname())
+        n = sset.recv_batch(batch, 2.0)
+        assert 2 < n < 100
+        assert [int(f) for f in batch.flags[:n]] == [FLAG_GRO] * (n - 1) + [FLAG_GRO | FLAG_TRUNCATED]
+        assert all(len(batch[k]) == 30 for k in range(n - 1)) and 0 < len(batch[n - 1]) < 30
+        assert payload.startswith(b"".join(bytes(batch[k]) for k in range(n)))
+        c = sset.counters
+        assert c["rx_datagrams"] == n and c["rx_truncated"] == 100 - (n - 1)
 
     def test_fork_child_takes_an_epoll_set_over_and_refuses_an_io_uring_one(self):
         """After fork() an io_uring set's io_uring, buffer ring and armed

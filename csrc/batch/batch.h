@@ -34,6 +34,9 @@ typedef struct {
     int32_t err;              /* send: errno its message failed with (0: none) */
     uint32_t seg;             /* receive: the UDP_GRO segment size (0: none) */
     int64_t ts;               /* receive: the kernel's timestamp, ns (0: none) */
+    uint32_t rx_stored;       /* receive (SocketSet): bytes of the datagram in its slot */
+    uint32_t rx_len;          /* receive (SocketSet): its length on the wire */
+    int32_t rx_trunc;         /* receive (SocketSet): cut to fit the slot or buffer */
 } BioBatchPriv;
 
 typedef struct {

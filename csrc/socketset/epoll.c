@@ -14,6 +14,7 @@
  */
 #include "socketset/socketset.h"
 #include "core/compat.h"
+#include "udp/udp.h" /* bio_udp_recv_parse_cmsgs: the one cmsg walk of every receive */
 
 #include <errno.h>
 #include <poll.h>
@@ -167,6 +168,8 @@ bio_epollset_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
         h->msg_namelen = sizeof(struct sockaddr_in6);
         h->msg_iov = &b->iov[k];
         h->msg_iovlen = 1;
+        h->msg_control = b->cmsg + (size_t)k * BIO_CMSG_SIZE; /* UDP_GRO: see set_received */
+        h->msg_controllen = BIO_CMSG_SIZE;
     }
 }
 
@@ -180,7 +183,7 @@ bio_epollset_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
 static int
 bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize_t *prepared)
 {
-    Py_ssize_t room = bio_socketset_room(b) - *n;
+    Py_ssize_t room = bio_socketset_room(&d->base, b) - *n;
     if (room <= 0)
         return 0;
     if (room > BIO_EPOLLSET_WINDOW)
@@ -202,10 +205,16 @@ bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py
     }
     for (int k = 0; k < r; k++) {
         Py_ssize_t j = *n + k;
+        const struct msghdr *h = &b->msgs[j].msg_hdr;
         uint32_t len = b->msgs[j].msg_len;
         uint32_t stored = len > (uint32_t)b->slot_size ? (uint32_t)b->slot_size : len;
-        int trunc = (b->msgs[j].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-        bio_socketset_set_received(b, j, stored, trunc, idx);
+        int trunc = (h->msg_flags & MSG_TRUNC) != 0;
+        /* a socket whose UDP_GRO was turned on after add() says so here */
+        bio_udp_recv_parse_cmsgs(h->msg_control,
+                                 h->msg_controllen < BIO_CMSG_SIZE ? h->msg_controllen
+                                                                   : BIO_CMSG_SIZE,
+                                 &b->priv[j]);
+        bio_socketset_set_received(&d->base, b, j, stored, len, trunc, idx);
         BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
         if (trunc)
             BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_TRUNCATED, 1);
@@ -231,12 +240,12 @@ bio_epollset_recv_nogil(void *arg)
 {
     BioSocketSetRecv *c = arg;
     BioEpollSet *d = (BioEpollSet *)c->r;
-    Py_ssize_t room = bio_socketset_room(c->b), prepared = c->n;
+    Py_ssize_t prepared = c->n;
     for (;;) {
         Py_ssize_t have = c->n + (d->base.nerr - c->errors0);
         int64_t now = bio_now_ns();
         int late = c->watermark_deadline >= 0 && now >= c->watermark_deadline;
-        if (have >= c->want || c->n >= room || (late && have > 0))
+        if (have >= c->want || c->n >= bio_socketset_room(&d->base, c->b) || (late && have > 0))
             return 0;
         /* past the watermark's deadline with nothing: wait for one */
         int ms = bio_deadline_ms(late ? c->first_deadline : c->watermark_deadline);
@@ -246,7 +255,7 @@ bio_epollset_recv_nogil(void *arg)
             return -BIO_ECLOSED;
         if (r < 0)
             return -errno;
-        for (int i = 0; i < r && c->n < room; i++)
+        for (int i = 0; i < r && c->n < bio_socketset_room(&d->base, c->b); i++)
             if (d->events[i].data.u32 != UINT32_MAX)
                 bio_epollset_socket_nogil(d, (int)d->events[i].data.u32, c->b, &c->n, &prepared);
         if (r == 0 && ms == 0)

@@ -85,6 +85,8 @@ struct BioSocketSet {
     BioWake wake;         /* close() from another thread wakes a waiting call; fork check */
     int close_pending;    /* close() came while a call ran: that call closes on its way out */
     uint32_t call_gen;    /* bumped per send/stream call (stale completions) */
+    Py_ssize_t rx_extra;  /* receive in progress: entries its coalesced messages need beyond one */
+    int rx_coalesced;     /* receive in progress: a message arrived GRO-coalesced */
     uint64_t counters[BIO_SOCKETSET_NCOUNTERS];
     int (*check)(BioSocketSet *r);     /* GIL: raise unless usable now */
     int (*recv_nogil)(void *recv);     /* BioSocketSetRecv: 0 or -errno */
@@ -125,10 +127,14 @@ int bio_socketset_usable(BioSocketSet *r);
 PyObject *bio_socketset_close(BioSocketSet *r);
 /* Queue (idx, err) for take_errors(); counts it if the queue is full. nogil. */
 void bio_socketset_error_nogil(BioSocketSet *r, int idx, int err);
-/* Write received datagram j of a batch: payload already at slot j. nogil. */
-void bio_socketset_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated,
-                                int sock);
-/* Entries a receive may fill: min(capacity, slots). */
-Py_ssize_t bio_socketset_room(const BioBatch *b);
+/* Write received message j of a batch: its payload already in slot j (the
+ * first `stored` of its `len` bytes), its cmsgs parsed into b->priv[j] (the
+ * UDP_GRO segment size of a coalesced one). What the split needs is kept in
+ * the private scratch. nogil. */
+void bio_socketset_set_received(BioSocketSet *r, BioBatch *b, Py_ssize_t j, uint32_t stored,
+                                uint32_t len, int truncated, int sock);
+/* Messages a receive may still take into b: min(slots, capacity less the
+ * entries the coalesced messages taken so far split into). */
+Py_ssize_t bio_socketset_room(const BioSocketSet *r, const BioBatch *b);
 
 #endif /* BIO_SOCKETSET_H */

@@ -19,6 +19,7 @@
  * an index (socket, or (socket, message) pair) in the low 32 bits.
  */
 #include "socketset/socketset.h"
+#include "udp/udp.h" /* bio_udp_recv_parse_cmsgs: the one cmsg walk of every receive */
 
 #include <errno.h>
 #include <liburing.h>
@@ -39,6 +40,9 @@ enum { BIO_OP_RECV = 1, BIO_OP_SEND = 2, BIO_OP_CANCEL = 3, BIO_OP_STREAM = 4,
 #define BIO_UD_IDX(ud) ((uint32_t)(ud))
 #define BIO_GEN(g) ((g) & 0xffffff)
 #define BIO_URINGSET_MAX_SOCKETS 65536
+/* Control bytes in every receive buffer: a UDP_GRO cmsg (a socket whose
+ * UDP_GRO was turned on after add()) with a timestamp's beside it. */
+#define BIO_URINGSET_CONTROL 64
 
 typedef struct {
     BioSocketSet base;
@@ -196,6 +200,7 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         goto fail;
     }
     r->rx_hdr.msg_namelen = sizeof(struct sockaddr_in6);
+    r->rx_hdr.msg_controllen = BIO_URINGSET_CONTROL; /* UDP_GRO: see take_datagram */
     r->owner = (pid_t)syscall(SYS_gettid);
     r->base.close_now = bio_uringset_close_now;
     r->base.after_fork = bio_uringset_after_fork;
@@ -347,7 +352,8 @@ bio_uringset_rearm_nogil(BioUringSet *r)
         struct io_uring_sqe *sqe = bio_uringset_sqe(r);
         if (sqe == NULL)
             return; /* try again next call */
-        io_uring_prep_recvmsg_multishot(sqe, t->fds[i], &r->rx_hdr, 0);
+        /* MSG_TRUNC: payloadlen is then the length on the wire (truncation counted) */
+        io_uring_prep_recvmsg_multishot(sqe, t->fds[i], &r->rx_hdr, MSG_TRUNC);
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = 0;
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_RECV, t->gen[i], i));
@@ -411,16 +417,24 @@ bio_uringset_take_datagram(BioUringSet *r, const struct io_uring_cqe *cqe, BioBa
     uint32_t plen = 0, stored = 0;
     int trunc = 0;
     memset(&b->names[j], 0, sizeof(b->names[j]));
+    uint32_t len = 0;
+    b->priv[j].seg = 0;
     if (out != NULL) {
         plen = io_uring_recvmsg_payload_length(out, cqe->res, &r->rx_hdr);
         stored = plen > (uint32_t)b->slot_size ? (uint32_t)b->slot_size : plen;
         trunc = (out->flags & MSG_TRUNC) || stored < plen;
+        len = out->payloadlen > plen ? out->payloadlen : plen;
         memcpy(b->arena + (size_t)j * (size_t)b->slot_size,
                io_uring_recvmsg_payload(out, &r->rx_hdr), stored);
         size_t nl = out->namelen < sizeof(b->names[j]) ? out->namelen : sizeof(b->names[j]);
         memcpy(&b->names[j], io_uring_recvmsg_name(out), nl);
+        /* a socket whose UDP_GRO was turned on after add() says so here */
+        const unsigned char *control = (const unsigned char *)(out + 1) + r->rx_hdr.msg_namelen;
+        bio_udp_recv_parse_cmsgs(control, out->controllen < BIO_URINGSET_CONTROL
+                                              ? out->controllen : BIO_URINGSET_CONTROL,
+                                 &b->priv[j]);
     }
-    bio_socketset_set_received(b, j, stored, trunc, (int)BIO_UD_IDX(cqe->user_data));
+    bio_socketset_set_received(&r->base, b, j, stored, len, trunc, (int)BIO_UD_IDX(cqe->user_data));
     bio_uringset_recycle(r, bid);
     BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_DATAGRAMS, 1);
     BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
@@ -444,8 +458,7 @@ bio_uringset_on_recv(BioUringSet *r, const struct io_uring_cqe *cqe, BioUringRea
             r->base.state[idx] = BIO_SOCK_IDLE; /* the kernel has let go */
         return 1;
     }
-    if (data && current && rp->b != NULL &&
-        (rp->n >= rp->b->capacity || rp->n >= rp->b->slots))
+    if (data && current && rp->b != NULL && rp->n >= bio_socketset_room(&r->base, rp->b))
         return 0;
     if (data && current && rp->b == NULL && r->nstash >= r->stash_cap)
         return 0; /* cannot happen: one CQE per buffer */
@@ -506,7 +519,7 @@ static void
 bio_uringset_unstash(BioUringSet *r, BioBatch *b, Py_ssize_t *n)
 {
     unsigned used = 0;
-    while (used < r->nstash && *n < bio_socketset_room(b)) {
+    while (used < r->nstash && *n < bio_socketset_room(&r->base, b)) {
         const struct io_uring_cqe *cqe = &r->stash[used++];
         if (bio_uringset_current(r, cqe))
             bio_uringset_take_datagram(r, cqe, b, (*n)++);
@@ -562,8 +575,8 @@ static int
 bio_uringset_wait_for_nogil(BioUringSet *r, BioSocketSetRecv *c, BioUringReap *rp, Py_ssize_t want,
                             int64_t deadline)
 {
-    Py_ssize_t room = bio_socketset_room(c->b);
-    while (rp->n + (r->base.nerr - c->errors0) < want && rp->n < room) {
+    while (rp->n + (r->base.nerr - c->errors0) < want && rp->n < bio_socketset_room(&r->base, c->b)) {
+        Py_ssize_t room = bio_socketset_room(&r->base, c->b);
         Py_ssize_t have = rp->n + (r->base.nerr - c->errors0);
         unsigned nr = (r->flags & IORING_SETUP_DEFER_TASKRUN) ? 1 : (unsigned)(want - have);
         int err = bio_uringset_wait_nogil(r, nr, deadline);
@@ -597,7 +610,7 @@ bio_uringset_recv_nogil(void *arg)
     bio_uringset_wake_arm(r);
     bio_uringset_rearm_nogil(r);
     bio_uringset_unstash(r, c->b, &rp.n);
-    int err = bio_uringset_take_all_nogil(r, &rp, bio_socketset_room(c->b));
+    int err = bio_uringset_take_all_nogil(r, &rp, bio_socketset_room(&r->base, c->b));
     c->n = rp.n;
     if (err == 0)
         err = bio_uringset_wait_for_nogil(r, c, &rp, c->want, c->watermark_deadline);

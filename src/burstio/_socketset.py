@@ -52,8 +52,9 @@ class SocketSet:
     buffer_size=2048, sqpoll=False, gso=True)``
 
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
-    backend (a datagram, its address and a 16-byte header must fit a
-    buffer; larger datagrams are truncated and flagged). ``sqpoll`` asks
+    backend (a datagram, its address, a 16-byte header and 64 bytes of
+    control messages must fit a buffer; larger datagrams are truncated and
+    flagged). ``sqpoll`` asks
     for a kernel submission thread. The default io_uring ring is set up
     SINGLE_ISSUER|DEFER_TASKRUN: the kernel does receive work only inside
     your calls, but a ``min_datagrams`` wait then enters the kernel once per
@@ -109,8 +110,8 @@ class SocketSet:
             want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
             raise ValueError(f"SocketSet.add needs {want}, got {raw.type.name}")
         if not stream and raw.getsockopt(SOL_UDP, UDP_GRO):
-            # the set takes one datagram per entry: a coalesced receive would
-            # arrive as one entry holding many datagrams, unmarked
+            # a coalesced receive needs a batch (and io_uring buffers) sized
+            # for it; one turned on after add() is still split, as a safety net
             raise ValueError("SocketSet.add refuses a socket with UDP_GRO on (a coalesced receive would "
                              "be one entry holding many datagrams): turn UDP_GRO off, or receive it "
                              "with a BurstSocket(gro=True)")
