@@ -57,7 +57,7 @@ from support.net import (
     socket_in,
 )
 from support.proc import Helper, open_fds, rescue, wait_for
-from support.race import SEGMENT, ArrayRacer, FlagsRacer, drain, foreign, payload_buffer
+from support.race import SEGMENT, ArrayRacer, FlagsRacer, attempts, drain, foreign, payload_buffer
 from support.variants import UDP, Variant, runnable, set_disable, use_variant, variant_env
 
 COUNTER_NAMES = {
@@ -1353,14 +1353,15 @@ class BackendContract:
         failures: list[OSError] = []
         racer.start()
         try:
-            for _attempt in range(200):
+            for _attempt in range(attempts(40)):
                 try:
                     tx.send_batch(batch, on_error="skip")
                 except ValueError:
                     pass  # the entry read was out of range: refused before any send
                 except OSError as e:  # EFAULT: the kernel was handed memory nobody checked
                     failures.append(e)
-                drain(rx, got)
+                with racer.paused():
+                    drain(rx, got)
                 if foreign(got, data) or failures:
                     break
         finally:
@@ -1387,7 +1388,7 @@ class BackendContract:
         seen: list[tuple[int, int]] = []
         racer.start()
         try:
-            for _attempt in range(20):
+            for _attempt in range(attempts(20)):
                 tx.reset_counters()
                 assert tx.send_batch(batch, on_error="skip") == count
                 c = tx.counters
@@ -1427,7 +1428,7 @@ class BackendContract:
         sys.setswitchinterval(1e-5)  # the threads take turns often: the old race shows quickly
         try:
             t.start()
-            for _attempt in range(300):
+            for _attempt in range(attempts(300)):
                 try:
                     n = tx.send_batch(bad)
                 except SendError as e:
