@@ -119,6 +119,13 @@ def foreign(datagrams: list[bytes], data: bytes) -> list[bytes]:
     return [d for d in datagrams if d not in data]
 
 
+def drained(sock) -> list[bytes]:
+    """Every datagram queued on the plain non-blocking socket ``sock`` now."""
+    out: list[bytes] = []
+    drain(sock, out)
+    return out
+
+
 def drain(sock, into: list[bytes], recv: Callable[[object], bytes] | None = None) -> None:
     """Take every datagram queued on the plain socket ``sock`` into ``into``."""
     while True:
