@@ -28,7 +28,7 @@
  *   socketset/base.c       SocketSetBase: sockets, errors, the recv/send entry points
  *   socketset/uring.c      UringSocketSet: multishot RECVMSG, buffer ring, SENDMSG
  *   socketset/epoll.c      EpollSocketSet: epoll + recvmmsg per ready socket, sendmmsg
- *   socketset/meta.c       a SocketSet's per-datagram metadata: control buffers, cmsgs
+ *   socketset/meta.c       a SocketSet's receive cmsgs (GRO, metadata) and metadata checks
  *   zerocopy/zerocopy.h    zero-copy send's pool, buffers, sender and Completion
  *   zerocopy/pool.c        ZeroCopyPool and ZeroCopyBuffer: the buffers and their states
  *   zerocopy/sender.c      ZeroCopyIo: send, acquire, poll, close, setup

@@ -79,8 +79,9 @@ class SocketSet:
     buffer_size=2048, sqpoll=False, gso=True, paced=False, pacer_queue=4096)``
 
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
-    backend (a datagram, its address and a 16-byte header must fit a
-    buffer; larger datagrams are truncated and flagged). ``sqpoll`` asks
+    backend (a datagram, its address, a 16-byte header and 64 bytes of
+    control messages must fit a buffer; larger datagrams are truncated and
+    flagged). ``sqpoll`` asks
     for a kernel submission thread. The default io_uring ring is set up
     SINGLE_ISSUER|DEFER_TASKRUN: the kernel does receive work only inside
     your calls, but a ``min_datagrams`` wait then enters the kernel once per
@@ -88,7 +89,10 @@ class SocketSet:
     so the kernel counts the datagrams and such a wait returns after one
     entry. A SocketSet is used from the thread that made it, one call at a time
     (RuntimeError otherwise). It keeps its own descriptor of every socket
-    until remove() or close().
+    until remove() or close(). After fork(), an epoll set works in the child
+    (with an epoll instance of its own, on the shared sockets); an io_uring
+    set refuses the child's calls (RuntimeError): its io_uring is the
+    parent's.
 
     ``paced=True`` honours each entry's ``batch.txtimes`` with burstio's
     pacer thread (one for the set; each socket's datagrams leave in the order
@@ -149,8 +153,8 @@ class SocketSet:
             want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
             raise ValueError(f"SocketSet.add needs {want}, got {raw.type.name}")
         if not stream and raw.getsockopt(SOL_UDP, UDP_GRO):
-            # the set takes one datagram per entry: a coalesced receive would
-            # arrive as one entry holding many datagrams, unmarked
+            # a coalesced receive needs a batch (and io_uring buffers) sized
+            # for it; one turned on after add() is still split, as a safety net
             raise ValueError("SocketSet.add refuses a socket with UDP_GRO on (a coalesced receive would "
                              "be one entry holding many datagrams): turn UDP_GRO off, or receive it "
                              "with a BurstSocket(gro=True)")

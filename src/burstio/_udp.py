@@ -211,74 +211,66 @@ class BurstSocket(MetadataOptions):
         return self._io.send_batch(batch, start, count, on_error=on_error)
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
-                      skip: int) -> int:
-        """The send stopped at entry ``done``: sort out a GSO or ECN refusal, or report."""
-        io = self._io
+                      skip: int, err: int, index: int, gso: int) -> int:
+        """The send stopped at entry ``done`` with ``err`` (entry ``index``;
+        ``gso``: in a GSO send): sort out a GSO or ECN refusal or a GSO run
+        too big for the path, or report. What it reads is this call's own, and
+        what it resends without GSO or codepoints goes so for its own call
+        only: another thread sending on the socket meanwhile has its own
+        results and the socket's settings."""
         while True:
-            err = io.last_errno
             if not err:
                 return done - start
-            if io.last_error_gso and err == errno.EMSGSIZE and skip:
+            if gso and err == errno.EMSGSIZE and skip:
                 # a GSO run too big for the path: send the rest one datagram
                 # at a time, so that each too big is flagged and no other
-                saved = io.gso
-                io.gso = 0
-                try:
-                    done += self._send(batch, done, end - done, on_error="skip")
-                finally:
-                    io.gso = saved
+                n, err, index, gso = self._send(batch, done, end - done, on_error="skip", gso=False)
+                done += n
                 continue
-            gso = io.last_error_gso and err in _GSO_REFUSALS
-            if not (gso or self._ecn_maybe_refused(batch, done, err)):
-                return self._send_stopped(batch, err, start, done)
+            gso_refused = bool(gso) and err in _GSO_REFUSALS
+            if not (gso_refused or self._ecn_maybe_refused(batch, done, err)):
+                return self._send_stopped(batch, err, start, done, index)
             # EIO/EINVAL on a GSO send (GSO refused here, or a bad datagram?),
             # or EINVAL on one carrying a codepoint (the cmsg refused?): send
             # the datagram alone, then without its codepoint, to tell which
-            saved = io.gso
-            io.gso = 0
-            went = self._send_alone(batch, done)
+            went, err_alone, index_alone = self._send_alone(batch, done)
             if went:
-                if gso and went == "as is":
+                if gso_refused and went == "as is":
                     self._gso_refused(err)  # GSO stays off for this socket
-                else:
-                    io.gso = saved  # (it was the codepoint)
                 done += 1
-                done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+                n, err, index, gso = self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+                done += n
                 continue
-            err = io.last_errno
+            err, index = err_alone, index_alone
             if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
-                io.gso = saved
-                return self._send_stopped(batch, err, start, done)
+                return self._send_stopped(batch, err, start, done, index)
             # a bad datagram, and more may follow: flag them all in one walk
-            # without GSO for the rest of this call, then GSO again
+            # without GSO for the rest of this call
             batch._mark_error(done, err)
-            io.count("tx_errors", 1)
+            self._io.count("tx_errors", 1)
             done += 1
-            try:
-                done += self._send(batch, done, end - done, on_error="skip")
-            finally:
-                io.gso = saved
+            n, err, index, gso = self._send(batch, done, end - done, on_error="skip", gso=False)
+            done += n
 
     def _ecn_maybe_refused(self, batch: _native.PacketBatch, i: int, err: int) -> bool:
         """EINVAL on a datagram sent with its ECN codepoint: the kernel may
         refuse the cmsg (quinn-udp meets this on old kernels)."""
         return err == errno.EINVAL and bool(self._io.ecn_cmsg) and batch.has_metadata and bool(batch.ecn[i])
 
-    def _send_alone(self, batch: _native.PacketBatch, i: int) -> str:
-        """Send entry i by itself (GSO is off): "as is"; or, if the kernel
-        refuses its codepoint, "without ECN", and ECN stays off for this
-        socket; "" if it fails anyway (``last_errno`` says why)."""
-        if self._send(batch, i, 1) == 1:
-            return "as is"
-        io = self._io
-        if not self._ecn_maybe_refused(batch, i, io.last_errno):
-            return ""
-        saved, io.ecn_cmsg = io.ecn_cmsg, 0
-        if self._send(batch, i, 1) == 1:
+    def _send_alone(self, batch: _native.PacketBatch, i: int) -> tuple[str, int, int]:
+        """Send entry i by itself, without GSO: ("as is", 0, -1); or, if the
+        kernel refuses its codepoint, ("without ECN", 0, -1), and ECN stays off
+        for this socket; ("", errno, index) if it fails anyway."""
+        n, err, index, _gso = self._send(batch, i, 1, gso=False)
+        if n == 1:
+            return "as is", 0, -1
+        if not self._ecn_maybe_refused(batch, i, err):
+            return "", err, index
+        n, err, index, _gso = self._send(batch, i, 1, gso=False, ecn=False)
+        if n == 1:
             self._ecn_refused(errno.EINVAL)
-            return "without ECN"
-        io.ecn_cmsg = saved
-        return ""
+            return "without ECN", 0, -1
+        return "", err, index
 
     def _ecn_refused(self, err: int) -> None:
         """The kernel refused a codepoint cmsg and took the datagram without
@@ -304,20 +296,19 @@ class BurstSocket(MetadataOptions):
         io = self._io
         sent = 0
         while True:
-            sent += io.send_segments(buffer, segment_size, addr, sent)
-            err = io.last_errno
+            n, err, gso = io.send_segments(buffer, segment_size, addr, sent)
+            sent += n
             if not err:
                 return sent
-            if io.last_error_gso and err in _GSO_REFUSALS:
+            if gso and err in _GSO_REFUSALS:
                 # GSO refused, or a destination the kernel refuses anyway?
-                io.gso = 0
                 one = memoryview(buffer).cast("B")[sent * segment_size:(sent + 1) * segment_size]
-                if io.send_segments(one, segment_size, addr) == 1:
+                n, err1, _gso = io.send_segments(one, segment_size, addr, 0, False)
+                if n == 1:
                     self._gso_refused(err)
                     sent += 1
                     continue
-                io.gso = 1
-                err = io.last_errno
+                err = err1
             if err in (errno.EAGAIN, errno.EWOULDBLOCK):
                 if sent:
                     return sent
@@ -335,12 +326,11 @@ class BurstSocket(MetadataOptions):
             log.warning("UDP GSO refused on fd %d (%s); sending without it from now on",
                         self.fileno(), errno.errorcode.get(err, err))
 
-    def _send_stopped(self, batch: _native.PacketBatch, err: int, start: int, done: int) -> int:
+    def _send_stopped(self, batch: _native.PacketBatch, err: int, start: int, done: int, index: int) -> int:
         if err in (errno.EAGAIN, errno.EWOULDBLOCK):
             if done > start:
                 return done - start
             raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
-        index = self._io.last_error_index
         mtu = self._mtu_or_none(batch.addr(index)) if err == errno.EMSGSIZE else None
         raise SendError(err, index, done - start, self._describe_failure(batch, err, index), mtu)
 
@@ -408,10 +398,14 @@ class BurstSocket(MetadataOptions):
         """Datagrams the kernel dropped for this socket, ever (SO_MEMINFO):
         exact at the moment of asking, unlike SO_RXQ_OVFL, which reports
         drops only with the next datagram that does get queued."""
-        if self._sock.fileno() == -1:
-            return self._drops_base if hasattr(self, "_drops_base") else 0
         try:
-            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            if self._sock.fileno() != -1:
+                raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            elif self._io.fd >= 0:  # the caller closed bs.sock: ask through our own descriptor
+                with socket.fromfd(self._io.fd, self._sock.family, socket.SOCK_DGRAM) as own:
+                    raw = own.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            else:
+                return self._drops_base if hasattr(self, "_drops_base") else 0
         except OSError:
             return 0
         drops: int = struct.unpack(f"{len(raw) // 4}I", raw)[SK_MEMINFO_DROPS]
@@ -527,11 +521,13 @@ class BurstSocket(MetadataOptions):
 
     def close(self) -> list[Unsent]:
         """Close the BurstSocket's own descriptor and the wrapped socket.
-        A call blocked in recv_batch (or waiting for room in the pacer) in
-        another thread wakes at once with ``OSError(EBADF, "... closed while
-        waiting")``. On a paced socket the pacer stops (after the send under
-        way): returns the datagrams still waiting, by sequence number (also
-        in ``unsent``, counted in paced_unsent, logged); else []."""
+        A call blocked in another thread, in recv_batch, in a send waiting for
+        room on a blocking socket or waiting for room in the pacer, wakes at
+        once with ``OSError(EBADF, "... closed while waiting")`` (a send's
+        ``sent`` says how far it got). On a paced socket the pacer stops
+        (after the send under way): returns the datagrams still waiting, by
+        sequence number (also in ``unsent``, counted in paced_unsent,
+        logged); else []."""
         if self._pacer is not None:
             unsent = [Unsent(seq, addr, length) for seq, addr, length in self._pacer.close()]
             if unsent:
@@ -590,11 +586,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _recover_hook(ref: weakref.ref[BurstSocket]) -> RecoverPolicy:
     """The send policy as the backend calls it, holding the BurstSocket only
     weakly (the socket owns the backend: no reference cycle)."""
-    def recover(batch: _native.PacketBatch, start: int, done: int, end: int, skip: int) -> int:
+    def recover(batch: _native.PacketBatch, start: int, done: int, end: int, skip: int, err: int,
+                index: int, gso: int) -> int:
         sock = ref()
         if sock is None:
             raise OSError(errno.EBADF, "Bad file descriptor (the BurstSocket is gone)")
-        return sock._send_recover(batch, start, done, end, skip)
+        return sock._send_recover(batch, start, done, end, skip, err, index, gso)
     return recover
 
 

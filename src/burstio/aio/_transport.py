@@ -15,7 +15,10 @@ Where a datagram goes:
   and what ``pause_writing()``/``resume_writing()`` are about.
 
 Readiness: the transport asks the loop for readiness with ``add_reader`` /
-``add_writer`` and keeps its own record of what it asked for. asyncio's
+``add_writer`` on the descriptor it reads and writes, the BurstSocket's own
+duplicate (so the caller closing the socket object it passed in, or that
+number being reused, changes nothing for the transport), and keeps its own
+record of what it asked for. asyncio's
 selector loops report a pending socket error (an ICMP refusal sets one:
 EPOLLERR) as readable and keep watching. Other loops may not: uvloop's
 watch (a libuv ``uv_poll``) is stopped and closed on EPOLLERR after running
@@ -128,7 +131,10 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._bsock = BurstSocket(sock, gro=gro, backend=backend, pktinfo=pktinfo, ecn=ecn,
                                   dont_fragment=dont_fragment, paced=paced, pacer_queue=pacer_queue)  # owns sock
         self._sock = sock
-        self._sock_fd = sock.fileno()
+        # the loop watches the descriptor burstio reads and writes (the
+        # BurstSocket's own dup), not the caller's: a socket object closed
+        # by its caller, or its number reused, cannot move or steal the watch
+        self._sock_fd = self._bsock._io.fd
         self._loop = loop
         self._extra["socket"] = trsock.TransportSocket(sock)
         self._extra["burst_socket"] = self._bsock
