@@ -132,14 +132,17 @@ typedef struct {
 } BioUdpSend;
 
 /* Send the messages built (b->msgs[0, m)), flagging and skipping failures
- * when asked. 0, or the -errno that stopped it. nogil. */
+ * when asked. 0, or the -errno that stopped it (close() ending a wait for
+ * room stops it even when skipping). nogil. */
 static int
 bio_udp_send_run_nogil(void *arg)
 {
     BioUdpSend *c = arg;
     for (;;) {
         int err = bio_udp_send_msgs_nogil(c->u, c->b->msgs, c->m, &c->done);
-        if (err == 0 || err == -EINTR || bio_udp_send_must_stop(c->b, c->done, -err, c->skip))
+        if (err == 0 || err == -EINTR ||
+            (err == -BIO_ECLOSED && bio_wake_closing(&c->u->wake)) ||
+            bio_udp_send_must_stop(c->b, c->done, -err, c->skip))
             return err;
         bio_udp_send_mark_failed(c->u, c->b, c->done++, -err);
     }
