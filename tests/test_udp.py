@@ -1092,20 +1092,21 @@ class BackendContract:
     # ---- busy polling (each mechanism, on every backend) ----------------------
 
     def busy_poll_mechanism(self, monkeypatch, mech: str) -> None:
-        """Force the busy-poll mechanism: "socket" turns the per-epoll one off
-        (skipped, saying why, where the kernel lacks the mechanism)."""
-        if mech == "socket":
-            use_variant(self.variant.extended(off=["epoll_busy_poll"], needs=["so_busy_poll"]), monkeypatch)
-        else:
-            use_variant(self.variant.extended(needs=["epoll_busy_poll"]), monkeypatch)
+        """Need the busy-poll mechanism ``mech`` (skipped, saying why, where
+        the kernel lacks it); the tests ask for it by name."""
+        use_variant(self.variant.extended(needs=["so_busy_poll" if mech == "socket" else "epoll_busy_poll"]),
+                    monkeypatch)
 
     @pytest.mark.parametrize("mech", ["epoll", "socket"])
     def test_busy_poll_receives_everything_and_times_out(self, monkeypatch, mech):
         self.busy_poll_mechanism(monkeypatch, mech)
         rx, tx = self.make_pair()
         assert rx.busy_polling == "off"
-        assert rx.busy_poll(30, 8) == mech
+        assert rx.busy_poll(30, 8, mechanism=mech) == mech
         assert rx.busy_polling == mech
+        what = "the socket (SO_BUSY_POLL)" if mech == "socket" else "the epoll instance (EPIOCSPARAMS)"
+        assert rx.describe().endswith(f", busy polling through {what}: 30 us, budget 8, prefer off "
+                                      f"({mech}: asked for)")
         b = PacketBatch(64, 2048)
         assert rx.recv_batch(b, 0.02) == 0  # nothing there: waits (polling), then times out
         payloads = [bytes([i]) * (i + 1) for i in range(40)]
@@ -1123,7 +1124,7 @@ class BackendContract:
         rx, tx = self.make_pair()
         gc.collect()  # so that no other test's garbage closes descriptors meanwhile
         fds = open_fds()
-        rx.busy_poll(10)
+        rx.busy_poll(10, mechanism=mech)
         if mech == "epoll":
             assert open_fds() - fds  # its epoll instance (the portable twin holds a duplicate too)
         assert rx.busy_poll(0) == "off" and rx.busy_polling == "off"
@@ -1133,7 +1134,7 @@ class BackendContract:
         tx.send_batch(self.batch_of([(b"after", rx.getsockname())]))
         b = PacketBatch(4, 2048)
         assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"after"
-        rx.busy_poll(10)
+        rx.busy_poll(10, mechanism=mech)
         sock_fd = rx.fileno()
         rx.close()
         left = open_fds()
@@ -1150,7 +1151,42 @@ class BackendContract:
             s.busy_poll(-1)
         with pytest.raises(ValueError, match="budget must be between 0 and 65535, got 70000"):
             s.busy_poll(10, 70000)
-        assert s.busy_polling == "off"
+        with pytest.raises(TypeError, match="prefer must be bool, got int"):
+            s.busy_poll(10, 8, 1)
+        with pytest.raises(TypeError, match="mechanism must be str, got NoneType"):
+            s.busy_poll(10, mechanism=None)
+        with pytest.raises(ValueError, match="mechanism must be 'auto', 'socket', 'epoll' or 'io_uring', got 'spin'"):
+            s.busy_poll(10, mechanism="spin")
+        with pytest.raises(ValueError, match="mechanism 'io_uring' does not fit a BurstSocket: it waits in its "
+                                             r"receive call \(or an epoll instance of its own\); it takes "
+                                             "'auto', 'socket' or 'epoll'"):
+            s.busy_poll(10, mechanism="io_uring")
+        assert s.busy_polling == "off" and "busy polling" not in s.describe()
+
+    def test_busy_poll_auto_takes_the_socket(self, monkeypatch):
+        """One socket: "auto" busy polls through the socket (one system call
+        per wake-up), and describe() says so and why."""
+        self.busy_poll_mechanism(monkeypatch, "socket")
+        rx, tx = self.make_pair()
+        assert rx.busy_poll(25) == "socket" and rx.busy_polling == "socket"
+        assert rx.sock.getsockopt(socket.SOL_SOCKET, SO_BUSY_POLL) == 25
+        assert rx.describe().endswith(", busy polling through the socket (SO_BUSY_POLL): 25 us, budget 8, prefer "
+                                      "off (auto: one socket: SO_BUSY_POLL, one system call per wake-up)")
+        tx.send_batch(self.batch_of([(b"polled", rx.getsockname())]))
+        b = PacketBatch(4, 2048)
+        assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"polled"
+
+    def test_busy_poll_auto_without_so_busy_poll_takes_the_epoll_instance(self, monkeypatch):
+        """SO_BUSY_POLL forced off: "auto" falls back to an epoll instance of
+        the socket's own, and says why."""
+        use_variant(self.variant.extended(off=["so_busy_poll"], needs=["epoll_busy_poll"]), monkeypatch)
+        rx, tx = self.make_pair()
+        assert rx.busy_poll(25) == "epoll"
+        assert ("busy polling through the epoll instance (EPIOCSPARAMS): 25 us, budget 8, prefer off (auto: "
+                "SO_BUSY_POLL is off here (disabled by BURSTIO_DISABLE)") in rx.describe()
+        tx.send_batch(self.batch_of([(b"polled", rx.getsockname())]))
+        b = PacketBatch(4, 2048)
+        assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"polled"
 
     # ---- close wakes every waiter; descriptors; fork ------------------------------
 
@@ -1160,14 +1196,13 @@ class BackendContract:
         the busy-polling epoll instance, or spinning) ends at once when the
         BurstSocket is closed, with OSError EBADF, and the port is released."""
         require_syscall_introspection()
-        if wait == "busy-epoll":
-            self.busy_poll_mechanism(monkeypatch, "epoll")
-        elif wait == "busy-spin":
-            self.busy_poll_mechanism(monkeypatch, "socket")
+        mech = {"busy-epoll": "epoll", "busy-spin": "socket"}.get(wait)
+        if mech is not None:
+            self.busy_poll_mechanism(monkeypatch, mech)
         rx = self.make_socket()
         addr = rx.getsockname()
-        if wait != "poll":
-            rx.busy_poll(10_000_000 if wait == "busy-spin" else 50)  # spin: 10 s before it would sleep
+        if mech is not None:  # spin: 10 s before it would sleep
+            rx.busy_poll(10_000_000 if mech == "socket" else 50, mechanism=mech)
         errors: list[OSError] = []
         tid: list[int | None] = []
 

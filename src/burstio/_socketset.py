@@ -28,6 +28,7 @@ import socket
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _native
+from ._busy_policy import BUDGET_DEFAULT, BusyPollChoice, check_busy_poll, epoll_missing_error
 from ._caps import capabilities
 from ._checks import UDP_OR_TCP, check_int, check_socket
 from ._errors import Unsent
@@ -127,6 +128,7 @@ class SocketSet:
         self._socks: dict[int, socket.socket] = {}
         self._pacer: _native.Pacer | None = None
         self._unsent: list[Unsent] = []
+        self._busy_poll: BusyPollChoice | None = None  # what busy_poll() chose, while busy polling
         # hot paths straight to C (their docstrings are below)
         self.recv_batch = self._io.recv_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
@@ -243,27 +245,46 @@ class SocketSet:
 
     # ---- busy polling -------------------------------------------------
 
-    def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
+    def busy_poll(self, usecs: int, budget: int = BUDGET_DEFAULT, prefer: bool = False, *,
+                  mechanism: str = "auto") -> str:
         """While a receive waits, busy poll the NAPI instances of the set's
-        sockets for up to ``usecs`` (0: stop). Returns the mechanism:
-        "io_uring" (IORING_REGISTER_NAPI, Linux >= 6.9; io_uring takes no
-        budget) or "epoll" (the epoll backend's own busy-poll parameters,
-        EPIOCSPARAMS, Linux >= 6.9), "off" after busy_poll(0). On a kernel
-        without them, OSError names what is missing."""
-        from .napi.busypoll import register_uring_napi
+        sockets for up to ``usecs`` (0: stop), through what the set waits in
+        (a socket's own busy-poll options would never run: the set never
+        waits in one socket's receive). Returns the mechanism:
 
-        check_int("usecs", usecs, 0, 2**31 - 1)
-        check_int("budget", budget, 0, 65535)
+        - "epoll" (the epoll backend): its epoll instance's busy-poll
+          parameters (EPIOCSPARAMS, Linux >= 6.9);
+        - "io_uring" (the uring backend): IORING_REGISTER_NAPI (Linux >= 6.9;
+          io_uring takes no budget);
+        - "off" after busy_poll(0).
+
+        ``mechanism="auto"`` takes the backend's; ``describe()`` says which
+        and why. On a kernel without it, OSError names what is missing.
+        """
+        from .napi.busypoll import BusyPollEpoll, register_uring_napi
+
+        own = "epoll" if self.backend == "epoll" else "io_uring"
+        check_busy_poll(usecs, budget, prefer, mechanism, ("auto", own), f"SocketSet (backend {self.backend!r})",
+                        "its epoll instance" if own == "epoll" else "its io_uring")
         fd = getattr(self._io, "epoll_fd", None)
-        if fd is None:
+        if own == "io_uring":
             register_uring_napi(self, usecs, prefer)
-            return "io_uring" if usecs else "off"
-        if fd < 0:
+        elif fd is None or fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor (the socket set is closed)")
-        from .napi.busypoll import BusyPollEpoll
+        else:
+            caps = capabilities()
+            if not caps.epoll_busy_poll:
+                raise epoll_missing_error(caps)
+            BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
+        self._busy_poll = BusyPollChoice(own, usecs, budget if own == "epoll" else 0, prefer, mechanism,
+                                         "many sockets: the instance their readiness comes through") \
+            if usecs else None
+        return own if usecs else "off"
 
-        BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
-        return "epoll" if usecs else "off"
+    @property
+    def busy_polling(self) -> str:
+        """How receives busy poll: "epoll", "io_uring" or "off" (see busy_poll)."""
+        return self._busy_poll.mechanism if self._busy_poll else "off"
 
     # ---- the rest ------------------------------------------------------
 
@@ -286,7 +307,9 @@ class SocketSet:
         return list(self._unsent)
 
     def describe(self) -> str:
-        return self._io.describe()
+        """One line saying how this set receives and sends (and busy polls)."""
+        line: str = self._io.describe()
+        return line if self._busy_poll is None else f"{line}, {self._busy_poll.describe()}"
 
     def close(self) -> list[Unsent]:
         """Tear the set down and close its own descriptors; your sockets
@@ -299,6 +322,7 @@ class SocketSet:
             self._unsent += [Unsent(*u) for u in self._pacer.close()]
         self._io.close()
         self._socks.clear()
+        self._busy_poll = None
         return self.unsent
 
     def __enter__(self) -> SocketSet:

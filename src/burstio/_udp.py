@@ -22,6 +22,15 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _native
+from ._busy_policy import (
+    BUDGET_DEFAULT,
+    SOCKET_MECHANISMS,
+    BusyPollChoice,
+    check_busy_poll,
+    choose_for_socket,
+    reasons,
+    set_socket_options,
+)
 from ._caps import Capabilities, capabilities
 from ._checks import check_int, check_optional_int, check_seconds, check_socket, closed_socket_error
 from ._errors import SendError, Unsent
@@ -29,9 +38,7 @@ from ._kernel import (
     SK_MEMINFO_DROPS,
     SK_MEMINFO_VARS,
     SO_BUSY_POLL,
-    SO_BUSY_POLL_BUDGET,
     SO_MEMINFO,
-    SO_PREFER_BUSY_POLL,
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
     SO_TIMESTAMPNS,
@@ -139,8 +146,9 @@ class BurstSocket(MetadataOptions):
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
         self._gso_warned = False
         self._setup_metadata(caps, pktinfo, ecn, dont_fragment)
-        self._busy_poll: tuple[str, BusyPollEpoll | None] | None = None  # (mechanism, epoll) while busy polling
-        self._busy_params: tuple[int, int, bool] = (0, 8, False)  # what busy_poll() was last asked
+        # while busy polling: what busy_poll() chose, and its epoll instance ("epoll")
+        self._busy_poll: tuple[BusyPollChoice, BusyPollEpoll | None] | None = None
+        self._busy_params: tuple[int, int, bool, str] = (0, BUDGET_DEFAULT, False, "auto")  # what it was last asked
         # The hot paths are bound straight to the backend: no Python frame
         # between the caller and the C calls (see recv_batch/send_batch
         # below). The backend calls _send_recover only when a send stops early.
@@ -428,72 +436,108 @@ class BurstSocket(MetadataOptions):
             line += f", paced by the kernel (SO_TXTIME: {self._pacing_why})"
         elif self._pacing == "pacer":
             line += f", paced by burstio's pacer thread (SO_TXTIME not used: {self._pacing_why})"
+        if self._busy_poll is not None:
+            line += ", " + self._busy_poll[0].describe()
         return line
 
     # ---- busy polling --------------------------------------------------
 
-    def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
+    def busy_poll(self, usecs: int, budget: int = BUDGET_DEFAULT, prefer: bool = False, *,
+                  mechanism: str = "auto") -> str:
         """Make receives busy poll the device for up to ``usecs`` before they
-        sleep (0: stop). Returns the mechanism used:
+        sleep (0: stop), ``budget`` packets per poll, ``prefer``: prefer busy
+        polling to the device's interrupts (SO_PREFER_BUSY_POLL,
+        prefer_busy_poll). Returns the mechanism used:
 
+        - "socket": SO_BUSY_POLL (SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET)
+          on the socket; a receive that finds nothing polls the device again
+          for ``usecs`` before it sleeps: one system call per wake-up;
         - "epoll": recv_batch waits in an epoll instance of this socket's own
-          with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9);
-        - "socket": where that is missing, SO_BUSY_POLL (and, where present,
-          SO_PREFER_BUSY_POLL/SO_BUSY_POLL_BUDGET) on the socket, and
-          recv_batch retries the receive for ``usecs`` before it sleeps;
+          with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9): epoll_wait,
+          then the receive;
         - "off": after busy_poll(0).
+
+        ``mechanism="auto"`` takes "socket" (one socket: the cheaper wake-up),
+        or "epoll" where the socket cannot have what was asked
+        (SO_PREFER_BUSY_POLL, and SO_BUSY_POLL_BUDGET other than the kernel's
+        default 8, need CAP_NET_ADMIN; a kernel without them), and
+        ``describe()`` says which and why. An explicit "socket" or "epoll"
+        the kernel cannot give raises OSError (PermissionError) naming what
+        is missing.
 
         Busy polling only has a device to poll once the socket's traffic
         came through NAPI (see burstio.napi.busypoll.napi_id); over loopback it
         costs CPU and changes nothing else. A budget over 64 needs
         CAP_NET_ADMIN.
         """
-        from .napi.busypoll import BusyPollEpoll, set_busy_poll
+        from .napi.busypoll import set_busy_poll
 
-        check_int("usecs", usecs, 0, 2**31 - 1)
-        check_int("budget", budget, 0, 65535)
+        check_busy_poll(usecs, budget, prefer, mechanism, SOCKET_MECHANISMS, "BurstSocket",
+                        "its receive call (or an epoll instance of its own)")
         if self._io.fd == -1 or self._sock.fileno() == -1:
             raise closed_socket_error()
         caps = capabilities()
         self._stop_busy_poll()
         if usecs == 0:
             return "off"
-        self._busy_params = (usecs, budget, prefer)
-        if caps.epoll_busy_poll:
-            ep = BusyPollEpoll(usecs, budget, prefer)
-            try:
-                ep.register(self._io.fd)  # the BurstSocket's own descriptor
-                self._io.set_wait_fd(ep.fileno())  # C waits in its own dup, with the wake eventfd
-            except BaseException:
-                ep.close()
+        self._busy_params = (usecs, budget, prefer, mechanism)
+        refused = None
+        if caps.so_busy_poll and mechanism != "epoll":
+            refused = set_socket_options(self._sock, caps, budget, prefer)
+        try:
+            mech, why = choose_for_socket(caps, mechanism, refused)
+            ep = self._busy_poll_epoll(usecs, budget, prefer) if mech == "epoll" else None
+        except OSError as e:
+            if mechanism != "auto" or refused is None or not isinstance(e, PermissionError):
+                self._reset_socket_options(caps)
                 raise
-            self._busy_poll = ("epoll", ep)
+            # the epoll instance refused too (a budget over 64 without CAP_NET_ADMIN)
+            mech, why, ep = "socket", f"{reasons(refused)}; {e.strerror}: the socket without it", None
+        if ep is None:
+            budget = BUDGET_DEFAULT if refused and "budget" in refused else budget
+            prefer = prefer and not (refused and "prefer" in refused)
+            set_busy_poll(self._sock, usecs)
+            self._io.spin_us = usecs
+        else:
+            self._reset_socket_options(caps)
             _BUSY_POLLING.add(self)
-            return "epoll"
-        if not caps.so_busy_poll:
-            raise OSError(errno.EOPNOTSUPP, "busy polling needs EPIOCSPARAMS (Linux >= 6.9) or SO_BUSY_POLL: "
-                                            f"{caps['epoll_busy_poll'].detail}; {caps['so_busy_poll'].detail}")
-        if caps.so_busy_poll_budget and budget:
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, budget)
-        if caps.so_prefer_busy_poll:
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, int(bool(prefer)))
-        set_busy_poll(self._sock, usecs)
-        self._busy_poll = ("socket", None)
-        self._io.spin_us = usecs
-        return "socket"
+        self._busy_poll = (BusyPollChoice(mech, usecs, budget, prefer, mechanism, why), ep)
+        if mechanism == "auto" and refused:
+            log.info("BurstSocket fd %d: %s", self.fileno(), self._busy_poll[0].describe())
+        return mech
+
+    def _busy_poll_epoll(self, usecs: int, budget: int, prefer: bool) -> BusyPollEpoll:
+        """An epoll instance of this socket's own with busy-poll parameters,
+        for the receive path to wait in."""
+        from .napi.busypoll import BusyPollEpoll
+
+        ep = BusyPollEpoll(usecs, budget, prefer)
+        try:
+            ep.register(self._io.fd)  # the BurstSocket's own descriptor
+            self._io.set_wait_fd(ep.fileno())  # C waits in its own dup, with the wake eventfd
+        except BaseException:
+            ep.close()
+            raise
+        return ep
+
+    def _reset_socket_options(self, caps: Capabilities) -> None:
+        """SO_BUSY_POLL_BUDGET and SO_PREFER_BUSY_POLL back to the kernel's
+        defaults (lowering needs no privilege)."""
+        set_socket_options(self._sock, caps, BUDGET_DEFAULT, False)
 
     @property
     def busy_polling(self) -> str:
         """How receives busy poll: "epoll", "socket" or "off" (see busy_poll)."""
-        return self._busy_poll[0] if self._busy_poll else "off"
+        return self._busy_poll[0].mechanism if self._busy_poll else "off"
 
     def _stop_busy_poll(self, closing: bool = False) -> None:
         state, self._busy_poll = getattr(self, "_busy_poll", None), None
         if state is None:
             return
-        mech, ep = state
+        choice, ep = state
         _BUSY_POLLING.discard(self)
-        if mech == "epoll":
+        if choice.mechanism == "epoll":
+            assert ep is not None
             if not closing:  # (a closing backend lets go of its own dup)
                 self._io.set_wait_fd(-1)
             ep.close()  # the receive path waits in its own dup: safe under a waiter
@@ -501,6 +545,7 @@ class BurstSocket(MetadataOptions):
             self._io.spin_us = 0
             if self._sock.fileno() != -1 and not closing:
                 self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, 0)
+                self._reset_socket_options(capabilities())
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -544,15 +589,16 @@ class BurstSocket(MetadataOptions):
         parent's (shared parameters, the parent's wake eventfd); make one of
         our own with the same parameters."""
         state, self._busy_poll = self._busy_poll, None
-        if state is None or state[0] != "epoll" or self._io.fd < 0:
+        if state is None or state[0].mechanism != "epoll" or self._io.fd < 0:
             self._busy_poll = state
             return
         _BUSY_POLLING.discard(self)
         ep = state[1]
         assert ep is not None
         ep.close()  # our copy of the parent's descriptor
+        usecs, budget, prefer, mechanism = self._busy_params
         try:
-            self.busy_poll(*self._busy_params)
+            self.busy_poll(usecs, budget, prefer, mechanism=mechanism)
         except OSError as e:
             log.warning("busy polling could not be set up again after fork(): %s", e)
 

@@ -59,10 +59,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from .. import _native
+from .._busy_policy import BUDGET_DEFAULT, BusyPollChoice
 from .._caps import capabilities
 from .._checks import check_int
 from .._types import Address
 from .._udp import BurstSocket
+from . import _busypoll
 
 __all__ = ["BurstDatagramTransport"]
 
@@ -270,6 +272,37 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     def abort(self) -> None:
         """Close now, dropping the datagrams held for writability; ``connection_lost(None)`` follows."""
         self._force_close(None)
+
+    # ---- busy polling (the loop's epoll instance: see burstio.aio._busypoll) --
+
+    _busy: BusyPollChoice | None = None
+
+    def busy_poll(self, usecs: int, budget: int = BUDGET_DEFAULT, prefer: bool = False, *,
+                  mechanism: str = "auto") -> str:
+        """Make the event loop busy poll the NAPI instance of its sockets for
+        up to ``usecs`` while it waits (0: stop), ``budget`` packets per poll,
+        ``prefer`` as prefer_busy_poll. The loop waits in its epoll instance,
+        never in this socket's receive, so that is where busy polling goes:
+        "epoll" (EPIOCSPARAMS on the loop's instance, Linux >= 6.9), which
+        ``mechanism="auto"`` takes; "off" after busy_poll(0). The parameters
+        are the loop's, shared by every transport on it (the most recent call
+        is in force), and stay until the last transport that asked stops or
+        loses its connection. A loop that keeps its epoll instance out of
+        reach (uvloop's is libuv's) raises OSError(EOPNOTSUPP) saying so."""
+        if self._closing:
+            raise OSError(errno.EBADF, "Bad file descriptor (the transport is closing)")
+        self._busy = _busypoll.start(self._loop, self, usecs, budget, prefer, mechanism)
+        return self._busy.mechanism if self._busy else "off"
+
+    @property
+    def busy_polling(self) -> str:
+        """How the loop busy polls for this transport: "epoll" or "off"."""
+        return self._busy.mechanism if self._busy else "off"
+
+    def describe(self) -> str:
+        """One line: the BurstSocket's mechanisms, and how the loop busy polls."""
+        line = self._bsock.describe()
+        return line if self._busy is None else f"{line}, {self._busy.describe()}"
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if self._sock is not None:
@@ -824,6 +857,9 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._flush_handle = self._rearm_handle = None
             if self._pacer_fd is not None:
                 self._loop.remove_reader(self._pacer_fd)
+            if self._busy is not None:
+                _busypoll.stop(self._loop, self)
+                self._busy = None
             self._bsock.close()
             self._sock = None
             self._protocol = None
