@@ -1164,14 +1164,15 @@ class BackendContract:
         assert s.busy_polling == "off" and "busy polling" not in s.describe()
 
     def test_busy_poll_auto_takes_the_socket(self, monkeypatch):
-        """One socket: "auto" busy polls through the socket (one system call
-        per wake-up), and describe() says so and why."""
+        """One socket: "auto" busy polls through the socket (the receive polls
+        itself, no epoll_wait first), and describe() says so and why."""
         self.busy_poll_mechanism(monkeypatch, "socket")
         rx, tx = self.make_pair()
         assert rx.busy_poll(25) == "socket" and rx.busy_polling == "socket"
         assert rx.sock.getsockopt(socket.SOL_SOCKET, SO_BUSY_POLL) == 25
         assert rx.describe().endswith(", busy polling through the socket (SO_BUSY_POLL): 25 us, budget 8, prefer "
-                                      "off (auto: one socket: SO_BUSY_POLL, one system call per wake-up)")
+                                      "off (auto: one socket: SO_BUSY_POLL, the receive polls itself, no epoll_wait "
+                                      "first)")
         tx.send_batch(self.batch_of([(b"polled", rx.getsockname())]))
         b = PacketBatch(4, 2048)
         assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"polled"

@@ -9,10 +9,12 @@ its receives wait through it (csrc/udp/recv.c, csrc/socketset/, the event
 loop's epoll_wait).
 
 - one socket (BurstSocket): "socket" (SO_BUSY_POLL, SO_PREFER_BUSY_POLL,
-  SO_BUSY_POLL_BUDGET on the socket, and a receive that finds nothing polls
-  the device again: one system call per wake-up), or "epoll" (an epoll
-  instance of the socket's own with its own parameters, EPIOCSPARAMS, Linux >=
-  6.9: epoll_wait, then the receive, two per wake-up). "auto" takes "socket";
+  SO_BUSY_POLL_BUDGET on the socket: each receive polls the device itself,
+  and one that finds nothing tries again for ``usecs``, so the call that
+  finds the datagram is the receive, with no epoll_wait before it), or
+  "epoll" (an epoll instance of the socket's own with its own parameters,
+  EPIOCSPARAMS, Linux >= 6.9: epoll_wait polls, then the receive takes it:
+  two system calls per wake-up). "auto" takes "socket";
   where the socket cannot have what was asked (SO_PREFER_BUSY_POLL and
   SO_BUSY_POLL_BUDGET need CAP_NET_ADMIN, a kernel without them, SO_BUSY_POLL
   forced off) it takes "epoll", which honours them, and where that is missing
@@ -143,7 +145,7 @@ def choose_for_socket(caps: Capabilities, asked: str, refused: Refused | None) -
                                "takes the epoll instance instead)")
         return "socket", "asked for"
     if refused == {}:
-        return "socket", "one socket: SO_BUSY_POLL, one system call per wake-up"
+        return "socket", "one socket: SO_BUSY_POLL, the receive polls itself, no epoll_wait first"
     if caps.epoll_busy_poll:
         why = f"SO_BUSY_POLL is off here ({caps['so_busy_poll'].detail})" if refused is None \
             else reasons(refused)

@@ -280,9 +280,9 @@ def add_sockperf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--busy-poll-budget", type=int_arg(1, 65535), default=8,
                         help="busy-poll modes: packets per poll (over 64 needs CAP_NET_ADMIN)")
     parser.add_argument("--busy-poll-mechanism", default="auto", choices=list(BUSY_POLL_MECHANISMS),
-                        help="busy-poll modes: through the socket (SO_BUSY_POLL: one system call per wake-up), "
-                             "through an epoll instance (EPIOCSPARAMS), or auto: the socket where it can have "
-                             "what is asked")
+                        help="busy-poll modes: through the socket (SO_BUSY_POLL: the receive polls, no "
+                             "epoll_wait first), through an epoll instance (EPIOCSPARAMS), or auto: the socket "
+                             "where it can have what is asked")
     parser.add_argument("--napi", dest="napi_settings", type=napi_settings_arg, default=None, metavar="K=V,...",
                         help="busy-poll-suspend: settings for the traffic's NAPI instance, ns (when not given: "
                              + ",".join(f"{k}={v}" for k, v in SOCKPERF_SUSPEND_NAPI.items()) + ")")

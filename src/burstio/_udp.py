@@ -450,14 +450,16 @@ class BurstSocket(MetadataOptions):
         prefer_busy_poll). Returns the mechanism used:
 
         - "socket": SO_BUSY_POLL (SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET)
-          on the socket; a receive that finds nothing polls the device again
-          for ``usecs`` before it sleeps: one system call per wake-up;
+          on the socket; each receive polls the device, and one that finds
+          nothing tries again for ``usecs`` before it sleeps: the datagram is
+          taken by the receive that polled it, with no epoll_wait first;
         - "epoll": recv_batch waits in an epoll instance of this socket's own
           with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9): epoll_wait,
           then the receive;
         - "off": after busy_poll(0).
 
-        ``mechanism="auto"`` takes "socket" (one socket: the cheaper wake-up),
+        ``mechanism="auto"`` takes "socket" (one socket: one system call fewer
+        per wake-up),
         or "epoll" where the socket cannot have what was asked
         (SO_PREFER_BUSY_POLL, and SO_BUSY_POLL_BUDGET other than the kernel's
         default 8, need CAP_NET_ADMIN; a kernel without them), and

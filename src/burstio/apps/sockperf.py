@@ -9,8 +9,8 @@ Warm-up messages (FLAG_WARMUP) follow the same rule.
 Modes: "blocking" (recv_batch sleeps until a datagram comes), "busy-poll"
 (BurstSocket.busy_poll, its mechanism "auto" unless busy_poll_mechanism says
 otherwise: for the server's one socket, SO_BUSY_POLL, so while nothing is
-there each receive polls the NIC queue instead of sleeping, one system call
-per wake-up), and
+there each receive polls the NIC queue itself instead of sleeping, with no
+epoll_wait before it), and
 "busy-poll-suspend" (busy-poll with prefer_busy_poll, and on the NAPI
 instance the traffic comes through: defer_hard_irqs, gro_flush_timeout and
 irq_suspend_timeout, so interrupts stay off while the server keeps finding

@@ -48,8 +48,8 @@ SERVERS: dict[str, Callable[[str, str], list[str]]] = {
     "busy-poll": lambda sp, host: _burstio(host, "busy-poll"),
     "busy-poll-suspend": lambda sp, host: _burstio(host, "busy-poll-suspend"),
     # the same server made to busy poll through an epoll instance of its own
-    # (EPIOCSPARAMS): shows what that path's extra system call per wake-up
-    # (epoll_wait, then recvmmsg) costs, and why "auto" does not take it here
+    # (EPIOCSPARAMS): shows what that path's epoll_wait before each receive
+    # costs, and why "auto" does not take it here
     "busy-poll-epoll": lambda sp, host: _burstio(host, "busy-poll", "epoll"),
 }
 
