@@ -28,6 +28,7 @@ import socket
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _native
+from ._busy_policy import BUDGET_DEFAULT, BusyPollChoice, check_busy_poll, epoll_missing_error
 from ._caps import capabilities
 from ._checks import UDP_OR_TCP, check_int, check_seconds, check_socket
 from ._errors import Unsent
@@ -80,8 +81,9 @@ class SocketSet:
     pacer_slack=0.001)``
 
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
-    backend (a datagram, its address and a 16-byte header must fit a
-    buffer; larger datagrams are truncated and flagged). ``sqpoll`` asks
+    backend (a datagram, its address, a 16-byte header and 64 bytes of
+    control messages must fit a buffer; larger datagrams are truncated and
+    flagged). ``sqpoll`` asks
     for a kernel submission thread. The default io_uring ring is set up
     SINGLE_ISSUER|DEFER_TASKRUN: the kernel does receive work only inside
     your calls, but a ``min_datagrams`` wait then enters the kernel once per
@@ -89,7 +91,10 @@ class SocketSet:
     so the kernel counts the datagrams and such a wait returns after one
     entry. A SocketSet is used from the thread that made it, one call at a time
     (RuntimeError otherwise). It keeps its own descriptor of every socket
-    until remove() or close().
+    until remove() or close(). After fork(), an epoll set works in the child
+    (with an epoll instance of its own, on the shared sockets); an io_uring
+    set refuses the child's calls (RuntimeError): its io_uring is the
+    parent's.
 
     ``paced=True`` honours each entry's ``batch.txtimes`` with burstio's
     pacer thread (one for the set; each socket's datagrams leave in the order
@@ -126,6 +131,7 @@ class SocketSet:
         self._socks: dict[int, socket.socket] = {}
         self._pacer: _native.Pacer | None = None
         self._unsent: list[Unsent] = []
+        self._busy_poll: BusyPollChoice | None = None  # what busy_poll() chose, while busy polling
         # hot paths straight to C (their docstrings are below)
         self.recv_batch = self._io.recv_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
@@ -154,8 +160,8 @@ class SocketSet:
             want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
             raise ValueError(f"SocketSet.add needs {want}, got {raw.type.name}")
         if not stream and raw.getsockopt(SOL_UDP, UDP_GRO):
-            # the set takes one datagram per entry: a coalesced receive would
-            # arrive as one entry holding many datagrams, unmarked
+            # a coalesced receive needs a batch (and io_uring buffers) sized
+            # for it; one turned on after add() is still split, as a safety net
             raise ValueError("SocketSet.add refuses a socket with UDP_GRO on (a coalesced receive would "
                              "be one entry holding many datagrams): turn UDP_GRO off, or receive it "
                              "with a BurstSocket(gro=True)")
@@ -244,27 +250,46 @@ class SocketSet:
 
     # ---- busy polling -------------------------------------------------
 
-    def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
+    def busy_poll(self, usecs: int, budget: int = BUDGET_DEFAULT, prefer: bool = False, *,
+                  mechanism: str = "auto") -> str:
         """While a receive waits, busy poll the NAPI instances of the set's
-        sockets for up to ``usecs`` (0: stop). Returns the mechanism:
-        "io_uring" (IORING_REGISTER_NAPI, Linux >= 6.9; io_uring takes no
-        budget) or "epoll" (the epoll backend's own busy-poll parameters,
-        EPIOCSPARAMS, Linux >= 6.9), "off" after busy_poll(0). On a kernel
-        without them, OSError names what is missing."""
-        from .napi.busypoll import register_uring_napi
+        sockets for up to ``usecs`` (0: stop), through what the set waits in
+        (a socket's own busy-poll options would never run: the set never
+        waits in one socket's receive). Returns the mechanism:
 
-        check_int("usecs", usecs, 0, 2**31 - 1)
-        check_int("budget", budget, 0, 65535)
+        - "epoll" (the epoll backend): its epoll instance's busy-poll
+          parameters (EPIOCSPARAMS, Linux >= 6.9);
+        - "io_uring" (the uring backend): IORING_REGISTER_NAPI (Linux >= 6.9;
+          io_uring takes no budget);
+        - "off" after busy_poll(0).
+
+        ``mechanism="auto"`` takes the backend's; ``describe()`` says which
+        and why. On a kernel without it, OSError names what is missing.
+        """
+        from .napi.busypoll import BusyPollEpoll, register_uring_napi
+
+        own = "epoll" if self.backend == "epoll" else "io_uring"
+        check_busy_poll(usecs, budget, prefer, mechanism, ("auto", own), f"SocketSet (backend {self.backend!r})",
+                        "its epoll instance" if own == "epoll" else "its io_uring")
         fd = getattr(self._io, "epoll_fd", None)
-        if fd is None:
+        if own == "io_uring":
             register_uring_napi(self, usecs, prefer)
-            return "io_uring" if usecs else "off"
-        if fd < 0:
+        elif fd is None or fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor (the socket set is closed)")
-        from .napi.busypoll import BusyPollEpoll
+        else:
+            caps = capabilities()
+            if not caps.epoll_busy_poll:
+                raise epoll_missing_error(caps)
+            BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
+        self._busy_poll = BusyPollChoice(own, usecs, budget if own == "epoll" else 0, prefer, mechanism,
+                                         "many sockets: the instance their readiness comes through") \
+            if usecs else None
+        return own if usecs else "off"
 
-        BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
-        return "epoll" if usecs else "off"
+    @property
+    def busy_polling(self) -> str:
+        """How receives busy poll: "epoll", "io_uring" or "off" (see busy_poll)."""
+        return self._busy_poll.mechanism if self._busy_poll else "off"
 
     # ---- the rest ------------------------------------------------------
 
@@ -287,7 +312,9 @@ class SocketSet:
         return list(self._unsent)
 
     def describe(self) -> str:
-        return self._io.describe()
+        """One line saying how this set receives and sends (and busy polls)."""
+        line: str = self._io.describe()
+        return line if self._busy_poll is None else f"{line}, {self._busy_poll.describe()}"
 
     def close(self) -> list[Unsent]:
         """Tear the set down and close its own descriptors; your sockets
@@ -300,6 +327,7 @@ class SocketSet:
             self._unsent += [Unsent(*u) for u in self._pacer.close()]
         self._io.close()
         self._socks.clear()
+        self._busy_poll = None
         return self.unsent
 
     def __enter__(self) -> SocketSet:
