@@ -26,9 +26,11 @@
  *   udp/fuzz.c             udp_parse_for_fuzz(): the receive's finishing step on made-up cmsgs
  *   socketset/socketset.h  SocketSet's shared struct and the backends' hooks
  *   socketset/base.c       SocketSetBase: sockets, errors, the recv/send entry points
- *   socketset/uring.c      UringSocketSet: multishot RECVMSG, buffer ring, SENDMSG
+ *   socketset/uring.h      the io_uring set's struct, user_data encoding, its two files' contract
+ *   socketset/uring.c      UringSocketSet: set-up, multishot RECVMSG armed, waits, SENDMSG
+ *   socketset/uring_completions.c  its completions: receives into the batch, buffers back
  *   socketset/epoll.c      EpollSocketSet: epoll + recvmmsg per ready socket, sendmmsg
- *   socketset/meta.c       a SocketSet's per-datagram metadata: control buffers, cmsgs
+ *   socketset/meta.c       a SocketSet's receive cmsgs (GRO, metadata) and metadata checks
  *   zerocopy/zerocopy.h    zero-copy send's pool, buffers, sender and Completion
  *   zerocopy/pool.c        ZeroCopyPool and ZeroCopyBuffer: the buffers and their states
  *   zerocopy/sender.c      ZeroCopyIo: send, acquire, poll, close, setup

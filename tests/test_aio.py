@@ -20,15 +20,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import errno
 import logging
-import os
 import platform
-import shutil
 import socket
-import subprocess
-import threading
 
 import pytest
 
@@ -36,9 +31,9 @@ import burstio
 import burstio.aio
 from burstio import PacketBatch
 from burstio.aio._transport import TX_SLOT, BurstDatagramTransport
-from support.kernel import CLONE_NEWNET, require_kernel
+from support.kernel import require_kernel
 from support.loops import new_loop
-from support.net import HOSTS, V4, closed_port
+from support.net import HOSTS, V4, closed_port, slow_namespace, socket_in
 from support.variants import AIO, Variant, variant_env
 
 TIMEOUT = 10.0  # bounds a hung scenario; never a measurement
@@ -258,6 +253,69 @@ class DatagramContract:
         assert p1 == [("made",), ("data", b"via connected", "peer0"), ("data", b"addr ignored", "peer0"),
                       ("lost", "None")]
         assert p2 == [("made",), ("data", b"back", "peer1"), ("lost", "None")]
+
+    def test_closing_the_socket_passed_in(self):
+        """The caller closes the socket object it passed as sock=, and the
+        number is reused by another socket that the loop watches too.
+        burstio's transport works on its own descriptor (BurstSocket's dup)
+        and watches that one: datagrams to its address still arrive, sendto
+        still leaves from it, pausing and resuming reading re-watch its own
+        descriptor, the other socket's reader gets only the other's
+        datagrams, and close() leaves the other socket and its reader alone.
+        asyncio's own transport (the oracle) reads the object passed in:
+        once that is closed nothing arrives and sendto reports EBADF to
+        error_received (and the loop's watch of the number is the other
+        socket's to fight over, so this scenario does not add that reader)."""
+        async def scenario(variant):
+            loop = asyncio.get_running_loop()
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((V4, 0))
+            addr = s.getsockname()
+            t, p = await create(variant, Recorder, sock=s)
+            await settle()
+            number = s.fileno()
+            s.close()
+            other, peer = plain(), plain()
+            other_got: list[bytes] = []
+            if is_burstio(variant):
+                assert other.fileno() == number  # the lowest free number: the one just closed
+                loop.add_reader(other.fileno(), lambda: other_got.append(other.recv(100)))
+                t.pause_reading()
+                t.resume_reading()
+            peer.sendto(b"to-transport", addr)
+            peer.sendto(b"to-other", other.getsockname())
+            t.sendto(b"from-transport", peer.getsockname())
+            if is_burstio(variant):
+                await p.wait_data(1)
+            else:
+                await p.wait(lambda ev: any(e[0] == "error" for e in ev), "an error")
+            back = await drain_plain(peer, 1, limit=0.5 if not is_burstio(variant) else 5.0)
+            t.close()
+            await settle()
+            if is_burstio(variant):
+                await asyncio.sleep(0)  # (the other reader runs on the loop too)
+                assert other.fileno() == number  # closing the transport left it open
+                peer.sendto(b"to-other-again", other.getsockname())
+                for _ in range(200):
+                    if len(other_got) == 2:
+                        break
+                    await asyncio.sleep(0.005)
+                loop.remove_reader(other.fileno())
+            else:
+                other_got.append(other.recv(100))
+            for x in (other, peer):
+                x.close()
+            return p.events, back, other_got
+
+        events, back, other_got = self.run(scenario)
+        if is_burstio(self.variant):
+            assert events == [("made",), ("data", b"to-transport", "peer0"), ("lost", "None")]
+            assert back == [b"from-transport"]
+            assert other_got == [b"to-other", b"to-other-again"]
+        else:
+            assert ("data", b"to-transport", "peer0") not in events
+            assert ("error", "OSError", errno.EBADF) in events
+            assert back == [] and other_got == [b"to-other"]
 
     def test_many_peers_each_in_order(self):
         async def scenario(variant):
@@ -679,65 +737,13 @@ class DatagramContract:
 # ---- flow control against a real full socket: a netns whose lo is rate-limited ------------
 
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ip netns, tc)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: iproute2)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def slow_netns():
     """A network namespace whose loopback drains through tbf at 2 Mbit/s: a
     sender with a small SO_SNDBUF there gets EAGAIN (asyncio buffers, pauses
     the protocol), and the queue drains by itself."""
-    why = _netns_unavailable()
-    if why:
-        pytest.skip(f"flow control needs a rate-limited netns: {why}")
-    ns = f"burstio-aio-test-{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"ip netns add failed: {r.stderr.strip()}")
-    try:
-        for cmd in (["ip", "-n", ns, "link", "set", "lo", "up"],
-                    ["tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "2mbit",
-                     "burst", "4000", "limit", "1000000"]):
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode:
-                pytest.skip(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+    with slow_namespace("aio-test") as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def socket_in(ns: str, sndbuf: int | None = None) -> socket.socket:
-    """A UDP socket bound to 127.0.0.1 inside ``ns`` (made on a thread that
-    entered the namespace: sockets keep the namespace they were made in)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    out: dict = {}
-
-    def make():
-        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                out["error"] = OSError(ctypes.get_errno(), "setns failed")
-                return
-        finally:
-            os.close(fd)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if sndbuf:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        s.bind((V4, 0))
-        out["sock"] = s
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["sock"]
 
 
 def datagram(i: int) -> bytes:

@@ -187,6 +187,31 @@ def test_install_passes_the_metadata_options():
     run_on_loop("asyncio", main, 10)
 
 
+def test_pacer_slack_reaches_the_pacer():
+    """pacer_slack is BurstSocket's: an endpoint option, an install() default,
+    checked with the same words."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        t, _p = await burstio.aio.create_datagram_endpoint(loop, Recorder, local_addr=("127.0.0.1", 0), paced=True)
+        assert t.get_extra_info("burst_socket")._pacer.slack_ns == 1_000_000  # the default
+        t.close()
+        t, _p = await burstio.aio.create_datagram_endpoint(loop, Recorder, local_addr=("127.0.0.1", 0), paced=True,
+                                                           pacer_slack=0.002)
+        assert t.get_extra_info("burst_socket")._pacer.slack_ns == 2_000_000
+        t.close()
+        with pytest.raises(ValueError, match=r"^pacer_slack must be between 0 and 1 seconds, got -1$"):
+            await burstio.aio.create_datagram_endpoint(loop, Recorder, local_addr=("127.0.0.1", 0), paced=True,
+                                                       pacer_slack=-1)
+        burstio.aio.install(loop, paced=True, pacer_slack=0)
+        try:
+            t, _p = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+            assert t.get_extra_info("burst_socket")._pacer.slack_ns == 0
+            t.close()
+        finally:
+            burstio.aio.uninstall(loop)
+    run_on_loop("asyncio", main, 10)
+
+
 def test_batch_protocol_batch_has_no_metadata_without_the_options():
     async def main():
         loop = asyncio.get_running_loop()

@@ -126,6 +126,45 @@ def test_serve_once_timeout(server):
     assert (server.requests, server.replies) == (0, 0)
 
 
+@pytest.mark.parametrize("mechanism", ["auto", "socket", "epoll"])
+def test_busy_poll_mode_busy_polls_as_asked(udp_variant, client, mechanism):
+    """The busy-poll mode takes busy_poll's "auto" choice, which for the
+    server's one socket is the socket (SO_BUSY_POLL), or the mechanism asked
+    for; describe() says which, and the server answers while busy polling."""
+    require_kernel("epoll_busy_poll" if mechanism == "epoll" else "so_busy_poll")
+    s = SockperfServer(V4, 0, batch=16, mode="busy-poll", busy_poll_usecs=20, busy_poll_mechanism=mechanism,
+                       **udp_variant.kwargs)
+    try:
+        assert s.start_busy_poll() == ("socket" if mechanism == "auto" else mechanism)
+        assert f"({mechanism}: " in s.sock.describe()
+        request = message(7, FLAG_CLIENT | FLAG_PONG_REQUEST)
+        client.sendto(request, s.address)
+        assert s.serve_once(5.0) == 1
+        assert replies(client, 1) == [cleared(request)]
+    finally:
+        s.close()
+    with pytest.raises(ValueError, match="busy_poll_mechanism must be 'auto', 'socket' or 'epoll', got 'io_uring'"):
+        SockperfServer(V4, 0, busy_poll_mechanism="io_uring")
+
+
+def test_serve_sockperf_busy_poll_says_how_it_busy_polls():
+    """`burstio serve sockperf --mode busy-poll` busy polls as "auto" chooses
+    for its one socket, and its start line says so."""
+    require_kernel("so_busy_poll")
+    proc = subprocess.Popen([sys.executable, "-m", "burstio", "serve", "sockperf", "--host", V4, "--port", "0",
+                             "--mode", "busy-poll", "--busy-poll-usecs", "20"],
+                            env=subprocess_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert "busy polling through the socket (SO_BUSY_POLL): 20 us, budget 8, prefer off (auto: one socket" in line, \
+        (line, err)
+    assert proc.returncode == 0, err
+
+
 # ---- the real sockperf client against `burstio serve sockperf` -----------------------------
 
 
@@ -201,7 +240,8 @@ def test_sockperf_under_load(server_process):
 
 
 def test_sockperf_server_busy_poll_suspend_tunes_and_restores(burstio_lab):
-    require_kernel("epoll_busy_poll")
+    require_kernel("so_busy_poll")
+    require_kernel("so_prefer_busy_poll")
     lab = burstio_lab
     with lab.inside("b"):
         server = SockperfServer(lab.addr("b"), 0, mode="busy-poll-suspend", busy_poll_usecs=20)
@@ -219,7 +259,7 @@ def test_sockperf_server_busy_poll_suspend_tunes_and_restores(burstio_lab):
                 cli.sendto(HEADER.pack(seq, FLAG_CLIENT | FLAG_PONG_REQUEST, 64) + bytes(50), server.address)
                 reply = recv_one(cli)
                 assert HEADER.unpack_from(reply) == (seq, FLAG_PONG_REQUEST, 64)
-            assert server.sock.busy_polling == "epoll"
+            assert server.sock.busy_polling == "socket"  # auto, for the one socket (root may prefer)
             nid = napi_id(server.sock)
             assert nid in before
             with lab.inside("b"):

@@ -39,3 +39,6 @@ def test_a_short_run_accounts_for_every_datagram(monkeypatch):
         assert res.variants["burstio-paced-gso@1M"].metrics()["gso_messages"] > 0
     assert res.variants["burstio-paced@1M"].metrics()["gso_messages"] == 0
     assert len(res.targets) == 2 * len(pacing.RATES)
+    # the targets judge the default slack; the slack-0 variant is shown beside it
+    assert {t.variant for t in res.targets} == {f"burstio-paced@{lab}" for lab in ("10k", "100k", "1M")}
+    assert res.params["pacer_slack_us"] == burstio._udp.PACER_SLACK * 1e6 == 1000

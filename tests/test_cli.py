@@ -177,6 +177,8 @@ MISTAKES = [
     (["serve", "sockperf", "--busy-poll-budget", "70000"],
      "burstio serve sockperf: argument --busy-poll-budget: must be between 1 and 65535, got 70000"),
     (["serve", "sockperf", "--backend", "fast"], "burstio serve sockperf: argument --backend: invalid choice: 'fast'"),
+    (["serve", "sockperf", "--busy-poll-mechanism", "spin"],
+     "burstio serve sockperf: argument --busy-poll-mechanism: invalid choice: 'spin'"),
     (["serve", "dns", "--workers", "0"], "burstio serve dns: argument --workers: must be between 1 and 1024, got 0"),
     (["serve", "dns", "--host", "192.0.2.7"],
      "burstio serve dns: cannot bind UDP 192.0.2.7:5353: 192.0.2.7 is not an address of this machine (EADDRNOTAVAIL)"),
@@ -430,6 +432,9 @@ def test_the_parser_imports_no_app():
     from burstio.apps import dns, sockperf
 
     assert _cliargs.SOCKPERF_MODES == sockperf.MODES and _cliargs.SOCKPERF_SUSPEND_NAPI == sockperf.SUSPEND_NAPI
+    from burstio._busy_policy import SOCKET_MECHANISMS
+
+    assert _cliargs.BUSY_POLL_MECHANISMS == SOCKET_MECHANISMS
     assert dns.TRANSPORTS == _cliargs.DNS_TRANSPORTS
     if importlib.util.find_spec("aioquic") is not None:
         from burstio.apps import quic

@@ -60,7 +60,8 @@ def test_pacing_is_reported(sockets):
     assert s.pacing == "pacer"
     caps = burstio.capabilities()
     why = caps["txtime_qdisc"].detail if caps.so_txtime else caps["so_txtime"].detail
-    assert s.describe().endswith(f"paced by burstio's pacer thread (SO_TXTIME not used: {why})")
+    assert s.describe().endswith(f"paced by burstio's pacer thread, pacer_slack 1 ms (SO_TXTIME not used: {why})")
+    assert "pacer_slack 0.25 ms" in sockets.burst(paced=True, pacer_slack=0.00025).describe()
     if caps.so_txtime and not caps.txtime_qdisc:
         assert "no fq or etf qdisc" in why
     assert sockets.burst().pacing == "off"
@@ -111,7 +112,9 @@ def test_close_reports_what_was_not_sent(sockets, caplog):
 
 
 def test_gso_runs_for_coinciding_times(sockets):
-    rx, tx = sockets.pair(tx={"paced": True})
+    """Without slack, each group of coinciding times is one release and one
+    GSO run (both groups are one if the second is due when the first leaves)."""
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": 0})
     now = time.monotonic_ns()
     times = [now + MS] * 8 + [now + 2 * MS] * 8
     b = PacketBatch(16, 64)
@@ -121,8 +124,9 @@ def test_gso_runs_for_coinciding_times(sockets):
     assert tx.flush(10.0)
     assert len(arrivals(rx, 16)) == 16
     c = tx.counters
+    assert c["paced_releases"] in (1, 2)
     if tx.gso:
-        assert c["tx_gso_messages"] == 2 and c["tx_gso_datagrams"] == 16
+        assert c["tx_gso_messages"] == c["paced_releases"] and c["tx_gso_datagrams"] == 16
     else:
         assert c["tx_gso_messages"] == 0
 
@@ -329,19 +333,88 @@ def test_scm_txtime_bytes_with_the_clock_offset():
     assert _txtime.clock_offset(_txtime.CLOCK_MONOTONIC) == 0
 
 
-def test_slack_releases_close_times_together(sockets):
-    """With a slack, datagrams due within it of a release leave with it: here
-    all of them at once (the first is due now), as one GSO run where there is GSO."""
-    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": 0.5})
-    now = time.monotonic_ns()
-    b = PacketBatch(8, 64)
-    for i in range(8):
-        b.append(b"s" * 16, rx.getsockname(), txtime=now + i * MS)  # one ms apart, all within 0.5 s
-    tx.send_batch(b)
+# ---- the slack: one wake-up for what is due within it ----------------------------------
+
+
+def test_slack_releases_what_is_due_within_it_in_one_wake_up(sockets):
+    """The pacer wakes at the first datagram's time and takes every datagram
+    due within the slack with it: one release for the first group, as GSO
+    runs where there is GSO (their times differ: the release honoured them);
+    the group due after the slack has passed is a release of its own."""
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": 0.05})
+    t0 = time.monotonic_ns() + 20 * MS
+    times = [t0 + i * MS for i in range(8)] + [t0 + 400 * MS + i * MS for i in range(8)]
+    b = PacketBatch(16, 64)
+    for i, t in enumerate(times):
+        b.append(b"s%02d" % i + b"." * 13, rx.getsockname(), txtime=t)
+    assert tx.send_batch(b) == 16
     assert tx.flush(10.0)
-    assert len(arrivals(rx, 8)) == 8
+    assert arrivals(rx, 16) == [b"s%02d" % i + b"." * 13 for i in range(16)]  # order kept, nothing lost
     c = tx.counters
-    assert c["tx_gso_messages"] == 0  # different times: never one GSO run, slack or not
-    assert c["paced_releases"] <= 2  # ... but one release (two if the first went alone)
-    with pytest.raises(ValueError, match="pacer_slack must be between 0 and 1 seconds, got 2"):
-        burstio.BurstSocket(paced=True, pacer_slack=2)
+    assert c["paced_releases"] == 2  # lateness is not asserted: the second group is 350 ms past the slack
+    assert c["tx_datagrams"] == 16 and c["paced_unsent"] == 0 and tx.paced_errors() == []
+    if tx.gso:
+        assert c["tx_gso_messages"] == 2 and c["tx_gso_datagrams"] == 16
+    else:
+        assert c["tx_gso_messages"] == 0
+
+
+def test_a_release_larger_than_one_send_is_still_one_wake_up(sockets):
+    """200 datagrams due within the slack, to 200 ports (no two in one GSO
+    run): several sendmmsg calls of at most 64 messages, one release."""
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": 0.5})
+    host, port = rx.getsockname()
+    t0 = time.monotonic_ns() + 20 * MS
+    b = PacketBatch(200, 64)
+    for i in range(200):
+        b.append(b"r%d" % i, (host, port) if i % 2 == 0 else (host, 9), txtime=t0 + i * 10_000)
+    assert tx.send_batch(b) == 200
+    assert tx.flush(10.0)
+    assert arrivals(rx, 100) == [b"r%d" % i for i in range(0, 200, 2)]
+    c = tx.counters
+    assert c["paced_releases"] == 1 and c["tx_datagrams"] == 200 and c["tx_gso_messages"] == 0
+    assert c["tx_syscalls"] >= 4  # 200 messages: at least four sends of 64
+
+
+def test_slack_never_releases_a_datagram_before_its_time_less_the_slack(sockets):
+    """Each datagram arrives (CLOCK_MONOTONIC, read by the receiver after it
+    arrived, so later than it left) no earlier than its transmit time less
+    the slack; how late is not asserted. Times 20 ms apart, slack 30 ms:
+    each release takes a datagram or two, never the whole schedule."""
+    slack = 30 * MS
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
+    t0 = time.monotonic_ns() + 20 * MS
+    times = [t0 + i * 20 * MS for i in range(10)]
+    tx.send_batch(schedule(rx.getsockname(), times))
+    batch = PacketBatch(64, 64)
+    got: list[tuple[int, int]] = []
+    while len(got) < len(times) and rx.recv_batch(batch, 5.0):
+        arrived = time.monotonic_ns()
+        got += [(int(bytes(batch[i])), arrived) for i in range(len(batch))]
+    assert [i for i, _ in got] == list(range(len(times)))
+    early = [(i, times[i] - slack - arrived) for i, arrived in got if arrived < times[i] - slack]
+    assert early == []
+    assert tx.counters["paced_releases"] >= len(times) // 2  # the slack covers at most two of them
+
+
+def test_slack_zero_and_the_default(sockets):
+    rx, tx = sockets.pair(tx={"paced": True})
+    assert tx._pacer.slack_ns == round(burstio._udp.PACER_SLACK * 1e9) == MS  # 1 ms, QUIC's pacers' granularity
+    exact = sockets.burst(paced=True, pacer_slack=0)
+    assert exact._pacer.slack_ns == 0
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (2, ValueError, "pacer_slack must be between 0 and 1 seconds, got 2"),
+    (-0.001, ValueError, "pacer_slack must be between 0 and 1 seconds, got -0.001"),
+    (float("nan"), ValueError, "pacer_slack must be between 0 and 1 seconds, got nan"),
+    ("1ms", TypeError, "pacer_slack must be a number of seconds, got str"),
+    (True, TypeError, "pacer_slack must be a number of seconds, got bool"),
+])
+def test_bad_slack_is_refused(value, error, message):
+    with pytest.raises(error) as e:
+        burstio.BurstSocket(paced=True, pacer_slack=value)
+    assert str(e.value) == message
+    with pytest.raises(error) as e:
+        burstio.SocketSet(paced=True, pacer_slack=value)
+    assert str(e.value) == message

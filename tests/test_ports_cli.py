@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from burstio import ports
 from burstio.xdp.udp import frame, mac_of
 from support.paths import ROOT
 from support.ports import LIMIT, receive
-from support.proc import subprocess_env
+from support.proc import subprocess_env, wait_for
 from support.xdp import flood, needs_xdp_lab
 
 W1, W2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -25,6 +28,14 @@ def start(argv: list[str]) -> subprocess.Popen[str]:
 
 def burstio_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "burstio", *args]
+
+
+def published(name: str) -> bool:
+    """Whether a port is published as ``name`` in this thread's network
+    namespace (its listening socket's abstract address)."""
+    with open("/proc/thread-self/net/unix") as f:
+        return any(line.split()[-1] == "@" + ports._NAME_PREFIX + name for line in f.readlines()[1:]
+                   if len(line.split()) == 8)
 
 
 def test_help_lists_switch():
@@ -56,13 +67,37 @@ def test_switch_command_bridges_ports_other_processes_attach():
     assert report["ports"] == {f"{name}-1": "closed", f"{name}-2": "closed"}
 
 
-def test_switch_command_refuses_bad_specs():
-    r = subprocess.run(burstio_cmd("switch", "--seconds", "0"), capture_output=True, text=True,
-                       env=subprocess_env(), cwd=ROOT, timeout=60, check=False)
-    assert r.returncode == 2 and "give at least one --nic or --port" in r.stderr
-    r = subprocess.run(burstio_cmd("switch", "--port", "x", "--route", f"{W1}=y", "--seconds", "0"),
-                       capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=60, check=False)
-    assert r.returncode == 1 and "(no y)" in r.stderr
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(burstio_cmd(*args), capture_output=True, text=True, env=subprocess_env(), cwd=ROOT,
+                          timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    ((), "give at least one --nic or --port"),
+    (("--nic", ":0"), "--nic ':0': a NIC queue is DEV or DEV:QUEUE (QUEUE a number)"),
+    (("--nic", "lo:x"), "--nic 'lo:x': a NIC queue is DEV or DEV:QUEUE (QUEUE a number)"),
+    (("--nic", "nosuchdev0"), "--nic 'nosuchdev0': no network device named 'nosuchdev0' in this network namespace"),
+    (("--nic", "lo", "--nic", "lo:0"), "--nic 'lo:0': queue 0 of lo is given twice"),
+    (("--port", "=02:00:00:00:00:01"), ("--port '=02:00:00:00:00:01': a port is NAME or NAME=DEST (NAME not empty, "
+                                         "without '=' or ',')")),
+    (("--port", "w=zz"), "--port 'w=zz': a MAC address is 6 bytes, written like 02:00:00:00:00:01, got 'zz'"),
+    (("--port", "w=7"), "--port 'w=7': a MAC address is 6 bytes, written like 02:00:00:00:00:01, got '7'"),
+    (("--forward-by", "key", "--port", "w=x"), "--port 'w=x': a key is an integer from 1 to 4294967294, got 'x'"),
+    (("--port", "w", "--port", "w"), "--port 'w': the name w is given twice"),
+    (("--port", "x", "--route", f"{W1}=y"), (f"--route '{W1}=y': DEST=NAME[,NAME...] of the ports and NIC queues "
+                                             "given here (no y)")),
+    (("--port", "x", "--route", "zz=x"), ("--route 'zz=x': a MAC address is 6 bytes, written like "
+                                          "02:00:00:00:00:01, got 'zz'")),
+    (("--port", "x", "--slots", "100"), "--slots: must be a power of two from 2 to 65536, got 100"),
+    (("--port", "x", "--rule", "proto"), ("--rule 'proto': a rule is KEY=VALUE,... with KEY proto, dport, src, dst, "
+                                          "family or action; got 'proto'")),
+])
+def test_switch_command_refuses_bad_specs_before_making_anything(args, why):
+    """One line on stderr, exit status 2, and nothing made: no switch (it
+    would say "switch up"), no port published, no XDP program."""
+    r = run_cli("switch", *args, "--seconds", "0")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [f"burstio switch: {why}"] and r.stdout == ""
 
 
 @needs_xdp_lab
@@ -87,3 +122,25 @@ def test_switch_command_feeds_a_port_from_a_nic_queue(burstio_lab):
     report = json.loads(out)
     assert report["counters"]["forwarded"] == 100
     assert report["ports"] == {f"{lab.dev['b']}:0": "live", "w": "closed"}
+
+
+@needs_xdp_lab
+def test_switch_command_leaves_nothing_after_sigterm(burstio_lab):
+    """SIGTERM: the report, exit status 0, and nothing left of what it made:
+    no XDP program on the device, no port published under its name."""
+    lab = burstio_lab
+    proc = start(lab.command("b", burstio_cmd("switch", "--nic", lab.dev["b"], "--port", "kept", "--json")))
+    try:
+        with lab.inside("b"):
+            assert wait_for(lambda: "xdp" in subprocess.run(["ip", "link", "show", "dev", lab.dev["b"]],
+                                                            capture_output=True, text=True).stdout)
+            assert wait_for(lambda: published("kept"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["ports"] == {lab.dev["b"]: "live", "kept": "live"}
+    with lab.inside("b"):
+        assert "xdp" not in subprocess.run(["ip", "link", "show", "dev", lab.dev["b"]], capture_output=True,
+                                           text=True).stdout
+        assert not published("kept")

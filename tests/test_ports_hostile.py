@@ -724,6 +724,8 @@ def switch_process(sw, stop, conn) -> None:
     """Child body: run the switch until stop is set, then report."""
     threading.Thread(target=lambda: (stop.wait(), sw.stop()), daemon=True).start()
     sw.run()
+    sw._native.stopping = 0
+    sw.forward(0)  # a last pass: the clients closed before the stop, and that is seen now
     conn.send((sw.counters, [sw.port_state(i) for i in range(3)], sw.isolation_reason(0)))
 
 

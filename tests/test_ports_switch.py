@@ -175,3 +175,98 @@ def test_spread_stops_at_a_full_ring_and_keeps_order():
         sink.rx.spread([])
     with pytest.raises(ValueError, match=full("by must be 'flow' or 'round-robin'")):
         sink.rx.spread([n1.tx], by="x")
+
+
+# ---- the forwarding table stays bounded and usable --------------------------------------------
+
+def macs(n: int, base: int = 0x10) -> list[bytes]:
+    return [bytes([2, 0, 0, base, n >> 8, n & 0xFF]) for n in range(n)]
+
+
+def test_forgotten_addresses_free_their_table_entries():
+    """A port that goes takes what was learned on it out of the table, and a
+    removed route frees its entry: after a client filled the table with
+    random sources and left, the others learn again."""
+    with ports.Switch(slots=64, slot_size=256, forward_by="mac", linger=0, table_size=16) as sw:
+        flooder, p2, p3 = sw.add_port(), sw.add_port(), sw.add_port()
+        put(flooder, *[eth(MAC[2], m) for m in macs(40)])
+        sw.forward(0)
+        assert len(sw.routes) == 12 and sw.counters["table_full"] == 28  # 3/4 of 16 entries
+        flooder.close()
+        sw.forward(0)
+        assert sw.routes == {}
+        drain(p2)
+        put(p2, *[eth(MAC[3], m) for m in macs(12, base=0x20)])
+        sw.forward(0)
+        assert len(sw.routes) == 12 and set(sw.routes.values()) == {(1, False)}
+        for m in macs(12, base=0x20):
+            sw.route(m, None)
+        for m in macs(12, base=0x30):
+            sw.route(m, p3)
+        assert len(sw.routes) == 12 and sw.counters["table_full"] == 28
+
+
+def test_a_port_learns_at_most_max_learned_addresses():
+    """A client sending from ever new source addresses fills only its own
+    share of the table; its frames are still forwarded, and the other
+    ports still learn."""
+    with ports.Switch(slots=64, slot_size=256, forward_by="mac", linger=0, max_learned=4) as sw:
+        flooder, p2 = sw.add_port(), sw.add_port()
+        put(flooder, *[eth(BCAST, m) for m in macs(10)])
+        sw.forward(0)
+        assert len(drain(p2)) == 10
+        assert len(sw.routes) == 4 and sw.counters["learn_limited"] == 6
+        put(p2, eth(BCAST, MAC[2]))
+        sw.forward(0)
+        assert sw.routes["02:00:00:00:00:02"] == (1, False)
+        put(p2, *[eth(BCAST, m) for m in macs(3, base=0x20)])  # p2: 4 of its own now
+        sw.forward(0)
+        assert sw.counters["learn_limited"] == 6
+        put(p2, eth(BCAST, macs(1)[0]))  # moving an address to p2 is learning one more: refused
+        sw.forward(0)
+        assert sw.routes[macs(1)[0].hex(":")] == (0, False) and sw.counters["learn_limited"] == 7
+    with pytest.raises(ValueError, match=full("max_learned must be between 1 and 4096, got 0")):
+        ports.Switch(max_learned=0)
+
+
+def test_learning_in_key_mode_is_bounded_too():
+    with ports.Switch(slots=64, slot_size=64, linger=0, max_learned=2) as sw:
+        p1, p2 = sw.add_port(), sw.add_port(key=7)
+        for src in (11, 12, 13):
+            p1.tx.put(b"x", dst=7, src=src)
+        p1.tx.sync()
+        sw.forward(0)
+        assert len(drain(p2)) == 3
+        assert sw.routes == {7: (1, True), 11: (0, False), 12: (0, False)}
+        assert sw.counters["learn_limited"] == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_table_after_any_mix_of_routes_and_removals_is_what_was_asked(seed):
+    """Entries removed from the middle of a probe run leave every other key
+    reachable (the table moves them back instead of leaving tombstones):
+    routes() always equals a dict kept alongside, and a full table is full
+    at exactly 3/4 of its size."""
+    import errno
+    import random
+
+    rng = random.Random(seed)
+    with ports.Switch(slots=2, table_size=16, max_ports=4) as sw:
+        for _ in range(4):
+            sw.add_port()
+        model: dict[int, int] = {}
+        for _ in range(3000):
+            key = rng.randrange(1, 40)
+            if rng.random() < 0.45:
+                sw.route(key, None)
+                model.pop(key, None)
+            else:
+                port = rng.randrange(4)
+                if key not in model and len(model) == 12:
+                    with pytest.raises(OSError) as e:
+                        sw.route(key, port)
+                    assert e.value.errno == errno.ENOSPC
+                    continue
+                sw.route(key, port)
+                model[key] = port
+            assert sw.routes == {k: (p, True) for k, p in model.items()}

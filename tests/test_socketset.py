@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import burstio
-from burstio import PacketBatch, SocketSet
-from support.kernel import require_syscall_introspection, thread_blocked_in_syscall
+from burstio import FLAG_COALESCED, FLAG_GRO, FLAG_TRUNCATED, PacketBatch, SocketSet
+from support.kernel import gso_sendmsg, require_syscall_introspection, thread_blocked_in_syscall
 from support.net import V4, closed_port, force_rcvbuf
 from support.proc import Helper, rescue, wait_for
-from support.race import SEGMENT, ArrayRacer, drain, foreign, payload_buffer
+from support.race import SEGMENT, ArrayRacer, attempts, drained, foreign, payload_buffer
 from support.variants import SOCKETSET, Variant, use_variant, variant_env
 
 
@@ -291,48 +291,120 @@ class SocketSetContract:
             sset.recv_batch(PacketBatch(4), 0)
         sset.close()  # again: nothing to do
 
-    @pytest.mark.parametrize("call", ["recv_batch", "recv_stream"])
-    def test_close_from_another_thread_wakes_a_waiting_call(self, call):
-        """close() in another thread ends a recv_batch(timeout=None) or a
-        recv_stream waiting for its bytes at once, with OSError EBADF; the
-        set's descriptors are closed as the call leaves."""
+    def stream_pair(self) -> tuple[socket.socket, socket.socket]:
+        """(our end, the peer's end) of a TCP connection on loopback."""
+        srv = socket.create_server((V4, 0))
+        self.socks.append(srv)
+        cli = socket.create_connection(srv.getsockname())
+        self.socks.append(cli)
+        conn, _ = srv.accept()
+        self.socks.append(conn)
+        return conn, cli
+
+    def wait_and_close(self, sset: SocketSet, call, rescue_call) -> list[BaseException]:
+        """Run ``call()`` (a wait) in this thread while another thread closes
+        the set once this one sleeps in the kernel. Returns what the call
+        raised. Fails unless close() itself ended the wait: if it has not
+        within 10 s, the closer rescues the call (``rescue_call()``, which
+        makes data arrive) and says so."""
         require_syscall_introspection()
-        sset = self.socket_set()
-        rx = udp(self.socks)
-        if call == "recv_stream":
-            srv = socket.create_server((V4, 0))
-            self.socks.append(srv)
-            cli = socket.create_connection(srv.getsockname())
-            self.socks.append(cli)
-            conn, _ = srv.accept()
-            self.socks.append(conn)
-            idx = sset.add(conn, stream=True)
-        else:
-            sset.add(rx)
-        errors: list[OSError] = []
-        ready = threading.Event()
+        woken = threading.Event()
+        late: list[str] = []
 
         def closer() -> None:
-            ready.wait(10)
-            assert wait_for(lambda: thread_blocked_in_syscall(threading.main_thread().native_id))
-            sset.close()
+            asleep = wait_for(lambda: thread_blocked_in_syscall(threading.main_thread().native_id))
+            sset.close()  # in any case: a call that never slept must still end
+            if not asleep:
+                late.append("the call never slept in the kernel (spinning?)")
+            if not woken.wait(10):
+                late.append("close() did not wake the waiting call: rescued by data")
+                rescue_call()
         t = Helper(closer)
+        errors: list[BaseException] = []
         t.start()
-        with rescue(rx.getsockname()):
-            ready.set()
-            try:
-                if call == "recv_batch":
-                    sset.recv_batch(PacketBatch(4), None)
-                else:
-                    sset.recv_stream(idx, bytearray(8), 8, None)
-            except OSError as e:
-                errors.append(e)
-        t.join(10)
+        try:
+            call()
+        except OSError as e:
+            errors.append(e)
+        finally:
+            woken.set()
+        t.join(30)
         assert not t.is_alive() and t.error is None
+        assert not late, late
+        return errors
+
+    @pytest.mark.parametrize("call", ["recv_batch", "recv_batch-min4", "recv_stream"])
+    def test_close_from_another_thread_wakes_a_waiting_call(self, call):
+        """close() in another thread ends a recv_batch(timeout=None), one
+        waiting for min_datagrams=4, or a recv_stream waiting for its bytes,
+        at once (in every set-up: the kernel counting completions for a
+        watermark too), with OSError EBADF; the set's descriptors are closed
+        as the call leaves."""
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        tx = udp(self.socks)
+        if call == "recv_stream":
+            conn, cli = self.stream_pair()
+            idx = sset.add(conn, stream=True)
+            wait, rescue_call = (lambda: sset.recv_stream(idx, bytearray(8), 8, None),
+                                 lambda: cli.sendall(bytes(8)))
+        else:
+            sset.add(rx)
+            sset.recv_batch(PacketBatch(8), 0)  # armed
+            want = 4 if call == "recv_batch-min4" else 1
+            wait = lambda: sset.recv_batch(PacketBatch(8), None, min_datagrams=want)  # noqa: E731
+            rescue_call = lambda: [tx.sendto(b"rescue", rx.getsockname()) for _ in range(8)]  # noqa: E731
+        errors = self.wait_and_close(sset, wait, rescue_call)
         assert len(errors) == 1 and errors[0].errno == errno.EBADF, errors
         assert "closed while waiting" in str(errors[0])
         with pytest.raises(ValueError, match="the socket set is closed"):
             sset.recv_batch(PacketBatch(4), 0)
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_a_childs_close_neither_wakes_nor_disarms_the_parents_waits(self):
+        """Two close/wait cycles. A fork()ed child closing its copy of the set
+        must not reach the parent: the parent's waiting recv_batch neither
+        wakes on it nor spins (it makes a handful of kernel calls until a
+        datagram comes), and the parent's own close() later still ends a
+        wait for min_datagrams=4 at once."""
+        require_syscall_introspection()
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        tx = udp(self.socks)
+        sset.add(rx)
+        batch = PacketBatch(8)
+        sset.recv_batch(batch, 0)  # armed
+        before: list[int] = []
+        spun: list[bool] = []
+
+        def fork_and_send() -> None:
+            assert wait_for(lambda: thread_blocked_in_syscall(threading.main_thread().native_id))
+            pid = os.fork()
+            if pid == 0:  # the child: close its copy, never return into pytest
+                code = 1
+                try:
+                    sset.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _pid, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            before.append(sset.counters["syscalls"])
+            # a spinning waiter makes thousands of calls in the 0.1 s given to show it
+            spun.append(wait_for(lambda: sset.counters["syscalls"] - before[0] > 8, limit=0.1))
+            tx.sendto(b"one", rx.getsockname())
+        t = Helper(fork_and_send)
+        t.start()
+        with rescue(rx.getsockname()):
+            n = sset.recv_batch(batch, None)
+        t.join(30)
+        assert not t.is_alive() and t.error is None
+        assert n == 1 and bytes(batch[0]) == b"one"
+        assert spun == [False] and sset.counters["syscalls"] - before[0] <= 8  # it slept until the datagram
+        errors = self.wait_and_close(
+            sset, lambda: sset.recv_batch(batch, None, min_datagrams=4),
+            lambda: [tx.sendto(b"rescue", rx.getsockname()) for _ in range(8)])
+        assert len(errors) == 1 and errors[0].errno == errno.EBADF, errors
 
     def test_gro_socket_is_refused_at_add(self):
         """A GRO socket would hand a coalesced receive over as one unmarked
@@ -346,38 +418,126 @@ class SocketSetContract:
         rx.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 0)
         assert sset.add(rx) == 0
 
-    def test_fork_child_gets_a_clear_error_and_parent_keeps_working(self):
-        """After fork() the set's io_uring (or epoll instance) is the
-        parent's: the child's calls raise RuntimeError naming the parent
-        (they would steal its completions), its close() lets go of its
-        copies only, and the parent goes on receiving."""
+    def gro_after_add(self) -> tuple[SocketSet, socket.socket, socket.socket, int]:
+        """(set, receiver, sender, index): the receiver joined the set, then
+        had UDP_GRO turned on behind the set's back."""
+        if not burstio.capabilities().udp_gro or not burstio.capabilities().udp_segment:
+            pytest.skip("UDP GRO and GSO are needed to make a coalesced receive")
         sset = self.socket_set()
         rx = udp(self.socks)
+        tx = udp(self.socks)
+        i = sset.add(rx)
+        rx.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 1)
+        return sset, rx, tx, i
+
+    def test_gro_turned_on_after_add_is_split_into_datagrams(self):
+        """A socket whose UDP_GRO is turned on after add() receives a GSO
+        send of 20 datagrams coalesced: the set splits it, as BurstSocket
+        does, into 20 entries of one datagram each (FLAG_GRO, pointing into
+        the one slot), never one 600-byte entry passed off as a datagram;
+        a plain datagram behind it is its own entry."""
+        sset, rx, tx, i = self.gro_after_add()
+        batch = PacketBatch(64)
+        sset.recv_batch(batch, 0)  # armed
+        payload = b"".join(b"%030d" % k for k in range(20))
+        gso_sendmsg(tx, payload, 30, rx.getsockname())
+        tx.sendto(b"alone", rx.getsockname())
+        got: list[tuple] = []
+        for _ in range(50):
+            n = sset.recv_batch(batch, 2.0)
+            got += [(bytes(batch[k]), int(batch.flags[k]), int(batch.segment_sizes[k]), int(batch.sockets[k]),
+                     batch.addr(k)) for k in range(n)]
+            if len(got) >= 21 or n == 0:
+                break
+        src = tx.getsockname()
+        assert got == [(b"%030d" % k, FLAG_GRO, 30, i, src) for k in range(20)] + [(b"alone", 0, 0, i, src)]
+        c = sset.counters
+        assert c["rx_datagrams"] == 21 and c["rx_bytes"] == 600 + 5
+        assert sset.take_errors() == []
+
+    def test_gro_after_add_with_too_few_entries_keeps_the_rest_flagged(self):
+        """A batch with fewer entries than the coalesced datagrams: what does
+        not fit stays in the last entry, flagged FLAG_COALESCED with its
+        segment size (as a BurstSocket's batch does), never unmarked."""
+        sset, rx, tx, i = self.gro_after_add()
+        batch = PacketBatch(4)
+        sset.recv_batch(batch, 0)  # armed
+        gso_sendmsg(tx, bytes(range(200)) * 3, 30, rx.getsockname())
+        assert sset.recv_batch(batch, 2.0) == 4
+        assert [int(f) for f in batch.flags[:4]] == [FLAG_GRO] * 3 + [FLAG_GRO | FLAG_COALESCED]
+        assert [len(batch[k]) for k in range(4)] == [30, 30, 30, 510]
+        assert list(batch.segment_sizes[:4]) == [30] * 4
+        assert b"".join(bytes(batch[k]) for k in range(4)) == bytes(range(200)) * 3
+
+    def test_gro_after_add_larger_than_its_slot_is_split_and_the_cut_counted(self):
+        """A coalesced receive of 100 datagrams of 30 bytes that does not fit
+        its slot (or the io_uring buffer): the part received is split, the
+        datagram cut short is flagged FLAG_TRUNCATED, and rx_truncated counts
+        it and every whole datagram that did not fit."""
+        sset, rx, tx, i = self.gro_after_add()
+        batch = PacketBatch(128)
+        sset.recv_batch(batch, 0)  # armed
+        payload = b"".join(b"%030d" % k for k in range(100))
+        gso_sendmsg(tx, payload, 30, rx.getsockname())
+        n = sset.recv_batch(batch, 2.0)
+        assert 2 < n < 100
+        assert [int(f) for f in batch.flags[:n]] == [FLAG_GRO] * (n - 1) + [FLAG_GRO | FLAG_TRUNCATED]
+        assert all(len(batch[k]) == 30 for k in range(n - 1)) and 0 < len(batch[n - 1]) < 30
+        assert payload.startswith(b"".join(bytes(batch[k]) for k in range(n)))
+        c = sset.counters
+        assert c["rx_datagrams"] == n and c["rx_truncated"] == 100 - (n - 1)
+
+    def test_fork_child_takes_an_epoll_set_over_and_refuses_an_io_uring_one(self):
+        """After fork() an io_uring set's io_uring, buffer ring and armed
+        receives are the parent's: the child's calls raise RuntimeError
+        naming the parent (they would take its completions), and its close()
+        lets go of its copies only. An epoll set is taken over by the child
+        with an epoll instance and wake eventfd of its own: it receives and
+        sends on the shared sockets (a datagram goes to whichever process
+        receives it), and what it does to its set (remove, close) leaves
+        the parent's alone. Either way the parent goes on receiving."""
+        sset = self.socket_set()
+        rx = udp(self.socks)
+        tx = udp(self.socks)
         sset.add(rx)
         batch = PacketBatch(8)
         assert sset.recv_batch(batch, 0) == 0  # armed
         r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:
+        if pid == 0:  # the child: report through the pipe, never return into pytest
             code = 1
             try:
                 os.close(r)
                 try:
-                    sset.recv_batch(PacketBatch(8), 0.5)
-                    os.write(w, b"no error")
+                    b = PacketBatch(8)
+                    n = sset.recv_batch(b, 10.0)
+                    out = PacketBatch(1)
+                    out.append(b"child-reply", tx.getsockname())
+                    np.asarray(out.sockets)[0] = 0
+                    sent = sset.send_batch(out)
+                    os.write(w, b"got %d %s sent %d" % (n, bytes(b[0]) if n else b"", sent))
+                    sset.remove(0)  # from the child's own epoll instance only
                 except RuntimeError as e:
-                    os.write(w, str(e).encode()[:200])
+                    os.write(w, str(e).encode()[:300])
                 sset.close()
                 code = 0
             finally:
                 os._exit(code)
         os.close(w)
-        msg = os.read(r, 256).decode()
+        if not self.uring:
+            tx.sendto(b"for-the-child", rx.getsockname())
+        msg = os.read(r, 400).decode()
         os.close(r)
         _pid, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        assert f"made in process {os.getpid()}" in msg and "after fork()" in msg
-        udp(self.socks).sendto(b"after-fork", rx.getsockname())
+        if self.uring:
+            assert f"made in process {os.getpid()}" in msg and "after fork()" in msg, msg
+            assert "the parent's" in msg
+        else:
+            assert msg == "got 1 for-the-child sent 1", msg
+            tx.settimeout(5)
+            assert tx.recvfrom(64) == (b"child-reply", rx.getsockname())
+        tx.sendto(b"after-fork", rx.getsockname())
         got = take(sset, batch, 1)
         assert [p for _s, p, _a in got] == [b"after-fork"]
 
@@ -631,28 +791,29 @@ class SocketSetContract:
         batch.add_slices(data, SEGMENT, addr=rx.getsockname())
         np.asarray(batch.sockets)[:count] = idx
         racer = ArrayRacer(batch, count, len(data), sockets=True, hostile_sockets=idx + 5)
-        got: list[bytes] = []
-        errors: list[int] = []
+        stray: list[bytes] = []  # what arrived that is not a slice of data (each looked at once)
+        errors: set[int] = set()
         racer.start()
         try:
-            for _attempt in range(100):
+            for _attempt in range(attempts(40)):
                 try:
                     if call == "send_batch":
                         sset.send_batch(batch)
-                        errors += [err for _i, err in batch.send_errors()]
+                        errors.update(err for _i, err in batch.send_errors())
                     else:
-                        errors += [err for _i, _s, err in sset.send_redundant(batch, [idx]).failures]
+                        errors.update(err for _i, _s, err in sset.send_redundant(batch, [idx]).failures)
                 except ValueError:
                     pass  # an entry read out of range: refused before any send
-                drain(rx, got)
-                if foreign(got, data) or errno.EBADF in errors or errno.EFAULT in errors:
+                with racer.paused():
+                    stray += foreign(drained(rx), data)
+                if stray or errno.EBADF in errors or errno.EFAULT in errors:
                     break
         finally:
             racer.stop()
-        drain(rx, got)
+        stray += foreign(drained(rx), data)
         assert racer.flips > 0
-        assert not foreign(got, data), f"{len(foreign(got, data))} datagrams of other memory were sent"
-        assert errno.EFAULT not in errors and errno.EBADF not in errors, sorted(set(errors))
+        assert not stray, f"{len(stray)} datagrams of other memory were sent"
+        assert errno.EFAULT not in errors and errno.EBADF not in errors, sorted(errors)
 
 
 class TestUring(SocketSetContract):

@@ -12,8 +12,8 @@ import time
 import pytest
 
 import burstio
-from burstio import PacketBatch, SocketSet, Unsent
-from support.kernel import require_kernel
+from burstio import FLAG_GRO, PacketBatch, SocketSet, Unsent
+from support.kernel import gso_sendmsg, require_kernel
 from support.variants import SOCKETSET, variant_fixture
 
 socketset_variant = variant_fixture(SOCKETSET)
@@ -95,6 +95,29 @@ def test_replies_from_the_address_each_request_came_to(stack, socketset_variant,
         [(h.encode(), (h, port)) for h in ("127.0.0.2", "127.0.0.3")]
 
 
+def test_gro_after_add_splits_with_each_datagrams_metadata(stack, socketset_variant):
+    """A socket that asked for metadata and had UDP_GRO turned on after
+    add(): the coalesced receive is split into one entry per datagram, and
+    every entry carries the local address and interface it arrived at (its
+    message's cmsgs, read once for the split and the metadata both)."""
+    caps = burstio.capabilities()
+    if not (caps.udp_gro and caps.udp_segment):
+        pytest.skip("UDP GRO and GSO are needed to make a coalesced receive")
+    sset = make_set(stack, socketset_variant)
+    asking = bound(stack, "0.0.0.0", pktinfo=True)
+    i = sset.add(asking)
+    asking.sock.setsockopt(burstio._native.SOL_UDP, burstio._native.UDP_GRO, 1)
+    tx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    batch = PacketBatch(32, 2048)
+    sset.recv_batch(batch, 0)  # armed
+    gso_sendmsg(tx, b"".join(b"%020d" % k for k in range(8)), 20, ("127.0.0.3", asking.getsockname()[1]))
+    got: list[tuple] = []
+    while len(got) < 8 and (n := sset.recv_batch(batch, 2.0)):
+        got += [(bytes(batch[k]), int(batch.flags[k]), batch.sockets[k], batch.local_addr(k),
+                 batch.ifindexes[k] > 0) for k in range(n)]
+    assert got == [(b"%020d" % k, FLAG_GRO, i, "127.0.0.3", True) for k in range(8)]
+
+
 def test_ipv6_local_address_on_an_ipv4_socket_refused(stack, socketset_variant):
     sset = make_set(stack, socketset_variant)
     sock = bound(stack)
@@ -140,3 +163,28 @@ def test_paced_set_keeps_each_sockets_order_and_reports_unsent(stack, socketset_
     assert not sset.flush(0.01)
     assert sset.close() == [Unsent(10, rx.getsockname(), 5)]
     assert sset.counters["paced_queued"] == 11 and sset.counters["paced_unsent"] == 1
+
+
+def test_paced_set_releases_what_is_due_within_the_slack_together(stack, socketset_variant):
+    """The set's pacer honours pacer_slack as BurstSocket's does (1 ms by
+    default): datagrams due within it of the first go in its one wake-up."""
+    assert make_set(stack, socketset_variant, paced=True)._pacer.slack_ns == 1_000_000
+    sset = make_set(stack, socketset_variant, paced=True, pacer_slack=0.05)
+    senders = [bound(stack), bound(stack)]
+    idx = [sset.add(s) for s in senders]
+    rx = bound(stack, rcvbuf=1 << 20)
+    t0 = time.monotonic_ns() + 20_000_000
+    out = PacketBatch(8, 64)
+    for k in range(8):
+        out.append(b"%d" % k, rx.getsockname(), txtime=t0 + k * 1_000_000)
+        out.sockets[k] = idx[k % 2]
+    assert sset.send_batch(out) == 8
+    assert sset.flush(10.0)
+    batch = PacketBatch(16, 64)
+    got: list[bytes] = []
+    while len(got) < 8 and rx.recv_batch(batch, 5.0):
+        got += [bytes(batch[i]) for i in range(len(batch))]
+    assert sorted(got) == [b"%d" % k for k in range(8)]
+    c = sset.counters
+    assert c["paced_releases"] == 1 and c["tx_datagrams"] == 8
+

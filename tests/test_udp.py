@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -52,9 +53,11 @@ from support.net import (
     payloads,
     recv_all,
     recv_plain,
+    slow_namespace,
+    socket_in,
 )
 from support.proc import Helper, open_fds, rescue, wait_for
-from support.race import SEGMENT, ArrayRacer, drain, foreign, payload_buffer
+from support.race import SEGMENT, ArrayRacer, FlagsRacer, attempts, drained, foreign, payload_buffer
 from support.variants import UDP, Variant, runnable, set_disable, use_variant, variant_env
 
 COUNTER_NAMES = {
@@ -64,6 +67,14 @@ COUNTER_NAMES = {
     "tx_late", "tx_ecn_unmarked", "ecn_downgrades", "paced_queued", "paced_late", "paced_waits", "paced_unsent",
     "paced_errors_dropped", "paced_releases",
 }
+
+
+@pytest.fixture(scope="module")
+def slow_netns():
+    """A network namespace whose loopback drains through tbf at 2 Mbit/s:
+    a blocking send there with a small SO_SNDBUF waits for room."""
+    with slow_namespace("udp-test") as ns:
+        yield ns
 
 
 def error_pending(sock) -> bool:
@@ -1081,20 +1092,21 @@ class BackendContract:
     # ---- busy polling (each mechanism, on every backend) ----------------------
 
     def busy_poll_mechanism(self, monkeypatch, mech: str) -> None:
-        """Force the busy-poll mechanism: "socket" turns the per-epoll one off
-        (skipped, saying why, where the kernel lacks the mechanism)."""
-        if mech == "socket":
-            use_variant(self.variant.extended(off=["epoll_busy_poll"], needs=["so_busy_poll"]), monkeypatch)
-        else:
-            use_variant(self.variant.extended(needs=["epoll_busy_poll"]), monkeypatch)
+        """Need the busy-poll mechanism ``mech`` (skipped, saying why, where
+        the kernel lacks it); the tests ask for it by name."""
+        use_variant(self.variant.extended(needs=["so_busy_poll" if mech == "socket" else "epoll_busy_poll"]),
+                    monkeypatch)
 
     @pytest.mark.parametrize("mech", ["epoll", "socket"])
     def test_busy_poll_receives_everything_and_times_out(self, monkeypatch, mech):
         self.busy_poll_mechanism(monkeypatch, mech)
         rx, tx = self.make_pair()
         assert rx.busy_polling == "off"
-        assert rx.busy_poll(30, 8) == mech
+        assert rx.busy_poll(30, 8, mechanism=mech) == mech
         assert rx.busy_polling == mech
+        what = "the socket (SO_BUSY_POLL)" if mech == "socket" else "the epoll instance (EPIOCSPARAMS)"
+        assert rx.describe().endswith(f", busy polling through {what}: 30 us, budget 8, prefer off "
+                                      f"({mech}: asked for)")
         b = PacketBatch(64, 2048)
         assert rx.recv_batch(b, 0.02) == 0  # nothing there: waits (polling), then times out
         payloads = [bytes([i]) * (i + 1) for i in range(40)]
@@ -1112,7 +1124,7 @@ class BackendContract:
         rx, tx = self.make_pair()
         gc.collect()  # so that no other test's garbage closes descriptors meanwhile
         fds = open_fds()
-        rx.busy_poll(10)
+        rx.busy_poll(10, mechanism=mech)
         if mech == "epoll":
             assert open_fds() - fds  # its epoll instance (the portable twin holds a duplicate too)
         assert rx.busy_poll(0) == "off" and rx.busy_polling == "off"
@@ -1122,7 +1134,7 @@ class BackendContract:
         tx.send_batch(self.batch_of([(b"after", rx.getsockname())]))
         b = PacketBatch(4, 2048)
         assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"after"
-        rx.busy_poll(10)
+        rx.busy_poll(10, mechanism=mech)
         sock_fd = rx.fileno()
         rx.close()
         left = open_fds()
@@ -1139,7 +1151,43 @@ class BackendContract:
             s.busy_poll(-1)
         with pytest.raises(ValueError, match="budget must be between 0 and 65535, got 70000"):
             s.busy_poll(10, 70000)
-        assert s.busy_polling == "off"
+        with pytest.raises(TypeError, match="prefer must be bool, got int"):
+            s.busy_poll(10, 8, 1)
+        with pytest.raises(TypeError, match="mechanism must be str, got NoneType"):
+            s.busy_poll(10, mechanism=None)
+        with pytest.raises(ValueError, match="mechanism must be 'auto', 'socket', 'epoll' or 'io_uring', got 'spin'"):
+            s.busy_poll(10, mechanism="spin")
+        with pytest.raises(ValueError, match="mechanism 'io_uring' does not fit a BurstSocket: it waits in its "
+                                             r"receive call \(or an epoll instance of its own\); it takes "
+                                             "'auto', 'socket' or 'epoll'"):
+            s.busy_poll(10, mechanism="io_uring")
+        assert s.busy_polling == "off" and "busy polling" not in s.describe()
+
+    def test_busy_poll_auto_takes_the_socket(self, monkeypatch):
+        """One socket: "auto" busy polls through the socket (the receive polls
+        itself, no epoll_wait first), and describe() says so and why."""
+        self.busy_poll_mechanism(monkeypatch, "socket")
+        rx, tx = self.make_pair()
+        assert rx.busy_poll(25) == "socket" and rx.busy_polling == "socket"
+        assert rx.sock.getsockopt(socket.SOL_SOCKET, SO_BUSY_POLL) == 25
+        assert rx.describe().endswith(", busy polling through the socket (SO_BUSY_POLL): 25 us, budget 8, prefer "
+                                      "off (auto: one socket: SO_BUSY_POLL, the receive polls itself, no epoll_wait "
+                                      "first)")
+        tx.send_batch(self.batch_of([(b"polled", rx.getsockname())]))
+        b = PacketBatch(4, 2048)
+        assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"polled"
+
+    def test_busy_poll_auto_without_so_busy_poll_takes_the_epoll_instance(self, monkeypatch):
+        """SO_BUSY_POLL forced off: "auto" falls back to an epoll instance of
+        the socket's own, and says why."""
+        use_variant(self.variant.extended(off=["so_busy_poll"], needs=["epoll_busy_poll"]), monkeypatch)
+        rx, tx = self.make_pair()
+        assert rx.busy_poll(25) == "epoll"
+        assert ("busy polling through the epoll instance (EPIOCSPARAMS): 25 us, budget 8, prefer off (auto: "
+                "SO_BUSY_POLL is off here (disabled by BURSTIO_DISABLE)") in rx.describe()
+        tx.send_batch(self.batch_of([(b"polled", rx.getsockname())]))
+        b = PacketBatch(4, 2048)
+        assert rx.recv_batch(b, 2.0) == 1 and bytes(b[0]) == b"polled"
 
     # ---- close wakes every waiter; descriptors; fork ------------------------------
 
@@ -1149,14 +1197,13 @@ class BackendContract:
         the busy-polling epoll instance, or spinning) ends at once when the
         BurstSocket is closed, with OSError EBADF, and the port is released."""
         require_syscall_introspection()
-        if wait == "busy-epoll":
-            self.busy_poll_mechanism(monkeypatch, "epoll")
-        elif wait == "busy-spin":
-            self.busy_poll_mechanism(monkeypatch, "socket")
+        mech = {"busy-epoll": "epoll", "busy-spin": "socket"}.get(wait)
+        if mech is not None:
+            self.busy_poll_mechanism(monkeypatch, mech)
         rx = self.make_socket()
         addr = rx.getsockname()
-        if wait != "poll":
-            rx.busy_poll(10_000_000 if wait == "busy-spin" else 50)  # spin: 10 s before it would sleep
+        if mech is not None:  # spin: 10 s before it would sleep
+            rx.busy_poll(10_000_000 if mech == "socket" else 50, mechanism=mech)
         errors: list[OSError] = []
         tid: list[int | None] = []
 
@@ -1181,6 +1228,44 @@ class BackendContract:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
             again.bind(addr)  # nothing holds the port any more
 
+    @pytest.mark.parametrize("call", ["send_batch", "send_batch-skip", "send_segments"])
+    def test_close_from_another_thread_wakes_a_blocked_send(self, slow_netns, call):
+        """A blocking socket with a full send buffer (SO_SNDBUF 4 KiB, a
+        loopback draining through tbf at 2 Mbit/s) makes a send wait for
+        room. close() in another thread ends that wait at once with
+        OSError(EBADF, "... closed while waiting"), its ``sent`` saying how
+        far the send got; a send skipping errors too (the close is no
+        datagram's error to flag and skip)."""
+        require_syscall_introspection()
+        rx = socket_in(slow_netns)
+        self.sockets.track(rx)
+        tx = burstio.BurstSocket(socket_in(slow_netns, sndbuf=4096), **self.variant.kwargs)
+        assert tx.sock.getblocking()
+        total = 1000  # about 1 MB: 4 s at 2 Mbit/s, far more than SO_SNDBUF holds
+        if call != "send_segments":  # sizes alternate: no GSO run (one skb, taken whole past SO_SNDBUF)
+            batch = self.batch_of([(bytes(1000 + k % 2), rx.getsockname()) for k in range(total)])
+        errors: list[OSError] = []
+        tid: list[int] = []
+
+        def sender() -> None:
+            tid.append(threading.get_native_id())
+            try:
+                if call != "send_segments":
+                    tx.send_batch(batch, on_error="skip" if call.endswith("skip") else "raise")
+                else:
+                    tx.send_segments(bytes(1000 * total), 1000, rx.getsockname())
+            except OSError as e:
+                errors.append(e)
+        t = Helper(sender)
+        t.start()
+        assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
+        tx.close()
+        t.join(30)
+        assert not t.is_alive() and t.error is None
+        assert len(errors) == 1 and errors[0].errno == errno.EBADF, errors
+        assert "closed while waiting" in str(errors[0])
+        assert 0 < errors[0].sent < total  # type: ignore[attr-defined]
+
     def test_closing_the_wrapped_socket_leaves_batch_io_on_its_own_descriptor(self):
         """The BurstSocket works on its own dup: after the caller closes
         bs.sock and the number is reused by another socket, recv_batch and
@@ -1189,6 +1274,7 @@ class BackendContract:
         rx = self.make_socket()
         addr = rx.getsockname()
         number = rx.sock.fileno()
+        rx.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
         rx.sock.close()
         other = self.plain()  # the lowest free number: the one just closed
         other.setblocking(False)
@@ -1207,6 +1293,9 @@ class BackendContract:
         assert rx.recv_batch(b, 0) == 0
         with pytest.raises(BlockingIOError):
             other.recv(64)
+        for _ in range(300):  # the smallest receive buffer overflows: the kernel drops and counts
+            peer.sendto(bytes(1000), addr)
+        assert rx.counters["kernel_drops"] > 0  # read through the BurstSocket's own descriptor
         rx.close()
         assert other.fileno() == number  # closing the BurstSocket leaves the other socket alone
         peer.sendto(b"still-there", other_peer_addr)
@@ -1241,6 +1330,47 @@ class BackendContract:
         _pid, status = os.waitpid(pid, 0)
         assert got == b"for-the-child" and os.waitstatus_to_exitcode(status) == 0
 
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_a_childs_close_does_not_reach_the_parents_waiting_receive(self):
+        """A fork()ed child that closes its copy without ever using it must
+        not wake the parent's receive (the child's copy has no eventfd of its
+        own): the parent's recv_batch keeps sleeping, making a handful of
+        receive calls, not spinning on a wake-up meant for no one, until the
+        datagram comes."""
+        require_syscall_introspection()
+        rx = self.make_socket()
+        tx = self.plain()
+        tid: list[int] = []
+        got: list[bytes] = []
+
+        def waiter() -> None:
+            tid.append(threading.get_native_id())
+            b = PacketBatch(4, 64)
+            if rx.recv_batch(b, None):
+                got.append(bytes(b[0]))
+        t = Helper(waiter)
+        with rescue(rx.getsockname()):
+            t.start()
+            assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
+            pid = os.fork()
+            if pid == 0:  # the child: close its copy, never return into pytest
+                code = 1
+                try:
+                    rx.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _pid, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            before = rx.counters["rx_syscalls"]
+            # a spinning waiter makes thousands of calls in the 0.1 s given to show it
+            spun = wait_for(lambda: rx.counters["rx_syscalls"] - before > 8, limit=0.1)
+            tx.sendto(b"after-the-child", rx.getsockname())
+            t.join(10)
+        assert not t.is_alive() and t.error is None
+        assert got == [b"after-the-child"]
+        assert not spun and rx.counters["rx_syscalls"] - before <= 8  # it slept until the datagram
+
     # ---- hostile threads -------------------------------------------------------
 
     @pytest.mark.parametrize("gso", [False, True], ids=["no-gso", "gso"])
@@ -1258,27 +1388,101 @@ class BackendContract:
         batch = PacketBatch(count, 64)
         batch.add_slices(data, SEGMENT, addr=rx.getsockname())
         racer = ArrayRacer(batch, count, len(data))
-        got: list[bytes] = []
+        stray: list[bytes] = []  # what arrived that is not a slice of data (each looked at once)
         failures: list[OSError] = []
         racer.start()
         try:
-            for _attempt in range(200):
+            for _attempt in range(attempts(40)):
                 try:
                     tx.send_batch(batch, on_error="skip")
                 except ValueError:
                     pass  # the entry read was out of range: refused before any send
                 except OSError as e:  # EFAULT: the kernel was handed memory nobody checked
                     failures.append(e)
-                drain(rx, got)
-                if foreign(got, data) or failures:
+                with racer.paused():
+                    stray += foreign(drained(rx), data)
+                if stray or failures:
                     break
         finally:
             racer.stop()
-        drain(rx, got)
+        stray += foreign(drained(rx), data)
         assert racer.flips > 0
-        assert not foreign(got, data), f"{len(foreign(got, data))} datagrams of other memory were sent"
+        assert not stray, f"{len(stray)} datagrams of other memory were sent"
         assert not [e for e in failures if e.errno == errno.EFAULT]
         assert batch.send_errors() == [] or all(err != errno.EFAULT for _i, err in batch.send_errors())
+
+    def test_send_counters_ignore_flags_rewritten_during_sends(self):
+        """Another thread writes every entry's flags (FLAG_SEND_ERROR set,
+        then clear) while sends run: tx_datagrams and tx_errors still count
+        exactly what the kernel took and what it refused, one in eight
+        entries being addressed where the socket cannot send (IPv6 on IPv4)."""
+        count = 512
+        rx = self.plain()
+        tx = self.make_socket()
+        batch = PacketBatch(count, 64)
+        bad = ("::1", 9, 0, 0)
+        for k in range(count):
+            batch.append(b"%015d" % k, bad if k % 8 == 7 else rx.getsockname())
+        racer = FlagsRacer(batch, count)
+        seen: list[tuple[int, int]] = []
+        racer.start()
+        try:
+            for _attempt in range(attempts(20)):
+                tx.reset_counters()
+                assert tx.send_batch(batch, on_error="skip") == count
+                c = tx.counters
+                seen.append((c["tx_datagrams"], c["tx_errors"]))
+                if seen[-1] != (count - count // 8, count // 8):
+                    break
+        finally:
+            racer.stop()
+        assert racer.flips > 0
+        assert set(seen) == {(count - count // 8, count // 8)}, seen
+
+    def test_concurrent_sends_each_report_their_own_outcome(self):
+        """Two threads send on one BurstSocket at once: one a batch whose
+        last entry the kernel refuses (IPv6 on an IPv4 socket), the other a
+        batch that all goes. Each call reports its own outcome: the first
+        always raises SendError naming its entry, the second never raises and
+        sends everything (no call reads what the other's stop left behind)."""
+        rx = self.plain()
+        tx = self.make_socket()
+        good = self.batch_of([(b"g%03d" % k, rx.getsockname()) for k in range(256)])
+        bad = self.batch_of([(b"b%03d" % k, rx.getsockname()) for k in range(8)] + [(b"bad", ("::1", 9, 0, 0))])
+        stop = threading.Event()
+        problems: list = []
+
+        def other() -> None:
+            while not stop.is_set():
+                try:
+                    n = tx.send_batch(good)
+                except OSError as e:
+                    problems.append(("good batch raised", e))
+                    return
+                if n != len(good):
+                    problems.append(("good batch sent", n))
+                    return
+        t = Helper(other)
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # the threads take turns often: the old race shows quickly
+        try:
+            t.start()
+            for _attempt in range(attempts(300)):
+                try:
+                    n = tx.send_batch(bad)
+                except SendError as e:
+                    if (e.errno, e.index, e.sent) != (errno.EAFNOSUPPORT, 8, 8):
+                        problems.append(("bad batch raised", e.errno, e.index, e.sent))
+                else:
+                    problems.append(("bad batch returned", n))
+                if problems:
+                    break
+        finally:
+            stop.set()
+            t.join(10)
+            sys.setswitchinterval(old)
+        assert not t.is_alive() and t.error is None
+        assert not problems, problems
 
 
 # ---- one class per backend variant ------------------------------------------------

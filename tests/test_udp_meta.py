@@ -330,6 +330,37 @@ def test_refused_codepoint_downgrades_and_delivers_everything(sockets, udp_varia
     assert sum("refused the ECN codepoint" in r.message for r in caplog.records) == 1
 
 
+def test_a_send_without_codepoints_is_that_call_alone(sockets):
+    """What the ECN downgrade resends with (``send_raw(ecn=False)``, as
+    ``gso=False``) leaves the codepoints off for that call only: the socket's
+    setting is never switched off and on, so a send of another thread
+    meanwhile keeps its codepoints."""
+    require_kernel("ecn")
+    rx, tx = sockets.pair(rx={"ecn": True}, tx={"ecn": True})
+    out = PacketBatch(4, 64)
+    out.append(b"plain", rx.getsockname(), ecn=ECT0)
+    assert tx._io.send_raw(out, ecn=False) == (1, 0, -1, 0)
+    assert tx.ecn_marking and tx.counters["tx_ecn_unmarked"] == 1
+    assert tx.send_batch(out) == 1
+    got = recv_meta(rx, 2)
+    assert [(g[0], g[3]) for g in got] == [(b"plain", 0), (b"plain", ECT0)]
+    assert tx.counters["tx_ecn_unmarked"] == 1 and tx.counters["ecn_downgrades"] == 0
+
+
+def test_refused_codepoint_on_a_datagram_refused_anyway_keeps_ecn(sockets, udp_variant):
+    """EINVAL with the codepoint and again without it: the datagram was bad,
+    not the cmsg. The send reports it, and ECN stays on for the socket."""
+    require_kernel("ecn")
+    rx, tx = sockets.pair(rx={"ecn": True}, tx={"ecn": True})
+    tx._io.ecn_cmsg = 2  # the kernel refuses the cmsg from now on
+    out = PacketBatch(4, 64)
+    out.append(b"bad", ("127.0.0.1", 0), ecn=ECT0)  # port 0: EINVAL with or without the cmsg
+    with pytest.raises(SendError) as ei:
+        tx.send_batch(out)
+    assert ei.value.errno == errno.EINVAL and ei.value.index == 0 and ei.value.sent == 0
+    assert tx._io.ecn_cmsg == 2 and tx.counters["ecn_downgrades"] == 0
+
+
 def test_dont_fragment_sets_the_option_and_path_mtu_answers(sockets):
     s = sockets.burst(dont_fragment=True)
     assert s.dont_fragment

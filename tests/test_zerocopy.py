@@ -39,7 +39,7 @@ import burstio
 from burstio._zerocopy import COPIED_STREAK, Completion
 from burstio.bench.scenarios import zerocopy as zcbench
 from support.kernel import SIOCINQ, SIOCOUTQ, require_kernel
-from support.net import HOSTS, V4, force_rcvbuf, force_sndbuf, pattern, recv_exactly
+from support.net import HOSTS, V4, force_rcvbuf, force_sndbuf, pattern, recv_exactly, slow_namespace, socket_in
 from support.proc import subprocess_env, wait_for
 from support.variants import ZEROCOPY, Variant, set_disable, unmet_need, use_variant, variant_fixture
 
@@ -478,6 +478,106 @@ def test_a_second_thread_is_told_the_sender_is_busy(zc_variant, closing):
     recv_exactly(srv, 65536)
     waiter.join(5)
     assert errors == [65536]
+
+
+@pytest.mark.parametrize("call", ["send_and_wait", "acquire", "Completion.wait"])
+def test_close_from_another_thread_wakes_a_waiting_call(variant, closing, call):
+    """close() in another thread while a call waits for the kernel (a send
+    the stalled TCP peer keeps part way, or held for its notification; no
+    buffer free) returns at once, and the waiting call ends at once with
+    OSError(EBADF, "... closed while waiting"). What is in flight is given
+    up as close(0) gives it up: a buffer the kernel may still read is lost
+    (never reused), the others go back to the pool, and the Completion is
+    cancelled. Every later call says the sender is closed."""
+    from support.kernel import require_syscall_introspection, thread_blocked_in_syscall
+    require_syscall_introspection()
+    cli, srv = stalled_tcp_pair(closing)
+    pool = burstio.ZeroCopyPool(1, 65536)
+    zs = sender(closing, cli, variant, pool=pool)
+    buf = zs.acquire()
+    n = buf.write(pattern(65536))
+    pending = [] if call == "send_and_wait" else [zs.send(buf, n)]
+    tid: list[int] = []
+    outcome: list = []
+
+    def waiter() -> None:
+        tid.append(threading.get_native_id())
+        try:
+            if call == "send_and_wait":
+                outcome.append(zs.send_and_wait(buf, n))
+            elif call == "acquire":
+                outcome.append(zs.acquire())
+            else:
+                outcome.append(pending[0].wait())
+        except OSError as e:
+            outcome.append(e)
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]), 10)
+    zs.close()  # no RuntimeError: the waiter is woken instead
+    t.join(10)
+    late = t.is_alive()
+    if late:  # not woken: let the send finish so that the thread ends, and fail
+        recv_exactly(srv, 65536)
+        t.join(10)
+    assert not late, "close() did not wake the waiting call"
+    assert len(outcome) == 1 and isinstance(outcome[0], OSError), outcome
+    assert outcome[0].errno == errno.EBADF and "closed while waiting" in str(outcome[0])
+    assert zs.closed
+    assert pool.lost == (1 if is_zerocopy(variant) else 0)  # the kernel may still read it
+    assert pool.free == 1 - pool.lost
+    for c in pending:
+        assert c.done() and c.cancelled
+    with pytest.raises(OSError) as e:
+        zs.acquire(0)
+    assert e.value.errno == errno.EBADF and e.value.strerror == "the ZeroCopySender is closed"
+    zs.close()  # again: nothing to do
+
+
+@pytest.fixture(scope="module")
+def crawling_netns():
+    """A network namespace whose loopback drains through tbf at 8 kbit/s: a
+    3000-byte datagram there takes 3 s to leave, so a blocking UDP socket
+    with a small SO_SNDBUF is full after two, and a zero-copy notification
+    waits as long."""
+    with slow_namespace("zerocopy-test", rate="8kbit") as ns:
+        yield ns
+
+
+def test_close_from_another_thread_wakes_a_udp_send_waiting_for_room(variant, closing, crawling_netns):
+    """send_and_wait on a blocking UDP socket whose send buffer is full (the
+    copy and MSG_ZEROCOPY backends wait for room; io_uring and MSG_ZEROCOPY
+    also wait for the notification): close() in another thread ends the
+    wait at once with OSError(EBADF, "... closed while waiting")."""
+    from support.kernel import require_syscall_introspection, thread_blocked_in_syscall
+    require_syscall_introspection()
+    rx = socket_in(crawling_netns)
+    closing(rx)
+    tx = socket_in(crawling_netns, sndbuf=4096)
+    closing(tx)
+    zs = sender(closing, tx, variant, pool=burstio.ZeroCopyPool(4, 4096))
+    tid: list[int] = []
+    outcome: list = []
+
+    def waiter() -> None:
+        tid.append(threading.get_native_id())
+        try:
+            for _ in range(8):
+                buf = zs.acquire()
+                outcome.append(zs.send_and_wait(buf, buf.write(bytes(3000)), rx.getsockname()))
+        except OSError as e:
+            outcome.append(e)
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]), 10)
+    zs.close()
+    t.join(10)
+    late = t.is_alive()
+    t.join(60)  # (a build that is not woken ends when the datagrams have left)
+    assert not late, "close() did not wake the waiting send"
+    assert outcome and isinstance(outcome[-1], OSError), outcome
+    assert outcome[-1].errno == errno.EBADF and "closed while waiting" in str(outcome[-1])
+    assert zs.closed
 
 
 def _wait_or_error(c):

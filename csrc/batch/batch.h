@@ -52,8 +52,12 @@ _Static_assert(2 * CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct timespec))
 typedef struct {
     struct sockaddr_in6 name; /* send: the destination (family 0: none) */
     int32_t sock;             /* send: the socket index (SocketSet) */
+    int32_t err;              /* send: errno its message failed with (0: none) */
     uint32_t seg;             /* receive: the UDP_GRO segment size (0: none) */
     int64_t ts;               /* receive: the kernel's timestamp, ns (0: none) */
+    uint32_t rx_stored;       /* receive (SocketSet): bytes of the datagram in its slot */
+    uint32_t rx_len;          /* receive (SocketSet): its length on the wire */
+    int32_t rx_trunc;         /* receive (SocketSet): cut to fit the slot or buffer */
 } BioBatchPriv;
 
 /* Per-entry metadata a socket asks for (pktinfo, ecn, paced sends), as the

@@ -127,7 +127,7 @@ bio_batch_gso_run(const BioBatchSendOpts *o, const BioBatch *b, Py_ssize_t j, Py
 
 /* Point message m at entries [j, j + run) (their iovecs are set), with a
  * UDP_SEGMENT cmsg if run > 1 and the cmsgs of the run's metadata; clears
- * the entries' send-error marks. */
+ * the entries' send-error marks (the arrays' and the private ones). */
 static void
 bio_batch_fill_msg(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t m, Py_ssize_t j,
                    Py_ssize_t run)
@@ -136,6 +136,7 @@ bio_batch_fill_msg(const BioBatchSendOpts *o, BioBatch *b, Py_ssize_t m, Py_ssiz
     for (Py_ssize_t r = 0; r < run; r++) {
         b->flags[j + r] &= ~BIO_FLAG_SEND_ERROR;
         b->errnos[j + r] = 0;
+        b->priv[j + r].err = 0;
     }
     socklen_t namelen = bio_addr_len(&b->priv[j].name);
     h->msg_name = namelen ? &b->priv[j].name : NULL;
@@ -162,7 +163,7 @@ bio_batch_count_meta(const BioBatchSendOpts *o, const BioBatch *b, Py_ssize_t do
     uint64_t late = 0, unmarked = 0;
     for (Py_ssize_t k = 0; k < done; k++) {
         Py_ssize_t j = b->msg_entry[k];
-        if (b->flags[j] & BIO_FLAG_SEND_ERROR)
+        if (b->priv[j].err != 0) /* the private record, not the writable flags */
             continue;
         size_t n = b->msgs[k].msg_hdr.msg_iovlen;
         const BioMetaPriv *m = &b->meta->priv[j];

@@ -161,7 +161,8 @@ int bio_wake_init(BioWake *w);
 int bio_wake_refresh(BioWake *w);
 /* Whether close() has begun. Any thread, GIL or not. */
 int bio_wake_closing(const BioWake *w);
-/* close(): set the flag and wake every waiter. Any thread. */
+/* close(): set the flag and wake every waiter of this process (a fork()ed
+ * child's copy that has no eventfd of its own writes none). Any thread. */
 void bio_wake_kick(BioWake *w);
 /* Close the eventfd (the object is done). */
 void bio_wake_fini(BioWake *w);
@@ -170,6 +171,15 @@ int bio_wake_same_process(const BioWake *w);
 /* Poll fd for `events` and w's eventfd until deadline_ns (-1: forever).
  * 1 fd ready, 0 timed out, -BIO_ECLOSED closing, -errno. nogil. */
 int bio_wake_poll_nogil(const BioWake *w, int fd, short events, int64_t deadline_ns);
+
+/* A send made with MSG_DONTWAIT found socket fd full (EAGAIN). A
+ * non-blocking socket reports it: -EAGAIN. A blocking one waits for room
+ * as the kernel would inside the send, but in poll() on fd (POLLOUT) and
+ * w's eventfd, so that close() ends the wait: -BIO_ECLOSED. Like the
+ * kernel's, the wait lasts at most the socket's SO_SNDTIMEO (*timeo_ns:
+ * read at a call's first wait when -2; 0: none), then -EAGAIN. 0: send
+ * again; -errno. Every send path that may block goes through here. nogil. */
+int bio_wake_wait_writable_nogil(const BioWake *w, int fd, int64_t *timeo_ns);
 
 /* ---- kernel constants (core/constants.c) ---------------------------------- */
 

@@ -8,6 +8,7 @@
 #include "core/core.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -191,7 +192,10 @@ void
 bio_wake_kick(BioWake *w)
 {
     __atomic_store_n(&w->closing, 1, __ATOMIC_RELEASE);
-    if (w->efd >= 0) {
+    /* in a fork()ed child that never made its own, efd is the parent's: its
+     * waiters are not ours to wake (they would see no closing flag and wait
+     * again, or spin on a counter nobody reads) */
+    if (w->efd >= 0 && w->fork_gen == bio_fork_gen()) {
         uint64_t one = 1;
         ssize_t r = write(w->efd, &one, sizeof(one));
         (void)r; /* EAGAIN: the counter is already non-zero, waiters wake anyway */
@@ -229,4 +233,26 @@ bio_wake_poll_nogil(const BioWake *w, int fd, short events, int64_t deadline_ns)
     if (r > 0 && (p[0].revents & POLLNVAL))
         return -EBADF;
     return r > 0 ? 1 : 0;
+}
+
+int
+bio_wake_wait_writable_nogil(const BioWake *w, int fd, int64_t *timeo_ns)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return -errno;
+    if (fl & O_NONBLOCK)
+        return -EAGAIN;
+    if (*timeo_ns == -2) {
+        struct timeval tv = {0, 0};
+        socklen_t tl = sizeof(tv);
+        *timeo_ns = 0;
+        if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0 && tv.tv_sec >= 0)
+            *timeo_ns = (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
+    }
+    int64_t deadline = *timeo_ns > 0 ? bio_now_ns() + *timeo_ns : -1;
+    int p = bio_wake_poll_nogil(w, fd, POLLOUT, deadline);
+    if (p == 0)
+        return -EAGAIN; /* SO_SNDTIMEO passed */
+    return p < 0 ? p : 0;
 }

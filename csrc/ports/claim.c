@@ -165,6 +165,16 @@ bio_port_claim_ready(BioPortClaim *p)
         PyErr_SetString(PyExc_ValueError, "I/O operation on a closed port");
         return -1;
     }
+    if (p->reg->kind == BIO_PORT_KIND_NIC) { /* its pump and frame table live in one process */
+        if (p->reg->frames == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "a NIC port works in the process that opened "
+                            "its queue: give other processes a pipe from NicPort.pipe() or a "
+                            "switch port");
+            return -1;
+        }
+        if (bio_umem_check_pid((BioUmem *)p->reg->frames) < 0)
+            return -1;
+    }
     if (p->gen == 0 || p->epoch != atomic_load_explicit(&bio_port_epoch, memory_order_relaxed))
         return bio_port_claim_hold(p);
     BioPortParty *pt = &p->reg->hdr->party[p->party];

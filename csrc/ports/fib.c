@@ -4,8 +4,10 @@
  *
  * Keys are 64 bits: a key-mode destination is the slot's 32-bit dst key; a
  * MAC-mode destination is BIO_SWITCH_MAC_TAG | the 48-bit address, so the
- * two can never meet. An entry's target is a port index (>= 0) or a group
- * (-2 - g); -1 is a removed entry.
+ * two can never meet. An entry's target is a port index (>= 0), a group
+ * (-2 - g), or BIO_SWITCH_LOCAL (a NIC queue's own address: never learned,
+ * unknown as a destination). A removed entry leaves no trace (learned ones
+ * go with their port), so the table never fills with the dead.
  *
  * Where a packet goes through it: ports/forward.c looks its destination up
  * here, asks a group which of its live ports takes it, and learns its
@@ -88,34 +90,99 @@ bio_switch_lookup(BioSwitch *sw, uint64_t key)
     return e != NULL && e->used ? e->port : -1;
 }
 
-/* A fixed entry (static route) is never changed by learning, only removed
- * (port -1); the table is kept below 3/4 full. */
+/* The port that learned entry e, or -1 (a static route, a local address). */
+static inline int
+bio_switch_learner(const BioSwitchEntry *e)
+{
+    return e->used && !e->fixed && e->port >= 0 ? e->port : -1;
+}
+
+/* Empty slot k, moving the entries after it in its probe run back so that
+ * each stays reachable from its hash (linear probing's deletion: the table
+ * keeps no tombstones, so what goes frees its room). */
+static void
+bio_switch_delete_at(BioSwitch *sw, uint32_t k)
+{
+    uint32_t mask = sw->fib_mask, hole = k;
+    int learner = bio_switch_learner(&sw->fib[k]);
+    if (learner >= 0)
+        sw->ports[learner].learned--;
+    for (uint32_t j = (k + 1) & mask; sw->fib[j].used; j = (j + 1) & mask) {
+        uint32_t home = bio_switch_hash(sw->fib[j].key) & mask;
+        if (((j - home) & mask) >= ((j - hole) & mask)) { /* its home is not after the hole */
+            sw->fib[hole] = sw->fib[j];
+            hole = j;
+        }
+    }
+    memset(&sw->fib[hole], 0, sizeof(sw->fib[hole]));
+    sw->fib_used--;
+}
+
+/* A fixed entry (a static route, a local address) is never changed by
+ * learning, only replaced by another fixed one or removed; the table is kept
+ * below 3/4 full; each entry learned counts against its port. */
 int
 bio_switch_set(BioSwitch *sw, uint64_t key, int port, int fixed)
 {
     BioSwitchEntry *e = bio_switch_slot(sw, key);
-    if (port == -1 && (e == NULL || !e->used))
-        return 0; /* nothing to remove */
+    if (port == -1 && !fixed) {
+        if (e == NULL || !e->used)
+            return 0; /* nothing to remove */
+        bio_switch_delete_at(sw, (uint32_t)(e - sw->fib));
+        return 1;
+    }
     if (e == NULL || (!e->used && (sw->fib_used + 1) * 4 > (sw->fib_mask + 1) * 3))
         return -1;
-    if (e->used && e->fixed && !fixed && port != -1)
+    if (e->used && e->fixed && !fixed)
         return 0;
     if (e->used && e->port == port && e->fixed == fixed)
         return 0;
+    int learner = bio_switch_learner(e);
+    if (learner >= 0)
+        sw->ports[learner].learned--;
     if (!e->used)
         sw->fib_used++;
     e->used = 1;
     e->key = key;
     e->port = port;
     e->fixed = (uint8_t)fixed;
+    if ((learner = bio_switch_learner(e)) >= 0)
+        sw->ports[learner].learned++;
     return 1;
 }
 
+void
+bio_switch_forget(BioSwitch *sw, int i)
+{
+    for (uint32_t k = 0; k <= sw->fib_mask;) {
+        if (bio_switch_learner(&sw->fib[k]) == i)
+            bio_switch_delete_at(sw, k); /* a later entry may have moved here: look again */
+        else
+            k++;
+    }
+}
+
+/* Learning's policy (docs: the Switch's docstring): static routes and local
+ * addresses win; an address learned on a NIC queue (a host on the wire) is
+ * not taken over by a client's port; a port learns at most max_learned
+ * addresses, so that no client fills the table for the others. */
 void
 bio_switch_learn(BioSwitch *sw, int i, uint64_t src)
 {
     if (!sw->learning || src == 0)
         return;
+    BioSwitchEntry *e = bio_switch_slot(sw, src);
+    int known = e != NULL && e->used;
+    if (known && (e->fixed || e->port == i))
+        return;
+    if (known && sw->ports[e->port].nic != NULL && sw->ports[i].nic == NULL) {
+        BIO_COUNT(sw->counters, BIO_SWITCH_C_LEARN_REFUSED, 1);
+        return;
+    }
+    if (sw->ports[i].learned >= sw->max_learned) {
+        BIO_COUNT(sw->counters, BIO_SWITCH_C_LEARN_LIMITED, 1);
+        return;
+    }
     int r = bio_switch_set(sw, src, i, 0);
     if (r > 0)
         BIO_COUNT(sw->counters, BIO_SWITCH_C_LEARNED, 1);
@@ -205,6 +272,22 @@ bio_switch_route_py(BioSwitch *sw, PyObject *args)
     bio_switch_lock_ready(sw);
     pthread_mutex_lock(&sw->lock);
     int r = bio_switch_set(sw, key, target, target != -1);
+    pthread_mutex_unlock(&sw->lock);
+    if (r < 0)
+        return bio_port_oserror(ENOSPC, "forwarding table full (%u entries)", sw->fib_mask + 1);
+    Py_RETURN_NONE;
+}
+
+PyObject *
+bio_switch_local_py(BioSwitch *sw, PyObject *arg)
+{
+    uint64_t key;
+    if (bio_switch_key_arg(sw, arg, &key) < 0)
+        return NULL;
+    bio_switch_lock_ready(sw);
+    pthread_mutex_lock(&sw->lock); /* with the GIL, as in route() */
+    BioSwitchEntry *e = bio_switch_slot(sw, key);
+    int r = e != NULL && e->used && e->fixed ? 0 : bio_switch_set(sw, key, BIO_SWITCH_LOCAL, 1);
     pthread_mutex_unlock(&sw->lock);
     if (r < 0)
         return bio_port_oserror(ENOSPC, "forwarding table full (%u entries)", sw->fib_mask + 1);

@@ -7,11 +7,11 @@
  * frames there (ports/nic.c) -> bio_switch_route (by dst key, or by the
  * frame's destination MAC address; a group picks one of its ports,
  * ports/fib.c) -> a copy into the free slot of each destination port's RX
- * ring, or a NIC queue's TX ring -> one publish per ring per pass, kicking
- * only clients that sleep; the NIC queues' pumps then transmit. A packet
- * that cannot be delivered is counted (unknown, full, gone, filtered,
- * runt), never silently lost; with on_full="wait" its source waits for
- * room instead.
+ * ring (cut to its slot), or a NIC queue's TX ring (if it fits its slot) ->
+ * one publish per ring per pass, kicking only clients that sleep; the NIC
+ * queues' pumps then transmit. A packet that cannot be delivered is counted
+ * (unknown, full, gone, filtered, runt, oversize), never silently lost;
+ * with on_full="wait" its source waits for room instead.
  *
  * Every word read from a client's region is read once and checked before
  * use (ports/switch.h says what the switch trusts); a client that writes an
@@ -26,9 +26,9 @@
 
 /* ---- ports that are no longer served ------------------------------------- */
 
-/* Forget what was learned on port i, release sources waiting for it. Static
- * routes stay, so that packets for it are dropped (gone_drops) rather than
- * flooded to everyone else. */
+/* Forget what was learned on port i (its table entries free for others),
+ * release sources waiting for it. Static routes stay, so that packets for it
+ * are dropped (gone_drops) rather than flooded to everyone else. */
 void
 bio_switch_gone(BioSwitch *sw, int i, int why)
 {
@@ -36,9 +36,7 @@ bio_switch_gone(BioSwitch *sw, int i, int why)
         return;
     __atomic_store_n(&sw->ports[i].gone, why, __ATOMIC_RELEASE);
     BIO_COUNT(sw->counters, BIO_SWITCH_C_PORTS_GONE, 1);
-    for (uint32_t k = 0; k <= sw->fib_mask; k++)
-        if (sw->fib[k].used && sw->fib[k].port == i && !sw->fib[k].fixed)
-            sw->fib[k].port = -1;
+    bio_switch_forget(sw, i);
     int n = atomic_load(&sw->nports);
     for (int q = 0; q < n; q++)
         if (sw->ports[q].blocked == i)
@@ -174,20 +172,33 @@ bio_switch_room(BioSwitch *sw, int q)
     return sw->ports[q].gone ? 0 : t->tail - t->head;
 }
 
-/* Copy p into the free slot at the head of port q's RX ring. */
+/* Copy p into the free slot at the head of port q's RX ring, never beyond
+ * that slot: a client gets a packet longer than its slots cut to them
+ * (FLAG_TRUNCATED); a NIC queue gets none that is cut short (the wire would
+ * carry a broken frame): dropped, counted. */
 static void
 bio_switch_copy(BioSwitch *sw, int q, const BioSwitchPacket *p)
 {
     BioPortRing *t = sw->ports[q].tx;
-    uint32_t idx;
+    uint32_t idx, len = p->len, flags = p->flags;
+    if (len > t->reg->slot_size || (flags & BIO_FLAG_TRUNCATED)) {
+        if (sw->ports[q].nic != NULL) {
+            BIO_COUNT(sw->counters, BIO_SWITCH_C_OVERSIZE_DROPS, 1);
+            return;
+        }
+        if (len > t->reg->slot_size) {
+            len = t->reg->slot_size;
+            flags |= BIO_FLAG_TRUNCATED;
+        }
+    }
     unsigned char *buf = bio_port_ring_buf(t, t->head, &idx);
     if (buf == NULL) {
         bio_switch_isolate_slot(sw, q, t, t->head, idx);
         BIO_COUNT(sw->counters, BIO_SWITCH_C_GONE_DROPS, 1);
         return;
     }
-    memcpy(buf, p->data, p->len);
-    bio_port_tx_commit(t, p->len, p->flags, p->dst, p->src, &p->name);
+    memcpy(buf, p->data, len);
+    bio_port_tx_commit(t, len, flags, p->dst, p->src, &p->name);
     BIO_COUNT(sw->counters, BIO_SWITCH_C_FORWARDED, 1);
 }
 

@@ -36,8 +36,15 @@ int
 bio_port_frames_held(BioPortRegion *g, uint32_t f)
 {
     BioUmem *u = bio_port_frames_umem(g);
-    return u != NULL && f < u->frames && u->state[f] == BIO_FRAME_PORT &&
+    return u != NULL && bio_umem_ours(u) && f < u->frames && u->state[f] == BIO_FRAME_PORT &&
            u->lease_of[f] == (void *)g;
+}
+
+int
+bio_port_frames_usable(BioPortRegion *g, uint32_t f)
+{
+    BioUmem *u = bio_port_frames_umem(g);
+    return u == NULL || !bio_umem_ours(u) || bio_port_frames_held(g, f);
 }
 
 void
@@ -52,10 +59,21 @@ bio_port_frames_release(BioPortRegion *g)
     BioUmem *u = bio_port_frames_umem(g);
     if (u == NULL)
         return;
-    for (uint32_t f = 0; f < u->frames; f++)
+    for (uint32_t f = 0; bio_umem_ours(u) && f < u->frames; f++) /* a child's copy: none */
         if ((u->state[f] & BIO_FRAME_PORT) && u->lease_of[f] == (void *)g)
             bio_umem_drop(u, f, BIO_FRAME_PORT);
     Py_CLEAR(g->frames);
+}
+
+uint32_t
+bio_port_frames_elsewhere(BioPortRegion *g)
+{
+    BioUmem *u = bio_port_frames_umem(g);
+    uint32_t n = 0;
+    for (uint32_t f = 0; u != NULL && f < u->frames; f++)
+        n += ((u->state[f] & BIO_FRAME_PORT) && u->lease_of[f] != (void *)g) ||
+             (u->state[f] & BIO_FRAME_LENT);
+    return n;
 }
 
 /* ValueError unless the region's pool is the Umem's memory: the same memfd,
@@ -113,6 +131,11 @@ bio_port_region_use_frames(BioPortRegion *g, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!pp:use_frames", &BioUmem_Type, &u, &ring0, &ring1) ||
         bio_umem_check_pid(u) < 0 || bio_port_frames_check(g, u) < 0)
         return NULL;
+    if (u->switched) {
+        PyErr_SetString(PyExc_RuntimeError, "use_frames(): the Umem's frames belong to a switch "
+                        "(its NIC port was attached with add_nic)");
+        return NULL;
+    }
     g->frames = Py_NewRef((PyObject *)u);
     if ((ring0 && bio_port_frames_fill(g, u, 0) < 0) || (ring1 && bio_port_frames_fill(g, u, 1) < 0)) {
         bio_port_frames_release(g);

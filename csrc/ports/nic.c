@@ -322,14 +322,30 @@ bio_nic_ready(BioNic *c, int tx)
     return 0;
 }
 
+/* Mark the port, its region and its Umem as a switch's (1) or not (0). */
+static void
+bio_nic_set_switched(BioNic *c, int on)
+{
+    c->switched = c->reg->switched = c->xsk->umem->switched = on;
+}
+
 int
 bio_nic_hold(BioNic *c)
 {
-    c->switched = 0;
-    if (bio_nic_ready(c, 0) < 0 || bio_nic_ready(c, 1) < 0)
+    int was = c->switched;
+    bio_nic_set_switched(c, 0);
+    if (bio_nic_ready(c, 0) < 0 || bio_nic_ready(c, 1) < 0) {
+        bio_nic_set_switched(c, was);
         return -1;
-    c->switched = 1;
+    }
+    bio_nic_set_switched(c, 1);
     return 0;
+}
+
+void
+bio_nic_unhold(BioNic *c)
+{
+    bio_nic_set_switched(c, 0);
 }
 
 /* Run the pump of one side: 0, or -1 with OSError. GIL. */

@@ -55,6 +55,8 @@ typedef struct {
     PyObject *frames; /* the Umem whose frame table says which region holds each
                        * frame of the pool (ports/frames.c), or NULL: only the process
                        * that made the pool has it */
+    int switched;     /* a NIC port's region whose rings a switch moves (without the GIL):
+                       * bio_port_ring_ready refuses every other call on them */
 } BioPortRegion;
 
 /* PortClaim: one party's hold on a port of a region. */
@@ -168,9 +170,10 @@ uint32_t bio_port_ring_peer_state(BioPortRing *g);
 PyObject *bio_port_ring_raise(BioPortRing *g, int err);
 /* Make g usable now (its port held here, positions set up). 0 or -1. GIL. */
 int bio_port_ring_ready(BioPortRing *g);
-/* Buffer of the slot at pos, or NULL if it names one outside the pool. */
+/* Buffer of the slot at pos, or NULL if it names one outside the pool (or
+ * a frame of a shared pool its region does not hold). */
 unsigned char *bio_port_ring_buf(BioPortRing *g, uint32_t pos, uint32_t *idx);
-/* Raise OSError(EBADMSG) for a slot naming a buffer outside the pool. */
+/* Raise OSError(EBADMSG) for a slot bio_port_ring_buf refused. */
 PyObject *bio_port_ring_bad_slot(BioPortRing *g, uint32_t pos, uint32_t idx);
 /* What PortTx and PortRx share: constructor, dealloc, len(), methods,
  * members and attributes. */
@@ -226,12 +229,20 @@ int bio_port_poll_nogil(BioPortClaim *p, int fd, short events, int64_t deadline)
 /* ---- frames of a shared pool (ports/frames.c) ------------------------------------ */
 
 /* Whether frame f is in a slot of region g by the pool's frame table (never
- * true in a process without the table). */
+ * true in a process without the table, nor in a forked child: its copy of
+ * the table is not the table). */
 int bio_port_frames_held(BioPortRegion *g, uint32_t f);
+/* Whether a slot of g may name frame f in this process: one g holds, where
+ * the frame table is (elsewhere there is no table to ask). So the process
+ * that made the pool never reads, writes or hands a peer a frame through a
+ * slot naming one the kernel or another region holds. */
+int bio_port_frames_usable(BioPortRegion *g, uint32_t f);
 /* Frame f, held by a region on the same pool, is now in a slot of `to`. */
 void bio_port_frames_move(BioPortRegion *to, uint32_t f);
 /* The region goes: the frames it holds go back to the pool's free list. */
 void bio_port_frames_release(BioPortRegion *g);
+/* Frames of g's pool that other regions hold or batches borrow. */
+uint32_t bio_port_frames_elsewhere(BioPortRegion *g);
 /* PortRegion.use_frames(umem, ring0, ring1). */
 PyObject *bio_port_region_use_frames(BioPortRegion *g, PyObject *args);
 extern const char bio_port_region_use_frames_doc[];
@@ -275,9 +286,12 @@ int bio_nic_rx_pump(BioNic *c);
  * Returns frames queued or -errno. */
 int bio_nic_tx_pump(BioNic *c, int nogil);
 /* A switch takes the NIC port over: every ring made usable in this process
- * (the switch's), the application's own calls refused from now on. 0, or
- * -1 with an exception. GIL. */
+ * (the switch's), the application's own calls refused from now on (on its
+ * rings, its pump and its Umem). 0, or -1 with an exception (nothing
+ * changed). GIL. */
 int bio_nic_hold(BioNic *c);
+/* Undo bio_nic_hold (the switch did not take the port after all). GIL. */
+void bio_nic_unhold(BioNic *c);
 /* The AF_XDP socket: readable when frames wait on its rx ring. */
 int bio_nic_fd(BioNic *c);
 /* Whether frames wait on the rx ring that the pump could move now. */

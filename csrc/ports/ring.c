@@ -153,6 +153,11 @@ bio_port_ring_raise(BioPortRing *g, int err)
 int
 bio_port_ring_ready(BioPortRing *g)
 {
+    if (g->reg->switched) {
+        PyErr_SetString(PyExc_RuntimeError, "this NIC port belongs to a switch: the switch moves "
+                        "its frames");
+        return -1;
+    }
     if (bio_port_ring_busy(g)) {
         PyErr_SetString(PyExc_RuntimeError, "ring is in use by another call (a wait or "
                         "receive in another thread)");
@@ -174,19 +179,27 @@ bio_port_ring_ready(BioPortRing *g)
 }
 
 /* Buffer of the slot at free-running position pos, or NULL if the index
- * read there lies outside the pool (*idx says which). */
+ * read there lies outside the pool, or names a frame of a shared pool that
+ * the frame table says the region does not hold (*idx says which). */
 unsigned char *
 bio_port_ring_buf(BioPortRing *g, uint32_t pos, uint32_t *idx)
 {
     uint32_t i = __atomic_load_n(&g->s->idx[pos & g->mask], __ATOMIC_RELAXED);
     *idx = i;
-    return i < g->reg->nbufs ? g->reg->bufs + (size_t)i * g->reg->stride : NULL;
+    if (i >= g->reg->nbufs || (g->reg->frames != NULL && !bio_port_frames_usable(g->reg, i)))
+        return NULL;
+    return g->reg->bufs + (size_t)i * g->reg->stride;
 }
 
-/* Raise OSError(EBADMSG) for a slot naming a buffer outside the pool. */
+/* Raise OSError(EBADMSG) for a slot naming a buffer outside the pool, or
+ * a frame its region does not hold. */
 PyObject *
 bio_port_ring_bad_slot(BioPortRing *g, uint32_t pos, uint32_t idx)
 {
+    if (idx < g->reg->nbufs)
+        return bio_port_oserror(EBADMSG, "slot %u of ring %d names frame %u, which its region "
+                                "does not hold: a peer sharing the frame pool wrote it",
+                                pos & g->mask, g->r, idx);
     return bio_port_oserror(EBADMSG, "slot %u of ring %d names buffer %u but the pool has %u: "
                             "the shared memory is corrupt", pos & g->mask, g->r, idx,
                            g->reg->nbufs);

@@ -12,6 +12,7 @@
 #include "ports/ports.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 
@@ -183,6 +184,26 @@ bio_port_rx_peek(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObje
 /* How forward() moves packets from ring g to ring t. */
 enum { BIO_FWD_SWAP, BIO_FWD_SWAP_FRAMES, BIO_FWD_COPY };
 
+/* What a forward could not take: a frame or buffer index, and whether the
+ * TX ring's slot named it (else the RX ring's). */
+typedef struct {
+    uint32_t idx;
+    int tx;
+} BioFwdBad;
+
+/* Swap within one region; swap frames between regions on one pool, in the
+ * process that keeps its frame table (ports/frames.c: a forked child's copy
+ * of the table is not the table, so a child copies); else copy. */
+static int
+bio_port_fwd_how(BioPortRing *g, BioPortRing *t)
+{
+    if (t->reg == g->reg)
+        return BIO_FWD_SWAP;
+    PyObject *u = g->reg->frames;
+    return u != NULL && u == t->reg->frames && bio_umem_ours((BioUmem *)u) ? BIO_FWD_SWAP_FRAMES
+                                                                          : BIO_FWD_COPY;
+}
+
 /* Length of the packet at pos of g for a slot of t: clipped to both; the
  * flags get FLAG_TRUNCATED if t's slot is the smaller. */
 static uint32_t
@@ -212,17 +233,18 @@ bio_port_fwd_commit(BioPortRing *g, BioPortRing *t, uint32_t pos)
 /* Move one packet from g's slot at pos to t's head by swapping the two
  * slots' buffers. Across regions on one pool both frames are checked
  * against the frame table first (each slot's peer may have rewritten its
- * index) and change hands there. 0, or -EBADMSG (nothing moved; *bad is the
- * frame that failed). */
+ * index) and change hands there. 0, or -EBADMSG (nothing moved; *bad says
+ * which frame failed, in whose slot). */
 static int
-bio_port_fwd_swap(BioPortRing *g, BioPortRing *t, uint32_t pos, int how, uint32_t *bad)
+bio_port_fwd_swap(BioPortRing *g, BioPortRing *t, uint32_t pos, int how, BioFwdBad *bad)
 {
     uint32_t rk = pos & g->mask, tk = t->head & t->mask;
     uint32_t f = __atomic_load_n(&g->s->idx[rk], __ATOMIC_RELAXED);
     uint32_t h = __atomic_load_n(&t->s->idx[tk], __ATOMIC_RELAXED);
     if (how == BIO_FWD_SWAP_FRAMES) {
         if (!bio_port_frames_held(g->reg, f) || !bio_port_frames_held(t->reg, h)) {
-            *bad = bio_port_frames_held(g->reg, f) ? h : f;
+            bad->tx = bio_port_frames_held(g->reg, f);
+            bad->idx = bad->tx ? h : f;
             return -EBADMSG;
         }
         bio_port_frames_move(t->reg, f);
@@ -237,12 +259,13 @@ bio_port_fwd_swap(BioPortRing *g, BioPortRing *t, uint32_t pos, int how, uint32_
 /* Copy one packet from g's slot at pos into the buffer of t's head slot.
  * 0, or -EBADMSG if either slot names a buffer outside its pool (*bad). */
 static int
-bio_port_fwd_copy(BioPortRing *g, BioPortRing *t, uint32_t pos, uint32_t *bad)
+bio_port_fwd_copy(BioPortRing *g, BioPortRing *t, uint32_t pos, BioFwdBad *bad)
 {
     uint32_t fi, ti, flags;
     unsigned char *from = bio_port_ring_buf(g, pos, &fi), *to = bio_port_ring_buf(t, t->head, &ti);
     if (from == NULL || to == NULL) {
-        *bad = from == NULL ? fi : ti;
+        bad->tx = from != NULL;
+        bad->idx = bad->tx ? ti : fi;
         return -EBADMSG;
     }
     memcpy(to, from, bio_port_fwd_len(g, t, pos, &flags));
@@ -250,20 +273,35 @@ bio_port_fwd_copy(BioPortRing *g, BioPortRing *t, uint32_t pos, uint32_t *bad)
     return 0;
 }
 
-/* Raise OSError(EBADMSG) for a frame or buffer index a forward() could not
- * take, with `sent` (the packets moved before it) on the exception. */
+/* Raise OSError(EBADMSG) for a frame or buffer index a forward() (k < 0)
+ * or spread() (to txs[k]) could not take, with `sent` (the packets moved
+ * before it) and, from spread() when the TX ring's slot named it, `index`
+ * (k) on the exception. */
 static PyObject *
-bio_port_fwd_bad(BioPortRing *g, BioPortRing *t, int how, uint32_t bad, uint32_t sent)
+bio_port_fwd_bad(BioPortRing *g, BioPortRing *t, int how, BioFwdBad bad, uint32_t sent, int k)
 {
+    char to[48] = "";
+    if (k >= 0 && bad.tx)
+        snprintf(to, sizeof(to), " (in the slot of txs[%d])", k);
+    const char *call = k >= 0 ? "spread" : "forward";
     if (how == BIO_FWD_SWAP_FRAMES)
-        bio_port_oserror(EBADMSG, "forward(): frame %u is not one the ring's region holds: a "
+        bio_port_oserror(EBADMSG, "%s(): frame %u is not one the ring's region holds%s: a "
                          "peer sharing the frame pool wrote it (%u packets were moved first)",
-                         bad, sent);
+                         call, bad.idx, to, sent);
     else
-        bio_port_oserror(EBADMSG, "forward(): a slot names buffer %u, outside its pool (of %u "
-                         "and %u): the shared memory is corrupt (%u packets were moved first)",
-                         bad, g->reg->nbufs, t->reg->nbufs, sent);
+        bio_port_oserror(EBADMSG, "%s(): a slot names buffer %u, outside its pool (of %u "
+                         "and %u)%s: the shared memory is corrupt (%u packets were moved first)",
+                         call, bad.idx, g->reg->nbufs, t->reg->nbufs, to, sent);
     bio_exc_note_sent((Py_ssize_t)sent);
+    if (k >= 0 && bad.tx) {
+        PyObject *type, *value, *tb, *index = PyLong_FromLong(k);
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value != NULL && index != NULL && PyObject_SetAttrString(value, "index", index) < 0)
+            PyErr_Clear();
+        Py_XDECREF(index);
+        PyErr_Restore(type, value, tb);
+    }
     return NULL;
 }
 
@@ -301,7 +339,8 @@ static PyObject *
 bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     BioPortRing *t;
-    uint32_t n = g->tail - g->head, bad = 0;
+    BioFwdBad bad = {0, 0};
+    uint32_t n = g->tail - g->head;
     if (bio_port_fwd_args(args, nargs, kwnames, &t, &n) < 0 || bio_port_ring_ready(g) < 0 ||
         bio_port_ring_ready(t) < 0)
         return NULL;
@@ -310,9 +349,7 @@ bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyO
         return bio_port_ring_raise(t, r);
     if (n > (uint32_t)(t->tail - t->head))
         n = t->tail - t->head;
-    int how = t->reg == g->reg ? BIO_FWD_SWAP
-              : g->reg->frames != NULL && g->reg->frames == t->reg->frames ? BIO_FWD_SWAP_FRAMES
-                                                                         : BIO_FWD_COPY;
+    int how = bio_port_fwd_how(g, t);
     uint32_t j = 0;
     for (; j < n && r == 0; j++)
         r = how == BIO_FWD_COPY ? bio_port_fwd_copy(g, t, g->head + j, &bad)
@@ -324,7 +361,7 @@ bio_port_rx_forward(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyO
     BIO_COUNT(g->me->counters, how == BIO_FWD_COPY ? BIO_PORT_C_FWD_COPIED : BIO_PORT_C_FWD_SWAPPED,
               j);
     if (r < 0)
-        return bio_port_fwd_bad(g, t, how, bad, j);
+        return bio_port_fwd_bad(g, t, how, bad, j, -1);
     return PyLong_FromUnsignedLong(j);
 }
 
@@ -361,9 +398,7 @@ bio_port_spread_args(BioPortRing *g, PyObject *txs, PyObject *by, BioSpread *sp)
     for (int k = 0; k < sp->n; k++) {
         BioPortRing *t = (BioPortRing *)PySequence_Fast_GET_ITEM(seq, k);
         sp->t[k] = t;
-        sp->how[k] = t->reg == g->reg ? BIO_FWD_SWAP
-                     : g->reg->frames != NULL && g->reg->frames == t->reg->frames
-                         ? BIO_FWD_SWAP_FRAMES : BIO_FWD_COPY;
+        sp->how[k] = bio_port_fwd_how(g, t);
     }
     Py_DECREF(seq); /* the caller's sequence keeps the rings alive for the call */
     const char *b = by == NULL ? "flow" : PyUnicode_Check(by) ? PyUnicode_AsUTF8(by) : NULL;
@@ -397,7 +432,10 @@ PyDoc_STRVAR(bio_port_rx_spread_doc,
 "and ports, so that a flow stays on one ring) or in turn (by='round-robin'),\n"
 "zero copy where the rings share their buffers and copied otherwise, as\n"
 "forward() does. Stops at the first packet whose ring is full (packets keep\n"
-"their order). Returns the packets moved; publish each TX ring with sync().");
+"their order). Returns the packets moved; publish each TX ring with sync().\n"
+"A frame a peer sharing the pool made impossible raises OSError(EBADMSG)\n"
+"with .sent, and .index when the slot of a TX ring named it: its position\n"
+"in txs (that ring's worker broke it: leave it out and call again).");
 
 static PyObject *
 bio_port_rx_spread(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -405,7 +443,8 @@ bio_port_rx_spread(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyOb
     static const char *const names[] = {"txs", "by", "count", NULL};
     PyObject *a[3];
     BioSpread sp;
-    uint32_t n = g->tail - g->head, bad = 0, j = 0;
+    BioFwdBad bad = {0, 0};
+    uint32_t n = g->tail - g->head, j = 0;
     if (bio_args_parse("spread", args, nargs, kwnames, names, 3, 1, a) < 0 ||
         bio_port_count_arg(a[2], &n) < 0 || bio_port_ring_ready(g) < 0 ||
         bio_port_spread_args(g, a[0], a[1], &sp) < 0)
@@ -432,7 +471,7 @@ bio_port_rx_spread(BioPortRing *g, PyObject *const *args, Py_ssize_t nargs, PyOb
     BIO_COUNT(g->me->counters, BIO_PORT_C_FWD_SWAPPED, swapped);
     BIO_COUNT(g->me->counters, BIO_PORT_C_FWD_COPIED, j - swapped);
     if (r < 0)
-        return bio_port_fwd_bad(g, sp.t[k], sp.how[k], bad, j);
+        return bio_port_fwd_bad(g, sp.t[k], sp.how[k], bad, j, k);
     return PyLong_FromUnsignedLong(j);
 }
 

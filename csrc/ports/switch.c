@@ -25,7 +25,8 @@
 static const char *const bio_switch_counter_names[BIO_SWITCH_NCOUNTERS] = {
     "forwarded", "flooded", "unknown_drops", "full_drops", "gone_drops", "filtered",
     "bad_slots", "learned", "table_full", "passes", "sleeps", "wakeups", "ports_gone",
-    "ports_isolated", "isolated_drops", "idle_kicks", "runt_drops",
+    "ports_isolated", "isolated_drops", "idle_kicks", "runt_drops", "oversize_drops",
+    "learn_refused", "learn_limited",
 };
 
 /* ---- sleeping ---------------------------------------------------------------- */
@@ -287,6 +288,7 @@ bio_switch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     sw->fib_mask = (uint32_t)table - 1;
     sw->learning = sw->flood_unknown = sw->wait_full = 1;
     sw->budget = 256;
+    sw->max_learned = 256;
     return (PyObject *)sw;
 }
 
@@ -384,11 +386,22 @@ bio_switch_add_nic(BioSwitch *sw, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "add_nic(): that NIC port belongs to a switch already");
         return NULL;
     }
+    /* a pass moves its frames without the GIL: nobody else may hold any */
+    uint32_t held = bio_port_frames_elsewhere(c->reg);
+    if (held || c->xsk->umem->sockets > 1) {
+        PyErr_Format(PyExc_ValueError, held ? "add_nic(): %u frames of the NIC port's pool are in "
+                     "its pipes: a NIC port in a switch shares its frames with no one (close and "
+                     "drop its pipes first)" : "add_nic(): another AF_XDP socket shares the NIC "
+                     "port's Umem: a NIC port in a switch shares its frames with no one", held);
+        return NULL;
+    }
     if (bio_nic_hold(c) < 0)
         return NULL;
     int r = bio_switch_append(sw, c->app_rx, c->app_tx, c, arg);
     if (r < 0)
-        c->switched = 0;
+        bio_nic_unhold(c);
+    else if (bio_switch_busy(sw))
+        c->busy++; /* as bio_switch_nics_busy() did for the others */
     return r < 0 ? NULL : PyLong_FromLong(r);
 }
 
@@ -442,6 +455,24 @@ bio_switch_ready(BioSwitch *sw, int i)
     return 0;
 }
 
+/* A forward() begins (d = 1) or ends (d = -1) passes that pump every NIC
+ * queue without the GIL: counted as a call in progress on each pump, so
+ * that a close() of a NIC port meanwhile lets its socket (and the rings a
+ * pass reads) go only once the passes are over. GIL. */
+static void
+bio_switch_nics_busy(BioSwitch *sw, int d)
+{
+    int n = atomic_load(&sw->nports);
+    for (int i = 0; i < n; i++) {
+        BioNic *c = sw->ports[i].nic;
+        if (c == NULL)
+            continue;
+        c->busy += d;
+        if (c->closing && c->busy == 0)
+            bio_xsk_leave(c->xsk); /* the close() came meanwhile: its socket goes now */
+    }
+}
+
 PyDoc_STRVAR(bio_switch_forward_doc,
 "forward($self, /, timeout=None)\n--\n\n"
 "Forward packets for up to timeout seconds (None: until stop(); 0: what is\n"
@@ -474,7 +505,9 @@ bio_switch_forward(BioSwitch *sw, PyObject *const *args, Py_ssize_t nargs, PyObj
     c.deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
     c.linger_end = now + sw->linger_ns;
     sw->busy = atomic_load(&bio_port_epoch);
+    bio_switch_nics_busy(sw, 1);
     int r = bio_nogil_retry(bio_switch_run_nogil, &c);
+    bio_switch_nics_busy(sw, -1);
     sw->busy = 0;
     if (r == -EINTR)
         return NULL;
@@ -563,6 +596,11 @@ static PyMethodDef bio_switch_methods[] = {
      "Static route: packets to key (a dst key, or a MAC-mode key) go to target, a\n"
      "port index or a group (-2 - g, from group()); learning never changes it.\n"
      "target None removes the key."},
+    {"local", (PyCFunction)bio_switch_local_py, METH_O,
+     "local($self, key, /)\n--\n\n"
+     "Make key a local address (a NIC queue's own MAC): never learned on any port,\n"
+     "an unknown destination until route() gives it a static route. A static route\n"
+     "of key stays as it is."},
     {"routes", (PyCFunction)bio_switch_routes, METH_NOARGS,
      "routes($self, /)\n--\n\nThe forwarding table as {key: (target, static)}."},
     {"group", (PyCFunction)bio_switch_group_py, METH_VARARGS,
@@ -597,6 +635,8 @@ static PyMemberDef bio_switch_members[] = {
     {"by_mac", T_INT, offsetof(BioSwitch, by_mac), 0,
      "1: route by the frames' destination MAC addresses, learn their sources; 0: by keys"},
     {"budget", T_UINT, offsetof(BioSwitch, budget), 0, "packets per port per pass"},
+    {"max_learned", T_UINT, offsetof(BioSwitch, max_learned), 0,
+     "table entries a port may have learned at once (learn_limited counts the rest)"},
     {"linger_ns", T_LONGLONG, offsetof(BioSwitch, linger_ns), 0,
      "how long the switch keeps polling after traffic before it sleeps (ns)"},
     {"nports", T_INT, offsetof(BioSwitch, nports), READONLY, "ports added"},

@@ -38,6 +38,9 @@ enum bio_switch_counter {
     BIO_SWITCH_C_ISOLATED_DROPS, /* packets an isolated client had published, not taken */
     BIO_SWITCH_C_IDLE_KICKS,     /* wake-ups by a client that had done nothing new */
     BIO_SWITCH_C_RUNT_DROPS,     /* MAC mode: packets shorter than an Ethernet header */
+    BIO_SWITCH_C_OVERSIZE_DROPS, /* to a NIC queue: longer than its slot, or cut short already */
+    BIO_SWITCH_C_LEARN_REFUSED,  /* sources not learned: an address of the wire, from a client */
+    BIO_SWITCH_C_LEARN_LIMITED,  /* sources not learned: their port has max_learned already */
     BIO_SWITCH_NCOUNTERS
 };
 
@@ -66,14 +69,19 @@ typedef struct {
     uint32_t idle_kicks; /* such wakes in a row with nothing new from the client */
     uint32_t seen[4];    /* the client's TX position, RX position, claim generation and
                           * state at its last kick */
+    uint32_t learned;    /* table entries learned on it now (at most the switch's max_learned) */
     char why[BIO_SWITCH_WHY]; /* why it was isolated */
 } BioSwitchPort;
 
 typedef struct {
     uint64_t key;  /* a dst key, or BIO_SWITCH_MAC_TAG | a MAC address */
-    int32_t port;  /* a port, -2 - g for group g, -1: removed */
-    uint8_t used, fixed;
+    int32_t port;  /* a port, -2 - g for group g, or BIO_SWITCH_LOCAL */
+    uint8_t used, fixed; /* fixed: a static route or a local address, never learned over */
 } BioSwitchEntry;
+
+/* BioSwitchEntry.port of a local address (a NIC queue's own MAC): fixed, never
+ * learned on any port, and unknown as a destination. */
+#define BIO_SWITCH_LOCAL (-1)
 
 typedef struct {
     int n, spread;  /* ports, BIO_SWITCH_SPREAD_* */
@@ -103,6 +111,7 @@ typedef struct {
                               * route(), and while isolating */
     uint32_t lock_epoch;     /* bio_port_epoch the lock was made in (a fork remakes it) */
     int learning, flood_unknown, wait_full;
+    uint32_t max_learned;    /* entries a port may have learned at once */
     int by_mac;              /* route by the frames' MAC addresses, not by the slots' keys */
     BioSwitchGroup *groups;
     int ngroups;
@@ -118,19 +127,26 @@ typedef struct {
 
 /* ---- ports/fib.c ---------------------------------------------------------------- */
 
-/* The target key routes to: a port, -2 - g for group g, or -1 (unknown or
- * removed). Table lock held. */
+/* The target key routes to: a port, -2 - g for group g, or -1 (unknown, or
+ * a local address). Table lock held. */
 int bio_switch_lookup(BioSwitch *sw, uint64_t key);
-/* key -> target (-1 removes), static if fixed: 1 changed, 0 unchanged, -1
- * table full. Table lock held. */
+/* key -> target, static if fixed (BIO_SWITCH_LOCAL and fixed: a local
+ * address); target -1 and not fixed removes the key. 1 changed, 0 unchanged,
+ * -1 table full. Table lock held. */
 int bio_switch_set(BioSwitch *sw, uint64_t key, int port, int fixed);
-/* Learn that `src` lives behind port i (0: nothing to learn). Table lock held. */
+/* Remove what was learned on port i. Table lock held. */
+void bio_switch_forget(BioSwitch *sw, int i);
+/* Learn that `src` lives behind port i (0: nothing to learn), unless a
+ * static route or local address says otherwise, it was learned on a NIC
+ * queue and i is a client's, or port i has max_learned entries already
+ * (each counted). Table lock held. */
 void bio_switch_learn(BioSwitch *sw, int i, uint64_t src);
 /* The live port of group g that packet p goes to, or -1 if none is live.
  * Table lock held. */
 int bio_switch_pick(BioSwitch *sw, int g, const BioSwitchPacket *p);
-/* route(key, target), routes(), group(ports, spread), groups(). GIL. */
+/* route(key, target), local(key), routes(), group(ports, spread), groups(). GIL. */
 PyObject *bio_switch_route_py(BioSwitch *sw, PyObject *args);
+PyObject *bio_switch_local_py(BioSwitch *sw, PyObject *arg);
 PyObject *bio_switch_routes(BioSwitch *sw, PyObject *ignored);
 PyObject *bio_switch_group_py(BioSwitch *sw, PyObject *args);
 PyObject *bio_switch_groups_py(BioSwitch *sw, PyObject *ignored);

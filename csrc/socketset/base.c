@@ -160,13 +160,9 @@ bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx)
 int
 bio_socketset_usable(BioSocketSet *r)
 {
-    if (!bio_wake_same_process(&r->wake)) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "this SocketSet was made in process %d; after fork() its io_uring and "
-                     "epoll instance belong to the parent: make a new SocketSet in this process",
-                     (int)r->wake.pid);
+    if (!bio_wake_closing(&r->wake) && !bio_wake_same_process(&r->wake) &&
+        r->after_fork(r) < 0)
         return -1;
-    }
     if (bio_wake_closing(&r->wake)) {
         PyErr_SetString(PyExc_ValueError, "the socket set is closed");
         return -1;
@@ -194,7 +190,8 @@ bio_socketset_error_nogil(BioSocketSet *r, int idx, int err)
 }
 
 void
-bio_socketset_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated, int sock)
+bio_socketset_set_received(BioSocketSet *r, BioBatch *b, Py_ssize_t j, uint32_t stored,
+                           uint32_t len, int truncated, int sock)
 {
     b->offsets[j] = (uint64_t)j * (uint64_t)b->slot_size;
     b->lengths[j] = stored;
@@ -203,13 +200,102 @@ bio_socketset_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int trunc
     b->timestamps[j] = 0;
     b->sockets[j] = sock;
     b->errnos[j] = 0;
-    bio_batch_meta_clear(b, j); /* the backend stores what the cmsgs say, if asked */
+    BioBatchPriv *p = &b->priv[j];
+    p->sock = sock;
+    p->rx_stored = stored;
+    p->rx_len = len > stored ? len : stored;
+    p->rx_trunc = truncated;
+    if (b->meta != NULL) /* what bio_socketset_recv_cmsgs read (none if it did not ask) */
+        bio_batch_meta_store(b, j, &b->meta->priv[j]);
+    if (p->seg > 0 && stored > p->seg) {
+        r->rx_coalesced = 1;
+        r->rx_extra += (Py_ssize_t)((stored + p->seg - 1) / p->seg) - 1;
+    }
 }
 
 Py_ssize_t
-bio_socketset_room(const BioBatch *b)
+bio_socketset_room(const BioSocketSet *r, const BioBatch *b)
 {
-    return b->slots < b->capacity ? b->slots : b->capacity;
+    Py_ssize_t entries = b->capacity - r->rx_extra;
+    Py_ssize_t room = b->slots < entries ? b->slots : entries;
+    return room > 0 ? room : 0;
+}
+
+/* Segments message k of a receive splits into (1: not coalesced). */
+static Py_ssize_t
+bio_socketset_segments(const BioBatchPriv *p)
+{
+    if (p->seg == 0 || p->rx_stored <= p->seg)
+        return 1;
+    return (Py_ssize_t)((p->rx_stored + p->seg - 1) / p->seg);
+}
+
+/* Write the `cnt` entries from `first` on of message k (read from its
+ * private scratch, never from the arrays another thread may rewrite): one
+ * per datagram of a coalesced message, pointing into slot k (FLAG_GRO);
+ * when the batch ran out of entries the last keeps the rest, flagged
+ * FLAG_COALESCED; one for any other message, moved to its new place.
+ * Entries >= k only. nogil. */
+static void
+bio_socketset_expand(BioSocketSet *r, BioBatch *b, Py_ssize_t k, Py_ssize_t first,
+                     Py_ssize_t cnt)
+{
+    const BioBatchPriv p = b->priv[k];
+    const struct sockaddr_in6 name = b->names[k];
+    BioMetaPriv meta;
+    if (b->meta != NULL)
+        meta = b->meta->priv[k];
+    const Py_ssize_t want = bio_socketset_segments(&p);
+    const uint64_t base = (uint64_t)k * (uint64_t)b->slot_size;
+    uint64_t datagrams = 0;
+    for (Py_ssize_t s = cnt - 1; s >= 0; s--) {
+        Py_ssize_t j = first + s;
+        uint32_t off = want > 1 ? (uint32_t)s * p.seg : 0, len = p.rx_stored - off;
+        uint32_t fl = want > 1 ? BIO_FLAG_GRO : 0;
+        if (want > 1 && s == cnt - 1 && cnt < want)
+            fl |= BIO_FLAG_COALESCED;
+        else if (want > 1 && len > p.seg)
+            len = p.seg;
+        if (p.rx_trunc && s == cnt - 1)
+            fl |= BIO_FLAG_TRUNCATED;
+        b->offsets[j] = base + off;
+        b->lengths[j] = len;
+        b->flags[j] = fl;
+        b->segment_sizes[j] = want > 1 ? p.seg : 0;
+        b->timestamps[j] = 0;
+        b->sockets[j] = p.sock;
+        b->errnos[j] = 0;
+        b->names[j] = name;
+        if (b->meta != NULL)
+            bio_batch_meta_store(b, j, &meta);
+        datagrams += (fl & BIO_FLAG_COALESCED) ? (len + p.seg - 1) / p.seg : 1;
+    }
+    BIO_COUNT(r->counters, BIO_SOCKETSET_C_RX_DATAGRAMS, datagrams - 1); /* one counted on arrival */
+    if (want > 1 && p.rx_trunc) /* the whole datagrams that did not fit went with the cut one */
+        BIO_COUNT(r->counters, BIO_SOCKETSET_C_RX_TRUNCATED,
+                  (p.rx_len + p.seg - 1) / p.seg - (p.rx_stored + p.seg - 1) / p.seg);
+}
+
+/* A receive took messages [0, m) and one of them arrived coalesced (the
+ * socket's UDP_GRO was turned on after add()): split each coalesced message
+ * into one entry per datagram, as BurstSocket does, leaving at least one
+ * entry for every later message. Returns the entry count. nogil. */
+static Py_ssize_t
+bio_socketset_recv_split(BioSocketSet *r, BioBatch *b, Py_ssize_t m)
+{
+    Py_ssize_t total = 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        Py_ssize_t want = bio_socketset_segments(&b->priv[k]);
+        Py_ssize_t room = b->capacity - total - (m - k - 1);
+        b->msg_entry[k] = total;
+        total += want < room ? want : room;
+    }
+    for (Py_ssize_t k = m - 1; k >= 0; k--) {
+        Py_ssize_t next = k == m - 1 ? total : b->msg_entry[k + 1];
+        if (bio_socketset_segments(&b->priv[k]) > 1 || b->msg_entry[k] != k)
+            bio_socketset_expand(r, b, k, b->msg_entry[k], next - b->msg_entry[k]);
+    }
+    return total;
 }
 
 /* Run fn(ctx) without the GIL while the set is marked busy: 0/-errno as
@@ -314,17 +400,20 @@ bio_socketset_recv_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t narg
         return NULL;
     bio_batch_reset(c.b);
     c.errors0 = r->nerr;
-    c.want = want < bio_socketset_room(c.b) ? want : bio_socketset_room(c.b);
+    r->rx_extra = 0;
+    r->rx_coalesced = 0;
+    c.want = want < bio_socketset_room(r, c.b) ? want : bio_socketset_room(r, c.b);
     int err = bio_socketset_run(r, c.b, r->recv_nogil, &c);
-    c.b->count = c.n;
-    c.b->appended = c.n;
+    Py_ssize_t entries = r->rx_coalesced ? bio_socketset_recv_split(r, c.b, c.n) : c.n;
+    c.b->count = entries;
+    c.b->appended = c.n; /* slots 0..n-1 hold what arrived; append() goes after */
     if (c.n)
         BIO_COUNT(r->counters, BIO_SOCKETSET_C_RX_BATCHES, 1);
     if (bio_socketset_after(r, err) < 0 || err == -EINTR)
         return NULL;
     if (err < 0)
         return bio_raise_errno(err);
-    return PyLong_FromSsize_t(c.n);
+    return PyLong_FromSsize_t(entries);
 }
 
 /* ---- send (both backends; the syscalls are the backend's) -------------- */

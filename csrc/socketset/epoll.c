@@ -13,12 +13,14 @@
  * sendmmsg on each entry's socket.
  */
 #include "socketset/socketset.h"
+#include "core/compat.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
 #include <structmember.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 typedef struct {
@@ -35,6 +37,8 @@ static int bio_epollset_send_nogil(void *arg);
 static int bio_epollset_stream_nogil(void *arg);
 static void bio_epollset_stream_abort_nogil(void *arg);
 static void bio_epollset_close_now(BioSocketSet *base);
+static int bio_epollset_after_fork(BioSocketSet *base);
+static int bio_epollset_instance(BioEpollSet *d, int like);
 
 static PyObject *
 bio_epollset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -61,20 +65,15 @@ bio_epollset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(d);
         return NULL;
     }
-    d->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (d->epfd < 0) {
-        int e = errno;
+    int epfd = bio_epollset_instance(d, -1);
+    if (epfd < 0) {
         Py_DECREF(d);
-        return bio_raise_errno(-e);
+        return bio_raise_errno(epfd);
     }
-    struct epoll_event wev = {.events = EPOLLIN, .data.u32 = UINT32_MAX}; /* close() wakes */
-    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->base.wake.efd, &wev) < 0) {
-        int e = errno;
-        Py_DECREF(d);
-        return bio_raise_errno(-e);
-    }
+    d->epfd = epfd;
     d->base.check = bio_epollset_check;
     d->base.close_now = bio_epollset_close_now;
+    d->base.after_fork = bio_epollset_after_fork;
     d->base.recv_nogil = bio_epollset_recv_nogil;
     d->base.send_nogil = bio_epollset_send_nogil;
     d->base.stream_nogil = bio_epollset_stream_nogil;
@@ -91,6 +90,57 @@ bio_epollset_dealloc(BioEpollSet *d)
     BioSocketSet_Type.tp_dealloc((PyObject *)d);
 }
 
+/* An epoll instance holding the wake eventfd and every receiving socket of
+ * the set, with the busy-poll parameters of `like` (-1: none). The new
+ * descriptor, or -errno. */
+static int
+bio_epollset_instance(BioEpollSet *d, int like)
+{
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        return -errno;
+    struct epoll_event wev = {.events = EPOLLIN, .data.u32 = UINT32_MAX}; /* close() wakes */
+    int err = epoll_ctl(epfd, EPOLL_CTL_ADD, d->base.wake.efd, &wev) < 0 ? -errno : 0;
+    for (int i = 0; err == 0 && i < d->base.cap; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (d->base.state[i] == BIO_SOCK_ARMED &&
+            epoll_ctl(epfd, EPOLL_CTL_ADD, d->base.fds[i], &ev) < 0)
+            err = -errno;
+    }
+    uint64_t params = 0; /* struct epoll_params: 8 bytes (core/compat.h) */
+    if (err == 0 && like >= 0 && ioctl(like, EPIOCGPARAMS, &params) == 0 && params != 0)
+        ioctl(epfd, EPIOCSPARAMS, &params); /* best effort, as the parent had it */
+    if (err < 0) {
+        close(epfd);
+        return err;
+    }
+    return epfd;
+}
+
+/* A fork()ed child's first call: the set becomes the child's own. The epoll
+ * instance and the wake eventfd inherited are the parent's (one kernel
+ * object each: the child's add/remove would change the parent's set, and
+ * its close() wake the parent); the child makes its own and registers its
+ * copies of the sockets there. The sockets themselves stay shared, as any
+ * socket a process inherits: a datagram goes to whichever process receives
+ * it first. 0, or -1 with OSError. */
+static int
+bio_epollset_after_fork(BioSocketSet *base)
+{
+    BioEpollSet *d = (BioEpollSet *)base;
+    int err = bio_wake_refresh(&d->base.wake);
+    int epfd = err < 0 ? err : bio_epollset_instance(d, d->epfd);
+    if (epfd < 0) {
+        bio_raise_errno(epfd);
+        return -1;
+    }
+    if (d->epfd >= 0)
+        close(d->epfd); /* our copy: the parent keeps its own */
+    d->epfd = epfd;
+    d->base.wake.pid = getpid();
+    return 0;
+}
+
 static int
 bio_epollset_check(BioSocketSet *base)
 {
@@ -104,7 +154,9 @@ bio_epollset_check(BioSocketSet *base)
 
 /* ---- receive ----------------------------------------------------------- */
 
-/* Point msgs[first, first + n) at slots first.. of the arena. */
+/* Point msgs[first, first + n) at slots first.. of the arena, each with its
+ * control buffer (a socket's UDP_GRO may be turned on after add(), and one
+ * that asked for metadata gets its cmsgs: see socketset/meta.c). */
 static void
 bio_epollset_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
 {
@@ -117,6 +169,8 @@ bio_epollset_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
         h->msg_namelen = sizeof(struct sockaddr_in6);
         h->msg_iov = &b->iov[k];
         h->msg_iovlen = 1;
+        h->msg_control = bio_batch_cmsg(b, k);
+        h->msg_controllen = bio_batch_cmsg_size(b);
     }
 }
 
@@ -130,7 +184,7 @@ bio_epollset_prepare(BioBatch *b, Py_ssize_t first, Py_ssize_t n)
 static int
 bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py_ssize_t *prepared)
 {
-    Py_ssize_t room = bio_socketset_room(b) - *n;
+    Py_ssize_t room = bio_socketset_room(&d->base, b) - *n;
     if (room <= 0)
         return 0;
     if (room > BIO_EPOLLSET_WINDOW)
@@ -140,8 +194,6 @@ bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py
         bio_epollset_prepare(b, from, *n + room - from);
         *prepared = *n + room;
     }
-    for (Py_ssize_t k = *n; d->base.nmeta > 0 && k < *n + room; k++)
-        bio_socketset_meta_prepare(&d->base, idx, b, k); /* a control buffer if it asked */
     BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
     int r = recvmmsg(d->base.fds[idx], &b->msgs[*n], (unsigned)room, MSG_DONTWAIT | MSG_TRUNC,
                      NULL);
@@ -154,12 +206,14 @@ bio_epollset_socket_once(BioEpollSet *d, int idx, BioBatch *b, Py_ssize_t *n, Py
     }
     for (int k = 0; k < r; k++) {
         Py_ssize_t j = *n + k;
+        const struct msghdr *h = &b->msgs[j].msg_hdr;
         uint32_t len = b->msgs[j].msg_len;
         uint32_t stored = len > (uint32_t)b->slot_size ? (uint32_t)b->slot_size : len;
-        int trunc = (b->msgs[j].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-        bio_socketset_set_received(b, j, stored, trunc, idx);
-        const struct msghdr *h = &b->msgs[j].msg_hdr;
-        bio_socketset_meta_store(&d->base, idx, b, j, h->msg_control, h->msg_controllen);
+        int trunc = (h->msg_flags & MSG_TRUNC) != 0;
+        size_t cap = bio_batch_cmsg_size(b);
+        bio_socketset_recv_cmsgs(&d->base, idx, b, j, h->msg_control,
+                                 h->msg_controllen < cap ? h->msg_controllen : cap);
+        bio_socketset_set_received(&d->base, b, j, stored, len, trunc, idx);
         BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
         if (trunc)
             BIO_COUNT(d->base.counters, BIO_SOCKETSET_C_RX_TRUNCATED, 1);
@@ -185,12 +239,12 @@ bio_epollset_recv_nogil(void *arg)
 {
     BioSocketSetRecv *c = arg;
     BioEpollSet *d = (BioEpollSet *)c->r;
-    Py_ssize_t room = bio_socketset_room(c->b), prepared = c->n;
+    Py_ssize_t prepared = c->n;
     for (;;) {
         Py_ssize_t have = c->n + (d->base.nerr - c->errors0);
         int64_t now = bio_now_ns();
         int late = c->watermark_deadline >= 0 && now >= c->watermark_deadline;
-        if (have >= c->want || c->n >= room || (late && have > 0))
+        if (have >= c->want || c->n >= bio_socketset_room(&d->base, c->b) || (late && have > 0))
             return 0;
         /* past the watermark's deadline with nothing: wait for one */
         int ms = bio_deadline_ms(late ? c->first_deadline : c->watermark_deadline);
@@ -200,7 +254,7 @@ bio_epollset_recv_nogil(void *arg)
             return -BIO_ECLOSED;
         if (r < 0)
             return -errno;
-        for (int i = 0; i < r && c->n < room; i++)
+        for (int i = 0; i < r && c->n < bio_socketset_room(&d->base, c->b); i++)
             if (d->events[i].data.u32 != UINT32_MAX)
                 bio_epollset_socket_nogil(d, (int)d->events[i].data.u32, c->b, &c->n, &prepared);
         if (r == 0 && ms == 0)

@@ -1,13 +1,16 @@
-/* A SocketSet's per-datagram metadata: which of its sockets asked for it
- * (pktinfo or ECN on: SocketSet.add(meta=True)), the control buffer each of
- * their receives gets, and the cmsgs turned into the batch's metadata; on
+/* A SocketSet's receive cmsgs and per-datagram metadata: which of its
+ * sockets asked for metadata (pktinfo or ECN on: SocketSet.add(meta=True)),
+ * the cmsgs of every receive turned into its private scratch (the UDP_GRO
+ * segment size of any socket, whose UDP_GRO may have been turned on after
+ * add(); the local address, interface and codepoint of one that asked); on
  * send, the checks a socket's family asks of an entry's local address.
  *
- * Where a datagram goes through it: a receive on a socket that asked gets a
- * control buffer (epoll: slot j's wide buffer; io_uring: room after the name
- * in the provided buffer), and its cmsgs (batch/cmsg.c) become entry j's
- * local address, interface and codepoint. Sockets that did not ask receive
- * exactly as before, with no control buffer.
+ * Where a datagram goes through it: every receive gets a control buffer
+ * (epoll: slot j's, wide once the batch has metadata; io_uring: room after
+ * the name in the provided buffer, more for a socket that asked), and its
+ * cmsgs (batch/cmsg.c) become entry j's private scratch, which
+ * bio_socketset_set_received (base.c) and the GRO split write into the
+ * batch's arrays.
  */
 #include "socketset/socketset.h"
 
@@ -20,23 +23,17 @@ bio_socketset_meta_ensure(BioSocketSet *r, BioBatch *b)
 }
 
 void
-bio_socketset_meta_prepare(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t k)
-{
-    struct msghdr *h = &b->msgs[k].msg_hdr;
-    int meta = (r->flags[idx] & BIO_SOCK_F_META) && b->meta != NULL;
-    h->msg_control = meta ? bio_batch_cmsg(b, k) : NULL;
-    h->msg_controllen = meta ? bio_batch_cmsg_size(b) : 0;
-}
-
-void
-bio_socketset_meta_store(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t j,
+bio_socketset_recv_cmsgs(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t j,
                          const unsigned char *control, size_t len)
 {
-    if (b->meta == NULL || !(r->flags[idx] & BIO_SOCK_F_META) || control == NULL)
-        return; /* bio_socketset_set_received cleared the entry's metadata */
     BioCmsgIn in;
-    bio_cmsg_parse(control, len, &in);
-    bio_batch_meta_store(b, j, &in.m);
+    bio_cmsg_parse(control, control != NULL ? len : 0, &in);
+    b->priv[j].seg = in.seg;
+    if (b->meta == NULL)
+        return;
+    if (!(r->flags[idx] & BIO_SOCK_F_META))
+        memset(&in.m, 0, sizeof(in.m)); /* it did not ask: no metadata */
+    b->meta->priv[j] = in.m;
 }
 
 int

@@ -92,6 +92,8 @@ struct BioSocketSet {
     BioWake wake;         /* close() from another thread wakes a waiting call; fork check */
     int close_pending;    /* close() came while a call ran: that call closes on its way out */
     uint32_t call_gen;    /* bumped per send/stream call (stale completions) */
+    Py_ssize_t rx_extra;  /* receive in progress: entries its coalesced messages need beyond one */
+    int rx_coalesced;     /* receive in progress: a message arrived GRO-coalesced */
     uint64_t counters[BIO_SOCKETSET_NCOUNTERS];
     int (*check)(BioSocketSet *r);     /* GIL: raise unless usable now */
     int (*recv_nogil)(void *recv);     /* BioSocketSetRecv: 0 or -errno */
@@ -99,6 +101,9 @@ struct BioSocketSet {
     int (*stream_nogil)(void *stream); /* BioSocketSetStream: 0 or -errno */
     void (*stream_abort_nogil)(void *stream); /* stop a queued stream receive */
     void (*close_now)(BioSocketSet *r);       /* GIL, no call running: tear down */
+    /* GIL: the first call in a fork()ed child: take the set over with
+     * descriptors of the child's own (0), or refuse (-1, error set) */
+    int (*after_fork)(BioSocketSet *r);
 };
 
 extern PyTypeObject BioSocketSet_Type;
@@ -122,30 +127,34 @@ int bio_socketset_index(BioSocketSet *r, PyObject *obj, int *idx);
 int bio_socketset_add_args(PyObject *args, PyObject *kwds, int *fd, int *stream, int *meta);
 /* Record slot idx's flags (its family read from the socket, meta as asked). */
 void bio_socketset_set_flags(BioSocketSet *r, int idx, int meta);
-/* RuntimeError if a call is using the set or this is a fork()ed child,
- * ValueError if closed, else the backend's check. */
+/* RuntimeError if a call is using the set, ValueError if closed, else the
+ * backend's check; in a fork()ed child, first the backend's after_fork
+ * (the epoll set takes itself over, the io_uring set refuses). */
 int bio_socketset_usable(BioSocketSet *r);
 /* close(): now if no call runs, else wake it and let it close on its way
  * out. None. */
 PyObject *bio_socketset_close(BioSocketSet *r);
 /* Queue (idx, err) for take_errors(); counts it if the queue is full. nogil. */
 void bio_socketset_error_nogil(BioSocketSet *r, int idx, int err);
-/* Write received datagram j of a batch: payload already at slot j. nogil. */
-void bio_socketset_set_received(BioBatch *b, Py_ssize_t j, uint32_t stored, int truncated,
-                                int sock);
-/* ---- per-datagram metadata (socketset/meta.c) ---- */
+/* Write received message j of a batch: its payload already in slot j (the
+ * first `stored` of its `len` bytes), its cmsgs read into the private scratch
+ * (bio_socketset_recv_cmsgs: the UDP_GRO segment size of a coalesced one,
+ * its metadata). What the split needs is kept in the private scratch. nogil. */
+void bio_socketset_set_received(BioSocketSet *r, BioBatch *b, Py_ssize_t j, uint32_t stored,
+                                uint32_t len, int truncated, int sock);
+/* Messages a receive may still take into b: min(slots, capacity less the
+ * entries the coalesced messages taken so far split into). */
+Py_ssize_t bio_socketset_room(const BioSocketSet *r, const BioBatch *b);
+/* ---- receive cmsgs and per-datagram metadata (socketset/meta.c) ---- */
 /* Make b's metadata arrays if a socket of r asked for them. 0 or -1. GIL. */
 int bio_socketset_meta_ensure(BioSocketSet *r, BioBatch *b);
-/* The control buffer of message k for a receive on socket idx (none unless
- * it asked for metadata). nogil. */
-void bio_socketset_meta_prepare(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t k);
-/* The cmsgs control[0, len) of entry j, received on socket idx, into its
- * metadata. nogil. */
-void bio_socketset_meta_store(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t j,
+/* The cmsgs control[0, len) of message j, received on socket idx (NULL:
+ * none), into its private scratch: the UDP_GRO segment size, and the
+ * metadata if the socket asked for it (else none). Before
+ * bio_socketset_set_received. nogil. */
+void bio_socketset_recv_cmsgs(const BioSocketSet *r, int idx, BioBatch *b, Py_ssize_t j,
                               const unsigned char *control, size_t len);
 /* ValueError unless entry j's local address suits its socket's family. */
 int bio_socketset_meta_check(const BioSocketSet *r, const BioBatch *b, Py_ssize_t j);
-/* Entries a receive may fill: min(capacity, slots). */
-Py_ssize_t bio_socketset_room(const BioBatch *b);
 
 #endif /* BIO_SOCKETSET_H */

@@ -3,22 +3,21 @@
  * Receive (where a datagram goes): every socket has one multishot RECVMSG
  * armed, all drawing from one buffer ring (the provided buffers). A datagram
  * on any socket becomes a completion (CQE) holding a buffer; recv_batch()
- * copies it into the caller's batch (entry j <- slot j, batch.sockets[j] <-
- * socket index) and hands the buffer straight back to the kernel. A
- * multishot that ends (an error, ENOBUFS when the buffers ran out) is
- * re-armed on the next call; its error is queued for take_errors() and no
- * other socket's data is touched.
+ * waits for them here and socketset/uring_completions.c copies each into the
+ * caller's batch (entry j <- slot j, batch.sockets[j] <- socket index) and
+ * hands the buffer straight back to the kernel. A multishot that ends (an
+ * error, ENOBUFS when the buffers ran out) is re-armed on the next call; its
+ * error is queued for take_errors() and no other socket's data is touched.
  *
  * Send: one SENDMSG (MSG_DONTWAIT: a full socket fails at once with EAGAIN
  * instead of leaving a send pending) per message and socket, submitted as
  * the SQ fills, every completion recorded against its message.
  *
- * user_data: the op in the top byte; a generation in the next 24 bits (the
- * socket slot's for receives, the call's for sends and stream receives), so
- * a completion of an old socket or an old call is never taken for a new one;
- * an index (socket, or (socket, message) pair) in the low 32 bits.
+ * This file: set-up, arming, submitting and waiting (close()'s wake chain
+ * included), the receive/send/stream calls, sockets and the type; the
+ * user_data encoding and the set's struct are in socketset/uring.h.
  */
-#include "socketset/socketset.h"
+#include "socketset/uring.h"
 
 #include <errno.h>
 #include <liburing.h>
@@ -30,41 +29,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-enum { BIO_OP_RECV = 1, BIO_OP_SEND = 2, BIO_OP_CANCEL = 3, BIO_OP_STREAM = 4,
-       BIO_OP_STREAM_TIMEOUT = 5, BIO_OP_WAKE = 6 };
-#define BIO_UD(op, mid, idx) \
-    (((uint64_t)(op) << 56) | (((uint64_t)(mid) & 0xffffff) << 32) | (uint32_t)(idx))
-#define BIO_UD_OP(ud) ((unsigned)((ud) >> 56))
-#define BIO_UD_MID(ud) ((uint32_t)(((ud) >> 32) & 0xffffff))
-#define BIO_UD_IDX(ud) ((uint32_t)(ud))
-#define BIO_GEN(g) ((g) & 0xffffff)
-#define BIO_URINGSET_MAX_SOCKETS 65536
-
-typedef struct {
-    BioSocketSet base;
-    struct io_uring uring;
-    int ready;
-    int uring_fd;     /* for IORING_REGISTER_NAPI (burstio.napi.busypoll) */
-    unsigned flags;   /* setup flags in effect */
-    pid_t owner;      /* SINGLE_ISSUER: the thread that may use the io_uring */
-    struct io_uring_buf_ring *bufring; /* buffer ring: the provided buffers */
-    size_t bufring_bytes;
-    unsigned char *bufs;
-    unsigned nbufs, buf_size, recycled;
-    struct msghdr rx_hdr, rx_hdr_meta; /* a receive's layout; with room for cmsgs (meta sockets) */
-    struct io_uring_cqe *stash; /* receive CQEs met while waiting for sends */
-    unsigned nstash, stash_cap;
-} BioUringSet;
-
-/* What reaping completions feeds: a batch to fill (or NULL: keep receives
- * for later), the send or stream receive in progress. */
-typedef struct {
-    BioBatch *b;
-    Py_ssize_t n;
-    BioSocketSetSend *send;
-    BioSocketSetStream *stream;
-} BioUringReap;
-
 static PyTypeObject BioUringSet_Type;
 static int bio_uringset_check(BioSocketSet *base);
 static int bio_uringset_recv_nogil(void *arg);
@@ -72,6 +36,8 @@ static int bio_uringset_send_nogil(void *arg);
 static int bio_uringset_stream_nogil(void *arg);
 static void bio_uringset_stream_abort_nogil(void *arg);
 static void bio_uringset_close_now(BioSocketSet *base);
+static int bio_uringset_after_fork(BioSocketSet *base);
+static void bio_uringset_wake_arm(BioUringSet *r);
 
 /* ---- setup ------------------------------------------------------------- */
 
@@ -186,19 +152,17 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         bio_raise_errno(err);
         goto fail;
     }
-    /* close() from another thread writes the set's eventfd: this poll's
-     * completion wakes a call waiting in the io_uring */
-    struct io_uring_sqe *wsqe = io_uring_get_sqe(&r->uring);
-    io_uring_prep_poll_add(wsqe, r->base.wake.efd, POLLIN);
-    io_uring_sqe_set_data64(wsqe, BIO_UD(BIO_OP_WAKE, 0, 0));
+    bio_uringset_wake_arm(r);
     if ((err = io_uring_submit(&r->uring)) < 0) {
         bio_raise_errno(err);
         goto fail;
     }
     r->rx_hdr.msg_namelen = r->rx_hdr_meta.msg_namelen = sizeof(struct sockaddr_in6);
+    r->rx_hdr.msg_controllen = BIO_URINGSET_CONTROL; /* UDP_GRO: see take_datagram */
     r->rx_hdr_meta.msg_controllen = BIO_CMSG_RX_ALL;
     r->owner = (pid_t)syscall(SYS_gettid);
     r->base.close_now = bio_uringset_close_now;
+    r->base.after_fork = bio_uringset_after_fork;
     r->base.check = bio_uringset_check;
     r->base.recv_nogil = bio_uringset_recv_nogil;
     r->base.send_nogil = bio_uringset_send_nogil;
@@ -221,6 +185,21 @@ bio_uringset_dealloc(BioUringSet *r)
         munmap(r->bufs, (size_t)r->nbufs * r->buf_size);
     PyMem_Free(r->stash);
     BioSocketSet_Type.tp_dealloc((PyObject *)r);
+}
+
+/* A fork()ed child's first call: refused. The io_uring, its buffer ring and
+ * the receives armed on it are the parent's (the child's copy is the same
+ * kernel object): a call here would take the parent's completions and
+ * buffers. */
+static int
+bio_uringset_after_fork(BioSocketSet *base)
+{
+    PyErr_Format(PyExc_RuntimeError,
+                 "this SocketSet (io_uring) was made in process %d; after fork() its io_uring, "
+                 "buffer ring and armed receives are the parent's (a call here would take the "
+                 "parent's completions): make a new SocketSet in this process",
+                 (int)base->wake.pid);
+    return -1;
 }
 
 /* ValueError if closed; RuntimeError if SINGLE_ISSUER and not its thread. */
@@ -256,11 +235,44 @@ bio_uringset_sqe(BioUringSet *r)
     return sqe;
 }
 
-/* Submit what is queued, then wait until `want` completions are there or
- * deadline_ns (-1: forever; in the past: do not sleep). Submitting and
- * waiting are separate entries so that a signal ends the wait with -EINTR
- * (one io_uring_enter doing both returns the submit count instead). 0, or
- * -errno (-ETIME: the deadline passed). nogil. */
+/* close() from another thread must end any wait in the io_uring, one for
+ * `want` completions included: close() writes the wake eventfd, which ends
+ * a POLL_ADD on it, linked to a TIMEOUT of 1 ns. A timeout that expires
+ * wakes every waiter of the io_uring whatever its completion count (the
+ * kernel returns to user space after any timeout), so the waiter wakes and
+ * sees the closing flag. The chain is spent once its timeout's CQE comes;
+ * it is queued again at the start of the next call that may wait (never
+ * while closing). nogil. */
+static void
+bio_uringset_wake_arm(BioUringSet *r)
+{
+    if (r->wake_armed || bio_wake_closing(&r->base.wake))
+        return;
+    if (io_uring_sq_space_left(&r->uring) < 2) {
+        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
+        io_uring_submit(&r->uring);
+        if (io_uring_sq_space_left(&r->uring) < 2)
+            return; /* try again next call */
+    }
+    struct io_uring_sqe *poll = io_uring_get_sqe(&r->uring);
+    io_uring_prep_poll_add(poll, r->base.wake.efd, POLLIN);
+    io_uring_sqe_set_data64(poll, BIO_UD(BIO_OP_WAKE, 0, 0));
+    poll->flags |= IOSQE_IO_LINK;
+    struct io_uring_sqe *t = io_uring_get_sqe(&r->uring);
+    r->wake_ts = (struct __kernel_timespec){.tv_sec = 0, .tv_nsec = 1};
+    io_uring_prep_timeout(t, &r->wake_ts, 0, 0);
+    io_uring_sqe_set_data64(t, BIO_UD(BIO_OP_WAKE, 0, 1));
+    r->wake_armed = 1;
+}
+
+/* Submit what is queued, then wait until `want` completions are there,
+ * deadline_ns passes (-1: forever; in the past: do not sleep), a signal
+ * comes (-EINTR) or any io_uring timeout expires (the wake chain: close()).
+ * Submitting and waiting are separate entries so that a signal ends the
+ * wait with -EINTR (one io_uring_enter doing both returns the submit count
+ * instead). io_uring_enter itself, not liburing's io_uring_wait_cqes, which
+ * enters again when woken short of `want` with no timeout given. 0, or
+ * -errno (-ETIME: the deadline passed with nothing there). nogil. */
 static int
 bio_uringset_wait_nogil(BioUringSet *r, unsigned want, int64_t deadline_ns)
 {
@@ -272,20 +284,20 @@ bio_uringset_wait_nogil(BioUringSet *r, unsigned want, int64_t deadline_ns)
     }
     BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_SYSCALLS, 1);
     struct io_uring_cqe *cqe;
-    if (deadline_ns < 0)
-        return io_uring_wait_cqes(&r->uring, &cqe, want, NULL, NULL);
-    int64_t left = deadline_ns - bio_now_ns();
-    if (left < 0)
-        left = 0;
-    struct __kernel_timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
-    return io_uring_wait_cqes(&r->uring, &cqe, want, &ts, NULL);
-}
-
-/* The receive layout of socket idx: with room for cmsgs if it asked for metadata. */
-static struct msghdr *
-bio_uringset_hdr(BioUringSet *r, uint32_t idx)
-{
-    return (r->base.flags[idx] & BIO_SOCK_F_META) ? &r->rx_hdr_meta : &r->rx_hdr;
+    struct __kernel_timespec ts = {0, 0};
+    if (deadline_ns >= 0) {
+        int64_t left = deadline_ns - bio_now_ns();
+        if (left < 0)
+            left = 0;
+        ts = (struct __kernel_timespec){.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+    }
+    if (!(r->uring.features & IORING_FEAT_EXT_ARG)) /* (before Linux 5.11) */
+        return io_uring_wait_cqes(&r->uring, &cqe, want, deadline_ns < 0 ? NULL : &ts, NULL);
+    struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
+    long rc = syscall(__NR_io_uring_enter, r->uring.ring_fd, 0, want,
+                      IORING_ENTER_GETEVENTS | (deadline_ns >= 0 ? IORING_ENTER_EXT_ARG : 0),
+                      deadline_ns >= 0 ? (void *)&arg : NULL, deadline_ns >= 0 ? sizeof(arg) : 0);
+    return rc < 0 ? -errno : 0;
 }
 
 /* Arm a multishot RECVMSG on every socket that needs one. nogil. */
@@ -299,179 +311,14 @@ bio_uringset_rearm_nogil(BioUringSet *r)
         struct io_uring_sqe *sqe = bio_uringset_sqe(r);
         if (sqe == NULL)
             return; /* try again next call */
-        io_uring_prep_recvmsg_multishot(sqe, t->fds[i], bio_uringset_hdr(r, i), 0);
+        /* MSG_TRUNC: payloadlen is then the length on the wire (truncation counted) */
+        io_uring_prep_recvmsg_multishot(sqe, t->fds[i], bio_uringset_hdr(r, i), MSG_TRUNC);
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = 0;
         io_uring_sqe_set_data64(sqe, BIO_UD(BIO_OP_RECV, t->gen[i], i));
         t->state[i] = BIO_SOCK_ARMED;
         BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_REARMS, 1);
     }
-}
-
-/* ---- completions ------------------------------------------------------- */
-
-static void
-bio_uringset_recycle(BioUringSet *r, unsigned bid)
-{
-    io_uring_buf_ring_add(r->bufring, r->bufs + (size_t)bid * r->buf_size, r->buf_size,
-                          (unsigned short)bid, io_uring_buf_ring_mask(r->nbufs), (int)r->recycled);
-    r->recycled++;
-}
-
-static void
-bio_uringset_recycle_publish(BioUringSet *r)
-{
-    if (r->recycled) {
-        io_uring_buf_ring_advance(r->bufring, (int)r->recycled);
-        r->recycled = 0;
-    }
-}
-
-/* Whether a receive CQE belongs to the socket now in its slot. */
-static int
-bio_uringset_current(BioUringSet *r, const struct io_uring_cqe *cqe)
-{
-    uint32_t idx = BIO_UD_IDX(cqe->user_data);
-    return idx < (uint32_t)r->base.cap && r->base.state[idx] != BIO_SOCK_FREE &&
-           BIO_UD_MID(cqe->user_data) == BIO_GEN(r->base.gen[idx]);
-}
-
-/* A current socket's multishot ended (no F_MORE): re-arm it next call; an
- * error is queued for take_errors(). nogil. */
-static void
-bio_uringset_recv_status(BioUringSet *r, const struct io_uring_cqe *cqe)
-{
-    BioSocketSet *t = &r->base;
-    uint32_t idx = BIO_UD_IDX(cqe->user_data);
-    if (!(cqe->flags & IORING_CQE_F_MORE) && t->state[idx] == BIO_SOCK_ARMED)
-        t->state[idx] = BIO_SOCK_IDLE;
-    if (cqe->res >= 0)
-        return;
-    if (cqe->res == -ENOBUFS)
-        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_ENOBUFS, 1);
-    bio_socketset_error_nogil(t, (int)idx, -cqe->res);
-}
-
-/* Copy the datagram of a receive CQE into entry j of b. nogil. */
-static void
-bio_uringset_take_datagram(BioUringSet *r, const struct io_uring_cqe *cqe, BioBatch *b,
-                           Py_ssize_t j)
-{
-    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-    unsigned char *buf = r->bufs + (size_t)bid * r->buf_size;
-    uint32_t idx = BIO_UD_IDX(cqe->user_data);
-    struct msghdr *hdr = bio_uringset_hdr(r, idx);
-    struct io_uring_recvmsg_out *out = io_uring_recvmsg_validate(buf, cqe->res, hdr);
-    uint32_t plen = 0, stored = 0;
-    int trunc = 0;
-    memset(&b->names[j], 0, sizeof(b->names[j]));
-    if (out != NULL) {
-        plen = io_uring_recvmsg_payload_length(out, cqe->res, hdr);
-        stored = plen > (uint32_t)b->slot_size ? (uint32_t)b->slot_size : plen;
-        trunc = (out->flags & MSG_TRUNC) || stored < plen;
-        memcpy(b->arena + (size_t)j * (size_t)b->slot_size, io_uring_recvmsg_payload(out, hdr), stored);
-        size_t nl = out->namelen < sizeof(b->names[j]) ? out->namelen : sizeof(b->names[j]);
-        memcpy(&b->names[j], io_uring_recvmsg_name(out), nl);
-    }
-    bio_socketset_set_received(b, j, stored, trunc, (int)idx);
-    if (out != NULL) { /* its cmsgs follow the name (a socket that asked for metadata) */
-        size_t cl = out->controllen < hdr->msg_controllen ? out->controllen : hdr->msg_controllen;
-        bio_socketset_meta_store(&r->base, (int)idx, b, j,
-                                 (unsigned char *)(out + 1) + hdr->msg_namelen, cl);
-    }
-    bio_uringset_recycle(r, bid);
-    BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_DATAGRAMS, 1);
-    BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_BYTES, stored);
-    if (trunc)
-        BIO_COUNT(r->base.counters, BIO_SOCKETSET_C_RX_TRUNCATED, 1);
-}
-
-/* Handle a receive CQE: its datagram into rp->b if there is room (0: the
- * batch is full, leave the CQE), or kept for later (no batch), or dropped
- * (a removed socket's). nogil. */
-static int
-bio_uringset_on_recv(BioUringSet *r, const struct io_uring_cqe *cqe, BioUringReap *rp)
-{
-    int current = bio_uringset_current(r, cqe);
-    int data = cqe->res >= 0 && (cqe->flags & IORING_CQE_F_BUFFER);
-    uint32_t idx = BIO_UD_IDX(cqe->user_data);
-    if (current && r->base.state[idx] == BIO_SOCK_REMOVING) {
-        if (data) /* a last datagram of a socket being removed: not wanted */
-            bio_uringset_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-        if (!(cqe->flags & IORING_CQE_F_MORE))
-            r->base.state[idx] = BIO_SOCK_IDLE; /* the kernel has let go */
-        return 1;
-    }
-    if (data && current && rp->b != NULL &&
-        (rp->n >= rp->b->capacity || rp->n >= rp->b->slots))
-        return 0;
-    if (data && current && rp->b == NULL && r->nstash >= r->stash_cap)
-        return 0; /* cannot happen: one CQE per buffer */
-    if (current)
-        bio_uringset_recv_status(r, cqe);
-    if (data && current && rp->b != NULL)
-        bio_uringset_take_datagram(r, cqe, rp->b, rp->n++);
-    else if (data && current)
-        r->stash[r->nstash++] = *cqe; /* keeps its buffer until recv_batch */
-    else if (data)
-        bio_uringset_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-    return 1;
-}
-
-/* Send and stream completions of the call in progress (others are stale). */
-static void
-bio_uringset_on_other(BioUringSet *r, const struct io_uring_cqe *cqe, BioUringReap *rp)
-{
-    unsigned op = BIO_UD_OP(cqe->user_data);
-    if (op == BIO_OP_CANCEL || op == BIO_OP_WAKE)
-        return; /* a wake: the waiter looks at the closing flag */
-    if (BIO_UD_MID(cqe->user_data) != BIO_GEN(r->base.call_gen))
-        return;
-    if (op == BIO_OP_SEND && rp->send != NULL && BIO_UD_IDX(cqe->user_data) < rp->send->total) {
-        rp->send->results[BIO_UD_IDX(cqe->user_data)] = cqe->res < 0 ? -cqe->res : 0;
-        rp->send->done++;
-    } else if (op == BIO_OP_STREAM && rp->stream != NULL) {
-        rp->stream->got = cqe->res;
-        rp->stream->result_seen = 1;
-    } else if (op == BIO_OP_STREAM_TIMEOUT && rp->stream != NULL) {
-        rp->stream->timeout_seen = 1;
-    }
-}
-
-/* Consume the CQEs that are ready. nogil. */
-static void
-bio_uringset_reap_nogil(BioUringSet *r, BioUringReap *rp)
-{
-    struct io_uring_cqe *cqe;
-    unsigned head, seen = 0;
-    io_uring_for_each_cqe(&r->uring, head, cqe) {
-        if (BIO_UD_OP(cqe->user_data) == BIO_OP_RECV) {
-            if (!bio_uringset_on_recv(r, cqe, rp))
-                break;
-        } else {
-            bio_uringset_on_other(r, cqe, rp);
-        }
-        seen++;
-    }
-    io_uring_cq_advance(&r->uring, seen);
-    bio_uringset_recycle_publish(r);
-}
-
-/* Move kept receive CQEs into b. nogil. */
-static void
-bio_uringset_unstash(BioUringSet *r, BioBatch *b, Py_ssize_t *n)
-{
-    unsigned used = 0;
-    while (used < r->nstash && *n < bio_socketset_room(b)) {
-        const struct io_uring_cqe *cqe = &r->stash[used++];
-        if (bio_uringset_current(r, cqe))
-            bio_uringset_take_datagram(r, cqe, b, (*n)++);
-        else
-            bio_uringset_recycle(r, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-    }
-    memmove(r->stash, r->stash + used, (r->nstash - used) * sizeof(*r->stash));
-    r->nstash -= used;
-    bio_uringset_recycle_publish(r);
 }
 
 /* ---- receive ----------------------------------------------------------- */
@@ -518,8 +365,8 @@ static int
 bio_uringset_wait_for_nogil(BioUringSet *r, BioSocketSetRecv *c, BioUringReap *rp, Py_ssize_t want,
                             int64_t deadline)
 {
-    Py_ssize_t room = bio_socketset_room(c->b);
-    while (rp->n + (r->base.nerr - c->errors0) < want && rp->n < room) {
+    while (rp->n + (r->base.nerr - c->errors0) < want && rp->n < bio_socketset_room(&r->base, c->b)) {
+        Py_ssize_t room = bio_socketset_room(&r->base, c->b);
         Py_ssize_t have = rp->n + (r->base.nerr - c->errors0);
         unsigned nr = (r->flags & IORING_SETUP_DEFER_TASKRUN) ? 1 : (unsigned)(want - have);
         int err = bio_uringset_wait_nogil(r, nr, deadline);
@@ -550,9 +397,10 @@ bio_uringset_recv_nogil(void *arg)
     BioUringReap rp = {.b = c->b, .n = c->n};
     if (bio_wake_closing(&r->base.wake))
         return -BIO_ECLOSED;
+    bio_uringset_wake_arm(r);
     bio_uringset_rearm_nogil(r);
     bio_uringset_unstash(r, c->b, &rp.n);
-    int err = bio_uringset_take_all_nogil(r, &rp, bio_socketset_room(c->b));
+    int err = bio_uringset_take_all_nogil(r, &rp, bio_socketset_room(&r->base, c->b));
     c->n = rp.n;
     if (err == 0)
         err = bio_uringset_wait_for_nogil(r, c, &rp, c->want, c->watermark_deadline);
@@ -638,6 +486,9 @@ bio_uringset_stream_nogil(void *arg)
     BioSocketSetStream *c = arg;
     BioUringSet *r = (BioUringSet *)c->r;
     BioUringReap rp = {.stream = c};
+    if (bio_wake_closing(&r->base.wake) && !c->queued)
+        return -BIO_ECLOSED;
+    bio_uringset_wake_arm(r);
     if (!c->queued) {
         int err = bio_uringset_stream_queue(r, c);
         if (err < 0)

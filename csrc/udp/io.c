@@ -207,8 +207,12 @@ static PyMethodDef bio_udp_methods[] = {
      "(see BurstSocket)."},
     {"send_raw", (PyCFunction)(void (*)(void))bio_udp_send_raw,
      METH_FASTCALL | METH_KEYWORDS,
-     "send_raw($self, /, batch, start=0, count=None, *, on_error='raise')\n--\n\n"
-     "send_batch without the recover policy: stops early with last_errno set."},
+     "send_raw($self, /, batch, start=0, count=None, *, on_error='raise', gso=True, "
+     "ecn=True)\n--\n\n"
+     "send_batch without the recover policy (gso=False / ecn=False: without GSO /\n"
+     "codepoints for this call). Returns (processed, errno, index, gso): the\n"
+     "entries processed and, if the send stopped early, its errno, the failing\n"
+     "entry and whether it was in a GSO send (errno 0: nothing stopped it)."},
     {"send_segments", (PyCFunction)(void (*)(void))bio_udp_send_segments,
      METH_VARARGS | METH_KEYWORDS, bio_udp_send_segments_doc},
     {"close", (PyCFunction)bio_udp_close, METH_NOARGS, bio_udp_close_doc},
@@ -246,8 +250,9 @@ static PyMemberDef bio_udp_members[] = {
      "after this many one-datagram receives in a row, ask for one message at a "
      "time, probing with the full window every as many calls (0: never)"},
     {"recover", T_OBJECT, offsetof(BioUdp, recover), 0,
-     "recover(batch, start, done, end, skip) -> int: called when send_batch "
-     "stops early (error or GSO refusal); its result is returned"},
+     "recover(batch, start, done, end, skip, errno, index, gso) -> int: called "
+     "when send_batch stops early (error, GSO or ECN refusal) with what stopped "
+     "that call; its result is returned"},
     {"family", T_INT, offsetof(BioUdp, family), READONLY,
      "the socket's address family (AF_INET or AF_INET6)"},
     {"meta", T_INT, offsetof(BioUdp, meta), 0,
@@ -263,12 +268,6 @@ static PyMemberDef bio_udp_members[] = {
      "1: send transmit times as SCM_TXTIME cmsgs (SO_TXTIME on); 0: a transmit time is refused"},
     {"txtime_offset", T_LONGLONG, offsetof(BioUdp, txtime_offset), 0,
      "ns added to each transmit time (CLOCK_MONOTONIC) for the clock SO_TXTIME was set with"},
-    {"last_errno", T_INT, offsetof(BioUdp, last_errno), READONLY,
-     "errno that stopped the last send early, 0 if none"},
-    {"last_error_index", T_PYSSIZET, offsetof(BioUdp, last_error_index), READONLY,
-     "entry (send) or segment (send_segments) that failed"},
-    {"last_error_gso", T_INT, offsetof(BioUdp, last_error_gso), READONLY,
-     "1 if the failed message was a GSO send"},
     {NULL, 0, 0, 0, NULL},
 };
 

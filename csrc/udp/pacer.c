@@ -160,7 +160,7 @@ bio_pacer_after_fork(BioPacer *p)
     bio_pacer_sync_init(p);
     p->head = p->tail;
     p->bhead = p->btail;
-    p->sending = p->waiters = p->drainers = p->nerr = 0;
+    p->sending = p->idle = p->waiters = p->drainers = p->nerr = 0;
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0)
         return -errno;
@@ -281,7 +281,8 @@ bio_pacer_put(BioPacer *p, BioBatch *b, Py_ssize_t j, Py_ssize_t end, int by_soc
     p->tail = tail + (uint64_t)k;
     p->btail = btail;
     p->next_seq += (uint64_t)k;
-    pthread_cond_signal(&p->cv);
+    if (p->idle) /* a thread waiting for the head's time needs no wake-up: the head is the same */
+        pthread_cond_signal(&p->cv);
     pthread_mutex_unlock(&p->mu);
     BIO_COUNT(p->counters, BIO_PACER_C_PACED_QUEUED, k);
     BIO_COUNT(p->counters, BIO_PACER_C_PACED_LATE, late);
@@ -604,8 +605,8 @@ static PyMemberDef bio_pacer_members[] = {
      "only): a TOS byte every kernel refuses"},
     {"dscp", T_INT, offsetof(BioPacer, dscp), 0, "the DSCP bits sent with a codepoint"},
     {"slack_ns", T_LONGLONG, offsetof(BioPacer, slack_ns), 0,
-     "datagrams due within this many ns of a release go with it (early by at most that): fewer "
-     "wake-ups, less precision; 0: each at its time"},
+     "a release (one wake-up) sends every datagram due within this many ns of it, so none leaves "
+     "earlier than its time less this: fewer wake-ups, less precision; 0: each at its time"},
     {"next_sequence", T_ULONGLONG, offsetof(BioPacer, next_seq), READONLY,
      "the sequence number the next datagram queued gets (= datagrams queued so far)"},
     {"note_fd", T_INT, offsetof(BioPacer, note_efd), READONLY,

@@ -6,9 +6,9 @@
  * SocketSet) -> bio_pacer_queue copies each entry (payload, destination,
  * local address, codepoint, transmit time), read once and checked, into
  * pacer-owned memory (the batch is the caller's) -> the sender thread sleeps
- * to the first entry's transmit time (clock_nanosleep TIMER_ABSTIME for the
- * last stretch) and sends what is due, entries of one time, destination and
- * metadata as one GSO run, with sendmmsg -> the kernel.
+ * to the first entry's transmit time (an absolute CLOCK_MONOTONIC deadline)
+ * and sends every entry due within the pacer's slack, entries of one
+ * destination and metadata as GSO runs, with sendmmsg -> the kernel.
  *
  * Order is the queue's: an entry never leaves before one queued earlier (a
  * transmit time earlier than its predecessor's is late when its turn comes).
@@ -83,12 +83,13 @@ typedef struct {
     uint64_t head, tail, bhead, btail;
     uint64_t next_seq;    /* the sequence number of the next entry queued */
     int sending;          /* the thread is sending entries from head on */
+    int idle;             /* the thread waits for an entry: queue() signals cv */
     int waiters;          /* calls waiting for room */
     int drainers;         /* calls waiting for the queue to drain (flush) */
     int want_room;        /* an event loop waits for room: signal note_efd after each round */
     /* options (read by the thread under mu) */
     int gso, gso_max_segments, ecn_cmsg, dscp;
-    long long slack_ns;   /* release what is due within this much of now together */
+    long long slack_ns;   /* a release takes every entry due within this much of now */
     /* refusals */
     BioPacerError *errors;
     int nerr;

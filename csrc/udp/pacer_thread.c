@@ -3,19 +3,28 @@
  *
  * Where a datagram goes through it: the entry at the head of the pacer's
  * queue (udp/pacer.c put it there) -> bio_pacer_wait_due sleeps until its
- * transmit time (less the pacer's slack): a deadline further than
- * BIO_PACER_LONG_NS is first waited for on the condition variable (an
- * absolute CLOCK_MONOTONIC deadline that close() can cut short), the last
- * stretch with clock_nanosleep(TIMER_ABSTIME) to the deadline itself, with
- * the thread's timer slack at 1 ns: one wake-up per release where
- * datagrams follow each other closely (each costs CPU: ~16 us in the VMs we
- * measured) -> bio_pacer_collect makes messages of every entry due by then (a GSO run for consecutive entries of one time, socket,
- * destination and metadata) -> bio_pacer_send: sendmmsg per run of messages
- * on one socket; a full socket (EAGAIN) is waited for in poll(POLLOUT), not
- * spun on; a refusal is recorded per datagram; GSO or a codepoint the
- * kernel refuses (EIO/EINVAL) is dropped for this pacer, counted, and the
- * datagrams sent without it (the run-time downgrade of udp/send.c's policy,
- * which Python cannot run from this thread: it reads the counters).
+ * transmit time: pthread_cond_timedwait to that absolute CLOCK_MONOTONIC
+ * deadline (close() cuts it short; queue() signals only a thread waiting for
+ * an entry, since a new entry never goes before the head), with the
+ * thread's timer slack at 1 ns -> bio_pacer_collect makes messages of
+ * every entry due within the pacer's slack of now (GSO runs of consecutive
+ * entries of one socket, destination, local address and codepoint: they
+ * leave together, so their times need not match) -> bio_pacer_send:
+ * sendmmsg per run of messages on one socket; a full socket (EAGAIN) is
+ * waited for in poll(POLLOUT), not spun on; a refusal is recorded per
+ * datagram; GSO or a codepoint the kernel refuses (EIO/EINVAL) is dropped
+ * for this pacer, counted, and the datagrams sent without it (the run-time
+ * downgrade of udp/send.c's policy, which Python cannot run from this
+ * thread: it reads the counters).
+ *
+ * What a release costs: one wake-up (14-19 us of CPU in the KVM guest we
+ * measured, whatever the primitive: clock_nanosleep, a timerfd or a
+ * condition variable, timer slack 1 ns or 50 us; two timer writes, a
+ * timer interrupt and a halt of the idle vCPU, each a VM exit of ~3.6 us),
+ * one clock_gettime (vDSO, no syscall) and one sendmmsg. A slack S makes
+ * one wake-up carry every datagram due within S: with datagrams closer than
+ * S, at most one wake-up per S, each datagram early by at most S and never
+ * released before its time less S.
  */
 #include "udp/pacer.h"
 
@@ -26,13 +35,6 @@
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
-
-/* A deadline further away than this is waited for on the condition
- * variable (close() wakes it) until BIO_PACER_SLICE_NS before it; a nearer
- * one is slept for with clock_nanosleep alone (close() waits that long at
- * most): one wake-up per release instead of two. */
-#define BIO_PACER_LONG_NS 2000000
-#define BIO_PACER_SLICE_NS 1000000
 
 static struct timespec
 bio_pacer_ts(int64_t ns)
@@ -67,8 +69,9 @@ bio_pacer_record_error(BioPacer *p, const BioPacerEntry *e, int err)
     bio_pacer_notify(p);
 }
 
-/* Wait until the head entry is due (1) or close() began (0). mu held on
- * entry and return; released while sleeping. */
+/* Wait until the head entry is due (1) or close() began (0): one timed
+ * wait to its transmit time, the only wake-up of a release. mu held on
+ * entry and return; released while waiting. */
 static int
 bio_pacer_wait_due(BioPacer *p)
 {
@@ -76,37 +79,35 @@ bio_pacer_wait_due(BioPacer *p)
         if (bio_wake_closing(&p->wake))
             return 0;
         if (p->head == p->tail) {
+            p->idle = 1; /* queue() signals us */
             pthread_cond_wait(&p->cv, &p->mu);
+            p->idle = 0;
             continue;
         }
-        int64_t t = bio_pacer_entry(p, p->head)->meta.txtime - p->slack_ns, now = bio_now_ns();
-        if (t <= now)
+        int64_t t = bio_pacer_entry(p, p->head)->meta.txtime;
+        if (t <= bio_now_ns())
             return 1;
-        if (t - now > BIO_PACER_LONG_NS) {
-            struct timespec ts = bio_pacer_ts(t - BIO_PACER_SLICE_NS);
-            pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-            continue;
-        }
-        pthread_mutex_unlock(&p->mu);
         struct timespec ts = bio_pacer_ts(t);
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-            ;
-        pthread_mutex_lock(&p->mu);
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }
 }
 
+/* Whether two entries of one release may share a message: one local
+ * address and codepoint. Their transmit times may differ: the release has
+ * honoured them (the pacer's messages carry no SCM_TXTIME). */
 static int
 bio_pacer_same_meta(const BioMetaPriv *a, const BioMetaPriv *b)
 {
     return memcmp(&a->local, &b->local, sizeof(a->local)) == 0 && a->ifindex == b->ifindex &&
-           a->ecn == b->ecn && a->txtime == b->txtime;
+           a->ecn == b->ecn;
 }
 
-/* Entries from position pos (at most `room`) that one GSO message carries:
- * one socket, destination, local address, codepoint and transmit time, one
- * size (the last may be shorter), within the payload limit. mu held. */
+/* Entries from position pos (at most `room`, each due by `until`) that one
+ * GSO message carries: one socket, destination, local address and
+ * codepoint, one size (the last may be shorter), within the payload limit.
+ * mu held. */
 static Py_ssize_t
-bio_pacer_run(const BioPacer *p, uint64_t pos, Py_ssize_t room)
+bio_pacer_run(const BioPacer *p, uint64_t pos, Py_ssize_t room, int64_t until)
 {
     const BioPacerEntry *e = bio_pacer_entry(p, pos);
     size_t seg = e->len, total = seg;
@@ -115,7 +116,8 @@ bio_pacer_run(const BioPacer *p, uint64_t pos, Py_ssize_t room)
         return 1;
     while (run < room && run < p->gso_max_segments && pos + (uint64_t)run < p->tail) {
         const BioPacerEntry *f = bio_pacer_entry(p, pos + (uint64_t)run);
-        if (f->len == 0 || f->len > seg || total + f->len > BIO_MAX_UDP_PAYLOAD ||
+        if (f->meta.txtime > until || f->len == 0 || f->len > seg ||
+            total + f->len > BIO_MAX_UDP_PAYLOAD ||
             f->sock != e->sock || memcmp(&f->name, &e->name, sizeof(e->name)) != 0 ||
             !bio_pacer_same_meta(&f->meta, &e->meta))
             break;
@@ -154,21 +156,25 @@ bio_pacer_fill(BioPacer *p, int m, Py_ssize_t first, Py_ssize_t run)
     p->msg_first[m] = first;
 }
 
-/* Make messages of the entries due by `now` from head on; returns how many
- * entries they hold, *nmsg the messages. mu held. */
+/* Make messages of the entries due by `until`, from head on (up to
+ * BIO_PACER_MSGS messages, BIO_PACER_ROUND entries); returns how many
+ * entries they hold, *nmsg the messages, *more whether entries due by
+ * `until` are left for another round of this release. mu held. */
 static Py_ssize_t
-bio_pacer_collect(BioPacer *p, int64_t now, int *nmsg)
+bio_pacer_collect(BioPacer *p, int64_t until, int *nmsg, int *more)
 {
     Py_ssize_t n = 0;
     int m = 0;
     while (p->head + (uint64_t)n < p->tail && m < BIO_PACER_MSGS && n < BIO_PACER_ROUND) {
-        if (bio_pacer_entry(p, p->head + (uint64_t)n)->meta.txtime > now + p->slack_ns)
+        if (bio_pacer_entry(p, p->head + (uint64_t)n)->meta.txtime > until)
             break;
-        Py_ssize_t run = bio_pacer_run(p, p->head + (uint64_t)n, BIO_PACER_ROUND - n);
+        Py_ssize_t run = bio_pacer_run(p, p->head + (uint64_t)n, BIO_PACER_ROUND - n, until);
         bio_pacer_fill(p, m++, n, run);
         n += run;
     }
     *nmsg = m;
+    *more = p->head + (uint64_t)n < p->tail &&
+            bio_pacer_entry(p, p->head + (uint64_t)n)->meta.txtime <= until;
     return n;
 }
 
@@ -336,13 +342,20 @@ bio_pacer_main(void *arg)
 {
     BioPacer *p = arg;
     int fds[BIO_PACER_MSGS];
-    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL); /* wake at the deadline, not up to 50 us after */
+    /* wake at the deadline, not up to 50 us after (the CPU a wake-up costs is the same) */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    int more = 0; /* the release under way has entries left for another round */
+    int64_t until = 0;
     pthread_mutex_lock(&p->mu);
-    while (bio_pacer_wait_due(p)) {
+    /* a release: one wait, then rounds of sends until what is due by its `until` has gone */
+    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p)) {
+        if (!more) {
+            until = bio_now_ns() + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED);
+            BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
+        }
         int nmsg;
-        Py_ssize_t n = bio_pacer_collect(p, bio_now_ns(), &nmsg);
+        Py_ssize_t n = bio_pacer_collect(p, until, &nmsg, &more);
         bio_pacer_fds(p, nmsg, fds);
-        BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
         p->sending = 1;
         pthread_mutex_unlock(&p->mu);
         Py_ssize_t done = bio_pacer_send(p, nmsg, n, fds);

@@ -17,7 +17,12 @@
 #include <string.h>
 
 /* Send msgs[*done, m), advancing *done. Returns 0 when all went, else the
- * -errno of message *done. nogil.
+ * -errno of message *done (-BIO_ECLOSED: close() ended a wait for room).
+ * nogil.
+ *
+ * Every send is made with MSG_DONTWAIT: a full blocking socket waits in
+ * bio_wake_wait_writable_nogil (core/wait.c), where close() can wake it,
+ * never in the kernel.
  *
  * sendmmsg returns a short count when a message after the first fails, and
  * discards that error. A retry reproduces a lasting error. If the retry of
@@ -30,18 +35,23 @@ static int
 bio_udp_send_msgs_nogil(BioUdp *u, struct mmsghdr *msgs, Py_ssize_t m, Py_ssize_t *done)
 {
     int short_return = 0;
+    int64_t timeo_ns = -2;
     while (*done < m) {
         BIO_COUNT(u->counters, BIO_UDP_C_TX_SYSCALLS, 1);
-        if (!u->send_mmsg) {
-            if (sendmsg(u->fd, &msgs[*done].msg_hdr, 0) < 0)
-                return -errno;
-            (*done)++;
+        Py_ssize_t want = !u->send_mmsg ? 1 : (m - *done > BIO_MMSG_MAX ? BIO_MMSG_MAX : m - *done);
+        int r;
+        if (!u->send_mmsg)
+            r = sendmsg(u->fd, &msgs[*done].msg_hdr, MSG_DONTWAIT) < 0 ? -1 : 1;
+        else
+            r = sendmmsg(u->fd, msgs + *done, (unsigned int)want, MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            BIO_COUNT(u->counters, BIO_UDP_C_TX_SYSCALLS, 1);
+            int w = bio_wake_wait_writable_nogil(&u->wake, u->fd, &timeo_ns);
+            if (w < 0)
+                return w;
+            short_return = 0;
             continue;
         }
-        Py_ssize_t want = m - *done;
-        if (want > BIO_MMSG_MAX)
-            want = BIO_MMSG_MAX;
-        int r = sendmmsg(u->fd, msgs + *done, (unsigned int)want, 0);
         if (r < 0)
             return -errno;
         if (short_return && msgs[*done].msg_hdr.msg_name == NULL)
@@ -52,14 +62,16 @@ bio_udp_send_msgs_nogil(BioUdp *u, struct mmsghdr *msgs, Py_ssize_t m, Py_ssize_
     return 0;
 }
 
-/* Count what messages [0, done) delivered to the kernel. */
+/* Count what messages [0, done) delivered to the kernel: the ones not
+ * marked failed in the private scratch (the batch's flags are writable by
+ * other threads and say nothing the counters may trust). */
 static void
 bio_udp_send_account(BioUdp *u, BioBatch *b, Py_ssize_t done)
 {
     uint64_t datagrams = 0, bytes = 0, gso_msgs = 0, gso_dgrams = 0;
     for (Py_ssize_t m = 0; m < done; m++) {
         struct msghdr *h = &b->msgs[m].msg_hdr;
-        if (b->flags[b->msg_entry[m]] & BIO_FLAG_SEND_ERROR)
+        if (b->priv[b->msg_entry[m]].err != 0)
             continue;
         for (size_t r = 0; r < h->msg_iovlen; r++)
             bytes += h->msg_iov[r].iov_len;
@@ -75,12 +87,14 @@ bio_udp_send_account(BioUdp *u, BioBatch *b, Py_ssize_t done)
     BIO_COUNT(u->counters, BIO_UDP_C_TX_GSO_DATAGRAMS, gso_dgrams);
 }
 
-/* Flag every entry of message m as failed with err (> 0). */
+/* Flag every entry of message m as failed with err (> 0), in the batch
+ * for the caller and in the private scratch for the counters. */
 static void
 bio_udp_send_mark_failed(BioUdp *u, BioBatch *b, Py_ssize_t m, int err)
 {
     struct msghdr *h = &b->msgs[m].msg_hdr;
     Py_ssize_t j = b->msg_entry[m];
+    b->priv[j].err = err;
     for (size_t r = 0; r < h->msg_iovlen; r++) {
         b->flags[j + r] |= BIO_FLAG_SEND_ERROR;
         b->errnos[j + r] = err;
@@ -105,22 +119,30 @@ bio_udp_send_must_stop(const BioBatch *b, Py_ssize_t m, int err, int skip)
     return !skip;
 }
 
+/* One send call: its range and, when it stops early, where and why. Each
+ * call keeps its own (two threads may send on one socket at once). */
 typedef struct {
     BioUdp *u;
     BioBatch *b;
     Py_ssize_t start, end, m, done;
     int skip;
+    int err;              /* errno that stopped it early (0: it did not) */
+    Py_ssize_t err_index; /* entry of the message that failed (-1: none) */
+    int err_gso;          /* that message was a GSO send */
 } BioUdpSend;
 
 /* Send the messages built (b->msgs[0, m)), flagging and skipping failures
- * when asked. 0, or the -errno that stopped it. nogil. */
+ * when asked. 0, or the -errno that stopped it (close() ending a wait for
+ * room stops it even when skipping). nogil. */
 static int
 bio_udp_send_run_nogil(void *arg)
 {
     BioUdpSend *c = arg;
     for (;;) {
         int err = bio_udp_send_msgs_nogil(c->u, c->b->msgs, c->m, &c->done);
-        if (err == 0 || err == -EINTR || bio_udp_send_must_stop(c->b, c->done, -err, c->skip))
+        if (err == 0 || err == -EINTR ||
+            (err == -BIO_ECLOSED && bio_wake_closing(&c->u->wake)) ||
+            bio_udp_send_must_stop(c->b, c->done, -err, c->skip))
             return err;
         bio_udp_send_mark_failed(c->u, c->b, c->done++, -err);
     }
@@ -144,76 +166,111 @@ bio_udp_send_on_error(PyObject *on_error)
 
 /* Run the send of c's range; returns the -errno that stopped it (0: all
  * went; -EINTR: a signal handler raised, exception set). Records where a
- * stop happened in u->last_*. */
+ * stop happened in c (err, err_index, err_gso). */
 static int
 bio_udp_send_range_run(BioUdpSend *c)
 {
     BioUdp *u = c->u;
-    u->last_errno = 0;
-    u->last_error_index = -1;
-    u->last_error_gso = 0;
+    c->err = 0;
+    c->err_index = -1;
+    c->err_gso = 0;
     c->b->busy = 1;
     int err = bio_nogil_retry(bio_udp_send_run_nogil, c);
     c->b->busy = 0;
     bio_udp_send_account(u, c->b, c->done);
     if (err < 0) {
-        Py_ssize_t at = c->done < c->m ? c->b->msg_entry[c->done] : c->end;
-        u->last_errno = -err;
-        u->last_error_index = at;
-        u->last_error_gso = c->done < c->m && c->b->msgs[c->done].msg_hdr.msg_iovlen > 1;
+        c->err = -err;
+        c->err_index = c->done < c->m ? c->b->msg_entry[c->done] : c->end;
+        c->err_gso = c->done < c->m && c->b->msgs[c->done].msg_hdr.msg_iovlen > 1;
     }
     return err;
 }
 
-/* send_batch / send_raw: returns the entries processed from start (sent,
- * or flagged failed when skipping); a send that stops early goes to the
- * u->recover policy when `use_policy`. */
+/* send_raw's per-call options a[4] (gso) and a[5] (ecn): each true when
+ * absent; send_batch takes neither. 0, or -1 with TypeError set. */
+static int
+bio_udp_send_call_opts(PyObject *const *a, const char *fname, int raw, int *gso, int *ecn)
+{
+    static const char *const opt[] = {"gso", "ecn"};
+    int *out[] = {gso, ecn};
+    for (int i = 0; i < 2; i++) {
+        *out[i] = 1;
+        if (a[4 + i] == NULL)
+            continue;
+        if (!raw) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'", fname,
+                         opt[i]);
+            return -1;
+        }
+        if ((*out[i] = PyObject_IsTrue(a[4 + i])) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* send_batch / send_raw. send_batch returns the entries processed from
+ * start (sent, or flagged failed when skipping), or, when the send stops
+ * early and u->recover is set, what recover(batch, start, done, end, skip,
+ * errno, index, gso) returns: the stop as this call saw it. send_raw
+ * (`raw`) returns (processed, errno, index, gso), errno 0 when nothing
+ * stopped it, and takes gso=False / ecn=False to send this call without GSO
+ * / without codepoints (the socket's settings stay as they are: another
+ * thread's send is not affected). */
 static PyObject *
 bio_udp_send_common(BioUdp *u, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames, const char *fname, int use_policy)
+                    PyObject *kwnames, const char *fname, int raw)
 {
-    static const char *const names[] = {"batch", "start", "count", "on_error", NULL};
-    PyObject *a[4];
+    static const char *const names[] = {"batch", "start", "count", "on_error", "gso", "ecn",
+                                        NULL};
+    PyObject *a[6];
     BioUdpSend c = {.u = u};
+    int gso, ecn;
     if (bio_args_parse(fname, args, nargs, kwnames, names, 3, 1, a) < 0 ||
-        bio_batch_arg(fname, a[0]) < 0 || (c.skip = bio_udp_send_on_error(a[3])) < 0)
+        bio_batch_arg(fname, a[0]) < 0 || (c.skip = bio_udp_send_on_error(a[3])) < 0 ||
+        bio_udp_send_call_opts(a, fname, raw, &gso, &ecn) < 0)
         return NULL;
     c.b = (BioBatch *)a[0];
     if (bio_batch_check_idle(c.b) < 0 ||
         bio_batch_send_range(c.b, a[1], a[2], &c.start, &c.end) < 0)
         return NULL;
     BioBatchSendOpts o = bio_udp_send_opts(u);
+    o.gso = o.gso && gso;
+    o.ecn = ecn ? o.ecn : 0;
     if ((c.m = bio_batch_send_build(&o, c.b, c.start, c.end)) < 0)
         return NULL;
     if (bio_udp_enter(u) < 0)
         return NULL;
-    if (use_policy)
+    if (!raw)
         BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_udp_send_range_run(&c);
     bio_batch_count_meta(&o, c.b, c.done);
     bio_udp_leave(u);
-    Py_ssize_t processed = u->last_error_index >= 0 ? u->last_error_index - c.start
-                                                    : c.end - c.start;
-    if (err == -EINTR) {
+    Py_ssize_t processed = c.err_index >= 0 ? c.err_index - c.start : c.end - c.start;
+    if (err == -BIO_ECLOSED && bio_wake_closing(&u->wake))
+        bio_udp_raise_closed();
+    if (err == -EINTR || (err == -BIO_ECLOSED && PyErr_Occurred())) {
         bio_exc_note_sent(processed);
         return NULL;
     }
-    if (err == 0 || !use_policy || u->recover == NULL || u->recover == Py_None)
+    if (raw)
+        return Py_BuildValue("(nini)", processed, c.err, c.err_index, c.err_gso);
+    if (err == 0 || u->recover == NULL || u->recover == Py_None)
         return PyLong_FromSsize_t(processed);
-    return PyObject_CallFunction(u->recover, "Onnni", (PyObject *)c.b, c.start,
-                                 c.start + processed, c.end, c.skip);
+    return PyObject_CallFunction(u->recover, "Onnninni", (PyObject *)c.b, c.start,
+                                 c.start + processed, c.end, c.skip, c.err, c.err_index,
+                                 c.err_gso);
 }
 
 PyObject *
 bio_udp_send_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return bio_udp_send_common(u, args, nargs, kwnames, "send_batch", 1);
+    return bio_udp_send_common(u, args, nargs, kwnames, "send_batch", 0);
 }
 
 PyObject *
 bio_udp_send_raw(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return bio_udp_send_common(u, args, nargs, kwnames, "send_raw", 0);
+    return bio_udp_send_common(u, args, nargs, kwnames, "send_raw", 1);
 }
 
 /* ---- send_segments: one buffer cut into equal datagrams --------------- */
@@ -225,6 +282,7 @@ typedef struct {
     const unsigned char *buf;
     size_t len, seg, per_msg, sent;
     struct sockaddr_in6 name;
+    int gso;          /* this call may use GSO (the socket's setting and the caller's) */
     int stopped_gso;
     struct mmsghdr msgs[BIO_UDP_SEGMENT_MSGS];
     struct iovec iov[BIO_UDP_SEGMENT_MSGS];
@@ -301,16 +359,18 @@ bio_udp_segments_run_nogil(void *arg)
 }
 
 const char bio_udp_send_segments_doc[] =
-"send_segments($self, /, buffer, segment_size, addr=None, first=0)\n--\n\n"
+"send_segments($self, /, buffer, segment_size, addr=None, first=0, gso=True)\n--\n\n"
 "Send buffer cut into datagrams of segment_size bytes (the last may be\n"
-"shorter), from datagram `first` on, with UDP GSO when on. Returns the\n"
-"datagrams sent; on an error, last_errno/last_error_index say where.";
+"shorter), from datagram `first` on, with UDP GSO when on (gso=False: not\n"
+"for this call). Returns (sent, errno, gso): the datagrams sent and, if a\n"
+"send stopped it early, its errno and whether it was a GSO send (errno 0:\n"
+"all went).";
 
 /* Check send_segments()'s segment size and destination and set c up to
  * send pb from datagram `first` on. 0, or -1 with an error set. */
 static int
 bio_udp_segments_setup(BioUdp *u, BioUdpSegments *c, const Py_buffer *pb, PyObject *seg_obj,
-                       PyObject *addr, Py_ssize_t first)
+                       PyObject *addr, Py_ssize_t first, int gso)
 {
     long long seg;
     if (bio_args_int("segment_size", seg_obj, 1, BIO_MAX_UDP_PAYLOAD, &seg) < 0 ||
@@ -322,51 +382,48 @@ bio_udp_segments_setup(BioUdp *u, BioUdpSegments *c, const Py_buffer *pb, PyObje
     c->seg = (size_t)seg;
     c->per_msg = 1;
     c->sent = first < 0 ? 0 : (size_t)first;
-    if (u->gso) {
+    c->gso = u->gso && gso;
+    if (c->gso) {
         size_t fit = BIO_MAX_UDP_PAYLOAD / c->seg;
         c->per_msg = fit > (size_t)u->gso_max_segments ? (size_t)u->gso_max_segments : fit;
     }
     return 0;
 }
 
-/* Run the send c is set up for; the datagrams sent, or NULL with an error
- * (a signal handler's, its `sent` set). Records where a stop happened. */
+/* Run the send c is set up for: (sent, errno, gso) as send_segments
+ * returns it, or NULL with an error (a signal handler's, its `sent` set). */
 static PyObject *
 bio_udp_segments_run(BioUdp *u, BioUdpSegments *c)
 {
     size_t before = c->sent;
-    u->last_errno = 0;
-    u->last_error_index = -1;
-    u->last_error_gso = 0;
     BIO_COUNT(u->counters, BIO_UDP_C_TX_BATCHES, 1);
     int err = bio_nogil_retry(bio_udp_segments_run_nogil, c);
-    if (err == -EINTR) {
+    if (err == -BIO_ECLOSED && bio_wake_closing(&u->wake))
+        bio_udp_raise_closed();
+    if (err == -EINTR || (err == -BIO_ECLOSED && PyErr_Occurred())) {
         bio_exc_note_sent((Py_ssize_t)(c->sent - before));
         return NULL;
     }
-    if (err < 0) {
-        u->last_errno = -err;
-        u->last_error_index = (Py_ssize_t)c->sent;
-        u->last_error_gso = c->stopped_gso;
-    }
-    return PyLong_FromSize_t(c->sent - before);
+    return Py_BuildValue("(nii)", (Py_ssize_t)(c->sent - before), err < 0 ? -err : 0,
+                         err < 0 ? c->stopped_gso : 0);
 }
 
 PyObject *
 bio_udp_send_segments(BioUdp *u, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "segment_size", "addr", "first", NULL};
+    static char *kwlist[] = {"buffer", "segment_size", "addr", "first", "gso", NULL};
     Py_buffer pb;
     Py_ssize_t first = 0;
+    int gso = 1;
     PyObject *buffer, *seg_obj, *addr = Py_None, *ret = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|On:send_segments", kwlist, &buffer,
-                                     &seg_obj, &addr, &first) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Onp:send_segments", kwlist, &buffer,
+                                     &seg_obj, &addr, &first, &gso) ||
         bio_args_int_type("segment_size", seg_obj, 0) < 0 || bio_args_contiguous(buffer, &pb) < 0)
         return NULL;
     BioUdpSegments *c = PyMem_Calloc(1, sizeof(*c));
     if (c == NULL)
         PyErr_NoMemory();
-    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first) == 0 &&
+    else if (bio_udp_segments_setup(u, c, &pb, seg_obj, addr, first, gso) == 0 &&
              bio_udp_enter(u) == 0) {
         ret = bio_udp_segments_run(u, c);
         bio_udp_leave(u);

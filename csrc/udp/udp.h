@@ -52,9 +52,6 @@ typedef struct {
                            * polls once per try with SO_BUSY_POLL) */
     int wait_first;       /* busy polling in wait_fd and the last waiting
                            * receive found the socket empty: wait first */
-    int last_errno;       /* why the last send stopped early (0: it did not) */
-    Py_ssize_t last_error_index; /* entry (or segment) that failed */
-    int last_error_gso;   /* the failing message was a GSO send */
     int family;           /* the socket's, AF_INET or AF_INET6 (SO_DOMAIN) */
     int meta;             /* pktinfo or ECN is on: receives fill the batch's metadata */
     int ecn_cmsg;         /* send ECN codepoints (BioCmsgOut.ecn; 0: off or downgraded) */

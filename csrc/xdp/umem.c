@@ -69,6 +69,12 @@ bio_xdp_atfork_child(void)
 }
 
 int
+bio_umem_ours(const BioUmem *u)
+{
+    return u->pid == bio_xdp_pid;
+}
+
+int
 bio_umem_check_pid(BioUmem *u)
 {
     if (u->pid == bio_xdp_pid)

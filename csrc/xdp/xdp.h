@@ -63,6 +63,8 @@ typedef struct {
                         * XskSocket that took it closed it */
     int fd_taken;      /* the first XskSocket took fd: it binds and closes it */
     int sockets;       /* XskSockets open on this UMEM */
+    int switched;      /* its frames are a switch's: a pass moves them without the GIL, so
+                        * nothing else may take or give one (no pipes, no other socket) */
     pid_t pid;         /* the process that registered it */
     uint64_t file_dev, file_ino; /* the memfd the frames are mapped from (0: anonymous) */
     uint64_t counters[BIO_UMEM_NCOUNTERS];
@@ -106,6 +108,8 @@ BioXskLease *bio_xsk_lease_new(BioUmem *u, Py_ssize_t n);
 /* RuntimeError unless this process made the UMEM (not a forked child).
  * 0 or -1. */
 int bio_umem_check_pid(BioUmem *u);
+/* Whether this process made the UMEM (it keeps the frame table). */
+int bio_umem_ours(const BioUmem *u);
 int bio_umem_init_type(PyObject *module);
 
 /* ---- rings (ring.c) ------------------------------------------------------------ */

@@ -169,6 +169,11 @@ bio_xsk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         bio_xsk_sizes(o, sizes) < 0 || bio_umem_check_pid((BioUmem *)umem) < 0)
         return NULL;
     BioUmem *u = (BioUmem *)umem;
+    if (u->switched) {
+        PyErr_SetString(PyExc_RuntimeError, "the Umem's frames belong to a switch (its NIC port "
+                        "was attached with add_nic): no other socket may share it");
+        return NULL;
+    }
     if (u->fd_taken && u->fd < 0) {
         PyErr_SetString(PyExc_ValueError,
                         "the Umem's first XskSocket is closed: a new socket cannot share it "

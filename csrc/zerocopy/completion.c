@@ -29,9 +29,9 @@
 #include "zerocopy/zerocopy.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 #include <structmember.h>
-#include <sys/epoll.h>
 
 /* ---- the bookkeeping of a send ------------------------------------------ */
 
@@ -184,30 +184,31 @@ bio_zerocopy_process(BioZeroCopyIo *s)
 /* ---- waiting ------------------------------------------------------------ */
 
 typedef struct {
-    BioZeroCopyIo *s;    /* only its io_uring and epfd are used */
+    BioZeroCopyIo *s;    /* only its io_uring, epfd and wake are used */
     int64_t deadline;
-    uint32_t events;   /* what epoll said */
     uint64_t syscalls;
 } BioZeroCopyWait;
 
 /* Sleep until a completion may be ready (or, on a stream, the socket
- * writable) or the deadline (-1: none). 1 woken, 0 deadline passed,
- * -errno. nogil. */
+ * writable), close() wakes us, or the deadline (-1: none). io_uring: a CQE
+ * (the wake poll's, on close()); the sendmsg backends: poll() on the epoll
+ * set (whose events the next reap takes) and the wake eventfd. 1 woken,
+ * 0 deadline passed, -BIO_ECLOSED closing, -errno. nogil. */
 static int
 bio_zerocopy_wait_nogil(void *arg)
 {
     BioZeroCopyWait *w = arg;
     int64_t left = w->deadline < 0 ? -1 : w->deadline - bio_now_ns();
+    if (bio_wake_closing(&w->s->wake))
+        return -BIO_ECLOSED;
     if (w->deadline >= 0 && left <= 0)
         return 0;
     w->syscalls++;
-    if (w->s->backend == BIO_ZEROCOPY_BACKEND_URING)
-        return bio_zerocopy_uring_wait_nogil(w->s, left);
-    struct epoll_event ev;
-    int r = epoll_wait(w->s->epfd, &ev, 1, bio_deadline_ms(w->deadline));
-    if (r > 0)
-        w->events |= ev.events;
-    return r < 0 ? -errno : (r > 0);
+    if (w->s->backend == BIO_ZEROCOPY_BACKEND_URING) {
+        int r = bio_zerocopy_uring_wait_nogil(w->s, left);
+        return bio_wake_closing(&w->s->wake) ? -BIO_ECLOSED : r;
+    }
+    return bio_wake_poll_nogil(&w->s->wake, w->s->epfd, POLLIN, w->deadline);
 }
 
 /* Process completions until ready(s, arg) holds or the deadline passes
@@ -223,18 +224,22 @@ bio_zerocopy_wait_until(BioZeroCopyIo *s, int (*ready)(BioZeroCopyIo *, void *),
             return -1;
         if (ready(s, arg))
             return 1;
+        if (bio_wake_closing(&s->wake)) /* (what completed meanwhile was taken above) */
+            return bio_zerocopy_raise_closed();
         if (s->inflight == 0 || s->fd < 0 ||
             (s->backend != BIO_ZEROCOPY_BACKEND_URING && s->epfd < 0))
             return 0;
         if (deadline >= 0 && bio_now_ns() >= deadline)
             return 0;
+        if (s->backend == BIO_ZEROCOPY_BACKEND_URING)
+            bio_zerocopy_uring_arm_wake(s);
         BioZeroCopyWait w = {.s = s, .deadline = deadline};
         s->busy = 1;
         int r = bio_nogil_retry(bio_zerocopy_wait_nogil, &w);
         s->busy = 0;
         BIO_COUNT(s->counters, BIO_ZEROCOPY_C_SYSCALLS, w.syscalls);
-        if (w.events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-            s->out_blocked = 0;
+        if (r == -BIO_ECLOSED && bio_wake_closing(&s->wake))
+            continue; /* take what completed, then report the close */
         if (r < 0) {
             if (r != -EINTR)
                 bio_raise_errno(r);
@@ -409,11 +414,12 @@ static PyObject *
 bio_zerocopy_completion_done(BioZeroCopyCompletion *c, PyObject *Py_UNUSED(ignored))
 {
     BioZeroCopyIo *s = (BioZeroCopyIo *)c->sender;
-    if (!c->done && s != NULL && !s->busy && s->fd >= 0) {
-        if (bio_zerocopy_check_usable(s) < 0) /* a fork()ed child: refused */
+    if (!c->done && s != NULL && !s->busy && s->fd >= 0 && !bio_wake_closing(&s->wake)) {
+        if (bio_zerocopy_enter(s) < 0) /* a fork()ed child: refused */
             return NULL;
         Py_INCREF(s); /* finishing c drops c's reference */
         int r = bio_zerocopy_process(s);
+        bio_zerocopy_leave(s);
         Py_DECREF(s);
         if (r < 0)
             return NULL;
@@ -434,11 +440,12 @@ bio_zerocopy_completion_wait(BioZeroCopyCompletion *c, PyObject *const *args, Py
         return NULL;
     BioZeroCopyIo *s = (BioZeroCopyIo *)c->sender;
     if (!c->done && s != NULL) {
-        if (bio_zerocopy_check_usable(s) < 0)
+        if (bio_zerocopy_enter(s) < 0)
             return NULL;
         Py_INCREF(s);
         int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
         int r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_done, c, deadline);
+        bio_zerocopy_leave(s);
         Py_DECREF(s);
         if (r < 0)
             return NULL;

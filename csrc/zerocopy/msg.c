@@ -175,13 +175,19 @@ bio_zerocopy_msg_reap(BioZeroCopyIo *s)
 /* ---- sendmsg backends: pieces ------------------------------------------- */
 
 typedef struct {
-    int fd, flags;
+    int fd, flags, stream;
     const void *buf;
     size_t len;
     const struct sockaddr_in6 *name;
+    const BioWake *wake;
+    int64_t timeo_ns;   /* SO_SNDTIMEO, read at the first wait (-2: not yet) */
+    uint64_t syscalls;
 } BioZeroCopySendmsg;
 
-/* One sendmsg. Bytes sent or -errno. nogil. */
+/* One sendmsg (MSG_DONTWAIT). A stream reports EAGAIN (the caller goes on
+ * after EPOLLOUT); a full blocking UDP socket waits for room in poll() with
+ * the wake eventfd, so that close() ends the wait (-BIO_ECLOSED). Bytes sent
+ * or -errno. nogil. */
 static int
 bio_zerocopy_sendmsg_nogil(void *arg)
 {
@@ -194,32 +200,46 @@ bio_zerocopy_sendmsg_nogil(void *arg)
     h.msg_namelen = namelen;
     h.msg_iov = &iov;
     h.msg_iovlen = 1;
-    ssize_t r = sendmsg(c->fd, &h, c->flags);
-    return r < 0 ? -errno : (int)r;
+    for (;;) {
+        c->syscalls++;
+        ssize_t r = sendmsg(c->fd, &h, c->flags | MSG_DONTWAIT);
+        if (r >= 0)
+            return (int)r;
+        if ((errno != EAGAIN && errno != EWOULDBLOCK) || c->stream)
+            return -errno;
+        c->syscalls++;
+        int w = bio_wake_wait_writable_nogil(c->wake, c->fd, &c->timeo_ns);
+        if (w < 0)
+            return w;
+    }
 }
 
 /* One sendmsg of what is left of slot idx's send, MSG_ZEROCOPY if zc; on a
  * stream it never blocks. Bytes taken or -errno (-EINTR with an exception
- * set: a signal handler raised). */
+ * set: a signal handler raised; -BIO_ECLOSED with OSError set: close()
+ * ended a wait for room). */
 static int
 bio_zerocopy_sendmsg(BioZeroCopyIo *s, uint32_t idx, int zc)
 {
     BioZeroCopySlot *sl = &s->slots[idx];
     BioZeroCopySendmsg c = {.fd = s->fd, .buf = bio_zerocopy_pool_ptr(s->pool, idx) + sl->sent,
                       .len = sl->length - sl->sent, .name = &s->names[idx],
-                      .flags = (zc ? MSG_ZEROCOPY : 0) |
-                               (s->stream ? MSG_DONTWAIT | MSG_NOSIGNAL : 0)};
-    BIO_COUNT(s->counters, BIO_ZEROCOPY_C_SYSCALLS, 1);
+                      .flags = (zc ? MSG_ZEROCOPY : 0) | (s->stream ? MSG_NOSIGNAL : 0),
+                      .stream = s->stream, .wake = &s->wake, .timeo_ns = -2};
     s->busy = 1;
     int r = bio_nogil_retry(bio_zerocopy_sendmsg_nogil, &c);
     s->busy = 0;
+    BIO_COUNT(s->counters, BIO_ZEROCOPY_C_SYSCALLS, c.syscalls);
+    if (r == -BIO_ECLOSED && bio_wake_closing(&s->wake))
+        bio_zerocopy_raise_closed();
     return r;
 }
 
 /* Send the next piece of slot idx by sendmsg: MSG_ZEROCOPY if asked for
  * (by copy if the kernel has no memory for the notification, ENOBUFS, or
  * we have none to track its id), and apply the result. 0, or -1 when a
- * signal handler raised (this piece took nothing). */
+ * signal handler raised or close() ended a wait for room (this piece took
+ * nothing). */
 static int
 bio_zerocopy_msg_piece(BioZeroCopyIo *s, uint32_t idx)
 {
@@ -234,10 +254,10 @@ bio_zerocopy_msg_piece(BioZeroCopyIo *s, uint32_t idx)
         BIO_COUNT(s->counters, BIO_ZEROCOPY_C_ENOBUFS, 1);
         zc = 0;
     }
-    if (!zc && !(r == -EINTR && PyErr_Occurred()))
+    if (!zc && !((r == -EINTR || r == -BIO_ECLOSED) && PyErr_Occurred()))
         r = bio_zerocopy_sendmsg(s, idx, 0);
-    if (r == -EINTR && PyErr_Occurred())
-        return -1;
+    if ((r == -EINTR || r == -BIO_ECLOSED) && PyErr_Occurred())
+        return -1; /* this piece took nothing */
     if (zc && r > 0) { /* the kernel numbers each zero-copy sendmsg that takes bytes */
         s->ids[s->next_id & s->id_mask] = (BioZeroCopyId){s->next_id, idx};
         s->next_id++;

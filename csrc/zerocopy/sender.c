@@ -48,7 +48,7 @@ bio_zerocopy_check_usable(BioZeroCopyIo *s)
                         "(a send or wait in another thread)");
         return -1;
     }
-    if (s->fd < 0) {
+    if (s->fd < 0 || bio_wake_closing(&s->wake)) {
         PyObject *v = Py_BuildValue("(is)", EBADF, "the ZeroCopySender is closed");
         if (v != NULL)
             PyErr_SetObject(PyExc_OSError, v);
@@ -56,6 +56,34 @@ bio_zerocopy_check_usable(BioZeroCopyIo *s)
         return -1;
     }
     return 0;
+}
+
+int
+bio_zerocopy_enter(BioZeroCopyIo *s)
+{
+    if (bio_zerocopy_check_usable(s) < 0)
+        return -1;
+    s->calls++;
+    return 0;
+}
+
+static void bio_zerocopy_release(BioZeroCopyIo *s);
+
+void
+bio_zerocopy_leave(BioZeroCopyIo *s)
+{
+    if (--s->calls == 0 && bio_wake_closing(&s->wake) && s->fd >= 0)
+        bio_zerocopy_release(s);
+}
+
+int
+bio_zerocopy_raise_closed(void)
+{
+    PyObject *v = Py_BuildValue("(is)", EBADF, "the ZeroCopySender was closed while waiting");
+    if (v != NULL)
+        PyErr_SetObject(PyExc_OSError, v);
+    Py_XDECREF(v);
+    return BIO_ZEROCOPY_CLOSED;
 }
 
 
@@ -150,8 +178,6 @@ bio_zerocopy_send_common(BioZeroCopyIo *s, PyObject *bufobj, PyObject *lenobj, P
 {
     BioZeroCopyBuffer *b;
     uint32_t len;
-    if (bio_zerocopy_check_usable(s) < 0)
-        return NULL;
     /* io_uring: what the CQ holds costs no syscall; it moves the queue on */
     if (s->backend == BIO_ZEROCOPY_BACKEND_URING && bio_zerocopy_process(s) < 0)
         return NULL;
@@ -179,9 +205,12 @@ bio_zerocopy_io_send(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs, 
 {
     static const char *const names[] = {"buf", "length", "addr", NULL};
     PyObject *a[3];
-    if (bio_args_parse("send", args, nargs, kwnames, names, 3, 1, a) < 0)
+    if (bio_args_parse("send", args, nargs, kwnames, names, 3, 1, a) < 0 ||
+        bio_zerocopy_enter(s) < 0)
         return NULL;
-    return bio_zerocopy_send_common(s, a[0], a[1], a[2]);
+    PyObject *c = bio_zerocopy_send_common(s, a[0], a[1], a[2]);
+    bio_zerocopy_leave(s);
+    return c;
 }
 
 static PyObject *
@@ -192,17 +221,17 @@ bio_zerocopy_io_send_and_wait(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_
     PyObject *a[4];
     int64_t ns;
     if (bio_args_parse("send_and_wait", args, nargs, kwnames, names, 4, 1, a) < 0 ||
-        bio_timeout_parse(a[3] ? a[3] : Py_None, &ns) < 0)
+        bio_timeout_parse(a[3] ? a[3] : Py_None, &ns) < 0 || bio_zerocopy_enter(s) < 0)
         return NULL;
     int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
     BioZeroCopyCompletion *c =
         (BioZeroCopyCompletion *)bio_zerocopy_send_common(s, a[0], a[1], a[2]);
-    if (c == NULL)
-        return NULL;
     PyObject *ret = NULL;
-    if (c->done || bio_zerocopy_wait_until(s, bio_zerocopy_ready_done, c, deadline) >= 0)
+    if (c != NULL &&
+        (c->done || bio_zerocopy_wait_until(s, bio_zerocopy_ready_done, c, deadline) >= 0))
         ret = bio_zerocopy_completion_outcome(c);
-    Py_DECREF(c);
+    bio_zerocopy_leave(s); /* (releases a sender closed meanwhile: c is then cancelled) */
+    Py_XDECREF(c);
     return ret;
 }
 
@@ -216,40 +245,42 @@ bio_zerocopy_io_acquire(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t narg
     PyObject *a[1];
     int64_t ns;
     if (bio_args_parse("acquire", args, nargs, kwnames, names, 1, 0, a) < 0 ||
-        bio_timeout_parse(a[0] ? a[0] : Py_None, &ns) < 0 || bio_zerocopy_check_usable(s) < 0)
+        bio_timeout_parse(a[0] ? a[0] : Py_None, &ns) < 0 || bio_zerocopy_enter(s) < 0)
         return NULL;
+    PyObject *ret = NULL;
+    int r = 1;
     if (s->pool->nfree == 0 && bio_zerocopy_process(s) < 0)
-        return NULL;
+        goto out;
     if (s->pool->nfree == 0 && s->inflight == 0) {
         PyErr_Format(PyExc_BufferError, "none of the pool's %u buffers is free or in flight "
                      "(acquired and not sent, or lost): send or drop one", s->pool->nbuf);
-        return NULL;
+        goto out;
     }
-    if (s->pool->nfree == 0) {
-        int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
-        int r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_free, NULL, deadline);
-        if (r < 0)
-            return NULL;
-        if (r == 0) {
-            char msg[128];
-            snprintf(msg, sizeof(msg), "no buffer came back from the kernel within %.3g s "
-                     "(%u in flight)", (double)ns / 1e9, s->inflight);
-            PyErr_SetString(PyExc_TimeoutError, msg);
-            return NULL;
-        }
+    if (s->pool->nfree == 0)
+        r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_free, NULL,
+                                    ns < 0 ? -1 : bio_now_ns() + ns);
+    if (r == 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "no buffer came back from the kernel within %.3g s "
+                 "(%u in flight)", (double)ns / 1e9, s->inflight);
+        PyErr_SetString(PyExc_TimeoutError, msg);
+    } else if (r > 0) {
+        ret = bio_zerocopy_buffer_new(s->pool, bio_zerocopy_pool_take(s->pool));
     }
-    return bio_zerocopy_buffer_new(s->pool, bio_zerocopy_pool_take(s->pool));
+out:
+    bio_zerocopy_leave(s);
+    return ret;
 }
 
 static PyObject *
 bio_zerocopy_io_poll(BioZeroCopyIo *s, PyObject *Py_UNUSED(ignored))
 {
-    if (bio_zerocopy_check_usable(s) < 0)
+    if (bio_zerocopy_enter(s) < 0)
         return NULL;
     uint64_t before = s->returned;
-    if (bio_zerocopy_process(s) < 0)
-        return NULL;
-    return PyLong_FromUnsignedLongLong(s->returned - before);
+    int r = bio_zerocopy_process(s);
+    bio_zerocopy_leave(s);
+    return r < 0 ? NULL : PyLong_FromUnsignedLongLong(s->returned - before);
 }
 
 /* Give up on what is still in flight; the Completions are cancelled. A
@@ -297,7 +328,11 @@ bio_zerocopy_release(BioZeroCopyIo *s)
 
 /* close(timeout=None): process what the kernel has released (always, also
  * with timeout 0: a send that completed is never reported cancelled), wait
- * up to timeout for the rest, then give it up and close. */
+ * up to timeout for the rest, then give it up and close. While a call is
+ * under way (waiting in another thread, or below us: a signal handler, the
+ * policy hook) it wakes that call instead, which ends at once with OSError
+ * EBADF and releases the sender on its way out, giving up what is in
+ * flight: close() then returns without waiting. */
 static PyObject *
 bio_zerocopy_io_close(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -312,24 +347,35 @@ bio_zerocopy_io_close(BioZeroCopyIo *s, PyObject *const *args, Py_ssize_t nargs,
     if (!bio_wake_same_process(&s->wake)) {
         /* a fork()ed child: let go of our copies without reading the
          * parent's completions (our buffers in flight stay out of our pool) */
+        bio_wake_kick(&s->wake); /* (writes no eventfd of the parent's) */
         bio_zerocopy_release(s);
         Py_RETURN_NONE;
     }
-    if (bio_zerocopy_check_usable(s) < 0)
+    if (s->calls > 0 || bio_wake_closing(&s->wake)) {
+        bio_wake_kick(&s->wake);
+        Py_RETURN_NONE;
+    }
+    if (bio_zerocopy_enter(s) < 0)
         return NULL;
     int64_t deadline = ns < 0 ? -1 : bio_now_ns() + ns;
+    int r = 0;
     if (s->backend == BIO_ZEROCOPY_BACKEND_URING && s->inflight > 0) {
         /* post what the kernel finished */
         BIO_COUNT(s->counters, BIO_ZEROCOPY_C_SYSCALLS, 1);
         s->busy = 1;
-        int r = bio_nogil_retry(bio_zerocopy_uring_get_events_nogil, &s->uring);
+        r = bio_nogil_retry(bio_zerocopy_uring_get_events_nogil, &s->uring);
         s->busy = 0;
-        if (r == -EINTR)
-            return NULL;
+        r = r == -EINTR ? -1 : 0;
     }
-    if (bio_zerocopy_wait_until(s, bio_zerocopy_ready_idle, NULL, deadline) < 0)
+    if (r == 0)
+        r = bio_zerocopy_wait_until(s, bio_zerocopy_ready_idle, NULL, deadline);
+    if (r == BIO_ZEROCOPY_CLOSED)
+        PyErr_Clear(); /* another close() (a signal handler's) ended our wait: closing anyway */
+    if (r >= 0 || r == BIO_ZEROCOPY_CLOSED)
+        bio_wake_kick(&s->wake); /* the last call out (this one) releases */
+    bio_zerocopy_leave(s);
+    if (r == -1)
         return NULL;
-    bio_zerocopy_release(s);
     Py_RETURN_NONE;
 }
 
@@ -433,13 +479,13 @@ bio_zerocopy_io_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     s->fd = s->epfd = -1;
     s->wake.efd = -1;
-    s->wake.pid = getpid();
-    s->wake.fork_gen = bio_fork_gen();
     s->backend = backend;
     s->pool = (BioZeroCopyPool *)Py_NewRef(pool);
     s->completion_type = Py_NewRef(ctype);
     s->next_id = first_id;
-    int r = bio_zerocopy_setup(s, fd);
+    int r = bio_wake_init(&s->wake);
+    if (r == 0)
+        r = bio_zerocopy_setup(s, fd);
     if (r < 0) {
         bio_raise_errno(r);
         Py_DECREF(s);
@@ -475,6 +521,7 @@ bio_zerocopy_io_dealloc(BioZeroCopyIo *s)
 {
     PyObject_GC_UnTrack(s);
     bio_zerocopy_release(s);
+    bio_wake_fini(&s->wake);
     bio_zerocopy_io_clear(s);
     Py_CLEAR(s->completion_type);
     Py_CLEAR(s->pool);

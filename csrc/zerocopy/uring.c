@@ -10,6 +10,7 @@
 #include "zerocopy/zerocopy.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 
 /* Apply one CQE (user_data = buffer index): a piece's result, or a
@@ -17,6 +18,10 @@
 static void
 bio_zerocopy_uring_cqe(BioZeroCopyIo *s, const struct io_uring_cqe *cqe)
 {
+    if (cqe->user_data == BIO_ZEROCOPY_WAKE_UD) { /* close(): the waiter looks at the flag */
+        s->wake_armed = 0;
+        return;
+    }
     uint32_t idx = (uint32_t)cqe->user_data;
     BioZeroCopySlot *sl = idx < s->pool->nbuf ? &s->slots[idx] : NULL;
     int notif = (cqe->flags & IORING_CQE_F_NOTIF) != 0;
@@ -136,6 +141,21 @@ bio_zerocopy_uring_wait_nogil(BioZeroCopyIo *s, int64_t left)
     int r = left < 0 ? io_uring_wait_cqe(&s->uring, &cqe)
                      : io_uring_wait_cqe_timeout(&s->uring, &cqe, &ts);
     return r == 0 ? 1 : (r == -ETIME ? 0 : r);
+}
+
+void
+bio_zerocopy_uring_arm_wake(BioZeroCopyIo *s)
+{
+    if (s->wake_armed || bio_wake_closing(&s->wake) || s->wake.efd < 0)
+        return;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->uring);
+    if (sqe == NULL)
+        return; /* (the send pieces go one at a time: cannot happen) */
+    io_uring_prep_poll_add(sqe, s->wake.efd, POLLIN);
+    io_uring_sqe_set_data64(sqe, BIO_ZEROCOPY_WAKE_UD);
+    s->wake_armed = 1;
+    BIO_COUNT(s->counters, BIO_ZEROCOPY_C_SYSCALLS, 1);
+    io_uring_submit(&s->uring); /* never blocks; on failure it goes with the next submit */
 }
 
 int

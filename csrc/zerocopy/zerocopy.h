@@ -123,10 +123,12 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     int fd;               /* our dup of the socket; -1 once closed */
-    BioWake wake;         /* the process that made the sender (fork check) */
+    BioWake wake;         /* close() wakes every waiter; the fork check */
     int backend;          /* BIO_ZEROCOPY_BACKEND_COPY / _MSG / _URING */
     int stream;           /* SOCK_STREAM */
     int busy;             /* a call runs without the GIL */
+    int calls;            /* calls in progress (GIL): the last out of a closed sender releases it */
+    int wake_armed;       /* io_uring: a poll on wake.efd is queued */
     int zerocopy;         /* policy: 0 sends everything by plain copy */
     int min_size;         /* policy: smaller sends go by plain copy */
     int switch_after;     /* policy: call `policy` after this many copied in a row */
@@ -164,6 +166,15 @@ typedef struct {
 
 /* RuntimeError/OSError unless the sender can run a call now. */
 int bio_zerocopy_check_usable(BioZeroCopyIo *s);
+/* Begin a call: bio_zerocopy_check_usable, then counted in `calls`. 0 or -1.
+ * GIL held. */
+int bio_zerocopy_enter(BioZeroCopyIo *s);
+/* End it: the last call out of a sender that close() woke releases it. */
+void bio_zerocopy_leave(BioZeroCopyIo *s);
+/* OSError(EBADF, "the ZeroCopySender was closed while waiting"); returns
+ * BIO_ZEROCOPY_CLOSED, what a wait that close() ended returns. */
+int bio_zerocopy_raise_closed(void);
+#define BIO_ZEROCOPY_CLOSED (-2)
 
 /* ---- the bookkeeping and the Completion (zerocopy/completion.c) --------------- */
 
@@ -184,7 +195,9 @@ int bio_zerocopy_push(BioZeroCopyIo *s);
  * waiting. GIL held. 0, or -1 with an exception set. */
 int bio_zerocopy_process(BioZeroCopyIo *s);
 /* Process completions until ready(s, arg) or the deadline: 1 ready, 0 timed
- * out, -1 with an exception set. GIL held. */
+ * out, -1 with an exception set, BIO_ZEROCOPY_CLOSED when close() (another
+ * thread's, or a signal handler's) ended the wait (OSError EBADF set). Call
+ * it between bio_zerocopy_enter and _leave. GIL held. */
 int bio_zerocopy_wait_until(BioZeroCopyIo *s, int (*ready)(BioZeroCopyIo *, void *), void *arg,
                             int64_t deadline);
 /* ready() tests: Completion c done; a buffer free; nothing in flight. */
@@ -208,6 +221,11 @@ int bio_zerocopy_uring_setup(BioZeroCopyIo *s);
 int bio_zerocopy_uring_push(BioZeroCopyIo *s);
 /* Wait up to `left` ns (< 0: no limit) for a CQE: 1, 0 timed out, -errno. nogil. */
 int bio_zerocopy_uring_wait_nogil(BioZeroCopyIo *s, int64_t left);
+/* Queue a poll on the wake eventfd unless one is queued (or closing): its
+ * CQE, when close() writes the eventfd, ends a wait for CQEs. GIL held. */
+void bio_zerocopy_uring_arm_wake(BioZeroCopyIo *s);
+/* user_data of the wake poll's CQE */
+#define BIO_ZEROCOPY_WAKE_UD UINT64_MAX
 /* io_uring_get_events on the struct io_uring at uring. nogil. */
 int bio_zerocopy_uring_get_events_nogil(void *uring);
 

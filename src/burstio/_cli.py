@@ -14,10 +14,13 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import __version__
 from ._cliargs import CommandError, Parser, int_arg, run_command, seconds_arg, writable_file_arg
+
+if TYPE_CHECKING:
+    from .bench.report import ScenarioResult
 
 # ---- caps -------------------------------------------------------------------------------------
 
@@ -79,9 +82,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     opts = bench.Options(seconds=seconds, size=args.size, batch=args.batch, queue=args.queue, cpu=args.cpu,
                          datagrams=args.datagrams, paths=paths)
     try:
-        bench.run(names, opts, as_json=args.json, plot_path=args.plot, progress=not args.quiet)
+        results = bench.run(names, opts, as_json=args.json, plot_path=args.plot, progress=not args.quiet)
     except cref.BuildError as e:
         raise CommandError(str(e)) from None
+    return _bench_status(results, args.fail_on_miss)
+
+
+def _bench_status(results: list[ScenarioResult], fail_on_miss: bool) -> int:
+    """0 for a completed bench; with ``fail_on_miss``, a missed target (never an n/a one) stops
+    it with status 1 and one line naming the misses."""
+    from .bench.report import TargetSummary
+
+    missed = TargetSummary.of(results).missed
+    if fail_on_miss and missed:
+        raise CommandError(f"{len(missed)} target{'s' if len(missed) > 1 else ''} missed (--fail-on-miss): "
+                           + "; ".join(missed))
     return 0
 
 
@@ -104,7 +119,11 @@ def _add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     b.add_argument("--plot", metavar="FILE.png", type=writable_file_arg,
                    help="also draw the results (needs matplotlib; the path is checked before anything runs)")
-    b.add_argument("--quiet", action="store_true", help="no progress display")
+    b.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr (scenario i of N, round, time left; never on stdout)")
+    b.add_argument("--fail-on-miss", action="store_true",
+                   help="exit status 1 when any target is MISSED (n/a targets are not misses); "
+                        "without it a completed bench exits 0")
     b.add_argument("--datagrams", type=int_arg(1, 10**12),
                    help="soak: datagrams in all, split evenly across the paths (100000000 when not given)")
     b.add_argument("--paths", help="soak: comma-separated paths (all when not given: mmsg, socketset-uring, "

@@ -31,12 +31,13 @@ if TYPE_CHECKING:
 __all__ = ["Parser", "CommandError", "port_arg", "host_arg", "int_arg", "seconds_arg", "writable_file_arg",
            "bind_failure", "run_command", "add_workers_argument", "serve_workers", "when_set", "say",
            "add_quic_serve_arguments", "add_dns_arguments", "add_sockperf_arguments", "napi_settings_arg",
-           "SOCKPERF_MODES", "SOCKPERF_SUSPEND_NAPI", "DNS_TRANSPORTS", "QUIC_TRANSPORTS"]
+           "SOCKPERF_MODES", "SOCKPERF_SUSPEND_NAPI", "BUSY_POLL_MECHANISMS", "DNS_TRANSPORTS", "QUIC_TRANSPORTS"]
 
 # The servers' choices, declared here so that building the `burstio` parser imports no app and
 # no burstio.aio (tests/test_cli.py checks them against the apps' own constants).
 SOCKPERF_MODES = ("blocking", "busy-poll", "busy-poll-suspend")
 SOCKPERF_SUSPEND_NAPI = {"defer_hard_irqs": 2, "gro_flush_timeout": 200_000, "irq_suspend_timeout": 20_000_000}
+BUSY_POLL_MECHANISMS = ("auto", "socket", "epoll")  # a BurstSocket's (burstio._busy_policy.SOCKET_MECHANISMS)
 DNS_TRANSPORTS = ("asyncio", "burstio-compat", "burstio")
 QUIC_TRANSPORTS = ("asyncio", "burstio", "burstio-paced")
 
@@ -278,6 +279,10 @@ def add_sockperf_arguments(parser: argparse.ArgumentParser) -> None:
                         help="busy-poll modes: microseconds to poll before sleeping")
     parser.add_argument("--busy-poll-budget", type=int_arg(1, 65535), default=8,
                         help="busy-poll modes: packets per poll (over 64 needs CAP_NET_ADMIN)")
+    parser.add_argument("--busy-poll-mechanism", default="auto", choices=list(BUSY_POLL_MECHANISMS),
+                        help="busy-poll modes: through the socket (SO_BUSY_POLL: the receive polls, no "
+                             "epoll_wait first), through an epoll instance (EPIOCSPARAMS), or auto: the socket "
+                             "where it can have what is asked")
     parser.add_argument("--napi", dest="napi_settings", type=napi_settings_arg, default=None, metavar="K=V,...",
                         help="busy-poll-suspend: settings for the traffic's NAPI instance, ns (when not given: "
                              + ",".join(f"{k}={v}" for k, v in SOCKPERF_SUSPEND_NAPI.items()) + ")")

@@ -5,8 +5,10 @@ oracle the C pacer is tested against.
 Where a datagram goes through it: ``queue(batch)`` copies each entry
 (payload, destination, metadata) into a deque; a daemon thread waits on a
 condition variable until the first entry's transmit time (time.monotonic_ns,
-CLOCK_MONOTONIC, as the C pacer), then sends every entry due (GSO runs as
-the C pacer makes them) with ``socket.sendmsg``.
+CLOCK_MONOTONIC, as the C pacer), then sends every entry due within
+``slack_ns`` of now (GSO runs as the C pacer makes them: one destination,
+local address and codepoint; the times of one release may differ) with
+``socket.sendmsg``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ class PortablePacer:
         self._cap = entries
         self._bcap = max(byte_size or entries * 2048, 4 * _LARGEST)
         self.gso, self.gso_max_segments, self.ecn_cmsg, self.dscp, self.want_room = 0, 64, 1, 0, 0
-        self.slack_ns = 0  # what is due within this of a release goes with it
+        self.slack_ns = 0  # a release sends every entry due within this of it
         self.next_sequence = 0
         self._c = dict.fromkeys(COUNTER_NAMES, 0)
         self._closed = False
@@ -211,21 +213,25 @@ class PortablePacer:
     # ---- the sender thread -------------------------------------------------
 
     def _run(self) -> None:
+        until, more = 0, False  # more: the release under way has entries left for another round
         with self._cv:
             while not self._closing:
-                if not self._q:
-                    self._cv.wait()
-                    continue
-                now = time.monotonic_ns()
-                t = self._q[0].meta.txtime - self.slack_ns
-                if t > now:
-                    self._cv.wait((t - now) / 1e9)
-                    continue
+                if not more:
+                    if not self._q:
+                        self._cv.wait()
+                        continue
+                    now = time.monotonic_ns()
+                    t = self._q[0].meta.txtime  # wake at the head's time, as the C pacer
+                    if t > now:
+                        self._cv.wait((t - now) / 1e9)
+                        continue
+                    until = now + self.slack_ns
+                    self._c["paced_releases"] += 1
                 due: list[_Entry] = []
-                while self._q and len(due) < _ROUND and self._q[0].meta.txtime <= now + self.slack_ns:
+                while self._q and len(due) < _ROUND and self._q[0].meta.txtime <= until:
                     due.append(self._q.popleft())
+                more = bool(self._q) and self._q[0].meta.txtime <= until
                 self._sending = True
-                self._c["paced_releases"] += 1
                 self._cv.release()
                 try:
                     done = self._send(due)
@@ -249,7 +255,8 @@ class PortablePacer:
                     f = due[j + run]
                     n = len(f.payload)
                     if (not n or n > seg or total + n > _native.MAX_UDP_PAYLOAD or f.sock != e.sock
-                            or f.addr != e.addr or f.meta != e.meta):
+                            or f.addr != e.addr or (f.meta.local, f.meta.ifindex, f.meta.ecn)
+                            != (e.meta.local, e.meta.ifindex, e.meta.ecn)):  # times may differ
                         break
                     total += n
                     run += 1

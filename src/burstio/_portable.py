@@ -7,9 +7,11 @@ backends must behave exactly like this independent implementation.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -29,6 +31,12 @@ _COUNTERS = tuple(_native.UdpIo(-1).counters())
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 #: what socket.recvmsg_into returns: (nbytes, ancillary data, msg_flags, address)
 _Message: TypeAlias = tuple[int, list[tuple[int, int, bytes]], int, Any]
+
+
+class _ClosedWhileWaitingError(OSError):
+    """close() ended a send's wait for room (its ``sent``: how far it got)."""
+
+    sent = 0
 
 
 def _timeout_ns(timeout: object) -> int:
@@ -92,9 +100,6 @@ class PortableIo:
         self.spin_us = 0  # retry the receive this long before sleeping (busy poll)
         self._wait_fd = -1
         self._waiter: select.epoll | None = None
-        self.last_errno = 0
-        self.last_error_index = -1
-        self.last_error_gso = 0
         self._pending = 0
         self._c = dict.fromkeys(_COUNTERS, 0)
 
@@ -160,7 +165,8 @@ class PortableIo:
         if self._closing:
             return
         self._closing = True
-        os.eventfd_write(self._wake, 1)
+        if os.getpid() == self._pid:  # (a child that never used it holds the parent's eventfd)
+            os.eventfd_write(self._wake, 1)
         if self._users == 0:
             self._release()
 
@@ -290,15 +296,15 @@ class PortableIo:
         return total
 
     # ---- send ----------------------------------------------------------
-    def _runs(self, batch: PacketBatch, start: int, end: int,
-              metas: list[Meta]) -> Iterator[tuple[int, int]]:
+    def _runs(self, batch: PacketBatch, start: int, end: int, metas: list[Meta],
+              gso: bool) -> Iterator[tuple[int, int]]:
         """Yield (first entry, run length): what one message carries (one
         destination, one size but the last, one metadata)."""
         lengths = batch.lengths
         j = start
         while j < end:
             run, seg = 1, lengths[j]
-            if self.gso and seg:
+            if gso and seg:
                 total = seg
                 while j + run < end and run < self.gso_max_segments:
                     n = lengths[j + run]
@@ -325,33 +331,58 @@ class PortableIo:
         return addr
 
     def _send_msg(self, buffers: list[memoryview], seg: int, addr: Address | None,
-                  meta: Meta = _ancillary.NO_META) -> None:
-        anc = _ancillary.build(seg if len(buffers) > 1 else 0, meta, ecn_mode=self.ecn_cmsg, dscp=self.dscp,
+                  meta: Meta = _ancillary.NO_META, ecn_mode: int = 0) -> None:
+        anc = _ancillary.build(seg if len(buffers) > 1 else 0, meta, ecn_mode=ecn_mode, dscp=self.dscp,
                                txtime=bool(self.txtime), txtime_offset=self.txtime_offset)
-        self._c["tx_syscalls"] += 1
-        addr = self._kernel_addr(addr)
-        if addr is None:
-            self.sock.sendmsg(buffers, anc)
-        else:
-            self.sock.sendmsg(buffers, anc, 0, addr)
+        self._sendmsg(buffers, anc, self._kernel_addr(addr))
+
+    def _sendmsg(self, buffers: list[memoryview], anc: list[tuple[int, int, bytes]], addr: Address | None) -> None:
+        """One sendmsg, never blocking in the kernel: a full blocking socket
+        waits in select() on the socket and the wake eventfd, so that close()
+        ends the wait (_ClosedWhileWaitingError), as the C backends do."""
+        deadline: float | None = None
+        while True:
+            self._c["tx_syscalls"] += 1
+            try:
+                if addr is None:
+                    self.sock.sendmsg(buffers, anc, socket.MSG_DONTWAIT)
+                else:
+                    self.sock.sendmsg(buffers, anc, socket.MSG_DONTWAIT, addr)
+                return
+            except BlockingIOError:
+                if not os.get_blocking(self.fd):
+                    raise
+            if deadline is None:
+                tv = struct.unpack("ll", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
+                deadline = time.monotonic() + tv[0] + tv[1] / 1e6 if tv != (0, 0) else math.inf
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            self._c["tx_syscalls"] += 1
+            select.select([self._wake], [self.fd], [], None if left == math.inf else left)
+            if self._closing:
+                raise _ClosedWhileWaitingError(errno.EBADF, "the BurstSocket was closed while waiting")
 
     def send_batch(self, batch: PacketBatch, start: int = 0, count: int | None = None, *,
                    on_error: OnError = "raise") -> int:
         """Send entries [start, start+count); when the send stops early and a
         recover policy is set, return what it returns."""
         self._c["tx_batches"] += 1
-        sent, stop, end, skip = self._send_checked("send_batch", batch, start, count, on_error)
-        if self.last_errno and self.recover is not None:
-            return self.recover(batch, start, stop, end, skip)
-        return sent
+        (processed, err, index, gso), end = self._send_checked("send_batch", batch, start, count, on_error,
+                                                               True, True)
+        if err and self.recover is not None:
+            return self.recover(batch, start, start + processed, end, int(on_error == "skip"), err, index, gso)
+        return processed
 
     def send_raw(self, batch: PacketBatch, start: int = 0, count: int | None = None, *,
-                 on_error: OnError = "raise") -> int:
-        """send_batch without the recover policy."""
-        return self._send_checked("send_raw", batch, start, count, on_error)[0]
+                 on_error: OnError = "raise", gso: bool = True, ecn: bool = True) -> tuple[int, int, int, int]:
+        """send_batch without the recover policy: (processed, errno, index,
+        gso); gso=False / ecn=False: without GSO / codepoints for this call."""
+        return self._send_checked("send_raw", batch, start, count, on_error, gso, ecn)[0]
 
     def _send_checked(self, fname: str, batch: PacketBatch, start: int, count: int | None,
-                      on_error: OnError) -> tuple[int, int, int, bool]:
+                      on_error: OnError, gso: bool, ecn: bool) -> tuple[tuple[int, int, int, int], int]:
+        """Check the arguments and send; (processed, errno, index, gso) and the range's end."""
         if not isinstance(batch, _native.PacketBatch):
             raise TypeError(f"{fname}() argument 1 must be burstio.PacketBatch, not {type(batch).__name__}")
         if on_error not in ("raise", "skip"):
@@ -365,33 +396,33 @@ class PortableIo:
             batch._check_entries(j, j + 1)
             metas.append(meta := _ancillary.entry_meta(batch, j))
             _ancillary.check_meta(j, meta, batch.addr(j), self.family, bool(self.txtime))
-        self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
         for j in range(start, end):
             batch._mark_error(j, 0)
         batch._set_busy(True)
         self._enter()
         try:
-            sent = self._send_runs(batch, start, end, skip, metas)
+            return self._send_runs(batch, start, end, skip, metas, bool(self.gso and gso),
+                                   self.ecn_cmsg if ecn else 0), end
         finally:
             self._leave()
             batch._set_busy(False)
-        return sent, start + sent, end, skip
 
     def _send_runs(self, batch: PacketBatch, start: int, end: int, skip_errors: bool,
-                   metas: list[Meta]) -> int:
-        for j, run in self._runs(batch, start, end, metas):
+                   metas: list[Meta], gso: bool, ecn_mode: int) -> tuple[int, int, int, int]:
+        for j, run in self._runs(batch, start, end, metas, gso):
             views = [batch[j + r] for r in range(run)]
             meta = metas[j - start]
             try:
-                self._send_msg(views, len(views[0]), batch.addr(j), meta)
+                self._send_msg(views, len(views[0]), batch.addr(j), meta, ecn_mode)
+            except _ClosedWhileWaitingError as e:
+                e.sent = j - start
+                raise
             except OSError as e:
-                gso = run > 1
                 err = cast(int, e.errno)  # a failed syscall's OSError has an errno
-                ecn_refused = err == errno.EINVAL and meta.ecn and self.ecn_cmsg
-                if (err in _AGAIN or (gso and err in (errno.EIO, errno.EINVAL, errno.EMSGSIZE)) or ecn_refused
-                        or not skip_errors):
-                    self.last_errno, self.last_error_index, self.last_error_gso = err, j, int(gso)
-                    return j - start
+                ecn_refused = err == errno.EINVAL and meta.ecn and ecn_mode
+                if (err in _AGAIN or (run > 1 and err in (errno.EIO, errno.EINVAL, errno.EMSGSIZE))
+                        or ecn_refused or not skip_errors):
+                    return j - start, err, j, int(run > 1)
                 for r in range(run):
                     batch._mark_error(j + r, err)
                 self._c["tx_errors"] += run
@@ -399,14 +430,14 @@ class PortableIo:
             self._c["tx_datagrams"] += run
             self._c["tx_bytes"] += sum(len(v) for v in views)
             self._c["tx_late"] += run if meta.txtime and meta.txtime < time.monotonic_ns() else 0
-            self._c["tx_ecn_unmarked"] += run if meta.ecn and not self.ecn_cmsg else 0
+            self._c["tx_ecn_unmarked"] += run if meta.ecn and not ecn_mode else 0
             if run > 1:
                 self._c["tx_gso_messages"] += 1
                 self._c["tx_gso_datagrams"] += run
-        return end - start
+        return end - start, 0, -1, 0
 
     def send_segments(self, buffer: ReadableBuffer, segment_size: int, addr: Address | None = None,
-                      first: int = 0) -> int:
+                      first: int = 0, gso: bool = True) -> tuple[int, int, int]:
         if not 1 <= segment_size <= MAX_UDP_PAYLOAD:
             raise ValueError(f"segment_size must be between 1 and {MAX_UDP_PAYLOAD}, got {segment_size}")
         try:
@@ -421,16 +452,16 @@ class PortableIo:
             scratch.append(b"", addr)
         if self.fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor")
-        self.last_errno, self.last_error_index, self.last_error_gso = 0, -1, 0
         self._enter()
         try:
-            return self._send_segments(view, segment_size, addr, first)
+            return self._send_segments(view, segment_size, addr, first, bool(self.gso and gso))
         finally:
             self._leave()
 
-    def _send_segments(self, view: memoryview, segment_size: int, addr: Address | None, first: int) -> int:
+    def _send_segments(self, view: memoryview, segment_size: int, addr: Address | None, first: int,
+                       gso: bool) -> tuple[int, int, int]:
         per_msg = 1
-        if self.gso:
+        if gso:
             per_msg = max(1, min(self.gso_max_segments, MAX_UDP_PAYLOAD // segment_size))
         sent = first
         self._c["tx_batches"] += 1
@@ -442,23 +473,20 @@ class PortableIo:
                     self._send_msg([chunk], segment_size, addr)
                 else:
                     self._send_gso(chunk, segment_size, addr)
+            except _ClosedWhileWaitingError as e:
+                e.sent = sent - first
+                raise
             except OSError as e:
                 err = cast(int, e.errno)  # a failed syscall's OSError has an errno
-                self.last_errno, self.last_error_index, self.last_error_gso = err, sent, int(n > 1)
-                break
+                return sent - first, err, int(n > 1)
             self._c["tx_datagrams"] += n
             self._c["tx_bytes"] += len(chunk)
             if n > 1:
                 self._c["tx_gso_messages"] += 1
                 self._c["tx_gso_datagrams"] += n
             sent += n
-        return sent - first
+        return sent - first, 0, 0
 
     def _send_gso(self, chunk: memoryview, seg: int, addr: Address | None) -> None:
         anc = _ancillary.build(seg, _ancillary.NO_META)
-        self._c["tx_syscalls"] += 1
-        addr = self._kernel_addr(addr)
-        if addr is None:
-            self.sock.sendmsg([chunk], anc)
-        else:
-            self.sock.sendmsg([chunk], anc, 0, addr)
+        self._sendmsg([chunk], anc, self._kernel_addr(addr))

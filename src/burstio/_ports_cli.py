@@ -7,9 +7,10 @@
 the ``--rule`` rules on its device, each ``--port`` is published under its
 name (another process takes it with ``burstio.ports.attach(NAME)``, once),
 with a static route from DEST to it; ``--route`` sends DEST to several
-ports (by flow, ``--spread``). It runs until --seconds pass or SIGINT/
-SIGTERM, then prints the switch's counters and routes, and every port's
-state. Everything it made goes with it.
+ports (by flow, ``--spread``). Every option is checked before anything is
+made (a mistake is one line, exit status 2). It runs until --seconds pass or
+SIGINT/SIGTERM, then prints the switch's counters and routes, and every
+port's state. Everything it made goes with it.
 """
 from __future__ import annotations
 
@@ -17,51 +18,123 @@ import argparse
 import contextlib
 import json
 import signal
+import socket
 import sys
 import threading
+from dataclasses import dataclass, field
 from typing import Any
+
+from ._cliargs import CommandError, seconds_arg
+
+
+@dataclass
+class _Plan:
+    """What the command line asks for, every value checked: nothing is made
+    before all of it is known to be possible to ask for."""
+
+    nics: list[tuple[str, str, int]] = field(default_factory=list)  # (spec, device, queue)
+    ports: list[tuple[str, int | str | None]] = field(default_factory=list)  # (name, destination)
+    routes: list[tuple[int | str, list[str]]] = field(default_factory=list)  # (destination, names)
+    rules: list[Any] = field(default_factory=list)
+
+
+def _mistake(option: str, text: str, why: str) -> CommandError:
+    return CommandError(f"{option} {text!r}: {why}", 2)
 
 
 def _nic_spec(text: str) -> tuple[str, int]:
     dev, _, queue = text.partition(":")
-    if not dev or (queue and not queue.isdigit()):
-        raise argparse.ArgumentTypeError(f"a NIC queue is DEV or DEV:QUEUE (queue a number), got {text!r}")
+    if not dev or (queue and not queue.isdigit()) or ":" in queue:
+        raise _mistake("--nic", text, "a NIC queue is DEV or DEV:QUEUE (QUEUE a number)")
+    try:
+        socket.if_nametoindex(dev)
+    except (OSError, ValueError):
+        raise _mistake("--nic", text, f"no network device named {dev!r} in this network namespace") from None
     return dev, int(queue or 0)
 
 
-def _dest(text: str, by: str) -> int | str:
-    return text if by == "mac" else int(text)
+def _dest(option: str, spec: str, text: str, by: str) -> int | str:
+    """A destination: a MAC address (``by="mac"``) or a key, checked."""
+    from ._ports_switch import mac_key
+    from .ports import BROADCAST
+
+    if by == "mac":
+        try:
+            mac_key(text)
+        except ValueError as e:
+            raise _mistake(option, spec, str(e)) from None
+        return text
+    if not text.isdigit() or not 1 <= int(text) < BROADCAST:
+        raise _mistake(option, spec, f"a key is an integer from 1 to {BROADCAST - 1}, got {text!r}")
+    return int(text)
 
 
-def _build(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[Any, dict[str, Any]]:
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Every option checked (CommandError, status 2: the user's mistake)."""
+    from .ports import _address
+    from .xdp.programs import rules_from
+
+    if not args.nic and not args.port:
+        raise CommandError("give at least one --nic or --port", 2)
+    if not 2 <= args.slots <= 65536 or args.slots & (args.slots - 1):
+        raise CommandError(f"--slots: must be a power of two from 2 to 65536, got {args.slots}", 2)
+    plan = _Plan()
+    for spec in args.rule or ["proto=udp"]:
+        try:
+            plan.rules += rules_from([spec])
+        except (ValueError, TypeError) as e:
+            raise _mistake("--rule", spec, str(e)) from None
+    names: set[str] = set()
+    for spec in args.nic:
+        dev, queue = _nic_spec(spec)
+        if any((dev, queue) == (d, q) for _, d, q in plan.nics):
+            raise _mistake("--nic", spec, f"queue {queue} of {dev} is given twice")
+        plan.nics.append((spec, dev, queue))
+        names.add(spec)
+    for spec in args.port:
+        name, eq, dest = spec.partition("=")
+        if not name or "," in name or (eq and not dest):
+            raise _mistake("--port", spec, "a port is NAME or NAME=DEST (NAME not empty, without '=' or ',')")
+        try:
+            _address(name)
+        except ValueError as e:
+            raise _mistake("--port", spec, str(e)) from None
+        if name in names:
+            raise _mistake("--port", spec, f"the name {name} is given twice")
+        names.add(name)
+        plan.ports.append((name, _dest("--port", spec, dest, args.forward_by) if dest else None))
+    for spec in args.route:
+        dest, _, listed = spec.partition("=")
+        targets = listed.split(",") if listed else []
+        unknown = [n for n in targets if n not in names]
+        if not dest or not targets or unknown:
+            raise _mistake("--route", spec, "DEST=NAME[,NAME...] of the ports and NIC queues given here"
+                           + (f" (no {', '.join(unknown)})" if unknown else ""))
+        plan.routes.append((_dest("--route", spec, dest, args.forward_by), targets))
+    return plan
+
+
+def _build(args: argparse.Namespace, plan: _Plan, stack: contextlib.ExitStack) -> tuple[Any, dict[str, Any]]:
     """The switch, its NIC ports and its published ports, by name."""
     from .ports import Switch, nic_port, publish
-    from .xdp.programs import Steer, rules_from
+    from .xdp.programs import Steer
 
     sw = stack.enter_context(Switch(slots=args.slots, forward_by=args.forward_by, on_full=args.on_full))
     named: dict[str, Any] = {}
-    rules = rules_from(args.rule or ["proto=udp"])
-    for spec in args.nic:
-        dev, queue = _nic_spec(spec)
-        steer = Steer(rules)
+    for spec, dev, queue in plan.nics:
+        steer = Steer(plan.rules)
         stack.enter_context(steer)
         steer.attach(dev)
         nic = nic_port(dev, queue, slots=args.slots, steer=steer)
         sw.add_nic(nic)
         named[spec] = nic
-    for spec in args.port:
-        name, _, dest = spec.partition("=")
-        port = sw.add_port(key=_dest(dest, args.forward_by) if dest else None)
+    for name, dest in plan.ports:
+        port = sw.add_port(key=dest)
         publish(port, name)
         named[name] = port
-    for spec in args.route:
-        dest, _, names = spec.partition("=")
-        unknown = [n for n in names.split(",") if n not in named]
-        if not dest or not names or unknown:
-            raise ValueError(f"--route {spec!r}: DEST=NAME[,NAME...] of ports and NIC queues given here"
-                             + (f" (no {', '.join(unknown)})" if unknown else ""))
-        targets = [named[n] for n in names.split(",")]
-        sw.route(_dest(dest, args.forward_by), targets[0] if len(targets) == 1 else targets, spread=args.spread)
+    for dest, targets in plan.routes:
+        ports = [named[n] for n in targets]
+        sw.route(dest, ports[0] if len(ports) == 1 else ports, spread=args.spread)
     return sw, named
 
 
@@ -79,15 +152,13 @@ def _report(sw: Any, named: dict[str, Any], as_json: bool) -> None:
 
 
 def _cmd_switch(args: argparse.Namespace) -> int:
-    if not args.nic and not args.port:
-        print("burstio switch: give at least one --nic or --port", file=sys.stderr)
-        return 2
+    plan = _plan(args)  # a mistake stops here, before anything is made
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     try:
         with contextlib.ExitStack() as stack:
-            sw, named = _build(args, stack)
+            sw, named = _build(args, plan, stack)
             sw.start()
             if not args.json:
                 print(f"switch up: {', '.join(named)}; take a port with burstio.ports.attach(NAME)", flush=True)
@@ -119,9 +190,10 @@ def add_parsers(sub: Any) -> None:
                    help="how a group of ports shares its frames (default: flow)")
     s.add_argument("--rule", action="append", metavar="RULE",
                    help="what the NIC queues get, as burstio xdp filter takes it (default: proto=udp)")
-    s.add_argument("--slots", type=int, default=1024, help="slots per ring (a power of two)")
+    s.add_argument("--slots", type=int, default=1024, help="slots per ring (a power of two from 2 to 65536)")
     s.add_argument("--on-full", choices=("wait", "drop"), default="wait",
                    help="a frame for a full ring waits (default) or is dropped and counted")
-    s.add_argument("--seconds", type=float, default=None, help="run this long (default: until Ctrl-C)")
+    s.add_argument("--seconds", type=seconds_arg(0, open_low=False), default=None,
+                   help="run this long (default: until Ctrl-C or SIGTERM)")
     s.add_argument("--json", action="store_true", help="print the final counters as one JSON object")
     s.set_defaults(func=_cmd_switch)

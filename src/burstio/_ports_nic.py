@@ -21,6 +21,7 @@ the frames and checks every index.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -92,15 +93,19 @@ class NicPort(Port):
     rx: NicRx
 
     def __init__(self, region: _native.PortRegion, xsk: XskSocket, pool_fd: int, *, linger: float = LINGER,
-                 steer: Steer | None = None):
+                 steer: Steer | None = None, reserve: int = 0, mac: bytes | None = None):
         super().__init__(region, 1, linger=linger)
         self._pump = Port(region, 0, linger=0)
         self.xsk = xsk
         self.steer = steer
+        #: the device's hardware address (a switch never learns it on a port), or None
+        self.mac = mac
         self._pool_fd = pool_fd
+        self._reserve = reserve  # free frames its own rings need: its RX ring's slots and its tx ring
         self._core = _native.NicCore(xsk._x, self._pump.tx, self._pump.rx, self.rx, self.tx)
         self.rx._core = self.tx._core = self._core
-        self._pipes: list[Port] = []
+        # the pipes' near ends, weakly: a pipe's frames go back to the pool when its ports are gone
+        self._pipes: list[weakref.ref[Port]] = []
         self._switch: Any = None  # the Switch that drives it (Switch.add_nic)
 
     @property
@@ -126,20 +131,35 @@ class NicPort(Port):
         frames without a copy, checking every frame index the worker could
         have written (``OSError(EBADMSG)`` for one it does not hold). The
         worker maps the whole frame pool: it must be trusted with the bytes
-        of every frame, as a pipe's peer is. ValueError when the pool has too
-        few free frames (``nic_port(frames=...)``)."""
-        slots = self.slots if slots is None else slots
+        of every frame, as a pipe's peer is. A pipe holds 2 x ``slots``
+        frames until its ports in this process are closed and gone (a
+        worker's copy of ``far`` does not count). ValueError when the pool
+        has too few free frames besides those the NIC port's own rings need
+        (``nic_port(frames=...)``); RuntimeError for a NIC port attached to a
+        switch (the switch's frames are its own)."""
+        if self.closed:
+            raise ValueError("pipe() on a closed NIC port")
+        if self._switch is not None:
+            raise RuntimeError("pipe(): this NIC port belongs to a switch: its frames are the switch's")
+        slots = self.slots if slots is None else check_int("slots", slots, 2, _native.PORT_SLOTS_MAX,
+                                                          power_of_two=True)
+        free = self.umem.free_frames
+        if free - 2 * slots < self._reserve:
+            raise ValueError(f"pipe(): a pipe of {slots} slots needs {2 * slots} frames and the pool has {free} "
+                             f"free, of which the NIC port keeps {self._reserve} for its own rings: make the pool "
+                             "bigger (nic_port(frames=...)) or close and drop pipes no longer used")
         linger_ns = _linger_ns(linger)
         region = _pool_region(slots, self.slot_size, 0, self._pool_fd, self.umem)
         region.use_frames(self.umem._umem, True, True)
         near, far = Port(region, 0, linger=linger_ns / 1e9), Port(region, 1, linger=linger_ns / 1e9)
-        self._pipes.append(near)
+        self._pipes = [ref for ref in self._pipes if ref() is not None] + [weakref.ref(near)]
         return near, far
 
     def describe(self) -> dict[str, Any]:
         """The socket's set-up (``XskSocket.describe()``) and the port's."""
+        live = [near for ref in self._pipes if (near := ref()) is not None and not near.closed]
         return {**self.xsk.describe(), "slots": self.slots, "slot_size": self.slot_size,
-                "frames": self.umem.frames, "pipes": len(self._pipes)}
+                "frames": self.umem.frames, "pipes": len(live)}
 
     def close(self) -> None:
         """Close the port and its AF_XDP socket (the kernel takes it out of
@@ -203,13 +223,15 @@ def nic_port(dev: str | int, queue: int = 0, *, slots: int = SLOTS, frames: int 
     namespace) as a port: an AF_XDP socket whose frames are the port's
     buffers. ``slots`` per ring (a power of two); ``frames`` in the pool
     (default: the socket's fill and tx rings, both port rings and ``PIPES``
-    pipes of ``slots``); ``frame_size`` 2048 or 4096 (a slot holds
+    pipes of ``slots``; the port keeps its RX ring's slots and its tx ring's
+    worth free for its own use, the rest is for pipes); ``frame_size`` 2048 or 4096 (a slot holds
     frame_size - 256 bytes: the kernel keeps XDP's headroom in front);
     ``mode`` the socket's (``XskSocket``). Frames arrive only where an XDP
     program steers them: pass an attached ``Steer`` as ``steer`` (the
     socket is added to it) or add ``port.xsk`` yourself. Needs what
     ``XskSocket`` needs (root, or CAP_NET_RAW and CAP_IPC_LOCK)."""
     from .xdp import Umem, XskSocket
+    from .xdp.udp import mac_of
 
     slots = check_int("slots", slots, 2, _native.PORT_SLOTS_MAX, power_of_two=True)
     for name, size in (("fill_size", fill_size), ("tx_size", tx_size)):
@@ -229,7 +251,12 @@ def nic_port(dev: str | int, queue: int = 0, *, slots: int = SLOTS, frames: int 
                         comp_size=tx_size, mode=mode)
         region = _pool_region(slots, frame_size - OFFSET, 2, pool_fd, umem)
         region.use_frames(umem._umem, False, True)
-        port = NicPort(region, xsk, pool_fd, linger=linger_ns / 1e9, steer=steer)
+        try:
+            mac: bytes | None = mac_of(dev)
+        except OSError:
+            mac = None  # a device without one
+        port = NicPort(region, xsk, pool_fd, linger=linger_ns / 1e9, steer=steer, reserve=slots + tx_size,
+                       mac=mac)
     except BaseException:
         if xsk is not None:
             xsk.close()

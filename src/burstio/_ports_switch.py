@@ -79,7 +79,7 @@ class Switch:
 
     ``Switch(*, slots=1024, slot_size=2048, max_ports=64, learning=True,
     unknown="flood", on_full="wait", linger=LINGER, table_size=4096,
-    forward_by="key")``
+    forward_by="key", max_learned=None)``
 
     Routing by key (``forward_by="key"``): ``add_port(key=K)`` installs a
     static route K -> that port; with ``learning`` the switch also learns
@@ -95,7 +95,24 @@ class Switch:
     and counted (``"drop"``). A full destination ring makes the packet wait
     (``on_full="wait"``: lossless; a stuck receiver holds up its senders) or
     drops it (``"drop"``: a slow receiver cannot hold anyone up). Packets to
-    a port whose client closed or exited are dropped (``gone_drops``).
+    a port whose client closed or exited are dropped (``gone_drops``). A
+    packet longer than the destination's slots arrives cut to them
+    (FLAG_TRUNCATED), except at a NIC queue: a frame that does not fit its
+    slots, or was cut short already, is dropped there (``oversize_drops``).
+
+    Learning (as a Linux bridge's, with its port limits and sticky entries):
+    static routes are never changed by it; a port learns at most
+    ``max_learned`` addresses at a time (default 256, or ``table_size`` if
+    smaller), so that a client sending from ever
+    new sources fills its own share of the table only (``learn_limited``
+    counts the rest; their packets are forwarded all the same); a NIC
+    queue's own MAC address is never learned (who receives its frames is a
+    static route's business: without one it is an unknown destination); an
+    address learned on a NIC queue, a host on the wire, is not taken over by
+    a client's port (``learn_refused``), while one learned on a client moves
+    to the port it shows up at next (a host that moved). What was learned on
+    a port goes with it, and ``route(key, None)`` frees its entry: the table
+    fills only with the living. Learned entries do not age otherwise.
 
     Clients are untrusted: nothing a client writes into its region makes the
     switch raise, block or read outside it. A client that writes something
@@ -119,7 +136,8 @@ class Switch:
 
     def __init__(self, *, slots: int = SLOTS, slot_size: int = SLOT_SIZE, max_ports: int = 64,
                  learning: bool = True, unknown: str = "flood", on_full: str = "wait",
-                 linger: float = LINGER, table_size: int = 4096, forward_by: str = "key"):
+                 linger: float = LINGER, table_size: int = 4096, forward_by: str = "key",
+                 max_learned: int | None = None):
         check_choice("unknown", unknown, _UNKNOWN)
         check_choice("forward_by", forward_by, _BY)
         check_choice("on_full", on_full, _ON_FULL)
@@ -127,6 +145,8 @@ class Switch:
         self._slot_size = check_int("slot_size", slot_size, 1, _SLOT_SIZE_MAX)
         check_int("max_ports", max_ports, 1, 4096)
         check_int("table_size", table_size, 16, 1 << 24, power_of_two=True)
+        max_learned = min(256, table_size) if max_learned is None else check_int("max_learned", max_learned, 1,
+                                                                                  table_size)
         linger_ns = _linger_ns(linger)
         self._linger = linger
         efd = os.eventfd(0, _EFD_FLAGS)  # the switch's own doorbell: stop() and add_port()
@@ -140,6 +160,7 @@ class Switch:
         self._native.wait_full = int(on_full == "wait")
         self._native.linger_ns = linger_ns
         self._native.by_mac = int(forward_by == "mac")
+        self._native.max_learned = max_learned
         self.forward_by = forward_by
         self._sides: list[Port] = []  # the switch's own side of every region (a NIC port itself)
         self._nics: list[NicPort] = []
@@ -174,9 +195,13 @@ class Switch:
     def add_nic(self, nic: NicPort) -> int:
         """Attach a NIC queue (a ``ports.nic_port`` of this process): what it
         receives is routed like any port's packets, and what is routed to it
-        leaves through its device. The switch drives it from now on (its own
-        ``sync``/``wait`` raise RuntimeError) and forwards in this process;
-        ``close()`` closes it. Returns its port index (``nic.switch_index``)."""
+        leaves through its device. The switch drives it from now on (every
+        call on its rings raises RuntimeError, and it makes no pipes: the
+        switch moves its frames without the GIL) and forwards in this
+        process; ``close()`` closes it. ValueError while pipes of it still
+        hold frames (close and drop them first). With ``forward_by="mac"``
+        the device's own MAC address is never learned on any port. Returns
+        its port index (``nic.switch_index``)."""
         from ._ports_nic import NicPort
 
         if not isinstance(nic, NicPort):
@@ -184,6 +209,8 @@ class Switch:
         if self._closed:
             raise ValueError("add_nic() on a closed switch")
         index: int = self._native.add_nic(nic._core)
+        if self.forward_by == "mac" and nic.mac is not None:
+            self._native.local(mac_key(nic.mac))
         self._sides.append(nic)
         self._nics.append(nic)
         nic.switch_index = index
@@ -226,9 +253,9 @@ class Switch:
     def counters(self) -> dict[str, int]:
         """forwarded flooded unknown_drops full_drops gone_drops filtered
         bad_slots learned table_full passes sleeps wakeups ports_gone
-        ports_isolated isolated_drops idle_kicks runt_drops. Counted in the
-        process that runs the switch (a NIC queue's own in its
-        ``counters``)."""
+        ports_isolated isolated_drops idle_kicks runt_drops oversize_drops
+        learn_refused learn_limited. Counted in the process that runs the
+        switch (a NIC queue's own in its ``counters``)."""
         return self._native.counters()
 
     def port_state(self, port: Port | int) -> str:

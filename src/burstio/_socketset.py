@@ -28,12 +28,13 @@ import socket
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _native
+from ._busy_policy import BUDGET_DEFAULT, BusyPollChoice, check_busy_poll, epoll_missing_error
 from ._caps import capabilities
-from ._checks import UDP_OR_TCP, check_int, check_socket
+from ._checks import UDP_OR_TCP, check_int, check_seconds, check_socket
 from ._errors import Unsent
 from ._kernel import IP_PKTINFO, IP_RECVTOS, IPV6_RECVPKTINFO, IPV6_RECVTCLASS, SOL_UDP, UDP_GRO
 from ._types import Address
-from ._udp import GSO_SEGMENTS, PACER_QUEUE, BurstSocket
+from ._udp import GSO_SEGMENTS, PACER_QUEUE, PACER_SLACK, BurstSocket
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -76,11 +77,13 @@ class SocketSet:
     """Receive from and send on many sockets with one call each.
 
     ``SocketSet(*, backend="auto", max_sockets=1024, buffers=4096,
-    buffer_size=2048, sqpoll=False, gso=True, paced=False, pacer_queue=4096)``
+    buffer_size=2048, sqpoll=False, gso=True, paced=False, pacer_queue=4096,
+    pacer_slack=0.001)``
 
     ``buffers`` x ``buffer_size`` is the shared receive pool of the io_uring
-    backend (a datagram, its address and a 16-byte header must fit a
-    buffer; larger datagrams are truncated and flagged). ``sqpoll`` asks
+    backend (a datagram, its address, a 16-byte header and 64 bytes of
+    control messages must fit a buffer; larger datagrams are truncated and
+    flagged). ``sqpoll`` asks
     for a kernel submission thread. The default io_uring ring is set up
     SINGLE_ISSUER|DEFER_TASKRUN: the kernel does receive work only inside
     your calls, but a ``min_datagrams`` wait then enters the kernel once per
@@ -88,18 +91,23 @@ class SocketSet:
     so the kernel counts the datagrams and such a wait returns after one
     entry. A SocketSet is used from the thread that made it, one call at a time
     (RuntimeError otherwise). It keeps its own descriptor of every socket
-    until remove() or close().
+    until remove() or close(). After fork(), an epoll set works in the child
+    (with an epoll instance of its own, on the shared sockets); an io_uring
+    set refuses the child's calls (RuntimeError): its io_uring is the
+    parent's.
 
     ``paced=True`` honours each entry's ``batch.txtimes`` with burstio's
     pacer thread (one for the set; each socket's datagrams leave in the order
     they were queued): ``send_batch`` then queues and returns, ``close()``
     returns what was still waiting, ``paced_errors()`` what the kernel
     refused. Without it a transmit time is refused (ValueError).
+    ``pacer_queue`` and ``pacer_slack`` mean what they mean for BurstSocket.
     """
 
     def __init__(self, *, backend: str = "auto", max_sockets: int = 1024, buffers: int = 4096,
                  buffer_size: int = 2048, sqpoll: bool = False, single_wakeup: bool = False,
-                 gso: bool = True, paced: bool = False, pacer_queue: int = PACER_QUEUE):
+                 gso: bool = True, paced: bool = False, pacer_queue: int = PACER_QUEUE,
+                 pacer_slack: float = PACER_SLACK):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         caps = capabilities()
@@ -123,13 +131,16 @@ class SocketSet:
         self._socks: dict[int, socket.socket] = {}
         self._pacer: _native.Pacer | None = None
         self._unsent: list[Unsent] = []
+        self._busy_poll: BusyPollChoice | None = None  # what busy_poll() chose, while busy polling
         # hot paths straight to C (their docstrings are below)
         self.recv_batch = self._io.recv_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.take_errors = self._io.take_errors  # type: ignore[method-assign]  # the C method, no Python frame
         if paced:
             check_int("pacer_queue", pacer_queue, 1, 1 << 20)
+            check_seconds("pacer_slack", pacer_slack, 0.0, 1.0)
             self._pacer = _native.Pacer(-1, pacer_queue)
+            self._pacer.slack_ns = round(pacer_slack * 1e9)
             self._pacer.gso, self._pacer.gso_max_segments = self._io.gso, self._io.gso_max_segments
             self._pacer.ecn_cmsg = self._io.ecn_cmsg
             self.send_batch = self._send_paced  # type: ignore[method-assign]  # a paced set queues
@@ -149,8 +160,8 @@ class SocketSet:
             want = "a stream socket (stream=True)" if stream else "a UDP socket (SOCK_DGRAM)"
             raise ValueError(f"SocketSet.add needs {want}, got {raw.type.name}")
         if not stream and raw.getsockopt(SOL_UDP, UDP_GRO):
-            # the set takes one datagram per entry: a coalesced receive would
-            # arrive as one entry holding many datagrams, unmarked
+            # a coalesced receive needs a batch (and io_uring buffers) sized
+            # for it; one turned on after add() is still split, as a safety net
             raise ValueError("SocketSet.add refuses a socket with UDP_GRO on (a coalesced receive would "
                              "be one entry holding many datagrams): turn UDP_GRO off, or receive it "
                              "with a BurstSocket(gro=True)")
@@ -239,27 +250,46 @@ class SocketSet:
 
     # ---- busy polling -------------------------------------------------
 
-    def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
+    def busy_poll(self, usecs: int, budget: int = BUDGET_DEFAULT, prefer: bool = False, *,
+                  mechanism: str = "auto") -> str:
         """While a receive waits, busy poll the NAPI instances of the set's
-        sockets for up to ``usecs`` (0: stop). Returns the mechanism:
-        "io_uring" (IORING_REGISTER_NAPI, Linux >= 6.9; io_uring takes no
-        budget) or "epoll" (the epoll backend's own busy-poll parameters,
-        EPIOCSPARAMS, Linux >= 6.9), "off" after busy_poll(0). On a kernel
-        without them, OSError names what is missing."""
-        from .napi.busypoll import register_uring_napi
+        sockets for up to ``usecs`` (0: stop), through what the set waits in
+        (a socket's own busy-poll options would never run: the set never
+        waits in one socket's receive). Returns the mechanism:
 
-        check_int("usecs", usecs, 0, 2**31 - 1)
-        check_int("budget", budget, 0, 65535)
+        - "epoll" (the epoll backend): its epoll instance's busy-poll
+          parameters (EPIOCSPARAMS, Linux >= 6.9);
+        - "io_uring" (the uring backend): IORING_REGISTER_NAPI (Linux >= 6.9;
+          io_uring takes no budget);
+        - "off" after busy_poll(0).
+
+        ``mechanism="auto"`` takes the backend's; ``describe()`` says which
+        and why. On a kernel without it, OSError names what is missing.
+        """
+        from .napi.busypoll import BusyPollEpoll, register_uring_napi
+
+        own = "epoll" if self.backend == "epoll" else "io_uring"
+        check_busy_poll(usecs, budget, prefer, mechanism, ("auto", own), f"SocketSet (backend {self.backend!r})",
+                        "its epoll instance" if own == "epoll" else "its io_uring")
         fd = getattr(self._io, "epoll_fd", None)
-        if fd is None:
+        if own == "io_uring":
             register_uring_napi(self, usecs, prefer)
-            return "io_uring" if usecs else "off"
-        if fd < 0:
+        elif fd is None or fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor (the socket set is closed)")
-        from .napi.busypoll import BusyPollEpoll
+        else:
+            caps = capabilities()
+            if not caps.epoll_busy_poll:
+                raise epoll_missing_error(caps)
+            BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
+        self._busy_poll = BusyPollChoice(own, usecs, budget if own == "epoll" else 0, prefer, mechanism,
+                                         "many sockets: the instance their readiness comes through") \
+            if usecs else None
+        return own if usecs else "off"
 
-        BusyPollEpoll._set_params_fd(fd, usecs, budget if usecs else 0, prefer and bool(usecs))
-        return "epoll" if usecs else "off"
+    @property
+    def busy_polling(self) -> str:
+        """How receives busy poll: "epoll", "io_uring" or "off" (see busy_poll)."""
+        return self._busy_poll.mechanism if self._busy_poll else "off"
 
     # ---- the rest ------------------------------------------------------
 
@@ -282,7 +312,9 @@ class SocketSet:
         return list(self._unsent)
 
     def describe(self) -> str:
-        return self._io.describe()
+        """One line saying how this set receives and sends (and busy polls)."""
+        line: str = self._io.describe()
+        return line if self._busy_poll is None else f"{line}, {self._busy_poll.describe()}"
 
     def close(self) -> list[Unsent]:
         """Tear the set down and close its own descriptors; your sockets
@@ -295,6 +327,7 @@ class SocketSet:
             self._unsent += [Unsent(*u) for u in self._pacer.close()]
         self._io.close()
         self._socks.clear()
+        self._busy_poll = None
         return self.unsent
 
     def __enter__(self) -> SocketSet:

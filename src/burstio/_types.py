@@ -13,6 +13,7 @@ __all__ = ["Address", "OnError", "RecoverPolicy"]
 Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
 #: What a batch send does with a datagram the kernel refuses.
 OnError: TypeAlias = Literal["raise", "skip"]
-#: ``UdpIo.recover``: called as (batch, start, done, end, skip) when a send
-#: stops early; its result is the send's.
-RecoverPolicy: TypeAlias = Callable[[PacketBatch, int, int, int, int], int]
+#: ``UdpIo.recover``: called as (batch, start, done, end, skip, errno, index,
+#: gso) when a send stops early, with what stopped that call; its result is
+#: the send's.
+RecoverPolicy: TypeAlias = Callable[[PacketBatch, int, int, int, int, int, int, int], int]

@@ -22,6 +22,15 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _native
+from ._busy_policy import (
+    BUDGET_DEFAULT,
+    SOCKET_MECHANISMS,
+    BusyPollChoice,
+    check_busy_poll,
+    choose_for_socket,
+    reasons,
+    set_socket_options,
+)
 from ._caps import Capabilities, capabilities
 from ._checks import check_int, check_optional_int, check_seconds, check_socket, closed_socket_error
 from ._errors import SendError, Unsent
@@ -29,9 +38,7 @@ from ._kernel import (
     SK_MEMINFO_DROPS,
     SK_MEMINFO_VARS,
     SO_BUSY_POLL,
-    SO_BUSY_POLL_BUDGET,
     SO_MEMINFO,
-    SO_PREFER_BUSY_POLL,
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
     SO_TIMESTAMPNS,
@@ -60,6 +67,12 @@ GSO_SEGMENTS = 64
 _GSO_REFUSALS = (errno.EIO, errno.EINVAL)
 #: datagrams a paced socket's queue holds by default
 PACER_QUEUE = 4096
+#: seconds: a release of the pacer thread sends every datagram due within
+#: this of it, so it wakes at most about once per this (see BurstSocket).
+#: 1 ms as QUIC's pacers: Chromium's kAlarmGranularity (a packet due within
+#: 1 ms goes now) and quic-go's MinPacingDelay; asyncio's timers, the
+#: loop's epoll_wait, have 1 ms resolution too
+PACER_SLACK = 0.001
 #: what pacing names: "off", burstio's pacer thread, or the kernel (SO_TXTIME)
 PACING = ("off", "pacer", "so_txtime")
 
@@ -70,7 +83,7 @@ class BurstSocket(MetadataOptions):
     ``BurstSocket(sock=None, *, family=AF_INET, gso=True, gro=False,
     timestamps=False, backend="auto", rcvbuf=None, sndbuf=None,
     pktinfo=False, ecn=False, dont_fragment=False, paced=False,
-    pacer_queue=4096, pacer_slack=0.0)``
+    pacer_queue=4096, pacer_slack=0.001)``
 
     Wraps ``sock`` (and takes ownership: closing the BurstSocket closes it)
     or makes a new UDP socket. ``gso``/``gro`` ask for UDP segmentation
@@ -91,10 +104,15 @@ class BurstSocket(MetadataOptions):
     then ECN is dropped for this socket, counted and logged once), and its
     transmit time is honoured on a ``paced`` socket: by the kernel
     (SO_TXTIME) where the device's qdisc can, else by burstio's pacer thread
-    (``pacer_queue`` datagrams wait at most; datagrams due within
-    ``pacer_slack`` seconds of a release leave with it: fewer wake-ups of
-    the pacer, each datagram early by at most that). ``dont_fragment`` sets the
-    don't-fragment bit (IP_MTU_DISCOVER=IP_PMTUDISC_DO, and IPv6's): a
+    (``pacer_queue`` datagrams wait at most). The pacer thread wakes at a
+    datagram's time and releases with it every datagram due within
+    ``pacer_slack`` seconds (default 1 ms, QUIC's pacers' granularity): at
+    most one wake-up per ``pacer_slack`` while datagrams follow each other
+    closer than that (a wake-up costs CPU: 15-30 us in the KVM guest we
+    measured, where arming and taking a timer are VM exits), and no
+    datagram leaves earlier than its time less ``pacer_slack``; 0 wakes for
+    every transmit time. ``dont_fragment`` sets the don't-fragment bit
+    (IP_MTU_DISCOVER=IP_PMTUDISC_DO, and IPv6's): a
     datagram larger than the path MTU fails with EMSGSIZE, and
     ``SendError.mtu`` / ``path_mtu()`` give the MTU.
     """
@@ -103,7 +121,7 @@ class BurstSocket(MetadataOptions):
                  gso: bool = True, gro: bool = False, timestamps: bool = False,
                  backend: str = "auto", rcvbuf: int | None = None, sndbuf: int | None = None,
                  pktinfo: bool = False, ecn: bool = False, dont_fragment: bool = False,
-                 paced: bool = False, pacer_queue: int = PACER_QUEUE, pacer_slack: float = 0.0):
+                 paced: bool = False, pacer_queue: int = PACER_QUEUE, pacer_slack: float = PACER_SLACK):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         check_optional_int("rcvbuf", rcvbuf, 1, 2**31 - 1)
@@ -139,8 +157,9 @@ class BurstSocket(MetadataOptions):
             set_buffer_size(sock, socket.SO_SNDBUF, sndbuf)
         self._gso_warned = False
         self._setup_metadata(caps, pktinfo, ecn, dont_fragment)
-        self._busy_poll: tuple[str, BusyPollEpoll | None] | None = None  # (mechanism, epoll) while busy polling
-        self._busy_params: tuple[int, int, bool] = (0, 8, False)  # what busy_poll() was last asked
+        # while busy polling: what busy_poll() chose, and its epoll instance ("epoll")
+        self._busy_poll: tuple[BusyPollChoice, BusyPollEpoll | None] | None = None
+        self._busy_params: tuple[int, int, bool, str] = (0, BUDGET_DEFAULT, False, "auto")  # what it was last asked
         # The hot paths are bound straight to the backend: no Python frame
         # between the caller and the C calls (see recv_batch/send_batch
         # below). The backend calls _send_recover only when a send stops early.
@@ -211,74 +230,66 @@ class BurstSocket(MetadataOptions):
         return self._io.send_batch(batch, start, count, on_error=on_error)
 
     def _send_recover(self, batch: _native.PacketBatch, start: int, done: int, end: int,
-                      skip: int) -> int:
-        """The send stopped at entry ``done``: sort out a GSO or ECN refusal, or report."""
-        io = self._io
+                      skip: int, err: int, index: int, gso: int) -> int:
+        """The send stopped at entry ``done`` with ``err`` (entry ``index``;
+        ``gso``: in a GSO send): sort out a GSO or ECN refusal or a GSO run
+        too big for the path, or report. What it reads is this call's own, and
+        what it resends without GSO or codepoints goes so for its own call
+        only: another thread sending on the socket meanwhile has its own
+        results and the socket's settings."""
         while True:
-            err = io.last_errno
             if not err:
                 return done - start
-            if io.last_error_gso and err == errno.EMSGSIZE and skip:
+            if gso and err == errno.EMSGSIZE and skip:
                 # a GSO run too big for the path: send the rest one datagram
                 # at a time, so that each too big is flagged and no other
-                saved = io.gso
-                io.gso = 0
-                try:
-                    done += self._send(batch, done, end - done, on_error="skip")
-                finally:
-                    io.gso = saved
+                n, err, index, gso = self._send(batch, done, end - done, on_error="skip", gso=False)
+                done += n
                 continue
-            gso = io.last_error_gso and err in _GSO_REFUSALS
-            if not (gso or self._ecn_maybe_refused(batch, done, err)):
-                return self._send_stopped(batch, err, start, done)
+            gso_refused = bool(gso) and err in _GSO_REFUSALS
+            if not (gso_refused or self._ecn_maybe_refused(batch, done, err)):
+                return self._send_stopped(batch, err, start, done, index)
             # EIO/EINVAL on a GSO send (GSO refused here, or a bad datagram?),
             # or EINVAL on one carrying a codepoint (the cmsg refused?): send
             # the datagram alone, then without its codepoint, to tell which
-            saved = io.gso
-            io.gso = 0
-            went = self._send_alone(batch, done)
+            went, err_alone, index_alone = self._send_alone(batch, done)
             if went:
-                if gso and went == "as is":
+                if gso_refused and went == "as is":
                     self._gso_refused(err)  # GSO stays off for this socket
-                else:
-                    io.gso = saved  # (it was the codepoint)
                 done += 1
-                done += self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+                n, err, index, gso = self._send(batch, done, end - done, on_error="skip" if skip else "raise")
+                done += n
                 continue
-            err = io.last_errno
+            err, index = err_alone, index_alone
             if not skip or err in (errno.EAGAIN, errno.EWOULDBLOCK):
-                io.gso = saved
-                return self._send_stopped(batch, err, start, done)
+                return self._send_stopped(batch, err, start, done, index)
             # a bad datagram, and more may follow: flag them all in one walk
-            # without GSO for the rest of this call, then GSO again
+            # without GSO for the rest of this call
             batch._mark_error(done, err)
-            io.count("tx_errors", 1)
+            self._io.count("tx_errors", 1)
             done += 1
-            try:
-                done += self._send(batch, done, end - done, on_error="skip")
-            finally:
-                io.gso = saved
+            n, err, index, gso = self._send(batch, done, end - done, on_error="skip", gso=False)
+            done += n
 
     def _ecn_maybe_refused(self, batch: _native.PacketBatch, i: int, err: int) -> bool:
         """EINVAL on a datagram sent with its ECN codepoint: the kernel may
         refuse the cmsg (quinn-udp meets this on old kernels)."""
         return err == errno.EINVAL and bool(self._io.ecn_cmsg) and batch.has_metadata and bool(batch.ecn[i])
 
-    def _send_alone(self, batch: _native.PacketBatch, i: int) -> str:
-        """Send entry i by itself (GSO is off): "as is"; or, if the kernel
-        refuses its codepoint, "without ECN", and ECN stays off for this
-        socket; "" if it fails anyway (``last_errno`` says why)."""
-        if self._send(batch, i, 1) == 1:
-            return "as is"
-        io = self._io
-        if not self._ecn_maybe_refused(batch, i, io.last_errno):
-            return ""
-        saved, io.ecn_cmsg = io.ecn_cmsg, 0
-        if self._send(batch, i, 1) == 1:
+    def _send_alone(self, batch: _native.PacketBatch, i: int) -> tuple[str, int, int]:
+        """Send entry i by itself, without GSO: ("as is", 0, -1); or, if the
+        kernel refuses its codepoint, ("without ECN", 0, -1), and ECN stays off
+        for this socket; ("", errno, index) if it fails anyway."""
+        n, err, index, _gso = self._send(batch, i, 1, gso=False)
+        if n == 1:
+            return "as is", 0, -1
+        if not self._ecn_maybe_refused(batch, i, err):
+            return "", err, index
+        n, err, index, _gso = self._send(batch, i, 1, gso=False, ecn=False)
+        if n == 1:
             self._ecn_refused(errno.EINVAL)
-            return "without ECN"
-        io.ecn_cmsg = saved
-        return ""
+            return "without ECN", 0, -1
+        return "", err, index
 
     def _ecn_refused(self, err: int) -> None:
         """The kernel refused a codepoint cmsg and took the datagram without
@@ -304,20 +315,19 @@ class BurstSocket(MetadataOptions):
         io = self._io
         sent = 0
         while True:
-            sent += io.send_segments(buffer, segment_size, addr, sent)
-            err = io.last_errno
+            n, err, gso = io.send_segments(buffer, segment_size, addr, sent)
+            sent += n
             if not err:
                 return sent
-            if io.last_error_gso and err in _GSO_REFUSALS:
+            if gso and err in _GSO_REFUSALS:
                 # GSO refused, or a destination the kernel refuses anyway?
-                io.gso = 0
                 one = memoryview(buffer).cast("B")[sent * segment_size:(sent + 1) * segment_size]
-                if io.send_segments(one, segment_size, addr) == 1:
+                n, err1, _gso = io.send_segments(one, segment_size, addr, 0, False)
+                if n == 1:
                     self._gso_refused(err)
                     sent += 1
                     continue
-                io.gso = 1
-                err = io.last_errno
+                err = err1
             if err in (errno.EAGAIN, errno.EWOULDBLOCK):
                 if sent:
                     return sent
@@ -335,12 +345,11 @@ class BurstSocket(MetadataOptions):
             log.warning("UDP GSO refused on fd %d (%s); sending without it from now on",
                         self.fileno(), errno.errorcode.get(err, err))
 
-    def _send_stopped(self, batch: _native.PacketBatch, err: int, start: int, done: int) -> int:
+    def _send_stopped(self, batch: _native.PacketBatch, err: int, start: int, done: int, index: int) -> int:
         if err in (errno.EAGAIN, errno.EWOULDBLOCK):
             if done > start:
                 return done - start
             raise BlockingIOError(err, "socket send buffer is full; nothing was sent")
-        index = self._io.last_error_index
         mtu = self._mtu_or_none(batch.addr(index)) if err == errno.EMSGSIZE else None
         raise SendError(err, index, done - start, self._describe_failure(batch, err, index), mtu)
 
@@ -408,10 +417,14 @@ class BurstSocket(MetadataOptions):
         """Datagrams the kernel dropped for this socket, ever (SO_MEMINFO):
         exact at the moment of asking, unlike SO_RXQ_OVFL, which reports
         drops only with the next datagram that does get queued."""
-        if self._sock.fileno() == -1:
-            return self._drops_base if hasattr(self, "_drops_base") else 0
         try:
-            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            if self._sock.fileno() != -1:
+                raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            elif self._io.fd >= 0:  # the caller closed bs.sock: ask through our own descriptor
+                with socket.fromfd(self._io.fd, self._sock.family, socket.SOCK_DGRAM) as own:
+                    raw = own.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            else:
+                return self._drops_base if hasattr(self, "_drops_base") else 0
         except OSError:
             return 0
         drops: int = struct.unpack(f"{len(raw) // 4}I", raw)[SK_MEMINFO_DROPS]
@@ -433,73 +446,113 @@ class BurstSocket(MetadataOptions):
         if self._pacing == "so_txtime":
             line += f", paced by the kernel (SO_TXTIME: {self._pacing_why})"
         elif self._pacing == "pacer":
-            line += f", paced by burstio's pacer thread (SO_TXTIME not used: {self._pacing_why})"
+            slack_ms = self._pacer.slack_ns / 1e6 if self._pacer is not None else 0.0
+            line += (f", paced by burstio's pacer thread, pacer_slack {slack_ms:g} ms "
+                     f"(SO_TXTIME not used: {self._pacing_why})")
+        if self._busy_poll is not None:
+            line += ", " + self._busy_poll[0].describe()
         return line
 
     # ---- busy polling --------------------------------------------------
 
-    def busy_poll(self, usecs: int, budget: int = 8, prefer: bool = False) -> str:
+    def busy_poll(self, usecs: int, budget: int = BUDGET_DEFAULT, prefer: bool = False, *,
+                  mechanism: str = "auto") -> str:
         """Make receives busy poll the device for up to ``usecs`` before they
-        sleep (0: stop). Returns the mechanism used:
+        sleep (0: stop), ``budget`` packets per poll, ``prefer``: prefer busy
+        polling to the device's interrupts (SO_PREFER_BUSY_POLL,
+        prefer_busy_poll). Returns the mechanism used:
 
+        - "socket": SO_BUSY_POLL (SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET)
+          on the socket; each receive polls the device, and one that finds
+          nothing tries again for ``usecs`` before it sleeps: the datagram is
+          taken by the receive that polled it, with no epoll_wait first;
         - "epoll": recv_batch waits in an epoll instance of this socket's own
-          with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9);
-        - "socket": where that is missing, SO_BUSY_POLL (and, where present,
-          SO_PREFER_BUSY_POLL/SO_BUSY_POLL_BUDGET) on the socket, and
-          recv_batch retries the receive for ``usecs`` before it sleeps;
+          with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9): epoll_wait,
+          then the receive;
         - "off": after busy_poll(0).
+
+        ``mechanism="auto"`` takes "socket" (one socket: one system call fewer
+        per wake-up),
+        or "epoll" where the socket cannot have what was asked
+        (SO_PREFER_BUSY_POLL, and SO_BUSY_POLL_BUDGET other than the kernel's
+        default 8, need CAP_NET_ADMIN; a kernel without them), and
+        ``describe()`` says which and why. An explicit "socket" or "epoll"
+        the kernel cannot give raises OSError (PermissionError) naming what
+        is missing.
 
         Busy polling only has a device to poll once the socket's traffic
         came through NAPI (see burstio.napi.busypoll.napi_id); over loopback it
         costs CPU and changes nothing else. A budget over 64 needs
         CAP_NET_ADMIN.
         """
-        from .napi.busypoll import BusyPollEpoll, set_busy_poll
+        from .napi.busypoll import set_busy_poll
 
-        check_int("usecs", usecs, 0, 2**31 - 1)
-        check_int("budget", budget, 0, 65535)
+        check_busy_poll(usecs, budget, prefer, mechanism, SOCKET_MECHANISMS, "BurstSocket",
+                        "its receive call (or an epoll instance of its own)")
         if self._io.fd == -1 or self._sock.fileno() == -1:
             raise closed_socket_error()
         caps = capabilities()
         self._stop_busy_poll()
         if usecs == 0:
             return "off"
-        self._busy_params = (usecs, budget, prefer)
-        if caps.epoll_busy_poll:
-            ep = BusyPollEpoll(usecs, budget, prefer)
-            try:
-                ep.register(self._io.fd)  # the BurstSocket's own descriptor
-                self._io.set_wait_fd(ep.fileno())  # C waits in its own dup, with the wake eventfd
-            except BaseException:
-                ep.close()
+        self._busy_params = (usecs, budget, prefer, mechanism)
+        refused = None
+        if caps.so_busy_poll and mechanism != "epoll":
+            refused = set_socket_options(self._sock, caps, budget, prefer)
+        try:
+            mech, why = choose_for_socket(caps, mechanism, refused)
+            ep = self._busy_poll_epoll(usecs, budget, prefer) if mech == "epoll" else None
+        except OSError as e:
+            if mechanism != "auto" or refused is None or not isinstance(e, PermissionError):
+                self._reset_socket_options(caps)
                 raise
-            self._busy_poll = ("epoll", ep)
+            # the epoll instance refused too (a budget over 64 without CAP_NET_ADMIN)
+            mech, why, ep = "socket", f"{reasons(refused)}; {e.strerror}: the socket without it", None
+        if ep is None:
+            budget = BUDGET_DEFAULT if refused and "budget" in refused else budget
+            prefer = prefer and not (refused and "prefer" in refused)
+            set_busy_poll(self._sock, usecs)
+            self._io.spin_us = usecs
+        else:
+            self._reset_socket_options(caps)
             _BUSY_POLLING.add(self)
-            return "epoll"
-        if not caps.so_busy_poll:
-            raise OSError(errno.EOPNOTSUPP, "busy polling needs EPIOCSPARAMS (Linux >= 6.9) or SO_BUSY_POLL: "
-                                            f"{caps['epoll_busy_poll'].detail}; {caps['so_busy_poll'].detail}")
-        if caps.so_busy_poll_budget and budget:
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL_BUDGET, budget)
-        if caps.so_prefer_busy_poll:
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, int(bool(prefer)))
-        set_busy_poll(self._sock, usecs)
-        self._busy_poll = ("socket", None)
-        self._io.spin_us = usecs
-        return "socket"
+        self._busy_poll = (BusyPollChoice(mech, usecs, budget, prefer, mechanism, why), ep)
+        if mechanism == "auto" and refused:
+            log.info("BurstSocket fd %d: %s", self.fileno(), self._busy_poll[0].describe())
+        return mech
+
+    def _busy_poll_epoll(self, usecs: int, budget: int, prefer: bool) -> BusyPollEpoll:
+        """An epoll instance of this socket's own with busy-poll parameters,
+        for the receive path to wait in."""
+        from .napi.busypoll import BusyPollEpoll
+
+        ep = BusyPollEpoll(usecs, budget, prefer)
+        try:
+            ep.register(self._io.fd)  # the BurstSocket's own descriptor
+            self._io.set_wait_fd(ep.fileno())  # C waits in its own dup, with the wake eventfd
+        except BaseException:
+            ep.close()
+            raise
+        return ep
+
+    def _reset_socket_options(self, caps: Capabilities) -> None:
+        """SO_BUSY_POLL_BUDGET and SO_PREFER_BUSY_POLL back to the kernel's
+        defaults (lowering needs no privilege)."""
+        set_socket_options(self._sock, caps, BUDGET_DEFAULT, False)
 
     @property
     def busy_polling(self) -> str:
         """How receives busy poll: "epoll", "socket" or "off" (see busy_poll)."""
-        return self._busy_poll[0] if self._busy_poll else "off"
+        return self._busy_poll[0].mechanism if self._busy_poll else "off"
 
     def _stop_busy_poll(self, closing: bool = False) -> None:
         state, self._busy_poll = getattr(self, "_busy_poll", None), None
         if state is None:
             return
-        mech, ep = state
+        choice, ep = state
         _BUSY_POLLING.discard(self)
-        if mech == "epoll":
+        if choice.mechanism == "epoll":
+            assert ep is not None
             if not closing:  # (a closing backend lets go of its own dup)
                 self._io.set_wait_fd(-1)
             ep.close()  # the receive path waits in its own dup: safe under a waiter
@@ -507,6 +560,7 @@ class BurstSocket(MetadataOptions):
             self._io.spin_us = 0
             if self._sock.fileno() != -1 and not closing:
                 self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, 0)
+                self._reset_socket_options(capabilities())
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -527,11 +581,13 @@ class BurstSocket(MetadataOptions):
 
     def close(self) -> list[Unsent]:
         """Close the BurstSocket's own descriptor and the wrapped socket.
-        A call blocked in recv_batch (or waiting for room in the pacer) in
-        another thread wakes at once with ``OSError(EBADF, "... closed while
-        waiting")``. On a paced socket the pacer stops (after the send under
-        way): returns the datagrams still waiting, by sequence number (also
-        in ``unsent``, counted in paced_unsent, logged); else []."""
+        A call blocked in another thread, in recv_batch, in a send waiting for
+        room on a blocking socket or waiting for room in the pacer, wakes at
+        once with ``OSError(EBADF, "... closed while waiting")`` (a send's
+        ``sent`` says how far it got). On a paced socket the pacer stops
+        (after the send under way): returns the datagrams still waiting, by
+        sequence number (also in ``unsent``, counted in paced_unsent,
+        logged); else []."""
         if self._pacer is not None:
             unsent = [Unsent(seq, addr, length) for seq, addr, length in self._pacer.close()]
             if unsent:
@@ -548,15 +604,16 @@ class BurstSocket(MetadataOptions):
         parent's (shared parameters, the parent's wake eventfd); make one of
         our own with the same parameters."""
         state, self._busy_poll = self._busy_poll, None
-        if state is None or state[0] != "epoll" or self._io.fd < 0:
+        if state is None or state[0].mechanism != "epoll" or self._io.fd < 0:
             self._busy_poll = state
             return
         _BUSY_POLLING.discard(self)
         ep = state[1]
         assert ep is not None
         ep.close()  # our copy of the parent's descriptor
+        usecs, budget, prefer, mechanism = self._busy_params
         try:
-            self.busy_poll(*self._busy_params)
+            self.busy_poll(usecs, budget, prefer, mechanism=mechanism)
         except OSError as e:
             log.warning("busy polling could not be set up again after fork(): %s", e)
 
@@ -590,11 +647,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _recover_hook(ref: weakref.ref[BurstSocket]) -> RecoverPolicy:
     """The send policy as the backend calls it, holding the BurstSocket only
     weakly (the socket owns the backend: no reference cycle)."""
-    def recover(batch: _native.PacketBatch, start: int, done: int, end: int, skip: int) -> int:
+    def recover(batch: _native.PacketBatch, start: int, done: int, end: int, skip: int, err: int,
+                index: int, gso: int) -> int:
         sock = ref()
         if sock is None:
             raise OSError(errno.EBADF, "Bad file descriptor (the BurstSocket is gone)")
-        return sock._send_recover(batch, start, done, end, skip)
+        return sock._send_recover(batch, start, done, end, skip, err, index, gso)
     return recover
 
 

@@ -164,8 +164,8 @@ class ZeroCopySender:
     becomes MTU-sized packets.
 
     Use from one thread at a time (a second thread calling in while one
-    waits gets RuntimeError); thread-per-client code gives each thread its
-    own sender.
+    waits gets RuntimeError, but for close(), which wakes the waiting call);
+    thread-per-client code gives each thread its own sender.
     """
 
     def __init__(self, sock: socket.socket | BurstSocket, pool: ZeroCopyPool | None = None, *, mode: str = "adaptive",
@@ -333,7 +333,10 @@ class ZeroCopySender:
         flight, then release the socket descriptor and the pool. Buffers
         still in flight then never return to the pool (the kernel may still
         read them) and their Completions raise ECANCELED. Closing twice is
-        fine."""
+        fine. While a call waits in another thread (acquire, send_and_wait,
+        Completion.wait, a send waiting for room), close() wakes it instead:
+        it raises ``OSError(EBADF, "the ZeroCopySender was closed while
+        waiting")`` and gives up what is in flight, as close(0) would."""
         if self._io.fd >= 0:
             _close_native(self._io, self._key, timeout)
         self._finalizer.detach()

@@ -436,7 +436,12 @@ def pipe(*, slots: int = SLOTS, slot_size: int = SLOT_SIZE, linger: float = LING
 def send_port(sock: socket.socket, port: Port) -> None:
     """Send a port over a connected Unix socket (SCM_RIGHTS: the region's
     memfd, the port's 2 wake sockets, and the frame pool's memfd for a pipe
-    made by ``NicPort.pipe``). The receiver calls ``recv_port``."""
+    made by ``NicPort.pipe``). The receiver calls ``recv_port``. A NIC
+    port cannot be sent (TypeError): it works in the process that opened its
+    queue."""
+    if port.region.kind == 2:
+        raise TypeError("a NIC port works in the process that opened its queue: give other processes a "
+                        "pipe from NicPort.pipe() or a switch port")
     memfd, wakes, pool_fd = port.region.fds(port.party)
     if memfd < 0:
         raise ValueError("cannot send a port whose region is closed")

@@ -7,13 +7,19 @@ how long a broken library can make a test wait.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import shutil
 import socket
+import subprocess
+import threading
+from collections.abc import Iterator
 
 import pytest
 
 import burstio
 
-from .kernel import SO_RCVBUFFORCE, SO_SNDBUFFORCE, require_kernel
+from .kernel import CLONE_NEWNET, SO_RCVBUFFORCE, SO_SNDBUFFORCE, require_kernel
 
 V4 = "127.0.0.1"
 V6 = "::1"
@@ -179,3 +185,69 @@ def recv_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
             break
         out += chunk
     return bytes(out)
+
+
+# ---- a network namespace whose loopback drains slowly (tbf) ------------------------------
+
+
+def netns_unavailable() -> str | None:
+    """Why a rate-limited namespace cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (ip netns, tc)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: iproute2)"
+    return None
+
+
+@contextlib.contextmanager
+def slow_namespace(tag: str, rate: str = "2mbit") -> Iterator[str]:
+    """A network namespace (its name) whose loopback drains through tbf at
+    ``rate``: a sender with a small SO_SNDBUF there finds its socket full
+    (EAGAIN, or a blocking send waits), and the queue drains by itself.
+    Skips, saying why, where it cannot be made; removed afterwards."""
+    why = netns_unavailable()
+    if why:
+        pytest.skip(f"a rate-limited netns: {why}")
+    ns = f"burstio-{tag}-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"ip netns add failed: {r.stderr.strip()}")
+    try:
+        for cmd in (["ip", "-n", ns, "link", "set", "lo", "up"],
+                    ["tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate,
+                     "burst", "4000", "limit", "1000000"]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                pytest.skip(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def socket_in(ns: str, sndbuf: int | None = None) -> socket.socket:
+    """A UDP socket bound to 127.0.0.1 inside ``ns`` (made on a thread that
+    entered the namespace: sockets keep the namespace they were made in)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    out: dict = {}
+
+    def make():
+        fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                out["error"] = OSError(ctypes.get_errno(), "setns failed")
+                return
+        finally:
+            os.close(fd)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if sndbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        s.bind((V4, 0))
+        out["sock"] = s
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["sock"]

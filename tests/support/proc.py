@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import burstio
 from burstio._caps import ENV_DISABLE
+
+from .paths import ROOT
 
 
 def subprocess_env(**extra: str) -> dict:
@@ -89,3 +94,17 @@ class Helper(threading.Thread):
         super().join(timeout)
         if self.error is not None:
             raise self.error
+
+
+def run_without_caps(caps: list[str], code: str, *, memlock: int | None = None,
+                     timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` in a child that lacks ``caps`` (capsh --drop),
+    with RLIMIT_MEMLOCK set to ``memlock`` bytes if given."""
+    capsh = shutil.which("capsh")
+    if capsh is None:
+        pytest.skip("capsh (Debian: libcap2-bin) is needed to drop capabilities in a child")
+    argv = [capsh, f"--drop={','.join(caps)}", "--", "-c", 'exec "$0" -c "$1"', sys.executable, code]
+    if memlock is not None:
+        argv = ["prlimit", f"--memlock={memlock}:{memlock}", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=timeout,
+                          check=False)

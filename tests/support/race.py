@@ -4,13 +4,17 @@ thread's call uses the batch, so that a test can show the kernel only ever
 sees entries that were checked.
 
 Nothing here measures time: the racer runs until it is stopped, and the
-tests bound their work by a fixed number of attempts.
+tests bound their work by a fixed number of attempts (``attempts()``):
+small by default, so that the group takes seconds; set
+``BURSTIO_RACE_ATTEMPTS=N`` for a stronger run (N attempts each, e.g.
+``BURSTIO_RACE_ATTEMPTS=2000 pytest -k arrays_rewritten`` before a release).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -18,6 +22,15 @@ import burstio
 
 #: segment of a payload buffer the race tests send (bytes)
 SEGMENT = 16
+#: the environment variable that sets every race test's number of attempts
+ENV_ATTEMPTS = "BURSTIO_RACE_ATTEMPTS"
+
+
+def attempts(default: int) -> int:
+    """How many times a race test tries: ``$BURSTIO_RACE_ATTEMPTS`` when set
+    (a stronger run), else ``default``."""
+    value = os.environ.get(ENV_ATTEMPTS, "")
+    return int(value) if value.strip() else default
 
 
 def payload_buffer(entries: int) -> bytes:
@@ -49,9 +62,16 @@ class ArrayRacer(threading.Thread):
         self.bad_sockets = np.full(count, hostile_sockets, dtype=np.int32)
         self.flips = 0
         self._halt = threading.Event()
+        self._pause = threading.Event()   # asked to stop writing for a while
+        self._paused = threading.Event()  # it has stopped
+        self._resume = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
+            if self._pause.is_set():
+                self._paused.set()
+                self._resume.wait()
+                continue
             # each assignment copies `count` items: numpy drops the GIL for
             # large copies, so this also writes while the sender holds it
             self.offsets[:] = self.bad_offsets
@@ -68,7 +88,23 @@ class ArrayRacer(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        self._resume.set()
         self.join(10)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The racer writes nothing inside the block (where the test reads
+        what arrived: a racer fighting for the GIL there would make each of
+        a thousand receive calls wait for it, and show nothing)."""
+        self._resume.clear()
+        self._paused.clear()
+        self._pause.set()
+        self._paused.wait(10)
+        try:
+            yield
+        finally:
+            self._pause.clear()
+            self._resume.set()
 
     def restore(self) -> None:
         """Put every entry back (after stop())."""
@@ -83,6 +119,13 @@ def foreign(datagrams: list[bytes], data: bytes) -> list[bytes]:
     return [d for d in datagrams if d not in data]
 
 
+def drained(sock) -> list[bytes]:
+    """Every datagram queued on the plain non-blocking socket ``sock`` now."""
+    out: list[bytes] = []
+    drain(sock, out)
+    return out
+
+
 def drain(sock, into: list[bytes], recv: Callable[[object], bytes] | None = None) -> None:
     """Take every datagram queued on the plain socket ``sock`` into ``into``."""
     while True:
@@ -90,3 +133,25 @@ def drain(sock, into: list[bytes], recv: Callable[[object], bytes] | None = None
             into.append(sock.recv(65536) if recv is None else recv(sock))
         except BlockingIOError:
             return
+
+
+class FlagsRacer(threading.Thread):
+    """Writes every entry's ``flags`` over and over, all set (FLAG_SEND_ERROR
+    and the rest) then all clear, while another thread's send runs: what a
+    send counts must not depend on what it finds there. Stop with ``stop()``."""
+
+    def __init__(self, batch: burstio.PacketBatch, count: int):
+        super().__init__(daemon=True)
+        self.flags = np.asarray(batch.flags)[:count]
+        self.flips = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.flags[:] = 0xFFFFFFFF
+            self.flags[:] = 0
+            self.flips += 1
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)

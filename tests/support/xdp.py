@@ -1,13 +1,10 @@
 """What the XDP and AF_XDP tests share: the skip when the kernel or the
 privileges lack XDP, a lab with one queue, an AF_XDP socket steered to in a
-lab's namespace, floods from the packet generator, and children with
-capabilities dropped (capsh)."""
+lab's namespace, floods from the packet generator (children with
+capabilities dropped: support/proc.py's run_without_caps, re-exported)."""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -17,8 +14,7 @@ import burstio
 from burstio.napi.lab import Lab
 from burstio.xdp import Rule, Steer, XskSocket
 
-from .paths import ROOT
-from .proc import subprocess_env
+from .proc import run_without_caps  # re-exported: the XDP tests take it from here
 
 __all__ = ["needs_xdp", "needs_xdp_lab", "lab_xsk", "flood", "run_without_caps", "xdp_reason"]
 
@@ -69,17 +65,3 @@ def flood(lab: Lab, count: int, *, side: str = "a", dport: int = 9000, size: int
     with lab.inside(side):
         return pktgen.run(lab.dev[side], lab.addr(other), dport=dport, dst_mac=dst_mac, size=size, flows=flows,
                           count=count, seconds=60, **kwargs)
-
-
-def run_without_caps(caps: list[str], code: str, *, memlock: int | None = None,
-                     timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run Python ``code`` in a child that lacks ``caps`` (capsh --drop),
-    with RLIMIT_MEMLOCK set to ``memlock`` bytes if given."""
-    capsh = shutil.which("capsh")
-    if capsh is None:
-        pytest.skip("capsh (Debian: libcap2-bin) is needed to drop capabilities in a child")
-    argv = [capsh, f"--drop={','.join(caps)}", "--", "-c", 'exec "$0" -c "$1"', sys.executable, code]
-    if memlock is not None:
-        argv = ["prlimit", f"--memlock={memlock}:{memlock}", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=timeout,
-                          check=False)

@@ -37,6 +37,7 @@ from typing import Any, TypeAlias, TypeVar, cast
 
 from .. import _native
 from .._types import Address
+from .._udp import PACER_SLACK
 from ._transport import BurstDatagramTransport
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 _ENDPOINT_OPTIONS = ("gro", "backend", "rx_slots", "tx_batch", "pktinfo", "ecn", "dont_fragment", "paced",
-                     "pacer_queue")
+                     "pacer_queue", "pacer_slack")
 _ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
 #: one getaddrinfo() result: (family, type, proto, canonname, sockaddr)
 _AddrInfo: TypeAlias = tuple[int, int, int, str, Any]
@@ -86,7 +87,8 @@ async def create_datagram_endpoint(
         allow_broadcast: bool | None = None, sock: socket.socket | None = None,
         gro: bool = False, backend: str = "auto", rx_slots: int = 16,
         tx_batch: int = 128, pktinfo: bool = False, ecn: bool = False, dont_fragment: bool = False,
-        paced: bool = False, pacer_queue: int = 4096) -> tuple[BurstDatagramTransport, _ProtocolT]:
+        paced: bool = False, pacer_queue: int = 4096,
+        pacer_slack: float = PACER_SLACK) -> tuple[BurstDatagramTransport, _ProtocolT]:
     """Make a UDP endpoint like ``loop.create_datagram_endpoint``, with a
     burstio transport. ``loop`` None means the running loop.
 
@@ -96,8 +98,8 @@ async def create_datagram_endpoint(
     ``BurstSocket``'s, ``rx_slots`` is how many datagrams one receive takes
     (each slot holds 64 KiB, so any datagram arrives whole), ``tx_batch``
     how many datagrams may wait for the end of a callback before they are
-    sent there and then. ``pktinfo``, ``ecn``, ``dont_fragment``, ``paced``
-    and ``pacer_queue`` are BurstSocket's per-datagram options (see
+    sent there and then. ``pktinfo``, ``ecn``, ``dont_fragment``, ``paced``,
+    ``pacer_queue`` and ``pacer_slack`` are BurstSocket's per-datagram options (see
     ``BurstDatagramTransport.sendto`` and ``get_extra_info``).
     """
     if loop is None:
@@ -117,7 +119,7 @@ async def create_datagram_endpoint(
         transport = BurstDatagramTransport(loop, sock, protocol, r_addr, waiter, gro=gro,
                                            backend=backend, rx_slots=rx_slots, tx_batch=tx_batch,
                                            pktinfo=pktinfo, ecn=ecn, dont_fragment=dont_fragment, paced=paced,
-                                           pacer_queue=pacer_queue)
+                                           pacer_queue=pacer_queue, pacer_slack=pacer_slack)
     except BaseException:
         sock.close()
         raise
@@ -212,7 +214,7 @@ def install(loop: asyncio.AbstractEventLoop | None = None, **options: Any) -> as
     """Make ``loop.create_datagram_endpoint`` (the running loop's if None)
     create burstio endpoints, with ``options`` (``gro``, ``backend``,
     ``rx_slots``, ``tx_batch``, ``pktinfo``, ``ecn``, ``dont_fragment``,
-    ``paced``, ``pacer_queue``) as defaults. Libraries that open their own
+    ``paced``, ``pacer_queue``, ``pacer_slack``) as defaults. Libraries that open their own
     endpoints through the loop (aioquic's ``serve``/``connect``, DNS
     clients, ...) then run over burstio unchanged. Endpoints burstio cannot
     serve (AF_UNIX) still get the loop's own transport. Works on asyncio's

@@ -15,7 +15,10 @@ Where a datagram goes:
   and what ``pause_writing()``/``resume_writing()`` are about.
 
 Readiness: the transport asks the loop for readiness with ``add_reader`` /
-``add_writer`` and keeps its own record of what it asked for. asyncio's
+``add_writer`` on the descriptor it reads and writes, the BurstSocket's own
+duplicate (so the caller closing the socket object it passed in, or that
+number being reused, changes nothing for the transport), and keeps its own
+record of what it asked for. asyncio's
 selector loops report a pending socket error (an ICMP refusal sets one:
 EPOLLERR) as readable and keep watching. Other loops may not: uvloop's
 watch (a libuv ``uv_poll``) is stopped and closed on EPOLLERR after running
@@ -56,10 +59,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from .. import _native
+from .._busy_policy import BUDGET_DEFAULT, BusyPollChoice
 from .._caps import capabilities
 from .._checks import check_int
 from .._types import Address
-from .._udp import BurstSocket
+from .._udp import PACER_SLACK, BurstSocket
+from . import _busypoll
 
 __all__ = ["BurstDatagramTransport"]
 
@@ -120,15 +125,20 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
                  waiter: asyncio.Future[None] | None = None, extra: dict[str, Any] | None = None, *,
                  gro: bool = False, backend: str = "auto", rx_slots: int = 16,
                  tx_batch: int = 128, pktinfo: bool = False, ecn: bool = False,
-                 dont_fragment: bool = False, paced: bool = False, pacer_queue: int = 4096):
+                 dont_fragment: bool = False, paced: bool = False, pacer_queue: int = 4096,
+                 pacer_slack: float = PACER_SLACK):
         super().__init__(extra)
         check_int("rx_slots", rx_slots, 1, 1 << 20)
         check_int("tx_batch", tx_batch, 1, 1 << 20)
         sock.setblocking(False)
         self._bsock = BurstSocket(sock, gro=gro, backend=backend, pktinfo=pktinfo, ecn=ecn,
-                                  dont_fragment=dont_fragment, paced=paced, pacer_queue=pacer_queue)  # owns sock
+                                  dont_fragment=dont_fragment, paced=paced, pacer_queue=pacer_queue,
+                                  pacer_slack=pacer_slack)  # owns sock
         self._sock = sock
-        self._sock_fd = sock.fileno()
+        # the loop watches the descriptor burstio reads and writes (the
+        # BurstSocket's own dup), not the caller's: a socket object closed
+        # by its caller, or its number reused, cannot move or steal the watch
+        self._sock_fd = self._bsock._io.fd
         self._loop = loop
         self._extra["socket"] = trsock.TransportSocket(sock)
         self._extra["burst_socket"] = self._bsock
@@ -264,6 +274,37 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
     def abort(self) -> None:
         """Close now, dropping the datagrams held for writability; ``connection_lost(None)`` follows."""
         self._force_close(None)
+
+    # ---- busy polling (the loop's epoll instance: see burstio.aio._busypoll) --
+
+    _busy: BusyPollChoice | None = None
+
+    def busy_poll(self, usecs: int, budget: int = BUDGET_DEFAULT, prefer: bool = False, *,
+                  mechanism: str = "auto") -> str:
+        """Make the event loop busy poll the NAPI instance of its sockets for
+        up to ``usecs`` while it waits (0: stop), ``budget`` packets per poll,
+        ``prefer`` as prefer_busy_poll. The loop waits in its epoll instance,
+        never in this socket's receive, so that is where busy polling goes:
+        "epoll" (EPIOCSPARAMS on the loop's instance, Linux >= 6.9), which
+        ``mechanism="auto"`` takes; "off" after busy_poll(0). The parameters
+        are the loop's, shared by every transport on it (the most recent call
+        is in force), and stay until the last transport that asked stops or
+        loses its connection. A loop that keeps its epoll instance out of
+        reach (uvloop's is libuv's) raises OSError(EOPNOTSUPP) saying so."""
+        if self._closing:
+            raise OSError(errno.EBADF, "Bad file descriptor (the transport is closing)")
+        self._busy = _busypoll.start(self._loop, self, usecs, budget, prefer, mechanism)
+        return self._busy.mechanism if self._busy else "off"
+
+    @property
+    def busy_polling(self) -> str:
+        """How the loop busy polls for this transport: "epoll" or "off"."""
+        return self._busy.mechanism if self._busy else "off"
+
+    def describe(self) -> str:
+        """One line: the BurstSocket's mechanisms, and how the loop busy polls."""
+        line = self._bsock.describe()
+        return line if self._busy is None else f"{line}, {self._busy.describe()}"
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if self._sock is not None:
@@ -818,6 +859,9 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
             self._flush_handle = self._rearm_handle = None
             if self._pacer_fd is not None:
                 self._loop.remove_reader(self._pacer_fd)
+            if self._busy is not None:
+                _busypoll.stop(self._loop, self)
+                self._busy = None
             self._bsock.close()
             self._sock = None
             self._protocol = None

@@ -7,9 +7,10 @@ the server echoes exactly those, with FLAG_CLIENT cleared, to their sender.
 Warm-up messages (FLAG_WARMUP) follow the same rule.
 
 Modes: "blocking" (recv_batch sleeps until a datagram comes), "busy-poll"
-(BurstSocket.busy_poll: recv_batch waits in an epoll instance with its own
-busy-poll parameters, EPIOCSPARAMS, so while nothing is there it polls the
-NIC queue instead of sleeping), and
+(BurstSocket.busy_poll, its mechanism "auto" unless busy_poll_mechanism says
+otherwise: for the server's one socket, SO_BUSY_POLL, so while nothing is
+there each receive polls the NIC queue itself instead of sleeping, with no
+epoll_wait before it), and
 "busy-poll-suspend" (busy-poll with prefer_busy_poll, and on the NAPI
 instance the traffic comes through: defer_hard_irqs, gro_flush_timeout and
 irq_suspend_timeout, so interrupts stay off while the server keeps finding
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import _native
+from .._busy_policy import SOCKET_MECHANISMS
+from .._checks import check_choice
 from .._types import Address
 from .._udp import BurstSocket
 from ..napi.busypoll import napi_id
@@ -84,10 +87,12 @@ class SockperfServer:
     def __init__(self, host: str = "0.0.0.0", port: int = 11111, *, batch: int = 64,
                  max_message: int = 65507, backend: str = "auto", gso: bool = True,
                  mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
-                 napi_settings: dict[str, int] | None = None, sock: socket.socket | None = None):
+                 napi_settings: dict[str, int] | None = None, sock: socket.socket | None = None,
+                 busy_poll_mechanism: str = "auto"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.busy_poll_usecs, self.busy_poll_budget = mode, busy_poll_usecs, busy_poll_budget
+        self.busy_poll_mechanism = check_choice("busy_poll_mechanism", busy_poll_mechanism, SOCKET_MECHANISMS)
         self.napi_settings = dict(SUSPEND_NAPI if napi_settings is None else napi_settings)
         self.sock = (BurstSocket.bind((host, port), backend=backend, gso=gso) if sock is None
                      else BurstSocket(sock, backend=backend, gso=gso))
@@ -136,11 +141,22 @@ class SockperfServer:
         while not stopped():
             serve_once(poll_interval)
 
+    def start_busy_poll(self) -> str:
+        """Busy poll as the mode says (the busy-poll modes; serve_forever
+        does it when not done yet, and stops it on its way out); returns the
+        mechanism ("off" in blocking mode). describe() of the socket says
+        which and why."""
+        if self.mode == "blocking":
+            return "off"
+        how = self.sock.busy_poll(self.busy_poll_usecs, self.busy_poll_budget,
+                                  prefer=self.mode == "busy-poll-suspend", mechanism=self.busy_poll_mechanism)
+        log.info("sockperf server: %s", self.sock.describe())
+        return how
+
     def _serve_busy_poll(self, poll_interval: float | None) -> None:
         suspend = self.mode == "busy-poll-suspend"
-        how = self.sock.busy_poll(self.busy_poll_usecs, self.busy_poll_budget, prefer=suspend)
-        log.info("busy polling through %s: %d us, budget %d%s", how, self.busy_poll_usecs,
-                 self.busy_poll_budget, ", preferred" if suspend else "")
+        if self.sock.busy_polling == "off":
+            self.start_busy_poll()
         with contextlib.ExitStack() as stack:
             stack.callback(self.sock.busy_poll, 0)
             serve_once, stopped = self.serve_once, self._stop.is_set
@@ -201,17 +217,22 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(host: str, port: int, batch: int = 64, backend: str = "auto", quiet: bool = False,
          mode: str = "blocking", busy_poll_usecs: int = 50, busy_poll_budget: int = 8,
-         napi_settings: dict[str, int] | None = None) -> int:
+         napi_settings: dict[str, int] | None = None, busy_poll_mechanism: str = "auto") -> int:
     """Serve on ``(host, port)`` until SIGTERM or Ctrl-C; prints a start and a closing line
     unless ``quiet``."""
     server = SockperfServer(host, port, batch=batch, backend=backend, mode=mode,
                             busy_poll_usecs=busy_poll_usecs, busy_poll_budget=busy_poll_budget,
-                            napi_settings=napi_settings)
+                            napi_settings=napi_settings, busy_poll_mechanism=busy_poll_mechanism)
     return _serve(server, quiet)
 
 
 def _serve(server: SockperfServer, quiet: bool) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the server like Ctrl-C
+    try:
+        server.start_busy_poll()  # before the start line, which says how
+    except BaseException:
+        server.close()
+        raise
     if not quiet:
         host, port = server.address[:2]
         print(f"burstio sockperf server on {host}:{port} ({server.sock.describe()}; {server.mode})", flush=True)
@@ -241,7 +262,8 @@ def run(args: argparse.Namespace) -> int:
     def make(sock: socket.socket | None = None) -> SockperfServer:
         return SockperfServer(args.host, args.port, batch=args.batch, backend=args.backend, mode=args.mode,
                               busy_poll_usecs=args.busy_poll_usecs, busy_poll_budget=args.busy_poll_budget,
-                              napi_settings=args.napi_settings, sock=sock)
+                              napi_settings=args.napi_settings, sock=sock,
+                              busy_poll_mechanism=args.busy_poll_mechanism)
 
     if args.workers == 1:
         try:

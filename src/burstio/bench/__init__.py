@@ -8,9 +8,10 @@ here asserts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .common import Options
-from .report import Progress, ScenarioResult, format_result, plot, write_json
+from .report import Progress, ScenarioResult, format_footer, format_result, plot, used_tools, write_json
 from .scenarios.dns import dns
 from .scenarios.latency import latency
 from .scenarios.latency_lab import latency_lab
@@ -45,24 +46,35 @@ SCENARIOS: dict[str, Callable[[Options, Progress], ScenarioResult]] = {
 }
 #: run only when named: too long for the run of all scenarios
 LONG = ("soak",)
+#: sized by --datagrams, not by the time budget (progress cannot say how long they take)
+UNTIMED = ("soak",)
 
 __all__ = ["SCENARIOS", "LONG", "Options", "run"]
 
 
 def run(names: list[str], opts: Options, *, as_json: bool = False, plot_path: str | None = None,
         progress: bool = True) -> list[ScenarioResult]:
+    """Run the scenarios in order: a table each as it ends and then the versions and the
+    targets by outcome (or, ``as_json``, one JSON object at the end), progress on stderr."""
+    from .versions import versions
+
+    started = datetime.now(UTC)
     prog = Progress(progress)
+    prog.plan(names, [None if n in UNTIMED else opts.seconds for n in names])
     results = []
-    for name in names:
-        prog.show(f"{name}: starting", force=True)
+    for i, name in enumerate(names):
+        prog.scenario(i)
         res = SCENARIOS[name](opts, prog)
         prog.done()
         results.append(res)
         if not as_json:
             print(format_result(res), flush=True)
             print(flush=True)
+    found = versions(used_tools(results), started)
     if as_json:
-        write_json(results)
+        write_json(results, versions=found)
+    else:
+        print(format_footer(results, found), flush=True)
     if plot_path:
         plot(results, plot_path)
         if not as_json:

@@ -3,6 +3,7 @@ syscall counting with a fallback, and round scheduling."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -54,15 +55,30 @@ def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
     return n, (t1 - t0) / 1e9, (c1 - c0) / 1e9
 
 
-def rounds(opts: Options, names: list[str]) -> Iterator[tuple[int, list[str]]]:
+def rounds(opts: Options, names: list[str], progress: Progress) -> Iterator[tuple[int, list[str]]]:
     """Yield (round, variant order) until the time budget is spent; the
-    order rotates so that no variant always runs first."""
-    deadline = time.monotonic() + opts.seconds
+    order rotates so that no variant always runs first. ``progress`` hears
+    of each round, with how many there should be and how long they need."""
+    start = time.monotonic()
     r = 0
-    while r < opts.max_rounds and (r < opts.min_rounds or time.monotonic() < deadline):
+    while r < opts.max_rounds and (r < opts.min_rounds or time.monotonic() < start + opts.seconds):
+        progress.round(r + 1, *expected_rounds(opts, r, time.monotonic() - start))
         k = r % len(names)
         yield r, names[k:] + names[:k]
         r += 1
+    progress.rounds_over()
+
+
+def expected_rounds(opts: Options, done: int, elapsed: float) -> tuple[int | None, float]:
+    """(rounds in all, seconds they still need), estimated when ``done`` rounds took ``elapsed``
+    seconds and another starts: rounds go on until the budget is spent, at least ``min_rounds``
+    and at most ``max_rounds`` of them (in all: None before the first round ends)."""
+    if done == 0 or elapsed <= 0:
+        return None, opts.seconds
+    per_round = elapsed / done
+    total = done + math.ceil(max(0.0, opts.seconds - elapsed) / per_round)
+    total = min(opts.max_rounds, max(opts.min_rounds, total, done + 1))
+    return total, (total - done) * per_round
 
 
 def count_syscalls(pid: int, work: Callable[[], int], start: Callable[[], None] | None = None) -> int | None:
@@ -105,16 +121,16 @@ def measure_sends(res: ScenarioResult, opts: Options, progress: Progress, runs: 
     of its own in ``own_syscalls`` (a burstio socket's) reports that count,
     labelled; the others stay unmeasured (n/a)."""
     names = list(runs)
-    for r, order in rounds(opts, names):
+    for _r, order in rounds(opts, names, progress):
         for name in order:
-            progress.show(f"{res.scenario}: round {r + 1}, {name}")
+            progress.show(name)
             sent, wall, cpu = timed(runs[name])
             res.variants[name].add(sent, wall, cpu)
             got = settle()
             if got != sent and not res.variants[name].extra.get("lost"):
                 res.variants[name].extra["lost"] = True
                 res.notes.append(f"{name}: receivers got {got} of {sent} datagrams in a round")
-    progress.show(f"{res.scenario}: counting syscalls")
+    progress.show("counting syscalls")
     own = own_syscalls or {}
     for name in names:
         box: list[int] = []

@@ -95,7 +95,7 @@ def dns(opts: Options, progress: Progress) -> ScenarioResult:
                 "answer": "fixed A/AAAA"},
         {n: Variant(n) for n in names},
         targets=[Target("burstio", "queries_per_s", "uvloop", 1.3, True)],
-        notes=notes, baselines=("asyncio", "uvloop"))
+        notes=notes, baselines=("asyncio", "uvloop"), tools=("dnsperf",))
     if shutil.which("dnsperf") is None:
         res.skipped = "dnsperf is not installed (Debian: apt install dnsperf)"
         return res
@@ -127,9 +127,9 @@ def dns(opts: Options, progress: Progress) -> ScenarioResult:
 def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, procs: dict[str, subprocess.Popen[str]],
                 ports: dict[str, int], cpu: str, queries: str, stats: dict[str, dict[str, float]]) -> None:
     """One dnsperf run per variant per round, the order rotating each round."""
-    for r, order in rounds(opts, list(res.variants)):
+    for _r, order in rounds(opts, list(res.variants), progress):
         for n in order:
-            progress.show(f"dns: round {r + 1}, {n}")
+            progress.show(n)
             cpu0 = cpu_seconds(procs[n].pid)
             out = _dnsperf(cpu, ports[n], queries, ROUND_SECONDS)
             server_s = cpu_seconds(procs[n].pid) - cpu0
@@ -165,7 +165,7 @@ def _count_syscalls(res: ScenarioResult, names: list[str], procs: dict[str, subp
     if not ok:
         return
     for n in names:
-        progress.show(f"dns: counting syscalls, {n}")
+        progress.show(f"counting syscalls, {n}")
         counter = SyscallCounter(procs[n].pid)
         try:
             counter.enable()

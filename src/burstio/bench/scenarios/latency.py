@@ -65,7 +65,7 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
         {n: Variant(n) for n in names},
         targets=[Target("burstio", "p50_us", "sockperf-server", 1.1, False),
                  Target("burstio", "p99_us", "sockperf-server", 1.1, False)],
-        baselines=("sockperf-server", f"sockperf-server{SAME_CPU}"))
+        baselines=("sockperf-server", f"sockperf-server{SAME_CPU}"), tools=("sockperf",))
     sockperf = shutil.which("sockperf")
     if sockperf is None:
         res.skipped = "sockperf is not installed (Debian: apt install sockperf)"
@@ -79,9 +79,9 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
     }
     res.params.update(client_cpu=client_cpu, server_cpu=server_cpu, servers="one at a time")
     with tempfile.TemporaryDirectory(prefix="burstio-lat-") as tmp:
-        for r, order in rounds(opts, names):
+        for r, order in rounds(opts, names, progress):
             for n in order:
-                progress.show(f"latency: round {r + 1}, {n}")
+                progress.show(n)
                 server = n.removesuffix(SAME_CPU)
                 cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
                 with _server(cmds[server], server_cpu, ports[server]) as proc:
@@ -90,7 +90,7 @@ def latency(opts: Options, progress: Progress) -> ScenarioResult:
         ok, why = perf_available()
         res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
         for n in names if ok else []:
-            progress.show(f"latency: counting syscalls, {n}")
+            progress.show(f"counting syscalls, {n}")
             server = n.removesuffix(SAME_CPU)
             cpu = server_cpu if n.endswith(SAME_CPU) else client_cpu
             with _server(cmds[server], server_cpu, ports[server]) as proc:

@@ -7,9 +7,10 @@ NAPI on, so busy polling and the per-NAPI settings take effect as on a NIC:
 - sockperf-server: `sockperf sr`; sockperf-server-lls: with its --lls busy
   poll (SO_BUSY_POLL);
 - blocking, busy-poll, busy-poll-suspend: `burstio serve sockperf` in its
-  three modes (see burstio.apps.sockperf); busy-poll-socket: its busy-poll
-  mode with per-epoll parameters forced off, so it busy polls through the
-  socket (SO_BUSY_POLL) like sockperf --lls.
+  three modes (see burstio.apps.sockperf), busy polling as busy_poll's
+  "auto" chooses (for one socket: SO_BUSY_POLL, like sockperf --lls);
+  busy-poll-epoll: its busy-poll mode made to busy poll through an epoll
+  instance (--busy-poll-mechanism epoll), the comparison that "auto" rests on.
 
 Rounds alternate the servers; all samples of a server are pooled. A veth has
 no hardware interrupt: its "interrupt" is the NET_RX softirq the sender
@@ -27,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..._caps import ENV_DISABLE
 from ..common import Options, rounds
 from ..perfcount import perf_available
 from ..procs import client_and_server_cpus, cpu_seconds
@@ -43,18 +43,21 @@ SERVERS: dict[str, Callable[[str, str], list[str]]] = {
     "sockperf-server": lambda sp, host: [sp, "sr", "-i", host, "-p", str(PORT)],
     "sockperf-server-lls": lambda sp, host: [sp, "sr", "-i", host, "-p", str(PORT), "--lls", "50"],
     "blocking": lambda sp, host: _burstio(host, "blocking"),
+    # busy_poll's "auto": for the server's one socket, through the socket
+    # (SO_BUSY_POLL), as sockperf --lls does
     "busy-poll": lambda sp, host: _burstio(host, "busy-poll"),
     "busy-poll-suspend": lambda sp, host: _burstio(host, "busy-poll-suspend"),
-    # the same server busy polling through its socket (SO_BUSY_POLL), as
-    # sockperf --lls does: shows what the per-epoll path's extra system call
-    # (epoll_wait, then recvmmsg) costs
-    "busy-poll-socket": lambda sp, host: ["env", f"{ENV_DISABLE}=epoll_busy_poll", *_burstio(host, "busy-poll")],
+    # the same server made to busy poll through an epoll instance of its own
+    # (EPIOCSPARAMS): shows what that path's epoll_wait before each receive
+    # costs, and why "auto" does not take it here
+    "busy-poll-epoll": lambda sp, host: _burstio(host, "busy-poll", "epoll"),
 }
 
 
-def _burstio(host: str, mode: str) -> list[str]:
+def _burstio(host: str, mode: str, mechanism: str = "auto") -> list[str]:
     return [sys.executable, "-m", "burstio", "serve", "sockperf", "--host", host, "--port", str(PORT),
-            "--quiet", "--mode", mode, "--busy-poll-usecs", "50", "--busy-poll-budget", "8"]
+            "--quiet", "--mode", mode, "--busy-poll-usecs", "50", "--busy-poll-budget", "8",
+            "--busy-poll-mechanism", mechanism]
 
 
 def _net_rx_softirqs() -> int:
@@ -77,7 +80,7 @@ def latency_lab(opts: Options, progress: Progress) -> ScenarioResult:
         targets=[Target("busy-poll", "p99_us", "blocking", 0.7, False),
                  Target("busy-poll", "p50_us", "sockperf-server-lls", 1.1, False),
                  Target("busy-poll", "p99_us", "sockperf-server-lls", 1.1, False)],
-        baselines=("blocking", "sockperf-server-lls"))
+        baselines=("blocking", "sockperf-server-lls"), tools=("sockperf",))
     sockperf = shutil.which("sockperf")
     if sockperf is None:
         res.skipped = "sockperf is not installed (Debian: apt install sockperf)"
@@ -92,15 +95,15 @@ def latency_lab(opts: Options, progress: Progress) -> ScenarioResult:
     with tempfile.TemporaryDirectory(prefix="burstio-lablat-") as tmp, \
             Lab(f"bl{os.getpid() % 100000}", queues=1) as lab:
         host = lab.addr("b")
-        for r, order in rounds(opts, names):
+        for r, order in rounds(opts, names, progress):
             for n in order:
-                progress.show(f"latency-lab: round {r + 1}, {n}")
+                progress.show(n)
                 _one_round(res.variants[n], lab, SERVERS[n](sockperf, host), sockperf, client_cpu,
                            server_cpu, max(opts.size, 14), os.path.join(tmp, f"{n}-{r}.csv"))
         ok, why = perf_available()
         res.syscall_source = f"{why}, attached to the server (per request)" if ok else f"not measured ({why})"
         for n in names if ok else []:
-            progress.show(f"latency-lab: counting syscalls, {n}")
+            progress.show(f"counting syscalls, {n}")
             _counted_round(res.variants[n], lab, SERVERS[n](sockperf, host), sockperf, client_cpu, server_cpu,
                            max(opts.size, 14))
     for v in res.variants.values():

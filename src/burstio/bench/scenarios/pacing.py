@@ -17,15 +17,20 @@ Variants, per rate:
   ``socket.sendto`` (aioquic's pacer works this way).
 - ``burstio-paced``: one ``send_batch`` of the whole schedule on a
   ``BurstSocket(paced=True, gso=False)`` (each entry's ``txtimes`` set), then
-  ``flush()``: burstio's pacer thread releases each time slot with sendmmsg.
-- ``burstio-paced-gso``: the same with GSO: a slot's datagrams (same time,
-  destination, size) leave as one GSO send (at 1M/s; at the other rates a
-  slot holds one datagram, so it is the previous variant).
+  ``flush()``: burstio's pacer thread, at the default ``pacer_slack``
+  (``PACER_SLACK``), wakes at a datagram's time and releases with sendmmsg
+  every datagram due within the slack: at most one wake-up per slack, each
+  datagram early by at most that.
+- ``burstio-paced-slack0``: the same with ``pacer_slack=0``: a wake-up per
+  time slot, each datagram at its time (the precision the default gives up
+  for CPU, shown side by side).
+- ``burstio-paced-gso``: as burstio-paced, with GSO: the datagrams of a
+  release to one destination with one size leave as GSO sends.
 
 CPU per datagram is the sender process's CPU time (all its threads) from
 the first scheduling call until the last datagram has left, over the
-datagrams sent. Targets: burstio-paced's p99 jitter and CPU per datagram at
-most half python-sleep's, at each rate.
+datagrams sent. Targets: burstio-paced's (the default slack's) p99 jitter
+and CPU per datagram at most half python-sleep's, at each rate.
 
     python -m burstio.bench.scenarios.pacing sender   (the sender process)
 """
@@ -42,7 +47,7 @@ import time
 from typing import IO, Any, cast
 
 from ..._native import PacketBatch
-from ..._udp import BurstSocket
+from ..._udp import PACER_SLACK, BurstSocket
 from ..common import Options, pinned, rounds
 from ..procs import client_and_server_cpus
 from ..report import Progress, ScenarioResult, Target, Variant, percentile
@@ -50,7 +55,7 @@ from ..report import Progress, ScenarioResult, Target, Variant, percentile
 RATES = (10_000, 100_000, 1_000_000)
 GROUP = {10_000: 1, 100_000: 1, 1_000_000: 8}
 PER_ROUND = {10_000: 2_000, 100_000: 10_000, 1_000_000: 40_000}
-KINDS = ("python-sleep", "burstio-paced", "burstio-paced-gso")
+KINDS = ("python-sleep", "burstio-paced", "burstio-paced-slack0", "burstio-paced-gso")
 START_NS = 20_000_000  # the schedule starts this long after the command arrives
 INDEX = struct.Struct("=Q")
 RCVBUF = 256 << 20
@@ -104,11 +109,11 @@ def _send_python(dest: tuple[str, int], rate: int, count: int) -> dict[str, floa
         sock.close()
 
 
-def _send_burstio(dest: tuple[str, int], rate: int, count: int, gso: bool) -> dict[str, float]:
+def _send_burstio(dest: tuple[str, int], rate: int, count: int, gso: bool, slack: float) -> dict[str, float]:
     """One send_batch of the schedule on a paced BurstSocket, then flush()."""
     import numpy as np
 
-    with BurstSocket(paced=True, gso=gso, pacer_queue=max(count, 1)) as sock:
+    with BurstSocket(paced=True, gso=gso, pacer_queue=max(count, 1), pacer_slack=slack) as sock:
         batch = PacketBatch(count, INDEX.size)
         for i in range(count):
             batch.append(INDEX.pack(i), dest)
@@ -128,10 +133,12 @@ def _sender() -> None:
     for line in sys.stdin:
         cmd = json.loads(line)
         dest = (cmd["host"], cmd["port"])
-        if cmd["kind"] == "python-sleep":
+        kind = cmd["kind"]
+        if kind == "python-sleep":
             out = _send_python(dest, cmd["rate"], cmd["count"])
         else:
-            out = _send_burstio(dest, cmd["rate"], cmd["count"], cmd["kind"].endswith("-gso"))
+            slack = cmd.get("slack", 0.0 if kind.endswith("-slack0") else PACER_SLACK)
+            out = _send_burstio(dest, cmd["rate"], cmd["count"], kind.endswith("-gso"), slack)
         print(json.dumps(out), flush=True)
 
 
@@ -194,7 +201,8 @@ def pacing(opts: Options, progress: Progress) -> ScenarioResult:
     names = [_name(k, r) for r in RATES for k in KINDS]
     res = ScenarioResult(
         "pacing", {"rates": list(RATES), "per_round": {_label(r): PER_ROUND[r] for r in RATES},
-                   "group": {_label(r): GROUP[r] for r in RATES}, "receiver": "SO_TIMESTAMPNS on loopback"},
+                   "group": {_label(r): GROUP[r] for r in RATES}, "receiver": "SO_TIMESTAMPNS on loopback",
+                   "pacer_slack_us": PACER_SLACK * 1e6},
         {n: Variant(n) for n in names},
         targets=[t for r in RATES for t in (
             Target(_name("burstio-paced", r), "jitter_p99_us", _name("python-sleep", r), 0.5, False),
@@ -213,9 +221,9 @@ def pacing(opts: Options, progress: Progress) -> ScenarioResult:
                               text=True)
     try:
         with pinned(int(rx_cpu)), BurstSocket.bind(("127.0.0.1", 0), timestamps=True, rcvbuf=RCVBUF) as rx:
-            for r, order in rounds(opts, names):
+            for _r, order in rounds(opts, names, progress):
                 for name in order:
-                    progress.show(f"pacing: round {r + 1}, {name}")
+                    progress.show(name)
                     _round(sender, rx, name, res, stats)
     finally:
         if sender.stdin:

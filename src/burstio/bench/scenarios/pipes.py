@@ -256,7 +256,7 @@ def pipes(opts: Options, progress: Progress) -> ScenarioResult:
     bench.round_s = min(1.0, max(0.04, opts.seconds / (len(names) * max(2, opts.min_rounds))))
     res.params["round_s"] = round(bench.round_s, 3)
     try:
-        progress.show("pipes: starting the producers")
+        progress.show("starting the producers")
         for s in sizes:
             sfx = "" if s == small else f"-{s}"
             bench.add_queue("mp-queue" + sfx, s)
@@ -278,24 +278,24 @@ def pipes(opts: Options, progress: Progress) -> ScenarioResult:
 def _measure(bench: _Bench, res: ScenarioResult, names: list[str], opts: Options,
              progress: Progress) -> None:
     for name in names:
-        progress.show(f"pipes: calibrating {name}")
+        progress.show(f"calibrating {name}")
         bench.round(bench.setups[name], None)
-    for r, order in rounds(dataclasses.replace(opts, min_rounds=max(2, opts.min_rounds)), names):
+    for _r, order in rounds(dataclasses.replace(opts, min_rounds=max(2, opts.min_rounds)), names, progress):
         for name in order:
-            progress.show(f"pipes: round {r + 1}, {name}")
+            progress.show(name)
             bench.round(bench.setups[name], res.variants[name])
     ok, why = perf_available()
     res.syscall_source = (f"{why}, attached to the consumer, the producer and the switch (per message)" if ok
                           else f"not measured ({why})")
     if ok:
         for name in names:
-            progress.show(f"pipes: counting syscalls, {name}")
+            progress.show(f"counting syscalls, {name}")
             v = res.variants[name]
             v.syscalls, v.syscall_datagrams = bench.counted(bench.setups[name])
     lat = [n for n in ("mp-queue", "mp-pipe", "shm-ring", "burstio-pipe", "burstio-switch") if n in names]
     for r in range(2):
         for name in lat[r:] + lat[:r]:
-            progress.show(f"pipes: latency, {name}")
+            progress.show(f"latency, {name}")
             res.variants[name].extra.setdefault("_lat", []).extend(
                 bench.latency(bench.setups[name], LATENCY_MESSAGES // 2))
 

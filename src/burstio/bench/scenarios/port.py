@@ -322,9 +322,9 @@ def port(opts: Options, progress: Progress) -> ScenarioResult:
     with ExitStack() as stack:
         lab = stack.enter_context(Lab(f"bp{os.getpid() % 100000}", queues=1))
         r = _PortRound(lab, stack, opts, cpus)
-        for k, order in rounds(opts, names):
+        for _k, order in rounds(opts, names, progress):
             for name in order:
-                progress.show(f"port: round {k + 1}, {name}")
+                progress.show(name)
                 r.one(name, res.variants[name], res.variants["generator"])
     _notes(res, names)
     return res

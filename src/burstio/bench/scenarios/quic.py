@@ -141,9 +141,9 @@ def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, client: 
                 totals: dict[str, dict[str, float]]) -> None:
     """One connection and download per variant per round, the order rotating
     each round."""
-    for r, order in rounds(opts, list(res.variants)):
+    for _r, order in rounds(opts, list(res.variants), progress):
         for n in order:
-            progress.show(f"quic: round {r + 1}, {n}")
+            progress.show(n)
             transport, bursts = VARIANTS[n]
             opened = client.ask(cmd="connect", name=n, transport=transport, port=ports[transport], bursts=bursts)
             server = servers[transport]
@@ -169,7 +169,7 @@ def _count_syscalls(res: ScenarioResult, client: _Client, servers: dict[str, sub
     if not ok:
         return
     for n, (transport, _) in VARIANTS.items():
-        progress.show(f"quic: counting syscalls, {n}")
+        progress.show(f"counting syscalls, {n}")
         counters = [SyscallCounter(client.proc.pid), SyscallCounter(servers[transport].pid)]
         try:
             for c in counters:

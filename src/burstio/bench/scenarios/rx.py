@@ -206,16 +206,16 @@ def rx_many_flow(opts: Options, progress: Progress) -> ScenarioResult:
             return timed(python[name])
 
         for name in names * WARMUP_ROUNDS:
-            progress.show(f"rx-many-flow: warming up {name}")
+            progress.show(f"warming up {name}")
             one(name)
-        for r, order in rounds(opts, names):
+        for _r, order in rounds(opts, names, progress):
             for name in order:
-                progress.show(f"rx-many-flow: round {r + 1}, {name}")
+                progress.show(name)
                 got, wall, cpu = one(name)
                 res.variants[name].add(got, wall, cpu)
                 _check(res.variants[name], got, opts.queue, res.notes)
 
-        progress.show("rx-many-flow: counting syscalls")
+        progress.show("counting syscalls")
         for name in names:
             fill()
             v = res.variants[name]
@@ -272,18 +272,18 @@ def rx_gro(opts: Options, progress: Progress) -> ScenarioResult:
                   "stdlib-gro": (std_gro, lambda: drain_stdlib_gro(std_gro.sock, gro_buf)),
                   "burstio-gro": (gro, lambda: drain_burstio(gro, batch))}
         for name in names * WARMUP_ROUNDS:
-            progress.show(f"rx-gro: warming up {name}")
+            progress.show(f"warming up {name}")
             fill(drains[name][0])
             drains[name][1]()
-        for r, order in rounds(opts, names):
+        for _r, order in rounds(opts, names, progress):
             for name in order:
-                progress.show(f"rx-gro: round {r + 1}, {name}")
+                progress.show(name)
                 sock, drain = drains[name]
                 fill(sock)
                 got, wall, cpu = timed(drain)
                 res.variants[name].add(got, wall, cpu)
                 _check(res.variants[name], got, want, res.notes)
-        progress.show("rx-gro: counting syscalls")
+        progress.show("counting syscalls")
         for name in names:
             sock, drain = drains[name]
             fill(sock)

@@ -511,15 +511,18 @@ def _variant(name: str, out: Outcome) -> Variant:
 def soak(opts: Options, progress: Progress) -> ScenarioResult:
     paths = list(getattr(opts, "paths", None) or PATHS)
     total = getattr(opts, "datagrams", None) or DEFAULT_DATAGRAMS
-    per = total // len(paths)
-    res = ScenarioResult("soak", {"datagrams": total, "per_path": per, "paths": ",".join(paths), "size": opts.size},
+    # the first total % len(paths) paths take one more: the paths add up to exactly `total`
+    per_path = {p: total // len(paths) + (i < total % len(paths)) for i, p in enumerate(paths)}
+    res = ScenarioResult("soak", {"datagrams": total, "per_path": per_path, "paths": ",".join(paths),
+                                  "size": opts.size},
                          {}, baselines=())
     for path in paths:
         why = _unavailable(path)
         if why:
             res.notes.append(f"{path}: skipped: {why}")
             continue
-        progress.show(f"soak: {path}, {per} datagrams", force=True)
+        per = per_path[path]
+        progress.show(f"{path}, {per} datagrams", force=True)
         out = _RUNNERS[path](per, opts.size)
         res.variants[path] = _variant(path, out)
         res.targets += [Target(path, "lost_unaccounted", None, 0, False),

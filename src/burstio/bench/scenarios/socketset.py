@@ -177,16 +177,16 @@ def rx_many_sockets(opts: Options, progress: Progress) -> ScenarioResult:
         def fill(name: str) -> int:
             return _fill(sets[name][1], [rng.randint(1, 4) for _ in range(PAIRS)], payload)
 
-        for r, order in rounds(opts, names):
+        for _r, order in rounds(opts, names, progress):
             for name in order:
-                progress.show(f"rx-many-sockets: round {r + 1}, {name}")
+                progress.show(name)
                 expect = fill(name)
                 got, wall, cpu = timed(lambda: drains[name].drain(expect))  # noqa: B023 - called right here
                 res.variants[name].add(got, wall, cpu)
                 if got != expect and not res.variants[name].extra.get("short"):
                     res.variants[name].extra["short"] = True
                     res.notes.append(f"{name}: a round drained {got} of {expect} datagrams")
-        progress.show("rx-many-sockets: counting syscalls")
+        progress.show("counting syscalls")
         for name in names:
             expect = fill(name)
             box: list[int] = []

@@ -332,9 +332,9 @@ def xdp(opts: Options, progress: Progress) -> ScenarioResult:
         if r.cref is None:
             names = [n for n in names if not n.startswith("c-")]
             res.notes.append(f"C references not built: {r.cref_error}")
-        for k, order in rounds(opts, names):
+        for _k, order in rounds(opts, names, progress):
             for name in order:
-                progress.show(f"xdp: round {k + 1}, {name}")
+                progress.show(name)
                 r.one(name, res.variants[name], res.variants["generator"])
     _targets_after(res)
     idle = []

@@ -183,9 +183,9 @@ def _finish(res: ScenarioResult, totals: dict[str, Any]) -> None:
 def _run_rounds(res: ScenarioResult, opts: Options, progress: Progress, workers: dict[str, Worker],
                 names: list[str], totals: dict[str, Any]) -> None:
     per_run = min(0.5, max(0.05, opts.seconds / (len(names) * max(1, opts.min_rounds))))
-    for r, order in rounds(opts, names):
+    for _r, order in rounds(opts, names, progress):
         for name in order:
-            progress.show(f"{res.scenario}: round {r + 1}, {name}")
+            progress.show(name)
             worker = workers["loopback" if name.endswith("-loopback") else "sink"]
             _record(res, totals, worker.run(name, per_run))
 
