@@ -165,6 +165,27 @@ def test_serve_sockperf_busy_poll_says_how_it_busy_polls():
     assert proc.returncode == 0, err
 
 
+def test_a_stop_right_after_the_start_line_ends_the_server_cleanly():
+    """SIGTERM (or Ctrl-C) that arrives just as the start line is written is a stop like any
+    other: the closing line, exit status 0 (it used to escape as a KeyboardInterrupt, status
+    130 from the command). The signal is made to land there: the start line's print raises."""
+    code = (
+        "import builtins, sys\n"
+        "from burstio.apps import sockperf\n"
+        "real = builtins.print\n"
+        "def print_then_stop(*a, **k):\n"
+        "    real(*a, **k)\n"
+        "    if str(a[0]).startswith('burstio sockperf server on'):\n"
+        "        raise KeyboardInterrupt\n"
+        "builtins.print = print_then_stop\n"
+        f"sys.exit(sockperf.main({V4!r}, 0))\n")
+    r = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("burstio sockperf server on") and lines[1].startswith("served 0 messages"), lines
+
+
 # ---- the real sockperf client against `burstio serve sockperf` -----------------------------
 
 

@@ -110,6 +110,8 @@ class NicPort(Port):
 
     @property
     def umem(self) -> Umem:
+        """The frame pool as the AF_XDP socket's Umem (``frame_states()`` says
+        where every frame is)."""
         return self.xsk.umem
 
     @property

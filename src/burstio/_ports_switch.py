@@ -338,6 +338,7 @@ class Switch:
 
     @property
     def closed(self) -> bool:
+        """Whether close() has run."""
         return self._closed
 
     def __enter__(self) -> Switch:

@@ -260,6 +260,8 @@ class ZeroCopySender:
 
     @property
     def pool(self) -> ZeroCopyPool:
+        """The ZeroCopyPool this sender's buffers come from (its own when
+        none was given)."""
         return self._pool
 
     @property
@@ -269,6 +271,8 @@ class ZeroCopySender:
 
     @property
     def mode(self) -> str:
+        """'adaptive', 'always' or 'never', as asked (``zerocopy`` says whether
+        adaptive mode still sends by zero copy)."""
         return self._mode
 
     @property
@@ -278,6 +282,8 @@ class ZeroCopySender:
 
     @property
     def min_size(self) -> int:
+        """Sends shorter than this many bytes go by plain copy in adaptive
+        mode."""
         return self._io.min_size
 
     @property
@@ -287,6 +293,7 @@ class ZeroCopySender:
 
     @property
     def closed(self) -> bool:
+        """Whether close() has run (every call then raises)."""
         return self._io.fd < 0
 
     @property
@@ -298,6 +305,7 @@ class ZeroCopySender:
         return self._io.counters()
 
     def reset_counters(self) -> None:
+        """Set every counter to 0."""
         self._io.reset_counters()
 
     def describe(self) -> str:

@@ -156,18 +156,22 @@ class _Arrays:
 
     @property
     def lengths(self) -> memoryview:
+        """Payload length of every slot, in bytes."""
         return self._array("len")
 
     @property
     def flag_bits(self) -> memoryview:
+        """Flags of every slot (``FLAG_TRUNCATED`` ...; ``flags(i)`` reads one)."""
         return self._array("flags")
 
     @property
     def dsts(self) -> memoryview:
+        """Destination key of every slot (what a switch forwards by; 0: none)."""
         return self._array("dst")
 
     @property
     def srcs(self) -> memoryview:
+        """Source key of every slot (what a learning switch learns; 0: none)."""
         return self._array("src")
 
 
@@ -294,6 +298,8 @@ class Port:
 
     @property
     def region(self) -> _native.PortRegion:
+        """The shared-memory region this port's rings live in (``layout()``,
+        ``slots``, ``slot_size``)."""
         return self._port.region
 
     @property
@@ -303,10 +309,12 @@ class Port:
 
     @property
     def slots(self) -> int:
+        """Slots per ring (a power of two; ``slots - 1`` can be in flight)."""
         return self._port.region.slots
 
     @property
     def slot_size(self) -> int:
+        """Bytes a slot's buffer holds: the longest payload."""
         return self._port.region.slot_size
 
     @property
@@ -337,6 +345,8 @@ class Port:
 
     @property
     def closed(self) -> bool:
+        """Whether this port was closed in this process (``close()``, or the
+        end of its ``with`` block)."""
         return bool(self._port.closed)
 
     def claim(self) -> Port:

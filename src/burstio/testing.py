@@ -48,6 +48,9 @@ def lab_or_skip(**kwargs: Any) -> Lab:
 
 @pytest.fixture
 def burstio_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A fresh lab (burstio.napi.lab.Lab) for the test, up and removed afterwards
+    whatever happens; skips without root. ``@pytest.mark.burstio_lab(...)``
+    passes its keyword arguments to the Lab (``queues=4``, ``ifb=True``)."""
     marker = request.node.get_closest_marker("burstio_lab")
     lab = lab_or_skip(**(marker.kwargs if marker else {}))
     with lab:

@@ -110,6 +110,7 @@ class _Answering:
         self.queries = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport the answers are sent on."""
         self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
 
 

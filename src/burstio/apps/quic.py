@@ -158,6 +158,10 @@ class BurstPacing(QuicConnectionProtocol):
     send_ecn = 0
 
     def transmit(self) -> None:
+        """Send what aioquic has to send: on a paced burstio transport, every
+        datagram its pacer releases within ``pacing_horizon``, each with its
+        release time for burstio's pacer thread; elsewhere aioquic's own
+        transmit()."""
         transport = self._transport
         bsock = transport.get_extra_info("burst_socket") if transport is not None else None
         if bsock is None or bsock.pacing == "off" or not hasattr(self._quic, "_pacing_at"):

@@ -233,10 +233,10 @@ def _serve(server: SockperfServer, quiet: bool) -> int:
     except BaseException:
         server.close()
         raise
-    if not quiet:
-        host, port = server.address[:2]
-        print(f"burstio sockperf server on {host}:{port} ({server.sock.describe()}; {server.mode})", flush=True)
-    try:
+    try:  # from the start line on, SIGTERM or Ctrl-C ends the server as a stop, however early
+        if not quiet:
+            host, port = server.address[:2]
+            print(f"burstio sockperf server on {host}:{port} ({server.sock.describe()}; {server.mode})", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -368,6 +368,8 @@ class XskSocket:
         return dict(self._x.counters())
 
     def reset_counters(self) -> None:
+        """Set burstio's counters of this socket to 0 (the kernel's
+        ``statistics()`` cannot be reset)."""
         self._x.reset_counters()
 
     def rings(self) -> dict[str, dict[str, int]]:
@@ -375,10 +377,13 @@ class XskSocket:
         return dict(self._x.rings())
 
     def fileno(self) -> int:
+        """The AF_XDP socket's descriptor (-1 once closed), for a loop's
+        readiness wait."""
         return int(self._x.fd)
 
     @property
     def closed(self) -> bool:
+        """Whether close() has run."""
         return bool(self._x.fd < 0)
 
     def describe(self) -> dict[str, Any]:

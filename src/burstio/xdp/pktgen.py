@@ -62,13 +62,17 @@ class PktgenResult:
 
     @property
     def offered_pps(self) -> float:
+        """Frames per second handed to the device over the run."""
         return self.frames / self.seconds if self.seconds else 0.0
 
     @property
     def sent_pps(self) -> float | None:
+        """Frames per second the device counted as sent (None when unreadable)."""
         return None if self.device_sent is None or not self.seconds else self.device_sent / self.seconds
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields, with the rates in millions of frames per second
+        (``offered_mpps``, ``sent_mpps``): what ``--json`` prints."""
         d = asdict(self)
         d["offered_mpps"] = round(self.offered_pps / 1e6, 4)
         d["sent_mpps"] = None if self.sent_pps is None else round(self.sent_pps / 1e6, 4)

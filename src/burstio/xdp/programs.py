@@ -82,6 +82,8 @@ class Rule:
     action: str | None = None
 
     def ports(self) -> tuple[int, int]:
+        """The destination ports matched, as (low, high) inclusive ((0, 65535):
+        any); ValueError for a malformed ``dport``."""
         if self.dport is None:
             return 0, 0xFFFF
         if isinstance(self.dport, tuple):
@@ -94,6 +96,8 @@ class Rule:
         return port, port
 
     def protocol(self) -> int:
+        """The IP protocol number matched (0: any); ValueError for an unknown
+        ``proto``."""
         if self.proto is None:
             return 0
         if isinstance(self.proto, str):
@@ -191,6 +195,7 @@ class XdpProgram:
 
     @property
     def rules(self) -> tuple[Rule, ...]:
+        """The active rules, in the order they are tried."""
         return self._rules
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
@@ -266,6 +271,8 @@ class XdpProgram:
         return self.link.mode if self.link else None
 
     def detach(self) -> None:
+        """Detach the program from its device (its BPF link); it stays loaded,
+        and can be attached again."""
         if self.link is not None:
             self.link.detach()
             self._program.links.remove(self.link)
@@ -277,6 +284,8 @@ class XdpProgram:
         return self._program.run(frame, 0, queue)[0]
 
     def describe(self) -> dict[str, Any]:
+        """The program, its id, device, attach mode and why that mode, the
+        link's id and the rules."""
         return {"program": self.PROGRAM, "id": self._program.id, "dev": self.dev, "mode": self.mode,
                 "mode_reason": self.mode_reason, "link_id": self.link.id if self.link else None,
                 "rules": [r.__dict__ for r in self._rules]}

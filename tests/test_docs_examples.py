@@ -1,19 +1,23 @@
-"""The README's Python examples run as written and print what they say.
+"""The Python examples of the README and of every docs page run as written and print what they say.
 
-Every ``print(...)`` in an example states its result in a comment, between
-backticks, on its own line or on a comment line right below it::
+Every ```python block of README.md and docs/*.md is an example and runs here; a block that is
+deliberately not runnable (an API sketch) uses another fence, ```{code-block} python, which
+Sphinx renders alike. Every ``print(...)`` in an example states its result in a comment,
+between backticks, on its own line or on a comment line right below it::
 
     print(n, lengths.sum())   # `10 1000`: anything after the backticks explains
     print(sset.describe())    # `io_uring ...`  (``...`` stands for any text)
 
 The test runs each example with every print tagged by its line, then checks
 that each printed line matches its print's stated result, and that every
-print with a stated result printed at least once.
+print with a stated result printed at least once. Test ids name the page and
+the block's index on it (``README-0``, ``burstsocket-2``).
 """
 import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -21,7 +25,26 @@ from burstio.napi.lab import LabError, require_privileges
 from support.paths import ROOT
 
 README = ROOT / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^[ \t]*```([^\n`]*)\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+#: fences (their first word) that are not Python examples; a Python block under any other name would go unrun
+OTHER_FENCES = {"", "sh", "text", "c", "json", "{eval-rst}", "{toctree}", "{include}", "{code-block}"}
+
+
+def page_id(page) -> str:
+    return page.stem
+
+
+def examples() -> list[tuple[str, str]]:
+    """(test id, code) of every ```python block, page by page."""
+    out = []
+    for page in PAGES:
+        blocks = [code for lang, code in FENCE.findall(page.read_text()) if lang.strip() == "python"]
+        out += [(f"{page_id(page)}-{i}", textwrap.dedent(code)) for i, code in enumerate(blocks)]
+    return out
+
+
+EXAMPLES = examples()
 PRINT = re.compile(r"(?<![\w.])print\(")
 STATED = re.compile(r"#\s*`([^`]*)`")
 # one write(2) per line: lines printed by forked processes cannot interleave
@@ -59,8 +82,18 @@ def tagged(code: str) -> str:
     return PRELUDE + "\n".join(lines) + "\n"
 
 
-def test_readme_has_examples():
-    assert len(BLOCKS) >= 3
+def test_readme_opens_with_the_quickstart():
+    """The README's quickstart: burstio.aio.install() and a batch echo server on BurstSocket."""
+    readme = [code for name, code in EXAMPLES if name.startswith("README-")]
+    assert any("burstio.aio.install(" in code for code in readme)
+    assert any("recv_batch(" in code and "send_batch(" in code and "BurstSocket" in code for code in readme)
+
+
+def test_every_code_block_is_an_example_or_says_it_is_not():
+    """A block fenced ```py, ```python3 or ```pycon would look like an example and never run."""
+    odd = [f"{page.relative_to(ROOT)}: ```{lang}" for page in PAGES for lang, _ in FENCE.findall(page.read_text())
+           if lang.strip() != "python" and (lang.split() or [""])[0] not in OTHER_FENCES]
+    assert not odd, "fences that are neither a run example (python) nor a known other kind:\n" + "\n".join(odd)
 
 
 def test_stated_results_are_read():
@@ -73,8 +106,8 @@ def test_stated_results_are_read():
         stated_results("print(1)  # one\n")
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"example{i}" for i in range(len(BLOCKS))])
-def test_readme_example_prints_what_it_states(code):
+@pytest.mark.parametrize("code", [code for _, code in EXAMPLES], ids=[name for name, _ in EXAMPLES])
+def test_example_prints_what_it_states(code):
     want = stated_results(code)
     if re.search(r"\bLab\(", code):  # an example that makes a lab needs root, as its comment says
         try:
@@ -93,4 +126,4 @@ def test_readme_example_prints_what_it_states(code):
     for line, pattern in want.items():
         assert printed.get(line), f"example line {line} printed nothing (stated `{pattern.pattern}`)"
         for text in printed[line]:
-            assert pattern.match(text), f"example line {line} printed {text!r}, the README says `{pattern.pattern}`"
+            assert pattern.match(text), f"example line {line} printed {text!r}, the page says `{pattern.pattern}`"
