@@ -16,36 +16,6 @@ from collections.abc import Iterator
 
 import burstio
 
-#: Members that lack a docstring today, in files other branches are editing
-#: (src/burstio/_udp.py, _socketset.py, _portable.py, aio/ and bench/); once
-#: those branches are merged, give each a docstring and empty this list. Only
-#: those files may appear here (test_allow_list_names_only_the_files_being_edited).
-ALLOWED_MISSING: set[str] = {
-    # src/burstio/_udp.py
-    "burstio._udp.BurstSocket.connect",
-    "burstio._udp.BurstSocket.family",
-    "burstio._udp.BurstSocket.fileno",
-    "burstio._udp.BurstSocket.getpeername",
-    "burstio._udp.BurstSocket.getsockname",
-    "burstio._udp.BurstSocket.reset_counters",
-    "burstio._udp.BurstSocket.setblocking",
-    # src/burstio/_socketset.py
-    "burstio._socketset.SocketSet.counters",
-    "burstio._socketset.SocketSet.reset_counters",
-    # src/burstio/bench/
-    "burstio.bench.common.syscall_source",
-    "burstio.bench.report.Progress.done",
-    "burstio.bench.report.Progress.rounds_over",
-    "burstio.bench.report.Progress.show",
-    "burstio.bench.report.ScenarioResult.as_json",
-    "burstio.bench.report.Target.text",
-    "burstio.bench.report.Variant.metrics",
-    "burstio.bench.report.format_result",
-    "burstio.bench.scenarios.soak.soak",
-}
-#: the modules of the files named above
-BEING_EDITED = ("burstio._udp", "burstio._socketset", "burstio._portable", "burstio.aio", "burstio.bench")
-
 #: C descriptors of the extension's types: methods, getters, struct members
 _C_MEMBERS = ("method_descriptor", "getset_descriptor", "member_descriptor", "classmethod_descriptor")
 
@@ -108,17 +78,5 @@ def test_the_surface_is_found():
 
 
 def test_every_public_member_has_a_docstring():
-    missing = sorted(name for name, doc in SURFACE.items() if not doc and name not in ALLOWED_MISSING)
+    missing = sorted(name for name, doc in SURFACE.items() if not doc)
     assert not missing, "public members without a docstring:\n" + "\n".join(missing)
-
-
-def test_the_allow_list_is_not_stale():
-    stale = sorted(name for name in ALLOWED_MISSING if SURFACE.get(name))
-    gone = sorted(name for name in ALLOWED_MISSING if name not in SURFACE)
-    assert not stale, f"these have a docstring now: remove them from ALLOWED_MISSING: {stale}"
-    assert not gone, f"these are not public members (any more): remove them from ALLOWED_MISSING: {gone}"
-
-
-def test_allow_list_names_only_the_files_being_edited():
-    other = sorted(n for n in ALLOWED_MISSING if not n.startswith(tuple(m + "." for m in BEING_EDITED)))
-    assert not other, f"only members of {BEING_EDITED} may lack a docstring for now: {other}"

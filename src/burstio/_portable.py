@@ -239,6 +239,8 @@ class PortableIo:
                 if self.spin_us > 0 and spin_end is None:
                     spin_end = now + self.spin_us / 1e6
                 if spin_end is not None and now < spin_end:
+                    if self._closing:  # close() in another thread ends a spin as it ends a wait
+                        raise OSError(errno.EBADF, "the BurstSocket was closed while waiting") from None
                     continue
                 self._c["rx_syscalls"] += 1
                 if not self._wait(left):

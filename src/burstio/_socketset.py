@@ -295,6 +295,8 @@ class SocketSet:
 
     @property
     def counters(self) -> dict[str, int]:
+        """Snapshot of the set's counters (docs/socketset.md names each); a
+        paced set's pacer thread adds its tx_* and paced_* counts."""
         c = self._io.counters()
         if self._pacer is not None:
             for name, n in self._pacer.counters().items():
@@ -302,6 +304,7 @@ class SocketSet:
         return c
 
     def reset_counters(self) -> None:
+        """Set every counter (and the pacer thread's, if paced) back to 0."""
         self._io.reset_counters()
         if self._pacer is not None:
             self._pacer.reset_counters()

@@ -373,6 +373,7 @@ class BurstSocket(MetadataOptions):
 
     @property
     def family(self) -> socket.AddressFamily:
+        """The wrapped socket's address family (AF_INET or AF_INET6)."""
         return self._sock.family
 
     @property
@@ -397,7 +398,7 @@ class BurstSocket(MetadataOptions):
 
     @property
     def counters(self) -> dict[str, int]:
-        """Snapshot of this socket's counters (see README for each name);
+        """Snapshot of this socket's counters (docs/burstsocket.md, Counters, names each);
         a paced socket's pacer thread adds to the tx_* ones and counts
         paced_*."""
         c = self._io.counters()
@@ -408,6 +409,7 @@ class BurstSocket(MetadataOptions):
         return c
 
     def reset_counters(self) -> None:
+        """Set every counter (and the pacer thread's, if paced) back to 0."""
         self._io.reset_counters()
         if self._pacer is not None:
             self._pacer.reset_counters()
@@ -563,20 +565,30 @@ class BurstSocket(MetadataOptions):
                 self._reset_socket_options(capabilities())
 
     def fileno(self) -> int:
+        """The wrapped socket's descriptor (burstio receives and sends on a
+        dup of its own, so closing this number leaves burstio unaffected)."""
         return self._sock.fileno()
 
     def getsockname(self) -> Address:
+        """The socket's local address, as socket.getsockname()."""
         addr: Address = self._sock.getsockname()
         return addr
 
     def getpeername(self) -> Address:
+        """The connected peer's address, as socket.getpeername() (OSError ENOTCONN if none)."""
         addr: Address = self._sock.getpeername()
         return addr
 
     def connect(self, addr: Address) -> None:
+        """Connect the socket to addr, as socket.connect(): entries without an
+        address then go there, and only its datagrams are received."""
         self._sock.connect(addr)
 
     def setblocking(self, flag: bool) -> None:
+        """Set the socket's blocking mode, as socket.setblocking(); burstio's
+        own descriptor shares it (one open file): a send on a blocking socket
+        waits for room (close() ends that wait), receives wait as their
+        timeout says either way."""
         self._sock.setblocking(flag)
 
     def close(self) -> list[Unsent]:

@@ -107,6 +107,7 @@ OWN_COUNTER = "burstio's own counter (the syscalls its C code made; perf unavail
 
 
 def syscall_source() -> str:
+    """How this run counts syscalls: perf's tracepoint, or why not."""
     ok, why = perf_available()
     return why if ok else f"not measured by perf ({why}): n/a unless the variant's own counter says"
 

@@ -118,6 +118,8 @@ class Variant:
         return out
 
     def metrics(self) -> dict[str, Any]:
+        """The variant's figures over all rounds (rates, CPU, syscalls,
+        percentiles, extras), as the JSON has them."""
         m: dict[str, Any] = {"rounds": self.rounds, "cpu_s": round(self.cpu_s, 6)}
         if self.datagrams and self.seconds:
             m["datagrams"] = self.datagrams
@@ -221,6 +223,7 @@ class Target:
         return None
 
     def text(self) -> str:
+        """The target as one line, e.g. "burstio datagrams_per_s >= 1.2x stdlib"."""
         op = ">=" if self.at_least else "<="
         if self.baseline is None:
             return f"{self.variant} {self.metric} {op} {self.goal:g}"
@@ -240,6 +243,7 @@ class ScenarioResult:
     tools: tuple[str, ...] = ()  # the external programs it runs (their versions go into the JSON)
 
     def as_json(self) -> dict[str, Any]:
+        """The scenario as the JSON report has it: params, variants, targets, notes."""
         metrics = {n: v.metrics() for n, v in self.variants.items()}
         out: dict[str, Any] = {"scenario": self.scenario, "params": self.params, "variants": metrics}
         if self.skipped:
@@ -316,6 +320,7 @@ class Progress:
         self._ends = time.monotonic() + left_s
 
     def rounds_over(self) -> None:
+        """The scenario's timed rounds are done: no round or time left is shown from here."""
         self._round, self._ends, self._rounds_over = "", None, True
 
     def line(self, text: str) -> str:
@@ -343,6 +348,8 @@ class Progress:
         return f"~{math.ceil(total)} s left" + "".join(f" + {n}" for n in untimed)
 
     def show(self, text: str, force: bool = False) -> None:
+        """Show what runs now, with the scenario, round and time left (a
+        line at most every 2 s off a terminal, unless ``force``)."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -355,6 +362,7 @@ class Progress:
             self._last = now
 
     def done(self) -> None:
+        """Clear the progress line (on a tty) once the bench is over."""
         if self.enabled and self.tty:
             self.stream.write("\r\033[K")
             self.stream.flush()
@@ -403,6 +411,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def format_result(res: ScenarioResult) -> str:
+    """The scenario's human report: its tables, targets and notes."""
     head = f"== {res.scenario} " + " ".join(f"{k}={v}" for k, v in res.params.items())
     if res.skipped:
         return f"{head}\n   skipped: {res.skipped}"

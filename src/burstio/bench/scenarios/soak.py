@@ -509,6 +509,8 @@ def _variant(name: str, out: Outcome) -> Variant:
 
 
 def soak(opts: Options, progress: Progress) -> ScenarioResult:
+    """The soak scenario: ``opts.datagrams`` numbered datagrams split over
+    ``opts.paths`` (the module's docstring says what is checked)."""
     paths = list(getattr(opts, "paths", None) or PATHS)
     total = getattr(opts, "datagrams", None) or DEFAULT_DATAGRAMS
     # the first total % len(paths) paths take one more: the paths add up to exactly `total`
