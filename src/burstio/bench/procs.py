@@ -44,6 +44,18 @@ def stop(procs: Iterable[subprocess.Popen[Any]]) -> None:
             p.wait()
 
 
+def finish(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """End a worker that serves commands on its stdin: close its stdin (its
+    end of input), then SIGKILL it if it has not exited after ``timeout`` s."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_answering(port: int, proc: subprocess.Popen[Any], probe: bytes, answered: Callable[[bytes], bool],
                    what: str, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     """Send ``probe`` to a UDP server until ``answered(reply)`` is true;

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from ..common import Options, rounds
 from ..perfcount import perf_available
-from ..procs import client_and_server_cpus, cpu_seconds
+from ..procs import client_and_server_cpus, cpu_seconds, stop
 from ..report import Progress, ScenarioResult, Target, Variant
 from .latency import ROUND_SECONDS, _read_full_log, _wait_ready, count_server_syscalls
 
@@ -128,12 +128,7 @@ def _counted_round(variant: Variant, lab: Lab, server_cmd: list[str], sockperf: 
                               lab.command("a", ["taskset", "-c", client_cpu, sockperf, "pp", "-i", lab.addr("b"),
                                                 "-p", str(PORT), "-t", "1", "-m", str(size)]))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop([server])
 
 
 def _one_round(variant: Variant, lab: Lab, server_cmd: list[str], sockperf: str, client_cpu: str,
@@ -149,12 +144,7 @@ def _one_round(variant: Variant, lab: Lab, server_cmd: list[str], sockperf: str,
                                              "--full-log", log]), capture_output=True, check=False, text=True)
         wall, irqs, cpu = time.perf_counter() - t0, _net_rx_softirqs() - irq0, cpu_seconds(server.pid) - cpu0
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop([server])
     if r.returncode != 0:
         raise RuntimeError(f"sockperf pp failed ({r.returncode}): {r.stderr.strip()[-300:]}")
     samples = _read_full_log(log)

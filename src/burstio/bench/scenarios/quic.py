@@ -39,7 +39,7 @@ from typing import IO, Any, cast
 
 from ..common import Options, rounds
 from ..perfcount import SyscallCounter, perf_available
-from ..procs import client_and_server_cpus, cpu_seconds, free_port, stop
+from ..procs import client_and_server_cpus, cpu_seconds, finish, free_port, stop
 from ..report import Progress, ScenarioResult, Target, Variant
 
 DOWNLOAD_BYTES = 16 << 20
@@ -78,13 +78,8 @@ class _Client:
         return answer
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """End the process (end of its input; killed after 10 s)."""
+        finish(self.proc)
 
 
 def _start_server(transport: str, cpu: str, port: int, cert: str, key: str) -> subprocess.Popen[str]:

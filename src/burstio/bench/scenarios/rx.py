@@ -20,6 +20,7 @@ from ..._kernel import SOL_UDP, UDP_GRO
 from ..._udp import BurstSocket
 from .. import cref
 from ..common import OWN_COUNTER, Options, count_syscalls, pinned, rounds, syscall_source, timed
+from ..procs import finish
 from ..report import Progress, ScenarioResult, Target, Variant
 
 FLOWS = 64  # distinct source ports in rx-many-flow
@@ -129,13 +130,8 @@ class _CReference:
         return calls, box[0]["datagrams"], None
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """End the process (end of its input; killed after 10 s)."""
+        finish(self.proc)
 
 
 def _count_python(res: ScenarioResult, name: str, drain: Callable[[], int],
