@@ -439,3 +439,21 @@ def test_the_parser_imports_no_app():
     if importlib.util.find_spec("aioquic") is not None:
         from burstio.apps import quic
         assert quic.TRANSPORTS == _cliargs.QUIC_TRANSPORTS
+
+
+@pytest.mark.parametrize("args", [["caps"], ["caps", "--json"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(args):
+    """`burstio caps | head`: the pipe's reader is gone before anything is written (its end is
+    closed before the command starts), so every write fails with EPIPE; the command stops with
+    status 141 (128 + SIGPIPE, as a shell reports it) and no traceback."""
+    import os
+
+    rd, wr = os.pipe()
+    os.close(rd)
+    try:
+        r = subprocess.run([sys.executable, "-m", "burstio", *args], stdout=wr, stderr=subprocess.PIPE, text=True,
+                           env=subprocess_env(), cwd=ROOT, timeout=120)
+    finally:
+        os.close(wr)
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
+    assert r.returncode == 128 + signal.SIGPIPE, r.stderr

@@ -73,8 +73,9 @@ class CommandError(Exception):
 
 
 def run_command(prog: str, func: Callable[[], int]) -> int:
-    """``func()``, with a ``CommandError`` printed as ``PROG: MESSAGE`` on stderr and Ctrl-C
-    as exit status 130."""
+    """``func()``, with a ``CommandError`` printed as ``PROG: MESSAGE`` on stderr, Ctrl-C
+    as exit status 130, and a reader of the output that went away (``burstio caps | head``)
+    as a quiet stop with status 141, as a shell reports a process SIGPIPE ended."""
     try:
         return func()
     except CommandError as e:
@@ -82,6 +83,12 @@ def run_command(prog: str, func: Callable[[], int]) -> int:
         return e.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # what is still buffered must not raise again when Python flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 def int_arg(lo: int, hi: int) -> Callable[[str], int]:
