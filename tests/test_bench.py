@@ -167,11 +167,15 @@ def test_parse_perf_stat_output():
 
 @pytest.fixture
 def no_perf(tmp_path, monkeypatch):
-    """PATH without perf (the C compiler is found before PATH changes)."""
-    cref.build("rx_recvmmsg")
+    """PATH without perf (the C reference is compiled before PATH changes, where a compiler
+    exists: a wheel's test run has none, and only the receive scenario's test needs it)."""
+    try:
+        compiled = bool(cref.build("rx_recvmmsg"))
+    except cref.BuildError:
+        compiled = False
     monkeypatch.setenv("PATH", str(tmp_path))
     perf_available.cache_clear()
-    yield
+    yield compiled
     perf_available.cache_clear()
 
 
@@ -204,6 +208,8 @@ def test_without_perf_send_counts_are_own_counters_or_na(no_perf):
 
 
 def test_without_perf_a_receive_scenario_runs_and_says_what_it_could_not_count(no_perf):
+    if not no_perf:
+        pytest.skip("no C compiler here: the scenario's C reference is compiled at bench time")
     opts = Options(seconds=0.0, queue=2000, min_rounds=1)
     res = rx_many_flow(opts, Progress(False))
     v = res.variants

@@ -14,6 +14,7 @@ from burstio._kernel import XDP_DROP, XDP_PASS, XDP_REDIRECT
 from burstio.xdp import MAX_RULES, Filter, Rule, Steer
 from burstio.xdp.programs import rules_from
 from burstio.xdp.udp import frame
+from support.proc import run_without_caps
 from support.xdp import flood, lab_xsk, needs_xdp, needs_xdp_lab
 
 MACS = (b"\x02" * 6, b"\x04" * 6)
@@ -64,6 +65,17 @@ def test_rule_checks_name_the_field():
         Filter(["udp"])
     with pytest.raises(ValueError, match=f"a program holds at most {MAX_RULES} rules, got {MAX_RULES + 1}"):
         Filter([Rule()] * (MAX_RULES + 1))
+
+
+def test_bad_rules_are_refused_before_the_kernel_is_asked():
+    """Without the privileges to make a map, a bad rule still gets its own error: rules are
+    checked before any program or map is made (a privilege error would hide the mistake)."""
+    code = ("from burstio.xdp import Filter, Rule\n"
+            "try:\n    Filter([Rule(dport=70000)])\nexcept ValueError as e:\n    print('ValueError:', e)\n"
+            "try:\n    Filter([Rule(dport=53)])\nexcept PermissionError as e:\n    print('PermissionError')\n")
+    r = run_without_caps(["cap_bpf", "cap_net_admin", "cap_sys_admin", "cap_perfmon"], code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["ValueError: dport must be between 0 and 65535, got 70000", "PermissionError"]
 
 
 def test_rules_from_the_command_line():

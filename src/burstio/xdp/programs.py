@@ -164,6 +164,7 @@ class XdpProgram:
     DEFAULT_ACTION = ""
 
     def __init__(self, rules: Iterable[Rule] = ()):
+        rules = self._checked(rules)[0]  # bad rules fail here, before a program or map is made
         caps = capabilities()
         if caps["bpf"].forced_off:  # otherwise the load itself says what is wrong (privileges, ...)
             raise OSError(errno.EOPNOTSUPP, f"XDP programs need bpf(): {caps['bpf'].detail}")
@@ -193,6 +194,19 @@ class XdpProgram:
 
     # ---- rules -------------------------------------------------------------
 
+    @classmethod
+    def _checked(cls, rules: Iterable[Rule]) -> tuple[tuple[Rule, ...], bytes]:
+        """The rules checked and packed as the program's map holds them
+        (TypeError/ValueError naming what is wrong, before the kernel is asked anything)."""
+        rules = tuple(rules)
+        for i, r in enumerate(rules):
+            if not isinstance(r, Rule):
+                raise TypeError(f"rules[{i}] must be a Rule, got {type(r).__name__}")
+        if len(rules) > MAX_RULES:
+            raise ValueError(f"a program holds at most {MAX_RULES} rules, got {len(rules)}")
+        packed = [r.pack(cls.ACTIONS, cls.DEFAULT_ACTION) for r in rules]
+        return rules, b"".join(packed).ljust(MAX_RULES * _RULE.size, b"\0")
+
     @property
     def rules(self) -> tuple[Rule, ...]:
         """The active rules, in the order they are tried."""
@@ -202,14 +216,7 @@ class XdpProgram:
         """Replace the rules at run time: written to the inactive slot with
         its counters zeroed, then made active with one store (the program
         sees the old set or the new one, never a mix)."""
-        rules = tuple(rules)
-        for i, r in enumerate(rules):
-            if not isinstance(r, Rule):
-                raise TypeError(f"rules[{i}] must be a Rule, got {type(r).__name__}")
-        if len(rules) > MAX_RULES:
-            raise ValueError(f"a program holds at most {MAX_RULES} rules, got {len(rules)}")
-        packed = [r.pack(self.ACTIONS, self.DEFAULT_ACTION) for r in rules]
-        body = b"".join(packed).ljust(MAX_RULES * _RULE.size, b"\0")
+        rules, body = self._checked(rules)
         slot = 1 - self._slot
         maps = self._program.maps
         maps["rules"].update(slot, _RULES_HEAD.pack(len(rules), 0) + body)
