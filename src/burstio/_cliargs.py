@@ -77,14 +77,16 @@ def run_command(prog: str, func: Callable[[], int]) -> int:
     as exit status 130, and a reader of the output that went away (``burstio caps | head``)
     as a quiet stop with status 141, as a shell reports a process SIGPIPE ended."""
     try:
-        return func()
+        status = func()
+        sys.stdout.flush()  # what is still buffered fails here, not in Python's flush at exit
+        return status
     except CommandError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # what is still buffered must not raise again when Python flushes stdout at exit
+        # nothing left may raise again when Python flushes stdout at exit
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
