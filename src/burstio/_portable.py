@@ -164,11 +164,16 @@ class PortableIo:
         once with OSError(EBADF), and the descriptor closes when it has left."""
         if self._closing:
             return
+        # this call counts as a user until it has woken the others: a waiter that sees
+        # _closing and leaves (a spinning receive checks it) cannot release the eventfd
+        # before the write below
+        self._users += 1
         self._closing = True
-        if os.getpid() == self._pid:  # (a child that never used it holds the parent's eventfd)
-            os.eventfd_write(self._wake, 1)
-        if self._users == 0:
-            self._release()
+        try:
+            if os.getpid() == self._pid:  # (a child that never used it holds the parent's eventfd)
+                os.eventfd_write(self._wake, 1)
+        finally:
+            self._leave()
 
     # ---- counters ------------------------------------------------------
     def counters(self) -> dict[str, int]:
