@@ -41,6 +41,7 @@ from support.kernel import (
     require_kernel,
     require_syscall_introspection,
     thread_blocked_in_syscall,
+    thread_syscall,
 )
 from support.net import (
     FAMILIES,
@@ -56,6 +57,7 @@ from support.net import (
     slow_namespace,
     socket_in,
 )
+from support.ports import FORK, child
 from support.proc import Helper, open_fds, rescue, wait_for
 from support.race import SEGMENT, ArrayRacer, FlagsRacer, attempts, drained, foreign, payload_buffer
 from support.variants import UDP, Variant, runnable, set_disable, use_variant, variant_env
@@ -82,6 +84,13 @@ def error_pending(sock) -> bool:
     p = select.poll()
     p.register(sock.fileno(), 0)
     return any(ev & select.POLLERR for _fd, ev in p.poll(2000))
+
+
+def receive_shut_down(sock: socket.socket) -> bool:
+    """Whether sock's receive side is shut down (poll says POLLRDHUP)."""
+    p = select.poll()
+    p.register(sock, select.POLLIN | select.POLLRDHUP)
+    return any(ev & select.POLLRDHUP for _fd, ev in p.poll(0))
 
 
 class BackendContract:
@@ -352,11 +361,14 @@ class BackendContract:
         assert len(progress) == 1000
         assert n == 1 and bytes(batch[0]) == b"from the other thread"
 
+    @pytest.mark.parametrize("busy", ["off", "socket"])
     @pytest.mark.parametrize("timeout", [None, 60.0], ids=["forever", "deadline"])
-    def test_eintr_with_quiet_handler_continues(self, timeout):
-        """PEP 475: a signal whose handler returns does not end the wait."""
+    def test_eintr_with_quiet_handler_continues(self, monkeypatch, timeout, busy):
+        """PEP 475: a signal whose handler returns does not end the wait
+        (busy polling through the socket too, whose receive without a
+        deadline sleeps in the receive syscall itself)."""
         require_syscall_introspection()
-        rx = self.make_socket()
+        rx = self._socket_busy_polling(monkeypatch, busy)
         sender = self.plain()
         calls = []
 
@@ -382,10 +394,11 @@ class BackendContract:
         assert n == 1
         assert bytes(batch[0]) == b"after the signal"
 
+    @pytest.mark.parametrize("busy", ["off", "socket"])
     @pytest.mark.parametrize("timeout", [None, 60.0], ids=["forever", "deadline"])
-    def test_eintr_with_raising_handler_propagates(self, timeout):
+    def test_eintr_with_raising_handler_propagates(self, monkeypatch, timeout, busy):
         require_syscall_introspection()
-        rx = self.make_socket()
+        rx = self._socket_busy_polling(monkeypatch, busy)
 
         class HandlerError(Exception):
             pass
@@ -1091,6 +1104,15 @@ class BackendContract:
 
     # ---- busy polling (each mechanism, on every backend) ----------------------
 
+    def _socket_busy_polling(self, monkeypatch, busy: str) -> burstio.BurstSocket:
+        """A socket of this variant, busy polling through ``busy`` ("off": not)."""
+        if busy == "off":
+            return self.make_socket()
+        self.busy_poll_mechanism(monkeypatch, busy)
+        rx = self.make_socket()
+        assert rx.busy_poll(50, mechanism=busy) == busy
+        return rx
+
     def busy_poll_mechanism(self, monkeypatch, mech: str) -> None:
         """Need the busy-poll mechanism ``mech`` (skipped, saying why, where
         the kernel lacks it); the tests ask for it by name."""
@@ -1191,26 +1213,28 @@ class BackendContract:
 
     # ---- close wakes every waiter; descriptors; fork ------------------------------
 
-    @pytest.mark.parametrize("wait", ["poll", "busy-epoll", "busy-spin"])
+    @pytest.mark.parametrize("wait", ["poll", "busy-epoll", "busy-spin", "busy-socket"])
     def test_close_from_another_thread_wakes_a_blocked_receive(self, monkeypatch, wait):
-        """recv_batch(timeout=None) blocked in another thread (in poll(), in
-        the busy-polling epoll instance, or spinning) ends at once when the
-        BurstSocket is closed, with OSError EBADF, and the port is released."""
+        """recv_batch blocked in another thread (timeout=None: in poll(), in
+        the busy-polling epoll instance, or, busy polling through the socket,
+        in the receive syscall itself; with a deadline and busy polling
+        through the socket: spinning) ends at once when the BurstSocket is
+        closed, with OSError EBADF, and the port is released."""
         require_syscall_introspection()
-        mech = {"busy-epoll": "epoll", "busy-spin": "socket"}.get(wait)
+        mech = {"busy-epoll": "epoll", "busy-spin": "socket", "busy-socket": "socket"}.get(wait)
         if mech is not None:
             self.busy_poll_mechanism(monkeypatch, mech)
         rx = self.make_socket()
         addr = rx.getsockname()
         if mech is not None:  # spin: 10 s before it would sleep
-            rx.busy_poll(10_000_000 if mech == "socket" else 50, mechanism=mech)
+            rx.busy_poll(10_000_000 if wait == "busy-spin" else 50, mechanism=mech)
         errors: list[OSError] = []
         tid: list[int | None] = []
 
         def waiter() -> None:
             tid.append(threading.get_native_id())
             try:
-                rx.recv_batch(PacketBatch(4, 64), None)
+                rx.recv_batch(PacketBatch(4, 64), 3600.0 if wait == "busy-spin" else None)
             except OSError as e:
                 errors.append(e)
         t = Helper(waiter)
@@ -1218,6 +1242,8 @@ class BackendContract:
             t.start()
             if wait == "busy-spin":
                 assert wait_for(lambda: rx.counters["rx_syscalls"] > 50)  # spinning in receives
+            elif wait == "busy-socket":  # asleep in the receive itself, not in poll()
+                assert wait_for(lambda: bool(tid) and thread_syscall(tid[0]) in ("recvmmsg", "recvmsg"))
             else:
                 assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
             rx.close()
@@ -1227,6 +1253,109 @@ class BackendContract:
         assert "closed while waiting" in str(errors[0])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
             again.bind(addr)  # nothing holds the port any more
+
+    def test_busy_poll_socket_blocks_in_the_receive_one_call_per_burst(self, monkeypatch):
+        """Busy polling through the socket, recv_batch(timeout=None) sleeps in
+        the receive syscall itself (where the kernel busy polls by
+        SO_BUSY_POLL), not in poll(): a burst already queued takes one
+        recvmmsg, and a datagram arriving while it sleeps is taken by the
+        call that slept, with no second syscall (recvmsg backends: one per
+        datagram, and one more that finds the queue empty)."""
+        require_syscall_introspection()
+        self.busy_poll_mechanism(monkeypatch, "socket")
+        rx = self.make_socket()
+        sender = self.plain()
+        assert rx.busy_poll(50, mechanism="socket") == "socket"
+        mmsg = rx.describe().startswith("recvmmsg")
+        for k in range(3):
+            sender.sendto(b"queued-%d" % k, rx.getsockname())
+        rx.sock.settimeout(None)
+        assert rx.sock.recv(64, socket.MSG_PEEK) == b"queued-0"  # queued
+        batch = PacketBatch(8, 64)
+        rx.reset_counters()
+        got: list[bytes] = []
+        while len(got) < 3:  # with nothing left to take, a broken build would block here
+            got += [bytes(batch[i]) for i in range(rx.recv_batch(batch, None))]
+        assert got == [b"queued-%d" % k for k in range(3)]
+        if mmsg:
+            assert rx.counters["rx_syscalls"] == rx.counters["rx_batches"]  # one recvmmsg per burst
+        tid: list[int] = []
+
+        def send_when_asleep() -> None:
+            assert wait_for(lambda: bool(tid) and thread_syscall(tid[0]) in ("recvmmsg", "recvmsg"))
+            sender.sendto(b"woke", rx.getsockname())
+        t = Helper(send_when_asleep)
+        rx.reset_counters()
+        with rescue(rx.getsockname()):
+            t.start()
+            tid.append(threading.get_native_id())
+            n = rx.recv_batch(batch, None)
+            t.join()
+        assert n == 1 and bytes(batch[0]) == b"woke"
+        assert rx.counters["rx_syscalls"] == (1 if mmsg else 2)
+        rx.close()
+        with pytest.raises(OSError) as e:
+            rx.recv_batch(batch, None)
+        assert e.value.errno == errno.EBADF
+
+    def test_busy_poll_socket_close_shuts_the_receive_side_of_a_dup(self, monkeypatch):
+        """What close() does to wake a receive asleep in the kernel (busy
+        polling through the socket) reaches the socket itself: a dup the
+        caller kept reads end-of-data at once afterwards (documented); a close
+        with no receive waiting shuts nothing down."""
+        require_syscall_introspection()
+        self.busy_poll_mechanism(monkeypatch, "socket")
+        idle = self.make_socket()
+        idle.busy_poll(50, mechanism="socket")
+        kept_idle = self.sockets.track(idle.sock.dup())
+        idle.close()
+        assert not receive_shut_down(kept_idle)  # nothing waited: nothing shut down
+        rx = self.make_socket()
+        rx.busy_poll(50, mechanism="socket")
+        kept = self.sockets.track(rx.sock.dup())
+        tid: list[int] = []
+        errors: list[OSError] = []
+
+        def waiter() -> None:
+            tid.append(threading.get_native_id())
+            try:
+                rx.recv_batch(PacketBatch(4, 64), None)
+            except OSError as e:
+                errors.append(e)
+        t = Helper(waiter)
+        with rescue(rx.getsockname()):
+            t.start()
+            assert wait_for(lambda: bool(tid) and thread_syscall(tid[0]) in ("recvmmsg", "recvmsg"))
+            rx.close()
+            t.join(10)
+        assert [e.errno for e in errors] == [errno.EBADF]
+        assert receive_shut_down(kept)
+        kept.settimeout(None)
+        assert kept.recv(64) == b""  # a blocking receive returns at once, empty
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_busy_poll_socket_a_forked_child_waits_in_poll(self, monkeypatch):
+        """A fork()ed child shares the socket: its receives do not block in
+        the kernel (its close() must not shut the parent's receive side
+        down), and still receive."""
+        self.busy_poll_mechanism(monkeypatch, "socket")
+        rx = self.make_socket()
+        rx.busy_poll(50, mechanism="socket")
+        ours, theirs = FORK.Pipe()
+
+        def in_child() -> None:
+            b = PacketBatch(4, 64)
+            blocks = rx._io.block_rx
+            n = rx.recv_batch(b, 10.0)
+            theirs.send((blocks, bytes(b[0]) if n else b"nothing"))
+            rx.close()
+        with child(in_child) as p:
+            self.plain().sendto(b"for-the-child", rx.getsockname())
+            assert ours.poll(10)
+            got = ours.recv()
+            p.join(10)
+        assert got == (False, b"for-the-child") and p.exitcode == 0
+        assert rx._io.block_rx  # the parent's own receives still block in the kernel
 
     @pytest.mark.parametrize("call", ["send_batch", "send_batch-skip", "send_segments"])
     def test_close_from_another_thread_wakes_a_blocked_send(self, slow_netns, call):

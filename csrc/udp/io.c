@@ -16,6 +16,7 @@
 #include <string.h>
 #include <structmember.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static const char *const bio_udp_counter_names[BIO_UDP_NCOUNTERS] = {
@@ -132,7 +133,25 @@ bio_udp_leave(BioUdp *u)
 PyDoc_STRVAR(bio_udp_close_doc,
 "close($self, /)\n--\n\n"
 "Close our descriptor. A call waiting in another thread wakes at once with\n"
-"OSError(EBADF); the descriptor is closed when the last call has left.");
+"OSError(EBADF); the descriptor is closed when the last call has left. A\n"
+"receive of this process blocked in recvmmsg itself (block_rx) is woken by\n"
+"shutting the socket's receive side down (SHUT_RD), for every descriptor of\n"
+"that socket.");
+
+/* Wake receives of this process blocked in recvmmsg (udp/recv.c): after
+ * the closing flag is set, a shut-down receive side ends their sleep (the
+ * kernel wakes a socket's sleepers on shutdown, even an unconnected UDP
+ * socket's, which answers ENOTCONN), and any receive entering later returns
+ * at once. Only while one is inside: a socket that a fork()ed child or
+ * another descriptor still receives on keeps its receive side otherwise. */
+static void
+bio_udp_wake_blocked(BioUdp *u)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* paired with the receive's */
+    if (u->fd >= 0 && __atomic_load_n(&u->rx_blocked, __ATOMIC_SEQ_CST) > 0 &&
+        __atomic_load_n(&u->block_gen, __ATOMIC_RELAXED) == bio_fork_gen())
+        (void)shutdown(u->fd, SHUT_RD); /* ENOTCONN when unconnected: shut down all the same */
+}
 
 static PyObject *
 bio_udp_close(BioUdp *u, PyObject *Py_UNUSED(ignored))
@@ -140,6 +159,7 @@ bio_udp_close(BioUdp *u, PyObject *Py_UNUSED(ignored))
     if (u->fd < 0 && u->wake.efd < 0)
         Py_RETURN_NONE;
     bio_wake_kick(&u->wake);
+    bio_udp_wake_blocked(u);
     if (u->wake.users == 0)
         bio_udp_release(u);
     Py_RETURN_NONE;
@@ -176,6 +196,34 @@ bio_udp_set_wait_fd(BioUdp *u, PyObject *arg)
     bio_udp_leave(u);
     Py_RETURN_NONE;
 }
+
+static PyObject *
+bio_udp_get_block_rx(BioUdp *u, void *Py_UNUSED(closure))
+{
+    uint32_t gen = __atomic_load_n(&u->block_gen, __ATOMIC_RELAXED);
+    return PyBool_FromLong(gen != 0 && gen == bio_fork_gen());
+}
+
+/* block_rx = True: receives of this process without a deadline block in
+ * recvmmsg itself (set while busy polling through the socket). 0 or -1. */
+static int
+bio_udp_set_block_rx(BioUdp *u, PyObject *v, void *Py_UNUSED(closure))
+{
+    int on = v == NULL ? 0 : PyObject_IsTrue(v);
+    if (on < 0)
+        return -1;
+    __atomic_store_n(&u->block_gen, on ? bio_fork_gen() : 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static PyGetSetDef bio_udp_getset[] = {
+    {"block_rx", (getter)bio_udp_get_block_rx, (setter)bio_udp_set_block_rx,
+     "True: a receive without a deadline blocks in recvmmsg itself, so that the "
+     "kernel busy polls by the socket's SO_BUSY_POLL and then sleeps (one system "
+     "call per wake-up); close() wakes it with shutdown(SHUT_RD). Set in this "
+     "process, it is off in a fork()ed child (False there).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static PyObject *
 bio_udp_counters(BioUdp *u, PyObject *Py_UNUSED(ignored))
@@ -237,8 +285,9 @@ static PyMemberDef bio_udp_members[] = {
     {"wait_fd", T_INT, offsetof(BioUdp, wait_fd), READONLY,
      "our dup of the epoll instance receives wait in (set_wait_fd); -1: poll()"},
     {"spin_us", T_INT, offsetof(BioUdp, spin_us), 0,
-     "microseconds a receive keeps retrying before it sleeps in poll() "
-     "(with SO_BUSY_POLL each try busy polls the device once); 0: none"},
+     "microseconds a receive with a deadline keeps retrying before it sleeps "
+     "in poll() (with SO_BUSY_POLL each try busy polls the device once; "
+     "without a deadline see block_rx); 0: none"},
     {"gso_max_segments", T_INT, offsetof(BioUdp, gso_max_segments), 0,
      "segments per GSO send to build"},
     {"gro_max_segments", T_INT, offsetof(BioUdp, gro_max_segments), 0,
@@ -305,6 +354,7 @@ PyTypeObject BioUdp_Type = {
     .tp_doc = "UdpIo(fd)\n--\n\nBatched UDP syscalls on one socket (internal).",
     .tp_methods = bio_udp_methods,
     .tp_members = bio_udp_members,
+    .tp_getset = bio_udp_getset,
     .tp_new = bio_udp_new,
 };
 

@@ -1,7 +1,9 @@
 /* UdpIo's receive path: recvmmsg into a PacketBatch, with UDP GRO split.
  *
  * A datagram's way in: recv() -> bio_udp_recv_wait_nogil (recvmmsg, or one
- * recvmsg per datagram when recvmmsg is off; poll() when nothing is ready)
+ * recvmsg per datagram when recvmmsg is off; poll() when nothing is ready,
+ * or, busy polling through the socket without a deadline, a recvmmsg that
+ * blocks: the kernel busy polls, then sleeps)
  * -> bio_udp_recv_finish_nogil (lengths, flags, cmsgs, GRO split) -> entries of
  * the caller's PacketBatch. Policy (timeouts, GRO on/off, fallbacks) is the
  * Python BurstSocket's; this file only moves bytes and counts.
@@ -115,7 +117,44 @@ bio_udp_recv_epoll_nogil(BioUdp *u, int wfd, int64_t deadline_ns)
     return bio_wake_closing(&u->wake) ? -BIO_ECLOSED : p;
 }
 
-/* Receive, waiting until deadline_ns (-1: forever) in poll() on the socket
+/* Whether a receive without a deadline blocks in recvmmsg itself: busy
+ * polling through the socket (SO_BUSY_POLL), in the process that set it up
+ * (a fork()ed child shares the socket, and its close() must not shut the
+ * parent's receive side down: it polls). Any thread. */
+static int
+bio_udp_recv_blocks(const BioUdp *u)
+{
+    uint32_t gen = __atomic_load_n(&u->block_gen, __ATOMIC_RELAXED);
+    return gen != 0 && gen == bio_fork_gen();
+}
+
+/* One receive that blocks in the kernel: recvmmsg(MSG_WAITFORONE) without
+ * MSG_DONTWAIT busy polls the device for the socket's SO_BUSY_POLL and then
+ * sleeps until a datagram comes: one system call per wake-up, where poll()
+ * would not busy poll at all (it honours only the net.core.busy_poll
+ * sysctl). close() from another thread sees rx_blocked and shuts the receive
+ * side down (bio_udp_close, csrc/udp/io.c), which ends the sleep; whatever
+ * the call returns then (the empty message a shut-down socket gives)
+ * becomes -BIO_ECLOSED. Datagrams, -EAGAIN where the socket cannot block
+ * (O_NONBLOCK, SO_RCVTIMEO), -BIO_ECLOSED, or -errno. nogil. */
+static int
+bio_udp_recv_blocking_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
+{
+    int r = -BIO_ECLOSED;
+    __atomic_add_fetch(&u->rx_blocked, 1, __ATOMIC_SEQ_CST);
+    /* paired with the fence in bio_udp_close: either we see its flag, or it
+     * sees us inside and shuts the socket down */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (!bio_wake_closing(&u->wake)) {
+        bio_udp_recv_prepare(b, vlen);
+        r = bio_udp_recv_once_nogil(u, b, vlen, flags & ~MSG_DONTWAIT);
+    }
+    __atomic_sub_fetch(&u->rx_blocked, 1, __ATOMIC_SEQ_CST);
+    return bio_wake_closing(&u->wake) ? -BIO_ECLOSED : r;
+}
+
+/* Receive, waiting until deadline_ns (-1: forever) in recvmmsg itself
+ * (busy polling through the socket, no deadline), in poll() on the socket
  * and the wake eventfd, or in the busy-polling epoll instance, or spinning.
  * Returns datagrams, 0 on timeout, -BIO_ECLOSED when close() woke it, or
  * -errno. nogil. */
@@ -125,6 +164,12 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
 {
     int64_t spin_end = -1;
     int first = 1, waited = 0;
+    if (deadline_ns < 0 && bio_udp_recv_blocks(u)) {
+        int r = bio_udp_recv_blocking_nogil(u, b, vlen, flags);
+        if (r != -EAGAIN && r != -EWOULDBLOCK)
+            return r;
+        first = 0; /* the socket cannot block: wait in poll() as below */
+    }
     int wfd0 = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
     if (wfd0 >= 0 && u->wait_first) {
         /* Request/response traffic under busy polling: the socket was empty
@@ -346,8 +391,9 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (bio_udp_enter(u) < 0)
         return NULL;
     bio_batch_reset(b);
-    /* never block in recvmmsg itself: waits poll the wake eventfd too, so
-     * that close() from another thread ends them at once */
+    /* block in recvmmsg itself only where close() can end it by a shutdown
+     * (bio_udp_recv_blocking_nogil); other waits poll the wake eventfd too,
+     * so that close() from another thread ends them at once */
     BioUdpRecv c = {.u = u, .b = b, .vlen = bio_udp_recv_vlen(u, b), .flags = MSG_DONTWAIT,
                     .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
     b->busy = 1;

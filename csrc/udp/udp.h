@@ -48,10 +48,15 @@ typedef struct {
     int pending_errno;    /* error seen after a partial receive, raised next */
     int wait_fd;          /* our dup of an epoll instance to wait in (busy polls; it
                            * also holds wake.efd), -1: poll() */
-    int spin_us;          /* before poll(): retry the receive this long (busy
-                           * polls once per try with SO_BUSY_POLL) */
+    int spin_us;          /* before poll(), a receive with a deadline: retry
+                           * this long (busy polls once per try with SO_BUSY_POLL) */
     int wait_first;       /* busy polling in wait_fd and the last waiting
                            * receive found the socket empty: wait first */
+    uint32_t block_gen;   /* receives without a deadline block in recvmmsg itself
+                           * (the kernel busy polls by SO_BUSY_POLL, then sleeps),
+                           * in the process of this fork generation only; 0: never */
+    int rx_blocked;       /* receives of this process inside that blocking
+                           * recvmmsg now: close() shuts the receive side down */
     int family;           /* the socket's, AF_INET or AF_INET6 (SO_DOMAIN) */
     int meta;             /* pktinfo or ECN is on: receives fill the batch's metadata */
     int ecn_cmsg;         /* send ECN codepoints (BioCmsgOut.ecn; 0: off or downgraded) */

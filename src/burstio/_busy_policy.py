@@ -9,9 +9,11 @@ its receives wait through it (csrc/udp/recv.c, csrc/socketset/, the event
 loop's epoll_wait).
 
 - one socket (BurstSocket): "socket" (SO_BUSY_POLL, SO_PREFER_BUSY_POLL,
-  SO_BUSY_POLL_BUDGET on the socket: each receive polls the device itself,
-  and one that finds nothing tries again for ``usecs``, so the call that
-  finds the datagram is the receive, with no epoll_wait before it), or
+  SO_BUSY_POLL_BUDGET on the socket: a receive without a deadline blocks in
+  recvmmsg, where the kernel polls the device for ``usecs`` and then sleeps,
+  one system call per wake-up; one with a deadline polls the device in each
+  try and tries again for ``usecs``; either way the call that finds the
+  datagram is the receive, with no epoll_wait before it), or
   "epoll" (an epoll instance of the socket's own with its own parameters,
   EPIOCSPARAMS, Linux >= 6.9: epoll_wait polls, then the receive takes it:
   two system calls per wake-up). "auto" takes "socket";

@@ -241,6 +241,7 @@ class UdpIo:
     @property
     def wait_fd(self) -> int: ...
     spin_us: int
+    block_rx: bool
     gso_max_segments: int
     gro_max_segments: int
     gro: int

@@ -6,6 +6,7 @@ backends must behave exactly like this independent implementation.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -98,6 +99,8 @@ class PortableIo:
         self.recover: RecoverPolicy | None = None  # policy for a send that stops early (BurstSocket sets it)
         self.single_after = 0  # the C backends' receive window; no syscall to save here
         self.spin_us = 0  # retry the receive this long before sleeping (busy poll)
+        self._block_pid = 0  # block_rx: set in this process (0: off)
+        self._blocked = 0  # receives inside a blocking recvmsg now (close() shuts them down)
         self._wait_fd = -1
         self._waiter: select.epoll | None = None
         self._pending = 0
@@ -121,6 +124,16 @@ class PortableIo:
             self._wait_fd = fd
         finally:
             self._leave()
+
+    @property
+    def block_rx(self) -> bool:
+        """True: a receive without a deadline blocks in recvmsg itself (the
+        kernel busy polls by SO_BUSY_POLL, then sleeps); off in a fork()ed child."""
+        return self._block_pid == os.getpid()
+
+    @block_rx.setter
+    def block_rx(self, on: bool) -> None:
+        self._block_pid = os.getpid() if on else 0
 
     def _wait(self, left: float | None) -> bool:
         if self._waiter is not None:
@@ -172,6 +185,9 @@ class PortableIo:
         try:
             if os.getpid() == self._pid:  # (a child that never used it holds the parent's eventfd)
                 os.eventfd_write(self._wake, 1)
+            if self._blocked and self.block_rx:  # a receive blocked in recvmsg: end it
+                with contextlib.suppress(OSError):  # ENOTCONN when unconnected: shut down all the same
+                    self.sock.shutdown(socket.SHUT_RD)
         finally:
             self._leave()
 
@@ -229,13 +245,33 @@ class PortableIo:
         anc = _ANC_META_SIZE if self.meta else _ANC_SIZE
         return self.sock.recvmsg_into([slot], anc, flags | socket.MSG_TRUNC)
 
+    def _recv_blocking(self, batch: PacketBatch) -> _Message | None:
+        """One receive that blocks in recvmsg itself (as the C backends' with
+        block_rx): the message, or None where the socket cannot block
+        (O_NONBLOCK set on the socket elsewhere). Python's recvmsg runs signal handlers and
+        retries (PEP 475); close() wakes it by shutting the receive side down."""
+        self._blocked += 1
+        try:
+            if self._closing:
+                raise OSError(errno.EBADF, "the BurstSocket was closed while waiting")
+            msg = self._recv_one(batch, 0, 0)
+        except BlockingIOError:
+            return None
+        finally:
+            self._blocked -= 1
+        if self._closing:  # (the empty message a shut-down socket gives, or one that raced close)
+            raise OSError(errno.EBADF, "the BurstSocket was closed while waiting")
+        return msg
+
     def _recv_messages(self, batch: PacketBatch, vlen: int, timeout_ns: int) -> list[_Message]:
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
         spin_end = None
-        while True:
+        first = None
+        if deadline is None and self.block_rx and self.sock.gettimeout() is None:
+            first = self._recv_blocking(batch)
+        while first is None:
             try:
                 first = self._recv_one(batch, 0, socket.MSG_DONTWAIT)
-                break
             except BlockingIOError:
                 now = time.monotonic()
                 left = None if deadline is None else deadline - now

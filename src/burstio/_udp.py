@@ -465,8 +465,13 @@ class BurstSocket(MetadataOptions):
         prefer_busy_poll). Returns the mechanism used:
 
         - "socket": SO_BUSY_POLL (SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET)
-          on the socket; each receive polls the device, and one that finds
-          nothing tries again for ``usecs`` before it sleeps: the datagram is
+          on the socket; a receive without a deadline (``timeout=None``)
+          blocks in recvmmsg itself, where the kernel polls the device for
+          ``usecs`` and then sleeps: one system call per wake-up, as
+          ``sockperf --lls`` does (close() from another thread wakes it by
+          shutting the socket's receive side down, see close()); a receive
+          with a deadline polls the device in each try and tries again for
+          ``usecs`` before it sleeps in poll(). Either way the datagram is
           taken by the receive that polled it, with no epoll_wait first;
         - "epoll": recv_batch waits in an epoll instance of this socket's own
           with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9): epoll_wait,
@@ -514,7 +519,8 @@ class BurstSocket(MetadataOptions):
             budget = BUDGET_DEFAULT if refused and "budget" in refused else budget
             prefer = prefer and not (refused and "prefer" in refused)
             set_busy_poll(self._sock, usecs)
-            self._io.spin_us = usecs
+            self._io.spin_us = usecs  # a receive with a deadline retries this long
+            self._io.block_rx = True  # one without blocks in the kernel, which busy polls
         else:
             self._reset_socket_options(caps)
             _BUSY_POLLING.add(self)
@@ -560,6 +566,7 @@ class BurstSocket(MetadataOptions):
             ep.close()  # the receive path waits in its own dup: safe under a waiter
         else:
             self._io.spin_us = 0
+            self._io.block_rx = False
             if self._sock.fileno() != -1 and not closing:
                 self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, 0)
                 self._reset_socket_options(capabilities())
@@ -596,10 +603,17 @@ class BurstSocket(MetadataOptions):
         A call blocked in another thread, in recv_batch, in a send waiting for
         room on a blocking socket or waiting for room in the pacer, wakes at
         once with ``OSError(EBADF, "... closed while waiting")`` (a send's
-        ``sent`` says how far it got). On a paced socket the pacer stops
-        (after the send under way): returns the datagrams still waiting, by
-        sequence number (also in ``unsent``, counted in paced_unsent,
-        logged); else []."""
+        ``sent`` says how far it got). A receive blocked in the kernel while
+        busy polling through the socket (``busy_poll``, "socket", no
+        timeout) is woken by ``shutdown(SHUT_RD)`` on the socket (after at
+        most ``usecs`` of busy polling): that shuts the receive side down for
+        every descriptor of the socket, a dup the caller holds or a fork()ed
+        child's copy included, so close a socket that others still receive
+        on only while none of this process's threads waits in recv_batch
+        (a close with no receive waiting shuts nothing down). On a paced
+        socket the pacer stops (after the send under way): returns the
+        datagrams still waiting, by sequence number (also in ``unsent``,
+        counted in paced_unsent, logged); else []."""
         if self._pacer is not None:
             unsent = [Unsent(seq, addr, length) for seq, addr, length in self._pacer.close()]
             if unsent:

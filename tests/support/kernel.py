@@ -35,7 +35,8 @@ from .variants import Variant, variant_env
 __all__ = ["SOL_UDP", "UDP_SEGMENT", "SO_NO_CHECK", "SO_SNDBUFFORCE", "SO_RCVBUFFORCE", "SIOCINQ", "SIOCOUTQ",
            "CLONE_NEWNET", "EPIOCGPARAMS", "SO_BUSY_POLL", "SO_PREFER_BUSY_POLL", "BLOCKING_SYSCALLS_X86_64",
            "gso_sendmsg", "kernel_caps", "require_kernel", "kernel_refuses_gso_without_checksum",
-           "main_thread_blocked_in_syscall", "thread_blocked_in_syscall", "require_syscall_introspection"]
+           "main_thread_blocked_in_syscall", "thread_blocked_in_syscall", "thread_syscall",
+           "require_syscall_introspection"]
 
 # ---- constants --------------------------------------------------------------------------
 # All kernel constants come from the library (burstio._kernel: the values the extension was built with).
@@ -112,6 +113,15 @@ def thread_blocked_in_syscall(tid: int | None) -> bool:
     except OSError:
         return False
     return bool(text) and text[0].isdigit() and int(text[0]) in BLOCKING_SYSCALLS_X86_64
+
+
+def thread_syscall(tid: int | None) -> str | None:
+    """The name of the receive/poll syscall thread ``tid`` sits in right now, or None."""
+    try:
+        text = Path(f"/proc/self/task/{tid}/syscall").read_text().split()
+    except OSError:
+        return None
+    return BLOCKING_SYSCALLS_X86_64.get(int(text[0])) if text and text[0].isdigit() else None
 
 
 def require_syscall_introspection() -> None:
