@@ -86,6 +86,9 @@ def error_pending(sock) -> bool:
     return any(ev & select.POLLERR for _fd, ev in p.poll(2000))
 
 
+POLLS = ("poll", "ppoll", "select", "pselect6")  # the waits before a receive (portable: select)
+
+
 def receive_shut_down(sock: socket.socket) -> bool:
     """Whether sock's receive side is shut down (poll says POLLRDHUP)."""
     p = select.poll()
@@ -1215,10 +1218,10 @@ class BackendContract:
 
     @pytest.mark.parametrize("wait", ["poll", "busy-epoll", "busy-spin", "busy-socket"])
     def test_close_from_another_thread_wakes_a_blocked_receive(self, monkeypatch, wait):
-        """recv_batch blocked in another thread (timeout=None: in poll(), in
-        the busy-polling epoll instance, or, busy polling through the socket,
-        in the receive syscall itself; with a deadline and busy polling
-        through the socket: spinning) ends at once when the BurstSocket is
+        """recv_batch blocked in another thread (timeout=None: in the receive
+        syscall itself, busy polling through the socket or not, or in the
+        busy-polling epoll instance; with a deadline and busy polling through
+        the socket: spinning) ends at once when the BurstSocket is
         closed, with OSError EBADF, and the port is released."""
         require_syscall_introspection()
         mech = {"busy-epoll": "epoll", "busy-spin": "socket", "busy-socket": "socket"}.get(wait)
@@ -1242,10 +1245,10 @@ class BackendContract:
             t.start()
             if wait == "busy-spin":
                 assert wait_for(lambda: rx.counters["rx_syscalls"] > 50)  # spinning in receives
-            elif wait == "busy-socket":  # asleep in the receive itself, not in poll()
+            elif wait in ("busy-socket", "poll"):  # asleep in the receive itself, not in poll()
                 assert wait_for(lambda: bool(tid) and thread_syscall(tid[0]) in ("recvmmsg", "recvmsg"))
-            else:
-                assert wait_for(lambda: bool(tid) and thread_blocked_in_syscall(tid[0]))
+            else:  # in the busy-polling epoll instance
+                assert wait_for(lambda: bool(tid) and thread_syscall(tid[0]) in ("epoll_wait", "epoll_pwait"))
             rx.close()
             t.join(10)
         assert not t.is_alive() and t.error is None
@@ -1254,18 +1257,17 @@ class BackendContract:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
             again.bind(addr)  # nothing holds the port any more
 
-    def test_busy_poll_socket_blocks_in_the_receive_one_call_per_burst(self, monkeypatch):
-        """Busy polling through the socket, recv_batch(timeout=None) sleeps in
-        the receive syscall itself (where the kernel busy polls by
-        SO_BUSY_POLL), not in poll(): a burst already queued takes one
-        recvmmsg, and a datagram arriving while it sleeps is taken by the
-        call that slept, with no second syscall (recvmsg backends: one per
-        datagram, and one more that finds the queue empty)."""
+    @pytest.mark.parametrize("busy", ["off", "socket"])
+    def test_receive_without_deadline_blocks_in_the_receive_one_call_per_burst(self, monkeypatch, busy):
+        """recv_batch(timeout=None) sleeps in the receive syscall itself (where
+        the kernel busy polls by SO_BUSY_POLL when busy polling through the
+        socket), not in poll(): a burst already queued takes one recvmmsg,
+        and a datagram arriving while it sleeps is taken by the call that
+        slept, with no second syscall (recvmsg backends: one per datagram,
+        and one more that finds the queue empty)."""
         require_syscall_introspection()
-        self.busy_poll_mechanism(monkeypatch, "socket")
-        rx = self.make_socket()
+        rx = self._socket_busy_polling(monkeypatch, busy)
         sender = self.plain()
-        assert rx.busy_poll(50, mechanism="socket") == "socket"
         mmsg = rx.describe().startswith("recvmmsg")
         for k in range(3):
             sender.sendto(b"queued-%d" % k, rx.getsockname())
@@ -1298,20 +1300,51 @@ class BackendContract:
             rx.recv_batch(batch, None)
         assert e.value.errno == errno.EBADF
 
-    def test_busy_poll_socket_close_shuts_the_receive_side_of_a_dup(self, monkeypatch):
-        """What close() does to wake a receive asleep in the kernel (busy
-        polling through the socket) reaches the socket itself: a dup the
-        caller kept reads end-of-data at once afterwards (documented); a close
-        with no receive waiting shuts nothing down."""
+    @pytest.mark.parametrize("case", ["deadline", "non-blocking socket"])
+    def test_receive_that_cannot_block_in_the_kernel_waits_in_poll(self, case):
+        """A receive with a deadline, or without one on a non-blocking socket,
+        waits in poll() (with the wake eventfd), not in the receive syscall,
+        and still takes the datagram that comes and ends at close()."""
         require_syscall_introspection()
-        self.busy_poll_mechanism(monkeypatch, "socket")
-        idle = self.make_socket()
-        idle.busy_poll(50, mechanism="socket")
+        rx = self.make_socket()
+        sender = self.plain()
+        if case == "non-blocking socket":
+            rx.setblocking(False)
+        tid: list[int] = []
+        got: list[bytes] = []
+        errors: list[OSError] = []
+
+        def waiter() -> None:
+            tid.append(threading.get_native_id())
+            b = PacketBatch(4, 64)
+            try:
+                while True:
+                    got.extend(bytes(b[i]) for i in range(rx.recv_batch(b, 3600.0 if case == "deadline" else None)))
+            except OSError as e:
+                errors.append(e)
+        t = Helper(waiter)
+        with rescue(rx.getsockname()):
+            t.start()
+            assert wait_for(lambda: bool(tid) and thread_syscall(tid[0]) in POLLS)
+            sender.sendto(b"came", rx.getsockname())
+            assert wait_for(lambda: got == [b"came"])
+            assert wait_for(lambda: thread_syscall(tid[0]) in POLLS)
+            rx.close()
+            t.join(10)
+        assert [e.errno for e in errors] == [errno.EBADF]
+
+    @pytest.mark.parametrize("busy", ["off", "socket"])
+    def test_close_shuts_the_receive_side_of_a_dup_only_under_a_blocked_receive(self, monkeypatch, busy):
+        """What close() does to wake a receive asleep in the kernel (busy
+        polling through the socket or not) reaches the socket itself: a dup
+        the caller kept reads end-of-data at once afterwards (documented); a
+        close with no receive waiting shuts nothing down."""
+        require_syscall_introspection()
+        idle = self._socket_busy_polling(monkeypatch, busy)
         kept_idle = self.sockets.track(idle.sock.dup())
         idle.close()
         assert not receive_shut_down(kept_idle)  # nothing waited: nothing shut down
-        rx = self.make_socket()
-        rx.busy_poll(50, mechanism="socket")
+        rx = self._socket_busy_polling(monkeypatch, busy)
         kept = self.sockets.track(rx.sock.dup())
         tid: list[int] = []
         errors: list[OSError] = []
@@ -1334,13 +1367,12 @@ class BackendContract:
         assert kept.recv(64) == b""  # a blocking receive returns at once, empty
 
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-    def test_busy_poll_socket_a_forked_child_waits_in_poll(self, monkeypatch):
+    @pytest.mark.parametrize("busy", ["off", "socket"])
+    def test_a_forked_child_waits_in_poll(self, monkeypatch, busy):
         """A fork()ed child shares the socket: its receives do not block in
         the kernel (its close() must not shut the parent's receive side
         down), and still receive."""
-        self.busy_poll_mechanism(monkeypatch, "socket")
-        rx = self.make_socket()
-        rx.busy_poll(50, mechanism="socket")
+        rx = self._socket_busy_polling(monkeypatch, busy)
         ours, theirs = FORK.Pipe()
 
         def in_child() -> None:

@@ -78,12 +78,15 @@ bio_udp_recv_prepare(BioBatch *b, int vlen)
     }
 }
 
-/* One receive syscall round. Returns datagrams (>= 1) or -errno. nogil. */
+/* One receive syscall round: recvmmsg, or recvmsg for one slot (the
+ * one-slot window of request/response traffic: recvmmsg's own set-up is
+ * pure overhead there) or when recvmmsg is off. Returns datagrams (>= 1) or
+ * -errno. nogil. */
 static int
 bio_udp_recv_once_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
 {
     flags |= MSG_TRUNC; /* msg_len is then the datagram's real length */
-    if (u->recv_mmsg) {
+    if (u->recv_mmsg && vlen > 1) {
         BIO_COUNT(u->counters, BIO_UDP_C_RX_SYSCALLS, 1);
         int r = recvmmsg(u->fd, b->msgs, (unsigned int)vlen, flags | MSG_WAITFORONE, NULL);
         return r < 0 ? -errno : r;
@@ -117,22 +120,24 @@ bio_udp_recv_epoll_nogil(BioUdp *u, int wfd, int64_t deadline_ns)
     return bio_wake_closing(&u->wake) ? -BIO_ECLOSED : p;
 }
 
-/* Whether a receive without a deadline blocks in recvmmsg itself: busy
- * polling through the socket (SO_BUSY_POLL), in the process that set it up
- * (a fork()ed child shares the socket, and its close() must not shut the
- * parent's receive side down: it polls). Any thread. */
+/* Whether a receive without a deadline blocks in recvmmsg itself: block_rx
+ * is on (BurstSocket turns it on), in the process that set it (a fork()ed
+ * child shares the socket, and its close() must not shut the parent's
+ * receive side down: it polls), and no busy-polling epoll instance is to be
+ * waited in. Any thread. */
 static int
 bio_udp_recv_blocks(const BioUdp *u)
 {
     uint32_t gen = __atomic_load_n(&u->block_gen, __ATOMIC_RELAXED);
-    return gen != 0 && gen == bio_fork_gen();
+    return gen != 0 && gen == bio_fork_gen() && __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED) < 0;
 }
 
 /* One receive that blocks in the kernel: recvmmsg(MSG_WAITFORONE) without
- * MSG_DONTWAIT busy polls the device for the socket's SO_BUSY_POLL and then
- * sleeps until a datagram comes: one system call per wake-up, where poll()
- * would not busy poll at all (it honours only the net.core.busy_poll
- * sysctl). close() from another thread sees rx_blocked and shuts the receive
+ * MSG_DONTWAIT (recvmsg in the one-slot window) sleeps until a datagram
+ * comes, busy polling the device first for the socket's SO_BUSY_POLL: one
+ * system call per wake-up, as a blocking recvfrom() makes, where poll() and
+ * a receive make two (and poll() does not busy poll at all: it honours only
+ * the net.core.busy_poll sysctl). close() from another thread sees rx_blocked and shuts the receive
  * side down (bio_udp_close, csrc/udp/io.c), which ends the sleep; whatever
  * the call returns then (the empty message a shut-down socket gives)
  * becomes -BIO_ECLOSED. Datagrams, -EAGAIN where the socket cannot block
@@ -154,7 +159,7 @@ bio_udp_recv_blocking_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
 }
 
 /* Receive, waiting until deadline_ns (-1: forever) in recvmmsg itself
- * (busy polling through the socket, no deadline), in poll() on the socket
+ * (no deadline, bio_udp_recv_blocks), in poll() on the socket
  * and the wake eventfd, or in the busy-polling epoll instance, or spinning.
  * Returns datagrams, 0 on timeout, -BIO_ECLOSED when close() woke it, or
  * -errno. nogil. */

@@ -128,7 +128,8 @@ class PortableIo:
     @property
     def block_rx(self) -> bool:
         """True: a receive without a deadline blocks in recvmsg itself (the
-        kernel busy polls by SO_BUSY_POLL, then sleeps); off in a fork()ed child."""
+        kernel busy polls by SO_BUSY_POLL if set, then sleeps) unless a
+        busy-polling epoll instance is to be waited in; off in a fork()ed child."""
         return self._block_pid == os.getpid()
 
     @block_rx.setter
@@ -267,7 +268,7 @@ class PortableIo:
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
         spin_end = None
         first = None
-        if deadline is None and self.block_rx and self.sock.gettimeout() is None:
+        if deadline is None and self.block_rx and self._waiter is None and self.sock.gettimeout() is None:
             first = self._recv_blocking(batch)
         while first is None:
             try:

@@ -175,13 +175,19 @@ class BurstSocket(MetadataOptions):
     @staticmethod
     def _make_io(sock: socket.socket, backend: str, caps: Capabilities) -> _native.UdpIo | PortableIo:
         if backend == "portable":
-            return PortableIo(sock)
+            pio = PortableIo(sock)
+            pio.block_rx = True  # as the C backends below
+            return pio
         if backend == "mmsg" and not (caps.recvmmsg and caps.sendmmsg):
             why = caps["recvmmsg"].detail if not caps.recvmmsg else caps["sendmmsg"].detail
             raise OSError(errno.EOPNOTSUPP, f"backend 'mmsg' needs recvmmsg and sendmmsg: {why}")
         io = _native.UdpIo(sock.fileno())
         io.recv_mmsg = int(backend != "msg" and caps.recvmmsg)
         io.send_mmsg = int(backend != "msg" and caps.sendmmsg)
+        # a receive without a deadline blocks in the kernel's receive itself:
+        # one system call per wake-up, as a blocking recvfrom() makes (close()
+        # from another thread ends it by shutting the receive side down)
+        io.block_rx = True
         return io
 
     @classmethod
@@ -204,7 +210,10 @@ class BurstSocket(MetadataOptions):
         Waits up to ``timeout`` seconds (None: forever, 0: not at all) for the
         first datagram, then takes what else is queued without waiting
         (MSG_WAITFORONE). Returns 0 on timeout. The batch's previous contents
-        are replaced. With GRO on, coalesced datagrams come back as separate
+        are replaced. Without a timeout, on a blocking socket, the wait is the
+        kernel's receive itself (one system call per wake-up, as a blocking
+        ``recvfrom`` makes; see close() for how another thread ends it); with
+        one, ``poll()`` on the socket and a wake-up eventfd, then the receive. With GRO on, coalesced datagrams come back as separate
         entries pointing into their slot.
 
         (Each instance binds this name to its backend's ``recv_batch``,
@@ -520,7 +529,6 @@ class BurstSocket(MetadataOptions):
             prefer = prefer and not (refused and "prefer" in refused)
             set_busy_poll(self._sock, usecs)
             self._io.spin_us = usecs  # a receive with a deadline retries this long
-            self._io.block_rx = True  # one without blocks in the kernel, which busy polls
         else:
             self._reset_socket_options(caps)
             _BUSY_POLLING.add(self)
@@ -566,7 +574,6 @@ class BurstSocket(MetadataOptions):
             ep.close()  # the receive path waits in its own dup: safe under a waiter
         else:
             self._io.spin_us = 0
-            self._io.block_rx = False
             if self._sock.fileno() != -1 and not closing:
                 self._sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, 0)
                 self._reset_socket_options(capabilities())
@@ -603,10 +610,11 @@ class BurstSocket(MetadataOptions):
         A call blocked in another thread, in recv_batch, in a send waiting for
         room on a blocking socket or waiting for room in the pacer, wakes at
         once with ``OSError(EBADF, "... closed while waiting")`` (a send's
-        ``sent`` says how far it got). A receive blocked in the kernel while
-        busy polling through the socket (``busy_poll``, "socket", no
-        timeout) is woken by ``shutdown(SHUT_RD)`` on the socket (after at
-        most ``usecs`` of busy polling): that shuts the receive side down for
+        ``sent`` says how far it got). A receive blocked in the kernel's
+        receive itself (``recv_batch`` with ``timeout=None`` on a blocking
+        socket, see recv_batch) is woken by ``shutdown(SHUT_RD)`` on the
+        socket (busy polling through the socket, after at most ``usecs`` of
+        it): that shuts the receive side down for
         every descriptor of the socket, a dup the caller holds or a fork()ed
         child's copy included, so close a socket that others still receive
         on only while none of this process's threads waits in recv_batch

@@ -53,6 +53,8 @@ FLAG_CLIENT = 1
 FLAG_PONG_REQUEST = 2
 FLAG_WARMUP = 4
 _FLAGS_LOW = 9  # offset of the flags' low byte in the header
+_HEADER_SIZE = HEADER.size
+_CLEAR_CLIENT = ~FLAG_CLIENT & 0xFF
 
 
 def mark_replies(arena: memoryview, offsets: memoryview, lengths: memoryview, mask: bytearray, n: int) -> int:
@@ -118,8 +120,10 @@ class SockperfServer:
         """Handle one burst; returns the number of messages received."""
         batch, sock = self.batch, self.sock
         n = sock.recv_batch(batch, timeout)
-        if n == 1:  # ping-pong: the latency-critical case, kept short
-            if mark_replies(self._arena, self._offsets, self._lengths, self._mask, 1):
+        if n == 1:  # ping-pong: the latency-critical case, mark_replies inlined
+            arena, off = self._arena, self._offsets[0] + _FLAGS_LOW
+            if self._lengths[0] >= _HEADER_SIZE and arena[off] & FLAG_PONG_REQUEST:
+                arena[off] &= _CLEAR_CLIENT
                 sock.send_batch(batch, 0, 1, on_error="skip")
                 self.replies += 1
         elif n:
