@@ -213,8 +213,9 @@ class BurstSocket(MetadataOptions):
         are replaced. Without a timeout, on a blocking socket, the wait is the
         kernel's receive itself (one system call per wake-up, as a blocking
         ``recvfrom`` makes; see close() for how another thread ends it); with
-        one, ``poll()`` on the socket and a wake-up eventfd, then the receive. With GRO on, coalesced datagrams come back as separate
-        entries pointing into their slot.
+        one, ``poll()`` on the socket and a wake-up eventfd, then the receive.
+        With GRO on, coalesced datagrams come back as separate entries
+        pointing into their slot.
 
         (Each instance binds this name to its backend's ``recv_batch``,
         which has exactly this contract; this method documents it.)
