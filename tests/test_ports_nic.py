@@ -96,6 +96,8 @@ def test_nic_port_arguments_are_checked():
         ports.nic_port("lo", slots=256, frames=100)
     with pytest.raises(TypeError, match=full("fill_size must be int, got str")):
         ports.nic_port("lo", fill_size="x")
+    with pytest.raises(ValueError, match=full("fill_frames must be between 1 and 64, got 65")):
+        ports.nic_port("lo", fill_size=64, fill_frames=65)
 
 
 # ---- frames and their owners ---------------------------------------------------------------
@@ -105,7 +107,7 @@ def test_every_frame_is_accounted_for(nic):
     umem = nic.umem
     states = umem.frame_states()
     assert states["port"] == nic.slots  # the TX ring's free slots hold one each
-    assert states["fill"] == 2048 and sum(states.values()) == umem.frames
+    assert states["fill"] == 1024 and sum(states.values()) == umem.frames  # fill_frames: half the ring
     near, far = nic.pipe(slots=64)
     assert umem.frame_states()["port"] == nic.slots + 2 * 64
     flood(nic.lab, 300, dport=DPORT)
@@ -117,6 +119,21 @@ def test_every_frame_is_accounted_for(nic):
     near.close()
     nic.rx.advance()
     nic.rx.sync()  # released: their frames go back to the fill ring
+
+
+@needs_xdp_lab
+def test_the_pump_keeps_fill_frames_in_the_fill_ring(nic):
+    """The pump tops the fill ring up to fill_frames (half of fill_size by
+    default), not to its size: fewer frames in flight."""
+    umem = nic.umem
+    assert umem.frame_states()["fill"] == 1024  # bind() filled it to that too
+    for _ in range(3):
+        flood(nic.lab, 400, dport=DPORT)
+        assert take(nic, 400) == 400
+        nic.rx.advance()
+        nic.rx.sync()  # released; the pump refills
+    states = umem.frame_states()
+    assert states["fill"] == 1024 and sum(states.values()) == umem.frames
 
 
 @needs_xdp_lab
@@ -391,7 +408,7 @@ def test_spread_names_the_ring_a_hostile_worker_broke(nic):
     for near, far in (pipes[0], pipes[2]):
         near.tx.sync()
         got += far.rx.sync()
-    assert got == 120 and nic.umem.frame_states()["fill"] == 2048
+    assert got == 120 and nic.umem.frame_states()["fill"] == 1024  # fill_frames: half the ring
 
 
 def worker_echo(far: ports.Port, ready: object) -> None:

@@ -9,6 +9,8 @@
  * and the frame's state, records the frame in a new lease and makes it
  * entry i of the batch: offset = its UMEM offset, length, and
  * FLAG_CONTINUES when a multi-buffer packet goes on in the next entry.
+ * A socket with fill_target set keeps at most that many frames in the fill
+ * ring (a NIC port's pump: fewer frames in flight stay in the CPU's cache).
  */
 #include "xdp/xdp.h"
 
@@ -21,8 +23,13 @@ uint32_t
 bio_xsk_refill(BioXsk *x)
 {
     BioUmem *u = x->umem;
-    uint32_t room = bio_ring_prod_free(&x->fill, x->fill.size);
-    if (room < x->fill_batch || room == 0)
+    uint32_t room = bio_ring_prod_free(&x->fill, x->fill.size), batch = x->fill_batch;
+    if (x->fill_target && x->fill_target < x->fill.size) { /* fewer frames in flight */
+        uint32_t held = x->fill.size - room;
+        room = held >= x->fill_target ? 0 : x->fill_target - held;
+        batch = batch < x->fill_target ? batch : x->fill_target;
+    }
+    if (room < batch || room == 0)
         return 0;
     uint32_t n = room < u->nfree ? room : u->nfree;
     if (n < room)

@@ -183,6 +183,7 @@ typedef struct {
     int closing;     /* close() asked while busy: the call closes on its way out */
     pid_t pid;
     uint32_t fill_batch; /* a refill tops the fill ring up when this many are free */
+    uint32_t fill_target; /* a refill stops at this many frames in the fill ring (0: its size) */
     BioXskRing fill, comp, rx, tx;
     struct xdp_desc *scratch; /* rx descriptors read with the GIL released */
     uint32_t scratch_size;
@@ -197,7 +198,8 @@ extern PyTypeObject BioXsk_Type;
 int bio_xsk_enter(BioXsk *x, const char *what);
 /* End a call bio_xsk_enter began; closes the socket if close() came meanwhile. */
 void bio_xsk_leave(BioXsk *x);
-/* Top the fill ring up from the free list. GIL held. Returns frames given. */
+/* Top the fill ring up from the free list (to fill_target frames when set).
+ * GIL held. Returns frames given. */
 uint32_t bio_xsk_refill(BioXsk *x);
 /* Take completed tx frames back. GIL held. Returns how many. */
 uint32_t bio_xsk_reap(BioXsk *x);

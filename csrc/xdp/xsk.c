@@ -402,6 +402,8 @@ static PyMemberDef bio_xsk_members[] = {
     {"umem", T_OBJECT, offsetof(BioXsk, umem), READONLY, "the Umem"},
     {"fill_batch", T_UINT, offsetof(BioXsk, fill_batch), 0,
      "refill the fill ring once this many entries are free"},
+    {"fill_target", T_UINT, offsetof(BioXsk, fill_target), 0,
+     "a refill stops once the fill ring holds this many frames (0: its size)"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -638,6 +638,7 @@ class XskLease:
 
 class XskSocket:
     fill_batch: int
+    fill_target: int
     @property
     def fd(self) -> int: ...
     @property

@@ -218,7 +218,7 @@ def _pool_region(slots: int, slot_size: int, kind: int, pool_fd: int, umem: Umem
 
 def nic_port(dev: str | int, queue: int = 0, *, slots: int = SLOTS, frames: int | None = None,
              frame_size: int = 2048, fill_size: int = 2048, tx_size: int = 2048, mode: str = "auto",
-             steer: Steer | None = None, linger: float = LINGER) -> NicPort:
+             steer: Steer | None = None, linger: float = LINGER, fill_frames: int | None = None) -> NicPort:
     """Queue ``queue`` of device ``dev`` (in the calling thread's network
     namespace) as a port: an AF_XDP socket whose frames are the port's
     buffers. ``slots`` per ring (a power of two); ``frames`` in the pool
@@ -226,7 +226,14 @@ def nic_port(dev: str | int, queue: int = 0, *, slots: int = SLOTS, frames: int 
     pipes of ``slots``; the port keeps its RX ring's slots and its tx ring's
     worth free for its own use, the rest is for pipes); ``frame_size`` 2048 or 4096 (a slot holds
     frame_size - 256 bytes: the kernel keeps XDP's headroom in front);
-    ``mode`` the socket's (``XskSocket``). Frames arrive only where an XDP
+    ``mode`` the socket's (``XskSocket``); ``fill_frames`` how many frames
+    the pump keeps in the fill ring (default: half of ``fill_size``; at most
+    ``fill_size``): the kernel takes the oldest, so every frame there is one
+    more in the cycle the CPU's cache must hold, and a shallower fill ring
+    keeps the frames it receives into warm (the port bench delivers more
+    with half the ring than with all of it); a burst
+    longer than that before the pump runs again is dropped by the kernel and
+    counted (``xsk.statistics()["rx_fill_ring_empty_descs"]``). Frames arrive only where an XDP
     program steers them: pass an attached ``Steer`` as ``steer`` (the
     socket is added to it) or add ``port.xsk`` yourself. Needs what
     ``XskSocket`` needs (root, or CAP_NET_RAW and CAP_IPC_LOCK)."""
@@ -236,6 +243,8 @@ def nic_port(dev: str | int, queue: int = 0, *, slots: int = SLOTS, frames: int 
     slots = check_int("slots", slots, 2, _native.PORT_SLOTS_MAX, power_of_two=True)
     for name, size in (("fill_size", fill_size), ("tx_size", tx_size)):
         check_int(name, size, 1, 1 << 16, power_of_two=True)
+    fill_frames = max(1, fill_size // 2) if fill_frames is None else check_int("fill_frames", fill_frames, 1,
+                                                                               fill_size)
     if frames is None:
         frames = fill_size + tx_size + 2 * slots * (1 + PIPES)
     check_int("frames", frames, fill_size + tx_size + slots, _native.PORT_FRAMES_MAX)
@@ -248,7 +257,7 @@ def nic_port(dev: str | int, queue: int = 0, *, slots: int = SLOTS, frames: int 
     try:
         umem = Umem(frames, frame_size, memfd=pool_fd)
         xsk = XskSocket(dev, queue, umem=umem, rx_size=fill_size, fill_size=fill_size, tx_size=tx_size,
-                        comp_size=tx_size, mode=mode)
+                        comp_size=tx_size, mode=mode, _fill_target=fill_frames)
         region = _pool_region(slots, frame_size - OFFSET, 2, pool_fd, umem)
         region.use_frames(umem._umem, False, True)
         try:

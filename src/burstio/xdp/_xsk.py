@@ -171,7 +171,9 @@ class XskSocket:
 
     def __init__(self, dev: str | int, queue: int = 0, *, umem: Umem | None = None, rx_size: int = 2048,
                  tx_size: int = 2048, fill_size: int = 2048, comp_size: int = 2048, mode: str = "auto",
-                 need_wakeup: bool | None = None, multi_buffer: bool = False):
+                 need_wakeup: bool | None = None, multi_buffer: bool = False, _fill_target: int = 0):
+        # _fill_target (burstio.ports.nic_port's fill_frames): frames the fill ring is topped up to, bind's first
+        # fill included; 0 fills it whole
         check_choice("mode", mode, MODES)
         check_int("queue", queue, 0, 65535)
         for name, size in (("rx_size", rx_size), ("tx_size", tx_size), ("fill_size", fill_size),
@@ -199,6 +201,7 @@ class XskSocket:
             self._x = _native.XskSocket(self.umem._umem, ifindex, queue, fill_size, comp_size, rx_size, tx_size)
         except OSError as e:
             raise _umem_error(e, 0) from None
+        self._x.fill_target = _fill_target
         try:
             self._bind(caps, mode, need_wakeup, multi_buffer)
         except BaseException:
