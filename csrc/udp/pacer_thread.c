@@ -3,11 +3,13 @@
  *
  * Where a datagram goes through it: the entry at the head of the pacer's
  * queue (udp/pacer.c put it there) -> bio_pacer_wait_due sleeps until its
- * transmit time: pthread_cond_timedwait to that absolute CLOCK_MONOTONIC
- * deadline (close() cuts it short; queue() signals only a thread waiting for
- * an entry, since a new entry never goes before the head), with the
- * thread's timer slack at 1 ns -> bio_pacer_collect makes messages of
- * every entry due within the pacer's slack of now (GSO runs of consecutive
+ * release time (bio_pacer_release_time: its transmit time when it starts a
+ * flow, else centred on what the release carries): pthread_cond_timedwait
+ * to that absolute CLOCK_MONOTONIC deadline (close() cuts it short; queue()
+ * signals only a thread waiting for an entry, since a new entry never goes
+ * before the head), with the thread's timer slack at 1 ns ->
+ * bio_pacer_collect makes messages of every entry due within half the
+ * pacer's slack of now (GSO runs of consecutive
  * entries of one socket, destination, local address and codepoint: they
  * leave together, so their times need not match) -> bio_pacer_send:
  * sendmmsg per run of messages on one socket; a full socket (EAGAIN) is
@@ -22,15 +24,18 @@
  * condition variable, timer slack 1 ns or 50 us; two timer writes, a
  * timer interrupt and a halt of the idle vCPU, each a VM exit of ~3.6 us),
  * one clock_gettime (vDSO, no syscall) and one sendmmsg. A slack S makes
- * one wake-up carry every datagram due within S: with datagrams closer than
- * S, at most one wake-up per S, each datagram early by at most S and never
- * released before its time less S.
+ * one wake-up carry every datagram due within S/2 of it, and the release
+ * time centres it on them: one wake-up per S in a steady flow (at least
+ * S/2 apart in any case), each datagram within S/2 of its time either way
+ * (plus the wake-up latency), where waking at the head's time would send
+ * each up to S early for as many wake-ups.
  */
 #include "udp/pacer.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <time.h>
@@ -69,12 +74,39 @@ bio_pacer_record_error(BioPacer *p, const BioPacerEntry *e, int err)
     bio_pacer_notify(p);
 }
 
-/* Wait until the head entry is due (1) or close() began (0): one timed
- * wait to its transmit time, the only wake-up of a release. mu held on
- * entry and return; released while waiting. */
-static int
-bio_pacer_wait_due(BioPacer *p)
+/* When the release that takes the head goes (the pacer's slack S, half of
+ * it H): a release sends every entry due within H of its time, so none
+ * leaves more than H early. It starts a flow (the head is due more than S
+ * after the previous release's reach `last_until`, or the pacer was idle)
+ * at the head's time; within a flow it goes at the earliest time that
+ * keeps that bound for the entries due within S of the head: the last of
+ * them, t_last, less H, but not before the head's time. So a flow's
+ * releases are centred on the datagrams they carry, each datagram within H
+ * of its time either way, at one wake-up per S, where going at the head's
+ * time would make each up to S early. mu held. */
+static int64_t
+bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t last_until)
 {
+    int64_t t = bio_pacer_entry(p, p->head)->meta.txtime, t_last = t;
+    if (slack <= 0 || last_until < 0 || t - last_until > slack)
+        return t;
+    for (uint64_t pos = p->head + 1; pos < p->tail && pos - p->head < BIO_PACER_ROUND; pos++) {
+        int64_t u = bio_pacer_entry(p, pos)->meta.txtime;
+        if (u - t > slack) /* both >= 0: no overflow */
+            break;
+        t_last = u > t_last ? u : t_last;
+    }
+    return t_last - slack / 2 > t ? t_last - slack / 2 : t;
+}
+
+/* Wait until the head entry's release is due (1) or close() began (0): one
+ * timed wait to its release time (bio_pacer_release_time), the only
+ * wake-up of a release. mu held on entry and return; released while
+ * waiting. */
+static int
+bio_pacer_wait_due(BioPacer *p, int64_t last_until)
+{
+    int64_t due = INT64_MAX; /* the head's release time, once known */
     for (;;) {
         if (bio_wake_closing(&p->wake))
             return 0;
@@ -84,10 +116,12 @@ bio_pacer_wait_due(BioPacer *p)
             p->idle = 0;
             continue;
         }
-        int64_t t = bio_pacer_entry(p, p->head)->meta.txtime;
-        if (t <= bio_now_ns())
+        /* entries queued meanwhile may put it later: the time already waited for stands */
+        int64_t t = bio_pacer_release_time(p, __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED), last_until);
+        due = t < due ? t : due;
+        if (due <= bio_now_ns())
             return 1;
-        struct timespec ts = bio_pacer_ts(t);
+        struct timespec ts = bio_pacer_ts(due);
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }
 }
@@ -345,12 +379,12 @@ bio_pacer_main(void *arg)
     /* wake at the deadline, not up to 50 us after (the CPU a wake-up costs is the same) */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     int more = 0; /* the release under way has entries left for another round */
-    int64_t until = 0;
+    int64_t until = -1; /* the reach of the last release (-1: none yet) */
     pthread_mutex_lock(&p->mu);
     /* a release: one wait, then rounds of sends until what is due by its `until` has gone */
-    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p)) {
+    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p, until)) {
         if (!more) {
-            until = bio_now_ns() + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED);
+            until = bio_now_ns() + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED) / 2;
             BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
         }
         int nmsg;
