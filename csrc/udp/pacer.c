@@ -101,7 +101,8 @@ bio_pacer_stop(BioPacer *p)
     if (!p->running)
         return;
     pthread_mutex_lock(&p->mu);
-    pthread_cond_broadcast(&p->cv);
+    pthread_cond_broadcast(&p->cv); /* an idle wait */
+    bio_pacer_kick(p);              /* a wait for a release time */
     pthread_mutex_unlock(&p->mu);
     Py_BEGIN_ALLOW_THREADS
     pthread_join(p->thread, NULL);

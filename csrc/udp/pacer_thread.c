@@ -4,10 +4,11 @@
  * Where a datagram goes through it: the entry at the head of the pacer's
  * queue (udp/pacer.c put it there) -> bio_pacer_wait_due sleeps until its
  * release time (bio_pacer_release_time: its transmit time when it starts a
- * flow, else centred on what the release carries): pthread_cond_timedwait
- * to that absolute CLOCK_MONOTONIC deadline (close() cuts it short; queue()
- * signals only a thread waiting for an entry, since a new entry never goes
- * before the head), with the thread's timer slack at 1 ns ->
+ * flow, else centred on what the release carries): a futex wait to that
+ * absolute CLOCK_MONOTONIC deadline (close() cuts it short; queue() signals
+ * the condition variable only when the thread waits for an entry, since a
+ * new entry never goes before the head), with the thread's timer slack at
+ * 1 ns ->
  * bio_pacer_collect makes messages of every entry due within half the
  * pacer's slack of now (GSO runs of consecutive
  * entries of one socket, destination, local address and codepoint: they
@@ -33,11 +34,14 @@
 #include "udp/pacer.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +50,28 @@ bio_pacer_ts(int64_t ns)
 {
     struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
     return ts;
+}
+
+void
+bio_pacer_kick(BioPacer *p)
+{
+    __atomic_add_fetch(&p->kick, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &p->kick, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Sleep until the absolute CLOCK_MONOTONIC time ts or a bio_pacer_kick,
+ * whichever first (or spuriously: the caller looks again). mu held on entry
+ * and return, released while sleeping. A futex wait of its own, not
+ * pthread_cond_timedwait: glibc takes the mutex back from a condition wait
+ * as if contended, so the next unlock is a FUTEX_WAKE syscall, one more per
+ * release for no waiter. */
+static void
+bio_pacer_sleep_until(BioPacer *p, const struct timespec *ts)
+{
+    uint32_t seen = __atomic_load_n(&p->kick, __ATOMIC_ACQUIRE); /* a kick after this: no sleep */
+    pthread_mutex_unlock(&p->mu);
+    syscall(SYS_futex, &p->kick, FUTEX_WAIT_BITSET_PRIVATE, seen, ts, NULL, FUTEX_BITSET_MATCH_ANY);
+    pthread_mutex_lock(&p->mu);
 }
 
 void
@@ -101,7 +127,7 @@ bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t last_until)
 
 /* Wait until the head entry's release is due (1) or close() began (0): one
  * timed wait to its release time (bio_pacer_release_time), the only
- * wake-up of a release. mu held on entry and return; released while
+ * wake-up of a release, one futex syscall. mu held on entry and return; released while
  * waiting. */
 static int
 bio_pacer_wait_due(BioPacer *p, int64_t last_until)
@@ -122,7 +148,7 @@ bio_pacer_wait_due(BioPacer *p, int64_t last_until)
         if (due <= bio_now_ns())
             return 1;
         struct timespec ts = bio_pacer_ts(due);
-        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        bio_pacer_sleep_until(p, &ts);
     }
 }
 
