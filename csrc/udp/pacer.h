@@ -87,7 +87,7 @@ typedef struct {
     int waiters;          /* calls waiting for room */
     int drainers;         /* calls waiting for the queue to drain (flush) */
     int want_room;        /* an event loop waits for room: signal note_efd after each round */
-    uint32_t kick;        /* futex word of the thread's timed wait: close() bumps it (under mu) and wakes it */
+    uint32_t kick;        /* futex word of the thread's timed wait: close() bumps it and wakes it */
     /* options (read by the thread under mu) */
     int gso, gso_max_segments, ecn_cmsg, dscp;
     long long slack_ns;   /* a release takes every entry due within this much of now */

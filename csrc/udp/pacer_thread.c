@@ -8,11 +8,10 @@
  * absolute CLOCK_MONOTONIC deadline (close() cuts it short; queue() signals
  * the condition variable only when the thread waits for an entry, since a
  * new entry never goes before the head), with the thread's timer slack at
- * 1 ns ->
- * bio_pacer_collect makes messages of every entry due within half the
- * pacer's slack of now (GSO runs of consecutive
- * entries of one socket, destination, local address and codepoint: they
- * leave together, so their times need not match) -> bio_pacer_send:
+ * 1 ns -> bio_pacer_collect makes messages of every entry due within half
+ * the pacer's slack of now (GSO runs of consecutive entries of one socket,
+ * destination, local address and codepoint: they leave together, so their
+ * times need not match) -> bio_pacer_send:
  * sendmmsg per run of messages on one socket; a full socket (EAGAIN) is
  * waited for in poll(POLLOUT), not spun on; a refusal is recorded per
  * datagram; GSO or a codepoint the kernel refuses (EIO/EINVAL) is dropped
@@ -127,8 +126,8 @@ bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t last_until)
 
 /* Wait until the head entry's release is due (1) or close() began (0): one
  * timed wait to its release time (bio_pacer_release_time), the only
- * wake-up of a release, one futex syscall. mu held on entry and return; released while
- * waiting. */
+ * wake-up of a release, one futex syscall. mu held on entry and return;
+ * released while waiting. */
 static int
 bio_pacer_wait_due(BioPacer *p, int64_t last_until)
 {
