@@ -101,19 +101,20 @@ bio_pacer_record_error(BioPacer *p, const BioPacerEntry *e, int err)
 
 /* When the release that takes the head goes (the pacer's slack S, half of
  * it H): a release sends every entry due within H of its time, so none
- * leaves more than H early. It starts a flow (the head is due more than S
- * after the previous release's reach `last_until`, or the pacer was idle)
- * at the head's time; within a flow it goes at the earliest time that
+ * leaves more than H early. A head due by `now` goes now (a late datagram
+ * leaves at once). It starts a flow (the head is due more than S after the
+ * previous release's reach `last_until`, or the pacer was idle) at the
+ * head's time; within a flow it goes at the earliest time that
  * keeps that bound for the entries due within S of the head: the last of
  * them, t_last, less H, but not before the head's time. So a flow's
  * releases are centred on the datagrams they carry, each datagram within H
  * of its time either way, at one wake-up per S, where going at the head's
  * time would make each up to S early. mu held. */
 static int64_t
-bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t last_until)
+bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t last_until, int64_t now)
 {
     int64_t t = bio_pacer_entry(p, p->head)->meta.txtime, t_last = t;
-    if (slack <= 0 || last_until < 0 || t - last_until > slack)
+    if (slack <= 0 || t <= now || last_until < 0 || t - last_until > slack)
         return t;
     for (uint64_t pos = p->head + 1; pos < p->tail && pos - p->head < BIO_PACER_ROUND; pos++) {
         int64_t u = bio_pacer_entry(p, pos)->meta.txtime;
@@ -141,10 +142,14 @@ bio_pacer_wait_due(BioPacer *p, int64_t last_until)
             p->idle = 0;
             continue;
         }
-        /* entries queued meanwhile may put it later: the time already waited for stands */
-        int64_t t = bio_pacer_release_time(p, __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED), last_until);
+        /* entries queued meanwhile may put it later: the time already waited for stands; a
+         * head due at the first look goes now, one that became due while waited for, when
+         * its release time comes */
+        int64_t now = bio_now_ns();
+        int64_t t = bio_pacer_release_time(p, __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED), last_until,
+                                           due == INT64_MAX ? now : -1);
         due = t < due ? t : due;
-        if (due <= bio_now_ns())
+        if (due <= now)
             return 1;
         struct timespec ts = bio_pacer_ts(due);
         bio_pacer_sleep_until(p, &ts);

@@ -213,15 +213,15 @@ class PortablePacer:
 
     # ---- the sender thread -------------------------------------------------
 
-    def _release_time(self, last_until: int) -> int:
-        """When the release that takes the head goes, as the C pacer: at the
-        head's time when it starts a flow (due more than the slack after the
-        last release's reach, or none yet), else when the last entry due
-        within the slack of the head is half the slack away, not before the
-        head's time."""
+    def _release_time(self, last_until: int, now: int) -> int:
+        """When the release that takes the head goes, as the C pacer: now when
+        the head is already due; at the head's time when it starts a flow (due
+        more than the slack after the last release's reach, or none yet);
+        else when the last entry due within the slack of the head is half the
+        slack away, not before the head's time."""
         slack = self.slack_ns
         t = t_last = self._q[0].meta.txtime
-        if slack <= 0 or last_until < 0 or t - last_until > slack:
+        if slack <= 0 or t <= now or last_until < 0 or t - last_until > slack:
             return t
         for e in itertools.islice(self._q, 1, _ROUND):
             u = e.meta.txtime
@@ -241,7 +241,7 @@ class PortablePacer:
                         self._cv.wait()
                         continue
                     now = time.monotonic_ns()
-                    t = self._release_time(until)
+                    t = self._release_time(until, now if release_at is None else -1)  # due at the first look: now
                     release_at = t if release_at is None else min(release_at, t)
                     if release_at > now:
                         self._cv.wait((release_at - now) / 1e9)
