@@ -376,11 +376,12 @@ def test_a_release_larger_than_one_send_is_still_one_wake_up(sockets):
     assert c["tx_syscalls"] >= 4  # 200 messages: at least four sends of 64
 
 
-def test_slack_never_releases_a_datagram_before_its_time_less_the_slack(sockets):
+def test_slack_never_releases_a_datagram_before_its_time_less_half_the_slack(sockets):
     """Each datagram arrives (CLOCK_MONOTONIC, read by the receiver after it
     arrived, so later than it left) no earlier than its transmit time less
-    the slack; how late is not asserted. Times 20 ms apart, slack 30 ms:
-    each release takes a datagram or two, never the whole schedule."""
+    half the slack (a release takes what is due within half the slack of
+    it); how late is not asserted. Times 20 ms apart, slack 30 ms: each
+    release takes a datagram or two, never the whole schedule."""
     slack = 30 * MS
     rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
     t0 = time.monotonic_ns() + 20 * MS
@@ -392,9 +393,34 @@ def test_slack_never_releases_a_datagram_before_its_time_less_the_slack(sockets)
         arrived = time.monotonic_ns()
         got += [(int(bytes(batch[i])), arrived) for i in range(len(batch))]
     assert [i for i, _ in got] == list(range(len(times)))
-    early = [(i, times[i] - slack - arrived) for i, arrived in got if arrived < times[i] - slack]
+    early = [(i, times[i] - slack // 2 - arrived) for i, arrived in got if arrived < times[i] - slack // 2]
     assert early == []
     assert tx.counters["paced_releases"] >= len(times) // 2  # the slack covers at most two of them
+
+
+def test_a_release_within_a_flow_is_centred_on_what_it_carries(sockets):
+    """Slack 400 ms. The flow's first release goes at its first datagram's
+    time and takes what is due within half the slack (0 and 100 ms); the
+    next is centred on what it carries: it goes when the last datagram due
+    within the slack of its first (650 ms, of 300, 350 and 650) is half the
+    slack away, at 450 ms, so the one due at 350 ms leaves late by design
+    (by less than half the slack) and none leaves more than half the slack
+    early. (A first wake-up 150 ms late would take 350 with it; how late a
+    datagram leaves beyond its release time is not asserted.)"""
+    slack = 400 * MS
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
+    t0 = time.monotonic_ns() + 50 * MS
+    times = [t0 + d * MS for d in (0, 100, 300, 350, 650)]
+    tx.send_batch(schedule(rx.getsockname(), times))
+    batch = PacketBatch(64, 64)
+    got: list[tuple[int, int]] = []
+    while len(got) < len(times) and rx.recv_batch(batch, 5.0):
+        arrived = time.monotonic_ns()
+        got += [(int(bytes(batch[i])), arrived) for i in range(len(batch))]
+    assert [i for i, _ in got] == list(range(len(times)))
+    assert [i for i, arrived in got if arrived < times[i] - slack // 2] == []
+    assert got[3][1] >= t0 + 450 * MS  # centred: 350 waited for the release at 650 less half the slack
+    assert tx.counters["paced_releases"] == 2
 
 
 def test_slack_zero_and_the_default(sockets):

@@ -101,7 +101,8 @@ bio_pacer_stop(BioPacer *p)
     if (!p->running)
         return;
     pthread_mutex_lock(&p->mu);
-    pthread_cond_broadcast(&p->cv);
+    pthread_cond_broadcast(&p->cv); /* an idle wait */
+    bio_pacer_kick(p);              /* a wait for a release time */
     pthread_mutex_unlock(&p->mu);
     Py_BEGIN_ALLOW_THREADS
     pthread_join(p->thread, NULL);
@@ -605,8 +606,9 @@ static PyMemberDef bio_pacer_members[] = {
      "only): a TOS byte every kernel refuses"},
     {"dscp", T_INT, offsetof(BioPacer, dscp), 0, "the DSCP bits sent with a codepoint"},
     {"slack_ns", T_LONGLONG, offsetof(BioPacer, slack_ns), 0,
-     "a release (one wake-up) sends every datagram due within this many ns of it, so none leaves "
-     "earlier than its time less this: fewer wake-ups, less precision; 0: each at its time"},
+     "a release (one wake-up) sends every datagram due within half this many ns of it, and goes at "
+     "the first one's time when it starts a flow, else centred on what it carries: one wake-up per "
+     "slack in a steady flow, each datagram within half of it of its time; 0: each at its time"},
     {"next_sequence", T_ULONGLONG, offsetof(BioPacer, next_seq), READONLY,
      "the sequence number the next datagram queued gets (= datagrams queued so far)"},
     {"note_fd", T_INT, offsetof(BioPacer, note_efd), READONLY,

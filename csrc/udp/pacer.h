@@ -67,7 +67,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     pthread_mutex_t mu;   /* guards the positions, errors, closing and the options */
-    pthread_cond_t cv;    /* the thread waits here (CLOCK_MONOTONIC deadlines) */
+    pthread_cond_t cv;    /* the thread waits here for an entry (its timed waits are on `kick`) */
     int sync_ready;       /* mu and cv are initialised */
     pthread_t thread;
     int running;          /* the thread runs (started by the first queue) */
@@ -87,6 +87,7 @@ typedef struct {
     int waiters;          /* calls waiting for room */
     int drainers;         /* calls waiting for the queue to drain (flush) */
     int want_room;        /* an event loop waits for room: signal note_efd after each round */
+    uint32_t kick;        /* futex word of the thread's timed wait: close() bumps it and wakes it */
     /* options (read by the thread under mu) */
     int gso, gso_max_segments, ecn_cmsg, dscp;
     long long slack_ns;   /* a release takes every entry due within this much of now */
@@ -112,6 +113,8 @@ int bio_pacer_start(BioPacer *p);
 /* Record that the kernel refused entry e with err, and signal note_efd.
  * mu held. */
 void bio_pacer_record_error(BioPacer *p, const BioPacerEntry *e, int err);
+/* Wake the thread's timed wait (close()): bump kick, FUTEX_WAKE. mu held. */
+void bio_pacer_kick(BioPacer *p);
 /* Write 1 to note_efd (a waiter, or an event loop, looks again). */
 void bio_pacer_notify(BioPacer *p);
 /* The entry at position pos and its payload. */

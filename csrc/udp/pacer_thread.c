@@ -3,13 +3,15 @@
  *
  * Where a datagram goes through it: the entry at the head of the pacer's
  * queue (udp/pacer.c put it there) -> bio_pacer_wait_due sleeps until its
- * transmit time: pthread_cond_timedwait to that absolute CLOCK_MONOTONIC
- * deadline (close() cuts it short; queue() signals only a thread waiting for
- * an entry, since a new entry never goes before the head), with the
- * thread's timer slack at 1 ns -> bio_pacer_collect makes messages of
- * every entry due within the pacer's slack of now (GSO runs of consecutive
- * entries of one socket, destination, local address and codepoint: they
- * leave together, so their times need not match) -> bio_pacer_send:
+ * release time (bio_pacer_release_time: its transmit time when it starts a
+ * flow, else centred on what the release carries): a futex wait to that
+ * absolute CLOCK_MONOTONIC deadline (close() cuts it short; queue() signals
+ * the condition variable only when the thread waits for an entry, since a
+ * new entry never goes before the head), with the thread's timer slack at
+ * 1 ns -> bio_pacer_collect makes messages of every entry due within half
+ * the pacer's slack of now (GSO runs of consecutive entries of one socket,
+ * destination, local address and codepoint: they leave together, so their
+ * times need not match) -> bio_pacer_send:
  * sendmmsg per run of messages on one socket; a full socket (EAGAIN) is
  * waited for in poll(POLLOUT), not spun on; a refusal is recorded per
  * datagram; GSO or a codepoint the kernel refuses (EIO/EINVAL) is dropped
@@ -22,17 +24,23 @@
  * condition variable, timer slack 1 ns or 50 us; two timer writes, a
  * timer interrupt and a halt of the idle vCPU, each a VM exit of ~3.6 us),
  * one clock_gettime (vDSO, no syscall) and one sendmmsg. A slack S makes
- * one wake-up carry every datagram due within S: with datagrams closer than
- * S, at most one wake-up per S, each datagram early by at most S and never
- * released before its time less S.
+ * one wake-up carry every datagram due within S/2 of it, and the release
+ * time centres it on them: one wake-up per S in a steady flow (at least
+ * S/2 apart in any case), each datagram within S/2 of its time either way
+ * (plus the wake-up latency), where waking at the head's time would send
+ * each up to S early for as many wake-ups.
  */
 #include "udp/pacer.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +49,28 @@ bio_pacer_ts(int64_t ns)
 {
     struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
     return ts;
+}
+
+void
+bio_pacer_kick(BioPacer *p)
+{
+    __atomic_add_fetch(&p->kick, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &p->kick, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Sleep until the absolute CLOCK_MONOTONIC time ts or a bio_pacer_kick,
+ * whichever first (or spuriously: the caller looks again). mu held on entry
+ * and return, released while sleeping. A futex wait of its own, not
+ * pthread_cond_timedwait: glibc takes the mutex back from a condition wait
+ * as if contended, so the next unlock is a FUTEX_WAKE syscall, one more per
+ * release for no waiter. */
+static void
+bio_pacer_sleep_until(BioPacer *p, const struct timespec *ts)
+{
+    uint32_t seen = __atomic_load_n(&p->kick, __ATOMIC_ACQUIRE); /* a kick after this: no sleep */
+    pthread_mutex_unlock(&p->mu);
+    syscall(SYS_futex, &p->kick, FUTEX_WAIT_BITSET_PRIVATE, seen, ts, NULL, FUTEX_BITSET_MATCH_ANY);
+    pthread_mutex_lock(&p->mu);
 }
 
 void
@@ -69,12 +99,40 @@ bio_pacer_record_error(BioPacer *p, const BioPacerEntry *e, int err)
     bio_pacer_notify(p);
 }
 
-/* Wait until the head entry is due (1) or close() began (0): one timed
- * wait to its transmit time, the only wake-up of a release. mu held on
- * entry and return; released while waiting. */
-static int
-bio_pacer_wait_due(BioPacer *p)
+/* When the release that takes the head goes (the pacer's slack S, half of
+ * it H): a release sends every entry due within H of its time, so none
+ * leaves more than H early. A head due by `now` goes now (a late datagram
+ * leaves at once). It starts a flow (the head is due more than S after the
+ * previous release's reach `last_until`, or the pacer was idle) at the
+ * head's time; within a flow it goes at the earliest time that
+ * keeps that bound for the entries due within S of the head: the last of
+ * them, t_last, less H, but not before the head's time. So a flow's
+ * releases are centred on the datagrams they carry, each datagram within H
+ * of its time either way, at one wake-up per S, where going at the head's
+ * time would make each up to S early. mu held. */
+static int64_t
+bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t last_until, int64_t now)
 {
+    int64_t t = bio_pacer_entry(p, p->head)->meta.txtime, t_last = t;
+    if (slack <= 0 || t <= now || last_until < 0 || t - last_until > slack)
+        return t;
+    for (uint64_t pos = p->head + 1; pos < p->tail && pos - p->head < BIO_PACER_ROUND; pos++) {
+        int64_t u = bio_pacer_entry(p, pos)->meta.txtime;
+        if (u - t > slack) /* both >= 0: no overflow */
+            break;
+        t_last = u > t_last ? u : t_last;
+    }
+    return t_last - slack / 2 > t ? t_last - slack / 2 : t;
+}
+
+/* Wait until the head entry's release is due (1) or close() began (0): one
+ * timed wait to its release time (bio_pacer_release_time), the only
+ * wake-up of a release, one futex syscall. mu held on entry and return;
+ * released while waiting. */
+static int
+bio_pacer_wait_due(BioPacer *p, int64_t last_until)
+{
+    int64_t due = INT64_MAX; /* the head's release time, once known */
     for (;;) {
         if (bio_wake_closing(&p->wake))
             return 0;
@@ -84,11 +142,17 @@ bio_pacer_wait_due(BioPacer *p)
             p->idle = 0;
             continue;
         }
-        int64_t t = bio_pacer_entry(p, p->head)->meta.txtime;
-        if (t <= bio_now_ns())
+        /* entries queued meanwhile may put it later: the time already waited for stands; a
+         * head due at the first look goes now, one that became due while waited for, when
+         * its release time comes */
+        int64_t now = bio_now_ns();
+        int64_t t = bio_pacer_release_time(p, __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED), last_until,
+                                           due == INT64_MAX ? now : -1);
+        due = t < due ? t : due;
+        if (due <= now)
             return 1;
-        struct timespec ts = bio_pacer_ts(t);
-        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        struct timespec ts = bio_pacer_ts(due);
+        bio_pacer_sleep_until(p, &ts);
     }
 }
 
@@ -345,12 +409,12 @@ bio_pacer_main(void *arg)
     /* wake at the deadline, not up to 50 us after (the CPU a wake-up costs is the same) */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     int more = 0; /* the release under way has entries left for another round */
-    int64_t until = 0;
+    int64_t until = -1; /* the reach of the last release (-1: none yet) */
     pthread_mutex_lock(&p->mu);
     /* a release: one wait, then rounds of sends until what is due by its `until` has gone */
-    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p)) {
+    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p, until)) {
         if (!more) {
-            until = bio_now_ns() + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED);
+            until = bio_now_ns() + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED) / 2;
             BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
         }
         int nmsg;

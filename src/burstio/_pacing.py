@@ -4,9 +4,9 @@ oracle the C pacer is tested against.
 
 Where a datagram goes through it: ``queue(batch)`` copies each entry
 (payload, destination, metadata) into a deque; a daemon thread waits on a
-condition variable until the first entry's transmit time (time.monotonic_ns,
-CLOCK_MONOTONIC, as the C pacer), then sends every entry due within
-``slack_ns`` of now (GSO runs as the C pacer makes them: one destination,
+condition variable until the first entry's release time (time.monotonic_ns,
+CLOCK_MONOTONIC; ``_release_time``, as the C pacer), then sends every entry
+due within half of ``slack_ns`` of now (GSO runs as the C pacer makes them: one destination,
 local address and codepoint; the times of one release may differ) with
 ``socket.sendmsg``.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import itertools
 import os
 import select
 import socket
@@ -55,7 +56,7 @@ class PortablePacer:
         self._cap = entries
         self._bcap = max(byte_size or entries * 2048, 4 * _LARGEST)
         self.gso, self.gso_max_segments, self.ecn_cmsg, self.dscp, self.want_room = 0, 64, 1, 0, 0
-        self.slack_ns = 0  # a release sends every entry due within this of it
+        self.slack_ns = 0  # a release sends every entry due within half of this of it
         self.next_sequence = 0
         self._c = dict.fromkeys(COUNTER_NAMES, 0)
         self._closed = False
@@ -212,20 +213,41 @@ class PortablePacer:
 
     # ---- the sender thread -------------------------------------------------
 
+    def _release_time(self, last_until: int, now: int) -> int:
+        """When the release that takes the head goes, as the C pacer: now when
+        the head is already due; at the head's time when it starts a flow (due
+        more than the slack after the last release's reach, or none yet);
+        else when the last entry due within the slack of the head is half the
+        slack away, not before the head's time."""
+        slack = self.slack_ns
+        t = t_last = self._q[0].meta.txtime
+        if slack <= 0 or t <= now or last_until < 0 or t - last_until > slack:
+            return t
+        for e in itertools.islice(self._q, 1, _ROUND):
+            u = e.meta.txtime
+            if u - t > slack:
+                break
+            t_last = max(t_last, u)
+        return max(t, t_last - slack // 2)
+
     def _run(self) -> None:
-        until, more = 0, False  # more: the release under way has entries left for another round
+        until, more = -1, False  # more: the release under way has entries left for another round
+        release_at = None  # the head's release time, once known (entries queued meanwhile never put it later)
         with self._cv:
             while not self._closing:
                 if not more:
                     if not self._q:
+                        release_at = None
                         self._cv.wait()
                         continue
                     now = time.monotonic_ns()
-                    t = self._q[0].meta.txtime  # wake at the head's time, as the C pacer
-                    if t > now:
-                        self._cv.wait((t - now) / 1e9)
+                    t = self._release_time(until, now if release_at is None else -1)  # due at the first look: now
+                    release_at = t if release_at is None else min(release_at, t)
+                    if release_at > now:
+                        self._cv.wait((release_at - now) / 1e9)
                         continue
-                    until = now + self.slack_ns
+                    release_at = None
+                    until = now + self.slack_ns // 2
                     self._c["paced_releases"] += 1
                 due: list[_Entry] = []
                 while self._q and len(due) < _ROUND and self._q[0].meta.txtime <= until:

@@ -104,14 +104,16 @@ class BurstSocket(MetadataOptions):
     then ECN is dropped for this socket, counted and logged once), and its
     transmit time is honoured on a ``paced`` socket: by the kernel
     (SO_TXTIME) where the device's qdisc can, else by burstio's pacer thread
-    (``pacer_queue`` datagrams wait at most). The pacer thread wakes at a
-    datagram's time and releases with it every datagram due within
-    ``pacer_slack`` seconds (default 1 ms, QUIC's pacers' granularity): at
-    most one wake-up per ``pacer_slack`` while datagrams follow each other
-    closer than that (a wake-up costs CPU: 15-30 us in the KVM guest we
-    measured, where arming and taking a timer are VM exits), and no
-    datagram leaves earlier than its time less ``pacer_slack``; 0 wakes for
-    every transmit time. ``dont_fragment`` sets the don't-fragment bit
+    (``pacer_queue`` datagrams wait at most). Each wake-up of the pacer
+    thread releases every datagram due within half of ``pacer_slack``
+    seconds (default 1 ms, QUIC's pacers' granularity) of it; a flow's
+    first release goes at its first datagram's time, later ones centred on
+    the datagrams they carry: one wake-up per ``pacer_slack`` while
+    datagrams follow each other closely (a wake-up costs CPU: 15-30 us in
+    the KVM guest we measured, where arming and taking a timer are VM
+    exits), and each datagram within half of ``pacer_slack`` of its time,
+    early or late (plus the wake-up latency); 0 wakes for every transmit
+    time. ``dont_fragment`` sets the don't-fragment bit
     (IP_MTU_DISCOVER=IP_PMTUDISC_DO, and IPv6's): a
     datagram larger than the path MTU fails with EMSGSIZE, and
     ``SendError.mtu`` / ``path_mtu()`` give the MTU.

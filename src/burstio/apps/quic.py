@@ -18,8 +18,9 @@ that same pacer ahead of time instead: it calls ``datagrams_to_send(now=t)``
 at each ``_pacing_at`` the pacer gives, up to ``pacing_horizon`` ahead, and
 hands each datagram to burstio's pacer thread with its release time t (so
 aioquic also stamps the packet sent at t: its RTT samples stay right, to
-within the pacer's ``pacer_slack``, 1 ms by default, by which a datagram
-may leave early, as Chromium's pacer sends what is due within 1 ms). aioquic
+within half the pacer's ``pacer_slack``, 1 ms by default, by which a
+datagram may leave early or late; Chromium's pacer sends what is due
+within 1 ms). aioquic
 still does congestion control, loss recovery, the pacing rate and the
 bucket; burstio only releases. A loop timer remains, once per horizon.
 

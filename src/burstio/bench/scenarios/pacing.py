@@ -18,9 +18,10 @@ Variants, per rate:
 - ``burstio-paced``: one ``send_batch`` of the whole schedule on a
   ``BurstSocket(paced=True, gso=False)`` (each entry's ``txtimes`` set), then
   ``flush()``: burstio's pacer thread, at the default ``pacer_slack``
-  (``PACER_SLACK``), wakes at a datagram's time and releases with sendmmsg
-  every datagram due within the slack: at most one wake-up per slack, each
-  datagram early by at most that.
+  (``PACER_SLACK``), releases with sendmmsg every datagram due within half
+  the slack of each wake-up, the first release at the first datagram's time
+  and later ones centred on what they carry: one wake-up per slack, each
+  datagram within half of it of its time.
 - ``burstio-paced-slack0``: the same with ``pacer_slack=0``: a wake-up per
   time slot, each datagram at its time (the precision the default gives up
   for CPU, shown side by side).
