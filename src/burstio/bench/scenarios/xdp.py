@@ -2,9 +2,10 @@
 the UDP socket path and a C reference.
 
 A lab (two namespaces, a veth with NAPI on, threaded NAPI on b pinned to
-the receive CPU): the packet generator (BPF live frames) floods from
-namespace a on the other CPU with 64-byte UDP frames of 64 flows; one
-receiver at a time runs in namespace b on the receive CPU:
+the receive CPU): the packet generator (BPF live frames, batches of 256,
+favoured: see GENERATOR_NICE) floods from namespace a on the other CPU with
+64-byte UDP frames of 64 flows; one receiver at a time runs in namespace b
+on the receive CPU:
 
 - recvmmsg: BurstSocket.recv_batch on a UDP socket (the kernel's stack);
 - c-xsk: a C AF_XDP rxdrop (bench/c/xsk.c, raw syscalls, burstio's ring
