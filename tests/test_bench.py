@@ -240,3 +240,26 @@ def test_perf_counts_the_syscalls_of_the_work_only():
 
 def test_no_perf_fixture_hides_perf(no_perf):
     assert shutil.which("perf") is None
+
+
+def test_favour_gives_a_new_session_its_niceness_and_its_autogroup_too():
+    """The xdp scenario's generator runs in a session of its own, favoured:
+    its niceness, and its autogroup's (which is what counts against other
+    sessions' processes)."""
+    import subprocess
+    import sys
+
+    from burstio.bench.procs import favour
+
+    if os.geteuid() != 0:
+        pytest.skip("a negative niceness needs root (CAP_SYS_NICE)")
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        ok = favour(p.pid, -5)
+        assert os.getpriority(os.PRIO_PROCESS, p.pid) == -5
+        if os.path.exists(f"/proc/{p.pid}/autogroup"):
+            with open(f"/proc/{p.pid}/autogroup") as f:
+                assert ok and f.read().split()[-1] == "-5"
+    finally:
+        p.communicate(b"")

@@ -69,7 +69,8 @@ PUBLIC: dict[str, list[str]] = {
         "UDP_IPV6_EXT", "UDP_MALFORMED", "UDP_NOT_IP", "UDP_NOT_UDP", "UDP_OK", "UDP_TRUNCATED", "UdpFrames",
         "UdpSender", "address", "address_of", "frame", "mac_of", "neighbour_mac", "parse",
     ],
-    "burstio.xdp.pktgen": ["METHODS", "MIN_SIZE", "PktgenResult", "device_counters", "run", "template"],
+    "burstio.xdp.pktgen": ["BATCH_DEFAULT", "BATCH_MAX", "METHODS", "MIN_SIZE", "PktgenResult", "device_counters",
+                           "run", "template"],
     "burstio.testing": ["burstio_lab", "lab_or_skip"],
     "burstio.bench": ["LONG", "Options", "SCENARIOS", "run"],
     "burstio.bench.report": [

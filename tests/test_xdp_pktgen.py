@@ -63,6 +63,16 @@ def test_live_frames_forced_off_falls_back_to_xsk(burstio_lab, monkeypatch):
 
 
 @needs_xdp_lab
+def test_batches_of_the_kernels_most_send_and_are_counted(burstio_lab):
+    lab = burstio_lab
+    with lab.inside("b"), Filter([Rule(proto="udp", dport=7777)]) as f:
+        f.attach(lab.dev["b"])
+        res = flood(lab, 100_000, dport=7777, batch=pktgen.BATCH_MAX)
+        counts = f.counters()
+    assert res.frames == 100_000 and counts[0].packets + res.device_dropped == 100_000 and counts[0].packets > 0
+
+
+@needs_xdp_lab
 def test_pacing_never_runs_ahead_of_the_rate(burstio_lab):
     lab = burstio_lab
     rate = 20_000
@@ -71,6 +81,66 @@ def test_pacing_never_runs_ahead_of_the_rate(burstio_lab):
         res = flood(lab, 2_000, rate=rate)
     assert res.rate == rate and res.frames == 2_000
     assert res.frames <= rate * res.seconds + max(1, rate // 1000)  # one chunk may leave early
+
+
+class _Kernel:
+    """A simulated clock and BPF_PROG_RUN: each call of n frames costs the
+    fixed wait of the kernel's two RCU grace periods (XDP dispatcher) plus
+    n frames at ``pps``."""
+
+    def __init__(self, wait=0.024, pps=10e6):
+        self.now, self.wait, self.pps, self.calls = 0.0, wait, pps, []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, s):
+        self.now += s
+
+    def call(self, n):
+        self.calls.append(n)
+        self.now += self.wait + n / self.pps
+
+
+def test_unpaced_calls_are_long_enough_that_the_fixed_wait_hardly_counts():
+    """Short calls left the device idle for the fixed wait of every call
+    (~2 M frames/s of a possible 10 M with 64K frames per call): calls grow
+    from the last call's rate, by 16x at most, to about _CALL_SECONDS each,
+    and the last one fits the time left."""
+    k = _Kernel()
+    done, took = pktgen._bpf_calls(k.call, (3.0, None), None, k.clock, k.sleep)
+    assert k.calls[0] == pktgen._FIRST_CALL
+    assert all(b <= 16 * a for a, b in zip(k.calls, k.calls[1:], strict=False))
+    assert max(k.calls) >= 0.9 * k.pps * pktgen._CALL_SECONDS
+    assert done == sum(k.calls) and 3.0 <= took <= 3.0 + k.wait + 0.01
+    assert done / took >= 0.9 * k.pps
+
+
+def test_a_count_ends_exactly_and_a_deadline_bounds_the_calls():
+    k = _Kernel()
+    done, _took = pktgen._bpf_calls(k.call, (60.0, 25_000_000), None, k.clock, k.sleep)
+    assert done == 25_000_000 == sum(k.calls)
+    k = _Kernel(pps=1e5)  # a slow device: each call fits the time left, the run ends about on time
+    done, took = pktgen._bpf_calls(k.call, (0.5, None), None, k.clock, k.sleep)
+    assert len(k.calls) >= 3 and 0.5 <= took <= 0.5 + k.wait + 0.01
+
+
+@pytest.mark.parametrize("rate", [20_000, 1_000_000])
+def test_paced_calls_grow_until_they_keep_up_with_the_rate(rate):
+    """A call of rate/1000 frames takes the fixed wait (~24 ms) whatever its
+    size: the chunk grows until a call takes no longer than the rate allows
+    it, so the run keeps its rate on average, and never runs ahead of it."""
+    k = _Kernel()
+    done, took = pktgen._bpf_calls(k.call, (2.0, None), rate, k.clock, k.sleep)
+    assert done / took >= 0.9 * rate
+    assert done <= rate * took + 1
+    assert max(k.calls) <= rate * pktgen._CALL_SECONDS + 1
+
+
+def test_next_call_is_checked_against_nonsense():
+    assert pktgen._next_call(1000, 0.0, 1.0, None) == 16_000  # a call that took no time: 16x, no division by zero
+    assert pktgen._next_call(1000, 1.0, -1.0, None) == 1  # no time left
+    assert pktgen._next_call(10**9, 0.001, 10.0, None) == pktgen._MAX_CALL
 
 
 @needs_xdp_lab
@@ -104,6 +174,9 @@ def test_arguments_are_checked(burstio_lab):
             pktgen.run(dev, "10.0.0.1", method="raw")
         with pytest.raises(ValueError, match="rate must be frames per second"):
             pktgen.run(dev, "10.0.0.1", rate=0)
+        for batch in (0, pktgen.BATCH_MAX + 1):
+            with pytest.raises(ValueError, match=f"batch must be between 1 and 256, got {batch}"):
+                pktgen.run(dev, "10.0.0.1", batch=batch)
         with pytest.raises(LookupError, match=r"no neighbour entry for 10\.0\.0\.1"):
             pktgen.run(dev, "10.0.0.1", count=1)
 

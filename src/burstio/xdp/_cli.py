@@ -41,7 +41,7 @@ def _cmd_pktgen(args: argparse.Namespace) -> int:
         dst_mac = args.dst_mac if args.dst_mac is not None else neighbour_mac(dst, args.dev)
         res = run(args.dev, dst, dport=args.dport, src=args.src, sport=args.sport, dst_mac=dst_mac,
                   src_mac=args.src_mac, size=args.size, flows=args.flows, rate=None if args.max else args.rate,
-                  seconds=args.seconds, count=args.count, method=args.method)
+                  seconds=args.seconds, count=args.count, method=args.method, batch=args.batch)
     except (OSError, LookupError, ValueError, ImportError) as e:
         print(f"burstio pktgen: {e}", file=sys.stderr)
         return 1
@@ -224,6 +224,9 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--count", type=_positive(int), help="stop after this many frames")
     g.add_argument("--method", default="auto", choices=["auto", "bpf", "xsk"],
                    help="engine: bpf (BPF_PROG_RUN live frames) or xsk (AF_XDP tx ring); auto: bpf where it works")
+    g.add_argument("--batch", type=_positive(int), default=64,
+                   help="bpf engine: frames per batch of the kernel's run, at most 256; 256 sends the most frames "
+                        "per second, 64 lets a short burst into an idle receiver arrive whole (default 64)")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.set_defaults(func=_cmd_pktgen)
 

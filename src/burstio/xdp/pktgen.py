@@ -5,9 +5,18 @@ Two engines, picked by the capability probe:
 
 - "bpf" (Linux >= 5.18, ``bpf_prog_run_live_frames``): the kernel runs
   src/burstio/xdp/bpf/pktgen.bpf.c on a template frame ``repeat`` times per
-  call (BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES); each run sets the
-  next flow's source port (the UDP checksum updated) and transmits the frame
-  (XDP_TX): no socket, no copy to user space; what xdp-trafficgen does.
+  call (BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, in batches of 64 or,
+  for the most frames, 256); each run sets the next flow's source port (the UDP
+  checksum updated) and transmits the frame (XDP_TX): no socket, no copy to
+  user space; what xdp-trafficgen does. Every call of more than one frame
+  costs a fixed wait besides the frames: the kernel adds the program to the
+  XDP dispatcher and removes it again, each an RCU grace period (about
+  24 ms here, net/bpf/test_run.c). So calls are long: an unpaced run sizes
+  each call from the last one's rate to last about _CALL_SECONDS (calls of
+  64K frames left the device idle three quarters of the time and sent the
+  rest in bursts faster than a receiver takes them), and a paced run grows
+  its chunk until the calls keep up with the rate (its frames then leave
+  in bursts, each at the full rate).
 - "xsk": an AF_XDP socket's tx ring fed with batches of pre-built frames
   (copied into the UMEM, sent by one sendto per batch).
 
@@ -23,6 +32,7 @@ import ipaddress
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,13 +44,22 @@ from . import _bpf
 from ._xsk import XskSocket, ifindex_of
 from .udp import _header, address_of, mac_of, neighbour_mac
 
-__all__ = ["run", "PktgenResult", "METHODS", "MIN_SIZE", "device_counters", "template"]
+__all__ = ["run", "PktgenResult", "METHODS", "MIN_SIZE", "BATCH_DEFAULT", "BATCH_MAX", "device_counters",
+           "template"]
 
 METHODS = ("auto", "bpf", "xsk")
 #: smallest frame (bytes, without the FCS) per IP version: Ethernet + IP + UDP headers
 MIN_SIZE = {4: 42, 6: 62}
 _MAX_SIZE = 2048 - 256
-_CHUNK = 1 << 16  # frames per BPF_PROG_RUN when not paced
+_FIRST_CALL = 1 << 12  # frames in the first BPF_PROG_RUN: a slow device sends it in tens of ms
+_CALL_SECONDS = 1.0  # what each later unpaced call aims to last: the fixed wait per call is a few % of it
+_MAX_CALL = 1 << 30  # frames per call at most (the kernel's repeat is 32 bits)
+#: frames per batch of a BPF_PROG_RUN call (``batch``), at most the kernel's most (TEST_XDP_MAX_BATCH,
+#: net/bpf/test_run.c). The device is flushed and its receiver woken once per batch, and the call's page
+#: pool holds a batch's worth of pages: 256 recycles the frames in flight (a veth's ring holds 256) and
+#: sends 1.5-2x the frames of 64 on the project's VMs; 64 (the kernel's default) wakes the receiver
+#: before a batch can fill that ring, so that a short burst into an idle receiver arrives whole.
+BATCH_DEFAULT, BATCH_MAX = 64, 256
 _BATCH = 256  # frames per send of the xsk engine
 
 
@@ -117,33 +136,62 @@ def _pick(method: str) -> str:
 class _Pacer:
     """Sleeps so that frame n leaves no earlier than n / rate seconds in."""
 
-    def __init__(self, rate: float | None):
-        self.rate, self.t0 = rate, time.perf_counter()
-
-    def chunk(self) -> int:
-        return _CHUNK if self.rate is None else max(1, min(_CHUNK, int(self.rate / 1000)))
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], object] = time.sleep):
+        self.rate, self.clock, self.sleep = rate, clock, sleep
+        self.t0 = clock()
 
     def wait(self, done: int) -> None:
         if self.rate is not None:
-            ahead = self.t0 + done / self.rate - time.perf_counter()
+            ahead = self.t0 + done / self.rate - self.clock()
             if ahead > 0:
-                time.sleep(ahead)
+                self.sleep(ahead)
+
+
+def _next_call(n: int, took: float, left: float, rate: float | None) -> int:
+    """Frames for the next BPF_PROG_RUN, after one of ``n`` frames took
+    ``took`` seconds with ``left`` seconds of the run to go. Unpaced: what
+    the last call's rate (its fixed wait included, so a low estimate) sends
+    in _CALL_SECONDS or the time left, at most 16 times the last call.
+    Paced: the last chunk while a call of it takes no longer than the rate
+    allows it (chunk / rate), else the chunk the rate sends in twice the
+    time the last call took, so that the calls keep up."""
+    took = max(took, 1e-6)
+    if rate is None:
+        want = n / took * min(_CALL_SECONDS, max(left, 0.0))
+        return max(1, min(int(want), n * 16, _MAX_CALL))
+    if took <= n / rate:
+        return n
+    return max(n, min(int(rate * took * 2), int(rate * _CALL_SECONDS) + 1, _MAX_CALL))
+
+
+def _bpf_calls(call: Callable[[int], object], budget: tuple[float, int | None], rate: float | None,
+               clock: Callable[[], float] = time.perf_counter,
+               sleep: Callable[[float], object] = time.sleep) -> tuple[int, float]:
+    """Drive ``call(n)`` (one BPF_PROG_RUN of n frames) for the run's
+    budget (seconds, count) at ``rate``; (frames sent, seconds)."""
+    seconds, count = budget
+    pace = _Pacer(rate, clock, sleep)
+    done, n = 0, _FIRST_CALL if rate is None else max(1, min(_FIRST_CALL, int(rate / 1000)))
+    while (count is None or done < count) and clock() - pace.t0 < seconds:
+        if count is not None:
+            n = min(n, count - done)
+        t = clock()
+        call(n)
+        took = clock() - t
+        done += n
+        pace.wait(done)
+        n = _next_call(n, took, seconds - (clock() - pace.t0), rate)
+    return done, clock() - pace.t0
 
 
 def _bpf_engine(frame: bytes, ifindex: int, flows: int, sport: int, l4: int, budget: tuple[float, int | None],
-                rate: float | None) -> tuple[int, float]:
+                rate: float | None, batch: int) -> tuple[int, float]:
     prog = _bpf.load(_bpf.shipped("pktgen"), "pktgen")
     try:
         prog.maps["gen_config"].update(0, struct.pack("<IHH", flows, sport, l4))
-        seconds, count = budget
-        pace = _Pacer(rate)
-        done = 0
-        while (count is None or done < count) and time.perf_counter() - pace.t0 < seconds:
-            n = pace.chunk() if count is None else min(pace.chunk(), count - done)
-            _native.bpf_prog_run(prog.fd, frame, n, BPF_F_TEST_XDP_LIVE_FRAMES, 64, ifindex, 0, 0)
-            done += n
-            pace.wait(done)
-        return done, time.perf_counter() - pace.t0
+        return _bpf_calls(lambda n: _native.bpf_prog_run(prog.fd, frame, n, BPF_F_TEST_XDP_LIVE_FRAMES, batch,
+                                                         ifindex, 0, 0), budget, rate)
     finally:
         prog.close()
 
@@ -188,14 +236,18 @@ def _xsk_engine(dev: str | int, frame: bytes, flows: int, sport: int, l4: int, b
 def run(dev: str | int, dst: str, *, dport: int = 9, src: str | None = None, sport: int = 1024,
         dst_mac: bytes | None = None, src_mac: bytes | None = None, size: int = 64, flows: int = 1,
         rate: float | None = None, seconds: float = 1.0, count: int | None = None, vlan: int = 0,
-        method: str = "auto") -> PktgenResult:
+        method: str = "auto", batch: int = BATCH_DEFAULT) -> PktgenResult:
     """Send UDP frames of ``size`` bytes (Ethernet header to the end of the
     payload, no FCS) from ``src``:``sport``..``sport+flows-1`` to
     ``dst``:``dport`` out of ``dev`` (this thread's namespace), at ``rate``
     frames/s (None: as fast as it goes), for ``seconds`` or ``count`` frames,
     whichever ends first. The destination MAC comes from the neighbour table
-    unless given; IPv6 when ``dst`` is an IPv6 address."""
+    unless given; IPv6 when ``dst`` is an IPv6 address. ``batch`` (bpf
+    engine, 1 to 256): frames per batch of the kernel's run; 256 sends the
+    most frames per second, the default 64 lets a short burst into an idle
+    receiver arrive whole (see BATCH_DEFAULT)."""
     check_choice("method", method, METHODS)
+    check_int("batch", batch, 1, BATCH_MAX)
     check_int("flows", flows, 1, 65535)
     check_int("sport", sport, 1, 65535 - flows + 1)
     check_seconds("seconds", seconds, 0.001, 86400.0)
@@ -211,7 +263,7 @@ def run(dev: str | int, dst: str, *, dport: int = 9, src: str | None = None, spo
     name = dev if isinstance(dev, str) else socket.if_indextoname(ifindex_of(dev))
     before = device_counters(dev)
     if engine == "bpf":
-        frames, took = _bpf_engine(frame, ifindex_of(dev), flows, sport, l4, (seconds, count), rate)
+        frames, took = _bpf_engine(frame, ifindex_of(dev), flows, sport, l4, (seconds, count), rate, batch)
     else:
         frames, took = _xsk_engine(dev, frame, flows, sport, l4, (seconds, count), rate)
     after = device_counters(dev)
