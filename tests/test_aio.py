@@ -30,7 +30,7 @@ import pytest
 import burstio
 import burstio.aio
 from burstio import PacketBatch
-from burstio.aio._transport import TX_SLOT, BurstDatagramTransport
+from burstio.aio._transport import READS_PER_WAKEUP, TX_SLOT, BurstDatagramTransport
 from support.kernel import require_kernel
 from support.loops import new_loop
 from support.net import HOSTS, V4, closed_port, slow_namespace, socket_in
@@ -914,6 +914,62 @@ class BurstioContract:
         data, bursts = self.run(scenario)
         assert data == [b"%d" % i for i in range(40)]
         assert sum(bursts) == 40 and len(bursts) < 40  # several datagrams per call
+
+    def test_full_bursts_are_read_again_in_one_readiness_callback(self):
+        """A receive that fills the batch is followed by another in the same
+        callback (up to READS_PER_WAKEUP), before other callbacks run; the
+        first receive that does not fill it ends the callback."""
+        class Marking(BatchRecorder):
+            def datagrams_received(self, batch):
+                if not self.bursts:
+                    asyncio.get_running_loop().call_soon(self.events.append, ("next callback",))
+                super().datagrams_received(batch)
+                self.events.append(("burst", len(batch)))
+
+        async def scenario(variant, count):
+            t, p = await create(variant, Marking, local_addr=(V4, 0), rx_slots=4)
+            s = plain()
+            for i in range(count):  # all queued before the loop polls the socket
+                s.sendto(b"%d" % i, t.get_extra_info("sockname"))
+            await p.wait_data(count)
+            await settle()
+            t.close()
+            s.close()
+            await settle()
+            return p.data(), [e for e in p.events if e[0] != "data"][1:-1]
+
+        count = 4 * READS_PER_WAKEUP + 2
+        data, order = self.run(scenario, count)
+        assert data == [b"%d" % i for i in range(count)]
+        assert order == [*[("burst", 4)] * READS_PER_WAKEUP, ("next callback",), ("burst", 2)]
+        data, order = self.run(scenario, 6)
+        assert data == [b"%d" % i for i in range(6)]
+        assert order == [("burst", 4), ("burst", 2), ("next callback",)]
+
+    def test_pause_reading_in_a_burst_stops_the_next_read(self):
+        class Pausing(BatchRecorder):
+            def datagrams_received(self, batch):
+                super().datagrams_received(batch)
+                if len(self.bursts) == 1:
+                    self.transport.pause_reading()
+
+        async def scenario(variant):
+            t, p = await create(variant, Pausing, local_addr=(V4, 0), rx_slots=4)
+            s = plain()
+            for i in range(12):
+                s.sendto(b"%d" % i, t.get_extra_info("sockname"))
+            await p.wait_data(4)
+            await asyncio.sleep(0.05)
+            held = list(p.bursts)
+            t.resume_reading()
+            await p.wait_data(12)
+            t.close()
+            s.close()
+            await settle()
+            return held, p.data()
+
+        held, data = self.run(scenario)
+        assert held == [4] and data == [b"%d" % i for i in range(12)]
 
     def test_batch_protocol_on_the_stdlib_transport_gets_datagram_received(self):
         async def scenario(variant):

@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from burstio import BurstSocket, PacketBatch
 from burstio.aio._transport import BurstDatagramTransport
 from burstio.apps.dns import TRANSPORTS, Answers, answer, serve
+from support.kernel import require_kernel
 from support.loops import run_on_loop
 from support.net import V4, free_udp_port
 from support.proc import subprocess_env
@@ -172,6 +174,77 @@ def test_server_answers_a_burst_from_several_clients(transport, loop_kind):
         assert queries[i].is_response(r)
         assert [str(rr) for rrset in r.answer for rr in rrset] == ["2001:db8::1" if i % 2 else "192.0.2.1"]
     assert (kind is BurstDatagramTransport) == (transport != "asyncio")
+
+
+@pytest.mark.parametrize("options", [{}, {"pktinfo": True}], ids=["in-place", "pktinfo"])
+def test_batch_responder_answers_queries_and_ignores_the_rest_of_a_burst(options):
+    """One burst holding queries, a response and runts: every query is answered
+    (written over itself in the batch, or, with per-datagram metadata, sent
+    one at a time), the rest gets nothing, and all are counted."""
+    async def go():
+        loop = asyncio.get_running_loop()
+        t, p = await serve(V4, 0, "burstio", **options)
+        addr = t.get_extra_info("sockname")
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        junk = iter([b"", b"\x00" * 11, struct.pack("!HHHHHH", 9, 0x8000, 0, 0, 0, 0)])  # runts, a response
+        queries: dict[int, dns.message.Message] = {}
+        for i in range(12):  # sent before the loop polls the socket: one burst
+            c = clients[i % 2]
+            if i % 4 == 3:
+                c.sendto(next(junk), addr)
+            else:
+                queries[i] = dns.message.make_query(f"n{i}.example.com", "AAAA" if i % 2 else "A", id=i)
+                c.sendto(queries[i].to_wire(), addr)
+        answers, last = {}, []
+        for k, c in enumerate(clients):
+            c.setblocking(False)
+            for _ in range(sum(i % 2 == k for i in queries)):
+                r = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(c, 4096), 5))
+                answers[r.id] = r
+            # one more query: its answer is the next datagram (nothing answered the junk)
+            c.sendto(dns.message.make_query("last.example.com", "A", id=100 + k).to_wire(), addr)
+            last.append(dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(c, 4096), 5)).id)
+        t.close()
+        for c in clients:
+            c.close()
+        return queries, answers, last, p.queries
+
+    queries, answers, last, counted = _run("asyncio", go)
+    assert sorted(answers) == sorted(queries) and last == [100, 101] and counted == 14
+    for i, r in answers.items():
+        assert queries[i].is_response(r)
+        assert [str(rr) for rrset in r.answer for rr in rrset] == ["2001:db8::1" if i % 2 else "192.0.2.1"]
+
+
+def test_batch_responder_answers_a_gro_coalesced_burst():
+    """Queries coalesced into one receive (GRO) share a slot: each answer,
+    longer than its query, would overwrite the next query, so these are
+    answered one sendto at a time; every answer is right."""
+    require_kernel("udp_gro")
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        t, p = await serve(V4, 0, "burstio", gro=True)
+        client = BurstSocket.bind((V4, 0))
+        wires = [dns.message.make_query(f"n{i}.example.com", "AAAA" if i % 2 else "A", id=i).to_wire()
+                 for i in range(10, 18)]  # one size: one GSO send, one GRO receive
+        client.send_segments(b"".join(wires), len(wires[0]), t.get_extra_info("sockname"))
+        batch = PacketBatch(16, 2048)
+        answers = {}
+        while len(answers) < len(wires):
+            for k in range(await asyncio.wait_for(loop.run_in_executor(None, client.recv_batch, batch, 5), 10)):
+                r = dns.message.from_wire(bytes(batch[k]))
+                answers[r.id] = r
+        gro = t.get_extra_info("burst_socket").counters["rx_gro_messages"]
+        t.close()
+        client.close()
+        return answers, gro, p.queries
+
+    answers, gro, counted = _run("asyncio", go)
+    assert sorted(answers) == list(range(10, 18)) and counted == 8 and gro >= 1
+    for i, r in answers.items():
+        assert r.question[0].name.to_text() == f"n{i}.example.com."
+        assert [str(rr) for rrset in r.answer for rr in rrset] == ["2001:db8::1" if i % 2 else "192.0.2.1"]
 
 
 def test_serve_refuses_an_unknown_transport():

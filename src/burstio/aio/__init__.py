@@ -8,9 +8,9 @@ addr)``, ``error_received(exc)``, ``connection_lost(exc)``,
 ``transport.sendto(data, addr=None)``, ``get_extra_info``, ``close``,
 ``abort``, write flow control (``pause_writing``/``resume_writing`` around
 ``get_write_buffer_size()`` and the high/low water marks). Underneath, a
-readiness event drains the socket with one ``recvmmsg`` and the datagrams a
-callback sends leave together, in one ``sendmmsg`` with UDP GSO for runs to
-one peer (see ``burstio.aio._transport`` for the path of a datagram).
+readiness event drains the socket with one ``recvmmsg`` (up to four while
+each fills the batch) and the datagrams a callback sends leave together, in
+one ``sendmmsg`` with UDP GSO for runs to one peer (see ``burstio.aio._transport`` for the path of a datagram).
 
 Two additions for code that wants bursts: a protocol with a
 ``datagrams_received(batch)`` method (``BatchDatagramProtocol``) gets each

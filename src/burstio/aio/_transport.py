@@ -5,7 +5,11 @@ Where a datagram goes:
 - In: the loop sees the socket readable -> ``_read_ready`` -> one
   ``recv_batch`` (recvmmsg, GRO split; up to ``rx_slots`` datagrams) ->
   ``protocol.datagrams_received(batch)`` for a batch protocol, else
-  ``protocol.datagram_received(bytes, addr)`` for each entry.
+  ``protocol.datagram_received(bytes, addr)`` for each entry -> the
+  answers sent; then, while each receive filled the batch (more is
+  likely queued), another receive in the same callback, up to
+  ``READS_PER_WAKEUP`` in all, unless reading was paused or stopped or
+  the socket refused sends meanwhile.
 - Out: ``sendto`` -> ``PacketBatch.append`` (one copy into the batch) ->
   one ``send_batch`` (sendmmsg; equal runs to one destination as one UDP
   GSO send) at the end of the receive callback that produced the datagram,
@@ -86,6 +90,10 @@ SEND_EMPTY = sys.version_info >= (3, 13)
 DATAGRAM_OVERHEAD = getattr(asyncio.selector_events._SelectorDatagramTransport,  # type: ignore[attr-defined]
                             "_header_size", 0)  # (private, so not in typeshed's stubs)
 _AGAIN = (BlockingIOError, InterruptedError)
+#: receives one readiness callback makes at most, while each fills the receive batch (libuv
+#: reads up to 32 datagrams per readiness event): the loop's wake-up and its poll are paid
+#: once per this many bursts under load, and other callbacks wait at most this many bursts
+READS_PER_WAKEUP = 4
 #: get_extra_info names of the datagram being delivered
 _DATAGRAM_INFO = ("local_address", "ifindex", "ecn")
 
@@ -369,24 +377,32 @@ class BurstDatagramTransport(asyncio.DatagramTransport):
         self._rest = None
 
     def _read_ready(self) -> None:
-        if self._conn_lost:
-            return
-        try:
-            n = self._recv(self._rx, 0)
-        except _AGAIN:
-            self._rearm_soon()  # woken with nothing to read: perhaps by an error (see above)
-            return
-        except OSError as exc:
-            self._rearm_soon()
-            self._protocol.error_received(exc)
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on datagram transport")
-            return
-        if n:
-            self._deliver(0, n)
+        """The socket is readable: receive a burst and deliver it; while
+        bursts fill the batch (more is likely waiting), up to
+        ``READS_PER_WAKEUP`` of them in this one callback."""
+        rx, slots = self._rx, self._rx.slots
+        for burst in range(READS_PER_WAKEUP):
+            if self._conn_lost:
+                return
+            try:
+                n = self._recv(rx, 0)
+            except _AGAIN:
+                if not burst:
+                    self._rearm_soon()  # woken with nothing to read: perhaps by an error (see above)
+                return
+            except OSError as exc:
+                self._rearm_soon()
+                self._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on datagram transport")
+                return
+            if n:
+                self._deliver(0, n)
+            if n < slots or not self._reading or self._rest is not None or self._blocked:
+                return
 
     def _deliver(self, start: int, end: int) -> None:
         """Hand entries [start, end) of the receive batch to the protocol,

@@ -12,7 +12,9 @@ logic; both servers call it for every query:
   ``recvfrom`` and one ``sendto`` system call per query; on burstio's, the
   same protocol runs unchanged and the I/O is batched underneath.
 - ``BurstResponder``: a ``BatchDatagramProtocol`` taking the burst as one
-  ``PacketBatch``.
+  ``PacketBatch``; each answer is written over its query in that batch and
+  the batch goes back to the senders in one ``sendto_many`` (no per-answer
+  ``sendto``, no address objects).
 
 Run one: ``burstio serve dns --port 5353`` (or ``python -m burstio.apps.dns --port 5353``;
 ``--workers N`` for N processes on the port, ``--help`` for the rest).
@@ -130,15 +132,36 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
     it falls back to one query per call)."""
 
     def datagrams_received(self, batch: PacketBatch) -> None:
-        """Answer every query of the burst (the answers leave together when this returns)."""
+        """Answer every query of the burst: each answer is written over its
+        query, in the batch, and the batch goes back to the senders in one
+        ``sendto_many`` (the batch API's way to answer a burst)."""
         n = len(batch)
         self.queries += n
-        addrs = batch.addresses()
-        sendto, answers = self.transport.sendto, self.answers
+        answers = self.answers
+        if not _answerable_in_place(batch, n):
+            addrs = batch.addresses()
+            sendto = self.transport.sendto
+            for i in range(n):
+                reply = answer(bytes(batch[i]), answers)
+                if reply is not None:
+                    sendto(reply, addrs[i])
+            return
+        buf, offsets, lengths = batch.buffer, batch.offsets, batch.lengths
+        silent: bytearray | None = None
         for i in range(n):
             reply = answer(bytes(batch[i]), answers)
-            if reply is not None:
-                sendto(reply, addrs[i])
+            if reply is None:
+                if silent is None:
+                    silent = bytearray(b"\x01") * n
+                silent[i] = 0
+                continue
+            off = offsets[i]
+            end = off + len(reply)
+            buf[off:end] = reply
+            lengths[i] = end - off
+        if silent is not None and not batch.keep(silent):
+            return
+        cast(aio.BurstDatagramTransport, self.transport).sendto_many(batch)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """Answer one query (on transports that do not batch)."""
@@ -146,6 +169,18 @@ class BurstResponder(_Answering, aio.BatchDatagramProtocol):
         reply = answer(data, self.answers)
         if reply is not None:
             self.transport.sendto(reply, addr)
+
+
+#: the longest answer(): header, the longest question, the longest record, OPT
+_MAX_ANSWER = _HEADER.size + MAX_NAME + 4 + max(len(rr) for rr in DEFAULT.rr.values()) + len(DEFAULT.opt)
+
+
+def _answerable_in_place(batch: PacketBatch, n: int) -> bool:
+    """Whether each answer may be written over its query: every entry is a
+    whole receive slot (none split from a GRO receive, none cut short), the
+    slot holds any answer, and the batch carries no per-datagram metadata
+    (whose received values are not what an answer is sent with)."""
+    return batch.slot_size >= _MAX_ANSWER and not batch.has_metadata and not any(batch.flags[:n])
 
 
 TRANSPORTS = ("asyncio", "burstio-compat", "burstio")
