@@ -86,7 +86,7 @@ def error_pending(sock) -> bool:
     return any(ev & select.POLLERR for _fd, ev in p.poll(2000))
 
 
-POLLS = ("poll", "ppoll", "select", "pselect6")  # the waits before a receive (portable: select)
+POLLS = ("poll", "ppoll", "select", "pselect6", "restart_syscall")  # waits before a receive (portable: select)
 
 
 def receive_shut_down(sock: socket.socket) -> bool:
@@ -1299,6 +1299,33 @@ class BackendContract:
         with pytest.raises(OSError) as e:
             rx.recv_batch(batch, None)
         assert e.value.errno == errno.EBADF
+
+    def test_request_response_window_takes_a_burst_whole_soon(self):
+        """After request/response traffic (one datagram per call: the C
+        backends then ask for one message at a time), a burst queued at once
+        is taken whole within one receive window (16 calls), in order, with
+        nothing lost; then batches are full again."""
+        rx = self.make_socket()
+        sender = self.plain()
+        batch = PacketBatch(64, 64)
+        for k in range(40):  # request/response: one datagram per call
+            sender.sendto(b"single-%d" % k, rx.getsockname())
+            assert rx.recv_batch(batch, 5.0) == 1 and bytes(batch[0]) == b"single-%d" % k
+        for k in range(48):
+            sender.sendto(b"burst-%d" % k, rx.getsockname())
+        got: list[bytes] = []
+        calls = 0
+        while len(got) < 48:
+            n = rx.recv_batch(batch, 5.0)
+            assert n > 0
+            calls += 1
+            got += [bytes(batch[i]) for i in range(n)]
+        assert got == [b"burst-%d" % k for k in range(48)]
+        assert calls <= 16
+        for k in range(8):
+            sender.sendto(b"again-%d" % k, rx.getsockname())
+        n = rx.recv_batch(batch, 5.0)  # (loopback: a sendto has queued its datagram when it returns)
+        assert [bytes(batch[i]) for i in range(n)] == [b"again-%d" % k for k in range(8)]
 
     @pytest.mark.parametrize("case", ["deadline", "non-blocking socket"])
     def test_receive_that_cannot_block_in_the_kernel_waits_in_poll(self, case):

@@ -20,12 +20,14 @@
 
 /* Receive window. After u->single_after receive calls in a row that each
  * found a single datagram (a request/response peer), ask for one message at
- * a time: recvmmsg then skips a second receive attempt, which would find
- * nothing, on the latency path. The mode ends when a call finds more than
- * one datagram or returns without having had to wait for its datagram (it
- * was already queued: a burst is arriving); every single_after-th call in
- * the mode also asks for the full window. */
-#define BIO_UDP_RX_WAITED_NS 5000 /* a receive that took longer had to wait */
+ * a time: the receive then skips a second attempt, which would find nothing
+ * (and, busy polling, poll the device once more), on the latency path.
+ * Every single_after-th call in the mode asks for the full window, and the
+ * mode ends when a call finds more than one datagram: a burst arriving is
+ * taken whole after at most single_after - 1 calls of one datagram each.
+ * (How long a call waited is no sign of a burst: a request/response peer
+ * whose turnaround is as short as the server's own path, busy polling on
+ * both sides, has its next request queued as often as not.) */
 
 static int
 bio_udp_recv_single_mode(const BioUdp *u)
@@ -49,13 +51,12 @@ bio_udp_recv_vlen(const BioUdp *u, const BioBatch *b)
     return (int)(v > BIO_MMSG_MAX ? BIO_MMSG_MAX : v);
 }
 
-/* Learn from a receive that produced `entries` datagrams; `waited`: the
- * call had to wait for its first one. */
+/* Learn from a receive that produced `entries` datagrams. */
 static void
-bio_udp_recv_learn(BioUdp *u, Py_ssize_t entries, int waited)
+bio_udp_recv_learn(BioUdp *u, Py_ssize_t entries)
 {
     int t = u->single_after;
-    if (entries > 1 || (entries == 1 && !waited && bio_udp_recv_single_mode(u)))
+    if (entries > 1)
         u->rx_singles = 0;
     else if (entries == 1 && ++u->rx_singles >= 3 * t && t > 0)
         u->rx_singles -= t; /* keep the count bounded, same phase */
@@ -339,7 +340,7 @@ bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
 typedef struct {
     BioUdp *u;
     BioBatch *b;
-    int vlen, flags, waited;
+    int vlen, flags;
     int64_t deadline;
     Py_ssize_t entries;
 } BioUdpRecv;
@@ -350,9 +351,7 @@ static int
 bio_udp_recv_run_nogil(void *arg)
 {
     BioUdpRecv *c = arg;
-    int64_t t0 = c->vlen == 1 ? bio_now_ns() : 0; /* single mode: did we wait? */
     int r = bio_udp_recv_wait_nogil(c->u, c->b, c->vlen, c->flags, c->deadline);
-    c->waited = c->vlen != 1 || bio_now_ns() - t0 > BIO_UDP_RX_WAITED_NS;
     if (r > 0)
         c->entries = bio_udp_recv_finish_nogil(c->u, c->b, r);
     return r;
@@ -414,6 +413,6 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return bio_raise_errno(r);
     b->count = c.entries;
     b->appended = r; /* slots 0..r-1 hold what arrived; append() goes after */
-    bio_udp_recv_learn(u, c.entries, c.waited);
+    bio_udp_recv_learn(u, c.entries);
     return PyLong_FromSsize_t(c.entries);
 }

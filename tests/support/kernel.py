@@ -41,9 +41,12 @@ __all__ = ["SOL_UDP", "UDP_SEGMENT", "SO_NO_CHECK", "SO_SNDBUFFORCE", "SO_RCVBUF
 # ---- constants --------------------------------------------------------------------------
 # All kernel constants come from the library (burstio._kernel: the values the extension was built with).
 
-# x86_64 numbers of the syscalls a receive can block in.
-BLOCKING_SYSCALLS_X86_64 = {7: "poll", 23: "select", 47: "recvmsg", 232: "epoll_wait", 270: "pselect6",
-                            271: "ppoll", 281: "epoll_pwait", 299: "recvmmsg", 426: "io_uring_enter"}
+# x86_64 numbers of the syscalls a receive can block in. restart_syscall: a poll() with a
+# timeout that a signal with no handler (SIGCHLD of an exited child) interrupted goes on waiting
+# in it (/proc/<tid>/syscall then says 219 until the wait ends).
+BLOCKING_SYSCALLS_X86_64 = {7: "poll", 23: "select", 47: "recvmsg", 219: "restart_syscall", 232: "epoll_wait",
+                            270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 299: "recvmmsg",
+                            426: "io_uring_enter"}
 
 
 def gso_sendmsg(sock: socket.socket, data: bytes, seg: int, addr) -> None:
