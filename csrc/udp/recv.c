@@ -21,13 +21,17 @@
 /* Receive window. After u->single_after receive calls in a row that each
  * found a single datagram (a request/response peer), ask for one message at
  * a time: the receive then skips a second attempt, which would find nothing
- * (and, busy polling, poll the device once more), on the latency path.
- * Every single_after-th call in the mode asks for the full window, and the
- * mode ends when a call finds more than one datagram: a burst arriving is
- * taken whole after at most single_after - 1 calls of one datagram each.
- * (How long a call waited is no sign of a burst: a request/response peer
- * whose turnaround is as short as the server's own path, busy polling on
- * both sides, has its next request queued as often as not.) */
+ * (and, busy polling, poll the device once more), on the latency path. The
+ * mode ends when a call finds more than one datagram or did not have to wait
+ * for its datagram (it was already queued: a burst is arriving); every
+ * single_after-th call in the mode also asks for the full window. Whether
+ * a call waited: where its first try was non-blocking (a deadline, or busy
+ * polling through the socket), whether that try found the datagram; where it
+ * blocked in the receive at once, whether the call took longer than
+ * BIO_UDP_RX_WAITED_NS (a sleep and a wake-up take longer). (A time mark
+ * alone misjudged busy polling ping-pong, whose waits straddle it: the mode
+ * flipped, paying a second receive attempt and device poll per request.) */
+#define BIO_UDP_RX_WAITED_NS 5000
 
 static int
 bio_udp_recv_single_mode(const BioUdp *u)
@@ -51,12 +55,13 @@ bio_udp_recv_vlen(const BioUdp *u, const BioBatch *b)
     return (int)(v > BIO_MMSG_MAX ? BIO_MMSG_MAX : v);
 }
 
-/* Learn from a receive that produced `entries` datagrams. */
+/* Learn from a receive that produced `entries` datagrams; `waited`: the
+ * call had to wait for its first one. */
 static void
-bio_udp_recv_learn(BioUdp *u, Py_ssize_t entries)
+bio_udp_recv_learn(BioUdp *u, Py_ssize_t entries, int waited)
 {
     int t = u->single_after;
-    if (entries > 1)
+    if (entries > 1 || (entries == 1 && !waited && bio_udp_recv_single_mode(u)))
         u->rx_singles = 0;
     else if (entries == 1 && ++u->rx_singles >= 3 * t && t > 0)
         u->rx_singles -= t; /* keep the count bounded, same phase */
@@ -166,15 +171,21 @@ bio_udp_recv_blocking_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
  * -errno. nogil. */
 static int
 bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
-                        int64_t deadline_ns)
+                        int64_t deadline_ns, int *waited_out)
 {
     int64_t spin_end = -1;
     int first = 1, waited = 0;
-    if (deadline_ns < 0 && bio_udp_recv_blocks(u)) {
+    /* without a deadline, block in the receive itself; busy polling through
+     * the socket (spin_us), only once the spin below has found nothing */
+    int block = deadline_ns < 0 && bio_udp_recv_blocks(u);
+    *waited_out = 1;
+    if (block && __atomic_load_n(&u->spin_us, __ATOMIC_RELAXED) <= 0) {
+        *waited_out = -1; /* not known: the caller's clock tells */
         int r = bio_udp_recv_blocking_nogil(u, b, vlen, flags);
         if (r != -EAGAIN && r != -EWOULDBLOCK)
             return r;
-        first = 0; /* the socket cannot block: wait in poll() as below */
+        *waited_out = 1;
+        first = block = 0; /* the socket cannot block: wait in poll() as below */
     }
     int wfd0 = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
     if (wfd0 >= 0 && u->wait_first) {
@@ -196,6 +207,8 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
              * batch (not the one-slot window) means more is waiting:
              * receive first then */
             u->wait_first = waited ? !(vlen > 1 && r >= vlen) : (r == -EAGAIN || r == -EWOULDBLOCK);
+            if (!waited && r > 0)
+                *waited_out = 0; /* the first try found it queued */
             first = 0;
         }
         if (r != -EAGAIN && r != -EWOULDBLOCK)
@@ -208,6 +221,12 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
             spin_end = now + (int64_t)spin * 1000;
         if (now < spin_end)
             continue; /* busy poll from here: each receive polls the device once */
+        if (block) {
+            block = 0;
+            r = bio_udp_recv_blocking_nogil(u, b, vlen, flags);
+            if (r != -EAGAIN && r != -EWOULDBLOCK)
+                return r;
+        }
         int wfd = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
         int p;
         if (wfd >= 0) {
@@ -340,7 +359,7 @@ bio_udp_recv_finish_nogil(BioUdp *u, BioBatch *b, int n)
 typedef struct {
     BioUdp *u;
     BioBatch *b;
-    int vlen, flags;
+    int vlen, flags, waited;
     int64_t deadline;
     Py_ssize_t entries;
 } BioUdpRecv;
@@ -351,7 +370,10 @@ static int
 bio_udp_recv_run_nogil(void *arg)
 {
     BioUdpRecv *c = arg;
-    int r = bio_udp_recv_wait_nogil(c->u, c->b, c->vlen, c->flags, c->deadline);
+    int64_t t0 = c->vlen == 1 ? bio_now_ns() : 0; /* single mode: did we wait? */
+    int r = bio_udp_recv_wait_nogil(c->u, c->b, c->vlen, c->flags, c->deadline, &c->waited);
+    if (c->waited < 0)
+        c->waited = c->vlen != 1 || bio_now_ns() - t0 > BIO_UDP_RX_WAITED_NS;
     if (r > 0)
         c->entries = bio_udp_recv_finish_nogil(c->u, c->b, r);
     return r;
@@ -413,6 +435,6 @@ bio_udp_recv_batch(BioUdp *u, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return bio_raise_errno(r);
     b->count = c.entries;
     b->appended = r; /* slots 0..r-1 hold what arrived; append() goes after */
-    bio_udp_recv_learn(u, c.entries);
+    bio_udp_recv_learn(u, c.entries, c.waited);
     return PyLong_FromSsize_t(c.entries);
 }

@@ -268,8 +268,11 @@ class PortableIo:
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
         spin_end = None
         first = None
-        if deadline is None and self.block_rx and self._waiter is None and self.sock.gettimeout() is None:
-            first = self._recv_blocking(batch)
+        # without a deadline, block in the receive itself (busy polling through the socket:
+        # once the spin below has found nothing), as the C backends do
+        block = deadline is None and self.block_rx and self._waiter is None and self.sock.gettimeout() is None
+        if block and self.spin_us <= 0:
+            first, block = self._recv_blocking(batch), False
         while first is None:
             try:
                 first = self._recv_one(batch, 0, socket.MSG_DONTWAIT)
@@ -284,9 +287,18 @@ class PortableIo:
                     if self._closing:  # close() in another thread ends a spin as it ends a wait
                         raise OSError(errno.EBADF, "the BurstSocket was closed while waiting") from None
                     continue
+                if block:
+                    block = False
+                    first = self._recv_blocking(batch)
+                    if first is not None:
+                        break
                 self._c["rx_syscalls"] += 1
                 if not self._wait(left):
                     return []
+        return self._recv_more(batch, vlen, first)
+
+    def _recv_more(self, batch: PacketBatch, vlen: int, first: _Message) -> list[_Message]:
+        """``first`` and what else is queued, up to ``vlen`` messages (MSG_WAITFORONE)."""
         msgs = [first]
         for k in range(1, vlen):
             try:

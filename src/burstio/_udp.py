@@ -477,14 +477,14 @@ class BurstSocket(MetadataOptions):
         prefer_busy_poll). Returns the mechanism used:
 
         - "socket": SO_BUSY_POLL (SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET)
-          on the socket; a receive without a deadline (``timeout=None``)
-          blocks in recvmmsg itself, where the kernel polls the device for
-          ``usecs`` and then sleeps: one system call per wake-up, as
-          ``sockperf --lls`` does (close() from another thread wakes it by
-          shutting the socket's receive side down, see close()); a receive
-          with a deadline polls the device in each try and tries again for
-          ``usecs`` before it sleeps in poll(). Either way the datagram is
-          taken by the receive that polled it, with no epoll_wait first;
+          on the socket; each receive polls the device, and one that finds
+          nothing tries again for ``usecs`` (each try polls once); then one
+          without a deadline (``timeout=None``) blocks in the receive
+          itself, where the kernel polls the device for up to ``usecs`` more
+          and then sleeps (close() from another thread wakes it by shutting
+          the socket's receive side down, see close()), and one with a
+          deadline sleeps in poll(). Either way the datagram is taken by the
+          receive that polled it, with no epoll_wait first;
         - "epoll": recv_batch waits in an epoll instance of this socket's own
           with busy-poll parameters (EPIOCSPARAMS, Linux >= 6.9): epoll_wait,
           then the receive;
