@@ -47,6 +47,17 @@ def arrivals(sock: burstio.BurstSocket, expect: int, timeout: float = 5.0) -> li
     return got
 
 
+def timed_arrivals(sock: burstio.BurstSocket, expect: int, timeout: float = 5.0) -> list[tuple[int, int]]:
+    """(index the payload names, CLOCK_MONOTONIC ns read after its receive) of
+    up to ``expect`` datagrams, in arrival order."""
+    batch = PacketBatch(64, 64)
+    got: list[tuple[int, int]] = []
+    while len(got) < expect and sock.recv_batch(batch, timeout):
+        arrived = time.monotonic_ns()
+        got += [(int(bytes(batch[i])), arrived) for i in range(len(batch))]
+    return got
+
+
 def schedule(dest, times: list[int], tag: bytes = b"") -> PacketBatch:
     """A batch of datagrams b"<tag><i>" to dest, entry i at times[i]."""
     b = PacketBatch(max(1, len(times)), 64)
@@ -387,11 +398,7 @@ def test_slack_never_releases_a_datagram_before_its_time_less_half_the_slack(soc
     t0 = time.monotonic_ns() + 20 * MS
     times = [t0 + i * 20 * MS for i in range(10)]
     tx.send_batch(schedule(rx.getsockname(), times))
-    batch = PacketBatch(64, 64)
-    got: list[tuple[int, int]] = []
-    while len(got) < len(times) and rx.recv_batch(batch, 5.0):
-        arrived = time.monotonic_ns()
-        got += [(int(bytes(batch[i])), arrived) for i in range(len(batch))]
+    got = timed_arrivals(rx, len(times))
     assert [i for i, _ in got] == list(range(len(times)))
     early = [(i, times[i] - slack // 2 - arrived) for i, arrived in got if arrived < times[i] - slack // 2]
     assert early == []
@@ -412,11 +419,7 @@ def test_a_release_within_a_flow_is_centred_on_what_it_carries(sockets):
     t0 = time.monotonic_ns() + 50 * MS
     times = [t0 + d * MS for d in (0, 100, 300, 350, 650)]
     tx.send_batch(schedule(rx.getsockname(), times))
-    batch = PacketBatch(64, 64)
-    got: list[tuple[int, int]] = []
-    while len(got) < len(times) and rx.recv_batch(batch, 5.0):
-        arrived = time.monotonic_ns()
-        got += [(int(bytes(batch[i])), arrived) for i in range(len(batch))]
+    got = timed_arrivals(rx, len(times))
     assert [i for i, _ in got] == list(range(len(times)))
     assert [i for i, arrived in got if arrived < times[i] - slack // 2] == []
     assert got[3][1] >= t0 + 450 * MS  # centred: 350 waited for the release at 650 less half the slack

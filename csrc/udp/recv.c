@@ -168,7 +168,8 @@ bio_udp_recv_blocking_nogil(BioUdp *u, BioBatch *b, int vlen, int flags)
  * (no deadline, bio_udp_recv_blocks), in poll() on the socket
  * and the wake eventfd, or in the busy-polling epoll instance, or spinning.
  * Returns datagrams, 0 on timeout, -BIO_ECLOSED when close() woke it, or
- * -errno. nogil. */
+ * -errno; *waited_out: whether the datagram had to be waited for (the
+ * receive window's sign of a burst). nogil. */
 static int
 bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
                         int64_t deadline_ns, int *waited_out)
@@ -180,11 +181,12 @@ bio_udp_recv_wait_nogil(BioUdp *u, BioBatch *b, int vlen, int flags,
     int block = deadline_ns < 0 && bio_udp_recv_blocks(u);
     *waited_out = 1;
     if (block && __atomic_load_n(&u->spin_us, __ATOMIC_RELAXED) <= 0) {
-        *waited_out = -1; /* not known: the caller's clock tells */
+        int64_t t0 = bio_now_ns(); /* did it wait? only the clock can tell here */
         int r = bio_udp_recv_blocking_nogil(u, b, vlen, flags);
-        if (r != -EAGAIN && r != -EWOULDBLOCK)
+        if (r != -EAGAIN && r != -EWOULDBLOCK) {
+            *waited_out = bio_now_ns() - t0 > BIO_UDP_RX_WAITED_NS;
             return r;
-        *waited_out = 1;
+        }
         first = block = 0; /* the socket cannot block: wait in poll() as below */
     }
     int wfd0 = __atomic_load_n(&u->wait_fd, __ATOMIC_RELAXED);
@@ -370,10 +372,7 @@ static int
 bio_udp_recv_run_nogil(void *arg)
 {
     BioUdpRecv *c = arg;
-    int64_t t0 = c->vlen == 1 ? bio_now_ns() : 0; /* single mode: did we wait? */
     int r = bio_udp_recv_wait_nogil(c->u, c->b, c->vlen, c->flags, c->deadline, &c->waited);
-    if (c->waited < 0)
-        c->waited = c->vlen != 1 || bio_now_ns() - t0 > BIO_UDP_RX_WAITED_NS;
     if (r > 0)
         c->entries = bio_udp_recv_finish_nogil(c->u, c->b, r);
     return r;
