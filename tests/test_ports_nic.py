@@ -389,17 +389,18 @@ def test_a_switch_refuses_what_is_not_a_nic_port():
 
 @needs_xdp_lab
 def test_spread_names_the_ring_a_hostile_worker_broke(nic):
-    """A worker writes a frame of the fill ring into every slot of its pipe
-    (the NIC side's free TX slots too): spread() refuses that pipe, says which
-    one it was, and the others take everything once it is left out."""
+    """A worker writes a frame its pipe does not hold into every slot of its
+    pipe (the NIC side's free TX slots too): spread() refuses that pipe, says
+    which one it was, and the others take everything once it is left out."""
     pipes = [nic.pipe(slots=128) for _ in range(3)]
     _bad_near, bad_far = pipes[1]
+    stray = nic.umem.frames - 1  # the pool's last frame: free (frames go out lowest first)
     for i in range(128):
-        bad_far.rx.indices[i] = 0  # a frame in the fill ring (the lowest go there first)
+        bad_far.rx.indices[i] = stray
     flood(nic.lab, 120, dport=DPORT, flows=12)
     take(nic, 120)
     rings = [near.tx for near, _far in pipes]
-    with pytest.raises(OSError, match="frame 0 is not one the ring's region holds") as e:
+    with pytest.raises(OSError, match=f"frame {stray} is not one the ring's region holds") as e:
         nic.rx.spread(rings)
     assert e.value.errno == errno.EBADMSG and e.value.index == 1
     del rings[1]
