@@ -198,6 +198,20 @@ def test_json_carries_rounds_spread_versions_and_summary():
     assert {"scenario", "variants", "versions", "summary"} <= set(json.loads(one.getvalue()))
 
 
+def test_json_is_strict_a_figure_that_is_not_finite_is_null():
+    res = _mixed()[:1]
+    res[0].variants["fast"].extra.update(nan_figure=float("nan"), ratio=float("inf"), fine=1.5,
+                                         listed=[float("-inf"), 2.0])
+    out = io.StringIO()
+    write_json(res, out, versions={})
+
+    def strict(token: str) -> None:
+        raise AssertionError(f"not strict JSON: {token}")
+    obj = json.loads(out.getvalue(), parse_constant=strict)
+    fast = obj["variants"]["fast"]
+    assert (fast["nan_figure"], fast["ratio"], fast["fine"], fast["listed"]) == (None, None, 1.5, [None, 2.0])
+
+
 def test_footer_names_the_versions_and_the_targets():
     found = versions()
     measured, targets = format_footer(_mixed(), found).splitlines()

@@ -508,7 +508,9 @@ def write_json(results: list[ScenarioResult], stream: TextIO | None = None, *,
                            else {"scenarios": {r.scenario: r.as_json() for r in results}})
     obj["versions"] = versions if versions is not None else collect_versions(used_tools(results))
     obj["summary"] = TargetSummary.of(results).as_json()
-    json.dump(obj, stream, indent=2, default=_json_default)
+    # strict JSON: a figure that is not a finite number (a NaN from an empty
+    # round, an infinite ratio) is written as null, never as NaN/Infinity
+    json.dump(_finite(obj), stream, indent=2, allow_nan=False)
     stream.write("\n")
 
 
@@ -517,7 +519,14 @@ def used_tools(results: Sequence[ScenarioResult]) -> list[str]:
     return sorted({t for r in results if not r.skipped for t in r.tools})
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    raise TypeError(f"cannot serialise {type(o).__name__}")
+def _finite(o: Any) -> Any:
+    """``o`` with every float that is not finite replaced by None (lists, tuples and dicts
+    walked; everything else as it is)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
