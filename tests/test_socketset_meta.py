@@ -6,9 +6,12 @@ the codepoint, and a paced set releases each entry at its transmit time.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import socket
 import time
 
+import numpy as np
 import pytest
 
 import burstio
@@ -188,3 +191,76 @@ def test_paced_set_releases_what_is_due_within_the_slack_together(stack, sockets
     c = sset.counters
     assert c["paced_releases"] == 1 and c["tx_datagrams"] == 8
 
+
+
+def _arrivals(rx: burstio.BurstSocket, expect: int) -> list[tuple[bytes, int]]:
+    batch = PacketBatch(16, 256)
+    got: list[tuple[bytes, int]] = []
+    while len(got) < expect and rx.recv_batch(batch, 2.0):
+        got += [(bytes(batch[i]), int(batch.ecn[i])) for i in range(len(batch))]
+    return got
+
+
+@pytest.mark.parametrize("sizes", [[30, 30, 30], [30]], ids=["gso-run", "single"])
+def test_refused_codepoint_downgrades_and_delivers_everything(stack, socketset_variant, caplog, sizes):
+    """The kernel refuses the TOS cmsg (EINVAL): as a BurstSocket does, the
+    set sends the datagrams again without it, codepoints stay off for the
+    set, counted, logged once; nothing is flagged or lost. (ecn_cmsg=2 makes
+    every kernel refuse it: a TOS byte out of range.)"""
+    require_kernel("ecn")
+    sset = make_set(stack, socketset_variant)
+    rx = bound(stack, ecn=True)
+    index = sset.add(bound(stack))
+    sset._io.ecn_cmsg = 2
+    out = PacketBatch(8, 64)
+    for k, n in enumerate(sizes):
+        out.append(bytes([65 + k]) * n, rx.getsockname(), ecn=2)
+    out.append(b"after", rx.getsockname(), ecn=1)
+    np.asarray(out.sockets)[:len(out)] = index
+    with caplog.at_level(logging.WARNING, logger="burstio"):
+        assert sset.send_batch(out) == len(out)
+        assert out.send_errors() == []
+        assert sset.send_batch(out) == len(out)  # no codepoints from now on
+    got = _arrivals(rx, 2 * len(out))
+    assert sorted(got) == sorted([(bytes(out[i]), 0) for i in range(len(out))] * 2)
+    c = sset.counters
+    assert (c["ecn_downgrades"], c["tx_errors"], c["tx_ecn_unmarked"], c["tx_datagrams"]) == \
+        (1, 0, 2 * len(out), 2 * len(out))
+    assert sum("refused the ECN codepoint" in r.message for r in caplog.records) == 1
+
+
+def test_refused_codepoint_downgrades_a_redundant_send(stack, socketset_variant):
+    require_kernel("ecn")
+    sset = make_set(stack, socketset_variant)
+    peers = [bound(stack, ecn=True) for _ in range(2)]
+    group = []
+    for p in peers:
+        path = bound(stack)
+        path.connect(p.getsockname())
+        group.append(sset.add(path))
+    sset._io.ecn_cmsg = 2
+    out = PacketBatch(4, 64)
+    for k in range(3):
+        out.append(b"r%d" % k, ecn=2)
+    assert sset.send_redundant(out, group) == (6, [])
+    for p in peers:
+        assert sorted(_arrivals(p, 3)) == [(b"r0", 0), (b"r1", 0), (b"r2", 0)]
+    assert (sset.counters["ecn_downgrades"], sset.counters["tx_errors"]) == (1, 0)
+
+
+def test_a_datagram_refused_anyway_stays_flagged_and_ecn_stays_on(stack, socketset_variant):
+    """EINVAL on a datagram with a codepoint that the kernel refuses without
+    it too (port 0): not the cmsg's fault; flagged, ECN stays on."""
+    require_kernel("ecn")
+    sset = make_set(stack, socketset_variant)
+    rx = bound(stack, ecn=True)
+    index = sset.add(bound(stack))
+    out = PacketBatch(4, 64)
+    out.append(b"bad", ("127.0.0.1", 0), ecn=2)
+    out.append(b"good", rx.getsockname(), ecn=2)
+    np.asarray(out.sockets)[:2] = index
+    assert sset.send_batch(out) == 1
+    assert out.send_errors() == [(0, errno.EINVAL)]
+    assert _arrivals(rx, 1) == [(b"good", 2)]
+    c = sset.counters
+    assert (c["ecn_downgrades"], c["tx_errors"], sset._io.ecn_cmsg) == (0, 1, 1)

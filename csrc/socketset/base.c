@@ -25,7 +25,8 @@ static const char *const bio_socketset_counter_names[BIO_SOCKETSET_NCOUNTERS] = 
     "rx_datagrams", "rx_bytes",        "rx_batches",      "rx_truncated",
     "rx_errors",    "rx_rearms",       "rx_enobufs",      "tx_datagrams",
     "tx_bytes",     "tx_batches",      "tx_errors",       "tx_gso_messages",
-    "tx_unreported_errors", "syscalls", "errors_dropped",
+    "tx_unreported_errors", "syscalls", "errors_dropped", "tx_ecn_unmarked",
+    "ecn_downgrades",
 };
 
 int
@@ -422,9 +423,10 @@ bio_socketset_recv_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t narg
  * the datagrams sent. */
 static Py_ssize_t
 bio_socketset_send_results(BioSocketSet *r, BioBatch *b, const int32_t *res, Py_ssize_t m,
-                           int flag_entries)
+                           int flag_entries, int ecn)
 {
     Py_ssize_t sent = 0;
+    uint64_t unmarked = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         struct msghdr *h = &b->msgs[i].msg_hdr;
         Py_ssize_t j = b->msg_entry[i];
@@ -443,8 +445,13 @@ bio_socketset_send_results(BioSocketSet *r, BioBatch *b, const int32_t *res, Py_
         sent += (Py_ssize_t)h->msg_iovlen;
         if (h->msg_iovlen > 1)
             BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_GSO_MESSAGES, 1);
+        /* a GSO run shares one codepoint (the private copy the build read) */
+        if (!ecn && b->meta != NULL && b->meta->priv[j].ecn != 0)
+            unmarked += h->msg_iovlen;
     }
     BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_DATAGRAMS, sent);
+    if (unmarked)
+        BIO_COUNT(r->counters, BIO_SOCKETSET_C_TX_ECN_UNMARKED, unmarked);
     return sent;
 }
 
@@ -477,8 +484,9 @@ bio_socketset_send_setup(BioSocketSet *r, const char *fname, PyObject *const *a,
         return -1;
     c->r = r;
     c->b = (BioBatch *)a[0];
+    c->ecn = r->ecn_cmsg;
     BioBatchSendOpts o = {.gso = r->gso, .gso_max_segments = r->gso_max_segments,
-                          .by_socket = by_socket, .ecn = r->ecn_cmsg};
+                          .by_socket = by_socket, .ecn = c->ecn};
     if (bio_batch_check_idle(c->b) < 0 ||
         bio_batch_send_range(c->b, a[1], a[2], &start, &end) < 0 ||
         (c->m = bio_batch_send_build(&o, c->b, start, end)) < 0 ||
@@ -545,7 +553,7 @@ bio_socketset_send_batch(BioSocketSet *r, PyObject *const *args, Py_ssize_t narg
     if (bio_args_parse("send_batch", args, nargs, kwnames, names, 3, 1, a) < 0 ||
         bio_socketset_send_setup(r, "send_batch", a, 1, &c) < 0 || bio_socketset_send_run(&c) < 0)
         goto out;
-    ret = PyLong_FromSsize_t(bio_socketset_send_results(r, c.b, c.results, c.m, 1));
+    ret = PyLong_FromSsize_t(bio_socketset_send_results(r, c.b, c.results, c.m, 1, c.ecn));
 out:
     PyMem_Free(c.results);
     return ret;
@@ -626,7 +634,7 @@ bio_socketset_send_redundant(BioSocketSet *r, PyObject *const *args, Py_ssize_t 
         goto out;
     Py_ssize_t sent = 0;
     for (Py_ssize_t k = 0; k < c.ngroups; k++)
-        sent += bio_socketset_send_results(r, c.b, c.results + k * c.m, c.m, 0);
+        sent += bio_socketset_send_results(r, c.b, c.results + k * c.m, c.m, 0, c.ecn);
     PyObject *fail = bio_socketset_failures(&c, group);
     if (fail != NULL)
         ret = Py_BuildValue("(nN)", sent, fail);
@@ -727,6 +735,14 @@ bio_socketset_counters(BioSocketSet *r, PyObject *Py_UNUSED(ignored))
     return bio_counters_dict(r->counters, bio_socketset_counter_names, BIO_SOCKETSET_NCOUNTERS);
 }
 
+/* add_to_counter(name, n): add n to a counter (negative: take n back), for the
+ * Python side's own accounting (an ECN downgrade's resends). */
+static PyObject *
+bio_socketset_count(BioSocketSet *r, PyObject *args)
+{
+    return bio_counters_count_py(r->counters, bio_socketset_counter_names, BIO_SOCKETSET_NCOUNTERS, args);
+}
+
 static PyObject *
 bio_socketset_reset_counters(BioSocketSet *r, PyObject *Py_UNUSED(ignored))
 {
@@ -770,6 +786,8 @@ static PyMethodDef bio_socketset_methods[] = {
      bio_socketset_take_errors_doc},
     {"counters", (PyCFunction)bio_socketset_counters, METH_NOARGS,
      "counters($self, /)\n--\n\nA dict of every counter."},
+    {"add_to_counter", (PyCFunction)bio_socketset_count, METH_VARARGS,
+     "add_to_counter($self, name, n, /)\n--\n\nAdd n to the counter name (negative: take n back)."},
     {"reset_counters", (PyCFunction)bio_socketset_reset_counters, METH_NOARGS,
      "reset_counters($self, /)\n--\n\nSet every counter to 0."},
     {"fd", (PyCFunction)bio_socketset_fd, METH_O,
@@ -784,7 +802,9 @@ static PyMemberDef bio_socketset_members[] = {
     {"gso_max_segments", T_INT, offsetof(BioSocketSet, gso_max_segments), 0,
      "segments per GSO send to build"},
     {"ecn_cmsg", T_INT, offsetof(BioSocketSet, ecn_cmsg), 0,
-     "1: send each datagram's ECN codepoint (batch.ecn); 0: not (no ECN here)"},
+     "1: send each datagram's ECN codepoint (batch.ecn); 0: not (no ECN here, or the kernel refused "
+     "the cmsg: downgraded, counted in tx_ecn_unmarked); 2 (tests only): a TOS byte out of range, which "
+     "every kernel refuses"},
     {NULL, 0, 0, 0, NULL},
 };
 

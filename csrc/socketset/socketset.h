@@ -25,6 +25,8 @@ enum bio_socketset_counter {
     BIO_SOCKETSET_C_TX_UNREPORTED_ERRORS,
     BIO_SOCKETSET_C_SYSCALLS,
     BIO_SOCKETSET_C_ERRORS_DROPPED,
+    BIO_SOCKETSET_C_TX_ECN_UNMARKED,
+    BIO_SOCKETSET_C_ECN_DOWNGRADES,
     BIO_SOCKETSET_NCOUNTERS
 };
 
@@ -60,6 +62,7 @@ typedef struct {
     const int *group_fds;
     int32_t *results;
     int stopping;
+    int ecn;            /* the codepoints were sent (0: the entries' are not) */
 } BioSocketSetSend;
 
 /* A stream receive with a byte low watermark in progress. */

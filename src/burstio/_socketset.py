@@ -24,6 +24,7 @@ uring.c, epoll.c, meta.c) does the syscalls and the memory.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = ["SocketSet", "RedundantResult", "BACKENDS"]
+
+log = logging.getLogger("burstio")
 
 BACKENDS = ("auto", "uring", "epoll")
 _URING_NEEDS = ("io_uring", "io_uring_recvmsg", "io_uring_sendmsg", "io_uring_buf_ring")
@@ -136,6 +139,11 @@ class SocketSet:
         self.recv_batch = self._io.recv_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # the C method, no Python frame
         self.take_errors = self._io.take_errors  # type: ignore[method-assign]  # the C method, no Python frame
+        self._ecn_warned = False
+        if self._io.ecn_cmsg:
+            # while codepoints are sent, a send the kernel refuses may be the
+            # codepoint's cmsg: the C send, then the downgrade (_send_marked)
+            self.send_batch = self._send_marked  # type: ignore[method-assign]
         if paced:
             check_int("pacer_queue", pacer_queue, 1, 1 << 20)
             check_seconds("pacer_slack", pacer_slack, 0.0, 1.0)
@@ -213,6 +221,56 @@ class SocketSet:
         sent; failures are flagged in the batch (``batch.send_errors()``)."""
         return self._io.send_batch(batch, start, count)
 
+    def _send_marked(self, batch: _native.PacketBatch, start: int = 0, count: int | None = None) -> int:
+        """send_batch while ECN codepoints are sent: the C send; then, if the
+        kernel refused a datagram carrying a codepoint with EINVAL (some
+        kernels refuse the TOS/TCLASS cmsg, as quinn-udp meets), the
+        downgrade (_ecn_retry)."""
+        n: int = self._io.send_batch(batch, start, count)
+        want = len(batch) - start if count is None else count
+        if n < want and self._io.ecn_cmsg and batch.has_metadata:
+            ecn = batch.ecn
+            refused = [(i, None) for i, err in batch.send_errors()
+                       if start <= i < start + want and err == errno.EINVAL and ecn[i]]
+            n += len(self._ecn_retry(batch, refused))
+        return n
+
+    def _ecn_retry(self, batch: _native.PacketBatch,
+                   refused: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+        """Send the first refused (entry, socket) again without its codepoint
+        (socket None: the entry's own, batch.sockets): if it goes, the
+        kernel refused the cmsg, not the datagram: codepoints stay off for
+        the set (counted in ecn_downgrades, logged once) and the rest are
+        sent again too; if not, nothing changes. Returns the pairs that went
+        (their failures taken back from tx_errors, their error flags cleared
+        by the resend; one that fails again stays flagged, counted once).
+        While the first waits, a send on another thread goes without
+        codepoints too (counted in tx_ecn_unmarked)."""
+        if not refused:
+            return []
+        before, self._io.ecn_cmsg = self._io.ecn_cmsg, 0
+        if not self._resend(batch, *refused[0]):
+            self._io.ecn_cmsg = before  # refused anyway: the datagram, not its codepoint
+            self._io.add_to_counter("tx_errors", -1)  # one failure, counted once
+            return []
+        self._io.add_to_counter("ecn_downgrades", 1)
+        if self._pacer is None:  # (a paced set's pacer thread downgrades its own sends)
+            self.send_batch = self._io.send_batch  # type: ignore[method-assign]  # no codepoints: the C method
+        if not self._ecn_warned:
+            self._ecn_warned = True
+            log.warning("the kernel refused the ECN codepoint cmsg on a SocketSet send (EINVAL); "
+                        "sending without ECN from now on")
+        went = [refused[0], *(r for r in refused[1:] if self._resend(batch, *r))]
+        # each resend takes one count back: the first failure if it went, its
+        # own if not (the datagram failed once either way)
+        self._io.add_to_counter("tx_errors", -len(refused))
+        return went
+
+    def _resend(self, batch: _native.PacketBatch, i: int, sock: int | None) -> bool:
+        if sock is None:
+            return bool(self._io.send_batch(batch, i, 1) == 1)
+        return not self._io.send_redundant(batch, [sock], i, 1)[1]
+
     def _send_paced(self, batch: _native.PacketBatch, start: int = 0, count: int | None = None) -> int:
         """send_batch on a paced set: queue every entry for socket batch.sockets[i]."""
         assert self._pacer is not None  # bound only when pacing
@@ -235,6 +293,13 @@ class SocketSet:
         redundant scheduler of multipath UDP) in one submission (now: transmit
         times are refused here, paced or not)."""
         sent, failures = self._io.send_redundant(batch, group, start, count)
+        if failures and self._io.ecn_cmsg and batch.has_metadata:
+            ecn = batch.ecn
+            went = set(self._ecn_retry(batch, [(i, s) for i, s, err in failures
+                                               if err == errno.EINVAL and ecn[i]]))
+            if went:
+                sent += len(went)
+                failures = [f for f in failures if (f[0], f[1]) not in went]
         return RedundantResult(sent, failures)
 
     def take_errors(self) -> list[tuple[int, int]]:
