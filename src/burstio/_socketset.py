@@ -230,8 +230,9 @@ class SocketSet:
         want = len(batch) - start if count is None else count
         if n < want and self._io.ecn_cmsg and batch.has_metadata:
             ecn = batch.ecn
-            refused = [(i, None) for i, err in batch.send_errors()
-                       if start <= i < start + want and err == errno.EINVAL and ecn[i]]
+            refused: list[tuple[int, int | None]] = [
+                (i, None) for i, err in batch.send_errors()
+                if start <= i < start + want and err == errno.EINVAL and ecn[i]]
             n += len(self._ecn_retry(batch, refused))
         return n
 
