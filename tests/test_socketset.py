@@ -574,6 +574,17 @@ class SocketSetContract:
         assert sset.counters["rx_enobufs"] >= 1
         assert all(e == (i, errno.ENOBUFS) for e in sset.take_errors())
 
+    def test_a_small_set_is_made_and_works(self):
+        """Few buffers and few sockets (a completion queue under the
+        submission queue's 256 entries was EINVAL at construction)."""
+        sset = self.socket_set(buffers=8, max_sockets=2) if self.uring else self.socket_set(max_sockets=2)
+        rx = udp(self.socks)
+        i = sset.add(rx)
+        batch = PacketBatch(4)
+        tx = udp(self.socks)
+        tx.sendto(b"small", rx.getsockname())
+        assert take(sset, batch, 1) == [(i, b"small", tx.getsockname())]
+
     def test_truncated_datagram_is_flagged(self):
         sset = self.socket_set(buffer_size=256) if self.uring else self.socket_set()
         rx = udp(self.socks)

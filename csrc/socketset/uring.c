@@ -29,6 +29,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* submission queue entries (the completion queue is sized from the buffers and sockets) */
+#define BIO_URINGSET_SQ_ENTRIES 256u
+
 static PyTypeObject BioUringSet_Type;
 static int bio_uringset_check(BioSocketSet *base);
 static int bio_uringset_recv_nogil(void *arg);
@@ -65,7 +68,7 @@ bio_uringset_setup(BioUringSet *r, unsigned cq_entries, int sqpoll, int single_w
         p.flags = tries[i] | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
         p.cq_entries = cq_entries;
         p.sq_thread_idle = 50;
-        err = io_uring_queue_init_params(256, &r->uring, &p);
+        err = io_uring_queue_init_params(BIO_URINGSET_SQ_ENTRIES, &r->uring, &p);
         if (err == 0)
             r->flags = tries[i];
     }
@@ -141,7 +144,12 @@ bio_uringset_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto fail;
     }
+    /* room for a completion per buffer and per socket, twice; never fewer
+     * than the submission queue's entries (the kernel refuses a completion
+     * queue smaller than that with EINVAL) */
     unsigned cq_entries = 2 * (unsigned)nbufs + 2 * (unsigned)max_sockets;
+    if (cq_entries < BIO_URINGSET_SQ_ENTRIES)
+        cq_entries = BIO_URINGSET_SQ_ENTRIES;
     int err = bio_uringset_setup(r, cq_entries, sqpoll, single);
     if (err == 0) {
         r->ready = 1;
