@@ -110,6 +110,16 @@ CASES = [
     (Rule(proto="udp", dport=53), ipv6_with_ext(53), True),  # behind an IPv6 fragment header
     (Rule(proto="udp", dport=53), ipv6_with_ext(53, fragment_offset=10), False),  # a later fragment: no ports
     (Rule(proto="udp"), ipv6_with_ext(53, fragment_offset=10), False),
+    # rules naming nothing but the IP version: the parse stops at the IP header, with the same answers
+    (Rule(), udp6(), True),
+    (Rule(), udp4(vlan=7), True),
+    (Rule(), ipv6_with_ext(53, fragment_offset=10), True),
+    (Rule(family=4), udp4(), True),
+    (Rule(family=6), udp6(), True),
+    (Rule(family=4), udp6(), False),
+    (Rule(), udp4()[:14 + 19], False),  # an IPv4 header cut short is not IP
+    (Rule(), with_proto(udp4(), 0x44, at=14), False),  # IHL 4: not IP
+    (Rule(), udp6()[:14 + 39], False),  # an IPv6 header cut short
 ]
 
 
@@ -157,6 +167,34 @@ def test_rules_change_at_run_time_with_fresh_counters():
         f.set_rules([])
         assert f.run(udp4(dport=53)) == XDP_PASS
         assert [(c.rule, c.packets) for c in f.counters()] == [(None, 1)]
+
+
+def test_rules_naming_only_the_ip_version_ask_for_a_shallow_parse():
+    """The slot's head tells the program how deep to parse (rules.h, BIO_DEPTH_*): only what tells the IP
+    version when no rule names a protocol, ports or addresses, everything otherwise."""
+    def head(rules):
+        return struct.unpack_from("<II", Filter._checked(rules)[1])
+
+    family_only, everything = 1, 0
+    assert head([]) == (0, family_only)
+    assert head([Rule()]) == (1, family_only)
+    assert head([Rule(family=6), Rule(dst="0.0.0.0/0")]) == (2, family_only)  # a /0 prefix names no address
+    assert head([Rule(), Rule(dport=53)]) == (2, everything)
+    assert head([Rule(proto="udp")]) == (1, everything)
+    assert head([Rule(src="10.0.0.0/8")]) == (1, everything)
+    assert head([Rule(dport=(0, 65535))]) == (1, family_only)  # every port: names none
+
+
+@needs_xdp
+def test_the_parse_depth_follows_rules_changed_at_run_time():
+    arp = b"\xff" * 12 + b"\x08\x06" + bytes(28)
+    with Filter([Rule(family=6)]) as f:
+        assert f.run(udp6()) == XDP_DROP and f.run(udp4(dport=53)) == XDP_PASS
+        f.set_rules([Rule(dport=53)])
+        assert f.run(udp4(dport=53)) == XDP_DROP and f.run(udp4(dport=54)) == XDP_PASS
+        f.set_rules([Rule()])
+        assert f.run(udp4(dport=54)) == XDP_DROP and f.run(arp) == XDP_PASS
+        assert [c.packets for c in f.counters()] == [1, 1]
 
 
 # ---- in a lab ------------------------------------------------------------------------

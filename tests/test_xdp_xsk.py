@@ -125,6 +125,37 @@ def test_recycling_ignores_the_writable_offsets(burstio_lab):
         assert xsk.counters["rx_bad_descs"] == 0
 
 
+@needs_xdp_lab
+def test_received_entries_carry_nothing_an_earlier_use_left(burstio_lab):
+    """A receive writes each entry's offset, length and flags and clears the rest of it (segment size,
+    timestamp, socket, error, address, metadata) whatever the batch held before; the batch then points
+    into the UMEM: append() is refused until clear(), and batch[i] and batch.buffer hold the frames."""
+    lab = burstio_lab
+    with lab_xsk(lab) as (xsk, _steer):
+        batch = burstio.PacketBatch(64)
+        for _ in range(8):
+            batch.append(b"stale", ("10.0.0.9", 99))
+        for i in range(8):
+            batch.flags[i], batch.segment_sizes[i], batch.timestamps[i] = 0x8, 7, 5
+            batch.sockets[i], batch.errnos[i], batch.ecn[i], batch.ifindexes[i] = 3, 11, 2, 4
+        send_udp(lab, 5)
+        n = xsk.recv_batch(batch, 5)
+        assert 1 <= n <= 5
+        for i in range(n):
+            assert (batch.flags[i], batch.segment_sizes[i], batch.timestamps[i], batch.sockets[i],
+                    batch.errnos[i], batch.ecn[i], batch.ifindexes[i]) == (0, 0, 0, 0, 0, 0, 0), i
+            assert batch.addr(i) is None
+        with pytest.raises(ValueError, match="points into an external buffer"):
+            batch.append(b"x")
+        first, umem = batch[0], batch.buffer
+        assert bytes(first)[12:14] == b"\x08\x00" and len(umem) == xsk.umem.size
+        batch.clear()
+        assert xsk.umem.frame_states()["lent"] == n  # the views hold the lease
+        del first, umem
+        assert xsk.umem.frame_states()["lent"] == 0
+        assert batch.append(b"fresh") == 0 and bytes(batch[0]) == b"fresh"
+
+
 # ---- send ----------------------------------------------------------------------------
 
 @needs_xdp_lab

@@ -224,6 +224,21 @@ bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len)
     bio_batch_meta_clear(b, i);
 }
 
+void
+bio_batch_clear_entries(BioBatch *b, Py_ssize_t n)
+{
+    size_t k = (size_t)n;
+    memset(b->segment_sizes, 0, k * sizeof(*b->segment_sizes));
+    memset(b->timestamps, 0, k * sizeof(*b->timestamps));
+    memset(b->sockets, 0, k * sizeof(*b->sockets));
+    memset(b->errnos, 0, k * sizeof(*b->errnos));
+    for (Py_ssize_t i = 0; i < n; i++)
+        b->names[i].sin6_family = 0;
+    if (b->meta != NULL)
+        for (Py_ssize_t i = 0; i < n; i++)
+            bio_batch_meta_clear(b, i);
+}
+
 int
 bio_batch_set_name(BioBatch *b, Py_ssize_t i, PyObject *addr)
 {
@@ -264,7 +279,9 @@ bio_batch_item(BioBatch *b, Py_ssize_t i)
         PyErr_SetString(PyExc_IndexError, "batch index out of range");
         return NULL;
     }
-    PyObject *base = b->ext_view != NULL ? b->ext_view : b->arena_view;
+    PyObject *base = bio_batch_base(b);
+    if (base == NULL)
+        return NULL;
     /* read once: the arrays are writable, and a slice would clamp silently */
     uint64_t off = __atomic_load_n(&b->offsets[i], __ATOMIC_RELAXED);
     uint32_t len = __atomic_load_n(&b->lengths[i], __ATOMIC_RELAXED);
@@ -632,8 +649,8 @@ bio_batch_get_arena(BioBatch *b, void *c)
 static PyObject *
 bio_batch_get_buffer(BioBatch *b, void *c)
 {
-    PyObject *base = b->ext_view != NULL ? b->ext_view : b->arena_view;
-    return PyMemoryView_FromObject(base); /* holds what the entries point into */
+    PyObject *base = bio_batch_base(b);
+    return base == NULL ? NULL : PyMemoryView_FromObject(base); /* holds what the entries point into */
 }
 
 static PyObject *

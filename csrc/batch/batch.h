@@ -112,8 +112,10 @@ typedef struct {
     void *meta_block;      /* one allocation holding all arrays above */
     BioBatchMeta *meta;    /* per-datagram metadata, NULL until first use */
     PyObject *arena_view;  /* memoryview over arena_mem, for batch[i] */
-    PyObject *ext_view;    /* memoryview of an external buffer, or NULL */
-    PyObject *ext_source;  /* the object add_slices() was given */
+    PyObject *ext_view;    /* memoryview of the external buffer, or NULL (made on first use
+                            * when ext_source lent its memory directly: bio_batch_base) */
+    PyObject *ext_source;  /* what entries point into when not the arena (add_slices()'s
+                            * buffer, an AF_XDP lease), or NULL */
     int busy;              /* a syscall is using the batch (GIL released) */
     PyObject *weakrefs;
 } BioBatch;
@@ -135,6 +137,15 @@ void bio_batch_reset(BioBatch *b);
  * receive attaches its lease of UMEM frames this way. 0, or -1 with an
  * error (the batch must be empty or already point into buffer). */
 int bio_batch_attach(BioBatch *b, PyObject *buffer);
+/* Attach `owner` as the batch's data source, its memory [data, data + len)
+ * known to the caller (an AF_XDP lease of UMEM frames): no memoryview is
+ * made until Python asks for the batch's buffer or an entry (bio_batch_base).
+ * The batch must be reset (empty, no source). Never fails. GIL held. */
+void bio_batch_attach_owner(BioBatch *b, PyObject *owner, const unsigned char *data, size_t len);
+/* The memoryview entries' offsets point into (borrowed): the arena's, or the
+ * external source's, made now if it was attached without one. NULL with an
+ * error. */
+PyObject *bio_batch_base(BioBatch *b);
 
 /* ---- per-datagram metadata (batch/meta.c) --------------------------------- */
 
@@ -249,6 +260,11 @@ PyObject *bio_array_view(BioBatch *b, void *buf, const char *format, Py_ssize_t 
                          Py_ssize_t cols);
 /* Write entry i's metadata (payload already in place). */
 void bio_batch_set_entry(BioBatch *b, Py_ssize_t i, uint64_t offset, uint32_t len);
+/* Clear what bio_batch_set_entry clears besides offset, length and flags
+ * (segment size, timestamp, socket, errno, metadata), and the address, of
+ * entries [0, n): one pass per array, for a receive that writes offsets,
+ * lengths and flags itself (an AF_XDP lend). GIL held. */
+void bio_batch_clear_entries(BioBatch *b, Py_ssize_t n);
 /* Parse an optional destination into entry i (None clears it); 0 or -1. */
 int bio_batch_set_name(BioBatch *b, Py_ssize_t i, PyObject *addr);
 /* append() and add_slices() (batch/build.c). */

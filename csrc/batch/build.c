@@ -15,7 +15,7 @@ bio_batch_check_appendable(BioBatch *b)
 {
     if (bio_batch_check_idle(b) < 0)
         return -1;
-    if (b->ext_view != NULL) {
+    if (b->ext_source != NULL) {
         PyErr_SetString(PyExc_ValueError,
                         "batch points into an external buffer (add_slices); "
                         "call clear() before append()");
@@ -88,13 +88,13 @@ bio_batch_append(BioBatch *b, PyObject *args, PyObject *kwds)
 int
 bio_batch_attach(BioBatch *b, PyObject *buffer)
 {
-    if (b->ext_view == NULL && b->count > 0) {
+    if (b->ext_source == NULL && b->count > 0) {
         PyErr_SetString(PyExc_ValueError,
                         "batch holds appended datagrams; call clear() before "
                         "add_slices()");
         return -1;
     }
-    if (b->ext_view != NULL) {
+    if (b->ext_source != NULL) {
         if (b->ext_source == buffer)
             return 0;
         PyErr_SetString(PyExc_ValueError,
@@ -127,6 +127,24 @@ bio_batch_attach(BioBatch *b, PyObject *buffer)
     b->data = PyMemoryView_GET_BUFFER(mv)->buf;
     b->data_len = (size_t)PyMemoryView_GET_BUFFER(mv)->len;
     return 0;
+}
+
+void
+bio_batch_attach_owner(BioBatch *b, PyObject *owner, const unsigned char *data, size_t len)
+{
+    b->ext_source = Py_NewRef(owner);
+    b->data = data;
+    b->data_len = len;
+}
+
+PyObject *
+bio_batch_base(BioBatch *b)
+{
+    if (b->ext_source == NULL)
+        return b->arena_view;
+    if (b->ext_view == NULL)
+        b->ext_view = PyMemoryView_FromObject(b->ext_source); /* holds the source */
+    return b->ext_view;
 }
 
 /* How many slices add_slices() makes: from segment_size (into *seg) or the
@@ -229,7 +247,7 @@ bio_batch_add_slices(BioBatch *b, PyObject *args, PyObject *kwds)
 static PyObject *
 bio_batch_add_slices_busy(BioBatch *b, PyObject *seg_obj, PyObject *lengths, PyObject *addr)
 {
-    Py_ssize_t buflen = PyMemoryView_GET_BUFFER(b->ext_view)->len;
+    Py_ssize_t buflen = (Py_ssize_t)b->data_len;
     Py_ssize_t seg;
     Py_ssize_t n = bio_batch_slices_count(seg_obj, lengths, buflen, &seg);
     if (n < 0)

@@ -69,15 +69,14 @@ bio_xsk_rx_take(BioXskRecv *c)
 }
 
 /* Wait (no GIL) until descriptors arrive, the deadline passes or close()
- * wakes us; take them. 0 or -errno. */
+ * wakes us; take them. 0 or -errno. (A deadline that has passed makes
+ * the poll return 0 at once: one last look, and out.) */
 static int
 bio_xsk_recv_wait_nogil(void *ctx)
 {
     BioXskRecv *c = ctx;
     for (;;) {
         if ((c->got = bio_xsk_rx_take(c)) > 0)
-            return 0;
-        if (c->deadline >= 0 && c->deadline <= bio_now_ns())
             return 0;
         if (bio_ring_needs_wakeup(&c->x->fill)) /* zero copy: the driver sleeps */
             recvfrom(c->x->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
@@ -92,7 +91,7 @@ bio_xsk_recv_wait_nogil(void *ctx)
 
 /* Descriptor d, checked against the UMEM and the frame's state: its frame,
  * or -1 (counted; a frame the kernel held goes back to the free list). */
-static int64_t
+static inline int64_t
 bio_xsk_rx_check(BioXsk *x, const struct xdp_desc *d)
 {
     BioUmem *u = x->umem;
@@ -120,6 +119,9 @@ bio_xsk_rx_lend(BioXsk *x, BioBatch *b, uint32_t got)
                 bio_umem_drop(u, (uint32_t)bio_umem_frame_of(u, x->scratch[i].addr), BIO_FRAME_FILL);
         return -1;
     }
+    /* per frame: its check, its state and owner, the lease's list, and the
+     * entry's offset, length and flags; the entries' other arrays are
+     * cleared afterwards, one pass each */
     Py_ssize_t n = 0;
     uint64_t bytes = 0;
     for (uint32_t i = 0; i < got; i++) {
@@ -130,17 +132,17 @@ bio_xsk_rx_lend(BioXsk *x, BioBatch *b, uint32_t got)
         u->state[f] = BIO_FRAME_LENT;
         u->lease_of[f] = l;
         l->frames[l->n++] = (uint32_t)f;
-        bio_batch_set_entry(b, n, d->addr, d->len);
+        b->offsets[n] = d->addr;
+        b->lengths[n] = d->len;
         b->flags[n] = (d->options & XDP_PKT_CONTD) ? BIO_XSK_FLAG_CONTINUES : 0;
-        b->names[n].sin6_family = 0;
         bytes += d->len;
         n++;
     }
+    bio_batch_clear_entries(b, n);
     BIO_COUNT(u->counters, BIO_UMEM_LENT, n);
-    if (bio_batch_attach(b, (PyObject *)l) < 0) {
-        Py_DECREF(l); /* gives the frames back */
-        return -1;
-    }
+    /* the batch holds the lease; the memoryview of the UMEM that batch[i] and
+     * batch.buffer slice (each holding the lease) is made when first asked for */
+    bio_batch_attach_owner(b, (PyObject *)l, u->area, u->size);
     Py_DECREF(l); /* the batch holds it now */
     b->count = n;
     BIO_COUNT(x->counters, BIO_XSK_RX_FRAMES, n);
@@ -180,10 +182,11 @@ bio_xsk_recv_batch(BioXsk *x, PyObject *const *args, Py_ssize_t nargs, PyObject 
     bio_xsk_refill(x);
     uint32_t cap = b->capacity < (Py_ssize_t)x->scratch_size ? (uint32_t)b->capacity
                                                              : x->scratch_size;
-    BioXskRecv c = {.x = x, .want = cap,
-                    .deadline = timeout_ns < 0 ? -1 : bio_now_ns() + timeout_ns};
+    BioXskRecv c = {.x = x, .want = cap, .deadline = -1};
     int r = 0;
     if ((c.got = bio_xsk_rx_take(&c)) == 0 && timeout_ns != 0) {
+        if (timeout_ns > 0) /* the clock is read only where the call waits */
+            c.deadline = bio_now_ns() + timeout_ns;
         b->busy = 1;
         r = bio_nogil_retry(bio_xsk_recv_wait_nogil, &c);
         b->busy = 0;

@@ -32,32 +32,6 @@ static const char *const bio_umem_counter_names[BIO_UMEM_NCOUNTERS] = {
     "fill_starved", "frames_lent", "frames_returned",
 };
 
-/* ---- frame ownership (GIL held) ------------------------------------------- */
-
-int64_t
-bio_umem_take(BioUmem *u, uint8_t state)
-{
-    if (u->nfree == 0)
-        return -1;
-    uint32_t f = u->free[--u->nfree];
-    u->state[f] = state;
-    return f;
-}
-
-void
-bio_umem_drop(BioUmem *u, uint32_t f, uint8_t bits)
-{
-    uint8_t s = u->state[f];
-    if (!(s & bits))
-        return; /* not held that way: never free a frame twice */
-    s = (uint8_t)(s & ~bits);
-    u->state[f] = s;
-    if (bits & (BIO_FRAME_LENT | BIO_FRAME_PORT))
-        u->lease_of[f] = NULL; /* a frame is lent or in a port, never both */
-    if (s == 0)
-        u->free[u->nfree++] = f;
-}
-
 /* This process's pid, kept by a pthread_atfork child hook: a check per
  * call without a getpid() system call. */
 static pid_t bio_xdp_pid;

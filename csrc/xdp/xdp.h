@@ -98,11 +98,33 @@ bio_umem_in_frame(const BioUmem *u, uint64_t addr)
     return addr & (u->frame_size - 1);
 }
 /* Take a frame off the free list: its index, or -1 when none is free.
- * Sets `state` on it. GIL held. */
-int64_t bio_umem_take(BioUmem *u, uint8_t state);
+ * Sets `state` on it. GIL held. (Inline, as bio_umem_drop: both run once
+ * per frame on the receive path.) */
+static inline int64_t
+bio_umem_take(BioUmem *u, uint8_t state)
+{
+    if (u->nfree == 0)
+        return -1;
+    uint32_t f = u->free[--u->nfree];
+    u->state[f] = state;
+    return f;
+}
+
 /* Clear `bits` of frame f's state; a frame left with none goes back to the
  * free list. GIL held. */
-void bio_umem_drop(BioUmem *u, uint32_t f, uint8_t bits);
+static inline void
+bio_umem_drop(BioUmem *u, uint32_t f, uint8_t bits)
+{
+    uint8_t s = u->state[f];
+    if (!(s & bits))
+        return; /* not held that way: never free a frame twice */
+    s = (uint8_t)(s & ~bits);
+    u->state[f] = s;
+    if (bits & (BIO_FRAME_LENT | BIO_FRAME_PORT))
+        u->lease_of[f] = NULL; /* a frame is lent or in a port, never both */
+    if (s == 0)
+        u->free[u->nfree++] = f;
+}
 /* A new, empty lease of up to n frames; NULL with an error. */
 BioXskLease *bio_xsk_lease_new(BioUmem *u, Py_ssize_t n);
 /* RuntimeError unless this process made the UMEM (not a forked child).

@@ -37,7 +37,10 @@ ATTACH_MODES = ("auto", "native", "generic")
 _PROTOS = {"udp": 17, "tcp": 6, "icmp": 1, "icmpv6": 58}
 # struct bio_rule: family u8, proto u8, dport_lo u16, dport_hi u16, action u8, pad u8, then 4 x 16 bytes
 _RULE = struct.Struct("<BBHHBx16s16s16s16s")
-_RULES_HEAD = struct.Struct("<II")
+_RULES_HEAD = struct.Struct("<II")  # count, depth
+#: how far the program parses a frame for a set of rules (BIO_DEPTH_* in bpf.h): every field, or only what tells
+#: the IP version (a set whose rules name nothing else leaves the IP and transport headers unread)
+_DEPTH_ALL, _DEPTH_FAMILY = 0, 1
 _COUNTER = struct.Struct("<QQ")
 _CONFIG = struct.Struct("<II")
 
@@ -126,6 +129,14 @@ class Rule:
         return _RULE.pack(family, proto, lo, hi, actions[action], saddr, smask, daddr, dmask)
 
 
+def _names_family_only(packed: bytes) -> bool:
+    """Whether a packed rule names nothing but the IP version: no protocol,
+    ports or addresses, so the program need not parse past the IP header's
+    presence for it."""
+    _family, proto, lo, hi, _action, _s, smask, _d, dmask = _RULE.unpack(packed)
+    return proto == 0 and (lo, hi) == (0, 0xFFFF) and not any(smask) and not any(dmask)
+
+
 @dataclass(frozen=True)
 class RuleCount:
     """A rule's counters: frames and bytes it matched (rule None: frames no
@@ -196,8 +207,9 @@ class XdpProgram:
 
     @classmethod
     def _checked(cls, rules: Iterable[Rule]) -> tuple[tuple[Rule, ...], bytes]:
-        """The rules checked and packed as the program's map holds them
-        (TypeError/ValueError naming what is wrong, before the kernel is asked anything)."""
+        """The rules checked and packed as the program's map holds them, the
+        head (count, parse depth) first (TypeError/ValueError naming what is
+        wrong, before the kernel is asked anything)."""
         rules = tuple(rules)
         for i, r in enumerate(rules):
             if not isinstance(r, Rule):
@@ -205,7 +217,8 @@ class XdpProgram:
         if len(rules) > MAX_RULES:
             raise ValueError(f"a program holds at most {MAX_RULES} rules, got {len(rules)}")
         packed = [r.pack(cls.ACTIONS, cls.DEFAULT_ACTION) for r in rules]
-        return rules, b"".join(packed).ljust(MAX_RULES * _RULE.size, b"\0")
+        depth = _DEPTH_FAMILY if all(_names_family_only(p) for p in packed) else _DEPTH_ALL
+        return rules, _RULES_HEAD.pack(len(rules), depth) + b"".join(packed).ljust(MAX_RULES * _RULE.size, b"\0")
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -219,7 +232,7 @@ class XdpProgram:
         rules, body = self._checked(rules)
         slot = 1 - self._slot
         maps = self._program.maps
-        maps["rules"].update(slot, _RULES_HEAD.pack(len(rules), 0) + body)
+        maps["rules"].update(slot, body)
         zero = _COUNTER.pack(0, 0)
         for row in range(MAX_RULES + 1):
             maps["counters"].update(slot * (MAX_RULES + 1) + row, zero)

@@ -14,7 +14,8 @@ on the receive CPU:
   frames go back when the batch is refilled);
 - burstio-xsk-udp: the same, with burstio.xdp.udp.parse of every batch;
 - xdp-drop: the Filter program dropping every frame in the driver hook,
-  counted in its map;
+  counted in its map (its one rule, Rule(), names only the IP version: the
+  program reads no header beyond it);
 - c-l2fwd, burstio-l2fwd: every frame's MACs swapped and sent back out of
   the same socket (zero copy); namespace a counts what comes back.
 
@@ -385,6 +386,10 @@ def xdp(opts: Options, progress: Progress) -> ScenarioResult:
                          "per frame is the receiver's cost")
     res.notes.append("CPU ns/dgram is the receive CPU's: the receiver process and the NAPI thread (threaded, "
                      "pinned there); xdp-drop runs in the NAPI thread alone")
+    res.notes.append("xdp-drop's rule is Rule() (every IP frame): the Filter parses no further than the IP version "
+                     "for it, so it reads the Ethernet type and the IP header's first bytes, not the cache line of "
+                     "the rest of the headers that the generator's CPU just wrote (a rule on ports or addresses "
+                     "reads that line too, and costs the receive CPU more per frame)")
     res.notes.append("generator: BPF_PROG_RUN live frames from namespace a; its row is the rate it offered")
     res.notes.append(f"the generator runs in a session of its own at niceness {GENERATOR_NICE} (the session's "
                      "autogroup too), so that other processes do not take its CPU"

@@ -7,9 +7,9 @@
  * Build: scripts/build-bpf.sh (clang -target bpf -O2 -g0); loaded by
  * src/burstio/xdp/programs.py (Filter).
  *
- * Where a frame goes through it: driver hook -> bio_parse -> the first
- * matching rule, counted -> dropped before the kernel allocates anything
- * for it, or passed on.
+ * Where a frame goes through it: driver hook -> bio_parse (as deep as the
+ * rules need) -> the first matching rule, counted -> dropped before the
+ * kernel allocates anything for it, or passed on.
  */
 #include "rules.h"
 
@@ -17,9 +17,7 @@ SEC("xdp")
 int
 filter(struct xdp_md *ctx)
 {
-    struct bio_key k;
-    bio_parse(ctx, &k);
-    return bio_classify(ctx, &k, XDP_PASS);
+    return bio_classify(ctx, XDP_PASS);
 }
 
 char bio_license[] SEC("license") = "Dual MIT/GPL";

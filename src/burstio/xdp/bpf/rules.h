@@ -6,10 +6,14 @@
  * counters), then flips "active" with one 4-byte store: a running program
  * sees the old set or the new one, never half of each, and rules change
  * without reloading the program. Counters are per CPU, per slot, per rule,
- * plus one row for frames no rule matched (Python sums the CPUs).
+ * plus one row for frames no rule matched (Python sums the CPUs). Each
+ * slot says how deep its rules need a frame parsed (Python works it out
+ * from the rules): a set that names nothing beyond the IP version leaves
+ * the IP and transport headers unread.
  *
- * Where a frame goes through it: bio_classify() finds the first rule that
- * matches it and counts it there (or as unmatched).
+ * Where a frame goes through it: bio_classify() parses it as deep as the
+ * active rules need, finds the first rule that matches it and counts it
+ * there (or as unmatched).
  */
 #ifndef BIO_RULES_H
 #define BIO_RULES_H
@@ -30,7 +34,8 @@ struct bio_rule {
 };
 
 struct bio_rules {
-    __u32 count, pad;
+    __u32 count;
+    __u32 depth; /* how far a frame must be parsed for these rules (BIO_DEPTH_*, bpf.h) */
     struct bio_rule rule[BIO_MAX_RULES];
 };
 
@@ -59,12 +64,14 @@ bio_rule_matches(const struct bio_rule *r, const struct bio_key *k)
            (k->dst[0] & r->dst_mask[0]) == r->dst[0] && (k->dst[1] & r->dst_mask[1]) == r->dst[1];
 }
 
-/* The first rule of the active slot that matches k, counted (with the
- * frame's bytes): its action, or `otherwise` when none does (counted as
- * unmatched, as are frames that are not IP: k->family 0). */
+/* The frame parsed as deep as the active slot's rules need, then the first
+ * of them that matches it, counted (with the frame's bytes): its action, or
+ * `otherwise` when none does (counted as unmatched, as are frames that are
+ * not IP: k.family 0). */
 BIO_INLINE int
-bio_classify(struct xdp_md *ctx, const struct bio_key *k, int otherwise)
+bio_classify(struct xdp_md *ctx, int otherwise)
 {
+    struct bio_key key, *k = &key;
     __u32 zero = 0;
     struct bio_config *cfg = bpf_map_lookup_elem(&config, &zero);
     if (!cfg)
@@ -73,6 +80,7 @@ bio_classify(struct xdp_md *ctx, const struct bio_key *k, int otherwise)
     struct bio_rules *rs = bpf_map_lookup_elem(&rules, &slot);
     if (!rs)
         return otherwise;
+    bio_parse(ctx, k, rs->depth);
     __u32 row = BIO_MAX_RULES, n = rs->count;
     int action = otherwise;
     for (__u32 i = 0; i < BIO_MAX_RULES && k->family; i++) {

@@ -6,9 +6,9 @@
  * Build: scripts/build-bpf.sh (clang -target bpf -O2 -g0); loaded by
  * src/burstio/xdp/programs.py (Steer).
  *
- * Where a frame goes through it: driver hook -> bio_parse -> the first
- * matching rule (rules.h) -> bpf_redirect_map to the queue's socket (the
- * rule's action XDP_REDIRECT) or XDP_PASS.
+ * Where a frame goes through it: driver hook -> bio_parse (as deep as the
+ * rules need) -> the first matching rule (rules.h) -> bpf_redirect_map to
+ * the queue's socket (the rule's action XDP_REDIRECT) or XDP_PASS.
  */
 #include "rules.h"
 
@@ -18,9 +18,7 @@ SEC("xdp")
 int
 steer(struct xdp_md *ctx)
 {
-    struct bio_key k;
-    bio_parse(ctx, &k);
-    if (bio_classify(ctx, &k, XDP_PASS) != XDP_REDIRECT)
+    if (bio_classify(ctx, XDP_PASS) != XDP_REDIRECT)
         return XDP_PASS;
     return (int)bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 }
