@@ -328,10 +328,13 @@ def test_frames_put_on_the_tx_ring_leave_through_the_device(nic):
 # ---- the switch as a bridge between a NIC queue and worker processes ------------------------
 
 @needs_xdp_lab
-def test_the_switch_bridges_a_nic_queue_and_worker_processes(nic):
+@pytest.mark.parametrize("gather", [0, 100e-6])
+def test_the_switch_bridges_a_nic_queue_and_worker_processes(nic, gather):
     """Frames for b's MAC go to the workers by flow; their replies (MACs
-    swapped) go back out through the NIC, to the MAC learned there."""
-    sw = ports.Switch(slots=256, forward_by="mac", linger=0)
+    swapped) go back out through the NIC, to the MAC learned there. Every
+    frame arrives too when the switch gathers the queue's frames
+    (nic_gather): it looks at the queue again when each gathering ends."""
+    sw = ports.Switch(slots=256, forward_by="mac", linger=0, nic_gather=gather)
     index = sw.add_nic(nic)
     workers = [sw.add_port(linger=0) for _ in range(2)]
     sw.route(nic.mac_b, workers, spread="flow")

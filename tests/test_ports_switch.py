@@ -85,6 +85,38 @@ def test_static_routes_hold_against_learning(sw):
     assert "02:00:00:00:00:01" not in sw.routes
 
 
+def test_every_change_of_the_table_reaches_the_next_packet(sw):
+    """The switch remembers, per port, where its last packet went and that
+    its source was known: a route, a removal, or an address learned or moved
+    on another port changes what that port's next packet does."""
+    p1, p2, p3 = sw.add_port(), sw.add_port(), sw.add_port()
+    put(p1, eth(MAC[5], MAC[1]), eth(MAC[5], MAC[1]))  # to no one known: flooded
+    sw.forward(0)
+    assert (len(drain(p2)), len(drain(p3))) == (2, 2)
+    put(p3, eth(BCAST, MAC[5]))  # MAC 5 learned on p3 by another port's packet
+    sw.forward(0)
+    drain(p1), drain(p2)
+    put(p1, eth(MAC[5], MAC[1]))
+    sw.forward(0)
+    assert (len(drain(p2)), len(drain(p3))) == (0, 1)  # unicast now
+    sw.route(MAC[5], p2)  # a static route over the learned one
+    put(p1, eth(MAC[5], MAC[1]))
+    sw.forward(0)
+    assert (len(drain(p2)), len(drain(p3))) == (1, 0)
+    sw.route(MAC[5], None)  # removed: unknown, flooded again
+    put(p1, eth(MAC[5], MAC[1]))
+    sw.forward(0)
+    assert (len(drain(p2)), len(drain(p3))) == (1, 1)
+    put(p2, eth(BCAST, MAC[2]))
+    sw.forward(0)
+    put(p3, eth(BCAST, MAC[2]))  # MAC 2 moves to p3 ...
+    sw.forward(0)
+    assert sw.routes["02:00:00:00:00:02"] == (2, False)
+    put(p2, eth(BCAST, MAC[2]))  # ... and back to p2, whose last packet came from it too
+    sw.forward(0)
+    assert sw.routes["02:00:00:00:00:02"] == (1, False)
+
+
 def test_a_group_keeps_each_flow_on_one_port(sw):
     src, a, b, c = (sw.add_port() for _ in range(4))
     sw.route("02:00:00:00:00:07", [a, b, c], spread="flow")
@@ -239,6 +271,17 @@ def test_learning_in_key_mode_is_bounded_too():
         assert len(drain(p2)) == 3
         assert sw.routes == {7: (1, True), 11: (0, False), 12: (0, False)}
         assert sw.counters["learn_limited"] == 1
+
+
+def test_nic_gather_is_checked():
+    with pytest.raises(ValueError, match=full("nic_gather must be between 0 and 0.01 seconds, got 0.5")):
+        ports.Switch(nic_gather=0.5)
+    with pytest.raises(ValueError, match="nic_gather must be between"):
+        ports.Switch(nic_gather=-1e-6)
+    with pytest.raises(TypeError, match=full("nic_gather must be a number of seconds, got str")):
+        ports.Switch(nic_gather="1ms")  # type: ignore[arg-type]
+    with ports.Switch(nic_gather=100e-6) as sw:
+        assert sw._native.nic_gather_ns == 100_000
 
 
 @pytest.mark.parametrize("seed", range(4))

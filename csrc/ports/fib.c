@@ -84,10 +84,16 @@ bio_switch_slot(BioSwitch *sw, uint64_t key)
 }
 
 int
-bio_switch_lookup(BioSwitch *sw, uint64_t key)
+bio_switch_lookup(BioSwitch *sw, int i, uint64_t key)
 {
+    BioSwitchPort *sp = &sw->ports[i];
+    if (sp->dst_gen == sw->fib_gen && sp->dst_key == key)
+        return sp->dst_target; /* a run of packets to one destination: one probe */
     BioSwitchEntry *e = bio_switch_slot(sw, key);
-    return e != NULL && e->used ? e->port : -1;
+    sp->dst_key = key;
+    sp->dst_target = e != NULL && e->used ? e->port : -1;
+    sp->dst_gen = sw->fib_gen;
+    return sp->dst_target;
 }
 
 /* The port that learned entry e, or -1 (a static route, a local address). */
@@ -116,6 +122,7 @@ bio_switch_delete_at(BioSwitch *sw, uint32_t k)
     }
     memset(&sw->fib[hole], 0, sizeof(sw->fib[hole]));
     sw->fib_used--;
+    sw->fib_gen++;
 }
 
 /* A fixed entry (a static route, a local address) is never changed by
@@ -148,6 +155,7 @@ bio_switch_set(BioSwitch *sw, uint64_t key, int port, int fixed)
     e->fixed = (uint8_t)fixed;
     if ((learner = bio_switch_learner(e)) >= 0)
         sw->ports[learner].learned++;
+    sw->fib_gen++;
     return 1;
 }
 
@@ -169,12 +177,16 @@ bio_switch_forget(BioSwitch *sw, int i)
 void
 bio_switch_learn(BioSwitch *sw, int i, uint64_t src)
 {
-    if (!sw->learning || src == 0)
-        return;
+    BioSwitchPort *sp = &sw->ports[i];
+    if (!sw->learning || src == 0 || (sp->src_gen == sw->fib_gen && sp->src_key == src))
+        return; /* (the table has not changed since it said: nothing to learn) */
     BioSwitchEntry *e = bio_switch_slot(sw, src);
     int known = e != NULL && e->used;
-    if (known && (e->fixed || e->port == i))
+    if (known && (e->fixed || e->port == i)) {
+        sp->src_key = src;
+        sp->src_gen = sw->fib_gen;
         return;
+    }
     if (known && sw->ports[e->port].nic != NULL && sw->ports[i].nic == NULL) {
         BIO_COUNT(sw->counters, BIO_SWITCH_C_LEARN_REFUSED, 1);
         return;

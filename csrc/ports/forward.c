@@ -141,7 +141,10 @@ bio_switch_read(BioSwitch *sw, int i, uint32_t pos, BioSwitchPacket *p)
     p->flags = __atomic_load_n(&rx->s->flags[k], __ATOMIC_RELAXED) & BIO_FLAG_TRUNCATED;
     p->dst = __atomic_load_n(&rx->s->dst[k], __ATOMIC_RELAXED);
     p->src = __atomic_load_n(&rx->s->src[k], __ATOMIC_RELAXED);
-    memcpy(&p->name, &rx->s->names[k], sizeof(p->name));
+    if (sw->ports[i].nic != NULL) /* a frame off the wire has no address (ports/nic.c) */
+        memset(&p->name, 0, sizeof(p->name));
+    else
+        memcpy(&p->name, &rx->s->names[k], sizeof(p->name));
     p->bcast = p->dst == BIO_PORT_BROADCAST;
     if (p->src == BIO_PORT_BROADCAST)
         p->src = 0; /* not an address to learn */
@@ -172,6 +175,22 @@ bio_switch_room(BioSwitch *sw, int q)
     return sw->ports[q].gone ? 0 : t->tail - t->head;
 }
 
+/* Start loading the first bytes of the buffer of the slot at pos of ring g
+ * (a packet's addresses and headers, which a route reads; or where the next
+ * copy into g goes: write), so that they are there when needed. Nothing is
+ * read from a buffer outside the pool (and a prefetch never faults). */
+static inline void
+bio_switch_prefetch(BioPortRing *g, uint32_t pos, int write)
+{
+    uint32_t idx = __atomic_load_n(&g->s->idx[pos & g->mask], __ATOMIC_RELAXED);
+    if (idx >= g->reg->nbufs)
+        return;
+    if (write)
+        __builtin_prefetch(g->reg->bufs + (size_t)idx * g->reg->stride, 1);
+    else
+        __builtin_prefetch(g->reg->bufs + (size_t)idx * g->reg->stride, 0);
+}
+
 /* Copy p into the free slot at the head of port q's RX ring, never beyond
  * that slot: a client gets a packet longer than its slots cut to them
  * (FLAG_TRUNCATED); a NIC queue gets none that is cut short (the wire would
@@ -197,6 +216,8 @@ bio_switch_copy(BioSwitch *sw, int q, const BioSwitchPacket *p)
         BIO_COUNT(sw->counters, BIO_SWITCH_C_GONE_DROPS, 1);
         return;
     }
+    if ((uint32_t)(t->tail - t->head) > 1)
+        bio_switch_prefetch(t, t->head + 1, 1); /* the next packet's copy to q */
     memcpy(buf, p->data, len);
     bio_port_tx_commit(t, len, flags, p->dst, p->src, &p->name);
     BIO_COUNT(sw->counters, BIO_SWITCH_C_FORWARDED, 1);
@@ -262,7 +283,7 @@ bio_switch_route(BioSwitch *sw, int i, uint32_t pos)
     BioSwitchPacket p;
     if (bio_switch_read(sw, i, pos, &p) < 0)
         return BIO_SWITCH_DONE;
-    int r, q = p.bcast ? -1 : bio_switch_lookup(sw, p.dst);
+    int r, q = p.bcast ? -1 : bio_switch_lookup(sw, i, p.dst);
     if (q <= -2 && (q = bio_switch_pick(sw, -2 - q, &p)) < 0) {
         BIO_COUNT(sw->counters, BIO_SWITCH_C_GONE_DROPS, 1); /* every port of the group is gone */
         r = BIO_SWITCH_DONE;
@@ -294,7 +315,11 @@ bio_switch_take(BioSwitch *sw, int i)
     }
     uint32_t n = 0;
     sp->blocked = -1;
+    for (uint32_t k = 0; k < BIO_SWITCH_PREFETCH && rx->head + k != rx->tail; k++)
+        bio_switch_prefetch(rx, rx->head + k, 0);
     while (rx->head != rx->tail && n < sw->budget && !sp->gone) {
+        if ((uint32_t)(rx->tail - rx->head) > BIO_SWITCH_PREFETCH)
+            bio_switch_prefetch(rx, rx->head + BIO_SWITCH_PREFETCH, 0);
         if (bio_switch_route(sw, i, rx->head) == BIO_SWITCH_BLOCKED || sp->gone)
             break; /* waiting for room, or isolated: its packet was not taken */
         rx->head++;
@@ -308,12 +333,16 @@ bio_switch_take(BioSwitch *sw, int i)
 }
 
 /* Run a NIC queue's pump (rx: received frames into its RX ring; tx: its
- * TX ring's frames out); a queue whose socket fails is isolated. */
+ * TX ring's frames out); a queue whose socket fails is isolated. Frames
+ * taken in start its gathering (nic_gather_ns): the switch sleeps through
+ * the kernel's next wake-ups and looks again when it is over. */
 static void
 bio_switch_pump(BioSwitch *sw, int i, int tx)
 {
     BioNic *c = sw->ports[i].nic;
     int r = tx ? bio_nic_tx_pump(c, 1) : bio_nic_rx_pump(c);
+    if (!tx && r > 0 && sw->nic_gather_ns > 0)
+        sw->ports[i].gather_until = bio_now_ns() + sw->nic_gather_ns;
     if (r < 0)
         bio_switch_isolate(sw, i, "its NIC queue failed: %s (%s)", strerror(-r),
                            tx ? "sending" : "receiving");

@@ -32,21 +32,6 @@ bio_port_frames_umem(BioPortRegion *g)
     return (BioUmem *)g->frames;
 }
 
-int
-bio_port_frames_held(BioPortRegion *g, uint32_t f)
-{
-    BioUmem *u = bio_port_frames_umem(g);
-    return u != NULL && bio_umem_ours(u) && f < u->frames && u->state[f] == BIO_FRAME_PORT &&
-           u->lease_of[f] == (void *)g;
-}
-
-int
-bio_port_frames_usable(BioPortRegion *g, uint32_t f)
-{
-    BioUmem *u = bio_port_frames_umem(g);
-    return u == NULL || !bio_umem_ours(u) || bio_port_frames_held(g, f);
-}
-
 void
 bio_port_frames_move(BioPortRegion *to, uint32_t f)
 {

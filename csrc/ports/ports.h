@@ -170,9 +170,7 @@ uint32_t bio_port_ring_peer_state(BioPortRing *g);
 PyObject *bio_port_ring_raise(BioPortRing *g, int err);
 /* Make g usable now (its port held here, positions set up). 0 or -1. GIL. */
 int bio_port_ring_ready(BioPortRing *g);
-/* Buffer of the slot at pos, or NULL if it names one outside the pool (or
- * a frame of a shared pool its region does not hold). */
-unsigned char *bio_port_ring_buf(BioPortRing *g, uint32_t pos, uint32_t *idx);
+/* (bio_port_ring_buf: after the frames of a shared pool, below) */
 /* Raise OSError(EBADMSG) for a slot bio_port_ring_buf refused. */
 PyObject *bio_port_ring_bad_slot(BioPortRing *g, uint32_t pos, uint32_t idx);
 /* What PortTx and PortRx share: constructor, dealloc, len(), methods,
@@ -230,19 +228,45 @@ int bio_port_poll_nogil(BioPortClaim *p, int fd, short events, int64_t deadline)
 
 /* Whether frame f is in a slot of region g by the pool's frame table (never
  * true in a process without the table, nor in a forked child: its copy of
- * the table is not the table). */
-int bio_port_frames_held(BioPortRegion *g, uint32_t f);
+ * the table is not the table). Inline: asked for every frame a pump or a
+ * switch moves. */
+static inline int
+bio_port_frames_held(BioPortRegion *g, uint32_t f)
+{
+    const BioUmem *u = (const BioUmem *)g->frames;
+    return u != NULL && bio_umem_ours(u) && f < u->frames && u->state[f] == BIO_FRAME_PORT &&
+           u->lease_of[f] == (void *)g;
+}
 /* Whether a slot of g may name frame f in this process: one g holds, where
  * the frame table is (elsewhere there is no table to ask). So the process
  * that made the pool never reads, writes or hands a peer a frame through a
  * slot naming one the kernel or another region holds. */
-int bio_port_frames_usable(BioPortRegion *g, uint32_t f);
+static inline int
+bio_port_frames_usable(BioPortRegion *g, uint32_t f)
+{
+    const BioUmem *u = (const BioUmem *)g->frames;
+    return u == NULL || !bio_umem_ours(u) || bio_port_frames_held(g, f);
+}
 /* Frame f, held by a region on the same pool, is now in a slot of `to`. */
 void bio_port_frames_move(BioPortRegion *to, uint32_t f);
 /* The region goes: the frames it holds go back to the pool's free list. */
 void bio_port_frames_release(BioPortRegion *g);
 /* Frames of g's pool that other regions hold or batches borrow. */
 uint32_t bio_port_frames_elsewhere(BioPortRegion *g);
+
+/* Buffer of the slot at free-running position pos of ring g, or NULL if the
+ * index read there lies outside the pool, or names a frame of a shared pool
+ * that the frame table says the region does not hold (*idx says which).
+ * Inline: every packet a ring moves asks it. */
+static inline unsigned char *
+bio_port_ring_buf(BioPortRing *g, uint32_t pos, uint32_t *idx)
+{
+    uint32_t i = __atomic_load_n(&g->s->idx[pos & g->mask], __ATOMIC_RELAXED);
+    *idx = i;
+    if (i >= g->reg->nbufs || (g->reg->frames != NULL && !bio_port_frames_usable(g->reg, i)))
+        return NULL;
+    return g->reg->bufs + (size_t)i * g->reg->stride;
+}
 /* PortRegion.use_frames(umem, ring0, ring1). */
 PyObject *bio_port_region_use_frames(BioPortRegion *g, PyObject *args);
 extern const char bio_port_region_use_frames_doc[];
@@ -308,8 +332,21 @@ uint32_t bio_port_flow_hash(const unsigned char *data, uint32_t len);
 
 /* A key argument (dst/src/key): absent or None is 0, else an int in u32. */
 int bio_port_key(const char *what, PyObject *obj, uint32_t *out);
-/* Write the metadata of the slot at head and advance head (and cur). */
-void bio_port_tx_commit(BioPortRing *g, uint32_t len, uint32_t flags, uint32_t dst, uint32_t src,
-                        const struct sockaddr_in6 *name);
+/* Write the metadata of the slot at head and advance head (and cur).
+ * Inline: every packet a producer moves goes through it. */
+static inline void
+bio_port_tx_commit(BioPortRing *g, uint32_t len, uint32_t flags, uint32_t dst, uint32_t src,
+                   const struct sockaddr_in6 *name)
+{
+    uint32_t k = g->head & g->mask;
+    g->s->len[k] = len;
+    g->s->flags[k] = flags;
+    g->s->dst[k] = dst;
+    g->s->src[k] = src;
+    g->s->names[k] = *name;
+    g->head++;
+    if ((int32_t)(g->cur - g->head) < 0)
+        g->cur = g->head;
+}
 
 #endif /* BIO_PORTS_H */

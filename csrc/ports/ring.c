@@ -178,19 +178,6 @@ bio_port_ring_ready(BioPortRing *g)
     return 0;
 }
 
-/* Buffer of the slot at free-running position pos, or NULL if the index
- * read there lies outside the pool, or names a frame of a shared pool that
- * the frame table says the region does not hold (*idx says which). */
-unsigned char *
-bio_port_ring_buf(BioPortRing *g, uint32_t pos, uint32_t *idx)
-{
-    uint32_t i = __atomic_load_n(&g->s->idx[pos & g->mask], __ATOMIC_RELAXED);
-    *idx = i;
-    if (i >= g->reg->nbufs || (g->reg->frames != NULL && !bio_port_frames_usable(g->reg, i)))
-        return NULL;
-    return g->reg->bufs + (size_t)i * g->reg->stride;
-}
-
 /* Raise OSError(EBADMSG) for a slot naming a buffer outside the pool, or
  * a frame its region does not hold. */
 PyObject *

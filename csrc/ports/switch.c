@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <structmember.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *const bio_switch_counter_names[BIO_SWITCH_NCOUNTERS] = {
@@ -31,12 +32,21 @@ static const char *const bio_switch_counter_names[BIO_SWITCH_NCOUNTERS] = {
 
 /* ---- sleeping ---------------------------------------------------------------- */
 
+/* Whether NIC queue sp gathers at `now`: its frames are looked at when
+ * that is over, whatever the kernel's wake-ups say. */
+static inline int
+bio_switch_gathering(const BioSwitchPort *sp, int64_t now)
+{
+    return sp->gather_until > now;
+}
+
 /* Raise the switch's flags before sleeping: on every live client's TX ring
  * (wake when it publishes past what the last pass saw) and on every full
  * ring a source waits for (wake when one slot frees). After the fence,
- * 1 if something is there already. nogil. */
+ * 1 if something is there already (a gathering NIC queue's frames wait for
+ * the end of its gathering). nogil. */
 static int
-bio_switch_arm(BioSwitch *sw, int n)
+bio_switch_arm(BioSwitch *sw, int n, int64_t now)
 {
     for (int i = 0; i < n; i++) {
         BioSwitchPort *sp = &sw->ports[i];
@@ -56,7 +66,7 @@ bio_switch_arm(BioSwitch *sw, int n)
         if (sp->gone)
             continue;
         if (sp->nic != NULL) {
-            if (bio_nic_rx_pending(sp->nic))
+            if (!bio_switch_gathering(sp, now) && bio_nic_rx_pending(sp->nic))
                 return 1;
             continue;
         }
@@ -89,11 +99,12 @@ bio_switch_disarm(BioSwitch *sw, int n)
  * turns out to have exited (nothing added), 0 otherwise; *slices set if it
  * cannot be watched by pidfd. nogil. */
 static int
-bio_switch_poll_add(BioSwitch *sw, int i, int *np, int *slices)
+bio_switch_poll_add(BioSwitch *sw, int i, int *np, int *slices, int64_t now)
 {
     BioSwitchPort *sp = &sw->ports[i];
-    if (sp->nic != NULL) { /* its socket, while its RX ring has room for what it receives */
-        if (sp->nic->prod->tail != sp->nic->prod->head) {
+    if (sp->nic != NULL) { /* its socket, while its RX ring has room for what it receives
+                            * and it does not gather */
+        if (sp->nic->prod->tail != sp->nic->prod->head && !bio_switch_gathering(sp, now)) {
             sw->pfd_port[*np] = i;
             sw->pfd[(*np)++] = (struct pollfd){.fd = bio_nic_fd(sp->nic), .events = POLLIN};
         }
@@ -115,32 +126,49 @@ bio_switch_poll_add(BioSwitch *sw, int i, int *np, int *slices)
     return 0;
 }
 
-/* Poll the doorbell, the live clients' wake sockets and their pidfds until
- * the deadline (in slices if some client cannot be watched by pidfd). A
- * client whose pidfd fires is marked exited (what it sent is taken, then it
- * is gone); one whose wake sockets fire is drained and marked kicked. 1, 0
- * (deadline) or -errno. nogil. */
+/* poll() until `until` (CLOCK_MONOTONIC ns, -1: none) with a nanosecond
+ * timeout: a NIC queue's slices are shorter than poll()'s millisecond. nogil. */
 static int
-bio_switch_poll_nogil(BioSwitch *sw, int n, int64_t deadline)
+bio_switch_ppoll(struct pollfd *p, nfds_t n, int64_t until, int64_t now)
+{
+    struct timespec ts, *tp = NULL;
+    if (until >= 0) {
+        int64_t left = until > now ? until - now : 0;
+        ts.tv_sec = (time_t)(left / 1000000000);
+        ts.tv_nsec = (long)(left % 1000000000);
+        tp = &ts;
+    }
+    return ppoll(p, n, tp, NULL);
+}
+
+/* Poll the doorbell, the live clients' wake sockets and their pidfds, and
+ * the NIC queues' sockets that do not gather, until the deadline (in slices
+ * if some client cannot be watched by pidfd, or until the first gathering
+ * ends). A client whose pidfd fires is marked exited (what it sent is
+ * taken, then it is gone); one whose wake sockets fire is drained and
+ * marked kicked. 1, 0 (deadline) or -errno. nogil. */
+static int
+bio_switch_poll_nogil(BioSwitch *sw, int n, int64_t deadline, int64_t now)
 {
     int np = 1, slices = 0;
-    int64_t slice = BIO_PORT_CHECK_NS;
+    int64_t slice = BIO_PORT_CHECK_NS, until = deadline;
     sw->pfd[0] = (struct pollfd){.fd = sw->efd, .events = POLLIN};
     for (int i = 0; i < n; i++) {
-        if (!sw->ports[i].gone && !sw->ports[i].exited &&
-            bio_switch_poll_add(sw, i, &np, &slices))
+        BioSwitchPort *sp = &sw->ports[i];
+        if (!sp->gone && !sp->exited && bio_switch_poll_add(sw, i, &np, &slices, now))
             return 1;
-        int b = sw->ports[i].blocked;
+        if (!sp->gone && sp->nic != NULL && bio_switch_gathering(sp, now) &&
+            (until < 0 || until > sp->gather_until))
+            until = sp->gather_until;
+        int b = sp->blocked;
         if (b >= 0 && sw->ports[b].nic != NULL) { /* completions raise no event: look again soon */
             slices = 1;
             slice = BIO_SWITCH_NIC_SLICE_NS;
         }
     }
-    int64_t now = bio_now_ns(), until = deadline;
     if (slices && (until < 0 || until > now + slice))
         until = now + slice;
-    int ms = until < 0 ? -1 : (int)(until > now ? (until - now + 999999) / 1000000 : 0);
-    int r = poll(sw->pfd, (nfds_t)np, ms);
+    int r = bio_switch_ppoll(sw->pfd, (nfds_t)np, until, now);
     if (r < 0)
         return -errno;
     for (int k = 1; r > 0 && k < np; k++) {
@@ -193,9 +221,10 @@ bio_switch_sleep_nogil(BioSwitchRun *c)
 {
     BioSwitch *sw = c->sw;
     int np = atomic_load_explicit(&sw->nports, memory_order_acquire), r = 1;
-    if (!bio_switch_arm(sw, np) && !atomic_load(&sw->stop)) {
+    int64_t now = bio_now_ns();
+    if (!bio_switch_arm(sw, np, now) && !atomic_load(&sw->stop)) {
         BIO_COUNT(sw->counters, BIO_SWITCH_C_SLEEPS, 1);
-        r = bio_switch_poll_nogil(sw, np, c->deadline);
+        r = bio_switch_poll_nogil(sw, np, c->deadline, now);
     }
     bio_switch_disarm(sw, np);
     bio_switch_judge_kicks(sw, np);
@@ -286,6 +315,7 @@ bio_switch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     sw->efd = efd; /* owned from here on */
     sw->max_ports = max_ports;
     sw->fib_mask = (uint32_t)table - 1;
+    sw->fib_gen = 1;
     sw->learning = sw->flood_unknown = sw->wait_full = 1;
     sw->budget = 256;
     sw->max_learned = 256;
@@ -639,6 +669,9 @@ static PyMemberDef bio_switch_members[] = {
      "table entries a port may have learned at once (learn_limited counts the rest)"},
     {"linger_ns", T_LONGLONG, offsetof(BioSwitch, linger_ns), 0,
      "how long the switch keeps polling after traffic before it sleeps (ns)"},
+    {"nic_gather_ns", T_LONGLONG, offsetof(BioSwitch, nic_gather_ns), 0,
+     "after a pass took a NIC queue's frames, the switch looks at that queue again this\n"
+     "much later, sleeping through the kernel's wake-ups meanwhile (ns; 0: at each one)"},
     {"nports", T_INT, offsetof(BioSwitch, nports), READONLY, "ports added"},
     {"stopping", T_INT, offsetof(BioSwitch, stop), 0,
      "1 once stop() was called: forward() returns at once (set 0 to run again)"},

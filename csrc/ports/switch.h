@@ -52,6 +52,7 @@ enum { BIO_SWITCH_DONE, BIO_SWITCH_BLOCKED };
 #define BIO_SWITCH_GROUP_PORTS 64     /* ports of a group */
 #define BIO_SWITCH_MAC_TAG (1ULL << 48) /* a MAC-mode key: this | the 48-bit address */
 #define BIO_SWITCH_NIC_SLICE_NS 100000 /* a sleep waiting for a NIC queue's TX room */
+#define BIO_SWITCH_PREFETCH 4           /* packets ahead whose first bytes a pass loads early */
 
 /* How a group picks the port of a packet. */
 enum { BIO_SWITCH_SPREAD_FLOW = 0, BIO_SWITCH_SPREAD_RR = 1 };
@@ -70,6 +71,12 @@ typedef struct {
     uint32_t seen[4];    /* the client's TX position, RX position, claim generation and
                           * state at its last kick */
     uint32_t learned;    /* table entries learned on it now (at most the switch's max_learned) */
+    /* what the table said for this port's last packet, while fib_gen is what it was then: its
+     * destination's target, and that its source needs no learning (ports/fib.c) */
+    uint64_t dst_key, dst_gen, src_key, src_gen;
+    int dst_target;
+    int64_t gather_until; /* a NIC queue, with nic_gather_ns: its socket is looked at again
+                           * then (CLOCK_MONOTONIC ns), not polled, after a pass took frames */
     char why[BIO_SWITCH_WHY]; /* why it was isolated */
 } BioSwitchPort;
 
@@ -107,6 +114,8 @@ typedef struct {
     PyObject *rings;         /* list keeping every ring alive */
     BioSwitchEntry *fib;
     uint32_t fib_mask, fib_used;
+    uint64_t fib_gen;        /* bumped by every change of the table (from 1: a port's zeroed
+                              * memory of its last lookup is no memory) */
     pthread_mutex_t lock;    /* the table and the ports' states: held by a pass, by
                               * route(), and while isolating */
     uint32_t lock_epoch;     /* bio_port_epoch the lock was made in (a fork remakes it) */
@@ -117,6 +126,8 @@ typedef struct {
     int ngroups;
     unsigned int budget;     /* packets per port per pass */
     int64_t linger_ns;
+    int64_t nic_gather_ns;   /* after a pass took a NIC queue's frames, look again this much
+                              * later rather than at the kernel's next wake-up (0: at it) */
     _Atomic int stop;
     uint64_t counters[BIO_SWITCH_NCOUNTERS];
     struct pollfd *pfd;      /* 1 + 3 x max_ports: doorbell, 2 wake sockets and a pidfd
@@ -127,9 +138,10 @@ typedef struct {
 
 /* ---- ports/fib.c ---------------------------------------------------------------- */
 
-/* The target key routes to: a port, -2 - g for group g, or -1 (unknown, or
- * a local address). Table lock held. */
-int bio_switch_lookup(BioSwitch *sw, uint64_t key);
+/* The target key routes to, for a packet from port i: a port, -2 - g for
+ * group g, or -1 (unknown, or a local address); remembered for port i's
+ * next packet while the table does not change. Table lock held. */
+int bio_switch_lookup(BioSwitch *sw, int i, uint64_t key);
 /* key -> target, static if fixed (BIO_SWITCH_LOCAL and fixed: a local
  * address); target -1 and not fixed removes the key. 1 changed, 0 unchanged,
  * -1 table full. Table lock held. */

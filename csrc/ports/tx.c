@@ -50,22 +50,6 @@ bio_port_tx_room(BioPortRing *g)
     return -1;
 }
 
-/* Write the metadata of the slot at head and advance head (and cur). */
-void
-bio_port_tx_commit(BioPortRing *g, uint32_t len, uint32_t flags, uint32_t dst, uint32_t src,
-                   const struct sockaddr_in6 *name)
-{
-    uint32_t k = g->head & g->mask;
-    g->s->len[k] = len;
-    g->s->flags[k] = flags;
-    g->s->dst[k] = dst;
-    g->s->src[k] = src;
-    g->s->names[k] = *name;
-    g->head++;
-    if ((int32_t)(g->cur - g->head) < 0)
-        g->cur = g->head;
-}
-
 /* Parse (dst, src, addr) of put()/claim(). 0 or -1. */
 static int
 bio_port_tx_meta(PyObject *dst_o, PyObject *src_o, PyObject *addr, uint32_t *dst, uint32_t *src,

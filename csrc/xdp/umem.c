@@ -34,18 +34,12 @@ static const char *const bio_umem_counter_names[BIO_UMEM_NCOUNTERS] = {
 
 /* This process's pid, kept by a pthread_atfork child hook: a check per
  * call without a getpid() system call. */
-static pid_t bio_xdp_pid;
+pid_t bio_xdp_pid;
 
 static void
 bio_xdp_atfork_child(void)
 {
     bio_xdp_pid = getpid();
-}
-
-int
-bio_umem_ours(const BioUmem *u)
-{
-    return u->pid == bio_xdp_pid;
 }
 
 int

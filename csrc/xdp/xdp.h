@@ -130,8 +130,14 @@ BioXskLease *bio_xsk_lease_new(BioUmem *u, Py_ssize_t n);
 /* RuntimeError unless this process made the UMEM (not a forked child).
  * 0 or -1. */
 int bio_umem_check_pid(BioUmem *u);
+/* This process's pid (xdp/umem.c keeps it across fork()s). */
+extern pid_t bio_xdp_pid;
 /* Whether this process made the UMEM (it keeps the frame table). */
-int bio_umem_ours(const BioUmem *u);
+static inline int
+bio_umem_ours(const BioUmem *u)
+{
+    return u->pid == bio_xdp_pid;
+}
 int bio_umem_init_type(PyObject *module);
 
 /* ---- rings (ring.c) ------------------------------------------------------------ */

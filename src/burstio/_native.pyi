@@ -585,6 +585,7 @@ class SwitchCore:
     budget: int
     max_learned: int
     linger_ns: int
+    nic_gather_ns: int
     stopping: int
     @property
     def nports(self) -> int: ...

@@ -17,7 +17,9 @@ inherit that). Variants, one at a time:
   frames from their pipes;
 - port-switch: a Switch by MAC address with the NIC port attached and one
   port per worker, the host's MAC routed to the workers' group by flow hash;
-  the switch runs on a thread of the process that opened the queue;
+  the switch runs on a thread of the process that opened the queue, and
+  under load looks at the NIC queue every SWITCH_GATHER seconds
+  (``nic_gather``) rather than at each of the kernel's wake-ups;
 - recvmmsg-mpqueue: a UDP socket (BurstSocket.recv_batch) and one
   multiprocessing.Queue put per datagram that the WORKERS workers share;
 - recvmmsg-mpqueue-batch: the same with one put per burst (a list).
@@ -51,6 +53,9 @@ XSK_NAMES = ("xsk-direct", "port-pipes", "port-switch")
 #: the port variants' drivers and workers wait for bursts of this many frames (at most
 #: BURST_WAIT seconds): fewer wake-ups on the receive CPU, where each one stops the NAPI thread
 BURST, BURST_WAIT = 128, 0.0005
+#: the switch takes the NIC queue's frames at most this often under load (Switch(nic_gather=)), not at each
+#: of the kernel's wake-ups (one per 64 frames on the veth): as the port-pipes driver's wait(BURST) gathers
+SWITCH_GATHER = 100e-6
 QUEUE_ITEMS = 8192  # the multiprocessing.Queue's bound: a full one makes the receiver wait
 
 _FORK = multiprocessing.get_context("fork")
@@ -182,7 +187,7 @@ def _drive_switch(dev: str, map_fd: int, counts: Any, napi: int, seconds: float)
     from ...xdp.udp import mac_of
 
     nic = _nic(dev, map_fd)
-    sw = Switch(slots=SLOTS, forward_by="mac", linger=0)
+    sw = Switch(slots=SLOTS, forward_by="mac", linger=0, nic_gather=SWITCH_GATHER)
     sw.add_nic(nic)
     ports = [sw.add_port(linger=0) for _ in range(WORKERS)]
     sw.route(mac_of(dev), ports, spread="flow")
@@ -296,8 +301,9 @@ def _notes(res: ScenarioResult, names: list[str]) -> None:
     res.notes.append("port-pipes forwards by swapping frame indices (zero copy); port-switch copies each frame "
                      "into the worker's own region (isolation); recvmmsg-mpqueue pickles each datagram")
     res.notes.append(f"the port variants' driver and workers wait for bursts of {BURST} frames or "
-                     f"{BURST_WAIT * 1e6:.0f} us (port wait(n)); xsk-direct takes what each of the kernel's wake-ups "
-                     "brings (recv_batch)")
+                     f"{BURST_WAIT * 1e6:.0f} us (port wait(n)), the switch looks at the NIC queue every "
+                     f"{SWITCH_GATHER * 1e6:.0f} us under load (nic_gather); xsk-direct takes what each of the "
+                     "kernel's wake-ups brings (recv_batch)")
 
 
 def port(opts: Options, progress: Progress) -> ScenarioResult:
