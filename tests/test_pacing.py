@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
+import re
 import signal
 import socket
 import struct
@@ -426,6 +428,25 @@ def test_a_release_within_a_flow_is_centred_on_what_it_carries(sockets):
     assert tx.counters["paced_releases"] == 2
 
 
+def test_a_dense_flow_is_released_every_half_slack(sockets):
+    """Slack 200 ms, 64 datagrams 2 ms apart: 32 of them are due within half
+    the slack, so the flow is dense and each release spans half the slack
+    (50 ms either way of its time) where a sparse one spans the slack (100
+    ms): none leaves more than a quarter of the slack early, and the flow
+    still takes a few wake-ups, not one per datagram. Against the sparse
+    rule, the first release would take the datagrams due up to 100 ms,
+    50 ms too early."""
+    slack = 200 * MS
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
+    t0 = time.monotonic_ns() + 50 * MS
+    times = [t0 + i * 2 * MS for i in range(64)]
+    tx.send_batch(schedule(rx.getsockname(), times))
+    got = timed_arrivals(rx, len(times))
+    assert [i for i, _ in got] == list(range(len(times)))
+    assert [i for i, arrived in got if arrived < times[i] - slack // 4] == []
+    assert 2 <= tx.counters["paced_releases"] <= 4  # the schedule spans 126 ms; releases are >= 50 ms apart
+
+
 def test_slack_zero_and_the_default(sockets):
     rx, tx = sockets.pair(tx={"paced": True})
     assert tx._pacer.slack_ns == round(burstio._udp.PACER_SLACK * 1e9) == MS  # 1 ms, QUIC's pacers' granularity
@@ -447,3 +468,45 @@ def test_bad_slack_is_refused(value, error, message):
     with pytest.raises(error) as e:
         burstio.SocketSet(paced=True, pacer_slack=value)
     assert str(e.value) == message
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    parts = platform.release().split(".")
+    try:
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+def test_the_pacer_thread_is_named_and_asks_for_a_short_slice():
+    """The C pacer's thread shows as burstio-pacer (top -H, perf) and, where
+    the kernel takes a fair thread's own slice (Linux >= 6.12), runs with a
+    0.1 ms one: a thread busy on its CPU does not hold a release back for
+    the rest of its own slice."""
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pacer = _native.Pacer(tx.fileno())
+    before = set(os.listdir("/proc/self/task"))
+    try:
+        pacer.queue(schedule(("127.0.0.1", 9), [time.monotonic_ns() + HOUR]))
+
+        def comm(tid: str) -> str:
+            try:
+                return Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            except FileNotFoundError:  # a thread of another test, gone meanwhile
+                return ""
+
+        def named() -> list[str]:  # the thread names itself once it has asked for its slice
+            return [t for t in set(os.listdir("/proc/self/task")) - before if comm(t) == "burstio-pacer"]
+        assert wait_for(named)
+        ours = named()
+        assert len(ours) == 1
+        sched = Path(f"/proc/self/task/{ours[0]}/sched").read_text()
+        slice_ns = re.search(r"^se\.slice\s*:\s*(\d+)", sched, re.MULTILINE)
+        if slice_ns is None or not _kernel_at_least(6, 12):
+            pytest.skip(f"kernel {platform.release()} has no slice of a fair thread's own (Linux >= 6.12)")
+        assert int(slice_ns.group(1)) == 100_000
+        policy = re.search(r"^policy\s*:\s*(\d+)", sched, re.MULTILINE)
+        assert policy is not None and int(policy.group(1)) == os.SCHED_OTHER  # policy and niceness kept
+    finally:
+        assert len(pacer.close()) == 1
+        tx.close()

@@ -80,6 +80,26 @@
 #define AF_XDP 44
 #endif
 
+/* ---- the scheduler (sched_setattr, Linux 3.14) ------------------------------------ */
+
+#ifndef SCHED_FLAG_RESET_ON_FORK
+#define SCHED_FLAG_RESET_ON_FORK 0x01 /* sched_attr.sched_flags (linux/sched.h) */
+#endif
+
+/* The kernel's struct sched_attr (linux/sched/types.h, SCHED_ATTR_SIZE_VER0:
+ * 48 bytes), declared here because that header redefines glibc's struct
+ * sched_param. */
+typedef struct {
+    uint32_t size;
+    uint32_t sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime; /* SCHED_DEADLINE's runtime; a fair thread's slice (Linux 6.12) */
+    uint64_t sched_deadline;
+    uint64_t sched_period;
+} BioSchedAttr;
+
 /* ---- MSG_ZEROCOPY (Linux 4.14) ------------------------------------------------ */
 
 #ifndef MSG_ZEROCOPY

@@ -608,7 +608,8 @@ static PyMemberDef bio_pacer_members[] = {
     {"slack_ns", T_LONGLONG, offsetof(BioPacer, slack_ns), 0,
      "a release (one wake-up) sends every datagram due within half this many ns of it, and goes at "
      "the first one's time when it starts a flow, else centred on what it carries: one wake-up per "
-     "slack in a steady flow, each datagram within half of it of its time; 0: each at its time"},
+     "slack in a steady flow, each datagram within half of it of its time (a dense flow: half the "
+     "slack and a quarter); 0: each at its time"},
     {"next_sequence", T_ULONGLONG, offsetof(BioPacer, next_seq), READONLY,
      "the sequence number the next datagram queued gets (= datagrams queued so far)"},
     {"note_fd", T_INT, offsetof(BioPacer, note_efd), READONLY,

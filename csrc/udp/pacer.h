@@ -63,6 +63,7 @@ typedef struct {
 #define BIO_PACER_ROUND 1024   /* entries one round of the thread sends at most */
 #define BIO_PACER_ERRORS 4096  /* refusals kept for take_errors() */
 #define BIO_PACER_FDS 65536    /* sockets in the table (a SocketSet's) */
+#define BIO_PACER_DENSE 32     /* entries due within half the slack that make a flow dense */
 
 typedef struct {
     PyObject_HEAD

@@ -9,7 +9,8 @@
  * the condition variable only when the thread waits for an entry, since a
  * new entry never goes before the head), with the thread's timer slack at
  * 1 ns -> bio_pacer_collect makes messages of every entry due within half
- * the pacer's slack of now (GSO runs of consecutive entries of one socket,
+ * the release's span of now (the pacer's slack, half of it in a dense flow:
+ * bio_pacer_span; GSO runs of consecutive entries of one socket,
  * destination, local address and codepoint: they leave together, so their
  * times need not match) -> bio_pacer_send:
  * sendmmsg per run of messages on one socket; a full socket (EAGAIN) is
@@ -25,10 +26,18 @@
  * timer interrupt and a halt of the idle vCPU, each a VM exit of ~3.6 us),
  * one clock_gettime (vDSO, no syscall) and one sendmmsg. A slack S makes
  * one wake-up carry every datagram due within S/2 of it, and the release
- * time centres it on them: one wake-up per S in a steady flow (at least
- * S/2 apart in any case), each datagram within S/2 of its time either way
- * (plus the wake-up latency), where waking at the head's time would send
- * each up to S early for as many wake-ups.
+ * time centres it on them: one wake-up per S in a steady flow, each
+ * datagram within S/2 of its time either way (plus the wake-up latency),
+ * where waking at the head's time would send each up to S early for as
+ * many wake-ups. In a dense flow (BIO_PACER_DENSE datagrams due within S/2)
+ * a release spans S/2 instead: a wake-up per S/2 that still carries that
+ * many, each datagram within S/4 of its time. Releases are at least S/4
+ * apart in any case (half the span of the one before).
+ *
+ * The wake-up latency: the thread asks the scheduler for a short slice
+ * (bio_pacer_short_slice), so that a busy thread on its CPU (the
+ * application's own, typically) does not hold its release back for the
+ * rest of that thread's slice.
  */
 #include "udp/pacer.h"
 
@@ -36,6 +45,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -99,38 +109,55 @@ bio_pacer_record_error(BioPacer *p, const BioPacerEntry *e, int err)
     bio_pacer_notify(p);
 }
 
-/* When the release that takes the head goes (the pacer's slack S, half of
- * it H): a release sends every entry due within H of its time, so none
- * leaves more than H early. A head due by `now` goes now (a late datagram
- * leaves at once). It starts a flow (the head is due more than S after the
- * previous release's reach `last_until`, or the pacer was idle) at the
- * head's time; within a flow it goes at the earliest time that
- * keeps that bound for the entries due within S of the head: the last of
+/* How much of the schedule the release that takes the head spans (the
+ * pacer's slack S): S/2 in a dense flow, where BIO_PACER_DENSE entries from
+ * the head on are due within S/2 of it, else S. A release spanning L sends
+ * each datagram within L/2 of its time, for a wake-up per L: where a flow is
+ * dense, a wake-up per S/2 still carries BIO_PACER_DENSE datagrams or more,
+ * so the precision costs little CPU per datagram (a wake-up costs about ten
+ * sends here); a sparse flow keeps one wake-up per S. mu held. */
+static int64_t
+bio_pacer_span(const BioPacer *p, int64_t slack)
+{
+    if (slack <= 0 || p->tail - p->head < BIO_PACER_DENSE)
+        return slack;
+    int64_t t = bio_pacer_entry(p, p->head)->meta.txtime;
+    int64_t u = bio_pacer_entry(p, p->head + BIO_PACER_DENSE - 1)->meta.txtime;
+    return u - t <= slack / 2 ? slack / 2 : slack; /* an earlier time than the head's is due with it */
+}
+
+/* When the release that takes the head goes (its span L, bio_pacer_span;
+ * half of it H): a release sends every entry due within H of its time, so
+ * none leaves more than H early. A head due by `now` goes now (a late
+ * datagram leaves at once). It starts a flow (the head is due more than the
+ * slack after the previous release's reach `last_until`, or the pacer was
+ * idle) at the head's time; within a flow it goes at the earliest time that
+ * keeps that bound for the entries due within L of the head: the last of
  * them, t_last, less H, but not before the head's time. So a flow's
  * releases are centred on the datagrams they carry, each datagram within H
- * of its time either way, at one wake-up per S, where going at the head's
- * time would make each up to S early. mu held. */
+ * of its time either way, at one wake-up per L, where going at the head's
+ * time would make each up to L early. mu held. */
 static int64_t
-bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t last_until, int64_t now)
+bio_pacer_release_time(const BioPacer *p, int64_t slack, int64_t span, int64_t last_until, int64_t now)
 {
     int64_t t = bio_pacer_entry(p, p->head)->meta.txtime, t_last = t;
-    if (slack <= 0 || t <= now || last_until < 0 || t - last_until > slack)
+    if (span <= 0 || t <= now || last_until < 0 || t - last_until > slack)
         return t;
     for (uint64_t pos = p->head + 1; pos < p->tail && pos - p->head < BIO_PACER_ROUND; pos++) {
         int64_t u = bio_pacer_entry(p, pos)->meta.txtime;
-        if (u - t > slack) /* both >= 0: no overflow */
+        if (u - t > span) /* both >= 0: no overflow */
             break;
         t_last = u > t_last ? u : t_last;
     }
-    return t_last - slack / 2 > t ? t_last - slack / 2 : t;
+    return t_last - span / 2 > t ? t_last - span / 2 : t;
 }
 
-/* Wait until the head entry's release is due (1) or close() began (0): one
- * timed wait to its release time (bio_pacer_release_time), the only
- * wake-up of a release, one futex syscall. mu held on entry and return;
- * released while waiting. */
+/* Wait until the head entry's release is due (1, *span: the span it was
+ * timed with) or close() began (0): one timed wait to its release time
+ * (bio_pacer_release_time), the only wake-up of a release, one futex
+ * syscall. mu held on entry and return; released while waiting. */
 static int
-bio_pacer_wait_due(BioPacer *p, int64_t last_until)
+bio_pacer_wait_due(BioPacer *p, int64_t last_until, int64_t *span)
 {
     int64_t due = INT64_MAX; /* the head's release time, once known */
     for (;;) {
@@ -142,13 +169,16 @@ bio_pacer_wait_due(BioPacer *p, int64_t last_until)
             p->idle = 0;
             continue;
         }
-        /* entries queued meanwhile may put it later: the time already waited for stands; a
-         * head due at the first look goes now, one that became due while waited for, when
-         * its release time comes */
-        int64_t now = bio_now_ns();
-        int64_t t = bio_pacer_release_time(p, __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED), last_until,
-                                           due == INT64_MAX ? now : -1);
-        due = t < due ? t : due;
+        /* entries queued meanwhile may put it later: the time already waited for stands, with
+         * its span; a head due at the first look goes now, one that became due while waited
+         * for, when its release time comes */
+        int64_t now = bio_now_ns(), slack = __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED);
+        int64_t sp = bio_pacer_span(p, slack);
+        int64_t t = bio_pacer_release_time(p, slack, sp, last_until, due == INT64_MAX ? now : -1);
+        if (t < due) {
+            due = t;
+            *span = sp;
+        }
         if (due <= now)
             return 1;
         struct timespec ts = bio_pacer_ts(due);
@@ -401,6 +431,36 @@ bio_pacer_advance(BioPacer *p, Py_ssize_t done)
         bio_pacer_notify(p); /* a flush() is woken once, when the queue has drained */
 }
 
+/* The scheduler slice the thread asks for (ns): the shortest the kernel takes. */
+#define BIO_PACER_SCHED_SLICE_NS 100000ULL
+
+/* Ask for a short scheduler slice, keeping the policy, niceness and
+ * reset-on-fork the thread inherited: a fair thread that asks for a shorter
+ * slice (sched_attr.sched_runtime, Linux >= 6.12, no privilege needed) gets
+ * an earlier deadline when it wakes, so it preempts a thread that is busy on
+ * its CPU at once instead of at the end of that thread's slice (measured
+ * here, a busy thread on the pacer's CPU: wake-up lateness p99 3-5 ms with
+ * the default slice, about 1 ms with this one). A thread that runs 0.1 ms
+ * without sleeping is preempted sooner by its peers; the pacer's releases
+ * run a few tens of us. Older kernels ignore or refuse it: best effort, the
+ * thread runs either way. Own thread, before its first wait. */
+static void
+bio_pacer_short_slice(void)
+{
+    BioSchedAttr a;
+    memset(&a, 0, sizeof(a));
+    if (syscall(SYS_sched_getattr, 0, &a, (unsigned)sizeof(a), 0U) != 0 ||
+        (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH))
+        return; /* a real-time or deadline thread is left as it is */
+    a.size = sizeof(a);
+    a.sched_flags &= SCHED_FLAG_RESET_ON_FORK;
+    a.sched_runtime = BIO_PACER_SCHED_SLICE_NS;
+    a.sched_deadline = a.sched_period = 0;
+    if (syscall(SYS_sched_setattr, 0, &a, 0U) != 0) {
+        /* EINVAL, EPERM on a kernel or sandbox that refuses it: the default slice */
+    }
+}
+
 static void *
 bio_pacer_main(void *arg)
 {
@@ -408,13 +468,16 @@ bio_pacer_main(void *arg)
     int fds[BIO_PACER_MSGS];
     /* wake at the deadline, not up to 50 us after (the CPU a wake-up costs is the same) */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    bio_pacer_short_slice();
+    pthread_setname_np(pthread_self(), "burstio-pacer"); /* top -H, perf: the pacer's own line */
     int more = 0; /* the release under way has entries left for another round */
     int64_t until = -1; /* the reach of the last release (-1: none yet) */
+    int64_t span = 0;   /* the span of the release under way */
     pthread_mutex_lock(&p->mu);
     /* a release: one wait, then rounds of sends until what is due by its `until` has gone */
-    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p, until)) {
+    while (more ? !bio_wake_closing(&p->wake) : bio_pacer_wait_due(p, until, &span)) {
         if (!more) {
-            until = bio_now_ns() + __atomic_load_n(&p->slack_ns, __ATOMIC_RELAXED) / 2;
+            until = bio_now_ns() + span / 2;
             BIO_COUNT(p->counters, BIO_PACER_C_PACED_RELEASES, 1);
         }
         int nmsg;

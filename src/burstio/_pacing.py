@@ -6,7 +6,8 @@ Where a datagram goes through it: ``queue(batch)`` copies each entry
 (payload, destination, metadata) into a deque; a daemon thread waits on a
 condition variable until the first entry's release time (time.monotonic_ns,
 CLOCK_MONOTONIC; ``_release_time``, as the C pacer), then sends every entry
-due within half of ``slack_ns`` of now (GSO runs as the C pacer makes them: one destination,
+due within half the release's span of now (``slack_ns``, half of it in a
+dense flow: ``_span``; GSO runs as the C pacer makes them: one destination,
 local address and codepoint; the times of one release may differ) with
 ``socket.sendmsg``.
 """
@@ -36,6 +37,7 @@ COUNTER_NAMES = ("tx_datagrams", "tx_bytes", "tx_syscalls", "tx_gso_messages", "
                  "tx_ecn_unmarked", "gso_downgrades", "ecn_downgrades", "paced_queued", "paced_late",
                  "paced_waits", "paced_unsent", "paced_errors_dropped", "paced_releases")
 _ROUND = 1024
+_DENSE = 32  # entries due within half the slack that make a flow dense (BIO_PACER_DENSE)
 _MAX_ERRORS = 4096
 _LARGEST = _native.GRO_SLOT_MIN
 
@@ -213,25 +215,33 @@ class PortablePacer:
 
     # ---- the sender thread -------------------------------------------------
 
-    def _release_time(self, last_until: int, now: int) -> int:
+    def _span(self) -> int:
+        """How much of the schedule the release that takes the head spans, as
+        the C pacer: half the slack in a dense flow (``_DENSE`` entries from
+        the head on due within half the slack of it), else the slack."""
+        slack = self.slack_ns
+        if slack <= 0 or len(self._q) < _DENSE:
+            return slack
+        return slack // 2 if self._q[_DENSE - 1].meta.txtime - self._q[0].meta.txtime <= slack // 2 else slack
+
+    def _release_time(self, span: int, last_until: int, now: int) -> int:
         """When the release that takes the head goes, as the C pacer: now when
         the head is already due; at the head's time when it starts a flow (due
         more than the slack after the last release's reach, or none yet);
-        else when the last entry due within the slack of the head is half the
-        slack away, not before the head's time."""
-        slack = self.slack_ns
+        else when the last entry due within the span of the head is half the
+        span away, not before the head's time."""
         t = t_last = self._q[0].meta.txtime
-        if slack <= 0 or t <= now or last_until < 0 or t - last_until > slack:
+        if span <= 0 or t <= now or last_until < 0 or t - last_until > self.slack_ns:
             return t
         for e in itertools.islice(self._q, 1, _ROUND):
             u = e.meta.txtime
-            if u - t > slack:
+            if u - t > span:
                 break
             t_last = max(t_last, u)
-        return max(t, t_last - slack // 2)
+        return max(t, t_last - span // 2)
 
     def _run(self) -> None:
-        until, more = -1, False  # more: the release under way has entries left for another round
+        until, more, span = -1, False, 0  # more: the release under way has entries left for another round
         release_at = None  # the head's release time, once known (entries queued meanwhile never put it later)
         with self._cv:
             while not self._closing:
@@ -241,13 +251,16 @@ class PortablePacer:
                         self._cv.wait()
                         continue
                     now = time.monotonic_ns()
-                    t = self._release_time(until, now if release_at is None else -1)  # due at the first look: now
-                    release_at = t if release_at is None else min(release_at, t)
+                    this_span = self._span()
+                    # a head due at the first look goes now
+                    t = self._release_time(this_span, until, now if release_at is None else -1)
+                    if release_at is None or t < release_at:  # a time waited for stands, with its span
+                        release_at, span = t, this_span
                     if release_at > now:
                         self._cv.wait((release_at - now) / 1e9)
                         continue
                     release_at = None
-                    until = now + self.slack_ns // 2
+                    until = now + span // 2
                     self._c["paced_releases"] += 1
                 due: list[_Entry] = []
                 while self._q and len(due) < _ROUND and self._q[0].meta.txtime <= until:

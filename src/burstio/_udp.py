@@ -112,8 +112,10 @@ class BurstSocket(MetadataOptions):
     datagrams follow each other closely (a wake-up costs CPU: 15-30 us in
     the KVM guest we measured, where arming and taking a timer are VM
     exits), and each datagram within half of ``pacer_slack`` of its time,
-    early or late (plus the wake-up latency); 0 wakes for every transmit
-    time. ``dont_fragment`` sets the don't-fragment bit
+    early or late (plus the wake-up latency); in a dense flow (32 datagrams
+    due within half the slack) a release spans half the slack: a wake-up
+    per half slack, each datagram within a quarter of it; 0 wakes for every
+    transmit time. ``dont_fragment`` sets the don't-fragment bit
     (IP_MTU_DISCOVER=IP_PMTUDISC_DO, and IPv6's): a
     datagram larger than the path MTU fails with EMSGSIZE, and
     ``SendError.mtu`` / ``path_mtu()`` give the MTU.
