@@ -8,6 +8,7 @@ aioquic.
 from __future__ import annotations
 
 import hashlib
+import select
 
 import pytest
 
@@ -100,6 +101,84 @@ def test_burst_client_on_the_asyncio_transport_works_per_datagram(certificate):
     results, _, _, client_kind, bursts, received = out
     assert results == [(200, 500_000, True)]
     assert client_kind is not BurstDatagramTransport and bursts == 0 and received > 0
+
+
+class Holding(quic.BurstH3Client):
+    """The burst client, recording where it held reads and what came while they were held."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.holds = 0
+        self.bursts_while_held = 0
+        self.timer_ran_before_read = 0
+        self._held_timer_due = False
+
+    def _hold_reads(self):
+        held = self._reads_held
+        super()._hold_reads()
+        if self._reads_held and not held:
+            self.holds += 1
+            assert not self._transport.is_reading()
+
+    def _handle_timer(self):
+        if self._reads_held:  # the timer reads waited for: is anything waiting in the socket?
+            fd = self._transport.get_extra_info("socket").fileno()
+            self._held_timer_due = bool(select.select([fd], [], [], 0)[0])
+        super()._handle_timer()
+
+    def transmit(self):
+        if self._held_timer_due:
+            self.timer_ran_before_read += 1  # it sent before what waited was read
+            self._held_timer_due = False
+        super().transmit()
+
+    def datagrams_received(self, batch):
+        self._held_timer_due = False
+        if self._reads_held:
+            self.bursts_while_held += 1
+        super().datagrams_received(batch)
+
+
+async def _hold_download(certificate, client_protocol, sizes):
+    config = quic.server_configuration(*certificate)
+    server = await quic.serve_h3(V4, 0, config, "burstio")
+    port = server._transport.get_extra_info("sockname")[1]
+    burstio.aio.uninstall()
+    async with quic.connect_h3(V4, port, transport="burstio", protocol=client_protocol, gro=True) as client:
+        results = [await client.get(V4, f"/bytes/{size}") for size in sizes]
+        # a request made while reads wait reads again at once, for its answer
+        client._transport.pause_reading()
+        client._reads_held = True
+        client.transmit()
+        released = client._transport.is_reading() and not client._reads_held
+        out = results, released, client.holds, client.bursts_while_held, client.timer_ran_before_read
+    server.close()
+    return out
+
+
+def test_burst_client_holds_reads_until_its_ack_is_due(certificate):
+    """Between bursts the client leaves datagrams in the socket until its
+    (ACK) timer; nothing is delivered while reads wait; the data that
+    waited is read before that timer runs; downloads arrive whole."""
+    sizes = [3_000_000, 10, 1_000_000]
+    results, released, holds, while_held, timer_first = run(
+        "asyncio", lambda: _hold_download(certificate, Holding, sizes))
+    assert results == [(200, n) for n in sizes]
+    assert holds > 0 and while_held == 0 and timer_first == 0
+    assert released
+
+
+class NotHolding(Holding):
+    hold_reads = 0
+
+
+@pytest.mark.parametrize("loop_kind, protocol", [("asyncio", NotHolding), ("uvloop", Holding)])
+def test_burst_client_reads_every_burst_without_hold_reads_or_off_asyncio(certificate, loop_kind, protocol):
+    """hold_reads = 0, or a loop that runs a due timer before the socket's
+    callback (uvloop): every burst is read as it arrives."""
+    results, released, holds, _, _ = run(loop_kind, lambda: _hold_download(certificate, protocol, [2_000_000]))
+    assert results == [(200, 2_000_000)]
+    assert holds == 0 and released
 
 
 def test_use_transport_refuses_unknown_names():

@@ -202,7 +202,29 @@ class BurstQuicProtocol(QuicConnectionProtocol):
     ``transmit()`` after every datagram; here a burst is received first and
     then processed and answered once (one ACK for the burst, as GRO lets a
     TCP receiver do). On other transports, ``datagram_received`` works as
-    aioquic wrote it."""
+    aioquic wrote it.
+
+    Between bursts it lets datagrams gather in the socket until they are
+    due: when, after a burst, the connection's next timer is at most
+    ``hold_reads`` seconds ahead (aioquic acknowledges 1 ms after the first
+    unacknowledged packet: while data streams in, that ACK is the timer),
+    the transport stops reading until the timer fires; then what arrived
+    meanwhile is received as one burst and acknowledged by the ACK that was
+    due then anyway, and only then does the timer's own work run. The
+    receiver wakes at most about twice per ACK instead of once for every datagram
+    or two that a peer's small sends bring, and the peer gets fewer, larger
+    ACKs. A datagram may wait up to ``hold_reads`` (plus the loop's timer
+    granularity, 1 ms on asyncio's loop) before it is processed: a
+    ``transmit()`` from elsewhere (a request, whose answer is awaited)
+    reads again at once, and ``hold_reads = 0`` reads every burst as it
+    arrives. Reads wait only on asyncio's own (selector) loops, which run
+    the socket's callback before a timer that is due in the same iteration;
+    elsewhere (uvloop runs timers first) every burst is read as it
+    arrives."""
+
+    #: seconds: the farthest timer after a burst until which reading waits (0: never waits)
+    hold_reads = 0.001
+    _reads_held = False
 
     @property
     def ecn_counts(self) -> Counter[int]:
@@ -212,7 +234,9 @@ class BurstQuicProtocol(QuicConnectionProtocol):
         return counts
 
     def datagrams_received(self, batch: PacketBatch) -> None:
-        """Feed every datagram of the burst to the connection, then process events and transmit once."""
+        """Feed every datagram of the burst to the connection, then process
+        events and transmit once; then let the next datagrams gather until
+        the connection's timer, when it is near (``hold_reads``)."""
         self.datagrams = getattr(self, "datagrams", 0) + len(batch)
         if batch.has_metadata:
             self.ecn_counts.update(batch.ecn[:len(batch)])
@@ -223,6 +247,41 @@ class BurstQuicProtocol(QuicConnectionProtocol):
             receive(bytes(batch[i]), addrs[i], now=now)
         self._process_events()
         self.transmit()
+        self._hold_reads()
+
+    def _hold_reads(self) -> None:
+        """Stop reading until the connection's timer (armed by transmit())
+        when it fires within ``hold_reads``; reading already paused by
+        anyone is left alone."""
+        at = self._timer_at
+        transport = cast(aio.BurstDatagramTransport, self._transport)  # the one that gives bursts
+        if (self.hold_reads <= 0 or at is None or self._reads_held or not transport.is_reading()
+                or not isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop)):
+            return
+        if 0 < at - self._loop.time() <= self.hold_reads:
+            transport.pause_reading()
+            self._reads_held = True
+
+    def _release_reads(self) -> None:
+        self._reads_held = False
+        cast(aio.BurstDatagramTransport, self._transport).resume_reading()  # held only there
+
+    def _handle_timer(self) -> None:
+        """The connection's timer: when reading waited for it, read first
+        (the loop runs the socket's callback before a due timer) and run
+        the timer right after."""
+        if self._reads_held:
+            self._release_reads()
+            self._timer = self._loop.call_at(cast(float, self._timer_at), self._handle_timer)  # armed with it
+            return
+        super()._handle_timer()
+
+    def transmit(self) -> None:
+        """aioquic's transmit(); one made while reading waits (a request,
+        say) reads again at once, for the answer."""
+        super().transmit()
+        if self._reads_held:
+            self._release_reads()
 
 
 class H3Client(QuicConnectionProtocol):

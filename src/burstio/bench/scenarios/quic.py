@@ -5,10 +5,15 @@ in one server process per transport, pinned to one CPU; one client process,
 pinned to the other, opens a fresh connection per variant per round (warmed
 up by a first download, not timed) and downloads ``download_bytes`` on it,
 the variants alternating round by round. A connection per round, because
-a connection settles into one of two steady states (aioquic's pacer and
-ACKs either in bursts, or a couple of datagrams per wake-up at about half
-the throughput) and keeps it: one per run would make a run all one or the
-other. Throughput is the client's bytes over the
+a connection settles into one of two steady states of the server's pacing
+and keeps it: one per run would make a run all one or the other. aioquic's
+Reno leaves slow start only on a loss or a rising RTT, and grows its window
+with every ACK even while the pacer, not the window, limits; once the
+window over the RTT passes a datagram per microsecond, the pacer's
+``packet_time`` stops at 1 us while its bucket keeps shrinking, to a
+datagram or two: a timer per datagram or two, the server's CPU the limit,
+and the client woken as often. Below that, the pacer releases groups of up
+to 16. Throughput is the client's bytes over the
 download's wall time; CPU is the client's CPU during the download plus the
 server's over the same span (from /proc), per byte.
 
@@ -19,7 +24,8 @@ Variants:
   (``burstio.aio.install``), both ends: the drop-in case, nothing else changed.
 - ``burstio``: as burstio-compat, and the client protocol takes each burst
   whole (``BurstQuicProtocol``: receive every datagram of the burst, then
-  process events and transmit once, instead of after every datagram).
+  process events and transmit once, instead of after every datagram; and
+  between bursts let datagrams gather in the socket until its ACK is due).
 - ``burstio-paced``: as burstio, and the server's pacing is burstio's
   (``PacedH3Server`` on a paced transport: aioquic's pacer evaluated ahead,
   each datagram released by the pacer thread at its time, instead of a loop
