@@ -89,6 +89,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     (("--port", "x", "--route", "zz=x"), ("--route 'zz=x': a MAC address is 6 bytes, written like "
                                           "02:00:00:00:00:01, got 'zz'")),
     (("--port", "x", "--slots", "100"), "--slots: must be a power of two from 2 to 65536, got 100"),
+    (("--port", "x", "--nic-gather", "0.5"),
+     "argument --nic-gather: must be >= 0 and <= 0.01 seconds, got 0.5 (see burstio switch --help)"),
     (("--port", "x", "--rule", "proto"), ("--rule 'proto': a rule is KEY=VALUE,... with KEY proto, dport, src, dst, "
                                           "family or action; got 'proto'")),
 ])
@@ -101,13 +103,14 @@ def test_switch_command_refuses_bad_specs_before_making_anything(args, why):
 
 
 @needs_xdp_lab
-def test_switch_command_feeds_a_port_from_a_nic_queue(burstio_lab):
+@pytest.mark.parametrize("gather", ["0", "100e-6"])
+def test_switch_command_feeds_a_port_from_a_nic_queue(burstio_lab, gather):
     lab = burstio_lab
     with lab.inside("b"):
         mac_b = mac_of(lab.dev["b"]).hex(":")
     proc = start(lab.command("b", burstio_cmd("switch", "--nic", f"{lab.dev['b']}:0", "--port", "w",
                                               "--route", f"{mac_b}=w", "--rule", "proto=udp,dport=9000",
-                                              "--seconds", "60", "--json")))
+                                              "--nic-gather", gather, "--seconds", "60", "--json")))
     try:
         with lab.inside("b"):  # the port's name lives in b's network namespace
             w = ports.attach("w", timeout=LIMIT)

@@ -119,7 +119,8 @@ def _build(args: argparse.Namespace, plan: _Plan, stack: contextlib.ExitStack) -
     from .ports import Switch, nic_port, publish
     from .xdp.programs import Steer
 
-    sw = stack.enter_context(Switch(slots=args.slots, forward_by=args.forward_by, on_full=args.on_full))
+    sw = stack.enter_context(Switch(slots=args.slots, forward_by=args.forward_by, on_full=args.on_full,
+                                    nic_gather=args.nic_gather))
     named: dict[str, Any] = {}
     for spec, dev, queue in plan.nics:
         steer = Steer(plan.rules)
@@ -193,6 +194,10 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--slots", type=int, default=1024, help="slots per ring (a power of two from 2 to 65536)")
     s.add_argument("--on-full", choices=("wait", "drop"), default="wait",
                    help="a frame for a full ring waits (default) or is dropped and counted")
+    s.add_argument("--nic-gather", type=seconds_arg(0, 0.01, open_low=False), default=0.0, metavar="SECONDS",
+                   help="under load, take a NIC queue's frames at most this often instead of at each of the "
+                        "kernel's wake-ups (Switch(nic_gather=); keep it below what fills the ports' rings) "
+                        "(default: 0, at each wake-up)")
     s.add_argument("--seconds", type=seconds_arg(0, open_low=False), default=None,
                    help="run this long (default: until Ctrl-C or SIGTERM)")
     s.add_argument("--json", action="store_true", help="print the final counters as one JSON object")
