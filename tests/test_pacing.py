@@ -68,6 +68,16 @@ def schedule(dest, times: list[int], tag: bytes = b"") -> PacketBatch:
     return b
 
 
+def paced_in_order(sockets, slack: int, times: list[int]) -> tuple[burstio.BurstSocket, list[tuple[int, int]]]:
+    """Send datagram i at times[i] from a paced socket with this slack (ns);
+    the sender and timed_arrivals() of them all, which came in order."""
+    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
+    tx.send_batch(schedule(rx.getsockname(), times))
+    got = timed_arrivals(rx, len(times))
+    assert [i for i, _ in got] == list(range(len(times)))
+    return tx, got
+
+
 def test_pacing_is_reported(sockets):
     s = sockets.burst(paced=True)
     assert s.pacing == "pacer"
@@ -396,12 +406,9 @@ def test_slack_never_releases_a_datagram_before_its_time_less_half_the_slack(soc
     it); how late is not asserted. Times 20 ms apart, slack 30 ms: each
     release takes a datagram or two, never the whole schedule."""
     slack = 30 * MS
-    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
     t0 = time.monotonic_ns() + 20 * MS
     times = [t0 + i * 20 * MS for i in range(10)]
-    tx.send_batch(schedule(rx.getsockname(), times))
-    got = timed_arrivals(rx, len(times))
-    assert [i for i, _ in got] == list(range(len(times)))
+    tx, got = paced_in_order(sockets, slack, times)
     early = [(i, times[i] - slack // 2 - arrived) for i, arrived in got if arrived < times[i] - slack // 2]
     assert early == []
     assert tx.counters["paced_releases"] >= len(times) // 2  # the slack covers at most two of them
@@ -417,12 +424,9 @@ def test_a_release_within_a_flow_is_centred_on_what_it_carries(sockets):
     early. (A first wake-up 150 ms late would take 350 with it; how late a
     datagram leaves beyond its release time is not asserted.)"""
     slack = 400 * MS
-    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
     t0 = time.monotonic_ns() + 50 * MS
     times = [t0 + d * MS for d in (0, 100, 300, 350, 650)]
-    tx.send_batch(schedule(rx.getsockname(), times))
-    got = timed_arrivals(rx, len(times))
-    assert [i for i, _ in got] == list(range(len(times)))
+    tx, got = paced_in_order(sockets, slack, times)
     assert [i for i, arrived in got if arrived < times[i] - slack // 2] == []
     assert got[3][1] >= t0 + 450 * MS  # centred: 350 waited for the release at 650 less half the slack
     assert tx.counters["paced_releases"] == 2
@@ -437,12 +441,9 @@ def test_a_dense_flow_is_released_every_half_slack(sockets):
     rule, the first release would take the datagrams due up to 100 ms,
     50 ms too early."""
     slack = 200 * MS
-    rx, tx = sockets.pair(tx={"paced": True, "pacer_slack": slack / 1e9})
     t0 = time.monotonic_ns() + 50 * MS
     times = [t0 + i * 2 * MS for i in range(64)]
-    tx.send_batch(schedule(rx.getsockname(), times))
-    got = timed_arrivals(rx, len(times))
-    assert [i for i, _ in got] == list(range(len(times)))
+    tx, got = paced_in_order(sockets, slack, times)
     assert [i for i, arrived in got if arrived < times[i] - slack // 4] == []
     assert 2 <= tx.counters["paced_releases"] <= 4  # the schedule spans 126 ms; releases are >= 50 ms apart
 
