@@ -18,6 +18,7 @@ DOCUMENTED = (
     "recvmmsg", "sendmmsg", "udp_segment", "udp_gro", "so_timestampns", "so_rxq_ovfl", "so_meminfo", "ipv6",
     "io_uring", "io_uring_recvmsg", "io_uring_sendmsg", "io_uring_send_zc", "io_uring_sendmsg_zc",
     "io_uring_poll_add", "io_uring_buf_ring", "io_uring_defer_taskrun", "io_uring_sqpoll",
+    "io_uring_napi",
     "so_zerocopy", "epoll_busy_poll", "so_incoming_napi_id", "so_busy_poll", "so_prefer_busy_poll",
     "so_busy_poll_budget", "af_xdp", "bpf", "xdp_link", "xdp_generic", "xdp_native", "bpf_prog_run_live_frames",
     "xsk_need_wakeup", "xsk_zerocopy", "xsk_multi_buffer",

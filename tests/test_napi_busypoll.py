@@ -312,18 +312,15 @@ def test_without_cap_net_admin_auto_busy_polls_through_the_epoll_instance():
 @pytest.mark.parametrize("variant", [SOCKETSET["epoll"], SOCKETSET["uring"]], ids=["epoll", "uring"])
 @pytest.mark.parametrize("mechanism", ["auto", "own"])
 def test_socketset_busy_poll(variant, monkeypatch, mechanism):
-    require_kernel("epoll_busy_poll")
     use_variant(variant, monkeypatch)
     own = "io_uring" if variant.expect == "uring" else "epoll"
+    require_kernel("io_uring_napi" if own == "io_uring" else "epoll_busy_poll")
     asked = own if mechanism == "own" else "auto"
     with burstio.SocketSet(**variant.kwargs) as sset, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
         s.bind((V4, 0))
         sset.add(s)
-        try:
-            how = sset.busy_poll(30, 16, True, mechanism=asked)
-        except OSError as e:  # IORING_REGISTER_NAPI missing: the message says which kernel
-            pytest.skip(str(e))
+        how = sset.busy_poll(30, 16, True, mechanism=asked)
         assert how == own and sset.busy_polling == own
         what = "the io_uring (IORING_REGISTER_NAPI): 30 us" if own == "io_uring" else \
             "the epoll instance (EPIOCSPARAMS): 30 us, budget 16"
@@ -370,6 +367,17 @@ def test_epoll_socketset_without_epiocsparams_says_so(monkeypatch):
                                                     "(Linux >= 6.9)")) as ei:
             sset.busy_poll(10)
         assert ei.value.errno == errno.EOPNOTSUPP and sset.busy_polling == "off"
+
+
+def test_uring_socketset_without_io_uring_napi_says_so(monkeypatch):
+    require_kernel("io_uring")
+    set_disable(monkeypatch, "io_uring_napi")
+    with burstio.SocketSet(backend="uring") as sset:
+        with pytest.raises(OSError, match=re.escape("busy polling through an io_uring needs IORING_REGISTER_NAPI "
+                                                    "(Linux >= 6.9): disabled by BURSTIO_DISABLE")) as ei:
+            sset.busy_poll(10)
+        assert ei.value.errno == errno.EOPNOTSUPP and sset.busy_polling == "off"
+        assert sset.busy_poll(0) == "off"  # turning it off needs nothing
 
 
 # ---- burstio.aio: the event loop's epoll instance ------------------------------------------

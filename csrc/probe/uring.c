@@ -13,6 +13,8 @@
 #include <liburing.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static int
 bio_probe_uring_put(PyObject *d, const char *name, int ok, const char *detail)
@@ -56,6 +58,23 @@ bio_probe_uring_try_buf_ring(struct io_uring *uring)
     return r;
 }
 
+/* Register NAPI busy polling (1 us) on `uring` and take it back (liburing 2.3
+ * has no wrapper: the raw system call, as napi/napi.c makes it). Returns 0
+ * or -errno. */
+static int
+bio_probe_uring_try_napi(struct io_uring *uring)
+{
+    struct bio_uring_napi napi;
+    memset(&napi, 0, sizeof(napi));
+    napi.busy_poll_to = 1;
+    if (syscall(__NR_io_uring_register, uring->ring_fd, IORING_REGISTER_NAPI, &napi, 1) < 0)
+        return -errno;
+    memset(&napi, 0, sizeof(napi));
+    if (syscall(__NR_io_uring_register, uring->ring_fd, IORING_UNREGISTER_NAPI, &napi, 1) < 0)
+        return -errno;
+    return 0;
+}
+
 static const struct {
     const char *name;
     int op;
@@ -86,12 +105,18 @@ bio_probe_uring_probe_ops(PyObject *d, struct io_uring *uring)
     snprintf(detail, sizeof(detail), r == 0 ? "registered a provided-buffer ring"
                                             : "IORING_REGISTER_PBUF_RING: %s",
              strerror(-r));
-    return bio_probe_uring_put(d, "io_uring_buf_ring", r == 0, detail);
+    if (bio_probe_uring_put(d, "io_uring_buf_ring", r == 0, detail) < 0)
+        return -1;
+    r = bio_probe_uring_try_napi(uring);
+    snprintf(detail, sizeof(detail), r == 0 ? "registered and unregistered NAPI busy polling"
+                                            : "IORING_REGISTER_NAPI: %s (Linux >= 6.9)",
+             strerror(-r));
+    return bio_probe_uring_put(d, "io_uring_napi", r == 0, detail);
 }
 
 /* probe_uring() -> dict of name -> (bool, detail): set up io_urings (plain,
- * SINGLE_ISSUER|DEFER_TASKRUN, SQPOLL), ask the kernel which opcodes it has
- * and register a buffer ring. */
+ * SINGLE_ISSUER|DEFER_TASKRUN, SQPOLL), ask the kernel which opcodes it has,
+ * register a buffer ring and NAPI busy polling. */
 PyObject *
 bio_probe_uring(PyObject *self, PyObject *args)
 {

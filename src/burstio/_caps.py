@@ -312,6 +312,7 @@ _PROBES: dict[str, Probe] = {
     "io_uring_buf_ring": _from(_URING, _uring_fill, "io_uring_buf_ring"),
     "io_uring_defer_taskrun": _from(_URING, _uring_fill, "io_uring_defer_taskrun"),
     "io_uring_sqpoll": _from(_URING, _uring_fill, "io_uring_sqpoll"),
+    "io_uring_napi": _from(_URING, _uring_fill, "io_uring_napi"),
     "so_zerocopy": _probe_sockopt("SO_ZEROCOPY", socket.SOL_SOCKET, SO_ZEROCOPY, 1, _UDP_TCP),
     "epoll_busy_poll": _probe_epoll_params,
     "so_incoming_napi_id": _probe_napi_id,

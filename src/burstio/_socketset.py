@@ -339,7 +339,12 @@ class SocketSet:
                         "its epoll instance" if own == "epoll" else "its io_uring")
         fd = getattr(self._io, "epoll_fd", None)
         if own == "io_uring":
-            register_uring_napi(self, usecs, prefer)
+            caps = capabilities()
+            if caps.io_uring_napi:
+                register_uring_napi(self, usecs, prefer)
+            elif usecs:  # (and without it nothing can have been registered: off needs no call)
+                raise OSError(errno.EOPNOTSUPP, "busy polling through an io_uring needs IORING_REGISTER_NAPI "
+                                                f"(Linux >= 6.9): {caps['io_uring_napi'].detail}")
         elif fd is None or fd < 0:
             raise OSError(errno.EBADF, "Bad file descriptor (the socket set is closed)")
         else:
