@@ -12,9 +12,11 @@ import sys
 
 import pytest
 
+import burstio
 from burstio.napi import doctor, netdev
 from support.paths import ROOT
 from support.proc import subprocess_env
+from support.variants import set_disable
 
 
 def test_doctor_changes_nothing_without_apply():
@@ -202,3 +204,24 @@ def test_a_device_that_goes_away_while_read_is_skipped(monkeypatch):
     monkeypatch.setattr(doctor, "_devices", lambda only: ["burstiogone0"])
     state = doctor.examine()
     assert state["devices"] == {}
+
+
+def test_doctor_names_each_busy_poll_mechanism(monkeypatch):
+    """doctor says which of busy_poll()'s mechanisms the kernel has, from
+    the capability probe: one forced off reads "no" with the probe's reason,
+    in the report and in --json."""
+    set_disable(monkeypatch, "epoll_busy_poll")
+    m = doctor.mechanisms()
+    assert list(m) == ["socket", "epoll", "io_uring"]
+    assert m["epoll"] == {"available": False, "detail": "disabled by BURSTIO_DISABLE", "what": "EPIOCSPARAMS",
+                          "auto_for": "burstio.aio and an epoll SocketSet (many sockets)"}
+    caps = burstio.capabilities()
+    assert m["socket"]["available"] == bool(caps.so_busy_poll)
+    assert m["io_uring"]["available"] == bool(caps.io_uring_napi)
+    text = doctor.report({"kernel": "k", "sysctls": {}, "mechanisms": m, "devices": {}}, [])
+    assert ("  epoll    EPIOCSPARAMS         no   burstio.aio and an epoll SocketSet (many sockets) - disabled by "
+            "BURSTIO_DISABLE") in text.splitlines()
+    r = subprocess.run([sys.executable, "-m", "burstio", "doctor", "--json"], capture_output=True, text=True,
+                       env=subprocess_env(BURSTIO_DISABLE="epoll_busy_poll"), cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"]["mechanisms"]["epoll"]["available"] is False

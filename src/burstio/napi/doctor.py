@@ -10,7 +10,8 @@ host-wide values it cannot see, and that what it sees is the namespace's
 own. Everything under /proc is read through ``udp_examine(proc=...)`` and
 ``_sysctls(proc)``, which tests point at fixture files.
 
-Busy polling: the busy-poll sysctls, each device's queues, its interrupt
+Busy polling: the busy-poll sysctls, which of busy_poll()'s mechanisms the
+kernel has (and which objects take each under "auto"), each device's queues, its interrupt
 coalescing (ethtool netlink), its NAPI instances and their per-NAPI
 settings (netdev netlink, or the device-wide sysfs files where the kernel
 has no napi-set), and the interrupts behind them (/proc/interrupts, their
@@ -280,7 +281,8 @@ def examine(dev: str | None = None, proc: Path = PROC) -> dict[str, Any]:
     sysctls = _sysctls(proc)
     hidden = sorted(k for k, v in {**sysctls, **udp["sysctls"]}.items() if v is None)
     out: dict[str, Any] = {"kernel": os.uname().release, "sysctls": sysctls, "udp": udp,
-                           "netns": {**udp["netns"], "hidden": hidden}, "devices": {}}
+                           "netns": {**udp["netns"], "hidden": hidden}, "mechanisms": mechanisms(),
+                           "devices": {}}
     for d in _devices(dev):
         try:
             napis, source = _napis(d)
@@ -378,6 +380,22 @@ def _udp_report(udp: dict[str, Any], netns: dict[str, Any], changes: list[str]) 
     return lines
 
 
+#: busy_poll()'s mechanisms: what each is, the capability it needs, who takes it under "auto"
+MECHANISMS = {"socket": ("SO_BUSY_POLL", "so_busy_poll", "a BurstSocket (one socket: one system call per wake-up)"),
+              "epoll": ("EPIOCSPARAMS", "epoll_busy_poll", "burstio.aio and an epoll SocketSet (many sockets)"),
+              "io_uring": ("IORING_REGISTER_NAPI", "io_uring_napi", "an io_uring SocketSet (many sockets)")}
+
+
+def mechanisms() -> dict[str, dict[str, Any]]:
+    """busy_poll()'s mechanisms here: whether the kernel has each (the
+    capability probe) and which objects take it under mechanism="auto"."""
+    from .._caps import capabilities
+
+    caps = capabilities()
+    return {name: {"available": bool(caps[cap]), "detail": caps[cap].detail, "what": what, "auto_for": who}
+            for name, (what, cap, who) in MECHANISMS.items()}
+
+
 def report(state: dict[str, Any], changes: list[str], udp_changes: list[str] | None = None) -> str:
     """What doctor read and proposes, for people (``main`` prints it unless --json)."""
     netns = state.get("netns", {})
@@ -386,6 +404,10 @@ def report(state: dict[str, Any], changes: list[str], udp_changes: list[str] | N
         lines += _udp_report(state["udp"], netns, udp_changes if udp_changes is not None else udp_recipe(state["udp"]))
     lines.append("busy-poll sysctls:")
     lines += [_value(k, v, netns) for k, v in state["sysctls"].items()]
+    if "mechanisms" in state:
+        lines.append("busy_poll() mechanisms (\"auto\" picks per object; describe() says which it took):")
+        lines += [f"  {name:<9}{m['what']:<21}{'yes' if m['available'] else 'no ':<4} {m['auto_for']}"
+                  + ("" if m["available"] else f" - {m['detail']}") for name, m in state["mechanisms"].items()]
     for dev, d in state["devices"].items():
         q = d["queues"]
         lines.append(f"device {dev}: {q['rx']} rx / {q['tx']} tx queues; NAPI from {d['napi_source']}")
