@@ -47,12 +47,15 @@ from ..report import Progress, ScenarioResult, Target, Variant
 from .xdp import FLOWS, FRAME, PORT, RING, ROUND_SECONDS, WARM_SECONDS, _dev_drops, _Round, _skip_reason, _threaded_napi
 
 WORKERS = 2
-SLOTS = 256  # per ring: a few of the kernel's bursts of 64; fewer frames in flight stay in the cache
+#: per ring: room for a whole gathering (SWITCH_GATHER, or the drivers' wait below) at ~3 M frames/s,
+#: so that the NIC port's RX ring takes what the kernel queued in one pump, and two of the workers' bursts
+SLOTS = 512
 NAMES = ["xsk-direct", "port-pipes", "port-switch", "recvmmsg-mpqueue", "recvmmsg-mpqueue-batch"]
 XSK_NAMES = ("xsk-direct", "port-pipes", "port-switch")
 #: the port variants' drivers and workers wait for bursts of this many frames (at most
-#: BURST_WAIT seconds): fewer wake-ups on the receive CPU, where each one stops the NAPI thread
-BURST, BURST_WAIT = 128, 0.0005
+#: BURST_WAIT seconds): fewer wake-ups, calls and kicks per frame on the receive CPU, where each
+#: wake-up stops the NAPI thread (with SLOTS 256 and bursts of 128: ~45 ns more per frame for port-pipes)
+BURST, BURST_WAIT = 256, 0.0005
 #: the switch takes the NIC queue's frames at most this often under load (Switch(nic_gather=)), not at each
 #: of the kernel's wake-ups (one per 64 frames on the veth): as the port-pipes driver's wait(BURST) gathers
 SWITCH_GATHER = 100e-6
