@@ -132,10 +132,14 @@ class Recorder(asyncio.DatagramProtocol):
         return [e for e in self.events if e[0] in kinds]
 
     async def wait(self, pred, what: str = "", limit: float = 5.0) -> None:
+        """Until pred(events) holds: looked at on every event, and every 10 ms
+        (a predicate may read the transport too, e.g. its write buffer, which
+        drains with no callback to the protocol)."""
         async def until():
             while not pred(self.events):
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.01)
         try:
             await asyncio.wait_for(until(), limit)
         except TimeoutError:
