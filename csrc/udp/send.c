@@ -164,6 +164,45 @@ bio_udp_send_on_error(PyObject *on_error)
     return -1;
 }
 
+/* A send of one datagram (one message, not a GSO run) is tried first with
+ * the GIL held: made with MSG_DONTWAIT, the call never blocks, and it is
+ * shorter than handing the GIL over and taking it back around it (the
+ * reply of request/response traffic waits for exactly this). close() needs
+ * the GIL, so the descriptor stays. Where the socket has no room (EAGAIN)
+ * or a signal came (EINTR), the send goes the released way
+ * (bio_udp_send_run_nogil: it tries again, and waits for room where close()
+ * can wake it, runs signal handlers); any other outcome is settled here as
+ * that loop settles it. 0 or the -errno that stopped the send, or 1: not
+ * settled, go the released way. */
+static int
+bio_udp_send_one_held(BioUdpSend *c)
+{
+    BioUdp *u = c->u;
+    struct mmsghdr *msg = &c->b->msgs[0];
+    if (c->m != 1 || c->done != 0 || msg->msg_hdr.msg_iovlen != 1)
+        return 1;
+    const struct msghdr *h = &msg->msg_hdr;
+    BIO_COUNT(u->counters, BIO_UDP_C_TX_SYSCALLS, 1);
+    /* no cmsg: sendto, the kernel's shortest way for one buffer (no
+     * message header or iovec to copy in) */
+    int r = h->msg_controllen == 0
+                ? (sendto(u->fd, h->msg_iov[0].iov_base, h->msg_iov[0].iov_len, MSG_DONTWAIT,
+                          (const struct sockaddr *)h->msg_name, h->msg_namelen) < 0 ? -1 : 1)
+            : u->send_mmsg ? sendmmsg(u->fd, msg, 1, MSG_DONTWAIT)
+                           : (sendmsg(u->fd, h, MSG_DONTWAIT) < 0 ? -1 : 1);
+    if (r == 1) {
+        c->done = 1;
+        return 0;
+    }
+    int e = r < 0 ? errno : EAGAIN;
+    if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
+        return 1;
+    if (bio_udp_send_must_stop(c->b, 0, e, c->skip))
+        return -e;
+    bio_udp_send_mark_failed(u, c->b, c->done++, e);
+    return 0;
+}
+
 /* Run the send of c's range; returns the -errno that stopped it (0: all
  * went; -EINTR: a signal handler raised, exception set). Records where a
  * stop happened in c (err, err_index, err_gso). */
@@ -175,7 +214,9 @@ bio_udp_send_range_run(BioUdpSend *c)
     c->err_index = -1;
     c->err_gso = 0;
     c->b->busy = 1;
-    int err = bio_nogil_retry(bio_udp_send_run_nogil, c);
+    int err = bio_udp_send_one_held(c);
+    if (err == 1)
+        err = bio_nogil_retry(bio_udp_send_run_nogil, c);
     c->b->busy = 0;
     bio_udp_send_account(u, c->b, c->done);
     if (err < 0) {

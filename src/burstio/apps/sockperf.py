@@ -127,23 +127,46 @@ class SockperfServer:
                 sock.send_batch(batch, 0, 1, on_error="skip")
                 self.replies += 1
         elif n:
-            replies = self._mark_replies(n)
-            if replies:
-                if replies < n:
-                    batch.keep(self._mask)
-                sock.send_batch(batch, 0, replies, on_error="skip")
-                self.replies += replies
+            self._answer_burst(n)
         self.requests += n
         return n
+
+    def _answer_burst(self, n: int) -> None:
+        """Answer the pong requests among the ``n`` messages received."""
+        replies = self._mark_replies(n)
+        if replies:
+            if replies < n:
+                self.batch.keep(self._mask)
+            self.sock.send_batch(self.batch, 0, replies, on_error="skip")
+            self.replies += replies
+
+    def _serve_until_stopped(self, poll_interval: float | None) -> None:
+        """serve_once until stop(), in one frame: every name the ping-pong
+        path uses is bound once, so that between a request's arrival and its
+        reply's send (what a ping-pong client waits for) there is no call but
+        the send and no attribute lookup."""
+        batch, stopped = self.batch, self._stop.is_set
+        recv, send = self.sock.recv_batch, self.sock.send_batch
+        arena, offsets, lengths = self._arena, self._offsets, self._lengths
+        low, size, pong, clear = _FLAGS_LOW, _HEADER_SIZE, FLAG_PONG_REQUEST, _CLEAR_CLIENT
+        while not stopped():
+            n = recv(batch, poll_interval)
+            if n == 1:
+                off = offsets[0] + low
+                if lengths[0] >= size and (flags := arena[off]) & pong:
+                    arena[off] = flags & clear
+                    send(batch, 0, 1, on_error="skip")
+                    self.replies += 1
+            elif n:
+                self._answer_burst(n)
+            self.requests += n
 
     def serve_forever(self, poll_interval: float | None = None) -> None:
         """Serve until stop() (checked every poll_interval seconds) or a signal."""
         if self.mode != "blocking":
             self._serve_busy_poll(poll_interval)
             return
-        serve_once, stopped = self.serve_once, self._stop.is_set
-        while not stopped():
-            serve_once(poll_interval)
+        self._serve_until_stopped(poll_interval)
 
     def start_busy_poll(self) -> str:
         """Busy poll as the mode says (the busy-poll modes; serve_forever
@@ -163,12 +186,13 @@ class SockperfServer:
             self.start_busy_poll()
         with contextlib.ExitStack() as stack:
             stack.callback(self.sock.busy_poll, 0)
-            serve_once, stopped = self.serve_once, self._stop.is_set
-            tuned = not suspend
-            while not stopped():
-                if serve_once(poll_interval) and not tuned:
-                    tuned = True  # the traffic's NAPI instance is known now
-                    stack.callback(self._tune_napi(napi_id(self.sock), self.napi_settings))
+            if suspend:  # the NAPI instance to tune is known from the first message on
+                serve_once, stopped = self.serve_once, self._stop.is_set
+                while not stopped():
+                    if serve_once(poll_interval):
+                        stack.callback(self._tune_napi(napi_id(self.sock), self.napi_settings))
+                        break
+            self._serve_until_stopped(poll_interval)
 
     def _tune_napi(self, nid: int, settings: dict[str, int]) -> Callable[[], None]:
         """Apply `settings` to NAPI `nid` (in the socket's namespace);
