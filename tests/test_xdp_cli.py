@@ -50,11 +50,12 @@ def test_pktgen_command(burstio_lab):
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout)
         assert d["frames"] == 1000 and d["flows"] == 4 and d["size"] == 128 and d["method"] == "bpf"
-        assert d["offered_mpps"] > 0
+        assert d["offered_mpps"] > 0 and d["ns_per_frame"] > 0
         assert f.counters()[0].packets == 1000
         r = run(lab.command("a", burstio_cmd("pktgen", "--dev", lab.dev["a"], "--dst", lab.addr("b"), "--dst-mac",
                                              mac_b, "--count", "10", "--rate", "1000")))
         assert r.returncode == 0 and re.search(r"offered [\d.]+ Mpps, sent [\d.]+ Mpps", r.stdout), r.stdout
+        assert re.search(r"the generator's CPU: [\d.]+ ns per frame", r.stdout), r.stdout
     r = run(lab.command("a", burstio_cmd("pktgen", "--dev", lab.dev["a"], "--dst", f"{lab.subnet}.99", "--count",
                                          "1")))
     assert r.returncode == 1 and f"no neighbour entry for {lab.subnet}.99" in r.stderr

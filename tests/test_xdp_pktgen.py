@@ -31,6 +31,9 @@ def test_exactly_count_frames_arrive(burstio_lab, method):
     assert res.device_sent + res.device_dropped >= 5000  # the device's count: the kernel may send too
     d = res.as_dict()
     assert d["frames"] == 5000 and d["offered_mpps"] > 0 and d["sent_mpps"] > 0
+    # the generator's CPU per frame: the kernel's timing of the bpf engine's frame loops; the xsk engine has none
+    assert d["ns_per_frame"] == res.ns_per_frame
+    assert (res.ns_per_frame > 0) if method == "bpf" else (res.ns_per_frame is None)
 
 
 @needs_xdp_lab

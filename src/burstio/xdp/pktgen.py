@@ -23,7 +23,10 @@ Two engines, picked by the capability probe:
 Where a frame goes: built once here (headers and checksums in C), then the
 engine puts it on the device's transmit path ``frames`` times; the result
 says how many were handed to the device, how many the device counted as
-sent and dropped, and over how long.
+sent and dropped, and over how long; the bpf engine also what a frame cost
+the generator's CPU (``ns_per_frame``: the kernel's own timing of its frame
+loops, BPF_PROG_RUN's ``duration``, neither the calls' fixed waits nor the
+time the thread was preempted).
 """
 from __future__ import annotations
 
@@ -67,7 +70,8 @@ _BATCH = 256  # frames per send of the xsk engine
 class PktgenResult:
     """What a run did. ``frames`` is what the engine handed the device;
     ``device_sent``/``device_dropped`` are the device's own transmit counters
-    over the run (None when unreadable)."""
+    over the run (None when unreadable); ``ns_per_frame`` (bpf engine, else
+    None) is the kernel's time in its frame loops per frame handed over."""
 
     method: str
     dev: str
@@ -78,6 +82,7 @@ class PktgenResult:
     seconds: float
     device_sent: int | None
     device_dropped: int | None
+    ns_per_frame: float | None = None
 
     @property
     def offered_pps(self) -> float:
@@ -186,12 +191,21 @@ def _bpf_calls(call: Callable[[int], object], budget: tuple[float, int | None], 
 
 
 def _bpf_engine(frame: bytes, ifindex: int, flows: int, sport: int, l4: int, budget: tuple[float, int | None],
-                rate: float | None, batch: int) -> tuple[int, float]:
+                rate: float | None, batch: int) -> tuple[int, float, float | None]:
+    """(frames, seconds, the kernel's ns per frame in its frame loops)."""
     prog = _bpf.load(_bpf.shipped("pktgen"), "pktgen")
+    loop_ns = 0
+
+    def call(n: int) -> None:
+        nonlocal loop_ns
+        _ret, per_frame, _out = _native.bpf_prog_run(prog.fd, frame, n, BPF_F_TEST_XDP_LIVE_FRAMES, batch,
+                                                     ifindex, 0, 0)
+        loop_ns += per_frame * n  # duration: the call's loop time over its repeat count
+
     try:
         prog.maps["gen_config"].update(0, struct.pack("<IHH", flows, sport, l4))
-        return _bpf_calls(lambda n: _native.bpf_prog_run(prog.fd, frame, n, BPF_F_TEST_XDP_LIVE_FRAMES, batch,
-                                                         ifindex, 0, 0), budget, rate)
+        frames, took = _bpf_calls(call, budget, rate)
+        return frames, took, (loop_ns / frames if frames else None)
     finally:
         prog.close()
 
@@ -262,12 +276,15 @@ def run(dev: str | int, dst: str, *, dport: int = 9, src: str | None = None, spo
     l4 = MIN_SIZE[family] + (4 if vlan else 0) - 8
     name = dev if isinstance(dev, str) else socket.if_indextoname(ifindex_of(dev))
     before = device_counters(dev)
+    ns_per_frame = None
     if engine == "bpf":
-        frames, took = _bpf_engine(frame, ifindex_of(dev), flows, sport, l4, (seconds, count), rate, batch)
+        frames, took, ns_per_frame = _bpf_engine(frame, ifindex_of(dev), flows, sport, l4, (seconds, count), rate,
+                                                 batch)
     else:
         frames, took = _xsk_engine(dev, frame, flows, sport, l4, (seconds, count), rate)
     after = device_counters(dev)
     sent = dropped = None
     if before is not None and after is not None:
         sent, dropped = after[0] - before[0], after[1] - before[1]
-    return PktgenResult(engine, name, size, flows, rate, frames, took, sent, dropped)
+    return PktgenResult(engine, name, size, flows, rate, frames, took, sent, dropped,
+                        None if ns_per_frame is None else round(ns_per_frame, 1))

@@ -259,6 +259,8 @@ class _Round:
         if g is not None:
             gen.add(g["frames"], g["seconds"], 0.0)
             gen.extra["device_sent"] = gen.extra.get("device_sent", 0) + (g["device_sent"] or 0)
+            # the generator's own CPU per frame in this variant's round: the VM's state then (see the notes)
+            variant.extra.setdefault("generator_ns_per_frame", []).append(g.get("ns_per_frame"))
         for key, value in {**frames.get("stats", {}), **drops}.items():
             variant.extra[key] = variant.extra.get(key, 0) + value
         if returned is not None:
@@ -391,6 +393,12 @@ def xdp(opts: Options, progress: Progress) -> ScenarioResult:
                      "the rest of the headers that the generator's CPU just wrote (a rule on ports or addresses "
                      "reads that line too, and costs the receive CPU more per frame)")
     res.notes.append("generator: BPF_PROG_RUN live frames from namespace a; its row is the rate it offered")
+    res.notes.append("generator_ns_per_frame (each variant, per round): what a frame cost the generator's CPU in that "
+                     "round (the kernel's timing of its frame loops). The work per frame is the same in every round; "
+                     "on the project's VM it is ~75-95 ns, and in stretches of seconds to minutes ~110-130 ns, when "
+                     "every transfer of a cache line between the two CPUs costs several times more (the page pool's "
+                     "ring lock, the veth's ring): every variant then runs slower, and a round that fell in such a "
+                     "stretch moves its variant's figures (compare a ratio's variants round by round with it)")
     res.notes.append(f"the generator runs in a session of its own at niceness {GENERATOR_NICE} (the session's "
                      "autogroup too), so that other processes do not take its CPU"
                      + ("" if r.gen_favoured else ": setting it failed at least once (no autogroup scheduling?)"))
