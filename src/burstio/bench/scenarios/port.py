@@ -32,6 +32,7 @@ program (``python -m burstio.bench.scenarios.port VARIANT ...``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -44,7 +45,19 @@ from ... import _native
 from ..common import Options, rounds
 from ..procs import client_and_server_cpus, cpu_seconds
 from ..report import Progress, ScenarioResult, Target, Variant
-from .xdp import FLOWS, FRAME, PORT, RING, ROUND_SECONDS, WARM_SECONDS, _dev_drops, _Round, _skip_reason, _threaded_napi
+from .xdp import (
+    FLOWS,
+    FRAME,
+    MIN_ROUNDS,
+    PORT,
+    RING,
+    ROUND_SECONDS,
+    WARM_SECONDS,
+    _dev_drops,
+    _Round,
+    _skip_reason,
+    _threaded_napi,
+)
 
 WORKERS = 2
 #: per ring: room for a whole gathering (SWITCH_GATHER, or the drivers' wait below) at ~3 M frames/s,
@@ -331,7 +344,8 @@ def port(opts: Options, progress: Progress) -> ScenarioResult:
     with ExitStack() as stack:
         lab = stack.enter_context(Lab(f"bp{os.getpid() % 100000}", queues=1))
         r = _PortRound(lab, stack, opts, cpus)
-        for _k, order in rounds(opts, names, progress):
+        for _k, order in rounds(dataclasses.replace(opts, min_rounds=max(opts.min_rounds, MIN_ROUNDS)), names,
+                                progress):
             for name in order:
                 progress.show(name)
                 r.one(name, res.variants[name], res.variants["generator"])

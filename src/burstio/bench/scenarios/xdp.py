@@ -31,6 +31,7 @@ program (``python -m burstio.bench.scenarios.xdp VARIANT ...``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -165,6 +166,12 @@ NAPI_PRIORITY, RECEIVER_PRIORITY = 1, 2
 #: kernel on the other CPU too would leave RCU's and the kernel's workers
 #: (and so the generator's own calls, which wait for RCU) only the scraps.
 GENERATOR_NICE = -20
+#: every variant runs at least this many rounds, whatever the budget: a machine's pace can change for
+#: seconds to minutes at a time (the project's VM: stretches where a cache line takes 4-10x longer between
+#: its CPUs, and every variant here runs at about half speed, the generator too; `generator_ns_per_frame`
+#: marks such rounds), so that with 3 rounds one such stretch, landing on one variant's rounds and not on
+#: another's, decided their ratio; more rounds spread them over every variant
+MIN_ROUNDS = 5
 #: the generator's batches: the kernel's most, for the most frames per second (burstio.xdp.pktgen.BATCH_MAX)
 GENERATOR_BATCH = 256
 
@@ -358,7 +365,8 @@ def xdp(opts: Options, progress: Progress) -> ScenarioResult:
         if r.cref is None:
             names = [n for n in names if not n.startswith("c-")]
             res.notes.append(f"C references not built: {r.cref_error}")
-        for _k, order in rounds(opts, names, progress):
+        for _k, order in rounds(dataclasses.replace(opts, min_rounds=max(opts.min_rounds, MIN_ROUNDS)), names,
+                                progress):
             for name in order:
                 progress.show(name)
                 r.one(name, res.variants[name], res.variants["generator"])
