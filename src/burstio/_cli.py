@@ -324,7 +324,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("doctor", help="read the UDP receive path and busy-poll/NAPI settings; say what to change",
                        description="Reads the socket buffer sysctls against what burstio asks for, the kernel's "
-                                   "UDP drop counters, the busy-poll sysctls, queues, coalescing, NAPI settings "
+                                   "UDP drop counters, the busy-poll sysctls, which busy_poll() mechanisms the kernel "
+                                   "has, queues, coalescing, NAPI settings "
                                    "and IRQ affinity; prints the commands that would fix what it finds. Changes "
                                    "nothing unless --apply (per-NAPI settings only, never sysctls).")
     d.add_argument("--dev", help="only this device (every device but lo when not given)")
